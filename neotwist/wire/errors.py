@@ -1,0 +1,67 @@
+"""Error codes carried by ``error`` messages, and the exceptions that map to them."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable, documented error codes. Clients switch on these, never on message text."""
+
+    BAD_FRAME = "bad_frame"  # frame length over MAX_FRAME, or body is not msgpack; fatal
+    BAD_MESSAGE = "bad_message"  # unknown message type, wrong fields, out-of-range value; fatal
+    UNSUPPORTED_VERSION = "unsupported_version"  # hello with a version this server does not speak; fatal
+    FLOW_CONTROL = "flow_control"  # peer sent more bytes than the credit it was granted; fatal
+    LIMIT_EXCEEDED = "limit_exceeded"  # too many handles / requests in flight / entries; fatal
+    PROTOCOL = "protocol"  # message out of order (e.g. request before hello, commit without push_begin)
+    AUTH_REQUIRED = "auth_required"  # TLS request before login
+    AUTH_FAILED = "auth_failed"  # wrong account or password (never says which)
+    NO_SUCH_TARGET = "no_such_target"
+    NO_SUCH_SNAPSHOT = "no_such_snapshot"
+    NO_SUCH_PATH = "no_such_path"
+    BAD_HANDLE = "bad_handle"
+    BAD_PATH = "bad_path"  # absolute, '..', '.', empty component, NUL, over MAX_PATH, not UTF-8
+    BAD_NAME = "bad_name"  # account or target name not allowed
+    PERMISSION_DENIED = "permission_denied"
+    CHUNK_MISMATCH = "chunk_mismatch"  # uploaded chunk data does not hash to its id; fatal for the push
+    CHUNK_NOT_IN_FILE = "chunk_not_in_file"  # get asked for an id the named file does not reference
+    MISSING_CHUNKS = "missing_chunks"  # commit references chunks the server does not hold
+    ENCRYPTION_MISMATCH = "encryption_mismatch"  # plaintext push into encrypted target or the reverse
+    QUOTA_EXCEEDED = "quota_exceeded"
+    CONFLICT = "conflict"
+    DAMAGED = "damaged"  # stored data failed its check
+    STORAGE = "storage"  # the server could not store data (disk full, I/O error); nothing was committed
+    INTERNAL = "internal"  # a bug; the server log has the traceback
+
+
+FATAL_CODES = frozenset(
+    {
+        ErrorCode.BAD_FRAME,
+        ErrorCode.BAD_MESSAGE,
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.FLOW_CONTROL,
+        ErrorCode.LIMIT_EXCEEDED,
+    }
+)
+"""After sending one of these the sender closes the connection."""
+
+
+class NeoError(Exception):
+    """An error with a protocol code. Raised by handlers; sent to the peer as an ``error`` message."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def fatal(self) -> bool:
+        return self.code in FATAL_CODES
+
+
+class ProtocolViolation(NeoError):
+    """The peer broke the framing or message rules: reply with an error, then close the connection."""
+
+
+class RemoteError(NeoError):
+    """The peer answered a request with an ``error`` message."""

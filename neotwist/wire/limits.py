@@ -1,0 +1,74 @@
+"""Every bound the protocol enforces, in one place so docs/protocol.md can cite it.
+
+Each number bounds something that arrives from the wire before it is used: a peer that exceeds one gets a
+``limit_exceeded`` (or ``bad_frame``) error and a closed connection.
+"""
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change to frames or messages."""
+
+FRAME_HEADER = 4
+"""Every frame starts with its body length as a 4-byte big-endian unsigned integer."""
+
+MAX_CHUNK = 4 * 1024 * 1024
+"""Largest chunk, raw or compressed (the chunker's max_size is far below it)."""
+
+MAX_FRAME = MAX_CHUNK + 64 * 1024
+"""Largest frame body: one full chunk plus its message envelope."""
+
+WINDOW = 16 * 1024 * 1024
+"""Default receive window (bytes of frames a peer may send before it is granted more credit)."""
+
+MIN_WINDOW = 2 * MAX_FRAME
+"""A peer may not advertise a window that could not carry one largest frame."""
+
+MAX_WINDOW = 256 * 1024 * 1024
+"""A peer may not advertise more than this (our own output queue is bounded by the peer's window)."""
+
+MAX_IDS = 8192
+"""Chunk ids in one ``have`` or ``get`` request."""
+
+MAX_ENTRIES = 4096
+"""Entries in one ``entries`` message or one ``listing`` page."""
+
+MAX_FILE_CHUNK_IDS = 65536
+"""Chunk ids carried by one entry record; a larger file continues in the next record (``more``)."""
+
+MAX_CHUNKS_PER_FILE = 1 << 24
+"""Chunk ids for one file over all its continuation records (16 Mi chunks, about 512 GiB at 32 KiB)."""
+
+MAX_PUSH_ENTRIES = 20_000_000
+"""Entries in one push."""
+
+MAX_PATH = 4096
+"""Bytes in one UTF-8 path (relative to the target)."""
+
+MAX_NAME = 255
+"""Bytes in one path component, account name or target name."""
+
+MAX_LINK = 4096
+"""Bytes in one symlink target."""
+
+MAX_META = 64 * 1024
+"""Bytes in one opaque (encrypted) metadata blob."""
+
+MAX_TEXT = 4096
+"""Bytes in a free-text field (error message, client name)."""
+
+MAX_PASSWORD = 72
+"""bcrypt only looks at 72 bytes; longer passwords are refused rather than silently cut."""
+
+MAX_IN_FLIGHT_REQUESTS = 4096
+"""Requests awaiting a reply on one connection."""
+
+MAX_OPEN_HANDLES = 16
+"""Targets opened at once on one connection."""
+
+ID_SIZE = 32
+"""Chunk ids are 32-byte BLAKE3 digests (keyed for encrypted targets)."""
+
+LOGIN_TIMEOUT = 60
+"""Seconds a connection may take to authenticate."""
+
+IDLE_TIMEOUT = 3600
+"""Seconds without a frame before the server closes a connection."""

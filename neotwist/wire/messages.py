@@ -1,0 +1,329 @@
+"""Every message of protocol version 1, as typed and bounded msgspec structs.
+
+A frame body is one msgpack array: ``[type, rid, field, field, ...]`` (msgspec ``array_like`` tagged structs).
+Decoding validates every field's type and bound in C before any handler sees it, so a handler may trust lengths
+and ranges declared here. Path *syntax* (no ``..`` and friends) is checked by :mod:`neotwist.paths`.
+
+``rid`` is the request id chosen by the client; replies carry the rid of the request they answer. Messages that
+are not requests or replies (``credit``) carry rid 0.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from neotwist.wire import limits
+
+U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Handle = Annotated[int, msgspec.Meta(ge=1, le=2**31)]
+SnapshotId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+ChunkId = Annotated[bytes, msgspec.Meta(min_length=limits.ID_SIZE, max_length=limits.ID_SIZE)]
+ChunkIds = Annotated[list[ChunkId], msgspec.Meta(max_length=limits.MAX_IDS)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_NAME)]
+PathText = Annotated[str, msgspec.Meta(max_length=limits.MAX_PATH)]
+Text = Annotated[str, msgspec.Meta(max_length=limits.MAX_TEXT)]
+Password = Annotated[str, msgspec.Meta(max_length=limits.MAX_PASSWORD)]
+ChunkData = Annotated[bytes, msgspec.Meta(max_length=limits.MAX_CHUNK)]
+Features = Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=64)]
+Window = Annotated[int, msgspec.Meta(ge=limits.MIN_WINDOW, le=limits.MAX_WINDOW)]
+
+CODEC_RAW = 0
+"""Chunk data as is."""
+CODEC_ZSTD = 1
+"""Chunk data compressed with zstd (one frame)."""
+CODEC_SEALED = 2
+"""Chunk data encrypted by the client (encrypted targets); the server stores it opaque and cannot verify it."""
+Codec = Literal[0, 1, 2]
+
+EntryKind = Literal["f", "d", "l"]
+"""file, directory, symlink."""
+
+
+class Entry(msgspec.Struct, array_like=True, frozen=True):
+    """One file, directory or symlink as stored in a snapshot.
+
+    ``path`` is relative to the handle's root ('/'-separated, '' means the root itself). ``chunks`` is the
+    concatenation of the file's chunk ids in order. A file with more than MAX_FILE_CHUNK_IDS chunks is sent as
+    several records with the same path, all but the last with ``more`` set; its other fields come from the first.
+    ``meta`` is opaque to the server (encrypted targets keep names and metadata in it).
+    """
+
+    path: PathText
+    kind: EntryKind
+    mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
+    mtime_ns: I64
+    size: U64
+    chunks: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_FILE_CHUNK_IDS * limits.ID_SIZE)] = b""
+    link: Annotated[str, msgspec.Meta(max_length=limits.MAX_LINK)] = ""
+    meta: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_META)] = b""
+    more: bool = False
+
+
+Entries = Annotated[list[Entry], msgspec.Meta(max_length=limits.MAX_ENTRIES)]
+
+
+class ChunkerParams(msgspec.Struct, array_like=True, frozen=True):
+    """How a target's files are cut. Fixed when the target is created, so every client cuts alike and dedups."""
+
+    algorithm: Literal["fastcdc2020"]
+    min_size: Annotated[int, msgspec.Meta(ge=64, le=limits.MAX_CHUNK)]
+    avg_size: Annotated[int, msgspec.Meta(ge=256, le=limits.MAX_CHUNK)]
+    max_size: Annotated[int, msgspec.Meta(ge=1024, le=limits.MAX_CHUNK)]
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+
+
+class TargetInfo(msgspec.Struct, array_like=True, frozen=True):
+    name: Name
+    encrypted: bool
+    snapshots: U64
+    latest: SnapshotId | None
+    latest_time: float | None
+    files: U64
+    stored_bytes: U64
+
+
+class Message(msgspec.Struct, array_like=True, tag=True):
+    """Base of every message. The tag (message type) is the first array element; ``rid`` the second."""
+
+    rid: U32
+
+
+# --- session ---------------------------------------------------------------------------------------------
+
+
+class Hello(Message, tag="hello"):
+    """Client's first frame: protocol version, software name, its receive window."""
+
+    version: U32
+    software: Text
+    window: Window
+    features: Features = msgspec.field(default_factory=list)
+
+
+class Welcome(Message, tag="welcome"):
+    """Server's answer to hello. ``account`` is set when the transport already authenticated (SSH)."""
+
+    version: U32
+    software: Text
+    window: Window
+    login_required: bool
+    account: str
+    features: Features = msgspec.field(default_factory=list)
+
+
+class Login(Message, tag="login"):
+    """In-band login (TLS only). Answered by ``logged_in`` or ``error auth_failed``."""
+
+    account: Name
+    password: Password
+
+
+class LoggedIn(Message, tag="logged_in"):
+    account: Name
+
+
+class Credit(Message, tag="credit"):
+    """Flow control: the sender may send ``amount`` more bytes of frames. Not itself counted against credit."""
+
+    amount: Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_WINDOW)]
+
+
+class Bye(Message, tag="bye"):
+    """Explicit end of session (EOF alone is not a clean end). The server answers bye, then closes."""
+
+
+class Ok(Message, tag="ok"):
+    """Success with nothing more to say."""
+
+
+class Error(Message, tag="error"):
+    """A request failed. ``code`` is one of :class:`neotwist.wire.errors.ErrorCode`."""
+
+    code: Annotated[str, msgspec.Meta(max_length=64)]
+    message: Text
+
+
+# --- targets -----------------------------------------------------------------------------------------------
+
+
+class ListTargets(Message, tag="targets"):
+    """Which targets can this account see?"""
+
+
+class Targets(Message, tag="target_list"):
+    targets: Annotated[list[TargetInfo], msgspec.Meta(max_length=100_000)]
+
+
+class Open(Message, tag="open"):
+    """Open ``target`` at sub-path ``path`` for reading or pushing; the handle's root is that sub-path.
+
+    ``create`` allows a push to create the target (on its first commit). ``encrypted`` says what the client
+    will push; a mismatch with an existing target is refused.
+    """
+
+    target: Name
+    path: PathText
+    mode: Literal["read", "push"]
+    create: bool = False
+    encrypted: bool = False
+
+
+class Opened(Message, tag="opened"):
+    handle: Handle
+    exists: bool
+    encrypted: bool
+    chunker: ChunkerParams
+    latest: SnapshotId | None
+    latest_time: float | None
+
+
+class Close(Message, tag="close"):
+    """Release a handle (aborting any push in progress on it). Answered by ok."""
+
+    handle: Handle
+
+
+# --- push --------------------------------------------------------------------------------------------------
+
+
+class Have(Message, tag="have"):
+    """Which of these chunk ids does the target lack? Answered by ``missing``."""
+
+    handle: Handle
+    ids: ChunkIds
+
+
+class Missing(Message, tag="missing"):
+    """Bitmap over the ids of the ``have`` request: bit i (LSB first within each byte) set = id i is missing."""
+
+    bitmap: Annotated[bytes, msgspec.Meta(max_length=(limits.MAX_IDS + 7) // 8)]
+
+
+class Put(Message, tag="put"):
+    """Store one chunk. No reply on success (an ``error`` with this rid otherwise); ``commit`` is the barrier."""
+
+    handle: Handle
+    id: ChunkId
+    codec: Codec
+    size: Annotated[int, msgspec.Meta(ge=0, le=limits.MAX_CHUNK)]
+    data: ChunkData
+
+
+class PushBegin(Message, tag="push_begin"):
+    """Start a push on a push handle. With ``delete``, entries under the root that the push does not list are
+    recorded as deleted; without it the previous snapshot's entries are kept. Answered by ok."""
+
+    handle: Handle
+    delete: bool = False
+
+
+class PushEntries(Message, tag="entries"):
+    """Part of the new tree. No reply on success."""
+
+    handle: Handle
+    entries: Entries
+
+
+class Commit(Message, tag="commit"):
+    """Make the push one new snapshot, atomically. Answered by ``committed``."""
+
+    handle: Handle
+
+
+class Committed(Message, tag="committed"):
+    snapshot: SnapshotId
+    time: float
+    files: U64
+    changed: U64
+    deleted: U64
+    new_chunks: U64
+    new_bytes: U64
+    stored_bytes: U64
+
+
+class Abort(Message, tag="abort"):
+    """Drop the push in progress; the target is as it was. Answered by ok."""
+
+    handle: Handle
+
+
+# --- pull --------------------------------------------------------------------------------------------------
+
+
+class List(Message, tag="list"):
+    """Entries at ``path`` (relative to the handle root) in ``snapshot`` (None: latest). Answered by one or
+    more ``listing`` messages with this rid, the last with ``done``."""
+
+    handle: Handle
+    snapshot: SnapshotId | None
+    path: PathText
+    recursive: bool = True
+
+
+class Listing(Message, tag="listing"):
+    snapshot: SnapshotId
+    entries: Entries
+    done: bool
+
+
+class Get(Message, tag="get"):
+    """Fetch chunks of one file version. Every id must belong to that file. Answered by one ``chunk`` per id,
+    in order, or an ``error``."""
+
+    handle: Handle
+    snapshot: SnapshotId
+    path: PathText
+    ids: ChunkIds
+
+
+class ChunkReply(Message, tag="chunk"):
+    id: ChunkId
+    codec: Codec
+    size: Annotated[int, msgspec.Meta(ge=0, le=limits.MAX_CHUNK)]
+    data: ChunkData
+
+
+AnyMessage = (
+    Hello
+    | Welcome
+    | Login
+    | LoggedIn
+    | Credit
+    | Bye
+    | Ok
+    | Error
+    | ListTargets
+    | Targets
+    | Open
+    | Opened
+    | Close
+    | Have
+    | Missing
+    | Put
+    | PushBegin
+    | PushEntries
+    | Commit
+    | Committed
+    | Abort
+    | List
+    | Listing
+    | Get
+    | ChunkReply
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)  # type: ignore[arg-type]
+
+
+def encode(message: Message) -> bytes:
+    """The frame body for ``message`` (without the length header)."""
+    return _encoder.encode(message)
+
+
+def decode(body: bytes | memoryview) -> Message:
+    """Parse and validate one frame body. Raises ``msgspec.DecodeError`` / ``ValidationError`` on bad input."""
+    return _decoder.decode(body)  # type: ignore[no-any-return]
