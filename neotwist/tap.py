@@ -1,0 +1,138 @@
+"""``twistd neophytos``: command-line options and the service tree of the server.
+
+``makeService`` prepares the data directory (0700), the SSH host key, the TLS certificate, the account store
+and the repository, then listens with the SSH server and the TLS server on the configured endpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.logger import Logger
+from twisted.python import usage
+
+from neotwist.server import hostkeys
+from neotwist.server.accounts import BCRYPT_ROUNDS, AccountStore, fingerprint
+from neotwist.server.ssh import make_ssh_factory
+from neotwist.server.tls import make_tls_factory
+
+log = Logger()
+
+DEFAULT_DATA = "./neophytos-data"
+DEFAULT_SSH = "4322"
+DEFAULT_TLS = "4323"
+
+
+def endpoint_description(value: str, option: str) -> str | None:
+    """A listening endpoint string from an option value: a bare port number means ``tcp:N``; ``none``
+    disables the listener (None)."""
+    value = value.strip()
+    if value.lower() == "none":
+        return None
+    if value.isdigit():
+        port = int(value)
+        if not 0 <= port <= 65535:
+            raise usage.UsageError(f"--{option}: port {port} is out of range 0-65535")
+        return f"tcp:{port}"
+    if not value or ":" not in value:
+        raise usage.UsageError(f"--{option}: give a port number, an endpoint such as tcp:4322, or 'none'")
+    if option == "tls" and value.split(":", 1)[0].lower() in ("ssl", "tls"):
+        raise usage.UsageError(
+            "--tls: give the plain stream endpoint to listen on (e.g. tcp:4323); TLS is added by the server"
+        )
+    return value
+
+
+class Options(usage.Options):
+    synopsis = "[--data DIR] [--ssh PORT|ENDPOINT|none] [--tls PORT|ENDPOINT|none]"
+    longdesc = (
+        "Run the Neophytos backup server: the 'neophytos' SSH subsystem and the same protocol over TLS. "
+        "Accounts are managed with neo-admin --data DIR (also while the server runs). "
+        "Endpoints use Twisted's syntax, e.g. tcp:4322:interface=127.0.0.1 or systemd:domain=INET:index=0."
+    )
+    optParameters = [
+        ["data", None, DEFAULT_DATA, "Data directory: accounts, host keys, TLS certificate, repository."],
+        ["ssh", None, DEFAULT_SSH, "SSH listening port or endpoint ('none' disables SSH)."],
+        ["tls", None, DEFAULT_TLS, "TLS listening port or plain stream endpoint ('none' disables TLS)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["bcrypt_rounds"] = BCRYPT_ROUNDS
+
+    def opt_bcrypt_rounds(self, value: str) -> None:
+        # Hidden (see getUsage): only tests lower the bcrypt work factor.
+        try:
+            rounds = int(value)
+        except ValueError:
+            raise usage.UsageError("--bcrypt-rounds must be an integer") from None
+        if not 4 <= rounds <= 31:
+            raise usage.UsageError("--bcrypt-rounds must be between 4 and 31")
+        self["bcrypt_rounds"] = rounds
+
+    def getUsage(self, width: int | None = None) -> str:
+        text: str = super().getUsage(width)
+        return "\n".join(line for line in text.splitlines() if "bcrypt-rounds" not in line) + "\n"
+
+    def postOptions(self) -> None:
+        self["ssh_endpoint"] = endpoint_description(self["ssh"], "ssh")
+        self["tls_endpoint"] = endpoint_description(self["tls"], "tls")
+        if self["ssh_endpoint"] is None and self["tls_endpoint"] is None:
+            raise usage.UsageError("--ssh none and --tls none leave nothing to serve")
+
+
+def prepare_data_dir(data: Path) -> Path:
+    """Create the data directory owner-only (0700); refuse one that others can write to."""
+    data = data.expanduser().resolve()
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = data.stat().st_mode & 0o777
+    if mode & 0o022:
+        raise usage.UsageError(
+            f"data directory {data} is writable by others (mode {mode:o}): chmod 700 {data}"
+        )
+    if mode & 0o077:
+        os.chmod(data, 0o700)
+    return data
+
+
+def makeService(options: Options) -> service.MultiService:
+    from twisted.internet import reactor
+
+    # Imported here so `twistd --help` works without loading the repository and session code.
+    from neotwist.server.repository import Repository
+    from neotwist.server.session import ServerServices, make_server_peer
+
+    data = prepare_data_dir(Path(options["data"]))
+    accounts = AccountStore(data / "accounts.sqlite", bcrypt_rounds=options["bcrypt_rounds"])
+    services = ServerServices(repository=Repository(data / "repo"), accounts=accounts, reactor=reactor)
+    top = service.MultiService()
+
+    if options["ssh_endpoint"] is not None:
+        host_key = hostkeys.load_or_create_host_key(data)
+        peer_factory: Any = functools.partial(make_server_peer, services)
+        ssh_factory: Any = make_ssh_factory(host_key, accounts, peer_factory, reactor)
+        strports.service(options["ssh_endpoint"], ssh_factory).setServiceParent(top)
+        log.info(
+            "SSH on {endpoint}, host key {fingerprint}",
+            endpoint=options["ssh_endpoint"],
+            fingerprint=fingerprint(host_key),
+        )
+
+    if options["tls_endpoint"] is not None:
+        cert_path, key_path = hostkeys.load_or_create_tls(data)
+        tls_peer_factory: Any = functools.partial(make_server_peer, services, None)
+        tls_factory = make_tls_factory(cert_path, key_path, tls_peer_factory)
+        strports.service(options["tls_endpoint"], tls_factory).setServiceParent(top)
+        log.info(
+            "TLS on {endpoint}, certificate SHA-256 {fingerprint}",
+            endpoint=options["tls_endpoint"],
+            fingerprint=hostkeys.tls_fingerprint(cert_path),
+        )
+
+    if not accounts.list():
+        log.info("no accounts yet: neo-admin --data {data} account add NAME", data=str(data))
+    return top
