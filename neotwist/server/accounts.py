@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import hmac
+import os
 import sqlite3
 import threading
 import time
@@ -152,13 +153,18 @@ class AccountStore:
         self.bcrypt_rounds = bcrypt_rounds
         self._dummy_hash: bytes | None = None
         self._dummy_lock = threading.Lock()
+        if not self.path.exists():
+            # Hashes are secrets too: the file (and SQLite's -wal/-shm, which copy its mode) is owner-only.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
         finally:
             db.close()
         with self._connect(write=True) as db:
-            db.executescript(_SCHEMA)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
             if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 

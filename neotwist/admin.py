@@ -1,0 +1,204 @@
+"""``neo-admin``: manage the server's accounts and SSH keys, also while the server runs.
+
+It works on the same SQLite account store as the server (``DATA/accounts.sqlite``); the server reads it on
+every login, so changes take effect at once. Exit status: 0 done, 1 the operation failed (one line on stderr
+says why and what to do), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sqlite3
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import msgspec
+from twisted.python.usage import UsageError
+
+from neotwist.server.accounts import BCRYPT_ROUNDS, AccountError, AccountStore, parse_public_key
+from neotwist.tap import DEFAULT_DATA, prepare_data_dir
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+STDIN_HELP = "read the password from the first line of stdin (no prompt)"
+
+
+class Failed(Exception):
+    """The operation could not be done; the message is printed as is."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neo-admin",
+        description="Manage Neophytos server accounts and their SSH keys. Safe to run while the server runs: "
+        "changes apply to the next login.",
+        epilog="Examples:\n"
+        "  neo-admin --data /srv/neophytos account add alice --ssh-key ~alice/.ssh/id_ed25519.pub\n"
+        "  printf '%s\\n' \"$PW\" | neo-admin --data /srv/neophytos account passwd alice --password-stdin\n"
+        "  neo-admin --data /srv/neophytos key list alice --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        metavar="DIR",
+        help=f"the server's data directory, as given to twistd neophytos --data (default: {DEFAULT_DATA})",
+    )
+    parser.add_argument("--bcrypt-rounds", type=int, default=BCRYPT_ROUNDS, help=argparse.SUPPRESS)
+    groups = parser.add_subparsers(dest="group", metavar="{account,key}", required=True)
+
+    account = groups.add_parser("account", help="add, list accounts; change passwords")
+    account_cmds = account.add_subparsers(dest="command", metavar="{add,list,passwd}", required=True)
+
+    add = account_cmds.add_parser(
+        "add",
+        help="create an account",
+        description="Create an account. It gets a password (prompted twice, or --password-stdin) unless "
+        "--no-password is given; --ssh-key authorizes a public key at once.",
+    )
+    add.add_argument("name", help="account name: letters, digits, '.', '_', '-'")
+    how = add.add_mutually_exclusive_group()
+    how.add_argument("--password-stdin", action="store_true", help=STDIN_HELP)
+    how.add_argument("--no-password", action="store_true", help="no password: log in with SSH keys only")
+    add.add_argument("--ssh-key", metavar="FILE.pub", type=Path, help="authorize this OpenSSH public key")
+
+    listing = account_cmds.add_parser("list", help="list accounts")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+
+    passwd = account_cmds.add_parser("passwd", help="set an account's password")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true", help=STDIN_HELP)
+
+    key = groups.add_parser("key", help="add, remove, list an account's SSH public keys")
+    key_cmds = key.add_subparsers(dest="command", metavar="{add,remove,list}", required=True)
+    key_add = key_cmds.add_parser("add", help="authorize the public key(s) in an OpenSSH .pub file")
+    key_add.add_argument("name")
+    key_add.add_argument("file", metavar="FILE.pub", type=Path)
+    key_remove = key_cmds.add_parser("remove", help="remove a key by fingerprint (SHA256:...) or comment")
+    key_remove.add_argument("name")
+    key_remove.add_argument("key", metavar="FINGERPRINT|COMMENT")
+    key_list = key_cmds.add_parser("list", help="list an account's keys")
+    key_list.add_argument("name")
+    key_list.add_argument("--json", action="store_true", help="print a JSON array")
+    return parser
+
+
+def read_password(from_stdin: bool) -> str:
+    """The new password: the first line of stdin, or typed twice at a prompt."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        if password.endswith("\r"):
+            password = password[:-1]
+        if not password:
+            raise Failed("no password on stdin: pipe it in as the first line (printf '%s\\n' \"$PW\" | ...)")
+        return password
+    if not sys.stdin.isatty():
+        raise Failed("no terminal to ask for a password: use --password-stdin (or --no-password)")
+    first = getpass.getpass("New password: ")
+    if getpass.getpass("Again: ") != first:
+        raise Failed("the passwords differ; nothing was changed: run the command again")
+    return first
+
+
+def _key_lines(path: Path) -> list[bytes]:
+    try:
+        text = path.expanduser().read_bytes()
+    except OSError as e:
+        raise Failed(f"cannot read {path}: {e.strerror}") from None
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(b"#")]
+    if not lines:
+        raise Failed(f"{path} holds no public key: give an OpenSSH .pub file (ssh-keygen makes one)")
+    return lines
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode("utf-8") + "\n")
+
+
+def run(args: argparse.Namespace) -> None:
+    data = Path(args.data).expanduser()
+    cmd = (args.group, args.command)
+    if cmd == ("account", "add"):
+        try:
+            data = prepare_data_dir(data)  # the first account may come before the server's first start
+        except (OSError, UsageError) as e:
+            raise Failed(str(e)) from None
+    elif not data.is_dir():
+        raise Failed(f"no data directory {data}: fix --data (the server's twistd neophytos --data DIR)")
+    store = AccountStore(data / "accounts.sqlite", bcrypt_rounds=args.bcrypt_rounds)
+
+    if cmd == ("account", "add"):
+        lines = _key_lines(args.ssh_key) if args.ssh_key else []
+        for line in lines:
+            parse_public_key(line)  # refuse a bad key file before anything is created
+        password = None if args.no_password else read_password(args.password_stdin)
+        account = store.add(args.name, password)
+        for line in lines:
+            fp = store.add_key(account.name, line)
+            print(f"{account.name}: key {fp} added")
+        print(f"account {account.name} added" + ("" if password else " (no password: SSH keys only)"))
+    elif cmd == ("account", "list"):
+        accounts = store.list()
+        if args.json:
+            _print_json(
+                [
+                    {
+                        "name": a.name,
+                        "created": a.created,
+                        "has_password": a.has_password,
+                        "keys": len(store.keys(a.name)),
+                    }
+                    for a in accounts
+                ]
+            )
+        else:
+            for a in accounts:
+                keys = len(store.keys(a.name))
+                print(f"{a.name}\tpassword={'yes' if a.has_password else 'no'}\tkeys={keys}")
+    elif cmd == ("account", "passwd"):
+        if store.get(args.name) is None:
+            raise Failed(f"no such account: {args.name!r} (see: neo-admin account list)")
+        store.set_password(args.name, read_password(args.password_stdin))
+        print(f"password of {args.name} changed")
+    elif cmd == ("key", "add"):
+        for line in _key_lines(args.file):
+            print(f"{args.name}: key {store.add_key(args.name, line)} added")
+    elif cmd == ("key", "remove"):
+        print(f"{args.name}: key {store.remove_key(args.name, args.key)} removed")
+    elif cmd == ("key", "list"):
+        records = store.keys(args.name)
+        if args.json:
+            _print_json(
+                [
+                    {"fingerprint": k.fingerprint, "type": k.key_type, "comment": k.comment, "added": k.added}
+                    for k in records
+                ]
+            )
+        else:
+            for k in records:
+                print(f"{k.fingerprint}\t{k.key_type}\t{k.comment}")
+    else:  # pragma: no cover - argparse only lets the commands above through
+        raise AssertionError(cmd)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = _parser().parse_args(argv)  # exits 2 on usage errors
+    try:
+        run(args)
+    except (Failed, AccountError, ValueError) as e:
+        print(f"neo-admin: {e}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+    except sqlite3.Error as e:
+        print(f"neo-admin: the account store in {args.data} cannot be used: {e}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        print("neo-admin: interrupted; nothing more was changed", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_OK)
