@@ -26,6 +26,7 @@ from twisted.conch import error as conch_error
 from twisted.conch.avatar import ConchUser
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import common
+from twisted.conch.ssh.address import SSHTransportAddress
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.connection import (
     EXTENDED_DATA_STDERR,
@@ -35,7 +36,11 @@ from twisted.conch.ssh.connection import (
 )
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.keys import BadKeyError, Key
-from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
+from twisted.conch.ssh.transport import (
+    DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+    DISCONNECT_PROTOCOL_ERROR,
+    SSHServerTransport,
+)
 from twisted.conch.ssh.userauth import SSHUserAuthServer
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey, IUsernamePassword
@@ -92,7 +97,9 @@ def thread_runner(reactor: Any) -> RunBlocking:
 
 
 def format_address(address: IAddress | None) -> str:
-    """``host:port`` for an IPv4/IPv6 address, the address's repr for anything else."""
+    """``host:port`` for an IPv4/IPv6 address (also inside an SSH channel's address), else its repr."""
+    if isinstance(address, SSHTransportAddress):
+        address = address.address
     host, port = getattr(address, "host", None), getattr(address, "port", None)
     if host is None:
         return str(address)
@@ -428,9 +435,43 @@ class NeoSessionChannel(SSHChannel):
         self.protocol.connectionLost(reason)
 
 
+class NeoServerTransport(SSHServerTransport):
+    """The server transport, with the login timeout counted from the TCP connection (conch's own starts only
+    when the client asks for ``ssh-userauth``, so a client that never asks would be held forever)."""
+
+    _login_timer: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        clock = getattr(self.factory, "clock", None)
+        if clock is not None:
+            self._login_timer = clock.callLater(limits.LOGIN_TIMEOUT, self._login_timed_out)
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        transport: Any = self.transport
+        log.info("login timed out: address={address}", address=format_address(transport.getPeer()))
+        self.sendDisconnect(DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"login timed out")
+
+    def _cancel_login_timer(self) -> None:
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+
+    def setService(self, service: Any) -> None:
+        if service.name == b"ssh-connection":  # only set after a successful login
+            self._cancel_login_timer()
+        super().setService(service)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._cancel_login_timer()
+        super().connectionLost(reason)
+
+
 class NeoSSHFactory(SSHFactory):
     """The SSH server factory (one host key, our auth and connection services)."""
 
+    protocol = NeoServerTransport
     services = {
         b"ssh-userauth": NeoUserAuthServer,
         b"ssh-connection": NeoConnection,
