@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import hmac
 import ipaddress
 import os
 import shutil
@@ -34,25 +35,30 @@ from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.transport import SSHServerTransport
 from twisted.conch.ssh.userauth import SSHUserAuthServer
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.portal import Portal
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import implementer
-from twisted.cred.portal import IRealm
 
+from neotwist.client.connect import ConnectOptions, Session, connect
 from neotwist.client.knownhosts import HostKeyError, KnownHostsFile
 from neotwist.client.openssh import open_openssh, ssh_argv
 from neotwist.client.remote import ConnectError, Remote
 from neotwist.client.sshclient import SSHOptions, open_ssh
 from neotwist.client.tlsclient import TLSOptions, open_tls
+from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.messages import Bye, Hello, ListTargets, LoggedIn, Login, Message, Targets, Welcome
+from neotwist.wire.peer import Peer
 
 PASSWORD = b"correct horse"
 
 
-# --- a byte collector standing in for the Peer ----------------------------------------------------------------
+# --- a byte collector standing in for the Peer --------------------------------------------------------------
 
 
 class Collector(Protocol):
@@ -85,12 +91,13 @@ class Collector(Protocol):
             self.lost.callback(None)
 
 
-# --- a minimal conch server with a "neophytos" echo subsystem ------------------------------------------------
+# --- a minimal conch server with a "neophytos" echo subsystem -----------------------------------------------
 
 
 @dataclass
 class ServerState:
     allow_subsystem: bool = True
+    handler: Any = None  # a MessageHandler: run a server Peer on the subsystem instead of echoing
     sessions: int = 0
     received: bytearray = field(default_factory=bytearray)
     closed: list[Deferred[None]] = field(default_factory=list)
@@ -105,18 +112,83 @@ class EchoSessionChannel(SSHChannel):
         if name != b"neophytos" or not state.allow_subsystem:
             return 0
         state.sessions += 1
+        self.server_peer: Peer | None = None
+        if state.handler is not None:
+            self.server_peer = Peer(state.handler, is_client=False)
+            self.server_peer.makeConnection(ChannelStream(self))
         return 1
 
     def request_env(self, data: bytes) -> int:
         return 0
 
     def dataReceived(self, data: bytes) -> None:
+        if getattr(self, "server_peer", None) is not None:
+            self.server_peer.dataReceived(data)  # type: ignore[union-attr]
+            return
         self.avatar.state.received += data  # type: ignore[union-attr]
         self.write(data)
+
+    def closed(self) -> None:
+        if getattr(self, "server_peer", None) is not None:
+            self.server_peer.connectionLost(Failure(ConnectionDone()))  # type: ignore[union-attr]
+        super().closed()
 
     def eofReceived(self) -> None:
         self.conn.sendRequest(self, b"exit-status", struct.pack(">L", 0))  # type: ignore[union-attr]
         self.loseConnection()
+
+
+class ChannelStream:
+    """The server Peer's transport on the test server's channel."""
+
+    def __init__(self, channel: SSHChannel) -> None:
+        self.channel = channel
+
+    def write(self, data: bytes) -> None:
+        self.channel.write(data)
+
+    def writeSequence(self, seq: list[bytes]) -> None:
+        self.channel.write(b"".join(seq))
+
+    def loseConnection(self) -> None:
+        self.channel.conn.sendRequest(self.channel, b"exit-status", struct.pack(">L", 0))  # type: ignore[union-attr]
+        self.channel.loseConnection()
+
+
+class HelloHandler:
+    """A tiny server session: welcome, optional in-band login, an empty target list, bye."""
+
+    def __init__(self, login_required: bool = False, version: int = limits.PROTOCOL_VERSION) -> None:
+        self.login_required = login_required
+        self.version = version
+        self.logins: list[str] = []
+
+    def message_received(self, peer: Peer, message: Message) -> None:
+        if isinstance(message, Hello):
+            peer.send(
+                Welcome(
+                    rid=message.rid,
+                    version=self.version,
+                    software="test/1",
+                    window=limits.WINDOW,
+                    login_required=self.login_required,
+                    account="" if self.login_required else "alice",
+                )
+            )
+        elif isinstance(message, Login):
+            self.logins.append(message.password)
+            if message.account == "alice" and hmac.compare_digest(message.password, PASSWORD.decode()):
+                peer.send(LoggedIn(rid=message.rid, account="alice"))
+            else:
+                peer.reply_error(message.rid, NeoError(ErrorCode.AUTH_FAILED, "wrong account or password"))
+        elif isinstance(message, ListTargets):
+            peer.send(Targets(rid=message.rid, targets=[]))
+        elif isinstance(message, Bye):
+            peer.send(Bye(rid=message.rid))
+            peer.close()
+
+    def connection_lost(self, peer: Peer, reason: Failure) -> None:
+        pass
 
 
 class EchoAvatar(ConchUser):
@@ -160,7 +232,9 @@ def write_key(path: Path, key: keys.Key) -> Path:
 class SSHServerMixin:
     """Starts an echo SSH server on 127.0.0.1:0; waits, after each test, for its connections to close."""
 
-    def start_ssh_server(self: Any, client_key: keys.Key, host_key: keys.Key | None = None) -> tuple[int, Any]:
+    def start_ssh_server(
+        self: Any, client_key: keys.Key, host_key: keys.Key | None = None
+    ) -> tuple[int, Any]:
         state = ServerState()
         host_key = host_key or new_ssh_key()
         factory = SSHFactory()
@@ -180,7 +254,7 @@ class SSHServerMixin:
         return port.getHost().port, state
 
 
-# --- conch SSH --------------------------------------------------------------------------------------------------
+# --- conch SSH ----------------------------------------------------------------------------------------------
 
 
 class SSHTransportTests(SSHServerMixin, unittest.TestCase):
@@ -327,7 +401,7 @@ class SSHTransportTests(SSHServerMixin, unittest.TestCase):
         self.assertIn(f"cannot connect to 127.0.0.1:{number}", str(info.exception))
 
 
-# --- TLS ------------------------------------------------------------------------------------------------------
+# --- TLS ----------------------------------------------------------------------------------------------------
 
 
 def _name(text: str) -> x509.Name:
@@ -468,7 +542,8 @@ class TLSTransportTests(unittest.TestCase):
         # A CA that did not sign the server's certificate: refused.
         other_key = ec.generate_private_key(ec.SECP256R1())
         other_file = self.dir / "other.pem"
-        other_file.write_bytes(make_cert("other CA", other_key, ca=True).public_bytes(serialization.Encoding.PEM))
+        other_ca = make_cert("other CA", other_key, ca=True)
+        other_file.write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
         peer = Collector()
         remote = Remote("tls", "alice", "127.0.0.1", port, "t", "")
         with self.assertRaises(ConnectError) as info:
@@ -477,7 +552,7 @@ class TLSTransportTests(unittest.TestCase):
         self.assertFalse(peer.made)
 
 
-# --- OpenSSH client binary ------------------------------------------------------------------------------------
+# --- OpenSSH client binary ----------------------------------------------------------------------------------
 
 SSH = shutil.which("ssh")
 SSH_OPTS = (
@@ -502,7 +577,18 @@ class OpenSSHTransportTests(SSHServerMixin, unittest.TestCase):
     def test_argv(self) -> None:
         self.assertEqual(
             ssh_argv("ssh -o 'BatchMode yes'", self.remote),
-            ["ssh", "-o", "BatchMode yes", "-p", str(self.port), "-l", "alice", "127.0.0.1", "-s", "neophytos"],
+            [
+                "ssh",
+                "-o",
+                "BatchMode yes",
+                "-p",
+                str(self.port),
+                "-l",
+                "alice",
+                "127.0.0.1",
+                "-s",
+                "neophytos",
+            ],
         )
 
     @defer.inlineCallbacks
@@ -534,3 +620,117 @@ class OpenSSHTransportTests(SSHServerMixin, unittest.TestCase):
         assert peer.reason is not None
         self.assertIsInstance(peer.reason.value, ConnectError)
         self.assertEqual(self.state.sessions, 0)
+
+
+# --- connect(): transport + hello + login, against servers running a real server-side Peer ------------------
+
+
+class ConnectTests(SSHServerMixin, unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.client_key = new_ssh_key()
+        self.key_file = write_key(self.dir / "id", self.client_key)
+
+    def ssh_options(self, **kw: Any) -> ConnectOptions:
+        kw.setdefault("known_hosts", self.dir / "known_hosts")
+        kw.setdefault("accept_new_host_key", True)
+        kw.setdefault("use_agent", False)
+        return ConnectOptions(**kw)
+
+    def start_tls_peer_server(self, handler: HelloHandler) -> int:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = make_cert("neophytos test", key)
+        closed: list[Deferred[None]] = []
+
+        class Tracked(Peer):
+            def connectionMade(self) -> None:
+                self.done: Deferred[None] = Deferred()
+                closed.append(self.done)
+                super().connectionMade()
+
+            def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+                super().connectionLost(reason)
+                if not self.done.called:
+                    self.done.callback(None)
+
+        factory = Factory.forProtocol(lambda: Tracked(handler, is_client=False))
+        options = ssl.PrivateCertificate.loadPEM(pem(cert, key)).options()
+        port = reactor.listenSSL(0, factory, options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: defer.DeferredList(list(closed)))
+        return port.getHost().port  # type: ignore[no-any-return]
+
+    async def _use_and_close(self, session: Session) -> None:
+        reply = await session.peer.request(ListTargets(rid=0))
+        self.assertIsInstance(reply, Targets)
+        await session.close()
+        self.assertTrue(session.peer.ended_cleanly)
+
+    @defer.inlineCallbacks
+    def test_ssh_session(self) -> Any:
+        port, state = self.start_ssh_server(self.client_key)
+        state.handler = HelloHandler()
+        remote = Remote("ssh", "alice", "127.0.0.1", port, "t", "")
+        session = yield connect(reactor, remote, self.ssh_options(identity_files=[str(self.key_file)]))
+        self.assertEqual(session.welcome.account, "alice")
+        self.assertFalse(session.welcome.login_required)
+        yield defer.ensureDeferred(self._use_and_close(session))
+
+    @defer.inlineCallbacks
+    def test_openssh_session_and_failure(self) -> Any:
+        if SSH is None:
+            raise unittest.SkipTest("no ssh binary")
+        port, state = self.start_ssh_server(self.client_key)
+        state.handler = HelloHandler()
+        remote = Remote("ssh", "alice", "127.0.0.1", port, "t", "")
+        options = self.ssh_options(ssh_command=f"{SSH} {SSH_OPTS} -i {self.key_file}")
+        session = yield connect(reactor, remote, options)
+        yield defer.ensureDeferred(self._use_and_close(session))
+        wrong = write_key(self.dir / "id_wrong", new_ssh_key())
+        options = self.ssh_options(ssh_command=f"{SSH} {SSH_OPTS} -i {wrong}")
+        with self.assertRaises(ConnectError) as info:
+            yield connect(reactor, remote, options)
+        self.assertIn("Permission denied", str(info.exception))
+
+    @defer.inlineCallbacks
+    def test_tls_login(self) -> Any:
+        handler = HelloHandler(login_required=True)
+        port = self.start_tls_peer_server(handler)
+        remote = Remote("tls", "alice", "127.0.0.1", port, "t", "")
+        asked: list[int] = []
+
+        def get_password() -> str:
+            asked.append(1)
+            return PASSWORD.decode()
+
+        options = ConnectOptions(
+            tls_known_hosts=self.dir / "tls_known_hosts", accept_new_host_key=True, get_password=get_password
+        )
+        session = yield connect(reactor, remote, options)
+        self.assertTrue(session.welcome.login_required)
+        self.assertEqual(asked, [1])
+        yield defer.ensureDeferred(self._use_and_close(session))
+        options.get_password = lambda: "wrong"
+        with self.assertRaises(ConnectError) as info:
+            yield connect(reactor, remote, options)
+        self.assertEqual(str(info.exception), f"authentication failed for alice@127.0.0.1:{port}")
+        self.assertEqual(handler.logins, [PASSWORD.decode(), "wrong"])
+
+    @defer.inlineCallbacks
+    def test_version_mismatch(self) -> Any:
+        port = self.start_tls_peer_server(HelloHandler(version=99))
+        remote = Remote("tls", "alice", "127.0.0.1", port, "t", "")
+        options = ConnectOptions(tls_known_hosts=self.dir / "tls_known_hosts", accept_new_host_key=True)
+        with self.assertRaises(ConnectError) as info:
+            yield connect(reactor, remote, options)
+        self.assertIn("protocol version 99", str(info.exception))
+
+    @defer.inlineCallbacks
+    def test_missing_identity_file(self) -> Any:
+        remote = Remote("ssh", "alice", "127.0.0.1", 1, "t", "")
+        with self.assertRaises(ConnectError) as info:
+            yield connect(reactor, remote, self.ssh_options(identity_files=[str(self.dir / "nope")]))
+        self.assertIn("does not exist", str(info.exception))

@@ -8,6 +8,7 @@ import hmac
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,12 +26,10 @@ BLOB_A = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + b"A" * 32
 BLOB_B = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + b"B" * 32
 
 
-def _check(known: KnownHostsFile, host: str, port: int, blob: bytes, **kw: object) -> bool:
+def _check(known: KnownHostsFile, host: str, port: int, blob: bytes, **kw: Any) -> bool:
     kw.setdefault("accept_new", False)
     kw.setdefault("confirm", None)
-    return check_identity(
-        known, host, port, "ssh-ed25519", blob, display_fingerprint=fingerprint(blob), **kw  # type: ignore[arg-type]
-    )
+    return check_identity(known, host, port, "ssh-ed25519", blob, display_fingerprint=fingerprint(blob), **kw)
 
 
 def test_host_pattern() -> None:
@@ -166,13 +165,13 @@ def test_tls_pins_use_sha256_spki_lines(tmp_path: Path) -> None:
     digest = hashlib.sha256(b"spki").digest()
     other = hashlib.sha256(b"other").digest()
     known = KnownHostsFile(tmp_path / "tls_known_hosts")
-    kw = {"display_fingerprint": "fp", "confirm": None, "kind": TLS_PUBLIC_KEY}
-    assert check_identity(known, "h", 4323, TLS_KEY_TYPE, digest, accept_new=True, **kw) is False  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"display_fingerprint": "fp", "confirm": None, "kind": TLS_PUBLIC_KEY}
+    assert check_identity(known, "h", 4323, TLS_KEY_TYPE, digest, accept_new=True, **kw) is False
     assert (tmp_path / "tls_known_hosts").read_text() == (
         f"[h]:4323 sha256-spki {base64.b64encode(digest).decode()}\n"
     )
-    assert check_identity(known, "h", 4323, TLS_KEY_TYPE, digest, accept_new=False, **kw) is True  # type: ignore[arg-type]
+    assert check_identity(known, "h", 4323, TLS_KEY_TYPE, digest, accept_new=False, **kw) is True
     with pytest.raises(HostKeyError, match="TLS PUBLIC KEY OF \\[h\\]:4323 HAS CHANGED"):
-        check_identity(known, "h", 4323, TLS_KEY_TYPE, other, accept_new=True, **kw)  # type: ignore[arg-type]
+        check_identity(known, "h", 4323, TLS_KEY_TYPE, other, accept_new=True, **kw)
     with pytest.raises(HostKeyError, match="--tls-ca"):
-        check_identity(known, "h2", 4323, TLS_KEY_TYPE, other, accept_new=False, **kw)  # type: ignore[arg-type]
+        check_identity(known, "h2", 4323, TLS_KEY_TYPE, other, accept_new=False, **kw)

@@ -4,7 +4,8 @@
 - :mod:`~neotwist.client.connect` opens a :class:`~neotwist.client.connect.Session` over one of three
   transports: conch SSH (:mod:`~neotwist.client.sshclient`, the default), an OpenSSH process
   (:mod:`~neotwist.client.openssh`, ``--ssh-command``) or TLS (:mod:`~neotwist.client.tlsclient`, ``tls://``).
-- :mod:`~neotwist.client.knownhosts` pins SSH host keys and TLS public keys (trust on first use, refuse changes).
+- :mod:`~neotwist.client.knownhosts` pins SSH host keys and TLS public keys (trust on first use, refuse
+  changes).
 
 The transports only move bytes for a :class:`~neotwist.wire.peer.Peer`; everything above the byte stream
 (framing, flow control, requests) is the same whichever transport carries it.

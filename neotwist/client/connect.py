@@ -87,7 +87,7 @@ class Session:
 
 
 def _open_password(options: ConnectOptions) -> Callable[[], str | None] | None:
-    """``options.get_password`` wrapped so it is called at most once, whatever asks (SSH auth or TLS login)."""
+    """``options.get_password`` wrapped so it runs at most once, whatever asks (SSH auth or TLS login)."""
     if options.get_password is None:
         return None
     asked: list[str | None] = []

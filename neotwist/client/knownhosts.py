@@ -3,10 +3,11 @@
 We read and write the file ourselves because conch's ``KnownHostsFile`` cannot parse OpenSSH's ``[host]:port``
 lines, and we compare full key blobs in constant time, never the MD5 fingerprint conch hands to
 ``verifyHostKey``. The same code keeps TLS pins (``[host]:port sha256-spki <base64>``, the SHA-256 of the
-certificate's SubjectPublicKeyInfo) in a separate file, so trust-on-first-use works the same on both transports.
+certificate's SubjectPublicKeyInfo) in a separate file, so trust-on-first-use works the same on both
+transports.
 
-The decision (:func:`check_identity`) is sans-IO apart from the small file read/append: the SSH and TLS adapters
-call it from their verify hooks, before any application byte is sent.
+The decision (:func:`check_identity`) is sans-IO apart from the small file read/append: the SSH and TLS
+adapters call it from their verify hooks, before any application byte is sent.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def default_tls_known_hosts() -> Path:
 
 
 def host_pattern(host: str, port: int) -> str:
-    """The known_hosts name for an address: ``host`` for port 22, else ``[host]:port`` (as OpenSSH writes it)."""
+    """The known_hosts name of an address: ``host`` for port 22, else ``[host]:port`` (as OpenSSH writes)."""
     host = host.lower()
     return host if port == 22 else f"[{host}]:{port}"
 
@@ -91,8 +92,8 @@ def _name_matches(name: str, wanted: str) -> bool:
 class KnownHostsFile:
     """A known_hosts file: look up the keys pinned for an address, append a new pin.
 
-    The file is re-read on every lookup: it is small, a lookup happens once per connection, and re-reading means
-    an edit by the user (or ``ssh-keygen -R``) takes effect at once.
+    The file is re-read on every lookup: it is small, a lookup happens once per connection, and re-reading
+    means an edit by the user (or ``ssh-keygen -R``) takes effect at once.
     """
 
     def __init__(self, path: Path) -> None:
@@ -132,7 +133,7 @@ class KnownHostsFile:
         return found
 
     def add(self, host: str, port: int, key_type: str, blob: bytes) -> None:
-        """Append a pin as one line (one ``write`` call); create the file 0600 in a 0700 directory if needed."""
+        """Append a pin as one line (one ``write``); create the file 0600 in a 0700 directory if needed."""
         line = f"{host_pattern(host, port)} {key_type} {base64.b64encode(blob).decode('ascii')}\n"
         if not self.path.parent.exists():
             self.path.parent.mkdir(mode=0o700, parents=True)
@@ -208,7 +209,8 @@ def check_identity(
         raise HostKeyError(
             f"WARNING: THE {kind.noun.upper()} OF {address} HAS CHANGED (it is now {display_fingerprint}): "
             f"someone may be intercepting the connection, or the server's key was replaced. Refusing to "
-            f"connect. If the change is expected, remove line{plural} {lines} of {known.path} and connect again."
+            f"connect. If the change is expected, remove line{plural} {lines} of {known.path} and connect "
+            "again."
         )
     if accept_new:
         known.add(host, port, key_type, blob)
@@ -231,7 +233,7 @@ def check_identity(
 
 
 def ask_yes_no(prompt: str) -> bool:
-    """The interactive :data:`Confirm`: ask on stderr, read stdin, insist on 'yes' or 'no' (as OpenSSH does)."""
+    """The interactive :data:`Confirm`: ask on stderr, read stdin, insist on 'yes' or 'no' (as OpenSSH)."""
     sys.stderr.write(prompt)
     sys.stderr.flush()
     while True:

@@ -1,8 +1,8 @@
 """Parse the REMOTE argument of neo-push / neo-pull: ``[ssh://|tls://][USER@]HOST[:PORT]/TARGET[/SUBPATH]``.
 
 The parsed pieces end up as command-line arguments of ``ssh`` (``--ssh-command``) and in protocol messages, so
-everything is validated here, once: a host can never start with '-' (it would become an ssh option), the target
-and sub-path follow the same rules the server applies (:mod:`neotwist.paths`).
+everything is validated here, once: a host can never start with '-' (it would become an ssh option), the
+target and sub-path follow the same rules the server applies (:mod:`neotwist.paths`).
 """
 
 from __future__ import annotations

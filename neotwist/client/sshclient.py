@@ -249,7 +249,8 @@ class _UserAuth(SSHUserAuthClient):
         if not (self._options.use_agent and sock):
             super().serviceStarted()
             return
-        d = UNIXClientEndpoint(self._attempt.reactor, sock, timeout=5).connect(Factory.forProtocol(agent.SSHAgentClient))
+        endpoint = UNIXClientEndpoint(self._attempt.reactor, sock, timeout=5)
+        d = endpoint.connect(Factory.forProtocol(agent.SSHAgentClient))
 
         def got_agent(client: agent.SSHAgentClient) -> Deferred[list[tuple[bytes, bytes]]]:
             self._agent = client
