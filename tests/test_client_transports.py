@@ -16,6 +16,7 @@ import ipaddress
 import os
 import shutil
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,13 @@ class TrackedServerTransport(SSHServerTransport):
             self._done.callback(None)
 
 
+def scratch_dir(case: unittest.TestCase) -> Path:
+    """A private temporary directory removed after the test (trial's mktemp would litter the working dir)."""
+    path = Path(tempfile.mkdtemp(prefix="neo-client-test-"))
+    case.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
 def new_ssh_key() -> keys.Key:
     return keys.Key(ed25519.Ed25519PrivateKey.generate())
 
@@ -261,8 +269,7 @@ class SSHTransportTests(SSHServerMixin, unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
+        self.dir = scratch_dir(self)
         self.client_key = new_ssh_key()
         self.host_key = new_ssh_key()
         self.port, self.state = self.start_ssh_server(self.client_key, self.host_key)
@@ -454,8 +461,7 @@ class TLSTransportTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
+        self.dir = scratch_dir(self)
         self.known = KnownHostsFile(self.dir / "tls_known_hosts")
 
     def start_server(self, cert: x509.Certificate, key: Any) -> tuple[int, bytearray]:
@@ -568,8 +574,7 @@ class OpenSSHTransportTests(SSHServerMixin, unittest.TestCase):
         skip = "no ssh binary"
 
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
+        self.dir = scratch_dir(self)
         self.client_key = new_ssh_key()
         self.port, self.state = self.start_ssh_server(self.client_key)
         self.remote = Remote("ssh", "alice", "127.0.0.1", self.port, "t", "")
@@ -629,8 +634,7 @@ class ConnectTests(SSHServerMixin, unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
+        self.dir = scratch_dir(self)
         self.client_key = new_ssh_key()
         self.key_file = write_key(self.dir / "id", self.client_key)
 
