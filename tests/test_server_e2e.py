@@ -157,10 +157,13 @@ def test_openssh_subsystem_exec_shell(server: RunningServer) -> None:
     assert r.returncode == 1
     assert "only offers the 'neophytos' subsystem" in r.stderr
 
+    r = subprocess.run(server.ssh("127.0.0.1"), stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=30, env=env)  # fmt: skip
+    assert r.returncode == 1  # a shell
+    assert "only offers the 'neophytos' subsystem" in r.stderr
     r = subprocess.run(server.ssh("-tt", "127.0.0.1"), stdin=subprocess.DEVNULL, capture_output=True,
                        text=True, timeout=30, env=env)  # fmt: skip
-    assert r.returncode == 1
-    assert "only offers the 'neophytos' subsystem" in r.stderr
+    assert r.returncode == 255 and "PTY allocation request failed" in r.stderr  # ssh -tt gives up itself
 
     # Port forwarding (stdio forwarding opens a direct-tcpip channel) is refused.
     r = subprocess.run(server.ssh("-W", "127.0.0.1:9", "127.0.0.1"), stdin=subprocess.DEVNULL,

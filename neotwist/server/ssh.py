@@ -404,8 +404,10 @@ class NeoSessionChannel(SSHChannel):
             self.protocol.dataReceived(data)
 
     def eofReceived(self) -> None:
-        # conch has no half-close for subsystems: the client's EOF ends the session.
-        self.loseConnection()
+        # conch has no half-close for subsystems: the client's EOF ends the session. A refused shell/exec
+        # closes itself once its explanation is written (ssh sends EOF at once when stdin is empty).
+        if self._exit_code is None:
+            self.loseConnection()
 
     def loseConnection(self) -> None:
         """Close once everything written has left; first send the exit status (0 only after bye/bye)."""
@@ -457,6 +459,16 @@ class NeoServerTransport(SSHServerTransport):
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        # A client's disconnect message (OpenSSH sends one on every normal exit) is no server error.
+        transport: Any = self.transport
+        log.debug(
+            "client disconnected: address={address} code={code} reason={reason!r}",
+            address=format_address(transport.getPeer()) if transport else "?",
+            code=reasonCode,
+            reason=description,
+        )
 
     def setService(self, service: Any) -> None:
         if service.name == b"ssh-connection":  # only set after a successful login
