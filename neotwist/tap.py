@@ -125,7 +125,7 @@ def makeService(options: Options) -> service.MultiService:
     if options["tls_endpoint"] is not None:
         cert_path, key_path = hostkeys.load_or_create_tls(data)
         tls_peer_factory: Any = functools.partial(make_server_peer, services, None)
-        tls_factory = make_tls_factory(cert_path, key_path, tls_peer_factory)
+        tls_factory = make_tls_factory(cert_path, key_path, tls_peer_factory, reactor)
         strports.service(options["tls_endpoint"], tls_factory).setServiceParent(top)
         log.info(
             "TLS on {endpoint}, certificate SHA-256 {fingerprint}",

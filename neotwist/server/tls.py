@@ -49,8 +49,13 @@ class NeoTLSServerFactory(Factory):
         return protocol
 
 
-def make_tls_factory(cert_path: Path, key_path: Path, peer_factory: TlsPeerFactory) -> Any:
-    """A factory to listen with on any stream endpoint: TLS with our certificate, then a session protocol."""
+def make_tls_factory(
+    cert_path: Path, key_path: Path, peer_factory: TlsPeerFactory, clock: Any | None = None
+) -> Any:
+    """A factory to listen with on any stream endpoint: TLS with our certificate, then a session protocol.
+
+    ``clock`` (the reactor by default) schedules TLS's aggregated small writes.
+    """
     options: Any = tls_options(cert_path, key_path)
     wrapped: Any = NeoTLSServerFactory(peer_factory)
-    return TLSMemoryBIOFactory(options, False, wrapped)
+    return TLSMemoryBIOFactory(options, False, wrapped, clock=clock)
