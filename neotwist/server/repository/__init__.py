@@ -1,0 +1,19 @@
+"""Where pushed data is kept: a content-addressed chunk store and an index of snapshots, per target.
+
+Layout under the repository root (see docs/storage.md)::
+
+    catalog.sqlite                 targets: (account, name) -> numeric id, encryption, chunker parameters
+    t<id>/index.sqlite             chunk index, snapshots, file versions (interval model)
+    t<id>/packs/<NN>/<NNNNNNNN>.pack   append-only chunk records
+
+Modules, one job each: :mod:`.packs` (pack file format), :mod:`.verify` (chunk checks), :mod:`.index` (SQLite
+schemas and connections), :mod:`.target` (one target's chunks and snapshots), :mod:`.push` (staging and
+committing a snapshot), :mod:`.repository` (the catalog), :mod:`.records` (result records).
+"""
+
+from neotwist.server.repository.push import Push
+from neotwist.server.repository.records import CommitResult, SnapshotInfo, TargetMeta, Usage
+from neotwist.server.repository.repository import Repository
+from neotwist.server.repository.target import Target
+
+__all__ = ["CommitResult", "Push", "Repository", "SnapshotInfo", "Target", "TargetMeta", "Usage"]

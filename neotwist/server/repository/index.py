@@ -1,0 +1,109 @@
+"""The SQLite files of the repository: their schemas and how connections to them are opened.
+
+``catalog.sqlite`` (one per repository) lists the targets; ``t<id>/index.sqlite`` (one per target) maps chunk
+ids to pack records and holds the snapshots and file versions. Both use WAL (readers never block the writer)
+and ``synchronous=FULL``: a commit that returned is on disk, which is what lets a client forget what it
+pushed.
+
+Versions use an interval ("stash") model: a row is one version of one path, alive from snapshot ``first`` up
+to (not including) snapshot ``last``; ``last IS NULL`` marks the current version. An unchanged file costs
+nothing per snapshot, and the view of snapshot S is ``first <= S AND (last IS NULL OR last > S)``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+"""Stored in ``PRAGMA user_version`` of both files; later versions migrate forward from it."""
+
+CATALOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS targets (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    encrypted INTEGER NOT NULL,
+    chunker_algorithm TEXT NOT NULL,
+    chunker_min INTEGER NOT NULL,
+    chunker_avg INTEGER NOT NULL,
+    chunker_max INTEGER NOT NULL,
+    chunker_seed INTEGER NOT NULL,
+    keep_history INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (account_id, name)
+);
+"""
+
+INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    id BLOB PRIMARY KEY,          -- 32-byte chunk id
+    pack INTEGER NOT NULL,        -- pack number
+    offset INTEGER NOT NULL,      -- offset of the record header in the pack
+    length INTEGER NOT NULL,      -- stored bytes (after the header)
+    codec INTEGER NOT NULL,       -- 0 raw, 1 zstd, 2 sealed
+    size INTEGER NOT NULL         -- raw size
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS packs (
+    id INTEGER PRIMARY KEY,       -- pack number
+    size INTEGER NOT NULL         -- bytes of the pack that are committed; anything after is a crash orphan
+);
+
+CREATE TABLE IF NOT EXISTS counters (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    chunks INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (id, chunks, stored_bytes) VALUES (1, 0, 0);
+
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,           -- server time, never before the previous snapshot's
+    files INTEGER NOT NULL,       -- non-directory entries in the view
+    dirs INTEGER NOT NULL,        -- directory entries in the view
+    changed INTEGER NOT NULL,     -- versions this snapshot added
+    deleted INTEGER NOT NULL,     -- paths this snapshot removed
+    new_chunks INTEGER NOT NULL,  -- referenced chunks stored since the previous snapshot
+    new_bytes INTEGER NOT NULL,
+    root TEXT NOT NULL,           -- the push root (sub-path) that produced it
+    delete_mode INTEGER NOT NULL, -- the push removed unlisted paths under root
+    mark_pack INTEGER NOT NULL,   -- pack position of the chunk store at commit: chunks at or after the
+    mark_offset INTEGER NOT NULL, -- previous snapshot's mark are "new" for the next one
+    pruned INTEGER NOT NULL DEFAULT 0  -- reserved for retention: 1 = no longer listed
+);
+
+CREATE TABLE IF NOT EXISTS versions (
+    path TEXT NOT NULL,           -- relative to the target root, '/'-separated, '' = the root
+    first INTEGER NOT NULL,       -- snapshot that added this version
+    last INTEGER,                 -- first snapshot where it no longer exists; NULL = current
+    kind TEXT NOT NULL,           -- 'f', 'd', 'l'
+    mode INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    chunks BLOB NOT NULL,         -- concatenated 32-byte chunk ids
+    link TEXT NOT NULL,
+    meta BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS versions_path ON versions (path, first);
+CREATE UNIQUE INDEX IF NOT EXISTS versions_current ON versions (path) WHERE last IS NULL;
+"""
+"""``versions_current`` finds a path's current version in one probe and guarantees there is at most one."""
+
+
+def connect(path: Path, schema: str | None) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit ``BEGIN``/``COMMIT``), shareable between
+    threads (callers serialize use with a lock), WAL, durable commits; ``schema`` is applied when given."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: big commits touch many index pages
+        if schema is not None:
+            # One transaction: two processes opening a new file at once cannot interleave the DDL.
+            db.executescript(f"BEGIN IMMEDIATE;\n{schema}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+    except BaseException:
+        db.close()
+        raise
+    return db

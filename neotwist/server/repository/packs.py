@@ -1,0 +1,247 @@
+"""Append-only pack files: where chunk bytes live on disk.
+
+A target's chunks are appended to ``packs/<NN>/<NNNNNNNN>.pack`` (pack ``n`` in directory ``n // 1000``),
+rotating to a new pack near :data:`PACK_SIZE`. Many chunks per file keep the file count and the per-file
+overhead of the file system small, and appending never rewrites data an index row points to.
+
+A pack starts with :data:`FILE_MAGIC`; each record is a fixed header followed by the chunk's stored bytes
+exactly as the client sent them (raw, zstd or sealed)::
+
+    magic   4s   b"NEOc"
+    id      32s  the chunk id
+    codec   u8   0 raw, 1 zstd, 2 sealed
+    size    u32  raw (plaintext) size
+    length  u32  stored length (bytes that follow the header)
+    crc     u32  crc32 of the stored bytes
+    hcrc    u32  crc32 of the 49 header bytes before it
+
+All integers are big-endian. The header names its chunk, so a pack can be re-indexed or checked without the
+index, and a read can prove it landed on the record the index promised (see :meth:`PackStore.read`).
+
+Crash safety: the index (``packs`` table) records for each pack the offset up to which its records are
+committed. Bytes past it are orphans of a crash (appended, never indexed): :meth:`PackStore.open_writer`
+truncates the last pack back to its committed size before appending, and any pack numbered above the last
+committed one holds no indexed record, so it is simply overwritten when its number comes up again.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+from neotwist.wire.errors import ErrorCode, NeoError
+
+FILE_MAGIC = b"NEOPACK1"
+RECORD_MAGIC = b"NEOc"
+_HEAD = struct.Struct(">4s32sBIII")
+_HCRC = struct.Struct(">I")
+HEADER_SIZE = _HEAD.size + _HCRC.size
+"""Bytes of a record header (53)."""
+
+PACK_SIZE = 64 * 1024 * 1024
+"""A pack is closed once the next record would take it past this size."""
+
+_MAX_OPEN_READERS = 64
+"""Read file descriptors kept open per target (least recently used ones are closed)."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory entry (a created file or sub-directory) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` that fsyncs each parent whose entries it changed, so a crash cannot lose the directory."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+        fsync_dir(d.parent)
+
+
+def encode_header(chunk_id: bytes, codec: int, size: int, data: bytes) -> bytes:
+    head = _HEAD.pack(RECORD_MAGIC, chunk_id, codec, size, len(data), zlib.crc32(data))
+    return head + _HCRC.pack(zlib.crc32(head))
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class PackStore:
+    """The pack files of one target: one writer (appends, rotation, fsync) and pooled readers.
+
+    Appends and :meth:`sync` must be serialized by the caller (the target's store lock); :meth:`read` is
+    thread-safe on its own and uses ``os.pread``, so readers never share a file position.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fd: int | None = None
+        self._number = 0
+        self._offset = 0
+        self._touched: dict[int, int] = {}
+        self._readers: OrderedDict[int, int] = OrderedDict()
+        self._readers_lock = threading.Lock()
+
+    def path(self, number: int) -> Path:
+        return self.directory / f"{number // 1000:02d}" / f"{number:08d}.pack"
+
+    # --- writing -----------------------------------------------------------------------------------------
+
+    @property
+    def writing(self) -> bool:
+        return self._fd is not None
+
+    def open_writer(self, last: int | None, committed: int) -> None:
+        """Start appending, given the last pack the index knows of and its committed size.
+
+        The last pack is reused (truncated back to ``committed``: everything after it is a crash orphan) while
+        it has room; otherwise, or if the file is shorter than the index says (damage: never append after a
+        hole), a new pack is started.
+        """
+        if self._fd is not None:
+            return
+        if last is not None and committed < PACK_SIZE:
+            path = self.path(last)
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                fd = -1
+            if fd >= 0:
+                if os.fstat(fd).st_size >= committed >= len(FILE_MAGIC):
+                    os.ftruncate(fd, committed)
+                    os.fsync(fd)
+                    os.lseek(fd, committed, os.SEEK_SET)
+                    self._fd, self._number, self._offset = fd, last, committed
+                    return
+                os.close(fd)
+        self._create((last or 0) + 1)
+
+    def _create(self, number: int) -> None:
+        """Create (or overwrite an orphan) pack ``number``, durable before any record goes in."""
+        path = self.path(number)
+        make_dirs(path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, FILE_MAGIC)
+            os.fsync(fd)
+            fsync_dir(path.parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._number, self._offset = fd, number, len(FILE_MAGIC)
+        self._touched[number] = self._offset
+        self._forget_reader(number)
+
+    def position(self) -> tuple[int, int]:
+        """(pack, offset) where the next record will go: records are ordered by it."""
+        return self._number, self._offset
+
+    def append(self, chunk_id: bytes, codec: int, size: int, data: bytes) -> tuple[int, int]:
+        """Append one record; return its (pack, offset). Raises NeoError(STORAGE) if the disk refuses."""
+        if self._fd is None:
+            raise RuntimeError("pack writer is not open")
+        record_size = HEADER_SIZE + len(data)
+        if self._offset + record_size > PACK_SIZE and self._offset > len(FILE_MAGIC):
+            self._rotate()
+        fd, number, offset = self._fd, self._number, self._offset
+        try:
+            _write_all(fd, encode_header(chunk_id, codec, size, data) + data)
+        except OSError as e:
+            try:  # leave no torn record behind the next one
+                os.ftruncate(fd, offset)
+                os.lseek(fd, offset, os.SEEK_SET)
+            except OSError:
+                pass
+            raise NeoError(ErrorCode.STORAGE, f"cannot write chunk data: {e.strerror}") from None
+        self._offset = offset + record_size
+        self._touched[number] = self._offset
+        return number, offset
+
+    def _rotate(self) -> None:
+        """Close the full pack (durable first: rows for its records are committed later); start the next."""
+        assert self._fd is not None
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        self._create(self._number + 1)
+
+    def sync(self) -> dict[int, int]:
+        """fsync the open pack; return {pack: end offset} of every pack appended to since the last sync."""
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError as e:
+                raise NeoError(ErrorCode.STORAGE, f"cannot sync chunk data: {e.strerror}") from None
+        touched, self._touched = self._touched, {}
+        return touched
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def _reader(self, number: int) -> int:
+        with self._readers_lock:
+            fd = self._readers.get(number)
+            if fd is not None:
+                self._readers.move_to_end(number)
+                return fd
+            fd = os.open(self.path(number), os.O_RDONLY)
+            self._readers[number] = fd
+            while len(self._readers) > _MAX_OPEN_READERS:
+                _, old = self._readers.popitem(last=False)
+                os.close(old)
+            return fd
+
+    def _forget_reader(self, number: int) -> None:
+        with self._readers_lock:
+            fd = self._readers.pop(number, None)
+            if fd is not None:
+                os.close(fd)
+
+    def read(self, number: int, offset: int, length: int, chunk_id: bytes) -> tuple[int, int, bytes]:
+        """(codec, size, stored bytes) of the record the index placed at (pack, offset, length).
+
+        Raises NeoError(DAMAGED) unless the record is whole, its header checks, it names ``chunk_id`` and its
+        bytes match their crc: a pull never gets someone else's chunk or silently rotten bytes.
+        """
+        where = f"chunk {chunk_id.hex()} (pack {number} offset {offset})"
+        try:
+            buf = os.pread(self._reader(number), HEADER_SIZE + length, offset)
+        except OSError as e:
+            raise NeoError(ErrorCode.DAMAGED, f"{where}: cannot read: {e.strerror}") from None
+        if len(buf) != HEADER_SIZE + length:
+            raise NeoError(ErrorCode.DAMAGED, f"{where}: record is truncated")
+        magic, rid, codec, size, stored, crc = _HEAD.unpack_from(buf)
+        (hcrc,) = _HCRC.unpack_from(buf, _HEAD.size)
+        if magic != RECORD_MAGIC or hcrc != zlib.crc32(buf[: _HEAD.size]):
+            raise NeoError(ErrorCode.DAMAGED, f"{where}: record header is damaged")
+        if rid != chunk_id or stored != length:
+            raise NeoError(ErrorCode.DAMAGED, f"{where}: record belongs to another chunk")
+        data = buf[HEADER_SIZE:]
+        if zlib.crc32(data) != crc:
+            raise NeoError(ErrorCode.DAMAGED, f"{where}: stored bytes are damaged")
+        return codec, size, data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        with self._readers_lock:
+            for fd in self._readers.values():
+                os.close(fd)
+            self._readers.clear()

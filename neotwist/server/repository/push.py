@@ -1,0 +1,310 @@
+"""A push in progress: staging its entries and committing them as one snapshot.
+
+Entries are staged in a TEMP table of the target's writer connection (a push may list millions of files;
+Python lists would not do), each ``add`` in its own short transaction so concurrent pushes to the same target
+never share one. The commit is one ``BEGIN IMMEDIATE`` transaction of set-based statements (joins between the
+staging table and the current versions), so its cost is a few passes in SQLite's C code, not Python per file.
+Because the commit compares with the versions current *at commit time*, two concurrent pushes both land: the
+second merges into what the first produced.
+
+Only changed entries have their chunk ids checked against the chunk index: an unchanged entry references the
+same chunks as the current version, which were checked when that version was committed.
+"""
+
+# ruff: noqa: S608  (SQL text is built only from constants and generated table names; values are bound)
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from neotwist import paths
+from neotwist.server.repository.records import CommitResult, SnapshotInfo
+from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.messages import Entry
+
+if TYPE_CHECKING:
+    from neotwist.server.repository.target import Target
+
+_Row = tuple[str, str, int, int, int, bytes, str, bytes]
+"""A staged entry: (path, kind, mode, mtime_ns, size, chunks, link, meta)."""
+
+_DIFFERS = " OR ".join(
+    f"v.{c} IS NOT s.{c}" for c in ("kind", "mode", "mtime_ns", "size", "chunks", "link", "meta")
+)
+
+
+def _within(root: str) -> tuple[str, dict[str, str]]:
+    """SQL condition (and parameters) for "path is root or below it", usable with an index on path.
+
+    '0' is the character after '/', so ``root/`` < every descendant < ``root0``.
+    """
+    if not root:
+        return "1", {}
+    return "(path = :root OR (path > :root_lo AND path < :root_hi))", {
+        "root": root,
+        "root_lo": root + "/",
+        "root_hi": root + "0",
+    }
+
+
+class Push:
+    """Created by :meth:`Target.begin_push`. Not itself thread-safe: one session drives it, call by call."""
+
+    def __init__(self, target: Target, root: str, delete: bool, number: int) -> None:
+        self.target = target
+        self.root = root
+        self.delete = delete
+        self._stage = f"temp.push_{number}"  # a generated name, never client text
+        self._entries = 0
+        self._continued: _Row | None = None
+        self._continued_chunks = bytearray()
+        self._failed: NeoError | None = None
+        self._open = True
+        db, lock = target.writer
+        with lock:
+            db.execute(
+                f"CREATE TEMP TABLE {self._stage} (path TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+                " mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,"
+                " chunks BLOB NOT NULL, link TEXT NOT NULL, meta BLOB NOT NULL)"
+            )
+
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if not self._open:
+            raise NeoError(ErrorCode.PROTOCOL, "push is already committed or aborted")
+
+    def _fail(self, error: NeoError) -> NeoError:
+        """A push that received a bad entry is dead: its staging may be partial, so it may not commit."""
+        self._failed = error
+        return error
+
+    # --- staging -----------------------------------------------------------------------------------------
+
+    def add(self, entries: Sequence[Entry]) -> None:
+        """Validate and stage entries (paths relative to the push root). Raises BAD_PATH, BAD_MESSAGE,
+        LIMIT_EXCEEDED; after an error the push can only be aborted."""
+        self._check()
+        try:
+            rows = list(self._rows(entries))
+        except NeoError as e:
+            raise self._fail(e) from None
+        if not rows:
+            return
+        db, lock = self.target.writer
+        with lock:
+            db.execute("BEGIN")
+            try:
+                db.executemany(f"INSERT INTO {self._stage} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                db.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                db.execute("ROLLBACK")
+                raise self._fail(
+                    NeoError(ErrorCode.BAD_MESSAGE, "a path is listed twice in one push")
+                ) from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _rows(self, entries: Sequence[Entry]) -> Iterator[_Row]:
+        root, id_size = self.root, limits.ID_SIZE
+        max_bytes = limits.MAX_CHUNKS_PER_FILE * id_size
+        for e in entries:
+            if self._continued is not None:
+                first = self._continued
+                if e.path != paths.relative_to(first[0], root):
+                    raise NeoError(ErrorCode.BAD_MESSAGE, f"continuation of {first[0]!r} names {e.path!r}")
+                if len(e.chunks) % id_size:
+                    raise NeoError(ErrorCode.BAD_MESSAGE, f"chunk ids of {e.path!r} are not {id_size}-byte")
+                self._continued_chunks += e.chunks
+                if len(self._continued_chunks) > max_bytes:
+                    raise NeoError(
+                        ErrorCode.LIMIT_EXCEEDED, f"{e.path!r} has over {limits.MAX_CHUNKS_PER_FILE} chunks"
+                    )
+                if not e.more:
+                    yield (*first[:5], bytes(self._continued_chunks), *first[6:])
+                    self._continued = None
+                    self._continued_chunks = bytearray()
+                continue
+            self._entries += 1
+            if self._entries > limits.MAX_PUSH_ENTRIES:
+                raise NeoError(
+                    ErrorCode.LIMIT_EXCEEDED, f"a push may list at most {limits.MAX_PUSH_ENTRIES} entries"
+                )
+            path = paths.join(root, paths.check_path(e.path))
+            kind = e.kind
+            if kind == "f":
+                if len(e.chunks) % id_size:
+                    raise NeoError(ErrorCode.BAD_MESSAGE, f"chunk ids of {e.path!r} are not {id_size}-byte")
+                if len(e.chunks) > max_bytes:
+                    raise NeoError(
+                        ErrorCode.LIMIT_EXCEEDED, f"{e.path!r} has over {limits.MAX_CHUNKS_PER_FILE} chunks"
+                    )
+            elif kind in ("d", "l"):
+                if e.chunks or e.more:
+                    raise NeoError(ErrorCode.BAD_MESSAGE, f"{e.path!r} is not a file but has chunks")
+                if path == "" and kind != "d":
+                    raise NeoError(ErrorCode.BAD_MESSAGE, "the target root can only be a directory")
+            else:
+                raise NeoError(ErrorCode.BAD_MESSAGE, f"unknown entry kind {kind!r}")
+            row: _Row = (path, kind, e.mode, e.mtime_ns, e.size, e.chunks, e.link, e.meta)
+            if e.more:
+                self._continued = row
+                self._continued_chunks = bytearray(e.chunks)
+            else:
+                yield row
+
+    # --- ending ------------------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Drop everything staged; the target is as it was. Idempotent."""
+        if not self._open:
+            return
+        self._open = False
+        db, lock = self.target.writer
+        with lock:
+            db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+
+    def commit(self, now: float) -> CommitResult:
+        """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically.
+
+        Pending chunks are flushed first, so the commit only ever references durable, indexed chunks. Raises
+        MISSING_CHUNKS (nothing changes and the push stays open: the client may upload them and commit again),
+        BAD_MESSAGE (push ended inside a continued file; a plaintext file's chunk sizes do not add up to its
+        size: the push is dead).
+        """
+        self._check()
+        if self._continued is not None:
+            raise self._fail(
+                NeoError(ErrorCode.BAD_MESSAGE, f"push ended inside continued file {self._continued[0]!r}")
+            )
+        mark = self.target.flush_mark()
+        db, lock = self.target.writer
+        with lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                info = self._commit(db, now, mark)
+                stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            finally:
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}_chg")
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}_need")
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}_gone")
+            self._open = False
+            db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+        return CommitResult(info, stored)
+
+    def _commit(self, db: sqlite3.Connection, now: float, mark: tuple[int, int]) -> SnapshotInfo:
+        stage, chg, need, gone = (
+            self._stage,
+            f"{self._stage}_chg",
+            f"{self._stage}_need",
+            f"{self._stage}_gone",
+        )
+
+        # 1. The entries that differ from (or are absent in) the current view.
+        db.execute(
+            f"CREATE TABLE {chg} (n INTEGER PRIMARY KEY, path TEXT NOT NULL, kind TEXT, mode INTEGER,"
+            " mtime_ns INTEGER, size INTEGER, chunks BLOB, link TEXT, meta BLOB, old_kind TEXT)"
+        )
+        db.execute(
+            f"INSERT INTO {chg} (path, kind, mode, mtime_ns, size, chunks, link, meta, old_kind) "
+            f"SELECT s.path, s.kind, s.mode, s.mtime_ns, s.size, s.chunks, s.link, s.meta, v.kind "
+            f"FROM {stage} s LEFT JOIN main.versions v ON v.path = s.path AND v.last IS NULL "
+            f"WHERE v.path IS NULL OR {_DIFFERS}"
+        )
+
+        # 2. Their chunk ids, one row each (the only per-chunk step: slicing blobs, in a generator).
+        db.execute(
+            f"CREATE TABLE {need} (n INTEGER NOT NULL, i INTEGER NOT NULL, id BLOB NOT NULL,"
+            " PRIMARY KEY (n, i)) WITHOUT ROWID"
+        )
+        chunk_lists = db.execute(
+            f"SELECT n, chunks FROM {chg} WHERE kind = 'f' AND length(chunks) > 0 ORDER BY n"
+        ).fetchall()
+        id_size = limits.ID_SIZE
+
+        def split(lists: list[tuple[int, bytes]]) -> Iterator[tuple[int, int, bytes]]:
+            for n, chunks in lists:
+                for i in range(0, len(chunks), id_size):
+                    yield n, i, chunks[i : i + id_size]
+
+        db.executemany(f"INSERT INTO {need} VALUES (?, ?, ?)", split(chunk_lists))
+        del chunk_lists
+
+        missing, example = db.execute(
+            f"SELECT count(*), min(id) FROM (SELECT DISTINCT id FROM {need}) d "
+            "WHERE NOT EXISTS (SELECT 1 FROM main.chunks c WHERE c.id = d.id)"
+        ).fetchone()
+        if missing:
+            raise NeoError(ErrorCode.MISSING_CHUNKS, f"{missing} chunks missing, e.g. {bytes(example).hex()}")
+
+        if not self.target.meta.encrypted:
+            bad = db.execute(
+                f"SELECT f.path FROM {chg} f LEFT JOIN (SELECT d.n AS n, sum(c.size) AS total FROM {need} d "
+                f"JOIN main.chunks c ON c.id = d.id GROUP BY d.n) t ON t.n = f.n "
+                "WHERE f.kind = 'f' AND f.size != coalesce(t.total, 0) LIMIT 1"
+            ).fetchone()
+            if bad is not None:
+                raise self._fail(
+                    NeoError(ErrorCode.BAD_MESSAGE, f"chunk sizes of {bad[0]!r} do not add up to its size")
+                )
+
+        # 3. Chunks referenced here and stored since the previous snapshot: this snapshot's new data.
+        prev = db.execute(
+            "SELECT time, files, dirs, mark_pack, mark_offset FROM snapshots ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        prev_time, prev_files, prev_dirs, mark_pack, mark_offset = (
+            prev if prev is not None else (now, 0, 0, 0, 0)
+        )
+        new_chunks, new_bytes = db.execute(
+            f"SELECT count(*), coalesce(sum(c.length), 0) FROM (SELECT DISTINCT id FROM {need}) d "
+            "JOIN main.chunks c ON c.id = d.id WHERE c.pack > :p OR (c.pack = :p AND c.offset >= :o)",
+            {"p": mark_pack, "o": mark_offset},
+        ).fetchone()
+
+        # 4. With delete: current paths under the root that this push does not list.
+        db.execute(f"CREATE TABLE {gone} (path TEXT PRIMARY KEY, kind TEXT)")
+        if self.delete:
+            cond, params = _within(self.root)
+            db.execute(
+                f"INSERT INTO {gone} SELECT path, kind FROM main.versions WHERE last IS NULL AND {cond} "
+                f"AND path NOT IN (SELECT path FROM {stage})",
+                params,
+            )
+
+        # 5. The snapshot row, then close replaced and deleted versions, then add the new ones.
+        (changed, added_files, added_dirs, replaced_files, replaced_dirs) = db.execute(
+            f"SELECT count(*), coalesce(sum(kind != 'd'), 0), coalesce(sum(kind = 'd'), 0), "
+            f"coalesce(sum(old_kind != 'd'), 0), coalesce(sum(old_kind = 'd'), 0) FROM {chg}"
+        ).fetchone()
+        deleted, gone_files, gone_dirs = db.execute(
+            f"SELECT count(*), coalesce(sum(kind != 'd'), 0), coalesce(sum(kind = 'd'), 0) FROM {gone}"
+        ).fetchone()
+        time = max(now, prev_time)
+        files = prev_files + added_files - replaced_files - gone_files
+        dirs = prev_dirs + added_dirs - replaced_dirs - gone_dirs
+        cur = db.execute(
+            "INSERT INTO snapshots (time, files, dirs, changed, deleted, new_chunks, new_bytes, root,"
+            " delete_mode, mark_pack, mark_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time, files, dirs, changed, deleted, new_chunks, new_bytes, self.root, int(self.delete), *mark),
+        )
+        sid = cur.lastrowid
+        assert sid is not None
+        db.execute(
+            f"UPDATE main.versions SET last = :sid WHERE last IS NULL AND path IN "
+            f"(SELECT path FROM {chg} WHERE old_kind IS NOT NULL UNION ALL SELECT path FROM {gone})",
+            {"sid": sid},
+        )
+        db.execute(
+            f"INSERT INTO main.versions (path, first, last, kind, mode, mtime_ns, size, chunks, link, meta) "
+            f"SELECT path, :sid, NULL, kind, mode, mtime_ns, size, chunks, link, meta FROM {chg}",
+            {"sid": sid},
+        )
+        return SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes)

@@ -1,0 +1,338 @@
+"""One target: its chunk store (packs + chunk index) and its snapshots, behind a thread-safe API.
+
+Every method does blocking disk work and is meant to run in the reactor's thread pool. Three locks keep the
+threads apart without serializing everything:
+
+- ``_store_lock`` guards the pack writer and the *pending* chunks (appended to a pack, not yet indexed);
+- ``_lock`` guards the writer connection to ``index.sqlite`` (chunk rows, push staging, commits);
+- ``_reader_lock`` guards a second, read-only connection, so pulls and ``missing`` queries proceed (WAL) while
+  a long commit holds the writer.
+
+Lock order is store, then writer or reader; nothing takes the store lock while holding another, so there is
+no deadlock. Chunk verification (decompression and hashing) runs before any lock is taken, so several
+uploads verify in parallel.
+
+Durability order: pack bytes are fsynced, then their chunk rows are committed (:meth:`Target.flush`), then a
+push commit that references them (:class:`~neotwist.server.repository.push.Push`). Until flushed, a new chunk
+lives in the in-memory pending map, which :meth:`missing` and duplicate puts consult, so a client never
+uploads the same chunk twice in one session.
+"""
+
+# ruff: noqa: S608  (SQL text is built only from constants and generated table names; values are bound)
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from neotwist import paths
+from neotwist.server.repository import index
+from neotwist.server.repository.packs import HEADER_SIZE, PackStore, fsync_dir, make_dirs
+from neotwist.server.repository.push import Push
+from neotwist.server.repository.records import SnapshotInfo, TargetMeta, Usage
+from neotwist.server.repository.verify import verify_chunk
+from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.messages import Entry
+
+AUTO_FLUSH = 128 * 1024 * 1024
+"""Pending (appended, unindexed) bytes that trigger a flush, so a killed server keeps most uploaded chunks."""
+
+_IN_BATCH = 500
+"""Ids per ``IN (...)`` query: well under SQLite's host-parameter limit."""
+
+_PAGE = 512
+"""Rows fetched per query while listing; the lock is released between pages."""
+
+_Location = tuple[int, int, int, int, int]
+"""(pack, offset, length, codec, size) of a stored chunk."""
+
+_VIEW = "first <= :s AND (last IS NULL OR last > :s)"
+"""The versions alive in snapshot :s."""
+
+_ENTRY_COLUMNS = "path, kind, mode, mtime_ns, size, chunks, link, meta"
+
+_SNAPSHOT_COLUMNS = "id, time, files, changed, deleted, new_chunks, new_bytes"
+
+
+def snapshot_info(row: tuple[int, float, int, int, int, int, int]) -> SnapshotInfo:
+    return SnapshotInfo(*row)
+
+
+class Target:
+    """A target opened from its directory (``ROOT/t<id>``). Owned by the :class:`Repository` that opened it:
+    callers share it and must not close it (``Repository.close`` does)."""
+
+    def __init__(self, meta: TargetMeta, directory: Path) -> None:
+        self.meta = meta
+        self.directory = directory
+        make_dirs(directory / "packs")
+        db_path = directory / "index.sqlite"
+        created = not db_path.exists()
+        self._db = index.connect(db_path, index.INDEX_SCHEMA)
+        if created:
+            fsync_dir(directory)
+        self._lock = threading.Lock()
+        self._reader = index.connect(db_path, None)
+        self._reader_lock = threading.Lock()
+        self._packs = PackStore(directory / "packs")
+        self._store_lock = threading.Lock()
+        self._pending: dict[bytes, _Location] = {}
+        self._pending_bytes = 0
+        self._push_numbers = itertools.count(1)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Target {self.meta.id} {self.meta.name!r} of account {self.meta.account_id}>"
+
+    # --- chunks ------------------------------------------------------------------------------------------
+
+    def missing(self, ids: Sequence[bytes]) -> list[bool]:
+        """For each id: True when it is neither stored nor pending (the client must upload it)."""
+        result = [True] * len(ids)
+        with self._store_lock:
+            pending = self._pending
+            for i, chunk_id in enumerate(ids):
+                if chunk_id in pending:
+                    result[i] = False
+        ask = [chunk_id for chunk_id, m in zip(ids, result, strict=True) if m]
+        found: set[bytes] = set()
+        with self._reader_lock:
+            for start in range(0, len(ask), _IN_BATCH):
+                batch = ask[start : start + _IN_BATCH]
+                marks = ",".join("?" * len(batch))
+                found.update(
+                    r[0] for r in self._reader.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", batch)
+                )
+        if found:
+            result = [m and chunk_id not in found for chunk_id, m in zip(ids, result, strict=True)]
+        return result
+
+    def _indexed(self, chunk_id: bytes) -> _Location | None:
+        with self._reader_lock:
+            row = self._reader.execute(
+                "SELECT pack, offset, length, codec, size FROM chunks WHERE id = ?", (chunk_id,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
+
+    def store_chunk(self, chunk_id: bytes, codec: int, size: int, data: bytes) -> bool:
+        """Verify and append one chunk; True if it was new, False if already stored or pending.
+
+        Raises NeoError: CHUNK_MISMATCH (bytes do not match id or size), ENCRYPTION_MISMATCH (codec not
+        allowed in this target), LIMIT_EXCEEDED / BAD_MESSAGE (out of bounds), STORAGE (disk refused).
+        """
+        verify_chunk(chunk_id, codec, size, data, encrypted=self.meta.encrypted)
+        with self._store_lock:
+            if chunk_id in self._pending or self._indexed(chunk_id) is not None:
+                return False
+            self._open_writer()
+            pack, offset = self._packs.append(chunk_id, codec, size, data)
+            self._pending[chunk_id] = (pack, offset, len(data), codec, size)
+            self._pending_bytes += HEADER_SIZE + len(data)
+            full = self._pending_bytes >= AUTO_FLUSH
+        if full:
+            self.flush()
+        return True
+
+    def _open_writer(self) -> None:
+        """Called with the store lock held."""
+        if not self._packs.writing:
+            last, committed = self._committed_end()
+            self._packs.open_writer(last if last else None, committed)
+
+    def _committed_end(self) -> tuple[int, int]:
+        """(last pack, its committed size) per the index; (0, 0) before any chunk is stored."""
+        with self._reader_lock:
+            row = self._reader.execute("SELECT id, size FROM packs ORDER BY id DESC LIMIT 1").fetchone()
+        return (0, 0) if row is None else (row[0], row[1])
+
+    def flush(self) -> None:
+        """Make every pending chunk durable and indexed (fsync the pack, then one transaction)."""
+        self.flush_mark()
+
+    def flush_mark(self) -> tuple[int, int]:
+        """:meth:`flush`, returning the chunk store's position (pack, offset) after it: every chunk stored
+        before the flush lies before that position, and every chunk stored later at or after it."""
+        with self._store_lock:
+            if self._pending:
+                touched = self._packs.sync()
+                rows = [(chunk_id, *loc) for chunk_id, loc in self._pending.items()]
+                stored = sum(loc[2] for loc in self._pending.values())
+                with self._lock:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        cur = self._db.executemany(
+                            "INSERT OR IGNORE INTO chunks (id, pack, offset, length, codec, size) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            rows,
+                        )
+                        if cur.rowcount == len(rows):
+                            self._db.execute(
+                                "UPDATE counters SET chunks = chunks + ?, stored_bytes = stored_bytes + ?",
+                                (len(rows), stored),
+                            )
+                        else:  # some were indexed already (cannot happen with one writer): recount
+                            self._db.execute(
+                                "UPDATE counters SET (chunks, stored_bytes) = "
+                                "(SELECT count(*), coalesce(sum(length), 0) FROM chunks)"
+                            )
+                        self._db.executemany(
+                            "INSERT INTO packs (id, size) VALUES (?, ?) "
+                            "ON CONFLICT (id) DO UPDATE SET size = max(size, excluded.size)",
+                            sorted(touched.items()),
+                        )
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                self._pending.clear()
+                self._pending_bytes = 0
+            if self._packs.writing:
+                return self._packs.position()
+        return self._committed_end()
+
+    def read_chunk(self, chunk_id: bytes) -> tuple[int, int, bytes]:
+        """(codec, raw size, stored bytes) of a chunk; NeoError(DAMAGED) if it is not stored or its record
+        does not check out."""
+        with self._store_lock:
+            loc = self._pending.get(chunk_id)
+        if loc is None:
+            loc = self._indexed(chunk_id)
+        if loc is None:
+            raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()} is not stored")
+        pack, offset, length, codec, size = loc
+        got_codec, got_size, data = self._packs.read(pack, offset, length, chunk_id)
+        if (got_codec, got_size) != (codec, size):
+            raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()}: record disagrees with the index")
+        return codec, size, data
+
+    # --- pushes ------------------------------------------------------------------------------------------
+
+    def begin_push(self, root: str, delete: bool) -> Push:
+        """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything)."""
+        paths.check_path(root)
+        return Push(self, root, delete, next(self._push_numbers))
+
+    # --- snapshots and entries ---------------------------------------------------------------------------
+
+    def latest(self) -> SnapshotInfo | None:
+        with self._reader_lock:
+            row = self._reader.execute(
+                f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE pruned = 0 ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else snapshot_info(row)
+
+    def snapshot(self, snapshot_id: int) -> SnapshotInfo | None:
+        with self._reader_lock:
+            row = self._reader.execute(
+                f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ? AND pruned = 0", (snapshot_id,)
+            ).fetchone()
+        return None if row is None else snapshot_info(row)
+
+    def snapshot_count(self) -> int:
+        with self._reader_lock:
+            return int(self._reader.execute("SELECT count(*) FROM snapshots WHERE pruned = 0").fetchone()[0])
+
+    def list_entries(self, snapshot_id: int, path: str, recursive: bool) -> Iterator[Entry]:
+        """The entries of ``snapshot_id`` at and below ``path`` (target-relative paths), sorted by path (UTF-8
+        byte order); with ``recursive=False`` only ``path`` and its direct children.
+
+        Raises at once (not on first iteration): BAD_PATH, NO_SUCH_SNAPSHOT, NO_SUCH_PATH when nothing is at
+        or below ``path`` (never for the root ''). Rows are fetched in pages with the lock released between
+        them; a committed snapshot's view never changes, so pages are consistent. A file with more than
+        MAX_FILE_CHUNK_IDS chunk ids comes as several records, all but the last with ``more``.
+        """
+        paths.check_path(path)
+        if self.snapshot(snapshot_id) is None:
+            raise NeoError(
+                ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {snapshot_id} in target {self.meta.name}"
+            )
+        lo, hi = (path + "/", path + "0") if path else ("", None)
+        upper = "" if hi is None else " AND path < :hi"
+        with self._reader_lock:
+            top = self._reader.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path = :p AND {_VIEW}",
+                {"p": path, "s": snapshot_id},
+            ).fetchone()
+            if top is None and path:
+                below = self._reader.execute(
+                    f"SELECT 1 FROM versions WHERE path > :lo{upper} AND {_VIEW} LIMIT 1",
+                    {"lo": lo, "hi": hi, "s": snapshot_id},
+                ).fetchone()
+                if below is None:
+                    raise NeoError(ErrorCode.NO_SUCH_PATH, f"nothing at {path!r} in snapshot {snapshot_id}")
+        children = "" if recursive else " AND instr(substr(path, :cut), '/') = 0"
+        sql = (
+            f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path > :after{upper} AND {_VIEW}{children} "
+            f"ORDER BY path LIMIT {_PAGE}"
+        )
+        return self._iter_entries(top, sql, {"after": lo, "hi": hi, "s": snapshot_id, "cut": len(lo) + 1})
+
+    def _iter_entries(self, top: tuple | None, sql: str, params: dict[str, object]) -> Iterator[Entry]:
+        if top is not None:
+            yield from _records(top)
+        while True:
+            with self._reader_lock:
+                rows = self._reader.execute(sql, params).fetchall()
+            for row in rows:
+                yield from _records(row)
+            if len(rows) < _PAGE:
+                return
+            params["after"] = rows[-1][0]
+
+    def file_chunks(self, snapshot_id: int, path: str) -> bytes | None:
+        """The concatenated chunk ids of the file at ``path`` in ``snapshot_id``; None if no file is there."""
+        with self._reader_lock:
+            row = self._reader.execute(
+                f"SELECT chunks FROM versions WHERE path = :p AND kind = 'f' AND {_VIEW}",
+                {"p": path, "s": snapshot_id},
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def usage(self) -> Usage:
+        with self._reader_lock:
+            chunks, stored = self._reader.execute("SELECT chunks, stored_bytes FROM counters").fetchone()
+            row = self._reader.execute(
+                "SELECT files, dirs FROM snapshots WHERE pruned = 0 ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        files, dirs = (0, 0) if row is None else row
+        return Usage(stored_bytes=stored, chunks=chunks, files=files, dirs=dirs)
+
+    def close(self) -> None:
+        """Flush pending chunks and release files. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            with self._store_lock:
+                self._packs.close()
+            with self._lock:
+                self._db.close()
+            with self._reader_lock:
+                self._reader.close()
+
+    # --- for Push ----------------------------------------------------------------------------------------
+
+    @property
+    def writer(self) -> tuple[sqlite3.Connection, threading.Lock]:
+        """The writer connection and its lock (used by :class:`Push`)."""
+        return self._db, self._lock
+
+
+def _records(row: tuple) -> Iterator[Entry]:
+    """One version row as wire entries: a file with more chunk ids than one record carries is split."""
+    path, kind, mode, mtime_ns, size, chunks, link, meta = row
+    step = limits.MAX_FILE_CHUNK_IDS * limits.ID_SIZE
+    if len(chunks) <= step:
+        yield Entry(path, kind, mode, mtime_ns, size, bytes(chunks), link, bytes(meta))
+        return
+    for start in range(0, len(chunks), step):
+        more = start + step < len(chunks)
+        yield Entry(
+            path, kind, mode, mtime_ns, size, bytes(chunks[start : start + step]), link, bytes(meta), more
+        )
