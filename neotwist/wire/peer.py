@@ -24,7 +24,8 @@ or posts costs one SSH packet / TLS record run instead of one per message.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol as TypingProtocol
 from typing import cast
 
@@ -127,9 +128,13 @@ class Peer(Protocol):
         message.rid = rid
         d: Deferred[Message] = Deferred()
         self._pending[rid] = (d, more)
+        try:
+            self._send(message)
+        except BaseException:
+            del self._pending[rid]
+            raise
         if is_bye:
             self._bye_sent = True
-        self._send(message)
         return d
 
     def post(self, message: Message) -> None:
@@ -181,6 +186,18 @@ class Peer(Protocol):
         d: Deferred[None] = Deferred()
         self._drain_waiters.append(d)
         return d
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Collect the frames sent inside the ``with`` block into one ``transport.write`` (a producer posting
+        many small messages from outside ``dataReceived`` uses this to save SSH packets / TLS records)."""
+        self._batch += 1
+        try:
+            yield
+        finally:
+            self._batch -= 1
+            if not self._batch:
+                self._flush()
 
     def close(self) -> None:
         """Close the connection after queued frames are written."""
@@ -336,8 +353,10 @@ class Peer(Protocol):
         if entry is not None:
             self._reply_received(rid, entry, message)
             self._conn.release(size)
-        elif rid and rid & 1 == self._parity:
-            log.warn("Dropping unexpected {kind} reply to rid {rid}", kind=kind.__name__, rid=rid)
+        elif (rid and rid & 1 == self._parity) or self._closing:
+            # A late reply to a request that already failed (the peer failed, or ``more`` raised), or
+            # anything after close(): nothing waits for it.
+            log.debug("Dropping {kind} for rid {rid}", kind=kind.__name__, rid=rid)
             self._conn.release(size)
         else:
             self._inbox.append((message, size))
@@ -366,7 +385,7 @@ class Peer(Protocol):
             entry[0].errback(error)
             return
         if rid == 0:
-            log.warn("Peer reported a connection error: {code}: {reason}", code=message.code, reason=error)
+            log.warn("Peer reported a connection error: {error}", error=error)
         self._fail(error)
         if rid == 0 and self.transport is not None and not self._disconnecting:
             self._disconnecting = True
