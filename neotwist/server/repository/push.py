@@ -136,6 +136,8 @@ class Push:
                 )
             path = paths.join(root, paths.check_path(e.path))
             kind = e.kind
+            if path == "" and kind != "d":
+                raise NeoError(ErrorCode.BAD_MESSAGE, "the target root can only be a directory")
             if kind == "f":
                 if len(e.chunks) % id_size:
                     raise NeoError(ErrorCode.BAD_MESSAGE, f"chunk ids of {e.path!r} are not {id_size}-byte")
@@ -146,8 +148,6 @@ class Push:
             elif kind in ("d", "l"):
                 if e.chunks or e.more:
                     raise NeoError(ErrorCode.BAD_MESSAGE, f"{e.path!r} is not a file but has chunks")
-                if path == "" and kind != "d":
-                    raise NeoError(ErrorCode.BAD_MESSAGE, "the target root can only be a directory")
             else:
                 raise NeoError(ErrorCode.BAD_MESSAGE, f"unknown entry kind {kind!r}")
             row: _Row = (path, kind, e.mode, e.mtime_ns, e.size, e.chunks, e.link, e.meta)

@@ -293,13 +293,17 @@ class Target:
         return None if row is None else bytes(row[0])
 
     def usage(self) -> Usage:
+        """Stored bytes and chunks include pending (written, not yet indexed) ones: what a quota counts."""
+        with self._store_lock:
+            pending_chunks = len(self._pending)
+            pending_bytes = sum(loc[2] for loc in self._pending.values())
         with self._reader_lock:
             chunks, stored = self._reader.execute("SELECT chunks, stored_bytes FROM counters").fetchone()
             row = self._reader.execute(
                 "SELECT files, dirs FROM snapshots WHERE pruned = 0 ORDER BY id DESC LIMIT 1"
             ).fetchone()
         files, dirs = (0, 0) if row is None else row
-        return Usage(stored_bytes=stored, chunks=chunks, files=files, dirs=dirs)
+        return Usage(stored + pending_bytes, chunks + pending_chunks, files, dirs)
 
     def close(self) -> None:
         """Flush pending chunks and release files. Idempotent."""
