@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import TestCase
@@ -83,8 +83,9 @@ class CountingTransport(StringTransport):
 class PeerTestCase(TestCase):
     def setUp(self) -> None:
         self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def connect(
         self,
@@ -114,10 +115,13 @@ class PeerTestCase(TestCase):
         client, server, pump = self.connect(server_handler)
         fired: list[int] = []
         results = []
+
+        def note(reply: Message) -> Message:
+            fired.append(reply.rid)
+            return reply
+
         for _ in range(3):
-            d = client.request(ListTargets(rid=0))
-            d.addCallback(lambda m: fired.append(m.rid) or m)
-            results.append(self.collect(d))
+            results.append(self.collect(client.request(ListTargets(rid=0)).addCallback(note)))
         pump.flush()
         rids = [m.rid for m in server_handler.received]
         self.assertEqual(rids, [1, 3, 5])
