@@ -13,7 +13,11 @@ nothing per snapshot, and the view of snapshot S is ``first <= S AND (last IS NU
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from neotwist.wire.errors import ErrorCode, NeoError
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version`` of both files; later versions migrate forward from it."""
@@ -107,3 +111,13 @@ def connect(path: Path, schema: str | None) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+@contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Report SQLite's operational failures (disk full, I/O error, locked too long) as NeoError(STORAGE): the
+    transaction they interrupted was rolled back, so nothing was committed, and the client can be told so."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        raise NeoError(ErrorCode.STORAGE, f"cannot {what}: {e}") from None

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from neotwist import paths
+from neotwist.server.repository.index import storage_errors
 from neotwist.server.repository.records import CommitResult, SnapshotInfo
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
@@ -95,7 +96,7 @@ class Push:
         if not rows:
             return
         db, lock = self.target.writer
-        with lock:
+        with lock, storage_errors("stage entries"):
             db.execute("BEGIN")
             try:
                 db.executemany(f"INSERT INTO {self._stage} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -183,7 +184,7 @@ class Push:
             )
         mark = self.target.flush_mark()
         db, lock = self.target.writer
-        with lock:
+        with lock, storage_errors("commit the snapshot"):
             db.execute("BEGIN IMMEDIATE")
             try:
                 info = self._commit(db, now, mark)

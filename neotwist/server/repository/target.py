@@ -161,7 +161,7 @@ class Target:
                 touched = self._packs.sync()
                 rows = [(chunk_id, *loc) for chunk_id, loc in self._pending.items()]
                 stored = sum(loc[2] for loc in self._pending.values())
-                with self._lock:
+                with self._lock, index.storage_errors("index chunks"):
                     self._db.execute("BEGIN IMMEDIATE")
                     try:
                         cur = self._db.executemany(
