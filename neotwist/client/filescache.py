@@ -1,0 +1,120 @@
+"""The push's files cache: skip reading files that have not changed since the last successful push.
+
+One cache file per (server address, account, target, sub-path, absolute local root) in the user cache dir maps
+each pushed file's relative path to ``(size, mtime_ns, inode, ctime_ns, chunk ids)``. A file whose four stat
+values all match is not read: its chunk ids are reused. ctime is included because it changes on every write
+and cannot be set by ``touch``, so a file rewritten with its old mtime is still noticed.
+
+The cache is trusted only for chunk ids. The server checks at commit that every referenced chunk exists; when
+it does not (the target was pruned or recreated), the push retries once with the cache disabled. The cache is
+saved (atomically: temporary file, fsync, rename) only after a successful commit, and holds exactly the files of
+that push, so deleted files fall out of it.
+
+Files modified within the last second before the push started are not remembered: their mtime may not have
+ticked yet for a write still to come (the same guard git and borg use for "racy" timestamps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import platformdirs
+
+CacheEntry = tuple[int, int, int, int, bytes]
+"""(size, mtime_ns, inode, ctime_ns, concatenated 32-byte chunk ids)."""
+
+_FORMAT = 1
+_RACY_NS = 1_000_000_000
+
+
+class _CacheFile(msgspec.Struct, array_like=True):
+    format: int
+    key: str
+    files: dict[str, CacheEntry]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_CacheFile)
+
+
+def cache_key(address: str, account: str, target: str, subpath: str, local_root: str) -> str:
+    """The text that names one cache (stored in the file too, so a hash collision is noticed)."""
+    return "\0".join((address, account, target, subpath, os.path.abspath(local_root)))
+
+
+def default_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("neophytos")) / "files"
+
+
+class FilesCache:
+    """Lookups from the previous push and the entries of the current one.
+
+    ``lookup`` and ``remember`` are plain dict operations, cheap enough to call per file from any thread.
+    """
+
+    def __init__(self, key: str, directory: Path | None = None, *, start_ns: int | None = None) -> None:
+        self.key = key
+        self.directory = directory if directory is not None else default_cache_dir()
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        self.path = self.directory / f"{digest}.cache"
+        self.old: dict[str, CacheEntry] = {}
+        self.new: dict[str, CacheEntry] = {}
+        self.racy_after = (start_ns if start_ns is not None else time.time_ns()) - _RACY_NS
+        self.load_error: str | None = None
+
+    def load(self) -> None:
+        """Read the previous cache; a missing, damaged or foreign file just means an empty cache."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            self.load_error = f"cannot read files cache {self.path}: {e.strerror}"
+            return
+        try:
+            cached = _decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            self.load_error = f"ignoring damaged files cache {self.path}: {e}"
+            return
+        if cached.format == _FORMAT and cached.key == self.key:
+            self.old = cached.files
+
+    def lookup(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
+        """The chunk ids of ``path`` if its stat values match the last push, else None."""
+        entry = self.old.get(path)
+        if entry is None:
+            return None
+        if entry[0] != size or entry[1] != mtime_ns or entry[2] != inode or entry[3] != ctime_ns:
+            return None
+        if len(entry[4]) % 32:
+            return None
+        return entry[4]
+
+    def remember(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int, ids: bytes) -> None:
+        """Record ``path`` for the next push (unless its timestamps are too recent to be trusted)."""
+        if mtime_ns >= self.racy_after or ctime_ns >= self.racy_after:
+            return
+        self.new[path] = (size, mtime_ns, inode, ctime_ns, ids)
+
+    def save(self) -> None:
+        """Write the current push's entries atomically (call only after a successful commit)."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        body = _encoder.encode(_CacheFile(format=_FORMAT, key=self.key, files=self.new))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".cache", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise

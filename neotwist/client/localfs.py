@@ -1,0 +1,228 @@
+"""Writing under a pull's destination without ever following a symlink out of it.
+
+Every path a pull writes comes from the server, so it is treated as hostile: it is re-checked with
+:func:`neotwist.paths.check_path` (no '..', no absolute paths), and it is resolved one component at a time from a
+file descriptor of the destination directory with ``O_NOFOLLOW | O_DIRECTORY``. A component that is a symlink
+(planted before or during the pull, or created by the pull itself from a server-sent link) makes the operation
+fail with :class:`UnsafePath` instead of being followed. Files are created with ``O_EXCL | O_NOFOLLOW`` under a
+temporary name in their directory and renamed into place relative to the same directory descriptor, so a
+symlink at the final name is replaced, never written through.
+
+All methods are safe to call from several worker threads at once: each call resolves its own descriptors.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from neotwist.paths import check_path
+from neotwist.wire.errors import NeoError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+TEMP_MARK = ".neotmp."
+
+
+class UnsafePath(Exception):
+    """A server path cannot be written safely (bad syntax, or a symlink / non-directory in the way)."""
+
+
+def temp_name(name: str) -> str:
+    """``.<name>.neotmp.<random>`` (the name is shortened so the result stays within 255 bytes)."""
+    short = name.encode("utf-8")[:200].decode("utf-8", "ignore")
+    return f".{short}{TEMP_MARK}{secrets.token_hex(6)}"
+
+
+def _split(rel: str) -> list[str]:
+    try:
+        check_path(rel)
+    except NeoError as e:
+        raise UnsafePath(f"refusing server path {rel!r}: {e.message}") from None
+    return rel.split("/") if rel else []
+
+
+class TempFile:
+    """A new file being written under a temporary name; :meth:`commit` renames it into place."""
+
+    def __init__(self, dest: SafeDest, rel: str, dir_fd: int, name: str) -> None:
+        self.rel = rel
+        self._dest = dest
+        self._dir_fd = dir_fd
+        self.name = name
+        self.tmp = temp_name(name)
+        self.fd = os.open(self.tmp, _NEW_FLAGS, 0o600, dir_fd=dir_fd)
+        self._done = False
+
+    def commit(self, mode: int, mtime_ns: int, fsync: bool = True) -> None:
+        """Set mode and mtime, fsync, and rename over whatever non-directory is at the final name."""
+        try:
+            os.fchmod(self.fd, mode & 0o7777)
+            os.utime(self.fd, ns=(mtime_ns, mtime_ns))
+            if fsync:
+                os.fsync(self.fd)
+            try:
+                existing = os.stat(self.name, dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None and stat.S_ISDIR(existing.st_mode):
+                raise UnsafePath(f"{self.rel}: a directory is in the way of a file; move it and pull again")
+            os.rename(self.tmp, self.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            self._done = True
+        finally:
+            self._close(unlink=not self._done)
+
+    def abort(self) -> None:
+        self._close(unlink=True)
+
+    def _close(self, unlink: bool) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if unlink:
+            try:
+                os.unlink(self.tmp, dir_fd=self._dir_fd)
+            except OSError:
+                pass
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+
+class SafeDest:
+    """The destination directory of a pull, and the only way the pull touches it."""
+
+    def __init__(self, root: str) -> None:
+        os.makedirs(root, exist_ok=True)
+        self.root = root
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = -1
+
+    def _open_dir(self, dir_fd: int, name: str, create: bool, rel: str) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                raise UnsafePath(
+                    f"{rel}: {name!r} in the destination is a symlink or not a directory; not following it"
+                ) from None
+            raise
+        try:
+            os.mkdir(name, 0o777, dir_fd=dir_fd)
+        except FileExistsError:
+            pass  # another worker made it; the open below still refuses a symlink
+        return self._open_dir(dir_fd, name, False, rel)
+
+    def _walk(self, parts: list[str], create: bool, rel: str) -> int:
+        """A new descriptor of the directory ``parts`` (resolved with O_NOFOLLOW from the root)."""
+        fd = os.dup(self.root_fd)
+        try:
+            for part in parts:
+                nxt = self._open_dir(fd, part, create, rel)
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextmanager
+    def parent(self, rel: str, create: bool = True) -> Iterator[tuple[int, str]]:
+        """(descriptor of ``rel``'s directory, last component); ``rel`` must not be the root."""
+        parts = _split(rel)
+        if not parts:
+            raise UnsafePath("the destination root itself is not a file")
+        fd = self._walk(parts[:-1], create, rel)
+        try:
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    def make_dir(self, rel: str) -> None:
+        """Create directory ``rel`` and its parents (refusing symlinks and non-directories in the way)."""
+        os.close(self._walk(_split(rel), True, rel))
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """``lstat`` of ``rel`` (None when it or a parent is missing; UnsafePath if a parent is a symlink)."""
+        parts = _split(rel)
+        if not parts:
+            return os.fstat(self.root_fd)
+        try:
+            with self.parent(rel, create=False) as (fd, name):
+                return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def open_read(self, rel: str) -> int | None:
+        """A read descriptor of the regular file at ``rel``, or None if there is none (symlinks are not one)."""
+        try:
+            with self.parent(rel, create=False) as (dfd, name):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except (FileNotFoundError, UnsafePath):
+            return None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENOTDIR, errno.EACCES):
+                return None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
+    def new_file(self, rel: str) -> TempFile:
+        """Start writing the new version of ``rel`` under a temporary name next to it."""
+        parts = _split(rel)
+        if not parts:
+            raise UnsafePath("the destination root itself is not a file")
+        fd = self._walk(parts[:-1], True, rel)
+        try:
+            return TempFile(self, rel, fd, parts[-1])
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def make_symlink(self, rel: str, target: str, mtime_ns: int | None = None) -> bool:
+        """Make ``rel`` a symlink to ``target`` (created as text, never followed). False if already so."""
+        with self.parent(rel) as (fd, name):
+            try:
+                existing = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None:
+                if stat.S_ISLNK(existing.st_mode) and os.readlink(name, dir_fd=fd) == target:
+                    return False
+                if stat.S_ISDIR(existing.st_mode):
+                    raise UnsafePath(f"{rel}: a directory is in the way of a symlink; move it and pull again")
+            tmp = temp_name(name)
+            os.symlink(target, tmp, dir_fd=fd)
+            try:
+                os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                os.unlink(tmp, dir_fd=fd)
+                raise
+            if mtime_ns is not None:
+                try:
+                    os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+                except (NotImplementedError, OSError):
+                    pass  # symlink times are cosmetic; not every platform can set them
+            return True
+
+    def set_dir_meta(self, rel: str, mode: int, mtime_ns: int) -> None:
+        """Set a directory's mode and mtime (after its contents are written, so the mtime sticks)."""
+        fd = self._walk(_split(rel), False, rel)
+        try:
+            os.fchmod(fd, mode & 0o7777)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)

@@ -1,0 +1,573 @@
+"""neo-pull's pipeline: list a snapshot, reuse what is already on disk, fetch only missing chunks, write safely.
+
+For each file of the snapshot:
+
+- a destination file with the same size and mtime is taken as up to date and left alone (``--checksum``
+  turns this quick check off);
+- otherwise the existing local file is cut with the target's chunker: every chunk whose id the new version
+  needs is copied from it instead of fetched; chunks of files already written by this pull are reused too;
+- the remaining ids are fetched with ``get`` requests (at most SEGMENT_IDS per request, several files in flight
+  at once), each chunk is decompressed with a bound and checked against its id before it is written;
+- the new version is written to ``.<name>.neotmp.<random>`` in the same directory, given its mode and mtime,
+  fsynced and renamed into place.
+
+Every write goes through :class:`~neotwist.client.localfs.SafeDest`, which re-checks server paths and never
+follows a symlink. Disk and CPU work (chunking, verification, decompression, writing) runs in worker threads;
+the reactor thread only sends requests and routes replies.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+import zstandard
+from twisted.internet.defer import DeferredList, DeferredSemaphore, ensureDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from neotwist.chunking import Chunker
+from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
+from neotwist.client.progress import Progress
+from neotwist.wire import limits
+from neotwist.wire.messages import (
+    CODEC_RAW,
+    CODEC_ZSTD,
+    ChunkerParams,
+    ChunkReply,
+    Entry,
+    Get,
+    List,
+    Listing,
+    Message,
+    Open,
+    Opened,
+)
+from neotwist.wire.peer import Peer
+
+ID = limits.ID_SIZE
+
+SEGMENT_IDS = 256
+"""Chunk ids fetched by one ``get`` (about 8 MiB at the default 32 KiB average chunk)."""
+FILES_IN_FLIGHT = 32
+"""Files being fetched and written at once: keeps many small-file requests in flight."""
+
+
+class PullError(Exception):
+    """The pull failed; the message is one line fit for the terminal."""
+
+
+@dataclass
+class PullOptions:
+    """What neo-pull's command line decides about a pull."""
+
+    checksum: bool = False  # do not trust size + mtime; compare content chunk by chunk
+    fsync: bool = True
+    workers: int = 3
+    snapshot: int | None = None  # None: the latest
+    progress: Progress | None = None
+    warn: Callable[[str], None] | None = None
+
+
+@dataclass
+class PullSummary:
+    files_scanned: int = 0  # entries listed
+    files: int = 0  # regular files among them
+    files_changed: int = 0  # files written
+    files_unchanged: int = 0  # left alone (quick check or identical content)
+    files_skipped: int = 0  # could not be written safely (see warnings)
+    symlinks_written: int = 0
+    bytes_written: int = 0
+    bytes_reused: int = 0  # bytes copied from local files instead of fetched
+    chunks_fetched: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    snapshot: int | None = None
+    elapsed_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["warnings"] = len(self.warnings)
+        out["elapsed_s"] = round(self.elapsed_s, 3)
+        return out
+
+
+@dataclass(slots=True)
+class _File:
+    """One file of the snapshot being brought up to date."""
+
+    path: str
+    mode: int
+    mtime_ns: int
+    size: int
+    ids: bytes
+    old_fd: int = -1  # the existing local version, read for reusable chunks
+    local: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in old_fd
+    temp: TempFile | None = None
+    offset: int = 0  # bytes written so far
+    written: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in temp
+
+
+def _merge(entries: list[Entry]) -> list[Entry]:
+    """Join continuation records (``more``) into one entry per path."""
+    out: list[Entry] = []
+    pending: Entry | None = None
+    parts: list[bytes] = []
+    for e in entries:
+        if pending is not None:
+            if e.path != pending.path:
+                raise PullError(f"the server's listing broke off the chunk list of {pending.path!r}")
+            parts.append(e.chunks)
+            if not e.more:
+                out.append(Entry(pending.path, "f", pending.mode, pending.mtime_ns, pending.size, b"".join(parts)))
+                pending, parts = None, []
+            continue
+        if e.more:
+            pending, parts = e, [e.chunks]
+        else:
+            out.append(e)
+    if pending is not None:
+        raise PullError(f"the server's listing ended inside the chunk list of {pending.path!r}")
+    return out
+
+
+# --- worker-thread side ----------------------------------------------------------------------------------
+
+
+def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool) -> bool:
+    """True when the local file is already this version; else index its chunks that the new version needs.
+
+    Without ``checksum`` the quick check (regular file, same size and mtime) decides. With it, the local file
+    is cut and counts as current only if its chunk ids are exactly the new version's.
+    """
+    st = dest.lstat(f.path)
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return False
+    if not checksum and st.st_size == f.size and st.st_mtime_ns == f.mtime_ns:
+        return True
+    if st.st_size == 0 or f.size == 0:
+        return checksum and st.st_size == f.size == 0 and _touch(dest, f)
+    fd = dest.open_read(f.path)
+    if fd is None:
+        return False
+    f.old_fd = fd
+    if os.fstat(fd).st_size == 0:
+        return False
+    wanted = {f.ids[i : i + ID] for i in range(0, len(f.ids), ID)}
+    chunker = Chunker(params)
+    order: list[bytes] = []
+    local = f.local
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            for piece, chunk in chunker.cut_bytes(view):
+                del chunk
+                cid = piece.id
+                order.append(cid)
+                if cid in wanted and cid not in local:
+                    local[cid] = (piece.offset, piece.length)
+        finally:
+            view.release()
+    if checksum and b"".join(order) == f.ids:
+        return _touch(dest, f)
+    return False
+
+
+def _touch(dest: SafeDest, f: _File) -> bool:
+    """Give an up-to-date file the listed mode and mtime (so the next quick check skips it)."""
+    fd = f.old_fd if f.old_fd >= 0 else dest.open_read(f.path)
+    if fd is None:
+        return False
+    try:
+        os.fchmod(fd, f.mode & 0o7777)
+        os.utime(fd, ns=(f.mtime_ns, f.mtime_ns))
+    finally:
+        if fd != f.old_fd:
+            os.close(fd)
+    return True
+
+
+_Step = tuple[bytes, str, Any]
+"""How to get one chunk of a segment: (id, where, how): where is 'old' (offset, length in the old local file),
+'self' (offset, length in the temp file), 'other' (path, offset, length of a file this pull wrote), or 'net'
+(a ChunkReply)."""
+
+
+def _decode(reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> bytes:
+    if reply.codec == CODEC_RAW:
+        raw = reply.data
+    elif reply.codec == CODEC_ZSTD:
+        try:
+            raw = dctx.decompress(reply.data, max_output_size=reply.size)
+        except zstandard.ZstdError as e:
+            raise PullError(f"{path}: the server sent a chunk that does not decompress ({e})") from None
+    else:
+        raise PullError(f"{path}: the server sent an encrypted chunk; this client cannot decrypt it")
+    if len(raw) != reply.size or blake3.blake3(raw).digest() != reply.id:
+        raise PullError(f"{path}: a chunk from the server does not match its id; nothing was replaced")
+    return raw
+
+
+def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
+    """Append a run of chunks to ``f``'s temporary file; returns the bytes written.
+
+    Fetched chunks are decompressed with a bound and checked against their ids; chunks copied from local
+    files are re-hashed too, so a file changing under the pull cannot slip wrong bytes in.
+    """
+    if f.temp is None:
+        f.temp = dest.new_file(f.path)
+    fd = f.temp.fd
+    dctx = zstandard.ZstdDecompressor()
+    total = 0
+    buf: list[bytes] = []
+    here: dict[bytes, bytes] = {}  # chunks of this run, not yet on disk
+    for cid, where, how in steps:
+        if where == "net":
+            raw = _decode(how, f.path, dctx)
+            here[cid] = raw
+        elif where == "self":
+            held = here.get(cid)
+            if held is not None:
+                raw = held
+            else:
+                offset, length = f.written[cid]
+                raw = os.pread(fd, length, offset)
+        elif where == "old":
+            raw = os.pread(f.old_fd, how[1], how[0])
+        else:
+            other_path, offset, length = how
+            ofd = dest.open_read(other_path)
+            if ofd is None:
+                raise PullError(f"{other_path} vanished while the pull was reusing it; pull again")
+            try:
+                raw = os.pread(ofd, length, offset)
+            finally:
+                os.close(ofd)
+        if where != "net" and blake3.blake3(raw).digest() != cid:
+            raise PullError(f"a local file changed while {f.path} was being written; pull again")
+        if cid not in f.written:
+            f.written[cid] = (f.offset + total, len(raw))
+        buf.append(raw)
+        total += len(raw)
+    if buf:
+        data = b"".join(buf)
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, view[done:], f.offset + done)
+    f.offset += total
+    return total
+
+
+def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
+    if f.temp is None:
+        f.temp = dest.new_file(f.path)
+    if f.offset != f.size:
+        f.temp.abort()
+        raise PullError(f"{f.path}: the chunks add up to {f.offset} bytes, the listing says {f.size}")
+    f.temp.commit(f.mode, f.mtime_ns, fsync)
+    _close_old(f)
+
+
+def _close_old(f: _File) -> None:
+    if f.old_fd >= 0:
+        os.close(f.old_fd)
+        f.old_fd = -1
+
+
+def _abort(f: _File) -> None:
+    if f.temp is not None:
+        f.temp.abort()
+    _close_old(f)
+
+
+def _make_dirs(dest: SafeDest, dirs: list[Entry]) -> list[str]:
+    errors = []
+    for e in dirs:
+        if e.path:
+            try:
+                dest.make_dir(e.path)
+            except (UnsafePath, OSError) as err:
+                errors.append(f"{e.path}: {err}")
+    return errors
+
+
+def _make_links(dest: SafeDest, links: list[Entry]) -> tuple[int, list[str]]:
+    made = 0
+    errors = []
+    for e in links:
+        try:
+            made += dest.make_symlink(e.path, e.link, e.mtime_ns)
+        except (UnsafePath, OSError) as err:
+            errors.append(f"{e.path}: {err}")
+    return made, errors
+
+
+def _dir_meta(dest: SafeDest, dirs: list[Entry]) -> list[str]:
+    errors = []
+    for e in sorted(dirs, key=lambda e: e.path, reverse=True):
+        try:
+            dest.set_dir_meta(e.path, e.mode, e.mtime_ns)
+        except (UnsafePath, OSError) as err:
+            errors.append(f"{e.path or '.'}: {err}")
+    return errors
+
+
+# --- reactor side ----------------------------------------------------------------------------------------
+
+
+class _PullRun:
+    def __init__(
+        self,
+        reactor: Any,
+        pool: ThreadPool,
+        peer: Peer,
+        handle: int,
+        snapshot: int,
+        params: ChunkerParams,
+        dest: SafeDest,
+        options: PullOptions,
+        summary: PullSummary,
+    ) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.peer = peer
+        self.handle = handle
+        self.snapshot = snapshot
+        self.params = params
+        self.dest = dest
+        self.options = options
+        self.summary = summary
+        self.reusable: dict[bytes, tuple[str, int, int]] = {}  # id -> (path, offset, length) written here
+        self.errors: list[str] = []
+
+    def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
+        return deferToThreadPool(self.reactor, self.pool, f, *args)
+
+    def _error(self, text: str) -> None:
+        self.errors.append(text)
+        if self.options.warn is not None:
+            self.options.warn(text)
+
+    async def run(self, entries: list[Entry]) -> None:
+        dirs = [e for e in entries if e.kind == "d"]
+        files = [e for e in entries if e.kind == "f"]
+        links = [e for e in entries if e.kind == "l"]
+        dirs.sort(key=lambda e: e.path)
+        for err in await self._thread(_make_dirs, self.dest, dirs):
+            self._error(err)
+        slots = DeferredSemaphore(FILES_IN_FLIGHT)
+        running = []
+        fatal: list[BaseException] = []
+
+        def release(result: object) -> object:
+            slots.release()
+            return result
+
+        def failed(failure: Any) -> None:
+            if failure.check(UnsafePath, OSError):
+                self._error(f"{failure.getErrorMessage()}")
+            else:
+                fatal.append(failure.value)
+
+        for e in files:
+            if fatal:
+                break
+            await slots.acquire()
+            f = _File(e.path, e.mode, e.mtime_ns, e.size, e.chunks)
+            d = ensureDeferred(self._file(f))
+            d.addBoth(release)
+            d.addErrback(failed)
+            running.append(d)
+            if len(running) > 4 * FILES_IN_FLIGHT:
+                running = [r for r in running if not r.called]
+        await DeferredList(running)
+        if fatal:
+            raise fatal[0]
+        made, errs = await self._thread(_make_links, self.dest, links)
+        self.summary.symlinks_written += made
+        for err in errs:
+            self._error(err)
+        for err in await self._thread(_dir_meta, self.dest, dirs):
+            self._error(err)
+
+    async def _file(self, f: _File) -> None:
+        summary = self.summary
+        progress = self.options.progress
+        try:
+            same = await self._thread(_examine, self.dest, f, self.params, self.options.checksum)
+        except (UnsafePath, OSError) as e:
+            _close_old(f)
+            summary.files_skipped += 1
+            self._error(f"{f.path}: {e}")
+            return
+        if same:
+            _close_old(f)
+            summary.files_unchanged += 1
+            if progress is not None:
+                progress.files()
+            return
+        try:
+            await self._fetch_and_write(f)
+            await self._thread(_finish, self.dest, f, self.options.fsync)
+        except BaseException:
+            await self._thread(_abort, f)
+            raise
+        summary.files_changed += 1
+        summary.bytes_written += f.size
+        if progress is not None:
+            progress.files()
+            progress.bytes(f.size)
+        reusable = self.reusable
+        for cid, (offset, length) in f.written.items():
+            if cid not in reusable:
+                reusable[cid] = (f.path, offset, length)
+
+    async def _fetch_and_write(self, f: _File) -> None:
+        """Walk the file's ids in order, in segments of at most SEGMENT_IDS fetched ids; fetch a segment's
+        missing chunks while the previous segment is being written."""
+        ids = f.ids
+        n = len(ids) // ID
+        local, reusable = f.local, self.reusable
+        summary = self.summary
+        segments: list[tuple[list[tuple[bytes, str, Any]], list[bytes]]] = []
+        plan: list[tuple[bytes, str, Any]] = []
+        fetch: list[bytes] = []
+        fetching: set[bytes] = set()
+        planned_self: set[bytes] = set()  # fetched by an earlier segment: copied from the temp file
+        for i in range(n):
+            cid = ids[i * ID : (i + 1) * ID]
+            if cid in local:
+                plan.append((cid, "old", local[cid]))
+                summary.bytes_reused += local[cid][1]
+            elif cid in reusable:
+                plan.append((cid, "other", reusable[cid]))
+                summary.bytes_reused += reusable[cid][2]
+            elif cid in planned_self or cid in fetching:
+                plan.append((cid, "self", None))
+            else:
+                fetching.add(cid)
+                plan.append((cid, "net", None))
+                fetch.append(cid)
+                if len(fetch) >= SEGMENT_IDS:
+                    segments.append((plan, fetch))
+                    planned_self |= fetching
+                    plan, fetch, fetching = [], [], set()
+        if plan:
+            segments.append((plan, fetch))
+        pending = self._get(f, segments[0][1]) if segments else None
+        for k, (steps, wanted) in enumerate(segments):
+            replies = await pending if pending is not None else []
+            pending = self._get(f, segments[k + 1][1]) if k + 1 < len(segments) else None
+            got = iter(replies)
+            resolved: list[_Step] = [
+                (cid, where, next(got) if where == "net" else how) for cid, where, how in steps
+            ]
+            try:
+                await self._thread(_write_segment, self.dest, f, resolved)
+            except BaseException:
+                if pending is not None:
+                    pending.addErrback(lambda _f: None)
+                raise
+            summary.chunks_fetched += len(wanted)
+
+    def _get(self, f: _File, wanted: list[bytes]) -> Any:
+        if not wanted:
+            return ensureDeferred(_empty())
+        got: list[ChunkReply] = []
+        count = len(wanted)
+
+        def more(message: Message) -> bool:
+            if not isinstance(message, ChunkReply):
+                raise PullError(f"the server answered get with {type(message).__name__}")
+            if message.id != wanted[len(got)]:
+                raise PullError(f"{f.path}: the server sent chunks out of order")
+            got.append(message)
+            return len(got) < count
+
+        d = self.peer.request(
+            Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=f.path, ids=wanted), more=more
+        )
+        d.addCallback(lambda _last: got)
+        return d
+
+
+async def _empty() -> list[ChunkReply]:
+    return []
+
+
+async def pull(
+    reactor: Any, peer: Peer, target: str, subpath: str, local_root: str, options: PullOptions
+) -> PullSummary:
+    """Bring ``local_root`` up to date with ``target`` at ``subpath`` (latest snapshot unless options say)."""
+    started = time.monotonic()
+    summary = PullSummary()
+    sent0, received0 = peer.bytes_sent, peer.bytes_received
+    opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="read"))
+    if not isinstance(opened, Opened):
+        raise PullError(f"the server answered open with {type(opened).__name__}")
+    if opened.encrypted:
+        raise PullError(f"target {target} is encrypted; this client cannot pull from it")
+    if not opened.exists or opened.latest is None:
+        raise PullError(f"target {target} has no snapshot yet; push to it first")
+    pages: list[Listing] = []
+    listed = 0
+
+    def more(message: Message) -> bool:
+        nonlocal listed
+        if not isinstance(message, Listing):
+            raise PullError(f"the server answered list with {type(message).__name__}")
+        listed += len(message.entries)
+        if listed > limits.MAX_PUSH_ENTRIES:
+            raise PullError(f"the listing has more than {limits.MAX_PUSH_ENTRIES} entries")
+        pages.append(message)
+        return not message.done
+
+    await peer.request(
+        List(rid=0, handle=opened.handle, snapshot=options.snapshot, path="", recursive=True), more=more
+    )
+    snapshot = pages[-1].snapshot
+    entries = _merge([e for page in pages for e in page.entries])
+    del pages
+    summary.snapshot = snapshot
+    summary.files_scanned = len(entries)
+    summary.files = sum(1 for e in entries if e.kind == "f")
+    if options.progress is not None:
+        options.progress.total_files(summary.files)
+    try:
+        dest = SafeDest(local_root)
+    except OSError as e:
+        raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
+    pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
+    pool.start()
+    run = _PullRun(reactor, pool, peer, opened.handle, snapshot, opened.chunker, dest, options, summary)
+    try:
+        await run.run(entries)
+    finally:
+        pool.stop()
+        dest.close()
+    summary.warnings.extend(run.errors)
+    summary.bytes_sent = peer.bytes_sent - sent0
+    summary.bytes_received = peer.bytes_received - received0
+    summary.elapsed_s = time.monotonic() - started
+    if run.errors:
+        summary.files_skipped = max(summary.files_skipped, len(run.errors))
+        raise PullIncomplete(summary, run.errors)
+    return summary
+
+
+class PullIncomplete(PullError):
+    """Some items could not be written safely; everything else was. Carries the summary."""
+
+    def __init__(self, summary: PullSummary, errors: list[str]) -> None:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{errors[0]}{more}")
+        self.summary = summary
+        self.errors = errors

@@ -1,0 +1,587 @@
+"""neo-push's pipeline: scan, skip unchanged files, chunk and hash the rest, upload only missing chunks, commit.
+
+The reactor thread only moves messages. Everything that touches the disk or the CPU runs in a small thread
+pool (pyfastcdc, blake3 and zstandard release the GIL, so the workers really run in parallel):
+
+1. the walk (:mod:`~neotwist.client.scan`) runs in a worker, a batch of records at a time, with the files
+   cache (:mod:`~neotwist.client.filescache`) consulted there: unchanged files are never opened;
+2. changed files are cut and hashed in workers, small files grouped into one job to save thread hops;
+   a small file's bytes are kept until its chunks are sent, a big file is re-read later with ``os.pread``;
+3. each batch's new chunk ids (deduplicated over the whole push) go to the server in ``have`` requests of up
+   to MAX_IDS ids; several batches are in flight at once, so there is no round trip per file;
+4. missing chunks are read, re-verified and compressed in workers, then posted as ``put`` messages, awaiting
+   :meth:`Peer.drain` so at most a window of frames is queued;
+5. entries (every scanned item, the root included) are posted in ``entries`` messages of up to MAX_ENTRIES as
+   batches finish; ``commit`` is the barrier that makes it all one snapshot.
+
+When the commit says chunks are missing (the cache named chunks the server no longer has), the push is aborted
+and run again once without the cache.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+import zstandard
+from twisted.internet.defer import DeferredList, DeferredSemaphore, ensureDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from neotwist.chunking import Chunker
+from neotwist.client.filescache import FilesCache
+from neotwist.client.filters import Filter
+from neotwist.client.progress import Progress
+from neotwist.client.scan import ScanRecord, ScanStats, scan
+from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
+from neotwist.wire.messages import (
+    CODEC_RAW,
+    CODEC_ZSTD,
+    Abort,
+    ChunkerParams,
+    Commit,
+    Committed,
+    Entry,
+    Have,
+    Missing,
+    Open,
+    Opened,
+    PushBegin,
+    PushEntries,
+    Put,
+)
+from neotwist.wire.peer import Peer
+
+ID = limits.ID_SIZE
+
+BATCH_ITEMS = 4096
+"""Scan records per batch: about one ``have`` per batch of small files."""
+BATCH_BYTES = 64 * 1024 * 1024
+"""Bytes of changed files per batch (a bigger file makes a batch of its own)."""
+BATCHES_IN_FLIGHT = 3
+"""Batches being hashed, asked about or uploaded at once: overlaps disk, CPU and network."""
+JOB_BYTES = 8 * 1024 * 1024
+"""Bytes of small files hashed, or chunks compressed, per worker job (amortizes the thread hop)."""
+JOB_FILES = 256
+KEEP_BYTES = 1024 * 1024
+"""Files up to this size are read whole and kept in memory until their missing chunks are sent."""
+MIN_SAVING = 0.03
+"""Send a chunk raw unless zstd saves at least this fraction of it."""
+
+
+class PushError(Exception):
+    """The push failed; the message is one line fit for the terminal."""
+
+
+@dataclass
+class PushOptions:
+    """What neo-push's command line decides about a push."""
+
+    filter: Filter | None = None
+    cache: FilesCache | None = None  # None: no files cache
+    workers: int = 3
+    compress_level: int = 1
+    progress: Progress | None = None
+    warn: Callable[[str], None] | None = None
+
+
+@dataclass
+class PushSummary:
+    """What --json prints (and the human summary is made of)."""
+
+    files_scanned: int = 0  # every scanned item (files, directories, symlinks, the root)
+    files: int = 0  # regular files among them
+    files_changed: int = 0  # files read and hashed (not taken from the files cache)
+    files_skipped: int = 0  # specials, unreadable or vanished items, names that cannot be stored
+    files_filtered: int = 0
+    bytes_read: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    chunks_sent: int = 0
+    chunk_bytes_sent: int = 0  # raw bytes of the chunks sent (before compression)
+    new_chunks: int = 0  # what the server stored anew (from committed)
+    new_bytes: int = 0
+    snapshot: int | None = None
+    elapsed_s: float = 0.0
+    retried_without_cache: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["warnings"] = len(self.warnings)
+        out["elapsed_s"] = round(self.elapsed_s, 3)
+        return out
+
+
+@dataclass(slots=True)
+class _Hashed:
+    """A changed file after hashing (in a worker)."""
+
+    rec: ScanRecord
+    ids: bytes = b""
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    data: bytes | None = None  # the whole file, when small
+    stable: bool = True  # unchanged while read: safe to cache
+    error: str | None = None
+
+
+# --- worker-thread side ----------------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _chunker(params: ChunkerParams) -> Chunker:
+    chunker: Chunker | None = getattr(_local, "chunker", None)
+    if chunker is None or chunker.params != params:
+        chunker = Chunker(params)
+        _local.chunker = chunker
+    return chunker
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    comp: zstandard.ZstdCompressor | None = getattr(_local, "zstd", None)
+    if comp is None or getattr(_local, "zstd_level", None) != level:
+        comp = zstandard.ZstdCompressor(level=level)
+        _local.zstd = comp
+        _local.zstd_level = level
+    return comp
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes (one read for nearly every file); a file that grew is marked unstable later."""
+    data = os.read(fd, size)
+    if len(data) >= size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        block = os.read(fd, size - got)
+        if not block:
+            break
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
+
+
+def _hash_file(root: str, rec: ScanRecord, params: ChunkerParams) -> _Hashed:
+    out = _Hashed(rec)
+    path = os.path.join(root, rec.path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        out.error = f"cannot read {path}: {e.strerror}"
+        return out
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            out.error = f"{path} is no longer a regular file"
+            return out
+        chunker = _chunker(params)
+        ids: list[bytes] = []
+        offsets = out.offsets
+        if st.st_size <= KEEP_BYTES:
+            data = _read_all(fd, st.st_size)
+            if data:
+                for piece, _view in chunker.cut_bytes(data):
+                    ids.append(piece.id)
+                    offsets.append((piece.offset, piece.length))
+            out.data = data
+            size = len(data)
+        else:
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    for piece, chunk in chunker.cut_bytes(view):
+                        ids.append(piece.id)
+                        offsets.append((piece.offset, piece.length))
+                        del chunk
+                finally:
+                    view.release()
+                size = len(mm)
+        after = os.fstat(fd)
+        out.stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        ) and size == st.st_size
+        out.ids = b"".join(ids)
+        # The entry describes what was read: its size is the sum of its chunks, its times those seen at open.
+        out.rec = ScanRecord(
+            rec.path, "f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, size, st.st_ino, st.st_ctime_ns
+        )
+        return out
+    except OSError as e:
+        out.error = f"cannot read {path}: {e.strerror}"
+        return out
+    except ValueError:  # mmap of a file truncated to nothing since fstat
+        out.error = f"{path} was truncated while it was read; skipped"
+        return out
+    finally:
+        os.close(fd)
+
+
+def _hash_job(root: str, recs: list[ScanRecord], params: ChunkerParams) -> list[_Hashed]:
+    return [_hash_file(root, rec, params) for rec in recs]
+
+
+_Source = tuple[bytes, str, bytes | None, int, int]
+"""A chunk to send: (id, path, file data when kept in memory, offset, length)."""
+
+_Ready = tuple[bytes, int, int, bytes]
+"""A chunk ready to put: (id, codec, raw size, payload)."""
+
+
+def _compress_job(root: str, sources: list[_Source], level: int) -> list[_Ready]:
+    """Read (re-verifying re-read data against its id), compress and return the chunks of ``sources``."""
+    comp = _compressor(level)
+    out: list[_Ready] = []
+    fds: dict[str, int] = {}
+    try:
+        for cid, path, data, offset, length in sources:
+            if data is not None:
+                raw = data[offset : offset + length]
+            else:
+                fd = fds.get(path)
+                if fd is None:
+                    fd = fds[path] = os.open(
+                        os.path.join(root, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                    )
+                raw = os.pread(fd, length, offset)
+                if len(raw) != length or blake3.blake3(raw).digest() != cid:
+                    raise PushError(f"{os.path.join(root, path)} changed while it was pushed; push again")
+            packed = comp.compress(raw)
+            if len(packed) <= length * (1 - MIN_SAVING):
+                out.append((cid, CODEC_ZSTD, length, packed))
+            else:
+                out.append((cid, CODEC_RAW, length, raw))
+    except OSError as e:
+        raise PushError(f"cannot re-read {e.filename or 'a file'}: {e.strerror}; push again") from None
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return out
+
+
+class _Scanner:
+    """The walk, advanced a batch at a time from worker threads (never two at once)."""
+
+    def __init__(self, root: str, options: PushOptions, stats: ScanStats, use_cache: bool) -> None:
+        self._it: Iterator[ScanRecord] = scan(root, options.filter, stats)
+        self._cache = options.cache if use_cache else None
+
+    def next_batch(self) -> list[tuple[ScanRecord, bytes | None]]:
+        batch: list[tuple[ScanRecord, bytes | None]] = []
+        changed = 0
+        cache = self._cache
+        lookup = cache.lookup if cache is not None else None
+        for rec in self._it:
+            ids = None
+            if rec.kind == "f":
+                if lookup is not None:
+                    ids = lookup(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns)
+                if ids is None:
+                    changed += rec.size
+            batch.append((rec, ids))
+            if len(batch) >= BATCH_ITEMS or changed >= BATCH_BYTES:
+                break
+        return batch
+
+
+def _entries_for(rec: ScanRecord, ids: bytes) -> list[Entry]:
+    """The entry records of one item (a file with many chunks continues over several records)."""
+    if rec.kind != "f":
+        return [Entry(rec.path, rec.kind, rec.mode, rec.mtime_ns, rec.size, b"", rec.link)]  # type: ignore[arg-type]
+    step = limits.MAX_FILE_CHUNK_IDS * ID
+    if len(ids) <= step:
+        return [Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, ids)]
+    out = []
+    for start in range(0, len(ids), step):
+        part = ids[start : start + step]
+        out.append(Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, part, more=start + step < len(ids)))
+    return out
+
+
+# --- reactor side ----------------------------------------------------------------------------------------
+
+
+class _PushRun:
+    """One attempt at a push on an open handle."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        pool: ThreadPool,
+        peer: Peer,
+        handle: int,
+        params: ChunkerParams,
+        root: str,
+        options: PushOptions,
+        summary: PushSummary,
+        use_cache: bool,
+    ) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.peer = peer
+        self.handle = handle
+        self.params = params
+        self.root = root
+        self.options = options
+        self.summary = summary
+        self.use_cache = use_cache and options.cache is not None
+        self.cache = options.cache  # remembered into even when not consulted, to rebuild it
+        self.seen: set[bytes] = set()
+        self.entries: list[Entry] = []
+        self.stats = ScanStats()
+        self.progress = options.progress
+
+    def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
+        return deferToThreadPool(self.reactor, self.pool, f, *args)
+
+    async def run(self) -> Committed:
+        peer = self.peer
+        await peer.request(PushBegin(rid=0, handle=self.handle, delete=False))
+        if self.cache is not None:
+            self.cache.new = {}
+        scanner = _Scanner(self.root, self.options, self.stats, self.use_cache)
+        slots = DeferredSemaphore(BATCHES_IN_FLIGHT)
+        running: list[Any] = []
+        failure: list[BaseException] = []
+
+        def done(result: object) -> object:
+            slots.release()
+            return result
+
+        def failed(f: Any) -> None:
+            failure.append(f.value)
+
+        while not failure:
+            await slots.acquire()
+            if failure:
+                slots.release()
+                break
+            try:
+                batch = await self._thread(scanner.next_batch)
+            except FileNotFoundError as e:
+                raise PushError(f"{self.root} does not exist") from e
+            except OSError as e:
+                raise PushError(f"cannot read {self.root}: {e.strerror}") from e
+            if not batch:
+                slots.release()
+                break
+            d = ensureDeferred(self._batch(batch))
+            d.addBoth(done)
+            d.addErrback(failed)
+            running.append(d)
+            running = [r for r in running if not r.called]
+        await DeferredList(running)
+        if failure:
+            raise failure[0]
+        self._flush_entries(force=True)
+        await peer.drain()
+        self.summary.files_skipped += self.stats.skipped
+        self.summary.files_filtered += self.stats.filtered
+        self.summary.warnings.extend(self.stats.warnings)
+        reply = await peer.request(Commit(rid=0, handle=self.handle))
+        if not isinstance(reply, Committed):
+            raise PushError(f"the server answered commit with {type(reply).__name__}")
+        return reply
+
+    def _flush_entries(self, force: bool = False) -> None:
+        entries = self.entries
+        step = limits.MAX_ENTRIES
+        while len(entries) >= step or (force and entries):
+            self.peer.post(PushEntries(rid=0, handle=self.handle, entries=entries[:step]))
+            del entries[:step]
+
+    async def _batch(self, batch: list[tuple[ScanRecord, bytes | None]]) -> None:
+        summary = self.summary
+        params = self.params
+        # 1. hash the changed files, small ones grouped per job
+        jobs: list[list[ScanRecord]] = []
+        group: list[ScanRecord] = []
+        group_bytes = 0
+        for rec, ids in batch:
+            if rec.kind == "f" and ids is None:
+                group.append(rec)
+                group_bytes += rec.size
+                if group_bytes >= JOB_BYTES or len(group) >= JOB_FILES:
+                    jobs.append(group)
+                    group, group_bytes = [], 0
+        if group:
+            jobs.append(group)
+        hashed: dict[str, _Hashed] = {}
+        if jobs:
+            results = await DeferredList(
+                [self._thread(_hash_job, self.root, job, params) for job in jobs], fireOnOneErrback=True
+            )
+            for _ok, files in results:
+                for h in files:
+                    hashed[h.rec.path] = h
+
+        # 2. entries, the cache and the new ids, in scan order
+        cache = self.cache
+        seen = self.seen
+        sources: list[_Source] = []
+        entries = self.entries
+        progress = self.progress
+        for rec, ids in batch:
+            summary.files_scanned += 1
+            if rec.kind == "f":
+                if ids is None:
+                    h = hashed[rec.path]
+                    if h.error is not None:
+                        summary.files_skipped += 1
+                        summary.files_scanned -= 1
+                        self._warn(h.error)
+                        continue
+                    rec = h.rec
+                    ids = h.ids
+                    summary.files_changed += 1
+                    summary.bytes_read += rec.size
+                    data = h.data
+                    for i, (offset, length) in enumerate(h.offsets):
+                        cid = ids[i * ID : (i + 1) * ID]
+                        if cid not in seen:
+                            seen.add(cid)
+                            sources.append((cid, rec.path, data, offset, length))
+                    if cache is not None and h.stable:
+                        cache.remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
+                else:
+                    if cache is not None:
+                        cache.remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
+                    seen.update(ids[i : i + ID] for i in range(0, len(ids), ID))
+                summary.files += 1
+                if progress is not None:
+                    progress.bytes(rec.size)
+            entries.extend(_entries_for(rec, ids or b""))
+        if progress is not None:
+            progress.files(len(batch))
+        await self.peer.drain()
+        self._flush_entries()
+        if not sources:
+            return
+
+        # 3. which of the new ids does the server lack?
+        requests = []
+        for start in range(0, len(sources), limits.MAX_IDS):
+            part = [s[0] for s in sources[start : start + limits.MAX_IDS]]
+            requests.append(self.peer.request(Have(rid=0, handle=self.handle, ids=part)))
+        replies = await DeferredList(requests, fireOnOneErrback=True, consumeErrors=True)
+        missing: list[_Source] = []
+        for n, (_ok, reply) in enumerate(replies):
+            if not isinstance(reply, Missing):
+                raise PushError(f"the server answered have with {type(reply).__name__}")
+            bitmap = reply.bitmap
+            base = n * limits.MAX_IDS
+            count = min(limits.MAX_IDS, len(sources) - base)
+            if len(bitmap) * 8 < count:
+                raise PushError("the server's missing bitmap is shorter than the have request")
+            if not any(bitmap):
+                continue
+            for i in range(count):
+                if bitmap[i >> 3] >> (i & 7) & 1:
+                    missing.append(sources[base + i])
+        if not missing:
+            return
+
+        # 4. read, compress (in workers) and put them
+        jobs2: list[list[_Source]] = []
+        part2: list[_Source] = []
+        part_bytes = 0
+        for src in missing:
+            part2.append(src)
+            part_bytes += src[4]
+            if part_bytes >= JOB_BYTES:
+                jobs2.append(part2)
+                part2, part_bytes = [], 0
+        if part2:
+            jobs2.append(part2)
+        pending = [self._thread(_compress_job, self.root, job, self.options.compress_level) for job in jobs2]
+        peer = self.peer
+        handle = self.handle
+        for d in pending:
+            try:
+                ready = await d
+            except Exception:
+                for other in pending:
+                    other.addErrback(lambda _f: None)
+                raise
+            for cid, codec, size, payload in ready:
+                await peer.drain()
+                peer.post(Put(rid=0, handle=handle, id=cid, codec=codec, size=size, data=payload))
+                summary.chunks_sent += 1
+                summary.chunk_bytes_sent += size
+
+    def _warn(self, text: str) -> None:
+        if len(self.summary.warnings) < 1000:
+            self.summary.warnings.append(text)
+        if self.options.warn is not None:
+            self.options.warn(text)
+
+
+async def push(
+    reactor: Any, peer: Peer, local_root: str, target: str, subpath: str, options: PushOptions
+) -> PushSummary:
+    """Push ``local_root`` to ``target`` at ``subpath`` over ``peer`` (an open session): one new snapshot."""
+    started = time.monotonic()
+    summary = PushSummary()
+    sent0, received0 = peer.bytes_sent, peer.bytes_received
+    local_root = os.path.abspath(local_root)
+    if not os.path.isdir(local_root):
+        raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
+    opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="push", create=True))
+    if not isinstance(opened, Opened):
+        raise PushError(f"the server answered open with {type(opened).__name__}")
+    if opened.encrypted:
+        raise PushError(f"target {target} is encrypted; this client cannot push to it")
+    if options.cache is not None:
+        options.cache.load()
+        if options.cache.load_error and options.warn is not None:
+            options.warn(options.cache.load_error)
+    pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers + 1), name="neo-push")
+    pool.start()
+    try:
+        use_cache = options.cache is not None
+        while True:
+            run = _PushRun(
+                reactor, pool, peer, opened.handle, opened.chunker, local_root, options, summary, use_cache
+            )
+            try:
+                committed = await run.run()
+                break
+            except RemoteError as e:
+                if e.code != ErrorCode.MISSING_CHUNKS or not use_cache:
+                    raise
+            # The cache named chunks the server no longer has: start over reading every file.
+            await peer.request(Abort(rid=0, handle=opened.handle))
+            use_cache = False
+            summary = PushSummary(retried_without_cache=True)
+    finally:
+        pool.stop()
+    if options.cache is not None:
+        try:
+            options.cache.save()
+        except OSError as e:
+            summary.warnings.append(f"cannot save the files cache: {e}")
+    summary.snapshot = committed.snapshot
+    summary.new_chunks = committed.new_chunks
+    summary.new_bytes = committed.new_bytes
+    summary.bytes_sent = peer.bytes_sent - sent0
+    summary.bytes_received = peer.bytes_received - received0
+    summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line message for a failed push or pull."""
+    if isinstance(error, NeoError):
+        return f"server refused: {error.message} ({error.code})"
+    return str(error)
