@@ -55,7 +55,7 @@ ID = limits.ID_SIZE
 
 SEGMENT_IDS = 256
 """Chunk ids fetched by one ``get`` (about 8 MiB at the default 32 KiB average chunk)."""
-FILES_IN_FLIGHT = 32
+FILES_IN_FLIGHT = 64
 """Files being fetched and written at once: keeps many small-file requests in flight."""
 
 
@@ -276,6 +276,35 @@ def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
     _close_old(f)
 
 
+def _write_last(dest: SafeDest, f: _File, steps: list[_Step], fsync: bool) -> None:
+    """The last run of a file and its finish in one worker hop (most files are one run)."""
+    if steps:
+        _write_segment(dest, f, steps)
+    _finish(dest, f, fsync)
+
+
+_SAME, _ABSENT, _EXAMINE = 0, 1, 2
+
+
+def _quick_check(dest: SafeDest, files: list[_File], checksum: bool) -> list[int | str]:
+    """For each file: _SAME (up to date by size and mtime), _ABSENT (nothing local to reuse), _EXAMINE, or an
+    error text. One worker hop for many files, so an unchanged tree costs no per-file thread round trip."""
+    out: list[int | str] = []
+    for f in files:
+        try:
+            st = dest.lstat(f.path)
+        except (UnsafePath, OSError) as e:
+            out.append(f"{f.path}: {e}")
+            continue
+        if st is None or not stat.S_ISREG(st.st_mode):
+            out.append(_ABSENT)
+        elif not checksum and st.st_size == f.size and st.st_mtime_ns == f.mtime_ns:
+            out.append(_SAME)
+        else:
+            out.append(_EXAMINE)
+    return out
+
+
 def _close_old(f: _File) -> None:
     if f.old_fd >= 0:
         os.close(f.old_fd)
@@ -377,17 +406,32 @@ class _PullRun:
             else:
                 fatal.append(failure.value)
 
-        for e in files:
+        progress = self.options.progress
+        step = 1024
+        for start in range(0, len(files), step):
             if fatal:
                 break
-            await slots.acquire()
-            f = _File(e.path, e.mode, e.mtime_ns, e.size, e.chunks)
-            d = ensureDeferred(self._file(f))
-            d.addBoth(release)
-            d.addErrback(failed)
-            running.append(d)
-            if len(running) > 4 * FILES_IN_FLIGHT:
-                running = [r for r in running if not r.called]
+            group = [_File(e.path, e.mode, e.mtime_ns, e.size, e.chunks) for e in files[start : start + step]]
+            states = await self._thread(_quick_check, self.dest, group, self.options.checksum)
+            for f, state in zip(group, states, strict=True):
+                if fatal:
+                    break
+                if state == _SAME:
+                    self.summary.files_unchanged += 1
+                    if progress is not None:
+                        progress.files()
+                    continue
+                if isinstance(state, str):
+                    self.summary.files_skipped += 1
+                    self._error(state)
+                    continue
+                await slots.acquire()
+                d = ensureDeferred(self._file(f, state == _EXAMINE))
+                d.addBoth(release)
+                d.addErrback(failed)
+                running.append(d)
+                if len(running) > 4 * FILES_IN_FLIGHT:
+                    running = [r for r in running if not r.called]
         await DeferredList(running)
         if fatal:
             raise fatal[0]
@@ -398,11 +442,11 @@ class _PullRun:
         for err in await self._thread(_dir_meta, self.dest, dirs):
             self._error(err)
 
-    async def _file(self, f: _File) -> None:
+    async def _file(self, f: _File, examine: bool) -> None:
         summary = self.summary
         progress = self.options.progress
         try:
-            same = await self._thread(_examine, self.dest, f, self.params, self.options.checksum)
+            same = examine and await self._thread(_examine, self.dest, f, self.params, self.options.checksum)
         except (UnsafePath, OSError) as e:
             _close_old(f)
             summary.files_skipped += 1
@@ -416,7 +460,6 @@ class _PullRun:
             return
         try:
             await self._fetch_and_write(f)
-            await self._thread(_finish, self.dest, f, self.options.fsync)
         except BaseException:
             await self._thread(_abort, f)
             raise
@@ -460,9 +503,9 @@ class _PullRun:
                     segments.append((plan, fetch))
                     planned_self |= fetching
                     plan, fetch, fetching = [], [], set()
-        if plan:
+        if plan or not segments:
             segments.append((plan, fetch))
-        pending = self._get(f, segments[0][1]) if segments else None
+        pending = self._get(f, segments[0][1])
         for k, (steps, wanted) in enumerate(segments):
             replies = await pending if pending is not None else []
             pending = self._get(f, segments[k + 1][1]) if k + 1 < len(segments) else None
@@ -471,7 +514,10 @@ class _PullRun:
                 (cid, where, next(got) if where == "net" else how) for cid, where, how in steps
             ]
             try:
-                await self._thread(_write_segment, self.dest, f, resolved)
+                if pending is None:
+                    await self._thread(_write_last, self.dest, f, resolved, self.options.fsync)
+                else:
+                    await self._thread(_write_segment, self.dest, f, resolved)
             except BaseException:
                 if pending is not None:
                     pending.addErrback(lambda _f: None)
