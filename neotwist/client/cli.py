@@ -99,7 +99,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                       help="SSH private key to offer (repeatable; default: the agent and ~/.ssh/id_*)")
     auth.add_argument("--password-stdin", action="store_true",
                       help="read the password from the first line of standard input")
-    auth.add_argument("--known-hosts", type=Path, metavar="FILE", help="SSH known-hosts file to check against")
+    auth.add_argument("--known-hosts", type=Path, metavar="FILE", help="SSH known-hosts file")
     auth.add_argument("--accept-new-host-key", action="store_true",
                       help="trust and record a host key seen for the first time (never a changed one)")
     auth.add_argument("--tls-ca", type=Path, metavar="FILE",
@@ -116,7 +116,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     out.add_argument("--debug", action="store_true", help="log protocol and transport details to stderr")
     work = p.add_argument_group(direction)
     if direction == "push":
-        work.add_argument("--filter-file", metavar="FILE", help="filter rules (see --make-sample-filter-file)")
+        work.add_argument("--filter-file", metavar="FILE", help="filter rules (--make-sample-filter-file)")
         work.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                           help="gitignore-style pattern to leave out (repeatable)")
         work.add_argument("--no-cache", action="store_true", help="read every file (ignore the files cache)")
@@ -127,7 +127,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           help="compare content instead of trusting size and mtime")
         work.add_argument("--no-fsync", action="store_true",
                           help="do not fsync each written file (faster, less safe on power loss)")
-        work.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot instead of the latest")
+        work.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot, not the latest")
         # Accepted so one filter invocation works both ways; a pull takes what the snapshot holds.
         work.add_argument("--filter-file", metavar="FILE", help=argparse.SUPPRESS)
         work.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=argparse.SUPPRESS)
@@ -136,11 +136,11 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     work.add_argument("--workers", type=int, default=3, metavar="N", help="worker threads (default 3)")
     legacy = p.add_argument_group("original client's options")
     legacy.add_argument("--lpath", metavar="DIR", help="local directory (instead of LOCAL_DIR)")
-    legacy.add_argument("--rpath", metavar="TARGET[/SUBPATH]", help="remote target, with --host (instead of REMOTE)")
+    legacy.add_argument("--rpath", metavar="TARGET[/SUBPATH]", help="target, with --host (instead of REMOTE)")
     legacy.add_argument("--host", help="server host, with --rpath")
     legacy.add_argument("--port", type=int, help="server port, with --host")
     legacy.add_argument("--password", "--authcode", dest="password", metavar="SECRET",
-                        help="password (visible to other local users: prefer --password-stdin or NEO_PASSWORD)")
+                        help="password (others can see it: prefer --password-stdin, NEO_PASSWORD)")
     legacy.add_argument("--push", dest="direction", action="store_const", const="push",
                         help="push (the default of neo-push)")
     legacy.add_argument("--pull", dest="direction", action="store_const", const="pull",
@@ -223,7 +223,8 @@ def _start_logging(debug: bool) -> None:
 
     level = LogLevel.debug if debug else LogLevel.error
     observer: Any = FilteringLogObserver(
-        cast(Any, textFileLogObserver(sys.stderr)), [cast(Any, LogLevelFilterPredicate(defaultLogLevel=level))]
+        cast(Any, textFileLogObserver(sys.stderr)),
+        [cast(Any, LogLevelFilterPredicate(defaultLogLevel=level))],
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
 
@@ -239,14 +240,16 @@ def _human(direction: Direction, summary: Any) -> str:
 
     if direction == "push":
         lines = [
-            f"snapshot {summary.snapshot}: {summary.files_scanned} items scanned, {summary.files_changed} files "
+            f"snapshot {summary.snapshot}: {summary.files_scanned} items scanned, "
+            f"{summary.files_changed} files "
             f"read ({size(summary.bytes_read)}), {summary.files_skipped} skipped",
             f"new chunks {summary.new_chunks} ({size(summary.new_bytes)}); sent {size(summary.bytes_sent)}, "
             f"received {size(summary.bytes_received)} in {summary.elapsed_s:.2f} s",
         ]
     else:
         lines = [
-            f"snapshot {summary.snapshot}: {summary.files_scanned} items listed, {summary.files_changed} files "
+            f"snapshot {summary.snapshot}: {summary.files_scanned} items listed, "
+            f"{summary.files_changed} files "
             f"written ({size(summary.bytes_written)}, {size(summary.bytes_reused)} reused locally), "
             f"{summary.files_unchanged} unchanged",
             f"sent {size(summary.bytes_sent)}, received {size(summary.bytes_received)} in "
@@ -255,7 +258,9 @@ def _human(direction: Direction, summary: Any) -> str:
     return "\n".join(lines)
 
 
-async def _run(reactor: Any, direction: Direction, args: argparse.Namespace, local: str, remote_text: str) -> int:
+async def _run(
+    reactor: Any, direction: Direction, args: argparse.Namespace, local: str, remote_text: str
+) -> int:
     from neotwist.client.connect import ConnectOptions, connect
     from neotwist.client.filescache import FilesCache, cache_key
     from neotwist.client.knownhosts import HostKeyError

@@ -7,8 +7,8 @@ and cannot be set by ``touch``, so a file rewritten with its old mtime is still 
 
 The cache is trusted only for chunk ids. The server checks at commit that every referenced chunk exists; when
 it does not (the target was pruned or recreated), the push retries once with the cache disabled. The cache is
-saved (atomically: temporary file, fsync, rename) only after a successful commit, and holds exactly the files of
-that push, so deleted files fall out of it.
+saved (atomically: temporary file, fsync, rename) only after a successful commit, and holds exactly the
+files of that push, so deleted files fall out of it.
 
 Files modified within the last second before the push started are not remembered: their mtime may not have
 ticked yet for a write still to come (the same guard git and borg use for "racy" timestamps).

@@ -6,8 +6,8 @@ A filter file mixes two kinds of lines, classified one line at a time:
   name of a file, ``dir`` rules the name of a directory, ``path`` rules the path relative to the local root
   ('/'-separated, for files and directories). The regex is searched (``re.search``) in the subject. Rules are
   tried in file order and the first that matches decides.
-- anything else that is not blank or a ``#`` comment: a gitignore pattern (``*.pyc``, ``build/``, ``!keep.me``)
-  as git reads it (:class:`pathspec.GitIgnoreSpec`; a pattern excludes, ``!`` re-includes).
+- anything else that is not blank or a ``#`` comment: a gitignore pattern (``*.pyc``, ``build/``,
+  ``!keep.me``) as git reads it (:class:`pathspec.GitIgnoreSpec`; a pattern excludes, ``!`` re-includes).
 
 An item is judged by the regex rules first (their first match wins); when none matches, the gitignore patterns
 decide; with neither, it is taken. A directory that is rejected is never descended, so nothing under it is

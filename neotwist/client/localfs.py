@@ -1,12 +1,12 @@
 """Writing under a pull's destination without ever following a symlink out of it.
 
 Every path a pull writes comes from the server, so it is treated as hostile: it is re-checked with
-:func:`neotwist.paths.check_path` (no '..', no absolute paths), and it is resolved one component at a time from a
-file descriptor of the destination directory with ``O_NOFOLLOW | O_DIRECTORY``. A component that is a symlink
-(planted before or during the pull, or created by the pull itself from a server-sent link) makes the operation
-fail with :class:`UnsafePath` instead of being followed. Files are created with ``O_EXCL | O_NOFOLLOW`` under a
-temporary name in their directory and renamed into place relative to the same directory descriptor, so a
-symlink at the final name is replaced, never written through.
+:func:`neotwist.paths.check_path` (no '..', no absolute paths) and resolved one component at a time from
+a descriptor of the destination directory with ``O_NOFOLLOW | O_DIRECTORY``. A component that is a
+symlink (planted before or during the pull, or created by the pull itself from a server-sent link) makes
+the operation fail with :class:`UnsafePath` instead of being followed. Files are created with
+``O_EXCL | O_NOFOLLOW`` under a temporary name in their directory and renamed into place relative to the
+same directory descriptor, so a symlink at the final name is replaced, never written through.
 
 All methods are safe to call from several worker threads at once: each call resolves its own descriptors.
 """
@@ -165,7 +165,7 @@ class SafeDest:
             return None
 
     def open_read(self, rel: str) -> int | None:
-        """A read descriptor of the regular file at ``rel``, or None if there is none (symlinks are not one)."""
+        """A read descriptor of the regular file at ``rel``, or None (a symlink is not one)."""
         try:
             with self.parent(rel, create=False) as (dfd, name):
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)

@@ -20,7 +20,9 @@ class Progress:
         if self.enabled:
             from tqdm import tqdm
 
-            self._files = tqdm(desc=f"{verb} files", unit=" files", file=sys.stderr, position=0, mininterval=0.2)
+            self._files = tqdm(
+                desc=f"{verb} files", unit=" files", file=sys.stderr, position=0, mininterval=0.2
+            )
             self._bytes = tqdm(
                 desc=f"{verb} bytes",
                 unit="B",

@@ -1,4 +1,4 @@
-"""neo-pull's pipeline: list a snapshot, reuse what is already on disk, fetch only missing chunks, write safely.
+"""neo-pull's pipeline: list a snapshot, reuse what is on disk, fetch only missing chunks, write safely.
 
 For each file of the snapshot:
 
@@ -6,8 +6,8 @@ For each file of the snapshot:
   turns this quick check off);
 - otherwise the existing local file is cut with the target's chunker: every chunk whose id the new version
   needs is copied from it instead of fetched; chunks of files already written by this pull are reused too;
-- the remaining ids are fetched with ``get`` requests (at most SEGMENT_IDS per request, several files in flight
-  at once), each chunk is decompressed with a bound and checked against its id before it is written;
+- the remaining ids are fetched with ``get`` requests (at most SEGMENT_IDS per request, several files in
+  flight at once), each chunk is decompressed with a bound and checked against its id before it is written;
 - the new version is written to ``.<name>.neotmp.<random>`` in the same directory, given its mode and mtime,
   fsynced and renamed into place.
 
@@ -126,7 +126,8 @@ def _merge(entries: list[Entry]) -> list[Entry]:
                 raise PullError(f"the server's listing broke off the chunk list of {pending.path!r}")
             parts.append(e.chunks)
             if not e.more:
-                out.append(Entry(pending.path, "f", pending.mode, pending.mtime_ns, pending.size, b"".join(parts)))
+                whole = b"".join(parts)
+                out.append(Entry(pending.path, "f", pending.mode, pending.mtime_ns, pending.size, whole))
                 pending, parts = None, []
             continue
         if e.more:
@@ -581,7 +582,7 @@ async def pull(
     )
     snapshot = pages[-1].snapshot
     entries = _merge([e for page in pages for e in page.entries])
-    del pages
+    pages.clear()
     summary.snapshot = snapshot
     summary.files_scanned = len(entries)
     summary.files = sum(1 for e in entries if e.kind == "f")

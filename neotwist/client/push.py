@@ -1,4 +1,4 @@
-"""neo-push's pipeline: scan, skip unchanged files, chunk and hash the rest, upload only missing chunks, commit.
+"""neo-push's pipeline: scan, skip unchanged files, chunk and hash the rest, upload missing chunks, commit.
 
 The reactor thread only moves messages. Everything that touches the disk or the CPU runs in a small thread
 pool (pyfastcdc, blake3 and zstandard release the GIL, so the workers really run in parallel):

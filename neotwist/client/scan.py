@@ -3,7 +3,7 @@
 The walk uses ``os.scandir`` (names and types come from one ``getdents`` per directory), never follows a
 symlink, never descends a directory the filter rejects and never opens a file: it only reports what is there.
 Items that cannot be pushed are counted and skipped with a warning, not fatal: sockets, fifos and devices,
-names that are not UTF-8 or that the protocol refuses (backslash, over 255 bytes), directories we may not read.
+names that are not UTF-8 or that the protocol refuses (backslash, over 255 bytes), unreadable directories.
 
 Records come out parents first (pre-order), the root ('' path) first of all, so a consumer can batch them in
 order and a pull recreates parents before children.
@@ -73,8 +73,8 @@ def scan(
 ) -> Iterator[ScanRecord]:
     """Yield a record for ``root`` itself and every item under it that the filter takes.
 
-    ``root`` must be a directory (a symlink to one is accepted for the root only, as rsync does with a trailing
-    slash). Raises OSError if the root cannot be read; problems below it are counted in ``stats``.
+    ``root`` must be a directory (a symlink to one is accepted for the root only, as rsync does with a
+    trailing slash). Raises OSError if the root cannot be read; problems below it are counted in ``stats``.
     """
     if stats is None:
         stats = ScanStats()
