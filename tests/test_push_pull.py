@@ -7,7 +7,6 @@ real repository stores them, real files come out.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import tempfile
@@ -30,16 +29,13 @@ from neotwist.wire.peer import Peer  # noqa: E402
 
 
 def _services(tmp: Path) -> Any:
-    """Build the server's services for one account, from whatever the session module offers."""
-    builder = getattr(session, "make_test_services", None) or getattr(session, "Services", None)
-    if builder is None:
-        pytest.skip("neotwist.server.session offers no way to build its services here")
-    params = inspect.signature(builder).parameters
-    kwargs: dict[str, Any] = {}
-    for name in params:
-        if name in ("root", "repository_root", "data_dir", "path", "directory"):
-            kwargs[name] = tmp
-    return builder(**kwargs)
+    """The server's real services on a fresh data directory, with one account, ``alice``."""
+    from twisted.internet import reactor
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    services = session.ServerServices.open(tmp, reactor, bcrypt_rounds=4)
+    services.account = services.accounts.add("alice", None)
+    return services
 
 
 class _ClientHandler:
@@ -59,6 +55,7 @@ class PushPullTests(TestCase):
         self.src = self.tmp / "src"
         self.src.mkdir()
         self.services = _services(self.tmp / "server")
+        self.addCleanup(self.services.repository.close)
 
     async def _connect(self) -> Peer:
         from twisted.internet import reactor
@@ -67,7 +64,7 @@ class PushPullTests(TestCase):
 
         class Factory(protocol.Factory):
             def buildProtocol(self, addr: Any) -> Any:
-                return session.make_server_peer(services, "alice", addr)
+                return session.make_server_peer(services, services.account, str(addr))
 
         port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
         self.addCleanup(port.stopListening)

@@ -316,7 +316,7 @@ AnyMessage = (
 )
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)  # type: ignore[arg-type]
+_decoder: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)  # type: ignore[arg-type,unused-ignore]
 
 
 def encode(message: Message) -> bytes:
@@ -326,4 +326,4 @@ def encode(message: Message) -> bytes:
 
 def decode(body: bytes | memoryview) -> Message:
     """Parse and validate one frame body. Raises ``msgspec.DecodeError`` / ``ValidationError`` on bad input."""
-    return _decoder.decode(body)  # type: ignore[no-any-return]
+    return _decoder.decode(body)  # type: ignore[no-any-return,unused-ignore]
