@@ -50,7 +50,19 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the server's data directory, as given to twistd neophytos --data (default: {DEFAULT_DATA})",
     )
     parser.add_argument("--bcrypt-rounds", type=int, default=BCRYPT_ROUNDS, help=argparse.SUPPRESS)
-    groups = parser.add_subparsers(dest="group", metavar="{account,key}", required=True)
+    groups = parser.add_subparsers(dest="group", metavar="{init,account,key}", required=True)
+
+    init = groups.add_parser(
+        "init",
+        help="prepare the data directory and a first account; print how to connect",
+        description="Create the data directory, the SSH host key and the TLS certificate now (the server "
+        "would on its first start), and, when there is no account yet, a first account with a generated "
+        "password shown once on this terminal. Prints the fingerprints to check and a neo-push line to try.",
+    )
+    init.add_argument("--account", default="demo", help="name of the first account (default: demo)")
+    init.add_argument("--host", default="localhost", help="host name to show in the example (default: localhost)")
+    init.add_argument("--ssh-port", type=int, default=4322, help="SSH port to show in the example")
+    init.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     account = groups.add_parser("account", help="add, list accounts; change passwords")
     account_cmds = account.add_subparsers(dest="command", metavar="{add,list,passwd}", required=True)
@@ -122,9 +134,58 @@ def _print_json(value: object) -> None:
     sys.stdout.write(msgspec.json.encode(value).decode("utf-8") + "\n")
 
 
+def init(data: Path, args: argparse.Namespace) -> None:
+    """``neo-admin init``: everything the server needs to start, and a first account if there is none."""
+    import secrets
+
+    from neotwist.server import hostkeys
+    from neotwist.server.accounts import fingerprint
+
+    try:
+        data = prepare_data_dir(data)
+    except (OSError, UsageError) as e:
+        raise Failed(str(e)) from None
+    host_key = hostkeys.load_or_create_host_key(data)
+    cert, _key = hostkeys.load_or_create_tls(data)
+    store = AccountStore(data / "accounts.sqlite", bcrypt_rounds=args.bcrypt_rounds)
+    password = None
+    existing = [a.name for a in store.list()]
+    if not existing:
+        password = secrets.token_urlsafe(12)
+        store.add(args.account, password)
+    account = args.account if not existing else existing[0]
+    port = "" if args.ssh_port == 4322 else f":{args.ssh_port}"
+    remote = f"{account}@{args.host}{port}/try"
+    report = {
+        "data": str(data),
+        "account": account,
+        "password": password,
+        "ssh_host_key": fingerprint(host_key),
+        "tls_certificate_sha256": hostkeys.tls_fingerprint(cert),
+        "remote": remote,
+    }
+    if args.json:
+        _print_json(report)
+        return
+    print(f"data directory   {data}")
+    print(f"SSH host key     {report['ssh_host_key']}")
+    print(f"TLS certificate  SHA-256 {report['tls_certificate_sha256']}")
+    if password is not None:
+        print(f"account          {account}   password {password}   (shown only now; stored as a bcrypt hash)")
+        print("try, in another terminal:")
+        print(f"  NEO_PASSWORD='{password}' .venv/bin/neo-push --accept-new-host-key docs {remote}")
+        print(f"  NEO_PASSWORD='{password}' .venv/bin/neo-pull {remote} /tmp/neo-restore")
+    else:
+        print(f"accounts         {', '.join(existing)} (new password: neo-admin --data {data} account passwd NAME)")
+        print(f"try:  .venv/bin/neo-push --accept-new-host-key docs {remote}")
+
+
 def run(args: argparse.Namespace) -> None:
     data = Path(args.data).expanduser()
-    cmd = (args.group, args.command)
+    cmd = (args.group, getattr(args, "command", None))
+    if cmd == ("init", None):
+        init(data, args)
+        return
     if cmd == ("account", "add"):
         try:
             data = prepare_data_dir(data)  # the first account may come before the server's first start

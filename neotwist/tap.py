@@ -99,6 +99,17 @@ def prepare_data_dir(data: Path) -> Path:
     return data
 
 
+class _RepositoryService(service.Service):
+    """Flushes and closes the repository when the server stops (after the listeners, which stop first)."""
+
+    def __init__(self, repository: Any) -> None:
+        self.repository = repository
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.repository.close()
+
+
 def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
@@ -108,8 +119,10 @@ def makeService(options: Options) -> service.MultiService:
 
     data = prepare_data_dir(Path(options["data"]))
     accounts = AccountStore(data / "accounts.sqlite", bcrypt_rounds=options["bcrypt_rounds"])
-    services = ServerServices(repository=Repository(data / "repo"), accounts=accounts, reactor=reactor)
+    repository = Repository(data / "repo")
+    services = ServerServices(repository=repository, accounts=accounts, reactor=reactor)
     top = service.MultiService()
+    _RepositoryService(repository).setServiceParent(top)
 
     if options["ssh_endpoint"] is not None:
         host_key = hostkeys.load_or_create_host_key(data)
@@ -134,5 +147,7 @@ def makeService(options: Options) -> service.MultiService:
         )
 
     if not accounts.list():
-        log.info("no accounts yet: neo-admin --data {data} account add NAME", data=str(data))
+        log.info(
+            "no accounts yet: neo-admin --data {data} init (or: account add NAME)", data=str(data)
+        )
     return top

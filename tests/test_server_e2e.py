@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from support import RunningServer, assert_clean
 
 from neotwist.wire import limits
 from neotwist.wire.framing import FrameConnection
@@ -24,78 +21,6 @@ pytest.importorskip("neotwist.server.session", reason="the server session module
 pytest.importorskip("neotwist.server.repository", reason="the repository has not landed yet")
 if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
     pytest.skip("OpenSSH client not installed", allow_module_level=True)
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RunningServer:
-    def __init__(self, tmp_path: Path) -> None:
-        self.data = tmp_path / "data"
-        self.log = tmp_path / "twistd.log"
-        self.key = tmp_path / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
-        r = subprocess.run(
-            [str(BIN / "neo-admin"), "--data", str(self.data), "--bcrypt-rounds", "4",
-             "account", "add", "alice", "--no-password", "--ssh-key", f"{self.key}.pub"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        self.ssh_port, self.tls_port = free_port(), free_port()
-        self.process = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "--logfile", str(self.log), "--pidfile", "",
-             "neophytos", "--data", str(self.data), "--bcrypt-rounds", "4",
-             "--ssh", f"tcp:{self.ssh_port}:interface=127.0.0.1",
-             "--tls", f"tcp:{self.tls_port}:interface=127.0.0.1"],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                output = self.process.stdout.read().decode() if self.process.stdout else ""
-                raise AssertionError(f"twistd exited: {output}\n{self.log_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.ssh_port), timeout=1).close()
-                socket.create_connection(("127.0.0.1", self.tls_port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("twistd did not start listening:\n" + self.log_text())
-
-    def log_text(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def ssh(self, *args: str) -> list[str]:
-        return [
-            "ssh", "-F", "/dev/null", "-p", str(self.ssh_port), "-l", "alice", "-i", str(self.key),
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "SendEnv=LANG",
-            *args,
-        ]  # fmt: skip
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = RunningServer(tmp_path)
-    try:
-        yield running
-    finally:
-        running.stop()
-
 
 def read_messages(
     stream: object, conn: FrameConnection, until: type[Message], timeout: float = 20
@@ -119,11 +44,6 @@ def read_messages(
 def hello(conn: FrameConnection) -> bytes:
     conn.send(Hello(rid=1, version=limits.PROTOCOL_VERSION, software="e2e-test", window=conn.window))
     return conn.data_to_send()
-
-
-def assert_clean(log: str) -> None:
-    for bad in ("Unhandled", "Traceback", "Could not adapt"):
-        assert bad not in log, log
 
 
 def test_openssh_subsystem_exec_shell(server: RunningServer) -> None:

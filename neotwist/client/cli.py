@@ -290,7 +290,7 @@ async def _run(
         get_password=_password_source(args),
         known_hosts=args.known_hosts,
         accept_new_host_key=args.accept_new_host_key,
-        confirm=_confirm,
+        confirm=_confirm if sys.stdin.isatty() else None,  # None: refuse with advice, not a silent "no"
         tls_ca=args.tls_ca,
         ssh_command=args.ssh_command,
         use_agent=not args.no_agent,
@@ -360,6 +360,9 @@ async def _run(
     except NeoError as e:
         sys.stderr.write(f"neo-{direction}: {describe_error(e)}\n")
         code = EXIT_AUTH if e.code in (ErrorCode.AUTH_FAILED, ErrorCode.AUTH_REQUIRED) else EXIT_FAILED
+    except OSError as e:
+        sys.stderr.write(f"neo-{direction}: {e}\n")
+        code = EXIT_FAILED
     finally:
         progress.close()
         try:

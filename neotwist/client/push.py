@@ -31,7 +31,7 @@ from typing import Any
 
 import blake3
 import zstandard
-from twisted.internet.defer import DeferredList, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import DeferredList, DeferredSemaphore, FirstError, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -419,10 +419,8 @@ class _PushRun:
             jobs.append(group)
         hashed: dict[str, _Hashed] = {}
         if jobs:
-            results = await DeferredList(
-                [self._thread(_hash_job, self.root, job, params) for job in jobs], fireOnOneErrback=True
-            )
-            for _ok, files in results:
+            results = await _gather([self._thread(_hash_job, self.root, job, params) for job in jobs])
+            for files in results:
                 for h in files:
                     hashed[h.rec.path] = h
 
@@ -474,9 +472,9 @@ class _PushRun:
         for start in range(0, len(sources), limits.MAX_IDS):
             part = [s[0] for s in sources[start : start + limits.MAX_IDS]]
             requests.append(self.peer.request(Have(rid=0, handle=self.handle, ids=part)))
-        replies = await DeferredList(requests, fireOnOneErrback=True, consumeErrors=True)
+        replies = await _gather(requests)
         missing: list[_Source] = []
-        for n, (_ok, reply) in enumerate(replies):
+        for n, reply in enumerate(replies):
             if not isinstance(reply, Missing):
                 raise PushError(f"the server answered have with {type(reply).__name__}")
             bitmap = reply.bitmap
@@ -580,8 +578,22 @@ async def push(
     return summary
 
 
+async def _gather(ds: list[Any]) -> list[Any]:
+    """The results of ``ds`` in order; the first failure is raised as itself (not wrapped in FirstError), and
+    the others are consumed so none is reported as unhandled."""
+    try:
+        results = await DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
+    except FirstError as e:
+        for d in ds:
+            d.addErrback(lambda _f: None)
+        e.subFailure.raiseException()
+    return [value for _ok, value in results]
+
+
 def describe_error(error: BaseException) -> str:
     """A one-line message for a failed push or pull."""
     if isinstance(error, NeoError):
+        if error.code == ErrorCode.PROTOCOL and error.message == "connection lost":
+            return "the connection to the server was lost: run the command again (nothing half-done was kept)"
         return f"server refused: {error.message} ({error.code})"
     return str(error)

@@ -38,7 +38,7 @@ from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry
 
-AUTO_FLUSH = 128 * 1024 * 1024
+AUTO_FLUSH = 32 * 1024 * 1024
 """Pending (appended, unindexed) bytes that trigger a flush, so a killed server keeps most uploaded chunks."""
 
 _IN_BATCH = 500

@@ -1,0 +1,49 @@
+# Neophytos: the two quick-start commands (`make run`, `make test`) and the benchmark.
+# Each target makes its own virtualenv in .venv and installs what it needs; nothing else is assumed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DATA   ?= neophytos-data
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test tools lint typecheck unit bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# compat mode: a plain editable install hides twisted/plugins/neophytos_plugin.py from twistd
+	$(BIN)/pip install --quiet --editable '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+# Start the server on embedded defaults (./neophytos-data, SSH 4322, TLS 4323), after preparing the data
+# directory and a first account whose password and a neo-push line to try are printed once.
+run: $(STAMP)
+	$(BIN)/neo-admin --data $(DATA) init
+	$(BIN)/twistd -n --pidfile= neophytos --data $(DATA)
+
+# ruff, mypy and the whole suite (unit, in-memory, and end to end with twistd, OpenSSH and the CLIs).
+test: $(STAMP) tools
+	$(BIN)/ruff check neotwist tests twisted bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -n 2 -q
+
+# The end-to-end tests drive the real OpenSSH client.
+tools:
+	@command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check neotwist tests twisted bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache bench/work
