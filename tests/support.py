@@ -81,9 +81,7 @@ class RunningServer:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("NEO_PASSWORD", "SSH_AUTH_SOCK")}
-        env.update(
-            XDG_CONFIG_HOME=str(self.tmp / "config"), XDG_CACHE_HOME=str(self.tmp / "cache"), HOME=str(self.tmp)
-        )
+        env.update(XDG_CONFIG_HOME=str(self.tmp / "config"), XDG_CACHE_HOME=str(self.tmp / "cache"), HOME=str(self.tmp))
         env.update(extra)
         return env
 

@@ -1,0 +1,413 @@
+"""The server session in memory: a client Peer and ``make_server_peer`` joined by iosim, a real repository and
+account store on disk, repository calls run inline (no threads) and timers on a test clock.
+
+Every request's success path and its refusals: order (hello first), versions, TLS login and its limits,
+handles, paths, chunk verification, commit as the barrier for uploads, missing chunks, pulls that name
+chunks of other files, and the login and idle timeouts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import blake3
+import zstandard
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.test.iosim import IOPump, connectedServerAndClient
+from twisted.trial.unittest import TestCase
+
+from neotwist.server.accounts import AccountStore
+from neotwist.server.repository import Repository
+from neotwist.server.session import MAX_LOGIN_ATTEMPTS, ServerServices, make_server_peer
+from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, RemoteError
+from neotwist.wire.messages import (
+    Bye,
+    ChunkReply,
+    Close,
+    Commit,
+    Committed,
+    Entry,
+    Get,
+    Have,
+    Hello,
+    List,
+    Listing,
+    ListTargets,
+    LoggedIn,
+    Login,
+    Message,
+    Missing,
+    Open,
+    Opened,
+    PushBegin,
+    PushEntries,
+    Put,
+    Targets,
+    Welcome,
+)
+from neotwist.wire.peer import Peer
+
+PASSWORD = "s3cret password"
+
+
+class _Client:
+    def message_received(self, peer: Peer, message: Message) -> None:
+        return None
+
+    def connection_lost(self, peer: Peer, reason: Failure) -> None:
+        self.lost = reason
+
+
+def chunk(data: bytes) -> tuple[bytes, bytes]:
+    return blake3.blake3(data).digest(), data
+
+
+class SessionTests(TestCase):
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="neo-session-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.clock = MemoryReactorClock()
+        accounts = AccountStore(self.tmp / "accounts.sqlite", bcrypt_rounds=4)
+        self.alice = accounts.add("alice", PASSWORD)
+        self.bob = accounts.add("bob", PASSWORD)
+        repository = Repository(self.tmp / "repo")
+        self.addCleanup(repository.close)
+        self.services = ServerServices(
+            repository=repository, accounts=accounts, reactor=self.clock, run_blocking=maybeDeferred
+        )
+
+    def connect(self, tls: bool = False, account: Any = None) -> tuple[Peer, Peer, IOPump]:
+        """A client and a server Peer over iosim (SSH-authenticated as alice unless ``tls``)."""
+        who = None if tls else (account or self.alice)
+        client, server, pump = connectedServerAndClient(
+            lambda: make_server_peer(self.services, who, "test:1"),
+            lambda: Peer(_Client(), is_client=True),
+        )
+        return server, client, pump
+
+    def call(self, client: Peer, pump: IOPump, message: Message, more: Any = None) -> Any:
+        """Send a request, pump until it is answered; return the reply or the RemoteError."""
+        d = client.request(message, more)
+        out: list[Any] = []
+        d.addBoth(out.append)
+        for _ in range(50):
+            pump.flush()
+            if out:
+                break
+        assert out, f"no reply to {type(message).__name__}"
+        result = out[0]
+        if isinstance(result, Failure):
+            if result.check(RemoteError):
+                return result.value
+            result.raiseException()
+        return result
+
+    def hello(self, client: Peer, pump: IOPump) -> Welcome:
+        welcome = self.call(
+            client, pump, Hello(rid=0, version=limits.PROTOCOL_VERSION, software="t", window=client.window)
+        )
+        assert isinstance(welcome, Welcome)
+        return welcome
+
+    def ready(self, **kw: Any) -> tuple[Peer, Peer, IOPump]:
+        server, client, pump = self.connect(**kw)
+        self.hello(client, pump)
+        return server, client, pump
+
+    def open_push(self, client: Peer, pump: IOPump, target: str = "t", path: str = "") -> Opened:
+        opened = self.call(client, pump, Open(rid=0, target=target, path=path, mode="push", create=True))
+        assert isinstance(opened, Opened), opened
+        return opened
+
+    def push(self, client: Peer, pump: IOPump, files: dict[str, bytes], target: str = "t", path: str = "") -> Committed:
+        opened = self.open_push(client, pump, target, path)
+        h = opened.handle
+        assert self.call(client, pump, PushBegin(rid=0, handle=h)).__class__.__name__ == "Ok"
+        entries = [Entry("", "d", 0o755, 0, 0)]
+        for name, data in files.items():
+            cid, raw = chunk(data)
+            client.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(raw), data=raw))
+            entries.append(Entry(name, "f", 0o644, 1, len(data), cid))
+        client.post(PushEntries(rid=0, handle=h, entries=entries))
+        committed = self.call(client, pump, Commit(rid=0, handle=h))
+        assert isinstance(committed, Committed), committed
+        return committed
+
+    # --- order, version, login -------------------------------------------------------------------------
+
+    def test_request_before_hello_is_refused(self) -> None:
+        _server, client, pump = self.connect()
+        error = self.call(client, pump, ListTargets(rid=0))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.PROTOCOL
+        assert "before hello" in error.message
+
+    def test_unsupported_version_closes(self) -> None:
+        server, client, pump = self.connect()
+        error = self.call(client, pump, Hello(rid=0, version=99, software="t", window=client.window))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.UNSUPPORTED_VERSION
+        pump.flush()
+        assert server._lost
+
+    def test_ssh_session_is_already_authenticated(self) -> None:
+        _server, client, pump = self.connect()
+        welcome = self.hello(client, pump)
+        assert welcome.account == "alice" and not welcome.login_required
+        again = self.call(client, pump, Login(rid=0, account="alice", password=PASSWORD))
+        assert isinstance(again, RemoteError) and again.code == ErrorCode.PROTOCOL
+
+    def test_tls_login_required_then_accepted(self) -> None:
+        _server, client, pump = self.connect(tls=True)
+        welcome = self.hello(client, pump)
+        assert welcome.login_required and welcome.account == ""
+        refused = self.call(client, pump, ListTargets(rid=0))
+        assert isinstance(refused, RemoteError) and refused.code == ErrorCode.AUTH_REQUIRED
+        wrong = self.call(client, pump, Login(rid=0, account="alice", password="nope"))
+        assert isinstance(wrong, RemoteError) and wrong.code == ErrorCode.AUTH_FAILED
+        assert "nope" not in wrong.message
+        ok = self.call(client, pump, Login(rid=0, account="alice", password=PASSWORD))
+        assert isinstance(ok, LoggedIn) and ok.account == "alice"
+        assert isinstance(self.call(client, pump, ListTargets(rid=0)), Targets)
+
+    def test_tls_login_attempts_are_limited(self) -> None:
+        server, client, pump = self.connect(tls=True)
+        self.hello(client, pump)
+        for _ in range(MAX_LOGIN_ATTEMPTS):
+            error = self.call(client, pump, Login(rid=0, account="alice", password="wrong"))
+            assert isinstance(error, RemoteError) and error.code == ErrorCode.AUTH_FAILED
+        self.clock.advance(0)
+        pump.flush()
+        assert server._lost and client._lost
+
+    def test_login_timeout_and_idle_timeout(self) -> None:
+        server, client, pump = self.connect(tls=True)
+        self.hello(client, pump)
+        self.clock.advance(limits.LOGIN_TIMEOUT + 1)
+        pump.flush()
+        assert server._lost
+        server2, client2, pump2 = self.ready()
+        self.clock.advance(limits.IDLE_TIMEOUT - 10)
+        self.call(client2, pump2, ListTargets(rid=0))  # activity resets the idle timer
+        self.clock.advance(20)
+        pump2.flush()
+        assert not server2._lost
+        self.clock.advance(limits.IDLE_TIMEOUT)
+        pump2.flush()
+        assert server2._lost
+
+    def test_bye_ends_cleanly(self) -> None:
+        server, client, pump = self.ready()
+        reply = self.call(client, pump, Bye(rid=0))
+        assert isinstance(reply, Bye)
+        pump.flush()
+        assert server.ended_cleanly and server._lost
+
+    # --- targets and handles ------------------------------------------------------------------------------
+
+    def test_push_list_get_round_trip(self) -> None:
+        _server, client, pump = self.ready()
+        committed = self.push(client, pump, {"a": b"alpha" * 1000, "b": b"beta"})
+        assert committed.snapshot == 1 and committed.files == 2 and committed.new_chunks == 2
+        targets = self.call(client, pump, ListTargets(rid=0))
+        assert [(t.name, t.files, t.latest) for t in targets.targets] == [("t", 2, 1)]
+
+        opened = self.call(client, pump, Open(rid=0, target="t", path="", mode="read"))
+        pages: list[Listing] = []
+        self.call(client, pump, List(rid=0, handle=opened.handle, snapshot=None, path=""),
+                  more=lambda m: pages.append(m) or not m.done)  # fmt: skip
+        entries = {e.path: e for page in pages for e in page.entries}
+        assert sorted(entries) == ["", "a", "b"]
+        got: list[ChunkReply] = []
+        ids = [entries["a"].chunks]
+        self.call(client, pump, Get(rid=0, handle=opened.handle, snapshot=1, path="a", ids=ids),
+                  more=lambda m: got.append(m) or len(got) < 1)  # fmt: skip
+        assert got[0].data == b"alpha" * 1000 and got[0].id == ids[0]
+
+    def test_get_refuses_chunks_of_another_file(self) -> None:
+        _server, client, pump = self.ready()
+        self.push(client, pump, {"public": b"public data", "secret": b"secret data"}, path="")
+        opened = self.call(client, pump, Open(rid=0, target="t", path="", mode="read"))
+        secret_id = chunk(b"secret data")[0]
+        error = self.call(client, pump, Get(rid=0, handle=opened.handle, snapshot=1, path="public", ids=[secret_id]))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.CHUNK_NOT_IN_FILE
+
+    def test_sub_path_handle_is_the_root(self) -> None:
+        _server, client, pump = self.ready()
+        self.push(client, pump, {"x": b"in jan"}, path="2024/jan")
+        self.push(client, pump, {"y": b"in feb"}, path="2024/feb")
+        opened = self.call(client, pump, Open(rid=0, target="t", path="2024/jan", mode="read"))
+        pages: list[Listing] = []
+        self.call(client, pump, List(rid=0, handle=opened.handle, snapshot=None, path=""),
+                  more=lambda m: pages.append(m) or not m.done)  # fmt: skip
+        assert sorted(e.path for p in pages for e in p.entries) == ["", "x"]
+        # a feb chunk named through the jan handle is not found there
+        feb = chunk(b"in feb")[0]
+        error = self.call(client, pump, Get(rid=0, handle=opened.handle, snapshot=2, path="../feb/y", ids=[feb]))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.BAD_PATH
+
+    def test_accounts_do_not_see_each_other(self) -> None:
+        _server, client, pump = self.ready()
+        self.push(client, pump, {"a": b"alice's"})
+        _s2, bob, pump2 = self.ready(account=self.bob)
+        assert self.call(bob, pump2, ListTargets(rid=0)).targets == []
+        error = self.call(bob, pump2, Open(rid=0, target="t", path="", mode="read"))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.NO_SUCH_TARGET
+
+    def test_bad_names_paths_and_handles(self) -> None:
+        _server, client, pump = self.ready()
+        for target, path, code in [
+            ("../etc", "", ErrorCode.BAD_NAME),
+            (".hidden", "", ErrorCode.BAD_NAME),
+            ("t", "../x", ErrorCode.BAD_PATH),
+            ("t", "/abs", ErrorCode.BAD_PATH),
+            ("t", "a//b", ErrorCode.BAD_PATH),
+            ("t", "a/./b", ErrorCode.BAD_PATH),
+        ]:
+            error = self.call(client, pump, Open(rid=0, target=target, path=path, mode="push", create=True))
+            assert isinstance(error, RemoteError) and error.code == code, (target, path, error)
+        error = self.call(client, pump, Close(rid=0, handle=77))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.BAD_HANDLE
+        missing = self.call(client, pump, Open(rid=0, target="nothing", path="", mode="read"))
+        assert isinstance(missing, RemoteError) and missing.code == ErrorCode.NO_SUCH_TARGET
+
+    def test_too_many_handles_closes_the_connection(self) -> None:
+        server, client, pump = self.ready()
+        for _ in range(limits.MAX_OPEN_HANDLES):
+            self.open_push(client, pump)
+        error = self.call(client, pump, Open(rid=0, target="t", path="", mode="push", create=True))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.LIMIT_EXCEEDED
+        pump.flush()
+        assert server._lost
+
+    def test_read_handle_cannot_push(self) -> None:
+        _server, client, pump = self.ready()
+        self.push(client, pump, {"a": b"x"})
+        opened = self.call(client, pump, Open(rid=0, target="t", path="", mode="read"))
+        error = self.call(client, pump, PushBegin(rid=0, handle=opened.handle))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.PROTOCOL
+
+    # --- uploads and commit ---------------------------------------------------------------------------------
+
+    def test_chunk_that_does_not_match_its_id_is_refused_and_blocks_the_commit(self) -> None:
+        _server, client, pump = self.ready()
+        h = self.open_push(client, pump).handle
+        self.call(client, pump, PushBegin(rid=0, handle=h))
+        cid = chunk(b"the real data")[0]
+        client.post(Put(rid=0, handle=h, id=cid, codec=0, size=8, data=b"forgery!"))
+        error = self.call(client, pump, Have(rid=0, handle=h, ids=[cid]))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.CHUNK_MISMATCH
+        assert self.services.repository.find_target(self.alice.id, "t").latest() is None  # type: ignore[union-attr]
+
+    def test_zstd_bomb_is_refused(self) -> None:
+        _server, client, pump = self.ready()
+        h = self.open_push(client, pump).handle
+        self.call(client, pump, PushBegin(rid=0, handle=h))
+        big = b"\0" * (limits.MAX_CHUNK)
+        packed = zstandard.ZstdCompressor().compress(big)
+        client.post(Put(rid=0, handle=h, id=chunk(big)[0], codec=1, size=100, data=packed))
+        error = self.call(client, pump, Commit(rid=0, handle=h))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.CHUNK_MISMATCH
+
+    def test_commit_with_missing_chunks_changes_nothing_and_can_be_completed(self) -> None:
+        _server, client, pump = self.ready()
+        h = self.open_push(client, pump).handle
+        self.call(client, pump, PushBegin(rid=0, handle=h))
+        cid, raw = chunk(b"late chunk")
+        client.post(
+            PushEntries(
+                rid=0, handle=h, entries=[Entry("", "d", 0o755, 0, 0), Entry("f", "f", 0o644, 0, len(raw), cid)]
+            )
+        )
+        error = self.call(client, pump, Commit(rid=0, handle=h))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.MISSING_CHUNKS
+        have = self.call(client, pump, Have(rid=0, handle=h, ids=[cid]))
+        assert isinstance(have, Missing) and have.bitmap == b"\x01"
+        client.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(raw), data=raw))
+        committed = self.call(client, pump, Commit(rid=0, handle=h))
+        assert isinstance(committed, Committed) and committed.snapshot == 1
+
+    def test_entries_before_push_begin_and_bad_entries(self) -> None:
+        _server, client, pump = self.ready()
+        h = self.open_push(client, pump).handle
+        error = self.call(client, pump, PushEntries(rid=0, handle=h, entries=[Entry("", "d", 0o755, 0, 0)]))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.PROTOCOL
+
+    def test_entry_with_dotdot_path_kills_the_push(self) -> None:
+        _server, client, pump = self.ready()
+        self.push(client, pump, {"keep": b"keep me"})
+        h = self.open_push(client, pump).handle
+        self.call(client, pump, PushBegin(rid=0, handle=h))
+        client.post(PushEntries(rid=0, handle=h, entries=[Entry("../escape", "d", 0o755, 0, 0)]))
+        error = self.call(client, pump, Commit(rid=0, handle=h))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.BAD_PATH
+        target = self.services.repository.find_target(self.alice.id, "t")
+        assert target is not None and target.latest().id == 1  # type: ignore[union-attr]
+
+    def test_connection_lost_mid_push_aborts_it(self) -> None:
+        server, client, pump = self.ready()
+        self.push(client, pump, {"a": b"one"})
+        h = self.open_push(client, pump).handle
+        self.call(client, pump, PushBegin(rid=0, handle=h))
+        cid, raw = chunk(b"two")
+        client.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(raw), data=raw))
+        client.post(
+            PushEntries(rid=0, handle=h, entries=[Entry("", "d", 0o755, 0, 0), Entry("b", "f", 0o644, 0, 3, cid)])
+        )
+        pump.flush()
+        client.transport.loseConnection()  # type: ignore[union-attr]
+        pump.flush()
+        assert server._lost
+        target = self.services.repository.find_target(self.alice.id, "t")
+        assert target is not None and target.latest().id == 1  # type: ignore[union-attr]
+        # the chunk it uploaded is kept for the next push
+        assert target.missing([cid]) == [False]
+        assert not self.services.sessions
+
+    def test_commit_waits_for_uploads_still_running(self) -> None:
+        """With a thread-like runner whose jobs finish later, commit must not run before entries are staged."""
+        pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+        def later(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append((d, f, args))
+            return d
+
+        def run_all() -> None:
+            while pending:
+                d, f, args = pending.pop(0)
+                maybeDeferred(f, *args).chainDeferred(d)
+
+        self.services.run_blocking = later
+        _server, client, pump = self.connect()
+        hello = client.request(Hello(rid=0, version=limits.PROTOCOL_VERSION, software="t", window=client.window))
+        pump.flush()
+        assert hello.called
+        opened: list[Any] = []
+        client.request(Open(rid=0, target="t", path="", mode="push", create=True)).addCallback(opened.append)
+        pump.flush()
+        run_all()
+        pump.flush()
+        h = opened[0].handle
+        client.request(PushBegin(rid=0, handle=h))
+        pump.flush()
+        run_all()
+        pump.flush()
+        cid, raw = chunk(b"data")
+        client.post(Put(rid=0, handle=h, id=cid, codec=0, size=4, data=raw))
+        client.post(
+            PushEntries(rid=0, handle=h, entries=[Entry("", "d", 0o755, 0, 0), Entry("f", "f", 0o644, 0, 4, cid)])
+        )
+        result: list[Any] = []
+        client.request(Commit(rid=0, handle=h)).addBoth(result.append)
+        pump.flush()
+        # put and entries are admitted (running); the commit waits for them rather than running now
+        assert [f.__name__ for _d, f, _a in pending] == ["store_chunk", "add"]
+        for _ in range(5):
+            run_all()
+            pump.flush()
+        assert isinstance(result[0], Committed) and result[0].files == 1
