@@ -37,6 +37,7 @@ from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.repository import Push, Repository, Target
+from neotwist.server.repository.target import ChunkRejected
 from neotwist.server.ssh import RunBlocking, thread_runner
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
@@ -84,6 +85,12 @@ groups, so a request for thousands of chunks never sits in memory at once."""
 
 MAX_LOGIN_ATTEMPTS = 3
 """Failed ``login`` messages on one connection before the server closes it (after answering the last)."""
+
+PUT_BATCH_BYTES = 4 * 1024 * 1024
+"""Chunk bytes collected from consecutive ``put`` messages before one worker job verifies and stores them."""
+
+PUT_BATCH_COUNT = 512
+"""Puts collected at most per batch (small chunks)."""
 
 LISTING_PAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``listing`` page (also at most MAX_ENTRIES entries per page)."""
@@ -155,6 +162,9 @@ class _Handle:
     target: Target | None  # None: a read handle on a target that does not exist (never handed out)
     push: Push | None = None
     jobs: set[Deferred[None]] = field(default_factory=set)  # uploads of this handle still running
+    puts: list[Put] = field(default_factory=list)  # puts collected for the next batch
+    put_bytes: int = 0
+    put_timer: Any = None  # the pending callLater that submits a partial batch
     entries_lock: DeferredLock = field(default_factory=DeferredLock)  # entries are staged in order
     failure: NeoError | None = None  # an upload failed: the push may not commit
 
@@ -378,18 +388,39 @@ class ServerSession:
             message, lambda: self.services.run(target.missing, message.ids).addCallback(answer)
         )
 
-    def on_put(self, peer: Peer, message: Put) -> Deferred[None]:
+    def on_put(self, peer: Peer, message: Put) -> Deferred[None] | None:
+        """Collect puts into a batch stored by one worker job: one thread hop per PUT_BATCH_BYTES, not per
+        chunk. A batch goes when it is full, before anything that must see its chunks (commit, abort, close),
+        or at the end of the current read (``callLater(0)``), so a lone put never waits."""
         handle = self._push_handle(message.handle)
+        handle.puts.append(message)
+        handle.put_bytes += len(message.data)
+        if handle.put_bytes >= PUT_BATCH_BYTES or len(handle.puts) >= PUT_BATCH_COUNT:
+            return self._submit_puts(handle)
+        if handle.put_timer is None:
+            handle.put_timer = self.services.reactor.callLater(0, self._submit_puts, handle)
+        return None
+
+    def _submit_puts(self, handle: _Handle) -> Deferred[None] | None:
+        if handle.put_timer is not None:
+            if handle.put_timer.active():
+                handle.put_timer.cancel()
+            handle.put_timer = None
+        batch, handle.puts, handle.put_bytes = handle.puts, [], 0
+        if not batch or self._closed:
+            return None
         target = handle.target
         assert target is not None
+        chunks = [(m.id, m.codec, m.size, m.data) for m in batch]
 
         def store() -> Deferred[None]:
-            d = self.services.run(target.store_chunk, message.id, message.codec, message.size, message.data)
+            d = self.services.run(target.store_chunks, chunks)
             d.addCallback(lambda _new: None)
             d.addErrback(self._upload_failed, handle)
             return d
 
-        return self._admit(message, store, handle)
+        # A rejected chunk is answered with the rid of its own put.
+        return self._admit(batch[0], store, handle, rids=[m.rid for m in batch])
 
     def on_entries(self, peer: Peer, message: PushEntries) -> Deferred[None]:
         handle = self._push_handle(message.handle)
@@ -578,7 +609,11 @@ class ServerSession:
         return handle
 
     def _admit(
-        self, message: Message, job: Callable[[], Deferred[None]], handle: _Handle | None = None
+        self,
+        message: Message,
+        job: Callable[[], Deferred[None]],
+        handle: _Handle | None = None,
+        rids: list[int] | None = None,
     ) -> Deferred[None]:
         """Run ``job`` in the background once a slot is free; fire (letting the next message in) once admitted.
 
@@ -595,7 +630,7 @@ class ServerSession:
             except BaseException:
                 d = Deferred()
                 d.errback(Failure())
-            d.addErrback(self._job_failed, message)
+            d.addErrback(self._job_failed, message, rids)
             if handle is None:
                 d.addBoth(lambda _: self._slots.release())
                 return
@@ -611,12 +646,16 @@ class ServerSession:
 
         return self._slots.acquire().addCallback(admitted)
 
-    def _job_failed(self, failure: Failure, message: Message) -> None:
+    def _job_failed(self, failure: Failure, message: Message, rids: list[int] | None = None) -> None:
         peer = self.peer
         if peer is None or self._closed:
             return
-        if isinstance(failure.value, NeoError):
-            peer.reply_error(message.rid, failure.value)
+        error = failure.value
+        if isinstance(error, NeoError):
+            rid = message.rid
+            if rids is not None and isinstance(error, ChunkRejected) and 0 <= error.index < len(rids):
+                rid = rids[error.index]
+            peer.reply_error(rid, error)
             return
         log.failure(
             "Session job failed on {kind} (rid {rid})", failure, kind=type(message).__name__, rid=message.rid
@@ -629,7 +668,11 @@ class ServerSession:
         return failure
 
     async def _uploads_done(self, handle: _Handle) -> None:
-        """Wait until every upload admitted on ``handle`` has finished (successfully or not)."""
+        """Submit the puts still collected, then wait until every upload admitted on ``handle`` has finished
+        (successfully or not)."""
+        admitted = self._submit_puts(handle)
+        if admitted is not None:
+            await admitted
         while handle.jobs:
             await DeferredList([_finished(d) for d in list(handle.jobs)])
 
@@ -666,6 +709,8 @@ class ServerSession:
             self.peer.close()
 
     def connection_lost(self, peer: Peer, reason: Failure) -> None:
+        for handle in self._handles.values():
+            self._submit_puts(handle)  # chunks already received are kept for the next push
         self._closed = True
         self._cancel_login_timer()
         if self._idle_timer is not None and self._idle_timer.active():

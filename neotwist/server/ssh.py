@@ -56,16 +56,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from neotwist.server.accounts import Account, AccountStore
+from neotwist.sshchannel import CHANNEL_MAX_PACKET, CHANNEL_WINDOW, LinearBacklog
 from neotwist.wire import limits
 
 log = Logger()
 
 SUBSYSTEM = b"neophytos"
 
-CHANNEL_WINDOW = 8 * 1024 * 1024
-"""Receive window of a session channel. conch's 128 KiB default caps loopback throughput near 210 MB/s; 8 MiB
-gives about 550 MB/s. Memory stays bounded anyway: the protocol's own credit flow control limits what a client
-may send ahead."""
+
 
 MAX_AUTH_ATTEMPTS = 6
 """Failed authentication attempts allowed on one connection (OpenSSH's MaxAuthTries default)."""
@@ -320,7 +318,7 @@ class _ChannelTransport:
         return self._channel.getHost()
 
 
-class NeoSessionChannel(SSHChannel):
+class NeoSessionChannel(LinearBacklog, SSHChannel):
     """A ``session`` channel that can only become the ``neophytos`` subsystem.
 
     Attribute names avoid SSHChannel's own (``buf``, ``extBuf``, ``data``, ``closing``).
@@ -330,6 +328,7 @@ class NeoSessionChannel(SSHChannel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("localWindow", CHANNEL_WINDOW)
+        kwargs.setdefault("localMaxPacket", CHANNEL_MAX_PACKET)
         super().__init__(*args, **kwargs)
         self.protocol: Protocol | None = None
         self._exit_code: int | None = None

@@ -58,6 +58,14 @@ _ENTRY_COLUMNS = "path, kind, mode, mtime_ns, size, chunks, link, meta"
 _SNAPSHOT_COLUMNS = "id, time, files, changed, deleted, new_chunks, new_bytes"
 
 
+class ChunkRejected(NeoError):
+    """A chunk of a batch failed verification; ``index`` says which (the rest of the batch was not stored)."""
+
+    def __init__(self, index: int, error: NeoError) -> None:
+        super().__init__(error.code, error.message)
+        self.index = index
+
+
 def snapshot_info(row: tuple[int, float, int, int, int, int, int]) -> SnapshotInfo:
     return SnapshotInfo(*row)
 
@@ -124,18 +132,33 @@ class Target:
         Raises NeoError: CHUNK_MISMATCH (bytes do not match id or size), ENCRYPTION_MISMATCH (codec not
         allowed in this target), LIMIT_EXCEEDED / BAD_MESSAGE (out of bounds), STORAGE (disk refused).
         """
-        verify_chunk(chunk_id, codec, size, data, encrypted=self.meta.encrypted)
+        return self.store_chunks([(chunk_id, codec, size, data)]) == 1
+
+    def store_chunks(self, chunks: Sequence[tuple[bytes, int, int, bytes]]) -> int:
+        """Verify and append ``(id, codec, size, data)`` chunks in order under one lock; return how many were
+        new. Every chunk is verified before any is appended, so a bad one stores nothing of the batch and
+        raises :class:`ChunkRejected` naming its index (errors as :meth:`store_chunk`)."""
+        encrypted = self.meta.encrypted
+        for n, (chunk_id, codec, size, data) in enumerate(chunks):
+            try:
+                verify_chunk(chunk_id, codec, size, data, encrypted=encrypted)
+            except NeoError as e:
+                raise ChunkRejected(n, e) from None
+        new = 0
         with self._store_lock:
-            if chunk_id in self._pending or self._indexed(chunk_id) is not None:
-                return False
-            self._open_writer()
-            pack, offset = self._packs.append(chunk_id, codec, size, data)
-            self._pending[chunk_id] = (pack, offset, len(data), codec, size)
-            self._pending_bytes += HEADER_SIZE + len(data)
+            pending = self._pending
+            for chunk_id, codec, size, data in chunks:
+                if chunk_id in pending or self._indexed(chunk_id) is not None:
+                    continue
+                self._open_writer()
+                pack, offset = self._packs.append(chunk_id, codec, size, data)
+                pending[chunk_id] = (pack, offset, len(data), codec, size)
+                self._pending_bytes += HEADER_SIZE + len(data)
+                new += 1
             full = self._pending_bytes >= AUTO_FLUSH
         if full:
             self.flush()
-        return True
+        return new
 
     def _open_writer(self) -> None:
         """Called with the store lock held."""
