@@ -411,3 +411,10 @@ class SessionTests(TestCase):
             run_all()
             pump.flush()
         assert isinstance(result[0], Committed) and result[0].files == 1
+
+    def test_get_without_ids_is_refused(self) -> None:
+        _server, client, pump = self.ready()
+        self.push(client, pump, {"a": b"x"})
+        opened = self.call(client, pump, Open(rid=0, target="t", path="", mode="read"))
+        error = self.call(client, pump, Get(rid=0, handle=opened.handle, snapshot=1, path="a", ids=[]))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.PROTOCOL

@@ -73,6 +73,8 @@ JOB_BYTES = 8 * 1024 * 1024
 JOB_FILES = 256
 KEEP_BYTES = 1024 * 1024
 """Files up to this size are read whole and kept in memory until their missing chunks are sent."""
+ENTRIES_MESSAGE_BYTES = 1024 * 1024
+"""Approximate encoded bytes per ``entries`` message."""
 MIN_SAVING = 0.03
 """Send a chunk raw unless zstd saves at least this fraction of it."""
 
@@ -295,6 +297,30 @@ class _Scanner:
         return batch
 
 
+def _entry_size(e: Entry) -> int:
+    """An upper bound of the entry's encoded size (UTF-8 takes at most 4 bytes a character)."""
+    return 64 + 4 * (len(e.path) + len(e.link)) + len(e.chunks) + len(e.meta)
+
+
+def take_entry_messages(entries: list[Entry], force: bool) -> list[list[Entry]]:
+    """Remove from ``entries`` and return the contents of full ``entries`` messages (at most MAX_ENTRIES
+    entries, about ENTRIES_MESSAGE_BYTES each: a file's chunk-id list can be 2 MiB, so counting entries
+    alone could overflow MAX_FRAME); with ``force`` the remainder too."""
+    out: list[list[Entry]] = []
+    while entries:
+        size = n = 0
+        for e in entries:
+            if n >= limits.MAX_ENTRIES or (n and size + _entry_size(e) > ENTRIES_MESSAGE_BYTES):
+                break
+            size += _entry_size(e)
+            n += 1
+        if n == len(entries) and not force and n < limits.MAX_ENTRIES and size < ENTRIES_MESSAGE_BYTES:
+            break  # not a full message yet
+        out.append(entries[:n])
+        del entries[:n]
+    return out
+
+
 def _entries_for(rec: ScanRecord, ids: bytes) -> list[Entry]:
     """The entry records of one item (a file with many chunks continues over several records)."""
     if rec.kind != "f":
@@ -395,11 +421,8 @@ class _PushRun:
         return reply
 
     def _flush_entries(self, force: bool = False) -> None:
-        entries = self.entries
-        step = limits.MAX_ENTRIES
-        while len(entries) >= step or (force and entries):
-            self.peer.post(PushEntries(rid=0, handle=self.handle, entries=entries[:step]))
-            del entries[:step]
+        for part in take_entry_messages(self.entries, force):
+            self.peer.post(PushEntries(rid=0, handle=self.handle, entries=part))
 
     async def _batch(self, batch: list[tuple[ScanRecord, bytes | None]]) -> None:
         summary = self.summary

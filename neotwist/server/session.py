@@ -182,7 +182,6 @@ class ServerSession:
         self.address = address
         self.login_required = account is None
         self._hello_seen = False
-        self._login_pending = False
         self._failed_logins = 0
         self._handles: dict[int, _Handle] = {}
         self._next_handle = 1
@@ -245,12 +244,7 @@ class ServerSession:
         if self.account is not None:
             raise NeoError(ErrorCode.PROTOCOL, f"already logged in as {self.account.name}")
 
-        if self._login_pending:
-            raise NeoError(ErrorCode.PROTOCOL, "a login is already being checked")
-        self._login_pending = True
-
         def checked(account: Account | None) -> None:
-            self._login_pending = False
             if account is None:
                 self._failed_logins += 1
                 if self._failed_logins >= MAX_LOGIN_ATTEMPTS:
@@ -518,7 +512,7 @@ class ServerSession:
                         e.meta, e.more,
                     )  # fmt: skip
                 out.append(e)
-                size += 48 + len(e.path) + len(e.chunks) + len(e.link) + len(e.meta)
+                size += 64 + 4 * (len(e.path) + len(e.link)) + len(e.chunks) + len(e.meta)  # bytes, at most
                 if len(out) >= limits.MAX_ENTRIES or size >= LISTING_PAGE_BYTES:
                     return out, False
             return out, True
@@ -534,6 +528,8 @@ class ServerSession:
     def on_get(self, peer: Peer, message: Get) -> Deferred[None]:
         handle = self._handle(message.handle)
         paths.check_path(message.path)
+        if not message.ids:
+            raise NeoError(ErrorCode.PROTOCOL, "get names no chunk ids (it is answered by one chunk per id)")
         return self._admit(message, lambda: ensureDeferred(self._get(peer, message, handle)))
 
     async def _get(self, peer: Peer, message: Get, handle: _Handle) -> None:
@@ -705,8 +701,10 @@ class ServerSession:
     def _idle_timed_out(self) -> None:
         self._idle_timer = None
         log.info("idle timeout: address={address}", address=self.address)
-        if self.peer is not None:
-            self.peer.close()
+        # Not peer.close(): that waits for queued frames, which a client that stopped reading never takes.
+        transport: Any = self.peer.transport if self.peer is not None else None
+        if transport is not None:
+            transport.loseConnection()
 
     def connection_lost(self, peer: Peer, reason: Failure) -> None:
         for handle in self._handles.values():

@@ -8,8 +8,8 @@ import enum
 class ErrorCode(enum.StrEnum):
     """Stable, documented error codes. Clients switch on these, never on message text."""
 
-    BAD_FRAME = "bad_frame"  # frame length over MAX_FRAME, or body is not msgpack; fatal
-    BAD_MESSAGE = "bad_message"  # unknown message type, wrong fields, out-of-range value; fatal
+    BAD_FRAME = "bad_frame"  # frame length 0 or over MAX_FRAME; fatal
+    BAD_MESSAGE = "bad_message"  # body not msgpack, unknown type, wrong fields, value out of range; fatal
     UNSUPPORTED_VERSION = "unsupported_version"  # hello with a version this server does not speak; fatal
     FLOW_CONTROL = "flow_control"  # peer sent more bytes than the credit it was granted; fatal
     LIMIT_EXCEEDED = "limit_exceeded"  # too many handles / requests in flight / entries; fatal

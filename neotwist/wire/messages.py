@@ -161,7 +161,7 @@ class Targets(Message, tag="target_list"):
 class Open(Message, tag="open"):
     """Open ``target`` at sub-path ``path`` for reading or pushing; the handle's root is that sub-path.
 
-    ``create`` allows a push to create the target (on its first commit). ``encrypted`` says what the client
+    ``create`` lets a push open create a target that does not exist yet. ``encrypted`` says what the client
     will push; a mismatch with an existing target is refused.
     """
 
