@@ -8,6 +8,7 @@ real repository stores them, real files come out.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -237,3 +238,18 @@ class PushPullTests(TestCase):
         await self._pull(peer, dest)
         assert sorted(os.listdir(dest)) == ["keep.txt", "zero"]
         assert (dest / "zero").read_bytes() == b""
+
+    async def test_file_repeating_chunks_across_fetch_segments(self) -> None:
+        """A chunk fetched early in a big file and needed again after a later segment is re-read from the file
+        being written (the temp file must be readable, not only writable)."""
+        rng = random.Random(5)
+        block = rng.randbytes(512 * 1024)
+        data = block + rng.randbytes(16 * 1024 * 1024) + block + rng.randbytes(1024) + block
+        (self.src / "repeats").write_bytes(data)
+        peer = await self._connect()
+        await self._push(peer)
+        dest = self.tmp / "dest"
+        got = await self._pull(peer, dest)
+        assert got.files_changed == 1
+        assert (dest / "repeats").read_bytes() == data
+        assert got.bytes_received < len(data) - len(block)  # the repeated block came over the wire once
