@@ -113,6 +113,10 @@ class _RepositoryService(service.Service):
 def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
+    from neotwist.runtime import tune_threads
+
+    tune_threads()  # worker threads' disk I/O must not wait on the reactor thread for the GIL
+
     # Imported here so `twistd --help` works without loading the repository and session code.
     from neotwist.server.repository import Repository
     from neotwist.server.session import ServerServices, make_server_peer

@@ -25,10 +25,12 @@ import msgspec
 from neotwist.client.filters import Filter, FilterError, write_sample
 from neotwist.client.progress import Progress
 from neotwist.client.remote import UsageError, parse_remote
+from neotwist.runtime import tune_threads
 
 Direction = Literal["push", "pull"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
 
 _PUSH_EPILOG = """\
 REMOTE is [ssh://|tls://][USER@]HOST[:PORT]/TARGET[/SUBPATH] (ssh port 4322, tls port 4323).
@@ -398,6 +400,7 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{parser.prog}: error: {e}\n")
         return EXIT_USAGE
     _start_logging(args.debug)
+    tune_threads()
 
     from twisted.internet import task
 

@@ -14,6 +14,7 @@ All methods are safe to call from several worker threads at once: each call reso
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -32,10 +33,18 @@ class UnsafePath(Exception):
     """A server path cannot be written safely (bad syntax, or a symlink / non-directory in the way)."""
 
 
+_temp_numbers = itertools.count()
+_temp_prefix = secrets.token_hex(4)
+
+
 def temp_name(name: str) -> str:
-    """``.<name>.neotmp.<random>`` (the name is shortened so the result stays within 255 bytes)."""
+    """``.<name>.neotmp.<unique>`` (the name is shortened so the result stays within 255 bytes).
+
+    Unique per process by a counter after a random per-process prefix: no system call per file (a
+    ``getrandom`` per temp file cost 2.5 s of a 50,000-file restore). O_EXCL refuses a name someone planted.
+    """
     short = name.encode("utf-8")[:200].decode("utf-8", "ignore")
-    return f".{short}{TEMP_MARK}{secrets.token_hex(6)}"
+    return f".{short}{TEMP_MARK}{_temp_prefix}{next(_temp_numbers):x}"
 
 
 def _split(rel: str) -> list[str]:
@@ -136,6 +145,45 @@ class SafeDest:
             os.close(fd)
             raise
         return fd
+
+    def open_dir(self, rel_dir: str, create: bool) -> int:
+        """A new descriptor (the caller closes it) of directory ``rel_dir`` ('' = the root), resolved with
+        O_NOFOLLOW from the root: lets many files of one directory share one walk."""
+        return self._walk(_split(rel_dir), create, rel_dir)
+
+    def lstat_at(self, dir_fd: int, name: str) -> os.stat_result | None:
+        """``lstat`` of ``name`` in the directory ``dir_fd`` (None when missing)."""
+        try:
+            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def open_read_at(self, dir_fd: int, name: str) -> int | None:
+        """:meth:`open_read` of ``name`` in the directory ``dir_fd``."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENOTDIR, errno.EACCES):
+                return None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
+    def new_file_at(self, dir_fd: int, rel: str) -> TempFile:
+        """:meth:`new_file` in ``dir_fd``, the directory of ``rel`` (from :meth:`open_dir`); the TempFile takes
+        ownership of ``dir_fd`` (closed with it, also on failure)."""
+        parts = _split(rel)
+        try:
+            if not parts:
+                raise UnsafePath("the destination root itself is not a file")
+            return TempFile(self, rel, dir_fd, parts[-1])
+        except BaseException:
+            os.close(dir_fd)
+            raise
 
     @contextmanager
     def parent(self, rel: str, create: bool = True) -> Iterator[tuple[int, str]]:

@@ -55,6 +55,9 @@ ID = limits.ID_SIZE
 
 SEGMENT_IDS = 256
 """Chunk ids fetched by one ``get`` (about 8 MiB at the default 32 KiB average chunk)."""
+QUICK_CHECK_FILES = 256
+"""Files checked against the destination per worker hop; each file to be written then holds a descriptor of its
+directory until written, so this also bounds those descriptors."""
 FILES_IN_FLIGHT = 64
 """Files being fetched and written at once: keeps many small-file requests in flight."""
 
@@ -109,6 +112,7 @@ class _File:
     size: int
     ids: bytes
     old_fd: int = -1  # the existing local version, read for reusable chunks
+    dir_fd: int = -1  # the file's directory, walked once for its batch (owned here until the temp file takes it)
     local: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in old_fd
     temp: TempFile | None = None
     offset: int = 0  # bytes written so far
@@ -148,14 +152,15 @@ def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool) ->
     Without ``checksum`` the quick check (regular file, same size and mtime) decides. With it, the local file
     is cut and counts as current only if its chunk ids are exactly the new version's.
     """
-    st = dest.lstat(f.path)
+    name = f.path.rsplit("/", 1)[-1]
+    st = dest.lstat_at(f.dir_fd, name) if f.dir_fd >= 0 else dest.lstat(f.path)
     if st is None or not stat.S_ISREG(st.st_mode):
         return False
     if not checksum and st.st_size == f.size and st.st_mtime_ns == f.mtime_ns:
         return True
     if st.st_size == 0 or f.size == 0:
         return checksum and st.st_size == f.size == 0 and _touch(dest, f)
-    fd = dest.open_read(f.path)
+    fd = dest.open_read_at(f.dir_fd, name) if f.dir_fd >= 0 else dest.open_read(f.path)
     if fd is None:
         return False
     f.old_fd = fd
@@ -183,7 +188,12 @@ def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool) ->
 
 def _touch(dest: SafeDest, f: _File) -> bool:
     """Give an up-to-date file the listed mode and mtime (so the next quick check skips it)."""
-    fd = f.old_fd if f.old_fd >= 0 else dest.open_read(f.path)
+    if f.old_fd >= 0:
+        fd: int | None = f.old_fd
+    elif f.dir_fd >= 0:
+        fd = dest.open_read_at(f.dir_fd, f.path.rsplit("/", 1)[-1])
+    else:
+        fd = dest.open_read(f.path)
     if fd is None:
         return False
     try:
@@ -216,6 +226,14 @@ def _decode(reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> b
     return raw
 
 
+def _new_temp(dest: SafeDest, f: _File) -> TempFile:
+    """The temporary file for ``f``, in the directory descriptor its batch walked (which it takes over)."""
+    if f.dir_fd >= 0:
+        dir_fd, f.dir_fd = f.dir_fd, -1
+        return dest.new_file_at(dir_fd, f.path)
+    return dest.new_file(f.path)
+
+
 def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
     """Append a run of chunks to ``f``'s temporary file; returns the bytes written.
 
@@ -223,7 +241,7 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
     files are re-hashed too, so a file changing under the pull cannot slip wrong bytes in.
     """
     if f.temp is None:
-        f.temp = dest.new_file(f.path)
+        f.temp = _new_temp(dest, f)
     fd = f.temp.fd
     dctx = zstandard.ZstdDecompressor()
     total = 0
@@ -269,7 +287,7 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
 
 def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
     if f.temp is None:
-        f.temp = dest.new_file(f.path)
+        f.temp = _new_temp(dest, f)
     if f.offset != f.size:
         f.temp.abort()
         raise PullError(f"{f.path}: the chunks add up to {f.offset} bytes, the listing says {f.size}")
@@ -289,27 +307,60 @@ _SAME, _ABSENT, _EXAMINE = 0, 1, 2
 
 def _quick_check(dest: SafeDest, files: list[_File], checksum: bool) -> list[int | str]:
     """For each file: _SAME (up to date by size and mtime), _ABSENT (nothing local to reuse), _EXAMINE, or an
-    error text. One worker hop for many files, so an unchanged tree costs no per-file thread round trip."""
+    error text. One worker hop for many files, so an unchanged tree costs no per-file thread round trip.
+
+    Each directory is walked once for the whole batch (files come sorted by path, so a directory's files are
+    adjacent); every file that will be written gets its own duplicate of that descriptor in ``dir_fd``.
+    """
     out: list[int | str] = []
-    for f in files:
-        try:
-            st = dest.lstat(f.path)
-        except (UnsafePath, OSError) as e:
-            out.append(f"{f.path}: {e}")
-            continue
-        if st is None or not stat.S_ISREG(st.st_mode):
-            out.append(_ABSENT)
-        elif not checksum and st.st_size == f.size and st.st_mtime_ns == f.mtime_ns:
-            out.append(_SAME)
-        else:
-            out.append(_EXAMINE)
+    current: str | None = None
+    dir_fd: int | None = None  # None: the directory is missing (its files are absent)
+    dir_error: str | None = None
+    try:
+        for f in files:
+            parent, _, name = f.path.rpartition("/")
+            if parent != current:
+                if dir_fd is not None:
+                    os.close(dir_fd)
+                current, dir_fd, dir_error = parent, None, None
+                try:
+                    dir_fd = dest.open_dir(parent, create=False)
+                except FileNotFoundError:
+                    pass
+                except (UnsafePath, OSError) as e:
+                    dir_error = str(e)
+            if dir_error is not None:
+                out.append(f"{f.path}: {dir_error}")
+                continue
+            if dir_fd is None:
+                out.append(_ABSENT)
+                continue
+            try:
+                st = dest.lstat_at(dir_fd, name)
+            except OSError as e:
+                out.append(f"{f.path}: {e}")
+                continue
+            if st is not None and stat.S_ISREG(st.st_mode) and not checksum and (
+                st.st_size == f.size and st.st_mtime_ns == f.mtime_ns
+            ):
+                out.append(_SAME)
+                continue
+            out.append(_ABSENT if st is None or not stat.S_ISREG(st.st_mode) else _EXAMINE)
+            f.dir_fd = os.dup(dir_fd)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
     return out
 
 
 def _close_old(f: _File) -> None:
+    """Release what ``f`` holds of the destination (its old version, its directory descriptor)."""
     if f.old_fd >= 0:
         os.close(f.old_fd)
         f.old_fd = -1
+    if f.dir_fd >= 0:
+        os.close(f.dir_fd)
+        f.dir_fd = -1
 
 
 def _abort(f: _File) -> None:
@@ -408,14 +459,16 @@ class _PullRun:
                 fatal.append(failure.value)
 
         progress = self.options.progress
-        step = 1024
+        step = QUICK_CHECK_FILES
         for start in range(0, len(files), step):
             if fatal:
                 break
             group = [_File(e.path, e.mode, e.mtime_ns, e.size, e.chunks) for e in files[start : start + step]]
             states = await self._thread(_quick_check, self.dest, group, self.options.checksum)
-            for f, state in zip(group, states, strict=True):
+            for i, (f, state) in enumerate(zip(group, states, strict=True)):
                 if fatal:
+                    for rest in group[i:]:
+                        _close_old(rest)  # their directory descriptors
                     break
                 if state == _SAME:
                     self.summary.files_unchanged += 1
@@ -592,6 +645,7 @@ async def pull(
         dest = SafeDest(local_root)
     except OSError as e:
         raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
+    _raise_open_files_limit()
     pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
     pool.start()
     run = _PullRun(reactor, pool, peer, opened.handle, snapshot, opened.chunker, dest, options, summary)
@@ -608,6 +662,20 @@ async def pull(
         summary.files_skipped = max(summary.files_skipped, len(run.errors))
         raise PullIncomplete(summary, run.errors)
     return summary
+
+
+def _raise_open_files_limit(wanted: int = 8192) -> None:
+    """Lift the soft limit on open files toward the hard one: a pull holds directory, temp-file and old-version
+    descriptors for hundreds of files at once, near the common default of 1024."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not on this platform, or not allowed: the defaults still work for most trees
 
 
 class PullIncomplete(PullError):
