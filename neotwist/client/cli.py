@@ -16,6 +16,7 @@ import argparse
 import getpass
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -300,6 +301,7 @@ async def _run(
     if direction == "push" and not os.path.isdir(local):
         sys.stderr.write(f"neo-push: {local} is not a directory; give the directory to push as LOCAL_DIR\n")
         return EXIT_FAILED
+    started = time.monotonic()  # elapsed_s covers the whole run: connecting and authenticating too
     try:
         session = await connect(reactor, remote, options)
     except HostKeyError as e:
@@ -372,6 +374,7 @@ async def _run(
         except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
             pass
     if summary is not None:
+        summary.elapsed_s = time.monotonic() - started
         if args.json:
             sys.stdout.write(msgspec.json.encode(summary.as_json()).decode() + "\n")
         elif not args.quiet:
