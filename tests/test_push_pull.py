@@ -253,3 +253,27 @@ class PushPullTests(TestCase):
         assert got.files_changed == 1
         assert (dest / "repeats").read_bytes() == data
         assert got.bytes_received < len(data) - len(block)  # the repeated block came over the wire once
+
+    async def test_delete_records_local_deletions_and_default_keeps_them(self) -> None:
+        (self.src / "keep").write_text("keep")
+        (self.src / "gone").write_text("gone")
+        (self.src / "dir").mkdir()
+        (self.src / "dir" / "inner").write_text("inner")
+        peer = await self._connect()
+        await self._push(peer)
+        (self.src / "gone").unlink()
+        (self.src / "dir" / "inner").unlink()
+        (self.src / "dir").rmdir()
+        kept = await self._push(peer)
+        assert kept.deleted == 0
+        dest = self.tmp / "kept"
+        await self._pull(peer, dest)
+        assert sorted(os.listdir(dest)) == ["dir", "gone", "keep"]  # without --delete the remote view keeps them
+        synced = await self._push(peer, delete=True)
+        assert synced.deleted == 3
+        dest2 = self.tmp / "synced"
+        await self._pull(peer, dest2)
+        assert sorted(os.listdir(dest2)) == ["keep"]
+        old = self.tmp / "old"
+        await self._pull(peer, old, snapshot=kept.snapshot)  # still recoverable from the earlier snapshot
+        assert (old / "gone").read_text() == "gone" and (old / "dir" / "inner").read_text() == "inner"

@@ -123,6 +123,9 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
         work.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                           help="gitignore-style pattern to leave out (repeatable)")
         work.add_argument("--no-cache", action="store_true", help="read every file (ignore the files cache)")
+        work.add_argument("--delete", "--sync-rdel", dest="delete", action="store_true",
+                          help="record files deleted locally as deleted in the new snapshot (earlier snapshots "
+                          "keep them); without it the remote view keeps them")
         work.add_argument("--compress-level", type=int, default=1, choices=range(1, 20), metavar="N",
                           help="zstd level for sent chunks (default 1)")
     else:
@@ -331,6 +334,7 @@ async def _run(
                     cache=cache,
                     workers=max(1, args.workers),
                     compress_level=args.compress_level,
+                    delete=args.delete,
                     progress=progress,
                     warn=warn,
                 ),

@@ -91,6 +91,7 @@ class PushOptions:
     cache: FilesCache | None = None  # None: no files cache
     workers: int = 3
     compress_level: int = 1
+    delete: bool = False  # record files missing locally as deleted (they stay in earlier snapshots)
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
 
@@ -111,6 +112,7 @@ class PushSummary:
     chunk_bytes_sent: int = 0  # raw bytes of the chunks sent (before compression)
     new_chunks: int = 0  # what the server stored anew (from committed)
     new_bytes: int = 0
+    deleted: int = 0  # paths the snapshot recorded as deleted (--delete)
     snapshot: int | None = None
     elapsed_s: float = 0.0
     retried_without_cache: bool = False
@@ -373,7 +375,7 @@ class _PushRun:
 
     async def run(self) -> Committed:
         peer = self.peer
-        await peer.request(PushBegin(rid=0, handle=self.handle, delete=False))
+        await peer.request(PushBegin(rid=0, handle=self.handle, delete=self.options.delete))
         if self.cache is not None:
             self.cache.new = {}
         scanner = _Scanner(self.root, self.options, self.stats, self.use_cache)
@@ -595,6 +597,7 @@ async def push(
     summary.snapshot = committed.snapshot
     summary.new_chunks = committed.new_chunks
     summary.new_bytes = committed.new_bytes
+    summary.deleted = committed.deleted
     summary.bytes_sent = peer.bytes_sent - sent0
     summary.bytes_received = peer.bytes_received - received0
     summary.elapsed_s = time.monotonic() - started
