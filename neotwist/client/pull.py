@@ -22,13 +22,14 @@ import mmap
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
 import zstandard
-from twisted.internet.defer import DeferredList, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -58,6 +59,8 @@ SEGMENT_IDS = 256
 QUICK_CHECK_FILES = 256
 """Files checked against the destination per worker hop; each file to be written then holds a descriptor of its
 directory until written, so this also bounds those descriptors."""
+FETCH_BYTES = 96 * 1024 * 1024
+"""Bytes of fetched chunks a pull holds at once (see _ByteBudget)."""
 FILES_IN_FLIGHT = 64
 """Files being fetched and written at once: keeps many small-file requests in flight."""
 
@@ -427,6 +430,7 @@ class _PullRun:
         self.options = options
         self.summary = summary
         self.reusable: dict[bytes, tuple[str, int, int]] = {}  # id -> (path, offset, length) written here
+        self.budget = _ByteBudget(FETCH_BYTES)
         self.errors: list[str] = []
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
@@ -559,14 +563,15 @@ class _PullRun:
                     plan, fetch, fetching = [], [], set()
         if plan or not segments:
             segments.append((plan, fetch))
-        pending = self._get(f, segments[0][1])
+        pending: Deferred[tuple[list[ChunkReply], int]] | None = ensureDeferred(self._get(f, segments[0][1]))
         for k, (steps, wanted) in enumerate(segments):
-            replies = await pending if pending is not None else []
-            pending = self._get(f, segments[k + 1][1]) if k + 1 < len(segments) else None
+            replies, held = await pending if pending is not None else ([], 0)
+            pending = ensureDeferred(self._get(f, segments[k + 1][1])) if k + 1 < len(segments) else None
             got = iter(replies)
             resolved: list[_Step] = [
                 (cid, where, next(got) if where == "net" else how) for cid, where, how in steps
             ]
+            del replies, got
             try:
                 if pending is None:
                     await self._thread(_write_last, self.dest, f, resolved, self.options.fsync)
@@ -574,13 +579,20 @@ class _PullRun:
                     await self._thread(_write_segment, self.dest, f, resolved)
             except BaseException:
                 if pending is not None:
-                    pending.addErrback(lambda _f: None)
+                    pending.addCallbacks(lambda r: self.budget.release(r[1]), lambda _f: None)
                 raise
+            finally:
+                del resolved
+                self.budget.release(held)
             summary.chunks_fetched += len(wanted)
 
-    def _get(self, f: _File, wanted: list[bytes]) -> Any:
+    async def _get(self, f: _File, wanted: list[bytes]) -> tuple[list[ChunkReply], int]:
+        """Fetch ``wanted`` of ``f``; returns the replies and the budget they hold (release it once written)."""
         if not wanted:
-            return ensureDeferred(_empty())
+            return [], 0
+        n_ids = max(1, len(f.ids) // ID)
+        held = self.budget.cap(f.size * len(wanted) // n_ids + 1)  # the segment's share of the file's bytes
+        await self.budget.acquire(held)
         got: list[ChunkReply] = []
         count = len(wanted)
 
@@ -592,15 +604,46 @@ class _PullRun:
             got.append(message)
             return len(got) < count
 
-        d = self.peer.request(
-            Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=f.path, ids=wanted), more=more
-        )
-        d.addCallback(lambda _last: got)
+        try:
+            await self.peer.request(
+                Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=f.path, ids=wanted), more=more
+            )
+        except BaseException:
+            self.budget.release(held)
+            raise
+        return got, held
+
+
+class _ByteBudget:
+    """How many bytes of fetched chunks a pull holds at once (requested, received, or waiting to be written).
+
+    Files are fetched many at a time to keep the server busy; without a bound in bytes, 64 big files with two
+    8 MiB segments each in flight held about 1 GiB. Waiters are served in order.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.free = limit
+        self._waiters: deque[tuple[int, Deferred[None]]] = deque()
+
+    def cap(self, n: int) -> int:
+        """What a request for ``n`` bytes really takes: never more than the whole budget."""
+        return min(n, self.limit)
+
+    def acquire(self, n: int) -> Deferred[None]:
+        if not self._waiters and n <= self.free:
+            self.free -= n
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append((n, d))
         return d
 
-
-async def _empty() -> list[ChunkReply]:
-    return []
+    def release(self, n: int) -> None:
+        self.free += n
+        while self._waiters and self._waiters[0][0] <= self.free:
+            m, d = self._waiters.popleft()
+            self.free -= m
+            d.callback(None)
 
 
 async def pull(
