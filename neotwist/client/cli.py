@@ -131,8 +131,10 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     else:
         work.add_argument("--checksum", action="store_true",
                           help="compare content instead of trusting size and mtime")
-        work.add_argument("--no-fsync", action="store_true",
-                          help="do not fsync each written file (faster, less safe on power loss)")
+        work.add_argument("--fsync", dest="fsync", action="store_true", default=False,
+                          help="fsync each restored file before renaming it into place (safe against power loss "
+                          "during the restore; slower: rsync, borg and restic do not)")
+        work.add_argument("--no-fsync", dest="fsync", action="store_false", help=argparse.SUPPRESS)
         work.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot, not the latest")
         # Accepted so one filter invocation works both ways; a pull takes what the snapshot holds.
         work.add_argument("--filter-file", metavar="FILE", help=argparse.SUPPRESS)
@@ -348,7 +350,7 @@ async def _run(
                 local,
                 PullOptions(
                     checksum=args.checksum,
-                    fsync=not args.no_fsync,
+                    fsync=args.fsync,
                     workers=max(1, args.workers),
                     snapshot=args.snapshot,
                     progress=progress,

@@ -9,7 +9,7 @@ For each file of the snapshot:
 - the remaining ids are fetched with ``get`` requests (at most SEGMENT_IDS per request, several files in
   flight at once), each chunk is decompressed with a bound and checked against its id before it is written;
 - the new version is written to ``.<name>.neotmp.<random>`` in the same directory, given its mode and mtime,
-  fsynced and renamed into place.
+  fsynced with ``--fsync``, and renamed into place.
 
 Every write goes through :class:`~neotwist.client.localfs.SafeDest`, which re-checks server paths and never
 follows a symlink. Disk and CPU work (chunking, verification, decompression, writing) runs in worker threads;
@@ -18,9 +18,11 @@ the reactor thread only sends requests and routes replies.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -74,7 +76,7 @@ class PullOptions:
     """What neo-pull's command line decides about a pull."""
 
     checksum: bool = False  # do not trust size + mtime; compare content chunk by chunk
-    fsync: bool = True
+    fsync: bool = False  # --fsync: each file durable before its rename
     workers: int = 3
     snapshot: int | None = None  # None: the latest
     progress: Progress | None = None
@@ -115,6 +117,7 @@ class _File:
     size: int
     ids: bytes
     old_fd: int = -1  # the existing local version, read for reusable chunks
+    old_stat: tuple[int, int, int, int] | None = None  # the old version as cut: unchanged until the rename
     dir_fd: int = -1  # the file's directory, walked once for its batch (owned here until the temp file takes it)
     local: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in old_fd
     temp: TempFile | None = None
@@ -167,7 +170,9 @@ def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool) ->
     if fd is None:
         return False
     f.old_fd = fd
-    if os.fstat(fd).st_size == 0:
+    st = os.fstat(fd)
+    f.old_stat = _identity(st)
+    if st.st_size == 0:
         return False
     wanted = {f.ids[i : i + ID] for i in range(0, len(f.ids), ID)}
     chunker = Chunker(params)
@@ -214,6 +219,17 @@ _Step = tuple[bytes, str, Any]
 (a ChunkReply)."""
 
 
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """One decompressor per worker thread (creating one per segment cost an allocation each time)."""
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
 def _decode(reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> bytes:
     if reply.codec == CODEC_RAW:
         raw = reply.data
@@ -237,20 +253,88 @@ def _new_temp(dest: SafeDest, f: _File) -> TempFile:
     return dest.new_file(f.path)
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes whenever a file's content can have changed: size, mtime, ctime, inode."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _copy_range(src: int, dst: int, length: int, src_offset: int, dst_offset: int) -> None:
+    """Copy bytes between files in the kernel (no trip through Python); read and write where it cannot."""
+    done = 0
+    try:
+        while done < length:
+            n = os.copy_file_range(src, dst, length - done, src_offset + done, dst_offset + done)
+            if n == 0:
+                raise PullError("a local file shrank while it was being reused; pull again")
+            done += n
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    while done < length:
+        block = os.pread(src, min(length - done, 8 << 20), src_offset + done)
+        if not block:
+            raise PullError("a local file shrank while it was being reused; pull again")
+        _write_all(dst, [block], dst_offset + done)
+        done += len(block)
+
+
+def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
+    """``pwritev`` every byte of ``parts`` at ``offset`` (no joined copy; short writes continue)."""
+    total = sum(len(p) for p in parts)
+    done = os.pwritev(fd, parts, offset) if parts else 0
+    if done < total:
+        rest = memoryview(b"".join(parts))[done:]
+        while rest:
+            n = os.pwrite(fd, rest, offset + done)
+            rest = rest[n:]
+            done += n
+
+
 def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
     """Append a run of chunks to ``f``'s temporary file; returns the bytes written.
 
-    Fetched chunks are decompressed with a bound and checked against their ids; chunks copied from local
-    files are re-hashed too, so a file changing under the pull cannot slip wrong bytes in.
+    Fetched chunks are decompressed with a bound and checked against their ids. Chunks of the old local
+    version are copied in the kernel, a contiguous run at a time; they were cut and hashed moments ago, and
+    :func:`_finish` refuses the file if the old version changed since (size, mtime, ctime, inode). Chunks
+    taken from files this pull wrote are re-read and re-hashed.
     """
     if f.temp is None:
         f.temp = _new_temp(dest, f)
     fd = f.temp.fd
-    dctx = zstandard.ZstdDecompressor()
-    total = 0
-    buf: list[bytes] = []
+    dctx = _decompressor()
+    start = f.offset
+    out = start  # where the next byte goes
+    buf: list[bytes] = []  # bytes waiting to be written at out - buffered
+    buffered = 0
+    run: list[int] = []  # a pending kernel copy from the old version: [src offset, length, dst offset]
     here: dict[bytes, bytes] = {}  # chunks of this run, not yet on disk
+
+    def flush_buf() -> None:
+        nonlocal buf, buffered
+        if buf:
+            _write_all(fd, buf, out - buffered)
+            buf, buffered = [], 0
+
+    def flush_run() -> None:
+        if run:
+            _copy_range(f.old_fd, fd, run[1], run[0], run[2])
+            run.clear()
+
     for cid, where, how in steps:
+        if where == "old":
+            offset, length = how
+            flush_buf()
+            if run and run[0] + run[1] == offset:
+                run[1] += length
+            else:
+                flush_run()
+                run[:] = [offset, length, out]
+            if cid not in f.written:
+                f.written[cid] = (out, length)
+            out += length
+            continue
+        flush_run()
         if where == "net":
             raw = _decode(how, f.path, dctx)
             here[cid] = raw
@@ -259,10 +343,9 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
             if held is not None:
                 raw = held
             else:
+                flush_buf()
                 offset, length = f.written[cid]
                 raw = os.pread(fd, length, offset)
-        elif where == "old":
-            raw = os.pread(f.old_fd, how[1], how[0])
         else:
             other_path, offset, length = how
             ofd = dest.open_read(other_path)
@@ -275,17 +358,14 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
         if where != "net" and blake3.blake3(raw).digest() != cid:
             raise PullError(f"a local file changed while {f.path} was being written; pull again")
         if cid not in f.written:
-            f.written[cid] = (f.offset + total, len(raw))
+            f.written[cid] = (out, len(raw))
         buf.append(raw)
-        total += len(raw)
-    if buf:
-        data = b"".join(buf)
-        view = memoryview(data)
-        done = 0
-        while done < len(data):
-            done += os.pwrite(fd, view[done:], f.offset + done)
-    f.offset += total
-    return total
+        buffered += len(raw)
+        out += len(raw)
+    flush_buf()
+    flush_run()
+    f.offset = out
+    return out - start
 
 
 def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
@@ -294,6 +374,9 @@ def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
     if f.offset != f.size:
         f.temp.abort()
         raise PullError(f"{f.path}: the chunks add up to {f.offset} bytes, the listing says {f.size}")
+    if f.old_stat is not None and f.old_fd >= 0 and _identity(os.fstat(f.old_fd)) != f.old_stat:
+        f.temp.abort()
+        raise PullError(f"{f.path} changed locally while the pull was reusing it; pull again")
     f.temp.commit(f.mode, f.mtime_ns, fsync)
     _close_old(f)
 

@@ -358,6 +358,12 @@ class _UserAuth(SSHUserAuthClient):
 
 
 class _ClientTransport(transport.SSHClientTransport):
+    # The client's order decides. conch computes the MAC and the cipher on the reactor thread, where they were
+    # a third of a big push's time: HMAC-SHA2-256 runs at 1.65 GB/s here against 0.94 GB/s for SHA2-512, and
+    # AES-128-CTR at 10 GB/s against 7 GB/s for AES-256. CBC modes and 3DES are not offered at all.
+    supportedCiphers = [b"aes128-ctr", b"aes256-ctr", b"aes192-ctr"]
+    supportedMACs = [b"hmac-sha2-256", b"hmac-sha2-512", b"hmac-sha2-384"]
+
     def __init__(self, attempt: _Attempt, options: SSHOptions, pinned_types: list[str]) -> None:
         self._attempt = attempt
         self._options = options
