@@ -274,34 +274,55 @@ def _compress_job(root: str, sources: list[_Source], level: int) -> list[_Ready]
     return out
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One step of the walk: files to read, and the entries that need no reading."""
+
+    items: int = 0
+    changed: list[ScanRecord] = field(default_factory=list)
+    ready: list[Entry] = field(default_factory=list)
+    cached_files: int = 0
+    cached_bytes: int = 0
+
+
 class _Scanner:
     """The walk, advanced a batch at a time from worker threads (never two at once)."""
 
     def __init__(self, root: str, options: PushOptions, stats: ScanStats, use_cache: bool) -> None:
         self._it: Iterator[ScanRecord] = scan(root, options.filter, stats)
         self._cache = options.cache if use_cache else None
+        self._remember = options.cache  # remembered into even when not consulted, to rebuild it
 
-    def next_batch(self) -> list[tuple[ScanRecord, bytes | None]]:
-        batch: list[tuple[ScanRecord, bytes | None]] = []
-        changed = 0
+    def next_batch(self) -> _Batch:
+        """The next records, split into files to read and the ready entries of everything else (directories,
+        symlinks, and files the cache vouches for, which are remembered for the next push here, in the
+        worker, so the reactor thread does no per-file work for them)."""
+        batch = _Batch()
+        changed_bytes = 0
         cache = self._cache
         lookup = cache.lookup if cache is not None else None
+        remember = self._remember.remember if self._remember is not None else None
+        ready, changed = batch.ready, batch.changed
+        n = 0
         for rec in self._it:
-            ids = None
+            n += 1
             if rec.kind == "f":
-                if lookup is not None:
-                    ids = lookup(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns)
+                ids = lookup(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns) if lookup else None
                 if ids is None:
-                    changed += rec.size
-            batch.append((rec, ids))
-            if len(batch) >= BATCH_ITEMS or changed >= BATCH_BYTES:
+                    changed.append(rec)
+                    changed_bytes += rec.size
+                else:
+                    if remember is not None:
+                        remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
+                    ready.extend(_entries_for(rec, ids))
+                    batch.cached_files += 1
+                    batch.cached_bytes += rec.size
+            else:
+                ready.extend(_entries_for(rec, b""))
+            if n >= BATCH_ITEMS or changed_bytes >= BATCH_BYTES:
                 break
+        batch.items = n
         return batch
-
-
-def _entry_size(e: Entry) -> int:
-    """An upper bound of the entry's encoded size (UTF-8 takes at most 4 bytes a character)."""
-    return 64 + 4 * (len(e.path) + len(e.link)) + len(e.chunks) + len(e.meta)
 
 
 def take_entry_messages(entries: list[Entry], force: bool) -> list[list[Entry]]:
@@ -312,9 +333,12 @@ def take_entry_messages(entries: list[Entry], force: bool) -> list[list[Entry]]:
     while entries:
         size = n = 0
         for e in entries:
-            if n >= limits.MAX_ENTRIES or (n and size + _entry_size(e) > ENTRIES_MESSAGE_BYTES):
+            if n >= limits.MAX_ENTRIES:
                 break
-            size += _entry_size(e)
+            one = 64 + 4 * (len(e.path) + len(e.link)) + len(e.chunks) + len(e.meta)  # bytes, at most
+            if n and size + one > ENTRIES_MESSAGE_BYTES:
+                break
+            size += one
             n += 1
         if n == len(entries) and not force and n < limits.MAX_ENTRIES and size < ENTRIES_MESSAGE_BYTES:
             break  # not a full message yet
@@ -401,7 +425,7 @@ class _PushRun:
                 raise PushError(f"{self.root} does not exist") from e
             except OSError as e:
                 raise PushError(f"cannot read {self.root}: {e.strerror}") from e
-            if not batch:
+            if not batch.items:
                 slots.release()
                 break
             d = ensureDeferred(self._batch(batch))
@@ -426,67 +450,58 @@ class _PushRun:
         for part in take_entry_messages(self.entries, force):
             self.peer.post(PushEntries(rid=0, handle=self.handle, entries=part))
 
-    async def _batch(self, batch: list[tuple[ScanRecord, bytes | None]]) -> None:
+    async def _batch(self, batch: _Batch) -> None:
         summary = self.summary
         params = self.params
         # 1. hash the changed files, small ones grouped per job
         jobs: list[list[ScanRecord]] = []
         group: list[ScanRecord] = []
         group_bytes = 0
-        for rec, ids in batch:
-            if rec.kind == "f" and ids is None:
-                group.append(rec)
-                group_bytes += rec.size
-                if group_bytes >= JOB_BYTES or len(group) >= JOB_FILES:
-                    jobs.append(group)
-                    group, group_bytes = [], 0
+        for rec in batch.changed:
+            group.append(rec)
+            group_bytes += rec.size
+            if group_bytes >= JOB_BYTES or len(group) >= JOB_FILES:
+                jobs.append(group)
+                group, group_bytes = [], 0
         if group:
             jobs.append(group)
-        hashed: dict[str, _Hashed] = {}
-        if jobs:
-            results = await _gather([self._thread(_hash_job, self.root, job, params) for job in jobs])
-            for files in results:
-                for h in files:
-                    hashed[h.rec.path] = h
+        results = await _gather([self._thread(_hash_job, self.root, job, params) for job in jobs]) if jobs else []
 
-        # 2. entries, the cache and the new ids, in scan order
+        # 2. entries, the cache and the new ids
+        summary.files_scanned += batch.items
+        summary.files += batch.cached_files
+        entries = self.entries
+        entries.extend(batch.ready)
         cache = self.cache
         seen = self.seen
         sources: list[_Source] = []
-        entries = self.entries
         progress = self.progress
-        for rec, ids in batch:
-            summary.files_scanned += 1
-            if rec.kind == "f":
-                if ids is None:
-                    h = hashed[rec.path]
-                    if h.error is not None:
-                        summary.files_skipped += 1
-                        summary.files_scanned -= 1
-                        self._warn(h.error)
-                        continue
-                    rec = h.rec
-                    ids = h.ids
-                    summary.files_changed += 1
-                    summary.bytes_read += rec.size
-                    data = h.data
-                    for i, (offset, length) in enumerate(h.offsets):
-                        cid = ids[i * ID : (i + 1) * ID]
-                        if cid not in seen:
-                            seen.add(cid)
-                            sources.append((cid, rec.path, data, offset, length))
-                    if cache is not None and h.stable:
-                        cache.remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
-                else:
-                    if cache is not None:
-                        cache.remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
-                    seen.update(ids[i : i + ID] for i in range(0, len(ids), ID))
+        changed_bytes = 0
+        for files in results:
+            for h in files:
+                if h.error is not None:
+                    summary.files_skipped += 1
+                    summary.files_scanned -= 1
+                    self._warn(h.error)
+                    continue
+                rec = h.rec
+                ids = h.ids
                 summary.files += 1
-                if progress is not None:
-                    progress.bytes(rec.size)
-            entries.extend(_entries_for(rec, ids or b""))
+                summary.files_changed += 1
+                summary.bytes_read += rec.size
+                changed_bytes += rec.size
+                data = h.data
+                for i, (offset, length) in enumerate(h.offsets):
+                    cid = ids[i * ID : (i + 1) * ID]
+                    if cid not in seen:
+                        seen.add(cid)
+                        sources.append((cid, rec.path, data, offset, length))
+                if cache is not None and h.stable:
+                    cache.remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
+                entries.extend(_entries_for(rec, ids))
         if progress is not None:
-            progress.files(len(batch))
+            progress.files(batch.items)
+            progress.bytes(batch.cached_bytes + changed_bytes)
         await self.peer.drain()
         self._flush_entries()
         if not sources:
