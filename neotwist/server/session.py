@@ -167,6 +167,7 @@ class _Handle:
     put_timer: Any = None  # the pending callLater that submits a partial batch
     entries_lock: DeferredLock = field(default_factory=DeferredLock)  # entries are staged in order
     failure: NeoError | None = None  # an upload failed: the push may not commit
+    snapshots_seen: set[int] = field(default_factory=set)  # snapshots a get already found to exist
 
     @property
     def root(self) -> str:
@@ -538,10 +539,14 @@ class ServerSession:
         where = paths.join(handle.root, message.path)
         ids = message.ids
 
+        locations: dict[bytes, Any] = {}
+
         def read(start: int) -> tuple[list[ChunkReply], int]:
             if start == 0:
-                if target.snapshot(message.snapshot) is None:
-                    raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {message.snapshot}")
+                if message.snapshot not in handle.snapshots_seen:
+                    if target.snapshot(message.snapshot) is None:
+                        raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {message.snapshot}")
+                    handle.snapshots_seen.add(message.snapshot)
                 chunks = target.file_chunks(message.snapshot, where)
                 if chunks is None:
                     raise NeoError(
@@ -554,13 +559,14 @@ class ServerSession:
                         raise NeoError(
                             ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {cid.hex()} is not part of {message.path!r}"
                         )
+                locations.update(target.locate(ids))
             out: list[ChunkReply] = []
             total = 0
             i = start
             while i < len(ids) and total < READ_GROUP_BYTES:
                 cid = ids[i]
                 try:
-                    codec, size, data = target.read_chunk(cid)
+                    codec, size, data = target.read_located(cid, locations.get(cid))
                 except NeoError as e:
                     if e.code == ErrorCode.DAMAGED:
                         log.error(

@@ -217,6 +217,38 @@ class Target:
                 return self._packs.position()
         return self._committed_end()
 
+    def locate(self, ids: Sequence[bytes]) -> dict[bytes, _Location]:
+        """Where each stored (or pending) chunk of ``ids`` is, in one index query per _IN_BATCH ids; ids that are
+        not stored are absent from the result."""
+        found: dict[bytes, _Location] = {}
+        with self._store_lock:
+            pending = self._pending
+            for chunk_id in ids:
+                loc = pending.get(chunk_id)
+                if loc is not None:
+                    found[chunk_id] = loc
+        ask = list({chunk_id for chunk_id in ids if chunk_id not in found})
+        with self._reader_lock:
+            for start in range(0, len(ask), _IN_BATCH):
+                batch = ask[start : start + _IN_BATCH]
+                marks = ",".join("?" * len(batch))
+                for row in self._reader.execute(
+                    f"SELECT id, pack, offset, length, codec, size FROM chunks WHERE id IN ({marks})", batch
+                ):
+                    found[bytes(row[0])] = (row[1], row[2], row[3], row[4], row[5])
+        return found
+
+    def read_located(self, chunk_id: bytes, loc: _Location | None) -> tuple[int, int, bytes]:
+        """(codec, raw size, stored bytes) of a chunk at ``loc`` (from :meth:`locate`); NeoError(DAMAGED) if it is
+        not stored or its record does not check out."""
+        if loc is None:
+            raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()} is not stored")
+        pack, offset, length, codec, size = loc
+        got_codec, got_size, data = self._packs.read(pack, offset, length, chunk_id)
+        if (got_codec, got_size) != (codec, size):
+            raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()}: record disagrees with the index")
+        return codec, size, data
+
     def read_chunk(self, chunk_id: bytes) -> tuple[int, int, bytes]:
         """(codec, raw size, stored bytes) of a chunk; NeoError(DAMAGED) if it is not stored or its record
         does not check out."""
