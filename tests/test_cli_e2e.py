@@ -331,3 +331,43 @@ def test_killed_push_leaves_the_last_snapshot_intact(server: RunningServer, tmp_
     full = tmp_path / "full"
     run_json(server, "neo-pull", server.remote("t"), str(full))
     assert snapshot_of(full) == snapshot_of(src)
+
+
+def test_neo_admin_changes_apply_to_a_running_server(server: RunningServer, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("bob's")
+
+    def admin(*args: str, stdin: str | None = None) -> None:
+        r = subprocess.run(
+            [str(BIN / "neo-admin"), "--data", str(server.data), "--bcrypt-rounds", "4", *args],
+            input=stdin, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+
+    def push_as_bob(password: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "neo-push"), "--known-hosts", str(server.known_hosts), "--accept-new-host-key", "--no-agent",
+             "--json", str(src), f"ssh://bob@127.0.0.1:{server.ssh_port}/b"],
+            env=server.env(NEO_PASSWORD=password), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    assert push_as_bob("bob-pw-one-7f3a").returncode == 3  # no such account yet
+    admin("account", "add", "bob", "--password-stdin", stdin="bob-pw-one-7f3a\n")
+    assert push_as_bob("bob-pw-one-7f3a").returncode == 0, server.log_text()[-2000:]
+    admin("account", "passwd", "bob", "--password-stdin", stdin="bob-pw-two-91c2\n")
+    assert push_as_bob("bob-pw-one-7f3a").returncode == 3
+    assert push_as_bob("bob-pw-two-91c2").returncode == 0
+
+    # A removed key no longer logs in.
+    run_json(server, "neo-push", "--accept-new-host-key", str(src), server.remote("a"))
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-lf", f"{server.key}.pub"], capture_output=True, text=True
+    ).stdout.split()[1]
+    admin("key", "remove", "alice", fingerprint)
+    refused = server.cli("neo-push", "--no-agent", str(src), server.remote("a"))
+    assert refused.returncode == 3, refused.stderr
+    server.stop()
+    log = server.log_text()
+    assert "bob-pw-one-7f3a" not in log and "bob-pw-two-91c2" not in log
+    assert_clean(log)
