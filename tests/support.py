@@ -113,3 +113,20 @@ def assert_clean(log: str) -> None:
     """The server log has no traceback and no unhandled error."""
     for bad in ("Unhandled", "Traceback", "Could not adapt"):
         assert bad not in log, log
+
+
+def snapshot_of(root: Path) -> dict[str, Any]:
+    """Everything a restore must reproduce: bytes, modes and mtimes of files, link targets, directories."""
+    out: dict[str, Any] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            st = p.lstat()
+            if p.is_symlink():
+                out[rel] = ("l", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("d", st.st_mode & 0o7777, st.st_mtime_ns)
+            else:
+                out[rel] = ("f", p.read_bytes(), st.st_mode & 0o7777, st.st_mtime_ns)
+    return out

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import BIN, PASSWORD, RunningServer, assert_clean
+from support import BIN, PASSWORD, RunningServer, assert_clean, snapshot_of
 
 if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
     pytest.skip("OpenSSH client not installed", allow_module_level=True)
@@ -61,23 +61,6 @@ def age_tree(root: Path) -> None:
         if not p.is_symlink():
             os.utime(p, ns=((OLD + n) * 10**9 + 123, (OLD + n) * 10**9 + 123))
     os.utime(root, ns=(OLD * 10**9, OLD * 10**9))
-
-
-def snapshot_of(root: Path) -> dict[str, Any]:
-    """Everything a restore must reproduce: bytes, modes and mtimes of files, link targets, directories."""
-    out: dict[str, Any] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            st = p.lstat()
-            if p.is_symlink():
-                out[rel] = ("l", os.readlink(p))
-            elif p.is_dir():
-                out[rel] = ("d", st.st_mode & 0o7777, st.st_mtime_ns)
-            else:
-                out[rel] = ("f", p.read_bytes(), st.st_mode & 0o7777, st.st_mtime_ns)
-    return out
 
 
 def run_json(server: RunningServer, program: str, *args: str, **kw: Any) -> dict[str, Any]:

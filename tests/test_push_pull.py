@@ -21,6 +21,8 @@ from twisted.trial.unittest import TestCase
 
 session = pytest.importorskip("neotwist.server.session", reason="the server session has not landed yet")
 
+from support import snapshot_of  # noqa: E402
+
 from neotwist.client.filescache import FilesCache  # noqa: E402
 from neotwist.client.pull import PullIncomplete, PullOptions, pull  # noqa: E402
 from neotwist.client.push import PushOptions, push  # noqa: E402
@@ -113,22 +115,7 @@ class PushPullTests(TestCase):
         os.chmod(self.src / "docs" / "a.txt", 0o600)
 
     def _assert_same(self, a: Path, b: Path) -> None:
-        def tree(root: Path) -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for dirpath, dirnames, filenames in os.walk(root):
-                for name in dirnames + filenames:
-                    p = Path(dirpath) / name
-                    rel = str(p.relative_to(root))
-                    st = p.lstat()
-                    if p.is_symlink():
-                        out[rel] = ("l", os.readlink(p))
-                    elif p.is_dir():
-                        out[rel] = ("d", st.st_mode & 0o7777)
-                    else:
-                        out[rel] = ("f", p.read_bytes(), st.st_mode & 0o7777, st.st_mtime_ns)
-            return out
-
-        assert tree(a) == tree(b)
+        assert snapshot_of(a) == snapshot_of(b)
 
     async def _settle(self) -> None:
         """Let just-written files age past the files cache's one-second racy-timestamp guard."""
