@@ -254,15 +254,7 @@ class Target:
         does not check out."""
         with self._store_lock:
             loc = self._pending.get(chunk_id)
-        if loc is None:
-            loc = self._indexed(chunk_id)
-        if loc is None:
-            raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()} is not stored")
-        pack, offset, length, codec, size = loc
-        got_codec, got_size, data = self._packs.read(pack, offset, length, chunk_id)
-        if (got_codec, got_size) != (codec, size):
-            raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()}: record disagrees with the index")
-        return codec, size, data
+        return self.read_located(chunk_id, loc if loc is not None else self._indexed(chunk_id))
 
     # --- pushes ------------------------------------------------------------------------------------------
 
