@@ -315,7 +315,7 @@ async def _run(
     except ConnectError as e:
         text = str(e)
         sys.stderr.write(f"neo-{direction}: {text}\n")
-        auth = "authentication failed" in text or "requires a password" in text
+        auth = any(why in text for why in ("authentication failed", "requires a password", "too many failed logins"))
         return EXIT_AUTH if auth else EXIT_FAILED
     progress = Progress(show_progress, "pushed" if direction == "push" else "pulled")
     code = EXIT_OK

@@ -39,6 +39,7 @@ from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.target import ChunkRejected
 from neotwist.server.ssh import RunBlocking, thread_runner
+from neotwist.server.throttle import LoginThrottle, too_many
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
 from neotwist.wire.messages import (
@@ -135,10 +136,13 @@ class ServerServices:
     reactor: Any
     run_blocking: RunBlocking | None = None
     sessions: set[ServerSession] = field(default_factory=set)
+    throttle: LoginThrottle | None = None  # failed logins, shared with the SSH server (tap.py passes one)
 
     def __post_init__(self) -> None:
         if self.run_blocking is None:
             self.run_blocking = thread_runner(self.reactor)
+        if self.throttle is None:
+            self.throttle = LoginThrottle(self.reactor)
 
     @classmethod
     def open(cls, data: Path, reactor: Any, *, bcrypt_rounds: int | None = None) -> ServerServices:
@@ -244,18 +248,30 @@ class ServerSession:
     def on_login(self, peer: Peer, message: Login) -> Deferred[None]:
         if self.account is not None:
             raise NeoError(ErrorCode.PROTOCOL, f"already logged in as {self.account.name}")
+        throttle = self.services.throttle
+        assert throttle is not None
+        wait = throttle.password_wait(message.account, self.address)
+        if wait > 0:
+            self._count_failed_login(peer)
+            log.info(
+                "login throttled: account={account} address={address} method=password wait={wait:.0f}",
+                account=message.account,
+                address=self.address,
+                wait=wait,
+            )
+            raise NeoError(ErrorCode.THROTTLED, too_many(wait))
 
         def checked(account: Account | None) -> None:
             if account is None:
-                self._failed_logins += 1
-                if self._failed_logins >= MAX_LOGIN_ATTEMPTS:
-                    self.services.reactor.callLater(0, peer.close)  # after the error reply is queued
+                throttle.failed(message.account, self.address)
+                self._count_failed_login(peer)
                 log.info(
                     "login failed: account={account} address={address} method=password",
                     account=message.account,
                     address=self.address,
                 )
                 raise NeoError(ErrorCode.AUTH_FAILED, "wrong account or password")
+            throttle.succeeded(account.name, self.address)
             self.account = account
             self._cancel_login_timer()
             log.info(
@@ -267,6 +283,11 @@ class ServerSession:
 
         d = self.services.run(self.services.accounts.verify_password, message.account, message.password)
         return d.addCallback(checked)
+
+    def _count_failed_login(self, peer: Peer) -> None:
+        self._failed_logins += 1
+        if self._failed_logins >= MAX_LOGIN_ATTEMPTS:
+            self.services.reactor.callLater(0, peer.close)  # after the error reply is queued
 
     def on_bye(self, peer: Peer, message: Bye) -> None:
         peer.send(Bye(rid=message.rid))
