@@ -432,7 +432,7 @@ class SessionTests(TestCase):
         client.request(Commit(rid=0, handle=h)).addBoth(result.append)
         pump.flush()
         # put and entries are admitted (running); the commit waits for them rather than running now
-        assert sorted(f.__name__ for _d, f, _a in pending) == ["add", "store_chunks"]
+        assert sorted(f.__name__ for _d, f, _a in pending) == ["add", "store_batch"]
         for _ in range(5):
             run_all()
             pump.flush()

@@ -21,23 +21,31 @@ joined below the root.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredLock, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredLock,
+    DeferredSemaphore,
+    ensureDeferred,
+    succeed,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import neotwist
 from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.server.accounts import Account, AccountStore
+from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.target import ChunkRejected
+from neotwist.server.repository.view import RootView
+from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.ssh import RunBlocking, thread_runner
 from neotwist.server.throttle import LoginThrottle, too_many
 from neotwist.wire import limits
@@ -67,10 +75,13 @@ from neotwist.wire.messages import (
     PushBegin,
     PushEntries,
     Put,
+    TargetInfo,
     Targets,
     Welcome,
 )
 from neotwist.wire.peer import Peer
+
+__all__ = ["Access", "Right", "ServerServices", "ServerSession", "make_server_peer", "resolve_access"]
 
 log = Logger()
 
@@ -97,34 +108,19 @@ LISTING_PAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``listing`` page (also at most MAX_ENTRIES entries per page)."""
 
 
-class Right(enum.IntEnum):
-    """What an account may do with a (target, sub-path). Each right includes the ones below it."""
+def resolve_access(accounts: AccountStore, account: Account, target: str, path: str) -> Access:
+    """Where ``account`` lands when it names ``target`` and ``path``: a grant of that name (its owner's target,
+    the grant's sub-path joined with ``path`` as the root, the grant's right), else its own target with FULL.
 
-    READ = 1  # list and pull
-    APPEND = 2  # read, and push new snapshots (never delete from history)
-    WRITE = 3  # append, and push --delete
-    FULL = 4  # write, and prune and remove the target
-
-
-@dataclass(frozen=True)
-class Access:
-    """The outcome of :func:`resolve_access`: whose target, which sub-path is the root, and the right held."""
-
-    owner_id: int
-    target: str
-    root: str
-    right: Right
-
-
-def resolve_access(account: Account, target: str, path: str) -> Access:
-    """Where ``account`` lands when it names ``target`` and ``path``: its own target, with full rights.
-
-    The one place access is decided, so grants to other accounts' targets fit here without touching a handler.
-    Raises NeoError (BAD_NAME, BAD_PATH) for names and paths that are not allowed.
+    The one place access is decided. Blocking (one SQLite lookup of the grant, so a grant or revoke by neo-admin
+    or neo-share applies to the next request at once): call it in a worker thread. Raises NeoError (BAD_NAME,
+    BAD_PATH; NO_SUCH_TARGET for a sub-account naming something it was not granted).
     """
     paths.check_name(target, "target name")
     paths.check_path(path)
-    return Access(owner_id=account.id, target=target, root=path, right=Right.FULL)
+    grant = accounts.find_grant(account.id, target)
+    view = None if grant is None else GrantView(grant.owner_id, grant.target, grant.path, grant.right)
+    return resolve(account.id, account.name, account.is_sub_account, target, path, view)
 
 
 @dataclass
@@ -137,6 +133,8 @@ class ServerServices:
     run_blocking: RunBlocking | None = None
     sessions: set[ServerSession] = field(default_factory=set)
     throttle: LoginThrottle | None = None  # failed logins, shared with the SSH server (tap.py passes one)
+    removing: set[int] = field(default_factory=set)  # target ids being removed: no new handle or push
+    removed: set[int] = field(default_factory=set)  # target ids removed while this server ran
 
     def __post_init__(self) -> None:
         if self.run_blocking is None:
@@ -172,10 +170,18 @@ class _Handle:
     entries_lock: DeferredLock = field(default_factory=DeferredLock)  # entries are staged in order
     failure: NeoError | None = None  # an upload failed: the push may not commit
     snapshots_seen: set[int] = field(default_factory=set)  # snapshots a get already found to exist
+    path: str = ""  # the sub-path the client asked for (re-resolved to see grant changes)
+    beginning: bool = False  # push_begin is running
+    view: RootView | None = None  # set for a handle confined to a granted sub-path: what it may learn
 
     @property
     def root(self) -> str:
         return self.access.root
+
+    @property
+    def name(self) -> str:
+        """The target's name as the client knows it (a grant's name or its own target's)."""
+        return self.access.name or self.access.target
 
 
 class ServerSession:
@@ -297,35 +303,36 @@ class ServerSession:
 
     def on_targets(self, peer: Peer, message: ListTargets) -> Deferred[None]:
         account = self._account
+        accounts, repository = self.services.accounts, self.services.repository
 
-        def listed(targets: list[Any]) -> None:
+        def collect() -> list[TargetInfo]:
+            found = [] if account.is_sub_account else repository.list_targets(account.id)
+            found += [_granted_info(repository, grant) for grant in accounts.grants_held(account.id)]
+            return sorted(found, key=lambda t: t.name)
+
+        def listed(targets: list[TargetInfo]) -> None:
             peer.send(Targets(rid=message.rid, targets=targets))
 
-        return self.services.run(self.services.repository.list_targets, account.id).addCallback(listed)
+        return self.services.run(collect).addCallback(listed)
 
     def on_open(self, peer: Peer, message: Open) -> Deferred[None]:
         if len(self._handles) >= limits.MAX_OPEN_HANDLES:
             raise ProtocolViolation(
                 ErrorCode.LIMIT_EXCEEDED, f"at most {limits.MAX_OPEN_HANDLES} targets open on one connection"
             )
-        access = resolve_access(self._account, message.target, message.path)
-        needed = Right.APPEND if message.mode == "push" else Right.READ
-        if access.right < needed:
-            raise NeoError(
-                ErrorCode.PERMISSION_DENIED,
-                f"{self._account.name} has {access.right.name.lower()} access to {message.target}, "
-                f"{message.mode} needs {needed.name.lower()}",
-            )
+        account = self._account
         repository = self.services.repository
 
-        def find() -> tuple[Target, bool, Any]:
+        def find() -> tuple[Access, Target, bool, Any]:
+            access = resolve_access(self.services.accounts, account, message.target, message.path)
+            access.require(Right.APPEND if message.mode == "push" else Right.READ, message.mode, account.name)
             target = repository.find_target(access.owner_id, access.target)
             existed = target is not None
             if target is None:
                 if message.mode != "push" or not message.create:
                     raise NeoError(
                         ErrorCode.NO_SUCH_TARGET,
-                        f"there is no target {access.target!r} (neo-push creates it; neo-ls lists targets)",
+                        f"there is no target {access.name!r} (neo-push creates it; neo-ls lists targets)",
                     )
                 target = repository.create_target(
                     access.owner_id, access.target, encrypted=message.encrypted, chunker=DEFAULT_PARAMS
@@ -333,19 +340,28 @@ class ServerSession:
             if message.mode == "push" and target.meta.encrypted != message.encrypted:
                 raise NeoError(
                     ErrorCode.ENCRYPTION_MISMATCH,
-                    f"target {access.target!r} is "
+                    f"target {access.name!r} is "
                     + ("encrypted: push with its key" if target.meta.encrypted else "not encrypted")
                     + ("" if target.meta.encrypted else ": an encrypted push needs a new target"),
                 )
-            return target, existed, target.latest()
+            if access.confined:
+                seen = RootView(target, access.grant_root).latest()
+                latest = None if seen is None else (seen.id, seen.time)
+            else:
+                info = target.latest()
+                latest = None if info is None else (info.id, info.time)
+            return access, target, existed, latest
 
-        def found(result: tuple[Target, bool, Any]) -> None:
-            target, existed, latest = result
+        def found(result: tuple[Access, Target, bool, Any]) -> None:
+            access, target, existed, latest = result
             if self._closed:
                 return
+            if target.meta.id in self.services.removing:
+                raise NeoError(ErrorCode.NO_SUCH_TARGET, f"target {access.name!r} is being removed")
             number = self._next_handle
             self._next_handle = number + 1 if number < 2**31 - 1 else 1
-            self._handles[number] = _Handle(number, access, message.mode, target)
+            view = RootView(target, access.grant_root) if access.confined else None
+            self._handles[number] = _Handle(number, access, message.mode, target, path=message.path, view=view)
             peer.send(
                 Opened(
                     rid=message.rid,
@@ -353,8 +369,8 @@ class ServerSession:
                     exists=existed,
                     encrypted=target.meta.encrypted,
                     chunker=target.meta.chunker,
-                    latest=None if latest is None else latest.id,
-                    latest_time=None if latest is None else latest.time,
+                    latest=None if latest is None else latest[0],
+                    latest_time=None if latest is None else latest[1],
                 )
             )
 
@@ -371,26 +387,44 @@ class ServerSession:
 
     def on_push_begin(self, peer: Peer, message: PushBegin) -> Deferred[None]:
         handle = self._push_handle(message.handle)
-        if handle.push is not None:
+        if handle.push is not None or handle.beginning:
             raise NeoError(ErrorCode.PROTOCOL, "a push is already in progress on this handle")
-        if message.delete and handle.access.right < Right.WRITE:
-            raise NeoError(
-                ErrorCode.PERMISSION_DENIED,
-                f"push --delete needs write access; {self._account.name} has "
-                f"{handle.access.right.name.lower()}",
-            )
         target = handle.target
         assert target is not None
+        account = self._account
+        handle.beginning = True
 
-        def begun(push: Push) -> None:
+        def begin() -> Push:
+            access = self._recheck(handle)
+            if message.delete:
+                access.require(Right.WRITE, "push --delete", account.name)
+            else:
+                access.require(Right.APPEND, "push", account.name)
+            push = target.begin_push(handle.root, message.delete)
+            if access.confined:
+                push.confine()
+            return push
+
+        def begun(push: Push) -> Deferred[None] | None:
+            handle.beginning = False
+            if self._closed or target.meta.id in self.services.removing or target.meta.id in self.services.removed:
+                d = self.services.run(push.abort)
+                d.addCallback(lambda _: self._raise_removed(handle))
+                return d
             handle.push = push
             handle.failure = None
             peer.send(Ok(rid=message.rid))
+            return None
 
-        return self.services.run(target.begin_push, handle.root, message.delete).addCallback(begun)
+        def failed(failure: Failure) -> Failure:
+            handle.beginning = False
+            return failure
+
+        return self.services.run(begin).addCallbacks(begun, failed)
 
     def on_have(self, peer: Peer, message: Have) -> Deferred[None]:
-        target = self._push_handle(message.handle).target
+        handle = self._push_handle(message.handle)
+        target = handle.target
         assert target is not None
 
         def answer(missing: list[bool]) -> None:
@@ -400,6 +434,15 @@ class ServerSession:
                     bitmap[i >> 3] |= 1 << (i & 7)
             peer.send(Missing(rid=message.rid, bitmap=bytes(bitmap)))
 
+        if handle.access.confined:
+            # Only chunks below the grant's root, or uploaded on this push, count as present (see Push.confine).
+            push = handle.push
+            if push is None:
+                answer([True] * len(message.ids))
+                return succeed(None)
+            return self._admit(
+                message, lambda: self.services.run(push.missing_confined, message.ids).addCallback(answer)
+            )
         return self._admit(
             message, lambda: self.services.run(target.missing, message.ids).addCallback(answer)
         )
@@ -428,10 +471,15 @@ class ServerSession:
         target = handle.target
         assert target is not None
         chunks = [(m.id, m.codec, m.size, m.data) for m in batch]
+        push = handle.push if handle.access.confined else None
+
+        def store_batch() -> None:
+            target.store_chunks(chunks)
+            if push is not None:
+                push.note_uploaded([c[0] for c in chunks])
 
         def store() -> Deferred[None]:
-            d = self.services.run(target.store_chunks, chunks)
-            d.addCallback(lambda _new: None)
+            d = self.services.run(store_batch)
             d.addErrback(self._upload_failed, handle)
             return d
 
@@ -464,13 +512,26 @@ class ServerSession:
             raise NeoError(ErrorCode.PROTOCOL, "the push was closed")
         if handle.failure is not None:
             raise NeoError(handle.failure.code, f"the push cannot commit: {handle.failure.message}")
-        result = await self.services.run(push.commit, time.time())
+        account = self._account
+        target = handle.target
+        assert target is not None
+
+        def commit() -> tuple[Any, int, int]:
+            access = self._recheck(handle)
+            access.require(Right.WRITE if push.delete else Right.APPEND, "commit", account.name)
+            result = push.commit(time.time())
+            if handle.view is None:
+                return result, result.snapshot.files, result.stored_bytes
+            # a confined handle learns nothing of the rest of the target
+            return result, handle.view.files(result.snapshot.id), 0
+
+        result, files, stored_bytes = await self.services.run(commit)
         handle.push = None
         snap = result.snapshot
         log.info(
             "commit: account={account} target={target} root={root!r} snapshot={snapshot} files={files} "
             "changed={changed} new_bytes={new_bytes}",
-            account=self._account.name,
+            account=account.name,
             target=handle.access.target,
             root=handle.root,
             snapshot=snap.id,
@@ -483,12 +544,12 @@ class ServerSession:
                 rid=message.rid,
                 snapshot=snap.id,
                 time=snap.time,
-                files=snap.files,
+                files=files,
                 changed=snap.changed,
                 deleted=snap.deleted,
                 new_chunks=snap.new_chunks,
                 new_bytes=snap.new_bytes,
-                stored_bytes=result.stored_bytes,
+                stored_bytes=stored_bytes,
             )
         )
 
@@ -511,16 +572,17 @@ class ServerSession:
         root = handle.root
 
         def start() -> tuple[int, Iterator[Entry]]:
-            snapshot = message.snapshot
-            if snapshot is None:
-                latest = target.latest()
-                if latest is None:
-                    raise NeoError(
-                        ErrorCode.NO_SUCH_SNAPSHOT, f"target {handle.access.target!r} has no snapshot yet"
-                    )
-                snapshot = latest.id
+            self._recheck(handle)
+            snapshot = self._snapshot_for(handle, message.snapshot)
             where = paths.join(root, message.path)
-            return snapshot, target.list_entries(snapshot, where, message.recursive)
+            try:
+                return snapshot, target.list_entries(snapshot, where, message.recursive)
+            except NeoError as e:  # say it in the client's terms: its path, its name for the target
+                if e.code == ErrorCode.NO_SUCH_PATH:
+                    raise NeoError(e.code, f"nothing at {message.path!r} in snapshot {snapshot}") from None
+                if e.code == ErrorCode.NO_SUCH_SNAPSHOT:
+                    raise NeoError(e.code, f"no snapshot {snapshot} in {handle.name!r}") from None
+                raise
 
         snapshot, entries = await self.services.run(start)
 
@@ -565,8 +627,7 @@ class ServerSession:
         def read(start: int) -> tuple[list[ChunkReply], int]:
             if start == 0:
                 if message.snapshot not in handle.snapshots_seen:
-                    if target.snapshot(message.snapshot) is None:
-                        raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {message.snapshot}")
+                    self._snapshot_for(handle, message.snapshot)
                     handle.snapshots_seen.add(message.snapshot)
                 chunks = target.file_chunks(message.snapshot, where)
                 if chunks is None:
@@ -623,7 +684,58 @@ class ServerSession:
         handle = self._handles.get(number)
         if handle is None:
             raise NeoError(ErrorCode.BAD_HANDLE, f"no open handle {number}")
+        if handle.target is not None and handle.target.meta.id in self.services.removed:
+            self._raise_removed(handle)
         return handle
+
+    @staticmethod
+    def _snapshot_for(handle: _Handle, snapshot: int | None) -> int:
+        """The snapshot a read names (None: the latest), checked to exist (blocking). A confined handle sees only
+        its relevant snapshots (:mod:`neotwist.server.repository.view`); any other id does not exist for it."""
+        target = handle.target
+        assert target is not None
+        if handle.view is not None:
+            if snapshot is None:
+                seen = handle.view.latest()
+                if seen is None:
+                    raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"{handle.name!r} has no snapshot yet")
+                return seen.id
+            if not handle.view.relevant(snapshot):
+                raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {snapshot} in {handle.name!r}")
+            return snapshot
+        if snapshot is None:
+            latest = target.latest()
+            if latest is None:
+                raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"target {handle.name!r} has no snapshot yet")
+            return latest.id
+        if target.snapshot(snapshot) is None:
+            raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {snapshot} in {handle.name!r}")
+        return snapshot
+
+    @staticmethod
+    def _raise_removed(handle: _Handle) -> None:
+        raise NeoError(ErrorCode.NO_SUCH_TARGET, f"target {handle.name!r} was removed")
+
+    def _recheck(self, handle: _Handle) -> Access:
+        """The handle's access as it stands now (blocking): grants can be revoked or changed while a handle is
+        open, so data-changing requests and listings resolve it again. A grant that now leads elsewhere, or a
+        target removed meanwhile (also by neo-admin in another process), ends the handle's use."""
+        old = handle.access
+        try:
+            access: Access | None = resolve_access(self.services.accounts, self._account, handle.name, handle.path)
+        except NeoError as e:
+            if e.code != ErrorCode.NO_SUCH_TARGET:
+                raise
+            access = None  # the grant is gone
+        target = handle.target
+        moved = access is None or (access.owner_id, access.target, access.root) != (old.owner_id, old.target, old.root)
+        if moved or (target is not None and not self.services.repository.is_current(target)):
+            raise NeoError(
+                ErrorCode.NO_SUCH_TARGET,
+                f"{handle.name!r} was revoked, changed or removed since it was opened: open it again",
+            )
+        assert access is not None
+        return access
 
     def _push_handle(self, number: int) -> _Handle:
         handle = self._handle(number)
@@ -768,6 +880,40 @@ class ServerSession:
         List: on_list,
         Get: on_get,
     }
+
+
+def _granted_info(repository: Repository, grant: Grant) -> TargetInfo:
+    """How a grantee sees a granted target in ``targets``: under the grant's name, with its right and owner, and
+    for a grant on a sub-path only what concerns that sub-path (blocking)."""
+    extra: dict[str, Any] = {"right": grant.right.label, "owner": grant.owner}
+    target = repository.find_target(grant.owner_id, grant.target)
+    if target is None:
+        return TargetInfo(grant.name, False, 0, None, None, 0, 0, **extra)
+    if grant.path:
+        view = RootView(target, grant.path)
+        seen = view.latest()
+        return TargetInfo(
+            name=grant.name,
+            encrypted=target.meta.encrypted,
+            snapshots=len(view.snapshot_ids()),
+            latest=None if seen is None else seen.id,
+            latest_time=None if seen is None else seen.time,
+            files=0 if seen is None else view.files(seen.id),
+            stored_bytes=0,
+            **extra,
+        )
+    latest = target.latest()
+    usage = target.usage()
+    return TargetInfo(
+        name=grant.name,
+        encrypted=target.meta.encrypted,
+        snapshots=target.snapshot_count(),
+        latest=None if latest is None else latest.id,
+        latest_time=None if latest is None else latest.time,
+        files=usage.files,
+        stored_bytes=usage.stored_bytes,
+        **extra,
+    )
 
 
 def _finished(d: Deferred[Any]) -> Deferred[None]:

@@ -76,7 +76,15 @@ class ChunkerParams(msgspec.Struct, array_like=True, frozen=True):
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 
 
+RightName = Literal["read", "append", "write", "full"]
+"""A right as spelled on the wire (see neotwist.server.rights.Right)."""
+
+
 class TargetInfo(msgspec.Struct, array_like=True, frozen=True):
+    """One target the account can reach. ``right`` and ``owner`` (issue 5) describe a granted target: its
+    owner's account name, and the right held (``full`` and ``""`` for the account's own targets). For a grant
+    on a sub-path, ``snapshots``/``latest``/``files`` describe that sub-path only and ``stored_bytes`` is 0."""
+
     name: Name
     encrypted: bool
     snapshots: U64
@@ -84,6 +92,8 @@ class TargetInfo(msgspec.Struct, array_like=True, frozen=True):
     latest_time: float | None
     files: U64
     stored_bytes: U64
+    right: RightName = "full"
+    owner: Annotated[str, msgspec.Meta(max_length=limits.MAX_NAME)] = ""
 
 
 class Message(msgspec.Struct, array_like=True, tag=True):

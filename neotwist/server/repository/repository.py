@@ -123,6 +123,14 @@ class Repository:
             )
         return infos
 
+    # --- issue 5: target removal and liveness ---------------------------------------------------------------
+
+    def is_current(self, target: Target) -> bool:
+        """True while ``target`` is still in the catalog (False once removed, also by another process)."""
+        with self._lock:
+            row = self._catalog.execute("SELECT 1 FROM targets WHERE id = ?", (target.meta.id,)).fetchone()
+        return row is not None
+
     def close(self) -> None:
         """Flush and close every open target, then the catalog. Idempotent."""
         with self._lock:

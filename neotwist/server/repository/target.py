@@ -26,6 +26,7 @@ import itertools
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from neotwist import paths
@@ -373,6 +374,14 @@ class Target:
     def writer(self) -> tuple[sqlite3.Connection, threading.Lock]:
         """The writer connection and its lock (used by :class:`Push`)."""
         return self._db, self._lock
+
+    # --- for views confined to a sub-path (issue 5) --------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The read connection, under its lock (used by :mod:`.view`)."""
+        with self._reader_lock:
+            yield self._reader
 
 
 def _records(row: tuple) -> Iterator[Entry]:
