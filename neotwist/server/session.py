@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,11 +43,13 @@ from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.repository import Push, Repository, Target
-from neotwist.server.repository.target import ChunkRejected
+from neotwist.server.repository.push import CommitCharge
+from neotwist.server.repository.target import ChunkRejected, OverBudget
 from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.ssh import RunBlocking, thread_runner
 from neotwist.server.throttle import LoginThrottle, too_many
+from neotwist.server.usage import account_usage, over_quota
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
 from neotwist.wire.messages import (
@@ -135,6 +137,15 @@ class ServerServices:
     throttle: LoginThrottle | None = None  # failed logins, shared with the SSH server (tap.py passes one)
     removing: set[int] = field(default_factory=set)  # target ids being removed: no new handle or push
     removed: set[int] = field(default_factory=set)  # target ids removed while this server ran
+    owner_locks: dict[int, DeferredLock] = field(default_factory=dict)  # per owner account: quota check + commit
+
+    def owner_lock(self, owner_id: int) -> DeferredLock:
+        """The lock that serializes the quota check and commit of every push charged to ``owner_id``, so two
+        concurrent pushes cannot both fit under the quota on their own and pass it together."""
+        lock = self.owner_locks.get(owner_id)
+        if lock is None:
+            lock = self.owner_locks[owner_id] = DeferredLock()
+        return lock
 
     def __post_init__(self) -> None:
         if self.run_blocking is None:
@@ -172,6 +183,9 @@ class _Handle:
     snapshots_seen: set[int] = field(default_factory=set)  # snapshots a get already found to exist
     path: str = ""  # the sub-path the client asked for (re-resolved to see grant changes)
     beginning: bool = False  # push_begin is running
+    quota_owner: Account | None = None  # the target's owner, when it has a quota (read at push_begin)
+    charges: int = 0  # the owner's per-file/per-dir charges at push_begin
+    reclaim: bool = False  # a quota refused this push: collect its unreferenced chunks when it ends
     view: RootView | None = None  # set for a handle confined to a granted sub-path: what it may learn
 
     @property
@@ -400,6 +414,12 @@ class ServerSession:
                 access.require(Right.WRITE, "push --delete", account.name)
             else:
                 access.require(Right.APPEND, "push", account.name)
+            owner = self.services.accounts.get_by_id(access.owner_id)
+            if owner is not None and owner.quota_bytes is not None:
+                handle.quota_owner = owner
+                handle.charges = account_usage(self.services.repository, owner).charges
+            else:
+                handle.quota_owner = None
             push = target.begin_push(handle.root, message.delete)
             if access.confined:
                 push.confine()
@@ -472,9 +492,22 @@ class ServerSession:
         assert target is not None
         chunks = [(m.id, m.codec, m.size, m.data) for m in batch]
         push = handle.push if handle.access.confined else None
+        owner = handle.quota_owner
+        repository = self.services.repository
 
         def store_batch() -> None:
-            target.store_chunks(chunks)
+            if owner is not None and owner.quota_bytes is not None:
+                # Refuse early, before the commit, once the stored bytes would pass the quota. Versions were
+                # counted at push_begin (handle.charges); the commit checks everything exactly.
+                usage = replace(account_usage(repository, owner, count_versions=False), per_file=0, per_dir=0)
+                used = usage.stored_bytes + handle.charges
+                try:
+                    target.store_chunks(chunks, budget=max(0, owner.quota_bytes - used))
+                except OverBudget as e:
+                    handle.reclaim = True
+                    raise over_quota(replace(usage, stored_bytes=used), e.needed, "this push's upload") from None
+            else:
+                target.store_chunks(chunks)
             if push is not None:
                 push.note_uploaded([c[0] for c in chunks])
 
@@ -511,21 +544,50 @@ class ServerSession:
         if push is None:  # closed meanwhile
             raise NeoError(ErrorCode.PROTOCOL, "the push was closed")
         if handle.failure is not None:
+            if handle.failure.code == ErrorCode.QUOTA_EXCEEDED:
+                await self._end_push(handle, "refused (quota)")
+                raise NeoError(handle.failure.code, f"{handle.failure.message}; the push was aborted")
             raise NeoError(handle.failure.code, f"the push cannot commit: {handle.failure.message}")
         account = self._account
         target = handle.target
         assert target is not None
+        services = self.services
 
         def commit() -> tuple[Any, int, int]:
             access = self._recheck(handle)
             access.require(Right.WRITE if push.delete else Right.APPEND, "commit", account.name)
-            result = push.commit(time.time())
+            check = None
+            owner = services.accounts.get_by_id(access.owner_id)
+            if owner is not None and owner.quota_bytes is not None:
+                # Counted before the writer lock is taken (usage reads every target of the owner); the owner's
+                # commits are serialized by the owner lock held around this job, so none slips in between.
+                usage = account_usage(services.repository, owner)
+                quota = owner.quota_bytes
+
+                def check(charge: CommitCharge) -> None:
+                    extra = usage.charge(charge.new_files, charge.new_dirs)
+                    if usage.used + extra > quota:
+                        before = replace(usage, stored_bytes=usage.stored_bytes - charge.new_bytes)
+                        raise over_quota(before, charge.new_bytes + extra, "this push")
+
+            result = push.commit(time.time(), check)
             if handle.view is None:
                 return result, result.snapshot.files, result.stored_bytes
             # a confined handle learns nothing of the rest of the target
             return result, handle.view.files(result.snapshot.id), 0
 
-        result, files, stored_bytes = await self.services.run(commit)
+        lock = services.owner_lock(handle.access.owner_id)
+        await lock.acquire()
+        try:
+            result, files, stored_bytes = await services.run(commit)
+        except NeoError as e:
+            if e.code == ErrorCode.QUOTA_EXCEEDED:
+                handle.reclaim = True
+                await self._end_push(handle, "refused (quota)")
+                raise NeoError(e.code, f"{e.message}; the push was aborted") from None
+            raise
+        finally:
+            lock.release()
         handle.push = None
         snap = result.snapshot
         log.info(
@@ -822,6 +884,9 @@ class ServerSession:
                 account=self.account.name if self.account else "?",
                 target=handle.access.target,
             )
+        if handle.reclaim and handle.target is not None:
+            handle.reclaim = False
+            await self.services.run(reclaim, handle.target)
 
     # --- timers and the end --------------------------------------------------------------------------------
 
@@ -880,6 +945,17 @@ class ServerSession:
         List: on_list,
         Get: on_get,
     }
+
+
+def reclaim(target: Target) -> None:
+    """Collect the chunks no version references (after a push refused by a quota, so nothing of it remains).
+    Blocking. Chunks that pushes still running on the target rely on are kept by the collector."""
+    collect = getattr(target, "collect_garbage", None)
+    if collect is None:  # pragma: no cover - the repository without garbage collection (before issue 4)
+        log.warn("cannot reclaim the chunks of a refused push on {target}: no garbage collection", target=target)
+        return
+    collect()
+    log.info("reclaimed the chunks of a push refused by its quota: {target}", target=target)
 
 
 def _granted_info(repository: Repository, grant: Grant) -> TargetInfo:

@@ -125,6 +125,14 @@ class Repository:
 
     # --- issue 5: target removal and liveness ---------------------------------------------------------------
 
+    def targets_of(self, account_id: int) -> list[Target]:
+        """Every target the account owns, by name (opened)."""
+        with self._lock:
+            rows = self._catalog.execute(
+                f"SELECT {_TARGET_COLUMNS} FROM targets WHERE account_id = ? ORDER BY name", (account_id,)
+            ).fetchall()
+            return [self._open(_meta(row)) for row in rows]
+
     def is_current(self, target: Target) -> bool:
         """True while ``target`` is still in the catalog (False once removed, also by another process)."""
         with self._lock:
