@@ -297,6 +297,127 @@ class ChunkReply(Message, tag="chunk"):
     data: ChunkData
 
 
+# --- issue 5: target removal, sub-accounts, grants, usage ---------------------------------------------------
+
+KeyLine = Annotated[str, msgspec.Meta(max_length=limits.MAX_KEY_LINE)]
+KeyLines = Annotated[list[KeyLine], msgspec.Meta(max_length=limits.MAX_KEYS_PER_MESSAGE)]
+KeyNames = Annotated[
+    list[Annotated[str, msgspec.Meta(max_length=limits.MAX_NAME)]], msgspec.Meta(max_length=limits.MAX_KEYS_PER_MESSAGE)
+]
+
+
+class RemoveTarget(Message, tag="remove_target"):
+    """Remove the handle's target with every snapshot and chunk. Needs the full right on the whole target (a
+    handle opened at the target root); refused while a push runs on it. Answered by ``target_removed``; the
+    handle is closed."""
+
+    handle: Handle
+
+
+class TargetRemoved(Message, tag="target_removed"):
+    name: Name
+    snapshots: U64
+    stored_bytes: U64
+
+
+class SubAccountAdd(Message, tag="sub_add"):
+    """Create a sub-account of the logged-in account (its name must start with ``ACCOUNT.``), with a password
+    and/or OpenSSH public key lines. Answered by ok."""
+
+    name: Name
+    password: Password | None
+    keys: KeyLines = msgspec.field(default_factory=list)
+
+
+class SubAccountSet(Message, tag="sub_set"):
+    """Change one of the account's sub-accounts: a new password (or ``clear_password``), keys to add, keys to
+    remove (by fingerprint or comment). Answered by ok."""
+
+    name: Name
+    password: Password | None = None
+    clear_password: bool = False
+    add_keys: KeyLines = msgspec.field(default_factory=list)
+    remove_keys: KeyNames = msgspec.field(default_factory=list)
+
+
+class SubAccountRemove(Message, tag="sub_remove"):
+    """Delete one of the account's sub-accounts, with its keys and grants. Answered by ok."""
+
+    name: Name
+
+
+class GrantAccess(Message, tag="grant"):
+    """Give one of the account's sub-accounts ``right`` on ``path`` of the account's target ``target``, reached
+    as ``name`` (default: the target's name). Granting the same place under the same name again changes the
+    right. Answered by ok."""
+
+    grantee: Name
+    target: Name
+    path: PathText
+    right: RightName
+    name: Name | None = None
+
+
+class Revoke(Message, tag="revoke"):
+    """Remove the grant ``name`` of ``grantee`` on one of the account's targets. Answered by ok."""
+
+    grantee: Name
+    name: Name
+
+
+class ListShares(Message, tag="shares"):
+    """The account's sub-accounts, the grants it gave and the grants it holds. Answered by ``share_list``."""
+
+
+class SubAccountInfo(msgspec.Struct, array_like=True, frozen=True):
+    name: Name
+    has_password: bool
+    keys: U32
+    created: float
+
+
+class GrantInfo(msgspec.Struct, array_like=True, frozen=True):
+    grantee: Name
+    owner: Name
+    target: Name
+    path: PathText
+    right: RightName
+    name: Name
+    created: float
+
+
+class Shares(Message, tag="share_list"):
+    sub_accounts: Annotated[list[SubAccountInfo], msgspec.Meta(max_length=100_000)]
+    grants: Annotated[list[GrantInfo], msgspec.Meta(max_length=100_000)]
+
+
+class GetUsage(Message, tag="usage"):
+    """The logged-in account's usage against its quota. Answered by ``usage_info``."""
+
+
+class TargetUsageInfo(msgspec.Struct, array_like=True, frozen=True):
+    name: Name
+    stored_bytes: U64
+    file_versions: U64
+    dir_versions: U64
+
+
+class UsageInfo(Message, tag="usage_info"):
+    """``used`` = ``stored_bytes`` + ``per_file`` x ``file_versions`` + ``per_dir`` x ``dir_versions``; ``quota``
+    nil = unlimited. A sub-account owns nothing: ``charged_to`` names the account its pushes are charged to."""
+
+    account: Name
+    used: U64
+    quota: U64 | None
+    stored_bytes: U64
+    file_versions: U64
+    dir_versions: U64
+    per_file: U64
+    per_dir: U64
+    targets: Annotated[list[TargetUsageInfo], msgspec.Meta(max_length=100_000)]
+    charged_to: Annotated[str, msgspec.Meta(max_length=limits.MAX_NAME)] = ""
+
+
 AnyMessage = (
     Hello
     | Welcome
@@ -323,6 +444,18 @@ AnyMessage = (
     | Listing
     | Get
     | ChunkReply
+    # issue 5
+    | RemoveTarget
+    | TargetRemoved
+    | SubAccountAdd
+    | SubAccountSet
+    | SubAccountRemove
+    | GrantAccess
+    | Revoke
+    | ListShares
+    | Shares
+    | GetUsage
+    | UsageInfo
 )
 
 _encoder = msgspec.msgpack.Encoder()
