@@ -189,9 +189,14 @@ class Repository:
 
     def _delete_directory(self, target_id: int) -> None:
         directory = self.root / f"t{target_id}"
-        if directory.exists():
-            shutil.rmtree(directory)
-            fsync_dir(self.root)
+        for _ in range(3):  # another process (neo-admin, or the server) may be deleting it at the same time
+            if not directory.exists():
+                break
+            try:
+                shutil.rmtree(directory)
+            except FileNotFoundError:
+                continue
+        fsync_dir(self.root)
 
     def _sweep_removed(self) -> None:
         """Finish removals a crash interrupted: delete the directories of removed targets that still exist."""
