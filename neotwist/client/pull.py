@@ -36,6 +36,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from neotwist.chunking import Chunker
+from neotwist.client import stash
 from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
 from neotwist.client.progress import Progress
 from neotwist.wire import limits
@@ -46,11 +47,7 @@ from neotwist.wire.messages import (
     ChunkReply,
     Entry,
     Get,
-    List,
-    Listing,
     Message,
-    Open,
-    Opened,
 )
 from neotwist.wire.peer import Peer
 
@@ -79,6 +76,7 @@ class PullOptions:
     fsync: bool = False  # --fsync: each file durable before its rename
     workers: int = 3
     snapshot: int | None = None  # None: the latest
+    at: float | None = None  # server time: the newest snapshot taken at or before it (--at)
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
 
@@ -123,30 +121,6 @@ class _File:
     temp: TempFile | None = None
     offset: int = 0  # bytes written so far
     written: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in temp
-
-
-def _merge(entries: list[Entry]) -> list[Entry]:
-    """Join continuation records (``more``) into one entry per path."""
-    out: list[Entry] = []
-    pending: Entry | None = None
-    parts: list[bytes] = []
-    for e in entries:
-        if pending is not None:
-            if e.path != pending.path:
-                raise PullError(f"the server's listing broke off the chunk list of {pending.path!r}")
-            parts.append(e.chunks)
-            if not e.more:
-                whole = b"".join(parts)
-                out.append(Entry(pending.path, "f", pending.mode, pending.mtime_ns, pending.size, whole))
-                pending, parts = None, []
-            continue
-        if e.more:
-            pending, parts = e, [e.chunks]
-        else:
-            out.append(e)
-    if pending is not None:
-        raise PullError(f"the server's listing ended inside the chunk list of {pending.path!r}")
-    return out
 
 
 # --- worker-thread side ----------------------------------------------------------------------------------
@@ -502,6 +476,7 @@ class _PullRun:
         dest: SafeDest,
         options: PullOptions,
         summary: PullSummary,
+        single_file: bool = False,
     ) -> None:
         self.reactor = reactor
         self.pool = pool
@@ -515,6 +490,7 @@ class _PullRun:
         self.reusable: dict[bytes, tuple[str, int, int]] = {}  # id -> (path, offset, length) written here
         self.budget = _ByteBudget(FETCH_BYTES)
         self.errors: list[str] = []
+        self.single_file = single_file  # the handle's root is the one file: it is "" on the server
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
@@ -687,9 +663,10 @@ class _PullRun:
             got.append(message)
             return len(got) < count
 
+        remote = "" if self.single_file else f.path
         try:
             await self.peer.request(
-                Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=f.path, ids=wanted), more=more
+                Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=remote, ids=wanted), more=more
             )
         except BaseException:
             self.budget.release(held)
@@ -729,6 +706,16 @@ class _ByteBudget:
             d.callback(None)
 
 
+def _single_file_destination(local: str, subpath: str) -> tuple[str, str]:
+    """(directory, name) where a single pulled file goes: into ``local`` if it is a directory, else at ``local``."""
+    if os.path.isdir(local):
+        return local, subpath.rsplit("/", 1)[-1] or "file"
+    parent, name = os.path.split(os.path.abspath(local))
+    if not os.path.isdir(parent):
+        raise PullError(f"cannot restore a file to {local}: {parent} is not a directory")
+    return parent, name
+
+
 async def pull(
     reactor: Any, peer: Peer, target: str, subpath: str, local_root: str, options: PullOptions
 ) -> PullSummary:
@@ -736,32 +723,23 @@ async def pull(
     started = time.monotonic()
     summary = PullSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
-    opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="read"))
-    if not isinstance(opened, Opened):
-        raise PullError(f"the server answered open with {type(opened).__name__}")
-    if opened.encrypted:
-        raise PullError(f"target {target} is encrypted; this client cannot pull from it")
-    if not opened.exists or opened.latest is None:
-        raise PullError(f"target {target} has no snapshot yet; push to it first")
-    pages: list[Listing] = []
-    listed = 0
-
-    def more(message: Message) -> bool:
-        nonlocal listed
-        if not isinstance(message, Listing):
-            raise PullError(f"the server answered list with {type(message).__name__}")
-        listed += len(message.entries)
-        if listed > limits.MAX_PUSH_ENTRIES:
-            raise PullError(f"the listing has more than {limits.MAX_PUSH_ENTRIES} entries")
-        pages.append(message)
-        return not message.done
-
-    await peer.request(
-        List(rid=0, handle=opened.handle, snapshot=options.snapshot, path="", recursive=True), more=more
-    )
-    snapshot = pages[-1].snapshot
-    entries = _merge([e for page in pages for e in page.entries])
-    pages.clear()
+    try:
+        opened = await stash.open_target(peer, target, subpath)
+        if opened.encrypted:
+            raise PullError(f"target {target} is encrypted; this client cannot pull from it")
+        wanted = options.snapshot
+        if options.at is not None:
+            wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), options.at, wanted)
+        snapshot, entries = await stash.entries(peer, opened.handle, wanted)
+    except stash.StashError as e:
+        raise PullError(str(e)) from None
+    single_file = len(entries) == 1 and entries[0].path == "" and entries[0].kind != "d"
+    if single_file:
+        # REMOTE names one file (or symlink): it lands in LOCAL (an existing directory) under its own name, or
+        # at LOCAL itself; nothing else in that directory is touched.
+        local_root, name = _single_file_destination(local_root, subpath)
+        one = entries[0]
+        entries = [Entry(name, one.kind, one.mode, one.mtime_ns, one.size, one.chunks, one.link, one.meta)]
     summary.snapshot = snapshot
     summary.files_scanned = len(entries)
     summary.files = sum(1 for e in entries if e.kind == "f")
@@ -774,7 +752,7 @@ async def pull(
     _raise_open_files_limit()
     pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
     pool.start()
-    run = _PullRun(reactor, pool, peer, opened.handle, snapshot, opened.chunker, dest, options, summary)
+    run = _PullRun(reactor, pool, peer, opened.handle, snapshot, opened.chunker, dest, options, summary, single_file)
     try:
         await run.run(entries)
     finally:
