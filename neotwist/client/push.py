@@ -576,7 +576,9 @@ async def push(
     local_root = os.path.abspath(local_root)
     if not os.path.isdir(local_root):
         raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
-    opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=options.keep_history))
+    opened = await peer.request(
+        Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=options.keep_history)
+    )
     if not isinstance(opened, Opened):
         raise PushError(f"the server answered open with {type(opened).__name__}")
     if opened.encrypted:
