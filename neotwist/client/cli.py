@@ -292,10 +292,18 @@ async def _run(
             )
     except PullIncomplete as e:
         summary = e.summary
-        sys.stderr.write(
-            f"neo-pull: {len(e.errors)} item(s) could not be written safely, e.g. {e.errors[0]}; "
-            "move what is in the way and pull again\n"
-        )
+        for text in e.damaged:
+            sys.stderr.write(f"neo-pull: damaged, not restored: {text}\n")
+        if e.damaged:
+            sys.stderr.write(
+                f"neo-pull: {len(e.damaged)} file(s) are damaged on the server and were not restored; everything "
+                "else was (neo-check REMOTE lists the damage)\n"
+            )
+        if e.errors:
+            sys.stderr.write(
+                f"neo-pull: {len(e.errors)} item(s) could not be written safely, e.g. {e.errors[0]}; "
+                "move what is in the way and pull again\n"
+            )
         code = EXIT_FAILED
     except (PushError, PullError) as e:
         sys.stderr.write(f"neo-{direction}: {e}\n")

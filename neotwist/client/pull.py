@@ -40,6 +40,7 @@ from neotwist.client import stash
 from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
 from neotwist.client.progress import Progress
 from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
     CODEC_RAW,
     CODEC_ZSTD,
@@ -68,6 +69,11 @@ class PullError(Exception):
     """The pull failed; the message is one line fit for the terminal."""
 
 
+class DamagedFile(PullError):
+    """One file's stored data is damaged (the server said so, or a chunk failed its check here): that file is
+    not written, the rest of the pull goes on, and the pull ends as incomplete."""
+
+
 @dataclass
 class PullOptions:
     """What neo-pull's command line decides about a pull."""
@@ -87,7 +93,8 @@ class PullSummary:
     files: int = 0  # regular files among them
     files_changed: int = 0  # files written
     files_unchanged: int = 0  # left alone (quick check or identical content)
-    files_skipped: int = 0  # could not be written safely (see warnings)
+    files_skipped: int = 0  # could not be written safely (see warnings), or damaged on the server
+    files_damaged: int = 0  # stored data damaged (not written; the rest of the pull went on)
     symlinks_written: int = 0
     bytes_written: int = 0
     bytes_reused: int = 0  # bytes copied from local files instead of fetched
@@ -211,11 +218,11 @@ def _decode(reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> b
         try:
             raw = dctx.decompress(reply.data, max_output_size=reply.size)
         except zstandard.ZstdError as e:
-            raise PullError(f"{path}: the server sent a chunk that does not decompress ({e})") from None
+            raise DamagedFile(f"{path}: the server sent a chunk that does not decompress ({e})") from None
     else:
         raise PullError(f"{path}: the server sent an encrypted chunk; this client cannot decrypt it")
     if len(raw) != reply.size or blake3.blake3(raw).digest() != reply.id:
-        raise PullError(f"{path}: a chunk from the server does not match its id; nothing was replaced")
+        raise DamagedFile(f"{path}: a chunk from the server does not match its id; nothing was replaced")
     return raw
 
 
@@ -490,6 +497,7 @@ class _PullRun:
         self.reusable: dict[bytes, tuple[str, int, int]] = {}  # id -> (path, offset, length) written here
         self.budget = _ByteBudget(FETCH_BYTES)
         self.errors: list[str] = []
+        self.damaged: list[str] = []  # files whose stored data is damaged: not written, the pull went on
         self.single_file = single_file  # the handle's root is the one file: it is "" on the server
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
@@ -516,10 +524,14 @@ class _PullRun:
             return result
 
         def failed(failure: Any) -> None:
+            error = failure.value
             if failure.check(UnsafePath, OSError):
                 self._error(f"{failure.getErrorMessage()}")
+            elif isinstance(error, DamagedFile) or (isinstance(error, RemoteError) and error.code == ErrorCode.DAMAGED):
+                self.summary.files_skipped += 1
+                self.damaged.append(error.message if isinstance(error, RemoteError) else str(error))
             else:
-                fatal.append(failure.value)
+                fatal.append(error)
 
         progress = self.options.progress
         step = QUICK_CHECK_FILES
@@ -759,12 +771,13 @@ async def pull(
         pool.stop()
         dest.close()
     summary.warnings.extend(run.errors)
+    summary.files_damaged = len(run.damaged)
     summary.bytes_sent = peer.bytes_sent - sent0
     summary.bytes_received = peer.bytes_received - received0
     summary.elapsed_s = time.monotonic() - started
-    if run.errors:
+    if run.errors or run.damaged:
         summary.files_skipped = max(summary.files_skipped, len(run.errors))
-        raise PullIncomplete(summary, run.errors)
+        raise PullIncomplete(summary, run.errors, run.damaged)
     return summary
 
 
@@ -785,8 +798,12 @@ def _raise_open_files_limit(wanted: int = 8192) -> None:
 class PullIncomplete(PullError):
     """Some items could not be written safely; everything else was. Carries the summary."""
 
-    def __init__(self, summary: PullSummary, errors: list[str]) -> None:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"{errors[0]}{more}")
+    def __init__(self, summary: PullSummary, errors: list[str], damaged: list[str] | None = None) -> None:
+        damaged = damaged or []
+        first = (damaged + errors)[0]
+        total = len(errors) + len(damaged)
+        more = f" (and {total - 1} more)" if total > 1 else ""
+        super().__init__(f"{first}{more}")
         self.summary = summary
         self.errors = errors
+        self.damaged = damaged
