@@ -140,7 +140,7 @@ def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[Non
         keep_within=message.keep_within,
     )
     if policy.is_empty():
-        raise NeoError(ErrorCode.BAD_MESSAGE, "prune needs at least one keep rule (it never removes everything)")
+        raise NeoError(ErrorCode.BAD_ARGUMENT, "prune needs at least one keep rule (it never removes everything)")
 
     def prune() -> Pruned:
         snapshots = target.snapshots()
