@@ -69,7 +69,8 @@ class StashSessionTests(SessionFixture):
         s1 = self.push(client, pump, {"a": b"one", "sub/x": b"x"}).snapshot
         s2 = self.push_deleting(client, pump, "a", b"two")
         r = self.read_handle(client, pump)
-        records = [s for p in self.pages(client, pump, ListSnapshots(rid=0, handle=r), SnapshotList) for s in p.snapshots]
+        pages = self.pages(client, pump, ListSnapshots(rid=0, handle=r), SnapshotList)
+        records = [s for p in pages for s in p.snapshots]
         assert [s.id for s in records] == [s1, s2]
         assert [s.delete_mode for s in records] == [False, True]
         pages = self.pages(client, pump, ListVersions(rid=0, handle=r, path="a"), VersionList)
