@@ -9,8 +9,9 @@ state of the index even while a server commits pushes (WAL). What it checks:
   inside the committed part of a named pack;
 - every chunk row's record: read it and check magic, header CRC, that it names this id, its length, codec and
   raw size, and the CRC of its bytes (what every pull checks, see :meth:`PackStore.read`); the codec must be
-  the one the target's encryption allows. Rows are read in (pack, offset) order, so checking a big target is
-  sequential I/O;
+  the one the target's encryption allows. Rows are read in (pack, offset) order, each pack through a
+  descriptor the check opens itself (what is on disk now, not what a pooled descriptor still sees), so
+  checking a big target is sequential I/O;
 - with ``verify_data``: a plaintext chunk is decompressed (bounded by its size) and its BLAKE3 compared with
   its id. A sealed chunk (encrypted target) cannot be opened by the server: only its CRC is checked, and the
   report says so;
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import hmac
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -37,11 +39,11 @@ from typing import TYPE_CHECKING
 import blake3
 
 from neotwist.server.repository import index
-from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE
+from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE, check_record
 from neotwist.server.repository.records import CheckReport, DamagedFile
 from neotwist.server.repository.verify import raw_bytes
 from neotwist.wire import limits
-from neotwist.wire.errors import NeoError
+from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import CODEC_SEALED
 
 if TYPE_CHECKING:
@@ -72,6 +74,31 @@ class _Checker:
         self.notes: list[str] = []
         self.chunks_checked = 0
         self.bytes_checked = 0
+        self._open: tuple[int, int | OSError] | None = None  # (pack, its descriptor or why it did not open)
+
+    def close(self) -> None:
+        if self._open is not None and isinstance(self._open[1], int):
+            os.close(self._open[1])
+        self._open = None
+
+    def _read(self, pack: int, offset: int, length: int, cid: bytes) -> tuple[int, int, bytes]:
+        """Like :meth:`PackStore.read`, but on a descriptor opened by the check itself, one pack at a time:
+        what is on disk now is checked, not a pack a pooled descriptor keeps alive after it was deleted."""
+        where = f"chunk {cid.hex()} (pack {pack} offset {offset})"
+        if self._open is None or self._open[0] != pack:
+            self.close()
+            try:
+                self._open = (pack, os.open(self.target._packs.path(pack), os.O_RDONLY))
+            except OSError as e:
+                self._open = (pack, e)
+        fd = self._open[1]
+        if isinstance(fd, OSError):
+            raise NeoError(ErrorCode.DAMAGED, f"{where}: cannot open its pack: {fd.strerror}")
+        try:
+            buf = os.pread(fd, HEADER_SIZE + length, offset)
+        except OSError as e:
+            raise NeoError(ErrorCode.DAMAGED, f"{where}: cannot read: {e.strerror}") from None
+        return check_record(buf, length, cid, where)
 
     # --- the current index, outside the read transaction -------------------------------------------------
 
@@ -132,6 +159,7 @@ class _Checker:
         if now is None:
             return  # collected meanwhile: no longer referenced, so not damage
         if now != loc:
+            self.close()  # the pack may have been replaced: open it afresh
             why = self._verify(cid, now)
             if why is None:
                 return
@@ -141,7 +169,7 @@ class _Checker:
         """Why the record at ``loc`` is bad, or None."""
         pack, offset, length, codec, size = loc
         try:
-            got_codec, got_size, data = self.target._packs.read(pack, offset, length, cid)
+            got_codec, got_size, data = self._read(pack, offset, length, cid)
         except NeoError as e:
             return e.message
         if (got_codec, got_size) != (codec, size):
@@ -261,6 +289,7 @@ def check(target: Target, verify_data: bool, progress: _Progress | None) -> Chec
             kept = checker.snapshot_counts()
             damaged_files = checker.files(kept) if checker.damaged else []
         finally:
+            checker.close()
             db.execute("COMMIT")
     finally:
         db.close()
