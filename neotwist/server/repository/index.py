@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     delete_mode INTEGER NOT NULL, -- the push removed unlisted paths under root
     mark_pack INTEGER NOT NULL,   -- pack position of the chunk store at commit: chunks at or after the
     mark_offset INTEGER NOT NULL, -- previous snapshot's mark are "new" for the next one
-    pruned INTEGER NOT NULL DEFAULT 0  -- reserved for retention: 1 = no longer listed
+    pruned INTEGER NOT NULL DEFAULT 0  -- 1 = removed by retention: never listed again (see history.py)
 );
 
 CREATE TABLE IF NOT EXISTS versions (

@@ -22,6 +22,10 @@ Crash safety: the index (``packs`` table) records for each pack the offset up to
 committed. Bytes past it are orphans of a crash (appended, never indexed): :meth:`PackStore.open_writer`
 truncates the last pack back to its committed size before appending, and any pack numbered above the last
 committed one holds no indexed record, so it is simply overwritten when its number comes up again.
+
+Records are never modified in place. Garbage collection (:mod:`.gc`) reclaims space by copying a pack's live
+records to the current pack, switching the index rows in one transaction, and only then deleting the old pack
+file (:meth:`PackStore.remove`).
 """
 
 from __future__ import annotations
