@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import zstandard
 from repo_support import commit, dir_entry, file_entry, ids_of, pack_bytes, put, view
+from support import RunningServer, assert_clean
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.accounts import AccountStore
@@ -295,3 +296,37 @@ def test_neo_admin_check(tmp_path: Path) -> None:
     assert r.returncode == 0 and "--verify-data" in r.stdout and "Examples" in r.stdout
     assert pack_bytes(home) > 0
     server.close()
+
+
+def test_neo_admin_check_beside_a_running_server(server: RunningServer, tmp_path: Path) -> None:
+    """neo-push to a real twistd, then neo-admin check while it runs: it finds the data whole, then a rotten
+    record, and the server goes on serving pushes undisturbed."""
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    rng = random.Random(3)
+    (src / "docs" / "a.bin").write_bytes(rng.randbytes(300_000))
+    (src / "b.txt").write_text("hello\n")
+    r = server.cli("neo-push", "--accept-new-host-key", str(src), server.remote("docs"))
+    assert r.returncode == 0, r.stderr
+    r = admin_check(server.data, "alice", "--json", "--verify-data")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and [t["target"] for t in doc["targets"]] == ["docs"] and doc["chunks_checked"] >= 2
+
+    tool = Repository(server.data / "repo", read_only=True)
+    [docs] = tool.all_targets()
+    cid = chunk_of(docs, 1, "docs/a.bin")
+    pack, offset, _ = location(docs, cid)
+    tool.close()
+    poke(pack, offset + packs.HEADER_SIZE + 100, b"\xff\xfe")
+    r = admin_check(server.data)
+    assert r.returncode == 1
+    assert "alice/docs:docs/a.bin  damaged in snapshots 1: " in r.stdout
+
+    (src / "c.txt").write_text("more\n")
+    r = server.cli("neo-push", str(src), server.remote("docs"))
+    assert r.returncode == 0, r.stderr
+    r = admin_check(server.data, "alice", "docs")
+    assert r.returncode == 1 and "damaged in snapshots 1, 2: " in r.stdout  # a.bin is unchanged in 2
+    server.stop()
+    assert_clean(server.log_text())
