@@ -89,7 +89,7 @@ class StashSessionTests(SessionFixture):
         for n in range(5):
             self.push(client, pump, {"a": bytes([n])})
         r = self.read_handle(client, pump)
-        self.patch(stash, "PAGE_BYTES", 200)  # about two records per page
+        self.patch(stash, "PAGE_BYTES", 100)  # two records per page (each counts 80 bytes)
         pages = self.pages(client, pump, ListSnapshots(rid=0, handle=r), SnapshotList)
         assert len(pages) >= 3 and pages[-1].done and not any(p.done for p in pages[:-1])
         assert [s.id for p in pages for s in p.snapshots] == [1, 2, 3, 4, 5]

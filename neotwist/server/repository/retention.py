@@ -27,7 +27,6 @@ caller reports it as a usage error rather than removing everything but the newes
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, fields
 
@@ -40,29 +39,6 @@ _BUCKETS: tuple[tuple[str, str, _Bucket], ...] = (
     ("keep_monthly", "monthly", lambda t: (t.year, t.month)),
 )
 """(policy field, reason, the bucket a UTC time falls in)."""
-
-DURATION_UNITS = {"h": 3600.0, "d": 86400.0, "w": 7 * 86400.0, "m": 30 * 86400.0, "y": 365 * 86400.0}
-"""Seconds per unit of :func:`parse_duration`: hours, days, weeks, months of 30 days, years of 365 days."""
-
-_DURATION = re.compile(r"(\d+)([hdwmy])")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a ``--keep-within`` duration written as restic writes it: numbers with units, largest first
-    or not, e.g. ``2h``, ``7d``, ``1y6m``, ``1w3d12h``. Units: h, d, w, m (30 days), y (365 days). Raises
-    ValueError with the accepted form for anything else (including a zero duration)."""
-    s = text.strip().lower()
-    pos = 0
-    total = 0.0
-    for match in _DURATION.finditer(s):
-        if match.start() != pos:
-            break
-        total += int(match.group(1)) * DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not s or pos != len(s) or total <= 0:
-        raise ValueError(f"bad duration {text!r}: write numbers with units h, d, w, m, y, e.g. 36h, 7d or 1y6m")
-    return total
-
 
 REASONS = ("latest", "last", "hourly", "daily", "weekly", "monthly", "within")
 """Every reason :func:`decide` may give, in the order it lists them."""
