@@ -14,6 +14,7 @@ import random
 import shutil
 import sqlite3
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,13 @@ def pull(server: RunningServer, remote: str, dest: Path, *flags: str) -> subproc
     return run(server, "neo-pull", *flags, remote, str(dest))
 
 
-def stamp(root: Path, generation: int) -> None:
-    """Distinct old mtimes for every file and directory, different in each generation."""
-    for n, p in enumerate(sorted(root.rglob("*"))):
+def stamp(root: Path, generation: int = 0) -> None:
+    """Old mtimes that depend only on a file's path and content (a directory's: on its path), so an unchanged
+    file keeps its mtime from push to push and a changed one gets a new one."""
+    for p in sorted(root.rglob("*")):
         if not p.is_symlink():
-            t = (OLD + generation * 10_000 + n) * 10**9
+            key = str(p.relative_to(root)).encode() + (b"" if p.is_dir() else p.read_bytes())
+            t = (OLD + zlib.crc32(key) % 10_000_000) * 10**9
             os.utime(p, ns=(t, t))
 
 
