@@ -24,18 +24,6 @@ from neotwist.wire.messages import CODEC_SEALED, Entry
 NEO_ADMIN = Path(sys.executable).with_name("neo-admin")
 
 
-@pytest.fixture
-def repo(tmp_path: Path):
-    r = Repository(tmp_path / "repo")
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def target(repo: Repository) -> Target:
-    return repo.create_target(7, "home", encrypted=False, chunker=DEFAULT_PARAMS)
-
-
 def history(t: Target) -> dict[str, bytes]:
     """Four snapshots; docs/a.txt (one chunk) is in 1..3 unchanged, then replaced. Snapshot 2 is pruned.
     Returns the contents of the files of the latest snapshot."""

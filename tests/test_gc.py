@@ -25,13 +25,6 @@ PIECE = 256 * 1024
 SMALL_PACK = 1024 * 1024
 
 
-@pytest.fixture
-def repo(tmp_path: Path):
-    r = Repository(tmp_path / "repo")
-    yield r
-    r.close()
-
-
 def pieces(seed: int, n: int) -> list[bytes]:
     rng = random.Random(seed)
     return [rng.randbytes(PIECE) for _ in range(n)]

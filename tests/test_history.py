@@ -8,22 +8,9 @@ from pathlib import Path
 import pytest
 from repo_support import commit, dir_entry, file_entry, view
 
-from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.server.repository import Repository, Target
+from neotwist.server.repository import Target
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry
-
-
-@pytest.fixture
-def repo(tmp_path: Path):
-    r = Repository(tmp_path / "repo")
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def target(repo: Repository) -> Target:
-    return repo.create_target(7, "home", encrypted=False, chunker=DEFAULT_PARAMS)
 
 
 def five_snapshots(t: Target) -> None:
