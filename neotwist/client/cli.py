@@ -32,6 +32,7 @@ from neotwist.client.clibase import (
     add_output_options,
     connect_options,
     human_size,
+    open_session,
     react,
     start_logging,
 )
@@ -209,12 +210,9 @@ def _human(direction: Direction, summary: Any) -> str:
 async def _run(
     reactor: Any, direction: Direction, args: argparse.Namespace, local: str, remote_text: str
 ) -> int:
-    from neotwist.client.connect import connect
     from neotwist.client.filescache import FilesCache, cache_key
-    from neotwist.client.knownhosts import HostKeyError
     from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
     from neotwist.client.push import PushError, PushOptions, describe_error, push
-    from neotwist.client.remote import ConnectError
     from neotwist.wire.errors import ErrorCode, NeoError
 
     remote = parse_remote(remote_text)
@@ -238,16 +236,9 @@ async def _run(
         sys.stderr.write(f"neo-push: {local} is not a directory; give the directory to push as LOCAL_DIR\n")
         return EXIT_FAILED
     started = time.monotonic()  # elapsed_s covers the whole run: connecting and authenticating too
-    try:
-        session = await connect(reactor, remote, options)
-    except HostKeyError as e:
-        sys.stderr.write(f"neo-{direction}: {e}\n")
-        return EXIT_AUTH
-    except ConnectError as e:
-        text = str(e)
-        sys.stderr.write(f"neo-{direction}: {text}\n")
-        auth = "authentication failed" in text or "requires a password" in text
-        return EXIT_AUTH if auth else EXIT_FAILED
+    session = await open_session(reactor, f"neo-{direction}", remote, options)
+    if isinstance(session, int):
+        return session
     progress = Progress(show_progress, "pushed" if direction == "push" else "pulled")
     code = EXIT_OK
     summary: Any = None

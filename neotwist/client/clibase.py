@@ -73,6 +73,23 @@ def connect_options(args: argparse.Namespace) -> Any:
     )
 
 
+async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> Any:
+    """Connect and authenticate; on failure print one line and return the exit code (int) instead of a session:
+    EXIT_AUTH for host keys and refused credentials, EXIT_FAILED for everything else."""
+    from neotwist.client.connect import ConnectError, connect
+    from neotwist.client.knownhosts import HostKeyError
+
+    try:
+        return await connect(reactor, remote, options)
+    except HostKeyError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return EXIT_AUTH
+    except ConnectError as e:
+        text = str(e)
+        sys.stderr.write(f"{prog}: {text}\n")
+        return EXIT_AUTH if "authentication failed" in text or "requires a password" in text else EXIT_FAILED
+
+
 def password_source(args: argparse.Namespace) -> Callable[[], str | None]:
     """The password getter ConnectOptions calls at most once, only when the server asks: ``--password``,
     ``--password-stdin``, ``NEO_PASSWORD``, else a prompt on a terminal."""

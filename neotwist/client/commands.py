@@ -28,6 +28,7 @@ from neotwist.client.clibase import (
     add_output_options,
     connect_options,
     human_size,
+    open_session,
     react,
     start_logging,
 )
@@ -167,20 +168,12 @@ def _run(
     start_logging(args.debug)
 
     async def run(reactor: Any) -> int:
-        from neotwist.client.connect import ConnectError, connect
-        from neotwist.client.knownhosts import HostKeyError
         from neotwist.client.push import describe_error
         from neotwist.wire.errors import ErrorCode, NeoError
 
-        try:
-            session = await connect(reactor, remote, connect_options(args))
-        except HostKeyError as e:
-            sys.stderr.write(f"{prog}: {e}\n")
-            return EXIT_AUTH
-        except ConnectError as e:
-            text = str(e)
-            sys.stderr.write(f"{prog}: {text}\n")
-            return EXIT_AUTH if "authentication failed" in text or "requires a password" in text else EXIT_FAILED
+        session = await open_session(reactor, prog, remote, connect_options(args))
+        if isinstance(session, int):
+            return session
         try:
             return await body(session.peer)
         except stash.StashError as e:
