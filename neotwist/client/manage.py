@@ -15,15 +15,24 @@ import argparse
 import getpass
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from neotwist.client.cli import EXIT_AUTH, EXIT_FAILED, EXIT_OK, EXIT_USAGE, _confirm, _Parser, _start_logging
+from neotwist.client.clibase import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    Parser,
+    add_connection_options,
+    add_output_options,
+    confirm,
+    connect_options,
+    open_session,
+    react,
+    start_logging,
+)
 from neotwist.client.remote import Remote, UsageError, parse_remote
-from neotwist.runtime import tune_threads
 from neotwist.server.rights import RIGHTS_TEXT
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import (
@@ -77,46 +86,32 @@ Removal needs the full right on the whole target and is refused while a push to 
 """
 
 
-def _add_connection_options(p: argparse.ArgumentParser) -> None:
-    auth = p.add_argument_group("connection and authentication")
-    auth.add_argument("-i", "--identity", action="append", default=[], metavar="FILE",
-                      help="SSH private key to offer (repeatable; default: the agent and ~/.ssh/id_*)")
-    auth.add_argument("--password-stdin", dest="login_password_stdin", action="store_true",
-                      help="read the login password from the first line of standard input")
-    auth.add_argument("--known-hosts", type=Path, metavar="FILE", help="SSH known-hosts file")
-    auth.add_argument("--accept-new-host-key", action="store_true",
-                      help="trust and record a host key seen for the first time (never a changed one)")
-    auth.add_argument("--tls-ca", type=Path, metavar="FILE",
-                      help="CA certificate(s) that sign the server's TLS certificate (tls:// only)")
-    auth.add_argument("--ssh-command", metavar="CMD",
-                      help="run OpenSSH instead of the built-in client, e.g. 'ssh -J jumphost'")
-    auth.add_argument("--no-agent", action="store_true", help="do not use the SSH agent")
-    auth.add_argument("--password", "--authcode", dest="password", metavar="SECRET", help=argparse.SUPPRESS)
-    out = p.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    out.add_argument("--debug", action="store_true", help="log protocol and transport details to stderr")  # fmt: skip
+def _add_options(p: argparse.ArgumentParser) -> None:
+    add_connection_options(p)
+    add_output_options(p, progress=False)
 
 
 def share_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="neo-share",
         usage="neo-share [options] REMOTE {subaccount,grant,revoke,list} ...",
         description="Manage your sub-accounts and what they may reach of your targets.",
         epilog=_SHARE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_connection_options(p)
+    _add_options(p)
     p.add_argument("remote", metavar="REMOTE")
     groups = p.add_subparsers(dest="group", metavar="{subaccount,grant,revoke,list}", required=True,
-                              parser_class=_Parser)  # fmt: skip
+                              parser_class=Parser)  # fmt: skip
 
     sub = groups.add_parser("subaccount", help="add, change or remove a sub-account")
     sub_cmds = sub.add_subparsers(dest="command", metavar="{add,passwd,key-add,key-remove,remove}", required=True,
-                                  parser_class=_Parser)  # fmt: skip
+                                  parser_class=Parser)  # fmt: skip
     add = sub_cmds.add_parser("add", help="create a sub-account (name: ACCOUNT.something)")
     add.add_argument("name")
     add.add_argument("--password-stdin", dest="new_password_stdin", action="store_true",
-                     help="its password from standard input (the line after the login password, if both)")
+                     help="its password from standard input (the line after the login password, when --password-stdin "
+                     "is also given before REMOTE)")
     add.add_argument("--no-password", action="store_true", help="no password: SSH keys only")
     add.add_argument("--ssh-key", action="append", default=[], type=Path, metavar="FILE.pub",
                      help="authorize this OpenSSH public key (repeatable)")
@@ -143,35 +138,39 @@ def share_parser() -> argparse.ArgumentParser:
     revoke = groups.add_parser("revoke", help="take back a grant")
     revoke.add_argument("name", metavar="GRANT", help="the grant's name (what the sub-account calls it)")
     revoke.add_argument("--from", dest="grantee", required=True, metavar="NAME", help="the sub-account")
-    groups.add_parser("list", help="your sub-accounts, the grants you gave and the grants you hold")
+    listing = groups.add_parser("list", help="your sub-accounts, the grants you gave and the grants you hold")
+    _json_anywhere([add, passwd, key_add, key_remove, remove, grant, revoke, listing])
     return p
 
 
 def target_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="neo-target",
-        usage="neo-target [options] remove REMOTE",
         description="Manage a target as a whole.",
         epilog=_TARGET_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_connection_options(p)
-    cmds = p.add_subparsers(dest="command", metavar="{remove}", required=True, parser_class=_Parser)
-    remove = cmds.add_parser("remove", help="delete a target with all its snapshots and data")
+    cmds = p.add_subparsers(dest="command", metavar="{remove}", required=True, parser_class=Parser)
+    remove = cmds.add_parser("remove", help="delete a target with all its snapshots and data", epilog=_TARGET_EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     remove.add_argument("remote", metavar="REMOTE")
     remove.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)")
-    # the output options again, so they work after the command too
-    remove.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _add_options(remove)
     return p
+
+
+def _json_anywhere(parsers: list[argparse.ArgumentParser]) -> None:
+    """``--json`` also after the command (it is an option of the whole command line)."""
+    for p in parsers:
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def parse_account_remote(text: str) -> Remote:
     """``[ssh://|tls://]USER@HOST[:PORT]``: a remote without a target (a trailing ``/`` is fine)."""
-    authority = text.split("://", 1)[-1]
-    if "/" in authority.rstrip("/"):
+    remote = parse_remote(text, need_target=False)
+    if remote.target:
         raise UsageError(f"bad remote {text!r}: give the account only, [ssh://|tls://]USER@HOST[:PORT]")
-    remote = parse_remote(text.rstrip("/") + "/-")
-    return replace(remote, target="", path="")
+    return remote
 
 
 def _read_line(what: str) -> str:
@@ -216,69 +215,32 @@ def _print_json(value: object) -> None:
 Job = Callable[[Peer], Awaitable[Any]]
 
 
-def _run(prog: str, args: argparse.Namespace, remote: Remote, login_password: str | None, job: Job) -> int:
+def _run(prog: str, args: argparse.Namespace, remote: Remote, options: Any, job: Job) -> int:
     """Connect, run ``job(peer)``, say bye; map failures to exit codes with one line on stderr."""
-    _start_logging(args.debug)
-    tune_threads()
-    from twisted.internet import task
+    start_logging(args.debug)
 
-    from neotwist.client.cli import _password_source
-    from neotwist.client.connect import ConnectOptions, connect
-    from neotwist.client.knownhosts import HostKeyError
-    from neotwist.client.push import describe_error
-    from neotwist.client.remote import ConnectError
+    async def run(reactor: Any) -> int:
+        from neotwist.client.push import describe_error
 
-    if login_password is not None:
-        get_password: Callable[[], str | None] = lambda: login_password  # noqa: E731
-    else:
-        get_password = _password_source(argparse.Namespace(password=args.password, password_stdin=False))
-    options = ConnectOptions(
-        identity_files=list(args.identity),
-        get_password=get_password,
-        known_hosts=args.known_hosts,
-        accept_new_host_key=args.accept_new_host_key,
-        confirm=_confirm if sys.stdin.isatty() else None,
-        tls_ca=args.tls_ca,
-        ssh_command=args.ssh_command,
-        use_agent=not args.no_agent,
-    )
-    result = {"code": EXIT_OK}
-
-    async def main(reactor: Any) -> None:
-        try:
-            session = await connect(reactor, remote, options)
-        except HostKeyError as e:
-            sys.stderr.write(f"{prog}: {e}\n")
-            result["code"] = EXIT_AUTH
-            return
-        except ConnectError as e:
-            text = str(e)
-            sys.stderr.write(f"{prog}: {text}\n")
-            auth = any(w in text for w in ("authentication failed", "requires a password", "too many failed logins"))
-            result["code"] = EXIT_AUTH if auth else EXIT_FAILED
-            return
+        session = await open_session(reactor, prog, remote, options)
+        if isinstance(session, int):
+            return session
         try:
             await job(session.peer)
         except NeoError as e:
             sys.stderr.write(f"{prog}: {describe_error(e)}\n")
-            result["code"] = EXIT_AUTH if e.code in (ErrorCode.AUTH_FAILED, ErrorCode.AUTH_REQUIRED) else EXIT_FAILED
+            return EXIT_AUTH if e.code in (ErrorCode.AUTH_FAILED, ErrorCode.AUTH_REQUIRED) else EXIT_FAILED
         except _Declined as e:
             sys.stderr.write(f"{prog}: {e}\n")
-            result["code"] = EXIT_FAILED
+            return EXIT_FAILED
         finally:
             try:
                 await session.close()
-            except Exception:  # noqa: S110 - the result is decided
+            except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
                 pass
+        return 0
 
-    try:
-        task.react(main)
-    except SystemExit as e:
-        if e.code:
-            return int(e.code)
-    except KeyboardInterrupt:
-        return 130
-    return result["code"]
+    return react(prog, run)
 
 
 class _Declined(Exception):
@@ -297,18 +259,16 @@ def share_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         remote = parse_account_remote(args.remote)
-        login_password = _read_line("login password") if args.login_password_stdin else None
+        options = connect_options(args)  # reads the login password first when it comes from stdin
         request, done = _share_request(args, remote)
     except UsageError as e:
-        parser.print_usage(sys.stderr)
-        sys.stderr.write(f"neo-share: error: {e}\n")
-        return EXIT_USAGE
+        parser.error(str(e))
 
     async def job(peer: Peer) -> None:
         reply = await peer.request(request)
         done(reply)
 
-    return _run("neo-share", args, remote, login_password, job)
+    return _run("neo-share", args, remote, options, job)
 
 
 def _share_request(args: argparse.Namespace, remote: Remote) -> tuple[Any, Callable[[Any], None]]:
@@ -410,13 +370,11 @@ def target_main(argv: Sequence[str] | None = None) -> int:
         remote = parse_remote(args.remote)
         if remote.path:
             raise UsageError(f"give the target itself, without a sub-path: {remote.user}@{remote.host}/{remote.target}")
-        login_password = _read_line("login password") if args.login_password_stdin else None
         if not args.yes and not sys.stdin.isatty():
             raise UsageError("removing a target cannot be undone: add --yes (there is no terminal to ask)")
     except UsageError as e:
-        parser.print_usage(sys.stderr)
-        sys.stderr.write(f"neo-target: error: {e}\n")
-        return EXIT_USAGE
+        parser.error(str(e))
+    options = connect_options(args)
 
     async def job(peer: Peer) -> None:
         listed: Targets = _expect(await peer.request(ListTargets(rid=0)), Targets)
@@ -426,7 +384,7 @@ def target_main(argv: Sequence[str] | None = None) -> int:
         opened: Opened = _expect(await peer.request(Open(rid=0, target=remote.target, path="", mode="read")), Opened)
         if not args.yes:
             question = f"remove target {remote.target!r} with {info.snapshots} snapshot(s) and all its data?"
-            if not _confirm(question):
+            if not confirm(question):
                 raise _Declined("nothing was removed")
         removed: TargetRemoved = _expect(await peer.request(RemoveTarget(rid=0, handle=opened.handle)), TargetRemoved)
         if args.json:
@@ -434,7 +392,7 @@ def target_main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"removed target {removed.name}: {removed.snapshots} snapshot(s), {removed.stored_bytes:,} bytes")
 
-    return _run("neo-target", args, remote, login_password, job)
+    return _run("neo-target", args, remote, options, job)
 
 
 def share_entry() -> None:

@@ -36,9 +36,11 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from neotwist.chunking import Chunker
+from neotwist.client import stash
 from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
 from neotwist.client.progress import Progress
 from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
     CODEC_RAW,
     CODEC_ZSTD,
@@ -46,11 +48,7 @@ from neotwist.wire.messages import (
     ChunkReply,
     Entry,
     Get,
-    List,
-    Listing,
     Message,
-    Open,
-    Opened,
 )
 from neotwist.wire.peer import Peer
 
@@ -71,6 +69,11 @@ class PullError(Exception):
     """The pull failed; the message is one line fit for the terminal."""
 
 
+class DamagedFile(PullError):
+    """One file's stored data is damaged (the server said so, or a chunk failed its check here): that file is
+    not written, the rest of the pull goes on, and the pull ends as incomplete."""
+
+
 @dataclass
 class PullOptions:
     """What neo-pull's command line decides about a pull."""
@@ -79,6 +82,7 @@ class PullOptions:
     fsync: bool = False  # --fsync: each file durable before its rename
     workers: int = 3
     snapshot: int | None = None  # None: the latest
+    at: float | None = None  # server time: the newest snapshot taken at or before it (--at)
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
 
@@ -89,7 +93,8 @@ class PullSummary:
     files: int = 0  # regular files among them
     files_changed: int = 0  # files written
     files_unchanged: int = 0  # left alone (quick check or identical content)
-    files_skipped: int = 0  # could not be written safely (see warnings)
+    files_skipped: int = 0  # could not be written safely (see warnings), or damaged on the server
+    files_damaged: int = 0  # stored data damaged (not written; the rest of the pull went on)
     symlinks_written: int = 0
     bytes_written: int = 0
     bytes_reused: int = 0  # bytes copied from local files instead of fetched
@@ -123,30 +128,6 @@ class _File:
     temp: TempFile | None = None
     offset: int = 0  # bytes written so far
     written: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in temp
-
-
-def _merge(entries: list[Entry]) -> list[Entry]:
-    """Join continuation records (``more``) into one entry per path."""
-    out: list[Entry] = []
-    pending: Entry | None = None
-    parts: list[bytes] = []
-    for e in entries:
-        if pending is not None:
-            if e.path != pending.path:
-                raise PullError(f"the server's listing broke off the chunk list of {pending.path!r}")
-            parts.append(e.chunks)
-            if not e.more:
-                whole = b"".join(parts)
-                out.append(Entry(pending.path, "f", pending.mode, pending.mtime_ns, pending.size, whole))
-                pending, parts = None, []
-            continue
-        if e.more:
-            pending, parts = e, [e.chunks]
-        else:
-            out.append(e)
-    if pending is not None:
-        raise PullError(f"the server's listing ended inside the chunk list of {pending.path!r}")
-    return out
 
 
 # --- worker-thread side ----------------------------------------------------------------------------------
@@ -237,11 +218,11 @@ def _decode(reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> b
         try:
             raw = dctx.decompress(reply.data, max_output_size=reply.size)
         except zstandard.ZstdError as e:
-            raise PullError(f"{path}: the server sent a chunk that does not decompress ({e})") from None
+            raise DamagedFile(f"{path}: the server sent a chunk that does not decompress ({e})") from None
     else:
         raise PullError(f"{path}: the server sent an encrypted chunk; this client cannot decrypt it")
     if len(raw) != reply.size or blake3.blake3(raw).digest() != reply.id:
-        raise PullError(f"{path}: a chunk from the server does not match its id; nothing was replaced")
+        raise DamagedFile(f"{path}: a chunk from the server does not match its id; nothing was replaced")
     return raw
 
 
@@ -502,6 +483,7 @@ class _PullRun:
         dest: SafeDest,
         options: PullOptions,
         summary: PullSummary,
+        single_file: bool = False,
     ) -> None:
         self.reactor = reactor
         self.pool = pool
@@ -515,6 +497,8 @@ class _PullRun:
         self.reusable: dict[bytes, tuple[str, int, int]] = {}  # id -> (path, offset, length) written here
         self.budget = _ByteBudget(FETCH_BYTES)
         self.errors: list[str] = []
+        self.damaged: list[str] = []  # files whose stored data is damaged: not written, the pull went on
+        self.single_file = single_file  # the handle's root is the one file: it is "" on the server
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
@@ -540,10 +524,14 @@ class _PullRun:
             return result
 
         def failed(failure: Any) -> None:
+            error = failure.value
             if failure.check(UnsafePath, OSError):
                 self._error(f"{failure.getErrorMessage()}")
+            elif isinstance(error, DamagedFile) or (isinstance(error, RemoteError) and error.code == ErrorCode.DAMAGED):
+                self.summary.files_skipped += 1
+                self.damaged.append(error.message if isinstance(error, RemoteError) else str(error))
             else:
-                fatal.append(failure.value)
+                fatal.append(error)
 
         progress = self.options.progress
         step = QUICK_CHECK_FILES
@@ -687,9 +675,10 @@ class _PullRun:
             got.append(message)
             return len(got) < count
 
+        remote = "" if self.single_file else f.path
         try:
             await self.peer.request(
-                Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=f.path, ids=wanted), more=more
+                Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=remote, ids=wanted), more=more
             )
         except BaseException:
             self.budget.release(held)
@@ -729,6 +718,16 @@ class _ByteBudget:
             d.callback(None)
 
 
+def _single_file_destination(local: str, subpath: str) -> tuple[str, str]:
+    """(directory, name) where a single pulled file goes: into ``local`` if it is a directory, else at ``local``."""
+    if os.path.isdir(local):
+        return local, subpath.rsplit("/", 1)[-1] or "file"
+    parent, name = os.path.split(os.path.abspath(local))
+    if not os.path.isdir(parent):
+        raise PullError(f"cannot restore a file to {local}: {parent} is not a directory")
+    return parent, name
+
+
 async def pull(
     reactor: Any, peer: Peer, target: str, subpath: str, local_root: str, options: PullOptions
 ) -> PullSummary:
@@ -736,32 +735,23 @@ async def pull(
     started = time.monotonic()
     summary = PullSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
-    opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="read"))
-    if not isinstance(opened, Opened):
-        raise PullError(f"the server answered open with {type(opened).__name__}")
-    if opened.encrypted:
-        raise PullError(f"target {target} is encrypted; this client cannot pull from it")
-    if not opened.exists or opened.latest is None:
-        raise PullError(f"target {target} has no snapshot yet; push to it first")
-    pages: list[Listing] = []
-    listed = 0
-
-    def more(message: Message) -> bool:
-        nonlocal listed
-        if not isinstance(message, Listing):
-            raise PullError(f"the server answered list with {type(message).__name__}")
-        listed += len(message.entries)
-        if listed > limits.MAX_PUSH_ENTRIES:
-            raise PullError(f"the listing has more than {limits.MAX_PUSH_ENTRIES} entries")
-        pages.append(message)
-        return not message.done
-
-    await peer.request(
-        List(rid=0, handle=opened.handle, snapshot=options.snapshot, path="", recursive=True), more=more
-    )
-    snapshot = pages[-1].snapshot
-    entries = _merge([e for page in pages for e in page.entries])
-    pages.clear()
+    try:
+        opened = await stash.open_target(peer, target, subpath)
+        if opened.encrypted:
+            raise PullError(f"target {target} is encrypted; this client cannot pull from it")
+        wanted = options.snapshot
+        if options.at is not None:
+            wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), options.at, wanted)
+        snapshot, entries = await stash.entries(peer, opened.handle, wanted)
+    except stash.StashError as e:
+        raise PullError(str(e)) from None
+    single_file = len(entries) == 1 and entries[0].path == "" and entries[0].kind != "d"
+    if single_file:
+        # REMOTE names one file (or symlink): it lands in LOCAL (an existing directory) under its own name, or
+        # at LOCAL itself; nothing else in that directory is touched.
+        local_root, name = _single_file_destination(local_root, subpath)
+        one = entries[0]
+        entries = [Entry(name, one.kind, one.mode, one.mtime_ns, one.size, one.chunks, one.link, one.meta)]
     summary.snapshot = snapshot
     summary.files_scanned = len(entries)
     summary.files = sum(1 for e in entries if e.kind == "f")
@@ -774,19 +764,20 @@ async def pull(
     _raise_open_files_limit()
     pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
     pool.start()
-    run = _PullRun(reactor, pool, peer, opened.handle, snapshot, opened.chunker, dest, options, summary)
+    run = _PullRun(reactor, pool, peer, opened.handle, snapshot, opened.chunker, dest, options, summary, single_file)
     try:
         await run.run(entries)
     finally:
         pool.stop()
         dest.close()
     summary.warnings.extend(run.errors)
+    summary.files_damaged = len(run.damaged)
     summary.bytes_sent = peer.bytes_sent - sent0
     summary.bytes_received = peer.bytes_received - received0
     summary.elapsed_s = time.monotonic() - started
-    if run.errors:
+    if run.errors or run.damaged:
         summary.files_skipped = max(summary.files_skipped, len(run.errors))
-        raise PullIncomplete(summary, run.errors)
+        raise PullIncomplete(summary, run.errors, run.damaged)
     return summary
 
 
@@ -807,8 +798,12 @@ def _raise_open_files_limit(wanted: int = 8192) -> None:
 class PullIncomplete(PullError):
     """Some items could not be written safely; everything else was. Carries the summary."""
 
-    def __init__(self, summary: PullSummary, errors: list[str]) -> None:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"{errors[0]}{more}")
+    def __init__(self, summary: PullSummary, errors: list[str], damaged: list[str] | None = None) -> None:
+        damaged = damaged or []
+        first = (damaged + errors)[0]
+        total = len(errors) + len(damaged)
+        more = f" (and {total - 1} more)" if total > 1 else ""
+        super().__init__(f"{first}{more}")
         self.summary = summary
         self.errors = errors
+        self.damaged = damaged

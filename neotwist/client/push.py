@@ -92,6 +92,7 @@ class PushOptions:
     workers: int = 3
     compress_level: int = 1
     delete: bool = False  # record files missing locally as deleted (they stay in earlier snapshots)
+    keep_history: bool | None = None  # False: the target keeps only its latest snapshot; None: leave as is
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
 
@@ -575,7 +576,9 @@ async def push(
     local_root = os.path.abspath(local_root)
     if not os.path.isdir(local_root):
         raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
-    opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="push", create=True))
+    opened = await peer.request(
+        Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=options.keep_history)
+    )
     if not isinstance(opened, Opened):
         raise PushError(f"the server answered open with {type(opened).__name__}")
     if opened.encrypted:

@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 import neotwist
 from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
+from neotwist.server import stash
 from neotwist.server.accounts import Account, AccountError, AccountExists, AccountStore, Grant, parse_public_key
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.push import CommitCharge
@@ -363,7 +364,11 @@ class ServerSession:
                         f"there is no target {access.name!r} (neo-push creates it; neo-ls lists targets)",
                     )
                 target = repository.create_target(
-                    access.owner_id, access.target, encrypted=message.encrypted, chunker=DEFAULT_PARAMS
+                    access.owner_id,
+                    access.target,
+                    encrypted=message.encrypted,
+                    chunker=DEFAULT_PARAMS,
+                    keep_history=message.keep_history is not False,
                 )
             if message.mode == "push" and target.meta.encrypted != message.encrypted:
                 raise NeoError(
@@ -372,6 +377,18 @@ class ServerSession:
                     + ("encrypted: push with its key" if target.meta.encrypted else "not encrypted")
                     + ("" if target.meta.encrypted else ": an encrypted push needs a new target"),
                 )
+            wanted = message.keep_history
+            if message.mode == "push" and wanted is not None and wanted != target.meta.keep_history:
+                if access.right < Right.FULL or access.root:
+                    raise NeoError(
+                        ErrorCode.PERMISSION_DENIED,
+                        "changing whether a target keeps history needs the full right on the whole target; "
+                        f"{account.name} has {access.right.label}"
+                        + (f" on {access.name!r}/{message.path}" if access.root else f" on {access.name!r}"),
+                    )
+                repository.set_keep_history(access.owner_id, access.target, wanted)
+                refreshed = repository.find_target(access.owner_id, access.target)
+                target = refreshed if refreshed is not None else target
             if access.confined:
                 seen = RootView(target, access.grant_root).latest()
                 latest = None if seen is None else (seen.id, seen.time)
@@ -399,6 +416,7 @@ class ServerSession:
                     chunker=target.meta.chunker,
                     latest=None if latest is None else latest[0],
                     latest_time=None if latest is None else latest[1],
+                    keep_history=target.meta.keep_history,
                 )
             )
 
@@ -604,6 +622,11 @@ class ServerSession:
             lock.release()
         handle.push = None
         snap = result.snapshot
+        target = handle.target
+        assert target is not None
+        if not target.meta.keep_history:
+            # Before the reply: once the client hears "committed", older snapshots are already gone.
+            await self.services.run(target.apply_no_history)
         log.info(
             "commit: account={account} target={target} root={root!r} snapshot={snapshot} files={files} "
             "changed={changed} new_bytes={new_bytes}",
@@ -984,6 +1007,31 @@ class ServerSession:
             )
 
         return self.services.run(measure).addCallback(peer.send)
+    # --- for the handlers in other modules (stash.py) ------------------------------------------------------
+
+    def handle(self, number: int) -> _Handle:
+        """The open handle ``number``; NeoError(BAD_HANDLE) if there is none."""
+        return self._handle(number)
+
+    def target_of(self, handle: _Handle) -> Target:
+        assert handle.target is not None
+        return handle.target
+
+    def require(self, handle: _Handle, right: Right, operation: str) -> None:
+        """Refuse ``operation`` unless the handle's access includes ``right``; the error names both."""
+        handle.access.require(right, operation, self._account.name)
+
+    def admit(self, message: Message, job: Callable[[], Deferred[None]]) -> Deferred[None]:
+        """Run a read-only ``job`` in the background once a job slot is free (see :meth:`_admit`)."""
+        return self._admit(message, job)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def account_name(self) -> str:
+        return self.account.name if self.account is not None else "-"
 
     # --- helpers -----------------------------------------------------------------------------------------
 
@@ -1194,6 +1242,7 @@ class ServerSession:
         Abort: on_abort,
         List: on_list,
         Get: on_get,
+        **stash.HANDLERS,
         # issue 5
         RemoveTarget: on_remove_target,
         SubAccountAdd: on_sub_add,
@@ -1223,12 +1272,14 @@ def _key_lines(lines: list[str]) -> list[bytes]:
 def reclaim(target: Target) -> None:
     """Collect the chunks no version references (after a push refused by a quota, so nothing of it remains).
     Blocking. Chunks that pushes still running on the target rely on are kept by the collector."""
-    collect = getattr(target, "collect_garbage", None)
-    if collect is None:  # pragma: no cover - the repository without garbage collection (before issue 4)
-        log.warn("cannot reclaim the chunks of a refused push on {target}: no garbage collection", target=target)
-        return
-    collect()
-    log.info("reclaimed the chunks of a push refused by its quota: {target}", target=target)
+    result = target.collect_garbage()
+    log.info(
+        "reclaimed the chunks of a push refused by its quota: {target}: {chunks} chunks, disk {before} -> {after}",
+        target=target,
+        chunks=result.chunks_removed,
+        before=result.disk_bytes_before,
+        after=result.disk_bytes_after,
+    )
 
 
 def _granted_info(repository: Repository, grant: Grant) -> TargetInfo:

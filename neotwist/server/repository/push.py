@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from neotwist import paths
+from neotwist.server.repository.history import within
 from neotwist.server.repository.index import storage_errors
 from neotwist.server.repository.records import CommitResult, SnapshotInfo
 from neotwist.wire import limits
@@ -36,20 +37,6 @@ _Row = tuple[str, str, int, int, int, bytes, str, bytes]
 _DIFFERS = " OR ".join(
     f"v.{c} IS NOT s.{c}" for c in ("kind", "mode", "mtime_ns", "size", "chunks", "link", "meta")
 )
-
-
-def _within(root: str) -> tuple[str, dict[str, str]]:
-    """SQL condition (and parameters) for "path is root or below it", usable with an index on path.
-
-    '0' is the character after '/', so ``root/`` < every descendant < ``root0``.
-    """
-    if not root:
-        return "1", {}
-    return "(path = :root OR (path > :root_lo AND path < :root_hi))", {
-        "root": root,
-        "root_lo": root + "/",
-        "root_hi": root + "0",
-    }
 
 
 @dataclass(frozen=True)
@@ -89,6 +76,7 @@ class Push:
                 " mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,"
                 " chunks BLOB NOT NULL, link TEXT NOT NULL, meta BLOB NOT NULL)"
             )
+        target.push_started()  # until it ends, the chunks it relies on are safe from garbage collection
 
     def _check(self) -> None:
         if self._failed is not None:
@@ -183,10 +171,13 @@ class Push:
         if not self._open:
             return
         self._open = False
-        db, lock = self.target.writer
-        with lock:
-            db.execute(f"DROP TABLE IF EXISTS {self._stage}")
-            self._drop_confined(db)
+        try:
+            db, lock = self.target.writer
+            with lock:
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+                self._drop_confined(db)
+        finally:
+            self.target.push_ended()
 
     def commit(self, now: float, check: QuotaCheck | None = None) -> CommitResult:
         """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically.
@@ -204,24 +195,28 @@ class Push:
             )
         mark = self.target.flush_mark()
         db, lock = self.target.writer
-        with lock, storage_errors("commit the snapshot"):
-            if self.confined:
-                self._known(db)  # outside the transaction: a rollback must not drop it
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                info = self._commit(db, now, mark, check)
-                stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            finally:
-                db.execute(f"DROP TABLE IF EXISTS {self._stage}_chg")
-                db.execute(f"DROP TABLE IF EXISTS {self._stage}_need")
-                db.execute(f"DROP TABLE IF EXISTS {self._stage}_gone")
-            self._open = False
-            db.execute(f"DROP TABLE IF EXISTS {self._stage}")
-            self._drop_confined(db)
+        try:
+            with lock, storage_errors("commit the snapshot"):
+                if self.confined:
+                    self._known(db)  # outside the transaction: a rollback must not drop it
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    info = self._commit(db, now, mark, check)
+                    stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                finally:
+                    db.execute(f"DROP TABLE IF EXISTS {self._stage}_chg")
+                    db.execute(f"DROP TABLE IF EXISTS {self._stage}_need")
+                    db.execute(f"DROP TABLE IF EXISTS {self._stage}_gone")
+                self._open = False
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+                self._drop_confined(db)
+        finally:
+            if not self._open:  # committed: its chunks are referenced by committed versions now
+                self.target.push_ended()  # (outside the writer lock: the gc lock comes first in lock order)
         return CommitResult(info, stored)
 
     def _commit(
@@ -300,7 +295,7 @@ class Push:
         # 4. With delete: current paths under the root that this push does not list.
         db.execute(f"CREATE TABLE {gone} (path TEXT PRIMARY KEY, kind TEXT)")
         if self.delete:
-            cond, params = _within(self.root)
+            cond, params = within(self.root)
             db.execute(
                 f"INSERT INTO {gone} SELECT path, kind FROM main.versions WHERE last IS NULL AND {cond} "
                 f"AND path NOT IN (SELECT path FROM {stage})",
@@ -337,7 +332,9 @@ class Push:
             f"SELECT path, :sid, NULL, kind, mode, mtime_ns, size, chunks, link, meta FROM {chg}",
             {"sid": sid},
         )
-        return SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes)
+        return SnapshotInfo(
+            sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete
+        )
 
     # --- pushes confined to a sub-path by a grant (issue 5) --------------------------------------------------
     #
@@ -374,7 +371,7 @@ class Push:
         (called with the writer lock held). Split in SQL: one row per 32-byte id of every file's blob."""
         name = f"{self._stage}_known"
         if not self._known_built:
-            cond, params = _within(self.root)
+            cond, params = within(self.root)
             db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} (id BLOB PRIMARY KEY) WITHOUT ROWID")
             db.execute(
                 f"WITH RECURSIVE split(chunks, i) AS ("

@@ -8,6 +8,7 @@ only ever data in ``catalog.sqlite``, never part of a file-system path.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import time
@@ -18,6 +19,7 @@ from neotwist.server.repository import index
 from neotwist.server.repository.packs import fsync_dir, make_dirs
 from neotwist.server.repository.records import TargetMeta
 from neotwist.server.repository.target import Target
+from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import ChunkerParams, TargetInfo
 
 _TARGET_COLUMNS = (
@@ -59,17 +61,26 @@ class Repository:
 
     Targets are opened once and shared by every session (their own locks make that safe), so two sessions
     pushing to one target see each other's pending chunks and never open a pack twice.
+
+    ``read_only`` opens an existing repository for inspection beside the server that owns it (``neo-admin
+    check``): the catalog and every target are opened read-only, nothing is created or written, and
+    :meth:`create_target` and :meth:`set_keep_history` raise NeoError(PERMISSION_DENIED).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, read_only: bool = False) -> None:
         self.root = root
-        make_dirs(root)
-        self._catalog = index.connect(root / "catalog.sqlite", index.CATALOG_SCHEMA)
+        self.read_only = read_only
+        if read_only:
+            self._catalog = index.connect_read_only(root / "catalog.sqlite")
+        else:
+            make_dirs(root)
+            self._catalog = index.connect(root / "catalog.sqlite", index.CATALOG_SCHEMA)
         self._lock = threading.Lock()
         self._targets: dict[int, Target] = {}
         self._closed = False
-        self._catalog.execute(_REMOVED_SCHEMA)
-        self._sweep_removed()
+        if not read_only:
+            self._catalog.execute(_REMOVED_SCHEMA)
+            self._sweep_removed()
 
     def _open(self, meta: TargetMeta) -> Target:
         """The shared Target for ``meta``; called with the lock held."""
@@ -77,7 +88,7 @@ class Repository:
         if target is None:
             if self._closed:
                 raise RuntimeError("repository is closed")
-            target = self._targets[meta.id] = Target(meta, self.root / f"t{meta.id}")
+            target = self._targets[meta.id] = Target(meta, self.root / f"t{meta.id}", read_only=self.read_only)
         return target
 
     def _find_meta(self, account_id: int, name: str) -> TargetMeta | None:
@@ -91,15 +102,19 @@ class Repository:
             meta = self._find_meta(account_id, name)
             return None if meta is None else self._open(meta)
 
-    def create_target(self, account_id: int, name: str, *, encrypted: bool, chunker: ChunkerParams) -> Target:
+    def create_target(
+        self, account_id: int, name: str, *, encrypted: bool, chunker: ChunkerParams, keep_history: bool = True
+    ) -> Target:
         """Create a target, or return the existing one of that name (whatever its settings: the caller
-        compares ``meta.encrypted`` and ``meta.chunker``). Safe against a concurrent create, in this process
-        or another."""
+        compares ``meta.encrypted`` and ``meta.chunker``; ``keep_history`` only applies to a new target, see
+        :meth:`set_keep_history`). Safe against a concurrent create, in this process or another."""
         check_name(name, "target name")
+        self._writable()
         with self._lock:
             self._catalog.execute(
                 "INSERT INTO targets (id, account_id, name, created, encrypted, chunker_algorithm, chunker_min,"
-                f" chunker_avg, chunker_max, chunker_seed) VALUES ({_NEXT_ID}, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f" chunker_avg, chunker_max, chunker_seed, keep_history) VALUES ({_NEXT_ID}, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?)"
                 " ON CONFLICT (account_id, name) DO NOTHING",
                 (
                     account_id,
@@ -111,19 +126,54 @@ class Repository:
                     chunker.avg_size,
                     chunker.max_size,
                     chunker.seed,
+                    int(keep_history),
                 ),
             )
             meta = self._find_meta(account_id, name)
             assert meta is not None
             return self._open(meta)
 
-    def list_targets(self, account_id: int) -> list[TargetInfo]:
-        """The account's targets with their latest snapshot and size, sorted by name."""
+    def set_keep_history(self, account_id: int, name: str, keep: bool) -> Target | None:
+        """Switch a target's history on or off; return it (None if there is no such target).
+
+        Switching it off does not prune by itself: :meth:`Target.apply_no_history` does (the session calls it
+        after each commit to such a target; call it at once to reclaim the space now).
+        """
+        self._writable()
+        with self._lock:
+            cur = self._catalog.execute(
+                "UPDATE targets SET keep_history = ? WHERE account_id = ? AND name = ?",
+                (int(keep), account_id, name),
+            )
+            if cur.rowcount == 0:
+                return None
+            meta = self._find_meta(account_id, name)
+            assert meta is not None
+            target = self._open(meta)
+            target.meta = dataclasses.replace(target.meta, keep_history=keep)
+            return target
+
+    def targets_of(self, account_id: int) -> list[Target]:
+        """The account's targets (opened, shared), sorted by name."""
         with self._lock:
             rows = self._catalog.execute(
                 f"SELECT {_TARGET_COLUMNS} FROM targets WHERE account_id = ? ORDER BY name", (account_id,)
             ).fetchall()
-            targets = [self._open(_meta(row)) for row in rows]
+            return [self._open(_meta(row)) for row in rows]
+
+    def all_targets(self) -> list[Target]:
+        """Every target of every account (opened, shared), by account id then name."""
+        with self._lock:
+            rows = self._catalog.execute(f"SELECT {_TARGET_COLUMNS} FROM targets ORDER BY account_id, name").fetchall()
+            return [self._open(_meta(row)) for row in rows]
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise NeoError(ErrorCode.PERMISSION_DENIED, f"the repository {self.root} is open read-only")
+
+    def list_targets(self, account_id: int) -> list[TargetInfo]:
+        """The account's targets with their latest snapshot and size, sorted by name."""
+        targets = self.targets_of(account_id)
         infos = []
         for target in targets:
             latest = target.latest()
@@ -142,14 +192,6 @@ class Repository:
         return infos
 
     # --- issue 5: target removal and liveness ---------------------------------------------------------------
-
-    def targets_of(self, account_id: int) -> list[Target]:
-        """Every target the account owns, by name (opened)."""
-        with self._lock:
-            rows = self._catalog.execute(
-                f"SELECT {_TARGET_COLUMNS} FROM targets WHERE account_id = ? ORDER BY name", (account_id,)
-            ).fetchall()
-            return [self._open(_meta(row)) for row in rows]
 
     def is_current(self, target: Target) -> bool:
         """True while ``target`` is still in the catalog (False once removed, also by another process)."""
