@@ -182,3 +182,35 @@ def test_whole_target_grant_to_another_account(kit: Kit) -> None:
     assert "private/salary" in bob.listing(h)
     # bob's push to alice's target by its grant is refused; his own target is untouched by alice's grant
     refused(bob.push({"x": b"y"}, "alices-docs"), ErrorCode.PERMISSION_DENIED, "append")
+
+
+def test_stash_requests_through_a_sub_path_grant_say_nothing_of_the_rest(kit: Kit) -> None:
+    from neotwist.wire.messages import Check, CheckReport, ListSnapshots, Prune, Pruned, SnapshotList
+
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.FULL, "slides")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides").handle
+    pages: list[SnapshotList] = []
+    viewer.call(ListSnapshots(rid=0, handle=h), more=lambda m: pages.append(m) or not m.done)
+    records = [r for p in pages for r in p.snapshots]
+    # snapshot 2 only touched private/: not listed; counts are those below the root only
+    assert [(r.id, r.files, r.new_bytes, r.root) for r in records] == [(1, 1, 0, ""), (3, 2, 0, "2024")]
+    report = viewer.call(Check(rid=0, handle=h), more=lambda m: not isinstance(m, CheckReport))
+    assert isinstance(report, CheckReport) and report.ok
+    assert (report.chunks_checked, report.bytes_checked, report.problems) == (0, 0, [])
+    # prune is a whole-target operation: even full on a part of it is not enough
+    refused(viewer.call(Prune(rid=0, handle=h, keep_last=1)), ErrorCode.PERMISSION_DENIED)
+    # full on the whole target is; read on the whole target is not (and names the right)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "", Right.READ, "docs")
+    whole = viewer.open("docs").handle
+    refused(viewer.call(Prune(rid=0, handle=whole, keep_last=1)), ErrorCode.PERMISSION_DENIED,
+            "prune needs the full right on docs; alice.viewer has read")  # fmt: skip
+    kit.accounts.grant("alice.viewer", "alice", "documents", "", Right.FULL, "docs")
+    pruned = viewer.call(Prune(rid=0, handle=viewer.open("docs").handle, keep_last=1))
+    assert isinstance(pruned, Pruned) and (pruned.kept, pruned.removed) == (1, 2)
+    # narrowing a grant applies to handles already open
+    full = viewer.open("docs").handle
+    kit.accounts.grant("alice.viewer", "alice", "documents", "", Right.APPEND, "docs")
+    refused(viewer.call(Prune(rid=0, handle=full, keep_last=1)), ErrorCode.PERMISSION_DENIED, "alice.viewer has append")

@@ -1021,6 +1021,10 @@ class ServerSession:
         """Refuse ``operation`` unless the handle's access includes ``right``; the error names both."""
         handle.access.require(right, operation, self._account.name)
 
+    def recheck(self, handle: _Handle) -> Access:
+        """The handle's access as it stands now (blocking; see :meth:`_recheck`)."""
+        return self._recheck(handle)
+
     def admit(self, message: Message, job: Callable[[], Deferred[None]]) -> Deferred[None]:
         """Run a read-only ``job`` in the background once a job slot is free (see :meth:`_admit`)."""
         return self._admit(message, job)
