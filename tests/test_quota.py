@@ -107,3 +107,45 @@ def test_grantee_pushes_are_charged_to_the_owner(kit: Kit) -> None:
 def test_human() -> None:
     assert human(10) == "10 B"
     assert human(100_000_000) == "100,000,000 B (95.4 MiB)"
+
+
+def pack_bytes(kit: Kit, target: str) -> int:
+    t = kit.repository.find_target(kit.accounts.get("alice").id, target)  # type: ignore[union-attr]
+    assert t is not None
+    return sum(p.stat().st_size for p in (t.directory / "packs").rglob("*.pack"))
+
+
+def test_refused_commit_leaves_nothing_behind(kit: Kit) -> None:
+    """Refused at commit (by the per-file charge, after its data was uploaded): the previous snapshot is intact,
+    the uploaded chunks are reclaimed at once, usage and the pack files on disk are back to what they were."""
+    alice = kit.connect("alice")
+    committed(alice.push({"old": os.urandom(10_000)}, "t"))
+    kit.accounts.set_quota("alice", quota=200_000, per_file=100_000)
+    used, disk = usage(kit), pack_bytes(kit, "t")
+    assert used == 10_000 + 100_000 + 0
+    reply = alice.push({"new": os.urandom(50_000)}, "t")  # 50,000 fits the bytes left, the new file's charge not
+    assert isinstance(reply, RemoteError) and reply.code == ErrorCode.QUOTA_EXCEEDED
+    assert "this push needs 150,000 B" in reply.message and "uses 110,000 B" in reply.message
+    assert usage(kit) == used
+    assert pack_bytes(kit, "t") == disk
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "t")  # type: ignore[union-attr]
+    assert target is not None and target.latest().id == 1  # type: ignore[union-attr]
+    h = alice.open("t").handle
+    assert sorted(alice.listing(h)) == ["", "old"]
+
+
+def test_prune_frees_quota(kit: Kit) -> None:
+    from neotwist.wire.messages import Prune, Pruned
+
+    alice = kit.connect("alice")
+    for _ in range(3):
+        committed(alice.push({"a": os.urandom(40_000)}, "t"))
+    kit.accounts.set_quota("alice", quota=130_000)
+    assert usage(kit) == 120_000
+    refused = alice.push({"a": os.urandom(40_000)}, "t")
+    assert isinstance(refused, RemoteError) and refused.code == ErrorCode.QUOTA_EXCEEDED
+    again = kit.connect("alice")
+    pruned = again.call(Prune(rid=0, handle=again.open("t").handle, keep_last=1))
+    assert isinstance(pruned, Pruned) and pruned.removed == 2
+    assert usage(kit) == 40_000
+    committed(again.push({"a": os.urandom(40_000)}, "t"))
