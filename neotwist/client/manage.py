@@ -146,16 +146,15 @@ def share_parser() -> argparse.ArgumentParser:
 def target_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="neo-target",
+        usage="neo-target [options] remove REMOTE",
         description="Manage a target as a whole.",
         epilog=_TARGET_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cmds = p.add_subparsers(dest="command", metavar="{remove}", required=True, parser_class=Parser)
-    remove = cmds.add_parser("remove", help="delete a target with all its snapshots and data", epilog=_TARGET_EPILOG,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    remove.add_argument("remote", metavar="REMOTE")
-    remove.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)")
-    _add_options(remove)
+    p.add_argument("command", choices=["remove"], help="remove: delete a target with all its snapshots and data")
+    p.add_argument("remote", metavar="REMOTE")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)")
+    _add_options(p)
     return p
 
 
