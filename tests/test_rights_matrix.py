@@ -1,12 +1,12 @@
 """The rights matrix against a real ``twistd``, over SSH and TLS, through the real client library.
 
-Every right (read, append, write, full) x every operation (list, pull, push, push --delete, target removal)
-x inside and outside the grant. Inside is the grant ``slides`` = alice's ``documents/presentations`` (and for
-removal, which needs the whole target, the grant ``scratch`` = alice's whole target ``scratch-RIGHT``); outside
-is ``..`` out of the grant, alice's target by its own name, and a target of the sub-account's "own". An allowed
-operation must work; a refused one must fail with a message naming the missing right (or, outside, the
-target/path that does not exist for it) and leave the server exactly as it was: the same snapshots, the same
-stored bytes, the same files.
+Every right (read, append, write, full) x every operation (list, pull, push, push --delete, prune, check,
+target removal) x inside and outside the grant. Inside is the grant ``slides`` = alice's
+``documents/presentations`` (and for prune and removal, which need the whole target, the grant ``scratch`` =
+alice's whole target ``scratch-RIGHT``); outside is ``..`` out of the grant, alice's target by its own name,
+and a target of the sub-account's "own". An allowed operation must work; a refused one must fail with a
+message naming the missing right (or, outside, the target/path that does not exist for it) and leave the
+server exactly as it was: the same snapshots, the same stored bytes, the same files.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from test_admin import admin
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from neotwist.client import stash
 from neotwist.client.connect import ConnectOptions, Session, connect
 from neotwist.client.pull import PullError, PullOptions, pull
 from neotwist.client.push import PushError, PushOptions, push
@@ -102,7 +103,7 @@ class RightsMatrix(unittest.TestCase):
         """``op`` (already started) must fail with a text holding every one of ``words``, changing nothing."""
         try:
             await op
-        except (NeoError, PushError, PullError) as e:
+        except (NeoError, PushError, PullError, stash.StashError) as e:
             text = getattr(e, "message", None) or str(e)
             for word in words:
                 assert word in text, (word, text)
@@ -132,7 +133,11 @@ class RightsMatrix(unittest.TestCase):
         assert {"deck.odp", "notes.txt"} <= {p.name for p in out.iterdir()}
         assert not (out / "private").exists() and not (out.parent / "private").exists()
 
-        # list, pull, push, push --delete, outside the grant: refused for every right
+        # check, inside: every right (and it speaks of the grant's files only)
+        report = await self.open_then(me, "slides", "", "check")
+        assert report.ok and report.chunks_checked == 0 and report.files == []
+
+        # list, pull, push, push --delete, check, prune, outside the grant: refused for every right
         before = await self.state(alice)
         local = write_tree(self.tmp / f"new-{scheme}-{right}", {"new.txt": f"by {who}".encode()})
         nowhere = str(self.tmp / "nowhere")
@@ -147,6 +152,8 @@ class RightsMatrix(unittest.TestCase):
             await self.refused(alice, before, push(reactor, me.peer, str(local), target, path, PushOptions()), *words)
             sync = PushOptions(delete=True)
             await self.refused(alice, before, push(reactor, me.peer, str(local), target, path, sync), *words)
+            await self.refused(alice, before, self.open_then(me, target, path, "check"), *words)
+            await self.refused(alice, before, self.open_then(me, target, path, "prune"), *words)
 
         # push inside: append and up
         if level >= LEVEL["append"]:
@@ -164,6 +171,17 @@ class RightsMatrix(unittest.TestCase):
             await self.refused(alice, before,
                                push(reactor, me.peer, str(local), "slides", "", PushOptions(delete=True)),
                                f"needs the {missing} right on slides; {who} has {right}")  # fmt: skip
+        # prune: never through a sub-path grant, even full; on the whole target only with full
+        before = await self.state(alice)
+        await self.refused(alice, before, self.open_then(me, "slides", "", "prune"),
+                           "prune applies to a whole target" if level == LEVEL["full"] else
+                           f"prune needs the full right on slides; {who} has {right}")  # fmt: skip
+        if right == "full":
+            kept = await self.open_then(me, "scratch", "", "prune")
+            assert kept.kept == 1 and kept.removed == 1
+        else:
+            await self.refused(alice, before, self.open_then(me, "scratch", "", "prune"),
+                               f"prune needs the full right on scratch; {who} has {right}")  # fmt: skip
         # target removal: never through a sub-path grant, even full; on the whole target only with full
         before = await self.state(alice)
         sub = await me.peer.request(Open(rid=0, target="slides", path="", mode="read"))
@@ -180,6 +198,13 @@ class RightsMatrix(unittest.TestCase):
                                f"removing the target needs the full right on scratch; {who} has {right}")  # fmt: skip
         await me.close()
 
+    async def open_then(self, me: Session, target: str, path: str, what: str) -> Any:
+        """Open ``target``/``path`` for reading, then run ``check`` or ``prune`` (keep the newest only) on it."""
+        opened = await me.peer.request(Open(rid=0, target=target, path=path, mode="read"))
+        if what == "check":
+            return await stash.check(me.peer, opened.handle, False)
+        return await stash.prune(me.peer, opened.handle, {"keep_last": 1}, False)
+
     async def matrix(self, scheme: str) -> None:
         alice = await self.session(scheme, "alice")
         docs = write_tree(self.tmp / "docs", {
@@ -189,6 +214,8 @@ class RightsMatrix(unittest.TestCase):
         await push(reactor, alice.peer, str(docs), "documents", "", PushOptions())
         for right in RIGHTS:
             scratch = write_tree(self.tmp / f"scratch-{right}", {"s.txt": right.encode()})
+            await push(reactor, alice.peer, str(scratch), f"scratch-{right}", "", PushOptions())
+            (scratch / "s.txt").write_bytes(b"second " + right.encode())
             await push(reactor, alice.peer, str(scratch), f"scratch-{right}", "", PushOptions())
             self.grant(right)
         for right in RIGHTS:
