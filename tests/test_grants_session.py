@@ -214,3 +214,30 @@ def test_stash_requests_through_a_sub_path_grant_say_nothing_of_the_rest(kit: Ki
     full = viewer.open("docs").handle
     kit.accounts.grant("alice.viewer", "alice", "documents", "", Right.APPEND, "docs")
     refused(viewer.call(Prune(rid=0, handle=full, keep_last=1)), ErrorCode.PERMISSION_DENIED, "alice.viewer has append")
+
+
+def test_grant_root_is_a_component_boundary_and_odd_paths_stay_inside(kit: Kit) -> None:
+    """A grant on ``pres`` sees nothing of ``pres-old`` or ``presentations``; symlinks are data (never followed);
+    percent-encoded, look-alike-dot, other-case and other-normalization names are just names below the root."""
+    alice = kit.connect("alice")
+    committed(alice.push({
+        "pres/deck": b"mine to see", "pres-old/secret": b"not mine", "presentations/secret": b"not mine either",
+        "Pres/secret": b"other case", "caf\u00e9/x": b"nfc",
+    }, "documents", extra_entries=[Entry("pres/escape", "l", 0o777, 0, 0, link="../pres-old/secret")]))  # fmt: skip
+    kit.accounts.grant("alice.viewer", "alice", "documents", "pres", Right.APPEND, "p")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("p").handle
+    entries = viewer.listing(h)
+    assert sorted(entries) == ["", "deck", "escape"]
+    assert entries["escape"].kind == "l" and entries["escape"].link == "../pres-old/secret"
+    secret = chunk(b"not mine")[0]
+    refused(viewer.call(Get(rid=0, handle=h, snapshot=1, path="escape", ids=[secret])), ErrorCode.NO_SUCH_PATH)
+    for name in ["%2e%2e/pres-old", "%2E%2E%2Fpres-old", "\u2024\u2024/pres-old", "\uff0e\uff0e/pres-old",
+                 "..\u200b/pres-old", "-old", "../Pres", "cafe\u0301"]:  # fmt: skip
+        reply = viewer.listing(h, path=name)
+        assert isinstance(reply, RemoteError) and reply.code in (ErrorCode.NO_SUCH_PATH, ErrorCode.BAD_PATH), name
+    ph = viewer.open("p", mode="push").handle
+    assert isinstance(viewer.call(PushBegin(rid=0, handle=ph)), Ok)
+    mine, other_case = chunk(b"mine to see")[0], chunk(b"other case")[0]
+    have = viewer.call(Have(rid=0, handle=ph, ids=[secret, mine, other_case, chunk(b"not mine either")[0]]))
+    assert isinstance(have, Missing) and have.bitmap == b"\x0d"  # only "mine to see" is present for this grant
