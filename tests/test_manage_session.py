@@ -60,8 +60,8 @@ def test_sub_accounts_from_the_client(kit: Kit) -> None:
     refused(alice.call(SubAccountAdd(rid=0, name="bob.x", password="x")), ErrorCode.BAD_NAME)
     refused(alice.call(SubAccountAdd(rid=0, name="alice.viewer", password="x")), ErrorCode.CONFLICT, "taken")
     refused(alice.call(SubAccountAdd(rid=0, name="alice.k", password=None, keys=["ssh-rsa garbage"])),
-            ErrorCode.BAD_REQUEST, "key 1")  # fmt: skip
-    refused(alice.call(SubAccountAdd(rid=0, name="alice.k", password=None)), ErrorCode.BAD_REQUEST, "never log in")
+            ErrorCode.BAD_ARGUMENT, "key 1")  # fmt: skip
+    refused(alice.call(SubAccountAdd(rid=0, name="alice.k", password=None)), ErrorCode.BAD_ARGUMENT, "never log in")
     assert kit.accounts.get("alice.k") is None
     # change it: new password, key removed by comment
     assert isinstance(alice.call(SubAccountSet(rid=0, name="alice.viewer", password="new pw", remove_keys=["phone"])),

@@ -867,7 +867,7 @@ class ServerSession:
             except AccountError as e:
                 raise NeoError(ErrorCode.CONFLICT, str(e)) from None
             except ValueError as e:
-                raise NeoError(ErrorCode.BAD_REQUEST, str(e)) from None
+                raise NeoError(ErrorCode.BAD_ARGUMENT, str(e)) from None
 
         def done(_: object) -> None:
             log.info("{what}: by={account}", what=what, account=account.name)
@@ -904,7 +904,7 @@ class ServerSession:
         owner = self._manager()
         store = self.services.accounts
         if message.clear_password and message.password is not None:
-            raise NeoError(ErrorCode.BAD_REQUEST, "give a new password or clear it, not both")
+            raise NeoError(ErrorCode.BAD_ARGUMENT, "give a new password or clear it, not both")
 
         def change() -> None:
             self._own_sub_account(owner, message.name)

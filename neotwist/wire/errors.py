@@ -35,7 +35,6 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"  # a bug; the server log has the traceback
     # issue 5: rights, quotas, throttling
     THROTTLED = "throttled"  # too many failed logins for this account or from this address: wait and retry
-    BAD_REQUEST = "bad_request"  # a well-formed request with unusable content (a bad public key, a bad password)
 
 
 FATAL_CODES = frozenset(
