@@ -1048,8 +1048,11 @@ class ServerSession:
         handle = self._handles.get(number)
         if handle is None:
             raise NeoError(ErrorCode.BAD_HANDLE, f"no open handle {number}")
-        if handle.target is not None and handle.target.meta.id in self.services.removed:
-            self._raise_removed(handle)
+        if handle.target is not None:
+            if handle.target.meta.id in self.services.removed:
+                self._raise_removed(handle)
+            if handle.target.meta.id in self.services.removing:
+                raise NeoError(ErrorCode.NO_SUCH_TARGET, f"target {handle.name!r} is being removed")
         return handle
 
     @staticmethod

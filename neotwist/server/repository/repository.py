@@ -212,22 +212,24 @@ class Repository:
         The caller makes sure no push is running on it (the session refuses removal during a push).
         """
         meta = target.meta
-        with self._lock:
-            self._catalog.execute("BEGIN IMMEDIATE")
-            try:
-                self._catalog.execute("DELETE FROM targets WHERE id = ?", (meta.id,))
-                self._catalog.execute(
-                    "INSERT OR REPLACE INTO removed_targets (id, account_id, name, removed) VALUES (?, ?, ?, ?)",
-                    (meta.id, meta.account_id, meta.name, time.time()),
-                )
-                self._catalog.execute("COMMIT")
-            except BaseException:
-                self._catalog.execute("ROLLBACK")
-                raise
-            self._targets.pop(meta.id, None)
-        # The Target object is not closed here: a read running on another thread keeps its open files (the
-        # directory entries are gone) until its handles let go of it.
-        self._delete_directory(meta.id)
+        self._writable()
+        with target.maintenance():  # a collection or check running on it finishes first; none starts meanwhile
+            with self._lock:
+                self._catalog.execute("BEGIN IMMEDIATE")
+                try:
+                    self._catalog.execute("DELETE FROM targets WHERE id = ?", (meta.id,))
+                    self._catalog.execute(
+                        "INSERT OR REPLACE INTO removed_targets (id, account_id, name, removed) VALUES (?, ?, ?, ?)",
+                        (meta.id, meta.account_id, meta.name, time.time()),
+                    )
+                    self._catalog.execute("COMMIT")
+                except BaseException:
+                    self._catalog.execute("ROLLBACK")
+                    raise
+                self._targets.pop(meta.id, None)
+            # The Target object is not closed here: a read running on another thread keeps its open files (the
+            # directory entries are gone) until its handles let go of it.
+            self._delete_directory(meta.id)
 
     def _delete_directory(self, target_id: int) -> None:
         directory = self.root / f"t{target_id}"

@@ -540,6 +540,12 @@ class Target:
         return int(files), int(dirs)
 
     @contextmanager
+    def maintenance(self) -> Iterator[None]:
+        """Hold off garbage collection and check (waits for a running one): used while the target is removed."""
+        with self._maintenance_lock:
+            yield
+
+    @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """The read connection, under its lock (used by :mod:`.view`)."""
         with self._reader_lock:
