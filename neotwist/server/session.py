@@ -4,9 +4,9 @@ A :class:`ServerSession` is the :class:`~neotwist.wire.peer.MessageHandler` of o
 :class:`~neotwist.wire.peer.Peer`, whatever carries it (an SSH subsystem channel or a TLS stream). The Peer
 hands it one message at a time; each ``on_<message>`` method answers it, except the stash requests (snapshots,
 versions, deleted, prune, check: :mod:`neotwist.server.stash`) and account management (sub-accounts, grants,
-shares, usage: :mod:`neotwist.server.manage`), whose handlers live in modules of their own. Repository work (SQLite, pack files,
-hashing) runs in the reactor's thread pool through ``services.run_blocking``; the reactor thread only routes
-messages.
+shares, usage: :mod:`neotwist.server.manage`), whose handlers live in modules of their own. Repository work
+(SQLite, pack files, hashing) runs in the reactor's thread pool through ``services.run_blocking``; the reactor
+thread only routes messages.
 
 Back-pressure: a handler's Deferred holds the next message back, and only then is the frame's credit returned
 to the client. Uploads (``put``, ``entries``) and reads (``have``, ``get``, ``list``) are *admitted* rather
