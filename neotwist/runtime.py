@@ -13,3 +13,23 @@ back: a 50,000-file restore took 61 s at the default and 32 s at 1 ms (client sy
 def tune_threads() -> None:
     """Let disk-bound worker threads get the GIL back quickly after each system call."""
     sys.setswitchinterval(SWITCH_INTERVAL)
+
+
+def release_free_memory() -> bool:
+    """Ask the C allocator to hand freed heap memory back to the system (glibc's ``malloc_trim``); False where
+    there is no such call. Freeing a cache in a long-running process does not shrink it otherwise: glibc keeps
+    freed pages of a fragmented heap for reuse (measured: 119 MB stayed 119 MB until ``malloc_trim(0)``, then
+    55 MB)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from neotwist.paths import check_name
+from neotwist.runtime import release_free_memory
 from neotwist.server.repository import index
 from neotwist.server.repository.packs import fsync_dir, make_dirs
 from neotwist.server.repository.records import TargetMeta
@@ -249,10 +250,13 @@ class Repository:
                 self._delete_directory(int(target_id))
 
     def shrink_memory(self) -> int:
-        """:meth:`Target.shrink_memory` on every open target; the number of connections shrunk."""
+        """:meth:`Target.shrink_memory` on every open target, then the freed memory goes back to the system;
+        the number of connections shrunk."""
         with self._lock:
             targets = list(self._targets.values())
-        return sum(target.shrink_memory() for target in targets)
+        shrunk = sum(target.shrink_memory() for target in targets)
+        release_free_memory()
+        return shrunk
 
     def close(self) -> None:
         """Flush and close every open target, then the catalog. Idempotent."""
