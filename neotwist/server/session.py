@@ -306,8 +306,16 @@ class ServerSession:
                         ErrorCode.NO_SUCH_TARGET,
                         f"there is no target {access.target!r} (neo-push creates it; neo-ls lists targets)",
                     )
+                if message.encrypted and not message.key_check:
+                    raise NeoError(
+                        ErrorCode.PROTOCOL, "an encrypted target is created with its key-check record (key_check)"
+                    )
                 target = repository.create_target(
-                    access.owner_id, access.target, encrypted=message.encrypted, chunker=DEFAULT_PARAMS
+                    access.owner_id,
+                    access.target,
+                    encrypted=message.encrypted,
+                    chunker=DEFAULT_PARAMS,
+                    key_check=message.key_check if message.encrypted else b"",
                 )
             if message.mode == "push" and target.meta.encrypted != message.encrypted:
                 raise NeoError(
@@ -334,6 +342,7 @@ class ServerSession:
                     chunker=target.meta.chunker,
                     latest=None if latest is None else latest.id,
                     latest_time=None if latest is None else latest.time,
+                    key_check=target.meta.key_check,
                 )
             )
 

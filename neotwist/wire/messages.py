@@ -30,6 +30,7 @@ Password = Annotated[str, msgspec.Meta(max_length=limits.MAX_PASSWORD)]
 ChunkData = Annotated[bytes, msgspec.Meta(max_length=limits.MAX_CHUNK)]
 Features = Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=64)]
 Window = Annotated[int, msgspec.Meta(ge=limits.MIN_WINDOW, le=limits.MAX_WINDOW)]
+KeyCheck = Annotated[bytes, msgspec.Meta(max_length=limits.MAX_KEY_CHECK)]
 
 CODEC_RAW = 0
 """Chunk data as is."""
@@ -162,7 +163,8 @@ class Open(Message, tag="open"):
     """Open ``target`` at sub-path ``path`` for reading or pushing; the handle's root is that sub-path.
 
     ``create`` lets a push open create a target that does not exist yet. ``encrypted`` says what the client
-    will push; a mismatch with an existing target is refused.
+    will push; a mismatch with an existing target is refused. ``key_check`` (encrypted push with create): the
+    client's key-check record, stored with a target this open creates and ignored otherwise.
     """
 
     target: Name
@@ -170,15 +172,22 @@ class Open(Message, tag="open"):
     mode: Literal["read", "push"]
     create: bool = False
     encrypted: bool = False
+    # --- encryption (issue 6) ---
+    key_check: KeyCheck = b""
 
 
 class Opened(Message, tag="opened"):
+    """``key_check`` is the encrypted target's key-check record (empty for plaintext targets): the client checks
+    its key against it before it writes anything."""
+
     handle: Handle
     exists: bool
     encrypted: bool
     chunker: ChunkerParams
     latest: SnapshotId | None
     latest_time: float | None
+    # --- encryption (issue 6) ---
+    key_check: KeyCheck = b""
 
 
 class Close(Message, tag="close"):

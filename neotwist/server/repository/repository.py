@@ -21,12 +21,12 @@ from neotwist.wire.messages import ChunkerParams, TargetInfo
 
 _TARGET_COLUMNS = (
     "id, account_id, name, encrypted, chunker_algorithm, chunker_min, chunker_avg, chunker_max, chunker_seed,"
-    " created, keep_history"
+    " created, keep_history, key_check"
 )
 
 
 def _meta(row: tuple) -> TargetMeta:
-    tid, account_id, name, encrypted, algorithm, lo, avg, hi, seed, created, keep = row
+    tid, account_id, name, encrypted, algorithm, lo, avg, hi, seed, created, keep, key_check = row
     return TargetMeta(
         id=tid,
         account_id=account_id,
@@ -35,6 +35,7 @@ def _meta(row: tuple) -> TargetMeta:
         chunker=ChunkerParams(algorithm, lo, avg, hi, seed),
         created=created,
         keep_history=bool(keep),
+        key_check=bytes(key_check),
     )
 
 
@@ -48,7 +49,7 @@ class Repository:
     def __init__(self, root: Path) -> None:
         self.root = root
         make_dirs(root)
-        self._catalog = index.connect(root / "catalog.sqlite", index.CATALOG_SCHEMA)
+        self._catalog = index.connect(root / "catalog.sqlite", index.CATALOG_SCHEMA, index.CATALOG_MIGRATIONS)
         self._lock = threading.Lock()
         self._targets: dict[int, Target] = {}
         self._closed = False
@@ -73,15 +74,17 @@ class Repository:
             meta = self._find_meta(account_id, name)
             return None if meta is None else self._open(meta)
 
-    def create_target(self, account_id: int, name: str, *, encrypted: bool, chunker: ChunkerParams) -> Target:
+    def create_target(
+        self, account_id: int, name: str, *, encrypted: bool, chunker: ChunkerParams, key_check: bytes = b""
+    ) -> Target:
         """Create a target, or return the existing one of that name (whatever its settings: the caller
         compares ``meta.encrypted`` and ``meta.chunker``). Safe against a concurrent create, in this process
-        or another."""
+        or another. ``key_check`` is an encrypted target's key-check record, stored as given."""
         check_name(name, "target name")
         with self._lock:
             self._catalog.execute(
                 "INSERT INTO targets (account_id, name, created, encrypted, chunker_algorithm, chunker_min,"
-                " chunker_avg, chunker_max, chunker_seed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " chunker_avg, chunker_max, chunker_seed, key_check) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (account_id, name) DO NOTHING",
                 (
                     account_id,
@@ -93,6 +96,7 @@ class Repository:
                     chunker.avg_size,
                     chunker.max_size,
                     chunker.seed,
+                    key_check,
                 ),
             )
             meta = self._find_meta(account_id, name)
