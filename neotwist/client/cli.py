@@ -47,6 +47,9 @@ examples:
       go through OpenSSH (ssh_config, ProxyJump, agent)
   neo-push --lpath=/mnt/data --rpath=peach --host=myserver --password=secret
       the original client's form (USER defaults to your login name)
+  neo-key init && neo-push --encrypt ~/papers alice@nas/papers
+      create a key, then a target that holds only ciphertext (later pushes and pulls find out by themselves
+      that it is encrypted and ask for the key's passphrase: a prompt, --passphrase-stdin or NEO_PASSPHRASE)
 
 Unchanged files are found with a files cache (size, mtime, inode, ctime) and not read again; only chunks the
 server lacks are sent. Filter files mix gitignore patterns and the original '<file|dir|path> <accept|reject>
@@ -65,6 +68,8 @@ examples:
       compare content, not size and mtime, before deciding a file is current
   neo-pull --pull --lpath=/mnt/restore --rpath=peach --host=myserver --password=secret
       the original client's form
+  NEO_PASSPHRASE=... neo-pull --key-file ./team.key alice@nas/papers/2024 ./2024
+      pull a sub-path of an encrypted target (decrypted here; every chunk and name is authenticated)
 
 Files already present with the same size and mtime are left alone; for the others only the chunks not found
 in the local copy (or in files already restored) are fetched. Nothing is written outside LOCAL_DIR and no
@@ -142,6 +147,17 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     work.add_argument("--make-sample-filter-file", action="store_true",
                       help="write filter.example (both rule forms) in the current directory and exit")
     work.add_argument("--workers", type=int, default=3, metavar="N", help="worker threads (default 3)")
+    # --- encryption (issue 6) ---
+    crypt = p.add_argument_group("encryption (see neo-key)")
+    if direction == "push":
+        crypt.add_argument("--encrypt", action="store_true",
+                           help="create the target encrypted on its first push (ignored for an encrypted target; "
+                           "refused for an existing plaintext one)")
+    crypt.add_argument("--key-file", type=Path, metavar="FILE",
+                       help="key of encrypted targets (default: the one 'neo-key init' made)")
+    crypt.add_argument("--passphrase-stdin", action="store_true",
+                       help="read the key's passphrase from standard input (the line after the password when "
+                       "--password-stdin is given too); NEO_PASSPHRASE works as well")
     legacy = p.add_argument_group("original client's options")
     legacy.add_argument("--lpath", metavar="DIR", help="local directory (instead of LOCAL_DIR)")
     legacy.add_argument("--rpath", metavar="TARGET[/SUBPATH]", help="target, with --host (instead of REMOTE)")
@@ -211,6 +227,28 @@ def _password_source(args: argparse.Namespace) -> Callable[[], str | None]:
     return prompt
 
 
+def _passphrase_source(args: argparse.Namespace) -> Callable[[str], str | None]:
+    """The key's passphrase getter, called at most once, only when an encrypted target is met. Call it after
+    :func:`_password_source`: with both ``--password-stdin`` and ``--passphrase-stdin`` the password is the
+    first line of standard input and the passphrase the second."""
+    if args.passphrase_stdin:
+        line = sys.stdin.readline().rstrip("\r\n")
+        return lambda _path: line
+    env = os.environ.get("NEO_PASSPHRASE")
+    if env is not None:
+        return lambda _path: env
+
+    def prompt(path: str) -> str | None:
+        if not sys.stdin.isatty():
+            return None
+        try:
+            return getpass.getpass(f"Passphrase for {path}: ")
+        except (EOFError, KeyboardInterrupt):
+            return None
+
+    return prompt
+
+
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         return False
@@ -270,11 +308,13 @@ async def _run(
     reactor: Any, direction: Direction, args: argparse.Namespace, local: str, remote_text: str
 ) -> int:
     from neotwist.client.connect import ConnectOptions, connect
+    from neotwist.client.encryption import EncryptionRefused, KeySource
     from neotwist.client.filescache import FilesCache, cache_key
     from neotwist.client.knownhosts import HostKeyError
     from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
     from neotwist.client.push import PushError, PushOptions, describe_error, push
     from neotwist.client.remote import ConnectError
+    from neotwist.crypto import CryptoError, WrongPassphrase
     from neotwist.wire.errors import ErrorCode, NeoError
 
     remote = parse_remote(remote_text)
@@ -303,6 +343,7 @@ async def _run(
         ssh_command=args.ssh_command,
         use_agent=not args.no_agent,
     )
+    keys = KeySource(args.key_file, _passphrase_source(args))
     if direction == "push" and not os.path.isdir(local):
         sys.stderr.write(f"neo-push: {local} is not a directory; give the directory to push as LOCAL_DIR\n")
         return EXIT_FAILED
@@ -339,6 +380,8 @@ async def _run(
                     delete=args.delete,
                     progress=progress,
                     warn=warn,
+                    keys=keys,
+                    encrypt=args.encrypt,
                 ),
             )
         else:
@@ -355,6 +398,7 @@ async def _run(
                     snapshot=args.snapshot,
                     progress=progress,
                     warn=warn,
+                    keys=keys,
                 ),
             )
     except PullIncomplete as e:
@@ -366,6 +410,12 @@ async def _run(
         code = EXIT_FAILED
     except (PushError, PullError) as e:
         sys.stderr.write(f"neo-{direction}: {e}\n")
+        code = EXIT_FAILED
+    except WrongPassphrase as e:
+        sys.stderr.write(f"neo-{direction}: {e}; nothing was written\n")
+        code = EXIT_AUTH
+    except (CryptoError, EncryptionRefused) as e:
+        sys.stderr.write(f"neo-{direction}: {e}; nothing was written\n")
         code = EXIT_FAILED
     except NeoError as e:
         sys.stderr.write(f"neo-{direction}: {describe_error(e)}\n")

@@ -36,11 +36,16 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from neotwist.chunking import Chunker
+from neotwist.client.encryption import KeySource, open_for_read
 from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
 from neotwist.client.progress import Progress
+from neotwist.crypto import AuthenticationFailed
+from neotwist.crypto.chunks import ChunkSealer
 from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
     CODEC_RAW,
+    CODEC_SEALED,
     CODEC_ZSTD,
     ChunkerParams,
     ChunkReply,
@@ -49,7 +54,6 @@ from neotwist.wire.messages import (
     List,
     Listing,
     Message,
-    Open,
     Opened,
 )
 from neotwist.wire.peer import Peer
@@ -71,6 +75,11 @@ class PullError(Exception):
     """The pull failed; the message is one line fit for the terminal."""
 
 
+class FileFailed(PullError):
+    """One file cannot be restored (a chunk failed its check, or the server reports it damaged); the pull goes on
+    with the other files and fails at the end."""
+
+
 @dataclass
 class PullOptions:
     """What neo-pull's command line decides about a pull."""
@@ -81,6 +90,7 @@ class PullOptions:
     snapshot: int | None = None  # None: the latest
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
+    keys: KeySource | None = None  # the key, for encrypted targets (asked for only when one is met)
 
 
 @dataclass
@@ -98,6 +108,7 @@ class PullSummary:
     bytes_received: int = 0
     snapshot: int | None = None
     elapsed_s: float = 0.0
+    encrypted: bool = False
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -105,6 +116,32 @@ class PullSummary:
         out["warnings"] = len(self.warnings)
         out["elapsed_s"] = round(self.elapsed_s, 3)
         return out
+
+
+class Content:
+    """How a target names and stores chunks: BLAKE3 and raw/zstd, or (encrypted) keyed BLAKE3 and sealed
+    records. Used from worker threads."""
+
+    def __init__(self, sealer: ChunkSealer | None = None) -> None:
+        self.sealer = sealer
+        self.id_key = sealer.id_key if sealer is not None else None
+
+    def chunk_id(self, data: bytes | memoryview) -> bytes:
+        return blake3.blake3(data).digest() if self.sealer is None else self.sealer.chunk_id(data)
+
+    def decode(self, reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> bytes:
+        """The plaintext of a fetched chunk, checked against its id; FileFailed naming ``path`` otherwise."""
+        if self.sealer is not None:
+            if reply.codec != CODEC_SEALED:
+                raise FileFailed(f"{path}: the server sent an unsealed chunk for an encrypted target; not restored")
+            try:
+                return self.sealer.open(reply.id, reply.data, dctx)
+            except AuthenticationFailed as e:
+                raise FileFailed(f"{path}: {e}; not restored") from None
+        return _decode(reply, path, dctx)
+
+
+PLAIN = Content()
 
 
 @dataclass(slots=True)
@@ -116,6 +153,7 @@ class _File:
     mtime_ns: int
     size: int
     ids: bytes
+    remote: str = ""  # the path the server knows it by (encrypted targets), when not ``path``
     old_fd: int = -1  # the existing local version, read for reusable chunks
     old_stat: tuple[int, int, int, int] | None = None  # the old version as cut: unchanged until the rename
     dir_fd: int = -1  # the file's directory, walked once for its batch (owned here until the temp file takes it)
@@ -137,7 +175,9 @@ def _merge(entries: list[Entry]) -> list[Entry]:
             parts.append(e.chunks)
             if not e.more:
                 whole = b"".join(parts)
-                out.append(Entry(pending.path, "f", pending.mode, pending.mtime_ns, pending.size, whole))
+                out.append(
+                    Entry(pending.path, "f", pending.mode, pending.mtime_ns, pending.size, whole, meta=pending.meta)
+                )
                 pending, parts = None, []
             continue
         if e.more:
@@ -152,7 +192,7 @@ def _merge(entries: list[Entry]) -> list[Entry]:
 # --- worker-thread side ----------------------------------------------------------------------------------
 
 
-def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool) -> bool:
+def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool, id_key: bytes | None = None) -> bool:
     """True when the local file is already this version; else index its chunks that the new version needs.
 
     Without ``checksum`` the quick check (regular file, same size and mtime) decides. With it, the local file
@@ -175,7 +215,7 @@ def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool) ->
     if st.st_size == 0:
         return False
     wanted = {f.ids[i : i + ID] for i in range(0, len(f.ids), ID)}
-    chunker = Chunker(params)
+    chunker = Chunker(params, id_key)
     order: list[bytes] = []
     local = f.local
     with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
@@ -239,9 +279,9 @@ def _decode(reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> b
         except zstandard.ZstdError as e:
             raise PullError(f"{path}: the server sent a chunk that does not decompress ({e})") from None
     else:
-        raise PullError(f"{path}: the server sent an encrypted chunk; this client cannot decrypt it")
+        raise FileFailed(f"{path}: the server sent a sealed chunk for a plaintext target; not restored")
     if len(raw) != reply.size or blake3.blake3(raw).digest() != reply.id:
-        raise PullError(f"{path}: a chunk from the server does not match its id; nothing was replaced")
+        raise FileFailed(f"{path}: a chunk from the server does not match its id; not restored")
     return raw
 
 
@@ -291,7 +331,7 @@ def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
             done += n
 
 
-def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
+def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: Content = PLAIN) -> int:
     """Append a run of chunks to ``f``'s temporary file; returns the bytes written.
 
     Fetched chunks are decompressed with a bound and checked against their ids. Chunks of the old local
@@ -336,7 +376,7 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
             continue
         flush_run()
         if where == "net":
-            raw = _decode(how, f.path, dctx)
+            raw = content.decode(how, f.path, dctx)
             here[cid] = raw
         elif where == "self":
             held = here.get(cid)
@@ -355,7 +395,7 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
                 raw = os.pread(ofd, length, offset)
             finally:
                 os.close(ofd)
-        if where != "net" and blake3.blake3(raw).digest() != cid:
+        if where != "net" and content.chunk_id(raw) != cid:
             raise PullError(f"a local file changed while {f.path} was being written; pull again")
         if cid not in f.written:
             f.written[cid] = (out, len(raw))
@@ -381,10 +421,10 @@ def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
     _close_old(f)
 
 
-def _write_last(dest: SafeDest, f: _File, steps: list[_Step], fsync: bool) -> None:
+def _write_last(dest: SafeDest, f: _File, steps: list[_Step], fsync: bool, content: Content = PLAIN) -> None:
     """The last run of a file and its finish in one worker hop (most files are one run)."""
     if steps:
-        _write_segment(dest, f, steps)
+        _write_segment(dest, f, steps, content)
     _finish(dest, f, fsync)
 
 
@@ -502,8 +542,12 @@ class _PullRun:
         dest: SafeDest,
         options: PullOptions,
         summary: PullSummary,
+        content: Content = PLAIN,
+        remote: dict[str, str] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.content = content
+        self.remote = remote or {}
         self.pool = pool
         self.peer = peer
         self.handle = handle
@@ -540,7 +584,7 @@ class _PullRun:
             return result
 
         def failed(failure: Any) -> None:
-            if failure.check(UnsafePath, OSError):
+            if failure.check(UnsafePath, OSError, FileFailed):
                 self._error(f"{failure.getErrorMessage()}")
             else:
                 fatal.append(failure.value)
@@ -550,7 +594,11 @@ class _PullRun:
         for start in range(0, len(files), step):
             if fatal:
                 break
-            group = [_File(e.path, e.mode, e.mtime_ns, e.size, e.chunks) for e in files[start : start + step]]
+            remote = self.remote
+            group = [
+                _File(e.path, e.mode, e.mtime_ns, e.size, e.chunks, remote.get(e.path, ""))
+                for e in files[start : start + step]
+            ]
             states = await self._thread(_quick_check, self.dest, group, self.options.checksum)
             for i, (f, state) in enumerate(zip(group, states, strict=True)):
                 if fatal:
@@ -587,7 +635,9 @@ class _PullRun:
         summary = self.summary
         progress = self.options.progress
         try:
-            same = examine and await self._thread(_examine, self.dest, f, self.params, self.options.checksum)
+            same = examine and await self._thread(
+                _examine, self.dest, f, self.params, self.options.checksum, self.content.id_key
+            )
         except (UnsafePath, OSError) as e:
             _close_old(f)
             summary.files_skipped += 1
@@ -657,9 +707,9 @@ class _PullRun:
             del replies, got
             try:
                 if pending is None:
-                    await self._thread(_write_last, self.dest, f, resolved, self.options.fsync)
+                    await self._thread(_write_last, self.dest, f, resolved, self.options.fsync, self.content)
                 else:
-                    await self._thread(_write_segment, self.dest, f, resolved)
+                    await self._thread(_write_segment, self.dest, f, resolved, self.content)
             except BaseException:
                 if pending is not None:
                     pending.addCallbacks(lambda r: self.budget.release(r[1]), lambda _f: None)
@@ -689,8 +739,14 @@ class _PullRun:
 
         try:
             await self.peer.request(
-                Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=f.path, ids=wanted), more=more
+                Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=f.remote or f.path, ids=wanted),
+                more=more,
             )
+        except RemoteError as e:
+            self.budget.release(held)
+            if e.code in (ErrorCode.DAMAGED, ErrorCode.CHUNK_NOT_IN_FILE, ErrorCode.NO_SUCH_PATH):
+                raise FileFailed(f"{f.path}: the server says {e.message} ({e.code}); not restored") from None
+            raise
         except BaseException:
             self.budget.release(held)
             raise
@@ -736,11 +792,10 @@ async def pull(
     started = time.monotonic()
     summary = PullSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
-    opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="read"))
+    opened, crypt = await open_for_read(peer, target, subpath, options.keys)
     if not isinstance(opened, Opened):
         raise PullError(f"the server answered open with {type(opened).__name__}")
-    if opened.encrypted:
-        raise PullError(f"target {target} is encrypted; this client cannot pull from it")
+    summary.encrypted = crypt is not None
     if not opened.exists or opened.latest is None:
         raise PullError(f"target {target} has no snapshot yet; push to it first")
     pages: list[Listing] = []
@@ -762,6 +817,17 @@ async def pull(
     snapshot = pages[-1].snapshot
     entries = _merge([e for page in pages for e in page.entries])
     pages.clear()
+    pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
+    pool.start()
+    remote: dict[str, str] | None = None
+    refused: list[str] = []
+    if crypt is not None:
+        try:
+            decrypted = await deferToThreadPool(reactor, pool, crypt.tree.decrypt_listing, entries)
+        except BaseException:
+            pool.stop()
+            raise
+        entries, remote, refused = decrypted.entries, decrypted.remote, decrypted.errors
     summary.snapshot = snapshot
     summary.files_scanned = len(entries)
     summary.files = sum(1 for e in entries if e.kind == "f")
@@ -770,11 +836,15 @@ async def pull(
     try:
         dest = SafeDest(local_root)
     except OSError as e:
+        pool.stop()
         raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
     _raise_open_files_limit()
-    pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
-    pool.start()
-    run = _PullRun(reactor, pool, peer, opened.handle, snapshot, opened.chunker, dest, options, summary)
+    content = Content(crypt.sealer) if crypt is not None else PLAIN
+    run = _PullRun(
+        reactor, pool, peer, opened.handle, snapshot, opened.chunker, dest, options, summary, content, remote
+    )
+    for text in refused:
+        run._error(text)
     try:
         await run.run(entries)
     finally:

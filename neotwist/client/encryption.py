@@ -1,0 +1,225 @@
+"""Opening a target with or without encryption, and the key a push or pull then works with.
+
+neo-push and neo-pull do not need to be told that a target is encrypted: the server says so.
+
+- **push**: ``open push`` with ``encrypted = false`` succeeds on a plaintext (or new) target; on an encrypted
+  target the server answers ``encryption_mismatch``, and the client unlocks its key and opens again at the
+  encrypted sub-path. ``--encrypt`` unlocks first and opens with a new key-check record, which the server keeps
+  only if the open creates the target; an existing plaintext target answers ``encryption_mismatch``, which is
+  then a refusal (encryption is chosen when a target is created).
+- **pull**: ``open read`` answers with ``encrypted`` and the key-check record. The record names the key id, so
+  a key file holding another key is refused before any passphrase is asked; then the key is unlocked and
+  checked against the record, and a sub-path is re-opened at its encrypted form.
+- A sub-path grant on an encrypted target is a grant on the *encrypted* path: opening the plaintext one is
+  ``permission_denied``. When that happens and a key file is at hand, the client tries the encrypted path.
+
+Nothing is sent to a handle before its key has been checked, so a wrong key or passphrase writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from neotwist.crypto import KeyFileError, WrongKey, WrongPassphrase, keyfile
+from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
+from neotwist.crypto.keys import MasterKey, TargetKeys, key_check_id
+from neotwist.crypto.names import PathCipher
+from neotwist.crypto.tree import TreeCipher
+from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, RemoteError
+from neotwist.wire.messages import ChunkerParams, Close, Open, Opened
+from neotwist.wire.peer import Peer
+
+
+class EncryptionRefused(Exception):
+    """The target's encryption and the request do not fit (one line, says what to do)."""
+
+
+class KeySource:
+    """The client's key: a key file and a way to get its passphrase. Unlocked at most once per run."""
+
+    def __init__(self, path: Path | None, passphrase: Callable[[str], str | None]) -> None:
+        self.path = Path(path) if path is not None else keyfile.default_path()
+        self._passphrase = passphrase
+        self._file: keyfile.KeyFile | None = None
+        self._master: MasterKey | None = None
+
+    def key_file(self) -> keyfile.KeyFile:
+        """The parsed key file (KeyFileError if there is none: the message says how to get one)."""
+        if self._file is None:
+            self._file = keyfile.load(self.path)
+        return self._file
+
+    def exists(self) -> bool:
+        return self._file is not None or self.path.exists()
+
+    def master(self) -> MasterKey:
+        """The unlocked master key (asks for the passphrase the first time)."""
+        if self._master is None:
+            kf = self.key_file()
+            passphrase = self._passphrase(str(self.path))
+            if passphrase is None:
+                raise WrongPassphrase(
+                    f"the key file {self.path} needs its passphrase: use --passphrase-stdin or NEO_PASSPHRASE, "
+                    "or run on a terminal"
+                )
+            self._master = MasterKey(keyfile.unlock(kf, passphrase, f"the key file {self.path}"))
+        return self._master
+
+    def check_id(self, record: bytes) -> None:
+        """Refuse a key file holding another key than ``record`` names, before any passphrase is asked."""
+        named = key_check_id(record)
+        if named is not None and self.key_file().key_id != named.hex():
+            raise WrongKey(
+                f"the target was encrypted with key {named.hex()}, but {self.path} holds key "
+                f"{self.key_file().key_id}: give the right --key-file, or 'neo-key import' that key"
+            )
+
+
+@dataclass
+class Crypt:
+    """What one handle on an encrypted target works with."""
+
+    master: MasterKey
+    keys: TargetKeys
+    sealer: ChunkSealer
+    tree: TreeCipher
+
+    @classmethod
+    def make(cls, master: MasterKey, keys: TargetKeys, root: str) -> Crypt:
+        return cls(master, keys, ChunkSealer(keys), TreeCipher(master, keys, root))
+
+    @property
+    def id_key(self) -> bytes:
+        return self.keys.id_key
+
+
+def check_chunker(params: ChunkerParams) -> None:
+    """A sealed chunk must fit MAX_CHUNK: the target's largest chunk plus the seal's overhead."""
+    if params.max_size + OVERHEAD > limits.MAX_CHUNK:
+        raise EncryptionRefused(
+            f"the target's chunker cuts chunks of up to {params.max_size} bytes; sealed they would exceed "
+            f"MAX_CHUNK ({limits.MAX_CHUNK})"
+        )
+
+
+def _enc_path(master: MasterKey, subpath: str) -> str:
+    return PathCipher(master.name_key, master.token_key).encrypt_path(subpath)
+
+
+async def _close(peer: Peer, opened: Opened) -> None:
+    await peer.request(Close(rid=0, handle=opened.handle))
+
+
+async def open_for_push(
+    peer: Peer, target: str, subpath: str, source: KeySource | None, encrypt: bool
+) -> tuple[Opened, Crypt | None]:
+    """Open ``target`` at ``subpath`` for a push, creating it (encrypted with ``encrypt``) if it is missing."""
+    if encrypt:
+        if source is None:
+            raise EncryptionRefused("--encrypt needs a key: create one with 'neo-key init'")
+        return await _open_encrypted_push(peer, target, subpath, source, new=True)
+    try:
+        opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="push", create=True))
+    except RemoteError as e:
+        encrypted_grant = e.code == ErrorCode.PERMISSION_DENIED and subpath and source is not None and source.exists()
+        if e.code != ErrorCode.ENCRYPTION_MISMATCH and not encrypted_grant:
+            raise
+        if source is None:
+            raise EncryptionRefused(f"target {target} is encrypted: this push needs its key") from None
+        try:
+            return await _open_encrypted_push(peer, target, subpath, source, new=False)
+        except RemoteError:
+            if encrypted_grant:
+                raise e from None
+            raise
+    assert isinstance(opened, Opened)
+    return opened, None
+
+
+async def _open_encrypted_push(
+    peer: Peer, target: str, subpath: str, source: KeySource, new: bool
+) -> tuple[Opened, Crypt | None]:
+    source.key_file()  # a missing key file is reported before the passphrase is asked
+    master = source.master()
+    record, keys = master.new_target() if new else (b"", None)
+    path = _enc_path(master, subpath)
+    try:
+        opened = await peer.request(
+            Open(rid=0, target=target, path=path, mode="push", create=new, encrypted=True, key_check=record)
+        )
+    except RemoteError as e:
+        if e.code == ErrorCode.ENCRYPTION_MISMATCH and new:
+            raise EncryptionRefused(
+                f"target {target} exists and is not encrypted; --encrypt only applies when a push creates a "
+                "target: push to a new target name"
+            ) from None
+        raise
+    assert isinstance(opened, Opened)
+    if opened.exists or keys is None:
+        try:
+            check_chunker(opened.chunker)
+            keys = master.open_target(opened.key_check)
+        except BaseException:
+            await _close(peer, opened)
+            raise
+    return opened, Crypt.make(master, keys, subpath)
+
+
+async def open_for_read(
+    peer: Peer, target: str, subpath: str, source: KeySource | None
+) -> tuple[Opened, Crypt | None]:
+    """Open ``target`` at ``subpath`` for reading; for an encrypted target, check and unlock the key and open
+    the encrypted sub-path."""
+    try:
+        opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="read"))
+    except RemoteError as e:
+        if not (e.code == ErrorCode.PERMISSION_DENIED and subpath and source is not None and source.exists()):
+            raise
+        try:
+            master = source.master()
+            opened = await peer.request(Open(rid=0, target=target, path=_enc_path(master, subpath), mode="read"))
+        except (RemoteError, KeyFileError):
+            raise e from None
+        assert isinstance(opened, Opened)
+        if not opened.encrypted:
+            await _close(peer, opened)
+            raise e from None
+        return opened, await _checked(peer, opened, source, subpath)
+    assert isinstance(opened, Opened)
+    if not opened.encrypted:
+        return opened, None
+    if source is None:
+        await _close(peer, opened)
+        raise EncryptionRefused(f"target {target} is encrypted: reading it needs its key")
+    return await _reopened(peer, target, opened, source, subpath)
+
+
+async def _reopened(
+    peer: Peer, target: str, opened: Opened, source: KeySource, subpath: str
+) -> tuple[Opened, Crypt]:
+    crypt = await _checked(peer, opened, source, subpath)
+    if not subpath:
+        return opened, crypt
+    await _close(peer, opened)
+    again = await peer.request(Open(rid=0, target=target, path=crypt.tree.root_enc, mode="read"))
+    assert isinstance(again, Opened)
+    if again.key_check != opened.key_check:
+        await _close(peer, again)
+        raise WrongKey("the target's key-check record changed between two opens; try again")
+    return again, crypt
+
+
+async def _checked(peer: Peer, opened: Opened, source: KeySource, subpath: str) -> Crypt:
+    """The handle's keys once the key file is known to be the target's; the handle is closed otherwise."""
+    try:
+        source.check_id(opened.key_check)
+        master = source.master()
+        keys = master.open_target(opened.key_check)
+        check_chunker(opened.chunker)
+    except BaseException:
+        await _close(peer, opened)
+        raise
+    return Crypt.make(master, keys, subpath)
