@@ -404,8 +404,8 @@ async def _run(
     except PullIncomplete as e:
         summary = e.summary
         sys.stderr.write(
-            f"neo-pull: {len(e.errors)} item(s) could not be written safely, e.g. {e.errors[0]}; "
-            "move what is in the way and pull again\n"
+            f"neo-pull: {len(e.errors)} item(s) could not be restored, e.g. {e.errors[0]}; everything else was "
+            "(what is in the way: move it and pull again; what failed its check: pull an older snapshot)\n"
         )
         code = EXIT_FAILED
     except (PushError, PullError) as e:
