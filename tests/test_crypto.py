@@ -139,6 +139,7 @@ def test_targets_of_one_key_share_no_content_keys() -> None:
     (_, a), (_, b) = master.new_target(), master.new_target()
     assert len({a.id_key, a.chunk_key, b.id_key, b.chunk_key}) == 4
     assert a.meta_key != b.meta_key and len(a.meta_key) == 64
+    assert a.chunker_seed != b.chunker_seed and 0 <= a.chunker_seed < 2**48
     assert "chunk_key" not in repr(a) and a.chunk_key.hex() not in repr(a)
 
 

@@ -341,9 +341,9 @@ def test_encrypted_delta_push_is_about_as_small_as_plaintext(server: RunningServ
     run_json(server, "neo-pull", server.remote("plain"), str(stale_plain))
     run_json(server, "neo-pull", server.remote("sealed"), str(stale_sealed))
 
-    for _ in range(16):  # 1 % of the image rewritten in 16 places, an insertion in the text
-        at = rng.randrange(0, size - 10_000)
-        data[at : at + 10_000] = rng.randbytes(10_000)
+    for _ in range(64):  # 1 % of the image rewritten in 64 places, an insertion in the text
+        at = rng.randrange(0, size - 3000)
+        data[at : at + 2621] = rng.randbytes(2621)
     (src / "disk.img").write_bytes(data)
     (src / "notes.txt").write_bytes(text[:1000] + b"inserted line\n" + text[1000:])
     plain = run_json(server, "neo-push", str(src), server.remote("plain"))
@@ -351,12 +351,14 @@ def test_encrypted_delta_push_is_about_as_small_as_plaintext(server: RunningServ
     print(f"\ndelta push bytes: plaintext {plain['bytes_sent']}, encrypted {sealed['bytes_sent']} "
           f"({sealed['bytes_sent'] / plain['bytes_sent']:.3f}x); chunks {plain['chunks_sent']} / "
           f"{sealed['chunks_sent']}")  # fmt: skip
-    assert sealed["chunks_sent"] == plain["chunks_sent"]  # the same chunks change: keyed ids cut alike
-    assert plain["bytes_sent"] < size * 0.1
-    assert sealed["bytes_sent"] <= plain["bytes_sent"] * 1.05 + 8192, (plain, sealed)
+    # The encrypted target cuts with a keyed seed: other boundaries, so the chunks an edit touches differ a
+    # little in number and length (over 64 edits, within about 10 % either way for random seeds).
+    assert abs(sealed["chunks_sent"] - plain["chunks_sent"]) <= plain["chunks_sent"] // 5
+    assert plain["bytes_sent"] < size * 0.25  # 64 edits touch about 70 chunks of ~40 KiB
+    assert sealed["bytes_sent"] <= plain["bytes_sent"] * 1.15, (plain, sealed)
 
     back_plain = run_json(server, "neo-pull", server.remote("plain"), str(stale_plain))
     back_sealed = run_json(server, "neo-pull", server.remote("sealed"), str(stale_sealed))
     print(f"delta pull bytes: plaintext {back_plain['bytes_received']}, encrypted {back_sealed['bytes_received']}")
-    assert back_sealed["bytes_received"] <= back_plain["bytes_received"] * 1.05 + 8192
+    assert back_sealed["bytes_received"] <= back_plain["bytes_received"] * 1.15
     assert snapshot_of(stale_sealed) == snapshot_of(src) == snapshot_of(stale_plain)

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from neotwist.crypto import KeyFileError, WrongKey, WrongPassphrase, keyfile
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
 from neotwist.crypto.keys import MasterKey, TargetKeys, key_check_id
@@ -94,6 +96,12 @@ class Crypt:
     @property
     def id_key(self) -> bytes:
         return self.keys.id_key
+
+    def chunker(self, params: ChunkerParams) -> ChunkerParams:
+        """The target's chunker with the keyed seed: where chunk boundaries fall depends on the key, so the
+        server cannot recognize a known file by the lengths of its chunks as easily (see docs/encryption.md).
+        Every client holding the key cuts alike, so deduplication and delta sync are unchanged."""
+        return msgspec.structs.replace(params, seed=self.keys.chunker_seed)
 
 
 def check_chunker(params: ChunkerParams) -> None:

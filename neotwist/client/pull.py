@@ -840,9 +840,8 @@ async def pull(
         raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
     _raise_open_files_limit()
     content = Content(crypt.sealer) if crypt is not None else PLAIN
-    run = _PullRun(
-        reactor, pool, peer, opened.handle, snapshot, opened.chunker, dest, options, summary, content, remote
-    )
+    params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
+    run = _PullRun(reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, content, remote)
     for text in refused:
         run._error(text)
     try:

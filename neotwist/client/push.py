@@ -634,13 +634,14 @@ async def push(
         options.cache.load()
         if options.cache.load_error and options.warn is not None:
             options.warn(options.cache.load_error)
+    params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
     pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers + 1), name="neo-push")
     pool.start()
     try:
         use_cache = options.cache is not None
         while True:
             run = _PushRun(
-                reactor, pool, peer, opened.handle, opened.chunker, local_root, options, summary, use_cache, crypt
+                reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt
             )
             try:
                 committed = await run.run()

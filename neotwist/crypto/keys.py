@@ -13,6 +13,7 @@ purpose        bytes    HKDF salt                    used for
 ``chunk-id``   32       the target's salt            keyed BLAKE3 chunk ids
 ``chunk``      32       the target's salt            AES-256-GCM of chunk contents
 ``meta``       64       the target's salt            AES-256-SIV of entry metadata
+``chunker``    6        the target's salt            the chunker's seed (48 bits: all pyfastcdc's gear uses)
 =============  =======  ===========================  =====================================================
 
 Content keys are per target: each encrypted target gets a random 32-byte salt when it is created, so two
@@ -75,6 +76,7 @@ class TargetKeys:
     id_key: bytes  # keyed BLAKE3 chunk ids
     chunk_key: bytes  # AES-256-GCM chunk contents
     meta_key: bytes  # AES-256-SIV entry metadata
+    chunker_seed: int = 0  # keyed FastCDC seed: chunk boundaries differ from every other target's
 
     def __repr__(self) -> str:
         return f"TargetKeys(salt={self.salt.hex()[:16]}...)"
@@ -107,6 +109,7 @@ class MasterKey:
             id_key=derive(s, "chunk-id", 32, salt),
             chunk_key=derive(s, "chunk", 32, salt),
             meta_key=derive(s, "meta", 64, salt),
+            chunker_seed=int.from_bytes(derive(s, "chunker", 6, salt), "big"),
         )
 
     def _tag(self, salt: bytes) -> bytes:
