@@ -17,7 +17,7 @@ from neotwist.crypto import AuthenticationFailed, KeyFileError, WrongKey, WrongP
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
 from neotwist.crypto.keys import KEY_CHECK_SIZE, MasterKey, key_check_id
 from neotwist.crypto.meta import EntryMeta, MetaSealer
-from neotwist.crypto.names import MAX_SEALED_NAME, PathCipher, is_token
+from neotwist.crypto.names import TOKEN_CHARS, PathCipher
 from neotwist.crypto.tree import TreeCipher
 from neotwist.wire import limits
 from neotwist.wire.messages import Entry
@@ -196,64 +196,50 @@ def test_a_record_is_bound_to_its_id_and_its_target() -> None:
 
 
 def _paths() -> PathCipher:
-    master = MasterKey(os.urandom(32))
-    return PathCipher(master.name_key, master.token_key)
+    return PathCipher(MasterKey(os.urandom(32)).token_key)
 
 
-def test_names_are_deterministic_per_parent_and_safe_on_the_wire() -> None:
+def test_names_are_short_deterministic_tokens_per_parent_and_safe_on_the_wire() -> None:
     pc = _paths()
     a = pc.encrypt_path("home/alice/.bashrc")
     assert a == pc.encrypt_path("home/alice/.bashrc")
     assert "alice" not in a and "bashrc" not in a
     paths.check_path(a)
-    # the same name under two parents does not encrypt alike
+    assert [len(c) for c in a.split("/")] == [TOKEN_CHARS] * 3
+    # the same name under two parents does not give the same token
     assert pc.encrypt_path("x/.git").split("/")[1] != pc.encrypt_path("y/.git").split("/")[1]
-    assert pc.decrypt_path(a) == ["home", "alice", ".bashrc"]
-    # lengths only to 16 bytes
-    assert len(pc.encrypt_name("", "a")) == len(pc.encrypt_name("", "b" * 16))
-    assert len(pc.encrypt_name("", "b" * 17)) > len(pc.encrypt_name("", "b" * 16))
-
-
-def test_long_names_become_tokens_that_fit() -> None:
-    pc = _paths()
-    fits = "n" * MAX_SEALED_NAME
-    assert not is_token(pc.encrypt_name("", fits)) and len(pc.encrypt_name("", fits)) <= limits.MAX_NAME
-    assert pc.decrypt_name("", pc.encrypt_name("", fits)) == fits
-    long = "é" * 127  # 254 bytes
-    token = pc.encrypt_name("", long)
-    assert is_token(token) and len(token) < 64 and token == pc.encrypt_name("", long)
-    assert pc.decrypt_name("", token) is None and pc.token_matches("", token, long)
-    paths.check_path(token)
-
-
-def test_a_modified_name_fails_authentication() -> None:
-    pc = _paths()
-    enc = pc.encrypt_name("", "secret.txt")
-    bad = ("A" if enc[0] != "A" else "B") + enc[1:]
-    with pytest.raises(AuthenticationFailed):
-        pc.decrypt_name("", bad)
-    with pytest.raises(AuthenticationFailed):
-        pc.decrypt_name("elsewhere", enc)  # moved to another directory
+    # lengths do not show: a one-letter name and a 255-byte one give tokens of one size
+    assert len(pc.encrypt_name("", "a")) == len(pc.encrypt_name("", "é" * 127)) == TOKEN_CHARS
+    assert _paths().encrypt_path("home") != pc.encrypt_path("home")  # another key, other tokens
 
 
 # --- metadata ------------------------------------------------------------------------------------------------
 
 
-def test_metadata_is_deterministic_and_bound_to_path_and_kind() -> None:
+def test_metadata_is_deterministic_and_bound_to_path_kind_and_chunks() -> None:
     sealer = MetaSealer(os.urandom(64))
-    meta = EntryMeta(mode=0o640, mtime_ns=123, size=5, link="", ids_hash=b"h" * 32)
-    sealed = sealer.seal("p/q", "f", meta)
-    assert sealed == sealer.seal("p/q", "f", meta)  # unchanged entries stay unchanged for the server
-    assert sealer.open("p/q", "f", sealed) == meta
+    meta = EntryMeta(mode=0o640, mtime_ns=123, size=5, link="")
+    ids = os.urandom(64)
+    sealed = sealer.seal("p/q", "f", ids, "q.txt", meta)
+    assert sealed == sealer.seal("p/q", "f", ids, "q.txt", meta)  # unchanged entries stay unchanged
+    assert sealer.open("p/q", "f", ids, sealed) == meta and sealer.open_name("p/q", sealed) == "q.txt"
     with pytest.raises(AuthenticationFailed):
-        sealer.open("p/r", "f", sealed)
+        sealer.open("p/r", "f", ids, sealed)
     with pytest.raises(AuthenticationFailed):
-        sealer.open("p/q", "d", sealed)
+        sealer.open_name("p/r", sealed)
     with pytest.raises(AuthenticationFailed):
-        sealer.open("p/q", "f", sealed[:-1] + bytes([sealed[-1] ^ 1]))
+        sealer.open("p/q", "d", ids, sealed)
+    with pytest.raises(AuthenticationFailed):
+        sealer.open("p/q", "f", ids[32:] + ids[:32], sealed)  # chunks reordered
+    with pytest.raises(AuthenticationFailed):
+        sealer.open("p/q", "f", ids[:32], sealed)  # chunks cut
+    flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(AuthenticationFailed):
+        sealer.open("p/q", "f", ids, flipped)
+    assert sealer.open_name("p/q", flipped) == "q.txt"  # a tampered entry can still be named
     # padding hides exact lengths
-    short = sealer.seal("l", "l", EntryMeta(0o777, 0, 0, link="ab"))
-    longer = sealer.seal("l", "l", EntryMeta(0o777, 0, 0, link="abcdefgh"))
+    short = sealer.seal("l", "l", b"", "a", EntryMeta(0o777, 0, 0, link="ab"))
+    longer = sealer.seal("l", "l", b"", "abcdefgh", EntryMeta(0o777, 0, 0, link="abcd"))
     assert len(short) == len(longer)
 
 
@@ -267,7 +253,7 @@ def _tree(master: MasterKey, keys: object, root: str = "") -> TreeCipher:
 def test_tree_round_trip_including_sub_paths_long_names_and_continuations() -> None:
     master = MasterKey(os.urandom(32))
     _, keys = master.new_target()
-    long = "L" * 200
+    long = "L" * 250
     big_ids = os.urandom(32) * (limits.MAX_FILE_CHUNK_IDS + 3)
     items = [
         ("", "d", 0o755, 1, 0, b"", ""),
@@ -299,18 +285,18 @@ def test_tree_round_trip_including_sub_paths_long_names_and_continuations() -> N
     assert part.errors == []
     assert {e.path for e in part.entries} == {"", "big.bin"}
     assert part.remote["big.bin"] == tree.paths.encrypt_path(f"docs/{long}/big.bin")[len(prefix) :]
+    assert sub.encrypt_subpath("big.bin") == part.remote["big.bin"]
 
 
-def test_a_sub_path_push_is_named_from_the_root_even_with_long_names() -> None:
+def test_a_sub_path_push_is_named_from_the_root() -> None:
     master = MasterKey(os.urandom(32))
     _, keys = master.new_target()
-    long = "deep" * 60
-    sub = _tree(master, keys, f"{long}/x")
+    sub = _tree(master, keys, "deep/x")
     sent = sub.encrypt_entries("", "d", 0o755, 1, 0, b"", "") + sub.encrypt_entries("f", "f", 0o644, 1, 0, b"", "")
     prefixed = [msgspec.structs.replace(e, path=sub.root_enc + ("/" + e.path if e.path else "")) for e in sent]
-    back = _tree(master, keys).decrypt_listing(prefixed)
+    back = _tree(master, keys).decrypt_listing(prefixed)  # "deep" itself was never listed
     assert back.errors == []
-    assert [e.path for e in back.entries] == [f"{long}/x", f"{long}/x/f"]
+    assert [e.path for e in back.entries] == ["deep/x", "deep/x/f"]
 
 
 def test_tampered_listings_are_reported_by_name_and_the_rest_survives() -> None:
@@ -320,16 +306,19 @@ def test_tampered_listings_are_reported_by_name_and_the_rest_survives() -> None:
     a = tree.encrypt_entries("a.txt", "f", 0o644, 1, 3, os.urandom(32), "")[0]
     b = tree.encrypt_entries("b.txt", "f", 0o644, 1, 3, os.urandom(32), "")[0]
     c = tree.encrypt_entries("c.txt", "f", 0o644, 1, 3, os.urandom(32), "")[0]
+    d = tree.encrypt_entries("d.txt", "f", 0o644, 1, 3, os.urandom(32), "")[0]
     bad_meta = msgspec.structs.replace(a, meta=a.meta[:-1] + bytes([a.meta[-1] ^ 1]))
     swapped = msgspec.structs.replace(b, chunks=c.chunks)
-    moved = msgspec.structs.replace(c, meta=a.meta)
-    back = tree.decrypt_listing([bad_meta, swapped, moved])
+    moved = msgspec.structs.replace(c, meta=d.meta)
+    bad_name = msgspec.structs.replace(d, meta=d.meta[:5] + bytes([d.meta[5] ^ 1]) + d.meta[6:])
+    back = tree.decrypt_listing([bad_meta, swapped, moved, bad_name])
     assert back.entries == []
     assert back.errors[0].startswith("a.txt: its metadata failed authentication")
-    assert back.errors[1].startswith("b.txt: its chunk list does not match")
-    assert back.errors[2].startswith("c.txt: its metadata failed authentication")
+    assert back.errors[1].startswith("b.txt: its metadata failed authentication")
+    assert back.errors[2].startswith("(unnamed): its name failed authentication")
+    assert back.errors[3].startswith("(unnamed): its name failed authentication")
     other = _tree(MasterKey(os.urandom(32)), MasterKey(os.urandom(32)).new_target()[1]).decrypt_listing([a])
-    assert other.entries == [] and "(encrypted name)" in other.errors[0]
+    assert other.entries == [] and "(unnamed)" in other.errors[0]
 
 
 def _merge(records: list[Entry]) -> list[Entry]:

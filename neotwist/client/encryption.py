@@ -114,7 +114,7 @@ def check_chunker(params: ChunkerParams) -> None:
 
 
 def _enc_path(master: MasterKey, subpath: str) -> str:
-    return PathCipher(master.name_key, master.token_key).encrypt_path(subpath)
+    return PathCipher(master.token_key).encrypt_path(subpath)
 
 
 async def _close(peer: Peer, opened: Opened) -> None:

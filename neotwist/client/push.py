@@ -254,8 +254,8 @@ def _hash_job(
 _Source = tuple[bytes, str, bytes | None, int, int]
 """A chunk to send: (id, path, file data when kept in memory, offset, length)."""
 
-_Ready = tuple[bytes, int, int, bytes]
-"""A chunk ready to put: (id, codec, raw size, payload)."""
+_Ready = tuple[bytes, int, int, bytes, int]
+"""A chunk ready to put: (id, codec, size as sent, payload, raw size)."""
 
 
 def _compress_job(root: str, sources: list[_Source], level: int, crypt: Crypt | None = None) -> list[_Ready]:
@@ -283,11 +283,11 @@ def _compress_job(root: str, sources: list[_Source], level: int, crypt: Crypt | 
             if sealer is not None:
                 saves = len(packed) <= length * (1 - MIN_SAVING)
                 record = sealer.seal(cid, raw, packed if saves else None)
-                out.append((cid, CODEC_SEALED, len(record), record))
+                out.append((cid, CODEC_SEALED, len(record), record, length))
             elif len(packed) <= length * (1 - MIN_SAVING):
-                out.append((cid, CODEC_ZSTD, length, packed))
+                out.append((cid, CODEC_ZSTD, length, packed, length))
             else:
-                out.append((cid, CODEC_RAW, length, raw))
+                out.append((cid, CODEC_RAW, length, raw, length))
     except OSError as e:
         raise PushError(f"cannot re-read {e.filename or 'a file'}: {e.strerror}; push again") from None
     finally:
@@ -599,11 +599,11 @@ class _PushRun:
                 for other in pending:
                     other.addErrback(lambda _f: None)
                 raise
-            for cid, codec, size, payload in ready:
+            for cid, codec, size, payload, raw_size in ready:
                 await peer.drain()
                 peer.post(Put(rid=0, handle=handle, id=cid, codec=codec, size=size, data=payload))
                 summary.chunks_sent += 1
-                summary.chunk_bytes_sent += size
+                summary.chunk_bytes_sent += raw_size
 
     def _warn(self, text: str) -> None:
         if len(self.summary.warnings) < 1000:

@@ -7,8 +7,7 @@ Every key used for data is derived with HKDF-SHA256 (RFC 5869) from the 32-byte 
 purpose        bytes    HKDF salt                    used for
 =============  =======  ===========================  =====================================================
 ``key-id``     16       none                         the public key id (key file, key-check record)
-``name``       64       none                         AES-256-SIV of path components
-``name-token``  32      none                         keyed BLAKE3 tokens standing for names too long to encrypt
+``name-token`` 32       none                         keyed BLAKE3 tokens that stand for names in paths
 ``check``      32       the target's salt            HMAC-SHA256 tag of the key-check record
 ``chunk-id``   32       the target's salt            keyed BLAKE3 chunk ids
 ``chunk``      32       the target's salt            AES-256-GCM of chunk contents
@@ -95,7 +94,6 @@ class MasterKey:
             raise ValueError("a master key is 32 bytes")
         self._secret = secret
         self.id = key_id(secret)
-        self.name_key = derive(secret, "name", 64)
         self.token_key = derive(secret, "name-token", 32)
 
     def __repr__(self) -> str:
