@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from support import RunningServer
 
+from neotwist.chunking import DEFAULT_PARAMS
+from neotwist.server.repository import Repository, Target
+
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RunningServer]:
@@ -17,3 +20,17 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repository]:
+    """A repository on disk, closed after the test."""
+    r = Repository(tmp_path / "repo")
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def target(repo: Repository) -> Target:
+    """A plaintext target of account 7 with the default chunker."""
+    return repo.create_target(7, "home", encrypted=False, chunker=DEFAULT_PARAMS)

@@ -223,17 +223,15 @@ def test_tampered_chunks_and_manifest_fail_by_name(server: RunningServer, tmp_pa
     out = tmp_path / "out"
     r = server.cli("neo-pull", "--json", server.remote("t"), str(out), env=key_env(server))
     assert r.returncode == 1, r.stderr
-    assert "3 item(s) could not be restored" in r.stderr and "everything else was" in r.stderr, r.stderr
+    # each failure names its file, and the others still restore
+    assert "damaged, not restored: a.bin: a chunk failed authentication" in r.stderr, r.stderr
+    assert "damaged, not restored: b.bin: its data is damaged on the server" in r.stderr, r.stderr
+    assert "damaged, not restored: c.bin: its metadata failed authentication" in r.stderr, r.stderr
+    assert "3 file(s) failed their checks" in r.stderr and "everything else was" in r.stderr, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["files_changed"] == 1 and summary["warnings"] == 3, (summary, r.stderr)
-    assert (out / "d.txt").read_bytes() == (src / "d.txt").read_bytes()  # the others still restore
+    assert summary["files_changed"] == 1 and summary["files_damaged"] == 3, (summary, r.stderr)
+    assert (out / "d.txt").read_bytes() == (src / "d.txt").read_bytes()
     assert sorted(os.listdir(out)) == ["d.txt"]  # nothing half-written, no temp files
-    # each failure names its file, in the warnings on stderr
-    r2 = server.cli("neo-pull", server.remote("t"), str(tmp_path / "out2"), env=key_env(server))
-    assert r2.returncode == 1
-    assert "warning: a.bin: a chunk failed authentication" in r2.stderr, r2.stderr
-    assert "warning: b.bin: the server says" in r2.stderr and "damaged" in r2.stderr, r2.stderr
-    assert "warning: c.bin: its metadata failed authentication" in r2.stderr, r2.stderr
     server.stop()
     assert_clean(server.log_text())
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
+from repo_support import dir_entry, file_entry, put, view
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.repository import Repository, Target, packs
@@ -25,42 +26,6 @@ from neotwist.wire.messages import CODEC_RAW, CODEC_SEALED, CODEC_ZSTD, Entry
 def chunk(data: bytes) -> tuple[bytes, bytes]:
     """(id, data) of a plaintext chunk."""
     return blake3.blake3(data).digest(), data
-
-
-def put(target: Target, data: bytes, *, compress: bool = True) -> bytes:
-    """Store ``data`` as one chunk of ``target``; return its id."""
-    cid = blake3.blake3(data).digest()
-    if compress:
-        target.store_chunk(cid, CODEC_ZSTD, len(data), zstandard.ZstdCompressor().compress(data))
-    else:
-        target.store_chunk(cid, CODEC_RAW, len(data), data)
-    return cid
-
-
-def file_entry(path: str, *datas: bytes, target: Target | None = None, mtime: int = 1) -> Entry:
-    """A file entry made of ``datas`` as chunks (stored in ``target`` when given)."""
-    ids = b"".join(put(target, d) if target is not None else blake3.blake3(d).digest() for d in datas)
-    return Entry(path, "f", 0o644, mtime, sum(len(d) for d in datas), ids)
-
-
-def dir_entry(path: str) -> Entry:
-    return Entry(path, "d", 0o755, 1, 0)
-
-
-def view(target: Target, snapshot: int, path: str = "") -> dict[str, Entry]:
-    return {e.path: e for e in target.list_entries(snapshot, path, True)}
-
-
-@pytest.fixture
-def repo(tmp_path: Path):
-    r = Repository(tmp_path / "repo")
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def target(repo: Repository) -> Target:
-    return repo.create_target(7, "home", encrypted=False, chunker=DEFAULT_PARAMS)
 
 
 def code_of(excinfo: pytest.ExceptionInfo[NeoError]) -> ErrorCode:

@@ -68,7 +68,9 @@ def chunk(data: bytes) -> tuple[bytes, bytes]:
     return blake3.blake3(data).digest(), data
 
 
-class SessionTests(TestCase):
+class SessionFixture(TestCase):
+    """A repository and account store on disk, and helpers to connect, call and push (no tests of its own)."""
+
     def setUp(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="neo-session-"))
         self.addCleanup(shutil.rmtree, self.tmp, True)
@@ -139,6 +141,9 @@ class SessionTests(TestCase):
         assert isinstance(committed, Committed), committed
         return committed
 
+
+
+class SessionTests(SessionFixture):
     # --- order, version, login -------------------------------------------------------------------------
 
     def test_request_before_hello_is_refused(self) -> None:

@@ -13,24 +13,39 @@ LOCAL_DIR).
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import msgspec
 
+from neotwist.client.clibase import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    add_connection_options,
+    add_key_options,
+    add_output_options,
+    connect_options,
+    human_size,
+    key_source,
+    open_session,
+    react,
+    start_logging,
+)
 from neotwist.client.filters import Filter, FilterError, write_sample
 from neotwist.client.progress import Progress
 from neotwist.client.remote import UsageError, parse_remote
+from neotwist.client.timespec import TimeSpecError, parse_time
 from neotwist.runtime import tune_threads
 
 Direction = Literal["push", "pull"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 _PUSH_EPILOG = """\
@@ -77,13 +92,6 @@ symlink is ever followed while writing.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(EXIT_USAGE)
-
-
 def build_parser(direction: Direction) -> argparse.ArgumentParser:
     prog = f"neo-{direction}"
     if direction == "push":
@@ -94,7 +102,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
         usage = f"{prog} [options] REMOTE LOCAL_DIR"
         description = "Pull a snapshot (the latest by default) from a Neophytos server into a directory."
         epilog = _PULL_EPILOG
-    p = _Parser(
+    p = Parser(
         prog=prog,
         usage=usage,
         description=description,
@@ -102,26 +110,8 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("args", nargs="*", metavar="ARG", help=argparse.SUPPRESS)
-    auth = p.add_argument_group("connection and authentication")
-    auth.add_argument("-i", "--identity", action="append", default=[], metavar="FILE",
-                      help="SSH private key to offer (repeatable; default: the agent and ~/.ssh/id_*)")
-    auth.add_argument("--password-stdin", action="store_true",
-                      help="read the password from the first line of standard input")
-    auth.add_argument("--known-hosts", type=Path, metavar="FILE", help="SSH known-hosts file")
-    auth.add_argument("--accept-new-host-key", action="store_true",
-                      help="trust and record a host key seen for the first time (never a changed one)")
-    auth.add_argument("--tls-ca", type=Path, metavar="FILE",
-                      help="CA certificate(s) that sign the server's TLS certificate (tls:// only)")
-    auth.add_argument("--ssh-command", metavar="CMD",
-                      help="run OpenSSH instead of the built-in client, e.g. 'ssh -J jumphost'")
-    auth.add_argument("--no-agent", action="store_true", help="do not use the SSH agent")
-    out = p.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print one JSON object with the summary on stdout")
-    out.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    out.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="show progress bars on stderr (default: when stderr is a terminal)")
-    out.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
-    out.add_argument("--debug", action="store_true", help="log protocol and transport details to stderr")
+    add_connection_options(p)
+    add_output_options(p)
     work = p.add_argument_group(direction)
     if direction == "push":
         work.add_argument("--filter-file", metavar="FILE", help="filter rules (--make-sample-filter-file)")
@@ -131,6 +121,11 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
         work.add_argument("--delete", "--sync-rdel", dest="delete", action="store_true",
                           help="record files deleted locally as deleted in the new snapshot (earlier snapshots "
                           "keep them); without it the remote view keeps them")
+        work.add_argument("--no-history", "--no-sformat", dest="keep_history", action="store_false", default=None,
+                          help="make the target keep only its latest snapshot (older ones are pruned after each "
+                          "push and their space reclaimed; needs full access)")
+        work.add_argument("--history", dest="keep_history", action="store_true",
+                          help="make a --no-history target keep every snapshot again")
         work.add_argument("--compress-level", type=int, default=1, choices=range(1, 20), metavar="N",
                           help="zstd level for sent chunks (default 1)")
     else:
@@ -140,24 +135,18 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           help="fsync each restored file before renaming it into place (safe against power loss "
                           "during the restore; slower: rsync, borg and restic do not)")
         work.add_argument("--no-fsync", dest="fsync", action="store_false", help=argparse.SUPPRESS)
-        work.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot, not the latest")
+        when = work.add_mutually_exclusive_group()
+        when.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot, not the latest (neo-ls "
+                          "REMOTE --snapshots lists them)")
+        when.add_argument("--at", metavar="TIME", help="pull the newest snapshot taken at or before TIME: "
+                          "2026-11-23T14:30 (local time), 2026-11-23, @EPOCH or '3d ago'")
         # Accepted so one filter invocation works both ways; a pull takes what the snapshot holds.
         work.add_argument("--filter-file", metavar="FILE", help=argparse.SUPPRESS)
         work.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=argparse.SUPPRESS)
     work.add_argument("--make-sample-filter-file", action="store_true",
                       help="write filter.example (both rule forms) in the current directory and exit")
     work.add_argument("--workers", type=int, default=3, metavar="N", help="worker threads (default 3)")
-    # --- encryption (issue 6) ---
-    crypt = p.add_argument_group("encryption (see neo-key)")
-    if direction == "push":
-        crypt.add_argument("--encrypt", action="store_true",
-                           help="create the target encrypted on its first push (ignored for an encrypted target; "
-                           "refused for an existing plaintext one)")
-    crypt.add_argument("--key-file", type=Path, metavar="FILE",
-                       help="key of encrypted targets (default: the one 'neo-key init' made)")
-    crypt.add_argument("--passphrase-stdin", action="store_true",
-                       help="read the key's passphrase from standard input (the line after the password when "
-                       "--password-stdin is given too); NEO_PASSPHRASE works as well")
+    add_key_options(p, encrypt=direction == "push")  # encryption (issue 6)
     legacy = p.add_argument_group("original client's options")
     legacy.add_argument("--lpath", metavar="DIR", help="local directory (instead of LOCAL_DIR)")
     legacy.add_argument("--rpath", metavar="TARGET[/SUBPATH]", help="target, with --host (instead of REMOTE)")
@@ -204,86 +193,8 @@ def _split_args(args: argparse.Namespace, program: Direction) -> tuple[str, str]
     return local, remote
 
 
-def _password_source(args: argparse.Namespace) -> Callable[[], str | None]:
-    """The password getter ConnectOptions calls at most once, only when the server asks."""
-    if args.password is not None:
-        given: str = args.password
-        return lambda: given
-    if args.password_stdin:
-        line = sys.stdin.readline().rstrip("\r\n")
-        return lambda: line
-    env = os.environ.get("NEO_PASSWORD")
-    if env is not None:
-        return lambda: env
-
-    def prompt() -> str | None:
-        if not sys.stdin.isatty():
-            return None
-        try:
-            return getpass.getpass("Password: ")
-        except (EOFError, KeyboardInterrupt):
-            return None
-
-    return prompt
-
-
-def _passphrase_source(args: argparse.Namespace) -> Callable[[str], str | None]:
-    """The key's passphrase getter, called at most once, only when an encrypted target is met. Call it after
-    :func:`_password_source`: with both ``--password-stdin`` and ``--passphrase-stdin`` the password is the
-    first line of standard input and the passphrase the second."""
-    if args.passphrase_stdin:
-        line = sys.stdin.readline().rstrip("\r\n")
-        return lambda _path: line
-    env = os.environ.get("NEO_PASSPHRASE")
-    if env is not None:
-        return lambda _path: env
-
-    def prompt(path: str) -> str | None:
-        if not sys.stdin.isatty():
-            return None
-        try:
-            return getpass.getpass(f"Passphrase for {path}: ")
-        except (EOFError, KeyboardInterrupt):
-            return None
-
-    return prompt
-
-
-def _confirm(question: str) -> bool:
-    if not sys.stdin.isatty():
-        return False
-    try:
-        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
-
-
-def _start_logging(debug: bool) -> None:
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
-
-    level = LogLevel.debug if debug else LogLevel.error
-    observer: Any = FilteringLogObserver(
-        cast(Any, textFileLogObserver(sys.stderr)),
-        [cast(Any, LogLevelFilterPredicate(defaultLogLevel=level))],
-    )
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
-
-
 def _human(direction: Direction, summary: Any) -> str:
-    def size(n: int) -> str:
-        value = float(n)
-        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-            if value < 1024 or unit == "TiB":
-                return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-            value /= 1024
-        return f"{n} B"
-
+    size = human_size
     if direction == "push":
         lines = [
             f"snapshot {summary.snapshot}: {summary.files_scanned} items scanned, "
@@ -307,13 +218,10 @@ def _human(direction: Direction, summary: Any) -> str:
 async def _run(
     reactor: Any, direction: Direction, args: argparse.Namespace, local: str, remote_text: str
 ) -> int:
-    from neotwist.client.connect import ConnectOptions, connect
-    from neotwist.client.encryption import EncryptionRefused, KeySource
+    from neotwist.client.encryption import EncryptionRefused
     from neotwist.client.filescache import FilesCache, cache_key
-    from neotwist.client.knownhosts import HostKeyError
     from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
     from neotwist.client.push import PushError, PushOptions, describe_error, push
-    from neotwist.client.remote import ConnectError
     from neotwist.crypto import CryptoError, WrongPassphrase
     from neotwist.wire.errors import ErrorCode, NeoError
 
@@ -333,31 +241,15 @@ async def _run(
                 filt.add_patterns(args.exclude)
         except FilterError as e:
             raise UsageError(str(e)) from None
-    options = ConnectOptions(
-        identity_files=list(args.identity),
-        get_password=_password_source(args),
-        known_hosts=args.known_hosts,
-        accept_new_host_key=args.accept_new_host_key,
-        confirm=_confirm if sys.stdin.isatty() else None,  # None: refuse with advice, not a silent "no"
-        tls_ca=args.tls_ca,
-        ssh_command=args.ssh_command,
-        use_agent=not args.no_agent,
-    )
-    keys = KeySource(args.key_file, _passphrase_source(args))
+    options = connect_options(args)
+    keys = key_source(args)  # after connect_options: with both -stdin flags, the password is line 1
     if direction == "push" and not os.path.isdir(local):
         sys.stderr.write(f"neo-push: {local} is not a directory; give the directory to push as LOCAL_DIR\n")
         return EXIT_FAILED
     started = time.monotonic()  # elapsed_s covers the whole run: connecting and authenticating too
-    try:
-        session = await connect(reactor, remote, options)
-    except HostKeyError as e:
-        sys.stderr.write(f"neo-{direction}: {e}\n")
-        return EXIT_AUTH
-    except ConnectError as e:
-        text = str(e)
-        sys.stderr.write(f"neo-{direction}: {text}\n")
-        auth = "authentication failed" in text or "requires a password" in text
-        return EXIT_AUTH if auth else EXIT_FAILED
+    session = await open_session(reactor, f"neo-{direction}", remote, options)
+    if isinstance(session, int):
+        return session
     progress = Progress(show_progress, "pushed" if direction == "push" else "pulled")
     code = EXIT_OK
     summary: Any = None
@@ -378,6 +270,7 @@ async def _run(
                     workers=max(1, args.workers),
                     compress_level=args.compress_level,
                     delete=args.delete,
+                    keep_history=args.keep_history,
                     progress=progress,
                     warn=warn,
                     keys=keys,
@@ -396,6 +289,7 @@ async def _run(
                     fsync=args.fsync,
                     workers=max(1, args.workers),
                     snapshot=args.snapshot,
+                    at=args.at_time,
                     progress=progress,
                     warn=warn,
                     keys=keys,
@@ -403,10 +297,19 @@ async def _run(
             )
     except PullIncomplete as e:
         summary = e.summary
-        sys.stderr.write(
-            f"neo-pull: {len(e.errors)} item(s) could not be restored, e.g. {e.errors[0]}; everything else was "
-            "(what is in the way: move it and pull again; what failed its check: pull an older snapshot)\n"
-        )
+        for text in e.damaged:
+            sys.stderr.write(f"neo-pull: damaged, not restored: {text}\n")
+        if e.damaged:
+            sys.stderr.write(
+                f"neo-pull: {len(e.damaged)} file(s) failed their checks (damaged or modified on the server) and "
+                "were not restored; everything else was (neo-check REMOTE lists the damage the server can see; "
+                "an older snapshot may hold good copies)\n"
+            )
+        if e.errors:
+            sys.stderr.write(
+                f"neo-pull: {len(e.errors)} item(s) could not be written safely, e.g. {e.errors[0]}; "
+                "move what is in the way and pull again\n"
+            )
         code = EXIT_FAILED
     except (PushError, PullError) as e:
         sys.stderr.write(f"neo-{direction}: {e}\n")
@@ -454,42 +357,16 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
     try:
         local, remote_text = _split_args(args, program)
         parse_remote(remote_text)  # usage errors before any connection
-    except UsageError as e:
+        args.at_time = None
+        if getattr(args, "at", None) is not None:
+            args.at_time = parse_time(args.at, time.time())
+    except (UsageError, TimeSpecError) as e:
         parser.print_usage(sys.stderr)
         sys.stderr.write(f"{parser.prog}: error: {e}\n")
         return EXIT_USAGE
-    _start_logging(args.debug)
+    start_logging(args.debug)
     tune_threads()
-
-    from twisted.internet import task
-
-    state = {"finished": False}
-
-    async def run(reactor: Any) -> None:
-        def interrupted() -> None:
-            if not state["finished"]:
-                state["interrupted"] = True
-
-        reactor.addSystemEventTrigger("before", "shutdown", interrupted)
-        try:
-            code = await _run(reactor, direction, args, local, remote_text)
-        except UsageError as e:
-            sys.stderr.write(f"{parser.prog}: error: {e}\n")
-            code = EXIT_USAGE
-        state["finished"] = True
-        if code:
-            raise SystemExit(code)
-
-    try:
-        task.react(run)
-    except SystemExit as e:
-        if state.get("interrupted"):
-            sys.stderr.write(f"{parser.prog}: interrupted\n")
-            return EXIT_INTERRUPTED
-        return int(e.code or 0)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    return EXIT_OK
+    return react(parser.prog, lambda reactor: _run(reactor, direction, args, local, remote_text))
 
 
 def push_main() -> None:

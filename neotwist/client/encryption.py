@@ -122,15 +122,23 @@ async def _close(peer: Peer, opened: Opened) -> None:
 
 
 async def open_for_push(
-    peer: Peer, target: str, subpath: str, source: KeySource | None, encrypt: bool
+    peer: Peer,
+    target: str,
+    subpath: str,
+    source: KeySource | None,
+    encrypt: bool,
+    keep_history: bool | None = None,
 ) -> tuple[Opened, Crypt | None]:
-    """Open ``target`` at ``subpath`` for a push, creating it (encrypted with ``encrypt``) if it is missing."""
+    """Open ``target`` at ``subpath`` for a push, creating it (encrypted with ``encrypt``) if it is missing;
+    ``keep_history`` goes with every open (see ``Open``)."""
     if encrypt:
         if source is None:
             raise EncryptionRefused("--encrypt needs a key: create one with 'neo-key init'")
-        return await _open_encrypted_push(peer, target, subpath, source, new=True)
+        return await _open_encrypted_push(peer, target, subpath, source, True, keep_history)
     try:
-        opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="push", create=True))
+        opened = await peer.request(
+            Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=keep_history)
+        )
     except RemoteError as e:
         encrypted_grant = e.code == ErrorCode.PERMISSION_DENIED and subpath and source is not None and source.exists()
         if e.code != ErrorCode.ENCRYPTION_MISMATCH and not encrypted_grant:
@@ -138,7 +146,7 @@ async def open_for_push(
         if source is None:
             raise EncryptionRefused(f"target {target} is encrypted: this push needs its key") from None
         try:
-            return await _open_encrypted_push(peer, target, subpath, source, new=False)
+            return await _open_encrypted_push(peer, target, subpath, source, False, keep_history)
         except RemoteError:
             if encrypted_grant:
                 raise e from None
@@ -148,7 +156,7 @@ async def open_for_push(
 
 
 async def _open_encrypted_push(
-    peer: Peer, target: str, subpath: str, source: KeySource, new: bool
+    peer: Peer, target: str, subpath: str, source: KeySource, new: bool, keep_history: bool | None
 ) -> tuple[Opened, Crypt | None]:
     source.key_file()  # a missing key file is reported before the passphrase is asked
     master = source.master()
@@ -156,7 +164,16 @@ async def _open_encrypted_push(
     path = _enc_path(master, subpath)
     try:
         opened = await peer.request(
-            Open(rid=0, target=target, path=path, mode="push", create=new, encrypted=True, key_check=record)
+            Open(
+                rid=0,
+                target=target,
+                path=path,
+                mode="push",
+                create=new,
+                encrypted=True,
+                keep_history=keep_history,
+                key_check=record,
+            )
         )
     except RemoteError as e:
         if e.code == ErrorCode.ENCRYPTION_MISMATCH and new:

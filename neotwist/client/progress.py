@@ -13,23 +13,24 @@ from typing import Any
 class Progress:
     """Two counters (items, bytes); a no-op unless enabled and stderr is a terminal."""
 
-    def __init__(self, enabled: bool, verb: str) -> None:
+    def __init__(self, enabled: bool, verb: str, *, count_files: bool = True) -> None:
         self.enabled = enabled and sys.stderr.isatty()
         self._files: Any = None
         self._bytes: Any = None
         if self.enabled:
             from tqdm import tqdm
 
-            self._files = tqdm(
-                desc=f"{verb} files", unit=" files", file=sys.stderr, position=0, mininterval=0.2
-            )
+            if count_files:
+                self._files = tqdm(
+                    desc=f"{verb} files", unit=" files", file=sys.stderr, position=0, mininterval=0.2
+                )
             self._bytes = tqdm(
                 desc=f"{verb} bytes",
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
                 file=sys.stderr,
-                position=1,
+                position=1 if count_files else 0,
                 mininterval=0.2,
             )
 
@@ -46,6 +47,12 @@ class Progress:
         if self._files is not None:
             self._files.total = n
             self._files.refresh()
+
+    def total_bytes(self, n: int) -> None:
+        """Set the expected number of bytes once known."""
+        if self._bytes is not None and self._bytes.total != n:
+            self._bytes.total = n
+            self._bytes.refresh()
 
     def close(self) -> None:
         for bar in (self._files, self._bytes):

@@ -32,10 +32,11 @@ from typing import Any
 import blake3
 import zstandard
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred, succeed
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from neotwist.chunking import Chunker
+from neotwist.client import stash
 from neotwist.client.encryption import KeySource, open_for_read
 from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
 from neotwist.client.progress import Progress
@@ -51,10 +52,7 @@ from neotwist.wire.messages import (
     ChunkReply,
     Entry,
     Get,
-    List,
-    Listing,
     Message,
-    Opened,
 )
 from neotwist.wire.peer import Peer
 
@@ -75,9 +73,9 @@ class PullError(Exception):
     """The pull failed; the message is one line fit for the terminal."""
 
 
-class FileFailed(PullError):
-    """One file cannot be restored (a chunk failed its check, or the server reports it damaged); the pull goes on
-    with the other files and fails at the end."""
+class DamagedFile(PullError):
+    """One file's stored data is damaged (the server said so, or a chunk failed its check here): that file is
+    not written, the rest of the pull goes on, and the pull ends as incomplete."""
 
 
 @dataclass
@@ -88,6 +86,7 @@ class PullOptions:
     fsync: bool = False  # --fsync: each file durable before its rename
     workers: int = 3
     snapshot: int | None = None  # None: the latest
+    at: float | None = None  # server time: the newest snapshot taken at or before it (--at)
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
     keys: KeySource | None = None  # the key, for encrypted targets (asked for only when one is met)
@@ -99,7 +98,8 @@ class PullSummary:
     files: int = 0  # regular files among them
     files_changed: int = 0  # files written
     files_unchanged: int = 0  # left alone (quick check or identical content)
-    files_skipped: int = 0  # could not be written safely (see warnings)
+    files_skipped: int = 0  # could not be written safely (see warnings), or damaged on the server
+    files_damaged: int = 0  # stored data damaged (not written; the rest of the pull went on)
     symlinks_written: int = 0
     bytes_written: int = 0
     bytes_reused: int = 0  # bytes copied from local files instead of fetched
@@ -130,14 +130,14 @@ class Content:
         return blake3.blake3(data).digest() if self.sealer is None else self.sealer.chunk_id(data)
 
     def decode(self, reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> bytes:
-        """The plaintext of a fetched chunk, checked against its id; FileFailed naming ``path`` otherwise."""
+        """The plaintext of a fetched chunk, checked against its id; DamagedFile naming ``path`` otherwise."""
         if self.sealer is not None:
             if reply.codec != CODEC_SEALED:
-                raise FileFailed(f"{path}: the server sent an unsealed chunk for an encrypted target; not restored")
+                raise DamagedFile(f"{path}: the server sent an unsealed chunk for an encrypted target; not restored")
             try:
                 return self.sealer.open(reply.id, reply.data, dctx)
             except AuthenticationFailed as e:
-                raise FileFailed(f"{path}: {e}; not restored") from None
+                raise DamagedFile(f"{path}: {e}; not restored") from None
         return _decode(reply, path, dctx)
 
 
@@ -161,32 +161,6 @@ class _File:
     temp: TempFile | None = None
     offset: int = 0  # bytes written so far
     written: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in temp
-
-
-def _merge(entries: list[Entry]) -> list[Entry]:
-    """Join continuation records (``more``) into one entry per path."""
-    out: list[Entry] = []
-    pending: Entry | None = None
-    parts: list[bytes] = []
-    for e in entries:
-        if pending is not None:
-            if e.path != pending.path:
-                raise PullError(f"the server's listing broke off the chunk list of {pending.path!r}")
-            parts.append(e.chunks)
-            if not e.more:
-                whole = b"".join(parts)
-                out.append(
-                    Entry(pending.path, "f", pending.mode, pending.mtime_ns, pending.size, whole, meta=pending.meta)
-                )
-                pending, parts = None, []
-            continue
-        if e.more:
-            pending, parts = e, [e.chunks]
-        else:
-            out.append(e)
-    if pending is not None:
-        raise PullError(f"the server's listing ended inside the chunk list of {pending.path!r}")
-    return out
 
 
 # --- worker-thread side ----------------------------------------------------------------------------------
@@ -277,11 +251,11 @@ def _decode(reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> b
         try:
             raw = dctx.decompress(reply.data, max_output_size=reply.size)
         except zstandard.ZstdError as e:
-            raise PullError(f"{path}: the server sent a chunk that does not decompress ({e})") from None
+            raise DamagedFile(f"{path}: the server sent a chunk that does not decompress ({e})") from None
     else:
-        raise FileFailed(f"{path}: the server sent a sealed chunk for a plaintext target; not restored")
+        raise DamagedFile(f"{path}: the server sent a sealed chunk for a plaintext target; not restored")
     if len(raw) != reply.size or blake3.blake3(raw).digest() != reply.id:
-        raise FileFailed(f"{path}: a chunk from the server does not match its id; not restored")
+        raise DamagedFile(f"{path}: a chunk from the server does not match its id; nothing was replaced")
     return raw
 
 
@@ -542,6 +516,7 @@ class _PullRun:
         dest: SafeDest,
         options: PullOptions,
         summary: PullSummary,
+        single_file: bool = False,
         content: Content = PLAIN,
         remote: dict[str, str] | None = None,
     ) -> None:
@@ -559,6 +534,8 @@ class _PullRun:
         self.reusable: dict[bytes, tuple[str, int, int]] = {}  # id -> (path, offset, length) written here
         self.budget = _ByteBudget(FETCH_BYTES)
         self.errors: list[str] = []
+        self.damaged: list[str] = []  # files whose stored data is damaged: not written, the pull went on
+        self.single_file = single_file  # the handle's root is the one file: it is "" on the server
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
@@ -584,10 +561,14 @@ class _PullRun:
             return result
 
         def failed(failure: Any) -> None:
-            if failure.check(UnsafePath, OSError, FileFailed):
+            error = failure.value
+            if failure.check(UnsafePath, OSError):
                 self._error(f"{failure.getErrorMessage()}")
+            elif isinstance(error, DamagedFile) or (isinstance(error, RemoteError) and error.code == ErrorCode.DAMAGED):
+                self.summary.files_skipped += 1
+                self.damaged.append(error.message if isinstance(error, RemoteError) else str(error))
             else:
-                fatal.append(failure.value)
+                fatal.append(error)
 
         progress = self.options.progress
         step = QUICK_CHECK_FILES
@@ -737,15 +718,16 @@ class _PullRun:
             got.append(message)
             return len(got) < count
 
+        remote = "" if self.single_file else (f.remote or f.path)
         try:
             await self.peer.request(
-                Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=f.remote or f.path, ids=wanted),
-                more=more,
+                Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=remote, ids=wanted), more=more
             )
         except RemoteError as e:
             self.budget.release(held)
-            if e.code in (ErrorCode.DAMAGED, ErrorCode.CHUNK_NOT_IN_FILE, ErrorCode.NO_SUCH_PATH):
-                raise FileFailed(f"{f.path}: the server says {e.message} ({e.code}); not restored") from None
+            if e.code == ErrorCode.DAMAGED and self.content.sealer is not None:
+                # the server's message names the encrypted path: name the file as its owner knows it
+                raise DamagedFile(f"{f.path}: its data is damaged on the server; not restored") from None
             raise
         except BaseException:
             self.budget.release(held)
@@ -785,6 +767,16 @@ class _ByteBudget:
             d.callback(None)
 
 
+def _single_file_destination(local: str, subpath: str) -> tuple[str, str]:
+    """(directory, name) where a single pulled file goes: into ``local`` if it is a directory, else at ``local``."""
+    if os.path.isdir(local):
+        return local, subpath.rsplit("/", 1)[-1] or "file"
+    parent, name = os.path.split(os.path.abspath(local))
+    if not os.path.isdir(parent):
+        raise PullError(f"cannot restore a file to {local}: {parent} is not a directory")
+    return parent, name
+
+
 async def pull(
     reactor: Any, peer: Peer, target: str, subpath: str, local_root: str, options: PullOptions
 ) -> PullSummary:
@@ -792,42 +784,30 @@ async def pull(
     started = time.monotonic()
     summary = PullSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
-    opened, crypt = await open_for_read(peer, target, subpath, options.keys)
-    if not isinstance(opened, Opened):
-        raise PullError(f"the server answered open with {type(opened).__name__}")
-    summary.encrypted = crypt is not None
-    if not opened.exists or opened.latest is None:
-        raise PullError(f"target {target} has no snapshot yet; push to it first")
-    pages: list[Listing] = []
-    listed = 0
-
-    def more(message: Message) -> bool:
-        nonlocal listed
-        if not isinstance(message, Listing):
-            raise PullError(f"the server answered list with {type(message).__name__}")
-        listed += len(message.entries)
-        if listed > limits.MAX_PUSH_ENTRIES:
-            raise PullError(f"the listing has more than {limits.MAX_PUSH_ENTRIES} entries")
-        pages.append(message)
-        return not message.done
-
-    await peer.request(
-        List(rid=0, handle=opened.handle, snapshot=options.snapshot, path="", recursive=True), more=more
-    )
-    snapshot = pages[-1].snapshot
-    entries = _merge([e for page in pages for e in page.entries])
-    pages.clear()
-    pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
-    pool.start()
+    try:
+        opened, crypt = await open_for_read(peer, target, subpath, options.keys)
+        summary.encrypted = crypt is not None
+        if not opened.exists or opened.latest is None:
+            raise PullError(f"target {target} has no snapshot yet; push to it first")
+        wanted = options.snapshot
+        if options.at is not None:
+            wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), options.at, wanted)
+        snapshot, entries = await stash.entries(peer, opened.handle, wanted)
+    except stash.StashError as e:
+        raise PullError(str(e)) from None
     remote: dict[str, str] | None = None
     refused: list[str] = []
     if crypt is not None:
-        try:
-            decrypted = await deferToThreadPool(reactor, pool, crypt.tree.decrypt_listing, entries)
-        except BaseException:
-            pool.stop()
-            raise
+        # names and metadata are decrypted and checked before anything is written (in a worker: big listings)
+        decrypted = await deferToThread(crypt.tree.decrypt_listing, entries)
         entries, remote, refused = decrypted.entries, decrypted.remote, decrypted.errors
+    single_file = len(entries) == 1 and entries[0].path == "" and entries[0].kind != "d"
+    if single_file:
+        # REMOTE names one file (or symlink): it lands in LOCAL (an existing directory) under its own name, or
+        # at LOCAL itself; nothing else in that directory is touched.
+        local_root, name = _single_file_destination(local_root, subpath)
+        one = entries[0]
+        entries = [Entry(name, one.kind, one.mode, one.mtime_ns, one.size, one.chunks, one.link, one.meta)]
     summary.snapshot = snapshot
     summary.files_scanned = len(entries)
     summary.files = sum(1 for e in entries if e.kind == "f")
@@ -836,26 +816,29 @@ async def pull(
     try:
         dest = SafeDest(local_root)
     except OSError as e:
-        pool.stop()
         raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
     _raise_open_files_limit()
+    pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
+    pool.start()
     content = Content(crypt.sealer) if crypt is not None else PLAIN
     params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
-    run = _PullRun(reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, content, remote)
-    for text in refused:
-        run._error(text)
+    run = _PullRun(
+        reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote
+    )
+    run.damaged.extend(refused)  # entries whose names or metadata failed authentication: not written
     try:
         await run.run(entries)
     finally:
         pool.stop()
         dest.close()
     summary.warnings.extend(run.errors)
+    summary.files_damaged = len(run.damaged)
     summary.bytes_sent = peer.bytes_sent - sent0
     summary.bytes_received = peer.bytes_received - received0
     summary.elapsed_s = time.monotonic() - started
-    if run.errors:
+    if run.errors or run.damaged:
         summary.files_skipped = max(summary.files_skipped, len(run.errors))
-        raise PullIncomplete(summary, run.errors)
+        raise PullIncomplete(summary, run.errors, run.damaged)
     return summary
 
 
@@ -876,8 +859,12 @@ def _raise_open_files_limit(wanted: int = 8192) -> None:
 class PullIncomplete(PullError):
     """Some items could not be written safely; everything else was. Carries the summary."""
 
-    def __init__(self, summary: PullSummary, errors: list[str]) -> None:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"{errors[0]}{more}")
+    def __init__(self, summary: PullSummary, errors: list[str], damaged: list[str] | None = None) -> None:
+        damaged = damaged or []
+        first = (damaged + errors)[0]
+        total = len(errors) + len(damaged)
+        more = f" (and {total - 1} more)" if total > 1 else ""
+        super().__init__(f"{first}{more}")
         self.summary = summary
         self.errors = errors
+        self.damaged = damaged

@@ -93,6 +93,7 @@ class PushOptions:
     workers: int = 3
     compress_level: int = 1
     delete: bool = False  # record files missing locally as deleted (they stay in earlier snapshots)
+    keep_history: bool | None = None  # False: the target keeps only its latest snapshot; None: leave as is
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
     keys: KeySource | None = None  # the key, for encrypted targets (asked for only when one is met)
@@ -622,7 +623,9 @@ async def push(
     local_root = os.path.abspath(local_root)
     if not os.path.isdir(local_root):
         raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
-    opened, crypt = await open_for_push(peer, target, subpath, options.keys, options.encrypt)
+    opened, crypt = await open_for_push(
+        peer, target, subpath, options.keys, options.encrypt, keep_history=options.keep_history
+    )
     if not isinstance(opened, Opened):
         raise PushError(f"the server answered open with {type(opened).__name__}")
     if opened.encrypted != (crypt is not None):

@@ -100,11 +100,12 @@ def _parse_host_port(text: str, hostport: str, default_port: int) -> tuple[str, 
     return host, int(port_text)
 
 
-def parse_remote(text: str, *, default_user: str | None = None) -> Remote:
+def parse_remote(text: str, *, default_user: str | None = None, need_target: bool = True) -> Remote:
     """Parse ``[ssh://|tls://][USER@]HOST[:PORT]/TARGET[/SUBPATH]``; raise :class:`UsageError` if it is wrong.
 
     SSH is the default scheme; default ports are 4322 (ssh) and 4323 (tls). Without USER, ``default_user`` is
-    used, else the local login name. Trailing slashes after the target or sub-path are ignored.
+    used, else the local login name. Trailing slashes after the target or sub-path are ignored. With
+    ``need_target=False`` the ``/TARGET`` part may be left out (``target`` is then '').
     """
     scheme: Scheme = "ssh"
     rest = text
@@ -117,7 +118,7 @@ def parse_remote(text: str, *, default_user: str | None = None) -> Remote:
         else:
             raise _fail(text, f"unknown scheme {prefix + '://'!r} (use ssh:// or tls://)")
     authority, slash, where = rest.partition("/")
-    if not slash:
+    if not slash and need_target:
         raise _fail(text, "missing /TARGET")
     userpart, at, hostport = authority.rpartition("@")
     if at:
@@ -134,7 +135,9 @@ def parse_remote(text: str, *, default_user: str | None = None) -> Remote:
     where = where.rstrip("/")
     target, _, path = where.partition("/")
     if not target:
-        raise _fail(text, "missing TARGET")
+        if need_target:
+            raise _fail(text, "missing TARGET")
+        return Remote(scheme=scheme, user=user, host=host, port=port, target="", path="")
     try:
         check_name(target, "target")
         check_path(path)

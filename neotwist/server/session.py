@@ -21,7 +21,6 @@ joined below the root.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,9 +34,11 @@ from twisted.python.failure import Failure
 import neotwist
 from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
+from neotwist.server import stash
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.target import ChunkRejected
+from neotwist.server.rights import Right
 from neotwist.server.ssh import RunBlocking, thread_runner
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
@@ -94,15 +95,6 @@ PUT_BATCH_COUNT = 512
 
 LISTING_PAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``listing`` page (also at most MAX_ENTRIES entries per page)."""
-
-
-class Right(enum.IntEnum):
-    """What an account may do with a (target, sub-path). Each right includes the ones below it."""
-
-    READ = 1  # list and pull
-    APPEND = 2  # read, and push new snapshots (never delete from history)
-    WRITE = 3  # append, and push --delete
-    FULL = 4  # write, and prune and remove the target
 
 
 @dataclass(frozen=True)
@@ -315,6 +307,7 @@ class ServerSession:
                     access.target,
                     encrypted=message.encrypted,
                     chunker=DEFAULT_PARAMS,
+                    keep_history=message.keep_history is not False,
                     key_check=message.key_check if message.encrypted else b"",
                 )
             if message.mode == "push" and target.meta.encrypted != message.encrypted:
@@ -324,6 +317,16 @@ class ServerSession:
                     + ("encrypted: push with its key" if target.meta.encrypted else "not encrypted")
                     + ("" if target.meta.encrypted else ": an encrypted push needs a new target"),
                 )
+            wanted = message.keep_history
+            if message.mode == "push" and wanted is not None and wanted != target.meta.keep_history:
+                if access.right < Right.FULL or access.root:
+                    raise NeoError(
+                        ErrorCode.PERMISSION_DENIED,
+                        "changing whether a target keeps history needs full access to the whole target; "
+                        f"{self._account.name} has {access.right.name.lower()}"
+                        + (f" on {access.root!r}" if access.root else ""),
+                    )
+                repository.set_keep_history(access.owner_id, access.target, wanted)
             return target, existed, target.latest()
 
         def found(result: tuple[Target, bool, Any]) -> None:
@@ -342,6 +345,7 @@ class ServerSession:
                     chunker=target.meta.chunker,
                     latest=None if latest is None else latest.id,
                     latest_time=None if latest is None else latest.time,
+                    keep_history=target.meta.keep_history,
                     key_check=target.meta.key_check,
                 )
             )
@@ -455,6 +459,11 @@ class ServerSession:
         result = await self.services.run(push.commit, time.time())
         handle.push = None
         snap = result.snapshot
+        target = handle.target
+        assert target is not None
+        if not target.meta.keep_history:
+            # Before the reply: once the client hears "committed", older snapshots are already gone.
+            await self.services.run(target.apply_no_history)
         log.info(
             "commit: account={account} target={target} root={root!r} snapshot={snapshot} files={files} "
             "changed={changed} new_bytes={new_bytes}",
@@ -599,6 +608,37 @@ class ServerSession:
             if start >= len(ids):
                 return
             await peer.drain()
+
+    # --- for the handlers in other modules (stash.py) ------------------------------------------------------
+
+    def handle(self, number: int) -> _Handle:
+        """The open handle ``number``; NeoError(BAD_HANDLE) if there is none."""
+        return self._handle(number)
+
+    def target_of(self, handle: _Handle) -> Target:
+        assert handle.target is not None
+        return handle.target
+
+    def require(self, handle: _Handle, right: Right, operation: str) -> None:
+        """Refuse ``operation`` unless the handle's access includes ``right``; the error names both."""
+        if handle.access.right < right:
+            raise NeoError(
+                ErrorCode.PERMISSION_DENIED,
+                f"{operation} needs {right.name.lower()} access; {self._account.name} has "
+                f"{handle.access.right.name.lower()} on {handle.access.target!r}",
+            )
+
+    def admit(self, message: Message, job: Callable[[], Deferred[None]]) -> Deferred[None]:
+        """Run a read-only ``job`` in the background once a job slot is free (see :meth:`_admit`)."""
+        return self._admit(message, job)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def account_name(self) -> str:
+        return self.account.name if self.account is not None else "-"
 
     # --- helpers -----------------------------------------------------------------------------------------
 
@@ -755,6 +795,7 @@ class ServerSession:
         Abort: on_abort,
         List: on_list,
         Get: on_get,
+        **stash.HANDLERS,
     }
 
 

@@ -14,6 +14,7 @@ class ErrorCode(enum.StrEnum):
     FLOW_CONTROL = "flow_control"  # peer sent more bytes than the credit it was granted; fatal
     LIMIT_EXCEEDED = "limit_exceeded"  # too many handles / requests in flight / entries; fatal
     PROTOCOL = "protocol"  # message out of order (e.g. request before hello, commit without push_begin)
+    BAD_ARGUMENT = "bad_argument"  # well-formed request whose values cannot be acted on (prune with no rule)
     AUTH_REQUIRED = "auth_required"  # TLS request before login
     AUTH_FAILED = "auth_failed"  # wrong account or password (never says which)
     NO_SUCH_TARGET = "no_such_target"

@@ -31,6 +31,8 @@ MAX_IDS = 8192
 MAX_ENTRIES = 4096
 """Entries in one ``entries`` message or one ``listing`` page."""
 
+MAX_PRUNE_LISTED = 20_000
+"""Snapshots listed in one ``pruned`` reply or named in one ``check_report`` (the counts are always exact)."""
 MAX_FILE_CHUNK_IDS = 65536
 """Chunk ids carried by one entry record; a larger file continues in the next record (``more``)."""
 

@@ -163,7 +163,9 @@ class Open(Message, tag="open"):
     """Open ``target`` at sub-path ``path`` for reading or pushing; the handle's root is that sub-path.
 
     ``create`` lets a push open create a target that does not exist yet. ``encrypted`` says what the client
-    will push; a mismatch with an existing target is refused. ``key_check`` (encrypted push with create): the
+    will push; a mismatch with an existing target is refused. ``keep_history`` (push only): False makes the
+    target keep only its latest snapshot (set at creation, or changed later with the ``full`` right); None
+    leaves the setting as it is (a new target keeps history). ``key_check`` (encrypted push with create): the
     client's key-check record, stored with a target this open creates and ignored otherwise.
     """
 
@@ -172,6 +174,7 @@ class Open(Message, tag="open"):
     mode: Literal["read", "push"]
     create: bool = False
     encrypted: bool = False
+    keep_history: bool | None = None
     # --- encryption (issue 6) ---
     key_check: KeyCheck = b""
 
@@ -186,6 +189,7 @@ class Opened(Message, tag="opened"):
     chunker: ChunkerParams
     latest: SnapshotId | None
     latest_time: float | None
+    keep_history: bool = True
     # --- encryption (issue 6) ---
     key_check: KeyCheck = b""
 
@@ -296,6 +300,164 @@ class ChunkReply(Message, tag="chunk"):
     data: ChunkData
 
 
+# --- stash: snapshots, versions, deleted files, retention, check --------------------------------------------
+
+class SnapshotRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One kept snapshot. ``root`` is the sub-path the push that made it covered ('' = the whole target), shown
+    relative to the handle's root; ``new_bytes`` the stored bytes it added."""
+
+    id: SnapshotId
+    time: float
+    files: U64
+    dirs: U64
+    changed: U64
+    deleted: U64
+    new_chunks: U64
+    new_bytes: U64
+    root: PathText
+    delete_mode: bool
+
+
+class ListSnapshots(Message, tag="snapshots"):
+    """The target's kept snapshots, oldest first. Answered by ``snapshot_list`` pages, the last with ``done``."""
+
+    handle: Handle
+
+
+class SnapshotList(Message, tag="snapshot_list"):
+    snapshots: Annotated[list[SnapshotRecord], msgspec.Meta(max_length=limits.MAX_ENTRIES)]
+    done: bool
+
+
+class VersionRecord(msgspec.Struct, array_like=True, frozen=True):
+    """One stored version of a path: present in the kept snapshots from ``snapshot`` up to (not including)
+    ``until`` (None: still current). ``time`` is the server time of ``snapshot``."""
+
+    snapshot: SnapshotId
+    until: SnapshotId | None
+    time: float
+    kind: EntryKind
+    mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
+    mtime_ns: I64
+    size: U64
+
+
+class ListVersions(Message, tag="versions"):
+    """Every stored version of ``path`` (relative to the handle root). Answered by ``version_list`` pages."""
+
+    handle: Handle
+    path: PathText
+
+
+class VersionList(Message, tag="version_list"):
+    versions: Annotated[list[VersionRecord], msgspec.Meta(max_length=limits.MAX_ENTRIES)]
+    done: bool
+
+
+class DeletedRecord(msgspec.Struct, array_like=True, frozen=True):
+    """A path absent from the current view that a kept snapshot still holds: its newest version, the newest
+    kept snapshot holding it (restore from there) and the snapshot (and time) that removed it."""
+
+    path: PathText
+    kind: EntryKind
+    size: U64
+    mtime_ns: I64
+    last_snapshot: SnapshotId
+    deleted_in: SnapshotId
+    deleted_time: float
+
+
+class ListDeleted(Message, tag="deleted"):
+    """Deleted paths at or below ``path``. Answered by ``deleted_list`` pages, the last with ``done``."""
+
+    handle: Handle
+    path: PathText
+
+
+class DeletedList(Message, tag="deleted_list"):
+    entries: Annotated[list[DeletedRecord], msgspec.Meta(max_length=limits.MAX_ENTRIES)]
+    done: bool
+
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+
+
+class Prune(Message, tag="prune"):
+    """Apply a retention policy to the whole target (needs ``full`` on the target's root), then collect
+    garbage. Counts are snapshots to keep per rule, ``keep_within`` seconds before the server's now; at least one
+    rule must be given and the newest snapshot is always kept. With ``dry_run`` nothing changes. Answered by
+    ``pruned``."""
+
+    handle: Handle
+    keep_last: Count = 0
+    keep_hourly: Count = 0
+    keep_daily: Count = 0
+    keep_weekly: Count = 0
+    keep_monthly: Count = 0
+    keep_within: Annotated[float, msgspec.Meta(ge=0.0, le=1e12)] = 0.0
+    dry_run: bool = False
+
+
+class PruneDecision(msgspec.Struct, array_like=True, frozen=True):
+    """A snapshot the policy keeps or removes, with the rules that keep it (empty when removed)."""
+
+    id: SnapshotId
+    time: float
+    keep: bool
+    reasons: Annotated[list[Annotated[str, msgspec.Meta(max_length=16)]], msgspec.Meta(max_length=8)]
+
+
+class Pruned(Message, tag="pruned"):
+    """What prune decided (every snapshot; at most MAX_PRUNE_LISTED listed, ``truncated`` if more) and, unless
+    ``dry_run``, what garbage collection reclaimed."""
+
+    decisions: Annotated[list[PruneDecision], msgspec.Meta(max_length=limits.MAX_PRUNE_LISTED)]
+    truncated: bool
+    kept: U64
+    removed: U64
+    dry_run: bool
+    chunks_removed: U64
+    bytes_removed: U64
+    disk_before: U64
+    disk_after: U64
+
+
+class Check(Message, tag="check"):
+    """Check the target's index against its chunk store (and with ``verify_data`` every chunk against its id).
+    Answered by ``check_progress`` messages, then one ``check_report``."""
+
+    handle: Handle
+    verify_data: bool = False
+
+
+class CheckProgress(Message, tag="check_progress"):
+    done_bytes: U64
+    total_bytes: U64
+
+
+class DamagedFile(msgspec.Struct, array_like=True, frozen=True):
+    """A file version that references a damaged or missing chunk, and the kept snapshots whose view holds it."""
+
+    path: PathText
+    snapshots: Annotated[list[SnapshotId], msgspec.Meta(max_length=limits.MAX_ENTRIES)]
+    chunk: Annotated[str, msgspec.Meta(max_length=64)]
+    why: Text
+
+
+class CheckReport(Message, tag="check_report"):
+    """The result: ``ok`` when nothing is damaged. Lists are capped (``truncated`` when something was left out)."""
+
+    ok: bool
+    chunks_checked: U64
+    bytes_checked: U64
+    damaged_chunks: U64
+    files: Annotated[list[DamagedFile], msgspec.Meta(max_length=limits.MAX_ENTRIES)]
+    snapshots: Annotated[list[SnapshotId], msgspec.Meta(max_length=limits.MAX_PRUNE_LISTED)]
+    problems: Annotated[list[Text], msgspec.Meta(max_length=256)]
+    truncated: bool
+    verified_data: bool
+
+
 AnyMessage = (
     Hello
     | Welcome
@@ -322,6 +484,17 @@ AnyMessage = (
     | Listing
     | Get
     | ChunkReply
+    | ListSnapshots
+    | SnapshotList
+    | ListVersions
+    | VersionList
+    | ListDeleted
+    | DeletedList
+    | Prune
+    | Pruned
+    | Check
+    | CheckProgress
+    | CheckReport
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -8,12 +8,43 @@ Layout under the repository root (see docs/storage.md)::
 
 Modules, one job each: :mod:`.packs` (pack file format), :mod:`.verify` (chunk checks), :mod:`.index` (SQLite
 schemas and connections), :mod:`.target` (one target's chunks and snapshots), :mod:`.push` (staging and
-committing a snapshot), :mod:`.repository` (the catalog), :mod:`.records` (result records).
+committing a snapshot), :mod:`.history` (listing snapshots, versions, deleted paths; pruning),
+:mod:`.retention` (which snapshots a policy keeps), :mod:`.gc` (garbage collection and pack compaction),
+:mod:`.check` (index and store agree), :mod:`.repository` (the catalog), :mod:`.records` (result records).
 """
 
 from neotwist.server.repository.push import Push
-from neotwist.server.repository.records import CommitResult, SnapshotInfo, TargetMeta, Usage
+from neotwist.server.repository.records import (
+    CheckReport,
+    CommitResult,
+    DamagedFile,
+    DeletedInfo,
+    GcResult,
+    PruneResult,
+    SnapshotInfo,
+    TargetMeta,
+    Usage,
+    VersionInfo,
+)
 from neotwist.server.repository.repository import Repository
+from neotwist.server.repository.retention import RetentionDecision, RetentionPolicy, decide
 from neotwist.server.repository.target import Target
 
-__all__ = ["CommitResult", "Push", "Repository", "SnapshotInfo", "Target", "TargetMeta", "Usage"]
+__all__ = [
+    "CheckReport",
+    "CommitResult",
+    "DamagedFile",
+    "DeletedInfo",
+    "GcResult",
+    "PruneResult",
+    "Push",
+    "Repository",
+    "RetentionDecision",
+    "RetentionPolicy",
+    "SnapshotInfo",
+    "Target",
+    "TargetMeta",
+    "Usage",
+    "VersionInfo",
+    "decide",
+]

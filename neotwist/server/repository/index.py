@@ -13,6 +13,7 @@ nothing per snapshot, and the view of snapshot S is ``first <= S AND (last IS NU
 from __future__ import annotations
 
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,7 +83,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     delete_mode INTEGER NOT NULL, -- the push removed unlisted paths under root
     mark_pack INTEGER NOT NULL,   -- pack position of the chunk store at commit: chunks at or after the
     mark_offset INTEGER NOT NULL, -- previous snapshot's mark are "new" for the next one
-    pruned INTEGER NOT NULL DEFAULT 0  -- reserved for retention: 1 = no longer listed
+    pruned INTEGER NOT NULL DEFAULT 0  -- 1 = removed by retention: never listed again (see history.py)
 );
 
 CREATE TABLE IF NOT EXISTS versions (
@@ -150,6 +151,20 @@ def connect(path: Path, schema: str | None, migrations: tuple[str, ...] = ()) ->
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: big commits touch many index pages
         if schema is not None:
             _apply_schema(db, schema, migrations)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write to ``path`` (SQLite refuses: "attempt to write a readonly database"),
+    for tools that inspect a repository a running server owns (``neo-admin check``). WAL lets it read while
+    the server writes; temp tables still work. Raises sqlite3.OperationalError if the file does not exist."""
+    uri = "file:" + urllib.parse.quote(str(path.absolute())) + "?mode=ro"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=60.0)
+    try:
+        db.execute("PRAGMA cache_size=-65536")
     except BaseException:
         db.close()
         raise

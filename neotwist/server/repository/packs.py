@@ -22,6 +22,10 @@ Crash safety: the index (``packs`` table) records for each pack the offset up to
 committed. Bytes past it are orphans of a crash (appended, never indexed): :meth:`PackStore.open_writer`
 truncates the last pack back to its committed size before appending, and any pack numbered above the last
 committed one holds no indexed record, so it is simply overwritten when its number comes up again.
+
+Records are never modified in place. Garbage collection (:mod:`.gc`) reclaims space by copying a pack's live
+records to the current pack, switching the index rows in one transaction, and only then deleting the old pack
+file (:meth:`PackStore.remove`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,41 @@ def encode_header(chunk_id: bytes, codec: int, size: int, data: bytes) -> bytes:
     return head + _HCRC.pack(zlib.crc32(head))
 
 
+def check_record(buf: bytes, length: int, chunk_id: bytes, where: str) -> tuple[int, int, bytes]:
+    """(codec, size, stored bytes) of the record in ``buf`` (read where the index placed a record of ``length``
+    stored bytes for ``chunk_id``), or NeoError(DAMAGED) naming ``where`` and what is wrong."""
+    if len(buf) != HEADER_SIZE + length:
+        raise NeoError(ErrorCode.DAMAGED, f"{where}: record is truncated")
+    magic, rid, codec, size, stored, crc = _HEAD.unpack_from(buf)
+    (hcrc,) = _HCRC.unpack_from(buf, _HEAD.size)
+    if magic != RECORD_MAGIC or hcrc != zlib.crc32(memoryview(buf)[: _HEAD.size]):
+        raise NeoError(ErrorCode.DAMAGED, f"{where}: record header is damaged")
+    if rid != chunk_id or stored != length:
+        raise NeoError(ErrorCode.DAMAGED, f"{where}: record belongs to another chunk")
+    data = buf[HEADER_SIZE:]
+    if zlib.crc32(data) != crc:
+        raise NeoError(ErrorCode.DAMAGED, f"{where}: stored bytes are damaged")
+    return codec, size, data
+
+
+class _Reader:
+    """A pooled read descriptor and how many reads use it right now; a retired one (evicted from the pool or
+    its pack deleted) is closed by its last user."""
+
+    __slots__ = ("fd", "retired", "users")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.users = 0
+        self.retired = False
+
+    def retire(self) -> None:
+        """Called with the pool's lock held."""
+        self.retired = True
+        if self.users == 0:
+            os.close(self.fd)
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -95,7 +134,7 @@ class PackStore:
         self._number = 0
         self._offset = 0
         self._touched: dict[int, int] = {}
-        self._readers: OrderedDict[int, int] = OrderedDict()
+        self._readers: OrderedDict[int, _Reader] = OrderedDict()
         self._readers_lock = threading.Lock()
 
     def path(self, number: int) -> Path:
@@ -148,6 +187,11 @@ class PackStore:
         self._touched[number] = self._offset
         self._forget_reader(number)
 
+    @property
+    def dirty(self) -> bool:
+        """True when packs were created or appended to since the last :meth:`sync`."""
+        return bool(self._touched)
+
     def position(self) -> tuple[int, int]:
         """(pack, offset) where the next record will go: records are ordered by it."""
         return self._number, self._offset
@@ -173,6 +217,15 @@ class PackStore:
         self._touched[number] = self._offset
         return number, offset
 
+    def start_new(self, after: int) -> None:
+        """Make the writer append to a pack numbered above ``after`` from now on (so pack ``after`` can be
+        compacted): rotate if it is writing to ``after`` or below, else create ``after + 1`` (a new pack's row
+        is committed by the next flush, which :attr:`dirty` asks for)."""
+        if self._fd is None:
+            self._create(after + 1)
+        elif self._number <= after:
+            self._rotate()
+
     def _rotate(self) -> None:
         """Close the full pack (durable first: rows for its records are committed later); start the next."""
         assert self._fd is not None
@@ -193,24 +246,34 @@ class PackStore:
 
     # --- reading -----------------------------------------------------------------------------------------
 
-    def _reader(self, number: int) -> int:
+    def _acquire(self, number: int) -> _Reader:
+        """A pooled read descriptor of pack ``number``, counted as in use until :meth:`_release`. Raises
+        OSError if the pack cannot be opened."""
         with self._readers_lock:
-            fd = self._readers.get(number)
-            if fd is not None:
+            reader = self._readers.get(number)
+            if reader is not None:
                 self._readers.move_to_end(number)
-                return fd
-            fd = os.open(self.path(number), os.O_RDONLY)
-            self._readers[number] = fd
-            while len(self._readers) > _MAX_OPEN_READERS:
-                _, old = self._readers.popitem(last=False)
-                os.close(old)
-            return fd
+            else:
+                reader = self._readers[number] = _Reader(os.open(self.path(number), os.O_RDONLY))
+                while len(self._readers) > _MAX_OPEN_READERS:
+                    _, old = self._readers.popitem(last=False)
+                    old.retire()
+            reader.users += 1
+            return reader
+
+    def _release(self, reader: _Reader) -> None:
+        with self._readers_lock:
+            reader.users -= 1
+            if reader.retired and reader.users == 0:
+                os.close(reader.fd)
 
     def _forget_reader(self, number: int) -> None:
+        """Drop the pooled descriptor of ``number`` (closed now, or by its last user: a descriptor is never
+        closed under a reader, whose ``pread`` could otherwise land in a file opened later with its number)."""
         with self._readers_lock:
-            fd = self._readers.pop(number, None)
-            if fd is not None:
-                os.close(fd)
+            reader = self._readers.pop(number, None)
+            if reader is not None:
+                reader.retire()
 
     def read(self, number: int, offset: int, length: int, chunk_id: bytes) -> tuple[int, int, bytes]:
         """(codec, size, stored bytes) of the record the index placed at (pack, offset, length).
@@ -220,21 +283,51 @@ class PackStore:
         """
         where = f"chunk {chunk_id.hex()} (pack {number} offset {offset})"
         try:
-            buf = os.pread(self._reader(number), HEADER_SIZE + length, offset)
+            reader = self._acquire(number)
+        except OSError as e:
+            raise NeoError(ErrorCode.DAMAGED, f"{where}: cannot open its pack: {e.strerror}") from None
+        try:
+            buf = os.pread(reader.fd, HEADER_SIZE + length, offset)
         except OSError as e:
             raise NeoError(ErrorCode.DAMAGED, f"{where}: cannot read: {e.strerror}") from None
-        if len(buf) != HEADER_SIZE + length:
-            raise NeoError(ErrorCode.DAMAGED, f"{where}: record is truncated")
-        magic, rid, codec, size, stored, crc = _HEAD.unpack_from(buf)
-        (hcrc,) = _HCRC.unpack_from(buf, _HEAD.size)
-        if magic != RECORD_MAGIC or hcrc != zlib.crc32(buf[: _HEAD.size]):
-            raise NeoError(ErrorCode.DAMAGED, f"{where}: record header is damaged")
-        if rid != chunk_id or stored != length:
-            raise NeoError(ErrorCode.DAMAGED, f"{where}: record belongs to another chunk")
-        data = buf[HEADER_SIZE:]
-        if zlib.crc32(data) != crc:
-            raise NeoError(ErrorCode.DAMAGED, f"{where}: stored bytes are damaged")
-        return codec, size, data
+        finally:
+            self._release(reader)
+        return check_record(buf, length, chunk_id, where)
+
+    # --- maintenance (garbage collection, check) ---------------------------------------------------------
+
+    def numbers(self) -> list[int]:
+        """Every pack file on disk, by number (whatever the index says), ascending."""
+        found = []
+        for path in self.directory.glob("*/*.pack"):
+            if path.stem.isdigit() and path == self.path(int(path.stem)):
+                found.append(int(path.stem))
+        return sorted(found)
+
+    def disk_bytes(self) -> int:
+        """Sum of the sizes of every pack file on disk."""
+        total = 0
+        for number in self.numbers():
+            try:
+                total += self.path(number).stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def remove(self, numbers: list[int]) -> None:
+        """Unlink packs (absent ones are skipped), then fsync the directories that held them, so the space is
+        reclaimed and the removal is durable. Their pooled descriptors are dropped first."""
+        dirs = set()
+        for number in numbers:
+            self._forget_reader(number)
+            path = self.path(number)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            dirs.add(path.parent)
+        for d in sorted(dirs):
+            fsync_dir(d)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -242,6 +335,6 @@ class PackStore:
             os.close(self._fd)
             self._fd = None
         with self._readers_lock:
-            for fd in self._readers.values():
-                os.close(fd)
+            for reader in self._readers.values():
+                reader.retire()
             self._readers.clear()

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from neotwist import paths
+from neotwist.server.repository.history import within
 from neotwist.server.repository.index import storage_errors
 from neotwist.server.repository.records import CommitResult, SnapshotInfo
 from neotwist.wire import limits
@@ -35,20 +36,6 @@ _Row = tuple[str, str, int, int, int, bytes, str, bytes]
 _DIFFERS = " OR ".join(
     f"v.{c} IS NOT s.{c}" for c in ("kind", "mode", "mtime_ns", "size", "chunks", "link", "meta")
 )
-
-
-def _within(root: str) -> tuple[str, dict[str, str]]:
-    """SQL condition (and parameters) for "path is root or below it", usable with an index on path.
-
-    '0' is the character after '/', so ``root/`` < every descendant < ``root0``.
-    """
-    if not root:
-        return "1", {}
-    return "(path = :root OR (path > :root_lo AND path < :root_hi))", {
-        "root": root,
-        "root_lo": root + "/",
-        "root_hi": root + "0",
-    }
 
 
 class Push:
@@ -71,6 +58,7 @@ class Push:
                 " mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,"
                 " chunks BLOB NOT NULL, link TEXT NOT NULL, meta BLOB NOT NULL)"
             )
+        target.push_started()  # until it ends, the chunks it relies on are safe from garbage collection
 
     def _check(self) -> None:
         if self._failed is not None:
@@ -165,9 +153,12 @@ class Push:
         if not self._open:
             return
         self._open = False
-        db, lock = self.target.writer
-        with lock:
-            db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+        try:
+            db, lock = self.target.writer
+            with lock:
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+        finally:
+            self.target.push_ended()
 
     def commit(self, now: float) -> CommitResult:
         """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically.
@@ -184,21 +175,25 @@ class Push:
             )
         mark = self.target.flush_mark()
         db, lock = self.target.writer
-        with lock, storage_errors("commit the snapshot"):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                info = self._commit(db, now, mark)
-                stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            finally:
-                db.execute(f"DROP TABLE IF EXISTS {self._stage}_chg")
-                db.execute(f"DROP TABLE IF EXISTS {self._stage}_need")
-                db.execute(f"DROP TABLE IF EXISTS {self._stage}_gone")
-            self._open = False
-            db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+        try:
+            with lock, storage_errors("commit the snapshot"):
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    info = self._commit(db, now, mark)
+                    stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                finally:
+                    db.execute(f"DROP TABLE IF EXISTS {self._stage}_chg")
+                    db.execute(f"DROP TABLE IF EXISTS {self._stage}_need")
+                    db.execute(f"DROP TABLE IF EXISTS {self._stage}_gone")
+                self._open = False
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+        finally:
+            if not self._open:  # committed: its chunks are referenced by committed versions now
+                self.target.push_ended()  # (outside the writer lock: the gc lock comes first in lock order)
         return CommitResult(info, stored)
 
     def _commit(self, db: sqlite3.Connection, now: float, mark: tuple[int, int]) -> SnapshotInfo:
@@ -273,7 +268,7 @@ class Push:
         # 4. With delete: current paths under the root that this push does not list.
         db.execute(f"CREATE TABLE {gone} (path TEXT PRIMARY KEY, kind TEXT)")
         if self.delete:
-            cond, params = _within(self.root)
+            cond, params = within(self.root)
             db.execute(
                 f"INSERT INTO {gone} SELECT path, kind FROM main.versions WHERE last IS NULL AND {cond} "
                 f"AND path NOT IN (SELECT path FROM {stage})",
@@ -308,4 +303,6 @@ class Push:
             f"SELECT path, :sid, NULL, kind, mode, mtime_ns, size, chunks, link, meta FROM {chg}",
             {"sid": sid},
         )
-        return SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes)
+        return SnapshotInfo(
+            sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete
+        )

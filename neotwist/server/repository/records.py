@@ -6,7 +6,7 @@ chooses to encode them; the session copies the fields it sends.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from neotwist.wire.messages import ChunkerParams
 
@@ -29,10 +29,12 @@ class TargetMeta:
 class SnapshotInfo:
     """One committed snapshot.
 
-    ``files`` counts the non-directory entries (files and symlinks) in the snapshot's view; ``changed``
-    the new versions it added (new or modified paths); ``deleted`` the paths it removed;
-    ``new_chunks``/``new_bytes`` the chunks (and their stored bytes) it references that were stored since
-    the previous snapshot.
+    ``files`` counts the non-directory entries (files and symlinks) in the snapshot's view and ``dirs`` the
+    directories; ``changed`` the new versions it added (new or modified paths); ``deleted`` the paths it
+    removed; ``new_chunks``/``new_bytes`` the chunks (and their stored bytes) it references that were stored
+    since the previous snapshot; ``root`` and ``delete_mode`` describe the push that made it (its sub-path,
+    '' = everything, and whether it removed unlisted paths under it). The trailing fields have defaults so
+    older positional construction keeps working.
     """
 
     id: int
@@ -42,6 +44,9 @@ class SnapshotInfo:
     deleted: int
     new_chunks: int
     new_bytes: int
+    dirs: int = 0
+    root: str = ""
+    delete_mode: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,3 +65,106 @@ class Usage:
     chunks: int
     files: int
     dirs: int
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One stored version of one path, as listed by ``Target.versions``.
+
+    ``first`` is the oldest kept snapshot whose view holds this version and ``time`` that snapshot's time (when
+    the snapshot that added it has been pruned, the first kept one after it stands in); ``last`` is the
+    snapshot that replaced or deleted it (which may itself have been pruned since), None while it is current.
+    """
+
+    first: int
+    last: int | None
+    time: float
+    kind: str
+    mode: int
+    mtime_ns: int
+    size: int
+
+
+@dataclass(frozen=True)
+class DeletedInfo:
+    """A path the current view no longer has but a kept snapshot still holds (its newest version).
+
+    ``last_snapshot`` is the newest kept snapshot that holds it (pull from there to get it back);
+    ``deleted_in`` is the snapshot whose push removed it and ``deleted_time`` that snapshot's time.
+    """
+
+    path: str
+    kind: str
+    size: int
+    mtime_ns: int
+    last_snapshot: int
+    deleted_in: int
+    deleted_time: float
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """Snapshots newly marked pruned, and versions rows dropped because no kept snapshot sees them any more."""
+
+    snapshots_removed: int
+    versions_removed: int
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What one garbage collection did.
+
+    ``chunks_removed``/``stored_bytes_removed``: chunk rows no version references (their stored lengths, as in
+    the usage counters). ``packs_rewritten``: packs whose live records were copied (``bytes_copied``) into the
+    current pack and which were then deleted; ``packs_deleted``: every pack file deleted, the rewritten ones
+    included (fully dead packs are deleted without copying). ``leftovers_removed``: pack files no index row
+    names (a crash between a compaction's commit and its unlinks). ``disk_bytes_*``: sum of the pack file
+    sizes before and after. ``problems``: packs that were left alone because a live record in them did not
+    check out (run a check).
+    """
+
+    chunks_removed: int
+    stored_bytes_removed: int
+    packs_rewritten: int
+    packs_deleted: int
+    disk_bytes_before: int
+    disk_bytes_after: int
+    bytes_copied: int = 0
+    leftovers_removed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DamagedFile:
+    """A stored file version that cannot be restored whole: ``chunk`` (hex id) is damaged or missing, ``why``
+    says how; ``snapshots`` are the kept snapshots whose view holds this version."""
+
+    path: str
+    snapshots: list[int]
+    chunk: str
+    why: str
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The result of ``Target.check``.
+
+    ``damaged_chunks``: (hex id, why) of every stored record that did not check out, and of every referenced
+    chunk the index does not hold. ``damaged_files``: each file version that references one of them;
+    ``damaged_snapshots``: the kept snapshots holding any such version, ascending. ``problems``: index and
+    store disagreements not tied to one file (a pack missing or shorter than committed, counters wrong, a
+    snapshot's counts wrong). ``notes``: things worth knowing that are not damage (what could not be verified
+    in an encrypted target, unreferenced chunks that garbage collection will reclaim). ``ok`` is True when
+    nothing is damaged and there are no problems.
+    """
+
+    chunks_checked: int
+    bytes_checked: int
+    damaged_chunks: list[tuple[str, str]]
+    damaged_files: list[DamagedFile]
+    damaged_snapshots: list[int]
+    problems: list[str]
+    ok: bool
+    verified_data: bool = False
+    unreferenced_chunks: int = 0
+    notes: list[str] = field(default_factory=list)

@@ -8,6 +8,7 @@ only ever data in ``catalog.sqlite``, never part of a file-system path.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from neotwist.server.repository import index
 from neotwist.server.repository.packs import make_dirs
 from neotwist.server.repository.records import TargetMeta
 from neotwist.server.repository.target import Target
+from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import ChunkerParams, TargetInfo
 
 _TARGET_COLUMNS = (
@@ -44,12 +46,24 @@ class Repository:
 
     Targets are opened once and shared by every session (their own locks make that safe), so two sessions
     pushing to one target see each other's pending chunks and never open a pack twice.
+
+    ``read_only`` opens an existing repository for inspection beside the server that owns it (``neo-admin
+    check``): the catalog and every target are opened read-only, nothing is created or written, and
+    :meth:`create_target` and :meth:`set_keep_history` raise NeoError(PERMISSION_DENIED).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, read_only: bool = False) -> None:
         self.root = root
-        make_dirs(root)
-        self._catalog = index.connect(root / "catalog.sqlite", index.CATALOG_SCHEMA, index.CATALOG_MIGRATIONS)
+        self.read_only = read_only
+        self._columns = _TARGET_COLUMNS
+        if read_only:
+            self._catalog = index.connect_read_only(root / "catalog.sqlite")
+            # a catalog the server has not migrated yet (schema 1) is read as it is: no key-check records
+            if "key_check" not in {row[1] for row in self._catalog.execute("PRAGMA table_info(targets)")}:
+                self._columns = _TARGET_COLUMNS.replace("key_check", "x'' AS key_check")
+        else:
+            make_dirs(root)
+            self._catalog = index.connect(root / "catalog.sqlite", index.CATALOG_SCHEMA, index.CATALOG_MIGRATIONS)
         self._lock = threading.Lock()
         self._targets: dict[int, Target] = {}
         self._closed = False
@@ -60,12 +74,12 @@ class Repository:
         if target is None:
             if self._closed:
                 raise RuntimeError("repository is closed")
-            target = self._targets[meta.id] = Target(meta, self.root / f"t{meta.id}")
+            target = self._targets[meta.id] = Target(meta, self.root / f"t{meta.id}", read_only=self.read_only)
         return target
 
     def _find_meta(self, account_id: int, name: str) -> TargetMeta | None:
         row = self._catalog.execute(
-            f"SELECT {_TARGET_COLUMNS} FROM targets WHERE account_id = ? AND name = ?", (account_id, name)
+            f"SELECT {self._columns} FROM targets WHERE account_id = ? AND name = ?", (account_id, name)
         ).fetchone()
         return None if row is None else _meta(row)
 
@@ -75,16 +89,26 @@ class Repository:
             return None if meta is None else self._open(meta)
 
     def create_target(
-        self, account_id: int, name: str, *, encrypted: bool, chunker: ChunkerParams, key_check: bytes = b""
+        self,
+        account_id: int,
+        name: str,
+        *,
+        encrypted: bool,
+        chunker: ChunkerParams,
+        keep_history: bool = True,
+        key_check: bytes = b"",
     ) -> Target:
         """Create a target, or return the existing one of that name (whatever its settings: the caller
-        compares ``meta.encrypted`` and ``meta.chunker``). Safe against a concurrent create, in this process
-        or another. ``key_check`` is an encrypted target's key-check record, stored as given."""
+        compares ``meta.encrypted`` and ``meta.chunker``; ``keep_history`` only applies to a new target, see
+        :meth:`set_keep_history`). Safe against a concurrent create, in this process or another. ``key_check``
+        is an encrypted target's key-check record, stored as given."""
         check_name(name, "target name")
+        self._writable()
         with self._lock:
             self._catalog.execute(
                 "INSERT INTO targets (account_id, name, created, encrypted, chunker_algorithm, chunker_min,"
-                " chunker_avg, chunker_max, chunker_seed, key_check) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " chunker_avg, chunker_max, chunker_seed, keep_history, key_check)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (account_id, name) DO NOTHING",
                 (
                     account_id,
@@ -96,6 +120,7 @@ class Repository:
                     chunker.avg_size,
                     chunker.max_size,
                     chunker.seed,
+                    int(keep_history),
                     key_check,
                 ),
             )
@@ -103,13 +128,47 @@ class Repository:
             assert meta is not None
             return self._open(meta)
 
-    def list_targets(self, account_id: int) -> list[TargetInfo]:
-        """The account's targets with their latest snapshot and size, sorted by name."""
+    def set_keep_history(self, account_id: int, name: str, keep: bool) -> Target | None:
+        """Switch a target's history on or off; return it (None if there is no such target).
+
+        Switching it off does not prune by itself: :meth:`Target.apply_no_history` does (the session calls it
+        after each commit to such a target; call it at once to reclaim the space now).
+        """
+        self._writable()
+        with self._lock:
+            cur = self._catalog.execute(
+                "UPDATE targets SET keep_history = ? WHERE account_id = ? AND name = ?",
+                (int(keep), account_id, name),
+            )
+            if cur.rowcount == 0:
+                return None
+            meta = self._find_meta(account_id, name)
+            assert meta is not None
+            target = self._open(meta)
+            target.meta = dataclasses.replace(target.meta, keep_history=keep)
+            return target
+
+    def targets_of(self, account_id: int) -> list[Target]:
+        """The account's targets (opened, shared), sorted by name."""
         with self._lock:
             rows = self._catalog.execute(
-                f"SELECT {_TARGET_COLUMNS} FROM targets WHERE account_id = ? ORDER BY name", (account_id,)
+                f"SELECT {self._columns} FROM targets WHERE account_id = ? ORDER BY name", (account_id,)
             ).fetchall()
-            targets = [self._open(_meta(row)) for row in rows]
+            return [self._open(_meta(row)) for row in rows]
+
+    def all_targets(self) -> list[Target]:
+        """Every target of every account (opened, shared), by account id then name."""
+        with self._lock:
+            rows = self._catalog.execute(f"SELECT {self._columns} FROM targets ORDER BY account_id, name").fetchall()
+            return [self._open(_meta(row)) for row in rows]
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise NeoError(ErrorCode.PERMISSION_DENIED, f"the repository {self.root} is open read-only")
+
+    def list_targets(self, account_id: int) -> list[TargetInfo]:
+        """The account's targets with their latest snapshot and size, sorted by name."""
+        targets = self.targets_of(account_id)
         infos = []
         for target in targets:
             latest = target.latest()

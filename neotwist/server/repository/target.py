@@ -6,11 +6,15 @@ threads apart without serializing everything:
 - ``_store_lock`` guards the pack writer and the *pending* chunks (appended to a pack, not yet indexed);
 - ``_lock`` guards the writer connection to ``index.sqlite`` (chunk rows, push staging, commits);
 - ``_reader_lock`` guards a second, read-only connection, so pulls and ``missing`` queries proceed (WAL) while
-  a long commit holds the writer.
+  a long commit holds the writer;
+- ``_gc_lock`` makes "this chunk is present" answers (:meth:`missing`, :meth:`store_chunks`) and the garbage
+  collector's sweep exclusive, and guards the *protected* set: the chunks an active push relies on (see
+  :mod:`.gc`);
+- ``_maintenance_lock`` runs one garbage collection or check at a time.
 
-Lock order is store, then writer or reader; nothing takes the store lock while holding another, so there is
-no deadlock. Chunk verification (decompression and hashing) runs before any lock is taken, so several
-uploads verify in parallel.
+Lock order is maintenance, gc, store, then writer or reader; nothing takes a lock while holding a later one,
+so there is no deadlock. Chunk verification (decompression and hashing) runs before any lock is taken, so
+several uploads verify in parallel.
 
 Durability order: pack bytes are fsynced, then their chunk rows are committed (:meth:`Target.flush`), then a
 push commit that references them (:class:`~neotwist.server.repository.push.Push`). Until flushed, a new chunk
@@ -25,14 +29,26 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from neotwist import paths
-from neotwist.server.repository import index
+from neotwist.server.repository import check as check_module
+from neotwist.server.repository import gc, history, index
+from neotwist.server.repository.history import SNAPSHOT_COLUMNS as _SNAPSHOT_COLUMNS
+from neotwist.server.repository.history import snapshot_info
 from neotwist.server.repository.packs import HEADER_SIZE, PackStore, fsync_dir, make_dirs
 from neotwist.server.repository.push import Push
-from neotwist.server.repository.records import SnapshotInfo, TargetMeta, Usage
+from neotwist.server.repository.records import (
+    CheckReport,
+    DeletedInfo,
+    GcResult,
+    PruneResult,
+    SnapshotInfo,
+    TargetMeta,
+    Usage,
+    VersionInfo,
+)
 from neotwist.server.repository.verify import verify_chunk
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
@@ -55,8 +71,6 @@ _VIEW = "first <= :s AND (last IS NULL OR last > :s)"
 
 _ENTRY_COLUMNS = "path, kind, mode, mtime_ns, size, chunks, link, meta"
 
-_SNAPSHOT_COLUMNS = "id, time, files, changed, deleted, new_chunks, new_bytes"
-
 
 class ChunkRejected(NeoError):
     """A chunk of a batch failed verification; ``index`` says which (the rest of the batch was not stored)."""
@@ -66,32 +80,48 @@ class ChunkRejected(NeoError):
         self.index = index
 
 
-def snapshot_info(row: tuple[int, float, int, int, int, int, int]) -> SnapshotInfo:
-    return SnapshotInfo(*row)
-
-
 class Target:
     """A target opened from its directory (``ROOT/t<id>``). Owned by the :class:`Repository` that opened it:
-    callers share it and must not close it (``Repository.close`` does)."""
+    callers share it and must not close it (``Repository.close`` does).
 
-    def __init__(self, meta: TargetMeta, directory: Path) -> None:
+    ``read_only`` opens an existing target for inspection only (``neo-admin check`` beside a running server):
+    both connections are read-only, nothing is created, and the pack writer is never opened, so no pack is
+    truncated or appended to; methods that would write raise NeoError(PERMISSION_DENIED).
+    """
+
+    def __init__(self, meta: TargetMeta, directory: Path, *, read_only: bool = False) -> None:
         self.meta = meta
         self.directory = directory
-        make_dirs(directory / "packs")
+        self.read_only = read_only
         db_path = directory / "index.sqlite"
-        created = not db_path.exists()
-        self._db = index.connect(db_path, index.INDEX_SCHEMA)
-        if created:
-            fsync_dir(directory)
+        if read_only:
+            if not db_path.exists():
+                raise NeoError(ErrorCode.DAMAGED, f"target {meta.name}: {db_path} is missing")
+            self._db = index.connect_read_only(db_path)
+            self._reader = index.connect_read_only(db_path)
+        else:
+            make_dirs(directory / "packs")
+            created = not db_path.exists()
+            self._db = index.connect(db_path, index.INDEX_SCHEMA)
+            if created:
+                fsync_dir(directory)
+            self._reader = index.connect(db_path, None)
         self._lock = threading.Lock()
-        self._reader = index.connect(db_path, None)
         self._reader_lock = threading.Lock()
         self._packs = PackStore(directory / "packs")
         self._store_lock = threading.Lock()
         self._pending: dict[bytes, _Location] = {}
         self._pending_bytes = 0
         self._push_numbers = itertools.count(1)
+        self._gc_lock = threading.Lock()
+        self._active_pushes = 0
+        self._protected: set[bytes] = set()
+        self._maintenance_lock = threading.Lock()
         self._closed = False
+
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise NeoError(ErrorCode.PERMISSION_DENIED, f"cannot {what}: target {self.meta.name} is open read-only")
 
     def __repr__(self) -> str:
         return f"<Target {self.meta.id} {self.meta.name!r} of account {self.meta.account_id}>"
@@ -99,24 +129,32 @@ class Target:
     # --- chunks ------------------------------------------------------------------------------------------
 
     def missing(self, ids: Sequence[bytes]) -> list[bool]:
-        """For each id: True when it is neither stored nor pending (the client must upload it)."""
+        """For each id: True when it is neither stored nor pending (the client must upload it).
+
+        While a push is active on this target, the ids answered present are protected from garbage collection
+        until the last active push ends: the client will reference them without uploading them.
+        """
         result = [True] * len(ids)
-        with self._store_lock:
-            pending = self._pending
-            for i, chunk_id in enumerate(ids):
-                if chunk_id in pending:
-                    result[i] = False
-        ask = [chunk_id for chunk_id, m in zip(ids, result, strict=True) if m]
-        found: set[bytes] = set()
-        with self._reader_lock:
-            for start in range(0, len(ask), _IN_BATCH):
-                batch = ask[start : start + _IN_BATCH]
-                marks = ",".join("?" * len(batch))
-                found.update(
-                    r[0] for r in self._reader.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", batch)
-                )
-        if found:
-            result = [m and chunk_id not in found for chunk_id, m in zip(ids, result, strict=True)]
+        with self._gc_lock:
+            with self._store_lock:
+                pending = self._pending
+                for i, chunk_id in enumerate(ids):
+                    if chunk_id in pending:
+                        result[i] = False
+            ask = [chunk_id for chunk_id, m in zip(ids, result, strict=True) if m]
+            found: set[bytes] = set()
+            with self._reader_lock:
+                for start in range(0, len(ask), _IN_BATCH):
+                    batch = ask[start : start + _IN_BATCH]
+                    marks = ",".join("?" * len(batch))
+                    found.update(
+                        bytes(r[0])
+                        for r in self._reader.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", batch)
+                    )
+            if found:
+                result = [m and chunk_id not in found for chunk_id, m in zip(ids, result, strict=True)]
+            if self._active_pushes:
+                self._protected.update(chunk_id for chunk_id, m in zip(ids, result, strict=True) if not m)
         return result
 
     def _indexed(self, chunk_id: bytes) -> _Location | None:
@@ -138,6 +176,7 @@ class Target:
         """Verify and append ``(id, codec, size, data)`` chunks in order under one lock; return how many were
         new. Every chunk is verified before any is appended, so a bad one stores nothing of the batch and
         raises :class:`ChunkRejected` naming its index (errors as :meth:`store_chunk`)."""
+        self._writable("store chunks")
         encrypted = self.meta.encrypted
         for n, (chunk_id, codec, size, data) in enumerate(chunks):
             try:
@@ -145,7 +184,7 @@ class Target:
             except NeoError as e:
                 raise ChunkRejected(n, e) from None
         new = 0
-        with self._store_lock:
+        with self._gc_lock, self._store_lock:
             pending = self._pending
             for chunk_id, codec, size, data in chunks:
                 if chunk_id in pending or self._indexed(chunk_id) is not None:
@@ -156,12 +195,15 @@ class Target:
                 self._pending_bytes += HEADER_SIZE + len(data)
                 new += 1
             full = self._pending_bytes >= AUTO_FLUSH
+            if self._active_pushes:  # uploaded or found present: a push will reference them
+                self._protected.update(c[0] for c in chunks)
         if full:
             self.flush()
         return new
 
     def _open_writer(self) -> None:
         """Called with the store lock held."""
+        self._writable("write packs")
         if not self._packs.writing:
             last, committed = self._committed_end()
             self._packs.open_writer(last if last else None, committed)
@@ -180,7 +222,7 @@ class Target:
         """:meth:`flush`, returning the chunk store's position (pack, offset) after it: every chunk stored
         before the flush lies before that position, and every chunk stored later at or after it."""
         with self._store_lock:
-            if self._pending:
+            if self._pending or self._packs.dirty:  # dirty: records copied by compaction, or a new pack
                 touched = self._packs.sync()
                 rows = [(chunk_id, *loc) for chunk_id, loc in self._pending.items()]
                 stored = sum(loc[2] for loc in self._pending.values())
@@ -243,6 +285,17 @@ class Target:
         not stored or its record does not check out."""
         if loc is None:
             raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()} is not stored")
+        try:
+            return self._read_at(chunk_id, loc)
+        except NeoError as e:
+            # Compaction may have moved the record (and deleted its old pack) since ``loc`` was looked up:
+            # look once more before calling it damaged.
+            again = self.locate([chunk_id]).get(chunk_id)
+            if again is None or again == loc:
+                raise e from None
+            return self._read_at(chunk_id, again)
+
+    def _read_at(self, chunk_id: bytes, loc: _Location) -> tuple[int, int, bytes]:
         pack, offset, length, codec, size = loc
         got_codec, got_size, data = self._packs.read(pack, offset, length, chunk_id)
         if (got_codec, got_size) != (codec, size):
@@ -260,8 +313,24 @@ class Target:
 
     def begin_push(self, root: str, delete: bool) -> Push:
         """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything)."""
+        self._writable("push")
         paths.check_path(root)
         return Push(self, root, delete, next(self._push_numbers))
+
+    def push_started(self) -> None:
+        """Count an active push: from now until it ends, the chunks it is told are present and the chunks it
+        uploads are protected from garbage collection. :class:`Push` calls this and :meth:`push_ended`."""
+        with self._gc_lock:
+            self._active_pushes += 1
+
+    def push_ended(self) -> None:
+        """A push committed (its chunks are now referenced) or was aborted; the last one to end drops the
+        protected set."""
+        with self._gc_lock:
+            self._active_pushes -= 1
+            if self._active_pushes <= 0:
+                self._active_pushes = 0
+                self._protected.clear()
 
     # --- snapshots and entries ---------------------------------------------------------------------------
 
@@ -282,6 +351,70 @@ class Target:
     def snapshot_count(self) -> int:
         with self._reader_lock:
             return int(self._reader.execute("SELECT count(*) FROM snapshots WHERE pruned = 0").fetchone()[0])
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        """Every kept (not pruned) snapshot, ascending by id."""
+        with self._reader_lock:
+            return history.snapshots(self._reader)
+
+    def versions(self, path: str) -> list[VersionInfo]:
+        """Every stored version of ``path`` that a kept snapshot holds, oldest first (see
+        :class:`VersionInfo`). Raises BAD_PATH, NO_SUCH_PATH (no kept snapshot has anything there)."""
+        with self._reader_lock:
+            return history.versions(self._reader, path)
+
+    def deleted(self, path: str) -> list[DeletedInfo]:
+        """Paths at or below ``path`` ('' = everything) that the current view lacks but a kept snapshot still
+        holds, newest version of each, sorted by path. Raises BAD_PATH."""
+        with self._reader_lock:
+            return history.deleted(self._reader, path)
+
+    # --- retention and maintenance -----------------------------------------------------------------------
+
+    def prune(self, remove: Sequence[int]) -> PruneResult:
+        """Mark the snapshots ``remove`` pruned and drop the versions no kept snapshot holds any more, in one
+        transaction. Unknown and already pruned ids are ignored. Raises CONFLICT (nothing changed) if
+        ``remove`` names the latest snapshot. The space goes back to the disk at :meth:`collect_garbage`."""
+        self._writable("prune")
+        with self._lock:
+            return history.prune(self._db, remove)
+
+    def collect_garbage(self) -> GcResult:
+        """Delete the chunks no version references and compact packs with much dead space (see :mod:`.gc`).
+        Safe while pushes and pulls run; one collection at a time."""
+        self._writable("collect garbage")
+        with self._maintenance_lock:
+            return gc.collect(self)
+
+    def apply_no_history(self) -> GcResult | None:
+        """For a target that keeps no history (``meta.keep_history`` False): prune every snapshot but the
+        latest at once (so nothing older is listable), and collect garbage when that dropped versions (their
+        chunks may now be unreferenced). Returns the collection's result, None when none ran or the target
+        keeps history."""
+        if self.meta.keep_history:
+            return None
+        self._writable("prune")
+        with self._lock:
+            older = [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT id FROM snapshots WHERE pruned = 0 AND id < (SELECT max(id) FROM snapshots)"
+                )
+            ]
+            result = history.prune(self._db, older)
+        if result.versions_removed == 0:
+            return None
+        return self.collect_garbage()
+
+    def check(
+        self, verify_data: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> CheckReport:
+        """Check that the index and the packs agree (every record read and its header and CRC checked); with
+        ``verify_data`` also that every plaintext chunk decompresses and hashes to its id. ``progress(done,
+        total)`` is called now and then with stored bytes checked so far and in all. Read-only: safe on a
+        target a running server is using, and on a read-only target (see :mod:`.check`)."""
+        with self._maintenance_lock:
+            return check_module.check(self, verify_data, progress)
 
     def list_entries(self, snapshot_id: int, path: str, recursive: bool) -> Iterator[Entry]:
         """The entries of ``snapshot_id`` at and below ``path`` (target-relative paths), sorted by path (UTF-8
@@ -357,7 +490,8 @@ class Target:
         if self._closed:
             return
         try:
-            self.flush()
+            if not self.read_only:
+                self.flush()
         finally:
             self._closed = True
             with self._store_lock:

@@ -1,0 +1,231 @@
+"""What every neo-* client command line shares: the argument parser class, connection and output options,
+where the password comes from, exit codes, logging, and running one coroutine under the reactor.
+
+Exit codes: 0 done; 1 the operation failed (one line on stderr says why and what to do); 2 usage error;
+3 authentication or host key refused; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+REMOTE_FORM = "[ssh://|tls://][USER@]HOST[:PORT]/TARGET[/SUBPATH] (ssh port 4322, tls port 4323)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors exit with EXIT_USAGE (argparse's own 2, made explicit)."""
+
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def add_connection_options(p: argparse.ArgumentParser) -> None:
+    auth = p.add_argument_group("connection and authentication")
+    auth.add_argument("-i", "--identity", action="append", default=[], metavar="FILE",
+                      help="SSH private key to offer (repeatable; default: the agent and ~/.ssh/id_*)")
+    auth.add_argument("--password-stdin", action="store_true",
+                      help="read the password from the first line of standard input")
+    auth.add_argument("--known-hosts", type=Path, metavar="FILE", help="SSH known-hosts file")
+    auth.add_argument("--accept-new-host-key", action="store_true",
+                      help="trust and record a host key seen for the first time (never a changed one)")
+    auth.add_argument("--tls-ca", type=Path, metavar="FILE",
+                      help="CA certificate(s) that sign the server's TLS certificate (tls:// only)")
+    auth.add_argument("--ssh-command", metavar="CMD",
+                      help="run OpenSSH instead of the built-in client, e.g. 'ssh -J jumphost'")
+    auth.add_argument("--no-agent", action="store_true", help="do not use the SSH agent")  # fmt: skip
+
+
+def add_output_options(p: argparse.ArgumentParser, *, progress: bool = True) -> None:
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    out.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    if progress:
+        out.add_argument("--progress", dest="progress", action="store_true", default=None,
+                         help="show progress bars on stderr (default: when stderr is a terminal)")
+        out.add_argument("--no-progress", dest="progress", action="store_false",
+                         help="never show progress bars")  # fmt: skip
+    out.add_argument("--debug", action="store_true", help="log protocol and transport details to stderr")
+
+
+def connect_options(args: argparse.Namespace) -> Any:
+    """The ConnectOptions the connection flags of ``args`` ask for."""
+    from neotwist.client.connect import ConnectOptions
+
+    return ConnectOptions(
+        identity_files=list(args.identity),
+        get_password=password_source(args),
+        known_hosts=args.known_hosts,
+        accept_new_host_key=args.accept_new_host_key,
+        confirm=confirm if sys.stdin.isatty() else None,  # None: refuse with advice, not a silent "no"
+        tls_ca=args.tls_ca,
+        ssh_command=args.ssh_command,
+        use_agent=not args.no_agent,
+    )
+
+
+async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> Any:
+    """Connect and authenticate; on failure print one line and return the exit code (int) instead of a session:
+    EXIT_AUTH for host keys and refused credentials, EXIT_FAILED for everything else."""
+    from neotwist.client.connect import ConnectError, connect
+    from neotwist.client.knownhosts import HostKeyError
+
+    try:
+        return await connect(reactor, remote, options)
+    except HostKeyError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return EXIT_AUTH
+    except ConnectError as e:
+        text = str(e)
+        sys.stderr.write(f"{prog}: {text}\n")
+        return EXIT_AUTH if "authentication failed" in text or "requires a password" in text else EXIT_FAILED
+
+
+def password_source(args: argparse.Namespace) -> Callable[[], str | None]:
+    """The password getter ConnectOptions calls at most once, only when the server asks: ``--password``,
+    ``--password-stdin``, ``NEO_PASSWORD``, else a prompt on a terminal."""
+    given: str | None = getattr(args, "password", None)
+    if given is not None:
+        return lambda: given
+    if args.password_stdin:
+        line = sys.stdin.readline().rstrip("\r\n")
+        return lambda: line
+    env = os.environ.get("NEO_PASSWORD")
+    if env is not None:
+        return lambda: env
+
+    def prompt() -> str | None:
+        if not sys.stdin.isatty():
+            return None
+        try:
+            return getpass.getpass("Password: ")
+        except (EOFError, KeyboardInterrupt):
+            return None
+
+    return prompt
+
+
+# --- encryption (issue 6) ---
+
+
+def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> None:
+    """--key-file and --passphrase-stdin (and neo-push's --encrypt): the key of encrypted targets."""
+    crypt = p.add_argument_group("encryption (see neo-key)")
+    if encrypt:
+        crypt.add_argument("--encrypt", action="store_true",
+                           help="create the target encrypted on its first push (ignored for an encrypted target; "
+                           "refused for an existing plaintext one)")  # fmt: skip
+    crypt.add_argument("--key-file", type=Path, metavar="FILE",
+                       help="key of encrypted targets (default: the one 'neo-key init' made)")
+    crypt.add_argument("--passphrase-stdin", action="store_true",
+                       help="read the key's passphrase from standard input (the line after the password when "
+                       "--password-stdin is given too); NEO_PASSPHRASE works as well")  # fmt: skip
+
+
+def passphrase_source(args: argparse.Namespace) -> Callable[[str], str | None]:
+    """The key's passphrase getter, called at most once, only when an encrypted target is met:
+    ``--passphrase-stdin``, ``NEO_PASSPHRASE``, else a prompt on a terminal. Call it after
+    :func:`password_source`: with both ``-stdin`` flags the password is line 1 and the passphrase line 2."""
+    if getattr(args, "passphrase_stdin", False):
+        line = sys.stdin.readline().rstrip("\r\n")
+        return lambda _path: line
+    env = os.environ.get("NEO_PASSPHRASE")
+    if env is not None:
+        return lambda _path: env
+
+    def prompt(path: str) -> str | None:
+        if not sys.stdin.isatty():
+            return None
+        try:
+            return getpass.getpass(f"Passphrase for {path}: ")
+        except (EOFError, KeyboardInterrupt):
+            return None
+
+    return prompt
+
+
+def key_source(args: argparse.Namespace) -> Any:
+    """The KeySource of ``--key-file`` (default: neo-key's) with the passphrase from :func:`passphrase_source`."""
+    from neotwist.client.encryption import KeySource
+
+    return KeySource(getattr(args, "key_file", None), passphrase_source(args))
+
+
+def confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def start_logging(debug: bool) -> None:
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    level = LogLevel.debug if debug else LogLevel.error
+    observer: Any = FilteringLogObserver(
+        cast(Any, textFileLogObserver(sys.stderr)),
+        [cast(Any, LogLevelFilterPredicate(defaultLogLevel=level))],
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
+
+
+def human_size(n: int) -> str:
+    """Bytes for people: 512 B, 1.5 KiB, 3.2 GiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"
+
+
+def react(prog: str, run: Callable[[Any], Awaitable[int]]) -> int:
+    """Run ``run(reactor)`` under a fresh reactor and return its exit code (EXIT_INTERRUPTED on Ctrl-C)."""
+    from twisted.internet import task
+
+    from neotwist.client.remote import UsageError
+
+    state = {"finished": False, "interrupted": False}
+
+    async def main(reactor: Any) -> None:
+        def interrupted() -> None:
+            if not state["finished"]:
+                state["interrupted"] = True
+
+        reactor.addSystemEventTrigger("before", "shutdown", interrupted)
+        try:
+            code = await run(reactor)
+        except UsageError as e:
+            sys.stderr.write(f"{prog}: error: {e}\n")
+            code = EXIT_USAGE
+        state["finished"] = True
+        if code:
+            raise SystemExit(code)
+
+    try:
+        task.react(main)
+    except SystemExit as e:
+        if state["interrupted"]:
+            sys.stderr.write(f"{prog}: interrupted\n")
+            return EXIT_INTERRUPTED
+        return int(e.code or 0)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_OK

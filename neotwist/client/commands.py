@@ -1,0 +1,529 @@
+"""neo-ls, neo-prune and neo-check: the command lines for looking into the stash and looking after it.
+
+Each command connects like neo-push and neo-pull (same REMOTE form, flags, password sources, host key checks and
+exit codes: see :mod:`neotwist.client.clibase`), sends its requests through :mod:`neotwist.client.stash` and
+prints either a table for people or, with ``--json``, one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import stat
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from neotwist.client import stash
+from neotwist.client.clibase import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    REMOTE_FORM,
+    Parser,
+    add_connection_options,
+    add_output_options,
+    connect_options,
+    human_size,
+    open_session,
+    react,
+    start_logging,
+)
+from neotwist.client.remote import Remote, UsageError, parse_remote
+from neotwist.client.timespec import TimeSpecError, format_time, parse_duration, parse_time
+from neotwist.wire.peer import Peer
+
+_LS_EPILOG = f"""\
+REMOTE is {REMOTE_FORM}; /TARGET may be left out to list the account's targets.
+
+examples:
+  neo-ls alice@nas                                   the targets, with snapshots, files and stored bytes
+  neo-ls alice@nas/docs --snapshots                  every kept snapshot of "docs" (id, time, files, bytes added)
+  neo-ls alice@nas/docs/reports                      the directory "reports" as of the latest snapshot
+  neo-ls -R --at '2026-11-01 18:00' alice@nas/docs   the whole target as it was then
+  neo-ls alice@nas/docs --versions reports/q3.ods    every stored version of one file
+  neo-ls alice@nas/docs --deleted                    files deleted since, that old snapshots still hold
+
+Restore what you found with neo-pull --snapshot ID (or --at TIME) REMOTE[/PATH] DEST.
+"""
+
+_PRUNE_EPILOG = f"""\
+REMOTE is {REMOTE_FORM} (a whole target: no SUBPATH).
+
+Snapshots are kept if any rule keeps them; the newest one is always kept. Buckets (hour, day, ISO week, month)
+are in UTC, by the server's time; each keeps its newest snapshot. DURATION: number-unit pairs with units
+y (365 days), m (30 days), w, d, h, min, s, e.g. 1y6m or 36h. After removing snapshots the server reclaims the
+space of chunks nothing references any more. Needs full access to the target.
+
+examples:
+  neo-prune --dry-run --keep-daily 7 --keep-weekly 4 alice@nas/docs    show what would go
+  neo-prune --keep-last 3 --keep-within 30d alice@nas/docs
+"""
+
+_CHECK_EPILOG = f"""\
+REMOTE is {REMOTE_FORM}.
+
+Exit status 0: nothing damaged; 1: something is damaged (each damaged file is printed with the snapshots that
+hold it) or the check could not run.
+
+examples:
+  neo-check alice@nas/docs                  index and chunk store agree, every record is intact
+  neo-check --verify-data alice@nas/docs    also decompress and hash every chunk (reads all stored data)
+"""
+
+
+def _parser(prog: str, usage: str, description: str, epilog: str, *, progress: bool = False) -> Parser:
+    p = Parser(
+        prog=prog,
+        usage=usage,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("remote", metavar="REMOTE", help=argparse.SUPPRESS)
+    add_connection_options(p)
+    add_output_options(p, progress=progress)
+    return p
+
+
+def _ls_parser() -> Parser:
+    p = _parser(
+        "neo-ls",
+        "neo-ls [options] REMOTE",
+        "List targets, snapshots, files, the versions of a file, or deleted files on a Neophytos server.",
+        _LS_EPILOG,
+    )
+    what = p.add_argument_group("what to list (files at REMOTE's path by default)")
+    one = what.add_mutually_exclusive_group()
+    one.add_argument("--snapshots", action="store_true", help="the target's snapshots")
+    one.add_argument("--versions", metavar="PATH", help="every stored version of PATH (relative to REMOTE)")
+    one.add_argument("--deleted", action="store_true", help="files deleted from the current view that earlier "
+                     "snapshots still hold (at or below REMOTE's path)")  # fmt: skip
+    when = what.add_mutually_exclusive_group()
+    when.add_argument("--snapshot", type=int, metavar="ID", help="list files as of this snapshot")
+    when.add_argument("--at", metavar="TIME", help="list files as of the newest snapshot taken at or before TIME "
+                      "(2026-11-23T14:30 local time, 2026-11-23, @EPOCH, '3d ago')")  # fmt: skip
+    what.add_argument("-R", "--recursive", action="store_true", help="list the whole tree below the path")
+    return p
+
+
+def _prune_parser() -> Parser:
+    p = _parser(
+        "neo-prune",
+        "neo-prune [options] --keep-... REMOTE",
+        "Remove old snapshots of a target by a retention policy, then reclaim the space nothing references.",
+        _PRUNE_EPILOG,
+    )
+    keep = p.add_argument_group("retention policy (at least one rule)")
+    rules = {
+        "last": "keep the N newest snapshots",
+        "hourly": "keep the newest snapshot of each of the N most recent hours that have one",
+        "daily": "the same for days",
+        "weekly": "the same for ISO weeks",
+        "monthly": "the same for months",
+    }
+    for rule, text in rules.items():
+        keep.add_argument(f"--keep-{rule}", type=_count, default=0, metavar="N", help=text)
+    keep.add_argument("--keep-within", type=_duration, default=0.0, metavar="DURATION",
+                      help="keep every snapshot taken within DURATION before now")  # fmt: skip
+    p.add_argument("-n", "--dry-run", action="store_true", help="show what would be removed; change nothing")
+    return p
+
+
+def _check_parser() -> Parser:
+    p = _parser(
+        "neo-check",
+        "neo-check [options] REMOTE",
+        "Check that a target's index and chunk store agree and that every stored record is intact.",
+        _CHECK_EPILOG,
+        progress=True,
+    )
+    p.add_argument("--verify-data", action="store_true", help="also check every chunk's content against its id")
+    return p
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) > 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected a count from 0 to 1000000, not {text!r}")
+    return int(text)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except TimeSpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# --- running -----------------------------------------------------------------------------------------------
+
+
+def _run(
+    prog: str, args: argparse.Namespace, remote: Remote, body: Callable[[Peer], Awaitable[int]]
+) -> int:
+    """Connect to ``remote``, run ``body`` on the session, say bye; map failures to one line and an exit code."""
+    start_logging(args.debug)
+
+    async def run(reactor: Any) -> int:
+        from neotwist.client.push import describe_error
+        from neotwist.wire.errors import ErrorCode, NeoError
+
+        session = await open_session(reactor, prog, remote, connect_options(args))
+        if isinstance(session, int):
+            return session
+        try:
+            return await body(session.peer)
+        except stash.StashError as e:
+            sys.stderr.write(f"{prog}: {e}\n")
+            return EXIT_FAILED
+        except NeoError as e:
+            sys.stderr.write(f"{prog}: {describe_error(e)}\n")
+            return EXIT_AUTH if e.code in (ErrorCode.AUTH_FAILED, ErrorCode.AUTH_REQUIRED) else EXIT_FAILED
+        finally:
+            try:
+                await session.close()
+            except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
+                pass
+
+    return react(prog, run)
+
+
+def _print_json(document: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(document).decode() + "\n")
+
+
+def _parse(parser: Parser, argv: Sequence[str] | None, need_target: bool = True) -> tuple[argparse.Namespace, Remote]:
+    args = parser.parse_args(argv)
+    try:
+        remote = parse_remote(args.remote, need_target=need_target)
+    except UsageError as e:
+        parser.error(str(e))
+    return args, remote
+
+
+# --- neo-ls ------------------------------------------------------------------------------------------------
+
+
+def ls_main(argv: Sequence[str] | None = None) -> int:
+    parser = _ls_parser()
+    args, remote = _parse(parser, argv, need_target=False)
+    at: float | None = None
+    if args.at is not None:
+        try:
+            at = parse_time(args.at, time.time())
+        except TimeSpecError as e:
+            parser.error(str(e))
+    if not remote.target and (args.snapshots or args.versions or args.deleted or args.at or args.snapshot):
+        parser.error("give REMOTE as HOST/TARGET[/PATH] to list inside a target")
+    if (args.snapshots or args.versions or args.deleted) and (at is not None or args.snapshot is not None):
+        parser.error("--at and --snapshot choose the files listed; --snapshots, --versions and --deleted list all")
+
+    async def body(peer: Peer) -> int:
+        if not remote.target:
+            return _show_targets(args, await stash.list_targets(peer))
+        opened = await stash.open_target(peer, remote.target, remote.path)
+        if args.snapshots:
+            return _show_snapshots(args, remote, await stash.snapshots(peer, opened.handle))
+        if args.versions is not None:
+            path = args.versions.strip("/")
+            return _show_versions(args, remote, path, await stash.versions(peer, opened.handle, path))
+        if args.deleted:
+            return _show_deleted(args, remote, await stash.deleted(peer, opened.handle))
+        wanted = args.snapshot
+        if at is not None:
+            wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), at, None)
+        snapshot, entries = await stash.entries(peer, opened.handle, wanted, "", args.recursive)
+        return _show_entries(args, remote, snapshot, entries)
+
+    return _run("neo-ls", args, remote, body)
+
+
+def _table(rows: list[list[str]], right: Sequence[int] = ()) -> str:
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _show_targets(args: argparse.Namespace, targets: list[Any]) -> int:
+    if args.json:
+        _print_json({"targets": [msgspec.structs.asdict(t) for t in targets]})
+    elif not args.quiet:
+        rows = [["TARGET", "SNAPSHOTS", "LATEST", "FILES", "STORED"]] + [
+            [
+                t.name + (" (encrypted)" if t.encrypted else ""),
+                str(t.snapshots),
+                format_time(t.latest_time) if t.latest_time is not None else "-",
+                str(t.files),
+                human_size(t.stored_bytes),
+            ]
+            for t in targets
+        ]
+        sys.stdout.write(_table(rows, right=(1, 3, 4)) if targets else "no targets yet (neo-push creates one)\n")
+    return EXIT_OK
+
+
+def _show_snapshots(args: argparse.Namespace, remote: Remote, records: list[Any]) -> int:
+    if args.json:
+        _print_json(
+            {
+                "target": remote.target,
+                "path": remote.path,
+                "snapshots": [
+                    {
+                        "id": r.id, "time": r.time, "files": r.files, "dirs": r.dirs, "changed": r.changed,
+                        "deleted": r.deleted, "new_chunks": r.new_chunks, "bytes_added": r.new_bytes,
+                        "root": r.root, "delete": r.delete_mode,
+                    }
+                    for r in records
+                ],
+            }
+        )
+    elif not args.quiet:
+        rows = [["ID", "TIME", "FILES", "CHANGED", "DELETED", "ADDED", "PUSHED"]] + [
+            [
+                str(r.id),
+                format_time(r.time),
+                str(r.files),
+                str(r.changed),
+                str(r.deleted),
+                human_size(r.new_bytes),
+                (r.root or "/") + (" --delete" if r.delete_mode else ""),
+            ]
+            for r in records
+        ]
+        sys.stdout.write(_table(rows, right=(0, 2, 3, 4, 5)))
+    return EXIT_OK
+
+
+def _mode_text(kind: str, mode: int) -> str:
+    bits = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK}[kind]
+    return stat.filemode(bits | mode)
+
+
+def _show_entries(args: argparse.Namespace, remote: Remote, snapshot: int, entries: list[Any]) -> int:
+    if args.json:
+        _print_json(
+            {
+                "target": remote.target,
+                "path": remote.path,
+                "snapshot": snapshot,
+                "entries": [
+                    {
+                        "path": e.path, "kind": e.kind, "mode": e.mode, "size": e.size, "mtime": e.mtime_ns / 1e9,
+                        "mtime_ns": e.mtime_ns, "link": e.link if e.kind == "l" else None,
+                    }
+                    for e in entries
+                ],
+            }
+        )
+    elif not args.quiet:
+        rows = []
+        for e in entries:
+            if e.path == "" and e.kind == "d":
+                continue  # the listed directory itself
+            name = e.path or remote.path.rsplit("/", 1)[-1]
+            if e.kind == "d":
+                name += "/"
+            elif e.kind == "l":
+                name += f" -> {e.link}"
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime_ns / 1e9))
+            rows.append([_mode_text(e.kind, e.mode), str(e.size) if e.kind == "f" else "-", stamp, name])
+        sys.stdout.write(f"snapshot {snapshot}\n" + _table(rows, right=(1,)))
+    return EXIT_OK
+
+
+def _show_versions(args: argparse.Namespace, remote: Remote, path: str, records: list[Any]) -> int:
+    if args.json:
+        _print_json(
+            {
+                "target": remote.target,
+                "path": path,
+                "versions": [
+                    {
+                        "snapshot": v.snapshot, "until": v.until, "time": v.time, "kind": v.kind, "size": v.size,
+                        "mode": v.mode, "mtime_ns": v.mtime_ns,
+                    }
+                    for v in records
+                ],
+            }
+        )
+    elif not args.quiet:
+        rows = [["SNAPSHOT", "TIME", "SIZE", "MODIFIED", "UNTIL"]] + [
+            [
+                str(v.snapshot),
+                format_time(v.time),
+                str(v.size) if v.kind == "f" else v.kind,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.mtime_ns / 1e9)),
+                "current" if v.until is None else f"snapshot {v.until}",
+            ]
+            for v in records
+        ]
+        sys.stdout.write(_table(rows, right=(0, 2)))
+    return EXIT_OK
+
+
+def _show_deleted(args: argparse.Namespace, remote: Remote, records: list[Any]) -> int:
+    if args.json:
+        _print_json(
+            {
+                "target": remote.target,
+                "path": remote.path,
+                "deleted": [
+                    {
+                        "path": d.path, "kind": d.kind, "size": d.size, "mtime_ns": d.mtime_ns,
+                        "last_snapshot": d.last_snapshot, "deleted_in": d.deleted_in, "deleted_time": d.deleted_time,
+                    }
+                    for d in records
+                ],
+            }
+        )
+    elif not args.quiet:
+        rows = [["PATH", "SIZE", "DELETED", "RESTORE FROM"]] + [
+            [
+                d.path + ("/" if d.kind == "d" else ""),
+                str(d.size) if d.kind == "f" else "-",
+                f"{format_time(d.deleted_time)} (snapshot {d.deleted_in})",
+                f"--snapshot {d.last_snapshot}",
+            ]
+            for d in records
+        ]
+        sys.stdout.write(_table(rows, right=(1,)) if records else "nothing deleted is held by a kept snapshot\n")
+    return EXIT_OK
+
+
+# --- neo-prune ---------------------------------------------------------------------------------------------
+
+
+def prune_main(argv: Sequence[str] | None = None) -> int:
+    parser = _prune_parser()
+    args, remote = _parse(parser, argv)
+    if remote.path:
+        parser.error(f"prune applies to a whole target: give HOST/{remote.target}, not a sub-path")
+    policy = {
+        "keep_last": args.keep_last,
+        "keep_hourly": args.keep_hourly,
+        "keep_daily": args.keep_daily,
+        "keep_weekly": args.keep_weekly,
+        "keep_monthly": args.keep_monthly,
+        "keep_within": args.keep_within,
+    }
+    if not any(policy.values()):
+        parser.error("give at least one --keep-* rule (prune never removes every snapshot)")
+
+    async def body(peer: Peer) -> int:
+        opened = await stash.open_target(peer, remote.target)
+        reply = await stash.prune(peer, opened.handle, policy, args.dry_run)
+        reclaimed = max(0, reply.disk_before - reply.disk_after)
+        if args.json:
+            _print_json(
+                {
+                    "target": remote.target, "dry_run": reply.dry_run, "kept": reply.kept, "removed": reply.removed,
+                    "snapshots": [
+                        {"id": d.id, "time": d.time, "keep": d.keep, "reasons": d.reasons} for d in reply.decisions
+                    ],
+                    "truncated": reply.truncated, "chunks_removed": reply.chunks_removed,
+                    "bytes_removed": reply.bytes_removed, "disk_before": reply.disk_before,
+                    "disk_after": reply.disk_after, "reclaimed_bytes": reclaimed,
+                }
+            )
+        elif not args.quiet:
+            rows = [
+                ["keep" if d.keep else "remove", str(d.id), format_time(d.time), ",".join(d.reasons)]
+                for d in reply.decisions
+            ]
+            sys.stdout.write(_table(rows, right=(1,)))
+            if reply.dry_run:
+                sys.stdout.write(f"dry run: would remove {reply.removed} snapshot(s) and keep {reply.kept}\n")
+            else:
+                sys.stdout.write(
+                    f"removed {reply.removed} snapshot(s), kept {reply.kept}; reclaimed {human_size(reclaimed)} "
+                    f"({reply.chunks_removed} chunks no longer referenced)\n"
+                )
+        return EXIT_OK
+
+    return _run("neo-prune", args, remote, body)
+
+
+# --- neo-check ---------------------------------------------------------------------------------------------
+
+
+def check_main(argv: Sequence[str] | None = None) -> int:
+    parser = _check_parser()
+    args, remote = _parse(parser, argv)
+
+    async def body(peer: Peer) -> int:
+        from neotwist.client.progress import Progress
+
+        opened = await stash.open_target(peer, remote.target, remote.path)
+        show = (not (args.quiet or args.json)) if args.progress is None else args.progress
+        progress = Progress(show, "checked", count_files=False)
+        seen = [0]
+
+        def on_progress(done: int, total: int) -> None:
+            progress.total_bytes(total)
+            progress.bytes(done - seen[0])
+            seen[0] = done
+
+        try:
+            report = await stash.check(peer, opened.handle, args.verify_data, on_progress)
+        finally:
+            progress.close()
+        if args.json:
+            _print_json(
+                {
+                    "target": remote.target, "path": remote.path, "ok": report.ok,
+                    "chunks_checked": report.chunks_checked, "bytes_checked": report.bytes_checked,
+                    "damaged_chunks": report.damaged_chunks,
+                    "damaged_files": [
+                        {"path": f.path, "snapshots": f.snapshots, "chunk": f.chunk, "why": f.why} for f in report.files
+                    ],
+                    "damaged_snapshots": report.snapshots, "problems": report.problems,
+                    "truncated": report.truncated, "verified_data": report.verified_data,
+                }
+            )
+        else:
+            out = sys.stdout if report.ok else sys.stderr
+            for f in report.files:
+                out.write(f"damaged: {f.path} in snapshot(s) {_ids(f.snapshots)}: {f.why}\n")
+            for problem in report.problems:
+                out.write(f"problem: {problem}\n")
+            if report.truncated:
+                out.write("(more damage than one report holds; neo-admin check on the server lists it all)\n")
+            if not args.quiet or not report.ok:
+                what = "and verified " if report.verified_data else ""
+                verdict = "no damage found" if report.ok else (
+                    f"DAMAGED: {report.damaged_chunks} chunk(s), {len(report.files)} file version(s), "
+                    f"snapshot(s) {_ids(report.snapshots)}"
+                )
+                out.write(
+                    f"checked {what}{report.chunks_checked} chunks ({human_size(report.bytes_checked)}): {verdict}\n"
+                )
+        return EXIT_OK if report.ok else EXIT_FAILED
+
+    return _run("neo-check", args, remote, body)
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ", ".join(str(i) for i in ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+
+
+def _entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[], None]:
+    def run() -> None:
+        sys.exit(main(None))
+
+    return run
+
+
+ls = _entry(ls_main)
+prune = _entry(prune_main)
+check = _entry(check_main)
+
+__all__ = ["EXIT_USAGE", "check", "check_main", "ls", "ls_main", "prune", "prune_main"]

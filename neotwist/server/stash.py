@@ -1,0 +1,277 @@
+"""Where the stash requests are handled: snapshot, version and deleted-file listings, prune and check.
+
+These are :class:`~neotwist.server.session.ServerSession` handlers kept in a module of their own because they
+share nothing with the push and pull paths except the session's handles and job slots: each turns one request
+into one blocking repository call in the thread pool and sends the answer, paged when it can be long. Paths
+in requests are relative to the handle's root and are checked and joined below it, exactly like ``list`` and
+``get``; paths in replies are made relative to it again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from neotwist import paths
+from neotwist.server.repository.retention import RetentionPolicy, decide
+from neotwist.server.rights import Right
+from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.messages import (
+    Check,
+    CheckProgress,
+    CheckReport,
+    DamagedFile,
+    DeletedList,
+    DeletedRecord,
+    ListDeleted,
+    ListSnapshots,
+    ListVersions,
+    Message,
+    Prune,
+    Pruned,
+    PruneDecision,
+    SnapshotList,
+    SnapshotRecord,
+    VersionList,
+    VersionRecord,
+)
+from neotwist.wire.peer import Peer
+
+log = Logger()
+
+if TYPE_CHECKING:
+    from neotwist.server.session import ServerSession
+
+CHECK_PROGRESS_INTERVAL = 0.5
+"""Seconds between ``check_progress`` messages."""
+
+PAGE_BYTES = 1024 * 1024
+"""Approximate encoded bytes per page of a listing reply (and at most MAX_ENTRIES records)."""
+
+CHECK_REPORT_BYTES = 2 * 1024 * 1024
+"""Approximate encoded bytes the file list of a ``check_report`` may take (a frame holds at most MAX_FRAME)."""
+
+_MAX_PROBLEMS = 256
+
+
+def on_snapshots(session: ServerSession, peer: Peer, message: ListSnapshots) -> Deferred[None]:
+    handle = session.handle(message.handle)
+    target = session.target_of(handle)
+    root = handle.root
+
+    def records() -> list[SnapshotRecord]:
+        return [
+            SnapshotRecord(
+                id=s.id, time=s.time, files=s.files, dirs=s.dirs, changed=s.changed, deleted=s.deleted,
+                new_chunks=s.new_chunks, new_bytes=s.new_bytes,
+                root=paths.relative_to(s.root, root) if paths.is_within(s.root, root) else "",
+                delete_mode=s.delete_mode,
+            )
+            for s in target.snapshots()
+        ]
+
+    def send(items: list[SnapshotRecord]) -> Deferred[None]:
+        return _send_pages(peer, items, lambda r: len(r.root), lambda page, done: SnapshotList(message.rid, page, done))
+
+    return session.admit(message, lambda: session.services.run(records).addCallback(send))
+
+
+def on_versions(session: ServerSession, peer: Peer, message: ListVersions) -> Deferred[None]:
+    handle = session.handle(message.handle)
+    target = session.target_of(handle)
+    where = paths.join(handle.root, paths.check_path(message.path))
+
+    def records() -> list[VersionRecord]:
+        return [
+            VersionRecord(
+                snapshot=v.first, until=v.last, time=v.time, kind=cast(Any, v.kind), mode=v.mode,
+                mtime_ns=v.mtime_ns, size=v.size,
+            )
+            for v in target.versions(where)
+        ]
+
+    def send(items: list[VersionRecord]) -> Deferred[None]:
+        return _send_pages(peer, items, lambda r: 0, lambda page, done: VersionList(message.rid, page, done))
+
+    return session.admit(message, lambda: session.services.run(records).addCallback(send))
+
+
+def on_deleted(session: ServerSession, peer: Peer, message: ListDeleted) -> Deferred[None]:
+    handle = session.handle(message.handle)
+    target = session.target_of(handle)
+    root = handle.root
+    where = paths.join(root, paths.check_path(message.path))
+
+    def records() -> list[DeletedRecord]:
+        return [
+            DeletedRecord(
+                path=paths.relative_to(d.path, root), kind=cast(Any, d.kind), size=d.size, mtime_ns=d.mtime_ns,
+                last_snapshot=d.last_snapshot, deleted_in=d.deleted_in, deleted_time=d.deleted_time,
+            )
+            for d in target.deleted(where)
+        ]
+
+    def send(items: list[DeletedRecord]) -> Deferred[None]:
+        return _send_pages(peer, items, lambda r: len(r.path), lambda page, done: DeletedList(message.rid, page, done))
+
+    return session.admit(message, lambda: session.services.run(records).addCallback(send))
+
+
+def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[None]:
+    handle = session.handle(message.handle)
+    target = session.target_of(handle)
+    session.require(handle, Right.FULL, "prune")
+    if handle.root:
+        raise NeoError(
+            ErrorCode.PERMISSION_DENIED,
+            f"prune applies to a whole target: open {handle.access.target!r} itself, not {handle.root!r} in it",
+        )
+    policy = RetentionPolicy(
+        keep_last=message.keep_last,
+        keep_hourly=message.keep_hourly,
+        keep_daily=message.keep_daily,
+        keep_weekly=message.keep_weekly,
+        keep_monthly=message.keep_monthly,
+        keep_within=message.keep_within,
+    )
+    if policy.is_empty():
+        raise NeoError(ErrorCode.BAD_ARGUMENT, "prune needs at least one keep rule (it never removes everything)")
+
+    def prune() -> Pruned:
+        snapshots = target.snapshots()
+        decision = decide([(s.id, s.time) for s in snapshots], policy, time.time())
+        removed = set(decision.remove)
+        gc = None
+        if not message.dry_run:
+            if removed:
+                target.prune(sorted(removed))
+            gc = target.collect_garbage()
+        listed = snapshots[-limits.MAX_PRUNE_LISTED :]
+        return Pruned(
+            rid=message.rid,
+            decisions=[
+                PruneDecision(s.id, s.time, s.id not in removed, decision.reasons.get(s.id, [])[:8]) for s in listed
+            ],
+            truncated=len(snapshots) > len(listed),
+            kept=len(snapshots) - len(removed),
+            removed=len(removed),
+            dry_run=message.dry_run,
+            chunks_removed=gc.chunks_removed if gc else 0,
+            bytes_removed=gc.stored_bytes_removed if gc else 0,
+            disk_before=gc.disk_bytes_before if gc else 0,
+            disk_after=gc.disk_bytes_after if gc else 0,
+        )
+
+    def done(reply: Pruned) -> None:
+        log.info(
+            "prune: account={account} target={target} kept={kept} removed={removed} dry_run={dry} "
+            "reclaimed={reclaimed}",
+            account=session.account_name,
+            target=handle.access.target,
+            kept=reply.kept,
+            removed=reply.removed,
+            dry=reply.dry_run,
+            reclaimed=reply.disk_before - reply.disk_after,
+        )
+        peer.send(reply)
+
+    return session.admit(message, lambda: session.services.run(prune).addCallback(done))
+
+
+def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[None]:
+    handle = session.handle(message.handle)
+    target = session.target_of(handle)
+    root = handle.root
+    reactor = session.services.reactor
+    last_sent = [time.monotonic()]
+
+    def send_progress(done_bytes: int, total_bytes: int) -> None:
+        if not session.closed:
+            peer.send(CheckProgress(rid=message.rid, done_bytes=done_bytes, total_bytes=total_bytes))
+
+    def progress(done_bytes: int, total_bytes: int) -> None:  # called in the worker thread
+        now = time.monotonic()
+        if now - last_sent[0] >= CHECK_PROGRESS_INTERVAL:
+            last_sent[0] = now
+            reactor.callFromThread(send_progress, done_bytes, total_bytes)
+
+    def check() -> CheckReport:
+        report = target.check(message.verify_data, progress)
+        files: list[DamagedFile] = []
+        budget = CHECK_REPORT_BYTES
+        truncated = False
+        for f in report.damaged_files:
+            if not paths.is_within(f.path, root):
+                continue  # a sub-path handle hears only about its own files
+            record = DamagedFile(
+                paths.relative_to(f.path, root), list(f.snapshots)[: limits.MAX_ENTRIES], f.chunk, f.why[:500]
+            )
+            budget -= 64 + len(record.path.encode()) + 9 * len(record.snapshots) + len(record.why.encode())
+            if budget < 0 or len(files) >= limits.MAX_ENTRIES:
+                truncated = True
+                break
+            files.append(record)
+        snapshots = list(report.damaged_snapshots)
+        problems = [] if root else [p[:500] for p in report.problems]  # target-wide: only for the whole target
+        return CheckReport(
+            rid=message.rid,
+            ok=report.ok,
+            chunks_checked=report.chunks_checked,
+            bytes_checked=report.bytes_checked,
+            damaged_chunks=len(report.damaged_chunks),
+            files=files,
+            snapshots=snapshots[: limits.MAX_PRUNE_LISTED],
+            problems=problems[:_MAX_PROBLEMS],
+            truncated=truncated or len(snapshots) > limits.MAX_PRUNE_LISTED or len(problems) > _MAX_PROBLEMS,
+            verified_data=message.verify_data,
+        )
+
+    def done(reply: CheckReport) -> None:
+        log.info(
+            "check: account={account} target={target} ok={ok} chunks={chunks} damaged={damaged}",
+            account=session.account_name,
+            target=handle.access.target,
+            ok=reply.ok,
+            chunks=reply.chunks_checked,
+            damaged=reply.damaged_chunks,
+        )
+        peer.send(reply)
+
+    return session.admit(message, lambda: session.services.run(check).addCallback(done))
+
+
+def _send_pages(
+    peer: Peer, items: list[Any], text_bytes: Callable[[Any], int], make: Callable[[list[Any], bool], Message]
+) -> Deferred[None]:
+    """Send ``items`` in pages (at most MAX_ENTRIES records, about PAGE_BYTES), the last marked done; wait for
+    the client's credit between pages. ``text_bytes`` is a record's variable-length text in characters."""
+
+    async def send() -> None:
+        page: list[Any] = []
+        size = 0
+        for item in items:
+            page.append(item)
+            size += 80 + 4 * text_bytes(item)  # at most 4 UTF-8 bytes per character
+            if len(page) >= limits.MAX_ENTRIES or size >= PAGE_BYTES:
+                peer.send(make(page, False))
+                page, size = [], 0
+                await peer.drain()
+        peer.send(make(page, True))
+
+    return ensureDeferred(send())
+
+
+HANDLERS: dict[type, Callable[[ServerSession, Peer, Any], Deferred[None] | None]] = {
+    ListSnapshots: on_snapshots,
+    ListVersions: on_versions,
+    ListDeleted: on_deleted,
+    Prune: on_prune,
+    Check: on_check,
+}
+"""The stash requests, merged into the session's dispatch table."""
+

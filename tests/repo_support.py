@@ -1,0 +1,64 @@
+"""Helpers shared by the repository tests: storing chunks, making entries, committing, reading back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import blake3
+import zstandard
+
+from neotwist.server.repository import Target
+from neotwist.server.repository.verify import raw_bytes
+from neotwist.wire import limits
+from neotwist.wire.messages import CODEC_RAW, CODEC_ZSTD, Entry
+
+
+def put(target: Target, data: bytes, *, compress: bool = True) -> bytes:
+    """Store ``data`` as one chunk of ``target``; return its id."""
+    cid = blake3.blake3(data).digest()
+    if compress:
+        target.store_chunk(cid, CODEC_ZSTD, len(data), zstandard.ZstdCompressor().compress(data))
+    else:
+        target.store_chunk(cid, CODEC_RAW, len(data), data)
+    return cid
+
+
+def file_entry(path: str, *datas: bytes, target: Target | None = None, mtime: int = 1) -> Entry:
+    """A file entry made of ``datas`` as chunks (stored in ``target`` when given)."""
+    ids = b"".join(put(target, d) if target is not None else blake3.blake3(d).digest() for d in datas)
+    return Entry(path, "f", 0o644, mtime, sum(len(d) for d in datas), ids)
+
+
+def dir_entry(path: str) -> Entry:
+    return Entry(path, "d", 0o755, 1, 0)
+
+
+def view(target: Target, snapshot: int, path: str = "") -> dict[str, Entry]:
+    return {e.path: e for e in target.list_entries(snapshot, path, True)}
+
+
+def commit(target: Target, entries: list[Entry], now: float, *, delete: bool = True) -> int:
+    """One push of ``entries`` (relative to the target root); the new snapshot's id."""
+    push = target.begin_push("", delete)
+    push.add(entries)
+    return push.commit(now).snapshot.id
+
+
+def ids_of(entry: Entry) -> list[bytes]:
+    return [entry.chunks[i : i + limits.ID_SIZE] for i in range(0, len(entry.chunks), limits.ID_SIZE)]
+
+
+def read_file(target: Target, entry: Entry) -> bytes:
+    """The content of a file entry read back chunk by chunk; each chunk's BLAKE3 must equal its id."""
+    out = bytearray()
+    for cid in ids_of(entry):
+        codec, size, data = target.read_chunk(cid)
+        plain = raw_bytes(codec, size, data)
+        assert blake3.blake3(plain).digest() == cid
+        out += plain
+    return bytes(out)
+
+
+def pack_bytes(target: Target) -> int:
+    """Bytes on disk in the target's pack files."""
+    return sum(p.stat().st_size for p in Path(target.directory / "packs").rglob("*.pack"))
