@@ -387,3 +387,48 @@ def test_encrypted_delta_push_is_about_as_small_as_plaintext(server: RunningServ
     print(f"delta pull bytes: plaintext {back_plain['bytes_received']}, encrypted {back_sealed['bytes_received']}")
     assert back_sealed["bytes_received"] <= back_plain["bytes_received"] * 1.2
     assert snapshot_of(stale_sealed) == snapshot_of(src) == snapshot_of(stale_plain)
+
+
+def test_listings_of_an_encrypted_target_are_decrypted(server: RunningServer, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    (src / "docs" / "report.txt").write_text("first draft")
+    (src / "old-notes.txt").write_text("to be deleted")
+    os.symlink("docs/report.txt", src / "link")
+    init_key(server)
+    run_json(server, "neo-push", "--accept-new-host-key", "--encrypt", str(src), server.remote("t"))
+    (src / "docs" / "report.txt").write_text("second, longer draft")
+    (src / "old-notes.txt").unlink()
+    run_json(server, "neo-push", "--delete", str(src), server.remote("t"))
+    (src / "docs" / "added.txt").write_text("new")
+    run_json(server, "neo-push", str(src / "docs"), server.remote("t/docs"))
+
+    listing = run_json(server, "neo-ls", "-R", server.remote("t"))
+    got = {e["path"]: (e["kind"], e["size"], e["link"]) for e in listing["entries"]}
+    assert got == {
+        "": ("d", 0, None), "docs": ("d", 0, None), "docs/report.txt": ("f", 20, None),
+        "docs/added.txt": ("f", 3, None), "link": ("l", 0, "docs/report.txt"),
+    }  # fmt: skip
+    sub = run_json(server, "neo-ls", server.remote("t/docs"))
+    assert sorted(e["path"] for e in sub["entries"]) == ["", "added.txt", "report.txt"]
+    versions = run_json(server, "neo-ls", "--versions", "docs/report.txt", server.remote("t"))
+    assert [(v["snapshot"], v["size"]) for v in versions["versions"]] == [(1, 11), (2, 20)]
+    deleted = run_json(server, "neo-ls", "--deleted", server.remote("t"))
+    assert [(d["path"], d["size"], d["last_snapshot"]) for d in deleted["deleted"]] == [("old-notes.txt", 13, 1)]
+    snaps = run_json(server, "neo-ls", "--snapshots", server.remote("t"))
+    assert [s["root"] for s in snaps["snapshots"]] == ["", "", "docs"]
+    human = server.cli("neo-ls", "-R", server.remote("t"), env=key_env(server))
+    assert human.returncode == 0 and "docs/report.txt" in human.stdout and "link -> docs/report.txt" in human.stdout
+
+    # neo-pull of an older snapshot and of one file, through plaintext names
+    old = tmp_path / "old"
+    run_json(server, "neo-pull", "--snapshot", "1", server.remote("t"), str(old))
+    assert (old / "old-notes.txt").read_text() == "to be deleted"
+    assert (old / "docs" / "report.txt").read_text() == "first draft"
+    one = tmp_path / "one"
+    one.mkdir()
+    run_json(server, "neo-pull", server.remote("t/docs/report.txt"), str(one))
+    assert (one / "report.txt").read_text() == "second, longer draft"
+
+    wrong = server.cli("neo-ls", server.remote("t"), env=key_env(server, "nope"))
+    assert wrong.returncode == 3 and "wrong passphrase" in wrong.stderr

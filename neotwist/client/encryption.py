@@ -21,17 +21,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
-from neotwist.crypto import KeyFileError, WrongKey, WrongPassphrase, keyfile
+from neotwist.crypto import AuthenticationFailed, KeyFileError, WrongKey, WrongPassphrase, keyfile
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
 from neotwist.crypto.keys import MasterKey, TargetKeys, key_check_id
 from neotwist.crypto.names import PathCipher
 from neotwist.crypto.tree import TreeCipher
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
-from neotwist.wire.messages import ChunkerParams, Close, Open, Opened
+from neotwist.wire.messages import ChunkerParams, Close, Entry, Open, Opened
 from neotwist.wire.peer import Peer
 
 
@@ -248,3 +249,64 @@ async def _checked(peer: Peer, opened: Opened, source: KeySource, subpath: str) 
         await _close(peer, opened)
         raise
     return Crypt.make(master, keys, subpath)
+
+
+# --- listings of encrypted targets (neo-ls) ---------------------------------------------------------------
+
+
+class Namer:
+    """Plaintext names for the encrypted paths that history listings (versions, deleted files, snapshot roots)
+    return: the server has no metadata in those records, so the snapshot that holds a path is listed and
+    decrypted (once per snapshot), which also authenticates what is shown."""
+
+    def __init__(self, peer: Peer, handle: int, crypt: Crypt) -> None:
+        self.peer = peer
+        self.handle = handle
+        self.crypt = crypt
+        self._snapshots: dict[int, dict[str, Entry]] = {}
+        self.errors: list[str] = []
+
+    async def tree(self, snapshot: int) -> dict[str, Entry]:
+        """Encrypted relative path -> plaintext entry, for every entry of ``snapshot`` below the handle root."""
+        got = self._snapshots.get(snapshot)
+        if got is None:
+            from neotwist.client import stash
+
+            _, entries = await stash.entries(self.peer, self.handle, snapshot, "", True)
+            decrypted = self.crypt.tree.decrypt_listing(entries)
+            self.errors.extend(decrypted.errors)
+            by_remote = {decrypted.remote[e.path]: e for e in decrypted.entries}
+            got = self._snapshots[snapshot] = by_remote
+        return got
+
+    async def entry(self, snapshot: int, remote: str) -> Entry | None:
+        return (await self.tree(snapshot)).get(remote)
+
+
+async def decrypt_versions(peer: Peer, handle: int, crypt: Crypt, plain: str, records: list[Any]) -> list[Any]:
+    """``records`` (VersionRecord of the encrypted path of ``plain``) with their real kind, mode, mtime and
+    size, read from each version's authenticated metadata; AuthenticationFailed if one does not open."""
+    from neotwist.client import stash
+
+    remote = crypt.tree.encrypt_subpath(plain)
+    out = []
+    for r in records:
+        _, entries = await stash.entries(peer, handle, r.snapshot, remote, False)
+        if not entries or entries[0].path != remote:
+            raise AuthenticationFailed(f"{plain}: snapshot {r.snapshot} does not hold the version it should")
+        e = crypt.tree.open_known(entries[0], plain)
+        out.append(msgspec.structs.replace(r, kind=e.kind, mode=e.mode, mtime_ns=e.mtime_ns, size=e.size))
+    return out
+
+
+async def decrypt_deleted(namer: Namer, records: list[Any]) -> list[Any]:
+    """``records`` (DeletedRecord) with plaintext paths and real sizes and mtimes, from the snapshot that last
+    held each; records that cannot be named are left out (``namer.errors`` says why)."""
+    out = []
+    for r in records:
+        e = await namer.entry(r.last_snapshot, r.path)
+        if e is None:
+            namer.errors.append(f"a deleted entry of snapshot {r.last_snapshot} could not be named")
+            continue
+        out.append(msgspec.structs.replace(r, path=e.path, kind=e.kind, size=e.size, mtime_ns=e.mtime_ns))
+    return out

@@ -73,6 +73,15 @@ class TreeCipher:
 
     # --- pull ------------------------------------------------------------------------------------------
 
+    def open_known(self, e: Entry, plain: str) -> Entry:
+        """The plaintext of one entry whose plaintext path (relative to the handle root) is known already: the
+        path must encrypt to the entry's, and its metadata must open. AuthenticationFailed otherwise."""
+        full = join(self.root_enc, e.path) if e.path else self.root_enc
+        if self.paths.encrypt_path(join(self.root, plain) if plain else self.root) != full:
+            raise AuthenticationFailed("its encrypted path is not this one's")
+        meta = self.meta.open(full, e.kind, e.chunks, e.meta)
+        return Entry(plain, e.kind, meta.mode, meta.mtime_ns, meta.size, e.chunks, meta.link)
+
     def decrypt_listing(self, entries: list[Entry]) -> Decrypted:
         """Decrypt ``entries`` (continuations joined, in listing order: parents before children). An entry that
         fails authentication is left out with an error naming it as well as can be; the rest go on."""
