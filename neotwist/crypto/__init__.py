@@ -8,10 +8,10 @@ One job per module:
   salt, and the key-check record that lets a client refuse a wrong key before it writes anything;
 - :mod:`~neotwist.crypto.chunks`: chunk ids as keyed BLAKE3 of the plaintext, chunk sealing (zstd, then
   AES-256-GCM with a random nonce, bound to the id);
-- :mod:`~neotwist.crypto.names`: path components encrypted deterministically (AES-SIV, the parent's encrypted
-  path as associated data), so the server's path model, versions and sub-path handles keep working;
-- :mod:`~neotwist.crypto.meta`: an entry's real metadata (mode, mtime, size, symlink target, long names, a hash
-  of its chunk list) sealed deterministically into ``Entry.meta``;
+- :mod:`~neotwist.crypto.names`: path components replaced by short deterministic keyed tokens, so the server's
+  path model, versions and sub-path handles keep working;
+- :mod:`~neotwist.crypto.meta`: an entry's real name and metadata (mode, mtime, size, symlink target) sealed
+  deterministically (AES-SIV) into ``Entry.meta``, bound to its path, kind and chunk list;
 - :mod:`~neotwist.crypto.tree`: the two above applied to whole entries (push) and listings (pull).
 
 docs/encryption.md has the threat model and the formats. Nothing here does I/O on the network, and only
