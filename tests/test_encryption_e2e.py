@@ -232,6 +232,10 @@ def test_tampered_chunks_and_manifest_fail_by_name(server: RunningServer, tmp_pa
     assert summary["files_changed"] == 1 and summary["files_damaged"] == 3, (summary, r.stderr)
     assert (out / "d.txt").read_bytes() == (src / "d.txt").read_bytes()
     assert sorted(os.listdir(out)) == ["d.txt"]  # nothing half-written, no temp files
+    # the server's own check sees the rotten record (not the re-CRC'd one: only the key can), named in plaintext
+    check = server.cli("neo-check", server.remote("t"), env=key_env(server))
+    assert check.returncode == 1 and "damaged: b.bin in snapshot(s) 1" in check.stderr, check.stderr
+    assert "a.bin" not in check.stderr
     server.stop()
     assert_clean(server.log_text())
 

@@ -73,6 +73,10 @@ REMOTE is {REMOTE_FORM}.
 Exit status 0: nothing damaged; 1: something is damaged (each damaged file is printed with the snapshots that
 hold it) or the check could not run.
 
+Encrypted targets: the key's passphrase is asked for, to name damaged files (the server knows only encrypted
+paths). The server cannot open sealed chunks, so it checks their records and CRCs; neo-pull authenticates
+every chunk, name and metadata blob as it restores them.
+
 examples:
   neo-check alice@nas/docs                  index and chunk store agree, every record is intact
   neo-check --verify-data alice@nas/docs    also decompress and hash every chunk (reads all stored data)
@@ -147,6 +151,7 @@ def _check_parser() -> Parser:
         progress=True,
     )
     p.add_argument("--verify-data", action="store_true", help="also check every chunk's content against its id")
+    add_key_options(p)  # an encrypted target's sub-path and damaged files are named with its key (issue 6)
     return p
 
 
@@ -508,7 +513,9 @@ def check_main(argv: Sequence[str] | None = None) -> int:
     async def body(peer: Peer) -> int:
         from neotwist.client.progress import Progress
 
-        opened = await stash.open_target(peer, remote.target, remote.path)
+        opened, crypt = await open_for_read(peer, remote.target, remote.path, key_source(args))
+        if not opened.exists or opened.latest is None:
+            raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
         show = (not (args.quiet or args.json)) if args.progress is None else args.progress
         progress = Progress(show, "checked", count_files=False)
         seen = [0]
@@ -522,6 +529,14 @@ def check_main(argv: Sequence[str] | None = None) -> int:
             report = await stash.check(peer, opened.handle, args.verify_data, on_progress)
         finally:
             progress.close()
+        if crypt is not None and report.files:
+            # the server names damaged files by their encrypted paths: name them from the snapshots that hold them
+            namer = Namer(peer, opened.handle, crypt)
+            named = []
+            for f in report.files:
+                e = await namer.entry(f.snapshots[-1], f.path) if f.snapshots else None
+                named.append(msgspec.structs.replace(f, path=e.path if e is not None else f"(encrypted) {f.path}"))
+            report = msgspec.structs.replace(report, files=named)
         if args.json:
             _print_json(
                 {
