@@ -184,13 +184,13 @@ async def _open_encrypted_push(
             ) from None
         raise
     assert isinstance(opened, Opened)
-    if opened.exists or keys is None:
-        try:
-            check_chunker(opened.chunker)
+    try:
+        check_chunker(opened.chunker)
+        if opened.exists or keys is None:  # an existing target: its record decides (and must be this key's)
             keys = master.open_target(opened.key_check)
-        except BaseException:
-            await _close(peer, opened)
-            raise
+    except BaseException:
+        await _close(peer, opened)
+        raise
     return opened, Crypt.make(master, keys, subpath)
 
 
