@@ -1,9 +1,11 @@
-"""``neo-admin``: manage the server's accounts and SSH keys, and check its repository, also while it runs.
+"""``neo-admin``: manage the server's accounts, SSH keys, sub-accounts, grants, quotas and targets, and check its
+repository, also while the server runs.
 
 It works on the same SQLite account store as the server (``DATA/accounts.sqlite``); the server reads it on
-every login, so changes take effect at once. ``neo-admin check`` reads the repository (``DATA/repo``) without
-writing anything. Exit status: 0 done (check: nothing damaged), 1 the operation failed or check found damage
-(one line on stderr says why and what to do), 2 usage error.
+every login and every open, so changes take effect at once. ``target`` and ``account show`` also read the
+repository (``DATA/repo``); ``neo-admin check`` reads it without writing anything. Exit status: 0 done (check:
+nothing damaged), 1 the operation failed or check found damage (one line on stderr says why and what to do),
+2 usage error.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from typing import NoReturn
 import msgspec
 from twisted.python.usage import UsageError
 
-from neotwist.server.accounts import BCRYPT_ROUNDS, AccountError, AccountStore, parse_public_key
+from neotwist.server.accounts import BCRYPT_ROUNDS, Account, AccountError, AccountStore, Grant, parse_public_key
 from neotwist.server.repository import CheckReport, Repository, Target
 from neotwist.server.repository.index import connect_read_only
+from neotwist.server.rights import RIGHTS_TEXT, Right
+from neotwist.sizes import parse_size
 from neotwist.tap import DEFAULT_DATA, prepare_data_dir
 from neotwist.wire.errors import NeoError
 
@@ -39,13 +43,20 @@ class Failed(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neo-admin",
-        description="Manage Neophytos server accounts and their SSH keys, and check the stored backups. Safe to "
-        "run while the server runs: account changes apply to the next login; check only reads.",
+        description="Manage Neophytos server accounts, SSH keys, sub-accounts, grants, quotas and targets, and "
+        "check the stored backups. Safe to run while the server runs: changes apply to the next login or "
+        "operation; check only reads.",
         epilog="Examples:\n"
         "  neo-admin --data /srv/neophytos account add alice --ssh-key ~alice/.ssh/id_ed25519.pub\n"
         "  printf '%s\\n' \"$PW\" | neo-admin --data /srv/neophytos account passwd alice --password-stdin\n"
         "  neo-admin --data /srv/neophytos key list alice --json\n"
-        "  neo-admin --data /srv/neophytos check alice home --verify-data",
+        "  neo-admin --data /srv/neophytos account set alice --quota 100GB --per-file 4KiB --per-dir 4KiB\n"
+        "  neo-admin --data /srv/neophytos account add alice.viewer --parent alice --password-stdin\n"
+        "  neo-admin --data /srv/neophytos grant add alice.viewer alice/documents/presentations --right read\n"
+        "  neo-admin --data /srv/neophytos account show alice\n"
+        "  neo-admin --data /srv/neophytos target remove alice old-laptop --yes\n"
+        "  neo-admin --data /srv/neophytos check alice home --verify-data\n"
+        "See docs/admin.md for the operator's guide.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -55,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the server's data directory, as given to twistd neophytos --data (default: {DEFAULT_DATA})",
     )
     parser.add_argument("--bcrypt-rounds", type=int, default=BCRYPT_ROUNDS, help=argparse.SUPPRESS)
-    groups = parser.add_subparsers(dest="group", metavar="{init,account,key,check}", required=True)
+    groups = parser.add_subparsers(dest="group", metavar="{init,account,key,grant,target,check}", required=True)
 
     init = groups.add_parser(
         "init",
@@ -69,8 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--ssh-port", type=int, default=4322, help="SSH port to show in the example")
     init.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
-    account = groups.add_parser("account", help="add, list accounts; change passwords")
-    account_cmds = account.add_subparsers(dest="command", metavar="{add,list,passwd}", required=True)
+    account = groups.add_parser("account", help="add, list, show, set, remove accounts; change passwords")
+    account_cmds = account.add_subparsers(
+        dest="command", metavar="{add,list,show,set,passwd,remove}", required=True
+    )
 
     add = account_cmds.add_parser(
         "add",
@@ -83,9 +96,34 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--password-stdin", action="store_true", help=STDIN_HELP)
     how.add_argument("--no-password", action="store_true", help="no password: log in with SSH keys only")
     add.add_argument("--ssh-key", metavar="FILE.pub", type=Path, help="authorize this OpenSSH public key")
+    add.add_argument("--parent", metavar="OWNER",
+                     help="make it a sub-account of OWNER: no targets of its own, reaches what OWNER grants it, "
+                     "managed by OWNER (neo-share)")  # fmt: skip
 
     listing = account_cmds.add_parser("list", help="list accounts")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
+
+    show = account_cmds.add_parser("show", help="an account: quota and usage, keys, sub-accounts, grants")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+
+    setq = account_cmds.add_parser(
+        "set",
+        help="set an account's quota and per-entry charges",
+        description="Set SpaceQuota (--quota), SpacePerFile (--per-file) and SpacePerDir (--per-dir): usage is "
+        "the bytes stored for all the account's targets and kept history, plus the per-file and per-dir charge "
+        "for every file and directory version kept. Sizes are bytes or 100MB, 1GiB, 4KiB...; --quota none "
+        "removes the limit. Applies to the next push at once.",
+    )
+    setq.add_argument("name")
+    setq.add_argument("--quota", "--space-quota", "--SpaceQuota", dest="quota", metavar="SIZE|none")
+    setq.add_argument("--per-file", "--space-per-file", "--SpacePerFile", dest="per_file", metavar="SIZE")
+    setq.add_argument("--per-dir", "--space-per-dir", "--SpacePerDir", dest="per_dir", metavar="SIZE")
+
+    remove = account_cmds.add_parser(
+        "remove", help="delete an account (with its keys, sub-accounts and grants; it must own no targets)"
+    )
+    remove.add_argument("name")
 
     passwd = account_cmds.add_parser("passwd", help="set an account's password")
     passwd.add_argument("name")
@@ -102,6 +140,45 @@ def _parser() -> argparse.ArgumentParser:
     key_list = key_cmds.add_parser("list", help="list an account's keys")
     key_list.add_argument("name")
     key_list.add_argument("--json", action="store_true", help="print a JSON array")
+
+    grant = groups.add_parser("grant", help="give, take back and list rights on other accounts' targets")
+    grant_cmds = grant.add_subparsers(dest="command", metavar="{add,remove,list}", required=True)
+    grant_add = grant_cmds.add_parser(
+        "add",
+        help="give GRANTEE a right on OWNER/TARGET[/SUBPATH]",
+        description="Give GRANTEE a right on a sub-path of OWNER's target; the sub-path becomes GRANTEE's root "
+        f"there. Rights: {RIGHTS_TEXT}. GRANTEE reaches it as --as NAME (default: the target's name), which must "
+        "not be one of GRANTEE's own targets. Granting the same place under the same name again changes the "
+        "right. The target need not exist yet (an append grant can create it with the first push).",
+    )
+    grant_add.add_argument("grantee")
+    grant_add.add_argument("where", metavar="OWNER/TARGET[/SUBPATH]")
+    grant_add.add_argument("--right", required=True, choices=[r.label for r in Right])
+    grant_add.add_argument("--as", dest="as_name", metavar="NAME", help="the name GRANTEE uses for it")
+    grant_remove = grant_cmds.add_parser("remove", help="take back GRANTEE's grant NAME")
+    grant_remove.add_argument("grantee")
+    grant_remove.add_argument("name")
+    grant_list = grant_cmds.add_parser("list", help="list grants (all, or those given or held by ACCOUNT)")
+    grant_list.add_argument("account", nargs="?")
+    grant_list.add_argument("--json", action="store_true", help="print a JSON array")
+
+    target = groups.add_parser("target", help="list or remove an account's targets")
+    target_cmds = target.add_subparsers(dest="command", metavar="{list,remove}", required=True)
+    target_list = target_cmds.add_parser("list", help="an account's targets with snapshots and stored bytes")
+    target_list.add_argument("account")
+    target_list.add_argument("--json", action="store_true", help="print a JSON array")
+    target_remove = target_cmds.add_parser(
+        "remove",
+        help="delete a target with all its snapshots and data",
+        description="Delete ACCOUNT's target TARGET: every snapshot and chunk, and every grant on it. Cannot be "
+        "undone. Asks for confirmation on a terminal; --yes skips that (needed without a terminal). On a "
+        "running server, prefer the client's neo-target remove (refused while a push runs); a push committing "
+        "at the moment neo-admin removes the target is lost with it.",
+    )
+    target_remove.add_argument("account")
+    target_remove.add_argument("target")
+    target_remove.add_argument("--yes", action="store_true", help="do not ask")
+    target_remove.add_argument("--json", action="store_true", help="print one JSON object")
 
     check = groups.add_parser(
         "check",
@@ -358,12 +435,18 @@ def run(args: argparse.Namespace) -> int:
         lines = _key_lines(args.ssh_key) if args.ssh_key else []
         for line in lines:
             parse_public_key(line)  # refuse a bad key file before anything is created
+        if args.parent is not None and store.get(args.parent) is None:
+            raise Failed(f"no such account: {args.parent!r} (the --parent must exist; see: neo-admin account list)")
         password = None if args.no_password else read_password(args.password_stdin)
-        account = store.add(args.name, password)
+        account = store.add(args.name, password, parent=args.parent)
         for line in lines:
             fp = store.add_key(account.name, line)
             print(f"{account.name}: key {fp} added")
-        print(f"account {account.name} added" + ("" if password else " (no password: SSH keys only)"))
+        print(
+            f"account {account.name} added"
+            + ("" if password else " (no password: SSH keys only)")
+            + (f" as a sub-account of {account.parent}" if account.parent else "")
+        )
     elif cmd == ("account", "list"):
         accounts = store.list()
         if args.json:
@@ -374,6 +457,10 @@ def run(args: argparse.Namespace) -> int:
                         "created": a.created,
                         "has_password": a.has_password,
                         "keys": len(store.keys(a.name)),
+                        "parent": a.parent,
+                        "quota": a.quota_bytes,
+                        "per_file": a.space_per_file,
+                        "per_dir": a.space_per_dir,
                     }
                     for a in accounts
                 ]
@@ -381,7 +468,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             for a in accounts:
                 keys = len(store.keys(a.name))
-                print(f"{a.name}\tpassword={'yes' if a.has_password else 'no'}\tkeys={keys}")
+                extra = f"\tparent={a.parent}" if a.parent else ""
+                print(f"{a.name}\tpassword={'yes' if a.has_password else 'no'}\tkeys={keys}{extra}")
     elif cmd == ("account", "passwd"):
         if store.get(args.name) is None:
             raise Failed(f"no such account: {args.name!r} (see: neo-admin account list)")
@@ -404,9 +492,203 @@ def run(args: argparse.Namespace) -> int:
         else:
             for k in records:
                 print(f"{k.fingerprint}\t{k.key_type}\t{k.comment}")
+    elif cmd[0] in ("grant", "target") or cmd in (("account", "show"), ("account", "set"), ("account", "remove")):
+        _run_issue5(data, store, cmd, args)
     else:  # pragma: no cover - argparse only lets the commands above through
         raise AssertionError(cmd)
     return EXIT_OK
+
+
+# --- issue 5: quotas, sub-accounts, grants, targets ----------------------------------------------------------
+
+
+def _grant_json(g: Grant) -> dict[str, object]:
+    return {
+        "grantee": g.grantee,
+        "owner": g.owner,
+        "target": g.target,
+        "path": g.path,
+        "right": g.right.label,
+        "name": g.name,
+        "created": g.created,
+    }
+
+
+def _open_repository(data: Path) -> Repository:
+    return Repository(data / "repo")
+
+
+def _require_account(store: AccountStore, name: str) -> Account:
+    account = store.get(name)
+    if account is None:
+        raise Failed(f"no such account: {name!r} (see: neo-admin account list)")
+    return account
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise Failed("refusing to delete without confirmation: add --yes")
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise Failed("nothing was removed")
+
+
+def _run_issue5(data: Path, store: AccountStore, cmd: tuple[str, str | None], args: argparse.Namespace) -> None:
+    from neotwist.server.usage import account_usage, human
+
+    if cmd == ("account", "set"):
+        changes: dict[str, int | None] = {}
+        if args.quota is not None:
+            changes["quota"] = parse_size(args.quota, allow_unlimited=True)
+        if args.per_file is not None:
+            changes["per_file"] = parse_size(args.per_file)
+        if args.per_dir is not None:
+            changes["per_dir"] = parse_size(args.per_dir)
+        if not changes:
+            raise Failed("nothing to set: give --quota, --per-file and/or --per-dir")
+        a = store.set_quota(args.name, **changes)
+        quota = "unlimited" if a.quota_bytes is None else f"{a.quota_bytes:,} bytes"
+        print(f"{a.name}: quota {quota}, per file {a.space_per_file:,} bytes, per dir {a.space_per_dir:,} bytes")
+    elif cmd == ("account", "show"):
+        a = _require_account(store, args.name)
+        repository = _open_repository(data)
+        try:
+            usage = account_usage(repository, a, count_versions=True)
+        finally:
+            repository.close()
+        subs = store.sub_accounts(a.name)
+        given, held = store.grants_given(a.id), store.grants_held(a.id)
+        keys = store.keys(a.name)
+        if args.json:
+            _print_json(
+                {
+                    "name": a.name,
+                    "parent": a.parent,
+                    "created": a.created,
+                    "has_password": a.has_password,
+                    "keys": [k.fingerprint for k in keys],
+                    "usage": usage.as_json(),
+                    "sub_accounts": [s.name for s in subs],
+                    "grants_given": [_grant_json(g) for g in given],
+                    "grants_held": [_grant_json(g) for g in held],
+                }
+            )
+            return
+        print(f"account       {a.name}" + (f" (sub-account of {a.parent})" if a.parent else ""))
+        print(f"login         password {'yes' if a.has_password else 'no'}, {len(keys)} SSH key(s)")
+        if a.parent:
+            print(f"usage         none of its own: what it pushes is charged to {a.parent}")
+        else:
+            limit = "unlimited" if usage.quota is None else human(usage.quota)
+            share = "" if not usage.quota else f" ({100 * usage.used / usage.quota:.1f} %)"
+            print(f"usage         {human(usage.used)} of {limit}{share}")
+            print(
+                f"              stored {human(usage.stored_bytes)}; {usage.file_versions:,} file versions x "
+                f"{usage.per_file:,} B; {usage.dir_versions:,} dir versions x {usage.per_dir:,} B"
+            )
+            for t in usage.targets:
+                print(f"  target      {t.name}: {human(t.stored_bytes)}, {t.file_versions:,} file and "
+                      f"{t.dir_versions:,} dir versions")  # fmt: skip
+        for sub in subs:
+            print(f"sub-account   {sub.name}")
+        for g in given:
+            print(f"grant given   {g.describe()}")
+        for g in held:
+            print(f"grant held    {g.describe()}")
+    elif cmd == ("account", "remove"):
+        a = _require_account(store, args.name)
+        repository = _open_repository(data)
+        try:
+            owned = [t.meta.name for t in repository.targets_of(a.id)]
+        finally:
+            repository.close()
+        if owned:
+            raise Failed(
+                f"{a.name} owns {len(owned)} target(s) ({', '.join(owned[:5])}): remove them first "
+                f"(neo-admin target remove {a.name} TARGET)"
+            )
+        sub_names = [sub.name for sub in store.sub_accounts(a.name)]
+        store.remove(a.name)
+        print(f"account {a.name} removed" + (f", with its sub-accounts {', '.join(sub_names)}" if sub_names else ""))
+    elif cmd == ("grant", "add"):
+        owner, _, rest = args.where.partition("/")
+        target, _, path = rest.partition("/")
+        if not owner or not target:
+            raise Failed(f"give the place as OWNER/TARGET[/SUBPATH], not {args.where!r}")
+        path = path.rstrip("/")
+        name = args.as_name or target
+        grantee = _require_account(store, args.grantee)
+        owner_account = _require_account(store, owner)
+        if not grantee.is_sub_account:
+            repository = _open_repository(data)
+            try:
+                clash = repository.find_target(grantee.id, name) is not None
+            finally:
+                repository.close()
+            if clash:
+                raise Failed(f"{grantee.name} has a target called {name!r} itself: choose another name with --as")
+        grant, new = store.grant(grantee.name, owner_account.name, target, path, Right.parse(args.right), name)
+        print(("granted: " if new else "changed: ") + grant.describe())
+    elif cmd == ("grant", "remove"):
+        print("revoked: " + store.revoke(args.grantee, args.name).describe())
+    elif cmd == ("grant", "list"):
+        if args.account:
+            a = _require_account(store, args.account)
+            grants = store.grants_given(a.id) + store.grants_held(a.id)
+        else:
+            grants = store.all_grants()
+        if args.json:
+            _print_json([_grant_json(g) for g in grants])
+        else:
+            for g in grants:
+                print(g.describe())
+    elif cmd == ("target", "list"):
+        a = _require_account(store, args.account)
+        repository = _open_repository(data)
+        try:
+            rows: list[dict[str, object]] = [
+                {
+                    "name": t.meta.name,
+                    "snapshots": t.snapshot_count(),
+                    "stored_bytes": t.usage().stored_bytes,
+                    "encrypted": t.meta.encrypted,
+                }
+                for t in repository.targets_of(a.id)
+            ]
+        finally:
+            repository.close()
+        if args.json:
+            _print_json(rows)
+        else:
+            for row in rows:
+                stored_bytes = row["stored_bytes"]
+                assert isinstance(stored_bytes, int)
+                print(f"{row['name']}\tsnapshots={row['snapshots']}\tstored={human(stored_bytes)}")
+    elif cmd == ("target", "remove"):
+        a = _require_account(store, args.account)
+        repository = _open_repository(data)
+        try:
+            target = repository.find_target(a.id, args.target)
+            if target is None:
+                raise Failed(f"{a.name} has no target {args.target!r} (see: neo-admin target list {a.name})")
+            snapshots, stored = target.snapshot_count(), target.usage().stored_bytes
+            _confirm(
+                f"remove target {args.target!r} of {a.name} with {snapshots} snapshot(s) and {human(stored)}?",
+                args.yes,
+            )
+            dropped = store.drop_target_grants(a.id, args.target)
+            repository.remove_target(target)
+        finally:
+            repository.close()
+        if args.json:
+            _print_json({"account": a.name, "target": args.target, "snapshots": snapshots, "stored_bytes": stored,
+                         "grants_removed": dropped})  # fmt: skip
+        else:
+            print(f"removed target {args.target} of {a.name}: {snapshots} snapshot(s), {human(stored)}, "
+                  f"{dropped} grant(s)")  # fmt: skip
+    else:  # pragma: no cover
+        raise AssertionError(cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

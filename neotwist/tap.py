@@ -124,14 +124,17 @@ def makeService(options: Options) -> service.MultiService:
     data = prepare_data_dir(Path(options["data"]))
     accounts = AccountStore(data / "accounts.sqlite", bcrypt_rounds=options["bcrypt_rounds"])
     repository = Repository(data / "repo")
-    services = ServerServices(repository=repository, accounts=accounts, reactor=reactor)
+    from neotwist.server.throttle import LoginThrottle
+
+    throttle = LoginThrottle(reactor)  # one count of failed logins for SSH and TLS
+    services = ServerServices(repository=repository, accounts=accounts, reactor=reactor, throttle=throttle)
     top = service.MultiService()
     _RepositoryService(repository).setServiceParent(top)
 
     if options["ssh_endpoint"] is not None:
         host_key = hostkeys.load_or_create_host_key(data)
         peer_factory: Any = functools.partial(make_server_peer, services)
-        ssh_factory: Any = make_ssh_factory(host_key, accounts, peer_factory, reactor)
+        ssh_factory: Any = make_ssh_factory(host_key, accounts, peer_factory, reactor, throttle=throttle)
         strports.service(options["ssh_endpoint"], ssh_factory).setServiceParent(top)
         log.info(
             "SSH on {endpoint}, host key {fingerprint}",

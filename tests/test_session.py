@@ -189,6 +189,32 @@ class SessionTests(SessionFixture):
         pump.flush()
         assert server._lost and client._lost
 
+    def test_tls_failed_logins_are_throttled(self) -> None:
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from neotwist.server import throttle
+
+        lines: list[str] = []
+        observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        for _ in range(throttle.LIMIT):
+            _server, client, pump = self.connect(tls=True)
+            self.hello(client, pump)
+            error = self.call(client, pump, Login(rid=0, account="alice", password="wrong guess"))
+            assert isinstance(error, RemoteError) and error.code == ErrorCode.AUTH_FAILED
+        _server, client, pump = self.connect(tls=True)
+        self.hello(client, pump)
+        error = self.call(client, pump, Login(rid=0, account="alice", password=PASSWORD))
+        assert isinstance(error, RemoteError) and error.code == ErrorCode.THROTTLED
+        assert error.message == "too many failed logins; try again in 30 s"
+        self.clock.advance(throttle.BASE_DELAY)
+        ok = self.call(client, pump, Login(rid=0, account="alice", password=PASSWORD))
+        assert isinstance(ok, LoggedIn)
+        text = "\n".join(lines)
+        assert "login throttled: account=alice address=test:1" in text
+        assert "wrong guess" not in text and PASSWORD not in text
+
     def test_login_timeout_and_idle_timeout(self) -> None:
         server, client, pump = self.connect(tls=True)
         self.hello(client, pump)
@@ -411,7 +437,7 @@ class SessionTests(SessionFixture):
         client.request(Commit(rid=0, handle=h)).addBoth(result.append)
         pump.flush()
         # put and entries are admitted (running); the commit waits for them rather than running now
-        assert sorted(f.__name__ for _d, f, _a in pending) == ["add", "store_chunks"]
+        assert sorted(f.__name__ for _d, f, _a in pending) == ["add", "store_batch"]
         for _ in range(5):
             run_all()
             pump.flush()

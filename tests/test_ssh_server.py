@@ -198,7 +198,8 @@ class Server:
         self.factory.doStart()
 
     def connect(
-        self, user: str, passwords: list[str] = (), key: Key | None = None, authenticate: bool = True  # type: ignore[assignment]
+        self, user: str, passwords: list[str] = (), key: Key | None = None, authenticate: bool = True,  # type: ignore[assignment]
+        host: str = "10.1.2.3",
     ) -> tuple[Client, ClientConnection, IOPump]:
         server = self.factory.buildProtocol(None)
         conn = ClientConnection()
@@ -206,7 +207,7 @@ class Server:
         client.factory = Factory()
         if not authenticate:  # the client connects, then never asks to log in
             client.connectionSecure = lambda: None  # type: ignore[method-assign]
-        address = IPv4Address("TCP", "10.1.2.3", 40000 + len(self.sessions))
+        address = IPv4Address("TCP", host, 40000 + len(self.sessions))
         server_transport = FakeTransport(server, isServer=True, peerAddress=address)
         pump = connect(server, server_transport, client, FakeTransport(client, isServer=False), greet=True)
         self.flush(pump)
@@ -411,3 +412,48 @@ def test_connection_drop_tells_the_session_once(server: Server) -> None:
     server.flush(pump)
     (session,) = server.sessions
     assert len(session.lost) == 1
+
+
+def test_failed_logins_are_throttled_without_bcrypt(server: Server, log_lines: list[str]) -> None:
+    """Five wrong passwords: the next password attempt for that account (from anywhere) or from that address (for
+    any account) is refused with a disconnect saying how long to wait, and runs no bcrypt; a key still works
+    from another address, and the log never holds a password."""
+    from unittest import mock
+
+    from neotwist.server import throttle
+
+    key = Key(ed25519.Ed25519PrivateKey.generate())
+    server.accounts.add("alice", "correct horse")
+    server.accounts.add_key("alice", key.public().toString("openssh") + b" laptop")
+    server.accounts.add("bob", "bobs password")
+    for _ in range(throttle.LIMIT):
+        _client, conn, pump = server.connect("alice", ["wrong guess"])
+        server.clock.advance(2)
+        server.flush(pump)
+        assert not conn.started
+    calls: list[bytes] = []
+    real = neossh.AccountStore.verify_password
+
+    def counting(self: AccountStore, name: str, password: str) -> Any:
+        calls.append(name.encode())
+        return real(self, name, password)
+
+    with mock.patch.object(neossh.AccountStore, "verify_password", counting):
+        client, conn, pump = server.connect("alice", ["correct horse"], host="10.9.9.9")
+        server.clock.advance(2)
+        server.flush(pump)
+        assert not conn.started and calls == []
+        assert client.disconnected_reason == b"too many failed logins; try again in 30 s"
+        client, conn, pump = server.connect("bob", ["bobs password"])  # same address, other account
+        server.flush(pump)
+        assert not conn.started and calls == []
+        # a key login of the blocked account from another address is not refused
+        _client, conn, pump = server.connect("alice", key=key, host="10.9.9.9")
+        assert conn.started
+    server.clock.advance(throttle.BASE_DELAY)
+    _client, conn, pump = server.connect("alice", ["correct horse"], host="10.9.9.9")
+    server.flush(pump)
+    assert conn.started
+    text = "\n".join(log_lines)
+    assert "login throttled: account=alice address=10.9.9.9" in text
+    assert "wrong guess" not in text and "correct horse" not in text

@@ -87,7 +87,8 @@ async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> An
     except ConnectError as e:
         text = str(e)
         sys.stderr.write(f"{prog}: {text}\n")
-        return EXIT_AUTH if "authentication failed" in text or "requires a password" in text else EXIT_FAILED
+        auth = ("authentication failed", "requires a password", "too many failed logins")
+        return EXIT_AUTH if any(why in text for why in auth) else EXIT_FAILED
 
 
 def password_source(args: argparse.Namespace) -> Callable[[], str | None]:

@@ -38,6 +38,7 @@ from neotwist.client.encryption import EncryptionRefused, Namer, decrypt_deleted
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.timespec import TimeSpecError, format_time, parse_duration, parse_time
 from neotwist.crypto import CryptoError, WrongPassphrase
+from neotwist.wire.messages import GetUsage, UsageInfo
 from neotwist.wire.peer import Peer
 
 _LS_EPILOG = f"""\
@@ -50,6 +51,7 @@ examples:
   neo-ls -R --at '2026-11-01 18:00' alice@nas/docs   the whole target as it was then
   neo-ls alice@nas/docs --versions reports/q3.ods    every stored version of one file
   neo-ls alice@nas/docs --deleted                    files deleted since, that old snapshots still hold
+  neo-ls alice@nas --usage                           space used against the account's quota
 
 Restore what you found with neo-pull --snapshot ID (or --at TIME) REMOTE[/PATH] DEST.
 """
@@ -110,6 +112,8 @@ def _ls_parser() -> Parser:
     one.add_argument("--versions", metavar="PATH", help="every stored version of PATH (relative to REMOTE)")
     one.add_argument("--deleted", action="store_true", help="files deleted from the current view that earlier "
                      "snapshots still hold (at or below REMOTE's path)")  # fmt: skip
+    one.add_argument("--usage", action="store_true", help="the account's space used, against its quota (stored "
+                     "bytes of all its targets and history, plus the per-file and per-directory charges)")  # fmt: skip
     when = what.add_mutually_exclusive_group()
     when.add_argument("--snapshot", type=int, metavar="ID", help="list files as of this snapshot")
     when.add_argument("--at", metavar="TIME", help="list files as of the newest snapshot taken at or before TIME "
@@ -232,12 +236,16 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
             at = parse_time(args.at, time.time())
         except TimeSpecError as e:
             parser.error(str(e))
+    if args.usage and (args.at is not None or args.snapshot is not None or args.recursive):
+        parser.error("--usage lists the account's usage: no --at, --snapshot or -R with it")
     if not remote.target and (args.snapshots or args.versions or args.deleted or args.at or args.snapshot):
         parser.error("give REMOTE as HOST/TARGET[/PATH] to list inside a target")
     if (args.snapshots or args.versions or args.deleted) and (at is not None or args.snapshot is not None):
         parser.error("--at and --snapshot choose the files listed; --snapshots, --versions and --deleted list all")
 
     async def body(peer: Peer) -> int:
+        if args.usage:
+            return _show_usage(args, await peer.request(GetUsage(rid=0)))
         if not remote.target:
             return _show_targets(args, await stash.list_targets(peer))
         # An encrypted target is opened at its encrypted sub-path and listed decrypted (issue 6): names and
@@ -309,7 +317,7 @@ def _show_targets(args: argparse.Namespace, targets: list[Any]) -> int:
     elif not args.quiet:
         rows = [["TARGET", "SNAPSHOTS", "LATEST", "FILES", "STORED"]] + [
             [
-                t.name + (" (encrypted)" if t.encrypted else ""),
+                t.name + (" (encrypted)" if t.encrypted else "") + (f" ({t.right}, of {t.owner})" if t.owner else ""),
                 str(t.snapshots),
                 format_time(t.latest_time) if t.latest_time is not None else "-",
                 str(t.files),
@@ -318,6 +326,47 @@ def _show_targets(args: argparse.Namespace, targets: list[Any]) -> int:
             for t in targets
         ]
         sys.stdout.write(_table(rows, right=(1, 3, 4)) if targets else "no targets yet (neo-push creates one)\n")
+    return EXIT_OK
+
+
+def _show_usage(args: argparse.Namespace, info: Any) -> int:
+    """``neo-ls --usage``: what the account uses against its quota (issue 5)."""
+    if not isinstance(info, UsageInfo):
+        raise stash.StashError(f"the server answered usage with {type(info).__name__}")
+    available = None if info.quota is None else max(0, info.quota - info.used)
+    if args.json:
+        _print_json(
+            {
+                "account": info.account, "used": info.used, "quota": info.quota, "available": available,
+                "stored_bytes": info.stored_bytes, "file_versions": info.file_versions,
+                "dir_versions": info.dir_versions, "per_file": info.per_file, "per_dir": info.per_dir,
+                "charges": info.per_file * info.file_versions + info.per_dir * info.dir_versions,
+                "charged_to": info.charged_to or None,
+                "targets": [msgspec.structs.asdict(t) for t in info.targets],
+            }
+        )  # fmt: skip
+        return EXIT_OK
+    if args.quiet:
+        return EXIT_OK
+    if info.charged_to:
+        sys.stdout.write(f"{info.account} owns no targets: what it pushes is charged to {info.charged_to}\n")
+        return EXIT_OK
+    if info.quota is None:
+        limit = "(no quota)"
+    else:
+        limit = f"of {human_size(info.quota)} ({100 * info.used / max(1, info.quota):.1f} %)"
+    lines = [
+        f"{info.account}: {human_size(info.used)} used {limit}"
+        + ("" if available is None else f", {human_size(available)} left"),
+        f"  stored {human_size(info.stored_bytes)} ({info.stored_bytes:,} bytes); {info.file_versions:,} file "
+        f"versions x {info.per_file:,} B; {info.dir_versions:,} directory versions x {info.per_dir:,} B",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    rows = [["TARGET", "STORED", "FILE VERSIONS", "DIR VERSIONS"]] + [
+        [t.name, human_size(t.stored_bytes), str(t.file_versions), str(t.dir_versions)] for t in info.targets
+    ]
+    if info.targets:
+        sys.stdout.write(_table(rows, right=(1, 2, 3)))
     return EXIT_OK
 
 

@@ -6,6 +6,11 @@ login without a restart, and nothing is cached that could go stale. Every method
 (for passwords) deliberately slow bcrypt work: the server calls them from a thread pool, never on the reactor.
 
 Plaintext passwords are never stored or logged; only bcrypt hashes reach the disk.
+
+Besides credentials the store keeps who may reach what: sub-accounts (``parent_id``: an account created and
+managed by another one), grants (a right on a sub-path of another account's target) and each account's quota
+(``quota_bytes`` = SpaceQuota, ``space_per_file``, ``space_per_dir``). Schema changes migrate forward through
+``PRAGMA user_version`` when any process opens the file, so existing data directories keep working.
 """
 
 from __future__ import annotations
@@ -24,17 +29,18 @@ from pathlib import Path
 import bcrypt
 from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
 
-from neotwist.paths import check_name
+from neotwist.paths import check_name, check_path
+from neotwist.server.rights import Right
 from neotwist.wire import limits
 from neotwist.wire.errors import NeoError
 
 BCRYPT_ROUNDS = 12
 """bcrypt work factor for new hashes (about a quarter of a second per check on a current core)."""
 
-SCHEMA_VERSION = 1
-"""Stored in ``PRAGMA user_version``; later versions (grants, quotas) migrate forward from it."""
+SCHEMA_VERSION = 2
+"""Stored in ``PRAGMA user_version``. 1: accounts and keys. 2: sub-accounts, grants, per-file/per-dir charges."""
 
-_Row = tuple[int, str, float, bytes | None, int | None]
+_Row = tuple[int, str, float, bytes | None, int | None, int, int, int | None, str | None]
 """An accounts row as selected by ``AccountStore._COLUMNS``."""
 
 _SCHEMA = """
@@ -58,6 +64,35 @@ CREATE TABLE IF NOT EXISTS keys (
 CREATE INDEX IF NOT EXISTS keys_by_account ON keys(account_id);
 """
 
+_MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: sub-accounts, grants, quota charges. quota_bytes (version 1's placeholder) is SpaceQuota.
+    2: """
+ALTER TABLE accounts ADD COLUMN parent_id INTEGER REFERENCES accounts(id) ON DELETE CASCADE;
+ALTER TABLE accounts ADD COLUMN space_per_file INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN space_per_dir INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX accounts_by_parent ON accounts(parent_id);
+CREATE TABLE grants (
+    id INTEGER PRIMARY KEY,
+    grantee_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    owner_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    target TEXT NOT NULL,
+    path TEXT NOT NULL,
+    access INTEGER NOT NULL CHECK (access BETWEEN 1 AND 4),
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (grantee_id, name)
+);
+CREATE INDEX grants_by_owner ON grants(owner_id, target);
+""",
+}
+"""Forward migrations: the statements that take the schema from version n-1 to n, run in one transaction."""
+
+MAX_CHARGE = 2**40
+"""Largest SpacePerFile / SpacePerDir (1 TiB per entry): anything bigger is a typo."""
+
+MAX_QUOTA = 2**62
+"""Largest SpaceQuota (4 EiB)."""
+
 
 class AccountError(Exception):
     """An account operation could not be done in the store's current state (the input itself was valid)."""
@@ -77,13 +112,46 @@ class AccountExists(AccountError):
 
 @dataclass(frozen=True)
 class Account:
-    """One account. ``quota_bytes`` is a placeholder for quotas (None = unlimited)."""
+    """One account.
+
+    ``quota_bytes`` is SpaceQuota (None = unlimited); ``space_per_file`` / ``space_per_dir`` are charged for every
+    stored file or directory version on top of its data. ``parent`` names the owning account of a sub-account.
+    """
 
     id: int
     name: str
     created: float
     has_password: bool = False
     quota_bytes: int | None = None
+    space_per_file: int = 0
+    space_per_dir: int = 0
+    parent_id: int | None = None
+    parent: str | None = None
+
+    @property
+    def is_sub_account(self) -> bool:
+        return self.parent_id is not None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """``grantee`` holds ``right`` on ``path`` (a sub-path, "" = all) of ``owner``'s target ``target``, and
+    reaches it under ``name``."""
+
+    id: int
+    grantee_id: int
+    grantee: str
+    owner_id: int
+    owner: str
+    target: str
+    path: str
+    right: Right
+    name: str
+    created: float
+
+    def describe(self) -> str:
+        where = f"{self.owner}/{self.target}" + (f"/{self.path}" if self.path else "")
+        return f"{self.grantee} has {self.right.label} on {where} as {self.name!r}"
 
 
 @dataclass(frozen=True)
@@ -144,6 +212,23 @@ def _valid_name(name: str) -> str:
         raise ValueError(e.message) from None
 
 
+def _valid_target(name: str) -> str:
+    try:
+        return check_name(name, "target name")
+    except NeoError as e:
+        raise ValueError(e.message) from None
+
+
+def _valid_path(path: str) -> str:
+    try:
+        return check_path(path)
+    except NeoError as e:
+        raise ValueError(e.message) from None
+
+
+_UNCHANGED: object = object()
+
+
 class AccountStore:
     """Accounts in the SQLite file at ``path`` (created on first use). Safe to use from several threads and
     processes at once: each operation opens its own connection and runs in one transaction."""
@@ -165,8 +250,19 @@ class AccountStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:  # a new file (or one written before user_version was set): version 1's tables
+                version = 1
+            if version > SCHEMA_VERSION:
+                raise AccountError(
+                    f"{self.path} has schema version {version}; this software knows up to {SCHEMA_VERSION}:"
+                    " upgrade neophytos"
+                )
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # --- plumbing -----------------------------------------------------------------------------------------
 
@@ -190,14 +286,32 @@ class AccountStore:
     @staticmethod
     def _account(row: _Row) -> Account:
         return Account(
-            id=row[0], name=row[1], created=row[2], has_password=row[3] is not None, quota_bytes=row[4]
+            id=row[0],
+            name=row[1],
+            created=row[2],
+            has_password=row[3] is not None,
+            quota_bytes=row[4],
+            space_per_file=row[5],
+            space_per_dir=row[6],
+            parent_id=row[7],
+            parent=row[8],
         )
 
-    _COLUMNS = "id, name, created, password_hash, quota_bytes"
+    _COLUMNS = (
+        "a.id, a.name, a.created, a.password_hash, a.quota_bytes, a.space_per_file, a.space_per_dir, a.parent_id,"
+        " p.name"
+    )
+    _FROM = "accounts a LEFT JOIN accounts p ON p.id = a.parent_id"
 
     def _row(self, db: sqlite3.Connection, name: str) -> _Row | None:
         row: _Row | None = db.execute(
-            f"SELECT {self._COLUMNS} FROM accounts WHERE name = ?", (name,)  # noqa: S608
+            f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE a.name = ?", (name,)  # noqa: S608
+        ).fetchone()
+        return row
+
+    def _row_by_id(self, db: sqlite3.Connection, account_id: int) -> _Row | None:
+        row: _Row | None = db.execute(
+            f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE a.id = ?", (account_id,)  # noqa: S608
         ).fetchone()
         return row
 
@@ -221,23 +335,89 @@ class AccountStore:
 
     # --- accounts ----------------------------------------------------------------------------------------
 
-    def add(self, name: str, password: str | None) -> Account:
-        """Create an account; ``password`` None makes a key-only account. Raises ValueError for a bad name or
-        password, AccountExists if the name is taken."""
+    def add(self, name: str, password: str | None, *, parent: str | None = None) -> Account:
+        """Create an account; ``password`` None makes a key-only account. With ``parent`` it is a sub-account of
+        that (top-level) account: it has no targets of its own and its owner manages it. Raises ValueError for a
+        bad name or password, AccountExists if the name is taken, NoSuchAccount / AccountError for a parent
+        that does not exist or is itself a sub-account."""
         _valid_name(name)
         hashed = None if password is None else self._hash(password)
         with self._connect(write=True) as db:
+            parent_id = None
+            if parent is not None:
+                prow = self._require(db, parent)
+                if prow[7] is not None:
+                    raise AccountError(
+                        f"{parent!r} is itself a sub-account (of {prow[8]!r}): sub-accounts cannot have their own"
+                    )
+                parent_id = prow[0]
             try:
                 cursor = db.execute(
-                    "INSERT INTO accounts (name, password_hash, created) VALUES (?, ?, ?)",
-                    (name, hashed, time.time()),
+                    "INSERT INTO accounts (name, password_hash, created, parent_id) VALUES (?, ?, ?, ?)",
+                    (name, hashed, time.time(), parent_id),
                 )
             except sqlite3.IntegrityError:
                 raise AccountExists(name) from None
-            row = db.execute(
-                f"SELECT {self._COLUMNS} FROM accounts WHERE id = ?", (cursor.lastrowid,)  # noqa: S608
-            ).fetchone()
+            row = self._row_by_id(db, int(cursor.lastrowid or 0))
+        assert row is not None
         return self._account(row)
+
+    def remove(self, name: str) -> Account:
+        """Delete an account with its keys, its sub-accounts, and every grant it gave or holds. The caller makes
+        sure it owns no targets first (they live in the repository, not here)."""
+        with self._connect(write=True) as db:
+            row = self._require(db, name)
+            db.execute("DELETE FROM accounts WHERE id = ?", (row[0],))
+        return self._account(row)
+
+    def get_by_id(self, account_id: int) -> Account | None:
+        with self._connect() as db:
+            row = self._row_by_id(db, account_id)
+        return None if row is None else self._account(row)
+
+    def sub_accounts(self, owner: str) -> builtins.list[Account]:
+        """The sub-accounts of ``owner``, by name."""
+        with self._connect() as db:
+            owner_id = self._require(db, owner)[0]
+            rows = db.execute(
+                f"SELECT {self._COLUMNS} FROM {self._FROM} WHERE a.parent_id = ? ORDER BY a.name",  # noqa: S608
+                (owner_id,),
+            ).fetchall()
+        return [self._account(row) for row in rows]
+
+    def set_quota(
+        self,
+        name: str,
+        *,
+        quota: int | object | None = _UNCHANGED,
+        per_file: int | object = _UNCHANGED,
+        per_dir: int | object = _UNCHANGED,
+    ) -> Account:
+        """Change SpaceQuota (None = unlimited), SpacePerFile and SpacePerDir; arguments left out stay as they
+        are. A sub-account stores into its owner's targets and is charged there, so it has no quota of its
+        own (AccountError)."""
+        changes: dict[str, object] = {}
+        if quota is not _UNCHANGED:
+            if quota is not None and (not isinstance(quota, int) or not 0 <= quota <= MAX_QUOTA):
+                raise ValueError(f"the quota must be a size from 0 to {MAX_QUOTA} bytes, or none")
+            changes["quota_bytes"] = quota
+        for column, value in (("space_per_file", per_file), ("space_per_dir", per_dir)):
+            if value is not _UNCHANGED:
+                if not isinstance(value, int) or not 0 <= value <= MAX_CHARGE:
+                    raise ValueError(f"{column} must be a size from 0 to {MAX_CHARGE} bytes")
+                changes[column] = value
+        with self._connect(write=True) as db:
+            row = self._require(db, name)
+            if row[7] is not None and changes:
+                raise AccountError(
+                    f"{name!r} is a sub-account of {row[8]!r}: what it stores is charged to {row[8]!r}; "
+                    f"set the quota there (neo-admin account set {row[8]} --quota ...)"
+                )
+            for column, value in changes.items():  # column names are the constants above
+                db.execute(f"UPDATE accounts SET {column} = ? WHERE id = ?", (value, row[0]))  # noqa: S608
+            updated = self._row_by_id(db, row[0])
+        assert updated is not None
+        return self._account(updated)
 
     def get(self, name: str) -> Account | None:
         try:
@@ -250,7 +430,7 @@ class AccountStore:
 
     def list(self) -> builtins.list[Account]:
         with self._connect() as db:
-            rows = db.execute(f"SELECT {self._COLUMNS} FROM accounts ORDER BY name").fetchall()  # noqa: S608
+            rows = db.execute(f"SELECT {self._COLUMNS} FROM {self._FROM} ORDER BY a.name").fetchall()  # noqa: S608
         return [self._account(row) for row in rows]
 
     def set_password(self, name: str, password: str | None) -> None:
@@ -359,3 +539,103 @@ class AccountStore:
         for (stored,) in rows:
             found |= hmac.compare_digest(stored, blob)
         return found
+
+    # --- grants --------------------------------------------------------------------------------------------
+
+    _GRANT_COLUMNS = (
+        "g.id, g.grantee_id, ge.name, g.owner_id, o.name, g.target, g.path, g.access, g.name, g.created"
+    )
+    _GRANT_FROM = "grants g JOIN accounts ge ON ge.id = g.grantee_id JOIN accounts o ON o.id = g.owner_id"
+
+    @staticmethod
+    def _grant(row: tuple) -> Grant:
+        gid, grantee_id, grantee, owner_id, owner, target, path, access, name, created = row
+        return Grant(gid, grantee_id, grantee, owner_id, owner, target, path, Right(access), name, created)
+
+    def _grants(self, db: sqlite3.Connection, where: str, args: tuple) -> builtins.list[Grant]:
+        rows = db.execute(
+            f"SELECT {self._GRANT_COLUMNS} FROM {self._GRANT_FROM} WHERE {where}"  # noqa: S608
+            " ORDER BY ge.name, g.name",
+            args,
+        ).fetchall()
+        return [self._grant(row) for row in rows]
+
+    def grant(
+        self, grantee: str, owner: str, target: str, path: str, right: Right, name: str | None = None
+    ) -> tuple[Grant, bool]:
+        """Give ``grantee`` ``right`` on ``path`` of ``owner``'s target ``target``, reached as ``name`` (default:
+        the target's name). Granting the same (owner, target, path) under the same name again changes the right.
+        Returns the grant and whether it was new.
+
+        Raises ValueError (bad names or path), NoSuchAccount, AccountError (a grant to the owner itself, to a
+        sub-account's own sub-account... or the name is taken by another grant of the grantee). The caller
+        checks that the grantee has no own target called ``name`` (targets live in the repository).
+        """
+        _valid_target(target)
+        _valid_path(path)
+        name = _valid_target(name if name is not None else target)
+        with self._connect(write=True) as db:
+            grow = self._require(db, grantee)
+            orow = self._require(db, owner)
+            if grow[0] == orow[0]:
+                raise AccountError(f"{owner!r} already has full rights on its own targets")
+            if orow[7] is not None:
+                raise AccountError(f"{owner!r} is a sub-account: it has no targets of its own to grant")
+            existing = self._grants(db, "g.grantee_id = ? AND g.name = ?", (grow[0], name))
+            if existing:
+                old = existing[0]
+                if (old.owner_id, old.target, old.path) != (orow[0], target, path):
+                    raise AccountError(
+                        f"{grantee!r} already has a grant called {name!r} ({old.describe()}): "
+                        "revoke it first, or choose another name (--as NAME)"
+                    )
+                db.execute("UPDATE grants SET access = ? WHERE id = ?", (int(right), old.id))
+                new = False
+            else:
+                db.execute(
+                    "INSERT INTO grants (grantee_id, owner_id, target, path, access, name, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (grow[0], orow[0], target, path, int(right), name, time.time()),
+                )
+                new = True
+            result = self._grants(db, "g.grantee_id = ? AND g.name = ?", (grow[0], name))[0]
+        return result, new
+
+    def revoke(self, grantee: str, name: str) -> Grant:
+        """Remove ``grantee``'s grant called ``name``; AccountError if it has none."""
+        with self._connect(write=True) as db:
+            grow = self._require(db, grantee)
+            found = self._grants(db, "g.grantee_id = ? AND g.name = ?", (grow[0], name))
+            if not found:
+                raise AccountError(
+                    f"{grantee!r} has no grant called {name!r} (see: neo-admin grant list {grantee})"
+                )
+            db.execute("DELETE FROM grants WHERE id = ?", (found[0].id,))
+        return found[0]
+
+    def find_grant(self, grantee_id: int, name: str) -> Grant | None:
+        """The grant ``grantee_id`` reaches as ``name``, if any (looked up on every open: changes apply at once)."""
+        with self._connect() as db:
+            found = self._grants(db, "g.grantee_id = ? AND g.name = ?", (grantee_id, name))
+        return found[0] if found else None
+
+    def grants_held(self, grantee_id: int) -> builtins.list[Grant]:
+        """Every grant the account holds, by name."""
+        with self._connect() as db:
+            return self._grants(db, "g.grantee_id = ?", (grantee_id,))
+
+    def grants_given(self, owner_id: int) -> builtins.list[Grant]:
+        """Every grant on the account's targets, by grantee and name."""
+        with self._connect() as db:
+            return self._grants(db, "g.owner_id = ?", (owner_id,))
+
+    def all_grants(self) -> builtins.list[Grant]:
+        with self._connect() as db:
+            return self._grants(db, "1", ())
+
+    def drop_target_grants(self, owner_id: int, target: str) -> int:
+        """Remove every grant on ``owner_id``'s target ``target`` (before the target is removed, so a later
+        target of the same name does not inherit them); returns how many."""
+        with self._connect(write=True) as db:
+            cur = db.execute("DELETE FROM grants WHERE owner_id = ? AND target = ?", (owner_id, target))
+            return int(cur.rowcount)

@@ -23,11 +23,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredLock, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredLock,
+    DeferredSemaphore,
+    ensureDeferred,
+    succeed,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,11 +42,15 @@ import neotwist
 from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server import stash
-from neotwist.server.accounts import Account, AccountStore
+from neotwist.server.accounts import Account, AccountError, AccountExists, AccountStore, Grant, parse_public_key
 from neotwist.server.repository import Push, Repository, Target
-from neotwist.server.repository.target import ChunkRejected
-from neotwist.server.rights import Right
+from neotwist.server.repository.push import CommitCharge
+from neotwist.server.repository.target import ChunkRejected, OverBudget
+from neotwist.server.repository.view import RootView
+from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.ssh import RunBlocking, thread_runner
+from neotwist.server.throttle import LoginThrottle, too_many
+from neotwist.server.usage import account_usage, over_quota
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
 from neotwist.wire.messages import (
@@ -52,10 +63,14 @@ from neotwist.wire.messages import (
     Committed,
     Entry,
     Get,
+    GetUsage,
+    GrantAccess,
+    GrantInfo,
     Have,
     Hello,
     List,
     Listing,
+    ListShares,
     ListTargets,
     LoggedIn,
     Login,
@@ -67,10 +82,23 @@ from neotwist.wire.messages import (
     PushBegin,
     PushEntries,
     Put,
+    RemoveTarget,
+    Revoke,
+    Shares,
+    SubAccountAdd,
+    SubAccountInfo,
+    SubAccountRemove,
+    SubAccountSet,
+    TargetInfo,
+    TargetRemoved,
     Targets,
+    TargetUsageInfo,
+    UsageInfo,
     Welcome,
 )
 from neotwist.wire.peer import Peer
+
+__all__ = ["Access", "Right", "ServerServices", "ServerSession", "make_server_peer", "resolve_access"]
 
 log = Logger()
 
@@ -97,25 +125,19 @@ LISTING_PAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``listing`` page (also at most MAX_ENTRIES entries per page)."""
 
 
-@dataclass(frozen=True)
-class Access:
-    """The outcome of :func:`resolve_access`: whose target, which sub-path is the root, and the right held."""
+def resolve_access(accounts: AccountStore, account: Account, target: str, path: str) -> Access:
+    """Where ``account`` lands when it names ``target`` and ``path``: a grant of that name (its owner's target,
+    the grant's sub-path joined with ``path`` as the root, the grant's right), else its own target with FULL.
 
-    owner_id: int
-    target: str
-    root: str
-    right: Right
-
-
-def resolve_access(account: Account, target: str, path: str) -> Access:
-    """Where ``account`` lands when it names ``target`` and ``path``: its own target, with full rights.
-
-    The one place access is decided, so grants to other accounts' targets fit here without touching a handler.
-    Raises NeoError (BAD_NAME, BAD_PATH) for names and paths that are not allowed.
+    The one place access is decided. Blocking (one SQLite lookup of the grant, so a grant or revoke by neo-admin
+    or neo-share applies to the next request at once): call it in a worker thread. Raises NeoError (BAD_NAME,
+    BAD_PATH; NO_SUCH_TARGET for a sub-account naming something it was not granted).
     """
     paths.check_name(target, "target name")
     paths.check_path(path)
-    return Access(owner_id=account.id, target=target, root=path, right=Right.FULL)
+    grant = accounts.find_grant(account.id, target)
+    view = None if grant is None else GrantView(grant.owner_id, grant.target, grant.path, grant.right)
+    return resolve(account.id, account.name, account.is_sub_account, target, path, view)
 
 
 @dataclass
@@ -127,10 +149,24 @@ class ServerServices:
     reactor: Any
     run_blocking: RunBlocking | None = None
     sessions: set[ServerSession] = field(default_factory=set)
+    throttle: LoginThrottle | None = None  # failed logins, shared with the SSH server (tap.py passes one)
+    removing: set[int] = field(default_factory=set)  # target ids being removed: no new handle or push
+    removed: set[int] = field(default_factory=set)  # target ids removed while this server ran
+    owner_locks: dict[int, DeferredLock] = field(default_factory=dict)  # per owner account: quota check + commit
+
+    def owner_lock(self, owner_id: int) -> DeferredLock:
+        """The lock that serializes the quota check and commit of every push charged to ``owner_id``, so two
+        concurrent pushes cannot both fit under the quota on their own and pass it together."""
+        lock = self.owner_locks.get(owner_id)
+        if lock is None:
+            lock = self.owner_locks[owner_id] = DeferredLock()
+        return lock
 
     def __post_init__(self) -> None:
         if self.run_blocking is None:
             self.run_blocking = thread_runner(self.reactor)
+        if self.throttle is None:
+            self.throttle = LoginThrottle(self.reactor)
 
     @classmethod
     def open(cls, data: Path, reactor: Any, *, bcrypt_rounds: int | None = None) -> ServerServices:
@@ -160,10 +196,21 @@ class _Handle:
     entries_lock: DeferredLock = field(default_factory=DeferredLock)  # entries are staged in order
     failure: NeoError | None = None  # an upload failed: the push may not commit
     snapshots_seen: set[int] = field(default_factory=set)  # snapshots a get already found to exist
+    path: str = ""  # the sub-path the client asked for (re-resolved to see grant changes)
+    beginning: bool = False  # push_begin is running
+    quota_owner: Account | None = None  # the target's owner, when it has a quota (read at push_begin)
+    charges: int = 0  # the owner's per-file/per-dir charges at push_begin
+    reclaim: bool = False  # a quota refused this push: collect its unreferenced chunks when it ends
+    view: RootView | None = None  # set for a handle confined to a granted sub-path: what it may learn
 
     @property
     def root(self) -> str:
         return self.access.root
+
+    @property
+    def name(self) -> str:
+        """The target's name as the client knows it (a grant's name or its own target's)."""
+        return self.access.name or self.access.target
 
 
 class ServerSession:
@@ -236,18 +283,30 @@ class ServerSession:
     def on_login(self, peer: Peer, message: Login) -> Deferred[None]:
         if self.account is not None:
             raise NeoError(ErrorCode.PROTOCOL, f"already logged in as {self.account.name}")
+        throttle = self.services.throttle
+        assert throttle is not None
+        wait = throttle.password_wait(message.account, self.address)
+        if wait > 0:
+            self._count_failed_login(peer)
+            log.info(
+                "login throttled: account={account} address={address} method=password wait={wait:.0f}",
+                account=message.account,
+                address=self.address,
+                wait=wait,
+            )
+            raise NeoError(ErrorCode.THROTTLED, too_many(wait))
 
         def checked(account: Account | None) -> None:
             if account is None:
-                self._failed_logins += 1
-                if self._failed_logins >= MAX_LOGIN_ATTEMPTS:
-                    self.services.reactor.callLater(0, peer.close)  # after the error reply is queued
+                throttle.failed(message.account, self.address)
+                self._count_failed_login(peer)
                 log.info(
                     "login failed: account={account} address={address} method=password",
                     account=message.account,
                     address=self.address,
                 )
                 raise NeoError(ErrorCode.AUTH_FAILED, "wrong account or password")
+            throttle.succeeded(account.name, self.address)
             self.account = account
             self._cancel_login_timer()
             log.info(
@@ -260,6 +319,11 @@ class ServerSession:
         d = self.services.run(self.services.accounts.verify_password, message.account, message.password)
         return d.addCallback(checked)
 
+    def _count_failed_login(self, peer: Peer) -> None:
+        self._failed_logins += 1
+        if self._failed_logins >= MAX_LOGIN_ATTEMPTS:
+            self.services.reactor.callLater(0, peer.close)  # after the error reply is queued
+
     def on_bye(self, peer: Peer, message: Bye) -> None:
         peer.send(Bye(rid=message.rid))
         peer.close()
@@ -268,35 +332,36 @@ class ServerSession:
 
     def on_targets(self, peer: Peer, message: ListTargets) -> Deferred[None]:
         account = self._account
+        accounts, repository = self.services.accounts, self.services.repository
 
-        def listed(targets: list[Any]) -> None:
+        def collect() -> list[TargetInfo]:
+            found = [] if account.is_sub_account else repository.list_targets(account.id)
+            found += [_granted_info(repository, grant) for grant in accounts.grants_held(account.id)]
+            return sorted(found, key=lambda t: t.name)
+
+        def listed(targets: list[TargetInfo]) -> None:
             peer.send(Targets(rid=message.rid, targets=targets))
 
-        return self.services.run(self.services.repository.list_targets, account.id).addCallback(listed)
+        return self.services.run(collect).addCallback(listed)
 
     def on_open(self, peer: Peer, message: Open) -> Deferred[None]:
         if len(self._handles) >= limits.MAX_OPEN_HANDLES:
             raise ProtocolViolation(
                 ErrorCode.LIMIT_EXCEEDED, f"at most {limits.MAX_OPEN_HANDLES} targets open on one connection"
             )
-        access = resolve_access(self._account, message.target, message.path)
-        needed = Right.APPEND if message.mode == "push" else Right.READ
-        if access.right < needed:
-            raise NeoError(
-                ErrorCode.PERMISSION_DENIED,
-                f"{self._account.name} has {access.right.name.lower()} access to {message.target}, "
-                f"{message.mode} needs {needed.name.lower()}",
-            )
+        account = self._account
         repository = self.services.repository
 
-        def find() -> tuple[Target, bool, Any]:
+        def find() -> tuple[Access, Target, bool, Any]:
+            access = resolve_access(self.services.accounts, account, message.target, message.path)
+            access.require(Right.APPEND if message.mode == "push" else Right.READ, message.mode, account.name)
             target = repository.find_target(access.owner_id, access.target)
             existed = target is not None
             if target is None:
                 if message.mode != "push" or not message.create:
                     raise NeoError(
                         ErrorCode.NO_SUCH_TARGET,
-                        f"there is no target {access.target!r} (neo-push creates it; neo-ls lists targets)",
+                        f"there is no target {access.name!r} (neo-push creates it; neo-ls lists targets)",
                     )
                 if message.encrypted and not message.key_check:
                     raise NeoError(
@@ -313,7 +378,7 @@ class ServerSession:
             if message.mode == "push" and target.meta.encrypted != message.encrypted:
                 raise NeoError(
                     ErrorCode.ENCRYPTION_MISMATCH,
-                    f"target {access.target!r} is "
+                    f"target {access.name!r} is "
                     + ("encrypted: push with its key" if target.meta.encrypted else "not encrypted")
                     + ("" if target.meta.encrypted else ": an encrypted push needs a new target"),
                 )
@@ -322,20 +387,31 @@ class ServerSession:
                 if access.right < Right.FULL or access.root:
                     raise NeoError(
                         ErrorCode.PERMISSION_DENIED,
-                        "changing whether a target keeps history needs full access to the whole target; "
-                        f"{self._account.name} has {access.right.name.lower()}"
-                        + (f" on {access.root!r}" if access.root else ""),
+                        "changing whether a target keeps history needs the full right on the whole target; "
+                        f"{account.name} has {access.right.label}"
+                        + (f" on {access.name!r}/{message.path}" if access.root else f" on {access.name!r}"),
                     )
                 repository.set_keep_history(access.owner_id, access.target, wanted)
-            return target, existed, target.latest()
+                refreshed = repository.find_target(access.owner_id, access.target)
+                target = refreshed if refreshed is not None else target
+            if access.confined:
+                seen = RootView(target, access.grant_root).latest()
+                latest = None if seen is None else (seen.id, seen.time)
+            else:
+                info = target.latest()
+                latest = None if info is None else (info.id, info.time)
+            return access, target, existed, latest
 
-        def found(result: tuple[Target, bool, Any]) -> None:
-            target, existed, latest = result
+        def found(result: tuple[Access, Target, bool, Any]) -> None:
+            access, target, existed, latest = result
             if self._closed:
                 return
+            if target.meta.id in self.services.removing:
+                raise NeoError(ErrorCode.NO_SUCH_TARGET, f"target {access.name!r} is being removed")
             number = self._next_handle
             self._next_handle = number + 1 if number < 2**31 - 1 else 1
-            self._handles[number] = _Handle(number, access, message.mode, target)
+            view = RootView(target, access.grant_root) if access.confined else None
+            self._handles[number] = _Handle(number, access, message.mode, target, path=message.path, view=view)
             peer.send(
                 Opened(
                     rid=message.rid,
@@ -343,8 +419,8 @@ class ServerSession:
                     exists=existed,
                     encrypted=target.meta.encrypted,
                     chunker=target.meta.chunker,
-                    latest=None if latest is None else latest.id,
-                    latest_time=None if latest is None else latest.time,
+                    latest=None if latest is None else latest[0],
+                    latest_time=None if latest is None else latest[1],
                     keep_history=target.meta.keep_history,
                     key_check=target.meta.key_check,
                 )
@@ -363,26 +439,50 @@ class ServerSession:
 
     def on_push_begin(self, peer: Peer, message: PushBegin) -> Deferred[None]:
         handle = self._push_handle(message.handle)
-        if handle.push is not None:
+        if handle.push is not None or handle.beginning:
             raise NeoError(ErrorCode.PROTOCOL, "a push is already in progress on this handle")
-        if message.delete and handle.access.right < Right.WRITE:
-            raise NeoError(
-                ErrorCode.PERMISSION_DENIED,
-                f"push --delete needs write access; {self._account.name} has "
-                f"{handle.access.right.name.lower()}",
-            )
         target = handle.target
         assert target is not None
+        account = self._account
+        handle.beginning = True
 
-        def begun(push: Push) -> None:
+        def begin() -> Push:
+            access = self._recheck(handle)
+            if message.delete:
+                access.require(Right.WRITE, "push --delete", account.name)
+            else:
+                access.require(Right.APPEND, "push", account.name)
+            owner = self.services.accounts.get_by_id(access.owner_id)
+            if owner is not None and owner.quota_bytes is not None:
+                handle.quota_owner = owner
+                handle.charges = account_usage(self.services.repository, owner).charges
+            else:
+                handle.quota_owner = None
+            push = target.begin_push(handle.root, message.delete)
+            if access.confined:
+                push.confine()
+            return push
+
+        def begun(push: Push) -> Deferred[None] | None:
+            handle.beginning = False
+            if self._closed or target.meta.id in self.services.removing or target.meta.id in self.services.removed:
+                d = self.services.run(push.abort)
+                d.addCallback(lambda _: self._raise_removed(handle))
+                return d
             handle.push = push
             handle.failure = None
             peer.send(Ok(rid=message.rid))
+            return None
 
-        return self.services.run(target.begin_push, handle.root, message.delete).addCallback(begun)
+        def failed(failure: Failure) -> Failure:
+            handle.beginning = False
+            return failure
+
+        return self.services.run(begin).addCallbacks(begun, failed)
 
     def on_have(self, peer: Peer, message: Have) -> Deferred[None]:
-        target = self._push_handle(message.handle).target
+        handle = self._push_handle(message.handle)
+        target = handle.target
         assert target is not None
 
         def answer(missing: list[bool]) -> None:
@@ -392,6 +492,15 @@ class ServerSession:
                     bitmap[i >> 3] |= 1 << (i & 7)
             peer.send(Missing(rid=message.rid, bitmap=bytes(bitmap)))
 
+        if handle.access.confined:
+            # Only chunks below the grant's root, or uploaded on this push, count as present (see Push.confine).
+            push = handle.push
+            if push is None:
+                answer([True] * len(message.ids))
+                return succeed(None)
+            return self._admit(
+                message, lambda: self.services.run(push.missing_confined, message.ids).addCallback(answer)
+            )
         return self._admit(
             message, lambda: self.services.run(target.missing, message.ids).addCallback(answer)
         )
@@ -420,10 +529,28 @@ class ServerSession:
         target = handle.target
         assert target is not None
         chunks = [(m.id, m.codec, m.size, m.data) for m in batch]
+        push = handle.push if handle.access.confined else None
+        owner = handle.quota_owner
+        repository = self.services.repository
+
+        def store_batch() -> None:
+            if owner is not None and owner.quota_bytes is not None:
+                # Refuse early, before the commit, once the stored bytes would pass the quota. Versions were
+                # counted at push_begin (handle.charges); the commit checks everything exactly.
+                usage = replace(account_usage(repository, owner, count_versions=False), per_file=0, per_dir=0)
+                used = usage.stored_bytes + handle.charges
+                try:
+                    target.store_chunks(chunks, budget=max(0, owner.quota_bytes - used))
+                except OverBudget as e:
+                    handle.reclaim = True
+                    raise over_quota(replace(usage, stored_bytes=used), e.needed, "this push's upload") from None
+            else:
+                target.store_chunks(chunks)
+            if push is not None:
+                push.note_uploaded([c[0] for c in chunks])
 
         def store() -> Deferred[None]:
-            d = self.services.run(target.store_chunks, chunks)
-            d.addCallback(lambda _new: None)
+            d = self.services.run(store_batch)
             d.addErrback(self._upload_failed, handle)
             return d
 
@@ -455,8 +582,50 @@ class ServerSession:
         if push is None:  # closed meanwhile
             raise NeoError(ErrorCode.PROTOCOL, "the push was closed")
         if handle.failure is not None:
+            if handle.failure.code == ErrorCode.QUOTA_EXCEEDED:
+                await self._end_push(handle, "refused (quota)")
+                raise NeoError(handle.failure.code, f"{handle.failure.message}; the push was aborted")
             raise NeoError(handle.failure.code, f"the push cannot commit: {handle.failure.message}")
-        result = await self.services.run(push.commit, time.time())
+        account = self._account
+        target = handle.target
+        assert target is not None
+        services = self.services
+
+        def commit() -> tuple[Any, int, int]:
+            access = self._recheck(handle)
+            access.require(Right.WRITE if push.delete else Right.APPEND, "commit", account.name)
+            check = None
+            owner = services.accounts.get_by_id(access.owner_id)
+            if owner is not None and owner.quota_bytes is not None:
+                # Counted before the writer lock is taken (usage reads every target of the owner); the owner's
+                # commits are serialized by the owner lock held around this job, so none slips in between.
+                usage = account_usage(services.repository, owner)
+                quota = owner.quota_bytes
+
+                def check(charge: CommitCharge) -> None:
+                    extra = usage.charge(charge.new_files, charge.new_dirs)
+                    if usage.used + extra > quota:
+                        before = replace(usage, stored_bytes=usage.stored_bytes - charge.new_bytes)
+                        raise over_quota(before, charge.new_bytes + extra, "this push")
+
+            result = push.commit(time.time(), check)
+            if handle.view is None:
+                return result, result.snapshot.files, result.stored_bytes
+            # a confined handle learns nothing of the rest of the target
+            return result, handle.view.files(result.snapshot.id), 0
+
+        lock = services.owner_lock(handle.access.owner_id)
+        await lock.acquire()
+        try:
+            result, files, stored_bytes = await services.run(commit)
+        except NeoError as e:
+            if e.code == ErrorCode.QUOTA_EXCEEDED:
+                handle.reclaim = True
+                await self._end_push(handle, "refused (quota)")
+                raise NeoError(e.code, f"{e.message}; the push was aborted") from None
+            raise
+        finally:
+            lock.release()
         handle.push = None
         snap = result.snapshot
         target = handle.target
@@ -467,7 +636,7 @@ class ServerSession:
         log.info(
             "commit: account={account} target={target} root={root!r} snapshot={snapshot} files={files} "
             "changed={changed} new_bytes={new_bytes}",
-            account=self._account.name,
+            account=account.name,
             target=handle.access.target,
             root=handle.root,
             snapshot=snap.id,
@@ -480,12 +649,12 @@ class ServerSession:
                 rid=message.rid,
                 snapshot=snap.id,
                 time=snap.time,
-                files=snap.files,
+                files=files,
                 changed=snap.changed,
                 deleted=snap.deleted,
                 new_chunks=snap.new_chunks,
                 new_bytes=snap.new_bytes,
-                stored_bytes=result.stored_bytes,
+                stored_bytes=stored_bytes,
             )
         )
 
@@ -508,16 +677,17 @@ class ServerSession:
         root = handle.root
 
         def start() -> tuple[int, Iterator[Entry]]:
-            snapshot = message.snapshot
-            if snapshot is None:
-                latest = target.latest()
-                if latest is None:
-                    raise NeoError(
-                        ErrorCode.NO_SUCH_SNAPSHOT, f"target {handle.access.target!r} has no snapshot yet"
-                    )
-                snapshot = latest.id
+            self._recheck(handle)
+            snapshot = self._snapshot_for(handle, message.snapshot)
             where = paths.join(root, message.path)
-            return snapshot, target.list_entries(snapshot, where, message.recursive)
+            try:
+                return snapshot, target.list_entries(snapshot, where, message.recursive)
+            except NeoError as e:  # say it in the client's terms: its path, its name for the target
+                if e.code == ErrorCode.NO_SUCH_PATH:
+                    raise NeoError(e.code, f"nothing at {message.path!r} in snapshot {snapshot}") from None
+                if e.code == ErrorCode.NO_SUCH_SNAPSHOT:
+                    raise NeoError(e.code, f"no snapshot {snapshot} in {handle.name!r}") from None
+                raise
 
         snapshot, entries = await self.services.run(start)
 
@@ -562,8 +732,7 @@ class ServerSession:
         def read(start: int) -> tuple[list[ChunkReply], int]:
             if start == 0:
                 if message.snapshot not in handle.snapshots_seen:
-                    if target.snapshot(message.snapshot) is None:
-                        raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {message.snapshot}")
+                    self._snapshot_for(handle, message.snapshot)
                     handle.snapshots_seen.add(message.snapshot)
                 chunks = target.file_chunks(message.snapshot, where)
                 if chunks is None:
@@ -609,6 +778,241 @@ class ServerSession:
                 return
             await peer.drain()
 
+    # --- issue 5: target removal, sub-accounts, grants, usage ----------------------------------------------
+
+    def on_remove_target(self, peer: Peer, message: RemoveTarget) -> Deferred[None]:
+        handle = self._handle(message.handle)
+        target = handle.target
+        assert target is not None
+        account = self._account
+        if handle.access.root:
+            why = (
+                f"{account.name} holds {handle.access.right.label} on a part of {handle.name!r} only"
+                if handle.access.confined
+                else f"{handle.name!r} is open at a sub-path: open the target itself"
+            )
+            raise NeoError(ErrorCode.PERMISSION_DENIED, f"removing a target needs the full right on all of it; {why}")
+        tid = target.meta.id
+        services = self.services
+        if tid in services.removing:
+            raise NeoError(ErrorCode.CONFLICT, f"{handle.name!r} is already being removed")
+        busy = sum(
+            1
+            for session in services.sessions
+            for h in session._handles.values()
+            if h.target is not None and h.target.meta.id == tid and (h.push is not None or h.beginning)
+        )
+        if busy:
+            raise NeoError(
+                ErrorCode.CONFLICT,
+                f"{handle.name!r} has {busy} push(es) in progress: remove it once they have ended",
+            )
+        services.removing.add(tid)  # from now on no handle opens it and no push begins on it
+
+        def remove() -> tuple[Access, int, int]:
+            access = self._recheck(handle)
+            access.require(Right.FULL, "removing the target", account.name)
+            snapshots, stored = target.snapshot_count(), target.usage().stored_bytes
+            services.accounts.drop_target_grants(access.owner_id, access.target)
+            services.repository.remove_target(target)
+            return access, snapshots, stored
+
+        def removed(result: tuple[Access, int, int]) -> None:
+            access, snapshots, stored = result
+            services.removing.discard(tid)
+            services.removed.add(tid)
+            self._handles.pop(handle.number, None)
+            log.info(
+                "target removed: account={account} target={target} owner={owner} snapshots={snapshots} "
+                "stored_bytes={stored}",
+                account=account.name,
+                target=access.target,
+                owner=access.owner_id,
+                snapshots=snapshots,
+                stored=stored,
+            )
+            peer.send(TargetRemoved(rid=message.rid, name=handle.name, snapshots=snapshots, stored_bytes=stored))
+
+        def failed(failure: Failure) -> Failure:
+            services.removing.discard(tid)
+            return failure
+
+        return services.run(remove).addCallbacks(removed, failed)
+
+    def _manager(self) -> Account:
+        """The logged-in account, if it may manage sub-accounts and grants (a top-level account)."""
+        account = self._account
+        if account.is_sub_account:
+            raise NeoError(
+                ErrorCode.PERMISSION_DENIED,
+                f"{account.name} is a sub-account of {account.parent}: only {account.parent} manages its "
+                "sub-accounts and grants",
+            )
+        return account
+
+    def _own_sub_account(self, owner: Account, name: str) -> Account:
+        """``name`` if it is one of ``owner``'s sub-accounts (blocking); never says whether another exists."""
+        sub = self.services.accounts.get(name)
+        if sub is None or sub.parent_id != owner.id:
+            raise NeoError(
+                ErrorCode.PERMISSION_DENIED,
+                f"{name!r} is not a sub-account of {owner.name} (neo-share ... list shows yours)",
+            )
+        return sub
+
+    def _manage(self, message: Message, job: Callable[[], None], what: str) -> Deferred[None]:
+        """Run an account-management ``job`` in a thread, answer ok, log ``what``; store errors become clear
+        non-fatal errors."""
+        account = self._account
+
+        def run() -> None:
+            try:
+                job()
+            except AccountExists as e:
+                raise NeoError(ErrorCode.CONFLICT, f"account name {e.name!r} is taken: choose another") from None
+            except AccountError as e:
+                raise NeoError(ErrorCode.CONFLICT, str(e)) from None
+            except ValueError as e:
+                raise NeoError(ErrorCode.BAD_ARGUMENT, str(e)) from None
+
+        def done(_: object) -> None:
+            log.info("{what}: by={account}", what=what, account=account.name)
+            if self.peer is not None:
+                self.peer.send(Ok(rid=message.rid))
+
+        return self.services.run(run).addCallback(done)
+
+    def on_sub_add(self, peer: Peer, message: SubAccountAdd) -> Deferred[None]:
+        owner = self._manager()
+        prefix = owner.name + "."
+        if not message.name.startswith(prefix) or message.name == prefix:
+            raise NeoError(
+                ErrorCode.BAD_NAME,
+                f"sub-account names start with {prefix!r}: e.g. {prefix}viewer, not {message.name!r}",
+            )
+        store = self.services.accounts
+
+        def add() -> None:
+            lines = _key_lines(message.keys)
+            if message.password is None and not lines:
+                raise ValueError("give the sub-account a password or an SSH key, or it can never log in")
+            if len(store.sub_accounts(owner.name)) >= limits.MAX_SUB_ACCOUNTS:
+                raise NeoError(
+                    ErrorCode.QUOTA_EXCEEDED, f"{owner.name} has {limits.MAX_SUB_ACCOUNTS} sub-accounts already"
+                )
+            store.add(message.name, message.password, parent=owner.name)
+            for line in lines:
+                store.add_key(message.name, line)
+
+        return self._manage(message, add, f"sub-account added: {message.name}")
+
+    def on_sub_set(self, peer: Peer, message: SubAccountSet) -> Deferred[None]:
+        owner = self._manager()
+        store = self.services.accounts
+        if message.clear_password and message.password is not None:
+            raise NeoError(ErrorCode.BAD_ARGUMENT, "give a new password or clear it, not both")
+
+        def change() -> None:
+            self._own_sub_account(owner, message.name)
+            lines = _key_lines(message.add_keys)
+            if message.password is not None or message.clear_password:
+                store.set_password(message.name, message.password)
+            for line in lines:
+                store.add_key(message.name, line)
+            for key in message.remove_keys:
+                store.remove_key(message.name, key)
+
+        return self._manage(message, change, f"sub-account changed: {message.name}")
+
+    def on_sub_remove(self, peer: Peer, message: SubAccountRemove) -> Deferred[None]:
+        owner = self._manager()
+
+        def remove() -> None:
+            self._own_sub_account(owner, message.name)
+            self.services.accounts.remove(message.name)
+
+        return self._manage(message, remove, f"sub-account removed: {message.name}")
+
+    def on_grant(self, peer: Peer, message: GrantAccess) -> Deferred[None]:
+        owner = self._manager()
+        paths.check_name(message.target, "target name")
+        paths.check_path(message.path)
+        if message.name is not None:
+            paths.check_name(message.name, "grant name")
+        store = self.services.accounts
+        right = Right.parse(message.right)
+
+        def grant() -> None:
+            self._own_sub_account(owner, message.grantee)
+            given = store.grants_given(owner.id)
+            name = message.name or message.target
+            renewing = any(g.grantee == message.grantee and g.name == name for g in given)
+            if len(given) >= limits.MAX_GRANTS_GIVEN and not renewing:
+                raise NeoError(ErrorCode.QUOTA_EXCEEDED, f"{owner.name} has given {limits.MAX_GRANTS_GIVEN} grants")
+            store.grant(message.grantee, owner.name, message.target, message.path, right, message.name)
+
+        where = message.target + (f"/{message.path}" if message.path else "")
+        return self._manage(message, grant, f"grant: {message.grantee} {right.label} on {where}")
+
+    def on_revoke(self, peer: Peer, message: Revoke) -> Deferred[None]:
+        owner = self._manager()
+        store = self.services.accounts
+
+        def revoke() -> None:
+            sub = store.get(message.grantee)
+            grant = None if sub is None else store.find_grant(sub.id, message.name)
+            if grant is None or grant.owner_id != owner.id:
+                raise NeoError(
+                    ErrorCode.PERMISSION_DENIED,
+                    f"{message.grantee!r} holds no grant {message.name!r} on {owner.name}'s targets",
+                )
+            store.revoke(message.grantee, message.name)
+
+        return self._manage(message, revoke, f"revoke: {message.grantee} {message.name}")
+
+    def on_shares(self, peer: Peer, message: ListShares) -> Deferred[None]:
+        account = self._account
+        store = self.services.accounts
+
+        def collect() -> Shares:
+            subs = [] if account.is_sub_account else store.sub_accounts(account.name)
+            infos = [SubAccountInfo(a.name, a.has_password, len(store.keys(a.name)), a.created) for a in subs]
+            grants = store.grants_given(account.id) + store.grants_held(account.id)
+            return Shares(
+                rid=message.rid,
+                sub_accounts=infos,
+                grants=[
+                    GrantInfo(g.grantee, g.owner, g.target, g.path, g.right.label, g.name, g.created)  # type: ignore[arg-type]
+                    for g in grants
+                ],
+            )
+
+        return self.services.run(collect).addCallback(peer.send)
+
+    def on_usage(self, peer: Peer, message: GetUsage) -> Deferred[None]:
+        account = self._account
+        repository = self.services.repository
+
+        def measure() -> UsageInfo:
+            fresh = self.services.accounts.get_by_id(account.id) or account  # quota settings change at once
+            usage = account_usage(repository, fresh, count_versions=True)
+            return UsageInfo(
+                rid=message.rid,
+                account=account.name,
+                used=usage.used,
+                quota=usage.quota,
+                stored_bytes=usage.stored_bytes,
+                file_versions=usage.file_versions,
+                dir_versions=usage.dir_versions,
+                per_file=usage.per_file,
+                per_dir=usage.per_dir,
+                targets=[
+                    TargetUsageInfo(t.name, t.stored_bytes, t.file_versions, t.dir_versions) for t in usage.targets
+                ],
+                charged_to=account.parent or "",
+            )
+
+        return self.services.run(measure).addCallback(peer.send)
     # --- for the handlers in other modules (stash.py) ------------------------------------------------------
 
     def handle(self, number: int) -> _Handle:
@@ -621,12 +1025,11 @@ class ServerSession:
 
     def require(self, handle: _Handle, right: Right, operation: str) -> None:
         """Refuse ``operation`` unless the handle's access includes ``right``; the error names both."""
-        if handle.access.right < right:
-            raise NeoError(
-                ErrorCode.PERMISSION_DENIED,
-                f"{operation} needs {right.name.lower()} access; {self._account.name} has "
-                f"{handle.access.right.name.lower()} on {handle.access.target!r}",
-            )
+        handle.access.require(right, operation, self._account.name)
+
+    def recheck(self, handle: _Handle) -> Access:
+        """The handle's access as it stands now (blocking; see :meth:`_recheck`)."""
+        return self._recheck(handle)
 
     def admit(self, message: Message, job: Callable[[], Deferred[None]]) -> Deferred[None]:
         """Run a read-only ``job`` in the background once a job slot is free (see :meth:`_admit`)."""
@@ -651,7 +1054,61 @@ class ServerSession:
         handle = self._handles.get(number)
         if handle is None:
             raise NeoError(ErrorCode.BAD_HANDLE, f"no open handle {number}")
+        if handle.target is not None:
+            if handle.target.meta.id in self.services.removed:
+                self._raise_removed(handle)
+            if handle.target.meta.id in self.services.removing:
+                raise NeoError(ErrorCode.NO_SUCH_TARGET, f"target {handle.name!r} is being removed")
         return handle
+
+    @staticmethod
+    def _snapshot_for(handle: _Handle, snapshot: int | None) -> int:
+        """The snapshot a read names (None: the latest), checked to exist (blocking). A confined handle sees only
+        its relevant snapshots (:mod:`neotwist.server.repository.view`); any other id does not exist for it."""
+        target = handle.target
+        assert target is not None
+        if handle.view is not None:
+            if snapshot is None:
+                seen = handle.view.latest()
+                if seen is None:
+                    raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"{handle.name!r} has no snapshot yet")
+                return seen.id
+            if not handle.view.relevant(snapshot):
+                raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {snapshot} in {handle.name!r}")
+            return snapshot
+        if snapshot is None:
+            latest = target.latest()
+            if latest is None:
+                raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"target {handle.name!r} has no snapshot yet")
+            return latest.id
+        if target.snapshot(snapshot) is None:
+            raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {snapshot} in {handle.name!r}")
+        return snapshot
+
+    @staticmethod
+    def _raise_removed(handle: _Handle) -> None:
+        raise NeoError(ErrorCode.NO_SUCH_TARGET, f"target {handle.name!r} was removed")
+
+    def _recheck(self, handle: _Handle) -> Access:
+        """The handle's access as it stands now (blocking): grants can be revoked or changed while a handle is
+        open, so data-changing requests and listings resolve it again. A grant that now leads elsewhere, or a
+        target removed meanwhile (also by neo-admin in another process), ends the handle's use."""
+        old = handle.access
+        try:
+            access: Access | None = resolve_access(self.services.accounts, self._account, handle.name, handle.path)
+        except NeoError as e:
+            if e.code != ErrorCode.NO_SUCH_TARGET:
+                raise
+            access = None  # the grant is gone
+        target = handle.target
+        moved = access is None or (access.owner_id, access.target, access.root) != (old.owner_id, old.target, old.root)
+        if moved or (target is not None and not self.services.repository.is_current(target)):
+            raise NeoError(
+                ErrorCode.NO_SUCH_TARGET,
+                f"{handle.name!r} was revoked, changed or removed since it was opened: open it again",
+            )
+        assert access is not None
+        return access
 
     def _push_handle(self, number: int) -> _Handle:
         handle = self._handle(number)
@@ -738,6 +1195,9 @@ class ServerSession:
                 account=self.account.name if self.account else "?",
                 target=handle.access.target,
             )
+        if handle.reclaim and handle.target is not None:
+            handle.reclaim = False
+            await self.services.run(reclaim, handle.target)
 
     # --- timers and the end --------------------------------------------------------------------------------
 
@@ -796,7 +1256,77 @@ class ServerSession:
         List: on_list,
         Get: on_get,
         **stash.HANDLERS,
+        # issue 5
+        RemoveTarget: on_remove_target,
+        SubAccountAdd: on_sub_add,
+        SubAccountSet: on_sub_set,
+        SubAccountRemove: on_sub_remove,
+        GrantAccess: on_grant,
+        Revoke: on_revoke,
+        ListShares: on_shares,
+        GetUsage: on_usage,
     }
+
+
+def _key_lines(lines: list[str]) -> list[bytes]:
+    """Public key lines from a request, each checked (ValueError naming the bad one), without duplicates."""
+    out: list[bytes] = []
+    for n, line in enumerate(lines, 1):
+        encoded = line.encode("utf-8", "replace")
+        try:
+            parse_public_key(encoded)
+        except ValueError as e:
+            raise ValueError(f"key {n}: {e}") from None
+        if encoded.strip() not in out:
+            out.append(encoded.strip())
+    return out
+
+
+def reclaim(target: Target) -> None:
+    """Collect the chunks no version references (after a push refused by a quota, so nothing of it remains).
+    Blocking. Chunks that pushes still running on the target rely on are kept by the collector."""
+    result = target.collect_garbage()
+    log.info(
+        "reclaimed the chunks of a push refused by its quota: {target}: {chunks} chunks, disk {before} -> {after}",
+        target=target,
+        chunks=result.chunks_removed,
+        before=result.disk_bytes_before,
+        after=result.disk_bytes_after,
+    )
+
+
+def _granted_info(repository: Repository, grant: Grant) -> TargetInfo:
+    """How a grantee sees a granted target in ``targets``: under the grant's name, with its right and owner, and
+    for a grant on a sub-path only what concerns that sub-path (blocking)."""
+    extra: dict[str, Any] = {"right": grant.right.label, "owner": grant.owner}
+    target = repository.find_target(grant.owner_id, grant.target)
+    if target is None:
+        return TargetInfo(grant.name, False, 0, None, None, 0, 0, **extra)
+    if grant.path:
+        view = RootView(target, grant.path)
+        seen = view.latest()
+        return TargetInfo(
+            name=grant.name,
+            encrypted=target.meta.encrypted,
+            snapshots=len(view.snapshot_ids()),
+            latest=None if seen is None else seen.id,
+            latest_time=None if seen is None else seen.time,
+            files=0 if seen is None else view.files(seen.id),
+            stored_bytes=0,
+            **extra,
+        )
+    latest = target.latest()
+    usage = target.usage()
+    return TargetInfo(
+        name=grant.name,
+        encrypted=target.meta.encrypted,
+        snapshots=target.snapshot_count(),
+        latest=None if latest is None else latest.id,
+        latest_time=None if latest is None else latest.time,
+        files=usage.files,
+        stored_bytes=usage.stored_bytes,
+        **extra,
+    )
 
 
 def _finished(d: Deferred[Any]) -> Deferred[None]:

@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from neotwist.server.accounts import Account, AccountStore
+from neotwist.server.throttle import LoginThrottle, too_many
 from neotwist.sshchannel import CHANNEL_MAX_PACKET, CHANNEL_WINDOW, LinearBacklog
 from neotwist.wire import limits
 
@@ -198,15 +199,36 @@ class NeoUserAuthServer(SSHUserAuthServer):
         super().serviceStarted()
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[Any]:
-        d = super().tryAuth(kind, user, data)
         if kind == b"none":
-            return d
+            return super().tryAuth(kind, user, data)
         transport: Any = self.transport
         address = format_address(transport.transport.getPeer())
         account = user.decode("utf-8", "replace")
         method = kind.decode("ascii", "replace")
+        throttle: LoginThrottle | None = getattr(transport.factory, "throttle", None)
+        # Counted attempts: passwords, and public keys offered with a signature. A key offered without one is
+        # only a question ("would this key do?"): clients ask about several keys before signing with one.
+        counted = kind == b"password" or (kind == b"publickey" and data[:1] not in (b"", b"\x00"))
+        if throttle is not None and counted:
+            if kind == b"password":
+                wait = throttle.password_wait(account, address)
+            else:
+                wait = throttle.address_wait(address)
+            if wait > 0:
+                log.info(
+                    "login throttled: account={account} address={address} method={method} wait={wait:.0f}",
+                    account=account,
+                    address=address,
+                    method=method,
+                    wait=wait,
+                )
+                transport.sendDisconnect(DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, too_many(wait).encode("ascii"))
+                return defer.fail(conch_error.IgnoreAuthentication())
+        d = super().tryAuth(kind, user, data)
 
         def succeeded(result: Any) -> Any:
+            if throttle is not None:
+                throttle.succeeded(account, address)
             log.info(
                 "login: account={account} address={address} method={method}",
                 account=account,
@@ -216,6 +238,8 @@ class NeoUserAuthServer(SSHUserAuthServer):
             return result
 
         def failed(reason: Failure) -> Failure:
+            if throttle is not None and counted and reason.check(UnauthorizedLogin):
+                throttle.failed(account, address)
             if not reason.check(conch_error.IgnoreAuthentication, conch_error.NotEnoughAuthentication):
                 log.info(
                     "login failed: account={account} address={address} method={method}",
@@ -488,9 +512,10 @@ class NeoSSHFactory(SSHFactory):
         b"ssh-connection": NeoConnection,
     }
 
-    def __init__(self, host_key: Key, portal: Portal, clock: Any) -> None:
+    def __init__(self, host_key: Key, portal: Portal, clock: Any, throttle: LoginThrottle | None = None) -> None:
         self.portal = portal
         self.clock = clock
+        self.throttle = throttle if throttle is not None else LoginThrottle(clock)
         self.privateKeys = {host_key.sshType(): host_key}
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.primes = None
@@ -505,13 +530,15 @@ def make_ssh_factory(
     peer_factory: PeerFactory,
     reactor: Any,
     run_blocking: RunBlocking | None = None,
+    throttle: LoginThrottle | None = None,
 ) -> NeoSSHFactory:
     """The SSH server factory for ``accounts``, running each session's protocol from ``peer_factory``.
 
-    ``run_blocking`` runs bcrypt and SQLite work; by default the reactor's thread pool.
+    ``run_blocking`` runs bcrypt and SQLite work; by default the reactor's thread pool. ``throttle`` counts
+    failed logins (share the TLS sessions' one so both transports count together).
     """
     run = run_blocking if run_blocking is not None else thread_runner(reactor)
     checkers: list[Any] = [PasswordChecker(accounts, run), PublicKeyChecker(accounts, run)]
     realm: Any = NeoRealm(peer_factory, reactor)
     portal = Portal(realm, checkers)
-    return NeoSSHFactory(host_key, portal, reactor)
+    return NeoSSHFactory(host_key, portal, reactor, throttle)

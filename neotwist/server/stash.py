@@ -65,6 +65,20 @@ def on_snapshots(session: ServerSession, peer: Peer, message: ListSnapshots) -> 
     root = handle.root
 
     def records() -> list[SnapshotRecord]:
+        view = handle.view
+        if view is not None:
+            # A grant on a sub-path sees its relevant snapshots only, and only their files below its root: the
+            # target-wide counts would tell what happens elsewhere (issue 5; see repository/view.py).
+            relevant = set(view.snapshot_ids())
+            return [
+                SnapshotRecord(
+                    id=s.id, time=s.time, files=view.files(s.id), dirs=0, changed=0, deleted=0, new_chunks=0,
+                    new_bytes=0, root=paths.relative_to(s.root, root) if paths.is_within(s.root, root) else "",
+                    delete_mode=s.delete_mode and paths.is_within(s.root, root),
+                )
+                for s in target.snapshots()
+                if s.id in relevant
+            ]  # fmt: skip
         return [
             SnapshotRecord(
                 id=s.id, time=s.time, files=s.files, dirs=s.dirs, changed=s.changed, deleted=s.deleted,
@@ -143,6 +157,7 @@ def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[Non
         raise NeoError(ErrorCode.BAD_ARGUMENT, "prune needs at least one keep rule (it never removes everything)")
 
     def prune() -> Pruned:
+        session.recheck(handle).require(Right.FULL, "prune", session.account_name)  # a grant changed meanwhile?
         snapshots = target.snapshots()
         decision = decide([(s.id, s.time) for s in snapshots], policy, time.time())
         removed = set(decision.remove)
@@ -218,6 +233,16 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
             files.append(record)
         snapshots = list(report.damaged_snapshots)
         problems = [] if root else [p[:500] for p in report.problems]  # target-wide: only for the whole target
+        if handle.view is not None:
+            # A grant on a sub-path hears about its own files only: not the size of the whole target, nor damage
+            # elsewhere (issue 5).
+            mine = sorted({s for f in files for s in f.snapshots})
+            return CheckReport(
+                rid=message.rid, ok=not files, chunks_checked=0, bytes_checked=0,
+                damaged_chunks=len({f.chunk for f in files}), files=files,
+                snapshots=mine[: limits.MAX_PRUNE_LISTED], problems=[], truncated=truncated,
+                verified_data=message.verify_data,
+            )  # fmt: skip
         return CheckReport(
             rid=message.rid,
             ok=report.ok,

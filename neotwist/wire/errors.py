@@ -33,6 +33,8 @@ class ErrorCode(enum.StrEnum):
     DAMAGED = "damaged"  # stored data failed its check
     STORAGE = "storage"  # the server could not store data (disk full, I/O error); nothing was committed
     INTERNAL = "internal"  # a bug; the server log has the traceback
+    # issue 5: rights, quotas, throttling
+    THROTTLED = "throttled"  # too many failed logins for this account or from this address: wait and retry
 
 
 FATAL_CODES = frozenset(

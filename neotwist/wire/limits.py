@@ -78,3 +78,17 @@ LOGIN_TIMEOUT = 60
 
 IDLE_TIMEOUT = 3600
 """Seconds without a frame before the server closes a connection."""
+
+# --- issue 5: sub-accounts, grants, usage ---------------------------------------------------------------------
+
+MAX_KEY_LINE = 16 * 1024
+"""Characters in one OpenSSH public key line sent to create or change a sub-account."""
+
+MAX_KEYS_PER_MESSAGE = 16
+"""Public keys added or removed by one sub-account request."""
+
+MAX_SUB_ACCOUNTS = 1000
+"""Sub-accounts one account may create from the client (neo-admin is not limited)."""
+
+MAX_GRANTS_GIVEN = 500
+"""Grants one account may give from the client: their listing must fit one frame (500 x 4.4 KiB at most)."""

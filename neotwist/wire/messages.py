@@ -77,7 +77,15 @@ class ChunkerParams(msgspec.Struct, array_like=True, frozen=True):
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 
 
+RightName = Literal["read", "append", "write", "full"]
+"""A right as spelled on the wire (see neotwist.server.rights.Right)."""
+
+
 class TargetInfo(msgspec.Struct, array_like=True, frozen=True):
+    """One target the account can reach. ``right`` and ``owner`` (issue 5) describe a granted target: its
+    owner's account name, and the right held (``full`` and ``""`` for the account's own targets). For a grant
+    on a sub-path, ``snapshots``/``latest``/``files`` describe that sub-path only and ``stored_bytes`` is 0."""
+
     name: Name
     encrypted: bool
     snapshots: U64
@@ -85,6 +93,8 @@ class TargetInfo(msgspec.Struct, array_like=True, frozen=True):
     latest_time: float | None
     files: U64
     stored_bytes: U64
+    right: RightName = "full"
+    owner: Annotated[str, msgspec.Meta(max_length=limits.MAX_NAME)] = ""
 
 
 class Message(msgspec.Struct, array_like=True, tag=True):
@@ -458,6 +468,127 @@ class CheckReport(Message, tag="check_report"):
     verified_data: bool
 
 
+# --- issue 5: target removal, sub-accounts, grants, usage ---------------------------------------------------
+
+KeyLine = Annotated[str, msgspec.Meta(max_length=limits.MAX_KEY_LINE)]
+KeyLines = Annotated[list[KeyLine], msgspec.Meta(max_length=limits.MAX_KEYS_PER_MESSAGE)]
+KeyNames = Annotated[
+    list[Annotated[str, msgspec.Meta(max_length=limits.MAX_NAME)]], msgspec.Meta(max_length=limits.MAX_KEYS_PER_MESSAGE)
+]
+
+
+class RemoveTarget(Message, tag="remove_target"):
+    """Remove the handle's target with every snapshot and chunk. Needs the full right on the whole target (a
+    handle opened at the target root); refused while a push runs on it. Answered by ``target_removed``; the
+    handle is closed."""
+
+    handle: Handle
+
+
+class TargetRemoved(Message, tag="target_removed"):
+    name: Name
+    snapshots: U64
+    stored_bytes: U64
+
+
+class SubAccountAdd(Message, tag="sub_add"):
+    """Create a sub-account of the logged-in account (its name must start with ``ACCOUNT.``), with a password
+    and/or OpenSSH public key lines. Answered by ok."""
+
+    name: Name
+    password: Password | None
+    keys: KeyLines = msgspec.field(default_factory=list)
+
+
+class SubAccountSet(Message, tag="sub_set"):
+    """Change one of the account's sub-accounts: a new password (or ``clear_password``), keys to add, keys to
+    remove (by fingerprint or comment). Answered by ok."""
+
+    name: Name
+    password: Password | None = None
+    clear_password: bool = False
+    add_keys: KeyLines = msgspec.field(default_factory=list)
+    remove_keys: KeyNames = msgspec.field(default_factory=list)
+
+
+class SubAccountRemove(Message, tag="sub_remove"):
+    """Delete one of the account's sub-accounts, with its keys and grants. Answered by ok."""
+
+    name: Name
+
+
+class GrantAccess(Message, tag="grant"):
+    """Give one of the account's sub-accounts ``right`` on ``path`` of the account's target ``target``, reached
+    as ``name`` (default: the target's name). Granting the same place under the same name again changes the
+    right. Answered by ok."""
+
+    grantee: Name
+    target: Name
+    path: PathText
+    right: RightName
+    name: Name | None = None
+
+
+class Revoke(Message, tag="revoke"):
+    """Remove the grant ``name`` of ``grantee`` on one of the account's targets. Answered by ok."""
+
+    grantee: Name
+    name: Name
+
+
+class ListShares(Message, tag="shares"):
+    """The account's sub-accounts, the grants it gave and the grants it holds. Answered by ``share_list``."""
+
+
+class SubAccountInfo(msgspec.Struct, array_like=True, frozen=True):
+    name: Name
+    has_password: bool
+    keys: U32
+    created: float
+
+
+class GrantInfo(msgspec.Struct, array_like=True, frozen=True):
+    grantee: Name
+    owner: Name
+    target: Name
+    path: PathText
+    right: RightName
+    name: Name
+    created: float
+
+
+class Shares(Message, tag="share_list"):
+    sub_accounts: Annotated[list[SubAccountInfo], msgspec.Meta(max_length=100_000)]
+    grants: Annotated[list[GrantInfo], msgspec.Meta(max_length=100_000)]
+
+
+class GetUsage(Message, tag="usage"):
+    """The logged-in account's usage against its quota. Answered by ``usage_info``."""
+
+
+class TargetUsageInfo(msgspec.Struct, array_like=True, frozen=True):
+    name: Name
+    stored_bytes: U64
+    file_versions: U64
+    dir_versions: U64
+
+
+class UsageInfo(Message, tag="usage_info"):
+    """``used`` = ``stored_bytes`` + ``per_file`` x ``file_versions`` + ``per_dir`` x ``dir_versions``; ``quota``
+    nil = unlimited. A sub-account owns nothing: ``charged_to`` names the account its pushes are charged to."""
+
+    account: Name
+    used: U64
+    quota: U64 | None
+    stored_bytes: U64
+    file_versions: U64
+    dir_versions: U64
+    per_file: U64
+    per_dir: U64
+    targets: Annotated[list[TargetUsageInfo], msgspec.Meta(max_length=100_000)]
+    charged_to: Annotated[str, msgspec.Meta(max_length=limits.MAX_NAME)] = ""
+
+
 AnyMessage = (
     Hello
     | Welcome
@@ -495,6 +626,18 @@ AnyMessage = (
     | Check
     | CheckProgress
     | CheckReport
+    # issue 5
+    | RemoveTarget
+    | TargetRemoved
+    | SubAccountAdd
+    | SubAccountSet
+    | SubAccountRemove
+    | GrantAccess
+    | Revoke
+    | ListShares
+    | Shares
+    | GetUsage
+    | UsageInfo
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -16,7 +16,8 @@ same chunks as the current version, which were checked when that version was com
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from neotwist import paths
@@ -38,6 +39,21 @@ _DIFFERS = " OR ".join(
 )
 
 
+@dataclass(frozen=True)
+class CommitCharge:
+    """What a commit is about to add to its target, for a quota check: new file and directory versions (every
+    changed entry becomes one) and the stored bytes of the chunks it references that were stored since the
+    previous snapshot (already on disk: they count in the target's stored bytes before the commit)."""
+
+    new_files: int
+    new_dirs: int
+    new_bytes: int
+
+
+QuotaCheck = Callable[[CommitCharge], None]
+"""Called inside the commit transaction, before anything is written; raises NeoError to refuse the commit."""
+
+
 class Push:
     """Created by :meth:`Target.begin_push`. Not itself thread-safe: one session drives it, call by call."""
 
@@ -51,6 +67,8 @@ class Push:
         self._continued_chunks = bytearray()
         self._failed: NeoError | None = None
         self._open = True
+        self.confined = False  # see confine()
+        self._known_built = False
         db, lock = target.writer
         with lock:
             db.execute(
@@ -157,16 +175,18 @@ class Push:
             db, lock = self.target.writer
             with lock:
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+                self._drop_confined(db)
         finally:
             self.target.push_ended()
 
-    def commit(self, now: float) -> CommitResult:
+    def commit(self, now: float, check: QuotaCheck | None = None) -> CommitResult:
         """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically.
 
         Pending chunks are flushed first, so the commit only ever references durable, indexed chunks. Raises
         MISSING_CHUNKS (nothing changes and the push stays open: the client may upload them and commit again),
         BAD_MESSAGE (push ended inside a continued file; a plaintext file's chunk sizes do not add up to its
-        size: the push is dead).
+        size: the push is dead). ``check`` sees what the snapshot would add and may refuse it (a quota):
+        nothing is written and the push stays open.
         """
         self._check()
         if self._continued is not None:
@@ -177,9 +197,11 @@ class Push:
         db, lock = self.target.writer
         try:
             with lock, storage_errors("commit the snapshot"):
+                if self.confined:
+                    self._known(db)  # outside the transaction: a rollback must not drop it
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    info = self._commit(db, now, mark)
+                    info = self._commit(db, now, mark, check)
                     stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
                     db.execute("COMMIT")
                 except BaseException:
@@ -191,12 +213,15 @@ class Push:
                     db.execute(f"DROP TABLE IF EXISTS {self._stage}_gone")
                 self._open = False
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+                self._drop_confined(db)
         finally:
             if not self._open:  # committed: its chunks are referenced by committed versions now
                 self.target.push_ended()  # (outside the writer lock: the gc lock comes first in lock order)
         return CommitResult(info, stored)
 
-    def _commit(self, db: sqlite3.Connection, now: float, mark: tuple[int, int]) -> SnapshotInfo:
+    def _commit(
+        self, db: sqlite3.Connection, now: float, mark: tuple[int, int], check: QuotaCheck | None = None
+    ) -> SnapshotInfo:
         stage, chg, need, gone = (
             self._stage,
             f"{self._stage}_chg",
@@ -240,6 +265,8 @@ class Push:
         ).fetchone()
         if missing:
             raise NeoError(ErrorCode.MISSING_CHUNKS, f"{missing} chunks missing, e.g. {bytes(example).hex()}")
+        if self.confined:
+            self._check_proven(db, need)
 
         if not self.target.meta.encrypted:
             bad = db.execute(
@@ -283,6 +310,8 @@ class Push:
         deleted, gone_files, gone_dirs = db.execute(
             f"SELECT count(*), coalesce(sum(kind != 'd'), 0), coalesce(sum(kind = 'd'), 0) FROM {gone}"
         ).fetchone()
+        if check is not None:
+            check(CommitCharge(new_files=added_files, new_dirs=added_dirs, new_bytes=new_bytes))
         time = max(now, prev_time)
         files = prev_files + added_files - replaced_files - gone_files
         dirs = prev_dirs + added_dirs - replaced_dirs - gone_dirs
@@ -306,3 +335,88 @@ class Push:
         return SnapshotInfo(
             sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete
         )
+
+    # --- pushes confined to a sub-path by a grant (issue 5) --------------------------------------------------
+    #
+    # A push through a grant on a sub-path must not learn about, or reach, chunks stored for other paths of the
+    # target: ``have`` would tell whether a chunk exists anywhere, and a commit could reference a chunk id learned
+    # elsewhere without uploading it, then pull it. So such a push counts a chunk as present only if it is
+    # referenced by a current version at or below the root (the handle could read it anyway) or was uploaded on
+    # this push (its bytes were checked against its id: the client had the data). Everything else is "missing",
+    # exactly as if the target did not hold it.
+
+    def confine(self) -> None:
+        """Make this push confined (see above). Call right after begin_push."""
+        db, lock = self.target.writer
+        with lock:
+            db.execute(f"CREATE TEMP TABLE {self._stage}_up (id BLOB PRIMARY KEY) WITHOUT ROWID")
+        self.confined = True
+
+    def note_uploaded(self, ids: Sequence[bytes]) -> None:
+        """Record chunk ids uploaded (and verified) on this push."""
+        if not self.confined or not self._open or not ids:
+            return
+        db, lock = self.target.writer
+        with lock, storage_errors("record uploads"):
+            db.execute("BEGIN")
+            try:
+                db.executemany(f"INSERT OR IGNORE INTO {self._stage}_up VALUES (?)", [(i,) for i in ids])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _known(self, db: sqlite3.Connection) -> str:
+        """The temp table of chunk ids referenced by current versions at or below the root, built once per push
+        (called with the writer lock held). Split in SQL: one row per 32-byte id of every file's blob."""
+        name = f"{self._stage}_known"
+        if not self._known_built:
+            cond, params = within(self.root)
+            db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            db.execute(
+                f"WITH RECURSIVE split(chunks, i) AS ("
+                f"SELECT chunks, 0 FROM main.versions WHERE last IS NULL AND kind = 'f' AND length(chunks) > 0 "
+                f"AND {cond} UNION ALL SELECT chunks, i + {limits.ID_SIZE} FROM split "
+                f"WHERE i + {limits.ID_SIZE} < length(chunks)) "
+                f"INSERT OR IGNORE INTO {name} SELECT substr(chunks, i + 1, {limits.ID_SIZE}) FROM split",
+                params,
+            )
+            self._known_built = True
+        return name
+
+    def missing_confined(self, ids: Sequence[bytes]) -> list[bool]:
+        """``have`` for a confined push: True for each id that is neither known below the root nor uploaded."""
+        self._check()
+        db, lock = self.target.writer
+        found: set[bytes] = set()
+        with lock, storage_errors("look up chunks"):
+            name = self._known(db)
+            for start in range(0, len(ids), 500):
+                batch = list(ids[start : start + 500])
+                marks = ",".join("?" * len(batch))
+                found.update(
+                    bytes(r[0])
+                    for r in db.execute(
+                        f"SELECT id FROM {name} WHERE id IN ({marks}) "
+                        f"UNION SELECT id FROM {self._stage}_up WHERE id IN ({marks})",
+                        batch + batch,
+                    )
+                )
+        return [i not in found for i in ids]
+
+    def _check_proven(self, db: sqlite3.Connection, need: str) -> None:
+        """In the commit transaction: every chunk the changed entries reference must be known or uploaded."""
+        known = self._known(db)
+        count, example = db.execute(
+            f"SELECT count(*), min(id) FROM (SELECT DISTINCT id FROM {need}) d "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {known} k WHERE k.id = d.id) "
+            f"AND NOT EXISTS (SELECT 1 FROM {self._stage}_up u WHERE u.id = d.id)"
+        ).fetchone()
+        if count:
+            raise NeoError(ErrorCode.MISSING_CHUNKS, f"{count} chunks missing, e.g. {bytes(example).hex()}")
+
+    def _drop_confined(self, db: sqlite3.Connection) -> None:
+        if self.confined:
+            db.execute(f"DROP TABLE IF EXISTS {self._stage}_up")
+            db.execute(f"DROP TABLE IF EXISTS {self._stage}_known")
+            self._known_built = False

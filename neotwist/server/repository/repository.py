@@ -9,13 +9,14 @@ only ever data in ``catalog.sqlite``, never part of a file-system path.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 import time
 from pathlib import Path
 
 from neotwist.paths import check_name
 from neotwist.server.repository import index
-from neotwist.server.repository.packs import make_dirs
+from neotwist.server.repository.packs import fsync_dir, make_dirs
 from neotwist.server.repository.records import TargetMeta
 from neotwist.server.repository.target import Target
 from neotwist.wire.errors import ErrorCode, NeoError
@@ -25,6 +26,21 @@ _TARGET_COLUMNS = (
     "id, account_id, name, encrypted, chunker_algorithm, chunker_min, chunker_avg, chunker_max, chunker_seed,"
     " created, keep_history, key_check"
 )
+
+
+_REMOVED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS removed_targets (
+    id INTEGER PRIMARY KEY,     -- the removed target's id: never given to a new target
+    account_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    removed REAL NOT NULL
+)"""
+"""Targets removed (issue 5): the record that makes removal crash-safe and keeps ids from being reused."""
+
+_NEXT_ID = (
+    "(SELECT max(coalesce((SELECT max(id) FROM targets), 0), coalesce((SELECT max(id) FROM removed_targets), 0)) + 1)"
+)
+"""A new target's id: above every id ever used, so a removed target's leftover directory is never a new one's."""
 
 
 def _meta(row: tuple) -> TargetMeta:
@@ -67,6 +83,9 @@ class Repository:
         self._lock = threading.Lock()
         self._targets: dict[int, Target] = {}
         self._closed = False
+        if not read_only:
+            self._catalog.execute(_REMOVED_SCHEMA)
+            self._sweep_removed()
 
     def _open(self, meta: TargetMeta) -> Target:
         """The shared Target for ``meta``; called with the lock held."""
@@ -106,9 +125,9 @@ class Repository:
         self._writable()
         with self._lock:
             self._catalog.execute(
-                "INSERT INTO targets (account_id, name, created, encrypted, chunker_algorithm, chunker_min,"
-                " chunker_avg, chunker_max, chunker_seed, keep_history, key_check)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO targets (id, account_id, name, created, encrypted, chunker_algorithm, chunker_min,"
+                f" chunker_avg, chunker_max, chunker_seed, keep_history, key_check) VALUES ({_NEXT_ID}, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (account_id, name) DO NOTHING",
                 (
                     account_id,
@@ -185,6 +204,63 @@ class Repository:
                 )
             )
         return infos
+
+    # --- issue 5: target removal and liveness ---------------------------------------------------------------
+
+    def is_current(self, target: Target) -> bool:
+        """True while ``target`` is still in the catalog (False once removed, also by another process)."""
+        with self._lock:
+            row = self._catalog.execute("SELECT 1 FROM targets WHERE id = ?", (target.meta.id,)).fetchone()
+        return row is not None
+
+    def remove_target(self, target: Target) -> None:
+        """Remove a target with all its snapshots and chunks. Crash-safe, in this order:
+
+        1. one catalog transaction deletes its row and records its id in ``removed_targets`` (from then on
+           nothing finds it, and its id is never given to a new target);
+        2. it leaves the cache of open targets (handles still holding it fail at their next request: the
+           session checks :meth:`is_current` or its own removal set);
+        3. its directory ``t<id>`` is deleted. A crash before this step ends leaves a directory that
+           ``removed_targets`` names: the next :class:`Repository` to open the root deletes it.
+
+        The caller makes sure no push is running on it (the session refuses removal during a push).
+        """
+        meta = target.meta
+        self._writable()
+        with target.maintenance():  # a collection or check running on it finishes first; none starts meanwhile
+            with self._lock:
+                self._catalog.execute("BEGIN IMMEDIATE")
+                try:
+                    self._catalog.execute("DELETE FROM targets WHERE id = ?", (meta.id,))
+                    self._catalog.execute(
+                        "INSERT OR REPLACE INTO removed_targets (id, account_id, name, removed) VALUES (?, ?, ?, ?)",
+                        (meta.id, meta.account_id, meta.name, time.time()),
+                    )
+                    self._catalog.execute("COMMIT")
+                except BaseException:
+                    self._catalog.execute("ROLLBACK")
+                    raise
+                self._targets.pop(meta.id, None)
+            # The Target object is not closed here: a read running on another thread keeps its open files (the
+            # directory entries are gone) until its handles let go of it.
+            self._delete_directory(meta.id)
+
+    def _delete_directory(self, target_id: int) -> None:
+        directory = self.root / f"t{target_id}"
+        for _ in range(3):  # another process (neo-admin, or the server) may be deleting it at the same time
+            if not directory.exists():
+                break
+            try:
+                shutil.rmtree(directory)
+            except FileNotFoundError:
+                continue
+        fsync_dir(self.root)
+
+    def _sweep_removed(self) -> None:
+        """Finish removals a crash interrupted: delete the directories of removed targets that still exist."""
+        for (target_id,) in self._catalog.execute("SELECT id FROM removed_targets").fetchall():
+            if (self.root / f"t{target_id}").exists():
+                self._delete_directory(int(target_id))
 
     def close(self) -> None:
         """Flush and close every open target, then the catalog. Idempotent."""

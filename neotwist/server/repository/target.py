@@ -30,6 +30,7 @@ import itertools
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from neotwist import paths
@@ -78,6 +79,15 @@ class ChunkRejected(NeoError):
     def __init__(self, index: int, error: NeoError) -> None:
         super().__init__(error.code, error.message)
         self.index = index
+
+
+class OverBudget(NeoError):
+    """A batch of chunks would store ``needed`` new bytes, over the budget it was given (the session words the
+    quota refusal)."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(ErrorCode.QUOTA_EXCEEDED, f"{needed} new bytes are over the budget")
+        self.needed = needed
 
 
 class Target:
@@ -172,10 +182,12 @@ class Target:
         """
         return self.store_chunks([(chunk_id, codec, size, data)]) == 1
 
-    def store_chunks(self, chunks: Sequence[tuple[bytes, int, int, bytes]]) -> int:
+    def store_chunks(self, chunks: Sequence[tuple[bytes, int, int, bytes]], budget: int | None = None) -> int:
         """Verify and append ``(id, codec, size, data)`` chunks in order under one lock; return how many were
         new. Every chunk is verified before any is appended, so a bad one stores nothing of the batch and
-        raises :class:`ChunkRejected` naming its index (errors as :meth:`store_chunk`)."""
+        raises :class:`ChunkRejected` naming its index (errors as :meth:`store_chunk`). With ``budget``, a
+        batch whose new chunks would store more bytes than that stores nothing and raises :class:`OverBudget`
+        (a quota)."""
         self._writable("store chunks")
         encrypted = self.meta.encrypted
         for n, (chunk_id, codec, size, data) in enumerate(chunks):
@@ -186,6 +198,14 @@ class Target:
         new = 0
         with self._gc_lock, self._store_lock:
             pending = self._pending
+            if budget is not None:
+                fresh: dict[bytes, int] = {}
+                for chunk_id, _codec, _size, data in chunks:
+                    if chunk_id not in pending and chunk_id not in fresh and self._indexed(chunk_id) is None:
+                        fresh[chunk_id] = len(data)
+                needed = sum(fresh.values())
+                if needed > budget:
+                    raise OverBudget(needed)
             for chunk_id, codec, size, data in chunks:
                 if chunk_id in pending or self._indexed(chunk_id) is not None:
                     continue
@@ -507,6 +527,29 @@ class Target:
     def writer(self) -> tuple[sqlite3.Connection, threading.Lock]:
         """The writer connection and its lock (used by :class:`Push`)."""
         return self._db, self._lock
+
+    # --- for views confined to a sub-path (issue 5) --------------------------------------------------------
+
+    def version_counts(self) -> tuple[int, int]:
+        """(file and symlink versions, directory versions) kept, over all history: what SpacePerFile and
+        SpacePerDir charge for. One scan of ``versions``."""
+        with self._reader_lock:
+            files, dirs = self._reader.execute(
+                "SELECT coalesce(sum(kind != 'd'), 0), coalesce(sum(kind = 'd'), 0) FROM versions"
+            ).fetchone()
+        return int(files), int(dirs)
+
+    @contextmanager
+    def maintenance(self) -> Iterator[None]:
+        """Hold off garbage collection and check (waits for a running one): used while the target is removed."""
+        with self._maintenance_lock:
+            yield
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The read connection, under its lock (used by :mod:`.view`)."""
+        with self._reader_lock:
+            yield self._reader
 
 
 def _records(row: tuple) -> Iterator[Entry]:

@@ -1,0 +1,243 @@
+"""Grants in the server session (in memory): a grant's sub-path is the grantee's root, and nothing outside it can
+be listed, pulled, pushed or learned: not by '..', not by chunk ids learned elsewhere, not through snapshot ids,
+counts or sizes in replies. Rights are checked on every operation and grant changes apply at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sessionkit import Conn, Kit, chunk, committed
+
+from neotwist.server.rights import Right
+from neotwist.wire.errors import ErrorCode, RemoteError
+from neotwist.wire.messages import (
+    ChunkReply,
+    Commit,
+    Entry,
+    Get,
+    Have,
+    ListTargets,
+    Missing,
+    Ok,
+    Opened,
+    PushBegin,
+    PushEntries,
+    Put,
+)
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = Kit(tmp_path)
+    k.account("alice")
+    k.account("alice.viewer", parent="alice")
+    k.account("bob")
+    yield k
+    k.close()
+
+
+def documents(alice: Conn) -> None:
+    """documents: presentations/{deck, 2024/q1} and private/{salary}, pushed in three snapshots."""
+    committed(alice.push({"presentations/deck": b"slides v1", "private/salary": b"a secret number"}, "documents"))
+    committed(alice.push({"diary": b"dear diary"}, "documents", "private"))
+    committed(alice.push({"q1": b"first quarter"}, "documents", "presentations/2024"))
+
+
+def refused(reply: object, code: ErrorCode, *words: str) -> None:
+    assert isinstance(reply, RemoteError), reply
+    assert reply.code == code, (reply.code, reply.message)
+    for word in words:
+        assert word in reply.message, reply.message
+
+
+def test_read_grant_on_sub_path_sees_only_it(kit: Kit) -> None:
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.READ, "slides")
+    viewer = kit.connect("alice.viewer")
+
+    targets = viewer.call(ListTargets(rid=0)).targets
+    assert [(t.name, t.right, t.owner, t.snapshots, t.latest, t.files, t.stored_bytes) for t in targets] == [
+        ("slides", "read", "alice", 2, 3, 2, 0)  # snapshot 2 only touched private/: not this view's
+    ]
+    opened = viewer.open("slides")
+    assert isinstance(opened, Opened) and opened.latest == 3
+    entries = viewer.listing(opened.handle)
+    assert sorted(entries) == ["", "2024", "2024/q1", "deck"]
+    got: list[ChunkReply] = []
+    viewer.call(Get(rid=0, handle=opened.handle, snapshot=3, path="deck", ids=[entries["deck"].chunks]),
+                more=lambda m: got.append(m) or False)  # fmt: skip
+    assert got[0].data == b"slides v1"
+    # a sub-path of the grant is fine; history before the sub-path existed is not a snapshot of this view
+    sub = viewer.open("slides", "2024")
+    assert sorted(viewer.listing(sub.handle)) == ["", "q1"]
+    assert sorted(viewer.listing(opened.handle, snapshot=1)) == ["", "deck"]
+
+
+def test_nothing_outside_the_grant_is_reachable(kit: Kit) -> None:
+    alice = kit.connect("alice")
+    documents(alice)
+    committed(alice.push({"w": b"work"}, "work"))
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.READ, "slides")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides").handle
+
+    for path in ["../private", "../private/salary", "a/../../private", "/private", "./x", "x//y", "a\\..\\b", "x\0"]:
+        refused(viewer.open("slides", path), ErrorCode.BAD_PATH)
+        refused(viewer.listing(h, path=path), ErrorCode.BAD_PATH)
+    salary = chunk(b"a secret number")[0]
+    refused(viewer.call(Get(rid=0, handle=h, snapshot=3, path="../private/salary", ids=[salary])), ErrorCode.BAD_PATH)
+    # a chunk id learned elsewhere, asked for through a file inside the grant
+    refused(viewer.call(Get(rid=0, handle=h, snapshot=3, path="deck", ids=[salary])), ErrorCode.CHUNK_NOT_IN_FILE)
+    # the owner's other targets, the owner's target by its own name, and a sub-account's "own" target
+    for name in ["work", "documents", "private"]:
+        refused(viewer.open(name), ErrorCode.NO_SUCH_TARGET)
+    refused(viewer.open("mine", mode="push", create=True), ErrorCode.NO_SUCH_TARGET, "no targets of its own")
+    # snapshot 2 changed only private/: for this view it does not exist
+    refused(viewer.listing(h, snapshot=2), ErrorCode.NO_SUCH_SNAPSHOT)
+    refused(viewer.call(Get(rid=0, handle=h, snapshot=2, path="deck", ids=[chunk(b"slides v1")[0]])),
+            ErrorCode.NO_SUCH_SNAPSHOT)  # fmt: skip
+    # error texts speak of the grant, never of the owner's tree
+    missing = viewer.listing(h, path="nothing/here")
+    refused(missing, ErrorCode.NO_SUCH_PATH, "'nothing/here'")
+    assert "presentations" not in missing.message
+
+
+def test_append_grant_have_and_commit_cannot_use_chunks_from_elsewhere(kit: Kit) -> None:
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.APPEND, "slides")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides", mode="push").handle
+    assert isinstance(viewer.call(PushBegin(rid=0, handle=h)), Ok)
+    salary, _ = chunk(b"a secret number")
+    deck, _ = chunk(b"slides v1")
+    have = viewer.call(Have(rid=0, handle=h, ids=[salary, deck]))
+    assert isinstance(have, Missing) and have.bitmap == b"\x01"  # salary "missing", deck present (below root)
+    # referencing the outside chunk without uploading it: as if the server did not have it
+    viewer.post(PushEntries(rid=0, handle=h, entries=[
+        Entry("", "d", 0o755, 0, 0), Entry("stolen", "f", 0o644, 0, 15, salary), Entry("deck", "f", 0o644, 1, 9, deck),
+    ]))  # fmt: skip
+    refused(viewer.call(Commit(rid=0, handle=h)), ErrorCode.MISSING_CHUNKS)
+    # uploading it proves the client has the bytes: then it may commit
+    viewer.post(Put(rid=0, handle=h, id=salary, codec=0, size=15, data=b"a secret number"))
+    done = committed(viewer.call(Commit(rid=0, handle=h)))
+    assert done.files == 3 and done.stored_bytes == 0 and done.new_chunks == 0  # files below the root only
+
+
+def test_rights_are_enforced_and_refusals_change_nothing(kit: Kit) -> None:
+    alice = kit.connect("alice")
+    documents(alice)
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "documents")  # type: ignore[union-attr]
+    assert target is not None
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.READ, "slides")
+    viewer = kit.connect("alice.viewer")
+    refused(viewer.push({"x": b"new"}, "slides"), ErrorCode.PERMISSION_DENIED,
+            "push needs the append right on slides", "alice.viewer has read")  # fmt: skip
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.APPEND, "slides")
+    refused(viewer.push({"x": b"new"}, "slides", delete=True), ErrorCode.PERMISSION_DENIED,
+            "push --delete needs the write right on slides", "alice.viewer has append")  # fmt: skip
+    assert target.latest().id == 3  # type: ignore[union-attr]
+    committed(viewer.push({"x": b"new"}, "slides"))
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.WRITE, "slides")
+    done = committed(viewer.push({"x": b"new"}, "slides", delete=True))
+    assert done.deleted == 3  # deck, 2024, 2024/q1: only below the root
+    assert sorted(alice.listing(alice.open("documents").handle)) == [
+        "", "presentations", "presentations/x", "private", "private/diary", "private/salary",
+    ]  # fmt: skip
+
+
+def test_revoke_applies_to_open_handles_at_once(kit: Kit) -> None:
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.APPEND, "slides")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides").handle
+    p = viewer.open("slides", mode="push").handle
+    kit.accounts.revoke("alice.viewer", "slides")
+    refused(viewer.listing(h), ErrorCode.NO_SUCH_TARGET, "revoked")
+    refused(viewer.call(PushBegin(rid=0, handle=p)), ErrorCode.NO_SUCH_TARGET, "revoked")
+    refused(viewer.open("slides"), ErrorCode.NO_SUCH_TARGET)
+    # a grant that now points elsewhere under the same name is not the handle's any more
+    kit.accounts.grant("alice.viewer", "alice", "documents", "private", Right.READ, "slides")
+    refused(viewer.listing(h), ErrorCode.NO_SUCH_TARGET, "open it again")
+    assert sorted(viewer.listing(viewer.open("slides").handle)) == ["", "diary", "salary"]
+
+
+def test_whole_target_grant_to_another_account(kit: Kit) -> None:
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("bob", "alice", "documents", "", Right.READ, "alices-docs")
+    bob = kit.connect("bob")
+    committed(bob.push({"b": b"bob's own"}, "mine"))
+    targets = {t.name: t for t in bob.call(ListTargets(rid=0)).targets}
+    assert sorted(targets) == ["alices-docs", "mine"]
+    assert (targets["alices-docs"].right, targets["alices-docs"].owner, targets["alices-docs"].latest) == (
+        "read", "alice", 3,
+    )  # fmt: skip
+    assert (targets["mine"].right, targets["mine"].owner) == ("full", "")
+    h = bob.open("alices-docs").handle
+    assert "private/salary" in bob.listing(h)
+    # bob's push to alice's target by its grant is refused; his own target is untouched by alice's grant
+    refused(bob.push({"x": b"y"}, "alices-docs"), ErrorCode.PERMISSION_DENIED, "append")
+
+
+def test_stash_requests_through_a_sub_path_grant_say_nothing_of_the_rest(kit: Kit) -> None:
+    from neotwist.wire.messages import Check, CheckReport, ListSnapshots, Prune, Pruned, SnapshotList
+
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.FULL, "slides")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides").handle
+    pages: list[SnapshotList] = []
+    viewer.call(ListSnapshots(rid=0, handle=h), more=lambda m: pages.append(m) or not m.done)
+    records = [r for p in pages for r in p.snapshots]
+    # snapshot 2 only touched private/: not listed; counts are those below the root only
+    assert [(r.id, r.files, r.new_bytes, r.root) for r in records] == [(1, 1, 0, ""), (3, 2, 0, "2024")]
+    report = viewer.call(Check(rid=0, handle=h), more=lambda m: not isinstance(m, CheckReport))
+    assert isinstance(report, CheckReport) and report.ok
+    assert (report.chunks_checked, report.bytes_checked, report.problems) == (0, 0, [])
+    # prune is a whole-target operation: even full on a part of it is not enough
+    refused(viewer.call(Prune(rid=0, handle=h, keep_last=1)), ErrorCode.PERMISSION_DENIED)
+    # full on the whole target is; read on the whole target is not (and names the right)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "", Right.READ, "docs")
+    whole = viewer.open("docs").handle
+    refused(viewer.call(Prune(rid=0, handle=whole, keep_last=1)), ErrorCode.PERMISSION_DENIED,
+            "prune needs the full right on docs; alice.viewer has read")  # fmt: skip
+    kit.accounts.grant("alice.viewer", "alice", "documents", "", Right.FULL, "docs")
+    pruned = viewer.call(Prune(rid=0, handle=viewer.open("docs").handle, keep_last=1))
+    assert isinstance(pruned, Pruned) and (pruned.kept, pruned.removed) == (1, 2)
+    # narrowing a grant applies to handles already open
+    full = viewer.open("docs").handle
+    kit.accounts.grant("alice.viewer", "alice", "documents", "", Right.APPEND, "docs")
+    refused(viewer.call(Prune(rid=0, handle=full, keep_last=1)), ErrorCode.PERMISSION_DENIED, "alice.viewer has append")
+
+
+def test_grant_root_is_a_component_boundary_and_odd_paths_stay_inside(kit: Kit) -> None:
+    """A grant on ``pres`` sees nothing of ``pres-old`` or ``presentations``; symlinks are data (never followed);
+    percent-encoded, look-alike-dot, other-case and other-normalization names are just names below the root."""
+    alice = kit.connect("alice")
+    committed(alice.push({
+        "pres/deck": b"mine to see", "pres-old/secret": b"not mine", "presentations/secret": b"not mine either",
+        "Pres/secret": b"other case", "caf\u00e9/x": b"nfc",
+    }, "documents", extra_entries=[Entry("pres/escape", "l", 0o777, 0, 0, link="../pres-old/secret")]))  # fmt: skip
+    kit.accounts.grant("alice.viewer", "alice", "documents", "pres", Right.APPEND, "p")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("p").handle
+    entries = viewer.listing(h)
+    assert sorted(entries) == ["", "deck", "escape"]
+    assert entries["escape"].kind == "l" and entries["escape"].link == "../pres-old/secret"
+    secret = chunk(b"not mine")[0]
+    refused(viewer.call(Get(rid=0, handle=h, snapshot=1, path="escape", ids=[secret])), ErrorCode.NO_SUCH_PATH)
+    for name in ["%2e%2e/pres-old", "%2E%2E%2Fpres-old", "\u2024\u2024/pres-old", "\uff0e\uff0e/pres-old",
+                 "..\u200b/pres-old", "-old", "../Pres", "cafe\u0301"]:  # fmt: skip
+        reply = viewer.listing(h, path=name)
+        assert isinstance(reply, RemoteError) and reply.code in (ErrorCode.NO_SUCH_PATH, ErrorCode.BAD_PATH), name
+    ph = viewer.open("p", mode="push").handle
+    assert isinstance(viewer.call(PushBegin(rid=0, handle=ph)), Ok)
+    mine, other_case = chunk(b"mine to see")[0], chunk(b"other case")[0]
+    have = viewer.call(Have(rid=0, handle=ph, ids=[secret, mine, other_case, chunk(b"not mine either")[0]]))
+    assert isinstance(have, Missing) and have.bitmap == b"\x0d"  # only "mine to see" is present for this grant

@@ -1,0 +1,151 @@
+"""Quotas in the server session (in memory): SpaceQuota on stored bytes, SpacePerFile / SpacePerDir charges, the
+early refusal of puts, the exact check at commit, pushes through grants charged to the owner, usage numbers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sessionkit import Kit, chunk, committed
+
+from neotwist.server.rights import Right
+from neotwist.server.usage import account_usage, human
+from neotwist.wire.errors import ErrorCode, RemoteError
+from neotwist.wire.messages import Commit, Entry, Ok, PushBegin, PushEntries, Put
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = Kit(tmp_path)
+    k.account("alice")
+    k.account("alice.backup", parent="alice")
+    yield k
+    k.close()
+
+
+def usage(kit: Kit, name: str = "alice") -> int:
+    account = kit.accounts.get(name)
+    assert account is not None
+    return account_usage(kit.repository, account).used
+
+
+def test_usage_counts_stored_bytes_and_charges(kit: Kit) -> None:
+    alice = kit.connect("alice")
+    committed(alice.push({"a": b"x" * 1000, "d/b": b"y" * 500}, "t1"))
+    committed(alice.push({"c": b"z" * 100}, "t2"))
+    kit.accounts.set_quota("alice", per_file=10, per_dir=3)
+    got = account_usage(kit.repository, kit.accounts.get("alice"))  # type: ignore[arg-type]
+    # t1: root, d (dirs), a, d/b (files); t2: root (dir), c (file)
+    assert (got.stored_bytes, got.file_versions, got.dir_versions) == (1600, 3, 3)
+    assert got.used == 1600 + 3 * 10 + 3 * 3 and got.quota is None and got.available is None
+    assert [(t.name, t.stored_bytes) for t in got.targets] == [("t1", 1500), ("t2", 100)]
+    # history counts: a new version of a adds a file version, the old one stays
+    committed(alice.push({"a": b"w" * 1000}, "t1"))
+    assert account_usage(kit.repository, kit.accounts.get("alice")).file_versions == 4  # type: ignore[arg-type]
+
+
+def test_put_over_quota_is_refused_early_and_the_previous_snapshot_stays(kit: Kit) -> None:
+    alice = kit.connect("alice")
+    first = os.urandom(1000)
+    committed(alice.push({"a": first}, "t"))
+    kit.accounts.set_quota("alice", quota=3000)
+    reply = alice.push({"big": os.urandom(2500)}, "t")
+    assert isinstance(reply, RemoteError) and reply.code == ErrorCode.QUOTA_EXCEEDED, reply
+    text = reply.message
+    assert "this push's upload needs 2,500 B (2.4 KiB)" in text
+    assert "uses 1,000 B" in text and "quota 3,000 B (2.9 KiB)" in text and "2,000 B (2.0 KiB) left" in text
+    assert "nothing was committed" in text
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "t")  # type: ignore[union-attr]
+    assert target is not None and target.latest().id == 1  # type: ignore[union-attr]
+    assert usage(kit) == 1000  # the refused batch stored nothing
+    again = kit.connect("alice")
+    committed(again.push({"small": os.urandom(1500)}, "t"))  # fits: 2,500 of 3,000
+
+
+def test_commit_charges_are_checked_exactly_and_concurrent_pushes_cannot_both_fit(kit: Kit) -> None:
+    kit.accounts.set_quota("alice", quota=10_000, per_file=1000, per_dir=100)
+    one, two = kit.connect("alice"), kit.connect("alice")
+    handles = []
+    for conn, prefix in ((one, "one"), (two, "two")):
+        h = conn.open("t", mode="push", create=True).handle
+        assert isinstance(conn.call(PushBegin(rid=0, handle=h)), Ok)
+        entries = [Entry("", "d", 0o755, 0, 0)]
+        for i in range(4):
+            cid, raw = chunk(f"{prefix}{i}".encode())
+            conn.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(raw), data=raw))
+            entries.append(Entry(f"{prefix}{i}", "f", 0o644, 0, len(raw), cid))
+        conn.post(PushEntries(rid=0, handle=h, entries=entries))
+        handles.append(h)
+    # each alone: 4 files x 1000 + 1 dir x 100 + 16 bytes = 4,116 <= 10,000; together they would be 8,200+
+    first = committed(one.call(Commit(rid=0, handle=handles[0])))
+    assert first.snapshot == 1
+    assert usage(kit) == 4 * 1000 + 100 + 16
+    kit.accounts.set_quota("alice", quota=8000)
+    refused = two.call(Commit(rid=0, handle=handles[1]))
+    assert isinstance(refused, RemoteError) and refused.code == ErrorCode.QUOTA_EXCEEDED
+    assert "this push needs 4,016 B (3.9 KiB) but account alice uses 4,116 B (4.0 KiB)" in refused.message
+    assert "the push was aborted" in refused.message
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "t")  # type: ignore[union-attr]
+    assert target.latest().id == 1 and target.snapshot_count() == 1  # type: ignore[union-attr]
+
+
+def test_grantee_pushes_are_charged_to_the_owner(kit: Kit) -> None:
+    alice = kit.connect("alice")
+    committed(alice.push({"x": os.urandom(100)}, "laptop"))
+    kit.accounts.grant("alice.backup", "alice", "laptop", "", Right.APPEND)
+    kit.accounts.set_quota("alice", quota=1000)
+    backup = kit.connect("alice.backup")
+    committed(backup.push({"y": os.urandom(800)}, "laptop"))
+    assert usage(kit) == 900 and usage(kit, "alice.backup") == 0
+    reply = backup.push({"z": os.urandom(200)}, "laptop")
+    assert isinstance(reply, RemoteError) and reply.code == ErrorCode.QUOTA_EXCEEDED
+    assert "account alice uses 900 B of its quota 1,000 B" in reply.message
+
+
+def test_human() -> None:
+    assert human(10) == "10 B"
+    assert human(100_000_000) == "100,000,000 B (95.4 MiB)"
+
+
+def pack_bytes(kit: Kit, target: str) -> int:
+    t = kit.repository.find_target(kit.accounts.get("alice").id, target)  # type: ignore[union-attr]
+    assert t is not None
+    return sum(p.stat().st_size for p in (t.directory / "packs").rglob("*.pack"))
+
+
+def test_refused_commit_leaves_nothing_behind(kit: Kit) -> None:
+    """Refused at commit (by the per-file charge, after its data was uploaded): the previous snapshot is intact,
+    the uploaded chunks are reclaimed at once, usage and the pack files on disk are back to what they were."""
+    alice = kit.connect("alice")
+    committed(alice.push({"old": os.urandom(10_000)}, "t"))
+    kit.accounts.set_quota("alice", quota=200_000, per_file=100_000)
+    used, disk = usage(kit), pack_bytes(kit, "t")
+    assert used == 10_000 + 100_000 + 0
+    reply = alice.push({"new": os.urandom(50_000)}, "t")  # 50,000 fits the bytes left, the new file's charge not
+    assert isinstance(reply, RemoteError) and reply.code == ErrorCode.QUOTA_EXCEEDED
+    assert "this push needs 150,000 B" in reply.message and "uses 110,000 B" in reply.message
+    assert usage(kit) == used
+    assert pack_bytes(kit, "t") == disk
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "t")  # type: ignore[union-attr]
+    assert target is not None and target.latest().id == 1  # type: ignore[union-attr]
+    h = alice.open("t").handle
+    assert sorted(alice.listing(h)) == ["", "old"]
+
+
+def test_prune_frees_quota(kit: Kit) -> None:
+    from neotwist.wire.messages import Prune, Pruned
+
+    alice = kit.connect("alice")
+    for _ in range(3):
+        committed(alice.push({"a": os.urandom(40_000)}, "t"))
+    kit.accounts.set_quota("alice", quota=130_000)
+    assert usage(kit) == 120_000
+    refused = alice.push({"a": os.urandom(40_000)}, "t")
+    assert isinstance(refused, RemoteError) and refused.code == ErrorCode.QUOTA_EXCEEDED
+    again = kit.connect("alice")
+    pruned = again.call(Prune(rid=0, handle=again.open("t").handle, keep_last=1))
+    assert isinstance(pruned, Pruned) and pruned.removed == 2
+    assert usage(kit) == 40_000
+    committed(again.push({"a": os.urandom(40_000)}, "t"))
