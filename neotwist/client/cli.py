@@ -275,6 +275,7 @@ async def _run(
                     warn=warn,
                     keys=keys,
                     encrypt=args.encrypt,
+                    grant_root=args.grant_root,
                 ),
             )
         else:
@@ -293,6 +294,7 @@ async def _run(
                     progress=progress,
                     warn=warn,
                     keys=keys,
+                    grant_root=args.grant_root,
                 ),
             )
     except PullIncomplete as e:

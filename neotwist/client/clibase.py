@@ -130,6 +130,9 @@ def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> Non
     crypt.add_argument("--passphrase-stdin", action="store_true",
                        help="read the key's passphrase from standard input (the line after the password when "
                        "--password-stdin is given too); NEO_PASSPHRASE works as well")  # fmt: skip
+    crypt.add_argument("--grant-root", default="", metavar="PATH",
+                       help="a grant on a sub-path of an encrypted target: that sub-path as its owner names it "
+                       "(in plaintext; names below it are encrypted from the target's root)")  # fmt: skip
 
 
 def passphrase_source(args: argparse.Namespace) -> Callable[[str], str | None]:

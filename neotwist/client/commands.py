@@ -250,7 +250,9 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
             return _show_targets(args, await stash.list_targets(peer))
         # An encrypted target is opened at its encrypted sub-path and listed decrypted (issue 6): names and
         # metadata come from the entries' sealed metadata, authenticated on the way.
-        opened, crypt = await open_for_read(peer, remote.target, remote.path, key_source(args))
+        opened, crypt = await open_for_read(
+            peer, remote.target, remote.path, key_source(args), args.grant_root.strip("/")
+        )
         if not opened.exists or opened.latest is None:
             raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
         namer = Namer(peer, opened.handle, crypt) if crypt is not None else None
@@ -562,7 +564,9 @@ def check_main(argv: Sequence[str] | None = None) -> int:
     async def body(peer: Peer) -> int:
         from neotwist.client.progress import Progress
 
-        opened, crypt = await open_for_read(peer, remote.target, remote.path, key_source(args))
+        opened, crypt = await open_for_read(
+            peer, remote.target, remote.path, key_source(args), args.grant_root.strip("/")
+        )
         if not opened.exists or opened.latest is None:
             raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
         show = (not (args.quiet or args.json)) if args.progress is None else args.progress

@@ -10,8 +10,9 @@ neo-push and neo-pull do not need to be told that a target is encrypted: the ser
 - **pull**: ``open read`` answers with ``encrypted`` and the key-check record. The record names the key id, so
   a key file holding another key is refused before any passphrase is asked; then the key is unlocked and
   checked against the record, and a sub-path is re-opened at its encrypted form.
-- A sub-path grant on an encrypted target is a grant on the *encrypted* path: opening the plaintext one is
-  ``permission_denied``. When that happens and a key file is at hand, the client tries the encrypted path.
+- A grant on a sub-path of an encrypted target is a grant on the *encrypted* path (``neo-key path`` prints
+  it for the owner's ``neo-share grant``). Its grantee names the grant as usual, and gives the grant's
+  plaintext sub-path with ``--grant-root``, because tokens are computed from the target root.
 
 Nothing is sent to a handle before its key has been checked, so a wrong key or passphrase writes nothing.
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from neotwist.crypto import AuthenticationFailed, KeyFileError, WrongKey, WrongPassphrase, keyfile
+from neotwist.crypto import AuthenticationFailed, WrongKey, WrongPassphrase, keyfile
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
 from neotwist.crypto.keys import MasterKey, TargetKeys, key_check_id
 from neotwist.crypto.names import PathCipher
@@ -114,8 +115,14 @@ def check_chunker(params: ChunkerParams) -> None:
         )
 
 
-def _enc_path(master: MasterKey, subpath: str) -> str:
-    return PathCipher(master.token_key).encrypt_path(subpath)
+def _place(master: MasterKey, grant_root: str, subpath: str) -> tuple[str, str]:
+    """(plaintext path of the handle root from the target root, the path to open). Tokens hash their parent's
+    encrypted path from the *target* root, so a grantee, whose handle paths start below its grant's root, must
+    know that root in plaintext (``--grant-root``) to compute them."""
+    cipher = PathCipher(master.token_key)
+    full = f"{grant_root}/{subpath}" if grant_root and subpath else grant_root or subpath
+    full_enc, base_enc = cipher.encrypt_path(full), cipher.encrypt_path(grant_root)
+    return full, (full_enc[len(base_enc) + 1 :] if base_enc else full_enc)
 
 
 async def _close(peer: Peer, opened: Opened) -> None:
@@ -129,40 +136,41 @@ async def open_for_push(
     source: KeySource | None,
     encrypt: bool,
     keep_history: bool | None = None,
+    grant_root: str = "",
 ) -> tuple[Opened, Crypt | None]:
     """Open ``target`` at ``subpath`` for a push, creating it (encrypted with ``encrypt``) if it is missing;
-    ``keep_history`` goes with every open (see ``Open``)."""
+    ``keep_history`` goes with every open (see ``Open``); ``grant_root``: see :func:`_place`."""
     if encrypt:
         if source is None:
             raise EncryptionRefused("--encrypt needs a key: create one with 'neo-key init'")
-        return await _open_encrypted_push(peer, target, subpath, source, True, keep_history)
+        return await _open_encrypted_push(peer, target, subpath, source, True, keep_history, grant_root)
     try:
         opened = await peer.request(
             Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=keep_history)
         )
     except RemoteError as e:
-        encrypted_grant = e.code == ErrorCode.PERMISSION_DENIED and subpath and source is not None and source.exists()
-        if e.code != ErrorCode.ENCRYPTION_MISMATCH and not encrypted_grant:
+        if e.code != ErrorCode.ENCRYPTION_MISMATCH:
             raise
         if source is None:
             raise EncryptionRefused(f"target {target} is encrypted: this push needs its key") from None
-        try:
-            return await _open_encrypted_push(peer, target, subpath, source, False, keep_history)
-        except RemoteError:
-            if encrypted_grant:
-                raise e from None
-            raise
+        return await _open_encrypted_push(peer, target, subpath, source, False, keep_history, grant_root)
     assert isinstance(opened, Opened)
     return opened, None
 
 
 async def _open_encrypted_push(
-    peer: Peer, target: str, subpath: str, source: KeySource, new: bool, keep_history: bool | None
+    peer: Peer,
+    target: str,
+    subpath: str,
+    source: KeySource,
+    new: bool,
+    keep_history: bool | None,
+    grant_root: str,
 ) -> tuple[Opened, Crypt | None]:
     source.key_file()  # a missing key file is reported before the passphrase is asked
     master = source.master()
     record, keys = master.new_target() if new else (b"", None)
-    path = _enc_path(master, subpath)
+    root, path = _place(master, grant_root, subpath)
     try:
         opened = await peer.request(
             Open(
@@ -191,64 +199,40 @@ async def _open_encrypted_push(
     except BaseException:
         await _close(peer, opened)
         raise
-    return opened, Crypt.make(master, keys, subpath)
+    return opened, Crypt.make(master, keys, root)
 
 
 async def open_for_read(
-    peer: Peer, target: str, subpath: str, source: KeySource | None
+    peer: Peer, target: str, subpath: str, source: KeySource | None, grant_root: str = ""
 ) -> tuple[Opened, Crypt | None]:
     """Open ``target`` at ``subpath`` for reading; for an encrypted target, check and unlock the key and open
-    the encrypted sub-path."""
-    try:
-        opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="read"))
-    except RemoteError as e:
-        if not (e.code == ErrorCode.PERMISSION_DENIED and subpath and source is not None and source.exists()):
-            raise
-        try:
-            master = source.master()
-            opened = await peer.request(Open(rid=0, target=target, path=_enc_path(master, subpath), mode="read"))
-        except (RemoteError, KeyFileError):
-            raise e from None
-        assert isinstance(opened, Opened)
-        if not opened.encrypted:
-            await _close(peer, opened)
-            raise e from None
-        return opened, await _checked(peer, opened, source, subpath)
+    the encrypted sub-path (``grant_root``: see :func:`_place`)."""
+    opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="read"))
     assert isinstance(opened, Opened)
     if not opened.encrypted:
         return opened, None
     if source is None:
         await _close(peer, opened)
         raise EncryptionRefused(f"target {target} is encrypted: reading it needs its key")
-    return await _reopened(peer, target, opened, source, subpath)
-
-
-async def _reopened(
-    peer: Peer, target: str, opened: Opened, source: KeySource, subpath: str
-) -> tuple[Opened, Crypt]:
-    crypt = await _checked(peer, opened, source, subpath)
-    if not subpath:
-        return opened, crypt
-    await _close(peer, opened)
-    again = await peer.request(Open(rid=0, target=target, path=crypt.tree.root_enc, mode="read"))
-    assert isinstance(again, Opened)
-    if again.key_check != opened.key_check:
-        await _close(peer, again)
-        raise WrongKey("the target's key-check record changed between two opens; try again")
-    return again, crypt
-
-
-async def _checked(peer: Peer, opened: Opened, source: KeySource, subpath: str) -> Crypt:
-    """The handle's keys once the key file is known to be the target's; the handle is closed otherwise."""
     try:
-        source.check_id(opened.key_check)
+        source.check_id(opened.key_check)  # a foreign key file is refused before the passphrase is asked
         master = source.master()
         keys = master.open_target(opened.key_check)
         check_chunker(opened.chunker)
     except BaseException:
         await _close(peer, opened)
         raise
-    return Crypt.make(master, keys, subpath)
+    root, path = _place(master, grant_root, subpath)
+    crypt = Crypt.make(master, keys, root)
+    if path == subpath:
+        return opened, crypt
+    await _close(peer, opened)
+    again = await peer.request(Open(rid=0, target=target, path=path, mode="read"))
+    assert isinstance(again, Opened)
+    if again.key_check != opened.key_check:
+        await _close(peer, again)
+        raise WrongKey("the target's key-check record changed between two opens; try again")
+    return again, crypt
 
 
 # --- listings of encrypted targets (neo-ls) ---------------------------------------------------------------

@@ -33,6 +33,9 @@ examples:
       install a key exported elsewhere (the passphrase stays the one it was exported with)
   neo-key passwd
       change the passphrase (the key, and so every encrypted target, stays the same)
+  neo-share alice@nas grant "papers/$(neo-key path 2024)" --to bob --right read --as p2024
+      grant a sub-path of an encrypted target: the server knows it only encrypted; bob, holding the key,
+      then uses neo-pull --grant-root 2024 bob@nas/p2024 ./2024
   printf '%s\\n' "$OLD" "$NEW" | neo-key passwd --passphrase-stdin
       the same without a terminal: old passphrase on line 1, new on line 2
 
@@ -88,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("passwd", help="change the key file's passphrase (the key itself stays)")
     common(q)
     kdf(q)
+    q = sub.add_parser("path", help="print the encrypted form of a sub-path of a target (for neo-share grant)")
+    common(q)
+    q.add_argument("subpath", metavar="SUBPATH", help="the sub-path in plaintext, from the target's root")
     return p
 
 
@@ -206,6 +212,21 @@ def _run(args: argparse.Namespace, out: Callable[[dict[str, Any], str], None]) -
             )
         keyfile.save(path, kf, replace=args.force)
         out(_describe(path, kf), f"imported key {kf.key_id} into {path}")
+    elif args.command == "path":
+        from neotwist import paths
+        from neotwist.crypto.keys import MasterKey
+        from neotwist.crypto.names import PathCipher
+        from neotwist.wire.errors import NeoError
+
+        subpath = args.subpath.strip("/")
+        try:
+            paths.check_path(subpath)
+        except NeoError as e:
+            raise _Usage(f"bad SUBPATH {args.subpath!r}: {e.message}") from None
+        kf = keyfile.load(path)
+        passphrase = _passphrase(args, stdin, "NEO_PASSPHRASE", "Passphrase: ", confirm=False)
+        encrypted = PathCipher(MasterKey(keyfile.unlock(kf, passphrase, str(path))).token_key).encrypt_path(subpath)
+        out({"key_id": kf.key_id, "path": subpath, "encrypted": encrypted}, encrypted)
     elif args.command == "passwd":
         params = _kdf(args)
         kf = keyfile.load(path)

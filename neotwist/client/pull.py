@@ -90,6 +90,7 @@ class PullOptions:
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
     keys: KeySource | None = None  # the key, for encrypted targets (asked for only when one is met)
+    grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
 
 
 @dataclass
@@ -785,7 +786,7 @@ async def pull(
     summary = PullSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
     try:
-        opened, crypt = await open_for_read(peer, target, subpath, options.keys)
+        opened, crypt = await open_for_read(peer, target, subpath, options.keys, options.grant_root.strip("/"))
         summary.encrypted = crypt is not None
         if not opened.exists or opened.latest is None:
             raise PullError(f"target {target} has no snapshot yet; push to it first")

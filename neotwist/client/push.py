@@ -98,6 +98,7 @@ class PushOptions:
     warn: Callable[[str], None] | None = None
     keys: KeySource | None = None  # the key, for encrypted targets (asked for only when one is met)
     encrypt: bool = False  # --encrypt: a target this push creates is encrypted
+    grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
 
 
 @dataclass
@@ -624,7 +625,7 @@ async def push(
     if not os.path.isdir(local_root):
         raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
     opened, crypt = await open_for_push(
-        peer, target, subpath, options.keys, options.encrypt, keep_history=options.keep_history
+        peer, target, subpath, options.keys, options.encrypt, options.keep_history, options.grant_root.strip("/")
     )
     if not isinstance(opened, Opened):
         raise PushError(f"the server answered open with {type(opened).__name__}")

@@ -96,8 +96,13 @@ class TreeCipher:
             try:
                 name = self.meta.open_name(full, e.meta)
             except AuthenticationFailed as err:
-                parent = plain_of.get(parent_rel, UNNAMED) if rel else ""
-                out.errors.append(f"{join(parent, UNNAMED) if rel else self.root or '.'}: {err}; skipped")
+                if not rel:  # the handle root itself: most likely not where the client thinks it is
+                    out.errors.append(
+                        f"{self.root or '.'}: {err}; if this is a grant on a sub-path of an encrypted target, give "
+                        "that sub-path with --grant-root"
+                    )
+                    continue
+                out.errors.append(f"{join(plain_of.get(parent_rel, UNNAMED), UNNAMED)}: {err}; skipped")
                 continue
             if not rel:  # the handle root: the name is the last component of the plaintext root
                 shown = self.root or "."
