@@ -139,9 +139,11 @@ def test_server_holds_no_plaintext_and_round_trip_is_identical(server: RunningSe
     assert first["encrypted"] is True and first["files_changed"] == 4
     control = run_json(server, "neo-push", str(src), server.remote("control"))
     assert control["encrypted"] is False
-    server.stop()  # every byte on disk, WAL included (SQLite checkpoints on close: test before and after)
-
     plain_dir = target_dir(server, "control")
+    wal = [p for p in server.data.rglob("*-wal") if plain_dir not in p.parents]
+    assert wal and any(p.stat().st_size for p in wal)  # the server runs: its WAL files hold recent pages
+    assert found_in(server.data, needles, skip=plain_dir) == set()
+    server.stop()  # and again once SQLite has checkpointed and closed everything
     assert found_in(plain_dir, needles) >= set(MARKERS[:3]) | {n.encode() for n in NAMES[:3]}  # the search works
     leaked = found_in(server.data, needles, skip=plain_dir)
     assert leaked == set(), f"plaintext found on the server: {sorted(leaked)[:5]}"
