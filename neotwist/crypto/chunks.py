@@ -68,7 +68,7 @@ class ChunkSealer:
             body = self._aead.decrypt(nonce, memoryview(record)[1 + NONCE_SIZE :], _AAD + chunk_id)
         except InvalidTag:
             raise AuthenticationFailed("a chunk failed authentication (modified, damaged or swapped)") from None
-        flag = body[0]
+        flag = body[0] if body else -1
         if flag == FLAG_RAW:
             raw = body[1:]
         elif flag == FLAG_ZSTD:

@@ -104,8 +104,8 @@ class MetaSealer:
             plain = self._siv.decrypt(attrs, [_META_AD, enc_path.encode(), kind.encode(), chunks])
         except (InvalidTag, ValueError):
             raise AuthenticationFailed("its metadata failed authentication (modified or damaged)") from None
-        (n,) = _U32.unpack_from(plain)
         try:
+            (n,) = _U32.unpack_from(plain)
             return _decoder.decode(plain[_U32.size : _U32.size + n])
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except (struct.error, msgspec.DecodeError, msgspec.ValidationError) as e:
             raise AuthenticationFailed(f"its metadata does not decode ({e})") from None
