@@ -99,15 +99,43 @@ def prepare_data_dir(data: Path) -> Path:
     return data
 
 
+SHRINK_INTERVAL = 120.0
+"""Seconds between returns of idle index page caches to the system (``Repository.shrink_memory``)."""
+
+
 class _RepositoryService(service.Service):
-    """Flushes and closes the repository when the server stops (after the listeners, which stop first)."""
+    """Returns idle targets' page caches every SHRINK_INTERVAL (in a worker thread), and flushes and closes the
+    repository when the server stops (after the listeners, which stop first)."""
 
     def __init__(self, repository: Any) -> None:
         self.repository = repository
+        self._loop: Any = None
+        self._shrinking: Any = None
 
-    def stopService(self) -> None:
+    def startService(self) -> None:
+        from twisted.internet.task import LoopingCall
+
+        super().startService()
+        self._loop = LoopingCall(self._shrink)
+        self._loop.start(SHRINK_INTERVAL, now=False)
+
+    def _shrink(self) -> None:
+        from twisted.internet.threads import deferToThread
+
+        if self._shrinking is None:  # the previous round still running: skip this one
+            self._shrinking = deferToThread(self.repository.shrink_memory)
+            self._shrinking.addErrback(lambda f: log.failure("shrinking page caches", f))
+            self._shrinking.addBoth(lambda _: setattr(self, "_shrinking", None))
+
+    def stopService(self) -> Any:
         super().stopService()
-        self.repository.close()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        running = self._shrinking
+        if running is None:
+            self.repository.close()
+            return None
+        return running.addBoth(lambda _: self.repository.close())
 
 
 def makeService(options: Options) -> service.MultiService:

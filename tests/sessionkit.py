@@ -1,7 +1,7 @@
 """An in-memory server session to drive with protocol messages: a client Peer and ``make_server_peer`` joined by
 iosim, a real repository and account store on disk, repository calls run inline and timers on a test clock.
 
-Used by the rights, quota and removal tests (test_session.py has its own copy of these few lines).
+Used by the session, stash, rights, quota and removal tests.
 """
 
 from __future__ import annotations
@@ -45,12 +45,30 @@ def chunk(data: bytes) -> tuple[bytes, bytes]:
     return blake3.blake3(data).digest(), data
 
 
-class _Client:
+class Client:
     def message_received(self, peer: Peer, message: Message) -> None:
         return None
 
     def connection_lost(self, peer: Peer, reason: Failure) -> None:
         self.lost = reason
+
+
+def call(client: Peer, pump: Any, message: Message, more: Any = None) -> Any:
+    """Send a request over an iosim connection, pump until it is answered; return the reply or the RemoteError."""
+    d = client.request(message, more)
+    out: list[Any] = []
+    d.addBoth(out.append)
+    for _ in range(50):
+        pump.flush()
+        if out:
+            break
+    assert out, f"no reply to {type(message).__name__}"
+    result = out[0]
+    if isinstance(result, Failure):
+        if result.check(RemoteError):
+            return result.value
+        result.raiseException()
+    return result
 
 
 class Conn:
@@ -61,27 +79,14 @@ class Conn:
         self.account = account
         self.client, self.server, self.pump = connectedServerAndClient(
             lambda: make_server_peer(kit.services, account, "test:1"),
-            lambda: Peer(_Client(), is_client=True),
+            lambda: Peer(Client(), is_client=True),
         )
         welcome = self.call(Hello(rid=0, version=limits.PROTOCOL_VERSION, software="t", window=self.client.window))
         assert isinstance(welcome, Welcome)
 
     def call(self, message: Message, more: Any = None) -> Any:
         """Send a request, pump until it is answered; return the reply or the RemoteError."""
-        d = self.client.request(message, more)
-        out: list[Any] = []
-        d.addBoth(out.append)
-        for _ in range(50):
-            self.pump.flush()
-            if out:
-                break
-        assert out, f"no reply to {type(message).__name__}"
-        result = out[0]
-        if isinstance(result, Failure):
-            if result.check(RemoteError):
-                return result.value
-            result.raiseException()
-        return result
+        return call(self.client, self.pump, message, more)
 
     def post(self, message: Message) -> None:
         self.client.post(message)

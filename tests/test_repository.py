@@ -600,3 +600,30 @@ def test_concurrent_pushes_to_one_target_both_land(target: Target) -> None:
     assert len([p for p in paths if p.startswith("right/")]) == 200
     # Each snapshot sees only what had been committed when it was made.
     assert {len(view(target, 2)), len(view(target, 3))} == {201, 401}
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    pytest.skip("no /proc/self/status")
+
+
+def test_shrink_memory_returns_idle_page_caches_and_never_waits(repo: Repository) -> None:
+    target = repo.create_target(1, "big", encrypted=False, chunker=DEFAULT_PARAMS)
+    db, lock = target.writer
+    with lock:
+        db.execute("BEGIN")
+        db.execute("CREATE TABLE filler (x BLOB)")
+        db.executemany("INSERT INTO filler VALUES (?)", ((os.urandom(1000),) for _ in range(60_000)))
+        db.execute("COMMIT")
+    with lock:
+        assert db.execute("SELECT count(*), sum(length(x)) FROM filler").fetchone() == (60_000, 60_000_000)
+    cached = _rss_kib()
+    assert repo.shrink_memory() == 2  # both connections were idle
+    assert _rss_kib() < cached - 20_000  # most of the ~60 MB the scan cached went back
+    with lock:  # the writer is busy: its cache is left alone and the call does not wait for it
+        done = threading.Event()
+        threading.Thread(target=lambda: (target.shrink_memory(), done.set())).start()
+        assert done.wait(5)
+        assert target.shrink_memory() == 1

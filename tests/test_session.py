@@ -13,11 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import blake3
 import zstandard
+from sessionkit import PASSWORD, Client, call, chunk
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import TestCase
 
@@ -53,20 +52,6 @@ from neotwist.wire.messages import (
 )
 from neotwist.wire.peer import Peer
 
-PASSWORD = "s3cret password"
-
-
-class _Client:
-    def message_received(self, peer: Peer, message: Message) -> None:
-        return None
-
-    def connection_lost(self, peer: Peer, reason: Failure) -> None:
-        self.lost = reason
-
-
-def chunk(data: bytes) -> tuple[bytes, bytes]:
-    return blake3.blake3(data).digest(), data
-
 
 class SessionFixture(TestCase):
     """A repository and account store on disk, and helpers to connect, call and push (no tests of its own)."""
@@ -89,26 +74,13 @@ class SessionFixture(TestCase):
         who = None if tls else (account or self.alice)
         client, server, pump = connectedServerAndClient(
             lambda: make_server_peer(self.services, who, "test:1"),
-            lambda: Peer(_Client(), is_client=True),
+            lambda: Peer(Client(), is_client=True),
         )
         return server, client, pump
 
     def call(self, client: Peer, pump: IOPump, message: Message, more: Any = None) -> Any:
         """Send a request, pump until it is answered; return the reply or the RemoteError."""
-        d = client.request(message, more)
-        out: list[Any] = []
-        d.addBoth(out.append)
-        for _ in range(50):
-            pump.flush()
-            if out:
-                break
-        assert out, f"no reply to {type(message).__name__}"
-        result = out[0]
-        if isinstance(result, Failure):
-            if result.check(RemoteError):
-                return result.value
-            result.raiseException()
-        return result
+        return call(client, pump, message, more)
 
     def hello(self, client: Peer, pump: IOPump) -> Welcome:
         welcome = self.call(

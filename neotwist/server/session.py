@@ -2,9 +2,11 @@
 
 A :class:`ServerSession` is the :class:`~neotwist.wire.peer.MessageHandler` of one server-side
 :class:`~neotwist.wire.peer.Peer`, whatever carries it (an SSH subsystem channel or a TLS stream). The Peer
-hands it one message at a time; each ``on_<message>`` method answers it. Repository work (SQLite, pack files,
-hashing) runs in the reactor's thread pool through ``services.run_blocking``; the reactor thread only routes
-messages.
+hands it one message at a time; each ``on_<message>`` method answers it, except the stash requests (snapshots,
+versions, deleted, prune, check: :mod:`neotwist.server.stash`) and account management (sub-accounts, grants,
+shares, usage: :mod:`neotwist.server.manage`), whose handlers live in modules of their own. Repository work
+(SQLite, pack files, hashing) runs in the reactor's thread pool through ``services.run_blocking``; the reactor
+thread only routes messages.
 
 Back-pressure: a handler's Deferred holds the next message back, and only then is the frame's credit returned
 to the client. Uploads (``put``, ``entries``) and reads (``have``, ``get``, ``list``) are *admitted* rather
@@ -41,8 +43,8 @@ from twisted.python.failure import Failure
 import neotwist
 from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.server import stash
-from neotwist.server.accounts import Account, AccountError, AccountExists, AccountStore, Grant, parse_public_key
+from neotwist.server import manage, stash
+from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.push import CommitCharge
 from neotwist.server.repository.target import ChunkRejected, OverBudget
@@ -63,14 +65,10 @@ from neotwist.wire.messages import (
     Committed,
     Entry,
     Get,
-    GetUsage,
-    GrantAccess,
-    GrantInfo,
     Have,
     Hello,
     List,
     Listing,
-    ListShares,
     ListTargets,
     LoggedIn,
     Login,
@@ -83,17 +81,9 @@ from neotwist.wire.messages import (
     PushEntries,
     Put,
     RemoveTarget,
-    Revoke,
-    Shares,
-    SubAccountAdd,
-    SubAccountInfo,
-    SubAccountRemove,
-    SubAccountSet,
     TargetInfo,
     TargetRemoved,
     Targets,
-    TargetUsageInfo,
-    UsageInfo,
     Welcome,
 )
 from neotwist.wire.peer import Peer
@@ -778,7 +768,7 @@ class ServerSession:
                 return
             await peer.drain()
 
-    # --- issue 5: target removal, sub-accounts, grants, usage ----------------------------------------------
+    # --- target removal (account management is in manage.py) ---------------------------------------------
 
     def on_remove_target(self, peer: Peer, message: RemoveTarget) -> Deferred[None]:
         handle = self._handle(message.handle)
@@ -839,181 +829,7 @@ class ServerSession:
 
         return services.run(remove).addCallbacks(removed, failed)
 
-    def _manager(self) -> Account:
-        """The logged-in account, if it may manage sub-accounts and grants (a top-level account)."""
-        account = self._account
-        if account.is_sub_account:
-            raise NeoError(
-                ErrorCode.PERMISSION_DENIED,
-                f"{account.name} is a sub-account of {account.parent}: only {account.parent} manages its "
-                "sub-accounts and grants",
-            )
-        return account
-
-    def _own_sub_account(self, owner: Account, name: str) -> Account:
-        """``name`` if it is one of ``owner``'s sub-accounts (blocking); never says whether another exists."""
-        sub = self.services.accounts.get(name)
-        if sub is None or sub.parent_id != owner.id:
-            raise NeoError(
-                ErrorCode.PERMISSION_DENIED,
-                f"{name!r} is not a sub-account of {owner.name} (neo-share ... list shows yours)",
-            )
-        return sub
-
-    def _manage(self, message: Message, job: Callable[[], None], what: str) -> Deferred[None]:
-        """Run an account-management ``job`` in a thread, answer ok, log ``what``; store errors become clear
-        non-fatal errors."""
-        account = self._account
-
-        def run() -> None:
-            try:
-                job()
-            except AccountExists as e:
-                raise NeoError(ErrorCode.CONFLICT, f"account name {e.name!r} is taken: choose another") from None
-            except AccountError as e:
-                raise NeoError(ErrorCode.CONFLICT, str(e)) from None
-            except ValueError as e:
-                raise NeoError(ErrorCode.BAD_ARGUMENT, str(e)) from None
-
-        def done(_: object) -> None:
-            log.info("{what}: by={account}", what=what, account=account.name)
-            if self.peer is not None:
-                self.peer.send(Ok(rid=message.rid))
-
-        return self.services.run(run).addCallback(done)
-
-    def on_sub_add(self, peer: Peer, message: SubAccountAdd) -> Deferred[None]:
-        owner = self._manager()
-        prefix = owner.name + "."
-        if not message.name.startswith(prefix) or message.name == prefix:
-            raise NeoError(
-                ErrorCode.BAD_NAME,
-                f"sub-account names start with {prefix!r}: e.g. {prefix}viewer, not {message.name!r}",
-            )
-        store = self.services.accounts
-
-        def add() -> None:
-            lines = _key_lines(message.keys)
-            if message.password is None and not lines:
-                raise ValueError("give the sub-account a password or an SSH key, or it can never log in")
-            if len(store.sub_accounts(owner.name)) >= limits.MAX_SUB_ACCOUNTS:
-                raise NeoError(
-                    ErrorCode.QUOTA_EXCEEDED, f"{owner.name} has {limits.MAX_SUB_ACCOUNTS} sub-accounts already"
-                )
-            store.add(message.name, message.password, parent=owner.name)
-            for line in lines:
-                store.add_key(message.name, line)
-
-        return self._manage(message, add, f"sub-account added: {message.name}")
-
-    def on_sub_set(self, peer: Peer, message: SubAccountSet) -> Deferred[None]:
-        owner = self._manager()
-        store = self.services.accounts
-        if message.clear_password and message.password is not None:
-            raise NeoError(ErrorCode.BAD_ARGUMENT, "give a new password or clear it, not both")
-
-        def change() -> None:
-            self._own_sub_account(owner, message.name)
-            lines = _key_lines(message.add_keys)
-            if message.password is not None or message.clear_password:
-                store.set_password(message.name, message.password)
-            for line in lines:
-                store.add_key(message.name, line)
-            for key in message.remove_keys:
-                store.remove_key(message.name, key)
-
-        return self._manage(message, change, f"sub-account changed: {message.name}")
-
-    def on_sub_remove(self, peer: Peer, message: SubAccountRemove) -> Deferred[None]:
-        owner = self._manager()
-
-        def remove() -> None:
-            self._own_sub_account(owner, message.name)
-            self.services.accounts.remove(message.name)
-
-        return self._manage(message, remove, f"sub-account removed: {message.name}")
-
-    def on_grant(self, peer: Peer, message: GrantAccess) -> Deferred[None]:
-        owner = self._manager()
-        paths.check_name(message.target, "target name")
-        paths.check_path(message.path)
-        if message.name is not None:
-            paths.check_name(message.name, "grant name")
-        store = self.services.accounts
-        right = Right.parse(message.right)
-
-        def grant() -> None:
-            self._own_sub_account(owner, message.grantee)
-            given = store.grants_given(owner.id)
-            name = message.name or message.target
-            renewing = any(g.grantee == message.grantee and g.name == name for g in given)
-            if len(given) >= limits.MAX_GRANTS_GIVEN and not renewing:
-                raise NeoError(ErrorCode.QUOTA_EXCEEDED, f"{owner.name} has given {limits.MAX_GRANTS_GIVEN} grants")
-            store.grant(message.grantee, owner.name, message.target, message.path, right, message.name)
-
-        where = message.target + (f"/{message.path}" if message.path else "")
-        return self._manage(message, grant, f"grant: {message.grantee} {right.label} on {where}")
-
-    def on_revoke(self, peer: Peer, message: Revoke) -> Deferred[None]:
-        owner = self._manager()
-        store = self.services.accounts
-
-        def revoke() -> None:
-            sub = store.get(message.grantee)
-            grant = None if sub is None else store.find_grant(sub.id, message.name)
-            if grant is None or grant.owner_id != owner.id:
-                raise NeoError(
-                    ErrorCode.PERMISSION_DENIED,
-                    f"{message.grantee!r} holds no grant {message.name!r} on {owner.name}'s targets",
-                )
-            store.revoke(message.grantee, message.name)
-
-        return self._manage(message, revoke, f"revoke: {message.grantee} {message.name}")
-
-    def on_shares(self, peer: Peer, message: ListShares) -> Deferred[None]:
-        account = self._account
-        store = self.services.accounts
-
-        def collect() -> Shares:
-            subs = [] if account.is_sub_account else store.sub_accounts(account.name)
-            infos = [SubAccountInfo(a.name, a.has_password, len(store.keys(a.name)), a.created) for a in subs]
-            grants = store.grants_given(account.id) + store.grants_held(account.id)
-            return Shares(
-                rid=message.rid,
-                sub_accounts=infos,
-                grants=[
-                    GrantInfo(g.grantee, g.owner, g.target, g.path, g.right.label, g.name, g.created)  # type: ignore[arg-type]
-                    for g in grants
-                ],
-            )
-
-        return self.services.run(collect).addCallback(peer.send)
-
-    def on_usage(self, peer: Peer, message: GetUsage) -> Deferred[None]:
-        account = self._account
-        repository = self.services.repository
-
-        def measure() -> UsageInfo:
-            fresh = self.services.accounts.get_by_id(account.id) or account  # quota settings change at once
-            usage = account_usage(repository, fresh, count_versions=True)
-            return UsageInfo(
-                rid=message.rid,
-                account=account.name,
-                used=usage.used,
-                quota=usage.quota,
-                stored_bytes=usage.stored_bytes,
-                file_versions=usage.file_versions,
-                dir_versions=usage.dir_versions,
-                per_file=usage.per_file,
-                per_dir=usage.per_dir,
-                targets=[
-                    TargetUsageInfo(t.name, t.stored_bytes, t.file_versions, t.dir_versions) for t in usage.targets
-                ],
-                charged_to=account.parent or "",
-            )
-
-        return self.services.run(measure).addCallback(peer.send)
-    # --- for the handlers in other modules (stash.py) ------------------------------------------------------
+    # --- for the handlers in other modules (stash.py, manage.py) ------------------------------------------------------
 
     def handle(self, number: int) -> _Handle:
         """The open handle ``number``; NeoError(BAD_HANDLE) if there is none."""
@@ -1038,6 +854,11 @@ class ServerSession:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def current_account(self) -> Account:
+        """The authenticated account (handlers only run after authentication)."""
+        return self._account
 
     @property
     def account_name(self) -> str:
@@ -1255,31 +1076,10 @@ class ServerSession:
         Abort: on_abort,
         List: on_list,
         Get: on_get,
-        **stash.HANDLERS,
-        # issue 5
         RemoveTarget: on_remove_target,
-        SubAccountAdd: on_sub_add,
-        SubAccountSet: on_sub_set,
-        SubAccountRemove: on_sub_remove,
-        GrantAccess: on_grant,
-        Revoke: on_revoke,
-        ListShares: on_shares,
-        GetUsage: on_usage,
+        **stash.HANDLERS,
+        **manage.HANDLERS,
     }
-
-
-def _key_lines(lines: list[str]) -> list[bytes]:
-    """Public key lines from a request, each checked (ValueError naming the bad one), without duplicates."""
-    out: list[bytes] = []
-    for n, line in enumerate(lines, 1):
-        encoded = line.encode("utf-8", "replace")
-        try:
-            parse_public_key(encoded)
-        except ValueError as e:
-            raise ValueError(f"key {n}: {e}") from None
-        if encoded.strip() not in out:
-            out.append(encoded.strip())
-    return out
 
 
 def reclaim(target: Target) -> None:

@@ -262,6 +262,12 @@ class Repository:
             if (self.root / f"t{target_id}").exists():
                 self._delete_directory(int(target_id))
 
+    def shrink_memory(self) -> int:
+        """:meth:`Target.shrink_memory` on every open target; the number of connections shrunk."""
+        with self._lock:
+            targets = list(self._targets.values())
+        return sum(target.shrink_memory() for target in targets)
+
     def close(self) -> None:
         """Flush and close every open target, then the catalog. Idempotent."""
         with self._lock:

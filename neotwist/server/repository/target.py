@@ -505,6 +505,22 @@ class Target:
         files, dirs = (0, 0) if row is None else row
         return Usage(stored + pending_bytes, chunks + pending_chunks, files, dirs)
 
+    def shrink_memory(self) -> int:
+        """Give back the page cache of each index connection nobody is using right now; return how many were
+        shrunk. Never waits: a connection whose lock is taken is in use and keeps its cache. The server calls
+        this now and then, so a long-running process that has touched many targets does not keep a 64 MiB
+        cache per connection of each (every target stays open and is shared by its sessions)."""
+        shrunk = 0
+        for db, lock in ((self._db, self._lock), (self._reader, self._reader_lock)):
+            if lock.acquire(blocking=False):
+                try:
+                    if not self._closed:
+                        db.execute("PRAGMA shrink_memory")
+                        shrunk += 1
+                finally:
+                    lock.release()
+        return shrunk
+
     def close(self) -> None:
         """Flush pending chunks and release files. Idempotent."""
         if self._closed:
