@@ -56,9 +56,6 @@ class KeySource:
             self._file = keyfile.load(self.path)
         return self._file
 
-    def exists(self) -> bool:
-        return self._file is not None or self.path.exists()
-
     def master(self) -> MasterKey:
         """The unlocked master key (asks for the passphrase the first time)."""
         if self._master is None:
