@@ -33,11 +33,11 @@ examples:
       install a key exported elsewhere (the passphrase stays the one it was exported with)
   neo-key passwd
       change the passphrase (the key, and so every encrypted target, stays the same)
-  neo-share alice@nas grant "papers/$(neo-key path 2024)" --to bob --right read --as p2024
-      grant a sub-path of an encrypted target: the server knows it only encrypted; bob, holding the key,
-      then uses neo-pull --grant-root 2024 bob@nas/p2024 ./2024
   printf '%s\\n' "$OLD" "$NEW" | neo-key passwd --passphrase-stdin
       the same without a terminal: old passphrase on line 1, new on line 2
+  neo-share alice@nas grant "papers/$(neo-key path 2024)" --to alice.bob --right read --as p2024
+      grant a sub-path of an encrypted target (the server knows it only encrypted); alice.bob, holding the
+      key, then uses: neo-pull --grant-root 2024 alice.bob@nas/p2024 ./2024
 
 The passphrase comes from a prompt, --passphrase-stdin (first line of standard input) or NEO_PASSPHRASE
 (NEO_NEW_PASSPHRASE for the new one of passwd). Losing both the key file and every exported copy, or the
