@@ -21,6 +21,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -224,6 +225,37 @@ class NeoTLS(Neo):
     transport = "tls"
 
 
+# --- encryption (issue 6) ---
+
+
+class NeoEncrypted(NeoSSH):
+    """The same as neo-ssh, into targets created with ``--encrypt``: keyed ids, sealed chunks, encrypted names.
+
+    The key is made once per run with neo-key's default KDF (Argon2id, 128 MiB), and every push or pull pays its
+    unlock, as a user's would."""
+
+    name = "neo-enc"
+    label = "Neophytos over SSH, encrypted target"
+    passphrase = "bench-passphrase-not-secret"
+    _key_lock = threading.Lock()
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["NEO_PASSPHRASE"] = self.passphrase
+        return env
+
+    def create(self, key: str, versioned: bool = False) -> Target:
+        from bench.neoserver import BIN
+
+        with self._key_lock:  # targets may be created from several threads (the concurrent scenario)
+            if not (self.lab.client_dir / self.name / "config" / "neophytos" / "key").exists():
+                self._setup([str(BIN / "neo-key"), "init"], self.env(), "neo-key init")
+        return super().create(key, versioned)
+
+    def push(self, target: Target, src: Path) -> Invocation:
+        return self._invocation("neo-push", "--encrypt", "--delete", str(src), self._remote(target))
+
+
 # --- anchors over the benchmark's sshd ---------------------------------------------------------------------
 
 
@@ -384,6 +416,6 @@ class ResticSftp(Restic, OverSshd):
         return ["-r", f"sftp:root@127.0.0.1:{target.path}", "-o", f"sftp.command={command}"]
 
 
-ALL_TOOLS: tuple[type[Tool], ...] = (NeoSSH, NeoTLS, Rsync, Borg, Restic, ResticSftp)
+ALL_TOOLS: tuple[type[Tool], ...] = (NeoSSH, NeoTLS, Rsync, Borg, Restic, ResticSftp, NeoEncrypted)
 TOOLS_BY_NAME = {t.name: t for t in ALL_TOOLS}
 DEBIAN_PACKAGES = {"rsync": "rsync", "borg": "borgbackup", "restic": "restic", "ssh": "openssh-client"}

@@ -41,6 +41,10 @@ class Chunker:
             seed=params.seed,
         )
 
+    @property
+    def id_key(self) -> bytes | None:
+        return self._id_key
+
     def chunk_id(self, data: bytes | memoryview) -> bytes:
         """BLAKE3 of the chunk's plaintext (keyed with the target's id key when encrypted)."""
         if self._id_key is None:

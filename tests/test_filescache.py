@@ -96,3 +96,22 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path: Path) -> None:
     c.save()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [c.path.name]
     assert oct((tmp_path / "cache").stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_ids_of_one_keying_are_never_lent_to_another(tmp_path: Path) -> None:
+    """Plaintext and keyed (encrypted) ids never mix, even for one (address, account, target, path, root)."""
+    plain = _cache(tmp_path)
+    plain.bind("plaintext")
+    plain.remember("a", 1, OLD, 2, OLD, IDS)
+    plain.save()
+    for keying in ("encrypted 0123", "encrypted 4567"):
+        other = _cache(tmp_path)
+        other.bind(keying)
+        other.load()
+        assert other.lookup("a", 1, OLD, 2, OLD) is None and other.path != plain.path
+        other.remember("a", 1, OLD, 2, OLD, os.urandom(32))
+        other.save()
+    again = _cache(tmp_path)
+    again.bind("plaintext")
+    again.load()
+    assert again.lookup("a", 1, OLD, 2, OLD) == IDS

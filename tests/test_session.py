@@ -421,3 +421,70 @@ class SessionTests(SessionFixture):
         opened = self.call(client, pump, Open(rid=0, target="t", path="", mode="read"))
         error = self.call(client, pump, Get(rid=0, handle=opened.handle, snapshot=1, path="a", ids=[]))
         assert isinstance(error, RemoteError) and error.code == ErrorCode.PROTOCOL
+
+    # --- encrypted targets (issue 6) -------------------------------------------------------------------------
+
+    def test_encrypted_target_keeps_its_key_check_and_refuses_plaintext(self) -> None:
+        _server, client, pump = self.ready()
+        record = bytes(range(81))
+        no_record = self.call(client, pump, Open(rid=0, target="s", path="", mode="push", create=True, encrypted=True))
+        assert isinstance(no_record, RemoteError) and no_record.code == ErrorCode.PROTOCOL
+        made = self.call(
+            client, pump, Open(rid=0, target="s", path="", mode="push", create=True, encrypted=True, key_check=record)
+        )
+        assert isinstance(made, Opened) and made.encrypted and not made.exists and made.key_check == record
+        # a later create cannot replace the record; a read handle gets it too
+        again = self.call(
+            client, pump, Open(rid=0, target="s", path="", mode="push", create=True, encrypted=True, key_check=b"x")
+        )
+        assert isinstance(again, Opened) and again.exists and again.key_check == record
+        read = self.call(client, pump, Open(rid=0, target="s", path="sub", mode="read"))
+        assert isinstance(read, Opened) and read.key_check == record
+        # a plaintext push into it, and plaintext codecs, are refused
+        plain = self.call(client, pump, Open(rid=0, target="s", path="", mode="push", create=True))
+        assert isinstance(plain, RemoteError) and plain.code == ErrorCode.ENCRYPTION_MISMATCH
+        h = made.handle
+        self.call(client, pump, PushBegin(rid=0, handle=h))
+        cid, raw = chunk(b"plaintext")
+        client.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(raw), data=raw))
+        refused = self.call(client, pump, Commit(rid=0, handle=h))
+        assert isinstance(refused, RemoteError) and refused.code == ErrorCode.ENCRYPTION_MISMATCH
+        # and the reverse (a failed post fails the client session: a new connection)
+        _server, client, pump = self.ready()
+        self.push(client, pump, {"a": b"x"}, target="p")
+        p = self.call(client, pump, Open(rid=0, target="p", path="", mode="read"))
+        assert isinstance(p, Opened) and not p.encrypted and p.key_check == b""
+        enc = self.call(
+            client, pump, Open(rid=0, target="p", path="", mode="push", create=True, encrypted=True, key_check=record)
+        )
+        assert isinstance(enc, RemoteError) and enc.code == ErrorCode.ENCRYPTION_MISMATCH
+
+    def test_old_catalog_is_migrated_and_keeps_its_targets(self) -> None:
+        import sqlite3
+
+        from neotwist.chunking import DEFAULT_PARAMS
+        from neotwist.server.repository import index
+
+        root = self.tmp / "old"
+        root.mkdir()
+        db = sqlite3.connect(root / "catalog.sqlite")
+        old_schema = index.CATALOG_SCHEMA.replace(
+            "    key_check BLOB NOT NULL DEFAULT x'',  -- encrypted targets: the client's key-check record (opaque)\n",
+            "",
+        )
+        assert "key_check" not in old_schema
+        db.executescript(old_schema + "PRAGMA user_version=1;")
+        db.execute(
+            "INSERT INTO targets (account_id, name, created, encrypted, chunker_algorithm, chunker_min, chunker_avg,"
+            " chunker_max, chunker_seed) VALUES (1, 'kept', 0, 0, 'fastcdc2020', 8192, 32768, 262144, 0)"
+        )
+        db.commit()
+        db.close()
+        repo = Repository(root)
+        self.addCleanup(repo.close)
+        kept = repo.find_target(1, "kept")
+        assert kept is not None and kept.meta.key_check == b"" and not kept.meta.encrypted
+        made = repo.create_target(1, "new", encrypted=True, chunker=DEFAULT_PARAMS, key_check=b"r" * 81)
+        assert made.meta.key_check == b"r" * 81
+        version = sqlite3.connect(root / "catalog.sqlite").execute("PRAGMA user_version").fetchone()[0]
+        assert version == index.SCHEMA_VERSION + len(index.CATALOG_MIGRATIONS) == 2

@@ -29,9 +29,11 @@ from neotwist.client.clibase import (
     EXIT_USAGE,
     Parser,
     add_connection_options,
+    add_key_options,
     add_output_options,
     connect_options,
     human_size,
+    key_source,
     open_session,
     react,
     start_logging,
@@ -60,6 +62,9 @@ examples:
       go through OpenSSH (ssh_config, ProxyJump, agent)
   neo-push --lpath=/mnt/data --rpath=peach --host=myserver --password=secret
       the original client's form (USER defaults to your login name)
+  neo-key init && neo-push --encrypt ~/papers alice@nas/papers
+      create a key, then a target that holds only ciphertext (later pushes and pulls find out by themselves
+      that it is encrypted and ask for the key's passphrase: a prompt, --passphrase-stdin or NEO_PASSPHRASE)
 
 Unchanged files are found with a files cache (size, mtime, inode, ctime) and not read again; only chunks the
 server lacks are sent. Filter files mix gitignore patterns and the original '<file|dir|path> <accept|reject>
@@ -78,6 +83,8 @@ examples:
       compare content, not size and mtime, before deciding a file is current
   neo-pull --pull --lpath=/mnt/restore --rpath=peach --host=myserver --password=secret
       the original client's form
+  NEO_PASSPHRASE=... neo-pull --key-file ./team.key alice@nas/papers/2024 ./2024
+      pull a sub-path of an encrypted target (decrypted here; every chunk and name is authenticated)
 
 Files already present with the same size and mtime are left alone; for the others only the chunks not found
 in the local copy (or in files already restored) are fetched. Nothing is written outside LOCAL_DIR and no
@@ -139,6 +146,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     work.add_argument("--make-sample-filter-file", action="store_true",
                       help="write filter.example (both rule forms) in the current directory and exit")
     work.add_argument("--workers", type=int, default=3, metavar="N", help="worker threads (default 3)")
+    add_key_options(p, encrypt=direction == "push")  # encryption (issue 6)
     legacy = p.add_argument_group("original client's options")
     legacy.add_argument("--lpath", metavar="DIR", help="local directory (instead of LOCAL_DIR)")
     legacy.add_argument("--rpath", metavar="TARGET[/SUBPATH]", help="target, with --host (instead of REMOTE)")
@@ -210,9 +218,11 @@ def _human(direction: Direction, summary: Any) -> str:
 async def _run(
     reactor: Any, direction: Direction, args: argparse.Namespace, local: str, remote_text: str
 ) -> int:
+    from neotwist.client.encryption import EncryptionRefused
     from neotwist.client.filescache import FilesCache, cache_key
     from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
     from neotwist.client.push import PushError, PushOptions, describe_error, push
+    from neotwist.crypto import CryptoError, WrongPassphrase
     from neotwist.wire.errors import ErrorCode, NeoError
 
     remote = parse_remote(remote_text)
@@ -232,6 +242,7 @@ async def _run(
         except FilterError as e:
             raise UsageError(str(e)) from None
     options = connect_options(args)
+    keys = key_source(args)  # after connect_options: with both -stdin flags, the password is line 1
     if direction == "push" and not os.path.isdir(local):
         sys.stderr.write(f"neo-push: {local} is not a directory; give the directory to push as LOCAL_DIR\n")
         return EXIT_FAILED
@@ -262,6 +273,9 @@ async def _run(
                     keep_history=args.keep_history,
                     progress=progress,
                     warn=warn,
+                    keys=keys,
+                    encrypt=args.encrypt,
+                    grant_root=args.grant_root,
                 ),
             )
         else:
@@ -279,6 +293,8 @@ async def _run(
                     at=args.at_time,
                     progress=progress,
                     warn=warn,
+                    keys=keys,
+                    grant_root=args.grant_root,
                 ),
             )
     except PullIncomplete as e:
@@ -287,8 +303,9 @@ async def _run(
             sys.stderr.write(f"neo-pull: damaged, not restored: {text}\n")
         if e.damaged:
             sys.stderr.write(
-                f"neo-pull: {len(e.damaged)} file(s) are damaged on the server and were not restored; everything "
-                "else was (neo-check REMOTE lists the damage)\n"
+                f"neo-pull: {len(e.damaged)} file(s) failed their checks (damaged or modified on the server) and "
+                "were not restored; everything else was (neo-check REMOTE lists the damage the server can see; "
+                "an older snapshot may hold good copies)\n"
             )
         if e.errors:
             sys.stderr.write(
@@ -298,6 +315,12 @@ async def _run(
         code = EXIT_FAILED
     except (PushError, PullError) as e:
         sys.stderr.write(f"neo-{direction}: {e}\n")
+        code = EXIT_FAILED
+    except WrongPassphrase as e:
+        sys.stderr.write(f"neo-{direction}: {e}; nothing was written\n")
+        code = EXIT_AUTH
+    except (CryptoError, EncryptionRefused) as e:
+        sys.stderr.write(f"neo-{direction}: {e}; nothing was written\n")
         code = EXIT_FAILED
     except NeoError as e:
         sys.stderr.write(f"neo-{direction}: {describe_error(e)}\n")

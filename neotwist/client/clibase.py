@@ -115,6 +115,55 @@ def password_source(args: argparse.Namespace) -> Callable[[], str | None]:
     return prompt
 
 
+# --- encryption (issue 6) ---
+
+
+def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> None:
+    """--key-file and --passphrase-stdin (and neo-push's --encrypt): the key of encrypted targets."""
+    crypt = p.add_argument_group("encryption (see neo-key)")
+    if encrypt:
+        crypt.add_argument("--encrypt", action="store_true",
+                           help="create the target encrypted on its first push (ignored for an encrypted target; "
+                           "refused for an existing plaintext one)")  # fmt: skip
+    crypt.add_argument("--key-file", type=Path, metavar="FILE",
+                       help="key of encrypted targets (default: the one 'neo-key init' made)")
+    crypt.add_argument("--passphrase-stdin", action="store_true",
+                       help="read the key's passphrase from standard input (the line after the password when "
+                       "--password-stdin is given too); NEO_PASSPHRASE works as well")  # fmt: skip
+    crypt.add_argument("--grant-root", default="", metavar="PATH",
+                       help="a grant on a sub-path of an encrypted target: that sub-path as its owner names it "
+                       "(in plaintext; names below it are encrypted from the target's root)")  # fmt: skip
+
+
+def passphrase_source(args: argparse.Namespace) -> Callable[[str], str | None]:
+    """The key's passphrase getter, called at most once, only when an encrypted target is met:
+    ``--passphrase-stdin``, ``NEO_PASSPHRASE``, else a prompt on a terminal. Call it after
+    :func:`password_source`: with both ``-stdin`` flags the password is line 1 and the passphrase line 2."""
+    if getattr(args, "passphrase_stdin", False):
+        line = sys.stdin.readline().rstrip("\r\n")
+        return lambda _path: line
+    env = os.environ.get("NEO_PASSPHRASE")
+    if env is not None:
+        return lambda _path: env
+
+    def prompt(path: str) -> str | None:
+        if not sys.stdin.isatty():
+            return None
+        try:
+            return getpass.getpass(f"Passphrase for {path}: ")
+        except (EOFError, KeyboardInterrupt):
+            return None
+
+    return prompt
+
+
+def key_source(args: argparse.Namespace) -> Any:
+    """The KeySource of ``--key-file`` (default: neo-key's) with the passphrase from :func:`passphrase_source`."""
+    from neotwist.client.encryption import KeySource
+
+    return KeySource(getattr(args, "key_file", None), passphrase_source(args))
+
+
 def confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         return False

@@ -25,15 +25,19 @@ from neotwist.client.clibase import (
     REMOTE_FORM,
     Parser,
     add_connection_options,
+    add_key_options,
     add_output_options,
     connect_options,
     human_size,
+    key_source,
     open_session,
     react,
     start_logging,
 )
+from neotwist.client.encryption import EncryptionRefused, Namer, decrypt_deleted, decrypt_versions, open_for_read
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.timespec import TimeSpecError, format_time, parse_duration, parse_time
+from neotwist.crypto import CryptoError, WrongPassphrase
 from neotwist.wire.messages import GetUsage, UsageInfo
 from neotwist.wire.peer import Peer
 
@@ -70,6 +74,10 @@ REMOTE is {REMOTE_FORM}.
 
 Exit status 0: nothing damaged; 1: something is damaged (each damaged file is printed with the snapshots that
 hold it) or the check could not run.
+
+Encrypted targets: the key's passphrase is asked for, to name damaged files (the server knows only encrypted
+paths). The server cannot open sealed chunks, so it checks their records and CRCs; neo-pull authenticates
+every chunk, name and metadata blob as it restores them.
 
 examples:
   neo-check alice@nas/docs                  index and chunk store agree, every record is intact
@@ -111,6 +119,7 @@ def _ls_parser() -> Parser:
     when.add_argument("--at", metavar="TIME", help="list files as of the newest snapshot taken at or before TIME "
                       "(2026-11-23T14:30 local time, 2026-11-23, @EPOCH, '3d ago')")  # fmt: skip
     what.add_argument("-R", "--recursive", action="store_true", help="list the whole tree below the path")
+    add_key_options(p)  # encrypted targets are listed decrypted (issue 6)
     return p
 
 
@@ -146,6 +155,7 @@ def _check_parser() -> Parser:
         progress=True,
     )
     p.add_argument("--verify-data", action="store_true", help="also check every chunk's content against its id")
+    add_key_options(p)  # an encrypted target's sub-path and damaged files are named with its key (issue 6)
     return p
 
 
@@ -181,6 +191,12 @@ def _run(
         try:
             return await body(session.peer)
         except stash.StashError as e:
+            sys.stderr.write(f"{prog}: {e}\n")
+            return EXIT_FAILED
+        except WrongPassphrase as e:  # encryption (issue 6)
+            sys.stderr.write(f"{prog}: {e}\n")
+            return EXIT_AUTH
+        except (CryptoError, EncryptionRefused) as e:
             sys.stderr.write(f"{prog}: {e}\n")
             return EXIT_FAILED
         except NeoError as e:
@@ -232,21 +248,58 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
             return _show_usage(args, await peer.request(GetUsage(rid=0)))
         if not remote.target:
             return _show_targets(args, await stash.list_targets(peer))
-        opened = await stash.open_target(peer, remote.target, remote.path)
+        # An encrypted target is opened at its encrypted sub-path and listed decrypted (issue 6): names and
+        # metadata come from the entries' sealed metadata, authenticated on the way.
+        opened, crypt = await open_for_read(
+            peer, remote.target, remote.path, key_source(args), args.grant_root.strip("/")
+        )
+        if not opened.exists or opened.latest is None:
+            raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
+        namer = Namer(peer, opened.handle, crypt) if crypt is not None else None
+        code = EXIT_OK
         if args.snapshots:
-            return _show_snapshots(args, remote, await stash.snapshots(peer, opened.handle))
-        if args.versions is not None:
+            snaps = await stash.snapshots(peer, opened.handle)
+            if namer is not None:
+                snaps = [await _named_root(namer, r) for r in snaps]
+            code = _show_snapshots(args, remote, snaps)
+        elif args.versions is not None:
             path = args.versions.strip("/")
-            return _show_versions(args, remote, path, await stash.versions(peer, opened.handle, path))
-        if args.deleted:
-            return _show_deleted(args, remote, await stash.deleted(peer, opened.handle))
-        wanted = args.snapshot
-        if at is not None:
-            wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), at, None)
-        snapshot, entries = await stash.entries(peer, opened.handle, wanted, "", args.recursive)
-        return _show_entries(args, remote, snapshot, entries)
+            wanted_path = crypt.tree.encrypt_subpath(path) if crypt is not None else path
+            versions = await stash.versions(peer, opened.handle, wanted_path)
+            if crypt is not None:
+                versions = await decrypt_versions(peer, opened.handle, crypt, path, versions)
+            code = _show_versions(args, remote, path, versions)
+        elif args.deleted:
+            gone = await stash.deleted(peer, opened.handle)
+            if namer is not None:
+                gone = await decrypt_deleted(namer, gone)
+            code = _show_deleted(args, remote, gone)
+        else:
+            wanted = args.snapshot
+            if at is not None:
+                wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), at, None)
+            snapshot, entries = await stash.entries(peer, opened.handle, wanted, "", args.recursive)
+            if crypt is not None:
+                decrypted = crypt.tree.decrypt_listing(entries)
+                entries = decrypted.entries
+                if namer is not None:
+                    namer.errors.extend(decrypted.errors)
+            code = _show_entries(args, remote, snapshot, entries)
+        if namer is not None and namer.errors:
+            for text in namer.errors:
+                sys.stderr.write(f"neo-ls: not listed: {text}\n")
+            return EXIT_FAILED
+        return code
 
     return _run("neo-ls", args, remote, body)
+
+
+async def _named_root(namer: Namer, record: Any) -> Any:
+    """A snapshot record whose push root (an encrypted path) is shown in plaintext."""
+    if not record.root:
+        return record
+    e = await namer.entry(record.id, record.root)
+    return msgspec.structs.replace(record, root=e.path if e is not None else "(unnamed)")
 
 
 def _table(rows: list[list[str]], right: Sequence[int] = ()) -> str:
@@ -511,7 +564,11 @@ def check_main(argv: Sequence[str] | None = None) -> int:
     async def body(peer: Peer) -> int:
         from neotwist.client.progress import Progress
 
-        opened = await stash.open_target(peer, remote.target, remote.path)
+        opened, crypt = await open_for_read(
+            peer, remote.target, remote.path, key_source(args), args.grant_root.strip("/")
+        )
+        if not opened.exists or opened.latest is None:
+            raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
         show = (not (args.quiet or args.json)) if args.progress is None else args.progress
         progress = Progress(show, "checked", count_files=False)
         seen = [0]
@@ -525,6 +582,14 @@ def check_main(argv: Sequence[str] | None = None) -> int:
             report = await stash.check(peer, opened.handle, args.verify_data, on_progress)
         finally:
             progress.close()
+        if crypt is not None and report.files:
+            # the server names damaged files by their encrypted paths: name them from the snapshots that hold them
+            namer = Namer(peer, opened.handle, crypt)
+            named = []
+            for f in report.files:
+                e = await namer.entry(f.snapshots[-1], f.path) if f.snapshots else None
+                named.append(msgspec.structs.replace(f, path=e.path if e is not None else f"(encrypted) {f.path}"))
+            report = msgspec.structs.replace(report, files=named)
         if args.json:
             _print_json(
                 {

@@ -1,6 +1,7 @@
 """The push's files cache: skip reading files that have not changed since the last successful push.
 
-One cache file per (server address, account, target, sub-path, absolute local root) in the user cache dir maps
+One cache file per (server address, account, target, sub-path, absolute local root, and how the target names
+chunks: plaintext BLAKE3 or one encrypted target's keyed BLAKE3, see :meth:`FilesCache.bind`) in the user cache dir maps
 each pushed file's relative path to ``(size, mtime_ns, inode, ctime_ns, chunk ids)``. A file whose four stat
 values all match is not read: its chunk ids are reused. ctime is included because it changes on every write
 and cannot be set by ``touch``, so a file rewritten with its old mtime is still noticed.
@@ -58,14 +59,23 @@ class FilesCache:
     """
 
     def __init__(self, key: str, directory: Path | None = None, *, start_ns: int | None = None) -> None:
-        self.key = key
         self.directory = directory if directory is not None else default_cache_dir()
-        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        self.path = self.directory / f"{digest}.cache"
+        self._name(key)
         self.old: dict[str, CacheEntry] = {}
         self.new: dict[str, CacheEntry] = {}
         self.racy_after = (start_ns if start_ns is not None else time.time_ns()) - _RACY_NS
         self.load_error: str | None = None
+
+    def _name(self, key: str) -> None:
+        self.key = key
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        self.path = self.directory / f"{digest}.cache"
+
+    def bind(self, keying: str) -> None:
+        """Tie the cache to how the target names chunks (``plaintext``, or ``encrypted <fingerprint>``), known
+        once the target is open: ids of one keying are never looked up under another, even if a target is
+        deleted and re-created under the same name with or without encryption, or with a new key."""
+        self._name(f"{self.key}\0{keying}")
 
     def load(self) -> None:
         """Read the previous cache; a missing, damaged or foreign file just means an empty cache."""

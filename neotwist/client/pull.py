@@ -32,17 +32,21 @@ from typing import Any
 import blake3
 import zstandard
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred, succeed
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from neotwist.chunking import Chunker
 from neotwist.client import stash
+from neotwist.client.encryption import KeySource, open_for_read
 from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
 from neotwist.client.progress import Progress
+from neotwist.crypto import AuthenticationFailed
+from neotwist.crypto.chunks import ChunkSealer
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
     CODEC_RAW,
+    CODEC_SEALED,
     CODEC_ZSTD,
     ChunkerParams,
     ChunkReply,
@@ -85,6 +89,8 @@ class PullOptions:
     at: float | None = None  # server time: the newest snapshot taken at or before it (--at)
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
+    keys: KeySource | None = None  # the key, for encrypted targets (asked for only when one is met)
+    grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
 
 
 @dataclass
@@ -103,6 +109,7 @@ class PullSummary:
     bytes_received: int = 0
     snapshot: int | None = None
     elapsed_s: float = 0.0
+    encrypted: bool = False
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -110,6 +117,32 @@ class PullSummary:
         out["warnings"] = len(self.warnings)
         out["elapsed_s"] = round(self.elapsed_s, 3)
         return out
+
+
+class Content:
+    """How a target names and stores chunks: BLAKE3 and raw/zstd, or (encrypted) keyed BLAKE3 and sealed
+    records. Used from worker threads."""
+
+    def __init__(self, sealer: ChunkSealer | None = None) -> None:
+        self.sealer = sealer
+        self.id_key = sealer.id_key if sealer is not None else None
+
+    def chunk_id(self, data: bytes | memoryview) -> bytes:
+        return blake3.blake3(data).digest() if self.sealer is None else self.sealer.chunk_id(data)
+
+    def decode(self, reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> bytes:
+        """The plaintext of a fetched chunk, checked against its id; DamagedFile naming ``path`` otherwise."""
+        if self.sealer is not None:
+            if reply.codec != CODEC_SEALED:
+                raise DamagedFile(f"{path}: the server sent an unsealed chunk for an encrypted target; not restored")
+            try:
+                return self.sealer.open(reply.id, reply.data, dctx)
+            except AuthenticationFailed as e:
+                raise DamagedFile(f"{path}: {e}; not restored") from None
+        return _decode(reply, path, dctx)
+
+
+PLAIN = Content()
 
 
 @dataclass(slots=True)
@@ -121,6 +154,7 @@ class _File:
     mtime_ns: int
     size: int
     ids: bytes
+    remote: str = ""  # the path the server knows it by (encrypted targets), when not ``path``
     old_fd: int = -1  # the existing local version, read for reusable chunks
     old_stat: tuple[int, int, int, int] | None = None  # the old version as cut: unchanged until the rename
     dir_fd: int = -1  # the file's directory, walked once for its batch (owned here until the temp file takes it)
@@ -133,7 +167,7 @@ class _File:
 # --- worker-thread side ----------------------------------------------------------------------------------
 
 
-def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool) -> bool:
+def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool, id_key: bytes | None = None) -> bool:
     """True when the local file is already this version; else index its chunks that the new version needs.
 
     Without ``checksum`` the quick check (regular file, same size and mtime) decides. With it, the local file
@@ -156,7 +190,7 @@ def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool) ->
     if st.st_size == 0:
         return False
     wanted = {f.ids[i : i + ID] for i in range(0, len(f.ids), ID)}
-    chunker = Chunker(params)
+    chunker = Chunker(params, id_key)
     order: list[bytes] = []
     local = f.local
     with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
@@ -220,7 +254,7 @@ def _decode(reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> b
         except zstandard.ZstdError as e:
             raise DamagedFile(f"{path}: the server sent a chunk that does not decompress ({e})") from None
     else:
-        raise PullError(f"{path}: the server sent an encrypted chunk; this client cannot decrypt it")
+        raise DamagedFile(f"{path}: the server sent a sealed chunk for a plaintext target; not restored")
     if len(raw) != reply.size or blake3.blake3(raw).digest() != reply.id:
         raise DamagedFile(f"{path}: a chunk from the server does not match its id; nothing was replaced")
     return raw
@@ -272,7 +306,7 @@ def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
             done += n
 
 
-def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
+def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: Content = PLAIN) -> int:
     """Append a run of chunks to ``f``'s temporary file; returns the bytes written.
 
     Fetched chunks are decompressed with a bound and checked against their ids. Chunks of the old local
@@ -317,7 +351,7 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
             continue
         flush_run()
         if where == "net":
-            raw = _decode(how, f.path, dctx)
+            raw = content.decode(how, f.path, dctx)
             here[cid] = raw
         elif where == "self":
             held = here.get(cid)
@@ -336,7 +370,7 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step]) -> int:
                 raw = os.pread(ofd, length, offset)
             finally:
                 os.close(ofd)
-        if where != "net" and blake3.blake3(raw).digest() != cid:
+        if where != "net" and content.chunk_id(raw) != cid:
             raise PullError(f"a local file changed while {f.path} was being written; pull again")
         if cid not in f.written:
             f.written[cid] = (out, len(raw))
@@ -362,10 +396,10 @@ def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
     _close_old(f)
 
 
-def _write_last(dest: SafeDest, f: _File, steps: list[_Step], fsync: bool) -> None:
+def _write_last(dest: SafeDest, f: _File, steps: list[_Step], fsync: bool, content: Content = PLAIN) -> None:
     """The last run of a file and its finish in one worker hop (most files are one run)."""
     if steps:
-        _write_segment(dest, f, steps)
+        _write_segment(dest, f, steps, content)
     _finish(dest, f, fsync)
 
 
@@ -484,8 +518,12 @@ class _PullRun:
         options: PullOptions,
         summary: PullSummary,
         single_file: bool = False,
+        content: Content = PLAIN,
+        remote: dict[str, str] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.content = content
+        self.remote = remote or {}
         self.pool = pool
         self.peer = peer
         self.handle = handle
@@ -538,7 +576,11 @@ class _PullRun:
         for start in range(0, len(files), step):
             if fatal:
                 break
-            group = [_File(e.path, e.mode, e.mtime_ns, e.size, e.chunks) for e in files[start : start + step]]
+            remote = self.remote
+            group = [
+                _File(e.path, e.mode, e.mtime_ns, e.size, e.chunks, remote.get(e.path, ""))
+                for e in files[start : start + step]
+            ]
             states = await self._thread(_quick_check, self.dest, group, self.options.checksum)
             for i, (f, state) in enumerate(zip(group, states, strict=True)):
                 if fatal:
@@ -575,7 +617,9 @@ class _PullRun:
         summary = self.summary
         progress = self.options.progress
         try:
-            same = examine and await self._thread(_examine, self.dest, f, self.params, self.options.checksum)
+            same = examine and await self._thread(
+                _examine, self.dest, f, self.params, self.options.checksum, self.content.id_key
+            )
         except (UnsafePath, OSError) as e:
             _close_old(f)
             summary.files_skipped += 1
@@ -645,9 +689,9 @@ class _PullRun:
             del replies, got
             try:
                 if pending is None:
-                    await self._thread(_write_last, self.dest, f, resolved, self.options.fsync)
+                    await self._thread(_write_last, self.dest, f, resolved, self.options.fsync, self.content)
                 else:
-                    await self._thread(_write_segment, self.dest, f, resolved)
+                    await self._thread(_write_segment, self.dest, f, resolved, self.content)
             except BaseException:
                 if pending is not None:
                     pending.addCallbacks(lambda r: self.budget.release(r[1]), lambda _f: None)
@@ -675,11 +719,17 @@ class _PullRun:
             got.append(message)
             return len(got) < count
 
-        remote = "" if self.single_file else f.path
+        remote = "" if self.single_file else (f.remote or f.path)
         try:
             await self.peer.request(
                 Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=remote, ids=wanted), more=more
             )
+        except RemoteError as e:
+            self.budget.release(held)
+            if e.code == ErrorCode.DAMAGED and self.content.sealer is not None:
+                # the server's message names the encrypted path: name the file as its owner knows it
+                raise DamagedFile(f"{f.path}: its data is damaged on the server; not restored") from None
+            raise
         except BaseException:
             self.budget.release(held)
             raise
@@ -736,15 +786,22 @@ async def pull(
     summary = PullSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
     try:
-        opened = await stash.open_target(peer, target, subpath)
-        if opened.encrypted:
-            raise PullError(f"target {target} is encrypted; this client cannot pull from it")
+        opened, crypt = await open_for_read(peer, target, subpath, options.keys, options.grant_root.strip("/"))
+        summary.encrypted = crypt is not None
+        if not opened.exists or opened.latest is None:
+            raise PullError(f"target {target} has no snapshot yet; push to it first")
         wanted = options.snapshot
         if options.at is not None:
             wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), options.at, wanted)
         snapshot, entries = await stash.entries(peer, opened.handle, wanted)
     except stash.StashError as e:
         raise PullError(str(e)) from None
+    remote: dict[str, str] | None = None
+    refused: list[str] = []
+    if crypt is not None:
+        # names and metadata are decrypted and checked before anything is written (in a worker: big listings)
+        decrypted = await deferToThread(crypt.tree.decrypt_listing, entries)
+        entries, remote, refused = decrypted.entries, decrypted.remote, decrypted.errors
     single_file = len(entries) == 1 and entries[0].path == "" and entries[0].kind != "d"
     if single_file:
         # REMOTE names one file (or symlink): it lands in LOCAL (an existing directory) under its own name, or
@@ -764,7 +821,12 @@ async def pull(
     _raise_open_files_limit()
     pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
     pool.start()
-    run = _PullRun(reactor, pool, peer, opened.handle, snapshot, opened.chunker, dest, options, summary, single_file)
+    content = Content(crypt.sealer) if crypt is not None else PLAIN
+    params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
+    run = _PullRun(
+        reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote
+    )
+    run.damaged.extend(refused)  # entries whose names or metadata failed authentication: not written
     try:
         await run.run(entries)
     finally:

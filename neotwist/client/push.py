@@ -36,6 +36,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from neotwist.chunking import Chunker
+from neotwist.client.encryption import Crypt, KeySource, open_for_push
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
 from neotwist.client.progress import Progress
@@ -44,6 +45,7 @@ from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.messages import (
     CODEC_RAW,
+    CODEC_SEALED,
     CODEC_ZSTD,
     Abort,
     ChunkerParams,
@@ -52,7 +54,6 @@ from neotwist.wire.messages import (
     Entry,
     Have,
     Missing,
-    Open,
     Opened,
     PushBegin,
     PushEntries,
@@ -95,6 +96,9 @@ class PushOptions:
     keep_history: bool | None = None  # False: the target keeps only its latest snapshot; None: leave as is
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
+    keys: KeySource | None = None  # the key, for encrypted targets (asked for only when one is met)
+    encrypt: bool = False  # --encrypt: a target this push creates is encrypted
+    grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
 
 
 @dataclass
@@ -117,6 +121,7 @@ class PushSummary:
     snapshot: int | None = None
     elapsed_s: float = 0.0
     retried_without_cache: bool = False
+    encrypted: bool = False
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -136,6 +141,7 @@ class _Hashed:
     data: bytes | None = None  # the whole file, when small
     stable: bool = True  # unchanged while read: safe to cache
     error: str | None = None
+    entries: list[Entry] = field(default_factory=list)  # its entry records (built in the worker)
 
 
 # --- worker-thread side ----------------------------------------------------------------------------------
@@ -143,10 +149,10 @@ class _Hashed:
 _local = threading.local()
 
 
-def _chunker(params: ChunkerParams) -> Chunker:
+def _chunker(params: ChunkerParams, id_key: bytes | None = None) -> Chunker:
     chunker: Chunker | None = getattr(_local, "chunker", None)
-    if chunker is None or chunker.params != params:
-        chunker = Chunker(params)
+    if chunker is None or chunker.params != params or chunker.id_key != id_key:
+        chunker = Chunker(params, id_key)
         _local.chunker = chunker
     return chunker
 
@@ -176,7 +182,7 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _hash_file(root: str, rec: ScanRecord, params: ChunkerParams) -> _Hashed:
+def _hash_file(root: str, rec: ScanRecord, params: ChunkerParams, id_key: bytes | None = None) -> _Hashed:
     out = _Hashed(rec)
     path = os.path.join(root, rec.path)
     try:
@@ -189,7 +195,7 @@ def _hash_file(root: str, rec: ScanRecord, params: ChunkerParams) -> _Hashed:
         if not stat.S_ISREG(st.st_mode):
             out.error = f"{path} is no longer a regular file"
             return out
-        chunker = _chunker(params)
+        chunker = _chunker(params, id_key)
         ids: list[bytes] = []
         offsets = out.offsets
         if st.st_size <= KEEP_BYTES:
@@ -233,20 +239,32 @@ def _hash_file(root: str, rec: ScanRecord, params: ChunkerParams) -> _Hashed:
         os.close(fd)
 
 
-def _hash_job(root: str, recs: list[ScanRecord], params: ChunkerParams) -> list[_Hashed]:
-    return [_hash_file(root, rec, params) for rec in recs]
+EntryMaker = Callable[[ScanRecord, bytes], list[Entry]]
+"""Builds an item's entry records from its scan record and chunk ids (plaintext, or encrypted)."""
+
+
+def _hash_job(
+    root: str, recs: list[ScanRecord], params: ChunkerParams, id_key: bytes | None, make_entries: EntryMaker
+) -> list[_Hashed]:
+    out = [_hash_file(root, rec, params, id_key) for rec in recs]
+    for h in out:
+        if h.error is None:
+            h.entries = make_entries(h.rec, h.ids)
+    return out
 
 
 _Source = tuple[bytes, str, bytes | None, int, int]
 """A chunk to send: (id, path, file data when kept in memory, offset, length)."""
 
-_Ready = tuple[bytes, int, int, bytes]
-"""A chunk ready to put: (id, codec, raw size, payload)."""
+_Ready = tuple[bytes, int, int, bytes, int]
+"""A chunk ready to put: (id, codec, size as sent, payload, raw size)."""
 
 
-def _compress_job(root: str, sources: list[_Source], level: int) -> list[_Ready]:
-    """Read (re-verifying re-read data against its id), compress and return the chunks of ``sources``."""
+def _compress_job(root: str, sources: list[_Source], level: int, crypt: Crypt | None = None) -> list[_Ready]:
+    """Read (re-verifying re-read data against its id), compress (and seal, for an encrypted target) and
+    return the chunks of ``sources``."""
     comp = _compressor(level)
+    sealer = crypt.sealer if crypt is not None else None
     out: list[_Ready] = []
     fds: dict[str, int] = {}
     try:
@@ -260,13 +278,18 @@ def _compress_job(root: str, sources: list[_Source], level: int) -> list[_Ready]
                         os.path.join(root, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
                     )
                 raw = os.pread(fd, length, offset)
-                if len(raw) != length or blake3.blake3(raw).digest() != cid:
+                digest = blake3.blake3(raw).digest() if sealer is None else sealer.chunk_id(raw)
+                if len(raw) != length or digest != cid:
                     raise PushError(f"{os.path.join(root, path)} changed while it was pushed; push again")
             packed = comp.compress(raw)
-            if len(packed) <= length * (1 - MIN_SAVING):
-                out.append((cid, CODEC_ZSTD, length, packed))
+            if sealer is not None:
+                saves = len(packed) <= length * (1 - MIN_SAVING)
+                record = sealer.seal(cid, raw, packed if saves else None)
+                out.append((cid, CODEC_SEALED, len(record), record, length))
+            elif len(packed) <= length * (1 - MIN_SAVING):
+                out.append((cid, CODEC_ZSTD, length, packed, length))
             else:
-                out.append((cid, CODEC_RAW, length, raw))
+                out.append((cid, CODEC_RAW, length, raw, length))
     except OSError as e:
         raise PushError(f"cannot re-read {e.filename or 'a file'}: {e.strerror}; push again") from None
     finally:
@@ -289,8 +312,11 @@ class _Batch:
 class _Scanner:
     """The walk, advanced a batch at a time from worker threads (never two at once)."""
 
-    def __init__(self, root: str, options: PushOptions, stats: ScanStats, use_cache: bool) -> None:
+    def __init__(
+        self, root: str, options: PushOptions, stats: ScanStats, use_cache: bool, make_entries: EntryMaker
+    ) -> None:
         self._it: Iterator[ScanRecord] = scan(root, options.filter, stats)
+        self._make_entries = make_entries
         self._cache = options.cache if use_cache else None
         self._remember = options.cache  # remembered into even when not consulted, to rebuild it
 
@@ -304,6 +330,7 @@ class _Scanner:
         lookup = cache.lookup if cache is not None else None
         remember = self._remember.remember if self._remember is not None else None
         ready, changed = batch.ready, batch.changed
+        make_entries = self._make_entries
         n = 0
         for rec in self._it:
             n += 1
@@ -315,11 +342,11 @@ class _Scanner:
                 else:
                     if remember is not None:
                         remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
-                    ready.extend(_entries_for(rec, ids))
+                    ready.extend(make_entries(rec, ids))
                     batch.cached_files += 1
                     batch.cached_bytes += rec.size
             else:
-                ready.extend(_entries_for(rec, b""))
+                ready.extend(make_entries(rec, b""))
             if n >= BATCH_ITEMS or changed_bytes >= BATCH_BYTES:
                 break
         batch.items = n
@@ -346,6 +373,16 @@ def take_entry_messages(entries: list[Entry], force: bool) -> list[list[Entry]]:
         out.append(entries[:n])
         del entries[:n]
     return out
+
+
+def _encrypted_entries(crypt: Crypt) -> EntryMaker:
+    """Entry records for an encrypted target: encrypted path, blank visible fields, sealed metadata."""
+    encrypt = crypt.tree.encrypt_entries
+
+    def make(rec: ScanRecord, ids: bytes) -> list[Entry]:
+        return encrypt(rec.path, rec.kind, rec.mode, rec.mtime_ns, rec.size, ids, rec.link)  # type: ignore[arg-type]
+
+    return make
 
 
 def _entries_for(rec: ScanRecord, ids: bytes) -> list[Entry]:
@@ -379,8 +416,12 @@ class _PushRun:
         options: PushOptions,
         summary: PushSummary,
         use_cache: bool,
+        crypt: Crypt | None = None,
     ) -> None:
         self.reactor = reactor
+        self.crypt = crypt
+        self.id_key = crypt.id_key if crypt is not None else None
+        self.make_entries: EntryMaker = _entries_for if crypt is None else _encrypted_entries(crypt)
         self.pool = pool
         self.peer = peer
         self.handle = handle
@@ -403,7 +444,7 @@ class _PushRun:
         await peer.request(PushBegin(rid=0, handle=self.handle, delete=self.options.delete))
         if self.cache is not None:
             self.cache.new = {}
-        scanner = _Scanner(self.root, self.options, self.stats, self.use_cache)
+        scanner = _Scanner(self.root, self.options, self.stats, self.use_cache, self.make_entries)
         slots = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Any] = []
         failure: list[BaseException] = []
@@ -466,7 +507,13 @@ class _PushRun:
                 group, group_bytes = [], 0
         if group:
             jobs.append(group)
-        results = await _gather([self._thread(_hash_job, self.root, job, params) for job in jobs]) if jobs else []
+        results = (
+            await _gather(
+                [self._thread(_hash_job, self.root, job, params, self.id_key, self.make_entries) for job in jobs]
+            )
+            if jobs
+            else []
+        )
 
         # 2. entries, the cache and the new ids
         summary.files_scanned += batch.items
@@ -499,7 +546,7 @@ class _PushRun:
                         sources.append((cid, rec.path, data, offset, length))
                 if cache is not None and h.stable:
                     cache.remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
-                entries.extend(_entries_for(rec, ids))
+                entries.extend(h.entries)
         if progress is not None:
             progress.files(batch.items)
             progress.bytes(batch.cached_bytes + changed_bytes)
@@ -543,7 +590,8 @@ class _PushRun:
                 part2, part_bytes = [], 0
         if part2:
             jobs2.append(part2)
-        pending = [self._thread(_compress_job, self.root, job, self.options.compress_level) for job in jobs2]
+        level = self.options.compress_level
+        pending = [self._thread(_compress_job, self.root, job, level, self.crypt) for job in jobs2]
         peer = self.peer
         handle = self.handle
         for d in pending:
@@ -553,11 +601,11 @@ class _PushRun:
                 for other in pending:
                     other.addErrback(lambda _f: None)
                 raise
-            for cid, codec, size, payload in ready:
+            for cid, codec, size, payload, raw_size in ready:
                 await peer.drain()
                 peer.post(Put(rid=0, handle=handle, id=cid, codec=codec, size=size, data=payload))
                 summary.chunks_sent += 1
-                summary.chunk_bytes_sent += size
+                summary.chunk_bytes_sent += raw_size
 
     def _warn(self, text: str) -> None:
         if len(self.summary.warnings) < 1000:
@@ -576,24 +624,28 @@ async def push(
     local_root = os.path.abspath(local_root)
     if not os.path.isdir(local_root):
         raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
-    opened = await peer.request(
-        Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=options.keep_history)
+    opened, crypt = await open_for_push(
+        peer, target, subpath, options.keys, options.encrypt, options.keep_history, options.grant_root.strip("/")
     )
     if not isinstance(opened, Opened):
         raise PushError(f"the server answered open with {type(opened).__name__}")
-    if opened.encrypted:
-        raise PushError(f"target {target} is encrypted; this client cannot push to it")
+    if opened.encrypted != (crypt is not None):
+        raise PushError(f"the server opened target {target} with the wrong encryption; nothing was sent")
+    summary.encrypted = crypt is not None
     if options.cache is not None:
+        # ids of an encrypted target are keyed: its cache must never lend ids to another keying, or take any
+        options.cache.bind("plaintext" if crypt is None else f"encrypted {crypt.keys.fingerprint}")
         options.cache.load()
         if options.cache.load_error and options.warn is not None:
             options.warn(options.cache.load_error)
+    params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
     pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers + 1), name="neo-push")
     pool.start()
     try:
         use_cache = options.cache is not None
         while True:
             run = _PushRun(
-                reactor, pool, peer, opened.handle, opened.chunker, local_root, options, summary, use_cache
+                reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt
             )
             try:
                 committed = await run.run()
@@ -604,7 +656,7 @@ async def push(
             # The cache named chunks the server no longer has: start over reading every file.
             await peer.request(Abort(rid=0, handle=opened.handle))
             use_cache = False
-            summary = PushSummary(retried_without_cache=True)
+            summary = PushSummary(retried_without_cache=True, encrypted=crypt is not None)
     finally:
         pool.stop()
     if options.cache is not None:

@@ -353,12 +353,17 @@ class ServerSession:
                         ErrorCode.NO_SUCH_TARGET,
                         f"there is no target {access.name!r} (neo-push creates it; neo-ls lists targets)",
                     )
+                if message.encrypted and not message.key_check:
+                    raise NeoError(
+                        ErrorCode.PROTOCOL, "an encrypted target is created with its key-check record (key_check)"
+                    )
                 target = repository.create_target(
                     access.owner_id,
                     access.target,
                     encrypted=message.encrypted,
                     chunker=DEFAULT_PARAMS,
                     keep_history=message.keep_history is not False,
+                    key_check=message.key_check if message.encrypted else b"",
                 )
             if message.mode == "push" and target.meta.encrypted != message.encrypted:
                 raise NeoError(
@@ -407,6 +412,7 @@ class ServerSession:
                     latest=None if latest is None else latest[0],
                     latest_time=None if latest is None else latest[1],
                     keep_history=target.meta.keep_history,
+                    key_check=target.meta.key_check,
                 )
             )
 

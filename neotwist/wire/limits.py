@@ -54,6 +54,10 @@ MAX_LINK = 4096
 MAX_META = 64 * 1024
 """Bytes in one opaque (encrypted) metadata blob."""
 
+# --- encryption (issue 6) ---
+MAX_KEY_CHECK = 1024
+"""``Open.key_check`` / ``Opened.key_check``: an encrypted target's key-check record (81 bytes in format 1)."""
+
 MAX_TEXT = 4096
 """Bytes in a free-text field (error message, client name)."""
 

@@ -30,6 +30,7 @@ Password = Annotated[str, msgspec.Meta(max_length=limits.MAX_PASSWORD)]
 ChunkData = Annotated[bytes, msgspec.Meta(max_length=limits.MAX_CHUNK)]
 Features = Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=64)]
 Window = Annotated[int, msgspec.Meta(ge=limits.MIN_WINDOW, le=limits.MAX_WINDOW)]
+KeyCheck = Annotated[bytes, msgspec.Meta(max_length=limits.MAX_KEY_CHECK)]
 
 CODEC_RAW = 0
 """Chunk data as is."""
@@ -174,7 +175,8 @@ class Open(Message, tag="open"):
     ``create`` lets a push open create a target that does not exist yet. ``encrypted`` says what the client
     will push; a mismatch with an existing target is refused. ``keep_history`` (push only): False makes the
     target keep only its latest snapshot (set at creation, or changed later with the ``full`` right); None
-    leaves the setting as it is (a new target keeps history).
+    leaves the setting as it is (a new target keeps history). ``key_check`` (encrypted push with create): the
+    client's key-check record, stored with a target this open creates and ignored otherwise.
     """
 
     target: Name
@@ -183,9 +185,14 @@ class Open(Message, tag="open"):
     create: bool = False
     encrypted: bool = False
     keep_history: bool | None = None
+    # --- encryption (issue 6) ---
+    key_check: KeyCheck = b""
 
 
 class Opened(Message, tag="opened"):
+    """``key_check`` is the encrypted target's key-check record (empty for plaintext targets): the client checks
+    its key against it before it writes anything."""
+
     handle: Handle
     exists: bool
     encrypted: bool
@@ -193,6 +200,8 @@ class Opened(Message, tag="opened"):
     latest: SnapshotId | None
     latest_time: float | None
     keep_history: bool = True
+    # --- encryption (issue 6) ---
+    key_check: KeyCheck = b""
 
 
 class Close(Message, tag="close"):

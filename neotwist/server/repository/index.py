@@ -36,9 +36,17 @@ CREATE TABLE IF NOT EXISTS targets (
     chunker_max INTEGER NOT NULL,
     chunker_seed INTEGER NOT NULL,
     keep_history INTEGER NOT NULL DEFAULT 1,
+    key_check BLOB NOT NULL DEFAULT x'',  -- encrypted targets: the client's key-check record (opaque)
     UNIQUE (account_id, name)
 );
 """
+
+CATALOG_MIGRATIONS = (
+    # 1 -> 2 (encryption, issue 6): encrypted targets keep the key-check record their creator sent.
+    "ALTER TABLE targets ADD COLUMN key_check BLOB NOT NULL DEFAULT x'';",
+)
+"""Scripts that bring an older ``catalog.sqlite`` forward, one per version after SCHEMA_VERSION; a new file
+gets the current schema directly. The file's ``user_version`` is SCHEMA_VERSION + len(CATALOG_MIGRATIONS)."""
 
 INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -96,9 +104,45 @@ CREATE UNIQUE INDEX IF NOT EXISTS versions_current ON versions (path) WHERE last
 """``versions_current`` finds a path's current version in one probe and guarantees there is at most one."""
 
 
-def connect(path: Path, schema: str | None) -> sqlite3.Connection:
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of ``script``, one at a time (so they can run inside one explicit transaction:
+    ``executescript`` would commit it first)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf
+            buf = ""
+    if buf.strip():
+        yield buf
+
+
+def _apply_schema(db: sqlite3.Connection, schema: str, migrations: tuple[str, ...]) -> None:
+    """Create or migrate forward, in one transaction: two processes opening a new or old file at once cannot
+    interleave the DDL, and a failed migration leaves the file as it was."""
+    latest = SCHEMA_VERSION + len(migrations)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = db.execute("PRAGMA user_version").fetchone()[0]
+        if found > latest:
+            raise NeoError(ErrorCode.STORAGE, f"{db} was written by a newer Neophytos (schema {found})")
+        if found:
+            for script in migrations[found - SCHEMA_VERSION :]:
+                for statement in _statements(script):
+                    db.execute(statement)
+        for statement in _statements(schema):
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version={latest}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def connect(path: Path, schema: str | None, migrations: tuple[str, ...] = ()) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit ``BEGIN``/``COMMIT``), shareable between
-    threads (callers serialize use with a lock), WAL, durable commits; ``schema`` is applied when given."""
+    threads (callers serialize use with a lock), WAL, durable commits; ``schema`` is applied when given, after
+    ``migrations`` bring an older file forward."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
     try:
         db.execute("PRAGMA journal_mode=WAL")
@@ -106,8 +150,7 @@ def connect(path: Path, schema: str | None) -> sqlite3.Connection:
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: big commits touch many index pages
         if schema is not None:
-            # One transaction: two processes opening a new file at once cannot interleave the DDL.
-            db.executescript(f"BEGIN IMMEDIATE;\n{schema}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+            _apply_schema(db, schema, migrations)
     except BaseException:
         db.close()
         raise

@@ -25,7 +25,7 @@ from neotwist.wire.messages import ChunkerParams, TargetInfo
 
 _TARGET_COLUMNS = (
     "id, account_id, name, encrypted, chunker_algorithm, chunker_min, chunker_avg, chunker_max, chunker_seed,"
-    " created, keep_history"
+    " created, keep_history, key_check"
 )
 
 
@@ -45,7 +45,7 @@ _NEXT_ID = (
 
 
 def _meta(row: tuple) -> TargetMeta:
-    tid, account_id, name, encrypted, algorithm, lo, avg, hi, seed, created, keep = row
+    tid, account_id, name, encrypted, algorithm, lo, avg, hi, seed, created, keep, key_check = row
     return TargetMeta(
         id=tid,
         account_id=account_id,
@@ -54,6 +54,7 @@ def _meta(row: tuple) -> TargetMeta:
         chunker=ChunkerParams(algorithm, lo, avg, hi, seed),
         created=created,
         keep_history=bool(keep),
+        key_check=bytes(key_check),
     )
 
 
@@ -71,11 +72,15 @@ class Repository:
     def __init__(self, root: Path, *, read_only: bool = False) -> None:
         self.root = root
         self.read_only = read_only
+        self._columns = _TARGET_COLUMNS
         if read_only:
             self._catalog = index.connect_read_only(root / "catalog.sqlite")
+            # a catalog the server has not migrated yet (schema 1) is read as it is: no key-check records
+            if "key_check" not in {row[1] for row in self._catalog.execute("PRAGMA table_info(targets)")}:
+                self._columns = _TARGET_COLUMNS.replace("key_check", "x'' AS key_check")
         else:
             make_dirs(root)
-            self._catalog = index.connect(root / "catalog.sqlite", index.CATALOG_SCHEMA)
+            self._catalog = index.connect(root / "catalog.sqlite", index.CATALOG_SCHEMA, index.CATALOG_MIGRATIONS)
         self._lock = threading.Lock()
         self._targets: dict[int, Target] = {}
         self._closed = False
@@ -94,7 +99,7 @@ class Repository:
 
     def _find_meta(self, account_id: int, name: str) -> TargetMeta | None:
         row = self._catalog.execute(
-            f"SELECT {_TARGET_COLUMNS} FROM targets WHERE account_id = ? AND name = ?", (account_id, name)
+            f"SELECT {self._columns} FROM targets WHERE account_id = ? AND name = ?", (account_id, name)
         ).fetchone()
         return None if row is None else _meta(row)
 
@@ -104,18 +109,26 @@ class Repository:
             return None if meta is None else self._open(meta)
 
     def create_target(
-        self, account_id: int, name: str, *, encrypted: bool, chunker: ChunkerParams, keep_history: bool = True
+        self,
+        account_id: int,
+        name: str,
+        *,
+        encrypted: bool,
+        chunker: ChunkerParams,
+        keep_history: bool = True,
+        key_check: bytes = b"",
     ) -> Target:
         """Create a target, or return the existing one of that name (whatever its settings: the caller
         compares ``meta.encrypted`` and ``meta.chunker``; ``keep_history`` only applies to a new target, see
-        :meth:`set_keep_history`). Safe against a concurrent create, in this process or another."""
+        :meth:`set_keep_history`). Safe against a concurrent create, in this process or another. ``key_check``
+        is an encrypted target's key-check record, stored as given."""
         check_name(name, "target name")
         self._writable()
         with self._lock:
             self._catalog.execute(
                 "INSERT INTO targets (id, account_id, name, created, encrypted, chunker_algorithm, chunker_min,"
-                f" chunker_avg, chunker_max, chunker_seed, keep_history) VALUES ({_NEXT_ID}, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " ?)"
+                f" chunker_avg, chunker_max, chunker_seed, keep_history, key_check) VALUES ({_NEXT_ID}, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (account_id, name) DO NOTHING",
                 (
                     account_id,
@@ -128,6 +141,7 @@ class Repository:
                     chunker.max_size,
                     chunker.seed,
                     int(keep_history),
+                    key_check,
                 ),
             )
             meta = self._find_meta(account_id, name)
@@ -158,14 +172,14 @@ class Repository:
         """The account's targets (opened, shared), sorted by name."""
         with self._lock:
             rows = self._catalog.execute(
-                f"SELECT {_TARGET_COLUMNS} FROM targets WHERE account_id = ? ORDER BY name", (account_id,)
+                f"SELECT {self._columns} FROM targets WHERE account_id = ? ORDER BY name", (account_id,)
             ).fetchall()
             return [self._open(_meta(row)) for row in rows]
 
     def all_targets(self) -> list[Target]:
         """Every target of every account (opened, shared), by account id then name."""
         with self._lock:
-            rows = self._catalog.execute(f"SELECT {_TARGET_COLUMNS} FROM targets ORDER BY account_id, name").fetchall()
+            rows = self._catalog.execute(f"SELECT {self._columns} FROM targets ORDER BY account_id, name").fetchall()
             return [self._open(_meta(row)) for row in rows]
 
     def _writable(self) -> None:

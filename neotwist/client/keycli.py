@@ -1,0 +1,268 @@
+"""neo-key: create, show, export, import and re-protect the key of encrypted targets.
+
+The key never leaves the client: the server only ever sees a key id and a key-check record. The key file is
+protected by a passphrase through Argon2id (see :mod:`neotwist.crypto.keyfile`); what ``export`` prints is that
+protected file, so moving it to another machine still needs the passphrase there.
+
+Exit codes: 0 done; 1 failed (one line on stderr says why); 2 usage error; 3 wrong passphrase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from neotwist.crypto import CryptoError, KeyFileError, WrongPassphrase, keyfile
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+
+_EPILOG = """\
+examples:
+  neo-key init
+      create a key (asks for a passphrase twice) in the default place; neo-push --encrypt uses it
+  neo-key export > neophytos-key.txt
+      print the passphrase-protected key file, to keep a copy or carry it to another machine
+  neo-key import neophytos-key.txt
+      install a key exported elsewhere (the passphrase stays the one it was exported with)
+  neo-key passwd
+      change the passphrase (the key, and so every encrypted target, stays the same)
+  printf '%s\\n' "$OLD" "$NEW" | neo-key passwd --passphrase-stdin
+      the same without a terminal: old passphrase on line 1, new on line 2
+  neo-share alice@nas grant "papers/$(neo-key path 2024)" --to alice.bob --right read --as p2024
+      grant a sub-path of an encrypted target (the server knows it only encrypted); alice.bob, holding the
+      key, then uses: neo-pull --grant-root 2024 alice.bob@nas/p2024 ./2024
+
+The passphrase comes from a prompt, --passphrase-stdin (first line of standard input) or NEO_PASSPHRASE
+(NEO_NEW_PASSPHRASE for the new one of passwd). Losing both the key file and every exported copy, or the
+passphrase, loses the data of every target encrypted with it: nobody can recover it, not even the server.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="neo-key",
+        description="Manage the key that encrypts targets on the client (the server never sees it).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def common(q: argparse.ArgumentParser, passphrase: bool = True) -> None:
+        q.add_argument("--key-file", type=Path, metavar="FILE",
+                       help=f"the key file (default {keyfile.default_path()})")
+        if passphrase:
+            q.add_argument("--passphrase-stdin", action="store_true",
+                           help="read the passphrase from standard input (passwd: old, then new, one per line)")
+        q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    def kdf(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--kdf-memory", type=int, default=keyfile.DEFAULT_MEMORY_KIB // 1024, metavar="MIB",
+                       help=f"KDF memory in MiB (default {keyfile.DEFAULT_MEMORY_KIB // 1024}; at least "
+                       f"{keyfile.MIN_MEMORY_KIB // 1024})")
+        q.add_argument("--kdf-iterations", type=int, default=keyfile.DEFAULT_ITERATIONS, metavar="N",
+                       help=f"KDF passes (default {keyfile.DEFAULT_ITERATIONS})")
+
+    q = sub.add_parser("init", help="create a new key file protected by a passphrase")
+    common(q)
+    kdf(q)
+    q = sub.add_parser("show", help="print where the key file is, its key id and KDF (no passphrase needed)")
+    common(q, passphrase=False)
+    q = sub.add_parser("export", help="print the protected key file (or write it to --output)")
+    common(q, passphrase=False)
+    q.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (mode 0600) instead of stdout")
+    q = sub.add_parser("import", help="install a key file exported with 'neo-key export'")
+    common(q, passphrase=False)
+    q.add_argument("source", metavar="FILE", help="the exported key file, or - for standard input")
+    q.add_argument("--force", action="store_true", help="replace a key file holding another key")
+    q = sub.add_parser("passwd", help="change the key file's passphrase (the key itself stays)")
+    common(q)
+    kdf(q)
+    q = sub.add_parser("path", help="print the encrypted form of a sub-path of a target (for neo-share grant)")
+    common(q)
+    q.add_argument("subpath", metavar="SUBPATH", help="the sub-path in plaintext, from the target's root")
+    return p
+
+
+class _Stdin:
+    """Lines of standard input, read only when asked for (passwd takes two)."""
+
+    def line(self, what: str) -> str:
+        text = sys.stdin.readline()
+        if not text:
+            raise KeyFileError(f"standard input ended before the {what}")
+        return text.rstrip("\r\n")
+
+
+def _prompt(question: str, confirm: bool) -> str | None:
+    if not sys.stdin.isatty():
+        return None
+    try:
+        first = getpass.getpass(question)
+        if confirm and getpass.getpass("Again: ") != first:
+            raise KeyFileError("the two passphrases differ; nothing was changed")
+        return first
+    except (EOFError, KeyboardInterrupt):
+        return None
+
+
+def _passphrase(args: argparse.Namespace, stdin: _Stdin, env: str, question: str, confirm: bool) -> str:
+    if args.passphrase_stdin:
+        return stdin.line(question.rstrip(": ").lower())
+    given = os.environ.get(env)
+    if given is not None:
+        return given
+    answer = _prompt(question, confirm)
+    if answer is None:
+        raise KeyFileError(f"no passphrase: use --passphrase-stdin or {env}, or run on a terminal")
+    return answer
+
+
+def _kdf(args: argparse.Namespace) -> keyfile.KdfParams:
+    memory = args.kdf_memory * 1024
+    if not keyfile.MIN_MEMORY_KIB <= memory <= keyfile.MAX_MEMORY_KIB:
+        raise _Usage(f"--kdf-memory must be {keyfile.MIN_MEMORY_KIB // 1024}..{keyfile.MAX_MEMORY_KIB // 1024} MiB")
+    if not 1 <= args.kdf_iterations <= keyfile.MAX_ITERATIONS:
+        raise _Usage(f"--kdf-iterations must be 1..{keyfile.MAX_ITERATIONS}")
+    return keyfile.default_params(memory, args.kdf_iterations)
+
+
+class _Usage(Exception):
+    pass
+
+
+def _describe(path: Path, kf: keyfile.KeyFile) -> dict[str, Any]:
+    return {
+        "key_file": str(path),
+        "key_id": kf.key_id,
+        "kdf": {
+            "algorithm": kf.kdf.algorithm,
+            "memory_kib": kf.kdf.memory_kib,
+            "iterations": kf.kdf.iterations,
+            "lanes": kf.kdf.lanes,
+        },
+        "cipher": kf.cipher,
+    }
+
+
+def _run(args: argparse.Namespace, out: Callable[[dict[str, Any], str], None]) -> int:
+    path: Path = args.key_file or keyfile.default_path()
+    stdin = _Stdin()
+    if args.command == "init":
+        params = _kdf(args)
+        if path.exists():
+            raise KeyFileError(f"{path} already exists; it was left alone (see 'neo-key show', or give --key-file)")
+        passphrase = _passphrase(args, stdin, "NEO_PASSPHRASE", "New passphrase: ", confirm=True)
+        kf, _master = keyfile.create(passphrase, params)
+        keyfile.save(path, kf)
+        out(
+            _describe(path, kf),
+            f"created key {kf.key_id} in {path}\nkeep a copy somewhere else ('neo-key export'): without the key "
+            "file and its passphrase the encrypted data cannot be read by anyone",
+        )
+    elif args.command == "show":
+        kf = keyfile.load(path)
+        info = _describe(path, kf)
+        out(info, f"{path}: key {kf.key_id}, {kf.kdf.algorithm} {kf.kdf.memory_kib // 1024} MiB "
+                  f"x{kf.kdf.iterations} ({kf.kdf.lanes} lanes), {kf.cipher}")  # fmt: skip
+    elif args.command == "export":
+        kf = keyfile.load(path)
+        if args.output is None:
+            sys.stdout.buffer.write(keyfile.dumps(kf))
+            sys.stdout.flush()
+            return EXIT_OK
+        keyfile.save(args.output, kf)
+        out({**_describe(args.output, kf), "exported_from": str(path)}, f"wrote key {kf.key_id} to {args.output}")
+    elif args.command == "import":
+        if args.source == "-":
+            data = sys.stdin.buffer.read(keyfile.MAX_KEY_FILE + 1)
+            where = "standard input"
+        else:
+            where = args.source
+            try:
+                with open(args.source, "rb") as f:
+                    data = f.read(keyfile.MAX_KEY_FILE + 1)
+            except OSError as e:
+                raise KeyFileError(f"cannot read {args.source}: {e.strerror}") from None
+        kf = keyfile.loads(data, where)
+        if path.exists() and not args.force:
+            try:
+                current: keyfile.KeyFile | None = keyfile.load(path)
+            except KeyFileError:
+                current = None
+            if current is not None and current.key_id == kf.key_id:
+                out({**_describe(path, current), "unchanged": True}, f"{path} already holds key {kf.key_id}")
+                return EXIT_OK
+            raise KeyFileError(
+                f"{path} already holds another key; it was left alone (--force replaces it: export it first, "
+                "or the targets encrypted with it become unreadable)"
+            )
+        keyfile.save(path, kf, replace=args.force)
+        out(_describe(path, kf), f"imported key {kf.key_id} into {path}")
+    elif args.command == "path":
+        from neotwist import paths
+        from neotwist.crypto.keys import MasterKey
+        from neotwist.crypto.names import PathCipher
+        from neotwist.wire.errors import NeoError
+
+        subpath = args.subpath.strip("/")
+        try:
+            paths.check_path(subpath)
+        except NeoError as e:
+            raise _Usage(f"bad SUBPATH {args.subpath!r}: {e.message}") from None
+        kf = keyfile.load(path)
+        passphrase = _passphrase(args, stdin, "NEO_PASSPHRASE", "Passphrase: ", confirm=False)
+        encrypted = PathCipher(MasterKey(keyfile.unlock(kf, passphrase, str(path))).token_key).encrypt_path(subpath)
+        out({"key_id": kf.key_id, "path": subpath, "encrypted": encrypted}, encrypted)
+    elif args.command == "passwd":
+        params = _kdf(args)
+        kf = keyfile.load(path)
+        old = _passphrase(args, stdin, "NEO_PASSPHRASE", "Current passphrase: ", confirm=False)
+        master = keyfile.unlock(kf, old, str(path))
+        new = _passphrase(args, stdin, "NEO_NEW_PASSPHRASE", "New passphrase: ", confirm=True)
+        rewrapped = keyfile.wrap(master, new, params)
+        keyfile.save(path, rewrapped, replace=True)
+        out(_describe(path, rewrapped), f"changed the passphrase of {path} (key {kf.key_id})")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def out(info: dict[str, Any], text: str) -> None:
+        if args.json:
+            sys.stdout.write(msgspec.json.encode(info).decode() + "\n")
+        else:
+            sys.stdout.write(text + "\n")
+
+    try:
+        return _run(args, out)
+    except _Usage as e:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"neo-key: error: {e}\n")
+        return EXIT_USAGE
+    except WrongPassphrase as e:
+        sys.stderr.write(f"neo-key: {e}\n")
+        return EXIT_AUTH
+    except (CryptoError, OSError) as e:
+        sys.stderr.write(f"neo-key: {e}\n")
+        return EXIT_FAILED
+
+
+def main_entry() -> None:
+    """Entry point of neo-key."""
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""neo-key in process: init, show, export, import and passwd on files in a temporary directory."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from neotwist.client import keycli
+from neotwist.crypto import keyfile
+
+FAST = ["--kdf-memory", "8", "--kdf-iterations", "1"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+    if stdin is not None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()))
+    try:
+        code = keycli.main(list(argv))
+    finally:
+        sys.stdin = sys.__stdin__
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_init_show_export_import_passwd(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    key = tmp_path / "k"
+    monkeypatch.setenv("NEO_PASSPHRASE", "first")
+    code, out, _ = run(capsys, "init", "--json", "--key-file", str(key), *FAST)
+    assert code == 0 and stat.S_IMODE(key.stat().st_mode) == 0o600
+    info = json.loads(out)
+    assert info["kdf"] == {"algorithm": "argon2id", "memory_kib": 8192, "iterations": 1, "lanes": 4}
+    code, _, err = run(capsys, "init", "--key-file", str(key), *FAST)
+    assert code == 1 and "already exists" in err
+    code, out, _ = run(capsys, "show", "--key-file", str(key))
+    assert code == 0 and info["key_id"] in out and "argon2id 8 MiB x1" in out
+
+    exported = tmp_path / "copy.key"
+    code, _, _ = run(capsys, "export", "--key-file", str(key), "-o", str(exported))
+    assert code == 0 and exported.read_bytes() == key.read_bytes()
+    code, out, _ = run(capsys, "export", "--key-file", str(key))
+    assert json.loads(out)["key_id"] == info["key_id"]
+
+    other = tmp_path / "elsewhere" / "k"
+    code, _, _ = run(capsys, "import", str(exported), "--key-file", str(other))
+    assert code == 0 and keyfile.load(other) == keyfile.load(key)
+    (tmp_path / "junk").write_text("{}")
+    code, _, err = run(capsys, "import", str(tmp_path / "junk"), "--key-file", str(tmp_path / "j"))
+    assert code == 1 and "not a valid Neophytos key file" in err and not (tmp_path / "j").exists()
+
+    monkeypatch.delenv("NEO_PASSPHRASE")
+    code, _, err = run(capsys, "passwd", "--key-file", str(key), "--passphrase-stdin", *FAST, stdin="first\n")
+    assert code == 1 and "standard input ended" in err  # no new passphrase: nothing changed
+    assert keyfile.load(key) == keyfile.load(exported)
+    code, _, _ = run(capsys, "passwd", "--key-file", str(key), "--passphrase-stdin", *FAST, stdin="first\nsecond\n")
+    assert code == 0
+    master = keyfile.unlock(keyfile.load(key), "second")
+    assert keyfile.unlock(keyfile.load(exported), "first") == master  # the same key under both passphrases
+    code, _, err = run(capsys, "passwd", "--key-file", str(key), "--passphrase-stdin", stdin="first\nthird\n")
+    assert code == 3 and "wrong passphrase" in err
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "init", "--key-file", str(tmp_path / "k"), "--kdf-memory", "1")
+    assert code == 2 and "--kdf-memory" in err
+    with pytest.raises(SystemExit) as e:
+        keycli.main(["frobnicate"])
+    assert e.value.code == 2
+    code, _, err = run(capsys, "show", "--key-file", str(tmp_path / "none"))
+    assert code == 1 and "neo-key init" in err
