@@ -58,6 +58,8 @@ class Options(usage.Options):
         ["data", None, DEFAULT_DATA, "Data directory: accounts, host keys, TLS certificate, repository."],
         ["ssh", None, DEFAULT_SSH, "SSH listening port or endpoint ('none' disables SSH)."],
         ["tls", None, DEFAULT_TLS, "TLS listening port or plain stream endpoint ('none' disables TLS)."],
+        ["ssh-log-level", None, "warn", "SSH protocol detail in the log: debug, info, warn or error. Logins, "
+         "failed logins, commits and errors are always logged."],
     ]
 
     def __init__(self) -> None:
@@ -81,6 +83,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self["ssh_endpoint"] = endpoint_description(self["ssh"], "ssh")
         self["tls_endpoint"] = endpoint_description(self["tls"], "tls")
+        from neotwist.server.logs import LEVELS
+
+        if self["ssh-log-level"] not in LEVELS:
+            raise usage.UsageError(f"--ssh-log-level: one of {', '.join(LEVELS)}, not {self['ssh-log-level']!r}")
         if self["ssh_endpoint"] is None and self["tls_endpoint"] is None:
             raise usage.UsageError("--ssh none and --tls none leave nothing to serve")
 
@@ -146,9 +152,11 @@ def makeService(options: Options) -> service.MultiService:
     tune_threads()  # worker threads' disk I/O must not wait on the reactor thread for the GIL
 
     # Imported here so `twistd --help` works without loading the repository and session code.
+    from neotwist.server.logs import set_ssh_log_level
     from neotwist.server.repository import Repository
     from neotwist.server.session import ServerServices, make_server_peer
 
+    set_ssh_log_level(options["ssh-log-level"])
     data = prepare_data_dir(Path(options["data"]))
     accounts = AccountStore(data / "accounts.sqlite", bcrypt_rounds=options["bcrypt_rounds"])
     repository = Repository(data / "repo")

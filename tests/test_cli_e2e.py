@@ -99,6 +99,9 @@ def test_round_trip_over_ssh_with_json_summary(server: RunningServer, tmp_path: 
     same = run_json(server, "neo-pull", server.remote("docs"), str(dest))
     assert same["files_changed"] == 0 and same["chunks_fetched"] == 0
     server.stop()
+    log = server.log_text()
+    assert "login: account=alice" in log and "commit: account=alice" in log
+    assert "kex alg" not in log and "trying auth" not in log  # conch's chatter stays out by default
     assert_clean(server.log_text())
 
 

@@ -61,3 +61,6 @@ def test_bad_options_are_usage_errors() -> None:
     r = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "TLS is added by the server" in r.stdout + r.stderr
+    r = subprocess.run([*command[:3], "--ssh-log-level", "chatty"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "--ssh-log-level: one of debug, info, warn, error" in r.stdout + r.stderr

@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from neotwist.server.accounts import Account, AccountStore
+from neotwist.server.logs import conch_log
 from neotwist.server.throttle import LoginThrottle, too_many
 from neotwist.sshchannel import CHANNEL_MAX_PACKET, CHANNEL_WINDOW, LinearBacklog
 from neotwist.wire import limits
@@ -189,6 +190,8 @@ class PublicKeyChecker:
 class NeoUserAuthServer(SSHUserAuthServer):
     """``ssh-userauth`` with a short login timeout, few attempts, and a log line per login or failure."""
 
+    _log = conch_log  # the protocol chatter, filtered (neotwist.server.logs)
+
     loginTimeout = limits.LOGIN_TIMEOUT
     attemptsBeforeDisconnect = MAX_AUTH_ATTEMPTS - 1  # conch disconnects when attempts exceed this
 
@@ -276,6 +279,8 @@ class NeoConnection(SSHConnection):
     """``ssh-connection`` that refuses every channel type but ``session``, and more than
     MAX_SESSION_CHANNELS of those, with an open-failure reply and a log line instead of a traceback."""
 
+    _log = conch_log  # the protocol chatter, filtered (neotwist.server.logs)
+
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         try:
             channel_type, rest = common.getNS(packet)
@@ -347,6 +352,8 @@ class NeoSessionChannel(LinearBacklog, SSHChannel):
 
     Attribute names avoid SSHChannel's own (``buf``, ``extBuf``, ``data``, ``closing``).
     """
+
+    _log = conch_log  # the protocol chatter, filtered (neotwist.server.logs)
 
     name = b"session"
 
@@ -464,6 +471,8 @@ class NeoServerTransport(SSHServerTransport):
     """The server transport, with the login timeout counted from the TCP connection (conch's own starts only
     when the client asks for ``ssh-userauth``, so a client that never asks would be held forever)."""
 
+    _log = conch_log  # the protocol chatter, filtered (neotwist.server.logs)
+
     _login_timer: Any = None
 
     def connectionMade(self) -> None:
@@ -505,6 +514,8 @@ class NeoServerTransport(SSHServerTransport):
 
 class NeoSSHFactory(SSHFactory):
     """The SSH server factory (one host key, our auth and connection services)."""
+
+    _log = conch_log  # the protocol chatter, filtered (neotwist.server.logs)
 
     protocol = NeoServerTransport
     services = {
