@@ -47,6 +47,7 @@ from neotwist.server import manage, stash
 from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.push import CommitCharge
+from neotwist.server.repository.repository import target_info
 from neotwist.server.repository.target import ChunkRejected, OverBudget
 from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, GrantView, Right, resolve
@@ -1115,18 +1116,7 @@ def _granted_info(repository: Repository, grant: Grant) -> TargetInfo:
             stored_bytes=0,
             **extra,
         )
-    latest = target.latest()
-    usage = target.usage()
-    return TargetInfo(
-        name=grant.name,
-        encrypted=target.meta.encrypted,
-        snapshots=target.snapshot_count(),
-        latest=None if latest is None else latest.id,
-        latest_time=None if latest is None else latest.time,
-        files=usage.files,
-        stored_bytes=usage.stored_bytes,
-        **extra,
-    )
+    return target_info(target, grant.name, **extra)
 
 
 def _finished(d: Deferred[Any]) -> Deferred[None]:

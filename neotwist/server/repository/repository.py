@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from neotwist.paths import check_name
 from neotwist.runtime import release_free_memory
@@ -188,25 +189,9 @@ class Repository:
 
     def list_targets(self, account_id: int) -> list[TargetInfo]:
         """The account's targets with their latest snapshot and size, sorted by name."""
-        targets = self.targets_of(account_id)
-        infos = []
-        for target in targets:
-            latest = target.latest()
-            usage = target.usage()
-            infos.append(
-                TargetInfo(
-                    name=target.meta.name,
-                    encrypted=target.meta.encrypted,
-                    snapshots=target.snapshot_count(),
-                    latest=None if latest is None else latest.id,
-                    latest_time=None if latest is None else latest.time,
-                    files=usage.files,
-                    stored_bytes=usage.stored_bytes,
-                )
-            )
-        return infos
+        return [target_info(target) for target in self.targets_of(account_id)]
 
-    # --- issue 5: target removal and liveness ---------------------------------------------------------------
+    # --- target removal and liveness ---------------------------------------------------------------------
 
     def is_current(self, target: Target) -> bool:
         """True while ``target`` is still in the catalog (False once removed, also by another process)."""
@@ -284,3 +269,19 @@ class Repository:
                 target.close()
         finally:
             self._catalog.close()
+
+
+def target_info(target: Target, name: str | None = None, **extra: Any) -> TargetInfo:
+    """How ``targets`` shows a whole target (blocking): under ``name`` (default: its own), with ``extra`` fields."""
+    latest = target.latest()
+    usage = target.usage()
+    return TargetInfo(
+        name=target.meta.name if name is None else name,
+        encrypted=target.meta.encrypted,
+        snapshots=target.snapshot_count(),
+        latest=None if latest is None else latest.id,
+        latest_time=None if latest is None else latest.time,
+        files=usage.files,
+        stored_bytes=usage.stored_bytes,
+        **extra,
+    )

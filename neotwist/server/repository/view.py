@@ -22,23 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from neotwist import paths
+from neotwist.server.repository.history import within
 
 if TYPE_CHECKING:
     from neotwist.server.repository.target import Target
-
-
-def within(root: str, column: str = "path") -> tuple[str, dict[str, str]]:
-    """SQL condition (and parameters) for "``column`` is ``root`` or below it", an index range on the column.
-
-    '0' is the character after '/', so ``root/`` < every descendant < ``root0``.
-    """
-    if not root:
-        return "1", {}
-    return f"({column} = :root OR ({column} > :root_lo AND {column} < :root_hi))", {
-        "root": root,
-        "root_lo": root + "/",
-        "root_hi": root + "0",
-    }
 
 
 @dataclass(frozen=True)
