@@ -41,7 +41,7 @@ from neotwist.client.clibase import (
 from neotwist.client.filters import Filter, FilterError, write_sample
 from neotwist.client.progress import Progress
 from neotwist.client.remote import UsageError, parse_remote
-from neotwist.client.timespec import TimeSpecError, parse_time
+from neotwist.client.timespec import TimeSpecError, parse_at
 from neotwist.runtime import tune_threads
 
 Direction = Literal["push", "pull"]
@@ -361,7 +361,7 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
         parse_remote(remote_text)  # usage errors before any connection
         args.at_time = None
         if getattr(args, "at", None) is not None:
-            args.at_time = parse_time(args.at, time.time())
+            args.at_time = parse_at(args.at, time.time())
     except (UsageError, TimeSpecError) as e:
         parser.print_usage(sys.stderr)
         sys.stderr.write(f"{parser.prog}: error: {e}\n")

@@ -36,7 +36,7 @@ from neotwist.client.clibase import (
 )
 from neotwist.client.encryption import EncryptionRefused, Namer, decrypt_deleted, decrypt_versions, open_for_read
 from neotwist.client.remote import Remote, UsageError, parse_remote
-from neotwist.client.timespec import TimeSpecError, format_time, parse_duration, parse_time
+from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_at, parse_duration
 from neotwist.crypto import CryptoError, WrongPassphrase
 from neotwist.wire.messages import GetUsage, UsageInfo
 from neotwist.wire.peer import Peer
@@ -230,10 +230,10 @@ def _parse(parser: Parser, argv: Sequence[str] | None, need_target: bool = True)
 def ls_main(argv: Sequence[str] | None = None) -> int:
     parser = _ls_parser()
     args, remote = _parse(parser, argv, need_target=False)
-    at: float | None = None
+    at: AtTime | None = None
     if args.at is not None:
         try:
-            at = parse_time(args.at, time.time())
+            at = parse_at(args.at, time.time())
         except TimeSpecError as e:
             parser.error(str(e))
     if args.usage and (args.at is not None or args.snapshot is not None or args.recursive):

@@ -40,6 +40,7 @@ from neotwist.client import stash
 from neotwist.client.encryption import KeySource, open_for_read
 from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
 from neotwist.client.progress import Progress
+from neotwist.client.timespec import AtTime
 from neotwist.crypto import AuthenticationFailed
 from neotwist.crypto.chunks import ChunkSealer
 from neotwist.wire import limits
@@ -86,7 +87,7 @@ class PullOptions:
     fsync: bool = False  # --fsync: each file durable before its rename
     workers: int = 3
     snapshot: int | None = None  # None: the latest
-    at: float | None = None  # server time: the newest snapshot taken at or before it (--at)
+    at: AtTime | None = None  # --at TIME: the newest snapshot taken at or before it (server time)
     progress: Progress | None = None
     warn: Callable[[str], None] | None = None
     keys: KeySource | None = None  # the key, for encrypted targets (asked for only when one is met)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from neotwist.client.timespec import AtTime, format_time
 from neotwist.wire import limits
 from neotwist.wire.messages import (
     Check,
@@ -139,9 +140,10 @@ def merge_continued(records: list[Entry]) -> list[Entry]:
     return out
 
 
-def resolve_snapshot(records: list[SnapshotRecord], at: float | None, snapshot: int | None) -> int | None:
+def resolve_snapshot(records: list[SnapshotRecord], at: AtTime | None, snapshot: int | None) -> int | None:
     """The snapshot ``--snapshot ID`` or ``--at TIME`` names (None: the latest). ``--at`` picks the newest kept
-    snapshot taken at or before TIME; StashError names the oldest when TIME is before every one."""
+    snapshot taken at or before TIME, which counts up to the end of the span TIME names (a time shown to the
+    second by ``neo-ls --snapshots`` covers that second); StashError names the oldest when every one is later."""
     if snapshot is not None:
         if not any(r.id == snapshot for r in records):
             kept = ", ".join(str(r.id) for r in records[-5:])
@@ -149,12 +151,12 @@ def resolve_snapshot(records: list[SnapshotRecord], at: float | None, snapshot: 
         return snapshot
     if at is None:
         return None
-    before = [r for r in records if r.time <= at]
+    before = [r for r in records if at.covers(r.time)]
     if not before:
-        from neotwist.client.timespec import format_time
-
+        shown = format_time(at.start)
+        when = at.text.strip() if at.text.strip() == shown else f"{at.text.strip()} ({shown})"
         oldest = f"the oldest is {records[0].id} at {format_time(records[0].time)}" if records else "there is none"
-        raise StashError(f"no snapshot was taken at or before {format_time(at)}; {oldest}")
+        raise StashError(f"no snapshot was taken at or before {when}; {oldest}")
     return before[-1].id
 
 
