@@ -8,12 +8,15 @@ neo-check and neo-admin check, refused by neo-pull for the one file it belongs t
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
 import random
 import shutil
 import sqlite3
 import subprocess
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,19 @@ def stamp(root: Path, generation: int = 0) -> None:
             key = str(p.relative_to(root)).encode() + (b"" if p.is_dir() else p.read_bytes())
             t = (OLD + zlib.crc32(key) % 10_000_000) * 10**9
             os.utime(p, ns=(t, t))
+
+
+def pack_bytes(server: RunningServer) -> int:
+    """Bytes of the pack files alone: where chunk data goes (the SQLite files grow with every snapshot row)."""
+    return sum(p.stat().st_size for p in (server.data / "repo").rglob("*.pack"))
+
+
+def snapshot_rows(server: RunningServer, target: str) -> list[list[str]]:
+    """The plain-text ``neo-ls --snapshots`` table below its header, each row's first five columns (ID, TIME,
+    FILES, CHANGED, DELETED: none of them holds a space)."""
+    lines = run(server, "neo-ls", "--snapshots", server.remote(target)).stdout.splitlines()
+    assert lines[0].split()[:5] == ["ID", "TIME", "FILES", "CHANGED", "DELETED"], lines
+    return [line.split()[:5] for line in lines[1:]]
 
 
 def data_bytes(server: RunningServer) -> int:
@@ -152,6 +168,50 @@ def test_five_pushes_every_snapshot_restores_and_deleted_files_come_back(server:
     pull(server, server.remote("docs/docs/b.txt"), work / "docs" / "b-restored.txt", "--at", f"@{at_s2}")
     assert (work / "docs" / "b-restored.txt").read_text() == "to be renamed\n" * 50
     assert_clean(server.log_text())
+
+
+def test_a_time_shown_by_neo_ls_picks_that_snapshot_and_an_unchanged_push_adds_nothing(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """Snapshots are stamped with fractional server time and shown to the second: the shown TIME, given back to
+    --at, must pick that very snapshot (not the one before it, and the first one must not be "too early")."""
+    rng = random.Random(9)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha\n" * 500)
+    (src / "b.bin").write_bytes(rng.randbytes(300_000))
+    (src / "sub" / "c.txt").write_text("charlie\n")
+    stamp(src)
+    first = push(server, src, "t")
+    t1 = run_json(server, "neo-ls", "--snapshots", server.remote("t"))["snapshots"][0]["time"]
+    time.sleep(max(0.0, math.floor(t1) + 1.05 - time.time()))  # the next snapshot falls in a later second
+    packs = pack_bytes(server)
+    second = push(server, src, "t")  # nothing changed
+    assert (second["new_chunks"], second["new_bytes"], second["files_changed"]) == (0, 0, 3)  # --no-cache reads
+    assert pack_bytes(server) == packs  # not one byte more chunk data
+
+    snaps = run_json(server, "neo-ls", "--snapshots", server.remote("t"))["snapshots"]
+    assert [s["id"] for s in snaps] == [first["snapshot"], second["snapshot"]]
+    assert [(s["files"], s["changed"], s["bytes_added"], s["new_chunks"]) for s in snaps[1:]] == [(3, 0, 0, 0)]
+    assert snaps[0]["files"] == 3 and snaps[0]["bytes_added"] > 300_000
+    rows = snapshot_rows(server, "t")
+    # FILES counts files only; CHANGED counts the two directories too ('' and sub)
+    assert [(int(r[0]), int(r[2]), int(r[3])) for r in rows] == [(first["snapshot"], 3, 5), (second["snapshot"], 3, 0)]
+    assert rows[0][1] != rows[1][1] and all(math.modf(s["time"])[0] > 0 for s in snaps)  # shown to the second
+
+    for sid, shown, _files, _changed, _deleted in rows:
+        listed = run_json(server, "neo-ls", "--at", shown, server.remote("t"))
+        assert listed["snapshot"] == int(sid), (shown, snaps)
+        pulled = run_json(server, "neo-pull", "--at", shown, server.remote("t"), str(tmp_path / f"at-{sid}"))
+        assert pulled["snapshot"] == int(sid), (shown, snaps)
+        assert snapshot_of(tmp_path / f"at-{sid}") == snapshot_of(src)
+    # The second before the first snapshot's has none: the message quotes the TIME as given, and the oldest.
+    early = datetime.datetime.fromisoformat(rows[0][1]) - datetime.timedelta(seconds=1)
+    r = run(server, "neo-ls", "--at", early.isoformat(), server.remote("t"), ok=False)
+    assert r.returncode == 1
+    assert f"no snapshot was taken at or before {early.isoformat()}; the oldest is {rows[0][0]} at {rows[0][1]}" in (
+        r.stderr
+    )
 
 
 def test_prune_keeps_what_the_policy_says_and_gc_reclaims_disk(server: RunningServer, tmp_path: Path) -> None:
