@@ -241,3 +241,45 @@ def test_grant_root_is_a_component_boundary_and_odd_paths_stay_inside(kit: Kit) 
     mine, other_case = chunk(b"mine to see")[0], chunk(b"other case")[0]
     have = viewer.call(Have(rid=0, handle=ph, ids=[secret, mine, other_case, chunk(b"not mine either")[0]]))
     assert isinstance(have, Missing) and have.bitmap == b"\x0d"  # only "mine to see" is present for this grant
+
+
+def test_errors_name_paths_as_the_grantee_asked_for_them(kit: Kit) -> None:
+    """A missing, deleted or damaged path is named relative to what the client opened (a single-file handle's
+    requests say ''), never by where the grant's root lies in the owner's target."""
+    from neotwist.server.repository import packs
+    from neotwist.wire.messages import ListVersions
+
+    alice = kit.connect("alice")
+    documents(alice)  # snapshots 1..3
+    committed(alice.push({"deck": b"slides v2"}, "documents", "presentations", delete=True))  # 4: 2024/q1 deleted
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.READ, "slides")
+    viewer = kit.connect("alice.viewer")
+
+    def only_grant_terms(reply: object, code: ErrorCode, *words: str) -> None:
+        refused(reply, code, *words)
+        assert isinstance(reply, RemoteError) and "presentations" not in reply.message, reply.message
+
+    only_grant_terms(viewer.listing(viewer.open("slides", "2024/nope").handle), ErrorCode.NO_SUCH_PATH,
+                     "nothing at '2024/nope' in snapshot 4")  # fmt: skip
+    deleted = viewer.open("slides", "2024/q1").handle  # a file deleted in the latest snapshot
+    only_grant_terms(viewer.listing(deleted), ErrorCode.NO_SUCH_PATH,
+                     "'2024/q1' was deleted in that snapshot; snapshot 3 holds its last version",
+                     "--snapshot 3", "neo-ls --versions 2024/q1")  # fmt: skip
+    assert sorted(viewer.listing(deleted, snapshot=3)) == [""]  # ... and that snapshot has it
+    only_grant_terms(viewer.listing(viewer.open("slides", "2024").handle, path="q1"), ErrorCode.NO_SUCH_PATH,
+                     "'2024/q1' was deleted in that snapshot")  # fmt: skip
+    only_grant_terms(viewer.listing(viewer.open("slides").handle, snapshot=1, path="2024/q1"),
+                     ErrorCode.NO_SUCH_PATH, "nothing at '2024/q1' in snapshot 1; it first appears in snapshot 3")
+    only_grant_terms(viewer.call(ListVersions(rid=0, handle=viewer.open("slides").handle, path="gone")),
+                     ErrorCode.NO_SUCH_PATH, "no stored version of 'gone'")  # fmt: skip
+
+    # A rotten chunk, fetched through a handle opened at the file itself: named 'deck', not '' nor its full path.
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "documents")  # type: ignore[union-attr]
+    assert target is not None
+    cid = chunk(b"slides v2")[0]
+    pack, offset, _length, _codec, _size = target.locate([cid])[cid]
+    with open(target._packs.path(pack), "r+b") as f:
+        f.seek(offset + packs.HEADER_SIZE)
+        f.write(b"X")
+    one = viewer.open("slides", "deck").handle
+    only_grant_terms(viewer.call(Get(rid=0, handle=one, snapshot=4, path="", ids=[cid])), ErrorCode.DAMAGED, "deck: ")

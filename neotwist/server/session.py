@@ -675,7 +675,7 @@ class ServerSession:
                 return snapshot, target.list_entries(snapshot, where, message.recursive)
             except NeoError as e:  # say it in the client's terms: its path, its name for the target
                 if e.code == ErrorCode.NO_SUCH_PATH:
-                    raise NeoError(e.code, f"nothing at {message.path!r} in snapshot {snapshot}") from None
+                    raise NeoError(e.code, self._nothing_at(handle, message.path, snapshot)) from None
                 if e.code == ErrorCode.NO_SUCH_SNAPSHOT:
                     raise NeoError(e.code, f"no snapshot {snapshot} in {handle.name!r}") from None
                 raise
@@ -716,6 +716,7 @@ class ServerSession:
         target = handle.target
         assert target is not None
         where = paths.join(handle.root, message.path)
+        named = self.client_path(handle, message.path)
         ids = message.ids
 
         locations: dict[bytes, Any] = {}
@@ -728,14 +729,14 @@ class ServerSession:
                 chunks = target.file_chunks(message.snapshot, where)
                 if chunks is None:
                     raise NeoError(
-                        ErrorCode.NO_SUCH_PATH, f"no file {message.path!r} in snapshot {message.snapshot}"
+                        ErrorCode.NO_SUCH_PATH, f"no file {named!r} in snapshot {message.snapshot}"
                     )
                 size = limits.ID_SIZE
                 owned = {chunks[i : i + size] for i in range(0, len(chunks), size)}
                 for cid in ids:
                     if cid not in owned:
                         raise NeoError(
-                            ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {cid.hex()} is not part of {message.path!r}"
+                            ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {cid.hex()} is not part of {named!r}"
                         )
                 locations.update(target.locate(ids))
             out: list[ChunkReply] = []
@@ -753,7 +754,7 @@ class ServerSession:
                             path=where,
                             why=e.message,
                         )
-                        raise NeoError(ErrorCode.DAMAGED, f"{message.path}: {e.message}") from None
+                        raise NeoError(ErrorCode.DAMAGED, f"{named}: {e.message}") from None
                     raise
                 out.append(ChunkReply(rid=message.rid, id=cid, codec=cast(Codec, codec), size=size, data=data))
                 total += len(data)
@@ -906,6 +907,43 @@ class ServerSession:
         if target.snapshot(snapshot) is None:
             raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {snapshot} in {handle.name!r}")
         return snapshot
+
+    @staticmethod
+    def client_path(handle: _Handle, path: str) -> str:
+        """``path`` (relative to the handle's root) as the client knows it: below the sub-path it opened. Errors
+        name paths this way, never by the handle's root: a single-file handle's requests say '', and a handle
+        confined to a grant must not learn where its root lies in the owner's target."""
+        return paths.join(handle.path, path)
+
+    def _nothing_at(self, handle: _Handle, path: str, snapshot: int) -> str:
+        """Why snapshot ``snapshot`` has nothing at ``path`` (relative to the handle's root), in the client's terms
+        (blocking). A path that a kept snapshot before it held was deleted: say in which snapshot and which one
+        to restore it from, so the user need not go looking."""
+        target = handle.target
+        assert target is not None
+        named = self.client_path(handle, path)
+        try:
+            versions = target.versions(paths.join(handle.root, path))
+        except NeoError:
+            versions = []
+        gone = [v for v in versions if v.last is not None and v.last <= snapshot]
+        if gone:
+            last = gone[-1]
+            assert last.last is not None
+            kept = (
+                handle.view.snapshot_ids() if handle.view is not None else [s.id for s in target.snapshots()]
+            )
+            holding = [i for i in kept if last.first <= i < last.last]
+            if holding:
+                when = "in that snapshot" if last.last == snapshot else f"in snapshot {last.last}"
+                return (
+                    f"{named!r} was deleted {when}; snapshot {holding[-1]} holds its last version: pull or list it "
+                    f"with --snapshot {holding[-1]} (neo-ls --versions {named} lists every stored version)"
+                )
+        later = [v.first for v in versions if v.first > snapshot]
+        if later:
+            return f"nothing at {named!r} in snapshot {snapshot}; it first appears in snapshot {later[0]}"
+        return f"nothing at {named!r} in snapshot {snapshot}"
 
     @staticmethod
     def _raise_removed(handle: _Handle) -> None:

@@ -101,12 +101,19 @@ def on_versions(session: ServerSession, peer: Peer, message: ListVersions) -> De
     where = paths.join(handle.root, paths.check_path(message.path))
 
     def records() -> list[VersionRecord]:
+        try:
+            found = target.versions(where)
+        except NeoError as e:  # named as the client named it: the repository's message holds the handle's root
+            if e.code == ErrorCode.NO_SUCH_PATH:
+                named = session.client_path(handle, message.path)
+                raise NeoError(e.code, f"no stored version of {named!r}") from None
+            raise
         return [
             VersionRecord(
                 snapshot=v.first, until=v.last, time=v.time, kind=cast(Any, v.kind), mode=v.mode,
                 mtime_ns=v.mtime_ns, size=v.size,
             )
-            for v in target.versions(where)
+            for v in found
         ]
 
     def send(items: list[VersionRecord]) -> Deferred[None]:
