@@ -333,4 +333,47 @@ def test_a_corrupted_chunk_is_reported_and_only_its_file_fails_to_restore(
     assert not (dest / "victim.bin").exists()
     assert (dest / "bystander.bin").read_bytes() == (src / "bystander.bin").read_bytes()
     assert (dest / "note.txt").read_text() == "fine\n"
+
+    # The damaged file alone: named by its path in LOCAL (the server's request path for it is ''), with why.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    r = run(server, "neo-pull", server.remote("c/victim.bin"), str(alone), ok=False)
+    assert r.returncode == 1
+    assert "neo-pull: damaged, not restored: victim.bin: chunk " in r.stderr, r.stderr
+    assert ": : " not in r.stderr and list(alone.iterdir()) == []
+    r = run(server, "neo-pull", server.remote("c/victim.bin"), str(tmp_path / "renamed.bin"), ok=False)
+    assert r.returncode == 1 and "damaged, not restored: renamed.bin: chunk " in r.stderr, r.stderr
+    assert not (tmp_path / "renamed.bin").exists()
     assert "Traceback" not in server.log_text()
+
+
+def test_a_missing_or_deleted_path_is_named_and_the_snapshot_holding_it_suggested(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "t").mkdir(parents=True)
+    (src / "t" / "keep.txt").write_text("kept\n")
+    (src / "t" / "gone.txt").write_text("soon gone\n")
+    stamp(src)
+    s1 = push(server, src, "docs")["snapshot"]
+    gone = snapshot_of(src)["t/gone.txt"]
+    (src / "t" / "gone.txt").unlink()
+    s2 = push(server, src, "docs", "--delete")["snapshot"]
+
+    for program, args in [("neo-ls", ()), ("neo-pull", (str(tmp_path / "d1"),))]:
+        r = run(server, program, server.remote("docs/t/nope"), *args, ok=False)
+        assert r.returncode == 1
+        assert f"nothing at 't/nope' in snapshot {s2}" in r.stderr, r.stderr
+        r = run(server, program, server.remote("docs/t/gone.txt"), *args, ok=False)
+        assert r.returncode == 1
+        assert f"'t/gone.txt' was deleted in that snapshot; snapshot {s1} holds its last version" in r.stderr, r.stderr
+        assert f"--snapshot {s1}" in r.stderr and "neo-ls --versions t/gone.txt" in r.stderr
+    assert not (tmp_path / "d1").exists()
+    # following the advice works
+    pull(server, server.remote("docs/t/gone.txt"), tmp_path / "back.txt", "--snapshot", str(s1))
+    assert snapshot_of(tmp_path)["back.txt"] == gone
+    versions = run_json(server, "neo-ls", server.remote("docs"), "--versions", "t/gone.txt")["versions"]
+    assert [(v["snapshot"], v["until"]) for v in versions] == [(s1, s2)]
+    r = run(server, "neo-ls", server.remote("docs/t"), "--versions", "nope", ok=False)
+    assert r.returncode == 1 and "no stored version of 't/nope'" in r.stderr, r.stderr
+    assert_clean(server.log_text())

@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, en
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import stash
 from neotwist.client.encryption import KeySource, open_for_read
@@ -521,9 +522,11 @@ class _PullRun:
         single_file: bool = False,
         content: Content = PLAIN,
         remote: dict[str, str] | None = None,
+        asked: str = "",
     ) -> None:
         self.reactor = reactor
         self.content = content
+        self.asked = asked  # the sub-path the handle was opened at: the server names paths below it
         self.remote = remote or {}
         self.pool = pool
         self.peer = peer
@@ -727,9 +730,13 @@ class _PullRun:
             )
         except RemoteError as e:
             self.budget.release(held)
-            if e.code == ErrorCode.DAMAGED and self.content.sealer is not None:
-                # the server's message names the encrypted path: name the file as its owner knows it
-                raise DamagedFile(f"{f.path}: its data is damaged on the server; not restored") from None
+            if e.code == ErrorCode.DAMAGED:
+                # Named by the file's path in LOCAL, as every other damaged file is: the server names it by its
+                # remote path (an encrypted one names nothing the owner can read; its reason is kept otherwise).
+                if self.content.sealer is not None:
+                    raise DamagedFile(f"{f.path}: its data is damaged on the server; not restored") from None
+                why = e.message.removeprefix(f"{paths.join(self.asked, remote)}: ")
+                raise DamagedFile(f"{f.path}: {why}") from None
             raise
         except BaseException:
             self.budget.release(held)
@@ -825,7 +832,8 @@ async def pull(
     content = Content(crypt.sealer) if crypt is not None else PLAIN
     params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
     run = _PullRun(
-        reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote
+        reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote,
+        asked=subpath,
     )
     run.damaged.extend(refused)  # entries whose names or metadata failed authentication: not written
     try:
