@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from support import BIN, RunningServer, assert_clean, snapshot_of
 
+from neotwist.client.timespec import format_time
+
 if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
     pytest.skip("OpenSSH client not installed", allow_module_level=True)
 
@@ -377,3 +379,124 @@ def test_a_missing_or_deleted_path_is_named_and_the_snapshot_holding_it_suggeste
     r = run(server, "neo-ls", server.remote("docs/t"), "--versions", "nope", ok=False)
     assert r.returncode == 1 and "no stored version of 't/nope'" in r.stderr, r.stderr
     assert_clean(server.log_text())
+
+
+def _decisions(reply: dict[str, Any]) -> list[tuple[int, bool, list[str]]]:
+    return [(s["id"], s["keep"], s["reasons"]) for s in reply["snapshots"]]
+
+
+def test_prune_by_day_and_by_age_through_the_server_and_the_targets_listing(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """--keep-daily and --keep-within decided by the server's clock, dry run and real. Snapshots seconds apart
+    share their day (newest of it kept) unless they straddle a UTC midnight, which the expectation computes; the
+    --keep-within cut is put in a 6-second gap between the second and third snapshot, measured from the
+    snapshots' own server times, so the run's own delay cannot move it past either."""
+    rng = random.Random(10)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "keep.txt").write_text("always\n")
+    ids: list[int] = []
+    trees = {}
+    for n in range(4):
+        for old in src.glob("unique-*"):
+            old.unlink()
+        (src / f"unique-{n}.bin").write_bytes(rng.randbytes(60_000))
+        stamp(src, n)
+        if n == 2:
+            t2 = run_json(server, "neo-ls", "--snapshots", server.remote("t"))["snapshots"][-1]["time"]
+            time.sleep(max(0.0, t2 + 6 - time.time()))
+        ids.append(push(server, src, "t", "--delete")["snapshot"])
+        trees[ids[-1]] = snapshot_of(src)
+    snaps = run_json(server, "neo-ls", "--snapshots", server.remote("t"))["snapshots"]
+    times = {s["id"]: s["time"] for s in snaps}
+    assert [s["id"] for s in snaps] == ids and times[ids[2]] - times[ids[1]] >= 6
+
+    # neo-ls HOST: every target with its snapshots, latest, files (of the latest snapshot) and stored bytes.
+    listed = run_json(server, "neo-ls", f"ssh://alice@127.0.0.1:{server.ssh_port}")["targets"]
+    assert set(listed[0]) == {
+        "name", "encrypted", "snapshots", "latest", "latest_time", "files", "stored_bytes", "right", "owner",
+    }  # fmt: skip
+    (t,) = listed
+    assert (t["name"], t["encrypted"], t["snapshots"], t["latest"], t["files"]) == ("t", False, 4, ids[-1], 2)
+    assert (t["latest_time"], t["right"], t["owner"]) == (times[ids[-1]], "full", "")
+    assert t["stored_bytes"] == sum(s["bytes_added"] for s in snaps) >= 4 * 60_000
+    lines = run(server, "neo-ls", f"ssh://alice@127.0.0.1:{server.ssh_port}").stdout.splitlines()
+    assert lines[0].split() == ["TARGET", "SNAPSHOTS", "LATEST", "FILES", "STORED"]
+    assert lines[1].split()[:4] == ["t", "4", format_time(times[ids[-1]]), "2"]
+
+    # --keep-daily 2: the newest snapshot of each of the two newest UTC days that have one (usually one day).
+    days: dict[datetime.date, int] = {}
+    for sid in ids:
+        days[datetime.datetime.fromtimestamp(times[sid], tz=datetime.UTC).date()] = sid  # the day's newest
+    daily = set(sorted(days.values())[-2:])
+    dry = run_json(server, "neo-prune", "--dry-run", "--keep-daily", "2", server.remote("t"))
+    assert _decisions(dry) == [
+        (sid, sid in daily, (["latest"] if sid == ids[-1] else []) + (["daily"] if sid in daily else []))
+        for sid in ids
+    ]
+    assert (dry["dry_run"], dry["kept"], dry["removed"]) == (True, len(daily), 4 - len(daily))
+    assert run_json(server, "neo-prune", "--dry-run", "--keep-within", "1d", server.remote("t"))["removed"] == 0
+
+    def within() -> str:
+        """A --keep-within whose cut falls just after the second snapshot: the server's now is later than ours,
+        which moves the cut later, by far less than the gap before the third."""
+        return f"{time.time() - times[ids[1]] - 0.2:.3f}s"
+
+    expected = [(ids[0], False, []), (ids[1], False, []), (ids[2], True, ["within"]),
+                (ids[3], True, ["latest", "within"])]  # fmt: skip
+    dry = run_json(server, "neo-prune", "--dry-run", "--keep-within", within(), server.remote("t"))
+    assert _decisions(dry) == expected
+    assert [s["id"] for s in run_json(server, "neo-ls", "--snapshots", server.remote("t"))["snapshots"]] == ids
+    real = run_json(server, "neo-prune", "--keep-within", within(), server.remote("t"))
+    assert _decisions(real) == expected and (real["dry_run"], real["kept"], real["removed"]) == (False, 2, 2)
+    assert real["reclaimed_bytes"] > 0
+    assert [s["id"] for s in run_json(server, "neo-ls", "--snapshots", server.remote("t"))["snapshots"]] == ids[2:]
+    for sid in ids[2:]:
+        pull(server, server.remote("t"), tmp_path / f"r{sid}", "--snapshot", str(sid))
+        assert snapshot_of(tmp_path / f"r{sid}") == trees[sid]
+    (t,) = run_json(server, "neo-ls", f"ssh://alice@127.0.0.1:{server.ssh_port}")["targets"]
+    assert (t["snapshots"], t["latest"]) == (2, ids[-1])
+    assert_clean(server.log_text())
+
+
+def test_verify_data_finds_a_chunk_whose_record_is_valid_but_content_wrong(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A record rewritten with other bytes of the same length and a matching CRC passes the plain check (headers
+    and CRCs) and only --verify-data, which hashes every chunk, finds it; neo-pull refuses the file too."""
+    from neotwist.server.repository import packs
+
+    rng = random.Random(11)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "forged.bin").write_bytes(rng.randbytes(100_000))  # incompressible: stored raw (codec 0)
+    (src / "fine.bin").write_bytes(rng.randbytes(100_000))
+    stamp(src)
+    push(server, src, "v")
+    packfile, offset, length = _chunk_location(server, "forged.bin")
+    with packfile.open("r+b") as f:
+        f.seek(offset - packs.HEADER_SIZE)
+        header = f.read(packs.HEADER_SIZE)
+        stored = f.read(length)
+        _magic, cid, codec, size = header[:4], header[4:36], header[36], int.from_bytes(header[37:41])
+        assert codec == 0 and size == length, (codec, size, length)
+        forged = bytes(b ^ 0x55 for b in stored)
+        f.seek(offset - packs.HEADER_SIZE)
+        f.write(packs.encode_header(cid, codec, size, forged) + forged)  # a valid record: wrong bytes, good CRC
+
+    plain = run_json(server, "neo-check", server.remote("v"))
+    assert plain["ok"] is True and plain["verified_data"] is False  # the CRCs all match
+    r = run(server, "neo-check", "--verify-data", server.remote("v"), ok=False)
+    assert r.returncode == 1
+    assert "damaged: forged.bin in snapshot(s) 1" in r.stderr and "fine.bin" not in r.stderr, r.stderr
+    report = json.loads(run(server, "neo-check", "--json", "--verify-data", server.remote("v"), ok=False).stdout)
+    assert (report["ok"], report["verified_data"], report["damaged_chunks"]) == (False, True, 1)
+    damaged = [(f["path"], f["snapshots"], f["chunk"]) for f in report["damaged_files"]]
+    assert damaged == [("forged.bin", [1], cid.hex())]
+    assert "hash" in report["damaged_files"][0]["why"]
+    dest = tmp_path / "dest"
+    r = run(server, "neo-pull", server.remote("v"), str(dest), ok=False)
+    assert r.returncode == 1 and "damaged, not restored: forged.bin" in r.stderr, r.stderr
+    assert not (dest / "forged.bin").exists() and (dest / "fine.bin").read_bytes() == (src / "fine.bin").read_bytes()
+    assert "Traceback" not in server.log_text()
