@@ -46,6 +46,19 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2
 
 
+def test_ls_history_listings_refuse_recursive(tmp_path: Path) -> None:
+    """-R with --deleted, --versions or --snapshots was silently ignored: now a usage error before any connection
+    (port 1 is never reached: that would exit 1)."""
+    for which in (["--deleted"], ["--versions", "a.txt"], ["--snapshots"]):
+        r = subprocess.run(
+            [str(Path(sys.executable).with_name("neo-ls")), "-R", *which, "alice@127.0.0.1:1/t"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path,
+        )  # fmt: skip
+        assert r.returncode == 2, (which, r.stderr)
+        errors = [line for line in r.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and f"{which[0]} takes no -R" in errors[0], r.stderr
+
+
 def test_unreachable_server_exits_1_with_one_line(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -360,7 +360,12 @@ def test_a_missing_or_deleted_path_is_named_and_the_snapshot_holding_it_suggeste
     s1 = push(server, src, "docs")["snapshot"]
     gone = snapshot_of(src)["t/gone.txt"]
     (src / "t" / "gone.txt").unlink()
-    s2 = push(server, src, "docs", "--delete")["snapshot"]
+    # the plain-text summary says how many paths --delete recorded as deleted (the --json has "deleted")
+    text = run(server, "neo-push", "--no-cache", "--delete", str(src), server.remote("docs")).stdout
+    assert text.startswith(f"snapshot {s1 + 1}: ") and ", 1 recorded as deleted\n" in text, text
+    s2 = s1 + 1
+    assert ", 0 recorded as deleted" in run(server, "neo-push", "--delete", str(src), server.remote("x")).stdout
+    assert "recorded as deleted" not in run(server, "neo-push", str(src), server.remote("x")).stdout
 
     for program, args in [("neo-ls", ()), ("neo-pull", (str(tmp_path / "d1"),))]:
         r = run(server, program, server.remote("docs/t/nope"), *args, ok=False)

@@ -193,13 +193,16 @@ def _split_args(args: argparse.Namespace, program: Direction) -> tuple[str, str]
     return local, remote
 
 
-def _human(direction: Direction, summary: Any) -> str:
+def _human(direction: Direction, summary: Any, delete: bool = False) -> str:
+    """The plain-text summary; ``delete``: the push ran with --delete, so say how many paths it recorded as
+    deleted (0 included: the user asked for it and should see that it happened)."""
     size = human_size
     if direction == "push":
+        deleted = f", {summary.deleted} recorded as deleted" if delete else ""
         lines = [
             f"snapshot {summary.snapshot}: {summary.files_scanned} items scanned, "
             f"{summary.files_changed} files "
-            f"read ({size(summary.bytes_read)}), {summary.files_skipped} skipped",
+            f"read ({size(summary.bytes_read)}), {summary.files_skipped} skipped{deleted}",
             f"new chunks {summary.new_chunks} ({size(summary.new_bytes)}); sent {size(summary.bytes_sent)}, "
             f"received {size(summary.bytes_received)} in {summary.elapsed_s:.2f} s",
         ]
@@ -339,7 +342,8 @@ async def _run(
         if args.json:
             sys.stdout.write(msgspec.json.encode(summary.as_json()).decode() + "\n")
         elif not args.quiet:
-            (sys.stderr if code else sys.stdout).write(_human(direction, summary) + "\n")
+            text = _human(direction, summary, getattr(args, "delete", False))
+            (sys.stderr if code else sys.stdout).write(text + "\n")
     return code
 
 

@@ -242,6 +242,13 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
         parser.error("give REMOTE as HOST/TARGET[/PATH] to list inside a target")
     if (args.snapshots or args.versions or args.deleted) and (at is not None or args.snapshot is not None):
         parser.error("--at and --snapshot choose the files listed; --snapshots, --versions and --deleted list all")
+    if (args.snapshots or args.versions is not None or args.deleted) and args.recursive:
+        # refused rather than ignored: "-R --versions DIR" reads as "every version of everything below DIR"
+        which = "--snapshots" if args.snapshots else "--versions" if args.versions is not None else "--deleted"
+        parser.error(
+            f"-R lists a snapshot's files recursively; {which} takes no -R (--deleted already lists everything "
+            "below REMOTE's path, --versions one path)"
+        )
 
     async def body(peer: Peer) -> int:
         if args.usage:
