@@ -139,7 +139,8 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
         when.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot, not the latest (neo-ls "
                           "REMOTE --snapshots lists them)")
         when.add_argument("--at", metavar="TIME", help="pull the newest snapshot taken at or before TIME: "
-                          "2026-11-23T14:30 (local time), 2026-11-23, @EPOCH or '3d ago'")
+                          "2026-11-23T14:30 (local time; the whole minute counts), 2026-11-23, @EPOCH or '3d ago' "
+                          "(a TIME copied from neo-ls --snapshots picks that snapshot)")
         # Accepted so one filter invocation works both ways; a pull takes what the snapshot holds.
         work.add_argument("--filter-file", metavar="FILE", help=argparse.SUPPRESS)
         work.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=argparse.SUPPRESS)

@@ -53,7 +53,8 @@ examples:
   neo-ls alice@nas/docs --deleted                    files deleted since, that old snapshots still hold
   neo-ls alice@nas --usage                           space used against the account's quota
 
-Restore what you found with neo-pull --snapshot ID (or --at TIME) REMOTE[/PATH] DEST.
+Restore what you found with neo-pull --snapshot ID (or --at TIME) REMOTE[/PATH] DEST. A TIME covers the
+second, minute or day it is written to: a TIME copied from --snapshots picks that very snapshot.
 """
 
 _PRUNE_EPILOG = f"""\
