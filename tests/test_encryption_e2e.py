@@ -436,6 +436,17 @@ def test_listings_of_an_encrypted_target_are_decrypted(server: RunningServer, tm
     run_json(server, "neo-pull", server.remote("t/docs/report.txt"), str(one))
     assert (one / "report.txt").read_text() == "second, longer draft"
 
+    # a missing or deleted path is named in plaintext (the server knows only its tokens)
+    for program, args in [("neo-ls", ()), ("neo-pull", (str(tmp_path / "none"),))]:
+        r = server.cli(program, server.remote("t/docs/nope"), *args, env=key_env(server))
+        assert r.returncode == 1 and "nothing at 'docs/nope' in snapshot 3" in r.stderr, r.stderr
+        r = server.cli(program, server.remote("t/old-notes.txt"), *args, env=key_env(server))
+        assert r.returncode == 1, r.stderr
+        assert "'old-notes.txt' was deleted in snapshot 2; snapshot 1 holds its last version" in r.stderr, r.stderr
+        assert "neo-ls --versions old-notes.txt" in r.stderr
+    r = server.cli("neo-ls", "--versions", "nope", server.remote("t/docs"), env=key_env(server))
+    assert r.returncode == 1 and "no stored version of 'docs/nope'" in r.stderr, r.stderr
+
     wrong = server.cli("neo-ls", server.remote("t"), env=key_env(server, "nope"))
     assert wrong.returncode == 3 and "wrong passphrase" in wrong.stderr
 

@@ -38,6 +38,7 @@ from neotwist.client.encryption import EncryptionRefused, Namer, decrypt_deleted
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_at, parse_duration
 from neotwist.crypto import CryptoError, WrongPassphrase
+from neotwist.wire.errors import RemoteError
 from neotwist.wire.messages import GetUsage, UsageInfo
 from neotwist.wire.peer import Peer
 
@@ -273,7 +274,10 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
         elif args.versions is not None:
             path = args.versions.strip("/")
             wanted_path = crypt.tree.encrypt_subpath(path) if crypt is not None else path
-            versions = await stash.versions(peer, opened.handle, wanted_path)
+            try:
+                versions = await stash.versions(peer, opened.handle, wanted_path)
+            except RemoteError as e:
+                raise e if crypt is None else crypt.plain_error(e, path) from None
             if crypt is not None:
                 versions = await decrypt_versions(peer, opened.handle, crypt, path, versions)
             code = _show_versions(args, remote, path, versions)
@@ -286,7 +290,10 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
             wanted = args.snapshot
             if at is not None:
                 wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), at, None)
-            snapshot, entries = await stash.entries(peer, opened.handle, wanted, "", args.recursive)
+            try:
+                snapshot, entries = await stash.entries(peer, opened.handle, wanted, "", args.recursive)
+            except RemoteError as e:
+                raise e if crypt is None else crypt.plain_error(e) from None
             if crypt is not None:
                 decrypted = crypt.tree.decrypt_listing(entries)
                 entries = decrypted.entries

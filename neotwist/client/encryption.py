@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from neotwist import paths
 from neotwist.crypto import AuthenticationFailed, WrongKey, WrongPassphrase, keyfile
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
 from neotwist.crypto.keys import MasterKey, TargetKeys, key_check_id
@@ -87,10 +88,21 @@ class Crypt:
     keys: TargetKeys
     sealer: ChunkSealer
     tree: TreeCipher
+    opened: tuple[str, str] = ("", "")  # (plaintext, encrypted) sub-path the handle was opened at
 
     @classmethod
     def make(cls, master: MasterKey, keys: TargetKeys, root: str) -> Crypt:
         return cls(master, keys, ChunkSealer(keys), TreeCipher(master, keys, root))
+
+    def plain_error(self, error: RemoteError, below: str = "") -> RemoteError:
+        """``error`` with the encrypted path the server names (the opened sub-path joined with ``below``,
+        plaintext relative to it) put back in plaintext: the server can only name paths by their tokens."""
+        plain, encrypted = self.opened
+        enc_below = self.tree.encrypt_subpath(below) if below else ""
+        named_enc, named = paths.join(encrypted, enc_below), paths.join(plain, below)
+        if not named_enc or named_enc not in error.message:
+            return error
+        return RemoteError(error.code, error.message.replace(named_enc, named))
 
     @property
     def id_key(self) -> bytes:
@@ -221,6 +233,7 @@ async def open_for_read(
         raise
     root, path = _place(master, grant_root, subpath)
     crypt = Crypt.make(master, keys, root)
+    crypt.opened = (subpath, path)
     if path == subpath:
         return opened, crypt
     await _close(peer, opened)

@@ -801,7 +801,10 @@ async def pull(
         wanted = options.snapshot
         if options.at is not None:
             wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), options.at, wanted)
-        snapshot, entries = await stash.entries(peer, opened.handle, wanted)
+        try:
+            snapshot, entries = await stash.entries(peer, opened.handle, wanted)
+        except RemoteError as e:
+            raise e if crypt is None else crypt.plain_error(e) from None
     except stash.StashError as e:
         raise PullError(str(e)) from None
     remote: dict[str, str] | None = None
