@@ -11,20 +11,30 @@ import pytest
 from sessionkit import Conn, Kit, chunk, committed
 
 from neotwist.server.rights import Right
+from neotwist.server.session import ServerSession
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
+    Abort,
+    Check,
     ChunkReply,
+    Close,
     Commit,
     Entry,
     Get,
     Have,
+    List,
+    ListDeleted,
+    ListSnapshots,
     ListTargets,
+    ListVersions,
     Missing,
     Ok,
     Opened,
+    Prune,
     PushBegin,
     PushEntries,
     Put,
+    RemoveTarget,
 )
 
 
@@ -241,3 +251,73 @@ def test_grant_root_is_a_component_boundary_and_odd_paths_stay_inside(kit: Kit) 
     mine, other_case = chunk(b"mine to see")[0], chunk(b"other case")[0]
     have = viewer.call(Have(rid=0, handle=ph, ids=[secret, mine, other_case, chunk(b"not mine either")[0]]))
     assert isinstance(have, Missing) and have.bitmap == b"\x0d"  # only "mine to see" is present for this grant
+
+
+def _revoked_requests(h: int, p: int, deck: bytes) -> dict[type, object]:
+    """One request of every kind that names a handle: ``h`` a read handle, ``p`` a push handle with a push begun."""
+    new, data = chunk(b"uploaded after the revoke")
+    return {
+        List: List(rid=0, handle=h, snapshot=None, path=""),
+        ListSnapshots: ListSnapshots(rid=0, handle=h),
+        ListVersions: ListVersions(rid=0, handle=h, path="deck"),
+        ListDeleted: ListDeleted(rid=0, handle=h, path=""),
+        Check: Check(rid=0, handle=h, verify_data=True),
+        Get: Get(rid=0, handle=h, snapshot=3, path="deck", ids=[deck]),
+        Have: Have(rid=0, handle=p, ids=[deck]),
+        Put: Put(rid=0, handle=p, id=new, codec=0, size=len(data), data=data),
+        PushEntries: PushEntries(rid=0, handle=p, entries=[Entry("", "d", 0o755, 0, 0)]),
+        Commit: Commit(rid=0, handle=p),
+        PushBegin: PushBegin(rid=0, handle=h),  # a second push handle is opened for it below
+        Prune: Prune(rid=0, handle=h, keep_last=1),
+        RemoveTarget: RemoveTarget(rid=0, handle=h),
+        Close: Close(rid=0, handle=h),
+    }
+
+
+@pytest.mark.parametrize("change", ["revoke", "re-point"])
+def test_every_handle_request_sees_a_revoke_on_an_open_connection(kit: Kit, change: str) -> None:
+    """Not only list and push: get, snapshots, versions, deleted, check, have, put, entries... each re-resolves
+    the grant, so after ``grant remove`` (or the grant re-pointed at another path) nothing more is read or
+    written through a handle opened before. The set of request types is taken from the session's dispatch
+    table, so a new handle request without this protection fails here."""
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.APPEND, "slides")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides").handle
+    deck = viewer.listing(h)["deck"].chunks
+    p = viewer.open("slides", mode="push").handle
+    b = viewer.open("slides", mode="push").handle
+    assert isinstance(viewer.call(PushBegin(rid=0, handle=p)), Ok)
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "documents")  # type: ignore[union-attr]
+    assert target is not None
+    before = (target.latest(), target.usage())
+    if change == "revoke":
+        kit.accounts.revoke("alice.viewer", "slides")
+    else:
+        kit.accounts.revoke("alice.viewer", "slides")
+        kit.accounts.grant("alice.viewer", "alice", "documents", "private", Right.APPEND, "slides")
+
+    requests = _revoked_requests(h, p, deck)
+    requests[PushBegin] = PushBegin(rid=0, handle=b)
+    with_handle = {t for t in ServerSession._handlers if "handle" in t.__struct_fields__}
+    assert with_handle == set(requests) | {Abort}, with_handle ^ set(requests)
+    for kind, request in requests.items():
+        if kind is Close:
+            continue  # closing is always allowed (below)
+        if kind is Put:  # a put is answered only by an error, once its batch is stored (at the next tick)
+            out: list[object] = []
+            viewer.client.request(request).addBoth(out.append)
+            viewer.pump.flush()
+            kit.clock.advance(0)
+            viewer.pump.flush()
+            reply = out[0].value if out else None  # type: ignore[attr-defined]
+        else:
+            reply = viewer.call(request, more=lambda m: False)
+        assert isinstance(reply, RemoteError), (kind, reply)
+        if kind.__name__ in ("Prune", "RemoveTarget"):
+            continue  # refused anyway: whole-target operations through a sub-path grant
+        assert reply.code == ErrorCode.NO_SUCH_TARGET and "open it again" in reply.message, (kind, reply)
+    assert (target.latest(), target.usage()) == before  # nothing was stored or committed after the change
+    assert isinstance(viewer.call(Abort(rid=0, handle=p)), Ok)
+    assert isinstance(viewer.call(requests[Close]), Ok)

@@ -220,9 +220,7 @@ class ServerSession:
         self._closed = False
         self.peer: Peer | None = None
         clock = services.reactor
-        self._login_timer = (
-            clock.callLater(limits.LOGIN_TIMEOUT, self._login_timed_out) if account is None else None
-        )
+        self._login_timer = clock.callLater(limits.LOGIN_TIMEOUT, self._login_timed_out) if account is None else None
         self._idle_timer = clock.callLater(limits.IDLE_TIMEOUT, self._idle_timed_out)
         services.sessions.add(self)
 
@@ -422,9 +420,7 @@ class ServerSession:
     def on_close(self, peer: Peer, message: Close) -> Deferred[None]:
         handle = self._handle(message.handle)
         del self._handles[message.handle]
-        return ensureDeferred(self._end_push(handle, "closed")).addCallback(
-            lambda _: peer.send(Ok(rid=message.rid))
-        )
+        return ensureDeferred(self._end_push(handle, "closed")).addCallback(lambda _: peer.send(Ok(rid=message.rid)))
 
     # --- push --------------------------------------------------------------------------------------------
 
@@ -490,10 +486,14 @@ class ServerSession:
                 answer([True] * len(message.ids))
                 return succeed(None)
             return self._admit(
-                message, lambda: self.services.run(push.missing_confined, message.ids).addCallback(answer)
+                message,
+                lambda: self._run_for(handle, Right.APPEND, "push", push.missing_confined, message.ids).addCallback(
+                    answer
+                ),
             )
         return self._admit(
-            message, lambda: self.services.run(target.missing, message.ids).addCallback(answer)
+            message,
+            lambda: self._run_for(handle, Right.APPEND, "push", target.missing, message.ids).addCallback(answer),
         )
 
     def on_put(self, peer: Peer, message: Put) -> Deferred[None] | None:
@@ -541,7 +541,7 @@ class ServerSession:
                 push.note_uploaded([c[0] for c in chunks])
 
         def store() -> Deferred[None]:
-            d = self.services.run(store_batch)
+            d = self._run_for(handle, Right.APPEND, "push", store_batch)
             d.addErrback(self._upload_failed, handle)
             return d
 
@@ -555,7 +555,7 @@ class ServerSession:
             raise NeoError(ErrorCode.PROTOCOL, "entries before push_begin")
 
         def stage() -> Deferred[None]:
-            d = handle.entries_lock.run(self.services.run, push.add, message.entries)
+            d = handle.entries_lock.run(self._run_for, handle, Right.APPEND, "push", push.add, message.entries)
             d.addErrback(self._upload_failed, handle)
             return d
 
@@ -651,9 +651,7 @@ class ServerSession:
 
     def on_abort(self, peer: Peer, message: Abort) -> Deferred[None]:
         handle = self._push_handle(message.handle)
-        return ensureDeferred(self._end_push(handle, "aborted")).addCallback(
-            lambda _: peer.send(Ok(rid=message.rid))
-        )
+        return ensureDeferred(self._end_push(handle, "aborted")).addCallback(lambda _: peer.send(Ok(rid=message.rid)))
 
     # --- pull --------------------------------------------------------------------------------------------
 
@@ -722,14 +720,13 @@ class ServerSession:
 
         def read(start: int) -> tuple[list[ChunkReply], int]:
             if start == 0:
+                self._recheck(handle)  # a revoked or re-pointed grant reads nothing more
                 if message.snapshot not in handle.snapshots_seen:
                     self._snapshot_for(handle, message.snapshot)
                     handle.snapshots_seen.add(message.snapshot)
                 chunks = target.file_chunks(message.snapshot, where)
                 if chunks is None:
-                    raise NeoError(
-                        ErrorCode.NO_SUCH_PATH, f"no file {message.path!r} in snapshot {message.snapshot}"
-                    )
+                    raise NeoError(ErrorCode.NO_SUCH_PATH, f"no file {message.path!r} in snapshot {message.snapshot}")
                 size = limits.ID_SIZE
                 owned = {chunks[i : i + size] for i in range(0, len(chunks), size)}
                 for cid in ids:
@@ -848,6 +845,10 @@ class ServerSession:
         """The handle's access as it stands now (blocking; see :meth:`_recheck`)."""
         return self._recheck(handle)
 
+    def run_for(self, handle: _Handle, need: Right, what: str, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run a request's blocking work on ``handle`` after re-resolving its access (see :meth:`_run_for`)."""
+        return self._run_for(handle, need, what, f, *args)
+
     def admit(self, message: Message, job: Callable[[], Deferred[None]]) -> Deferred[None]:
         """Run a read-only ``job`` in the background once a job slot is free (see :meth:`_admit`)."""
         return self._admit(message, job)
@@ -911,17 +912,26 @@ class ServerSession:
     def _raise_removed(handle: _Handle) -> None:
         raise NeoError(ErrorCode.NO_SUCH_TARGET, f"target {handle.name!r} was removed")
 
-    def _recheck(self, handle: _Handle) -> Access:
+    def _recheck(self, handle: _Handle, need: Right | None = None, what: str = "") -> Access:
         """The handle's access as it stands now (blocking): grants can be revoked or changed while a handle is
-        open, so data-changing requests and listings resolve it again. A grant that now leads elsewhere, or a
-        target removed meanwhile (also by neo-admin in another process), ends the handle's use."""
+        open, so every request on a handle resolves it again (through :meth:`_run_for`, or itself for the few
+        jobs that need the result). A grant that now leads elsewhere, or a target removed meanwhile (also by
+        neo-admin in another process), ends the handle's use; with ``need``, a right lowered below it refuses
+        ``what`` (PERMISSION_DENIED naming both).
+
+        An account's own target needs no account-store lookup: nothing but its removal can change it (a grant
+        may not take the name of the grantee's own target), so only that is checked."""
         old = handle.access
-        try:
-            access: Access | None = resolve_access(self.services.accounts, self._account, handle.name, handle.path)
-        except NeoError as e:
-            if e.code != ErrorCode.NO_SUCH_TARGET:
-                raise
-            access = None  # the grant is gone
+        access: Access | None
+        if not old.granted:
+            access = old
+        else:
+            try:
+                access = resolve_access(self.services.accounts, self._account, handle.name, handle.path)
+            except NeoError as e:
+                if e.code != ErrorCode.NO_SUCH_TARGET:
+                    raise
+                access = None  # the grant is gone
         target = handle.target
         moved = access is None or (access.owner_id, access.target, access.root) != (old.owner_id, old.target, old.root)
         if moved or (target is not None and not self.services.repository.is_current(target)):
@@ -930,7 +940,22 @@ class ServerSession:
                 f"{handle.name!r} was revoked, changed or removed since it was opened: open it again",
             )
         assert access is not None
+        if need is not None:
+            access.require(need, what, self._account.name)
         return access
+
+    def _run_for(self, handle: _Handle, need: Right, what: str, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run the blocking ``f(*args)`` for a request on ``handle`` in a worker, after re-resolving the handle's
+        access there (:meth:`_recheck` with ``need``). Every request that reads or changes a target through a
+        handle runs its work through here (or rechecks itself first), so a revoke, a narrowed right or a grant
+        re-pointed elsewhere stops the very next request on a connection already open, whatever it is
+        (test_grants_session checks every handle request)."""
+
+        def job() -> Any:
+            self._recheck(handle, need, what)
+            return f(*args)
+
+        return self.services.run(job)
 
     def _push_handle(self, number: int) -> _Handle:
         handle = self._handle(number)
@@ -987,9 +1012,7 @@ class ServerSession:
                 rid = rids[error.index]
             peer.reply_error(rid, error)
             return
-        log.failure(
-            "Session job failed on {kind} (rid {rid})", failure, kind=type(message).__name__, rid=message.rid
-        )
+        log.failure("Session job failed on {kind} (rid {rid})", failure, kind=type(message).__name__, rid=message.rid)
         peer.reply_error(message.rid, NeoError(ErrorCode.INTERNAL, "internal error; see the server log"))
 
     def _upload_failed(self, failure: Failure, handle: _Handle) -> Failure:
