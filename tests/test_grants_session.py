@@ -29,6 +29,7 @@ from neotwist.wire.messages import (
     ListVersions,
     Missing,
     Ok,
+    Open,
     Opened,
     Prune,
     PushBegin,
@@ -321,3 +322,85 @@ def test_every_handle_request_sees_a_revoke_on_an_open_connection(kit: Kit, chan
     assert (target.latest(), target.usage()) == before  # nothing was stored or committed after the change
     assert isinstance(viewer.call(Abort(rid=0, handle=p)), Ok)
     assert isinstance(viewer.call(requests[Close]), Ok)
+
+
+def _open_push(conn: Conn, name: str, *, keep_history: bool | None = None, encrypted: bool = False) -> object:
+    return conn.call(Open(rid=0, target=name, path="", mode="push", create=True, keep_history=keep_history,
+                          encrypted=encrypted, key_check=b"k" * 32 if encrypted else b""))  # fmt: skip
+
+
+def test_append_grantee_cannot_create_a_target_without_history(kit: Kit) -> None:
+    """An append key that could create its target as no-history would then drop version 1 with its next push.
+    Creating without history needs full on the whole target; a sub-path grantee (even full) cannot impose it on
+    the owner's target either. Refused: nothing is created."""
+    alice_id = kit.accounts.get("alice").id  # type: ignore[union-attr]
+    kit.accounts.grant("alice.viewer", "alice", "laptop", "", Right.APPEND, "laptop")
+    kit.accounts.grant("alice.viewer", "alice", "documents", "mine", Right.FULL, "part")
+    viewer = kit.connect("alice.viewer")
+    refused(_open_push(viewer, "laptop", keep_history=False), ErrorCode.PERMISSION_DENIED,
+            "creating a target that keeps no history needs the full right on the whole target",
+            "alice.viewer has append on all of 'laptop'")  # fmt: skip
+    refused(_open_push(viewer, "part", keep_history=False), ErrorCode.PERMISSION_DENIED,
+            "alice.viewer has full on a part of 'part'")  # fmt: skip
+    assert kit.repository.find_target(alice_id, "laptop") is None
+    assert kit.repository.find_target(alice_id, "documents") is None
+    # with history (the default) it may create it; then it can never switch history off
+    committed(viewer.push({"report": b"version 1"}, "laptop"))
+    refused(_open_push(viewer, "laptop", keep_history=False), ErrorCode.PERMISSION_DENIED, "needs the full right")
+    committed(viewer.push({"report": b"version 2"}, "laptop"))
+    target = kit.repository.find_target(alice_id, "laptop")
+    assert target is not None and target.meta.keep_history and len(target.snapshots()) == 2
+    # a grantee with full on the whole target may create it without history
+    kit.accounts.grant("alice.viewer", "alice", "mirror", "", Right.FULL, "mirror")
+    opened = _open_push(viewer, "mirror", keep_history=False)
+    assert isinstance(opened, Opened) and opened.keep_history is False
+
+
+def test_encrypted_create_needs_a_grant_on_the_whole_target(kit: Kit) -> None:
+    """A sub-path grantee creating the owner's target encrypted would bind all of it to the grantee's key; a
+    whole-target append grantee may (an encrypted backup key: the target holds only what it pushes)."""
+    alice_id = kit.accounts.get("alice").id  # type: ignore[union-attr]
+    kit.accounts.grant("alice.viewer", "alice", "documents", "laptop", Right.APPEND, "part")
+    kit.accounts.grant("alice.viewer", "alice", "vault", "", Right.APPEND, "vault")
+    viewer = kit.connect("alice.viewer")
+    refused(_open_push(viewer, "part", encrypted=True), ErrorCode.PERMISSION_DENIED,
+            "creating an encrypted target needs a grant on the whole target",
+            "alice.viewer has append on a part of 'part' only")  # fmt: skip
+    assert kit.repository.find_target(alice_id, "documents") is None
+    opened = _open_push(viewer, "vault", encrypted=True)
+    assert isinstance(opened, Opened) and opened.encrypted and not opened.exists
+
+
+@pytest.mark.parametrize("right", [Right.APPEND, Right.WRITE])
+def test_pushes_below_full_are_refused_on_a_target_without_history(kit: Kit, right: Right) -> None:
+    """On a no-history target every commit prunes the older snapshots: an append (or write) push overwriting a
+    file would destroy the only copy. So pushing there needs full, at open, at push_begin and at commit (the
+    owner may turn history off under an open handle); the owner's snapshot stays as it was."""
+    alice = kit.connect("alice")
+    alice_id = kit.accounts.get("alice").id  # type: ignore[union-attr]
+    assert isinstance(_open_push(alice, "mirror", keep_history=False), Opened)
+    committed(alice.push({"only/copy": b"the only copy"}, "mirror"))
+    kit.accounts.grant("alice.viewer", "alice", "mirror", "", right, "mirror")
+    kit.accounts.grant("alice.viewer", "alice", "laptop", "", right, "laptop")
+    viewer = kit.connect("alice.viewer")
+    refused(viewer.push({"only/copy": b"ransom note"}, "mirror"), ErrorCode.PERMISSION_DENIED,
+            "pushing to a target that keeps no history (a push there replaces the only copy) needs the full right "
+            f"on mirror; alice.viewer has {right.label}")  # fmt: skip
+    mirror = kit.repository.find_target(alice_id, "mirror")
+    assert mirror is not None and [s.id for s in mirror.snapshots()] == [1]
+    assert viewer.listing(viewer.open("mirror").handle)["only/copy"].size == len(b"the only copy")
+
+    # history turned off by the owner while the grantee's push handle is open: push_begin, then commit, refuse
+    committed(viewer.push({"report": b"version 1"}, "laptop"))
+    p = viewer.open("laptop", mode="push").handle
+    q = viewer.open("laptop", mode="push").handle
+    assert isinstance(viewer.call(PushBegin(rid=0, handle=q)), Ok)
+    assert isinstance(_open_push(alice, "laptop", keep_history=False), Opened)
+    refused(viewer.call(PushBegin(rid=0, handle=p)), ErrorCode.PERMISSION_DENIED, "keeps no history")
+    cid, data = chunk(b"version 2")
+    viewer.post(Put(rid=0, handle=q, id=cid, codec=0, size=len(data), data=data))
+    viewer.post(PushEntries(rid=0, handle=q, entries=[Entry("", "d", 0o755, 0, 0),
+                                                      Entry("report", "f", 0o644, 2, len(data), cid)]))  # fmt: skip
+    refused(viewer.call(Commit(rid=0, handle=q)), ErrorCode.PERMISSION_DENIED, "keeps no history")
+    laptop = kit.repository.find_target(alice_id, "laptop")
+    assert laptop is not None and [s.id for s in laptop.snapshots()] == [1]

@@ -356,6 +356,8 @@ class ServerSession:
                     raise NeoError(
                         ErrorCode.PROTOCOL, "an encrypted target is created with its key-check record (key_check)"
                     )
+                _may_create(access, account.name, keep_history=message.keep_history is not False,
+                            encrypted=message.encrypted)  # fmt: skip
                 target = repository.create_target(
                     access.owner_id,
                     access.target,
@@ -383,6 +385,8 @@ class ServerSession:
                 repository.set_keep_history(access.owner_id, access.target, wanted)
                 refreshed = repository.find_target(access.owner_id, access.target)
                 target = refreshed if refreshed is not None else target
+            if message.mode == "push":
+                _may_push(access, target, account.name)
             if access.confined:
                 seen = RootView(target, access.grant_root).latest()
                 latest = None if seen is None else (seen.id, seen.time)
@@ -439,6 +443,7 @@ class ServerSession:
                 access.require(Right.WRITE, "push --delete", account.name)
             else:
                 access.require(Right.APPEND, "push", account.name)
+            _may_push(access, target, account.name)  # the owner may have turned history off since the open
             owner = self.services.accounts.get_by_id(access.owner_id)
             if owner is not None and owner.quota_bytes is not None:
                 handle.quota_owner = owner
@@ -582,9 +587,13 @@ class ServerSession:
         assert target is not None
         services = self.services
 
-        def commit() -> tuple[Any, int, int]:
+        def commit() -> tuple[Any, int, int, bool]:
             access = self._recheck(handle)
             access.require(Right.WRITE if push.delete else Right.APPEND, "commit", account.name)
+            _may_push(access, target, account.name)
+            # Decided here, under the same check: a target whose history is turned off after this point is pruned
+            # by the next full-right commit, never right after an append-right one.
+            no_history = not target.meta.keep_history
             check = None
             owner = services.accounts.get_by_id(access.owner_id)
             if owner is not None and owner.quota_bytes is not None:
@@ -601,14 +610,14 @@ class ServerSession:
 
             result = push.commit(time.time(), check)
             if handle.view is None:
-                return result, result.snapshot.files, result.stored_bytes
+                return result, result.snapshot.files, result.stored_bytes, no_history
             # a confined handle learns nothing of the rest of the target
-            return result, handle.view.files(result.snapshot.id), 0
+            return result, handle.view.files(result.snapshot.id), 0, no_history
 
         lock = services.owner_lock(handle.access.owner_id)
         await lock.acquire()
         try:
-            result, files, stored_bytes = await services.run(commit)
+            result, files, stored_bytes, no_history = await services.run(commit)
         except NeoError as e:
             if e.code == ErrorCode.QUOTA_EXCEEDED:
                 handle.reclaim = True
@@ -621,7 +630,7 @@ class ServerSession:
         snap = result.snapshot
         target = handle.target
         assert target is not None
-        if not target.meta.keep_history:
+        if no_history:
             # Before the reply: once the client hears "committed", older snapshots are already gone.
             await self.services.run(target.apply_no_history)
         log.info(
@@ -955,6 +964,7 @@ class ServerSession:
             self._recheck(handle, need, what)
             return f(*args)
 
+        job.__name__ = getattr(f, "__name__", "job")  # what the job runs, for logs and tests
         return self.services.run(job)
 
     def _push_handle(self, number: int) -> _Handle:
@@ -1104,6 +1114,41 @@ class ServerSession:
         **stash.HANDLERS,
         **manage.HANDLERS,
     }
+
+
+def _may_create(access: Access, account: str, *, keep_history: bool, encrypted: bool) -> None:
+    """Refuse to create a target whose settings would take something from its owner.
+
+    A target created without history drops every older version at each push: creating it so is the same as
+    switching history off, which needs the full right on the whole target, so an append grantee (whose promise
+    is that nothing it does deletes from history) cannot create its grant's target that way and then overwrite
+    what it pushed, or the owner's files, without a trace. An encrypted target binds every path of it to the
+    creator's key: a grantee of the whole target may create one (the target then holds only what it pushes, and
+    the owner, who keeps the full right, can remove it), but a grantee of a sub-path may not impose its key on
+    the rest of the owner's target."""
+    whole = access.grant_root == ""
+    if not keep_history and (access.right < Right.FULL or not whole):
+        raise NeoError(
+            ErrorCode.PERMISSION_DENIED,
+            "creating a target that keeps no history needs the full right on the whole target; "
+            f"{account} has {access.right.label} on " + ("all of" if whole else "a part of") + f" {access.name!r}",
+        )
+    if encrypted and not whole:
+        raise NeoError(
+            ErrorCode.PERMISSION_DENIED,
+            "creating an encrypted target needs a grant on the whole target (its key binds every path of it); "
+            f"{account} has {access.right.label} on a part of {access.name!r} only: the owner creates it first",
+        )
+
+
+def _may_push(access: Access, target: Target, account: str) -> None:
+    """A target that keeps no history replaces the only copy of what each push changes (older snapshots are
+    pruned after the commit), so pushing there is deleting: it needs the full right, whatever the grant's path.
+    This keeps the append (and write) promise that nothing a push does removes anything from history."""
+    if not target.meta.keep_history:
+        access.require(
+            Right.FULL, "pushing to a target that keeps no history (a push there replaces the only copy)", account
+        )
 
 
 def reclaim(target: Target) -> None:
