@@ -135,7 +135,39 @@ def test_append_grant_have_and_commit_cannot_use_chunks_from_elsewhere(kit: Kit)
     # uploading it proves the client has the bytes: then it may commit
     viewer.post(Put(rid=0, handle=h, id=salary, codec=0, size=15, data=b"a secret number"))
     done = committed(viewer.call(Commit(rid=0, handle=h)))
-    assert done.files == 3 and done.stored_bytes == 0 and done.new_chunks == 0  # files below the root only
+    # files below the root only; new_chunks/new_bytes say what this push uploaded (the salary chunk, stored
+    # already), never what was new to the store, which would tell that the content exists elsewhere
+    assert (done.files, done.stored_bytes, done.new_chunks, done.new_bytes) == (3, 0, 1, 15)
+
+
+@pytest.mark.parametrize("quota", [None, "tight"])
+def test_a_confined_push_cannot_tell_whether_content_exists_elsewhere(kit: Kit, quota: str | None) -> None:
+    """Guessing the content of private/salary from inside presentations/: a right and a wrong guess of the same
+    size get the same answer, in ``committed`` and, with a quota that the new bytes would pass, in the refusal
+    (early, at put, and at commit), which also does not show the owner's totals."""
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.APPEND, "slides")
+    alice_account = kit.accounts.get("alice")
+    assert alice_account is not None
+    if quota:
+        from neotwist.server.usage import account_usage
+
+        kit.accounts.set_quota("alice", quota=account_usage(kit.repository, alice_account).used + 10)
+    viewer = kit.connect("alice.viewer")
+    replies = []
+    for guess in (b"a secret number", b"a wrong number!"):  # the first one is right, both 15 bytes
+        reply = viewer.push({"guess": guess}, "slides")
+        if isinstance(reply, RemoteError):
+            replies.append((reply.code, reply.message))
+        else:
+            replies.append((reply.new_chunks, reply.new_bytes, reply.files, reply.stored_bytes))
+    assert replies[0] == replies[1], replies
+    if quota:
+        code, message = replies[0]
+        assert code == ErrorCode.QUOTA_EXCEEDED and "alice's quota is full" in message and "15 B" in message
+    else:
+        assert replies[0] == (1, 15, 3, 0)
 
 
 def test_rights_are_enforced_and_refusals_change_nothing(kit: Kit) -> None:

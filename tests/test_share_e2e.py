@@ -100,7 +100,8 @@ def test_readme_scenarios(server: RunningServer, tmp_path: Path) -> None:
     assert {t["name"] for t in usage["targets"]} == {"documents", "laptop"}
     big = tree(tmp_path / "big", {"video.bin": os.urandom(400_000)})
     r = as_user(server, "neo-push", str(big), backup, password=BACKUP_PW)
-    assert r.returncode == 1 and "quota" in r.stderr and "account alice uses" in r.stderr, r.stderr
+    assert r.returncode == 1 and "account alice's quota is full" in r.stderr, r.stderr
+    assert "account alice uses" not in r.stderr  # a grantee does not see the owner's totals
     assert js(server.cli("neo-ls", "--usage", "--json", f"alice@{host}"))["used"] == usage["used"]
     text = ok(server.cli("neo-ls", "--usage", f"alice@{host}")).stdout
     assert "used of 293.0 KiB" in text and "laptop" in text

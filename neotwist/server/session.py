@@ -23,6 +23,7 @@ joined below the root.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -53,7 +54,7 @@ from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.ssh import RunBlocking, thread_runner
 from neotwist.server.throttle import LoginThrottle, too_many
-from neotwist.server.usage import account_usage, over_quota
+from neotwist.server.usage import account_usage, grantee_over_quota, over_quota
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
 from neotwist.wire.messages import (
@@ -193,6 +194,12 @@ class _Handle:
     charges: int = 0  # the owner's per-file/per-dir charges at push_begin
     reclaim: bool = False  # a quota refused this push: collect its unreferenced chunks when it ends
     view: RootView | None = None  # set for a handle confined to a granted sub-path: what it may learn
+    # Since the last push on this handle ended: bytes of every chunk put, and what those puts added to the store
+    # (less when the store had some already). A confined push's quota checks use the first instead of the
+    # second, so their outcome never depends on what the rest of the target holds (see _store_confined).
+    uploaded_bytes: int = 0
+    stored_new: int = 0
+    quota_lock: threading.Lock = field(default_factory=threading.Lock)  # one confined quota check+store at a time
 
     @property
     def root(self) -> str:
@@ -530,7 +537,9 @@ class ServerSession:
         repository = self.services.repository
 
         def store_batch() -> None:
-            if owner is not None and owner.quota_bytes is not None:
+            if handle.access.confined:
+                self._store_confined(handle, chunks, owner)
+            elif owner is not None and owner.quota_bytes is not None:
                 # Refuse early, before the commit, once the stored bytes would pass the quota. Versions were
                 # counted at push_begin (handle.charges); the commit checks everything exactly.
                 usage = replace(account_usage(repository, owner, count_versions=False), per_file=0, per_dir=0)
@@ -539,11 +548,13 @@ class ServerSession:
                     target.store_chunks(chunks, budget=max(0, owner.quota_bytes - used))
                 except OverBudget as e:
                     handle.reclaim = True
+                    if handle.access.granted:
+                        raise grantee_over_quota(owner.name, e.needed, "this push's upload") from None
                     raise over_quota(replace(usage, stored_bytes=used), e.needed, "this push's upload") from None
             else:
                 target.store_chunks(chunks)
             if push is not None:
-                push.note_uploaded([c[0] for c in chunks])
+                push.note_uploaded([(c[0], len(c[3])) for c in chunks])
 
         def store() -> Deferred[None]:
             d = self._run_for(handle, Right.APPEND, "push", store_batch)
@@ -552,6 +563,28 @@ class ServerSession:
 
         # A rejected chunk is answered with the rid of its own put.
         return self._admit(batch[0], store, handle, rids=[m.rid for m in batch])
+
+    def _store_confined(
+        self, handle: _Handle, chunks: list[tuple[bytes, int, int, bytes]], owner: Account | None
+    ) -> None:
+        """Store a batch for a push confined to a granted sub-path (blocking), without telling it what the rest of
+        the target holds: with a quota, the early check charges every byte uploaded on this push, whether or not
+        the store already had it (the owner's usage minus what this push's puts really added, plus all they
+        uploaded), so being refused, and the bytes the refusal names, do not depend on deduplication against
+        data outside the grant. Checks and stores of one handle run one at a time, so the counts stay exact."""
+        target = handle.target
+        assert target is not None
+        with handle.quota_lock:
+            uploading = sum(len(c[3]) for c in chunks)
+            if owner is not None and owner.quota_bytes is not None:
+                usage = account_usage(self.services.repository, owner, count_versions=False)
+                used = usage.stored_bytes - handle.stored_new + handle.uploaded_bytes + handle.charges
+                if used + uploading > owner.quota_bytes:
+                    handle.reclaim = True
+                    raise grantee_over_quota(owner.name, handle.uploaded_bytes + uploading, "this push's upload")
+            _new, added = target.store_chunks_sized(chunks)
+            handle.stored_new += added
+            handle.uploaded_bytes += uploading
 
     def on_entries(self, peer: Peer, message: PushEntries) -> Deferred[None]:
         handle = self._push_handle(message.handle)
@@ -602,9 +635,14 @@ class ServerSession:
                 usage = account_usage(services.repository, owner)
                 quota = owner.quota_bytes
 
+                # A confined push is charged everything it uploaded, deduplicated or not (see _store_confined).
+                used = usage.used - handle.stored_new + handle.uploaded_bytes if access.confined else usage.used
+
                 def check(charge: CommitCharge) -> None:
                     extra = usage.charge(charge.new_files, charge.new_dirs)
-                    if usage.used + extra > quota:
+                    if used + extra > quota:
+                        if access.granted:
+                            raise grantee_over_quota(owner.name, charge.new_bytes + extra, "this push")
                         before = replace(usage, stored_bytes=usage.stored_bytes - charge.new_bytes)
                         raise over_quota(before, charge.new_bytes + extra, "this push")
 
@@ -633,6 +671,12 @@ class ServerSession:
         if no_history:
             # Before the reply: once the client hears "committed", older snapshots are already gone.
             await self.services.run(target.apply_no_history)
+        handle.uploaded_bytes = handle.stored_new = 0
+        new_chunks, new_bytes = (snap.new_chunks, snap.new_bytes)
+        if handle.access.confined:
+            # What this push uploaded, not what was new to the store: that would tell whether some content
+            # exists elsewhere in the target (the snapshot record keeps the real numbers, for the owner).
+            new_chunks, new_bytes = result.uploaded_chunks, result.uploaded_bytes
         log.info(
             "commit: account={account} target={target} root={root!r} snapshot={snapshot} files={files} "
             "changed={changed} new_bytes={new_bytes}",
@@ -652,8 +696,8 @@ class ServerSession:
                 files=files,
                 changed=snap.changed,
                 deleted=snap.deleted,
-                new_chunks=snap.new_chunks,
-                new_bytes=snap.new_bytes,
+                new_chunks=new_chunks,
+                new_bytes=new_bytes,
                 stored_bytes=stored_bytes,
             )
         )
@@ -1042,6 +1086,7 @@ class ServerSession:
     async def _end_push(self, handle: _Handle, why: str) -> None:
         await self._uploads_done(handle)
         push, handle.push = handle.push, None
+        handle.uploaded_bytes = handle.stored_new = 0
         if push is not None:
             await self.services.run(push.abort)
             log.info(
