@@ -16,6 +16,7 @@ from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
     Abort,
     Check,
+    CheckReport,
     ChunkReply,
     Close,
     Commit,
@@ -242,7 +243,8 @@ def test_stash_requests_through_a_sub_path_grant_say_nothing_of_the_rest(kit: Ki
     assert [(r.id, r.files, r.new_bytes, r.root) for r in records] == [(1, 1, 0, ""), (3, 2, 0, "2024")]
     report = viewer.call(Check(rid=0, handle=h), more=lambda m: not isinstance(m, CheckReport))
     assert isinstance(report, CheckReport) and report.ok
-    assert (report.chunks_checked, report.bytes_checked, report.problems) == (0, 0, [])
+    # only the chunks below the root were read: deck and 2024/q1
+    assert (report.chunks_checked, report.bytes_checked, report.problems) == (2, 22, [])
     # prune is a whole-target operation: even full on a part of it is not enough
     refused(viewer.call(Prune(rid=0, handle=h, keep_last=1)), ErrorCode.PERMISSION_DENIED)
     # full on the whole target is; read on the whole target is not (and names the right)
@@ -436,3 +438,36 @@ def test_pushes_below_full_are_refused_on_a_target_without_history(kit: Kit, rig
     refused(viewer.call(Commit(rid=0, handle=q)), ErrorCode.PERMISSION_DENIED, "keeps no history")
     laptop = kit.repository.find_target(alice_id, "laptop")
     assert laptop is not None and [s.id for s in laptop.snapshots()] == [1]
+
+
+def _damage(kit: Kit, content: bytes) -> None:
+    """Flip a byte of the stored record of ``content``'s chunk in alice's documents."""
+    from neotwist.server.repository.packs import HEADER_SIZE
+
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "documents")  # type: ignore[union-attr]
+    assert target is not None
+    pack, offset, _length, _codec, _size = target.locate([chunk(content)[0]])[chunk(content)[0]]
+    path = target._packs.path(pack)
+    data = bytearray(path.read_bytes())
+    data[offset + HEADER_SIZE] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_check_through_a_sub_path_grant_reads_only_its_chunks(kit: Kit) -> None:
+    """A read grantee's ``check --verify-data`` reads the chunks its sub-path references and nothing else: damage
+    elsewhere is neither read nor reported; damage below its root is."""
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.READ, "slides")
+    _damage(kit, b"a secret number")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides").handle
+    report = viewer.call(Check(rid=0, handle=h, verify_data=True), more=lambda m: not isinstance(m, CheckReport))
+    assert isinstance(report, CheckReport) and report.ok, report
+    assert (report.chunks_checked, report.damaged_chunks, report.files) == (2, 0, [])
+    owner = alice.call(Check(rid=0, handle=alice.open("documents").handle, verify_data=True),
+                       more=lambda m: not isinstance(m, CheckReport))  # fmt: skip
+    assert not owner.ok and owner.chunks_checked == 4 and [f.path for f in owner.files] == ["private/salary"]
+    _damage(kit, b"first quarter")
+    report = viewer.call(Check(rid=0, handle=h), more=lambda m: not isinstance(m, CheckReport))
+    assert not report.ok and [f.path for f in report.files] == ["2024/q1"] and report.damaged_chunks == 1

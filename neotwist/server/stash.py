@@ -238,7 +238,9 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
             reactor.callFromThread(send_progress, done_bytes, total_bytes)
 
     def check() -> CheckReport:
-        report = target.check(message.verify_data, progress)
+        # A confined handle checks only the chunks its sub-path references: a read grant on a part of a target
+        # must not make the server read all of it, nor hear of damage elsewhere.
+        report = target.check(message.verify_data, progress, root if handle.view is not None else None)
         files: list[DamagedFile] = []
         budget = CHECK_REPORT_BYTES
         truncated = False
@@ -260,7 +262,8 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
             # elsewhere (issue 5).
             mine = sorted({s for f in files for s in f.snapshots})
             return CheckReport(
-                rid=message.rid, ok=not files, chunks_checked=0, bytes_checked=0,
+                rid=message.rid, ok=not files, chunks_checked=report.chunks_checked,
+                bytes_checked=report.bytes_checked,
                 damaged_chunks=len({f.chunk for f in files}), files=files,
                 snapshots=mine[: limits.MAX_PRUNE_LISTED], problems=[], truncated=truncated,
                 verified_data=message.verify_data,

@@ -435,14 +435,18 @@ class Target:
         return self.collect_garbage()
 
     def check(
-        self, verify_data: bool = False, progress: Callable[[int, int], None] | None = None
+        self,
+        verify_data: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        root: str | None = None,
     ) -> CheckReport:
         """Check that the index and the packs agree (every record read and its header and CRC checked); with
         ``verify_data`` also that every plaintext chunk decompresses and hashes to its id. ``progress(done,
-        total)`` is called now and then with stored bytes checked so far and in all. Read-only: safe on a
-        target a running server is using, and on a read-only target (see :mod:`.check`)."""
+        total)`` is called now and then with stored bytes checked so far and in all. With ``root``, only the
+        chunks that versions at or below it reference (a handle confined to a granted sub-path). Read-only: safe
+        on a target a running server is using, and on a read-only target (see :mod:`.check`)."""
         with self._maintenance_lock:
-            return check_module.check(self, verify_data, progress)
+            return check_module.check(self, verify_data, progress, root)
 
     def list_entries(self, snapshot_id: int, path: str, recursive: bool) -> Iterator[Entry]:
         """The entries of ``snapshot_id`` at and below ``path`` (target-relative paths), sorted by path (UTF-8
