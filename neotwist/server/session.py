@@ -53,7 +53,7 @@ from neotwist.server.repository.target import ChunkRejected, OverBudget
 from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.ssh import RunBlocking, thread_runner
-from neotwist.server.throttle import LoginThrottle, too_many
+from neotwist.server.throttle import LoginThrottle, too_many, valid_login_name
 from neotwist.server.usage import account_usage, grantee_over_quota, over_quota
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
@@ -281,28 +281,40 @@ class ServerSession:
             raise NeoError(ErrorCode.PROTOCOL, f"already logged in as {self.account.name}")
         throttle = self.services.throttle
         assert throttle is not None
-        wait = throttle.password_wait(message.account, self.address)
+        # The name is client text: only a valid account name is logged or becomes a throttle key (control
+        # characters could forge log lines; random names would only churn the throttle's memory).
+        name = valid_login_name(message.account)
+        shown = name if name is not None else "(invalid name)"
+        wait = throttle.password_wait(name, self.address)
         if wait > 0:
             self._count_failed_login(peer)
             log.info(
                 "login throttled: account={account} address={address} method=password wait={wait:.0f}",
-                account=message.account,
+                account=shown,
                 address=self.address,
                 wait=wait,
             )
             raise NeoError(ErrorCode.THROTTLED, too_many(wait))
+        # Counted as failed before the bcrypt check (and taken back on success), so concurrent connections see
+        # it: a burst of logins cannot get more guesses in than the throttle allows.
+        attempt = throttle.begin(name, self.address)
+
+        def refuse() -> None:
+            self._count_failed_login(peer)
+            log.info("login failed: account={account} address={address} method=password", account=shown,
+                     address=self.address)  # fmt: skip
+            raise NeoError(ErrorCode.AUTH_FAILED, "wrong account or password")
+
+        if name is None:  # no such account can exist: no bcrypt to spend
+            throttle.settle(attempt, False)
+            refuse()
 
         def checked(account: Account | None) -> None:
             if account is None:
-                throttle.failed(message.account, self.address)
-                self._count_failed_login(peer)
-                log.info(
-                    "login failed: account={account} address={address} method=password",
-                    account=message.account,
-                    address=self.address,
-                )
-                raise NeoError(ErrorCode.AUTH_FAILED, "wrong account or password")
-            throttle.succeeded(account.name, self.address)
+                throttle.settle(attempt, False)
+                refuse()
+                return
+            throttle.settle(attempt, True)
             self.account = account
             self._cancel_login_timer()
             log.info(
@@ -312,8 +324,12 @@ class ServerSession:
             )
             peer.send(LoggedIn(rid=message.rid, account=account.name))
 
+        def errored(failure: Failure) -> Failure:
+            throttle.settle(attempt, None)  # not a wrong password: an error of ours
+            return failure
+
         d = self.services.run(self.services.accounts.verify_password, message.account, message.password)
-        return d.addCallback(checked)
+        return d.addCallbacks(checked, errored)
 
     def _count_failed_login(self, peer: Peer) -> None:
         self._failed_logins += 1
