@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -581,7 +581,7 @@ class ServerSession:
         return self._admit(batch[0], store, handle, rids=[m.rid for m in batch])
 
     def _store_confined(
-        self, handle: _Handle, chunks: list[tuple[bytes, int, int, bytes]], owner: Account | None
+        self, handle: _Handle, chunks: Sequence[tuple[bytes, int, int, bytes]], owner: Account | None
     ) -> None:
         """Store a batch for a push confined to a granted sub-path (blocking), without telling it what the rest of
         the target holds: with a quota, the early check charges every byte uploaded on this push, whether or not
@@ -632,17 +632,17 @@ class ServerSession:
                 raise NeoError(handle.failure.code, f"{handle.failure.message}; the push was aborted")
             raise NeoError(handle.failure.code, f"the push cannot commit: {handle.failure.message}")
         account = self._account
-        target = handle.target
-        assert target is not None
+        assert handle.target is not None
+        pushed: Target = handle.target
         services = self.services
 
         def commit() -> tuple[Any, int, int, bool]:
             access = self._recheck(handle)
             access.require(Right.WRITE if push.delete else Right.APPEND, "commit", account.name)
-            _may_push(access, target, account.name)
+            _may_push(access, pushed, account.name)
             # Decided here, under the same check: a target whose history is turned off after this point is pruned
             # by the next full-right commit, never right after an append-right one.
-            no_history = not target.meta.keep_history
+            no_history = not pushed.meta.keep_history
             check = None
             owner = services.accounts.get_by_id(access.owner_id)
             if owner is not None and owner.quota_bytes is not None:
