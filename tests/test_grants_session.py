@@ -11,20 +11,32 @@ import pytest
 from sessionkit import Conn, Kit, chunk, committed
 
 from neotwist.server.rights import Right
+from neotwist.server.session import ServerSession
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
+    Abort,
+    Check,
+    CheckReport,
     ChunkReply,
+    Close,
     Commit,
     Entry,
     Get,
     Have,
+    List,
+    ListDeleted,
+    ListSnapshots,
     ListTargets,
+    ListVersions,
     Missing,
     Ok,
+    Open,
     Opened,
+    Prune,
     PushBegin,
     PushEntries,
     Put,
+    RemoveTarget,
 )
 
 
@@ -124,7 +136,39 @@ def test_append_grant_have_and_commit_cannot_use_chunks_from_elsewhere(kit: Kit)
     # uploading it proves the client has the bytes: then it may commit
     viewer.post(Put(rid=0, handle=h, id=salary, codec=0, size=15, data=b"a secret number"))
     done = committed(viewer.call(Commit(rid=0, handle=h)))
-    assert done.files == 3 and done.stored_bytes == 0 and done.new_chunks == 0  # files below the root only
+    # files below the root only; new_chunks/new_bytes say what this push uploaded (the salary chunk, stored
+    # already), never what was new to the store, which would tell that the content exists elsewhere
+    assert (done.files, done.stored_bytes, done.new_chunks, done.new_bytes) == (3, 0, 1, 15)
+
+
+@pytest.mark.parametrize("quota", [None, "tight"])
+def test_a_confined_push_cannot_tell_whether_content_exists_elsewhere(kit: Kit, quota: str | None) -> None:
+    """Guessing the content of private/salary from inside presentations/: a right and a wrong guess of the same
+    size get the same answer, in ``committed`` and, with a quota that the new bytes would pass, in the refusal
+    (early, at put, and at commit), which also does not show the owner's totals."""
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.APPEND, "slides")
+    alice_account = kit.accounts.get("alice")
+    assert alice_account is not None
+    if quota:
+        from neotwist.server.usage import account_usage
+
+        kit.accounts.set_quota("alice", quota=account_usage(kit.repository, alice_account).used + 10)
+    viewer = kit.connect("alice.viewer")
+    replies = []
+    for guess in (b"a secret number", b"a wrong number!"):  # the first one is right, both 15 bytes
+        reply = viewer.push({"guess": guess}, "slides")
+        if isinstance(reply, RemoteError):
+            replies.append((reply.code, reply.message))
+        else:
+            replies.append((reply.new_chunks, reply.new_bytes, reply.files, reply.stored_bytes))
+    assert replies[0] == replies[1], replies
+    if quota:
+        code, message = replies[0]
+        assert code == ErrorCode.QUOTA_EXCEEDED and "alice's quota is full" in message and "15 B" in message
+    else:
+        assert replies[0] == (1, 15, 3, 0)
 
 
 def test_rights_are_enforced_and_refusals_change_nothing(kit: Kit) -> None:
@@ -199,7 +243,8 @@ def test_stash_requests_through_a_sub_path_grant_say_nothing_of_the_rest(kit: Ki
     assert [(r.id, r.files, r.new_bytes, r.root) for r in records] == [(1, 1, 0, ""), (3, 2, 0, "2024")]
     report = viewer.call(Check(rid=0, handle=h), more=lambda m: not isinstance(m, CheckReport))
     assert isinstance(report, CheckReport) and report.ok
-    assert (report.chunks_checked, report.bytes_checked, report.problems) == (0, 0, [])
+    # only the chunks below the root were read: deck and 2024/q1
+    assert (report.chunks_checked, report.bytes_checked, report.problems) == (2, 22, [])
     # prune is a whole-target operation: even full on a part of it is not enough
     refused(viewer.call(Prune(rid=0, handle=h, keep_last=1)), ErrorCode.PERMISSION_DENIED)
     # full on the whole target is; read on the whole target is not (and names the right)
@@ -283,3 +328,188 @@ def test_errors_name_paths_as_the_grantee_asked_for_them(kit: Kit) -> None:
         f.write(b"X")
     one = viewer.open("slides", "deck").handle
     only_grant_terms(viewer.call(Get(rid=0, handle=one, snapshot=4, path="", ids=[cid])), ErrorCode.DAMAGED, "deck: ")
+
+
+def _revoked_requests(h: int, p: int, deck: bytes) -> dict[type, object]:
+    """One request of every kind that names a handle: ``h`` a read handle, ``p`` a push handle with a push begun."""
+    new, data = chunk(b"uploaded after the revoke")
+    return {
+        List: List(rid=0, handle=h, snapshot=None, path=""),
+        ListSnapshots: ListSnapshots(rid=0, handle=h),
+        ListVersions: ListVersions(rid=0, handle=h, path="deck"),
+        ListDeleted: ListDeleted(rid=0, handle=h, path=""),
+        Check: Check(rid=0, handle=h, verify_data=True),
+        Get: Get(rid=0, handle=h, snapshot=3, path="deck", ids=[deck]),
+        Have: Have(rid=0, handle=p, ids=[deck]),
+        Put: Put(rid=0, handle=p, id=new, codec=0, size=len(data), data=data),
+        PushEntries: PushEntries(rid=0, handle=p, entries=[Entry("", "d", 0o755, 0, 0)]),
+        Commit: Commit(rid=0, handle=p),
+        PushBegin: PushBegin(rid=0, handle=h),  # a second push handle is opened for it below
+        Prune: Prune(rid=0, handle=h, keep_last=1),
+        RemoveTarget: RemoveTarget(rid=0, handle=h),
+        Close: Close(rid=0, handle=h),
+    }
+
+
+@pytest.mark.parametrize("change", ["revoke", "re-point"])
+def test_every_handle_request_sees_a_revoke_on_an_open_connection(kit: Kit, change: str) -> None:
+    """Not only list and push: get, snapshots, versions, deleted, check, have, put, entries... each re-resolves
+    the grant, so after ``grant remove`` (or the grant re-pointed at another path) nothing more is read or
+    written through a handle opened before. The set of request types is taken from the session's dispatch
+    table, so a new handle request without this protection fails here."""
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.APPEND, "slides")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides").handle
+    deck = viewer.listing(h)["deck"].chunks
+    p = viewer.open("slides", mode="push").handle
+    b = viewer.open("slides", mode="push").handle
+    assert isinstance(viewer.call(PushBegin(rid=0, handle=p)), Ok)
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "documents")  # type: ignore[union-attr]
+    assert target is not None
+    before = (target.latest(), target.usage())
+    if change == "revoke":
+        kit.accounts.revoke("alice.viewer", "slides")
+    else:
+        kit.accounts.revoke("alice.viewer", "slides")
+        kit.accounts.grant("alice.viewer", "alice", "documents", "private", Right.APPEND, "slides")
+
+    requests = _revoked_requests(h, p, deck)
+    requests[PushBegin] = PushBegin(rid=0, handle=b)
+    with_handle = {t for t in ServerSession._handlers if "handle" in t.__struct_fields__}
+    assert with_handle == set(requests) | {Abort}, with_handle ^ set(requests)
+    for kind, request in requests.items():
+        if kind is Close:
+            continue  # closing is always allowed (below)
+        if kind is Put:  # a put is answered only by an error, once its batch is stored (at the next tick)
+            out: list[object] = []
+            viewer.client.request(request).addBoth(out.append)
+            viewer.pump.flush()
+            kit.clock.advance(0)
+            viewer.pump.flush()
+            reply = out[0].value if out else None  # type: ignore[attr-defined]
+        else:
+            reply = viewer.call(request, more=lambda m: False)
+        assert isinstance(reply, RemoteError), (kind, reply)
+        if kind.__name__ in ("Prune", "RemoveTarget"):
+            continue  # refused anyway: whole-target operations through a sub-path grant
+        assert reply.code == ErrorCode.NO_SUCH_TARGET and "open it again" in reply.message, (kind, reply)
+    assert (target.latest(), target.usage()) == before  # nothing was stored or committed after the change
+    assert isinstance(viewer.call(Abort(rid=0, handle=p)), Ok)
+    assert isinstance(viewer.call(requests[Close]), Ok)
+
+
+def _open_push(conn: Conn, name: str, *, keep_history: bool | None = None, encrypted: bool = False) -> object:
+    return conn.call(Open(rid=0, target=name, path="", mode="push", create=True, keep_history=keep_history,
+                          encrypted=encrypted, key_check=b"k" * 32 if encrypted else b""))  # fmt: skip
+
+
+def test_append_grantee_cannot_create_a_target_without_history(kit: Kit) -> None:
+    """An append key that could create its target as no-history would then drop version 1 with its next push.
+    Creating without history needs full on the whole target; a sub-path grantee (even full) cannot impose it on
+    the owner's target either. Refused: nothing is created."""
+    alice_id = kit.accounts.get("alice").id  # type: ignore[union-attr]
+    kit.accounts.grant("alice.viewer", "alice", "laptop", "", Right.APPEND, "laptop")
+    kit.accounts.grant("alice.viewer", "alice", "documents", "mine", Right.FULL, "part")
+    viewer = kit.connect("alice.viewer")
+    refused(_open_push(viewer, "laptop", keep_history=False), ErrorCode.PERMISSION_DENIED,
+            "creating a target that keeps no history needs the full right on the whole target",
+            "alice.viewer has append on all of 'laptop'")  # fmt: skip
+    refused(_open_push(viewer, "part", keep_history=False), ErrorCode.PERMISSION_DENIED,
+            "alice.viewer has full on a part of 'part'")  # fmt: skip
+    assert kit.repository.find_target(alice_id, "laptop") is None
+    assert kit.repository.find_target(alice_id, "documents") is None
+    # with history (the default) it may create it; then it can never switch history off
+    committed(viewer.push({"report": b"version 1"}, "laptop"))
+    refused(_open_push(viewer, "laptop", keep_history=False), ErrorCode.PERMISSION_DENIED, "needs the full right")
+    committed(viewer.push({"report": b"version 2"}, "laptop"))
+    target = kit.repository.find_target(alice_id, "laptop")
+    assert target is not None and target.meta.keep_history and len(target.snapshots()) == 2
+    # a grantee with full on the whole target may create it without history
+    kit.accounts.grant("alice.viewer", "alice", "mirror", "", Right.FULL, "mirror")
+    opened = _open_push(viewer, "mirror", keep_history=False)
+    assert isinstance(opened, Opened) and opened.keep_history is False
+
+
+def test_encrypted_create_needs_a_grant_on_the_whole_target(kit: Kit) -> None:
+    """A sub-path grantee creating the owner's target encrypted would bind all of it to the grantee's key; a
+    whole-target append grantee may (an encrypted backup key: the target holds only what it pushes)."""
+    alice_id = kit.accounts.get("alice").id  # type: ignore[union-attr]
+    kit.accounts.grant("alice.viewer", "alice", "documents", "laptop", Right.APPEND, "part")
+    kit.accounts.grant("alice.viewer", "alice", "vault", "", Right.APPEND, "vault")
+    viewer = kit.connect("alice.viewer")
+    refused(_open_push(viewer, "part", encrypted=True), ErrorCode.PERMISSION_DENIED,
+            "creating an encrypted target needs a grant on the whole target",
+            "alice.viewer has append on a part of 'part' only")  # fmt: skip
+    assert kit.repository.find_target(alice_id, "documents") is None
+    opened = _open_push(viewer, "vault", encrypted=True)
+    assert isinstance(opened, Opened) and opened.encrypted and not opened.exists
+
+
+@pytest.mark.parametrize("right", [Right.APPEND, Right.WRITE])
+def test_pushes_below_full_are_refused_on_a_target_without_history(kit: Kit, right: Right) -> None:
+    """On a no-history target every commit prunes the older snapshots: an append (or write) push overwriting a
+    file would destroy the only copy. So pushing there needs full, at open, at push_begin and at commit (the
+    owner may turn history off under an open handle); the owner's snapshot stays as it was."""
+    alice = kit.connect("alice")
+    alice_id = kit.accounts.get("alice").id  # type: ignore[union-attr]
+    assert isinstance(_open_push(alice, "mirror", keep_history=False), Opened)
+    committed(alice.push({"only/copy": b"the only copy"}, "mirror"))
+    kit.accounts.grant("alice.viewer", "alice", "mirror", "", right, "mirror")
+    kit.accounts.grant("alice.viewer", "alice", "laptop", "", right, "laptop")
+    viewer = kit.connect("alice.viewer")
+    refused(viewer.push({"only/copy": b"ransom note"}, "mirror"), ErrorCode.PERMISSION_DENIED,
+            "pushing to a target that keeps no history (a push there replaces the only copy) needs the full right "
+            f"on mirror; alice.viewer has {right.label}")  # fmt: skip
+    mirror = kit.repository.find_target(alice_id, "mirror")
+    assert mirror is not None and [s.id for s in mirror.snapshots()] == [1]
+    assert viewer.listing(viewer.open("mirror").handle)["only/copy"].size == len(b"the only copy")
+
+    # history turned off by the owner while the grantee's push handle is open: push_begin, then commit, refuse
+    committed(viewer.push({"report": b"version 1"}, "laptop"))
+    p = viewer.open("laptop", mode="push").handle
+    q = viewer.open("laptop", mode="push").handle
+    assert isinstance(viewer.call(PushBegin(rid=0, handle=q)), Ok)
+    assert isinstance(_open_push(alice, "laptop", keep_history=False), Opened)
+    refused(viewer.call(PushBegin(rid=0, handle=p)), ErrorCode.PERMISSION_DENIED, "keeps no history")
+    cid, data = chunk(b"version 2")
+    viewer.post(Put(rid=0, handle=q, id=cid, codec=0, size=len(data), data=data))
+    viewer.post(PushEntries(rid=0, handle=q, entries=[Entry("", "d", 0o755, 0, 0),
+                                                      Entry("report", "f", 0o644, 2, len(data), cid)]))  # fmt: skip
+    refused(viewer.call(Commit(rid=0, handle=q)), ErrorCode.PERMISSION_DENIED, "keeps no history")
+    laptop = kit.repository.find_target(alice_id, "laptop")
+    assert laptop is not None and [s.id for s in laptop.snapshots()] == [1]
+
+
+def _damage(kit: Kit, content: bytes) -> None:
+    """Flip a byte of the stored record of ``content``'s chunk in alice's documents."""
+    from neotwist.server.repository.packs import HEADER_SIZE
+
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "documents")  # type: ignore[union-attr]
+    assert target is not None
+    pack, offset, _length, _codec, _size = target.locate([chunk(content)[0]])[chunk(content)[0]]
+    path = target._packs.path(pack)
+    data = bytearray(path.read_bytes())
+    data[offset + HEADER_SIZE] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_check_through_a_sub_path_grant_reads_only_its_chunks(kit: Kit) -> None:
+    """A read grantee's ``check --verify-data`` reads the chunks its sub-path references and nothing else: damage
+    elsewhere is neither read nor reported; damage below its root is."""
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.READ, "slides")
+    _damage(kit, b"a secret number")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides").handle
+    report = viewer.call(Check(rid=0, handle=h, verify_data=True), more=lambda m: not isinstance(m, CheckReport))
+    assert isinstance(report, CheckReport) and report.ok, report
+    assert (report.chunks_checked, report.damaged_chunks, report.files) == (2, 0, [])
+    owner = alice.call(Check(rid=0, handle=alice.open("documents").handle, verify_data=True),
+                       more=lambda m: not isinstance(m, CheckReport))  # fmt: skip
+    assert not owner.ok and owner.chunks_checked == 4 and [f.path for f in owner.files] == ["private/salary"]
+    _damage(kit, b"first quarter")
+    report = viewer.call(Check(rid=0, handle=h), more=lambda m: not isinstance(m, CheckReport))
+    assert not report.ok and [f.path for f in report.files] == ["2024/q1"] and report.damaged_chunks == 1

@@ -101,7 +101,26 @@ def test_grantee_pushes_are_charged_to_the_owner(kit: Kit) -> None:
     assert usage(kit) == 900 and usage(kit, "alice.backup") == 0
     reply = backup.push({"z": os.urandom(200)}, "laptop")
     assert isinstance(reply, RemoteError) and reply.code == ErrorCode.QUOTA_EXCEEDED
-    assert "account alice uses 900 B of its quota 1,000 B" in reply.message
+    # the grantee hears whose quota is full and what its push needed, never the owner's usage or quota (they
+    # sum every target of the owner)
+    assert reply.message.startswith("account alice's quota is full: this push's upload needs 200 B, more than "
+                                    "the account has left: nothing was committed; ask alice to prune")  # fmt: skip
+    assert "900" not in reply.message and "1,000" not in reply.message and "100 B" not in reply.message
+    # the owner, pushing the same, gets the numbers
+    reply = alice.push({"z": os.urandom(200)}, "laptop")
+    assert isinstance(reply, RemoteError) and "account alice uses 900 B of its quota 1,000 B" in reply.message
+
+
+def test_grantee_commit_refusal_does_not_show_the_owners_totals(kit: Kit) -> None:
+    """Refused at commit (a per-file charge): the same wording, with the charge in what the push needs."""
+    alice = kit.connect("alice")
+    committed(alice.push({"x": os.urandom(100)}, "laptop"))
+    kit.accounts.grant("alice.backup", "alice", "laptop", "", Right.APPEND)
+    kit.accounts.set_quota("alice", quota=1000, per_file=500)
+    reply = kit.connect("alice.backup").push({"y": b"12345"}, "laptop")
+    assert isinstance(reply, RemoteError) and reply.code == ErrorCode.QUOTA_EXCEEDED
+    assert reply.message.startswith("account alice's quota is full: this push needs 505 B, more than"), reply.message
+    assert "uses" not in reply.message and "600" not in reply.message
 
 
 def test_human() -> None:

@@ -135,7 +135,9 @@ class RightsMatrix(unittest.TestCase):
 
         # check, inside: every right (and it speaks of the grant's files only)
         report = await self.open_then(me, "slides", "", "check")
-        assert report.ok and report.chunks_checked == 0 and report.files == []
+        # it reads the chunks below the grant's root only (deck, notes, what earlier rights pushed there; the exact
+        # count is checked in test_grants_session): never all of the target
+        assert report.ok and 2 <= report.chunks_checked and report.files == []
 
         # list, pull, push, push --delete, check, prune, outside the grant: refused for every right
         before = await self.state(alice)

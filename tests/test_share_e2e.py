@@ -100,7 +100,8 @@ def test_readme_scenarios(server: RunningServer, tmp_path: Path) -> None:
     assert {t["name"] for t in usage["targets"]} == {"documents", "laptop"}
     big = tree(tmp_path / "big", {"video.bin": os.urandom(400_000)})
     r = as_user(server, "neo-push", str(big), backup, password=BACKUP_PW)
-    assert r.returncode == 1 and "quota" in r.stderr and "account alice uses" in r.stderr, r.stderr
+    assert r.returncode == 1 and "account alice's quota is full" in r.stderr, r.stderr
+    assert "account alice uses" not in r.stderr  # a grantee does not see the owner's totals
     assert js(server.cli("neo-ls", "--usage", "--json", f"alice@{host}"))["used"] == usage["used"]
     text = ok(server.cli("neo-ls", "--usage", f"alice@{host}")).stdout
     assert "used of 293.0 KiB" in text and "laptop" in text
@@ -137,4 +138,49 @@ def test_failed_logins_are_throttled(server: RunningServer, tmp_path: Path) -> N
     assert "login throttled: account=alice address=127.0.0.1" in log
     assert "login failed: account=alice" in log
     assert "wrong guess 1234" not in log and PASSWORD not in log
+    assert_clean(log)
+
+
+def with_key(server: RunningServer, key: Path, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a client with only ``key`` (no password, no agent)."""
+    argv = [str(BIN / program), "-i", str(key), "--known-hosts", str(server.known_hosts), "--accept-new-host-key",
+            "--no-agent", *args]  # fmt: skip
+    return subprocess.run(argv, env=server.env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_sub_account_key_login_and_per_address_throttling(server: RunningServer, tmp_path: Path) -> None:
+    """A sub-account made with neo-share with only an SSH key (and one given a key by neo-admin key add) logs in
+    with that key over SSH and sees its grants; then guesses at several accounts from one address block that
+    address for everyone, the right password included."""
+    host = f"127.0.0.1:{server.ssh_port}"
+    ok(server.cli("neo-push", "--accept-new-host-key", str(tree(tmp_path / "laptop", {"a.txt": b"hello"})),
+                  server.remote("laptop")))  # fmt: skip
+    keys = {}
+    for name in ("laptop", "phone"):
+        keys[name] = tmp_path / f"{name}_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys[name])], check=True)
+    share = ["neo-share", "--accept-new-host-key", f"alice@{host}"]
+    ok(server.cli(*share, "subaccount", "add", "alice.laptop", "--no-password", "--ssh-key", f"{keys['laptop']}.pub"))
+    ok(server.cli(*share, "grant", "laptop", "--to", "alice.laptop", "--right", "append"))
+    targets = js(with_key(server, keys["laptop"], "neo-ls", "--json", f"ssh://alice.laptop@{host}"))["targets"]
+    assert [(t["name"], t["right"], t["owner"]) for t in targets] == [("laptop", "append", "alice")]
+    listed = js(with_key(server, keys["laptop"], "neo-ls", "--json", f"ssh://alice.laptop@{host}/laptop"))
+    assert "a.txt" in json.dumps(listed)
+    # another key is not the sub-account's; neo-admin key add makes it one
+    r = with_key(server, keys["phone"], "neo-ls", f"ssh://alice.laptop@{host}")
+    assert r.returncode == 3, r.stderr
+    ok(admin(server.data, "key", "add", "alice.laptop", f"{keys['phone']}.pub"))
+    assert js(with_key(server, keys["phone"], "neo-ls", "--json", f"ssh://alice.laptop@{host}"))["targets"]
+
+    # per address: one wrong password for each of five names (none blocked by its own count) blocks the address
+    tls = f"tls://%s@127.0.0.1:{server.tls_port}"
+    for name in ("alice", "bob", "carol", "dave", "erin"):
+        r = as_user(server, "neo-ls", tls % name, password="a wrong guess")
+        assert r.returncode == 3 and "authentication failed" in r.stderr, r.stderr
+    r = as_user(server, "neo-ls", tls % "alice", password=PASSWORD)
+    assert r.returncode == 3 and "too many failed logins" in r.stderr, r.stderr
+    server.stop()
+    log = server.log_text()
+    assert "login: account=alice.laptop" in log and "method=publickey" in log
+    assert "login throttled: account=alice address=127.0.0.1" in log
     assert_clean(log)

@@ -23,8 +23,9 @@ joined below the root.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -52,8 +53,8 @@ from neotwist.server.repository.target import ChunkRejected, OverBudget
 from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.ssh import RunBlocking, thread_runner
-from neotwist.server.throttle import LoginThrottle, too_many
-from neotwist.server.usage import account_usage, over_quota
+from neotwist.server.throttle import LoginThrottle, too_many, valid_login_name
+from neotwist.server.usage import account_usage, grantee_over_quota, over_quota
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
 from neotwist.wire.messages import (
@@ -193,6 +194,12 @@ class _Handle:
     charges: int = 0  # the owner's per-file/per-dir charges at push_begin
     reclaim: bool = False  # a quota refused this push: collect its unreferenced chunks when it ends
     view: RootView | None = None  # set for a handle confined to a granted sub-path: what it may learn
+    # Since the last push on this handle ended: bytes of every chunk put, and what those puts added to the store
+    # (less when the store had some already). A confined push's quota checks use the first instead of the
+    # second, so their outcome never depends on what the rest of the target holds (see _store_confined).
+    uploaded_bytes: int = 0
+    stored_new: int = 0
+    quota_lock: threading.Lock = field(default_factory=threading.Lock)  # one confined quota check+store at a time
 
     @property
     def root(self) -> str:
@@ -220,9 +227,7 @@ class ServerSession:
         self._closed = False
         self.peer: Peer | None = None
         clock = services.reactor
-        self._login_timer = (
-            clock.callLater(limits.LOGIN_TIMEOUT, self._login_timed_out) if account is None else None
-        )
+        self._login_timer = clock.callLater(limits.LOGIN_TIMEOUT, self._login_timed_out) if account is None else None
         self._idle_timer = clock.callLater(limits.IDLE_TIMEOUT, self._idle_timed_out)
         services.sessions.add(self)
 
@@ -276,28 +281,40 @@ class ServerSession:
             raise NeoError(ErrorCode.PROTOCOL, f"already logged in as {self.account.name}")
         throttle = self.services.throttle
         assert throttle is not None
-        wait = throttle.password_wait(message.account, self.address)
+        # The name is client text: only a valid account name is logged or becomes a throttle key (control
+        # characters could forge log lines; random names would only churn the throttle's memory).
+        name = valid_login_name(message.account)
+        shown = name if name is not None else "(invalid name)"
+        wait = throttle.password_wait(name, self.address)
         if wait > 0:
             self._count_failed_login(peer)
             log.info(
                 "login throttled: account={account} address={address} method=password wait={wait:.0f}",
-                account=message.account,
+                account=shown,
                 address=self.address,
                 wait=wait,
             )
             raise NeoError(ErrorCode.THROTTLED, too_many(wait))
+        # Counted as failed before the bcrypt check (and taken back on success), so concurrent connections see
+        # it: a burst of logins cannot get more guesses in than the throttle allows.
+        attempt = throttle.begin(name, self.address)
+
+        def refuse() -> None:
+            self._count_failed_login(peer)
+            log.info("login failed: account={account} address={address} method=password", account=shown,
+                     address=self.address)  # fmt: skip
+            raise NeoError(ErrorCode.AUTH_FAILED, "wrong account or password")
+
+        if name is None:  # no such account can exist: no bcrypt to spend
+            throttle.settle(attempt, False)
+            refuse()
 
         def checked(account: Account | None) -> None:
             if account is None:
-                throttle.failed(message.account, self.address)
-                self._count_failed_login(peer)
-                log.info(
-                    "login failed: account={account} address={address} method=password",
-                    account=message.account,
-                    address=self.address,
-                )
-                raise NeoError(ErrorCode.AUTH_FAILED, "wrong account or password")
-            throttle.succeeded(account.name, self.address)
+                throttle.settle(attempt, False)
+                refuse()
+                return
+            throttle.settle(attempt, True)
             self.account = account
             self._cancel_login_timer()
             log.info(
@@ -307,8 +324,12 @@ class ServerSession:
             )
             peer.send(LoggedIn(rid=message.rid, account=account.name))
 
+        def errored(failure: Failure) -> Failure:
+            throttle.settle(attempt, None)  # not a wrong password: an error of ours
+            return failure
+
         d = self.services.run(self.services.accounts.verify_password, message.account, message.password)
-        return d.addCallback(checked)
+        return d.addCallbacks(checked, errored)
 
     def _count_failed_login(self, peer: Peer) -> None:
         self._failed_logins += 1
@@ -358,6 +379,8 @@ class ServerSession:
                     raise NeoError(
                         ErrorCode.PROTOCOL, "an encrypted target is created with its key-check record (key_check)"
                     )
+                _may_create(access, account.name, keep_history=message.keep_history is not False,
+                            encrypted=message.encrypted)  # fmt: skip
                 target = repository.create_target(
                     access.owner_id,
                     access.target,
@@ -385,6 +408,8 @@ class ServerSession:
                 repository.set_keep_history(access.owner_id, access.target, wanted)
                 refreshed = repository.find_target(access.owner_id, access.target)
                 target = refreshed if refreshed is not None else target
+            if message.mode == "push":
+                _may_push(access, target, account.name)
             if access.confined:
                 seen = RootView(target, access.grant_root).latest()
                 latest = None if seen is None else (seen.id, seen.time)
@@ -422,9 +447,7 @@ class ServerSession:
     def on_close(self, peer: Peer, message: Close) -> Deferred[None]:
         handle = self._handle(message.handle)
         del self._handles[message.handle]
-        return ensureDeferred(self._end_push(handle, "closed")).addCallback(
-            lambda _: peer.send(Ok(rid=message.rid))
-        )
+        return ensureDeferred(self._end_push(handle, "closed")).addCallback(lambda _: peer.send(Ok(rid=message.rid)))
 
     # --- push --------------------------------------------------------------------------------------------
 
@@ -443,6 +466,7 @@ class ServerSession:
                 access.require(Right.WRITE, "push --delete", account.name)
             else:
                 access.require(Right.APPEND, "push", account.name)
+            _may_push(access, target, account.name)  # the owner may have turned history off since the open
             owner = self.services.accounts.get_by_id(access.owner_id)
             if owner is not None and owner.quota_bytes is not None:
                 handle.quota_owner = owner
@@ -490,10 +514,14 @@ class ServerSession:
                 answer([True] * len(message.ids))
                 return succeed(None)
             return self._admit(
-                message, lambda: self.services.run(push.missing_confined, message.ids).addCallback(answer)
+                message,
+                lambda: self._run_for(handle, Right.APPEND, "push", push.missing_confined, message.ids).addCallback(
+                    answer
+                ),
             )
         return self._admit(
-            message, lambda: self.services.run(target.missing, message.ids).addCallback(answer)
+            message,
+            lambda: self._run_for(handle, Right.APPEND, "push", target.missing, message.ids).addCallback(answer),
         )
 
     def on_put(self, peer: Peer, message: Put) -> Deferred[None] | None:
@@ -525,7 +553,9 @@ class ServerSession:
         repository = self.services.repository
 
         def store_batch() -> None:
-            if owner is not None and owner.quota_bytes is not None:
+            if handle.access.confined:
+                self._store_confined(handle, chunks, owner)
+            elif owner is not None and owner.quota_bytes is not None:
                 # Refuse early, before the commit, once the stored bytes would pass the quota. Versions were
                 # counted at push_begin (handle.charges); the commit checks everything exactly.
                 usage = replace(account_usage(repository, owner, count_versions=False), per_file=0, per_dir=0)
@@ -534,19 +564,43 @@ class ServerSession:
                     target.store_chunks(chunks, budget=max(0, owner.quota_bytes - used))
                 except OverBudget as e:
                     handle.reclaim = True
+                    if handle.access.granted:
+                        raise grantee_over_quota(owner.name, e.needed, "this push's upload") from None
                     raise over_quota(replace(usage, stored_bytes=used), e.needed, "this push's upload") from None
             else:
                 target.store_chunks(chunks)
             if push is not None:
-                push.note_uploaded([c[0] for c in chunks])
+                push.note_uploaded([(c[0], len(c[3])) for c in chunks])
 
         def store() -> Deferred[None]:
-            d = self.services.run(store_batch)
+            d = self._run_for(handle, Right.APPEND, "push", store_batch)
             d.addErrback(self._upload_failed, handle)
             return d
 
         # A rejected chunk is answered with the rid of its own put.
         return self._admit(batch[0], store, handle, rids=[m.rid for m in batch])
+
+    def _store_confined(
+        self, handle: _Handle, chunks: Sequence[tuple[bytes, int, int, bytes]], owner: Account | None
+    ) -> None:
+        """Store a batch for a push confined to a granted sub-path (blocking), without telling it what the rest of
+        the target holds: with a quota, the early check charges every byte uploaded on this push, whether or not
+        the store already had it (the owner's usage minus what this push's puts really added, plus all they
+        uploaded), so being refused, and the bytes the refusal names, do not depend on deduplication against
+        data outside the grant. Checks and stores of one handle run one at a time, so the counts stay exact."""
+        target = handle.target
+        assert target is not None
+        with handle.quota_lock:
+            uploading = sum(len(c[3]) for c in chunks)
+            if owner is not None and owner.quota_bytes is not None:
+                usage = account_usage(self.services.repository, owner, count_versions=False)
+                used = usage.stored_bytes - handle.stored_new + handle.uploaded_bytes + handle.charges
+                if used + uploading > owner.quota_bytes:
+                    handle.reclaim = True
+                    raise grantee_over_quota(owner.name, handle.uploaded_bytes + uploading, "this push's upload")
+            _new, added = target.store_chunks_sized(chunks)
+            handle.stored_new += added
+            handle.uploaded_bytes += uploading
 
     def on_entries(self, peer: Peer, message: PushEntries) -> Deferred[None]:
         handle = self._push_handle(message.handle)
@@ -555,7 +609,7 @@ class ServerSession:
             raise NeoError(ErrorCode.PROTOCOL, "entries before push_begin")
 
         def stage() -> Deferred[None]:
-            d = handle.entries_lock.run(self.services.run, push.add, message.entries)
+            d = handle.entries_lock.run(self._run_for, handle, Right.APPEND, "push", push.add, message.entries)
             d.addErrback(self._upload_failed, handle)
             return d
 
@@ -578,13 +632,17 @@ class ServerSession:
                 raise NeoError(handle.failure.code, f"{handle.failure.message}; the push was aborted")
             raise NeoError(handle.failure.code, f"the push cannot commit: {handle.failure.message}")
         account = self._account
-        target = handle.target
-        assert target is not None
+        assert handle.target is not None
+        pushed: Target = handle.target
         services = self.services
 
-        def commit() -> tuple[Any, int, int]:
+        def commit() -> tuple[Any, int, int, bool]:
             access = self._recheck(handle)
             access.require(Right.WRITE if push.delete else Right.APPEND, "commit", account.name)
+            _may_push(access, pushed, account.name)
+            # Decided here, under the same check: a target whose history is turned off after this point is pruned
+            # by the next full-right commit, never right after an append-right one.
+            no_history = not pushed.meta.keep_history
             check = None
             owner = services.accounts.get_by_id(access.owner_id)
             if owner is not None and owner.quota_bytes is not None:
@@ -593,22 +651,27 @@ class ServerSession:
                 usage = account_usage(services.repository, owner)
                 quota = owner.quota_bytes
 
+                # A confined push is charged everything it uploaded, deduplicated or not (see _store_confined).
+                used = usage.used - handle.stored_new + handle.uploaded_bytes if access.confined else usage.used
+
                 def check(charge: CommitCharge) -> None:
                     extra = usage.charge(charge.new_files, charge.new_dirs)
-                    if usage.used + extra > quota:
+                    if used + extra > quota:
+                        if access.granted:
+                            raise grantee_over_quota(owner.name, charge.new_bytes + extra, "this push")
                         before = replace(usage, stored_bytes=usage.stored_bytes - charge.new_bytes)
                         raise over_quota(before, charge.new_bytes + extra, "this push")
 
             result = push.commit(time.time(), check)
             if handle.view is None:
-                return result, result.snapshot.files, result.stored_bytes
+                return result, result.snapshot.files, result.stored_bytes, no_history
             # a confined handle learns nothing of the rest of the target
-            return result, handle.view.files(result.snapshot.id), 0
+            return result, handle.view.files(result.snapshot.id), 0, no_history
 
         lock = services.owner_lock(handle.access.owner_id)
         await lock.acquire()
         try:
-            result, files, stored_bytes = await services.run(commit)
+            result, files, stored_bytes, no_history = await services.run(commit)
         except NeoError as e:
             if e.code == ErrorCode.QUOTA_EXCEEDED:
                 handle.reclaim = True
@@ -621,9 +684,15 @@ class ServerSession:
         snap = result.snapshot
         target = handle.target
         assert target is not None
-        if not target.meta.keep_history:
+        if no_history:
             # Before the reply: once the client hears "committed", older snapshots are already gone.
             await self.services.run(target.apply_no_history)
+        handle.uploaded_bytes = handle.stored_new = 0
+        new_chunks, new_bytes = (snap.new_chunks, snap.new_bytes)
+        if handle.access.confined:
+            # What this push uploaded, not what was new to the store: that would tell whether some content
+            # exists elsewhere in the target (the snapshot record keeps the real numbers, for the owner).
+            new_chunks, new_bytes = result.uploaded_chunks, result.uploaded_bytes
         log.info(
             "commit: account={account} target={target} root={root!r} snapshot={snapshot} files={files} "
             "changed={changed} new_bytes={new_bytes}",
@@ -643,17 +712,15 @@ class ServerSession:
                 files=files,
                 changed=snap.changed,
                 deleted=snap.deleted,
-                new_chunks=snap.new_chunks,
-                new_bytes=snap.new_bytes,
+                new_chunks=new_chunks,
+                new_bytes=new_bytes,
                 stored_bytes=stored_bytes,
             )
         )
 
     def on_abort(self, peer: Peer, message: Abort) -> Deferred[None]:
         handle = self._push_handle(message.handle)
-        return ensureDeferred(self._end_push(handle, "aborted")).addCallback(
-            lambda _: peer.send(Ok(rid=message.rid))
-        )
+        return ensureDeferred(self._end_push(handle, "aborted")).addCallback(lambda _: peer.send(Ok(rid=message.rid)))
 
     # --- pull --------------------------------------------------------------------------------------------
 
@@ -723,6 +790,7 @@ class ServerSession:
 
         def read(start: int) -> tuple[list[ChunkReply], int]:
             if start == 0:
+                self._recheck(handle)  # a revoked or re-pointed grant reads nothing more
                 if message.snapshot not in handle.snapshots_seen:
                     self._snapshot_for(handle, message.snapshot)
                     handle.snapshots_seen.add(message.snapshot)
@@ -849,6 +917,10 @@ class ServerSession:
         """The handle's access as it stands now (blocking; see :meth:`_recheck`)."""
         return self._recheck(handle)
 
+    def run_for(self, handle: _Handle, need: Right, what: str, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run a request's blocking work on ``handle`` after re-resolving its access (see :meth:`_run_for`)."""
+        return self._run_for(handle, need, what, f, *args)
+
     def admit(self, message: Message, job: Callable[[], Deferred[None]]) -> Deferred[None]:
         """Run a read-only ``job`` in the background once a job slot is free (see :meth:`_admit`)."""
         return self._admit(message, job)
@@ -949,17 +1021,26 @@ class ServerSession:
     def _raise_removed(handle: _Handle) -> None:
         raise NeoError(ErrorCode.NO_SUCH_TARGET, f"target {handle.name!r} was removed")
 
-    def _recheck(self, handle: _Handle) -> Access:
+    def _recheck(self, handle: _Handle, need: Right | None = None, what: str = "") -> Access:
         """The handle's access as it stands now (blocking): grants can be revoked or changed while a handle is
-        open, so data-changing requests and listings resolve it again. A grant that now leads elsewhere, or a
-        target removed meanwhile (also by neo-admin in another process), ends the handle's use."""
+        open, so every request on a handle resolves it again (through :meth:`_run_for`, or itself for the few
+        jobs that need the result). A grant that now leads elsewhere, or a target removed meanwhile (also by
+        neo-admin in another process), ends the handle's use; with ``need``, a right lowered below it refuses
+        ``what`` (PERMISSION_DENIED naming both).
+
+        An account's own target needs no account-store lookup: nothing but its removal can change it (a grant
+        may not take the name of the grantee's own target), so only that is checked."""
         old = handle.access
-        try:
-            access: Access | None = resolve_access(self.services.accounts, self._account, handle.name, handle.path)
-        except NeoError as e:
-            if e.code != ErrorCode.NO_SUCH_TARGET:
-                raise
-            access = None  # the grant is gone
+        access: Access | None
+        if not old.granted:
+            access = old
+        else:
+            try:
+                access = resolve_access(self.services.accounts, self._account, handle.name, handle.path)
+            except NeoError as e:
+                if e.code != ErrorCode.NO_SUCH_TARGET:
+                    raise
+                access = None  # the grant is gone
         target = handle.target
         moved = access is None or (access.owner_id, access.target, access.root) != (old.owner_id, old.target, old.root)
         if moved or (target is not None and not self.services.repository.is_current(target)):
@@ -968,7 +1049,23 @@ class ServerSession:
                 f"{handle.name!r} was revoked, changed or removed since it was opened: open it again",
             )
         assert access is not None
+        if need is not None:
+            access.require(need, what, self._account.name)
         return access
+
+    def _run_for(self, handle: _Handle, need: Right, what: str, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run the blocking ``f(*args)`` for a request on ``handle`` in a worker, after re-resolving the handle's
+        access there (:meth:`_recheck` with ``need``). Every request that reads or changes a target through a
+        handle runs its work through here (or rechecks itself first), so a revoke, a narrowed right or a grant
+        re-pointed elsewhere stops the very next request on a connection already open, whatever it is
+        (test_grants_session checks every handle request)."""
+
+        def job() -> Any:
+            self._recheck(handle, need, what)
+            return f(*args)
+
+        job.__name__ = getattr(f, "__name__", "job")  # what the job runs, for logs and tests
+        return self.services.run(job)
 
     def _push_handle(self, number: int) -> _Handle:
         handle = self._handle(number)
@@ -1025,9 +1122,7 @@ class ServerSession:
                 rid = rids[error.index]
             peer.reply_error(rid, error)
             return
-        log.failure(
-            "Session job failed on {kind} (rid {rid})", failure, kind=type(message).__name__, rid=message.rid
-        )
+        log.failure("Session job failed on {kind} (rid {rid})", failure, kind=type(message).__name__, rid=message.rid)
         peer.reply_error(message.rid, NeoError(ErrorCode.INTERNAL, "internal error; see the server log"))
 
     def _upload_failed(self, failure: Failure, handle: _Handle) -> Failure:
@@ -1047,6 +1142,7 @@ class ServerSession:
     async def _end_push(self, handle: _Handle, why: str) -> None:
         await self._uploads_done(handle)
         push, handle.push = handle.push, None
+        handle.uploaded_bytes = handle.stored_new = 0
         if push is not None:
             await self.services.run(push.abort)
             log.info(
@@ -1119,6 +1215,41 @@ class ServerSession:
         **stash.HANDLERS,
         **manage.HANDLERS,
     }
+
+
+def _may_create(access: Access, account: str, *, keep_history: bool, encrypted: bool) -> None:
+    """Refuse to create a target whose settings would take something from its owner.
+
+    A target created without history drops every older version at each push: creating it so is the same as
+    switching history off, which needs the full right on the whole target, so an append grantee (whose promise
+    is that nothing it does deletes from history) cannot create its grant's target that way and then overwrite
+    what it pushed, or the owner's files, without a trace. An encrypted target binds every path of it to the
+    creator's key: a grantee of the whole target may create one (the target then holds only what it pushes, and
+    the owner, who keeps the full right, can remove it), but a grantee of a sub-path may not impose its key on
+    the rest of the owner's target."""
+    whole = access.grant_root == ""
+    if not keep_history and (access.right < Right.FULL or not whole):
+        raise NeoError(
+            ErrorCode.PERMISSION_DENIED,
+            "creating a target that keeps no history needs the full right on the whole target; "
+            f"{account} has {access.right.label} on " + ("all of" if whole else "a part of") + f" {access.name!r}",
+        )
+    if encrypted and not whole:
+        raise NeoError(
+            ErrorCode.PERMISSION_DENIED,
+            "creating an encrypted target needs a grant on the whole target (its key binds every path of it); "
+            f"{account} has {access.right.label} on a part of {access.name!r} only: the owner creates it first",
+        )
+
+
+def _may_push(access: Access, target: Target, account: str) -> None:
+    """A target that keeps no history replaces the only copy of what each push changes (older snapshots are
+    pruned after the commit), so pushing there is deleting: it needs the full right, whatever the grant's path.
+    This keeps the append (and write) promise that nothing a push does removes anything from history."""
+    if not target.meta.keep_history:
+        access.require(
+            Right.FULL, "pushing to a target that keeps no history (a push there replaces the only copy)", account
+        )
 
 
 def reclaim(target: Target) -> None:

@@ -57,7 +57,7 @@ from zope.interface import implementer
 
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.logs import conch_log
-from neotwist.server.throttle import LoginThrottle, too_many
+from neotwist.server.throttle import LoginThrottle, too_many, valid_login_name
 from neotwist.sshchannel import CHANNEL_MAX_PACKET, CHANNEL_WINDOW, LinearBacklog
 from neotwist.wire import limits
 
@@ -206,7 +206,9 @@ class NeoUserAuthServer(SSHUserAuthServer):
             return super().tryAuth(kind, user, data)
         transport: Any = self.transport
         address = format_address(transport.transport.getPeer())
-        account = user.decode("utf-8", "replace")
+        # Client text: only a valid account name is logged or counted per account (see throttle.py).
+        name = valid_login_name(user.decode("utf-8", "replace"))
+        account = name if name is not None else "(invalid name)"
         method = kind.decode("ascii", "replace")
         throttle: LoginThrottle | None = getattr(transport.factory, "throttle", None)
         # Counted attempts: passwords, and public keys offered with a signature. A key offered without one is
@@ -214,7 +216,7 @@ class NeoUserAuthServer(SSHUserAuthServer):
         counted = kind == b"password" or (kind == b"publickey" and data[:1] not in (b"", b"\x00"))
         if throttle is not None and counted:
             if kind == b"password":
-                wait = throttle.password_wait(account, address)
+                wait = throttle.password_wait(name, address)
             else:
                 wait = throttle.address_wait(address)
             if wait > 0:
@@ -227,11 +229,19 @@ class NeoUserAuthServer(SSHUserAuthServer):
                 )
                 transport.sendDisconnect(DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, too_many(wait).encode("ascii"))
                 return defer.fail(conch_error.IgnoreAuthentication())
-        d = super().tryAuth(kind, user, data)
+        # Counted as failed before the check runs (taken back on success): concurrent connections see it.
+        attempt = throttle.begin(name, address) if throttle is not None and counted else None
+        if name is None and kind in (b"password", b"publickey"):
+            d: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("bad account name"))  # no such account can exist
+        else:
+            d = super().tryAuth(kind, user, data)
 
         def succeeded(result: Any) -> Any:
             if throttle is not None:
-                throttle.succeeded(account, address)
+                if attempt is not None:
+                    throttle.settle(attempt, True)
+                elif name is not None:
+                    throttle.succeeded(name, address)
             log.info(
                 "login: account={account} address={address} method={method}",
                 account=account,
@@ -241,8 +251,8 @@ class NeoUserAuthServer(SSHUserAuthServer):
             return result
 
         def failed(reason: Failure) -> Failure:
-            if throttle is not None and counted and reason.check(UnauthorizedLogin):
-                throttle.failed(account, address)
+            if throttle is not None and attempt is not None:
+                throttle.settle(attempt, False if reason.check(UnauthorizedLogin) else None)
             if not reason.check(conch_error.IgnoreAuthentication, conch_error.NotEnoughAuthentication):
                 log.info(
                     "login failed: account={account} address={address} method={method}",

@@ -81,8 +81,14 @@ def on_snapshots(session: ServerSession, peer: Peer, message: ListSnapshots) -> 
             ]  # fmt: skip
         return [
             SnapshotRecord(
-                id=s.id, time=s.time, files=s.files, dirs=s.dirs, changed=s.changed, deleted=s.deleted,
-                new_chunks=s.new_chunks, new_bytes=s.new_bytes,
+                id=s.id,
+                time=s.time,
+                files=s.files,
+                dirs=s.dirs,
+                changed=s.changed,
+                deleted=s.deleted,
+                new_chunks=s.new_chunks,
+                new_bytes=s.new_bytes,
                 root=paths.relative_to(s.root, root) if paths.is_within(s.root, root) else "",
                 delete_mode=s.delete_mode,
             )
@@ -92,7 +98,9 @@ def on_snapshots(session: ServerSession, peer: Peer, message: ListSnapshots) -> 
     def send(items: list[SnapshotRecord]) -> Deferred[None]:
         return _send_pages(peer, items, lambda r: len(r.root), lambda page, done: SnapshotList(message.rid, page, done))
 
-    return session.admit(message, lambda: session.services.run(records).addCallback(send))
+    return session.admit(
+        message, lambda: session.run_for(handle, Right.READ, "listing snapshots", records).addCallback(send)
+    )
 
 
 def on_versions(session: ServerSession, peer: Peer, message: ListVersions) -> Deferred[None]:
@@ -110,8 +118,13 @@ def on_versions(session: ServerSession, peer: Peer, message: ListVersions) -> De
             raise
         return [
             VersionRecord(
-                snapshot=v.first, until=v.last, time=v.time, kind=cast(Any, v.kind), mode=v.mode,
-                mtime_ns=v.mtime_ns, size=v.size,
+                snapshot=v.first,
+                until=v.last,
+                time=v.time,
+                kind=cast(Any, v.kind),
+                mode=v.mode,
+                mtime_ns=v.mtime_ns,
+                size=v.size,
             )
             for v in found
         ]
@@ -119,7 +132,9 @@ def on_versions(session: ServerSession, peer: Peer, message: ListVersions) -> De
     def send(items: list[VersionRecord]) -> Deferred[None]:
         return _send_pages(peer, items, lambda r: 0, lambda page, done: VersionList(message.rid, page, done))
 
-    return session.admit(message, lambda: session.services.run(records).addCallback(send))
+    return session.admit(
+        message, lambda: session.run_for(handle, Right.READ, "listing versions", records).addCallback(send)
+    )
 
 
 def on_deleted(session: ServerSession, peer: Peer, message: ListDeleted) -> Deferred[None]:
@@ -131,8 +146,13 @@ def on_deleted(session: ServerSession, peer: Peer, message: ListDeleted) -> Defe
     def records() -> list[DeletedRecord]:
         return [
             DeletedRecord(
-                path=paths.relative_to(d.path, root), kind=cast(Any, d.kind), size=d.size, mtime_ns=d.mtime_ns,
-                last_snapshot=d.last_snapshot, deleted_in=d.deleted_in, deleted_time=d.deleted_time,
+                path=paths.relative_to(d.path, root),
+                kind=cast(Any, d.kind),
+                size=d.size,
+                mtime_ns=d.mtime_ns,
+                last_snapshot=d.last_snapshot,
+                deleted_in=d.deleted_in,
+                deleted_time=d.deleted_time,
             )
             for d in target.deleted(where)
         ]
@@ -140,7 +160,9 @@ def on_deleted(session: ServerSession, peer: Peer, message: ListDeleted) -> Defe
     def send(items: list[DeletedRecord]) -> Deferred[None]:
         return _send_pages(peer, items, lambda r: len(r.path), lambda page, done: DeletedList(message.rid, page, done))
 
-    return session.admit(message, lambda: session.services.run(records).addCallback(send))
+    return session.admit(
+        message, lambda: session.run_for(handle, Right.READ, "listing deleted files", records).addCallback(send)
+    )
 
 
 def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[None]:
@@ -223,7 +245,9 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
             reactor.callFromThread(send_progress, done_bytes, total_bytes)
 
     def check() -> CheckReport:
-        report = target.check(message.verify_data, progress)
+        # A confined handle checks only the chunks its sub-path references: a read grant on a part of a target
+        # must not make the server read all of it, nor hear of damage elsewhere.
+        report = target.check(message.verify_data, progress, root if handle.view is not None else None)
         files: list[DamagedFile] = []
         budget = CHECK_REPORT_BYTES
         truncated = False
@@ -245,7 +269,8 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
             # elsewhere (issue 5).
             mine = sorted({s for f in files for s in f.snapshots})
             return CheckReport(
-                rid=message.rid, ok=not files, chunks_checked=0, bytes_checked=0,
+                rid=message.rid, ok=not files, chunks_checked=report.chunks_checked,
+                bytes_checked=report.bytes_checked,
                 damaged_chunks=len({f.chunk for f in files}), files=files,
                 snapshots=mine[: limits.MAX_PRUNE_LISTED], problems=[], truncated=truncated,
                 verified_data=message.verify_data,
@@ -274,7 +299,7 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
         )
         peer.send(reply)
 
-    return session.admit(message, lambda: session.services.run(check).addCallback(done))
+    return session.admit(message, lambda: session.run_for(handle, Right.READ, "check", check).addCallback(done))
 
 
 def _send_pages(
@@ -306,4 +331,3 @@ HANDLERS: dict[type, Callable[[ServerSession, Peer, Any], Deferred[None] | None]
     Check: on_check,
 }
 """The stash requests, merged into the session's dispatch table."""
-

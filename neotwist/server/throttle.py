@@ -11,6 +11,14 @@ Which attempts a key blocks is the caller's choice: the session and the SSH serv
 when the account *or* the address is blocked, and signed public-key attempts only when the address is (a key
 cannot be guessed, so a password-guessing attacker must not lock out its owner's keys).
 
+An attempt is counted as failed when it *starts* (:meth:`LoginThrottle.begin`), before its bcrypt check, and
+taken back when it turns out to be a success (:meth:`LoginThrottle.settle`). Counting only after the check would
+let a burst of concurrent connections all pass the "blocked?" test while their checks run, and so get many more
+guesses than :data:`LIMIT` before the first failure is recorded.
+
+Account keys are only made for valid account names (the caller checks them, :func:`neotwist.paths.check_name`):
+a name with control characters or other junk is counted against the address alone and never logged as is.
+
 Memory is bounded: at most :data:`MAX_KEYS` keys are remembered; expired ones go first, then the oldest.
 """
 
@@ -20,6 +28,9 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from neotwist.paths import check_name
+from neotwist.wire.errors import NeoError
 
 LIMIT = 5
 """Failures within WINDOW after which a key is blocked."""
@@ -43,12 +54,30 @@ class _Record:
     blocked_until: float = 0.0
 
 
+@dataclass
+class Attempt:
+    """A login attempt counted as failed in advance (see :meth:`LoginThrottle.begin`); settle it once."""
+
+    time: float
+    keys: list[tuple[tuple[str, str], float]]  # each key counted, with its blocked_until before this attempt
+    account: str | None
+    settled: bool = False
+
+
 def host_of(address: str) -> str:
     """The host part of ``host:port`` or ``[v6]:port`` (what format_address makes); the text itself otherwise."""
     host, colon, port = address.rpartition(":")
     if not colon or not port.isdigit():
         return address
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def valid_login_name(name: str) -> str | None:
+    """``name`` if it is a valid account name (what may be logged and counted per account), else None."""
+    try:
+        return check_name(name, "account name")
+    except NeoError:
+        return None
 
 
 def too_many(wait: float) -> str:
@@ -92,14 +121,25 @@ class LoginThrottle:
         """Seconds until ``address`` (host, or host:port) may try anything again (0: now)."""
         return self._wait(("address", host_of(address)), self._now())
 
-    def password_wait(self, account: str, address: str) -> float:
-        """Seconds until a password attempt for ``account`` from ``address`` is allowed (0: now)."""
-        return max(self.account_wait(account), self.address_wait(address))
+    def password_wait(self, account: str | None, address: str) -> float:
+        """Seconds until a password attempt for ``account`` (None: an invalid name) from ``address`` is allowed
+        (0: now)."""
+        return max(0.0 if account is None else self.account_wait(account), self.address_wait(address))
 
-    def failed(self, account: str, address: str) -> None:
-        """Count one failed attempt against the account name and the address."""
+    def failed(self, account: str | None, address: str) -> None:
+        """Count one failed attempt against the account name (None: an invalid name, not counted) and the
+        address."""
+        self.begin(account, address)
+
+    def begin(self, account: str | None, address: str) -> Attempt:
+        """Count an attempt that is about to be checked as a failure *now*, so attempts running at the same time
+        see it; :meth:`settle` takes it back if it succeeds. ``account`` None: an invalid name (address only)."""
         now = self._now()
-        for key in (("account", account), ("address", host_of(address))):
+        keys = [("address", host_of(address))]
+        if account is not None:
+            keys.insert(0, ("account", account))
+        counted = []
+        for key in keys:
             record = self._records.get(key)
             if record is None:
                 self._make_room(now)
@@ -110,9 +150,39 @@ class LoginThrottle:
             while failures and failures[0] <= now - self.window:
                 failures.popleft()
             failures.append(now)
+            counted.append((key, record.blocked_until))
             if len(failures) >= self.limit:
                 delay = min(self.max_delay, self.base_delay * 2 ** (len(failures) - self.limit))
                 record.blocked_until = max(record.blocked_until, now + delay)
+        return Attempt(now, counted, account)
+
+    def settle(self, attempt: Attempt, ok: bool | None) -> None:
+        """End an attempt from :meth:`begin`: ``False`` it failed (it stays counted); ``True`` it succeeded (the
+        account's failures are forgotten, and the address's count loses this attempt); ``None`` it was not an
+        authentication failure at all (an internal error, a method refused before any check): taken back."""
+        if attempt.settled:
+            return
+        attempt.settled = True
+        if ok is False:  # the block runs from the failure's answer, as if it had been counted only now
+            now = self._now()
+            for key, _before in attempt.keys:
+                record = self._records.get(key)
+                if record is not None and len(record.failures) >= self.limit:
+                    delay = min(self.max_delay, self.base_delay * 2 ** (len(record.failures) - self.limit))
+                    record.blocked_until = max(record.blocked_until, now + delay)
+            return
+        for key, before in attempt.keys:
+            record = self._records.get(key)
+            if record is None:
+                continue
+            try:
+                record.failures.remove(attempt.time)
+            except ValueError:
+                continue  # already out of the window
+            if len(record.failures) < self.limit:
+                record.blocked_until = min(record.blocked_until, before)  # the block this attempt caused, if any
+        if ok and attempt.account is not None:
+            self.succeeded(attempt.account, "")
 
     def succeeded(self, account: str, address: str) -> None:
         """A login succeeded: forget the account's failures (the address keeps its count)."""

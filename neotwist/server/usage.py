@@ -129,3 +129,14 @@ def over_quota(usage: AccountUsage, needed: int, what: str) -> NeoError:
         f"{human(quota)} ({human(max(0, quota - usage.used))} left): nothing was committed; prune old snapshots "
         "(neo-prune) or ask the server's operator for a bigger quota",
     )
+
+
+def grantee_over_quota(owner: str, needed: int, what: str) -> NeoError:
+    """The refusal for a push through a grant: it says what the push needed (for a confined push, what it
+    uploaded, see the session) and whose quota is full, but not the owner's usage, quota or what is left: those
+    sum up every target of the owner, which a grantee must not learn."""
+    return NeoError(
+        ErrorCode.QUOTA_EXCEEDED,
+        f"account {owner}'s quota is full: {what} needs {human(needed)}, more than the account has left: nothing "
+        f"was committed; ask {owner} to prune old snapshots or the server's operator for a bigger quota",
+    )

@@ -19,6 +19,11 @@ state of the index even while a server commits pushes (WAL). What it checks:
 - each kept snapshot's ``files``/``dirs`` equal the counts of its view (one pass: +1 at ``first``, -1 at
   ``last``, cumulated over snapshot ids).
 
+With a ``root`` (a handle confined to a granted sub-path), only what that sub-path references is checked: the
+records of the chunks its file versions reference (and whether they are stored), and which of its files are
+damaged. A grantee of a part of a target neither makes the server read the rest (a cheap way to keep its disks
+busy) nor learns about damage, sizes or problems elsewhere.
+
 A bad chunk is looked up once more in the current index before it is reported, so a record that a
 concurrent garbage collection (in the server, when this runs from ``neo-admin``) moved or deleted is read at
 its new place or skipped, not reported as damage. Damaged and missing chunks are then traced to the file
@@ -39,6 +44,7 @@ from typing import TYPE_CHECKING
 import blake3
 
 from neotwist.server.repository import index
+from neotwist.server.repository.history import within
 from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE, check_record
 from neotwist.server.repository.records import CheckReport, DamagedFile
 from neotwist.server.repository.verify import raw_bytes
@@ -65,10 +71,11 @@ def _ids(rows: list[tuple[bytes]]) -> Iterator[tuple[bytes]]:
 
 
 class _Checker:
-    def __init__(self, target: Target, db: sqlite3.Connection, verify_data: bool) -> None:
+    def __init__(self, target: Target, db: sqlite3.Connection, verify_data: bool, root: str | None = None) -> None:
         self.target = target
         self.db = db
         self.verify_data = verify_data
+        self.root = root  # None: the whole target
         self.damaged: dict[bytes, str] = {}
         self.problems: list[str] = []
         self.notes: list[str] = []
@@ -187,7 +194,13 @@ class _Checker:
         return None
 
     def records(self, total: int, progress: _Progress | None) -> None:
-        cur = self.db.execute("SELECT id, pack, offset, length, codec, size FROM chunks ORDER BY pack, offset")
+        if self.root is None:
+            cur = self.db.execute("SELECT id, pack, offset, length, codec, size FROM chunks ORDER BY pack, offset")
+        else:  # only the chunks the root references (temp.refs, see referenced_below)
+            cur = self.db.execute(
+                "SELECT c.id, c.pack, c.offset, c.length, c.codec, c.size FROM temp.refs r "
+                "JOIN chunks c ON c.id = r.id ORDER BY c.pack, c.offset"
+            )
         next_report = 0
         while rows := cur.fetchmany(256):
             for chunk_id, pack, offset, length, codec, size in rows:
@@ -202,17 +215,35 @@ class _Checker:
 
     # --- references --------------------------------------------------------------------------------------
 
-    def references(self) -> int:
-        """Record referenced chunks that are not stored; return how many stored chunks nothing references."""
+    def referenced_below(self) -> int:
+        """Fill temp.refs with the chunks the versions at or below ``root`` reference; return their stored bytes
+        (the total a confined check reads)."""
+        assert self.root is not None
+        self._collect_refs(self.root)
+        (total,) = self.db.execute(
+            "SELECT coalesce(sum(c.length), 0) FROM temp.refs r JOIN chunks c ON c.id = r.id"
+        ).fetchone()
+        return int(total)
+
+    def _collect_refs(self, root: str) -> None:
         db = self.db
         db.execute("DELETE FROM temp.refs")
-        cur = db.execute("SELECT chunks FROM versions WHERE length(chunks) > 0")
+        cond, params = within(root)
+        cur = db.execute(f"SELECT chunks FROM versions WHERE length(chunks) > 0 AND {cond}", params)
         while rows := cur.fetchmany(_BATCH):
             db.executemany("INSERT OR IGNORE INTO temp.refs VALUES (?)", _ids(rows))
+
+    def references(self) -> int:
+        """Record referenced chunks that are not stored; return how many stored chunks nothing references (0 for
+        a confined check, which does not look at the rest)."""
+        db = self.db
+        self._collect_refs(self.root or "")
         for (cid,) in db.execute(
             "SELECT id FROM temp.refs r WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = r.id)"
         ):
             self.damaged[bytes(cid)] = f"chunk {bytes(cid).hex()} is referenced but not stored"
+        if self.root is not None:
+            return 0
         (unreferenced,) = db.execute(
             "SELECT count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM temp.refs r WHERE r.id = c.id)"
         ).fetchone()
@@ -223,7 +254,11 @@ class _Checker:
         found = []
         damaged = self.damaged
         step = limits.ID_SIZE
-        cur = self.db.execute("SELECT path, first, last, chunks FROM versions WHERE kind = 'f' AND length(chunks) > 0")
+        cond, params = within(self.root or "")
+        cur = self.db.execute(
+            f"SELECT path, first, last, chunks FROM versions WHERE kind = 'f' AND length(chunks) > 0 AND {cond}",
+            params,
+        )
         while rows := cur.fetchmany(_BATCH):
             for path, first, last, chunks in rows:
                 for i in range(0, len(chunks), step):
@@ -274,19 +309,26 @@ class _Checker:
         return kept
 
 
-def check(target: Target, verify_data: bool, progress: _Progress | None) -> CheckReport:
-    """See the module docstring; the caller holds the target's maintenance lock."""
+def check(target: Target, verify_data: bool, progress: _Progress | None, root: str | None = None) -> CheckReport:
+    """See the module docstring; the caller holds the target's maintenance lock. ``root``: check only what the
+    versions at or below it reference (a confined handle); None: the whole target."""
     db = index.connect_read_only(target.directory / "index.sqlite")
     try:
         db.execute("CREATE TEMP TABLE refs (id BLOB PRIMARY KEY) WITHOUT ROWID")
-        checker = _Checker(target, db, verify_data)
+        checker = _Checker(target, db, verify_data, root)
         db.execute("BEGIN")  # one consistent state of the index for everything below
         try:
-            _count, total = checker.counters()
-            checker.packs()
+            if root is None:
+                _count, total = checker.counters()
+                checker.packs()
+            else:
+                total = checker.referenced_below()
             checker.records(total, progress)
             unreferenced = checker.references()
-            kept = checker.snapshot_counts()
+            if root is None:
+                kept = checker.snapshot_counts()
+            else:  # the snapshot counts are the whole target's: not a confined check's business
+                kept = [r[0] for r in db.execute("SELECT id FROM snapshots WHERE pruned = 0 ORDER BY id")]
             damaged_files = checker.files(kept) if checker.damaged else []
         finally:
             checker.close()

@@ -43,7 +43,9 @@ _DIFFERS = " OR ".join(
 class CommitCharge:
     """What a commit is about to add to its target, for a quota check: new file and directory versions (every
     changed entry becomes one) and the stored bytes of the chunks it references that were stored since the
-    previous snapshot (already on disk: they count in the target's stored bytes before the commit)."""
+    previous snapshot (already on disk: they count in the target's stored bytes before the commit). For a
+    confined push ``new_bytes`` is instead what it uploaded for them (see :class:`CommitResult`), so nothing
+    derived from it depends on what the rest of the target holds."""
 
     new_files: int
     new_dirs: int
@@ -201,7 +203,7 @@ class Push:
                     self._known(db)  # outside the transaction: a rollback must not drop it
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    info = self._commit(db, now, mark, check)
+                    info, uploaded = self._commit(db, now, mark, check)
                     stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
                     db.execute("COMMIT")
                 except BaseException:
@@ -217,11 +219,11 @@ class Push:
         finally:
             if not self._open:  # committed: its chunks are referenced by committed versions now
                 self.target.push_ended()  # (outside the writer lock: the gc lock comes first in lock order)
-        return CommitResult(info, stored)
+        return CommitResult(info, stored, *uploaded)
 
     def _commit(
         self, db: sqlite3.Connection, now: float, mark: tuple[int, int], check: QuotaCheck | None = None
-    ) -> SnapshotInfo:
+    ) -> tuple[SnapshotInfo, tuple[int, int]]:
         stage, chg, need, gone = (
             self._stage,
             f"{self._stage}_chg",
@@ -291,6 +293,13 @@ class Push:
             "JOIN main.chunks c ON c.id = d.id WHERE c.pack > :p OR (c.pack = :p AND c.offset >= :o)",
             {"p": mark_pack, "o": mark_offset},
         ).fetchone()
+        uploaded = (0, 0)
+        if self.confined:  # what this push uploaded, deduplicated or not (see CommitResult)
+            count, size = db.execute(
+                f"SELECT count(*), coalesce(sum(u.length), 0) FROM (SELECT DISTINCT id FROM {need}) d "
+                f"JOIN {self._stage}_up u ON u.id = d.id"
+            ).fetchone()
+            uploaded = (int(count), int(size))
 
         # 4. With delete: current paths under the root that this push does not list.
         db.execute(f"CREATE TABLE {gone} (path TEXT PRIMARY KEY, kind TEXT)")
@@ -311,7 +320,8 @@ class Push:
             f"SELECT count(*), coalesce(sum(kind != 'd'), 0), coalesce(sum(kind = 'd'), 0) FROM {gone}"
         ).fetchone()
         if check is not None:
-            check(CommitCharge(new_files=added_files, new_dirs=added_dirs, new_bytes=new_bytes))
+            charged = uploaded[1] if self.confined else new_bytes
+            check(CommitCharge(new_files=added_files, new_dirs=added_dirs, new_bytes=charged))
         time = max(now, prev_time)
         files = prev_files + added_files - replaced_files - gone_files
         dirs = prev_dirs + added_dirs - replaced_dirs - gone_dirs
@@ -332,9 +342,8 @@ class Push:
             f"SELECT path, :sid, NULL, kind, mode, mtime_ns, size, chunks, link, meta FROM {chg}",
             {"sid": sid},
         )
-        return SnapshotInfo(
-            sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete
-        )
+        info = SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete)
+        return info, uploaded
 
     # --- pushes confined to a sub-path by a grant (issue 5) --------------------------------------------------
     #
@@ -349,18 +358,20 @@ class Push:
         """Make this push confined (see above). Call right after begin_push."""
         db, lock = self.target.writer
         with lock:
-            db.execute(f"CREATE TEMP TABLE {self._stage}_up (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            db.execute(
+                f"CREATE TEMP TABLE {self._stage}_up (id BLOB PRIMARY KEY, length INTEGER NOT NULL) WITHOUT ROWID"
+            )
         self.confined = True
 
-    def note_uploaded(self, ids: Sequence[bytes]) -> None:
-        """Record chunk ids uploaded (and verified) on this push."""
-        if not self.confined or not self._open or not ids:
+    def note_uploaded(self, chunks: Sequence[tuple[bytes, int]]) -> None:
+        """Record chunks uploaded (and verified) on this push: (id, uploaded length)."""
+        if not self.confined or not self._open or not chunks:
             return
         db, lock = self.target.writer
         with lock, storage_errors("record uploads"):
             db.execute("BEGIN")
             try:
-                db.executemany(f"INSERT OR IGNORE INTO {self._stage}_up VALUES (?)", [(i,) for i in ids])
+                db.executemany(f"INSERT OR IGNORE INTO {self._stage}_up VALUES (?, ?)", chunks)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

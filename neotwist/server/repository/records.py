@@ -51,10 +51,17 @@ class SnapshotInfo:
 
 @dataclass(frozen=True)
 class CommitResult:
-    """What a push commit produced; ``stored_bytes`` is the target's total stored chunk bytes afterwards."""
+    """What a push commit produced; ``stored_bytes`` is the target's total stored chunk bytes afterwards.
+
+    ``uploaded_chunks``/``uploaded_bytes`` (confined pushes only, else 0): the distinct chunks the new snapshot's
+    changed files reference that were uploaded on this push, and their uploaded bytes, whether or not the store
+    already held them. That is what such a push may be told it added: ``snapshot.new_chunks``/``new_bytes`` count
+    what was new to the whole target's store, which would tell it what exists elsewhere in the target."""
 
     snapshot: SnapshotInfo
     stored_bytes: int
+    uploaded_chunks: int = 0
+    uploaded_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,13 @@ class Target:
         raises :class:`ChunkRejected` naming its index (errors as :meth:`store_chunk`). With ``budget``, a
         batch whose new chunks would store more bytes than that stores nothing and raises :class:`OverBudget`
         (a quota)."""
+        return self.store_chunks_sized(chunks, budget)[0]
+
+    def store_chunks_sized(
+        self, chunks: Sequence[tuple[bytes, int, int, bytes]], budget: int | None = None
+    ) -> tuple[int, int]:
+        """:meth:`store_chunks`, returning (chunks stored anew, their stored bytes): what the batch added to the
+        store, which a push confined to a sub-path must never be told (see the session's quota checks)."""
         self._writable("store chunks")
         encrypted = self.meta.encrypted
         for n, (chunk_id, codec, size, data) in enumerate(chunks):
@@ -195,7 +202,7 @@ class Target:
                 verify_chunk(chunk_id, codec, size, data, encrypted=encrypted)
             except NeoError as e:
                 raise ChunkRejected(n, e) from None
-        new = 0
+        new = new_bytes = 0
         with self._gc_lock, self._store_lock:
             pending = self._pending
             if budget is not None:
@@ -214,12 +221,13 @@ class Target:
                 pending[chunk_id] = (pack, offset, len(data), codec, size)
                 self._pending_bytes += HEADER_SIZE + len(data)
                 new += 1
+                new_bytes += len(data)
             full = self._pending_bytes >= AUTO_FLUSH
             if self._active_pushes:  # uploaded or found present: a push will reference them
                 self._protected.update(c[0] for c in chunks)
         if full:
             self.flush()
-        return new
+        return new, new_bytes
 
     def _open_writer(self) -> None:
         """Called with the store lock held."""
@@ -427,14 +435,18 @@ class Target:
         return self.collect_garbage()
 
     def check(
-        self, verify_data: bool = False, progress: Callable[[int, int], None] | None = None
+        self,
+        verify_data: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        root: str | None = None,
     ) -> CheckReport:
         """Check that the index and the packs agree (every record read and its header and CRC checked); with
         ``verify_data`` also that every plaintext chunk decompresses and hashes to its id. ``progress(done,
-        total)`` is called now and then with stored bytes checked so far and in all. Read-only: safe on a
-        target a running server is using, and on a read-only target (see :mod:`.check`)."""
+        total)`` is called now and then with stored bytes checked so far and in all. With ``root``, only the
+        chunks that versions at or below it reference (a handle confined to a granted sub-path). Read-only: safe
+        on a target a running server is using, and on a read-only target (see :mod:`.check`)."""
         with self._maintenance_lock:
-            return check_module.check(self, verify_data, progress)
+            return check_module.check(self, verify_data, progress, root)
 
     def list_entries(self, snapshot_id: int, path: str, recursive: bool) -> Iterator[Entry]:
         """The entries of ``snapshot_id`` at and below ``path`` (target-relative paths), sorted by path (UTF-8
