@@ -330,3 +330,38 @@ def _merge(records: list[Entry]) -> list[Entry]:
         else:
             out.append(e)
     return out
+
+
+def _forged(tree: TreeCipher, name: str, kind: str = "f", recorded: str = "") -> Entry:
+    """An entry named ``name`` at the root, sealed with the real key: what a key holder (a grantee) could
+    forge. The token and both seals are right; only the name itself is bad."""
+    token = tree.paths.encrypt_name("", name)
+    meta = EntryMeta(mode=0o644, mtime_ns=1, size=0, link="", path=recorded)
+    return Entry(token, kind, 0, 0, 0, b"", "", tree.meta.seal(token, kind, b"", name, meta))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "x\0y", "..\0", "", "back\\slash"])
+def test_a_decrypted_name_that_is_not_a_path_component_is_refused(name: str) -> None:
+    master = MasterKey(os.urandom(32))
+    _, keys = master.new_target()
+    tree = _tree(master, keys)
+    good = tree.encrypt_entries("ok.txt", "f", 0o644, 1, 3, b"", "")[0]
+    back = tree.decrypt_listing([_forged(tree, name), good])
+    assert [e.path for e in back.entries] == ["ok.txt"]  # the rest still decrypts
+    assert len(back.errors) == 1 and "its decrypted name" in back.errors[0] and "skipped" in back.errors[0]
+    assert back.errors[0].startswith("(unnamed): ")  # never shown as a path made of the bad name
+
+
+def test_a_recorded_sub_path_with_dot_dot_is_refused() -> None:
+    """The root entry of a sub-path push records its plaintext path; a forged one must not name the entries
+    below it with '..' components."""
+    master = MasterKey(os.urandom(32))
+    _, keys = master.new_target()
+    tree = _tree(master, keys)
+    forged_path = "../etc"
+    full = tree.paths.encrypt_path(forged_path)
+    meta = EntryMeta(mode=0o755, mtime_ns=1, size=0, link="", path=forged_path)
+    entry = Entry(full, "d", 0, 0, 0, b"", "", tree.meta.seal(full, "d", b"", "etc", meta))
+    back = tree.decrypt_listing([entry])
+    assert back.entries == []
+    assert len(back.errors) == 1 and "its recorded path '../etc' is not a valid path" in back.errors[0]
