@@ -117,6 +117,30 @@ def test_malformed_and_missing_key_files_are_refused_clearly(tmp_path: Path) -> 
         keyfile.create("", fast())
 
 
+def test_kdf_costs_a_read_key_file_may_ask_are_bounded() -> None:
+    """Each field is in range, but together they would stall the client (4 GiB x 64 passes is minutes;
+    scrypt at 4 GiB with p = 64 longer): refused when read, with the way out."""
+    kf, _ = keyfile.create("pw", fast())
+    doc = json.loads(keyfile.dumps(kf))
+    doc["kdf"].update(memory_kib=keyfile.MAX_MEMORY_KIB, iterations=keyfile.MAX_ITERATIONS)
+    with pytest.raises(KeyFileError, match="more than this client runs"):
+        keyfile.loads(json.dumps(doc).encode())
+    doc["kdf"].update(algorithm="scrypt", memory_kib=keyfile.MAX_MEMORY_KIB, iterations=1, lanes=64)
+    with pytest.raises(KeyFileError, match="scrypt takes iterations 1 and lanes"):
+        keyfile.loads(json.dumps(doc).encode())
+    doc["kdf"].update(lanes=2, memory_kib=3 * 8192)
+    with pytest.raises(KeyFileError, match="power of two"):
+        keyfile.loads(json.dumps(doc).encode())
+    doc["kdf"].update(memory_kib=keyfile.MAX_MEMORY_KIB, lanes=keyfile.MAX_SCRYPT_P)
+    with pytest.raises(KeyFileError, match="more than this client runs"):
+        keyfile.loads(json.dumps(doc).encode())
+    # the defaults, and the scrypt fallback's, are well inside
+    keyfile.check_bounds(keyfile.default_params())
+    keyfile.check_bounds(keyfile.KdfParams("scrypt", os.urandom(16), keyfile.DEFAULT_MEMORY_KIB, 1, 1))
+    assert keyfile.weak(keyfile.default_params()) is None
+    assert keyfile.weak(fast()) is not None
+
+
 # --- subkeys and the key check -------------------------------------------------------------------------------
 
 

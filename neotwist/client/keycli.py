@@ -137,7 +137,19 @@ def _kdf(args: argparse.Namespace) -> keyfile.KdfParams:
         raise _Usage(f"--kdf-memory must be {keyfile.MIN_MEMORY_KIB // 1024}..{keyfile.MAX_MEMORY_KIB // 1024} MiB")
     if not 1 <= args.kdf_iterations <= keyfile.MAX_ITERATIONS:
         raise _Usage(f"--kdf-iterations must be 1..{keyfile.MAX_ITERATIONS}")
-    return keyfile.default_params(memory, args.kdf_iterations)
+    params = keyfile.default_params(memory, args.kdf_iterations)
+    if memory * args.kdf_iterations > keyfile.MAX_WORK_KIB:
+        raise _Usage(
+            f"--kdf-memory x --kdf-iterations must be at most {keyfile.MAX_WORK_KIB // 1024} (MiB x passes): a key "
+            "file costlier than that is refused when read"
+        )
+    why = keyfile.weak(params)
+    if why is not None:
+        sys.stderr.write(
+            f"neo-key: warning: {why}: a leaked key file is cheap to brute-force; use such settings only for tests "
+            f"(the default is {keyfile.DEFAULT_MEMORY_KIB // 1024} MiB x {keyfile.DEFAULT_ITERATIONS} passes)\n"
+        )
+    return params
 
 
 class _Usage(Exception):
