@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from neotwist import paths
 from neotwist.client.pins import TargetPin
 from neotwist.crypto import AuthenticationFailed, WrongKey, WrongPassphrase, keyfile
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
@@ -222,6 +223,7 @@ async def open_for_push(
     A plaintext sub-path is never sent before the target is known not to be encrypted: a pinned (or
     ``require_encryption``) target is opened encrypted at once; otherwise a push to a sub-path first opens the
     handle root, without creating anything, to learn the target's encryption."""
+    paths.check_path(subpath)  # a bad sub-path is refused as the server would, before anything is opened
     found = pin.lookup() if pin is not None else None
     pinned = found.key_id if found is not None else None
     if encrypt or pinned is not None or require_encryption:
@@ -345,6 +347,7 @@ async def open_for_read(
     A plaintext sub-path is never sent before the target is known not to be encrypted: a pinned target's
     sub-path is opened at its encrypted form at once; otherwise the handle root is opened first, and the
     sub-path re-opened in the form the answer calls for (the close and the open share one round trip)."""
+    paths.check_path(subpath)  # a bad sub-path is refused as the server would, before anything is opened
     found = pin.lookup() if pin is not None else None
     pinned = found.key_id if found is not None else None
     if pinned is not None and subpath:
