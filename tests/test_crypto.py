@@ -117,6 +117,30 @@ def test_malformed_and_missing_key_files_are_refused_clearly(tmp_path: Path) -> 
         keyfile.create("", fast())
 
 
+def test_kdf_costs_a_read_key_file_may_ask_are_bounded() -> None:
+    """Each field is in range, but together they would stall the client (4 GiB x 64 passes is minutes;
+    scrypt at 4 GiB with p = 64 longer): refused when read, with the way out."""
+    kf, _ = keyfile.create("pw", fast())
+    doc = json.loads(keyfile.dumps(kf))
+    doc["kdf"].update(memory_kib=keyfile.MAX_MEMORY_KIB, iterations=keyfile.MAX_ITERATIONS)
+    with pytest.raises(KeyFileError, match="more than this client runs"):
+        keyfile.loads(json.dumps(doc).encode())
+    doc["kdf"].update(algorithm="scrypt", memory_kib=keyfile.MAX_MEMORY_KIB, iterations=1, lanes=64)
+    with pytest.raises(KeyFileError, match="scrypt takes iterations 1 and lanes"):
+        keyfile.loads(json.dumps(doc).encode())
+    doc["kdf"].update(lanes=2, memory_kib=3 * 8192)
+    with pytest.raises(KeyFileError, match="power of two"):
+        keyfile.loads(json.dumps(doc).encode())
+    doc["kdf"].update(memory_kib=keyfile.MAX_MEMORY_KIB, lanes=keyfile.MAX_SCRYPT_P)
+    with pytest.raises(KeyFileError, match="more than this client runs"):
+        keyfile.loads(json.dumps(doc).encode())
+    # the defaults, and the scrypt fallback's, are well inside
+    keyfile.check_bounds(keyfile.default_params())
+    keyfile.check_bounds(keyfile.KdfParams("scrypt", os.urandom(16), keyfile.DEFAULT_MEMORY_KIB, 1, 1))
+    assert keyfile.weak(keyfile.default_params()) is None
+    assert keyfile.weak(fast()) is not None
+
+
 # --- subkeys and the key check -------------------------------------------------------------------------------
 
 
@@ -330,3 +354,38 @@ def _merge(records: list[Entry]) -> list[Entry]:
         else:
             out.append(e)
     return out
+
+
+def _forged(tree: TreeCipher, name: str, kind: str = "f", recorded: str = "") -> Entry:
+    """An entry named ``name`` at the root, sealed with the real key: what a key holder (a grantee) could
+    forge. The token and both seals are right; only the name itself is bad."""
+    token = tree.paths.encrypt_name("", name)
+    meta = EntryMeta(mode=0o644, mtime_ns=1, size=0, link="", path=recorded)
+    return Entry(token, kind, 0, 0, 0, b"", "", tree.meta.seal(token, kind, b"", name, meta))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "x\0y", "..\0", "", "back\\slash"])
+def test_a_decrypted_name_that_is_not_a_path_component_is_refused(name: str) -> None:
+    master = MasterKey(os.urandom(32))
+    _, keys = master.new_target()
+    tree = _tree(master, keys)
+    good = tree.encrypt_entries("ok.txt", "f", 0o644, 1, 3, b"", "")[0]
+    back = tree.decrypt_listing([_forged(tree, name), good])
+    assert [e.path for e in back.entries] == ["ok.txt"]  # the rest still decrypts
+    assert len(back.errors) == 1 and "its decrypted name" in back.errors[0] and "skipped" in back.errors[0]
+    assert back.errors[0].startswith("(unnamed): ")  # never shown as a path made of the bad name
+
+
+def test_a_recorded_sub_path_with_dot_dot_is_refused() -> None:
+    """The root entry of a sub-path push records its plaintext path; a forged one must not name the entries
+    below it with '..' components."""
+    master = MasterKey(os.urandom(32))
+    _, keys = master.new_target()
+    tree = _tree(master, keys)
+    forged_path = "../etc"
+    full = tree.paths.encrypt_path(forged_path)
+    meta = EntryMeta(mode=0o755, mtime_ns=1, size=0, link="", path=forged_path)
+    entry = Entry(full, "d", 0, 0, 0, b"", "", tree.meta.seal(full, "d", b"", "etc", meta))
+    back = tree.decrypt_listing([entry])
+    assert back.entries == []
+    assert len(back.errors) == 1 and "its recorded path '../etc' is not a valid path" in back.errors[0]

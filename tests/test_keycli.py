@@ -31,8 +31,9 @@ def test_init_show_export_import_passwd(tmp_path: Path, capsys: pytest.CaptureFi
                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     key = tmp_path / "k"
     monkeypatch.setenv("NEO_PASSPHRASE", "first")
-    code, out, _ = run(capsys, "init", "--json", "--key-file", str(key), *FAST)
+    code, out, err = run(capsys, "init", "--json", "--key-file", str(key), *FAST)
     assert code == 0 and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert err.startswith("neo-key: warning: 8 MiB of KDF memory is below 64 MiB") and "only for tests" in err
     info = json.loads(out)
     assert info["kdf"] == {"algorithm": "argon2id", "memory_kib": 8192, "iterations": 1, "lanes": 4}
     code, _, err = run(capsys, "init", "--key-file", str(key), *FAST)
@@ -73,3 +74,15 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert e.value.code == 2
     code, _, err = run(capsys, "show", "--key-file", str(tmp_path / "none"))
     assert code == 1 and "neo-key init" in err
+
+
+def test_weak_kdf_settings_warn_but_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("NEO_PASSPHRASE", "pw")
+    code, _, err = run(capsys, "init", "--key-file", str(tmp_path / "a"), "--kdf-memory", "64", "--kdf-iterations", "1")
+    assert code == 0 and "warning: 1 KDF pass is below 2" in err
+    code, _, err = run(capsys, "init", "--key-file", str(tmp_path / "b"), "--kdf-memory", "64", "--kdf-iterations", "2")
+    assert code == 0 and err == ""  # at the floor: no warning
+    code, _, err = run(capsys, "init", "--key-file", str(tmp_path / "c"), "--kdf-memory", "4096", "--kdf-iterations",
+                       "64")  # fmt: skip
+    assert code == 2 and "at most 16384" in err and not (tmp_path / "c").exists()

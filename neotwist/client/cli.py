@@ -1,7 +1,7 @@
 """neo-push and neo-pull: the command lines around the push and pull pipelines.
 
 Exit codes: 0 done; 1 the operation failed (one line on stderr says why and what to do); 2 usage error;
-3 authentication or host key refused; 130 interrupted.
+3 authentication, host key or encryption pin refused; 130 interrupted.
 
 The original client's flags still work (``--lpath``, ``--rpath TARGET[/SUBPATH]``, ``--host``, ``--port``,
 ``--password`` / ``--authcode``, ``--push``, ``--pull``), so ``neo-push --lpath=/x --rpath=peach --host=h
@@ -37,6 +37,7 @@ from neotwist.client.clibase import (
     open_session,
     react,
     start_logging,
+    target_pin,
 )
 from neotwist.client.filters import Filter, FilterError, write_sample
 from neotwist.client.progress import Progress
@@ -222,8 +223,9 @@ def _human(direction: Direction, summary: Any, delete: bool = False) -> str:
 async def _run(
     reactor: Any, direction: Direction, args: argparse.Namespace, local: str, remote_text: str
 ) -> int:
-    from neotwist.client.encryption import EncryptionRefused
+    from neotwist.client.encryption import EncryptionDowngrade, EncryptionRefused
     from neotwist.client.filescache import FilesCache, cache_key
+    from neotwist.client.pins import PinFileError
     from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
     from neotwist.client.push import PushError, PushOptions, describe_error, push
     from neotwist.crypto import CryptoError, WrongPassphrase
@@ -280,6 +282,8 @@ async def _run(
                     keys=keys,
                     encrypt=args.encrypt,
                     grant_root=args.grant_root,
+                    pin=target_pin(remote),
+                    require_encryption=args.require_encryption,
                 ),
             )
         else:
@@ -299,6 +303,8 @@ async def _run(
                     warn=warn,
                     keys=keys,
                     grant_root=args.grant_root,
+                    pin=target_pin(remote),
+                    require_encryption=args.require_encryption,
                 ),
             )
     except PullIncomplete as e:
@@ -323,7 +329,10 @@ async def _run(
     except WrongPassphrase as e:
         sys.stderr.write(f"neo-{direction}: {e}; nothing was written\n")
         code = EXIT_AUTH
-    except (CryptoError, EncryptionRefused) as e:
+    except EncryptionDowngrade as e:  # the message says nothing was sent or written
+        sys.stderr.write(f"neo-{direction}: {e}\n")
+        code = EXIT_AUTH
+    except (CryptoError, EncryptionRefused, PinFileError) as e:
         sys.stderr.write(f"neo-{direction}: {e}; nothing was written\n")
         code = EXIT_FAILED
     except NeoError as e:

@@ -2,7 +2,7 @@
 where the password comes from, exit codes, logging, and running one coroutine under the reactor.
 
 Exit codes: 0 done; 1 the operation failed (one line on stderr says why and what to do); 2 usage error;
-3 authentication or host key refused; 130 interrupted.
+3 authentication, host key or encryption pin refused; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -130,6 +130,10 @@ def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> Non
     crypt.add_argument("--passphrase-stdin", action="store_true",
                        help="read the key's passphrase from standard input (the line after the password when "
                        "--password-stdin is given too); NEO_PASSPHRASE works as well")  # fmt: skip
+    crypt.add_argument("--require-encryption", action="store_true",
+                       help="refuse a target the server says is not encrypted (exit 3). A target this client has "
+                       "seen encrypted is pinned and always checked so; this covers a first contact" + (
+                           "; a missing target is refused unless --encrypt creates it" if encrypt else ""))  # fmt: skip
     crypt.add_argument("--grant-root", default="", metavar="PATH",
                        help="a grant on a sub-path of an encrypted target: that sub-path as its owner names it "
                        "(in plaintext; names below it are encrypted from the target's root)")  # fmt: skip
@@ -162,6 +166,13 @@ def key_source(args: argparse.Namespace) -> Any:
     from neotwist.client.encryption import KeySource
 
     return KeySource(getattr(args, "key_file", None), passphrase_source(args))
+
+
+def target_pin(remote: Any) -> Any:
+    """The encryption pin of ``remote``'s target in the default pin file (see :mod:`neotwist.client.pins`)."""
+    from neotwist.client.pins import TargetPin
+
+    return TargetPin.for_remote(remote)
 
 
 def confirm(question: str) -> bool:

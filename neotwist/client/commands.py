@@ -33,8 +33,17 @@ from neotwist.client.clibase import (
     open_session,
     react,
     start_logging,
+    target_pin,
 )
-from neotwist.client.encryption import EncryptionRefused, Namer, decrypt_deleted, decrypt_versions, open_for_read
+from neotwist.client.encryption import (
+    EncryptionDowngrade,
+    EncryptionRefused,
+    Namer,
+    decrypt_deleted,
+    decrypt_versions,
+    open_for_read,
+)
+from neotwist.client.pins import PinFileError
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_at, parse_duration
 from neotwist.crypto import CryptoError, WrongPassphrase
@@ -195,10 +204,10 @@ def _run(
         except stash.StashError as e:
             sys.stderr.write(f"{prog}: {e}\n")
             return EXIT_FAILED
-        except WrongPassphrase as e:  # encryption (issue 6)
+        except (WrongPassphrase, EncryptionDowngrade) as e:  # encryption (issue 6)
             sys.stderr.write(f"{prog}: {e}\n")
             return EXIT_AUTH
-        except (CryptoError, EncryptionRefused) as e:
+        except (CryptoError, EncryptionRefused, PinFileError) as e:
             sys.stderr.write(f"{prog}: {e}\n")
             return EXIT_FAILED
         except NeoError as e:
@@ -260,7 +269,13 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
         # An encrypted target is opened at its encrypted sub-path and listed decrypted (issue 6): names and
         # metadata come from the entries' sealed metadata, authenticated on the way.
         opened, crypt = await open_for_read(
-            peer, remote.target, remote.path, key_source(args), args.grant_root.strip("/")
+            peer,
+            remote.target,
+            remote.path,
+            key_source(args),
+            args.grant_root.strip("/"),
+            target_pin(remote),
+            args.require_encryption,
         )
         if not opened.exists or opened.latest is None:
             raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
@@ -580,7 +595,13 @@ def check_main(argv: Sequence[str] | None = None) -> int:
         from neotwist.client.progress import Progress
 
         opened, crypt = await open_for_read(
-            peer, remote.target, remote.path, key_source(args), args.grant_root.strip("/")
+            peer,
+            remote.target,
+            remote.path,
+            key_source(args),
+            args.grant_root.strip("/"),
+            target_pin(remote),
+            args.require_encryption,
         )
         if not opened.exists or opened.latest is None:
             raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")

@@ -1,15 +1,26 @@
 """Opening a target with or without encryption, and the key a push or pull then works with.
 
-neo-push and neo-pull do not need to be told that a target is encrypted: the server says so.
+neo-push and neo-pull do not need to be told that a target is encrypted: the server says so. But the server
+is the adversary (docs/encryption.md), so what it says is checked against what this client already knows:
 
+- **Pins** (:mod:`neotwist.client.pins`). Once this client has pushed to or read an encrypted target, it pins
+  ``(address, account, target) -> key id``. A server that later calls that target plaintext, or names another
+  key, is refused with :class:`EncryptionDowngrade` (exit 3): otherwise it could make the next push store new
+  files in plaintext, or a pull accept plaintext it forged. ``--require-encryption`` refuses plaintext the same
+  way on a client that has no pin yet.
+- **No plaintext sub-path before the encryption is known.** A pinned target is opened at its encrypted
+  sub-path at once. Otherwise a sub-path is only sent after the handle root (``""``, which is a grantee's grant
+  root) told whether the target is encrypted; then it is opened in its right form.
 - **push**: ``open push`` with ``encrypted = false`` succeeds on a plaintext (or new) target; on an encrypted
   target the server answers ``encryption_mismatch``, and the client unlocks its key and opens again at the
-  encrypted sub-path. ``--encrypt`` unlocks first and opens with a new key-check record, which the server keeps
-  only if the open creates the target; an existing plaintext target answers ``encryption_mismatch``, which is
-  then a refusal (encryption is chosen when a target is created).
-- **pull**: ``open read`` answers with ``encrypted`` and the key-check record. The record names the key id, so
-  a key file holding another key is refused before any passphrase is asked; then the key is unlocked and
-  checked against the record, and a sub-path is re-opened at its encrypted form.
+  encrypted sub-path (a push to a sub-path first opens the root without ``create``, so that the sub-path goes
+  out only in the right form). ``--encrypt`` (and a pin) unlocks first and opens with a new key-check record,
+  which the server keeps only if the open creates the target; an existing plaintext target answers
+  ``encryption_mismatch``, which is then a refusal (encryption is chosen when a target is created).
+- **pull** (and neo-ls, neo-check): ``open read`` of the root answers with ``encrypted`` and the key-check
+  record. The record names the key id, so a key file holding another key is refused before any passphrase is
+  asked; then the key is unlocked and checked against the record, and a sub-path is opened in its encrypted
+  form (the close of the root and that open share one round trip).
 - A grant on a sub-path of an encrypted target is a grant on the *encrypted* path (``neo-key path`` prints
   it for the owner's ``neo-share grant``). Its grantee names the grant as usual, and gives the grant's
   plaintext sub-path with ``--grant-root``, because tokens are computed from the target root.
@@ -27,6 +38,7 @@ from typing import Any
 import msgspec
 
 from neotwist import paths
+from neotwist.client.pins import TargetPin
 from neotwist.crypto import AuthenticationFailed, WrongKey, WrongPassphrase, keyfile
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
 from neotwist.crypto.keys import MasterKey, TargetKeys, key_check_id
@@ -138,6 +150,73 @@ async def _close(peer: Peer, opened: Opened) -> None:
     await peer.request(Close(rid=0, handle=opened.handle))
 
 
+class EncryptionDowngrade(EncryptionRefused):
+    """The server calls a target plaintext, or encrypted with another key, that this client has pinned as
+    encrypted (or that ``--require-encryption`` requires to be): refused like a changed host key (exit 3)."""
+
+
+def _unlock(source: KeySource | None, target: str, pinned: str | None, pin: TargetPin | None) -> MasterKey:
+    """The unlocked key for an encrypted target; with a pin, a key file holding another key than the pinned one
+    is refused before the passphrase is asked."""
+    if source is None:
+        raise EncryptionRefused(f"target {target} is encrypted: this needs its key")
+    kf = source.key_file()  # a missing key file is reported before the passphrase is asked
+    if pinned is not None and kf.key_id != pinned:
+        assert pin is not None
+        raise WrongKey(
+            f"target {target} is pinned as encrypted with key {pinned} ({pin.where}), but {source.path} holds key "
+            f"{kf.key_id}: give the right --key-file, or 'neo-key import' that key"
+        )
+    return source.master()
+
+
+def _refuse_claim(
+    target: str, opened_encrypted: bool, named: bytes | None, pinned: str | None, pin: TargetPin | None, required: bool
+) -> None:
+    """Raise EncryptionDowngrade when what the server says about ``target`` contradicts its pin (or
+    ``--require-encryption``); return when it fits."""
+    if pinned is not None and pin is not None:
+        if not opened_encrypted:
+            raise EncryptionDowngrade(
+                f"the server says target {target} is not encrypted, but this client has seen it encrypted with key "
+                f"{pinned} ({pin.where}): refusing, nothing was pushed or written (a server must not turn an "
+                f"encrypted target into plaintext); if the target was deliberately removed and re-created, run "
+                f"'neo-key forget {pin.remote}'"
+            )
+        if named is None or named.hex() != pinned:
+            other = named.hex() if named is not None else "an unknown key"
+            raise EncryptionDowngrade(
+                f"the server says target {target} is encrypted with {other}, but this client has seen it encrypted "
+                f"with key {pinned} ({pin.where}): refusing, nothing was pushed or written; if the target was "
+                f"deliberately removed and re-created, run 'neo-key forget {pin.remote}'"
+            )
+    elif required and not opened_encrypted:
+        raise EncryptionDowngrade(
+            f"the server says target {target} is not encrypted, and --require-encryption was given: refusing, "
+            "nothing was pushed or written"
+        )
+
+
+def _pin(pin: TargetPin | None, master: MasterKey) -> None:
+    """Remember that this target is encrypted with ``master`` (after its key-check record verified)."""
+    if pin is not None:
+        pin.record(master.id.hex())
+
+
+async def _reopen(peer: Peer, opened: Opened, message: Open) -> Opened:
+    """Close ``opened`` and open ``message`` in the same round trip (the server answers in order)."""
+    closing = peer.request(Close(rid=0, handle=opened.handle))
+    opening = peer.request(message)
+    try:
+        await closing
+    except BaseException:
+        opening.addErrback(lambda _f: None)
+        raise
+    again = await opening
+    assert isinstance(again, Opened)
+    return again
+
+
 async def open_for_push(
     peer: Peer,
     target: str,
@@ -146,25 +225,58 @@ async def open_for_push(
     encrypt: bool,
     keep_history: bool | None = None,
     grant_root: str = "",
+    pin: TargetPin | None = None,
+    require_encryption: bool = False,
 ) -> tuple[Opened, Crypt | None]:
     """Open ``target`` at ``subpath`` for a push, creating it (encrypted with ``encrypt``) if it is missing;
-    ``keep_history`` goes with every open (see ``Open``); ``grant_root``: see :func:`_place`."""
-    if encrypt:
+    ``keep_history`` goes with every open (see ``Open``); ``grant_root``: see :func:`_place`.
+
+    A plaintext sub-path is never sent before the target is known not to be encrypted: a pinned (or
+    ``require_encryption``) target is opened encrypted at once; otherwise a push to a sub-path first opens the
+    handle root, without creating anything, to learn the target's encryption."""
+    paths.check_path(subpath)  # a bad sub-path is refused as the server would, before anything is opened
+    found = pin.lookup() if pin is not None else None
+    pinned = found.key_id if found is not None else None
+    if encrypt or pinned is not None or require_encryption:
         if source is None:
-            raise EncryptionRefused("--encrypt needs a key: create one with 'neo-key init'")
-        return await _open_encrypted_push(peer, target, subpath, source, True, keep_history, grant_root)
-    try:
-        opened = await peer.request(
-            Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=keep_history)
+            what = "--encrypt" if encrypt else f"target {target} is encrypted: this push"
+            raise EncryptionRefused(f"{what} needs a key: create one with 'neo-key init'")
+        return await _open_encrypted_push(
+            peer, target, subpath, source, encrypt, keep_history, grant_root, pin, pinned, require_encryption
         )
+    message = Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=keep_history)
+    try:
+        opened = await (_probe_then_open(peer, target, message) if subpath else peer.request(message))
     except RemoteError as e:
         if e.code != ErrorCode.ENCRYPTION_MISMATCH:
             raise
-        if source is None:
-            raise EncryptionRefused(f"target {target} is encrypted: this push needs its key") from None
-        return await _open_encrypted_push(peer, target, subpath, source, False, keep_history, grant_root)
+        return await _open_encrypted_push(
+            peer, target, subpath, _need(source, target), False, keep_history, grant_root, pin, None, False
+        )
     assert isinstance(opened, Opened)
     return opened, None
+
+
+async def _probe_then_open(peer: Peer, target: str, message: Open) -> Opened:
+    """Open the handle root for a push without creating anything, and only then ``message`` (at the plaintext
+    sub-path): an encrypted target answers the first open with ENCRYPTION_MISMATCH, before the sub-path is
+    sent; a missing one with NO_SUCH_TARGET (the push creates it in plaintext)."""
+    try:
+        probe = await peer.request(Open(rid=0, target=target, path="", mode="push"))
+    except RemoteError as e:
+        if e.code != ErrorCode.NO_SUCH_TARGET:
+            raise
+        created = await peer.request(message)
+        assert isinstance(created, Opened)
+        return created
+    assert isinstance(probe, Opened)
+    return await _reopen(peer, probe, message)
+
+
+def _need(source: KeySource | None, target: str) -> KeySource:
+    if source is None:
+        raise EncryptionRefused(f"target {target} is encrypted: this push needs its key")
+    return source
 
 
 async def _open_encrypted_push(
@@ -172,13 +284,18 @@ async def _open_encrypted_push(
     target: str,
     subpath: str,
     source: KeySource,
-    new: bool,
+    encrypt: bool,
     keep_history: bool | None,
     grant_root: str,
+    pin: TargetPin | None,
+    pinned: str | None,
+    required: bool,
 ) -> tuple[Opened, Crypt | None]:
-    source.key_file()  # a missing key file is reported before the passphrase is asked
-    master = source.master()
-    record, keys = master.new_target() if new else (b"", None)
+    """The encrypted open of a push. It creates the target with a new key-check record when ``encrypt`` asks,
+    or when the target is pinned (a pinned target that is gone is re-created encrypted, never in plaintext)."""
+    master = _unlock(source, target, pinned, pin)
+    create = encrypt or pinned is not None
+    record, keys = master.new_target() if create else (b"", None)
     root, path = _place(master, grant_root, subpath)
     try:
         opened = await peer.request(
@@ -187,24 +304,39 @@ async def _open_encrypted_push(
                 target=target,
                 path=path,
                 mode="push",
-                create=new,
+                create=create,
                 encrypted=True,
                 keep_history=keep_history,
                 key_check=record,
             )
         )
     except RemoteError as e:
-        if e.code == ErrorCode.ENCRYPTION_MISMATCH and new:
+        if e.code == ErrorCode.ENCRYPTION_MISMATCH:
+            _refuse_claim(target, False, None, pinned, pin, required)
+            if encrypt:
+                raise EncryptionRefused(
+                    f"target {target} exists and is not encrypted; --encrypt only applies when a push creates a "
+                    "target: push to a new target name"
+                ) from None
+        if e.code == ErrorCode.NO_SUCH_TARGET and not create:
             raise EncryptionRefused(
-                f"target {target} exists and is not encrypted; --encrypt only applies when a push creates a "
-                "target: push to a new target name"
+                f"there is no target {target}, and --require-encryption creates no plaintext target: add --encrypt "
+                "to create it encrypted"
             ) from None
         raise
     assert isinstance(opened, Opened)
     try:
+        named = key_check_id(opened.key_check) if opened.exists or keys is None else master.id
+        _refuse_claim(target, opened.encrypted, named, pinned, pin, required)
+        if not opened.encrypted:
+            raise EncryptionDowngrade(
+                f"the server opened target {target} without encryption for an encrypted push: refusing, nothing "
+                "was sent"
+            )
         check_chunker(opened.chunker)
         if opened.exists or keys is None:  # an existing target: its record decides (and must be this key's)
             keys = master.open_target(opened.key_check)
+        _pin(pin, master)
     except BaseException:
         await _close(peer, opened)
         raise
@@ -212,14 +344,49 @@ async def _open_encrypted_push(
 
 
 async def open_for_read(
-    peer: Peer, target: str, subpath: str, source: KeySource | None, grant_root: str = ""
+    peer: Peer,
+    target: str,
+    subpath: str,
+    source: KeySource | None,
+    grant_root: str = "",
+    pin: TargetPin | None = None,
+    require_encryption: bool = False,
 ) -> tuple[Opened, Crypt | None]:
     """Open ``target`` at ``subpath`` for reading; for an encrypted target, check and unlock the key and open
-    the encrypted sub-path (``grant_root``: see :func:`_place`)."""
-    opened = await peer.request(Open(rid=0, target=target, path=subpath, mode="read"))
+    the encrypted sub-path (``grant_root``: see :func:`_place`).
+
+    A plaintext sub-path is never sent before the target is known not to be encrypted: a pinned target's
+    sub-path is opened at its encrypted form at once; otherwise the handle root is opened first, and the
+    sub-path re-opened in the form the answer calls for (the close and the open share one round trip)."""
+    paths.check_path(subpath)  # a bad sub-path is refused as the server would, before anything is opened
+    found = pin.lookup() if pin is not None else None
+    pinned = found.key_id if found is not None else None
+    if pinned is not None and subpath:
+        master = _unlock(source, target, pinned, pin)
+        root, path = _place(master, grant_root, subpath)
+        opened = await peer.request(Open(rid=0, target=target, path=path, mode="read"))
+        assert isinstance(opened, Opened)
+        try:
+            _refuse_claim(target, opened.encrypted, key_check_id(opened.key_check), pinned, pin, require_encryption)
+            keys = master.open_target(opened.key_check)
+            check_chunker(opened.chunker)
+        except BaseException:
+            await _close(peer, opened)
+            raise
+        crypt = Crypt.make(master, keys, root)
+        crypt.opened = (subpath, path)
+        return opened, crypt
+    opened = await peer.request(Open(rid=0, target=target, path="", mode="read"))
     assert isinstance(opened, Opened)
+    try:
+        _refuse_claim(target, opened.encrypted, key_check_id(opened.key_check), pinned, pin, require_encryption)
+    except BaseException:
+        await _close(peer, opened)
+        raise
     if not opened.encrypted:
-        return opened, None
+        if not subpath:
+            return opened, None
+        return await _reopen(peer, opened, Open(rid=0, target=target, path=subpath, mode="read")), None
     if source is None:
         await _close(peer, opened)
         raise EncryptionRefused(f"target {target} is encrypted: reading it needs its key")
@@ -228,17 +395,16 @@ async def open_for_read(
         master = source.master()
         keys = master.open_target(opened.key_check)
         check_chunker(opened.chunker)
+        _pin(pin, master)
     except BaseException:
         await _close(peer, opened)
         raise
     root, path = _place(master, grant_root, subpath)
     crypt = Crypt.make(master, keys, root)
     crypt.opened = (subpath, path)
-    if path == subpath:
+    if not path:
         return opened, crypt
-    await _close(peer, opened)
-    again = await peer.request(Open(rid=0, target=target, path=path, mode="read"))
-    assert isinstance(again, Opened)
+    again = await _reopen(peer, opened, Open(rid=0, target=target, path=path, mode="read"))
     if again.key_check != opened.key_check:
         await _close(peer, again)
         raise WrongKey("the target's key-check record changed between two opens; try again")

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from neotwist.client.pins import PinFileError
 from neotwist.crypto import CryptoError, KeyFileError, WrongPassphrase, keyfile
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
@@ -32,9 +33,13 @@ examples:
   neo-key import neophytos-key.txt
       install a key exported elsewhere (the passphrase stays the one it was exported with)
   neo-key passwd
-      change the passphrase (the key, and so every encrypted target, stays the same)
+      change the passphrase (the key, and so every encrypted target, stays the same); copies exported
+      before still open with the old passphrase: destroy them if it leaked
   printf '%s\\n' "$OLD" "$NEW" | neo-key passwd --passphrase-stdin
       the same without a terminal: old passphrase on line 1, new on line 2
+  neo-key forget alice@nas/papers
+      after deliberately removing (and maybe re-creating) an encrypted target elsewhere: drop this client's
+      pin of it, so the server's new answer about its encryption is accepted (neo-target remove does this too)
   neo-share alice@nas grant "papers/$(neo-key path 2024)" --to alice.bob --right read --as p2024
       grant a sub-path of an encrypted target (the server knows it only encrypted); alice.bob, holding the
       key, then uses: neo-pull --grant-root 2024 alice.bob@nas/p2024 ./2024
@@ -88,12 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(q, passphrase=False)
     q.add_argument("source", metavar="FILE", help="the exported key file, or - for standard input")
     q.add_argument("--force", action="store_true", help="replace a key file holding another key")
-    q = sub.add_parser("passwd", help="change the key file's passphrase (the key itself stays)")
+    q = sub.add_parser("passwd", help="change the key file's passphrase (the key itself stays; copies exported "
+                       "before keep the old passphrase)")
     common(q)
     kdf(q)
     q = sub.add_parser("path", help="print the encrypted form of a sub-path of a target (for neo-share grant)")
     common(q)
     q.add_argument("subpath", metavar="SUBPATH", help="the sub-path in plaintext, from the target's root")
+    q = sub.add_parser("forget", help="forget that a target was seen encrypted (after deliberately removing it)")
+    q.add_argument("remote", metavar="REMOTE", help="[ssh://|tls://]USER@HOST[:PORT]/TARGET, as given to neo-push")
+    q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
 
@@ -137,7 +146,19 @@ def _kdf(args: argparse.Namespace) -> keyfile.KdfParams:
         raise _Usage(f"--kdf-memory must be {keyfile.MIN_MEMORY_KIB // 1024}..{keyfile.MAX_MEMORY_KIB // 1024} MiB")
     if not 1 <= args.kdf_iterations <= keyfile.MAX_ITERATIONS:
         raise _Usage(f"--kdf-iterations must be 1..{keyfile.MAX_ITERATIONS}")
-    return keyfile.default_params(memory, args.kdf_iterations)
+    params = keyfile.default_params(memory, args.kdf_iterations)
+    if memory * args.kdf_iterations > keyfile.MAX_WORK_KIB:
+        raise _Usage(
+            f"--kdf-memory x --kdf-iterations must be at most {keyfile.MAX_WORK_KIB // 1024} (MiB x passes): a key "
+            "file costlier than that is refused when read"
+        )
+    why = keyfile.weak(params)
+    if why is not None:
+        sys.stderr.write(
+            f"neo-key: warning: {why}: a leaked key file is cheap to brute-force; use such settings only for tests "
+            f"(the default is {keyfile.DEFAULT_MEMORY_KIB // 1024} MiB x {keyfile.DEFAULT_ITERATIONS} passes)\n"
+        )
+    return params
 
 
 class _Usage(Exception):
@@ -159,6 +180,8 @@ def _describe(path: Path, kf: keyfile.KeyFile) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, out: Callable[[dict[str, Any], str], None]) -> int:
+    if args.command == "forget":
+        return _forget(args, out)
     path: Path = args.key_file or keyfile.default_path()
     stdin = _Stdin()
     if args.command == "init":
@@ -239,6 +262,30 @@ def _run(args: argparse.Namespace, out: Callable[[dict[str, Any], str], None]) -
     return EXIT_OK
 
 
+def _forget(args: argparse.Namespace, out: Callable[[dict[str, Any], str], None]) -> int:
+    """Drop a target's encryption pin: the one way to accept that a target this client saw encrypted is now
+    plaintext or under another key (a deliberate removal and re-creation), short of editing the file."""
+    from neotwist.client.pins import TargetPin
+    from neotwist.client.remote import UsageError, parse_remote
+
+    try:
+        remote = parse_remote(args.remote)
+    except UsageError as e:
+        raise _Usage(str(e)) from None
+    if remote.path:
+        raise _Usage(f"give the target itself, without a sub-path: {remote.user}@{remote.address}/{remote.target}")
+    pin = TargetPin.for_remote(remote)
+    gone = pin.forget()
+    info = {"remote": pin.remote, "pins_file": str(pin.file.path), "forgotten": gone is not None,
+            "key_id": gone.key_id if gone is not None else None}  # fmt: skip
+    if gone is None:
+        out(info, f"{pin.remote} was not pinned in {pin.file.path}; nothing changed")
+    else:
+        out(info, f"forgot that {pin.remote} is encrypted with key {gone.key_id}; the next push or pull believes "
+                  "what the server says about it (and pins it again if it is encrypted)")  # fmt: skip
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -258,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WrongPassphrase as e:
         sys.stderr.write(f"neo-key: {e}\n")
         return EXIT_AUTH
-    except (CryptoError, OSError) as e:
+    except (CryptoError, OSError, PinFileError) as e:
         sys.stderr.write(f"neo-key: {e}\n")
         return EXIT_FAILED
 

@@ -32,6 +32,7 @@ from neotwist.client.clibase import (
     react,
     start_logging,
 )
+from neotwist.client.pins import PinFileError, TargetPin
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.server.rights import RIGHTS_TEXT
 from neotwist.wire.errors import ErrorCode, NeoError
@@ -82,7 +83,9 @@ examples:
       asks for confirmation, then deletes every snapshot and chunk of "old-laptop" and every grant on it
   neo-target remove --yes --json tls://alice@nas/scratch
 
-Removal needs the full right on the whole target and is refused while a push to it is running.
+Removal needs the full right on the whole target and is refused while a push to it is running. On success
+this client also forgets its encryption pin of the target (see neo-key forget), so a new target of that name
+may be plaintext; other clients that pinned it keep refusing that until 'neo-key forget' is run there.
 """
 
 
@@ -386,10 +389,18 @@ def target_main(argv: Sequence[str] | None = None) -> int:
             if not confirm(question):
                 raise _Declined("nothing was removed")
         removed: TargetRemoved = _expect(await peer.request(RemoveTarget(rid=0, handle=opened.handle)), TargetRemoved)
+        # the target is gone: this client's encryption pin of it would refuse a plaintext target of that name
+        try:
+            forgotten = TargetPin.for_remote(remote).forget()
+        except PinFileError as e:
+            sys.stderr.write(f"neo-target: {e}\n")
+            forgotten = None
         if args.json:
-            _print_json({"removed": removed.name, "snapshots": removed.snapshots, "stored_bytes": removed.stored_bytes})
+            _print_json({"removed": removed.name, "snapshots": removed.snapshots, "stored_bytes": removed.stored_bytes,
+                         "pin_forgotten": forgotten is not None})  # fmt: skip
         else:
-            print(f"removed target {removed.name}: {removed.snapshots} snapshot(s), {removed.stored_bytes:,} bytes")
+            print(f"removed target {removed.name}: {removed.snapshots} snapshot(s), {removed.stored_bytes:,} bytes"
+                  + (f"; forgot its encryption pin (key {forgotten.key_id})" if forgotten is not None else ""))
 
     return _run("neo-target", args, remote, options, job)
 

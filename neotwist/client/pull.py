@@ -40,6 +40,7 @@ from neotwist.chunking import Chunker
 from neotwist.client import stash
 from neotwist.client.encryption import KeySource, open_for_read
 from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
+from neotwist.client.pins import TargetPin
 from neotwist.client.progress import Progress
 from neotwist.client.timespec import AtTime
 from neotwist.crypto import AuthenticationFailed
@@ -93,6 +94,8 @@ class PullOptions:
     warn: Callable[[str], None] | None = None
     keys: KeySource | None = None  # the key, for encrypted targets (asked for only when one is met)
     grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
+    pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
+    require_encryption: bool = False  # --require-encryption: refuse a plaintext target
 
 
 @dataclass
@@ -794,7 +797,15 @@ async def pull(
     summary = PullSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
     try:
-        opened, crypt = await open_for_read(peer, target, subpath, options.keys, options.grant_root.strip("/"))
+        opened, crypt = await open_for_read(
+            peer,
+            target,
+            subpath,
+            options.keys,
+            options.grant_root.strip("/"),
+            options.pin,
+            options.require_encryption,
+        )
         summary.encrypted = crypt is not None
         if not opened.exists or opened.latest is None:
             raise PullError(f"target {target} has no snapshot yet; push to it first")

@@ -39,6 +39,7 @@ from neotwist.chunking import Chunker
 from neotwist.client.encryption import Crypt, KeySource, open_for_push
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
+from neotwist.client.pins import TargetPin
 from neotwist.client.progress import Progress
 from neotwist.client.scan import ScanRecord, ScanStats, scan
 from neotwist.wire import limits
@@ -99,6 +100,8 @@ class PushOptions:
     keys: KeySource | None = None  # the key, for encrypted targets (asked for only when one is met)
     encrypt: bool = False  # --encrypt: a target this push creates is encrypted
     grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
+    pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
+    require_encryption: bool = False  # --require-encryption: refuse a plaintext target
 
 
 @dataclass
@@ -625,7 +628,15 @@ async def push(
     if not os.path.isdir(local_root):
         raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
     opened, crypt = await open_for_push(
-        peer, target, subpath, options.keys, options.encrypt, options.keep_history, options.grant_root.strip("/")
+        peer,
+        target,
+        subpath,
+        options.keys,
+        options.encrypt,
+        options.keep_history,
+        options.grant_root.strip("/"),
+        options.pin,
+        options.require_encryption,
     )
     if not isinstance(opened, Opened):
         raise PushError(f"the server answered open with {type(opened).__name__}")

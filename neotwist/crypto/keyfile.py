@@ -54,6 +54,15 @@ MIN_MEMORY_KIB = 8 * 1024
 MAX_MEMORY_KIB = 4 * 1024 * 1024
 MAX_ITERATIONS = 64
 MAX_LANES = 64
+MAX_WORK_KIB = 16 * 1024 * 1024
+"""Memory times passes (scrypt: n times p) of a key file that is read, at most 16 GiB: about 10 s of Argon2id.
+The single bounds alone would allow 4 GiB x 64 passes (minutes), or scrypt's p = 64 at 4 GiB; an imported key
+file is data from elsewhere, and must not be able to stall every push."""
+MAX_SCRYPT_P = 16
+RECOMMENDED_MEMORY_KIB = 64 * 1024
+RECOMMENDED_ITERATIONS = 2
+"""Below these (RFC 9106's second recommendation is 64 MiB and 3 passes), neo-key warns: such a key file is
+cheap to attack if it leaks. They stay possible, for tests."""
 SCRYPT_R = 8
 """scrypt's block size: 128 * r bytes per unit of n, so n = memory_kib at r = 8."""
 
@@ -114,8 +123,37 @@ def _passphrase_bytes(passphrase: str) -> bytes:
     return unicodedata.normalize("NFC", passphrase).encode("utf-8")
 
 
+def check_bounds(params: KdfParams, where: str = "the key file") -> None:
+    """Refuse KDF parameters that would cost too much to run (KeyFileError naming ``where``): the per-field
+    bounds are in :class:`KdfParams`; here the combined cost, and scrypt's own rules."""
+    if params.algorithm == "scrypt":
+        n = params.memory_kib
+        if n & (n - 1):
+            raise KeyFileError(f"{where} is malformed: scrypt's memory_kib (its n) must be a power of two")
+        if params.iterations != 1 or params.lanes > MAX_SCRYPT_P:
+            raise KeyFileError(
+                f"{where} is malformed: scrypt takes iterations 1 and lanes (its p) 1..{MAX_SCRYPT_P}"
+            )
+    if params.memory_kib * (params.lanes if params.algorithm == "scrypt" else params.iterations) > MAX_WORK_KIB:
+        raise KeyFileError(
+            f"{where} asks for a KDF of {params.memory_kib // 1024} MiB x {params.iterations} pass(es) x "
+            f"{params.lanes} lane(s): more than this client runs (memory x passes at most {MAX_WORK_KIB // 1024**2} "
+            "GiB); re-protect the key with 'neo-key passwd' where it opens"
+        )
+
+
+def weak(params: KdfParams) -> str | None:
+    """Why ``params`` are weaker than recommended (None if they are not): neo-key warns, and goes on."""
+    if params.memory_kib < RECOMMENDED_MEMORY_KIB:
+        return f"{params.memory_kib // 1024} MiB of KDF memory is below {RECOMMENDED_MEMORY_KIB // 1024} MiB"
+    if params.algorithm == "argon2id" and params.iterations < RECOMMENDED_ITERATIONS:
+        return f"{params.iterations} KDF pass is below {RECOMMENDED_ITERATIONS}"
+    return None
+
+
 def derive_kek(params: KdfParams, passphrase: str) -> bytes:
     """The 32-byte key-encryption key for ``passphrase`` under ``params`` (memory-hard: takes a while)."""
+    check_bounds(params)
     secret = _passphrase_bytes(passphrase)
     if params.algorithm == "argon2id":
         try:
@@ -134,10 +172,7 @@ def derive_kek(params: KdfParams, passphrase: str) -> bytes:
                 "(pip install -U cryptography)"
             ) from None
         return kdf.derive(secret)
-    n = params.memory_kib
-    if n & (n - 1):
-        raise KeyFileError("malformed key file: scrypt's memory_kib must be a power of two")
-    return Scrypt(salt=params.salt, length=32, n=n, r=SCRYPT_R, p=params.lanes).derive(secret)
+    return Scrypt(salt=params.salt, length=32, n=params.memory_kib, r=SCRYPT_R, p=params.lanes).derive(secret)
 
 
 def _aad(kf_id: str, params: KdfParams, cipher: str) -> bytes:
@@ -186,9 +221,11 @@ def loads(data: bytes, where: str = "the key file") -> KeyFile:
     if len(data) > MAX_KEY_FILE:
         raise KeyFileError(f"{where} is not a Neophytos key file (too big)")
     try:
-        return _decoder.decode(data)
+        kf = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise KeyFileError(f"{where} is not a valid Neophytos key file: {e}") from None
+    check_bounds(kf.kdf, where)
+    return kf
 
 
 def load(path: Path) -> KeyFile:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from neotwist import paths
 from neotwist.crypto import AuthenticationFailed
 from neotwist.crypto.keys import MasterKey, TargetKeys
 from neotwist.crypto.meta import EntryMeta, MetaSealer
 from neotwist.crypto.names import PathCipher, join
 from neotwist.wire import limits
+from neotwist.wire.errors import NeoError
 from neotwist.wire.messages import Entry, EntryKind
 
 UNNAMED = "(unnamed)"
@@ -29,6 +31,31 @@ class Decrypted:
     entries: list[Entry] = field(default_factory=list)
     remote: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+
+
+def _bad_name(name: str) -> str | None:
+    """Why a decrypted name cannot be a path component (None if it can). Only a key holder (a grantee, say) can
+    seal a name, but it must still not be able to make a pull write outside its destination or a listing lie
+    about paths: '/', NUL, '.', '..' and the rest that :func:`neotwist.paths.check_path` refuses are rejected,
+    as they are for the names of plaintext targets."""
+    if not name:
+        return "is empty"
+    if "/" in name:
+        return "contains '/'"
+    try:
+        paths.check_path(name)
+    except NeoError as e:
+        return f"is not a valid name ({e.message})"
+    return None
+
+
+def _bad_path(path: str) -> str | None:
+    """Why a decrypted sub-path (the root entry's record of where a push was made) is not a valid path."""
+    try:
+        paths.check_path(path)
+    except NeoError as e:
+        return f"is not a valid path ({e.message})"
+    return None
 
 
 class TreeCipher:
@@ -104,6 +131,13 @@ class TreeCipher:
                     continue
                 out.errors.append(f"{join(plain_of.get(parent_rel, UNNAMED), UNNAMED)}: {err}; skipped")
                 continue
+            bad = _bad_name(name) if rel else None
+            if bad is not None:
+                out.errors.append(
+                    f"{join(plain_of.get(parent_rel, UNNAMED), UNNAMED)}: its decrypted name {name!r} {bad} "
+                    "(forged by a key holder or damaged); skipped"
+                )
+                continue
             if not rel:  # the handle root: the name is the last component of the plaintext root
                 shown = self.root or "."
                 plain: str | None = ""
@@ -122,6 +156,10 @@ class TreeCipher:
                 out.errors.append(f"{shown}: {err}; the server's copy of it cannot be trusted, skipped")
                 continue
             if meta.path and self.paths.encrypt_path(meta.path) == full:
+                bad = _bad_path(meta.path)
+                if bad is not None:
+                    out.errors.append(f"{shown}: its recorded path {meta.path!r} {bad} (forged or damaged); skipped")
+                    continue
                 plain = self._learn_path(plain_of, rel, meta.path)
             if plain is None:
                 out.errors.append(f"{shown}: its directory could not be named; skipped")
