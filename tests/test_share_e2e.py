@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,9 @@ def test_failed_logins_are_throttled(server: RunningServer, tmp_path: Path) -> N
         r = as_user(server, "neo-ls", remote, password="wrong guess 1234")
         assert r.returncode == 3 and "authentication failed" in r.stderr, r.stderr
     r = as_user(server, "neo-ls", remote, password=PASSWORD)
-    assert r.returncode == 3 and "too many failed logins; try again in 30 s" in r.stderr, r.stderr
+    # the wait counts down from 30 s while this client starts (the exact figure is tested on a clock)
+    wait = re.search(r"too many failed logins; try again in (\d+) s", r.stderr)
+    assert r.returncode == 3 and wait is not None and 20 <= int(wait.group(1)) <= 30, r.stderr
     # SSH from the same address is refused too, before any password check
     r = as_user(server, "neo-ls", f"ssh://alice@127.0.0.1:{server.ssh_port}", password=PASSWORD)
     assert r.returncode == 3 and "too many failed logins" in r.stderr, r.stderr
