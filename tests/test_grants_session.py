@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from sessionkit import Conn, Kit, chunk, committed
+from test_admin import admin
 
+from neotwist.server.accounts import AccountStore
 from neotwist.server.rights import Right
 from neotwist.server.session import ServerSession
 from neotwist.wire.errors import ErrorCode, RemoteError
@@ -398,6 +400,102 @@ def test_every_handle_request_sees_a_revoke_on_an_open_connection(kit: Kit, chan
     assert (target.latest(), target.usage()) == before  # nothing was stored or committed after the change
     assert isinstance(viewer.call(Abort(rid=0, handle=p)), Ok)
     assert isinstance(viewer.call(requests[Close]), Ok)
+
+
+@pytest.mark.parametrize("change", ["revoke", "re-point", "narrow"])
+@pytest.mark.parametrize("by", ["another store", "neo-admin"])
+def test_a_grant_changed_outside_this_process_stops_an_open_handle_at_once(kit: Kit, by: str, change: str) -> None:
+    """The session keeps a handle's resolved grant until the account store changes (ServerSession._recheck). A
+    change made through another AccountStore (its own connections, as ``neo-admin`` has) or by neo-admin itself
+    in another process never passes through the server's store: only SQLite's change counter can tell, and the
+    very next request on a handle whose grant was just resolved and kept must still see it."""
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.APPEND, "slides")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides").handle
+    deck = viewer.listing(h)["deck"].chunks
+    p = viewer.open("slides", mode="push").handle
+    assert isinstance(viewer.call(PushBegin(rid=0, handle=p)), Ok)
+    get = Get(rid=0, handle=h, snapshot=3, path="deck", ids=[deck])
+    have = Have(rid=0, handle=p, ids=[deck])
+    for _ in range(2):  # resolved, then served from what the handle kept
+        assert isinstance(viewer.call(get), ChunkReply)
+        assert isinstance(viewer.call(have), Missing)
+    if by == "neo-admin":
+        steps = {
+            "revoke": [("grant", "remove", "alice.viewer", "slides")],
+            "re-point": [("grant", "remove", "alice.viewer", "slides"),
+                         ("grant", "add", "alice.viewer", "alice/documents/private", "--right", "append", "--as",
+                          "slides")],
+            "narrow": [("grant", "add", "alice.viewer", "alice/documents/presentations", "--right", "read", "--as",
+                        "slides")],
+        }[change]  # fmt: skip
+        for step in steps:
+            ran = admin(kit.tmp, *step)
+            assert ran.returncode == 0, ran.stderr
+    else:
+        other = AccountStore(kit.tmp / "accounts.sqlite", bcrypt_rounds=4)
+        if change in ("revoke", "re-point"):
+            other.revoke("alice.viewer", "slides")
+        if change == "re-point":
+            other.grant("alice.viewer", "alice", "documents", "private", Right.APPEND, "slides")
+        if change == "narrow":
+            other.grant("alice.viewer", "alice", "documents", "presentations", Right.READ, "slides")
+    if change == "narrow":  # the same root with less: reads go on, the push is refused
+        assert isinstance(viewer.call(get), ChunkReply)
+        refused(viewer.call(have), ErrorCode.PERMISSION_DENIED, "alice.viewer has read")
+    else:
+        refused(viewer.call(get), ErrorCode.NO_SUCH_TARGET, "open it again")
+        refused(viewer.call(have), ErrorCode.NO_SUCH_TARGET, "open it again")
+
+
+def test_a_target_removed_by_neo_admin_stops_open_handles_at_once(kit: Kit) -> None:
+    """``neo-admin target remove`` in another process, while the server runs: the owner's handle (which never
+    looks at grants) and a grantee's, both just checked and kept, are refused at their next request; the
+    catalog's change counter is what tells the server."""
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.READ, "slides")
+    viewer = kit.connect("alice.viewer")
+    mine, theirs = alice.open("documents").handle, viewer.open("slides").handle
+    deck = viewer.listing(theirs)["deck"].chunks
+    own = Get(rid=0, handle=mine, snapshot=3, path="presentations/deck", ids=[deck])
+    granted = Get(rid=0, handle=theirs, snapshot=3, path="deck", ids=[deck])
+    for _ in range(2):
+        assert isinstance(alice.call(own), ChunkReply) and isinstance(viewer.call(granted), ChunkReply)
+    ran = admin(kit.tmp, "target", "remove", "alice", "documents", "--yes")
+    assert ran.returncode == 0, ran.stderr
+    refused(alice.call(own), ErrorCode.NO_SUCH_TARGET, "open it again")
+    refused(viewer.call(granted), ErrorCode.NO_SUCH_TARGET, "open it again")
+
+
+def test_a_handle_looks_its_grant_up_again_only_after_a_change(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost this saves: a grantee pulling many small files looked its grant up (a new connection to the
+    account store) on every get. Now it does once, and again after any change to the store (even one that does
+    not concern it: the store does not say what changed), and still answers."""
+    alice = kit.connect("alice")
+    documents(alice)
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.READ, "slides")
+    viewer = kit.connect("alice.viewer")
+    h = viewer.open("slides").handle
+    deck = viewer.listing(h)["deck"].chunks
+    lookups: list[str] = []
+    find_grant = kit.accounts.find_grant
+
+    def counted(grantee_id: int, name: str) -> object:
+        lookups.append(name)
+        return find_grant(grantee_id, name)
+
+    monkeypatch.setattr(kit.accounts, "find_grant", counted)
+    get = Get(rid=0, handle=h, snapshot=3, path="deck", ids=[deck])
+    for _ in range(20):
+        assert isinstance(viewer.call(get), ChunkReply)
+    assert lookups == []  # the listing above resolved it; nothing changed since
+    kit.account("carol")
+    for _ in range(20):
+        assert isinstance(viewer.call(get), ChunkReply)
+    assert lookups == ["slides"]
 
 
 def _open_push(conn: Conn, name: str, *, keep_history: bool | None = None, encrypted: bool = False) -> object:

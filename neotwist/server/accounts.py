@@ -2,7 +2,9 @@
 
 The store is shared between the running server and ``neo-admin`` in another process, so it opens a fresh
 connection for every operation (WAL mode, a busy timeout): a change made by ``neo-admin`` is seen by the next
-login without a restart, and nothing is cached that could go stale. Every method does blocking disk work and
+login without a restart, and nothing is cached here that could go stale. :meth:`AccountStore.generation` tells
+a caller that keeps what it read (the session keeps each handle's resolved grant) when to read again: it moves
+on after any commit to the file, by this process or another. Every method does blocking disk work and
 (for passwords) deliberately slow bcrypt work: the server calls them from a thread pool, never on the reactor.
 
 Plaintext passwords are never stored or logged; only bcrypt hashes reach the disk.
@@ -30,6 +32,7 @@ import bcrypt
 from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
 
 from neotwist.paths import check_name, check_path
+from neotwist.server.changes import ChangeCounter
 from neotwist.server.rights import Right
 from neotwist.wire import limits
 from neotwist.wire.errors import NeoError
@@ -238,6 +241,7 @@ class AccountStore:
         self.bcrypt_rounds = bcrypt_rounds
         self._dummy_hash: bytes | None = None
         self._dummy_lock = threading.Lock()
+        self._changes = ChangeCounter(self.path)
         if not self.path.exists():
             # Hashes are secrets too: the file (and SQLite's -wal/-shm, which copy its mode) is owner-only.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
@@ -282,6 +286,15 @@ class AccountStore:
             db.execute("COMMIT")
         finally:
             db.close()
+        if write:
+            self._changes.bump()
+
+    def generation(self) -> int:
+        """A number that grows after every change to the store, made by this process or any other (neo-admin):
+        something read while it had some value is still current while it keeps that value. Read it *before*
+        reading what is to be kept. Blocking but cheap: no connection is opened after a thread's first call
+        (:class:`~neotwist.server.changes.ChangeCounter`)."""
+        return self._changes.current()
 
     @staticmethod
     def _account(row: _Row) -> Account:
@@ -614,7 +627,8 @@ class AccountStore:
         return found[0]
 
     def find_grant(self, grantee_id: int, name: str) -> Grant | None:
-        """The grant ``grantee_id`` reaches as ``name``, if any (looked up on every open: changes apply at once)."""
+        """The grant ``grantee_id`` reaches as ``name``, if any (looked up on every open, and again on an open
+        handle's next request after :meth:`generation` moved on: changes apply at once)."""
         with self._connect() as db:
             found = self._grants(db, "g.grantee_id = ? AND g.name = ?", (grantee_id, name))
         return found[0] if found else None

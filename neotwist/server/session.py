@@ -121,9 +121,10 @@ def resolve_access(accounts: AccountStore, account: Account, target: str, path: 
     """Where ``account`` lands when it names ``target`` and ``path``: a grant of that name (its owner's target,
     the grant's sub-path joined with ``path`` as the root, the grant's right), else its own target with FULL.
 
-    The one place access is decided. Blocking (one SQLite lookup of the grant, so a grant or revoke by neo-admin
-    or neo-share applies to the next request at once): call it in a worker thread. Raises NeoError (BAD_NAME,
-    BAD_PATH; NO_SUCH_TARGET for a sub-account naming something it was not granted).
+    The one place access is decided. Blocking (one SQLite lookup of the grant, made on every open and again on
+    an open handle's next request once the account store changed, so a grant or revoke by neo-admin or neo-share
+    applies to the next request at once; see ``ServerSession._recheck``): call it in a worker thread. Raises
+    NeoError (BAD_NAME, BAD_PATH; NO_SUCH_TARGET for a sub-account naming something it was not granted).
     """
     paths.check_name(target, "target name")
     paths.check_path(path)
@@ -200,6 +201,9 @@ class _Handle:
     uploaded_bytes: int = 0
     stored_new: int = 0
     quota_lock: threading.Lock = field(default_factory=threading.Lock)  # one confined quota check+store at a time
+    # The access as last re-resolved (and the target then still in the catalog), with the account store's and
+    # the catalog's generations read before that: valid while both keep those values (see _recheck).
+    resolved: tuple[tuple[int, int], Access] | None = None
 
     @property
     def root(self) -> str:
@@ -1023,13 +1027,34 @@ class ServerSession:
 
     def _recheck(self, handle: _Handle, need: Right | None = None, what: str = "") -> Access:
         """The handle's access as it stands now (blocking): grants can be revoked or changed while a handle is
-        open, so every request on a handle resolves it again (through :meth:`_run_for`, or itself for the few
+        open, so every request on a handle checks it again (through :meth:`_run_for`, or itself for the few
         jobs that need the result). A grant that now leads elsewhere, or a target removed meanwhile (also by
         neo-admin in another process), ends the handle's use; with ``need``, a right lowered below it refuses
         ``what`` (PERMISSION_DENIED naming both).
 
-        An account's own target needs no account-store lookup: nothing but its removal can change it (a grant
-        may not take the name of the grantee's own target), so only that is checked."""
+        Resolving costs a connection to the account store and a catalog query under the repository's lock, once
+        per have, put batch, entries or get: a grantee pulling many small files would pay it per file. So the
+        result is kept on the handle with the account store's and the catalog's generations, read before it was
+        resolved, and resolved again only when either moved on: a generation grows after every commit to its
+        file, from this process or any other, so a revoke, re-point or removal committed before a request
+        started is still seen by that request. An account's own target ignores the account store: nothing but
+        its removal can change it (a grant may not take the name of the grantee's own target)."""
+        services = self.services
+        granted = handle.access.granted
+        stamp = (services.accounts.generation() if granted else 0, services.repository.generation())
+        kept = handle.resolved
+        if kept is not None and kept[0] == stamp:
+            access = kept[1]
+        else:
+            access = self._resolve_again(handle)
+            handle.resolved = (stamp, access)  # one assignment: jobs of one handle may run on several threads
+        if need is not None:
+            access.require(need, what, self._account.name)
+        return access
+
+    def _resolve_again(self, handle: _Handle) -> Access:
+        """Resolve the handle's access from the account store and catalog (blocking); NO_SUCH_TARGET when the
+        grant was revoked or now leads elsewhere, or the target was removed (see :meth:`_recheck`)."""
         old = handle.access
         access: Access | None
         if not old.granted:
@@ -1049,8 +1074,6 @@ class ServerSession:
                 f"{handle.name!r} was revoked, changed or removed since it was opened: open it again",
             )
         assert access is not None
-        if need is not None:
-            access.require(need, what, self._account.name)
         return access
 
     def _run_for(self, handle: _Handle, need: Right, what: str, f: Callable[..., Any], *args: Any) -> Deferred[Any]:

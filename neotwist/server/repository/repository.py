@@ -17,6 +17,7 @@ from typing import Any
 
 from neotwist.paths import check_name
 from neotwist.runtime import release_free_memory
+from neotwist.server.changes import ChangeCounter
 from neotwist.server.repository import index
 from neotwist.server.repository.packs import fsync_dir, make_dirs
 from neotwist.server.repository.records import TargetMeta
@@ -83,6 +84,7 @@ class Repository:
             make_dirs(root)
             self._catalog = index.connect(root / "catalog.sqlite", index.CATALOG_SCHEMA, index.CATALOG_MIGRATIONS)
         self._lock = threading.Lock()
+        self._changes = ChangeCounter(root / "catalog.sqlite")
         self._targets: dict[int, Target] = {}
         self._closed = False
         if not read_only:
@@ -145,6 +147,7 @@ class Repository:
                     key_check,
                 ),
             )
+            self._changes.bump()
             meta = self._find_meta(account_id, name)
             assert meta is not None
             return self._open(meta)
@@ -163,6 +166,7 @@ class Repository:
             )
             if cur.rowcount == 0:
                 return None
+            self._changes.bump()
             meta = self._find_meta(account_id, name)
             assert meta is not None
             target = self._open(meta)
@@ -193,6 +197,13 @@ class Repository:
 
     # --- target removal and liveness ---------------------------------------------------------------------
 
+    def generation(self) -> int:
+        """A number that grows after every change to the catalog (a target created, changed or removed), by this
+        process or another (``neo-admin target remove``): while it keeps the value it had before an
+        :meth:`is_current` check, the answer still holds. Cheap, and takes no lock the repository's other work
+        waits for (:class:`~neotwist.server.changes.ChangeCounter`)."""
+        return self._changes.current()
+
     def is_current(self, target: Target) -> bool:
         """True while ``target`` is still in the catalog (False once removed, also by another process)."""
         with self._lock:
@@ -205,7 +216,7 @@ class Repository:
         1. one catalog transaction deletes its row and records its id in ``removed_targets`` (from then on
            nothing finds it, and its id is never given to a new target);
         2. it leaves the cache of open targets (handles still holding it fail at their next request: the
-           session checks :meth:`is_current` or its own removal set);
+           session checks :meth:`is_current` whenever :meth:`generation` moved on, and its own removal set);
         3. its directory ``t<id>`` is deleted. A crash before this step ends leaves a directory that
            ``removed_targets`` names: the next :class:`Repository` to open the root deletes it.
 
@@ -226,6 +237,7 @@ class Repository:
                 except BaseException:
                     self._catalog.execute("ROLLBACK")
                     raise
+                self._changes.bump()
                 self._targets.pop(meta.id, None)
             # The Target object is not closed here: a read running on another thread keeps its open files (the
             # directory entries are gone) until its handles let go of it.
@@ -268,6 +280,7 @@ class Repository:
             for target in targets:
                 target.close()
         finally:
+            self._changes.close()
             self._catalog.close()
 
 
