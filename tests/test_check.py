@@ -175,6 +175,21 @@ def test_index_disagreements_are_problems(target: Target) -> None:
     assert any(p.startswith("snapshot 3 records 99 files") for p in report.problems), report.problems
 
 
+def test_a_confined_check_reports_missing_chunks_below_its_root_only(target: Target) -> None:
+    """A check with a root collects what the root references once (for the records it reads) and finds the
+    chunks missing among them from that same set: one missing below the root is named, one outside is not."""
+    history(target)
+    below, outside = chunk_of(target, 4, "docs/a.txt"), chunk_of(target, 4, "b.txt")
+    db = sqlite3.connect(target.directory / "index.sqlite", isolation_level=None)
+    db.execute("DELETE FROM chunks WHERE id IN (?, ?)", (below, outside))
+    db.close()
+    report = target.check(root="docs")
+    assert [cid for cid, _ in report.damaged_chunks] == [below.hex()]
+    assert dict(report.damaged_chunks)[below.hex()].endswith("is referenced but not stored")
+    assert [(f.path, f.snapshots) for f in report.damaged_files] == [("docs/a.txt", [4])]
+    assert (report.chunks_checked, report.unreferenced_chunks, report.problems) == (1, 0, [])
+
+
 def test_encrypted_targets_say_what_could_not_be_verified(repo: Repository) -> None:
     t = repo.create_target(7, "secret", encrypted=True, chunker=DEFAULT_PARAMS)
     sealed = b"\x01" * 64 + b"opaque ciphertext"

@@ -235,9 +235,12 @@ class _Checker:
 
     def references(self) -> int:
         """Record referenced chunks that are not stored; return how many stored chunks nothing references (0 for
-        a confined check, which does not look at the rest)."""
+        a confined check, which does not look at the rest). A confined check's temp.refs already holds what its
+        root references (:meth:`referenced_below`, in the same read transaction, so the same state): the versions
+        below the root are not scanned a second time."""
         db = self.db
-        self._collect_refs(self.root or "")
+        if self.root is None:
+            self._collect_refs("")
         for (cid,) in db.execute(
             "SELECT id FROM temp.refs r WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = r.id)"
         ):
