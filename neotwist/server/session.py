@@ -917,10 +917,6 @@ class ServerSession:
         """Refuse ``operation`` unless the handle's access includes ``right``; the error names both."""
         handle.access.require(right, operation, self._account.name)
 
-    def recheck(self, handle: _Handle) -> Access:
-        """The handle's access as it stands now (blocking; see :meth:`_recheck`)."""
-        return self._recheck(handle)
-
     def run_for(self, handle: _Handle, need: Right, what: str, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run a request's blocking work on ``handle`` after re-resolving its access (see :meth:`_run_for`)."""
         return self._run_for(handle, need, what, f, *args)

@@ -186,7 +186,6 @@ def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[Non
         raise NeoError(ErrorCode.BAD_ARGUMENT, "prune needs at least one keep rule (it never removes everything)")
 
     def prune() -> Pruned:
-        session.recheck(handle).require(Right.FULL, "prune", session.account_name)  # a grant changed meanwhile?
         snapshots = target.snapshots()
         decision = decide([(s.id, s.time) for s in snapshots], policy, time.time())
         removed = set(decision.remove)
@@ -224,7 +223,7 @@ def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[Non
         )
         peer.send(reply)
 
-    return session.admit(message, lambda: session.services.run(prune).addCallback(done))
+    return session.admit(message, lambda: session.run_for(handle, Right.FULL, "prune", prune).addCallback(done))
 
 
 def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[None]:
