@@ -126,11 +126,6 @@ class LoginThrottle:
         (0: now)."""
         return max(0.0 if account is None else self.account_wait(account), self.address_wait(address))
 
-    def failed(self, account: str | None, address: str) -> None:
-        """Count one failed attempt against the account name (None: an invalid name, not counted) and the
-        address."""
-        self.begin(account, address)
-
     def begin(self, account: str | None, address: str) -> Attempt:
         """Count an attempt that is about to be checked as a failure *now*, so attempts running at the same time
         see it; :meth:`settle` takes it back if it succeeds. ``account`` None: an invalid name (address only)."""
@@ -151,9 +146,7 @@ class LoginThrottle:
                 failures.popleft()
             failures.append(now)
             counted.append((key, record.blocked_until))
-            if len(failures) >= self.limit:
-                delay = min(self.max_delay, self.base_delay * 2 ** (len(failures) - self.limit))
-                record.blocked_until = max(record.blocked_until, now + delay)
+            self._block(record, now)
         return Attempt(now, counted, account)
 
     def settle(self, attempt: Attempt, ok: bool | None) -> None:
@@ -167,9 +160,8 @@ class LoginThrottle:
             now = self._now()
             for key, _before in attempt.keys:
                 record = self._records.get(key)
-                if record is not None and len(record.failures) >= self.limit:
-                    delay = min(self.max_delay, self.base_delay * 2 ** (len(record.failures) - self.limit))
-                    record.blocked_until = max(record.blocked_until, now + delay)
+                if record is not None:
+                    self._block(record, now)
             return
         for key, before in attempt.keys:
             record = self._records.get(key)
@@ -183,6 +175,15 @@ class LoginThrottle:
                 record.blocked_until = min(record.blocked_until, before)  # the block this attempt caused, if any
         if ok and attempt.account is not None:
             self.succeeded(attempt.account, "")
+
+    def _block(self, record: _Record, now: float) -> None:
+        """Block ``record``'s key from ``now`` if it holds at least LIMIT failures: BASE_DELAY, doubled for every
+        failure after the LIMIT-th, at most MAX_DELAY; a longer block already running is kept. The one formula
+        for both places that set a block: counting an attempt (:meth:`begin`) and answering it as a failure
+        (:meth:`settle`), so the two cannot drift apart."""
+        if len(record.failures) >= self.limit:
+            delay = min(self.max_delay, self.base_delay * 2 ** (len(record.failures) - self.limit))
+            record.blocked_until = max(record.blocked_until, now + delay)
 
     def succeeded(self, account: str, address: str) -> None:
         """A login succeeded: forget the account's failures (the address keeps its count)."""
