@@ -15,9 +15,9 @@ is plain text a user can read and edit, one pin per line::
     [nas]:4322 alice papers 5f0c3e4d1a2b3c4d5e6f708192a3b4c5
 
 ``ADDRESS`` is the address as known_hosts names it (``host`` for port 22, else ``[host]:port``, host lowercased),
-so the same server reached over ssh (port 4322) and tls (4323) has a pin per transport. Writes hold a lock file,
-go to a temporary file that is fsynced and renamed over the old one (and the directory fsynced): a crash leaves
-the old file or the new one, never half of one. A malformed line is an error, never skipped: a pin that
+so the same server reached over ssh (port 4322) and tls (4323) has a pin per transport. Writes hold a lock file
+and go through :func:`neotwist.atomicfile.atomic_write`: a crash leaves the old file or the new one, never half
+of one. A malformed line is an error, never skipped: a pin that
 silently stopped applying would re-open the downgrade it exists to stop.
 """
 
@@ -26,13 +26,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
+from neotwist.atomicfile import atomic_write
 from neotwist.client.knownhosts import host_pattern
 from neotwist.client.remote import Remote
 
@@ -144,24 +144,8 @@ class PinFile:
 
     def _write(self, pins: list[Pin]) -> None:
         body = HEADER + "".join(f"{p.address} {p.account} {p.target} {p.key_id}\n" for p in pins)
-        directory = self.path.parent
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".encrypted_targets-", dir=directory)  # created 0600
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(body)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic_write(self.path, body.encode("utf-8"))
         except OSError as e:
             raise PinFileError(f"cannot write the encryption pins in {self.path}: {e.strerror}") from None
 
