@@ -164,6 +164,37 @@ def test_a_pinned_target_that_is_gone_is_recreated_encrypted_and_neo_target_remo
     assert run_json(server, "neo-push", str(src), server.remote("t"))["encrypted"] is False
 
 
+def test_a_pinned_target_needs_no_writable_config_dir(server: RunningServer, tmp_path: Path) -> None:
+    """An already-pinned target is used without taking the pin file's lock. The lock path is made a directory,
+    which no open can create or write even as root (where a read-only mode would not stop anything): before the
+    fix every encrypted run failed here with "cannot write the encryption pins" (exit 1)."""
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    (src / "docs" / "a.txt").write_text("first")
+    info = init_key(server)
+    run_json(server, "neo-push", "--accept-new-host-key", "--encrypt", str(src), server.remote("vault"))
+    lock = _pin_file(server).with_name("encrypted_targets.lock")
+    lock.unlink()
+    lock.mkdir()
+    before = _pin_file(server).read_text()
+    (src / "docs" / "b.txt").write_text("second")
+    assert run_json(server, "neo-push", str(src), server.remote("vault"))["encrypted"] is True
+    assert run_json(server, "neo-push", str(src / "docs"), server.remote("vault/docs"))["encrypted"] is True
+    run_json(server, "neo-pull", server.remote("vault"), str(tmp_path / "out"))
+    assert (tmp_path / "out" / "docs" / "b.txt").read_text() == "second"
+    run_json(server, "neo-pull", server.remote("vault/docs"), str(tmp_path / "out2"))
+    assert (tmp_path / "out2" / "a.txt").read_text() == "first"
+    run_json(server, "neo-ls", server.remote("vault"))
+    run_json(server, "neo-check", server.remote("vault"))
+    assert _pin_file(server).read_text() == before
+    # a pin that would change still needs the lock, and says so rather than dropping it
+    with pytest.raises(PinFileError, match="cannot write the encryption pins"):
+        PinFile(_pin_file(server)).record(f"[127.0.0.1]:{server.ssh_port}", "alice", "vault", "f" * 32)
+    assert PinFile(_pin_file(server)).record(
+        f"[127.0.0.1]:{server.ssh_port}", "alice", "vault", info["key_id"]
+    ) is False
+
+
 def test_require_encryption_protects_a_first_contact(server: RunningServer, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -197,9 +197,11 @@ def _refuse_claim(
         )
 
 
-def _pin(pin: TargetPin | None, master: MasterKey) -> None:
-    """Remember that this target is encrypted with ``master`` (after its key-check record verified)."""
-    if pin is not None:
+def _pin(pin: TargetPin | None, master: MasterKey, pinned: str | None) -> None:
+    """Remember that this target is encrypted with ``master`` (after its key-check record verified). Nothing is
+    written, nor the pin file's lock taken, when it is pinned so already (``pinned``, the key id looked up before
+    the open): an encrypted target must stay usable with a read-only config directory."""
+    if pin is not None and pinned != master.id.hex():
         pin.record(master.id.hex())
 
 
@@ -336,7 +338,7 @@ async def _open_encrypted_push(
         check_chunker(opened.chunker)
         if opened.exists or keys is None:  # an existing target: its record decides (and must be this key's)
             keys = master.open_target(opened.key_check)
-        _pin(pin, master)
+        _pin(pin, master, pinned)
     except BaseException:
         await _close(peer, opened)
         raise
@@ -395,7 +397,7 @@ async def open_for_read(
         master = source.master()
         keys = master.open_target(opened.key_check)
         check_chunker(opened.chunker)
-        _pin(pin, master)
+        _pin(pin, master, pinned)
     except BaseException:
         await _close(peer, opened)
         raise

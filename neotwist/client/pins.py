@@ -97,9 +97,16 @@ class PinFile:
         return None
 
     def record(self, address: str, account: str, target: str, key_id: str) -> bool:
-        """Pin ``target`` to ``key_id`` (replacing another key id's pin); False if it was pinned so already."""
+        """Pin ``target`` to ``key_id`` (replacing another key id's pin); False if it was pinned so already.
+
+        A pin that is already there is found without the lock: taking it creates the directory and the lock file,
+        so every encrypted pull, ls, check or push would need a writable config directory even when nothing
+        changes (a read-only home, a shared one). Only a change takes the lock, and looks again under it."""
         if not _KEY_ID.fullmatch(key_id):
             raise ValueError(f"not a key id: {key_id!r}")
+        found = self.lookup(address, account, target)
+        if found is not None and found.key_id == key_id:
+            return False
         with self._locked():
             pins = self.pins()
             key = (address, account, target)
