@@ -82,13 +82,14 @@ class KeySource:
             self._master = MasterKey(keyfile.unlock(kf, passphrase, f"the key file {self.path}"))
         return self._master
 
-    def check_id(self, record: bytes) -> None:
-        """Refuse a key file holding another key than ``record`` names, before any passphrase is asked."""
-        named = key_check_id(record)
-        if named is not None and self.key_file().key_id != named.hex():
+    def check_id(self, key_id: str | None, claim: str = "") -> None:
+        """Refuse a key file holding another key than ``key_id`` (None: no key is named), before any passphrase
+        is asked. ``claim`` says who named that key (by default, the target's key-check record)."""
+        if key_id is not None and self.key_file().key_id != key_id:
+            said = claim or f"the target was encrypted with key {key_id}"
             raise WrongKey(
-                f"the target was encrypted with key {named.hex()}, but {self.path} holds key "
-                f"{self.key_file().key_id}: give the right --key-file, or 'neo-key import' that key"
+                f"{said}, but {self.path} holds key {self.key_file().key_id}: give the right --key-file, or "
+                "'neo-key import' that key"
             )
 
 
@@ -155,19 +156,22 @@ class EncryptionDowngrade(EncryptionRefused):
     encrypted (or that ``--require-encryption`` requires to be): refused like a changed host key (exit 3)."""
 
 
-def _unlock(source: KeySource | None, target: str, pinned: str | None, pin: TargetPin | None) -> MasterKey:
-    """The unlocked key for an encrypted target; with a pin, a key file holding another key than the pinned one
-    is refused before the passphrase is asked."""
+def _unlock(source: KeySource | None, missing: str, key_id: str | None = None, claim: str = "") -> MasterKey:
+    """The unlocked key for an encrypted target: refused with ``missing`` when this run has no key source, and
+    a key file holding another key than ``key_id`` (pinned, or named by the key-check record; ``claim`` says
+    which: see :meth:`KeySource.check_id`) is refused before the passphrase is asked. A missing key file is
+    reported before the passphrase is asked too (``master`` reads the file first)."""
     if source is None:
-        raise EncryptionRefused(f"target {target} is encrypted: this needs its key")
-    kf = source.key_file()  # a missing key file is reported before the passphrase is asked
-    if pinned is not None and kf.key_id != pinned:
-        assert pin is not None
-        raise WrongKey(
-            f"target {target} is pinned as encrypted with key {pinned} ({pin.where}), but {source.path} holds key "
-            f"{kf.key_id}: give the right --key-file, or 'neo-key import' that key"
-        )
+        raise EncryptionRefused(missing)
+    source.check_id(key_id, claim)
     return source.master()
+
+
+def _pinned_claim(target: str, pinned: str | None, pin: TargetPin | None) -> str:
+    """Who names the key a pinned target needs, for :meth:`KeySource.check_id`."""
+    if pinned is None or pin is None:
+        return ""
+    return f"target {target} is pinned as encrypted with key {pinned} ({pin.where})"
 
 
 def _refuse_claim(
@@ -240,12 +244,11 @@ async def open_for_push(
     found = pin.lookup() if pin is not None else None
     pinned = found.key_id if found is not None else None
     if encrypt or pinned is not None or require_encryption:
-        if source is None:
-            what = "--encrypt" if encrypt else f"target {target} is encrypted: this push"
-            raise EncryptionRefused(f"{what} needs a key: create one with 'neo-key init'")
+        what = "--encrypt" if encrypt else f"target {target} is encrypted: this push"
         return await _open_encrypted_push(
-            peer, target, subpath, source, encrypt, keep_history, grant_root, pin, pinned, require_encryption
-        )
+            peer, target, subpath, source, f"{what} needs a key: create one with 'neo-key init'", encrypt,
+            keep_history, grant_root, pin, pinned, require_encryption,
+        )  # fmt: skip
     message = Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=keep_history)
     try:
         opened = await (_probe_then_open(peer, target, message) if subpath else peer.request(message))
@@ -253,8 +256,9 @@ async def open_for_push(
         if e.code != ErrorCode.ENCRYPTION_MISMATCH:
             raise
         return await _open_encrypted_push(
-            peer, target, subpath, _need(source, target), False, keep_history, grant_root, pin, None, False
-        )
+            peer, target, subpath, source, f"target {target} is encrypted: this push needs its key", False,
+            keep_history, grant_root, pin, None, False,
+        )  # fmt: skip
     assert isinstance(opened, Opened)
     return opened, None
 
@@ -275,17 +279,12 @@ async def _probe_then_open(peer: Peer, target: str, message: Open) -> Opened:
     return await _reopen(peer, probe, message)
 
 
-def _need(source: KeySource | None, target: str) -> KeySource:
-    if source is None:
-        raise EncryptionRefused(f"target {target} is encrypted: this push needs its key")
-    return source
-
-
 async def _open_encrypted_push(
     peer: Peer,
     target: str,
     subpath: str,
-    source: KeySource,
+    source: KeySource | None,
+    missing: str,
     encrypt: bool,
     keep_history: bool | None,
     grant_root: str,
@@ -294,8 +293,9 @@ async def _open_encrypted_push(
     required: bool,
 ) -> tuple[Opened, Crypt | None]:
     """The encrypted open of a push. It creates the target with a new key-check record when ``encrypt`` asks,
-    or when the target is pinned (a pinned target that is gone is re-created encrypted, never in plaintext)."""
-    master = _unlock(source, target, pinned, pin)
+    or when the target is pinned (a pinned target that is gone is re-created encrypted, never in plaintext).
+    ``missing``: the refusal when this run has no key."""
+    master = _unlock(source, missing, pinned, _pinned_claim(target, pinned, pin))
     create = encrypt or pinned is not None
     record, keys = master.new_target() if create else (b"", None)
     root, path = _place(master, grant_root, subpath)
@@ -364,7 +364,9 @@ async def open_for_read(
     found = pin.lookup() if pin is not None else None
     pinned = found.key_id if found is not None else None
     if pinned is not None and subpath:
-        master = _unlock(source, target, pinned, pin)
+        master = _unlock(
+            source, f"target {target} is encrypted: this needs its key", pinned, _pinned_claim(target, pinned, pin)
+        )
         root, path = _place(master, grant_root, subpath)
         opened = await peer.request(Open(rid=0, target=target, path=path, mode="read"))
         assert isinstance(opened, Opened)
@@ -389,12 +391,12 @@ async def open_for_read(
         if not subpath:
             return opened, None
         return await _reopen(peer, opened, Open(rid=0, target=target, path=subpath, mode="read")), None
-    if source is None:
-        await _close(peer, opened)
-        raise EncryptionRefused(f"target {target} is encrypted: reading it needs its key")
+    named = key_check_id(opened.key_check)
     try:
-        source.check_id(opened.key_check)  # a foreign key file is refused before the passphrase is asked
-        master = source.master()
+        # a foreign key file is refused before the passphrase is asked
+        master = _unlock(
+            source, f"target {target} is encrypted: reading it needs its key", named.hex() if named else None
+        )
         keys = master.open_target(opened.key_check)
         check_chunker(opened.chunker)
         _pin(pin, master, pinned)
