@@ -123,9 +123,15 @@ def _passphrase_bytes(passphrase: str) -> bytes:
     return unicodedata.normalize("NFC", passphrase).encode("utf-8")
 
 
-def check_bounds(params: KdfParams, where: str = "the key file") -> None:
-    """Refuse KDF parameters that would cost too much to run (KeyFileError naming ``where``): the per-field
-    bounds are in :class:`KdfParams`; here the combined cost, and scrypt's own rules."""
+def check_bounds(
+    params: KdfParams,
+    where: str = "the key file",
+    fix: str = "re-protect the key with 'neo-key passwd' where it opens",
+) -> None:
+    """Refuse KDF parameters that would cost too much to run (KeyFileError naming ``where``, and saying ``fix``
+    when the cost is too high): the per-field bounds are in :class:`KdfParams`; here the combined cost, and
+    scrypt's own rules. neo-key checks the parameters it is asked to write with this too, so that it never
+    writes a file it would refuse to read, nor refuses one it would read."""
     if params.algorithm == "scrypt":
         n = params.memory_kib
         if n & (n - 1):
@@ -138,7 +144,7 @@ def check_bounds(params: KdfParams, where: str = "the key file") -> None:
         raise KeyFileError(
             f"{where} asks for a KDF of {params.memory_kib // 1024} MiB x {params.iterations} pass(es) x "
             f"{params.lanes} lane(s): more than this client runs (memory x passes at most {MAX_WORK_KIB // 1024**2} "
-            "GiB); re-protect the key with 'neo-key passwd' where it opens"
+            f"GiB); {fix}"
         )
 
 
