@@ -30,8 +30,10 @@ Nothing is sent to a handle before its key has been checked, so a wrong key or p
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,8 @@ from neotwist.client.pins import TargetPin
 from neotwist.crypto import AuthenticationFailed, WrongKey, WrongPassphrase, keyfile
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
 from neotwist.crypto.keys import MasterKey, TargetKeys, key_check_id
-from neotwist.crypto.names import PathCipher
-from neotwist.crypto.tree import TreeCipher
+from neotwist.crypto.names import TOKEN_CHARS, PathCipher
+from neotwist.crypto.tree import Decrypted, TreeCipher
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import ChunkerParams, Close, Entry, Open, Opened
@@ -93,29 +95,87 @@ class KeySource:
             )
 
 
+_TOKEN = f"[A-Za-z0-9_-]{{{TOKEN_CHARS}}}"
+_TOKEN_PATH = re.compile(f"(?<![A-Za-z0-9_-]){_TOKEN}(?:/{_TOKEN})*(?![A-Za-z0-9_-])")
+"""An encrypted path as a server message can name it: tokens joined by '/' (see :mod:`neotwist.crypto.names`)."""
+
+
 @dataclass
 class Crypt:
-    """What one handle on an encrypted target works with."""
+    """What one handle on an encrypted target works with.
+
+    Server errors name paths as the server knows them, by their tokens (``opened`` joined with the request's
+    path). Every request on the handle is made inside :meth:`plain_errors`, which puts the paths this handle
+    has named back in plaintext: the sub-path it was opened at, paths it encrypted (:meth:`encrypt_subpath`) and
+    paths of the listings it decrypted (:meth:`decrypt_listing`). A path it never named stays a token."""
 
     master: MasterKey
     keys: TargetKeys
     sealer: ChunkSealer
     tree: TreeCipher
-    opened: tuple[str, str] = ("", "")  # (plaintext, encrypted) sub-path the handle was opened at
+    opened: tuple[str, str]  # (plaintext, encrypted) sub-path the handle was opened at
+    _named: dict[str, str] = field(default_factory=dict)  # encrypted -> plaintext, relative to the handle root
+    _listings: list[dict[str, str]] = field(default_factory=list)  # Decrypted.remote (plaintext -> encrypted)
 
     @classmethod
-    def make(cls, master: MasterKey, keys: TargetKeys, root: str) -> Crypt:
-        return cls(master, keys, ChunkSealer(keys), TreeCipher(master, keys, root))
+    def make(cls, master: MasterKey, keys: TargetKeys, root: str, opened: tuple[str, str]) -> Crypt:
+        """``root``: the handle root's plaintext path from the target root; ``opened``: (plaintext, encrypted)
+        sub-path the handle was opened at, as the server names it (from the grant root)."""
+        return cls(master, keys, ChunkSealer(keys), TreeCipher(master, keys, root), opened)
 
-    def plain_error(self, error: RemoteError, below: str = "") -> RemoteError:
-        """``error`` with the encrypted path the server names (the opened sub-path joined with ``below``,
-        plaintext relative to it) put back in plaintext: the server can only name paths by their tokens."""
-        plain, encrypted = self.opened
-        enc_below = self.tree.encrypt_subpath(below) if below else ""
-        named_enc, named = paths.join(encrypted, enc_below), paths.join(plain, below)
-        if not named_enc or named_enc not in error.message:
-            return error
-        return RemoteError(error.code, error.message.replace(named_enc, named))
+    def encrypt_subpath(self, plain: str) -> str:
+        """The server path of ``plain`` (relative to the handle root), remembered to name it in errors."""
+        encrypted = self.tree.encrypt_subpath(plain)
+        self._named[encrypted] = plain
+        return encrypted
+
+    def decrypt_listing(self, entries: list[Entry]) -> Decrypted:
+        """:meth:`TreeCipher.decrypt_listing`, its paths remembered to name them in errors (the mapping is kept
+        by reference and only inverted when an error needs it; thread-safe)."""
+        decrypted = self.tree.decrypt_listing(entries)
+        self._listings.append(decrypted.remote)
+        return decrypted
+
+    def _plain_of(self, encrypted: str) -> str | None:
+        """The plaintext of ``encrypted`` (relative to the handle root), if this handle named it."""
+        if not encrypted:
+            return ""
+        found = self._named.get(encrypted)
+        if found is None:
+            for remote in self._listings:
+                self._named.update({enc: plain for plain, enc in remote.items()})
+            self._listings.clear()
+            found = self._named.get(encrypted)
+        return found
+
+    def plain_error(self, error: RemoteError) -> RemoteError:
+        """``error`` with each encrypted path it names that this handle knows put back in plaintext (the
+        server can only name paths by their tokens, from the sub-path the handle was opened at)."""
+        plain_root, enc_root = self.opened
+
+        def plain(match: re.Match[str]) -> str:
+            named = match.group(0)
+            if not enc_root:
+                rel = named
+            elif named == enc_root:
+                rel = ""
+            elif named.startswith(enc_root + "/"):
+                rel = named[len(enc_root) + 1 :]
+            else:
+                return named  # not below this handle: not one of its paths
+            found = self._plain_of(rel)
+            return named if found is None else paths.join(plain_root, found)
+
+        message = _TOKEN_PATH.sub(plain, error.message)
+        return error if message == error.message else RemoteError(error.code, message)
+
+    @contextlib.contextmanager
+    def plain_errors(self) -> Iterator[None]:
+        """Raise a RemoteError from within with its paths in plaintext (see :meth:`plain_error`)."""
+        try:
+            yield
+        except RemoteError as e:
+            raise self.plain_error(e) from None
 
     @property
     def id_key(self) -> bytes:
@@ -126,6 +186,11 @@ class Crypt:
         server cannot recognize a known file by the lengths of its chunks as easily (see docs/encryption.md).
         Every client holding the key cuts alike, so deduplication and delta sync are unchanged."""
         return msgspec.structs.replace(params, seed=self.keys.chunker_seed)
+
+
+def plain_errors(crypt: Crypt | None) -> contextlib.AbstractContextManager[None]:
+    """:meth:`Crypt.plain_errors` for an encrypted handle; nothing to translate for a plaintext one."""
+    return crypt.plain_errors() if crypt is not None else contextlib.nullcontext()
 
 
 def check_chunker(params: ChunkerParams) -> None:
@@ -342,7 +407,7 @@ async def _open_encrypted_push(
     except BaseException:
         await _close(peer, opened)
         raise
-    return opened, Crypt.make(master, keys, root)
+    return opened, Crypt.make(master, keys, root, (subpath, path))
 
 
 async def open_for_read(
@@ -377,9 +442,7 @@ async def open_for_read(
         except BaseException:
             await _close(peer, opened)
             raise
-        crypt = Crypt.make(master, keys, root)
-        crypt.opened = (subpath, path)
-        return opened, crypt
+        return opened, Crypt.make(master, keys, root, (subpath, path))
     opened = await peer.request(Open(rid=0, target=target, path="", mode="read"))
     assert isinstance(opened, Opened)
     try:
@@ -404,8 +467,7 @@ async def open_for_read(
         await _close(peer, opened)
         raise
     root, path = _place(master, grant_root, subpath)
-    crypt = Crypt.make(master, keys, root)
-    crypt.opened = (subpath, path)
+    crypt = Crypt.make(master, keys, root, (subpath, path))
     if not path:
         return opened, crypt
     again = await _reopen(peer, opened, Open(rid=0, target=target, path=path, mode="read"))
@@ -437,7 +499,7 @@ class Namer:
             from neotwist.client import stash
 
             _, entries = await stash.entries(self.peer, self.handle, snapshot, "", True)
-            decrypted = self.crypt.tree.decrypt_listing(entries)
+            decrypted = self.crypt.decrypt_listing(entries)
             self.errors.extend(decrypted.errors)
             by_remote = {decrypted.remote[e.path]: e for e in decrypted.entries}
             got = self._snapshots[snapshot] = by_remote
@@ -452,7 +514,7 @@ async def decrypt_versions(peer: Peer, handle: int, crypt: Crypt, plain: str, re
     size, read from each version's authenticated metadata; AuthenticationFailed if one does not open."""
     from neotwist.client import stash
 
-    remote = crypt.tree.encrypt_subpath(plain)
+    remote = crypt.encrypt_subpath(plain)
     out = []
     for r in records:
         _, entries = await stash.entries(peer, handle, r.snapshot, remote, False)
