@@ -128,6 +128,24 @@ class PinFile:
                 self._write([p for p in pins if (p.address, p.account, p.target) != key])
             return gone
 
+    def forget_host(self, host: str, account: str, target: str) -> list[Pin]:
+        """Remove the pins of ``target`` at every address naming ``host`` (any port, so ssh's and tls's); the
+        removed pins, in file order. For ``neo-target remove``: the target is gone whichever transport removed
+        it, and a pin left under the other transport's address would refuse a plaintext target of that name."""
+        if not self.path.exists():
+            return []
+        host = host.lower()
+
+        def gone(p: Pin) -> bool:
+            return (host_of(p.address), p.account, p.target) == (host, account, target)
+
+        with self._locked():
+            pins = self.pins()
+            removed = [p for p in pins if gone(p)]
+            if removed:
+                self._write([p for p in pins if not gone(p)])
+            return removed
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Serialize read-modify-write between clients running at once (a lock file: the pin file itself is
@@ -186,6 +204,10 @@ class TargetPin:
     def forget(self) -> Pin | None:
         return self.file.forget(self.address, self.account, self.target)
 
+    def forget_every_port(self) -> list[Pin]:
+        """Forget this target's pins at every port of its host (see :meth:`PinFile.forget_host`)."""
+        return self.file.forget_host(host_of(self.address), self.account, self.target)
+
     @property
     def where(self) -> str:
         """The pin's line, for messages."""
@@ -196,3 +218,11 @@ class TargetPin:
 def address_of(remote: Remote) -> str:
     """The ADDRESS column for ``remote``: its known_hosts name."""
     return host_pattern(remote.host, remote.port)
+
+
+def host_of(address: str) -> str:
+    """The host an ADDRESS names (``[host]:port`` or ``host``, as :func:`address_of` writes), lowercased. Only
+    the name as it was given: ``nas`` and ``nas.example.org`` or its IP address are different hosts here."""
+    if address.startswith("[") and "]:" in address:
+        return address[1 : address.rindex("]:")].lower()
+    return address.lower()
