@@ -389,3 +389,24 @@ def test_a_recorded_sub_path_with_dot_dot_is_refused() -> None:
     back = tree.decrypt_listing([entry])
     assert back.entries == []
     assert len(back.errors) == 1 and "its recorded path '../etc' is not a valid path" in back.errors[0]
+
+
+def test_key_source_check_id_refuses_another_key_before_the_passphrase(tmp_path: Path) -> None:
+    """check_id takes the key id (from a pin, or a key-check record): one check for both, never asking for the
+    passphrase, and naming who named the other key."""
+    from neotwist.client.encryption import KeySource
+
+    kf, _master = keyfile.create("pw", fast())
+    keyfile.save(tmp_path / "key", kf)
+
+    def no_passphrase(_where: str) -> str | None:
+        raise AssertionError("the passphrase was asked")
+
+    source = KeySource(tmp_path / "key", no_passphrase)
+    source.check_id(kf.key_id)
+    source.check_id(None)  # nothing named: nothing to compare
+    other = "0" * 32
+    with pytest.raises(WrongKey, match=f"^the target was encrypted with key {other}, but .* holds key {kf.key_id}"):
+        source.check_id(other)
+    with pytest.raises(WrongKey, match=f"^target t is pinned as encrypted with key {other} .*, but .* holds key"):
+        source.check_id(other, f"target t is pinned as encrypted with key {other} (line 4 of pins)")

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import RunningServer
+from support import PASSWORD, RunningServer
 from test_encryption_e2e import FAST_KDF, PASSPHRASE, found_in, init_key, key_env, neo_key, run_json
 
 from neotwist.client.pins import HEADER, PinFile, PinFileError, TargetPin
@@ -52,6 +52,21 @@ def test_pin_file_records_replaces_forgets_and_stays_readable(tmp_path: Path) ->
     pin = TargetPin.for_remote(parse_remote("tls://alice@NAS.example/papers/2024"), pins)
     assert (pin.address, pin.account, pin.target) == ("[nas.example]:4323", "alice", "papers")
     assert pin.remote == "alice@NAS.example:4323/papers"
+    # every port of one host name: ssh's, tls's, port 22's bare name, an IPv6 address's brackets
+    pins.record("[nas]:4322", "alice", "papers", "c" * 32)
+    pins.record("nas", "alice", "papers", "d" * 32)
+    pins.record("[nas]:4322", "alice", "other", "e" * 32)
+    pins.record("[nas]:4322", "bob", "papers", "e" * 32)
+    pins.record("[nas.example]:4322", "alice", "papers", "e" * 32)
+    pins.record("[::1]:4322", "alice", "papers", "f" * 32)
+    gone_all = pins.forget_host("NAS", "alice", "papers")
+    assert [p.address for p in gone_all] == ["[nas]:4323", "[nas]:4322", "nas"]
+    assert [(p.address, p.account, p.target) for p in pins.pins()] == [
+        ("[nas]:4322", "alice", "other"), ("[nas]:4322", "bob", "papers"), ("[nas.example]:4322", "alice", "papers"),
+        ("[::1]:4322", "alice", "papers"),
+    ]  # fmt: skip
+    assert [p.address for p in pins.forget_host("::1", "alice", "papers")] == ["[::1]:4322"]
+    assert pins.forget_host("nas", "alice", "papers") == []
 
 
 def test_a_malformed_pin_line_is_an_error_not_skipped(tmp_path: Path) -> None:
@@ -162,6 +177,59 @@ def test_a_pinned_target_that_is_gone_is_recreated_encrypted_and_neo_target_remo
     removed = run_json(server, "neo-target", "remove", "--yes", server.remote("t"))
     assert removed["pin_forgotten"] is True and " t " not in _pin_file(server).read_text()
     assert run_json(server, "neo-push", str(src), server.remote("t"))["encrypted"] is False
+
+    # pinned over both transports (ssh's port and tls's are two addresses): removing it over one forgets both,
+    # and nothing else (another target, the same target under another name of the server)
+    run_json(server, "neo-target", "remove", "--yes", server.remote("t"))
+    run_json(server, "neo-push", "--encrypt", str(src), server.remote("t"))
+    run_json(server, "neo-push", "--encrypt", str(src), server.remote("u"))
+    tls = key_env(server, NEO_PASSWORD=PASSWORD)
+    run_json(server, "neo-ls", "--accept-new-host-key", server.remote("t", "tls"), env=tls)
+    key_id = PinFile(_pin_file(server)).lookup(f"[127.0.0.1]:{server.ssh_port}", "alice", "t")
+    assert key_id is not None
+    other_name = f"[localhost]:{server.ssh_port} alice t {key_id.key_id}\n"
+    with _pin_file(server).open("a") as f:
+        f.write(other_name)
+    removed = run_json(server, "neo-target", "remove", "--yes", server.remote("t"))
+    assert removed["pin_forgotten"] is True
+    assert removed["pins_forgotten"] == [
+        {"address": f"[127.0.0.1]:{server.ssh_port}", "key_id": key_id.key_id},
+        {"address": f"[127.0.0.1]:{server.tls_port}", "key_id": key_id.key_id},
+    ]
+    left = _pin_file(server).read_text()
+    assert " alice u " in left and left.endswith(other_name) and f"[127.0.0.1]:{server.tls_port} alice t" not in left
+    assert run_json(server, "neo-push", str(src), server.remote("t", "tls"), env=tls)["encrypted"] is False
+
+
+def test_a_pinned_target_needs_no_writable_config_dir(server: RunningServer, tmp_path: Path) -> None:
+    """An already-pinned target is used without taking the pin file's lock. The lock path is made a directory,
+    which no open can create or write even as root (where a read-only mode would not stop anything): before the
+    fix every encrypted run failed here with "cannot write the encryption pins" (exit 1)."""
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    (src / "docs" / "a.txt").write_text("first")
+    info = init_key(server)
+    run_json(server, "neo-push", "--accept-new-host-key", "--encrypt", str(src), server.remote("vault"))
+    lock = _pin_file(server).with_name("encrypted_targets.lock")
+    lock.unlink()
+    lock.mkdir()
+    before = _pin_file(server).read_text()
+    (src / "docs" / "b.txt").write_text("second")
+    assert run_json(server, "neo-push", str(src), server.remote("vault"))["encrypted"] is True
+    assert run_json(server, "neo-push", str(src / "docs"), server.remote("vault/docs"))["encrypted"] is True
+    run_json(server, "neo-pull", server.remote("vault"), str(tmp_path / "out"))
+    assert (tmp_path / "out" / "docs" / "b.txt").read_text() == "second"
+    run_json(server, "neo-pull", server.remote("vault/docs"), str(tmp_path / "out2"))
+    assert (tmp_path / "out2" / "a.txt").read_text() == "first"
+    run_json(server, "neo-ls", server.remote("vault"))
+    run_json(server, "neo-check", server.remote("vault"))
+    assert _pin_file(server).read_text() == before
+    # a pin that would change still needs the lock, and says so rather than dropping it
+    with pytest.raises(PinFileError, match="cannot write the encryption pins"):
+        PinFile(_pin_file(server)).record(f"[127.0.0.1]:{server.ssh_port}", "alice", "vault", "f" * 32)
+    assert PinFile(_pin_file(server)).record(
+        f"[127.0.0.1]:{server.ssh_port}", "alice", "vault", info["key_id"]
+    ) is False
 
 
 def test_require_encryption_protects_a_first_contact(server: RunningServer, tmp_path: Path) -> None:

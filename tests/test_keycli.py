@@ -85,4 +85,18 @@ def test_weak_kdf_settings_warn_but_work(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 0 and err == ""  # at the floor: no warning
     code, _, err = run(capsys, "init", "--key-file", str(tmp_path / "c"), "--kdf-memory", "4096", "--kdf-iterations",
                        "64")  # fmt: skip
-    assert code == 2 and "at most 16384" in err and not (tmp_path / "c").exists()
+    assert code == 2 and "--kdf-memory/--kdf-iterations asks for a KDF of 4096 MiB x 64 pass(es)" in err
+    assert "memory x passes at most 16 GiB" in err and not (tmp_path / "c").exists()
+
+
+def test_kdf_bounds_are_the_key_files_own_with_the_scrypt_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Argon2id the key is wrapped with scrypt, which takes no passes (iterations 1): neo-key asks
+    keyfile.check_bounds about what it will really write, so memory x --kdf-iterations beyond the Argon2id bound
+    is not refused then (it used to be, by a copy of the bound that multiplied by the ignored passes)."""
+    argv = ["init", "--kdf-memory", "512", "--kdf-iterations", "64"]
+    with pytest.raises(keycli._Usage, match="at most 16 GiB"):
+        keycli._kdf(keycli.build_parser().parse_args(argv))  # Argon2id: 512 MiB x 64 passes is too much
+    monkeypatch.setattr(keyfile, "argon2_available", lambda: False)  # a cryptography/OpenSSL without Argon2id
+    params = keycli._kdf(keycli.build_parser().parse_args(argv))
+    assert (params.algorithm, params.memory_kib, params.iterations, params.lanes) == ("scrypt", 512 * 1024, 1, 1)
+    keyfile.check_bounds(params)  # and a key file with these parameters is read

@@ -42,12 +42,12 @@ from neotwist.client.encryption import (
     decrypt_deleted,
     decrypt_versions,
     open_for_read,
+    plain_errors,
 )
 from neotwist.client.pins import PinFileError
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_at, parse_duration
 from neotwist.crypto import CryptoError, WrongPassphrase
-from neotwist.wire.errors import RemoteError
 from neotwist.wire.messages import GetUsage, UsageInfo
 from neotwist.wire.peer import Peer
 
@@ -279,47 +279,42 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
         )
         if not opened.exists or opened.latest is None:
             raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
-        namer = Namer(peer, opened.handle, crypt) if crypt is not None else None
-        code = EXIT_OK
-        if args.snapshots:
-            snaps = await stash.snapshots(peer, opened.handle)
-            if namer is not None:
-                snaps = [await _named_root(namer, r) for r in snaps]
-            code = _show_snapshots(args, remote, snaps)
-        elif args.versions is not None:
-            path = args.versions.strip("/")
-            wanted_path = crypt.tree.encrypt_subpath(path) if crypt is not None else path
-            try:
-                versions = await stash.versions(peer, opened.handle, wanted_path)
-            except RemoteError as e:
-                raise e if crypt is None else crypt.plain_error(e, path) from None
-            if crypt is not None:
-                versions = await decrypt_versions(peer, opened.handle, crypt, path, versions)
-            code = _show_versions(args, remote, path, versions)
-        elif args.deleted:
-            gone = await stash.deleted(peer, opened.handle)
-            if namer is not None:
-                gone = await decrypt_deleted(namer, gone)
-            code = _show_deleted(args, remote, gone)
-        else:
-            wanted = args.snapshot
-            if at is not None:
-                wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), at, None)
-            try:
-                snapshot, entries = await stash.entries(peer, opened.handle, wanted, "", args.recursive)
-            except RemoteError as e:
-                raise e if crypt is None else crypt.plain_error(e) from None
-            if crypt is not None:
-                decrypted = crypt.tree.decrypt_listing(entries)
-                entries = decrypted.entries
+        with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
+            namer = Namer(peer, opened.handle, crypt) if crypt is not None else None
+            code = EXIT_OK
+            if args.snapshots:
+                snaps = await stash.snapshots(peer, opened.handle)
                 if namer is not None:
-                    namer.errors.extend(decrypted.errors)
-            code = _show_entries(args, remote, snapshot, entries)
-        if namer is not None and namer.errors:
-            for text in namer.errors:
-                sys.stderr.write(f"neo-ls: not listed: {text}\n")
-            return EXIT_FAILED
-        return code
+                    snaps = [await _named_root(namer, r) for r in snaps]
+                code = _show_snapshots(args, remote, snaps)
+            elif args.versions is not None:
+                path = args.versions.strip("/")
+                wanted_path = crypt.encrypt_subpath(path) if crypt is not None else path
+                versions = await stash.versions(peer, opened.handle, wanted_path)
+                if crypt is not None:
+                    versions = await decrypt_versions(peer, opened.handle, crypt, path, versions)
+                code = _show_versions(args, remote, path, versions)
+            elif args.deleted:
+                gone = await stash.deleted(peer, opened.handle)
+                if namer is not None:
+                    gone = await decrypt_deleted(namer, gone)
+                code = _show_deleted(args, remote, gone)
+            else:
+                wanted = args.snapshot
+                if at is not None:
+                    wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), at, None)
+                snapshot, entries = await stash.entries(peer, opened.handle, wanted, "", args.recursive)
+                if crypt is not None:
+                    decrypted = crypt.decrypt_listing(entries)
+                    entries = decrypted.entries
+                    if namer is not None:
+                        namer.errors.extend(decrypted.errors)
+                code = _show_entries(args, remote, snapshot, entries)
+            if namer is not None and namer.errors:
+                for text in namer.errors:
+                    sys.stderr.write(f"neo-ls: not listed: {text}\n")
+                return EXIT_FAILED
+            return code
 
     return _run("neo-ls", args, remote, body)
 
@@ -605,27 +600,28 @@ def check_main(argv: Sequence[str] | None = None) -> int:
         )
         if not opened.exists or opened.latest is None:
             raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
-        show = (not (args.quiet or args.json)) if args.progress is None else args.progress
-        progress = Progress(show, "checked", count_files=False)
-        seen = [0]
+        with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
+            show = (not (args.quiet or args.json)) if args.progress is None else args.progress
+            progress = Progress(show, "checked", count_files=False)
+            seen = [0]
 
-        def on_progress(done: int, total: int) -> None:
-            progress.total_bytes(total)
-            progress.bytes(done - seen[0])
-            seen[0] = done
+            def on_progress(done: int, total: int) -> None:
+                progress.total_bytes(total)
+                progress.bytes(done - seen[0])
+                seen[0] = done
 
-        try:
-            report = await stash.check(peer, opened.handle, args.verify_data, on_progress)
-        finally:
-            progress.close()
-        if crypt is not None and report.files:
-            # the server names damaged files by their encrypted paths: name them from the snapshots that hold them
-            namer = Namer(peer, opened.handle, crypt)
-            named = []
-            for f in report.files:
-                e = await namer.entry(f.snapshots[-1], f.path) if f.snapshots else None
-                named.append(msgspec.structs.replace(f, path=e.path if e is not None else f"(encrypted) {f.path}"))
-            report = msgspec.structs.replace(report, files=named)
+            try:
+                report = await stash.check(peer, opened.handle, args.verify_data, on_progress)
+            finally:
+                progress.close()
+            if crypt is not None and report.files:
+                # the server names damaged files by encrypted paths: name them from the snapshots that hold them
+                namer = Namer(peer, opened.handle, crypt)
+                named = []
+                for f in report.files:
+                    e = await namer.entry(f.snapshots[-1], f.path) if f.snapshots else None
+                    named.append(msgspec.structs.replace(f, path=e.path if e is not None else f"(encrypted) {f.path}"))
+                report = msgspec.structs.replace(report, files=named)
         if args.json:
             _print_json(
                 {

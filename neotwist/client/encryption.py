@@ -30,8 +30,10 @@ Nothing is sent to a handle before its key has been checked, so a wrong key or p
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,8 @@ from neotwist.client.pins import TargetPin
 from neotwist.crypto import AuthenticationFailed, WrongKey, WrongPassphrase, keyfile
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
 from neotwist.crypto.keys import MasterKey, TargetKeys, key_check_id
-from neotwist.crypto.names import PathCipher
-from neotwist.crypto.tree import TreeCipher
+from neotwist.crypto.names import TOKEN_CHARS, PathCipher
+from neotwist.crypto.tree import Decrypted, TreeCipher
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import ChunkerParams, Close, Entry, Open, Opened
@@ -82,39 +84,98 @@ class KeySource:
             self._master = MasterKey(keyfile.unlock(kf, passphrase, f"the key file {self.path}"))
         return self._master
 
-    def check_id(self, record: bytes) -> None:
-        """Refuse a key file holding another key than ``record`` names, before any passphrase is asked."""
-        named = key_check_id(record)
-        if named is not None and self.key_file().key_id != named.hex():
+    def check_id(self, key_id: str | None, claim: str = "") -> None:
+        """Refuse a key file holding another key than ``key_id`` (None: no key is named), before any passphrase
+        is asked. ``claim`` says who named that key (by default, the target's key-check record)."""
+        if key_id is not None and self.key_file().key_id != key_id:
+            said = claim or f"the target was encrypted with key {key_id}"
             raise WrongKey(
-                f"the target was encrypted with key {named.hex()}, but {self.path} holds key "
-                f"{self.key_file().key_id}: give the right --key-file, or 'neo-key import' that key"
+                f"{said}, but {self.path} holds key {self.key_file().key_id}: give the right --key-file, or "
+                "'neo-key import' that key"
             )
+
+
+_TOKEN = f"[A-Za-z0-9_-]{{{TOKEN_CHARS}}}"
+_TOKEN_PATH = re.compile(f"(?<![A-Za-z0-9_-]){_TOKEN}(?:/{_TOKEN})*(?![A-Za-z0-9_-])")
+"""An encrypted path as a server message can name it: tokens joined by '/' (see :mod:`neotwist.crypto.names`)."""
 
 
 @dataclass
 class Crypt:
-    """What one handle on an encrypted target works with."""
+    """What one handle on an encrypted target works with.
+
+    Server errors name paths as the server knows them, by their tokens (``opened`` joined with the request's
+    path). Every request on the handle is made inside :meth:`plain_errors`, which puts the paths this handle
+    has named back in plaintext: the sub-path it was opened at, paths it encrypted (:meth:`encrypt_subpath`) and
+    paths of the listings it decrypted (:meth:`decrypt_listing`). A path it never named stays a token."""
 
     master: MasterKey
     keys: TargetKeys
     sealer: ChunkSealer
     tree: TreeCipher
-    opened: tuple[str, str] = ("", "")  # (plaintext, encrypted) sub-path the handle was opened at
+    opened: tuple[str, str]  # (plaintext, encrypted) sub-path the handle was opened at
+    _named: dict[str, str] = field(default_factory=dict)  # encrypted -> plaintext, relative to the handle root
+    _listings: list[dict[str, str]] = field(default_factory=list)  # Decrypted.remote (plaintext -> encrypted)
 
     @classmethod
-    def make(cls, master: MasterKey, keys: TargetKeys, root: str) -> Crypt:
-        return cls(master, keys, ChunkSealer(keys), TreeCipher(master, keys, root))
+    def make(cls, master: MasterKey, keys: TargetKeys, root: str, opened: tuple[str, str]) -> Crypt:
+        """``root``: the handle root's plaintext path from the target root; ``opened``: (plaintext, encrypted)
+        sub-path the handle was opened at, as the server names it (from the grant root)."""
+        return cls(master, keys, ChunkSealer(keys), TreeCipher(master, keys, root), opened)
 
-    def plain_error(self, error: RemoteError, below: str = "") -> RemoteError:
-        """``error`` with the encrypted path the server names (the opened sub-path joined with ``below``,
-        plaintext relative to it) put back in plaintext: the server can only name paths by their tokens."""
-        plain, encrypted = self.opened
-        enc_below = self.tree.encrypt_subpath(below) if below else ""
-        named_enc, named = paths.join(encrypted, enc_below), paths.join(plain, below)
-        if not named_enc or named_enc not in error.message:
-            return error
-        return RemoteError(error.code, error.message.replace(named_enc, named))
+    def encrypt_subpath(self, plain: str) -> str:
+        """The server path of ``plain`` (relative to the handle root), remembered to name it in errors."""
+        encrypted = self.tree.encrypt_subpath(plain)
+        self._named[encrypted] = plain
+        return encrypted
+
+    def decrypt_listing(self, entries: list[Entry]) -> Decrypted:
+        """:meth:`TreeCipher.decrypt_listing`, its paths remembered to name them in errors (the mapping is kept
+        by reference and only inverted when an error needs it; thread-safe)."""
+        decrypted = self.tree.decrypt_listing(entries)
+        self._listings.append(decrypted.remote)
+        return decrypted
+
+    def _plain_of(self, encrypted: str) -> str | None:
+        """The plaintext of ``encrypted`` (relative to the handle root), if this handle named it."""
+        if not encrypted:
+            return ""
+        found = self._named.get(encrypted)
+        if found is None:
+            for remote in self._listings:
+                self._named.update({enc: plain for plain, enc in remote.items()})
+            self._listings.clear()
+            found = self._named.get(encrypted)
+        return found
+
+    def plain_error(self, error: RemoteError) -> RemoteError:
+        """``error`` with each encrypted path it names that this handle knows put back in plaintext (the
+        server can only name paths by their tokens, from the sub-path the handle was opened at)."""
+        plain_root, enc_root = self.opened
+
+        def plain(match: re.Match[str]) -> str:
+            named = match.group(0)
+            if not enc_root:
+                rel = named
+            elif named == enc_root:
+                rel = ""
+            elif named.startswith(enc_root + "/"):
+                rel = named[len(enc_root) + 1 :]
+            else:
+                return named  # not below this handle: not one of its paths
+            found = self._plain_of(rel)
+            return named if found is None else paths.join(plain_root, found)
+
+        message = _TOKEN_PATH.sub(plain, error.message)
+        return error if message == error.message else RemoteError(error.code, message)
+
+    @contextlib.contextmanager
+    def plain_errors(self) -> Iterator[None]:
+        """Raise a RemoteError from within with its paths in plaintext (see :meth:`plain_error`)."""
+        try:
+            yield
+        except RemoteError as e:
+            raise self.plain_error(e) from None
 
     @property
     def id_key(self) -> bytes:
@@ -125,6 +186,11 @@ class Crypt:
         server cannot recognize a known file by the lengths of its chunks as easily (see docs/encryption.md).
         Every client holding the key cuts alike, so deduplication and delta sync are unchanged."""
         return msgspec.structs.replace(params, seed=self.keys.chunker_seed)
+
+
+def plain_errors(crypt: Crypt | None) -> contextlib.AbstractContextManager[None]:
+    """:meth:`Crypt.plain_errors` for an encrypted handle; nothing to translate for a plaintext one."""
+    return crypt.plain_errors() if crypt is not None else contextlib.nullcontext()
 
 
 def check_chunker(params: ChunkerParams) -> None:
@@ -155,19 +221,22 @@ class EncryptionDowngrade(EncryptionRefused):
     encrypted (or that ``--require-encryption`` requires to be): refused like a changed host key (exit 3)."""
 
 
-def _unlock(source: KeySource | None, target: str, pinned: str | None, pin: TargetPin | None) -> MasterKey:
-    """The unlocked key for an encrypted target; with a pin, a key file holding another key than the pinned one
-    is refused before the passphrase is asked."""
+def _unlock(source: KeySource | None, missing: str, key_id: str | None = None, claim: str = "") -> MasterKey:
+    """The unlocked key for an encrypted target: refused with ``missing`` when this run has no key source, and
+    a key file holding another key than ``key_id`` (pinned, or named by the key-check record; ``claim`` says
+    which: see :meth:`KeySource.check_id`) is refused before the passphrase is asked. A missing key file is
+    reported before the passphrase is asked too (``master`` reads the file first)."""
     if source is None:
-        raise EncryptionRefused(f"target {target} is encrypted: this needs its key")
-    kf = source.key_file()  # a missing key file is reported before the passphrase is asked
-    if pinned is not None and kf.key_id != pinned:
-        assert pin is not None
-        raise WrongKey(
-            f"target {target} is pinned as encrypted with key {pinned} ({pin.where}), but {source.path} holds key "
-            f"{kf.key_id}: give the right --key-file, or 'neo-key import' that key"
-        )
+        raise EncryptionRefused(missing)
+    source.check_id(key_id, claim)
     return source.master()
+
+
+def _pinned_claim(target: str, pinned: str | None, pin: TargetPin | None) -> str:
+    """Who names the key a pinned target needs, for :meth:`KeySource.check_id`."""
+    if pinned is None or pin is None:
+        return ""
+    return f"target {target} is pinned as encrypted with key {pinned} ({pin.where})"
 
 
 def _refuse_claim(
@@ -197,9 +266,11 @@ def _refuse_claim(
         )
 
 
-def _pin(pin: TargetPin | None, master: MasterKey) -> None:
-    """Remember that this target is encrypted with ``master`` (after its key-check record verified)."""
-    if pin is not None:
+def _pin(pin: TargetPin | None, master: MasterKey, pinned: str | None) -> None:
+    """Remember that this target is encrypted with ``master`` (after its key-check record verified). Nothing is
+    written, nor the pin file's lock taken, when it is pinned so already (``pinned``, the key id looked up before
+    the open): an encrypted target must stay usable with a read-only config directory."""
+    if pin is not None and pinned != master.id.hex():
         pin.record(master.id.hex())
 
 
@@ -238,12 +309,11 @@ async def open_for_push(
     found = pin.lookup() if pin is not None else None
     pinned = found.key_id if found is not None else None
     if encrypt or pinned is not None or require_encryption:
-        if source is None:
-            what = "--encrypt" if encrypt else f"target {target} is encrypted: this push"
-            raise EncryptionRefused(f"{what} needs a key: create one with 'neo-key init'")
+        what = "--encrypt" if encrypt else f"target {target} is encrypted: this push"
         return await _open_encrypted_push(
-            peer, target, subpath, source, encrypt, keep_history, grant_root, pin, pinned, require_encryption
-        )
+            peer, target, subpath, source, f"{what} needs a key: create one with 'neo-key init'", encrypt,
+            keep_history, grant_root, pin, pinned, require_encryption,
+        )  # fmt: skip
     message = Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=keep_history)
     try:
         opened = await (_probe_then_open(peer, target, message) if subpath else peer.request(message))
@@ -251,8 +321,9 @@ async def open_for_push(
         if e.code != ErrorCode.ENCRYPTION_MISMATCH:
             raise
         return await _open_encrypted_push(
-            peer, target, subpath, _need(source, target), False, keep_history, grant_root, pin, None, False
-        )
+            peer, target, subpath, source, f"target {target} is encrypted: this push needs its key", False,
+            keep_history, grant_root, pin, None, False,
+        )  # fmt: skip
     assert isinstance(opened, Opened)
     return opened, None
 
@@ -273,17 +344,12 @@ async def _probe_then_open(peer: Peer, target: str, message: Open) -> Opened:
     return await _reopen(peer, probe, message)
 
 
-def _need(source: KeySource | None, target: str) -> KeySource:
-    if source is None:
-        raise EncryptionRefused(f"target {target} is encrypted: this push needs its key")
-    return source
-
-
 async def _open_encrypted_push(
     peer: Peer,
     target: str,
     subpath: str,
-    source: KeySource,
+    source: KeySource | None,
+    missing: str,
     encrypt: bool,
     keep_history: bool | None,
     grant_root: str,
@@ -292,8 +358,9 @@ async def _open_encrypted_push(
     required: bool,
 ) -> tuple[Opened, Crypt | None]:
     """The encrypted open of a push. It creates the target with a new key-check record when ``encrypt`` asks,
-    or when the target is pinned (a pinned target that is gone is re-created encrypted, never in plaintext)."""
-    master = _unlock(source, target, pinned, pin)
+    or when the target is pinned (a pinned target that is gone is re-created encrypted, never in plaintext).
+    ``missing``: the refusal when this run has no key."""
+    master = _unlock(source, missing, pinned, _pinned_claim(target, pinned, pin))
     create = encrypt or pinned is not None
     record, keys = master.new_target() if create else (b"", None)
     root, path = _place(master, grant_root, subpath)
@@ -336,11 +403,11 @@ async def _open_encrypted_push(
         check_chunker(opened.chunker)
         if opened.exists or keys is None:  # an existing target: its record decides (and must be this key's)
             keys = master.open_target(opened.key_check)
-        _pin(pin, master)
+        _pin(pin, master, pinned)
     except BaseException:
         await _close(peer, opened)
         raise
-    return opened, Crypt.make(master, keys, root)
+    return opened, Crypt.make(master, keys, root, (subpath, path))
 
 
 async def open_for_read(
@@ -362,7 +429,9 @@ async def open_for_read(
     found = pin.lookup() if pin is not None else None
     pinned = found.key_id if found is not None else None
     if pinned is not None and subpath:
-        master = _unlock(source, target, pinned, pin)
+        master = _unlock(
+            source, f"target {target} is encrypted: this needs its key", pinned, _pinned_claim(target, pinned, pin)
+        )
         root, path = _place(master, grant_root, subpath)
         opened = await peer.request(Open(rid=0, target=target, path=path, mode="read"))
         assert isinstance(opened, Opened)
@@ -373,9 +442,7 @@ async def open_for_read(
         except BaseException:
             await _close(peer, opened)
             raise
-        crypt = Crypt.make(master, keys, root)
-        crypt.opened = (subpath, path)
-        return opened, crypt
+        return opened, Crypt.make(master, keys, root, (subpath, path))
     opened = await peer.request(Open(rid=0, target=target, path="", mode="read"))
     assert isinstance(opened, Opened)
     try:
@@ -387,21 +454,20 @@ async def open_for_read(
         if not subpath:
             return opened, None
         return await _reopen(peer, opened, Open(rid=0, target=target, path=subpath, mode="read")), None
-    if source is None:
-        await _close(peer, opened)
-        raise EncryptionRefused(f"target {target} is encrypted: reading it needs its key")
+    named = key_check_id(opened.key_check)
     try:
-        source.check_id(opened.key_check)  # a foreign key file is refused before the passphrase is asked
-        master = source.master()
+        # a foreign key file is refused before the passphrase is asked
+        master = _unlock(
+            source, f"target {target} is encrypted: reading it needs its key", named.hex() if named else None
+        )
         keys = master.open_target(opened.key_check)
         check_chunker(opened.chunker)
-        _pin(pin, master)
+        _pin(pin, master, pinned)
     except BaseException:
         await _close(peer, opened)
         raise
     root, path = _place(master, grant_root, subpath)
-    crypt = Crypt.make(master, keys, root)
-    crypt.opened = (subpath, path)
+    crypt = Crypt.make(master, keys, root, (subpath, path))
     if not path:
         return opened, crypt
     again = await _reopen(peer, opened, Open(rid=0, target=target, path=path, mode="read"))
@@ -433,7 +499,7 @@ class Namer:
             from neotwist.client import stash
 
             _, entries = await stash.entries(self.peer, self.handle, snapshot, "", True)
-            decrypted = self.crypt.tree.decrypt_listing(entries)
+            decrypted = self.crypt.decrypt_listing(entries)
             self.errors.extend(decrypted.errors)
             by_remote = {decrypted.remote[e.path]: e for e in decrypted.entries}
             got = self._snapshots[snapshot] = by_remote
@@ -448,7 +514,7 @@ async def decrypt_versions(peer: Peer, handle: int, crypt: Crypt, plain: str, re
     size, read from each version's authenticated metadata; AuthenticationFailed if one does not open."""
     from neotwist.client import stash
 
-    remote = crypt.tree.encrypt_subpath(plain)
+    remote = crypt.encrypt_subpath(plain)
     out = []
     for r in records:
         _, entries = await stash.entries(peer, handle, r.snapshot, remote, False)

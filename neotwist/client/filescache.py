@@ -8,7 +8,7 @@ and cannot be set by ``touch``, so a file rewritten with its old mtime is still 
 
 The cache is trusted only for chunk ids. The server checks at commit that every referenced chunk exists; when
 it does not (the target was pruned or recreated), the push retries once with the cache disabled. The cache is
-saved (atomically: temporary file, fsync, rename) only after a successful commit, and holds exactly the
+saved (atomically: :func:`neotwist.atomicfile.atomic_write`) only after a successful commit, and holds exactly the
 files of that push, so deleted files fall out of it.
 
 Files modified within the last second before the push started are not remembered: their mtime may not have
@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import msgspec
 import platformdirs
+
+from neotwist.atomicfile import atomic_write
 
 CacheEntry = tuple[int, int, int, int, bytes]
 """(size, mtime_ns, inode, ctime_ns, concatenated 32-byte chunk ids)."""
@@ -115,16 +116,4 @@ class FilesCache:
         """Write the current push's entries atomically (call only after a successful commit)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         body = _encoder.encode(_CacheFile(format=_FORMAT, key=self.key, files=self.new))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".cache", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(self.path, body)

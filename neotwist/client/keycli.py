@@ -147,11 +147,13 @@ def _kdf(args: argparse.Namespace) -> keyfile.KdfParams:
     if not 1 <= args.kdf_iterations <= keyfile.MAX_ITERATIONS:
         raise _Usage(f"--kdf-iterations must be 1..{keyfile.MAX_ITERATIONS}")
     params = keyfile.default_params(memory, args.kdf_iterations)
-    if memory * args.kdf_iterations > keyfile.MAX_WORK_KIB:
-        raise _Usage(
-            f"--kdf-memory x --kdf-iterations must be at most {keyfile.MAX_WORK_KIB // 1024} (MiB x passes): a key "
-            "file costlier than that is refused when read"
+    try:
+        # the bound a key file is read with, on what is really written (scrypt, without Argon2id, takes no passes)
+        keyfile.check_bounds(
+            params, "--kdf-memory/--kdf-iterations", "a key file costlier than that is refused when read: ask for less"
         )
+    except KeyFileError as e:
+        raise _Usage(str(e)) from None
     why = keyfile.weak(params)
     if why is not None:
         sys.stderr.write(

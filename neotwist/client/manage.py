@@ -84,8 +84,10 @@ examples:
   neo-target remove --yes --json tls://alice@nas/scratch
 
 Removal needs the full right on the whole target and is refused while a push to it is running. On success
-this client also forgets its encryption pin of the target (see neo-key forget), so a new target of that name
-may be plaintext; other clients that pinned it keep refusing that until 'neo-key forget' is run there.
+this client also forgets its encryption pins of the target (see neo-key forget) for that account at every
+port of that host name, ssh's and tls's alike, so a new target of that name may be plaintext. Pins recorded
+under another name of the server (an IP address, a longer host name) stay, as do other clients' pins: run
+'neo-key forget' with that REMOTE, or on that client.
 """
 
 
@@ -389,18 +391,21 @@ def target_main(argv: Sequence[str] | None = None) -> int:
             if not confirm(question):
                 raise _Declined("nothing was removed")
         removed: TargetRemoved = _expect(await peer.request(RemoveTarget(rid=0, handle=opened.handle)), TargetRemoved)
-        # the target is gone: this client's encryption pin of it would refuse a plaintext target of that name
+        # the target is gone, whichever transport removed it: this client's encryption pins of it (one per
+        # address: ssh's port and tls's) would refuse a plaintext target of that name
         try:
-            forgotten = TargetPin.for_remote(remote).forget()
+            forgotten = TargetPin.for_remote(remote).forget_every_port()
         except PinFileError as e:
             sys.stderr.write(f"neo-target: {e}\n")
-            forgotten = None
+            forgotten = []
         if args.json:
+            pins = [{"address": p.address, "key_id": p.key_id} for p in forgotten]
             _print_json({"removed": removed.name, "snapshots": removed.snapshots, "stored_bytes": removed.stored_bytes,
-                         "pin_forgotten": forgotten is not None})  # fmt: skip
+                         "pin_forgotten": bool(forgotten), "pins_forgotten": pins})  # fmt: skip
         else:
+            said = ", ".join(f"{p.address} key {p.key_id}" for p in forgotten)
             print(f"removed target {removed.name}: {removed.snapshots} snapshot(s), {removed.stored_bytes:,} bytes"
-                  + (f"; forgot its encryption pin (key {forgotten.key_id})" if forgotten is not None else ""))
+                  + (f"; forgot its encryption pins ({said})" if forgotten else ""))
 
     return _run("neo-target", args, remote, options, job)
 

@@ -15,9 +15,9 @@ is plain text a user can read and edit, one pin per line::
     [nas]:4322 alice papers 5f0c3e4d1a2b3c4d5e6f708192a3b4c5
 
 ``ADDRESS`` is the address as known_hosts names it (``host`` for port 22, else ``[host]:port``, host lowercased),
-so the same server reached over ssh (port 4322) and tls (4323) has a pin per transport. Writes hold a lock file,
-go to a temporary file that is fsynced and renamed over the old one (and the directory fsynced): a crash leaves
-the old file or the new one, never half of one. A malformed line is an error, never skipped: a pin that
+so the same server reached over ssh (port 4322) and tls (4323) has a pin per transport. Writes hold a lock file
+and go through :func:`neotwist.atomicfile.atomic_write`: a crash leaves the old file or the new one, never half
+of one. A malformed line is an error, never skipped: a pin that
 silently stopped applying would re-open the downgrade it exists to stop.
 """
 
@@ -26,13 +26,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
+from neotwist.atomicfile import atomic_write
 from neotwist.client.knownhosts import host_pattern
 from neotwist.client.remote import Remote
 
@@ -97,9 +97,16 @@ class PinFile:
         return None
 
     def record(self, address: str, account: str, target: str, key_id: str) -> bool:
-        """Pin ``target`` to ``key_id`` (replacing another key id's pin); False if it was pinned so already."""
+        """Pin ``target`` to ``key_id`` (replacing another key id's pin); False if it was pinned so already.
+
+        A pin that is already there is found without the lock: taking it creates the directory and the lock file,
+        so every encrypted pull, ls, check or push would need a writable config directory even when nothing
+        changes (a read-only home, a shared one). Only a change takes the lock, and looks again under it."""
         if not _KEY_ID.fullmatch(key_id):
             raise ValueError(f"not a key id: {key_id!r}")
+        found = self.lookup(address, account, target)
+        if found is not None and found.key_id == key_id:
+            return False
         with self._locked():
             pins = self.pins()
             key = (address, account, target)
@@ -120,6 +127,24 @@ class PinFile:
             if gone is not None:
                 self._write([p for p in pins if (p.address, p.account, p.target) != key])
             return gone
+
+    def forget_host(self, host: str, account: str, target: str) -> list[Pin]:
+        """Remove the pins of ``target`` at every address naming ``host`` (any port, so ssh's and tls's); the
+        removed pins, in file order. For ``neo-target remove``: the target is gone whichever transport removed
+        it, and a pin left under the other transport's address would refuse a plaintext target of that name."""
+        if not self.path.exists():
+            return []
+        host = host.lower()
+
+        def gone(p: Pin) -> bool:
+            return (host_of(p.address), p.account, p.target) == (host, account, target)
+
+        with self._locked():
+            pins = self.pins()
+            removed = [p for p in pins if gone(p)]
+            if removed:
+                self._write([p for p in pins if not gone(p)])
+            return removed
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -144,24 +169,8 @@ class PinFile:
 
     def _write(self, pins: list[Pin]) -> None:
         body = HEADER + "".join(f"{p.address} {p.account} {p.target} {p.key_id}\n" for p in pins)
-        directory = self.path.parent
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".encrypted_targets-", dir=directory)  # created 0600
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(body)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic_write(self.path, body.encode("utf-8"))
         except OSError as e:
             raise PinFileError(f"cannot write the encryption pins in {self.path}: {e.strerror}") from None
 
@@ -195,6 +204,10 @@ class TargetPin:
     def forget(self) -> Pin | None:
         return self.file.forget(self.address, self.account, self.target)
 
+    def forget_every_port(self) -> list[Pin]:
+        """Forget this target's pins at every port of its host (see :meth:`PinFile.forget_host`)."""
+        return self.file.forget_host(host_of(self.address), self.account, self.target)
+
     @property
     def where(self) -> str:
         """The pin's line, for messages."""
@@ -205,3 +218,11 @@ class TargetPin:
 def address_of(remote: Remote) -> str:
     """The ADDRESS column for ``remote``: its known_hosts name."""
     return host_pattern(remote.host, remote.port)
+
+
+def host_of(address: str) -> str:
+    """The host an ADDRESS names (``[host]:port`` or ``host``, as :func:`address_of` writes), lowercased. Only
+    the name as it was given: ``nas`` and ``nas.example.org`` or its IP address are different hosts here."""
+    if address.startswith("[") and "]:" in address:
+        return address[1 : address.rindex("]:")].lower()
+    return address.lower()

@@ -38,7 +38,7 @@ from twisted.python.threadpool import ThreadPool
 from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import stash
-from neotwist.client.encryption import KeySource, open_for_read
+from neotwist.client.encryption import KeySource, open_for_read, plain_errors
 from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
 from neotwist.client.pins import TargetPin
 from neotwist.client.progress import Progress
@@ -738,7 +738,10 @@ class _PullRun:
                 # remote path (an encrypted one names nothing the owner can read; its reason is kept otherwise).
                 if self.content.sealer is not None:
                     raise DamagedFile(f"{f.path}: its data is damaged on the server; not restored") from None
-                why = e.message.removeprefix(f"{paths.join(self.asked, remote)}: ")
+                why = e.message
+                named = paths.join(self.asked, remote)
+                if named and why.startswith(f"{named}: "):  # its naming stripped when it is there, not assumed
+                    why = why[len(named) + 2 :]
                 raise DamagedFile(f"{f.path}: {why}") from None
             raise
         except BaseException:
@@ -796,74 +799,72 @@ async def pull(
     started = time.monotonic()
     summary = PullSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
-    try:
-        opened, crypt = await open_for_read(
-            peer,
-            target,
-            subpath,
-            options.keys,
-            options.grant_root.strip("/"),
-            options.pin,
-            options.require_encryption,
-        )
-        summary.encrypted = crypt is not None
-        if not opened.exists or opened.latest is None:
-            raise PullError(f"target {target} has no snapshot yet; push to it first")
-        wanted = options.snapshot
-        if options.at is not None:
-            wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), options.at, wanted)
-        try:
-            snapshot, entries = await stash.entries(peer, opened.handle, wanted)
-        except RemoteError as e:
-            raise e if crypt is None else crypt.plain_error(e) from None
-    except stash.StashError as e:
-        raise PullError(str(e)) from None
-    remote: dict[str, str] | None = None
-    refused: list[str] = []
-    if crypt is not None:
-        # names and metadata are decrypted and checked before anything is written (in a worker: big listings)
-        decrypted = await deferToThread(crypt.tree.decrypt_listing, entries)
-        entries, remote, refused = decrypted.entries, decrypted.remote, decrypted.errors
-    single_file = len(entries) == 1 and entries[0].path == "" and entries[0].kind != "d"
-    if single_file:
-        # REMOTE names one file (or symlink): it lands in LOCAL (an existing directory) under its own name, or
-        # at LOCAL itself; nothing else in that directory is touched.
-        local_root, name = _single_file_destination(local_root, subpath)
-        one = entries[0]
-        entries = [Entry(name, one.kind, one.mode, one.mtime_ns, one.size, one.chunks, one.link, one.meta)]
-    summary.snapshot = snapshot
-    summary.files_scanned = len(entries)
-    summary.files = sum(1 for e in entries if e.kind == "f")
-    if options.progress is not None:
-        options.progress.total_files(summary.files)
-    try:
-        dest = SafeDest(local_root)
-    except OSError as e:
-        raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
-    _raise_open_files_limit()
-    pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
-    pool.start()
-    content = Content(crypt.sealer) if crypt is not None else PLAIN
-    params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
-    run = _PullRun(
-        reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote,
-        asked=subpath,
+    opened, crypt = await open_for_read(
+        peer,
+        target,
+        subpath,
+        options.keys,
+        options.grant_root.strip("/"),
+        options.pin,
+        options.require_encryption,
     )
-    run.damaged.extend(refused)  # entries whose names or metadata failed authentication: not written
-    try:
-        await run.run(entries)
-    finally:
-        pool.stop()
-        dest.close()
-    summary.warnings.extend(run.errors)
-    summary.files_damaged = len(run.damaged)
-    summary.bytes_sent = peer.bytes_sent - sent0
-    summary.bytes_received = peer.bytes_received - received0
-    summary.elapsed_s = time.monotonic() - started
-    if run.errors or run.damaged:
-        summary.files_skipped = max(summary.files_skipped, len(run.errors))
-        raise PullIncomplete(summary, run.errors, run.damaged)
-    return summary
+    summary.encrypted = crypt is not None
+    with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
+        try:
+            if not opened.exists or opened.latest is None:
+                raise PullError(f"target {target} has no snapshot yet; push to it first")
+            wanted = options.snapshot
+            if options.at is not None:
+                wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), options.at, wanted)
+            snapshot, entries = await stash.entries(peer, opened.handle, wanted)
+        except stash.StashError as e:
+            raise PullError(str(e)) from None
+        remote: dict[str, str] | None = None
+        refused: list[str] = []
+        if crypt is not None:
+            # names and metadata are decrypted and checked before anything is written (in a worker: big listings)
+            decrypted = await deferToThread(crypt.decrypt_listing, entries)
+            entries, remote, refused = decrypted.entries, decrypted.remote, decrypted.errors
+        single_file = len(entries) == 1 and entries[0].path == "" and entries[0].kind != "d"
+        if single_file:
+            # REMOTE names one file (or symlink): it lands in LOCAL (an existing directory) under its own name, or
+            # at LOCAL itself; nothing else in that directory is touched.
+            local_root, name = _single_file_destination(local_root, subpath)
+            one = entries[0]
+            entries = [Entry(name, one.kind, one.mode, one.mtime_ns, one.size, one.chunks, one.link, one.meta)]
+        summary.snapshot = snapshot
+        summary.files_scanned = len(entries)
+        summary.files = sum(1 for e in entries if e.kind == "f")
+        if options.progress is not None:
+            options.progress.total_files(summary.files)
+        try:
+            dest = SafeDest(local_root)
+        except OSError as e:
+            raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
+        _raise_open_files_limit()
+        pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
+        pool.start()
+        content = Content(crypt.sealer) if crypt is not None else PLAIN
+        params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
+        run = _PullRun(
+            reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote,
+            asked=subpath,
+        )
+        run.damaged.extend(refused)  # entries whose names or metadata failed authentication: not written
+        try:
+            await run.run(entries)
+        finally:
+            pool.stop()
+            dest.close()
+        summary.warnings.extend(run.errors)
+        summary.files_damaged = len(run.damaged)
+        summary.bytes_sent = peer.bytes_sent - sent0
+        summary.bytes_received = peer.bytes_received - received0
+        summary.elapsed_s = time.monotonic() - started
+        if run.errors or run.damaged:
+            summary.files_skipped = max(summary.files_skipped, len(run.errors))
+            raise PullIncomplete(summary, run.errors, run.damaged)
+        return summary
 
 
 def _raise_open_files_limit(wanted: int = 8192) -> None:

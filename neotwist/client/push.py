@@ -36,7 +36,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from neotwist.chunking import Chunker
-from neotwist.client.encryption import Crypt, KeySource, open_for_push
+from neotwist.client.encryption import Crypt, KeySource, open_for_push, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
 from neotwist.client.pins import TargetPin
@@ -643,46 +643,47 @@ async def push(
     if opened.encrypted != (crypt is not None):
         raise PushError(f"the server opened target {target} with the wrong encryption; nothing was sent")
     summary.encrypted = crypt is not None
-    if options.cache is not None:
-        # ids of an encrypted target are keyed: its cache must never lend ids to another keying, or take any
-        options.cache.bind("plaintext" if crypt is None else f"encrypted {crypt.keys.fingerprint}")
-        options.cache.load()
-        if options.cache.load_error and options.warn is not None:
-            options.warn(options.cache.load_error)
-    params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
-    pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers + 1), name="neo-push")
-    pool.start()
-    try:
-        use_cache = options.cache is not None
-        while True:
-            run = _PushRun(
-                reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt
-            )
-            try:
-                committed = await run.run()
-                break
-            except RemoteError as e:
-                if e.code != ErrorCode.MISSING_CHUNKS or not use_cache:
-                    raise
-            # The cache named chunks the server no longer has: start over reading every file.
-            await peer.request(Abort(rid=0, handle=opened.handle))
-            use_cache = False
-            summary = PushSummary(retried_without_cache=True, encrypted=crypt is not None)
-    finally:
-        pool.stop()
-    if options.cache is not None:
+    with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
+        if options.cache is not None:
+            # ids of an encrypted target are keyed: its cache must never lend ids to another keying, or take any
+            options.cache.bind("plaintext" if crypt is None else f"encrypted {crypt.keys.fingerprint}")
+            options.cache.load()
+            if options.cache.load_error and options.warn is not None:
+                options.warn(options.cache.load_error)
+        params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
+        pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers + 1), name="neo-push")
+        pool.start()
         try:
-            options.cache.save()
-        except OSError as e:
-            summary.warnings.append(f"cannot save the files cache: {e}")
-    summary.snapshot = committed.snapshot
-    summary.new_chunks = committed.new_chunks
-    summary.new_bytes = committed.new_bytes
-    summary.deleted = committed.deleted
-    summary.bytes_sent = peer.bytes_sent - sent0
-    summary.bytes_received = peer.bytes_received - received0
-    summary.elapsed_s = time.monotonic() - started
-    return summary
+            use_cache = options.cache is not None
+            while True:
+                run = _PushRun(
+                    reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt
+                )
+                try:
+                    committed = await run.run()
+                    break
+                except RemoteError as e:
+                    if e.code != ErrorCode.MISSING_CHUNKS or not use_cache:
+                        raise
+                # The cache named chunks the server no longer has: start over reading every file.
+                await peer.request(Abort(rid=0, handle=opened.handle))
+                use_cache = False
+                summary = PushSummary(retried_without_cache=True, encrypted=crypt is not None)
+        finally:
+            pool.stop()
+        if options.cache is not None:
+            try:
+                options.cache.save()
+            except OSError as e:
+                summary.warnings.append(f"cannot save the files cache: {e}")
+        summary.snapshot = committed.snapshot
+        summary.new_chunks = committed.new_chunks
+        summary.new_bytes = committed.new_bytes
+        summary.deleted = committed.deleted
+        summary.bytes_sent = peer.bytes_sent - sent0
+        summary.bytes_received = peer.bytes_received - received0
+        summary.elapsed_s = time.monotonic() - started
+        return summary
 
 
 async def _gather(ds: list[Any]) -> list[Any]:

@@ -19,14 +19,13 @@ password manager; it is useless without the passphrase)::
   associated data: changing the id, the KDF parameters or the cipher name makes unwrapping fail, exactly like a
   wrong passphrase does (the two cannot be told apart, and need not be).
 
-Files are written atomically (temporary file in the same directory, mode 0600, fsync, rename or link, fsync of
-the directory) and never overwritten unless asked.
+Files are written atomically (:func:`neotwist.atomicfile.atomic_write`: mode 0600, fsync, rename or link, fsync
+of the directory) and never overwritten unless asked.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Literal
@@ -37,6 +36,7 @@ from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from neotwist.atomicfile import atomic_write
 from neotwist.crypto import KeyFileError, WrongPassphrase
 from neotwist.crypto.keys import MASTER_KEY_SIZE, key_id
 
@@ -123,9 +123,15 @@ def _passphrase_bytes(passphrase: str) -> bytes:
     return unicodedata.normalize("NFC", passphrase).encode("utf-8")
 
 
-def check_bounds(params: KdfParams, where: str = "the key file") -> None:
-    """Refuse KDF parameters that would cost too much to run (KeyFileError naming ``where``): the per-field
-    bounds are in :class:`KdfParams`; here the combined cost, and scrypt's own rules."""
+def check_bounds(
+    params: KdfParams,
+    where: str = "the key file",
+    fix: str = "re-protect the key with 'neo-key passwd' where it opens",
+) -> None:
+    """Refuse KDF parameters that would cost too much to run (KeyFileError naming ``where``, and saying ``fix``
+    when the cost is too high): the per-field bounds are in :class:`KdfParams`; here the combined cost, and
+    scrypt's own rules. neo-key checks the parameters it is asked to write with this too, so that it never
+    writes a file it would refuse to read, nor refuses one it would read."""
     if params.algorithm == "scrypt":
         n = params.memory_kib
         if n & (n - 1):
@@ -138,7 +144,7 @@ def check_bounds(params: KdfParams, where: str = "the key file") -> None:
         raise KeyFileError(
             f"{where} asks for a KDF of {params.memory_kib // 1024} MiB x {params.iterations} pass(es) x "
             f"{params.lanes} lane(s): more than this client runs (memory x passes at most {MAX_WORK_KIB // 1024**2} "
-            "GiB); re-protect the key with 'neo-key passwd' where it opens"
+            f"GiB); {fix}"
         )
 
 
@@ -246,32 +252,10 @@ def load(path: Path) -> KeyFile:
 def save(path: Path, kf: KeyFile, *, replace: bool = False) -> None:
     """Write ``kf`` to ``path`` atomically with mode 0600; refuse an existing file unless ``replace``."""
     path = Path(path)
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".neo-key-", dir=directory)  # mkstemp creates it 0600
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(dumps(kf))
-            f.flush()
-            os.fsync(f.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if the name exists: no window where another file is clobbered
-            except FileExistsError:
-                raise KeyFileError(
-                    f"{path} already exists; it was left alone (give another --key-file, or remove it first)"
-                ) from None
-            os.unlink(tmp)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        atomic_write(path, dumps(kf), replace=replace)
+    except FileExistsError:
+        raise KeyFileError(
+            f"{path} already exists; it was left alone (give another --key-file, or remove it first)"
+        ) from None
