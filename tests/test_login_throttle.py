@@ -84,15 +84,19 @@ def test_a_burst_of_concurrent_logins_gets_no_more_guesses_than_the_limit(kit: K
     queued = Queued()
     kit.services.run_blocking = queued
     attempts = [login(kit, "alice", f"guess {i}", f"192.0.2.{i}:1") for i in range(LIMIT + 3)]
-    # LIMIT checks are running; every later connection is refused at once, without a bcrypt check
+    # LIMIT checks are running; every later connection waits for its turn, without a bcrypt check
     assert len(queued.jobs) == LIMIT
-    for out, _pump in attempts[LIMIT:]:
-        refused = error_of(out)
-        assert refused.code == ErrorCode.THROTTLED and "too many failed logins" in refused.message
+    assert all(not out for out, _pump in attempts[LIMIT:])
     queued.run_all()
     for out, pump in attempts[:LIMIT]:
         pump.flush()
         assert error_of(out).code == ErrorCode.AUTH_FAILED
+    # the LIMIT failures block the account: the waiting ones are refused, and never checked
+    for out, pump in attempts[LIMIT:]:
+        pump.flush()
+        refused = error_of(out)
+        assert refused.code == ErrorCode.THROTTLED and "too many failed logins" in refused.message
+    assert not queued.jobs
     # the right password is refused too until the block ends, then works
     out, _pump = login(kit, "alice", PASSWORD)
     assert error_of(out).code == ErrorCode.THROTTLED and not queued.jobs
@@ -101,6 +105,42 @@ def test_a_burst_of_concurrent_logins_gets_no_more_guesses_than_the_limit(kit: K
     queued.run_all()
     pump.flush()
     assert isinstance(out[0], LoggedIn)
+
+
+def test_a_burst_of_good_logins_from_one_address_all_get_in(kit: Kit) -> None:
+    """Sixteen clients of one account behind one address (a benchmark, an office behind NAT) log in at once:
+    they take turns at the bcrypt checks, and none is refused."""
+    queued = Queued()
+    kit.services.run_blocking = queued
+    attempts = [login(kit, "alice", PASSWORD) for _ in range(16)]
+    assert len(queued.jobs) == LIMIT
+    while queued.jobs:
+        queued.run_all()
+        for _out, pump in attempts:
+            pump.flush()
+    assert all(out and isinstance(out[0], LoggedIn) for out, _pump in attempts), [o for o, _p in attempts]
+
+
+def test_a_login_waiting_for_its_turn_goes_with_its_connection(kit: Kit) -> None:
+    queued = Queued()
+    checks: list[tuple[Any, ...]] = []
+
+    def counted(f: Any, *args: Any) -> Deferred[Any]:
+        checks.append(args)
+        return queued(f, *args)
+
+    kit.services.run_blocking = counted
+    running = [login(kit, "alice", PASSWORD) for _ in range(LIMIT)]
+    out, pump = login(kit, "alice", "the one that leaves")
+    assert len(checks) == LIMIT and not out
+    pump.server.transport.loseConnection()  # type: ignore[attr-defined]
+    pump.flush()
+    queued.run_all()  # the running logins succeed, which would admit a waiting one
+    for good, p in running:
+        p.flush()
+        assert isinstance(good[0], LoggedIn)
+    assert len(checks) == LIMIT  # the lost connection's login was withdrawn: no check ran for it
+    assert all("the one that leaves" not in args for args in checks)
 
 
 def test_a_success_is_not_left_counted_against_the_address(kit: Kit) -> None:

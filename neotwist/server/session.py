@@ -53,7 +53,7 @@ from neotwist.server.repository.target import ChunkRejected, OverBudget
 from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.ssh import RunBlocking, thread_runner
-from neotwist.server.throttle import LoginThrottle, too_many, valid_login_name
+from neotwist.server.throttle import Attempt, LoginThrottle, Throttled, valid_login_name
 from neotwist.server.usage import account_usage, grantee_over_quota, over_quota
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
@@ -232,6 +232,7 @@ class ServerSession:
         self.peer: Peer | None = None
         clock = services.reactor
         self._login_timer = clock.callLater(limits.LOGIN_TIMEOUT, self._login_timed_out) if account is None else None
+        self._login_turn: Deferred[Attempt] | None = None
         self._idle_timer = clock.callLater(limits.IDLE_TIMEOUT, self._idle_timed_out)
         services.sessions.add(self)
 
@@ -289,19 +290,13 @@ class ServerSession:
         # characters could forge log lines; random names would only churn the throttle's memory).
         name = valid_login_name(message.account)
         shown = name if name is not None else "(invalid name)"
-        wait = throttle.password_wait(name, self.address)
-        if wait > 0:
+
+        def throttled(failure: Failure) -> None:
+            failure.trap(Throttled)
             self._count_failed_login(peer)
-            log.info(
-                "login throttled: account={account} address={address} method=password wait={wait:.0f}",
-                account=shown,
-                address=self.address,
-                wait=wait,
-            )
-            raise NeoError(ErrorCode.THROTTLED, too_many(wait))
-        # Counted as failed before the bcrypt check (and taken back on success), so concurrent connections see
-        # it: a burst of logins cannot get more guesses in than the throttle allows.
-        attempt = throttle.begin(name, self.address)
+            log.info("login throttled: account={account} address={address} method=password wait={wait:.0f}",
+                     account=shown, address=self.address, wait=failure.value.wait)  # fmt: skip
+            raise NeoError(ErrorCode.THROTTLED, failure.value.message)
 
         def refuse() -> None:
             self._count_failed_login(peer)
@@ -309,31 +304,39 @@ class ServerSession:
                      address=self.address)  # fmt: skip
             raise NeoError(ErrorCode.AUTH_FAILED, "wrong account or password")
 
-        if name is None:  # no such account can exist: no bcrypt to spend
-            throttle.settle(attempt, False)
-            refuse()
+        def check(attempt: Attempt) -> Deferred[None]:
+            """Admitted by the throttle (which bounds the checks of this account and address running at once, so a
+            burst of connections gets no more guesses than it allows): the bcrypt check, in a thread."""
+            self._login_turn = None  # admitted: no longer withdrawn when the connection goes
 
-        def checked(account: Account | None) -> None:
-            if account is None:
+            def checked(account: Account | None) -> None:
+                if account is None:
+                    throttle.settle(attempt, False)
+                    refuse()
+                    return
+                throttle.settle(attempt, True)
+                self.account = account
+                self._cancel_login_timer()
+                log.info(
+                    "login: account={account} address={address} method=password",
+                    account=account.name,
+                    address=self.address,
+                )
+                peer.send(LoggedIn(rid=message.rid, account=account.name))
+
+            def errored(failure: Failure) -> Failure:
+                throttle.settle(attempt, None)  # not a wrong password: an error of ours
+                return failure
+
+            if name is None:  # no such account can exist: no bcrypt to spend
                 throttle.settle(attempt, False)
                 refuse()
-                return
-            throttle.settle(attempt, True)
-            self.account = account
-            self._cancel_login_timer()
-            log.info(
-                "login: account={account} address={address} method=password",
-                account=account.name,
-                address=self.address,
-            )
-            peer.send(LoggedIn(rid=message.rid, account=account.name))
+            d = self.services.run(self.services.accounts.verify_password, message.account, message.password)
+            return d.addCallbacks(checked, errored)
 
-        def errored(failure: Failure) -> Failure:
-            throttle.settle(attempt, None)  # not a wrong password: an error of ours
-            return failure
-
-        d = self.services.run(self.services.accounts.verify_password, message.account, message.password)
-        return d.addCallbacks(checked, errored)
+        # Kept so that a connection lost while its login waits for its turn withdraws it (connection_lost).
+        self._login_turn = throttle.begin(name, self.address)
+        return self._login_turn.addCallbacks(check, throttled)
 
     def _count_failed_login(self, peer: Peer) -> None:
         self._failed_logins += 1
@@ -1201,6 +1204,9 @@ class ServerSession:
             self._submit_puts(handle)  # chunks already received are kept for the next push
         self._closed = True
         self._cancel_login_timer()
+        if self._login_turn is not None:
+            self._login_turn.cancel()  # a login still waiting for its turn at the throttle goes
+            self._login_turn = None
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None

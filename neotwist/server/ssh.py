@@ -57,7 +57,7 @@ from zope.interface import implementer
 
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.logs import conch_log
-from neotwist.server.throttle import LoginThrottle, too_many, valid_login_name
+from neotwist.server.throttle import LoginThrottle, Throttled, valid_login_name
 from neotwist.sshchannel import CHANNEL_MAX_PACKET, CHANNEL_WINDOW, LinearBacklog
 from neotwist.wire import limits
 
@@ -214,23 +214,29 @@ class NeoUserAuthServer(SSHUserAuthServer):
         # Counted attempts: passwords, and public keys offered with a signature. A key offered without one is
         # only a question ("would this key do?"): clients ask about several keys before signing with one.
         counted = kind == b"password" or (kind == b"publickey" and data[:1] not in (b"", b"\x00"))
-        if throttle is not None and counted:
-            if kind == b"password":
-                wait = throttle.password_wait(name, address)
-            else:
-                wait = throttle.address_wait(address)
-            if wait > 0:
-                log.info(
-                    "login throttled: account={account} address={address} method={method} wait={wait:.0f}",
-                    account=account,
-                    address=address,
-                    method=method,
-                    wait=wait,
-                )
-                transport.sendDisconnect(DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, too_many(wait).encode("ascii"))
-                return defer.fail(conch_error.IgnoreAuthentication())
-        # Counted as failed before the check runs (taken back on success): concurrent connections see it.
-        attempt = throttle.begin(name, address) if throttle is not None and counted else None
+        if throttle is None or not counted:
+            return self._check(kind, user, data, name, address, method, None)
+        # A password attempt counts against the account and the address; a signed key only against the address
+        # (a key cannot be guessed, so a password-guessing attacker must not lock its owner's keys out).
+        turn = throttle.begin(name if kind == b"password" else None, address)
+
+        def throttled(reason: Failure) -> Failure:
+            reason.trap(Throttled)
+            log.info("login throttled: account={account} address={address} method={method} wait={wait:.0f}",
+                     account=account, address=address, method=method, wait=reason.value.wait)  # fmt: skip
+            transport.sendDisconnect(DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, reason.value.message.encode("ascii"))
+            return Failure(conch_error.IgnoreAuthentication())
+
+        return turn.addCallbacks(lambda attempt: self._check(kind, user, data, name, address, method, attempt),
+                                 throttled)  # fmt: skip
+
+    def _check(
+        self, kind: bytes, user: bytes, data: bytes, name: str | None, address: str, method: str, attempt: Any
+    ) -> defer.Deferred[Any]:
+        """The check itself (admitted by the throttle when ``attempt`` is not None, which is then settled)."""
+        transport: Any = self.transport
+        throttle: LoginThrottle | None = getattr(transport.factory, "throttle", None)
+        account = name if name is not None else "(invalid name)"
         if name is None and kind in (b"password", b"publickey"):
             d: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("bad account name"))  # no such account can exist
         else:
@@ -240,7 +246,7 @@ class NeoUserAuthServer(SSHUserAuthServer):
             if throttle is not None:
                 if attempt is not None:
                     throttle.settle(attempt, True)
-                elif name is not None:
+                if name is not None:
                     throttle.succeeded(name, address)
             log.info(
                 "login: account={account} address={address} method={method}",

@@ -11,10 +11,14 @@ Which attempts a key blocks is the caller's choice: the session and the SSH serv
 when the account *or* the address is blocked, and signed public-key attempts only when the address is (a key
 cannot be guessed, so a password-guessing attacker must not lock out its owner's keys).
 
-An attempt is counted as failed when it *starts* (:meth:`LoginThrottle.begin`), before its bcrypt check, and
-taken back when it turns out to be a success (:meth:`LoginThrottle.settle`). Counting only after the check would
-let a burst of concurrent connections all pass the "blocked?" test while their checks run, and so get many more
-guesses than :data:`LIMIT` before the first failure is recorded.
+Checks of one key run at most LIMIT at a time, counting the failures already in its window: an attempt is
+admitted to its bcrypt check (:meth:`LoginThrottle.begin`) only while ``failures + checks running`` stays below
+LIMIT for each key it counts against (one check at a time once a block has ended), and otherwise waits for a
+running check to end. So a burst of concurrent
+connections guessing passwords gets LIMIT checks, after which the key is blocked and the waiting attempts are
+refused without a check; while a burst of concurrent *good* logins (sixteen clients behind one address, all of
+one account) only waits its turn, and every one of them gets in. Counting an attempt as failed before its check
+(and taking it back on success) would also bound the guesses, but refuses such a burst of good logins.
 
 Account keys are only made for valid account names (the caller checks them, :func:`neotwist.paths.check_name`):
 a name with control characters or other junk is counted against the address alone and never logged as is.
@@ -28,6 +32,8 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
 
 from neotwist.paths import check_name
 from neotwist.wire.errors import NeoError
@@ -47,21 +53,43 @@ MAX_DELAY = 900.0
 MAX_KEYS = 100_000
 """Keys (account names and addresses) remembered at most; an attacker's random names cannot grow memory."""
 
+MAX_WAITING = 256
+"""Attempts waiting for their turn at most (all keys together); more are refused at once."""
+
 
 @dataclass
 class _Record:
     failures: deque[float] = field(default_factory=deque)
     blocked_until: float = 0.0
+    running: int = 0  # admitted attempts whose check has not ended
+
+
+Key = tuple[str, str]
 
 
 @dataclass
 class Attempt:
-    """A login attempt counted as failed in advance (see :meth:`LoginThrottle.begin`); settle it once."""
+    """A login attempt admitted to its check (see :meth:`LoginThrottle.begin`); settle it once."""
 
-    time: float
-    keys: list[tuple[tuple[str, str], float]]  # each key counted, with its blocked_until before this attempt
+    keys: list[Key]
     account: str | None
     settled: bool = False
+
+
+class Throttled(Exception):
+    """A login attempt refused before any check: ``message`` says how long to wait (``wait`` seconds)."""
+
+    def __init__(self, message: str, wait: float) -> None:
+        super().__init__(message)
+        self.message = message
+        self.wait = wait
+
+
+@dataclass
+class _Waiter:
+    keys: list[Key]
+    account: str | None
+    deferred: Deferred[Attempt]
 
 
 def host_of(address: str) -> str:
@@ -104,12 +132,13 @@ class LoginThrottle:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_keys = max_keys
-        self._records: OrderedDict[tuple[str, str], _Record] = OrderedDict()
+        self._records: OrderedDict[Key, _Record] = OrderedDict()
+        self._waiting: list[_Waiter] = []
 
     def _now(self) -> float:
         return float(self.clock.seconds())
 
-    def _wait(self, key: tuple[str, str], now: float) -> float:
+    def _wait(self, key: Key, now: float) -> float:
         record = self._records.get(key)
         return 0.0 if record is None else max(0.0, record.blocked_until - now)
 
@@ -126,68 +155,114 @@ class LoginThrottle:
         (0: now)."""
         return max(0.0 if account is None else self.account_wait(account), self.address_wait(address))
 
-    def begin(self, account: str | None, address: str) -> Attempt:
-        """Count an attempt that is about to be checked as a failure *now*, so attempts running at the same time
-        see it; :meth:`settle` takes it back if it succeeds. ``account`` None: an invalid name (address only)."""
-        now = self._now()
-        keys = [("address", host_of(address))]
+    def begin(self, account: str | None, address: str) -> Deferred[Attempt]:
+        """Admit a login attempt to its check, counted against ``address`` and, unless None, ``account``. Fires
+        with an :class:`Attempt` (to :meth:`settle` when the check ends) once every key has room for one more
+        check (see the module docstring), at once if it has; fails with :class:`Throttled` if a key is blocked,
+        or becomes blocked while the attempt waits, or if too many attempts wait already. Cancelling the
+        Deferred withdraws a waiting attempt (its connection went away)."""
+        keys: list[Key] = [("address", host_of(address))]
         if account is not None:
             keys.insert(0, ("account", account))
-        counted = []
+        now = self._now()
+        wait = max(self._wait(key, now) for key in keys)
+        if wait > 0:
+            return fail(Throttled(too_many(wait), wait))
+        if self._has_room(keys, now):
+            return succeed(self._admit(keys, account, now))
+        if len(self._waiting) >= MAX_WAITING:
+            return fail(Throttled("too many logins at once; try again in a few seconds", 1.0))
+
+        def withdraw(d: Deferred[Attempt]) -> None:
+            self._waiting = [w for w in self._waiting if w.deferred is not d]
+
+        waiter = _Waiter(keys, account, Deferred(withdraw))
+        self._waiting.append(waiter)
+        return waiter.deferred
+
+    def _record(self, key: Key, now: float) -> _Record:
+        record = self._records.get(key)
+        if record is None:
+            self._make_room(now)
+            record = self._records[key] = _Record()
+        else:
+            self._records.move_to_end(key)
+        failures = record.failures
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        return record
+
+    def _has_room(self, keys: list[Key], now: float) -> bool:
         for key in keys:
             record = self._records.get(key)
             if record is None:
-                self._make_room(now)
-                record = self._records[key] = _Record()
-            else:
-                self._records.move_to_end(key)
+                continue
             failures = record.failures
             while failures and failures[0] <= now - self.window:
                 failures.popleft()
-            failures.append(now)
-            counted.append((key, record.blocked_until))
-            self._block(record, now)
-        return Attempt(now, counted, account)
+            if record.running >= max(1, self.limit - len(failures)):  # past a block's end: one at a time
+                return False
+        return True
+
+    def _admit(self, keys: list[Key], account: str | None, now: float) -> Attempt:
+        for key in keys:
+            self._record(key, now).running += 1
+        return Attempt(keys, account)
 
     def settle(self, attempt: Attempt, ok: bool | None) -> None:
-        """End an attempt from :meth:`begin`: ``False`` it failed (it stays counted); ``True`` it succeeded (the
-        account's failures are forgotten, and the address's count loses this attempt); ``None`` it was not an
-        authentication failure at all (an internal error, a method refused before any check): taken back."""
+        """End an attempt from :meth:`begin`: ``False`` it failed (counted now, and its keys blocked once they
+        hold LIMIT failures); ``True`` it succeeded (the account's failures are forgotten); ``None`` it was not an
+        authentication failure at all (an internal error, a method refused before any check): not counted.
+        Attempts waiting for these keys are then admitted, or refused if a key is now blocked."""
         if attempt.settled:
             return
         attempt.settled = True
-        if ok is False:  # the block runs from the failure's answer, as if it had been counted only now
-            now = self._now()
-            for key, _before in attempt.keys:
-                record = self._records.get(key)
-                if record is not None:
-                    self._block(record, now)
-            return
-        for key, before in attempt.keys:
+        now = self._now()
+        for key in attempt.keys:
             record = self._records.get(key)
             if record is None:
-                continue
-            try:
-                record.failures.remove(attempt.time)
-            except ValueError:
-                continue  # already out of the window
-            if len(record.failures) < self.limit:
-                record.blocked_until = min(record.blocked_until, before)  # the block this attempt caused, if any
+                continue  # forgotten to make room: nothing to take back
+            record.running = max(0, record.running - 1)
+            if ok is False:
+                record.failures.append(now)
+                self._block(record, now)
         if ok and attempt.account is not None:
             self.succeeded(attempt.account, "")
+        self._serve_waiting(now)
+
+    def _serve_waiting(self, now: float) -> None:
+        """Admit, in order, the waiting attempts that now have room; refuse those whose key is now blocked."""
+        ready: list[tuple[Deferred[Attempt], Attempt | Throttled]] = []
+        still: list[_Waiter] = []
+        for waiter in self._waiting:
+            wait = max(self._wait(key, now) for key in waiter.keys)
+            if wait > 0:
+                ready.append((waiter.deferred, Throttled(too_many(wait), wait)))
+            elif self._has_room(waiter.keys, now):
+                ready.append((waiter.deferred, self._admit(waiter.keys, waiter.account, now)))
+            else:
+                still.append(waiter)
+        self._waiting = still
+        for d, outcome in ready:  # fired last: a callback may begin or settle other attempts
+            if isinstance(outcome, Throttled):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
 
     def _block(self, record: _Record, now: float) -> None:
         """Block ``record``'s key from ``now`` if it holds at least LIMIT failures: BASE_DELAY, doubled for every
-        failure after the LIMIT-th, at most MAX_DELAY; a longer block already running is kept. The one formula
-        for both places that set a block: counting an attempt (:meth:`begin`) and answering it as a failure
-        (:meth:`settle`), so the two cannot drift apart."""
+        failure after the LIMIT-th, at most MAX_DELAY; a longer block already running is kept."""
         if len(record.failures) >= self.limit:
             delay = min(self.max_delay, self.base_delay * 2 ** (len(record.failures) - self.limit))
             record.blocked_until = max(record.blocked_until, now + delay)
 
     def succeeded(self, account: str, address: str) -> None:
-        """A login succeeded: forget the account's failures (the address keeps its count)."""
-        self._records.pop(("account", account), None)
+        """A login succeeded: forget the account's failures and block (the address keeps its count). The record
+        stays while checks of the account run, so they stay counted."""
+        record = self._records.get(("account", account))
+        if record is not None:
+            record.failures.clear()
+            record.blocked_until = 0.0
 
     def _make_room(self, now: float) -> None:
         if len(self._records) < self.max_keys:
@@ -202,4 +277,5 @@ class LoginThrottle:
 
 
 def _stale(record: _Record, now: float, window: float) -> bool:
-    return not record.failures or record.failures[-1] <= now - window
+    """Nothing left to remember: no check running, no failure in the window."""
+    return not record.running and (not record.failures or record.failures[-1] <= now - window)
