@@ -36,6 +36,7 @@ from neotwist.client.clibase import (
     target_pin,
 )
 from neotwist.client.encryption import (
+    Crypt,
     EncryptionDowngrade,
     EncryptionRefused,
     Namer,
@@ -48,7 +49,7 @@ from neotwist.client.pins import PinFileError
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_at, parse_duration
 from neotwist.crypto import CryptoError, WrongPassphrase
-from neotwist.wire.messages import GetUsage, UsageInfo
+from neotwist.wire.messages import GetUsage, Opened, UsageInfo
 from neotwist.wire.peer import Peer
 
 _LS_EPILOG = f"""\
@@ -238,6 +239,23 @@ def _parse(parser: Parser, argv: Sequence[str] | None, need_target: bool = True)
 # --- neo-ls ------------------------------------------------------------------------------------------------
 
 
+async def _open_snapshotted(peer: Peer, args: argparse.Namespace, remote: Remote) -> tuple[Opened, Crypt | None]:
+    """Open REMOTE for reading as neo-ls and neo-check do (key, grant root, pin and --require-encryption from
+    the command line); a target without a snapshot yet is an error that says to push first."""
+    opened, crypt = await open_for_read(
+        peer,
+        remote.target,
+        remote.path,
+        key_source(args),
+        args.grant_root.strip("/"),
+        target_pin(remote),
+        args.require_encryption,
+    )
+    if not opened.exists or opened.latest is None:
+        raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
+    return opened, crypt
+
+
 def ls_main(argv: Sequence[str] | None = None) -> int:
     parser = _ls_parser()
     args, remote = _parse(parser, argv, need_target=False)
@@ -268,17 +286,7 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
             return _show_targets(args, await stash.list_targets(peer))
         # An encrypted target is opened at its encrypted sub-path and listed decrypted (issue 6): names and
         # metadata come from the entries' sealed metadata, authenticated on the way.
-        opened, crypt = await open_for_read(
-            peer,
-            remote.target,
-            remote.path,
-            key_source(args),
-            args.grant_root.strip("/"),
-            target_pin(remote),
-            args.require_encryption,
-        )
-        if not opened.exists or opened.latest is None:
-            raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
+        opened, crypt = await _open_snapshotted(peer, args, remote)
         with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
             namer = Namer(peer, opened.handle, crypt) if crypt is not None else None
             code = EXIT_OK
@@ -589,17 +597,7 @@ def check_main(argv: Sequence[str] | None = None) -> int:
     async def body(peer: Peer) -> int:
         from neotwist.client.progress import Progress
 
-        opened, crypt = await open_for_read(
-            peer,
-            remote.target,
-            remote.path,
-            key_source(args),
-            args.grant_root.strip("/"),
-            target_pin(remote),
-            args.require_encryption,
-        )
-        if not opened.exists or opened.latest is None:
-            raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
+        opened, crypt = await _open_snapshotted(peer, args, remote)
         with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
             show = (not (args.quiet or args.json)) if args.progress is None else args.progress
             progress = Progress(show, "checked", count_files=False)
