@@ -457,3 +457,61 @@ def test_failed_logins_are_throttled_without_bcrypt(server: Server, log_lines: l
     text = "\n".join(log_lines)
     assert "login throttled: account=alice address=10.9.9.9" in text
     assert "wrong guess" not in text and "correct horse" not in text
+
+
+def test_a_burst_of_good_logins_from_one_address_all_get_in(server: Server) -> None:
+    """Sixteen SSH clients of one account from one address log in at once (a fleet behind NAT, a benchmark):
+    LIMIT password checks run at a time, the others wait their turn, and every one gets in."""
+    from neotwist.server import throttle
+
+    server.accounts.add("alice", "correct horse")
+    jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def queued(f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        jobs.append((d, f, args))
+        return d
+
+    for checker in server.factory.portal.checkers.values():  # type: ignore[attr-defined]
+        if hasattr(checker, "_run"):
+            checker._run = queued  # bcrypt checks that are still running until released below
+    clients = [server.connect("alice", ["correct horse"]) for _ in range(16)]
+    assert len(jobs) == throttle.LIMIT
+    while jobs:
+        d, f, args = jobs.pop(0)
+        defer.maybeDeferred(f, *args).chainDeferred(d)
+        for _client, _conn, pump in clients:
+            server.flush(pump)
+    assert all(conn.started for _client, conn, _pump in clients)
+    assert all(client.disconnected_reason is None for client, _conn, _pump in clients)
+
+
+def test_a_login_waiting_for_its_turn_goes_with_its_connection(server: Server, log_lines: list[str]) -> None:
+    from neotwist.server import throttle
+
+    server.accounts.add("alice", "correct horse")
+    jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+    checked: list[tuple[Any, ...]] = []
+
+    def queued(f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        jobs.append((d, f, args))
+        checked.append(args)
+        return d
+
+    for checker in server.factory.portal.checkers.values():  # type: ignore[attr-defined]
+        if hasattr(checker, "_run"):
+            checker._run = queued
+    clients = [server.connect("alice", ["correct horse"]) for _ in range(throttle.LIMIT)]
+    leaving, _conn, pump = server.connect("alice", ["the one that leaves"])
+    assert len(jobs) == throttle.LIMIT
+    leaving.transport.loseConnection()
+    server.flush(pump)
+    while jobs:  # the running logins succeed, which would admit a waiting one
+        d, f, args = jobs.pop(0)
+        defer.maybeDeferred(f, *args).chainDeferred(d)
+        for _client, _c, p in clients:
+            server.flush(p)
+    assert all(conn.started for _client, conn, _p in clients)
+    assert len(checked) == throttle.LIMIT and all("the one that leaves" not in args for args in checked)
+    assert_clean_log(log_lines)

@@ -57,7 +57,7 @@ from zope.interface import implementer
 
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.logs import conch_log
-from neotwist.server.throttle import LoginThrottle, Throttled, valid_login_name
+from neotwist.server.throttle import Attempt, LoginThrottle, Throttled, valid_login_name
 from neotwist.sshchannel import CHANNEL_MAX_PACKET, CHANNEL_WINDOW, LinearBacklog
 from neotwist.wire import limits
 
@@ -200,6 +200,14 @@ class NeoUserAuthServer(SSHUserAuthServer):
         assert self.transport is not None
         self.clock = getattr(self.transport.factory, "clock", None) or self.clock
         super().serviceStarted()
+        self._turn: defer.Deferred[Any] | None = None
+
+    def serviceStopped(self) -> None:
+        # A login still waiting for its turn at the throttle goes with its connection (no check runs for it).
+        if self._turn is not None:
+            turn, self._turn = self._turn, None
+            turn.cancel()
+        super().serviceStopped()
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> defer.Deferred[Any]:
         if kind == b"none":
@@ -218,17 +226,22 @@ class NeoUserAuthServer(SSHUserAuthServer):
             return self._check(kind, user, data, name, address, method, None)
         # A password attempt counts against the account and the address; a signed key only against the address
         # (a key cannot be guessed, so a password-guessing attacker must not lock its owner's keys out).
-        turn = throttle.begin(name if kind == b"password" else None, address)
+        turn = self._turn = throttle.begin(name if kind == b"password" else None, address)
 
         def throttled(reason: Failure) -> Failure:
+            if reason.check(defer.CancelledError):  # withdrawn: the connection went while it waited
+                return Failure(conch_error.IgnoreAuthentication())
             reason.trap(Throttled)
             log.info("login throttled: account={account} address={address} method={method} wait={wait:.0f}",
                      account=account, address=address, method=method, wait=reason.value.wait)  # fmt: skip
             transport.sendDisconnect(DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, reason.value.message.encode("ascii"))
             return Failure(conch_error.IgnoreAuthentication())
 
-        return turn.addCallbacks(lambda attempt: self._check(kind, user, data, name, address, method, attempt),
-                                 throttled)  # fmt: skip
+        def admitted(attempt: Attempt) -> defer.Deferred[Any]:
+            self._turn = None
+            return self._check(kind, user, data, name, address, method, attempt)
+
+        return turn.addCallbacks(admitted, throttled)
 
     def _check(
         self, kind: bytes, user: bytes, data: bytes, name: str | None, address: str, method: str, attempt: Any
