@@ -13,8 +13,9 @@ from twisted.conch.ssh import common
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.conch.ssh.keys import Key
-from twisted.conch.ssh.transport import SSHClientTransport
-from twisted.conch.ssh.userauth import SSHUserAuthClient
+from twisted.conch.ssh.service import SSHService
+from twisted.conch.ssh.transport import MSG_SERVICE_REQUEST, SSHClientTransport
+from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST, SSHUserAuthClient
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory
@@ -515,3 +516,62 @@ def test_a_login_waiting_for_its_turn_goes_with_its_connection(server: Server, l
     assert all(conn.started for _client, conn, _p in clients)
     assert len(checked) == throttle.LIMIT and all("the one that leaves" not in args for args in checked)
     assert_clean_log(log_lines)
+
+
+def userauth_service(server: Server, user: str) -> tuple[Client, IOPump, Any]:
+    """A connection whose client asks for ``ssh-userauth`` and nothing more: the test sends the requests itself."""
+    client, _conn, pump = server.connect(user, [], authenticate=False)
+    client.instance = SSHService()  # type: ignore[attr-defined]
+    client.instance.name = b"ssh-userauth"  # type: ignore[attr-defined]
+    client.sendPacket(MSG_SERVICE_REQUEST, common.NS(b"ssh-userauth"))
+    server.flush(pump)
+    return client, pump, pump.server.service  # type: ignore[attr-defined]
+
+
+def send_userauth(client: Client, user: bytes, method: bytes, data: bytes) -> None:
+    client.sendPacket(MSG_USERAUTH_REQUEST, common.NS(user) + common.NS(b"ssh-connection") + common.NS(method) + data)
+
+
+def test_a_malformed_login_request_is_a_failure_and_gives_its_turn_back(server: Server, log_lines: list[str]) -> None:
+    """A password request cut short makes conch's parser raise: it is answered as a failed attempt, and its turn at
+    the throttle is given back (it does not hold a check of the account, or of the address, for ever)."""
+    from neotwist.server import throttle
+
+    server.accounts.add("alice", "correct horse")
+    for _ in range(throttle.LIMIT):
+        client, pump, _service = userauth_service(server, "alice")
+        send_userauth(client, b"alice", b"password", b"")
+        server.flush(pump)
+    _client, conn, pump = server.connect("alice", ["correct horse"], host="10.7.7.7")
+    server.flush(pump)
+    assert conn.started  # no check of alice is left running, so this one was admitted at once
+    assert_clean_log(log_lines)
+
+
+def test_one_counted_attempt_at_a_time_per_connection(server: Server) -> None:
+    """The protocol lets a client send a request before the last is answered: a second counted attempt of one
+    connection fails at once (no bcrypt, no place at the throttle); after the answer the next is checked."""
+    server.accounts.add("alice", "correct horse")
+    jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def queued(f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        jobs.append((d, f, args))
+        return d
+
+    for checker in server.factory.portal.checkers.values():  # type: ignore[attr-defined]
+        if hasattr(checker, "_run"):
+            checker._run = queued
+    client, pump, service = userauth_service(server, "alice")
+    guess = b"\x00" + common.NS(b"guess")
+    send_userauth(client, b"alice", b"password", guess)
+    send_userauth(client, b"alice", b"password", guess)  # before the first is answered
+    server.flush(pump)
+    assert len(jobs) == 1 and service.loginAttempts == 1  # the second failed at once, counted by conch
+    d, f, args = jobs.pop()
+    defer.maybeDeferred(f, *args).chainDeferred(d)
+    server.clock.advance(2)  # conch answers a wrong password after a delay
+    server.flush(pump)
+    send_userauth(client, b"alice", b"password", guess)
+    server.flush(pump)
+    assert len(jobs) == 1  # after the answer the next attempt is checked

@@ -14,7 +14,7 @@ from neotwist.server.throttle import (
     BASE_DELAY,
     LIMIT,
     MAX_DELAY,
-    MAX_WAITING,
+    MAX_WAITING_PER_KEY,
     WINDOW,
     Attempt,
     LoginThrottle,
@@ -154,7 +154,8 @@ def test_a_waiting_attempt_can_be_withdrawn_and_waiting_is_bounded() -> None:
     assert isinstance(gone[0], Failure)
     t.settle(running[0], None)  # not counted: no failure, and nobody left waiting to admit
     assert t.password_wait("alice", "10.0.0.1:1") == 0
-    extra = [outcome(t.begin("bob", "10.0.0.2:1")) for _ in range(LIMIT + MAX_WAITING + 1)]
+    extra = [outcome(t.begin("bob", "10.0.0.2:1")) for _ in range(LIMIT + MAX_WAITING_PER_KEY + 1)]
     refused = extra[-1]
     assert isinstance(refused[0], Failure) and "too many logins at once" in refused[0].value.message
     assert all(not x for x in extra[LIMIT:-1])  # the others wait
+    assert outcome(t.begin("carol", "10.0.0.3:1"))[0].__class__ is Attempt  # other keys are not held up

@@ -200,7 +200,8 @@ class NeoUserAuthServer(SSHUserAuthServer):
         assert self.transport is not None
         self.clock = getattr(self.transport.factory, "clock", None) or self.clock
         super().serviceStarted()
-        self._turn: defer.Deferred[Any] | None = None
+        self._turn: defer.Deferred[Any] | None = None  # this connection's login waiting for its turn
+        self._checking = False  # a counted attempt of this connection is waiting or being checked
 
     def serviceStopped(self) -> None:
         # A login still waiting for its turn at the throttle goes with its connection (no check runs for it).
@@ -224,6 +225,11 @@ class NeoUserAuthServer(SSHUserAuthServer):
         counted = kind == b"password" or (kind == b"publickey" and data[:1] not in (b"", b"\x00"))
         if throttle is None or not counted:
             return self._check(kind, user, data, name, address, method, None)
+        if self._checking:
+            # The protocol lets a client send requests before the last is answered; OpenSSH never does. One
+            # counted attempt at a time per connection, so one connection cannot queue many at the throttle.
+            return defer.fail(conch_error.ConchError("one login attempt at a time"))
+        self._checking = True
         # A password attempt counts against the account and the address; a signed key only against the address
         # (a key cannot be guessed, so a password-guessing attacker must not lock its owner's keys out).
         turn = self._turn = throttle.begin(name if kind == b"password" else None, address)
@@ -241,7 +247,11 @@ class NeoUserAuthServer(SSHUserAuthServer):
             self._turn = None
             return self._check(kind, user, data, name, address, method, attempt)
 
-        return turn.addCallbacks(admitted, throttled)
+        def answered(result: Any) -> Any:
+            self._checking = False
+            return result
+
+        return turn.addCallbacks(admitted, throttled).addBoth(answered)
 
     def _check(
         self, kind: bytes, user: bytes, data: bytes, name: str | None, address: str, method: str, attempt: Any
@@ -253,7 +263,10 @@ class NeoUserAuthServer(SSHUserAuthServer):
         if name is None and kind in (b"password", b"publickey"):
             d: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("bad account name"))  # no such account can exist
         else:
-            d = super().tryAuth(kind, user, data)
+            try:
+                d = super().tryAuth(kind, user, data)
+            except Exception:  # conch parses the method's data here: a short or malformed request
+                d = defer.fail(conch_error.ConchError(f"malformed {method} request"))
 
         def succeeded(result: Any) -> Any:
             if throttle is not None:

@@ -53,8 +53,11 @@ MAX_DELAY = 900.0
 MAX_KEYS = 100_000
 """Keys (account names and addresses) remembered at most; an attacker's random names cannot grow memory."""
 
-MAX_WAITING = 256
+MAX_WAITING = 1024
 """Attempts waiting for their turn at most (all keys together); more are refused at once."""
+
+MAX_WAITING_PER_KEY = 64
+"""Attempts waiting for one account or address at most, so that one address cannot fill MAX_WAITING."""
 
 
 @dataclass
@@ -170,7 +173,9 @@ class LoginThrottle:
             return fail(Throttled(too_many(wait), wait))
         if self._has_room(keys, now):
             return succeed(self._admit(keys, account, now))
-        if len(self._waiting) >= MAX_WAITING:
+        if len(self._waiting) >= MAX_WAITING or any(
+            sum(key in w.keys for w in self._waiting) >= MAX_WAITING_PER_KEY for key in keys
+        ):
             return fail(Throttled("too many logins at once; try again in a few seconds", 1.0))
 
         def withdraw(d: Deferred[Attempt]) -> None:
@@ -244,7 +249,10 @@ class LoginThrottle:
                 still.append(waiter)
         self._waiting = still
         for d, outcome in ready:  # fired last: a callback may begin or settle other attempts
-            if isinstance(outcome, Throttled):
+            if d.called:  # cancelled by an earlier callback after it was admitted: give its turn back
+                if isinstance(outcome, Attempt):
+                    self.settle(outcome, None)
+            elif isinstance(outcome, Throttled):
                 d.errback(outcome)
             else:
                 d.callback(outcome)
