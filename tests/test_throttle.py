@@ -101,7 +101,10 @@ def test_memory_is_bounded() -> None:
 
 def test_host_of() -> None:
     assert host_of("10.0.0.1:4322") == "10.0.0.1"
-    assert host_of("[::1]:4322") == "::1"
+    assert host_of("[::1]:4322") == "::/64"
+    assert host_of("[2001:db8:1:2:aaaa::7]:4322") == host_of("[2001:db8:1:2:bbbb::9]:1") == "2001:db8:1:2::/64"
+    assert host_of("[2001:db8:1:3::7]:4322") == "2001:db8:1:3::/64"  # another /64, another key
+    assert host_of("[::ffff:10.0.0.1]:4322") == "::ffff:10.0.0.1"  # an IPv4 client on a dual-stack socket
     assert host_of("unix-socket") == "unix-socket"
 
 

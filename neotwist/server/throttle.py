@@ -28,6 +28,7 @@ Memory is bounded: at most :data:`MAX_KEYS` keys are remembered; expired ones go
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -96,11 +97,20 @@ class _Waiter:
 
 
 def host_of(address: str) -> str:
-    """The host part of ``host:port`` or ``[v6]:port`` (what format_address makes); the text itself otherwise."""
+    """The throttle key of a client address: the host part of ``host:port`` or ``[v6]:port`` (what
+    format_address makes), an IPv6 host as its /64 network (one site or subscriber holds a whole /64, so a
+    guesser could otherwise take a fresh address for every few guesses); the text itself otherwise."""
     host, colon, port = address.rpartition(":")
     if not colon or not port.isdigit():
         return address
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return host
 
 
 def valid_login_name(name: str) -> str | None:
