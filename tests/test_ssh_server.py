@@ -460,22 +460,34 @@ def test_failed_logins_are_throttled_without_bcrypt(server: Server, log_lines: l
     assert "wrong guess" not in text and "correct horse" not in text
 
 
+Jobs = list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]]
+
+
+def hold_checks(server: Server) -> tuple[Jobs, list[tuple[Any, ...]]]:
+    """Make the server's password checks wait (still running) until the test releases them from the returned
+    jobs; the second list records the arguments of every check started."""
+    jobs: Jobs = []
+    checked: list[tuple[Any, ...]] = []
+
+    def queued(f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        jobs.append((d, f, args))
+        checked.append(args)
+        return d
+
+    for checker in server.factory.portal.checkers.values():  # type: ignore[attr-defined]
+        if hasattr(checker, "_run"):
+            checker._run = queued
+    return jobs, checked
+
+
 def test_a_burst_of_good_logins_from_one_address_all_get_in(server: Server) -> None:
     """Sixteen SSH clients of one account from one address log in at once (a fleet behind NAT, a benchmark):
     LIMIT password checks run at a time, the others wait their turn, and every one gets in."""
     from neotwist.server import throttle
 
     server.accounts.add("alice", "correct horse")
-    jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def queued(f: Any, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        jobs.append((d, f, args))
-        return d
-
-    for checker in server.factory.portal.checkers.values():  # type: ignore[attr-defined]
-        if hasattr(checker, "_run"):
-            checker._run = queued  # bcrypt checks that are still running until released below
+    jobs, _checked = hold_checks(server)
     clients = [server.connect("alice", ["correct horse"]) for _ in range(16)]
     assert len(jobs) == throttle.LIMIT
     while jobs:
@@ -491,18 +503,7 @@ def test_a_login_waiting_for_its_turn_goes_with_its_connection(server: Server, l
     from neotwist.server import throttle
 
     server.accounts.add("alice", "correct horse")
-    jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
-    checked: list[tuple[Any, ...]] = []
-
-    def queued(f: Any, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        jobs.append((d, f, args))
-        checked.append(args)
-        return d
-
-    for checker in server.factory.portal.checkers.values():  # type: ignore[attr-defined]
-        if hasattr(checker, "_run"):
-            checker._run = queued
+    jobs, checked = hold_checks(server)
     clients = [server.connect("alice", ["correct horse"]) for _ in range(throttle.LIMIT)]
     leaving, _conn, pump = server.connect("alice", ["the one that leaves"])
     assert len(jobs) == throttle.LIMIT
@@ -552,16 +553,7 @@ def test_one_counted_attempt_at_a_time_per_connection(server: Server) -> None:
     """The protocol lets a client send a request before the last is answered: a second counted attempt of one
     connection fails at once (no bcrypt, no place at the throttle); after the answer the next is checked."""
     server.accounts.add("alice", "correct horse")
-    jobs: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def queued(f: Any, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        jobs.append((d, f, args))
-        return d
-
-    for checker in server.factory.portal.checkers.values():  # type: ignore[attr-defined]
-        if hasattr(checker, "_run"):
-            checker._run = queued
+    jobs, _checked = hold_checks(server)
     client, pump, service = userauth_service(server, "alice")
     guess = b"\x00" + common.NS(b"guess")
     send_userauth(client, b"alice", b"password", guess)
