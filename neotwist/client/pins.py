@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,27 +118,21 @@ class PinFile:
 
     def forget(self, address: str, account: str, target: str) -> Pin | None:
         """Remove the pin of ``target``; the removed pin, or None if there was none."""
-        if not self.path.exists():
-            return None
-        with self._locked():
-            pins = self.pins()
-            key = (address, account, target)
-            gone = next((p for p in pins if (p.address, p.account, p.target) == key), None)
-            if gone is not None:
-                self._write([p for p in pins if (p.address, p.account, p.target) != key])
-            return gone
+        key = (address, account, target)
+        removed = self._remove(lambda p: (p.address, p.account, p.target) == key)
+        return removed[0] if removed else None
 
     def forget_host(self, host: str, account: str, target: str) -> list[Pin]:
         """Remove the pins of ``target`` at every address naming ``host`` (any port, so ssh's and tls's); the
         removed pins, in file order. For ``neo-target remove``: the target is gone whichever transport removed
         it, and a pin left under the other transport's address would refuse a plaintext target of that name."""
+        key = (host.lower(), account, target)
+        return self._remove(lambda p: (host_of(p.address), p.account, p.target) == key)
+
+    def _remove(self, gone: Callable[[Pin], bool]) -> list[Pin]:
+        """Remove the pins ``gone`` selects, under the lock (the file is rewritten only if one goes)."""
         if not self.path.exists():
             return []
-        host = host.lower()
-
-        def gone(p: Pin) -> bool:
-            return (host_of(p.address), p.account, p.target) == (host, account, target)
-
         with self._locked():
             pins = self.pins()
             removed = [p for p in pins if gone(p)]

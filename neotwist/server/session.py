@@ -640,16 +640,16 @@ class ServerSession:
             raise NeoError(handle.failure.code, f"the push cannot commit: {handle.failure.message}")
         account = self._account
         assert handle.target is not None
-        pushed: Target = handle.target
+        target: Target = handle.target
         services = self.services
 
         def commit() -> tuple[Any, int, int, bool]:
             access = self._recheck(handle)
             access.require(Right.WRITE if push.delete else Right.APPEND, "commit", account.name)
-            _may_push(access, pushed, account.name)
+            _may_push(access, target, account.name)
             # Decided here, under the same check: a target whose history is turned off after this point is pruned
             # by the next full-right commit, never right after an append-right one.
-            no_history = not pushed.meta.keep_history
+            no_history = not target.meta.keep_history
             check = None
             owner = services.accounts.get_by_id(access.owner_id)
             if owner is not None and owner.quota_bytes is not None:
@@ -689,8 +689,6 @@ class ServerSession:
             lock.release()
         handle.push = None
         snap = result.snapshot
-        target = handle.target
-        assert target is not None
         if no_history:
             # Before the reply: once the client hears "committed", older snapshots are already gone.
             await self.services.run(target.apply_no_history)
