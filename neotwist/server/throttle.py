@@ -177,12 +177,11 @@ class LoginThrottle:
         keys: list[Key] = [("address", host_of(address))]
         if account is not None:
             keys.insert(0, ("account", account))
-        now = self._now()
-        wait = max(self._wait(key, now) for key in keys)
-        if wait > 0:
-            return fail(Throttled(too_many(wait), wait))
-        if self._has_room(keys, now):
-            return succeed(self._admit(keys, account, now))
+        outcome = self._try(keys, account, self._now())
+        if isinstance(outcome, Throttled):
+            return fail(outcome)
+        if outcome is not None:
+            return succeed(outcome)
         if len(self._waiting) >= MAX_WAITING or any(
             sum(key in w.keys for w in self._waiting) >= MAX_WAITING_PER_KEY for key in keys
         ):
@@ -195,6 +194,14 @@ class LoginThrottle:
         self._waiting.append(waiter)
         return waiter.deferred
 
+    def _try(self, keys: list[Key], account: str | None, now: float) -> Attempt | Throttled | None:
+        """An attempt on ``keys`` now: refused (a key is blocked), admitted (every key has room), or None (it
+        must wait for a running check to end). The one decision for new and waiting attempts alike."""
+        wait = max(self._wait(key, now) for key in keys)
+        if wait > 0:
+            return Throttled(too_many(wait), wait)
+        return self._admit(keys, account, now) if self._has_room(keys, now) else None
+
     def _record(self, key: Key, now: float) -> _Record:
         record = self._records.get(key)
         if record is None:
@@ -202,19 +209,22 @@ class LoginThrottle:
             record = self._records[key] = _Record()
         else:
             self._records.move_to_end(key)
+        self._expire(record, now)
+        return record
+
+    def _expire(self, record: _Record, now: float) -> None:
+        """Forget ``record``'s failures older than the window."""
         failures = record.failures
         while failures and failures[0] <= now - self.window:
             failures.popleft()
-        return record
 
     def _has_room(self, keys: list[Key], now: float) -> bool:
         for key in keys:
             record = self._records.get(key)
             if record is None:
                 continue
+            self._expire(record, now)
             failures = record.failures
-            while failures and failures[0] <= now - self.window:
-                failures.popleft()
             if record.running >= max(1, self.limit - len(failures)):  # past a block's end: one at a time
                 return False
         return True
@@ -250,13 +260,11 @@ class LoginThrottle:
         ready: list[tuple[Deferred[Attempt], Attempt | Throttled]] = []
         still: list[_Waiter] = []
         for waiter in self._waiting:
-            wait = max(self._wait(key, now) for key in waiter.keys)
-            if wait > 0:
-                ready.append((waiter.deferred, Throttled(too_many(wait), wait)))
-            elif self._has_room(waiter.keys, now):
-                ready.append((waiter.deferred, self._admit(waiter.keys, waiter.account, now)))
-            else:
+            outcome = self._try(waiter.keys, waiter.account, now)
+            if outcome is None:
                 still.append(waiter)
+            else:
+                ready.append((waiter.deferred, outcome))
         self._waiting = still
         for d, outcome in ready:  # fired last: a callback may begin or settle other attempts
             if d.called:  # cancelled by an earlier callback after it was admitted: give its turn back
