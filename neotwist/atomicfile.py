@@ -6,7 +6,7 @@ nobody else can read a key while it is being written), is fsynced, then renamed 
 new name, when an existing file must not be replaced), and the directory is fsynced so the rename itself survives a
 crash. The temporary file is removed on any failure.
 
-This module imports nothing from the server or the client: both sides may use it.
+This module imports nothing from the server or the client: both sides use it (the repository its fsync_dir).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ import zlib
 from collections import OrderedDict
 from pathlib import Path
 
+from neotwist.atomicfile import fsync_dir
 from neotwist.wire.errors import ErrorCode, NeoError
 
 FILE_MAGIC = b"NEOPACK1"
@@ -51,15 +52,6 @@ PACK_SIZE = 64 * 1024 * 1024
 
 _MAX_OPEN_READERS = 64
 """Read file descriptors kept open per target (least recently used ones are closed)."""
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory entry (a created file or sub-directory) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_dirs(path: Path) -> None:

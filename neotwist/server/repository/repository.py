@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neotwist.atomicfile import fsync_dir
 from neotwist.paths import check_name
 from neotwist.runtime import release_free_memory
 from neotwist.server.changes import ChangeCounter
 from neotwist.server.repository import index
-from neotwist.server.repository.packs import fsync_dir, make_dirs
+from neotwist.server.repository.packs import make_dirs
 from neotwist.server.repository.records import TargetMeta
 from neotwist.server.repository.target import Target
 from neotwist.wire.errors import ErrorCode, NeoError

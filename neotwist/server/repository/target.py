@@ -34,11 +34,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from neotwist import paths
+from neotwist.atomicfile import fsync_dir
 from neotwist.server.repository import check as check_module
 from neotwist.server.repository import gc, history, index
 from neotwist.server.repository.history import SNAPSHOT_COLUMNS as _SNAPSHOT_COLUMNS
 from neotwist.server.repository.history import snapshot_info
-from neotwist.server.repository.packs import HEADER_SIZE, PackStore, fsync_dir, make_dirs
+from neotwist.server.repository.packs import HEADER_SIZE, PackStore, make_dirs
 from neotwist.server.repository.push import Push
 from neotwist.server.repository.records import (
     CheckReport,
