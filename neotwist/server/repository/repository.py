@@ -227,17 +227,12 @@ class Repository:
         self._writable()
         with target.maintenance():  # a collection or check running on it finishes first; none starts meanwhile
             with self._lock:
-                self._catalog.execute("BEGIN IMMEDIATE")
-                try:
+                with index.transaction(self._catalog):
                     self._catalog.execute("DELETE FROM targets WHERE id = ?", (meta.id,))
                     self._catalog.execute(
                         "INSERT OR REPLACE INTO removed_targets (id, account_id, name, removed) VALUES (?, ?, ?, ?)",
                         (meta.id, meta.account_id, meta.name, time.time()),
                     )
-                    self._catalog.execute("COMMIT")
-                except BaseException:
-                    self._catalog.execute("ROLLBACK")
-                    raise
                 self._changes.bump()
                 self._targets.pop(meta.id, None)
             # The Target object is not closed here: a read running on another thread keeps its open files (the

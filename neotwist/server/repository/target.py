@@ -214,15 +214,16 @@ class Target:
                 needed = sum(fresh.values())
                 if needed > budget:
                     raise OverBudget(needed)
-            for chunk_id, codec, size, data in chunks:
-                if chunk_id in pending or self._indexed(chunk_id) is not None:
-                    continue
-                self._open_writer()
-                pack, offset = self._packs.append(chunk_id, codec, size, data)
-                pending[chunk_id] = (pack, offset, len(data), codec, size)
-                self._pending_bytes += HEADER_SIZE + len(data)
-                new += 1
-                new_bytes += len(data)
+            with self._discarding_on_error():
+                for chunk_id, codec, size, data in chunks:
+                    if chunk_id in pending or self._indexed(chunk_id) is not None:
+                        continue
+                    self._open_writer()
+                    pack, offset = self._packs.append(chunk_id, codec, size, data)
+                    pending[chunk_id] = (pack, offset, len(data), codec, size)
+                    self._pending_bytes += HEADER_SIZE + len(data)
+                    new += 1
+                    new_bytes += len(data)
             full = self._pending_bytes >= AUTO_FLUSH
             if self._active_pushes:  # uploaded or found present: a push will reference them
                 self._protected.update(c[0] for c in chunks)
@@ -252,41 +253,62 @@ class Target:
         before the flush lies before that position, and every chunk stored later at or after it."""
         with self._store_lock:
             if self._pending or self._packs.dirty:  # dirty: records copied by compaction, or a new pack
-                touched = self._packs.sync()
-                rows = [(chunk_id, *loc) for chunk_id, loc in self._pending.items()]
-                stored = sum(loc[2] for loc in self._pending.values())
-                with self._lock, index.storage_errors("index chunks"):
-                    self._db.execute("BEGIN IMMEDIATE")
-                    try:
-                        cur = self._db.executemany(
-                            "INSERT OR IGNORE INTO chunks (id, pack, offset, length, codec, size) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            rows,
-                        )
-                        if cur.rowcount == len(rows):
-                            self._db.execute(
-                                "UPDATE counters SET chunks = chunks + ?, stored_bytes = stored_bytes + ?",
-                                (len(rows), stored),
-                            )
-                        else:  # some were indexed already (cannot happen with one writer): recount
-                            self._db.execute(
-                                "UPDATE counters SET (chunks, stored_bytes) = "
-                                "(SELECT count(*), coalesce(sum(length), 0) FROM chunks)"
-                            )
-                        self._db.executemany(
-                            "INSERT INTO packs (id, size) VALUES (?, ?) "
-                            "ON CONFLICT (id) DO UPDATE SET size = max(size, excluded.size)",
-                            sorted(touched.items()),
-                        )
-                        self._db.execute("COMMIT")
-                    except BaseException:
-                        self._db.execute("ROLLBACK")
-                        raise
+                with self._discarding_on_error():
+                    touched = self._packs.sync()
+                    self._index_pending(touched)
+                self._packs.synced(touched)
                 self._pending.clear()
                 self._pending_bytes = 0
             if self._packs.writing:
                 return self._packs.position()
         return self._committed_end()
+
+    def _index_pending(self, touched: dict[int, int]) -> None:
+        """One transaction: the pending chunks' rows, the counters, and the packs' committed ends ``touched``
+        (called with the store lock held, after the packs were fsynced)."""
+        rows = [(chunk_id, *loc) for chunk_id, loc in self._pending.items()]
+        stored = sum(loc[2] for loc in self._pending.values())
+        with self._lock, index.storage_errors("index chunks"), index.transaction(self._db) as db:
+            cur = db.executemany(
+                "INSERT OR IGNORE INTO chunks (id, pack, offset, length, codec, size) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            if cur.rowcount == len(rows):
+                db.execute(
+                    "UPDATE counters SET chunks = chunks + ?, stored_bytes = stored_bytes + ?", (len(rows), stored)
+                )
+            else:  # some were indexed already (cannot happen with one writer): recount
+                db.execute(
+                    "UPDATE counters SET (chunks, stored_bytes) = "
+                    "(SELECT count(*), coalesce(sum(length), 0) FROM chunks)"
+                )
+            db.executemany(
+                "INSERT INTO packs (id, size) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET size = max(size, excluded.size)",
+                sorted(touched.items()),
+            )
+
+    @contextmanager
+    def _discarding_on_error(self) -> Iterator[None]:
+        """Called with the store lock held, around appends and flushes: if any of them fails, every chunk not
+        yet committed to the index is forgotten (pending map, pack writer, touched pack ends; see
+        :meth:`PackStore.discard`). Their bytes may not be durable, and a later flush must never index them:
+        the clients are told they are missing and upload them again. A committed snapshot only ever refers to
+        chunks whose rows were committed after their bytes were fsynced."""
+        try:
+            yield
+        except BaseException:
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._packs.discard()
+            raise
+
+    def store_epoch(self) -> int:
+        """A number that changes whenever uncommitted appends are discarded (see :meth:`_discarding_on_error`):
+        garbage collection compares it before and after flushing the records it copied, and points no row at
+        a copy that a discard may have dropped."""
+        with self._store_lock:
+            return self._packs.epoch
 
     def locate(self, ids: Sequence[bytes]) -> dict[bytes, _Location]:
         """Where each stored (or pending) chunk of ``ids`` is, in one index query per _IN_BATCH ids; ids that are
