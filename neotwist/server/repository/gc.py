@@ -33,15 +33,14 @@ copy.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neotwist.server.repository import index
 from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE
 from neotwist.server.repository.records import GcResult
+from neotwist.server.repository.space import free_bytes
 from neotwist.wire import limits
 from neotwist.wire.errors import NeoError
 
@@ -177,12 +176,6 @@ def _copy(target: Target, db: sqlite3.Connection, pack: int) -> tuple[list[_Move
 
 SPACE_MARGIN = 4 * 1024 * 1024
 """Free bytes a compaction leaves untouched for the index's own writes (its WAL grows with each switch)."""
-
-
-def free_bytes(directory: Path) -> int:
-    """Bytes an unprivileged writer may still use on the file system of ``directory``."""
-    st = os.statvfs(directory)
-    return st.f_bavail * st.f_frsize
 
 
 def _batches(

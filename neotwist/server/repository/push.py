@@ -171,7 +171,7 @@ class Push:
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
                 self._drop_confined(db)
         finally:
-            self.target.push_ended()
+            self.target.push_ended(aborted=True)
 
     def commit(self, now: float, check: QuotaCheck | None = None) -> CommitResult:
         """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically.

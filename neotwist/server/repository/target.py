@@ -29,9 +29,12 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from twisted.logger import Logger
 
 from neotwist import paths
 from neotwist.atomicfile import fsync_dir
@@ -51,6 +54,7 @@ from neotwist.server.repository.records import (
     Usage,
     VersionInfo,
 )
+from neotwist.server.repository.space import Reserve
 from neotwist.server.repository.verify import verify_chunk
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
@@ -58,6 +62,11 @@ from neotwist.wire.messages import Entry
 
 AUTO_FLUSH = 32 * 1024 * 1024
 """Pending (appended, unindexed) bytes that trigger a flush, so a killed server keeps most uploaded chunks."""
+
+RECLAIM_INTERVAL = 60.0
+"""Seconds between collections that reclaim aborted pushes' chunks at once (see :meth:`Target.push_ended`)."""
+
+log = Logger()
 
 _IN_BATCH = 500
 """Ids per ``IN (...)`` query: well under SQLite's host-parameter limit."""
@@ -100,10 +109,13 @@ class Target:
     truncated or appended to; methods that would write raise NeoError(PERMISSION_DENIED).
     """
 
-    def __init__(self, meta: TargetMeta, directory: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, meta: TargetMeta, directory: Path, *, read_only: bool = False, reserve: Reserve | None = None
+    ) -> None:
         self.meta = meta
         self.directory = directory
         self.read_only = read_only
+        self.reserve = reserve
         db_path = directory / "index.sqlite"
         if read_only:
             if not db_path.exists():
@@ -127,6 +139,9 @@ class Target:
         self._gc_lock = threading.Lock()
         self._active_pushes = 0
         self._protected: set[bytes] = set()
+        self._uncommitted_bytes = 0  # stored anew since no push was active, or since the last collection
+        self._aborted_since_collect = False
+        self._last_collect = -RECLAIM_INTERVAL
         self._maintenance_lock = threading.Lock()
         self._closed = False
 
@@ -218,12 +233,15 @@ class Target:
                 for chunk_id, codec, size, data in chunks:
                     if chunk_id in pending or self._indexed(chunk_id) is not None:
                         continue
+                    if new == 0 and self.reserve is not None:  # the free-space reserve, once per batch
+                        self.reserve.check(self.directory, sum(len(c[3]) + HEADER_SIZE for c in chunks))
                     self._open_writer()
                     pack, offset = self._packs.append(chunk_id, codec, size, data)
                     pending[chunk_id] = (pack, offset, len(data), codec, size)
                     self._pending_bytes += HEADER_SIZE + len(data)
                     new += 1
                     new_bytes += len(data)
+            self._uncommitted_bytes += new_bytes
             full = self._pending_bytes >= AUTO_FLUSH
             if self._active_pushes:  # uploaded or found present: a push will reference them
                 self._protected.update(c[0] for c in chunks)
@@ -363,9 +381,12 @@ class Target:
     # --- pushes ------------------------------------------------------------------------------------------
 
     def begin_push(self, root: str, delete: bool) -> Push:
-        """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything)."""
+        """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything).
+        Raises DISK_FULL while the free space is below the reserve."""
         self._writable("push")
         paths.check_path(root)
+        if self.reserve is not None:
+            self.reserve.check(self.directory)
         return Push(self, root, delete, next(self._push_numbers))
 
     def push_started(self) -> None:
@@ -374,14 +395,50 @@ class Target:
         with self._gc_lock:
             self._active_pushes += 1
 
-    def push_ended(self) -> None:
+    def push_ended(self, *, aborted: bool = False) -> None:
         """A push committed (its chunks are now referenced) or was aborted; the last one to end drops the
-        protected set."""
+        protected set.
+
+        When the last active push ends and one of them was aborted (failed, refused, or its connection was
+        lost) after chunks were stored anew, those chunks may be referenced by nothing: a garbage collection
+        runs at once, in this thread, so a failed push's space comes back without waiting for a prune (the
+        collection deletes packs that hold nothing live first, so it works on a full disk). At most one such
+        collection per RECLAIM_INTERVAL: a client that aborts push after push cannot keep the target
+        collecting; :meth:`reclaim` (which the server calls periodically) catches up later."""
         with self._gc_lock:
             self._active_pushes -= 1
+            self._aborted_since_collect |= aborted
             if self._active_pushes <= 0:
                 self._active_pushes = 0
                 self._protected.clear()
+                if not self._aborted_since_collect:
+                    self._uncommitted_bytes = 0  # every push since the last collection committed
+            soon = time.monotonic() - self._last_collect >= RECLAIM_INTERVAL
+        if soon:
+            self.reclaim()
+
+    @property
+    def reclaim_wanted(self) -> bool:
+        """Whether an aborted push may have left chunks that nothing references (see :meth:`push_ended`)."""
+        with self._gc_lock:
+            return (
+                self._active_pushes == 0
+                and self._aborted_since_collect
+                and self._uncommitted_bytes > 0
+                and not self.read_only
+                and not self._closed
+            )
+
+    def reclaim(self) -> GcResult | None:
+        """Collect garbage if :attr:`reclaim_wanted`; its result, or None. A failure is logged, never raised:
+        the push that ended has nothing to do with it, and the next reclaim or prune tries again."""
+        if not self.reclaim_wanted:
+            return None
+        try:
+            return self.collect_garbage()
+        except NeoError as e:
+            log.warn("cannot reclaim the space of an aborted push in {target}: {why}", target=self, why=e.message)
+            return None
 
     # --- snapshots and entries ---------------------------------------------------------------------------
 
@@ -435,6 +492,10 @@ class Target:
         Safe while pushes and pulls run; one collection at a time."""
         self._writable("collect garbage")
         with self._maintenance_lock:
+            with self._gc_lock:
+                self._aborted_since_collect = False
+                self._uncommitted_bytes = 0
+                self._last_collect = time.monotonic()
             return gc.collect(self)
 
     def apply_no_history(self) -> GcResult | None:
