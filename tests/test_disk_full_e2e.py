@@ -2,7 +2,7 @@
 
 A push bigger than the disk is refused with "the server's disk is full" (exit 1, never an authentication
 failure) and its chunks are reclaimed at once; while another program keeps the disk full, the server releases
-its emergency space by itself and logins, listings and restores work; it restarts on the full disk, the
+its emergency space by itself and logins, listings, restores and prune work; it restarts on the full disk, the
 operator's check works, and pushes work again once there is room.
 """
 
@@ -68,6 +68,14 @@ def test_a_full_data_disk(tmp_path: Path, small_disk: Path) -> None:
         assert used(small_disk) < 8 * MiB, used(small_disk)  # the failed push's chunks were reclaimed
         big.unlink()
 
+        # Two more snapshots: one with 8 MiB that the next one deletes (a prune will give that back).
+        (src / "old.bin").write_bytes(os.urandom(8 * MiB))
+        r = server.cli("neo-push", str(src), server.remote("t"))
+        assert r.returncode == 0, r.stderr
+        (src / "old.bin").unlink()
+        r = server.cli("neo-push", "--delete", str(src), server.remote("t"))
+        assert r.returncode == 0, r.stderr
+
         # Another program fills the disk to the last byte: the server lets go of its emergency space.
         filler = small_disk / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)
@@ -88,6 +96,13 @@ def test_a_full_data_disk(tmp_path: Path, small_disk: Path) -> None:
         (more / "small.txt").write_text("x")
         r = server.cli("neo-push", str(more), server.remote("t2"))
         assert r.returncode == 1 and "the server's disk is full" in r.stderr, r.stderr
+
+        # Prune works on the full disk and gives the deleted file's space back.
+        before = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        r = server.cli("neo-prune", "--keep-last", "1", server.remote("t"))
+        assert r.returncode == 0, r.stderr
+        after = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        assert after - before > 7 * MiB, (before, after)
 
         # It restarts on the full disk and serves reads; the operator's check works beside it.
         server.stop()

@@ -702,6 +702,9 @@ def describe_error(error: BaseException) -> str:
     """A one-line message for a failed push or pull."""
     if isinstance(error, NeoError):
         if error.code == ErrorCode.PROTOCOL and error.message == "connection lost":
-            return "the connection to the server was lost: run the command again (nothing half-done was kept)"
+            return (
+                "the connection to the server was lost: run the command again and it resumes (a push commits"
+                " no snapshot half-done, and the server keeps what it sent for a while)"
+            )
         return f"server refused: {error.message} ({error.code})"
     return str(error)

@@ -175,18 +175,24 @@ def _copy(target: Target, db: sqlite3.Connection, pack: int) -> tuple[list[_Move
 
 
 SPACE_MARGIN = 4 * 1024 * 1024
-"""Free bytes a compaction leaves untouched for the index's own writes (its WAL grows with each switch)."""
+"""Free bytes a compaction leaves untouched for the index's own writes (its WAL grows by a few pages with each
+switch); a quarter of the free space when that is less, so a nearly full disk can still be compacted (a copy
+that finds no room anyway fails cleanly: it is discarded and the old pack stays)."""
+
+
+def _room(free: int) -> int:
+    return free - min(SPACE_MARGIN, free // 4)
 
 
 def _batches(
     rewrite: list[tuple[int, int]], free: Callable[[], int]
 ) -> Iterator[tuple[list[int], list[tuple[int, int]]]]:
     """Group the packs to rewrite (``(pack, live bytes)``, cheapest first) into batches of at most
-    COMPACT_BATCH whose copies fit in the space ``free()`` reports when the batch starts, less SPACE_MARGIN;
-    yields (batch, the packs that do not fit even alone, which are left as they are)."""
+    COMPACT_BATCH whose copies fit in the space ``free()`` reports when the batch starts; yields (batch, the
+    packs that do not fit even alone, which are left as they are)."""
     i = 0
     while i < len(rewrite):
-        room = free() - SPACE_MARGIN
+        room = free()
         batch: list[int] = []
         too_big: list[tuple[int, int]] = []
         while i < len(rewrite) and len(batch) < COMPACT_BATCH:
@@ -247,7 +253,7 @@ def collect(target: Target) -> GcResult:
         # A few packs at a time: the extra disk space a compaction needs, and what a crash would leave as
         # dead copies, stay bounded by COMPACT_BATCH packs, and by the space free right now (so collection
         # works on a full disk: whole dead packs went first, above; each batch's copies must fit).
-        for batch, too_big in _batches(rewrite, lambda: free_bytes(target.directory)):
+        for batch, too_big in _batches(rewrite, lambda: _room(free_bytes(target.directory))):
             problems.extend(
                 f"pack {pack} left as is: its {live} live bytes do not fit in the free space" for pack, live in too_big
             )

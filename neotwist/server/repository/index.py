@@ -15,12 +15,18 @@ from __future__ import annotations
 import errno
 import re
 import sqlite3
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from twisted.logger import Logger
+
 from neotwist.wire.errors import ErrorCode, NeoError
+
+log = Logger()
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version`` of both files; later versions migrate forward from it."""
@@ -183,7 +189,8 @@ _SQLITE_FULL = 13
 
 def storage_error(what: str, e: sqlite3.OperationalError | OSError) -> NeoError:
     """The NeoError for a failed write, fsync or transaction: DISK_FULL for a full disk or quota (SQLite's
-    SQLITE_FULL, ENOSPC, EDQUOT), STORAGE for anything else (an I/O error, a lock held too long)."""
+    SQLITE_FULL, ENOSPC, EDQUOT), STORAGE for anything else (an I/O error, a lock held too long). Logged (see
+    :func:`logged`): the client is told, and so is the operator."""
     if isinstance(e, sqlite3.OperationalError):
         full = getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL
         reason = str(e)
@@ -191,8 +198,30 @@ def storage_error(what: str, e: sqlite3.OperationalError | OSError) -> NeoError:
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         reason = e.strerror or str(e)
     if full:
-        return NeoError(ErrorCode.DISK_FULL, f"cannot {what}: {DISK_FULL_TEXT}")
-    return NeoError(ErrorCode.STORAGE, f"cannot {what}: {reason}")
+        return logged(NeoError(ErrorCode.DISK_FULL, f"cannot {what}: {DISK_FULL_TEXT}"))
+    return logged(NeoError(ErrorCode.STORAGE, f"cannot {what}: {reason}"))
+
+
+LOG_EVERY = 10.0
+"""Seconds between log lines about storage failures of one kind: a full disk fails every upload at once."""
+
+_last_logged: dict[ErrorCode, tuple[float, int]] = {}
+_log_lock = threading.Lock()
+
+
+def logged(error: NeoError) -> NeoError:
+    """Log a storage failure for the operator, at most once per LOG_EVERY per error code (saying how many
+    more there were), and return it."""
+    now = time.monotonic()
+    with _log_lock:
+        last, quiet = _last_logged.get(error.code, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            _last_logged[error.code] = (last, quiet + 1)
+            return error
+        _last_logged[error.code] = (now, 0)
+    more = f" (and {quiet} more like it)" if quiet else ""
+    log.warn("storage: {message}{more}", message=error.message, more=more)
+    return error
 
 
 @contextmanager

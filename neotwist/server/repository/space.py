@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from neotwist.server.repository.index import logged
 from neotwist.sizes import parse_size
 from neotwist.wire.errors import ErrorCode, NeoError
 
@@ -75,16 +76,23 @@ class Reserve:
     def __str__(self) -> str:
         return f"{self.fraction * 100:g}%" if self.fraction else human(self.size)
 
+    def tight(self, path: Path) -> bool:
+        """Whether free space is short: less than twice the reserve (or the ballast, if more) is free. The
+        server then reclaims an aborted push's chunks at once instead of keeping them for a resume."""
+        return free_bytes(path) < 2 * max(self.bytes_on(path), ballast_size(path))
+
     def check(self, path: Path, incoming: int = 0) -> None:
         """Raise DISK_FULL unless ``incoming`` more bytes leave at least the reserve free on ``path``'s file
         system."""
         reserve = self.bytes_on(path)
         free = free_bytes(path)
         if free - incoming < reserve or (incoming and free <= incoming):
-            raise NeoError(
-                ErrorCode.DISK_FULL,
-                f"the server's disk is full: {human(free)} free, and {human(reserve)} ({self}) is kept free "
-                "for the server itself; nothing was stored (the operator frees space, or prunes old snapshots)",
+            raise logged(
+                NeoError(
+                    ErrorCode.DISK_FULL,
+                    f"the server's disk is full: {human(free)} free, and {human(reserve)} ({self}) is kept free "
+                    "for the server itself; nothing was stored (the operator frees space, or prunes old snapshots)",
+                )
             )
 
 

@@ -64,7 +64,10 @@ AUTO_FLUSH = 32 * 1024 * 1024
 """Pending (appended, unindexed) bytes that trigger a flush, so a killed server keeps most uploaded chunks."""
 
 RECLAIM_INTERVAL = 60.0
-"""Seconds between collections that reclaim aborted pushes' chunks at once (see :meth:`Target.push_ended`)."""
+"""Seconds between collections that reclaim aborted pushes' chunks (see :meth:`Target.push_ended`)."""
+
+ABANDONED_GRACE = 900.0
+"""Seconds an aborted push's chunks are kept for a client that reconnects and resumes, unless space is short."""
 
 log = Logger()
 
@@ -141,6 +144,7 @@ class Target:
         self._protected: set[bytes] = set()
         self._uncommitted_bytes = 0  # stored anew since no push was active, or since the last collection
         self._aborted_since_collect = False
+        self._aborted_at = 0.0
         self._last_collect = -RECLAIM_INTERVAL
         self._maintenance_lock = threading.Lock()
         self._closed = False
@@ -221,20 +225,18 @@ class Target:
         new = new_bytes = 0
         with self._gc_lock, self._store_lock:
             pending = self._pending
+            fresh: dict[bytes, tuple[int, int, bytes]] = {}
+            for chunk_id, codec, size, data in chunks:
+                if chunk_id not in pending and chunk_id not in fresh and self._indexed(chunk_id) is None:
+                    fresh[chunk_id] = (codec, size, data)
             if budget is not None:
-                fresh: dict[bytes, int] = {}
-                for chunk_id, _codec, _size, data in chunks:
-                    if chunk_id not in pending and chunk_id not in fresh and self._indexed(chunk_id) is None:
-                        fresh[chunk_id] = len(data)
-                needed = sum(fresh.values())
+                needed = sum(len(data) for _codec, _size, data in fresh.values())
                 if needed > budget:
                     raise OverBudget(needed)
+            if fresh and self.reserve is not None:  # refused before anything is written: nothing to discard
+                self.reserve.check(self.directory, sum(HEADER_SIZE + len(f[2]) for f in fresh.values()))
             with self._discarding_on_error():
-                for chunk_id, codec, size, data in chunks:
-                    if chunk_id in pending or self._indexed(chunk_id) is not None:
-                        continue
-                    if new == 0 and self.reserve is not None:  # the free-space reserve, once per batch
-                        self.reserve.check(self.directory, sum(len(c[3]) + HEADER_SIZE for c in chunks))
+                for chunk_id, (codec, size, data) in fresh.items():
                     self._open_writer()
                     pack, offset = self._packs.append(chunk_id, codec, size, data)
                     pending[chunk_id] = (pack, offset, len(data), codec, size)
@@ -319,6 +321,10 @@ class Target:
             self._pending.clear()
             self._pending_bytes = 0
             self._packs.discard()
+            try:  # give the discarded bytes back to the disk now (truncating needs no free space)
+                self._open_writer()
+            except NeoError:
+                pass  # the next append tries again
             raise
 
     def store_epoch(self) -> int:
@@ -399,40 +405,44 @@ class Target:
         """A push committed (its chunks are now referenced) or was aborted; the last one to end drops the
         protected set.
 
-        When the last active push ends and one of them was aborted (failed, refused, or its connection was
-        lost) after chunks were stored anew, those chunks may be referenced by nothing: a garbage collection
-        runs at once, in this thread, so a failed push's space comes back without waiting for a prune (the
-        collection deletes packs that hold nothing live first, so it works on a full disk). At most one such
-        collection per RECLAIM_INTERVAL: a client that aborts push after push cannot keep the target
-        collecting; :meth:`reclaim` (which the server calls periodically) catches up later."""
+        The chunks an aborted push (failed, refused, or its connection lost) stored anew may be referenced by
+        nothing. They are kept for ABANDONED_GRACE, so a client that reconnects resumes from them, and then
+        reclaimed by a garbage collection (:meth:`reclaim`, which the server calls periodically) without
+        waiting for a prune; at once, in this thread, when the free space is short (the collection deletes
+        packs that hold nothing live first, so it works on a full disk). At most one such collection per
+        RECLAIM_INTERVAL: a client that aborts push after push cannot keep the target collecting."""
         with self._gc_lock:
             self._active_pushes -= 1
-            self._aborted_since_collect |= aborted
+            if aborted and self._uncommitted_bytes > 0:
+                self._aborted_since_collect = True
+                self._aborted_at = time.monotonic()
             if self._active_pushes <= 0:
                 self._active_pushes = 0
                 self._protected.clear()
                 if not self._aborted_since_collect:
                     self._uncommitted_bytes = 0  # every push since the last collection committed
-            soon = time.monotonic() - self._last_collect >= RECLAIM_INTERVAL
-        if soon:
+        if aborted:
             self.reclaim()
 
-    @property
-    def reclaim_wanted(self) -> bool:
-        """Whether an aborted push may have left chunks that nothing references (see :meth:`push_ended`)."""
+    def reclaim_wanted(self, now: float | None = None) -> bool:
+        """Whether chunks an aborted push left are due for collection (see :meth:`push_ended`)."""
+        now = time.monotonic() if now is None else now
         with self._gc_lock:
-            return (
-                self._active_pushes == 0
-                and self._aborted_since_collect
-                and self._uncommitted_bytes > 0
-                and not self.read_only
-                and not self._closed
-            )
+            if (
+                self._active_pushes
+                or not self._aborted_since_collect
+                or self.read_only
+                or self._closed
+                or now - self._last_collect < RECLAIM_INTERVAL
+            ):
+                return False
+            due = now - self._aborted_at >= ABANDONED_GRACE
+        return due or (self.reserve is not None and self.reserve.tight(self.directory))
 
     def reclaim(self) -> GcResult | None:
-        """Collect garbage if :attr:`reclaim_wanted`; its result, or None. A failure is logged, never raised:
+        """Collect garbage if :meth:`reclaim_wanted`; its result, or None. A failure is logged, never raised:
         the push that ended has nothing to do with it, and the next reclaim or prune tries again."""
-        if not self.reclaim_wanted:
+        if not self.reclaim_wanted():
             return None
         try:
             return self.collect_garbage()
