@@ -26,9 +26,9 @@ from repo_support import dir_entry, view
 
 from neotwist import atomicfile
 from neotwist.chunking import DEFAULT_PARAMS
+from neotwist.codec import raw_bytes
 from neotwist.server.repository import Repository, Target, index, packs
 from neotwist.server.repository import target as target_module
-from neotwist.server.repository.verify import raw_bytes
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import CODEC_RAW, Entry

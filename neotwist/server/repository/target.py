@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from neotwist import paths
 from neotwist.atomicfile import fsync_dir
+from neotwist.codec import verify_upload
 from neotwist.server.repository import check as check_module
 from neotwist.server.repository import gc, history, index
 from neotwist.server.repository.history import SNAPSHOT_COLUMNS as _SNAPSHOT_COLUMNS
@@ -55,7 +56,6 @@ from neotwist.server.repository.records import (
     VersionInfo,
 )
 from neotwist.server.repository.space import Reserve
-from neotwist.server.repository.verify import verify_chunk
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry
@@ -219,7 +219,7 @@ class Target:
         encrypted = self.meta.encrypted
         for n, (chunk_id, codec, size, data) in enumerate(chunks):
             try:
-                verify_chunk(chunk_id, codec, size, data, encrypted=encrypted)
+                verify_upload(chunk_id, codec, size, data, encrypted=encrypted)
             except NeoError as e:
                 raise ChunkRejected(n, e) from None
         new = new_bytes = 0
