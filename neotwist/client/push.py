@@ -14,8 +14,9 @@ pool (pyfastcdc, blake3 and zstandard release the GIL, so the workers really run
 5. entries (every scanned item, the root included) are posted in ``entries`` messages of up to MAX_ENTRIES as
    batches finish; ``commit`` is the barrier that makes it all one snapshot.
 
-When the commit says chunks are missing (the cache named chunks the server no longer has), the push is aborted
-and run again once without the cache.
+When the commit says chunks are missing (the cache named chunks the server no longer has, or the server found
+chunks damaged and asks for them again, or one was marked damaged while this push ran), the push is aborted and
+run again once without the cache: every file is read, and ``have`` tells which chunks to send.
 """
 
 from __future__ import annotations
@@ -655,6 +656,7 @@ async def push(
         pool.start()
         try:
             use_cache = options.cache is not None
+            retried = False
             while True:
                 run = _PushRun(
                     reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt
@@ -663,11 +665,13 @@ async def push(
                     committed = await run.run()
                     break
                 except RemoteError as e:
-                    if e.code != ErrorCode.MISSING_CHUNKS or not use_cache:
+                    if e.code != ErrorCode.MISSING_CHUNKS or retried:
                         raise
-                # The cache named chunks the server no longer has: start over reading every file.
+                # The server lacks chunks this push refers to (the cache named chunks it no longer has, or it
+                # asks again for chunks it found damaged): start over once, reading every file.
                 await peer.request(Abort(rid=0, handle=opened.handle))
                 use_cache = False
+                retried = True
                 summary = PushSummary(retried_without_cache=True, encrypted=crypt is not None)
         finally:
             pool.stop()
