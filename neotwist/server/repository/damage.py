@@ -70,10 +70,12 @@ def marked(db: sqlite3.Connection) -> dict[bytes, str]:
 def mark(db: sqlite3.Connection, found: Iterable[Found], forget: Iterable[bytes] = ()) -> int:
     """Mark ``found`` in one transaction of ``db`` (a writer connection; the caller holds its lock) and return how
     many were marked now (not already marked, and still where they were found: a chunk that garbage collection
-    moved or deleted, or that a push stored anew, meanwhile is left alone). ``forget``: marked chunks nothing
-    refers to any more, whose rows are dropped."""
+    moved or deleted, or that a push stored anew, meanwhile is left alone). ``forget``: damaged or marked chunks
+    nothing refers to any more, whose rows are dropped (after a damaged one leaves ``chunks``); they are not
+    counted."""
     now = time.time()
     count = 0
+    forget = set(forget)
     db.execute("BEGIN IMMEDIATE")
     try:
         for f in found:
@@ -83,7 +85,7 @@ def mark(db: sqlite3.Connection, found: Iterable[Found], forget: Iterable[bytes]
                     "SELECT ?, NULL, NULL, NULL, ?, ? WHERE NOT EXISTS (SELECT 1 FROM chunks WHERE id = ?)",
                     (f.id, f.why, now, f.id),
                 )
-                count += cur.rowcount
+                count += cur.rowcount if f.id not in forget else 0
                 continue
             pack, offset, length, codec, size = f.location
             cur = db.execute(
@@ -99,7 +101,7 @@ def mark(db: sqlite3.Connection, found: Iterable[Found], forget: Iterable[bytes]
                     "INSERT OR REPLACE INTO damaged (id, pack, offset, length, why, time) VALUES (?, ?, ?, ?, ?, ?)",
                     (f.id, pack, offset, length, f.why, now),
                 )
-                count += 1
+                count += f.id not in forget
         db.executemany("DELETE FROM damaged WHERE id = ?", ((cid,) for cid in forget))
         db.execute("COMMIT")
     except BaseException:
