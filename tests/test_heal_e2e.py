@@ -124,10 +124,11 @@ def test_repair_marks_damage_and_the_next_push_heals_every_snapshot(server: Runn
     after = cli_json(server, "neo-check", "--verify-data", server.remote("t"), code=1)
     assert damaged(after) == {"cached.bin": [1, 2, 3, 4], "lost.bin": [1, 2, 3, 4]} and after["lost_chunks"] == 2
 
-    # cached.bin is unchanged and its files cache vouches for it: the commit asks for its damaged chunk, the
-    # client reads the files again and sends it.
+    # cached.bin is unchanged and its files cache vouches for it: the commit asks for its damaged chunk, and the
+    # client runs again asking about the cached files' chunks, reads cached.bin alone again and sends the chunk.
     pushed = push(server, src)
     assert pushed["snapshot"] == 5 and pushed["retried_without_cache"] is True and pushed["chunks_sent"] == 1, pushed
+    assert (pushed["files_reread"], pushed["files_changed"]) == (1, 2), pushed  # cached.bin, and lost.bin (new)
     trees[5] = snapshot_of(src)
     final = cli_json(server, "neo-check", "--verify-data", server.remote("t"), code=1)
     assert damaged(final) == {"lost.bin": [1, 2, 3, 4]} and final["lost_chunks"] == 1
@@ -170,6 +171,7 @@ def test_a_rotten_chunk_a_pull_meets_is_marked_and_healed_by_the_next_push(
 
     pushed = push(server, src)  # with the files cache: the commit asks for the chunk
     assert pushed["retried_without_cache"] is True and pushed["chunks_sent"] >= 1
+    assert (pushed["files_reread"], pushed["files_changed"]) == (1, 1), pushed  # a.bin alone is read again
     assert cli_json(server, "neo-check", "--verify-data", server.remote("t"))["ok"]
     for sid in (1, pushed["snapshot"]):
         dest = tmp_path / f"r{sid}"
