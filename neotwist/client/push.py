@@ -73,6 +73,8 @@ BATCH_BYTES = 64 * 1024 * 1024
 """Bytes of changed files per batch (a bigger file makes a batch of its own)."""
 BATCHES_IN_FLIGHT = 3
 """Batches being hashed, asked about or uploaded at once: overlaps disk, CPU and network."""
+HAVES_IN_FLIGHT = 8
+"""``have`` requests of one batch in flight at once."""
 JOB_BYTES = 8 * 1024 * 1024
 """Bytes of small files hashed, or chunks compressed, per worker job (amortizes the thread hop)."""
 JOB_FILES = 256
@@ -514,21 +516,25 @@ class _PushRun:
             self.peer.post(PushEntries(rid=0, handle=self.handle, entries=part))
 
     async def _missing(self, ids: list[bytes]) -> set[bytes]:
-        """The ids of ``ids`` the server lacks (``have`` requests of up to MAX_IDS ids, all in flight at once)."""
-        requests = [
-            self.peer.request(Have(rid=0, handle=self.handle, ids=ids[start : start + limits.MAX_IDS]))
-            for start in range(0, len(ids), limits.MAX_IDS)
-        ]
+        """The ids of ``ids`` the server lacks: ``have`` requests of up to MAX_IDS ids, HAVES_IN_FLIGHT at once
+        (a batch of cached files being verified may name millions of ids)."""
         lacking: set[bytes] = set()
-        for n, reply in enumerate(await _gather(requests) if requests else []):
-            if not isinstance(reply, Missing):
-                raise PushError(f"the server answered have with {type(reply).__name__}")
-            base = n * limits.MAX_IDS
-            count = min(limits.MAX_IDS, len(ids) - base)
-            if len(reply.bitmap) * 8 < count:
-                raise PushError("the server's missing bitmap is shorter than the have request")
-            if any(reply.bitmap):
-                lacking.update(ids[base + i] for i in range(count) if reply.bitmap[i >> 3] >> (i & 7) & 1)
+        group = HAVES_IN_FLIGHT * limits.MAX_IDS
+        for first in range(0, len(ids), group):
+            part = ids[first : first + group]
+            requests = [
+                self.peer.request(Have(rid=0, handle=self.handle, ids=part[start : start + limits.MAX_IDS]))
+                for start in range(0, len(part), limits.MAX_IDS)
+            ]
+            for n, reply in enumerate(await _gather(requests)):
+                if not isinstance(reply, Missing):
+                    raise PushError(f"the server answered have with {type(reply).__name__}")
+                base = n * limits.MAX_IDS
+                count = min(limits.MAX_IDS, len(part) - base)
+                if len(reply.bitmap) * 8 < count:
+                    raise PushError("the server's missing bitmap is shorter than the have request")
+                if any(reply.bitmap):
+                    lacking.update(part[base + i] for i in range(count) if reply.bitmap[i >> 3] >> (i & 7) & 1)
         return lacking
 
     async def _check_vouched(self, batch: _Batch) -> None:
