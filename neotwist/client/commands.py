@@ -100,7 +100,8 @@ every chunk, name and metadata blob as it restores them.
 examples:
   neo-check alice@nas/docs                  index and chunk store agree, every record is intact
   neo-check --verify-data alice@nas/docs    also decompress and hash every chunk (reads all stored data)
-  neo-check --verify-data --repair alice@nas/docs && neo-push ~/docs alice@nas/docs    find, mark, heal
+  neo-check --verify-data --repair alice@nas/docs    mark what is damaged (exit 1 until it is healed), then
+  neo-push ~/docs alice@nas/docs                      send the marked chunks again: every snapshot is healed
 """
 
 
