@@ -11,7 +11,7 @@ from repo_support import commit, dir_entry, file_entry, ids_of, put, read_file, 
 from test_check import location, poke
 
 from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.server.repository import Repository, Target, index
+from neotwist.server.repository import Repository, Target, damage, index
 from neotwist.wire.errors import ErrorCode, NeoError
 
 
@@ -120,3 +120,15 @@ def test_an_index_from_before_the_damaged_table_is_migrated(tmp_path: Path) -> N
     t.flush()
     assert t.check(verify_data=True).ok
     repo.close()
+
+
+def test_marking_leaves_a_chunk_alone_that_moved_or_is_stored(target: Target) -> None:
+    """A mark names where the bad record was: a chunk a collection moved meanwhile (its row points elsewhere now)
+    or a chunk stored after the check saw it missing is not marked."""
+    a, b = two_files(target)
+    pack, offset, length, codec, size = target.locate([a])[a]
+    moved = damage.Found(a, (pack, offset + 1, length, codec, size), "seen damaged at a place it left")
+    stored = damage.Found(b, None, "seen referenced but not stored")
+    assert target.mark_damaged([moved, stored]) == 0
+    assert marked(target) == {} and target.missing([a, b]) == [False, False]
+    assert target.check(verify_data=True).ok
