@@ -14,8 +14,11 @@ pool (pyfastcdc, blake3 and zstandard release the GIL, so the workers really run
 5. entries (every scanned item, the root included) are posted in ``entries`` messages of up to MAX_ENTRIES as
    batches finish; ``commit`` is the barrier that makes it all one snapshot.
 
-When the commit says chunks are missing (the cache named chunks the server no longer has), the push is aborted
-and run again once without the cache.
+When the commit says chunks are missing (the cache named chunks the server no longer has, or the server found
+chunks damaged and asks for them again, or one was marked damaged while this push ran), the push is aborted and
+run again once, *verifying* the cache: the chunk ids of the files it vouches for are asked about with ``have``
+too, and only the files with a chunk the server lacks are read again (and their chunks sent); the others still
+cost no read. A push that ran without the cache simply runs again.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ BATCH_BYTES = 64 * 1024 * 1024
 """Bytes of changed files per batch (a bigger file makes a batch of its own)."""
 BATCHES_IN_FLIGHT = 3
 """Batches being hashed, asked about or uploaded at once: overlaps disk, CPU and network."""
+HAVES_IN_FLIGHT = 8
+"""``have`` requests of one batch in flight at once."""
 JOB_BYTES = 8 * 1024 * 1024
 """Bytes of small files hashed, or chunks compressed, per worker job (amortizes the thread hop)."""
 JOB_FILES = 256
@@ -117,7 +122,8 @@ class PushSummary:
     deleted: int = 0  # paths the snapshot recorded as deleted (--delete)
     snapshot: int | None = None
     elapsed_s: float = 0.0
-    retried_without_cache: bool = False
+    retried_without_cache: bool = False  # the commit asked for chunks; the push ran again (see files_reread)
+    files_reread: int = 0  # files the cache vouched for that were read again: the server lacked a chunk of theirs
     encrypted: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -296,18 +302,26 @@ class _Batch:
     ready: list[Entry] = field(default_factory=list)
     cached_files: int = 0
     cached_bytes: int = 0
+    vouched: list[tuple[ScanRecord, bytes, list[Entry]]] = field(default_factory=list)  # verify mode: cache hits
 
 
 class _Scanner:
     """The walk, advanced a batch at a time from worker threads (never two at once)."""
 
     def __init__(
-        self, root: str, options: PushOptions, stats: ScanStats, use_cache: bool, make_entries: EntryMaker
+        self,
+        root: str,
+        options: PushOptions,
+        stats: ScanStats,
+        use_cache: bool,
+        make_entries: EntryMaker,
+        verify: bool = False,
     ) -> None:
         self._it: Iterator[ScanRecord] = scan(root, options.filter, stats)
         self._make_entries = make_entries
         self._cache = options.cache if use_cache else None
         self._remember = options.cache  # remembered into even when not consulted, to rebuild it
+        self._verify = verify  # cache hits go to batch.vouched, to be asked about before they are trusted
 
     def next_batch(self) -> _Batch:
         """The next records, split into files to read and the ready entries of everything else (directories,
@@ -331,7 +345,10 @@ class _Scanner:
                 else:
                     if remember is not None:
                         remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
-                    ready.extend(make_entries(rec, ids))
+                    if self._verify:
+                        batch.vouched.append((rec, ids, make_entries(rec, ids)))
+                    else:
+                        ready.extend(make_entries(rec, ids))
                     batch.cached_files += 1
                     batch.cached_bytes += rec.size
             else:
@@ -406,8 +423,11 @@ class _PushRun:
         summary: PushSummary,
         use_cache: bool,
         crypt: Crypt | None = None,
+        verify: bool = False,
     ) -> None:
         self.reactor = reactor
+        self.verify = verify  # ask about the chunks of the files the cache vouches for (a retry)
+        self.asked: set[bytes] = set()  # ids of vouched files already asked about
         self.crypt = crypt
         self.id_key = crypt.id_key if crypt is not None else None
         self.make_entries: EntryMaker = _entries_for if crypt is None else _encrypted_entries(crypt)
@@ -433,7 +453,7 @@ class _PushRun:
         await peer.request(PushBegin(rid=0, handle=self.handle, delete=self.options.delete))
         if self.cache is not None:
             self.cache.new = {}
-        scanner = _Scanner(self.root, self.options, self.stats, self.use_cache, self.make_entries)
+        scanner = _Scanner(self.root, self.options, self.stats, self.use_cache, self.make_entries, self.verify)
         slots = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Any] = []
         failure: list[BaseException] = []
@@ -481,9 +501,56 @@ class _PushRun:
         for part in take_entry_messages(self.entries, force):
             self.peer.post(PushEntries(rid=0, handle=self.handle, entries=part))
 
+    async def _missing(self, ids: list[bytes]) -> set[bytes]:
+        """The ids of ``ids`` the server lacks: ``have`` requests of up to MAX_IDS ids, HAVES_IN_FLIGHT at once
+        (a batch of cached files being verified may name millions of ids)."""
+        lacking: set[bytes] = set()
+        group = HAVES_IN_FLIGHT * limits.MAX_IDS
+        for first in range(0, len(ids), group):
+            part = ids[first : first + group]
+            requests = [
+                self.peer.request(Have(rid=0, handle=self.handle, ids=part[start : start + limits.MAX_IDS]))
+                for start in range(0, len(part), limits.MAX_IDS)
+            ]
+            for n, reply in enumerate(await _gather(requests)):
+                if not isinstance(reply, Missing):
+                    raise PushError(f"the server answered have with {type(reply).__name__}")
+                base = n * limits.MAX_IDS
+                count = min(limits.MAX_IDS, len(part) - base)
+                if len(reply.bitmap) * 8 < count:
+                    raise PushError("the server's missing bitmap is shorter than the have request")
+                if any(reply.bitmap):
+                    lacking.update(part[base + i] for i in range(count) if reply.bitmap[i >> 3] >> (i & 7) & 1)
+        return lacking
+
+    async def _check_vouched(self, batch: _Batch) -> None:
+        """Verify mode: the files the cache vouches for keep their cached entries unless the server lacks one of
+        their chunks; those are read again (moved to ``batch.changed``), so their chunks are sent."""
+        step = ID
+        asked = self.asked
+        ask = []
+        for _rec, ids, _entries in batch.vouched:
+            for i in range(0, len(ids), step):
+                cid = ids[i : i + step]
+                if cid not in asked:
+                    asked.add(cid)
+                    ask.append(cid)
+        lacking = await self._missing(ask)
+        for rec, ids, entries in batch.vouched:
+            if lacking and any(ids[i : i + step] in lacking for i in range(0, len(ids), step)):
+                batch.changed.append(rec)
+                batch.cached_files -= 1
+                batch.cached_bytes -= rec.size
+                self.summary.files_reread += 1
+            else:
+                batch.ready.extend(entries)
+        batch.vouched = []
+
     async def _batch(self, batch: _Batch) -> None:
         summary = self.summary
         params = self.params
+        if batch.vouched:
+            await self._check_vouched(batch)
         # 1. hash the changed files, small ones grouped per job
         jobs: list[list[ScanRecord]] = []
         group: list[ScanRecord] = []
@@ -545,27 +612,10 @@ class _PushRun:
             return
 
         # 3. which of the new ids does the server lack?
-        requests = []
-        for start in range(0, len(sources), limits.MAX_IDS):
-            part = [s[0] for s in sources[start : start + limits.MAX_IDS]]
-            requests.append(self.peer.request(Have(rid=0, handle=self.handle, ids=part)))
-        replies = await _gather(requests)
-        missing: list[_Source] = []
-        for n, reply in enumerate(replies):
-            if not isinstance(reply, Missing):
-                raise PushError(f"the server answered have with {type(reply).__name__}")
-            bitmap = reply.bitmap
-            base = n * limits.MAX_IDS
-            count = min(limits.MAX_IDS, len(sources) - base)
-            if len(bitmap) * 8 < count:
-                raise PushError("the server's missing bitmap is shorter than the have request")
-            if not any(bitmap):
-                continue
-            for i in range(count):
-                if bitmap[i >> 3] >> (i & 7) & 1:
-                    missing.append(sources[base + i])
-        if not missing:
+        lacking = await self._missing([src[0] for src in sources])
+        if not lacking:
             return
+        missing = [src for src in sources if src[0] in lacking]
 
         # 4. read, compress (in workers) and put them
         jobs2: list[list[_Source]] = []
@@ -641,19 +691,23 @@ async def push(
         pool.start()
         try:
             use_cache = options.cache is not None
+            retried = False
             while True:
                 run = _PushRun(
-                    reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt
-                )
+                    reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt,
+                    verify=retried,
+                )  # fmt: skip
                 try:
                     committed = await run.run()
                     break
                 except RemoteError as e:
-                    if e.code != ErrorCode.MISSING_CHUNKS or not use_cache:
+                    if e.code != ErrorCode.MISSING_CHUNKS or retried:
                         raise
-                # The cache named chunks the server no longer has: start over reading every file.
+                # The server lacks chunks this push refers to (the cache named chunks it no longer has, or it asks
+                # again for chunks it found damaged): start over once, asking about the cached files' chunks too
+                # and reading again those it lacks.
                 await peer.request(Abort(rid=0, handle=opened.handle))
-                use_cache = False
+                retried = True
                 summary = PushSummary(retried_without_cache=True, encrypted=crypt is not None)
         finally:
             pool.stop()

@@ -10,7 +10,8 @@ Modules, one job each: :mod:`.packs` (pack file format), :mod:`.index` (SQLite
 schemas and connections), :mod:`.target` (one target's chunks and snapshots), :mod:`.push` (staging and
 committing a snapshot), :mod:`.history` (listing snapshots, versions, deleted paths; pruning),
 :mod:`.retention` (which snapshots a policy keeps), :mod:`.gc` (garbage collection and pack compaction),
-:mod:`.check` (index and store agree), :mod:`.space` (free-space reserve and emergency space),
+:mod:`.check` (index and store agree), :mod:`.damage` (marking damaged chunks so a push heals them),
+:mod:`.space` (free-space reserve and emergency space),
 :mod:`.repository` (the catalog), :mod:`.records` (result records).
 """
 

@@ -59,6 +59,24 @@ CATALOG_MIGRATIONS = (
 """Scripts that bring an older ``catalog.sqlite`` forward, one per version after SCHEMA_VERSION; a new file
 gets the current schema directly. The file's ``user_version`` is SCHEMA_VERSION + len(CATALOG_MIGRATIONS)."""
 
+DAMAGED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS damaged (
+    id BLOB PRIMARY KEY,          -- 32-byte chunk id, never also in chunks
+    pack INTEGER,                 -- where its bad record was (NULL: it was referenced but not stored)
+    offset INTEGER,
+    length INTEGER,
+    why TEXT NOT NULL,            -- what was wrong with it
+    time REAL NOT NULL            -- when it was marked (server time)
+) WITHOUT ROWID;
+
+CREATE TRIGGER IF NOT EXISTS damaged_healed AFTER INSERT ON chunks
+BEGIN
+    DELETE FROM damaged WHERE id = NEW.id;
+END;
+"""
+"""Chunks marked damaged (see :mod:`.damage`): moved out of ``chunks``, so ``have`` answers "missing" and the next
+push of the intact file uploads them; storing one anew (a row inserted into ``chunks``) heals it."""
+
 INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
     id BLOB PRIMARY KEY,          -- 32-byte chunk id
@@ -111,8 +129,14 @@ CREATE TABLE IF NOT EXISTS versions (
 );
 CREATE INDEX IF NOT EXISTS versions_path ON versions (path, first);
 CREATE UNIQUE INDEX IF NOT EXISTS versions_current ON versions (path) WHERE last IS NULL;
-"""
+""" + DAMAGED_SCHEMA
 """``versions_current`` finds a path's current version in one probe and guarantees there is at most one."""
+
+INDEX_MIGRATIONS = (
+    # 1 -> 2 (healing): chunks found damaged wait in ``damaged`` until a push stores them again.
+    DAMAGED_SCHEMA,
+)
+"""Scripts that bring an older ``index.sqlite`` forward (as CATALOG_MIGRATIONS for the catalog)."""
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -67,6 +67,14 @@ def make_dirs(path: Path) -> None:
         fsync_dir(d.parent)
 
 
+class RecordDamaged(NeoError):
+    """A record that was read but does not check out (truncated, another chunk's, a bad CRC): definite damage, not
+    an I/O error that may pass (those are plain NeoError(DAMAGED))."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.DAMAGED, message)
+
+
 def encode_header(chunk_id: bytes, codec: int, size: int, data: bytes) -> bytes:
     head = _HEAD.pack(RECORD_MAGIC, chunk_id, codec, size, len(data), zlib.crc32(data))
     return head + _HCRC.pack(zlib.crc32(head))
@@ -76,16 +84,16 @@ def check_record(buf: bytes, length: int, chunk_id: bytes, where: str) -> tuple[
     """(codec, size, stored bytes) of the record in ``buf`` (read where the index placed a record of ``length``
     stored bytes for ``chunk_id``), or NeoError(DAMAGED) naming ``where`` and what is wrong."""
     if len(buf) != HEADER_SIZE + length:
-        raise NeoError(ErrorCode.DAMAGED, f"{where}: record is truncated")
+        raise RecordDamaged(f"{where}: record is truncated")
     magic, rid, codec, size, stored, crc = _HEAD.unpack_from(buf)
     (hcrc,) = _HCRC.unpack_from(buf, _HEAD.size)
     if magic != RECORD_MAGIC or hcrc != zlib.crc32(memoryview(buf)[: _HEAD.size]):
-        raise NeoError(ErrorCode.DAMAGED, f"{where}: record header is damaged")
+        raise RecordDamaged(f"{where}: record header is damaged")
     if rid != chunk_id or stored != length:
-        raise NeoError(ErrorCode.DAMAGED, f"{where}: record belongs to another chunk")
+        raise RecordDamaged(f"{where}: record belongs to another chunk")
     data = buf[HEADER_SIZE:]
     if zlib.crc32(data) != crc:
-        raise NeoError(ErrorCode.DAMAGED, f"{where}: stored bytes are damaged")
+        raise RecordDamaged(f"{where}: stored bytes are damaged")
     return codec, size, data
 
 

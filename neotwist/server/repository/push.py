@@ -8,7 +8,9 @@ Because the commit compares with the versions current *at commit time*, two conc
 second merges into what the first produced.
 
 Only changed entries have their chunk ids checked against the chunk index: an unchanged entry references the
-same chunks as the current version, which were checked when that version was committed.
+same chunks as the current version, which were checked when that version was committed. The exception is a
+chunk marked damaged since (see :mod:`.damage`): while any is marked, every staged file's chunk ids are also
+looked up among them, and a commit that would refer to one asks for it again (MISSING_CHUNKS).
 """
 
 # ruff: noqa: S608  (SQL text is built only from constants and generated table names; values are bound)
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from neotwist import paths
+from neotwist.server.repository import damage
 from neotwist.server.repository.history import within
 from neotwist.server.repository.index import storage_errors, transaction
 from neotwist.server.repository.records import CommitResult, SnapshotInfo
@@ -255,6 +258,14 @@ class Push:
         ).fetchone()
         if missing:
             raise NeoError(ErrorCode.MISSING_CHUNKS, f"{missing} chunks missing, e.g. {bytes(example).hex()}")
+        if damage.any_marked(db):  # unchanged files too: their chunks were checked before they were damaged
+            bad, one = damage.referenced_by(db, stage)
+            if bad:
+                assert one is not None
+                raise NeoError(
+                    ErrorCode.MISSING_CHUNKS, f"{bad} chunks are damaged on the server and must be sent again, e.g. "
+                    f"{one.hex()}"
+                )  # fmt: skip
         if self.confined:
             self._check_proven(db, need)
 
@@ -391,7 +402,7 @@ class Push:
                 found.update(
                     bytes(r[0])
                     for r in db.execute(
-                        f"SELECT id FROM {name} WHERE id IN ({marks}) "
+                        f"SELECT id FROM {name} WHERE id IN ({marks}) AND id NOT IN (SELECT id FROM main.damaged) "
                         f"UNION SELECT id FROM {self._stage}_up WHERE id IN ({marks})",
                         batch + batch,
                     )

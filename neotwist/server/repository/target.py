@@ -40,10 +40,10 @@ from neotwist import paths
 from neotwist.atomicfile import fsync_dir
 from neotwist.codec import verify_upload
 from neotwist.server.repository import check as check_module
-from neotwist.server.repository import gc, history, index
+from neotwist.server.repository import damage, gc, history, index
 from neotwist.server.repository.history import SNAPSHOT_COLUMNS as _SNAPSHOT_COLUMNS
 from neotwist.server.repository.history import snapshot_info
-from neotwist.server.repository.packs import HEADER_SIZE, PackStore, make_dirs
+from neotwist.server.repository.packs import HEADER_SIZE, PackStore, RecordDamaged, make_dirs
 from neotwist.server.repository.push import Push
 from neotwist.server.repository.records import (
     CheckReport,
@@ -128,7 +128,7 @@ class Target:
         else:
             make_dirs(directory / "packs")
             created = not db_path.exists()
-            self._db = index.connect(db_path, index.INDEX_SCHEMA)
+            self._db = index.connect(db_path, index.INDEX_SCHEMA, index.INDEX_MIGRATIONS)
             if created:
                 fsync_dir(directory)
             self._reader = index.connect(db_path, None)
@@ -367,6 +367,8 @@ class Target:
             # look once more before calling it damaged.
             again = self.locate([chunk_id]).get(chunk_id)
             if again is None or again == loc:
+                if isinstance(e, RecordDamaged) and again == loc and damage.on_read(self, chunk_id, loc, e):
+                    raise NeoError(e.code, f"{e.message}; marked damaged: {damage.HEAL_HINT}") from None
                 raise e from None
             return self._read_at(chunk_id, again)
 
@@ -374,7 +376,7 @@ class Target:
         pack, offset, length, codec, size = loc
         got_codec, got_size, data = self._packs.read(pack, offset, length, chunk_id)
         if (got_codec, got_size) != (codec, size):
-            raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()}: record disagrees with the index")
+            raise RecordDamaged(f"chunk {chunk_id.hex()}: record disagrees with the index")
         return codec, size, data
 
     def read_chunk(self, chunk_id: bytes) -> tuple[int, int, bytes]:
@@ -533,14 +535,30 @@ class Target:
         verify_data: bool = False,
         progress: Callable[[int, int], None] | None = None,
         root: str | None = None,
+        repair: bool = False,
     ) -> CheckReport:
         """Check that the index and the packs agree (every record read and its header and CRC checked); with
         ``verify_data`` also that every plaintext chunk decompresses and hashes to its id. ``progress(done,
         total)`` is called now and then with stored bytes checked so far and in all. With ``root``, only the
         chunks that versions at or below it reference (a handle confined to a granted sub-path). Read-only: safe
-        on a target a running server is using, and on a read-only target (see :mod:`.check`)."""
+        on a target a running server is using, and on a read-only target (see :mod:`.check`). ``repair`` marks
+        what it finds damaged, so the next push of the intact file heals it (see :meth:`mark_damaged`)."""
         with self._maintenance_lock:
-            return check_module.check(self, verify_data, progress, root)
+            return check_module.check(self, verify_data, progress, root, repair)
+
+    def mark_damaged(self, found: Sequence[damage.Found], forget: Sequence[bytes] = ()) -> int:
+        """Mark damaged chunks and forget marked ones nothing refers to (see :mod:`.damage`); return how many were
+        marked now. The one write a read-only target allows: through a writer connection of its own, so a repair
+        from ``neo-admin`` beside the running server goes through SQLite's locking like any writer."""
+        if not self.read_only:
+            with self._lock, index.storage_errors("mark damaged chunks"):
+                return damage.mark(self._db, found, forget)
+        with index.storage_errors("mark damaged chunks"):
+            db = index.connect(self.directory / "index.sqlite", index.INDEX_SCHEMA, index.INDEX_MIGRATIONS)
+            try:
+                return damage.mark(db, found, forget)
+            finally:
+                db.close()
 
     def list_entries(self, snapshot_id: int, path: str, recursive: bool) -> Iterator[Entry]:
         """The entries of ``snapshot_id`` at and below ``path`` (target-relative paths), sorted by path (UTF-8
