@@ -132,3 +132,19 @@ def test_marking_leaves_a_chunk_alone_that_moved_or_is_stored(target: Target) ->
     assert target.mark_damaged([moved, stored]) == 0
     assert marked(target) == {} and target.missing([a, b]) == [False, False]
     assert target.check(verify_data=True).ok
+
+
+def test_a_collection_forgets_the_marks_that_nothing_refers_to(target: Target) -> None:
+    a, _b = two_files(target)
+    pack, offset, _length = location(target, a)
+    poke(pack, offset + 60, b"rot")
+    with pytest.raises(NeoError, match="marked damaged"):
+        target.read_chunk(a)
+    commit(target, [dir_entry(""), file_entry("b", b"bravo " * 400)], 2.0)  # a is gone from the latest snapshot
+    target.collect_garbage()
+    assert list(marked(target)) == [a]  # snapshot 1 still refers to it: still lost, still asked for
+    target.prune([1])
+    target.collect_garbage()
+    assert marked(target) == {}  # nothing refers to it any more: commits need not look for it
+    assert target.check(verify_data=True).ok
+    assert read_file(target, view(target, 2)["b"]) == b"bravo " * 400

@@ -37,7 +37,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from neotwist.server.repository import index
+from neotwist.server.repository import damage, index
 from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE
 from neotwist.server.repository.records import GcResult
 from neotwist.server.repository.space import free_bytes
@@ -97,6 +97,10 @@ def _sweep(target: Target, db: sqlite3.Connection, s0: int) -> tuple[int, int]:
                     db.execute(f"DELETE FROM main.chunks WHERE {dead}")
                     db.execute(
                         "UPDATE counters SET chunks = chunks - ?, stored_bytes = stored_bytes - ?", (count, stored)
+                    )
+                if damage.exists(db):  # marks nothing refers to any more: no push will heal them, none needs to
+                    db.execute(
+                        "DELETE FROM main.damaged WHERE NOT EXISTS (SELECT 1 FROM temp.live l WHERE l.id = damaged.id)"
                     )
     db.execute("DELETE FROM temp.live")
     return int(count), int(stored)
