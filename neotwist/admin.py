@@ -22,7 +22,7 @@ import msgspec
 from twisted.python.usage import UsageError
 
 from neotwist.server.accounts import BCRYPT_ROUNDS, Account, AccountError, AccountStore, Grant, parse_public_key
-from neotwist.server.repository import CheckReport, Repository, Target
+from neotwist.server.repository import CheckReport, Repository, Target, TargetMeta
 from neotwist.server.repository.index import connect_read_only
 from neotwist.server.rights import RIGHTS_TEXT, Right
 from neotwist.sizes import parse_size
@@ -326,17 +326,17 @@ def check(data: Path, args: argparse.Namespace) -> int:
     if not (root / "catalog.sqlite").exists():
         if args.target is not None:
             raise Failed(f"no target {args.target!r} in account {args.account!r}: nothing is stored yet")
-        targets: list[Target] = []
+        targets: list[TargetMeta] = []
         repo = None
     else:
         repo = Repository(root, read_only=True)
-        targets = repo.all_targets()
+        targets = repo.target_metas()
     try:
         if args.account is not None:
             wanted = {i for i, n in names.items() if n == args.account}
-            targets = [t for t in targets if t.meta.account_id in wanted]
+            targets = [t for t in targets if t.account_id in wanted]
         if args.target is not None:
-            targets = [t for t in targets if t.meta.name == args.target]
+            targets = [t for t in targets if t.name == args.target]
             if not targets:
                 raise Failed(
                     f"no target {args.target!r} in account {args.account!r} (neo-admin check "
@@ -344,9 +344,16 @@ def check(data: Path, args: argparse.Namespace) -> int:
                 )
         show_progress = not args.json and sys.stderr.isatty()
         results = []
-        for target in targets:
-            account = names.get(target.meta.account_id, f"#{target.meta.account_id}")
-            results.append((account, target.meta.name, _check_one(target, args.verify_data, show_progress)))
+        for meta in targets:
+            assert repo is not None
+            target = repo.hold(meta)  # one at a time: many targets never hold many files open
+            if target is None:  # removed by the server meanwhile
+                continue
+            try:
+                account = names.get(meta.account_id, f"#{meta.account_id}")
+                results.append((account, meta.name, _check_one(target, args.verify_data, show_progress)))
+            finally:
+                repo.release(target)
     finally:
         if repo is not None:
             repo.close()
@@ -600,7 +607,7 @@ def _run_issue5(data: Path, store: AccountStore, cmd: tuple[str, str | None], ar
         a = _require_account(store, args.name)
         repository = _open_repository(data)
         try:
-            owned = [t.meta.name for t in repository.targets_of(a.id)]
+            owned = [t.name for t in repository.target_metas(a.id)]
         finally:
             repository.close()
         if owned:
@@ -623,7 +630,7 @@ def _run_issue5(data: Path, store: AccountStore, cmd: tuple[str, str | None], ar
         if not grantee.is_sub_account:
             repository = _open_repository(data)
             try:
-                clash = repository.find_target(grantee.id, name) is not None
+                clash = any(t.name == name for t in repository.target_metas(grantee.id))
             finally:
                 repository.close()
             if clash:
@@ -654,7 +661,7 @@ def _run_issue5(data: Path, store: AccountStore, cmd: tuple[str, str | None], ar
                     "stored_bytes": t.usage().stored_bytes,
                     "encrypted": t.meta.encrypted,
                 }
-                for t in repository.targets_of(a.id)
+                for t in repository.each_target(a.id)
             ]
         finally:
             repository.close()

@@ -1,0 +1,195 @@
+"""Open targets are bounded: a target nobody holds is closed when too many are open (least recently used first)
+or when it has been idle too long, and a held target is never closed under its holder. Real repositories on
+disk; file descriptors counted in /proc."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from repo_support import commit, dir_entry, file_entry, read_file, view
+from sessionkit import Kit, committed
+
+from neotwist.chunking import DEFAULT_PARAMS
+from neotwist.server.repository import Repository, Target
+from neotwist.wire.messages import Close, Entry, Ok, Opened
+
+FDS_PER_TARGET = 7
+"""Measured for a small target (one pack): index.sqlite twice (writer and reader connections), their two WAL
+files, one shared-memory file, the pack writer and one pack reader."""
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class Clock:
+    """A hand-moved clock for the idle time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fill(repo: Repository, account: int, name: str, content: bytes) -> Entry:
+    """Create the target, push one file to it, read it back, release it; the file's entry."""
+    target = repo.create_target(account, name, encrypted=False, chunker=DEFAULT_PARAMS)
+    try:
+        entry = file_entry("f", content, target=target)
+        commit(target, [dir_entry(""), entry], 100.0)
+        assert read_file(target, entry) == content
+        return entry
+    finally:
+        repo.release(target)
+
+
+def test_many_targets_keep_few_descriptors_open(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", max_open=4)
+    try:
+        before = open_fds()
+        entries = {f"t{i:02d}": fill(repo, 1, f"t{i:02d}", f"content {i}".encode() * 100) for i in range(40)}
+        # Without the bound: 40 targets x 7 descriptors. With it: at most 4 targets are open.
+        assert repo.open_targets() == (4, 0)
+        assert open_fds() - before <= 4 * FDS_PER_TARGET + 4
+        # Every target reopens with its data (the closed ones flushed and closed cleanly).
+        for name in ("t00", "t17", "t39"):
+            target = repo.find_target(1, name)
+            assert target is not None
+            assert read_file(target, view(target, 1)["f"]) == read_file(target, entries[name])
+            repo.release(target)
+        assert repo.open_targets()[0] <= 4
+        # Listing and usage go through the targets one at a time.
+        assert len(repo.list_targets(1)) == 40
+        assert repo.open_targets() == (4, 0)
+    finally:
+        repo.close()
+
+
+def test_held_targets_are_never_closed(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", max_open=1)
+    try:
+        held = [repo.create_target(1, f"held{i}", encrypted=False, chunker=DEFAULT_PARAMS) for i in range(3)]
+        for target in held:
+            commit(target, [dir_entry(""), file_entry("f", target.meta.name.encode() * 50, target=target)], 1.0)
+        for i in range(5):
+            fill(repo, 1, f"other{i}", b"other" * 10)
+        # Three held plus at most one unheld: the held ones are the same objects, still usable.
+        assert repo.open_targets() == (4, 3)
+        for target in held:
+            assert repo.find_target(1, target.meta.name) is target
+            assert read_file(target, view(target, 1)["f"]) == target.meta.name.encode() * 50
+            repo.release(target)  # the find above
+            repo.release(target)  # the create
+        assert repo.open_targets() == (4, 0)
+        fill(repo, 1, "last", b"x")
+        assert repo.open_targets() == (1, 0)
+        with pytest.raises(RuntimeError, match="released more often"):
+            last = repo.find_target(1, "last")
+            assert last is not None
+            repo.release(last)
+            repo.release(last)
+    finally:
+        repo.close()
+
+
+def test_idle_targets_are_closed_after_the_idle_time(tmp_path: Path) -> None:
+    clock = Clock()
+    repo = Repository(tmp_path / "repo", idle=300.0, clock=clock)
+    try:
+        fill(repo, 1, "a", b"a" * 1000)
+        clock.now += 100
+        fill(repo, 1, "b", b"b" * 1000)
+        busy = repo.find_target(1, "b")
+        assert busy is not None
+        clock.now += 250  # a idle for 350 s; b held
+        assert repo.close_idle() == 1
+        assert repo.open_targets() == (1, 1)
+        repo.release(busy)
+        assert repo.close_idle() == 0  # b idle since just now
+        assert repo.close_idle(clock.now + 300) == 1
+        assert repo.open_targets() == (0, 0)
+        # Reopened on demand, with a pending chunk flushed by the close.
+        a = repo.find_target(1, "a")
+        assert a is not None
+        unflushed = file_entry("g", b"pending" * 100, target=a)
+        repo.release(a)
+        assert repo.close_idle(clock.now + 1000) == 1
+        a = repo.find_target(1, "a")
+        assert a is not None and a.missing([unflushed.chunks]) == [False]
+        repo.release(a)
+    finally:
+        repo.close()
+
+
+def test_a_removed_target_is_closed_once_its_last_holder_lets_go(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", max_open=1)
+    try:
+        fill(repo, 1, "doomed", b"d" * 1000)
+        doomed = repo.find_target(1, "doomed")
+        reader = repo.find_target(1, "doomed")
+        assert doomed is not None and reader is doomed
+        before = open_fds()
+        repo.remove_target(doomed)
+        repo.release(doomed)
+        assert not (tmp_path / "repo" / f"t{doomed.meta.id}").exists()
+        # Still held by a reader: its open files stay usable until it lets go.
+        assert view(reader, 1)["f"].size == 1000
+        assert repo.close_idle() == 0 and repo.open_targets() == (1, 1)
+        repo.release(reader)
+        assert repo.close_idle() == 1 and repo.open_targets() == (0, 0)
+        assert open_fds() <= before - FDS_PER_TARGET + 1
+        assert repo.find_target(1, "doomed") is None
+    finally:
+        repo.close()
+
+
+def test_sessions_hold_what_their_handles_use(tmp_path: Path) -> None:
+    kit = Kit(tmp_path, max_open=2)
+    try:
+        kit.account("alice")
+        conn = kit.connect("alice")
+        for i in range(10):
+            committed(conn.push({"f": f"file {i}".encode()}, target=f"t{i}"))  # leaves its handle open
+        open_count, held = kit.repository.open_targets()
+        assert held == 10 and open_count == 10
+        for number in range(1, 11):
+            assert isinstance(conn.call(Close(rid=0, handle=number)), Ok)
+        # Released (a release never waits for the disk); the next sweep or open closes what is over the bound.
+        assert kit.repository.open_targets() == (10, 0)
+        assert kit.repository.close_idle() == 8
+        assert kit.repository.open_targets() == (2, 0)
+        # A reader keeps its target while other connections churn through the rest.
+        reader = conn.open("t0")
+        assert isinstance(reader, Opened)
+        other = kit.connect("alice")
+        for i in range(1, 10):
+            opened = other.open(f"t{i}")
+            assert isinstance(opened, Opened)
+            other.call(Close(rid=0, handle=opened.handle))
+        assert kit.repository.open_targets()[1] == 1
+        assert conn.listing(reader.handle)["f"].size == len(b"file 0")
+        # A connection lost with handles open lets go of them.
+        for i in range(3):
+            assert isinstance(other.open(f"t{i}"), Opened)
+        assert kit.repository.open_targets()[1] == 3  # t0 is held twice
+        other.client.transport.loseConnection()
+        other.pump.flush()
+        conn.client.transport.loseConnection()
+        conn.pump.flush()
+        kit.repository.close_idle(float("inf"))
+        assert kit.repository.open_targets() == (0, 0)
+    finally:
+        kit.close()
+
+
+def test_target_object_is_shared_while_held(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", max_open=1)
+    try:
+        first = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
+        again = repo.find_target(1, "t")
+        assert again is first and isinstance(first, Target)
+    finally:
+        repo.close()
