@@ -47,6 +47,13 @@ def endpoint_description(value: str, option: str) -> str | None:
     return value
 
 
+DEFAULT_MAX_OPEN_TARGETS = 64
+"""Targets kept open while nobody uses them (``Repository``'s bound; docs/admin.md gives the cost of each)."""
+
+DEFAULT_TARGET_IDLE = 300.0
+"""Seconds an unused target stays open."""
+
+
 class Options(usage.Options):
     synopsis = "[--data DIR] [--ssh PORT|ENDPOINT|none] [--tls PORT|ENDPOINT|none]"
     longdesc = (
@@ -60,6 +67,10 @@ class Options(usage.Options):
         ["tls", None, DEFAULT_TLS, "TLS listening port or plain stream endpoint ('none' disables TLS)."],
         ["ssh-log-level", None, "warn", "SSH protocol detail in the log: debug, info, warn or error. Logins, "
          "failed logins, commits and errors are always logged."],
+        ["max-open-targets", None, str(DEFAULT_MAX_OPEN_TARGETS), "Targets kept open while no connection uses "
+         "them (least recently used ones are closed beyond it); each costs about 7 file descriptors (up to 70 "
+         "for a big target being read) and its index caches."],
+        ["target-idle", None, str(int(DEFAULT_TARGET_IDLE)), "Seconds a target no connection uses stays open."],
     ]
 
     def __init__(self) -> None:
@@ -89,6 +100,18 @@ class Options(usage.Options):
             raise usage.UsageError(f"--ssh-log-level: one of {', '.join(LEVELS)}, not {self['ssh-log-level']!r}")
         if self["ssh_endpoint"] is None and self["tls_endpoint"] is None:
             raise usage.UsageError("--ssh none and --tls none leave nothing to serve")
+        try:
+            self["max_open_targets"] = int(self["max-open-targets"])
+        except ValueError:
+            raise usage.UsageError(f"--max-open-targets: a whole number, not {self['max-open-targets']!r}") from None
+        if self["max_open_targets"] < 1:
+            raise usage.UsageError("--max-open-targets: at least 1")
+        try:
+            self["target_idle"] = float(self["target-idle"])
+        except ValueError:
+            raise usage.UsageError(f"--target-idle: a number of seconds, not {self['target-idle']!r}") from None
+        if not 0 <= self["target_idle"] <= 86400:
+            raise usage.UsageError("--target-idle: seconds from 0 to 86400")
 
 
 def prepare_data_dir(data: Path) -> Path:
@@ -110,28 +133,41 @@ SHRINK_INTERVAL = 120.0
 
 
 class _RepositoryService(service.Service):
-    """Returns idle targets' page caches every SHRINK_INTERVAL (in a worker thread), and flushes and closes the
-    repository when the server stops (after the listeners, which stop first)."""
+    """Closes targets idle for longer than the repository's ``idle`` (checked every quarter of it, at most
+    every SHRINK_INTERVAL), returns idle targets' page caches every SHRINK_INTERVAL (both in a worker thread),
+    and flushes and closes the repository when the server stops (after the listeners, which stop first)."""
 
     def __init__(self, repository: Any) -> None:
         self.repository = repository
         self._loop: Any = None
         self._shrinking: Any = None
+        self._interval = min(SHRINK_INTERVAL, max(repository.idle / 4, 0.25))
+        self._rounds = 0
 
     def startService(self) -> None:
         from twisted.internet.task import LoopingCall
 
         super().startService()
         self._loop = LoopingCall(self._shrink)
-        self._loop.start(SHRINK_INTERVAL, now=False)
+        self._loop.start(self._interval, now=False)
 
     def _shrink(self) -> None:
         from twisted.internet.threads import deferToThread
 
+        self._rounds += 1
+        shrink = self._rounds * self._interval >= SHRINK_INTERVAL
         if self._shrinking is None:  # the previous round still running: skip this one
-            self._shrinking = deferToThread(self.repository.shrink_memory)
-            self._shrinking.addErrback(lambda f: log.failure("shrinking page caches", f))
+            if shrink:
+                self._rounds = 0
+            self._shrinking = deferToThread(self._tidy, shrink)
+            self._shrinking.addErrback(lambda f: log.failure("closing idle targets or shrinking page caches", f))
             self._shrinking.addBoth(lambda _: setattr(self, "_shrinking", None))
+
+    def _tidy(self, shrink: bool) -> None:
+        """In a worker thread: close idle targets, then (every SHRINK_INTERVAL) shrink the open ones' caches."""
+        self.repository.close_idle()
+        if shrink:
+            self.repository.shrink_memory()
 
     def stopService(self) -> Any:
         super().stopService()
@@ -152,14 +188,32 @@ def makeService(options: Options) -> service.MultiService:
     tune_threads()  # worker threads' disk I/O must not wait on the reactor thread for the GIL
 
     # Imported here so `twistd --help` works without loading the repository and session code.
+    from neotwist.server import descriptors
     from neotwist.server.logs import set_ssh_log_level
     from neotwist.server.repository import Repository
     from neotwist.server.session import ServerServices, make_server_peer
 
     set_ssh_log_level(options["ssh-log-level"])
+    soft, hard = descriptors.raise_limit()
+    log.info(
+        "file descriptors: limit {soft} (hard {hard}); at most {targets} unused targets stay open, for {idle:g} s",
+        soft=soft,
+        hard=hard,
+        targets=options["max_open_targets"],
+        idle=options["target_idle"],
+    )
     data = prepare_data_dir(Path(options["data"]))
     accounts = AccountStore(data / "accounts.sqlite", bcrypt_rounds=options["bcrypt_rounds"])
-    repository = Repository(data / "repo")
+
+    def close_failed(target: Any, error: Exception) -> None:
+        log.warn("closing idle target {target}: {error}", target=repr(target), error=str(error))
+
+    repository = Repository(
+        data / "repo",
+        max_open=options["max_open_targets"],
+        idle=options["target_idle"],
+        on_close_error=close_failed,
+    )
     from neotwist.server.throttle import LoginThrottle
 
     throttle = LoginThrottle(reactor)  # one count of failed logins for SSH and TLS

@@ -4,7 +4,12 @@ disk; file descriptors counted in /proc."""
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,7 @@ from repo_support import commit, dir_entry, file_entry, read_file, view
 from sessionkit import Kit, committed
 
 from neotwist.chunking import DEFAULT_PARAMS
+from neotwist.server import descriptors
 from neotwist.server.repository import Repository, Target
 from neotwist.wire.messages import Close, Entry, Ok, Opened
 
@@ -191,5 +197,54 @@ def test_target_object_is_shared_while_held(tmp_path: Path) -> None:
         first = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
         again = repo.find_target(1, "t")
         assert again is first and isinstance(first, Target)
+    finally:
+        repo.close()
+
+
+@contextmanager
+def fd_limit(spare: int) -> Iterator[None]:
+    """This process may open only ``spare`` more files (its soft limit, restored afterwards). The limit bounds
+    descriptor numbers, and a new file takes the lowest free one: the limit is set just above the ``spare``-th
+    free number."""
+    used = {int(name) for name in os.listdir("/proc/self/fd")}
+    free = (n for n in range(1 << 20) if n not in used)
+    limit = [next(free) for _ in range(spare)][-1] + 1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_out_of_descriptors_closes_unheld_targets_first(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo")
+    try:
+        for i in range(4):
+            fill(repo, 1, f"t{i}", b"x" * 100)
+        repo.create_target(1, "new", encrypted=False, chunker=DEFAULT_PARAMS)
+        repo.create_target(1, "busy", encrypted=False, chunker=DEFAULT_PARAMS)
+        for name in ("new", "busy"):
+            target = repo.find_target(1, name)
+            assert target is not None
+            repo.release(target)
+            repo.release(target)
+        repo.close_idle(float("inf"))
+        for i in range(4):
+            t = repo.find_target(1, f"t{i}")
+            assert t is not None
+            repo.release(t)
+        assert repo.open_targets() == (4, 0)
+        with fd_limit(2):  # an index needs more: the four unused targets are closed to make room
+            new = repo.find_target(1, "new")
+        assert new is not None and repo.open_targets() == (1, 1)
+        with fd_limit(2):  # nothing left to close: SQLite's "unable to open", recognised for what it is
+            with pytest.raises(sqlite3.OperationalError) as caught:
+                repo.find_target(1, "busy")
+            assert descriptors.out_of_fds(caught.value)
+        assert not descriptors.out_of_fds(caught.value)  # with descriptors to spare, it would be something else
+        assert descriptors.out_of_fds(OSError(errno.EMFILE, "Too many open files"))
+        repo.release(new)
+        assert repo.open_targets() == (1, 0)
     finally:
         repo.close()

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from twisted.internet.defer import (
     Deferred,
@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 import neotwist
 from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.server import manage, stash
+from neotwist.server import descriptors, manage, stash
 from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.push import CommitCharge
@@ -169,8 +169,10 @@ class ServerServices:
         return cls(repository=Repository(data / "repo"), accounts=accounts, reactor=reactor)
 
     def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """``f(*args)`` in a worker thread. Running out of file descriptors there fails with ``unavailable``
+        (logged once), whatever the work was: a login, an open, a push or a pull."""
         assert self.run_blocking is not None
-        return self.run_blocking(f, *args)
+        return self.run_blocking(f, *args).addErrback(_unless_out_of_fds, getattr(f, "__name__", "a request"))
 
 
 @dataclass
@@ -206,7 +208,7 @@ class _Handle:
     resolved: tuple[tuple[int, int], Access] | None = None
     # The hold on the target: "open", then "closing" once the handle is closed (its requests still running keep
     # the target held: ``busy`` counts them), then "released" (see ServerSession._close_handle).
-    state: str = "open"
+    state: Literal["open", "closing", "released"] = "open"
     busy: int = 0
 
     @property
@@ -1363,6 +1365,12 @@ def _granted_view(target: Target, grant: Grant, extra: dict[str, Any]) -> Target
             **extra,
         )
     return target_info(target, grant.name, **extra)
+
+
+def _unless_out_of_fds(failure: Failure, what: str) -> Failure:
+    if descriptors.out_of_fds(failure.value):
+        raise descriptors.unavailable(what) from None
+    return failure
 
 
 def _finished(d: Deferred[Any]) -> Deferred[None]:

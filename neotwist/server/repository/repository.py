@@ -28,6 +28,7 @@ from typing import Any
 from neotwist.atomicfile import fsync_dir
 from neotwist.paths import check_name
 from neotwist.runtime import release_free_memory
+from neotwist.server import descriptors
 from neotwist.server.changes import ChangeCounter
 from neotwist.server.repository import index
 from neotwist.server.repository.packs import make_dirs
@@ -156,7 +157,17 @@ class Repository:
             if self._closed:
                 raise RuntimeError("repository is closed")
         self._close_entries(self._evict(room=1))  # before opening: its files may need the descriptors
-        target = Target(meta, self.root / f"t{meta.id}", read_only=self.read_only)
+        try:
+            target = Target(meta, self.root / f"t{meta.id}", read_only=self.read_only)
+        except Exception as e:
+            if not descriptors.out_of_fds(e):
+                raise
+            # Out of descriptors (too many connections, say): close every target nobody holds, and try again.
+            victims = self._evict(room=self.max_open)
+            if not victims:
+                raise
+            self._close_entries(victims)
+            target = Target(meta, self.root / f"t{meta.id}", read_only=self.read_only)
         with self._open_lock:
             self._open[meta.id] = _Open(target, holders=1)
         return target
