@@ -7,6 +7,7 @@ and the repository, then listens with the SSH server and the TLS server on the c
 from __future__ import annotations
 
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -133,15 +134,17 @@ SHRINK_INTERVAL = 120.0
 
 
 class _RepositoryService(service.Service):
-    """Closes targets idle for longer than the repository's ``idle`` (checked every quarter of it, at most
-    every SHRINK_INTERVAL), returns idle targets' page caches every SHRINK_INTERVAL (both in a worker thread),
+    """Closes targets idle for longer than the repository's ``idle`` (checked about every quarter of it, at
+    least every SHRINK_INTERVAL), returns idle targets' page caches every SHRINK_INTERVAL (both in a worker thread),
     and flushes and closes the repository when the server stops (after the listeners, which stop first)."""
 
     def __init__(self, repository: Any) -> None:
         self.repository = repository
         self._loop: Any = None
         self._shrinking: Any = None
-        self._interval = min(SHRINK_INTERVAL, max(repository.idle / 4, 0.25))
+        # A quarter of the idle time (at least 0.25 s), made a divisor of SHRINK_INTERVAL.
+        self._every = math.ceil(SHRINK_INTERVAL / max(repository.idle / 4, 0.25))  # rounds per shrinking
+        self._interval = SHRINK_INTERVAL / self._every
         self._rounds = 0
 
     def startService(self) -> None:
@@ -155,7 +158,7 @@ class _RepositoryService(service.Service):
         from twisted.internet.threads import deferToThread
 
         self._rounds += 1
-        shrink = self._rounds * self._interval >= SHRINK_INTERVAL
+        shrink = self._rounds >= self._every
         if self._shrinking is None:  # the previous round still running: skip this one
             if shrink:
                 self._rounds = 0
