@@ -19,8 +19,8 @@ def push(server: RunningServer, src: Path, target: str, scheme: str) -> tuple[in
     return r.returncode, r.stderr
 
 
-def ls(server: RunningServer, scheme: str) -> tuple[int, str]:
-    r = server.cli("neo-ls", "--accept-new-host-key", server.remote("", scheme).rstrip("/"),
+def ls(server: RunningServer, scheme: str, *options: str) -> tuple[int, str]:
+    r = server.cli("neo-ls", "--accept-new-host-key", *options, server.remote("", scheme).rstrip("/"),
                    env=server.env(NEO_PASSWORD=PASSWORD), timeout=60)  # fmt: skip
     return r.returncode, r.stdout + r.stderr
 
@@ -78,8 +78,10 @@ def test_running_out_of_descriptors_is_a_clear_temporary_error(tmp_path: Path) -
         assert push(server, src, "first", "ssh")[0] == 0  # worker threads started, with their connections
         # One descriptor free: the connection is accepted, the credential check cannot open the account store.
         held = fill(server, 1, limit)
-        for scheme in ("ssh", "tls"):
-            code, out = ls(server, scheme)
+        openssh = ("--ssh-command", f"ssh -F /dev/null -i {server.key} -o IdentitiesOnly=yes -o BatchMode=yes "
+                   "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null")  # fmt: skip
+        for scheme, options in (("ssh", ()), ("ssh", openssh), ("tls", ())):
+            code, out = ls(server, scheme, *options)
             assert code == 1 and OUT in out, out
             assert "authentication failed" not in out and "internal" not in out
         # Room for the connection and the login, not for one more target.
