@@ -13,12 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from repo_support import commit, dir_entry, file_entry, read_file, view
+from repo_support import commit, dir_entry, file_entry, put, read_file, view
 from sessionkit import Kit, committed
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server import descriptors
 from neotwist.server.repository import Repository, Target
+from neotwist.server.repository import target as target_module
 from neotwist.wire.messages import Close, Entry, Ok, Opened
 
 FDS_PER_TARGET = 7
@@ -246,5 +247,32 @@ def test_out_of_descriptors_closes_unheld_targets_first(tmp_path: Path) -> None:
         assert descriptors.out_of_fds(OSError(errno.EMFILE, "Too many open files"))
         repo.release(new)
         assert repo.open_targets() == (1, 0)
+    finally:
+        repo.close()
+
+
+def test_a_target_with_an_aborted_push_s_leftovers_stays_open_until_they_are_reclaimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    repo = Repository(tmp_path / "repo", max_open=1, idle=10.0, clock=clock)
+    try:
+        fill(repo, 1, "t", b"kept" * 100)
+        t = repo.find_target(1, "t")
+        assert t is not None
+        push = t.begin_push("", False)
+        left = put(t, os.urandom(50_000), compress=False)
+        push.abort()  # kept for a resume, then reclaimed by the server's maintenance
+        repo.release(t)
+        clock.now += 100
+        fill(repo, 1, "other", b"x")  # over max_open, idle for long: still not closed
+        assert repo.close_idle() == 1  # "other" only
+        assert repo.open_targets() == (1, 0) and t.missing([left]) == [False]
+        monkeypatch.setattr(target_module, "ABANDONED_GRACE", 0.0)
+        repo.maintain()  # reclaims, then closes what is idle
+        assert repo.open_targets() == (0, 0)
+        again = repo.find_target(1, "t")
+        assert again is not None and again.missing([left]) == [True]
+        repo.release(again)
     finally:
         repo.close()

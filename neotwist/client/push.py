@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import blake3
 import zstandard
 from twisted.internet.defer import DeferredList, DeferredSemaphore, FirstError, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
@@ -42,12 +41,10 @@ from neotwist.client.filters import Filter
 from neotwist.client.pins import TargetPin
 from neotwist.client.progress import Progress
 from neotwist.client.scan import ScanRecord, ScanStats, scan
+from neotwist.codec import PLAIN, ChunkCodec
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.messages import (
-    CODEC_RAW,
-    CODEC_SEALED,
-    CODEC_ZSTD,
     Abort,
     ChunkerParams,
     Commit,
@@ -77,9 +74,6 @@ KEEP_BYTES = 1024 * 1024
 """Files up to this size are read whole and kept in memory until their missing chunks are sent."""
 ENTRIES_MESSAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``entries`` message."""
-MIN_SAVING = 0.03
-"""Send a chunk raw unless zstd saves at least this fraction of it."""
-
 
 class PushError(Exception):
     """The push failed; the message is one line fit for the terminal."""
@@ -267,7 +261,7 @@ def _compress_job(root: str, sources: list[_Source], level: int, crypt: Crypt | 
     """Read (re-verifying re-read data against its id), compress (and seal, for an encrypted target) and
     return the chunks of ``sources``."""
     comp = _compressor(level)
-    sealer = crypt.sealer if crypt is not None else None
+    chunk_codec = PLAIN if crypt is None else ChunkCodec(crypt.sealer)
     out: list[_Ready] = []
     fds: dict[str, int] = {}
     try:
@@ -281,18 +275,10 @@ def _compress_job(root: str, sources: list[_Source], level: int, crypt: Crypt | 
                         os.path.join(root, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
                     )
                 raw = os.pread(fd, length, offset)
-                digest = blake3.blake3(raw).digest() if sealer is None else sealer.chunk_id(raw)
-                if len(raw) != length or digest != cid:
+                if len(raw) != length or not chunk_codec.matches(raw, cid):
                     raise PushError(f"{os.path.join(root, path)} changed while it was pushed; push again")
-            packed = comp.compress(raw)
-            if sealer is not None:
-                saves = len(packed) <= length * (1 - MIN_SAVING)
-                record = sealer.seal(cid, raw, packed if saves else None)
-                out.append((cid, CODEC_SEALED, len(record), record, length))
-            elif len(packed) <= length * (1 - MIN_SAVING):
-                out.append((cid, CODEC_ZSTD, length, packed, length))
-            else:
-                out.append((cid, CODEC_RAW, length, raw, length))
+            codec, size, payload = chunk_codec.encode(cid, raw, comp)
+            out.append((cid, codec, size, payload, length))
     except OSError as e:
         raise PushError(f"cannot re-read {e.filename or 'a file'}: {e.strerror}; push again") from None
     finally:
@@ -702,6 +688,9 @@ def describe_error(error: BaseException) -> str:
     """A one-line message for a failed push or pull."""
     if isinstance(error, NeoError):
         if error.code == ErrorCode.PROTOCOL and error.message == "connection lost":
-            return "the connection to the server was lost: run the command again (nothing half-done was kept)"
+            return (
+                "the connection to the server was lost: run the command again and it resumes (a push commits"
+                " no snapshot half-done, and the server keeps what it sent for a while)"
+            )
         return f"server refused: {error.message} ({error.code})"
     return str(error)

@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING
 
 import blake3
 
+from neotwist.codec import raw_bytes
 from neotwist.server.repository import index
 from neotwist.server.repository.history import within
 from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE, check_record
 from neotwist.server.repository.records import CheckReport, DamagedFile
-from neotwist.server.repository.verify import raw_bytes
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import CODEC_SEALED

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from neotwist import paths
 from neotwist.server.repository.history import within
-from neotwist.server.repository.index import storage_errors
+from neotwist.server.repository.index import storage_errors, transaction
 from neotwist.server.repository.records import CommitResult, SnapshotInfo
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
@@ -104,19 +104,11 @@ class Push:
         if not rows:
             return
         db, lock = self.target.writer
-        with lock, storage_errors("stage entries"):
-            db.execute("BEGIN")
-            try:
+        try:
+            with lock, storage_errors("stage entries"), transaction(db, immediate=False):
                 db.executemany(f"INSERT INTO {self._stage} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                db.execute("COMMIT")
-            except sqlite3.IntegrityError:
-                db.execute("ROLLBACK")
-                raise self._fail(
-                    NeoError(ErrorCode.BAD_MESSAGE, "a path is listed twice in one push")
-                ) from None
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        except sqlite3.IntegrityError:
+            raise self._fail(NeoError(ErrorCode.BAD_MESSAGE, "a path is listed twice in one push")) from None
 
     def _rows(self, entries: Sequence[Entry]) -> Iterator[_Row]:
         root, id_size = self.root, limits.ID_SIZE
@@ -179,7 +171,7 @@ class Push:
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
                 self._drop_confined(db)
         finally:
-            self.target.push_ended()
+            self.target.push_ended(aborted=True)
 
     def commit(self, now: float, check: QuotaCheck | None = None) -> CommitResult:
         """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically.
@@ -201,14 +193,10 @@ class Push:
             with lock, storage_errors("commit the snapshot"):
                 if self.confined:
                     self._known(db)  # outside the transaction: a rollback must not drop it
-                db.execute("BEGIN IMMEDIATE")
                 try:
-                    info, uploaded = self._commit(db, now, mark, check)
-                    stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+                    with transaction(db):
+                        info, uploaded = self._commit(db, now, mark, check)
+                        stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
                 finally:
                     db.execute(f"DROP TABLE IF EXISTS {self._stage}_chg")
                     db.execute(f"DROP TABLE IF EXISTS {self._stage}_need")
@@ -369,13 +357,8 @@ class Push:
             return
         db, lock = self.target.writer
         with lock, storage_errors("record uploads"):
-            db.execute("BEGIN")
-            try:
+            with transaction(db, immediate=False):
                 db.executemany(f"INSERT OR IGNORE INTO {self._stage}_up VALUES (?, ?)", chunks)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
 
     def _known(self, db: sqlite3.Connection) -> str:
         """The temp table of chunk ids referenced by current versions at or below the root, built once per push

@@ -33,6 +33,7 @@ from neotwist.server.changes import ChangeCounter
 from neotwist.server.repository import index
 from neotwist.server.repository.packs import make_dirs
 from neotwist.server.repository.records import TargetMeta
+from neotwist.server.repository.space import Ballast, Reserve
 from neotwist.server.repository.target import Target
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import ChunkerParams, TargetInfo
@@ -111,6 +112,7 @@ class Repository:
         root: Path,
         *,
         read_only: bool = False,
+        reserve: Reserve | None = None,
         max_open: int = MAX_OPEN_TARGETS,
         idle: float = TARGET_IDLE,
         clock: Callable[[], float] = time.monotonic,
@@ -124,6 +126,16 @@ class Repository:
         self.idle = idle
         self._clock = clock
         self._on_close_error = on_close_error
+        self.reserve = reserve
+        self.ballast: Ballast | None = None
+        self.space_notes: list[str] = []
+        """What :meth:`keep_space` did at start-up, for the server's log."""
+        if reserve is not None and not read_only:
+            make_dirs(root)
+            self.ballast = Ballast(root)
+            note = self.ballast.keep(reserve)  # before any index is opened: a full disk may need the room
+            if note:
+                self.space_notes.append(note)
         self._columns = _TARGET_COLUMNS
         if read_only:
             self._catalog = index.connect_read_only(root / "catalog.sqlite")
@@ -158,19 +170,22 @@ class Repository:
                 raise RuntimeError("repository is closed")
         self._close_entries(self._evict(room=1))  # before opening: its files may need the descriptors
         try:
-            target = Target(meta, self.root / f"t{meta.id}", read_only=self.read_only)
+            target = self._new_target(meta)
         except Exception as e:
             if not descriptors.out_of_fds(e):
                 raise
             # Out of descriptors (too many connections, say): close every target nobody holds, and try again.
-            victims = self._evict(room=self.max_open)
+            victims = self._evict(room=self.max_open, keep_leftovers=False)
             if not victims:
                 raise
             self._close_entries(victims)
-            target = Target(meta, self.root / f"t{meta.id}", read_only=self.read_only)
+            target = self._new_target(meta)
         with self._open_lock:
             self._open[meta.id] = _Open(target, holders=1)
         return target
+
+    def _new_target(self, meta: TargetMeta) -> Target:
+        return Target(meta, self.root / f"t{meta.id}", read_only=self.read_only, reserve=self.reserve)
 
     def release(self, target: Target) -> None:
         """Let go of a target a method of this repository returned (once per time it was returned). Never
@@ -208,9 +223,11 @@ class Repository:
             finally:
                 self.release(target)
 
-    def _evict(self, room: int = 0) -> list[_Open]:
+    def _evict(self, room: int = 0, *, keep_leftovers: bool = True) -> list[_Open]:
         """Take out of the cache what is to be closed: removed targets nobody holds any more, then the least
-        recently used targets nobody holds while more than ``max_open - room`` are open."""
+        recently used targets nobody holds while more than ``max_open - room`` are open. A target whose aborted
+        pushes left chunks for :meth:`maintain` to reclaim stays open until then (``keep_leftovers``): closed,
+        it would keep them until the next prune."""
         with self._open_lock:
             victims = [e for e in self._leaving if e.holders == 0]
             self._leaving = [e for e in self._leaving if e.holders > 0]
@@ -219,7 +236,7 @@ class Repository:
                 for tid, entry in list(self._open.items()):
                     if excess <= 0:
                         break
-                    if entry.holders == 0:
+                    if entry.holders == 0 and not (keep_leftovers and entry.target.awaiting_reclaim):
                         del self._open[tid]
                         victims.append(entry)
                         excess -= 1
@@ -244,7 +261,8 @@ class Repository:
             victims = self._evict()
             with self._open_lock:
                 for tid, entry in list(self._open.items()):
-                    if entry.holders == 0 and moment - entry.idle_since >= self.idle:
+                    leftovers = entry.target.awaiting_reclaim
+                    if entry.holders == 0 and moment - entry.idle_since >= self.idle and not leftovers:
                         del self._open[tid]
                         victims.append(entry)
             self._close_entries(victims)
@@ -399,17 +417,12 @@ class Repository:
         self._writable()
         with target.maintenance():  # a collection or check running on it finishes first; none starts meanwhile
             with self._lock:
-                self._catalog.execute("BEGIN IMMEDIATE")
-                try:
+                with index.transaction(self._catalog):
                     self._catalog.execute("DELETE FROM targets WHERE id = ?", (meta.id,))
                     self._catalog.execute(
                         "INSERT OR REPLACE INTO removed_targets (id, account_id, name, removed) VALUES (?, ?, ?, ?)",
                         (meta.id, meta.account_id, meta.name, time.time()),
                     )
-                    self._catalog.execute("COMMIT")
-                except BaseException:
-                    self._catalog.execute("ROLLBACK")
-                    raise
                 self._changes.bump()
                 with self._open_lock:
                     entry = self._open.pop(meta.id, None)
@@ -445,6 +458,29 @@ class Repository:
         shrunk = sum(target.shrink_memory() for target in targets)
         release_free_memory()
         return shrunk
+
+    def maintain(self) -> list[str]:
+        """The server's periodic care: reclaim what aborted pushes left (see :meth:`Target.reclaim`), close the
+        targets idle for ``idle`` seconds (:meth:`close_idle`), and keep or release the emergency space (see
+        :mod:`.space`). Returns what is worth logging."""
+        with self._open_lock:  # held for the reclaim, without making them recently used
+            entries = list(self._open.values())
+            for entry in entries:
+                entry.holders += 1
+        try:
+            for entry in entries:
+                entry.target.reclaim()
+        finally:
+            with self._open_lock:
+                for entry in entries:
+                    entry.holders -= 1
+        self.close_idle()
+        notes = []
+        if self.ballast is not None and self.reserve is not None:
+            note = self.ballast.keep(self.reserve)
+            if note:
+                notes.append(note)
+        return notes
 
     def close(self) -> None:
         """Flush and close every open target, held or not, then the catalog. Idempotent."""

@@ -29,12 +29,16 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from twisted.logger import Logger
+
 from neotwist import paths
 from neotwist.atomicfile import fsync_dir
+from neotwist.codec import verify_upload
 from neotwist.server.repository import check as check_module
 from neotwist.server.repository import gc, history, index
 from neotwist.server.repository.history import SNAPSHOT_COLUMNS as _SNAPSHOT_COLUMNS
@@ -51,13 +55,21 @@ from neotwist.server.repository.records import (
     Usage,
     VersionInfo,
 )
-from neotwist.server.repository.verify import verify_chunk
+from neotwist.server.repository.space import Reserve
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry
 
 AUTO_FLUSH = 32 * 1024 * 1024
 """Pending (appended, unindexed) bytes that trigger a flush, so a killed server keeps most uploaded chunks."""
+
+RECLAIM_INTERVAL = 60.0
+"""Seconds between collections that reclaim aborted pushes' chunks (see :meth:`Target.push_ended`)."""
+
+ABANDONED_GRACE = 900.0
+"""Seconds an aborted push's chunks are kept for a client that reconnects and resumes, unless space is short."""
+
+log = Logger()
 
 _IN_BATCH = 500
 """Ids per ``IN (...)`` query: well under SQLite's host-parameter limit."""
@@ -101,10 +113,13 @@ class Target:
     truncated or appended to; methods that would write raise NeoError(PERMISSION_DENIED).
     """
 
-    def __init__(self, meta: TargetMeta, directory: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, meta: TargetMeta, directory: Path, *, read_only: bool = False, reserve: Reserve | None = None
+    ) -> None:
         self.meta = meta
         self.directory = directory
         self.read_only = read_only
+        self.reserve = reserve
         db_path = directory / "index.sqlite"
         if read_only:
             if not db_path.exists():
@@ -128,6 +143,10 @@ class Target:
         self._gc_lock = threading.Lock()
         self._active_pushes = 0
         self._protected: set[bytes] = set()
+        self._uncommitted_bytes = 0  # stored anew since no push was active, or since the last collection
+        self._aborted_since_collect = False
+        self._aborted_at = 0.0
+        self._last_collect = -RECLAIM_INTERVAL
         self._maintenance_lock = threading.Lock()
         self._closed = False
 
@@ -201,29 +220,31 @@ class Target:
         encrypted = self.meta.encrypted
         for n, (chunk_id, codec, size, data) in enumerate(chunks):
             try:
-                verify_chunk(chunk_id, codec, size, data, encrypted=encrypted)
+                verify_upload(chunk_id, codec, size, data, encrypted=encrypted)
             except NeoError as e:
                 raise ChunkRejected(n, e) from None
         new = new_bytes = 0
         with self._gc_lock, self._store_lock:
             pending = self._pending
+            fresh: dict[bytes, tuple[int, int, bytes]] = {}
+            for chunk_id, codec, size, data in chunks:
+                if chunk_id not in pending and chunk_id not in fresh and self._indexed(chunk_id) is None:
+                    fresh[chunk_id] = (codec, size, data)
             if budget is not None:
-                fresh: dict[bytes, int] = {}
-                for chunk_id, _codec, _size, data in chunks:
-                    if chunk_id not in pending and chunk_id not in fresh and self._indexed(chunk_id) is None:
-                        fresh[chunk_id] = len(data)
-                needed = sum(fresh.values())
+                needed = sum(len(data) for _codec, _size, data in fresh.values())
                 if needed > budget:
                     raise OverBudget(needed)
-            for chunk_id, codec, size, data in chunks:
-                if chunk_id in pending or self._indexed(chunk_id) is not None:
-                    continue
-                self._open_writer()
-                pack, offset = self._packs.append(chunk_id, codec, size, data)
-                pending[chunk_id] = (pack, offset, len(data), codec, size)
-                self._pending_bytes += HEADER_SIZE + len(data)
-                new += 1
-                new_bytes += len(data)
+            if fresh and self.reserve is not None:  # refused before anything is written: nothing to discard
+                self.reserve.check(self.directory, sum(HEADER_SIZE + len(f[2]) for f in fresh.values()))
+            with self._discarding_on_error():
+                for chunk_id, (codec, size, data) in fresh.items():
+                    self._open_writer()
+                    pack, offset = self._packs.append(chunk_id, codec, size, data)
+                    pending[chunk_id] = (pack, offset, len(data), codec, size)
+                    self._pending_bytes += HEADER_SIZE + len(data)
+                    new += 1
+                    new_bytes += len(data)
+            self._uncommitted_bytes += new_bytes
             full = self._pending_bytes >= AUTO_FLUSH
             if self._active_pushes:  # uploaded or found present: a push will reference them
                 self._protected.update(c[0] for c in chunks)
@@ -253,41 +274,66 @@ class Target:
         before the flush lies before that position, and every chunk stored later at or after it."""
         with self._store_lock:
             if self._pending or self._packs.dirty:  # dirty: records copied by compaction, or a new pack
-                touched = self._packs.sync()
-                rows = [(chunk_id, *loc) for chunk_id, loc in self._pending.items()]
-                stored = sum(loc[2] for loc in self._pending.values())
-                with self._lock, index.storage_errors("index chunks"):
-                    self._db.execute("BEGIN IMMEDIATE")
-                    try:
-                        cur = self._db.executemany(
-                            "INSERT OR IGNORE INTO chunks (id, pack, offset, length, codec, size) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            rows,
-                        )
-                        if cur.rowcount == len(rows):
-                            self._db.execute(
-                                "UPDATE counters SET chunks = chunks + ?, stored_bytes = stored_bytes + ?",
-                                (len(rows), stored),
-                            )
-                        else:  # some were indexed already (cannot happen with one writer): recount
-                            self._db.execute(
-                                "UPDATE counters SET (chunks, stored_bytes) = "
-                                "(SELECT count(*), coalesce(sum(length), 0) FROM chunks)"
-                            )
-                        self._db.executemany(
-                            "INSERT INTO packs (id, size) VALUES (?, ?) "
-                            "ON CONFLICT (id) DO UPDATE SET size = max(size, excluded.size)",
-                            sorted(touched.items()),
-                        )
-                        self._db.execute("COMMIT")
-                    except BaseException:
-                        self._db.execute("ROLLBACK")
-                        raise
+                with self._discarding_on_error():
+                    touched = self._packs.sync()
+                    self._index_pending(touched)
+                self._packs.synced(touched)
                 self._pending.clear()
                 self._pending_bytes = 0
             if self._packs.writing:
                 return self._packs.position()
         return self._committed_end()
+
+    def _index_pending(self, touched: dict[int, int]) -> None:
+        """One transaction: the pending chunks' rows, the counters, and the packs' committed ends ``touched``
+        (called with the store lock held, after the packs were fsynced)."""
+        rows = [(chunk_id, *loc) for chunk_id, loc in self._pending.items()]
+        stored = sum(loc[2] for loc in self._pending.values())
+        with self._lock, index.storage_errors("index chunks"), index.transaction(self._db) as db:
+            cur = db.executemany(
+                "INSERT OR IGNORE INTO chunks (id, pack, offset, length, codec, size) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            if cur.rowcount == len(rows):
+                db.execute(
+                    "UPDATE counters SET chunks = chunks + ?, stored_bytes = stored_bytes + ?", (len(rows), stored)
+                )
+            else:  # some were indexed already (cannot happen with one writer): recount
+                db.execute(
+                    "UPDATE counters SET (chunks, stored_bytes) = "
+                    "(SELECT count(*), coalesce(sum(length), 0) FROM chunks)"
+                )
+            db.executemany(
+                "INSERT INTO packs (id, size) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET size = max(size, excluded.size)",
+                sorted(touched.items()),
+            )
+
+    @contextmanager
+    def _discarding_on_error(self) -> Iterator[None]:
+        """Called with the store lock held, around appends and flushes: if any of them fails, every chunk not
+        yet committed to the index is forgotten (pending map, pack writer, touched pack ends; see
+        :meth:`PackStore.discard`). Their bytes may not be durable, and a later flush must never index them:
+        the clients are told they are missing and upload them again. A committed snapshot only ever refers to
+        chunks whose rows were committed after their bytes were fsynced."""
+        try:
+            yield
+        except BaseException:
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._packs.discard()
+            try:  # give the discarded bytes back to the disk now (truncating needs no free space)
+                self._open_writer()
+            except NeoError:
+                pass  # the next append tries again
+            raise
+
+    def store_epoch(self) -> int:
+        """A number that changes whenever uncommitted appends are discarded (see :meth:`_discarding_on_error`):
+        garbage collection compares it before and after flushing the records it copied, and points no row at
+        a copy that a discard may have dropped."""
+        with self._store_lock:
+            return self._packs.epoch
 
     def locate(self, ids: Sequence[bytes]) -> dict[bytes, _Location]:
         """Where each stored (or pending) chunk of ``ids`` is, in one index query per _IN_BATCH ids; ids that are
@@ -342,9 +388,12 @@ class Target:
     # --- pushes ------------------------------------------------------------------------------------------
 
     def begin_push(self, root: str, delete: bool) -> Push:
-        """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything)."""
+        """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything).
+        Raises DISK_FULL while the free space is below the reserve."""
         self._writable("push")
         paths.check_path(root)
+        if self.reserve is not None:
+            self.reserve.check(self.directory)
         return Push(self, root, delete, next(self._push_numbers))
 
     def push_started(self) -> None:
@@ -353,14 +402,61 @@ class Target:
         with self._gc_lock:
             self._active_pushes += 1
 
-    def push_ended(self) -> None:
+    def push_ended(self, *, aborted: bool = False) -> None:
         """A push committed (its chunks are now referenced) or was aborted; the last one to end drops the
-        protected set."""
+        protected set.
+
+        The chunks an aborted push (failed, refused, or its connection lost) stored anew may be referenced by
+        nothing. They are kept for ABANDONED_GRACE, so a client that reconnects resumes from them, and then
+        reclaimed by a garbage collection (:meth:`reclaim`, which the server calls periodically) without
+        waiting for a prune; at once, in this thread, when the free space is short (the collection deletes
+        packs that hold nothing live first, so it works on a full disk). At most one such collection per
+        RECLAIM_INTERVAL: a client that aborts push after push cannot keep the target collecting."""
         with self._gc_lock:
             self._active_pushes -= 1
+            if aborted and self._uncommitted_bytes > 0:
+                self._aborted_since_collect = True
+                self._aborted_at = time.monotonic()
             if self._active_pushes <= 0:
                 self._active_pushes = 0
                 self._protected.clear()
+                if not self._aborted_since_collect:
+                    self._uncommitted_bytes = 0  # every push since the last collection committed
+        if aborted:
+            self.reclaim()
+
+    def reclaim_wanted(self, now: float | None = None) -> bool:
+        """Whether chunks an aborted push left are due for collection (see :meth:`push_ended`)."""
+        now = time.monotonic() if now is None else now
+        with self._gc_lock:
+            if (
+                self._active_pushes
+                or not self._aborted_since_collect
+                or self.read_only
+                or self._closed
+                or now - self._last_collect < RECLAIM_INTERVAL
+            ):
+                return False
+            due = now - self._aborted_at >= ABANDONED_GRACE
+        return due or (self.reserve is not None and self.reserve.tight(self.directory))
+
+    @property
+    def awaiting_reclaim(self) -> bool:
+        """True while chunks an aborted push left wait for :meth:`reclaim`: the repository keeps the target open
+        until then. Read without a lock (a hint: the repository asks while holding its own lock, which a
+        collection holding the gc lock must never make it wait for)."""
+        return self._aborted_since_collect and not self.read_only
+
+    def reclaim(self) -> GcResult | None:
+        """Collect garbage if :meth:`reclaim_wanted`; its result, or None. A failure is logged, never raised:
+        the push that ended has nothing to do with it, and the next reclaim or prune tries again."""
+        if not self.reclaim_wanted():
+            return None
+        try:
+            return self.collect_garbage()
+        except NeoError as e:
+            log.warn("cannot reclaim the space of an aborted push in {target}: {why}", target=self, why=e.message)
+            return None
 
     # --- snapshots and entries ---------------------------------------------------------------------------
 
@@ -414,6 +510,10 @@ class Target:
         Safe while pushes and pulls run; one collection at a time."""
         self._writable("collect garbage")
         with self._maintenance_lock:
+            with self._gc_lock:
+                self._aborted_since_collect = False
+                self._uncommitted_bytes = 0
+                self._last_collect = time.monotonic()
             return gc.collect(self)
 
     def apply_no_history(self) -> GcResult | None:
