@@ -22,8 +22,9 @@ import msgspec
 from twisted.python.usage import UsageError
 
 from neotwist.server.accounts import BCRYPT_ROUNDS, Account, AccountError, AccountStore, Grant, parse_public_key
-from neotwist.server.repository import CheckReport, Repository, Target
+from neotwist.server.repository import CheckReport, Repository, Target, TargetMeta
 from neotwist.server.repository.index import connect_read_only
+from neotwist.server.repository.space import Ballast, human
 from neotwist.server.rights import RIGHTS_TEXT, Right
 from neotwist.sizes import parse_size
 from neotwist.tap import DEFAULT_DATA, prepare_data_dir
@@ -322,7 +323,26 @@ def _check_one(target: Target, verify_data: bool, show_progress: bool, repair: b
 
 def check(data: Path, args: argparse.Namespace) -> int:
     """``neo-admin check``: check targets read-only (``--repair``: mark the damaged chunks found); return the exit
-    status (1 if anything is damaged or lost)."""
+    status (1 if anything is damaged or lost).
+
+    On a full disk with no server running, SQLite cannot open the databases (it needs room for their
+    shared-memory files): the check then releases the emergency space the server keeps for exactly this (see
+    ``repository/space.py``; the server makes it again once there is room) and tries once more."""
+    try:
+        return _check(data, args)
+    except sqlite3.OperationalError:
+        freed = Ballast(data / "repo").release()
+        if not freed:
+            raise
+        print(
+            f"neo-admin: the disk is full: released the {human(freed)} of emergency space to read the repository; "
+            "free space or prune soon",
+            file=sys.stderr,
+        )
+        return _check(data, args)
+
+
+def _check(data: Path, args: argparse.Namespace) -> int:
     if args.target is not None and args.account is None:  # pragma: no cover - argparse fills account first
         raise Failed("name the account before the target")
     names = _account_names(data)
@@ -332,17 +352,17 @@ def check(data: Path, args: argparse.Namespace) -> int:
     if not (root / "catalog.sqlite").exists():
         if args.target is not None:
             raise Failed(f"no target {args.target!r} in account {args.account!r}: nothing is stored yet")
-        targets: list[Target] = []
+        targets: list[TargetMeta] = []
         repo = None
     else:
         repo = Repository(root, read_only=True)
-        targets = repo.all_targets()
+        targets = repo.target_metas()
     try:
         if args.account is not None:
             wanted = {i for i, n in names.items() if n == args.account}
-            targets = [t for t in targets if t.meta.account_id in wanted]
+            targets = [t for t in targets if t.account_id in wanted]
         if args.target is not None:
-            targets = [t for t in targets if t.meta.name == args.target]
+            targets = [t for t in targets if t.name == args.target]
             if not targets:
                 raise Failed(
                     f"no target {args.target!r} in account {args.account!r} (neo-admin check "
@@ -350,10 +370,17 @@ def check(data: Path, args: argparse.Namespace) -> int:
                 )
         show_progress = not args.json and sys.stderr.isatty()
         results = []
-        for target in targets:
-            account = names.get(target.meta.account_id, f"#{target.meta.account_id}")
-            report = _check_one(target, args.verify_data, show_progress, args.repair)
-            results.append((account, target.meta.name, report))
+        for meta in targets:
+            assert repo is not None
+            target = repo.hold(meta)  # one at a time: many targets never hold many files open
+            if target is None:  # removed by the server meanwhile
+                continue
+            try:
+                account = names.get(meta.account_id, f"#{meta.account_id}")
+                report = _check_one(target, args.verify_data, show_progress, args.repair)
+                results.append((account, meta.name, report))
+            finally:
+                repo.release(target)
     finally:
         if repo is not None:
             repo.close()
@@ -621,7 +648,7 @@ def _run_issue5(data: Path, store: AccountStore, cmd: tuple[str, str | None], ar
         a = _require_account(store, args.name)
         repository = _open_repository(data)
         try:
-            owned = [t.meta.name for t in repository.targets_of(a.id)]
+            owned = [t.name for t in repository.target_metas(a.id)]
         finally:
             repository.close()
         if owned:
@@ -644,7 +671,7 @@ def _run_issue5(data: Path, store: AccountStore, cmd: tuple[str, str | None], ar
         if not grantee.is_sub_account:
             repository = _open_repository(data)
             try:
-                clash = repository.find_target(grantee.id, name) is not None
+                clash = any(t.name == name for t in repository.target_metas(grantee.id))
             finally:
                 repository.close()
             if clash:
@@ -675,7 +702,7 @@ def _run_issue5(data: Path, store: AccountStore, cmd: tuple[str, str | None], ar
                     "stored_bytes": t.usage().stored_bytes,
                     "encrypted": t.meta.encrypted,
                 }
-                for t in repository.targets_of(a.id)
+                for t in repository.each_target(a.id)
             ]
         finally:
             repository.close()

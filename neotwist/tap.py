@@ -27,6 +27,10 @@ DEFAULT_SSH = "4322"
 DEFAULT_TLS = "4323"
 DEFAULT_MIN_FREE = "2%"
 """``--min-free``: a few percent of the file system, as ext4 keeps for root (see repository/space.py)."""
+DEFAULT_MAX_OPEN_TARGETS = 64
+"""Targets kept open while nobody uses them (``Repository``'s bound; docs/admin.md gives the cost of each)."""
+DEFAULT_TARGET_IDLE = 300.0
+"""Seconds an unused target stays open."""
 
 
 def endpoint_description(value: str, option: str) -> str | None:
@@ -64,6 +68,10 @@ class Options(usage.Options):
          "failed logins, commits and errors are always logged."],
         ["min-free", None, DEFAULT_MIN_FREE, "Free space pushes leave on the data directory's file system, as a "
          "percentage or a size (2%, 10GiB, 0): a push is refused, with the numbers, below it."],
+        ["max-open-targets", None, str(DEFAULT_MAX_OPEN_TARGETS), "Targets kept open while no connection uses "
+         "them (least recently used ones are closed beyond it); each costs about 7 file descriptors (up to 70 "
+         "for a big target being read) and its index caches."],
+        ["target-idle", None, str(int(DEFAULT_TARGET_IDLE)), "Seconds a target no connection uses stays open."],
     ]
 
     def __init__(self) -> None:
@@ -99,6 +107,18 @@ class Options(usage.Options):
             self["reserve"] = Reserve.parse(self["min-free"])
         except ValueError as e:
             raise usage.UsageError(f"--min-free: {e}") from None
+        try:
+            self["max_open_targets"] = int(self["max-open-targets"])
+        except ValueError:
+            raise usage.UsageError(f"--max-open-targets: a whole number, not {self['max-open-targets']!r}") from None
+        if self["max_open_targets"] < 1:
+            raise usage.UsageError("--max-open-targets: at least 1")
+        try:
+            self["target_idle"] = float(self["target-idle"])
+        except ValueError:
+            raise usage.UsageError(f"--target-idle: a number of seconds, not {self['target-idle']!r}") from None
+        if not 0 <= self["target_idle"] <= 86400:
+            raise usage.UsageError("--target-idle: seconds from 0 to 86400")
 
 
 def prepare_data_dir(data: Path) -> Path:
@@ -119,13 +139,14 @@ SHRINK_INTERVAL = 120.0
 """Seconds between returns of idle index page caches to the system (``Repository.shrink_memory``)."""
 
 MAINTAIN_INTERVAL = 10.0
-"""Seconds between checks of the free space and of aborted pushes' leftovers (``Repository.maintain``)."""
+"""Seconds between checks of the free space, of aborted pushes' leftovers and of idle targets
+(``Repository.maintain``)."""
 
 
 class _RepositoryService(service.Service):
-    """Returns idle targets' page caches every SHRINK_INTERVAL and watches the free space every
-    MAINTAIN_INTERVAL (each in a worker thread, one round at a time), and flushes and closes the repository
-    when the server stops (after the listeners, which stop first)."""
+    """Returns idle targets' page caches every SHRINK_INTERVAL, and every MAINTAIN_INTERVAL watches the free
+    space and closes targets unused for too long (each in a worker thread, one round at a time), and flushes
+    and closes the repository when the server stops (after the listeners, which stop first)."""
 
     def __init__(self, repository: Any) -> None:
         self.repository = repository
@@ -186,14 +207,33 @@ def makeService(options: Options) -> service.MultiService:
     tune_threads()  # worker threads' disk I/O must not wait on the reactor thread for the GIL
 
     # Imported here so `twistd --help` works without loading the repository and session code.
+    from neotwist.server import descriptors
     from neotwist.server.logs import set_ssh_log_level
     from neotwist.server.repository import Repository
     from neotwist.server.session import ServerServices, make_server_peer
 
     set_ssh_log_level(options["ssh-log-level"])
+    soft, hard = descriptors.raise_limit()
+    log.info(
+        "file descriptors: limit {soft} (hard {hard}); at most {targets} unused targets stay open, for {idle:g} s",
+        soft=soft,
+        hard=hard,
+        targets=options["max_open_targets"],
+        idle=options["target_idle"],
+    )
     data = prepare_data_dir(Path(options["data"]))
+
+    def close_failed(target: Any, error: Exception) -> None:
+        log.warn("closing idle target {target}: {error}", target=repr(target), error=str(error))
+
     # The repository first: on a full disk it releases the emergency space before anything opens a database.
-    repository = Repository(data / "repo", reserve=options["reserve"])
+    repository = Repository(
+        data / "repo",
+        reserve=options["reserve"],
+        max_open=options["max_open_targets"],
+        idle=options["target_idle"],
+        on_close_error=close_failed,
+    )
     accounts = AccountStore(data / "accounts.sqlite", bcrypt_rounds=options["bcrypt_rounds"])
     from neotwist.server.throttle import LoginThrottle
 

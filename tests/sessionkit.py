@@ -135,13 +135,14 @@ class Conn:
 
 
 class Kit:
-    """Server services on a temp dir; accounts are made with :meth:`account`."""
+    """Server services on a temp dir; accounts are made with :meth:`account`. ``repository`` are options of the
+    :class:`Repository` (``max_open``, ``idle``, ``clock``)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, **repository: Any) -> None:
         self.tmp = tmp
         self.clock = MemoryReactorClock()
         self.accounts = AccountStore(tmp / "accounts.sqlite", bcrypt_rounds=4)
-        self.repository = Repository(tmp / "repo")
+        self.repository = Repository(tmp / "repo", **repository)
         self.services = ServerServices(
             repository=self.repository, accounts=self.accounts, reactor=self.clock, run_blocking=maybeDeferred
         )

@@ -8,6 +8,7 @@ files caches never touch the user's.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -27,8 +28,13 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, tmp_path: Path) -> None:
+    """``args`` are more ``twistd neophytos`` options; ``nofile`` the server's limit on open files (soft and
+    hard), as a shell's ``ulimit -n`` would set it."""
+
+    def __init__(self, tmp_path: Path, *, args: tuple[str, ...] = (), nofile: int | None = None) -> None:
         self.tmp = tmp_path
+        self.args = args
+        self.nofile = nofile
         self.data = tmp_path / "data"
         self.log = tmp_path / "twistd.log"
         self.key = tmp_path / "id_ed25519"
@@ -48,8 +54,8 @@ class RunningServer:
             [str(BIN / "twistd"), "-n", "--logfile", str(self.log), "--pidfile", "",
              "neophytos", "--data", str(self.data), "--bcrypt-rounds", "4",
              "--ssh", f"tcp:{self.ssh_port}:interface=127.0.0.1",
-             "--tls", f"tcp:{self.tls_port}:interface=127.0.0.1"],
-            cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+             "--tls", f"tcp:{self.tls_port}:interface=127.0.0.1", *self.args],
+            cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=self._limit,
         )  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -63,6 +69,14 @@ class RunningServer:
             except OSError:
                 time.sleep(0.1)
         raise AssertionError("twistd did not start listening:\n" + self.log_text())
+
+    def _limit(self) -> None:
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def open_fds(self) -> int:
+        """File descriptors the server has open now."""
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

@@ -3,7 +3,8 @@
 A push bigger than the disk is refused with "the server's disk is full" (exit 1, never an authentication
 failure) and its chunks are reclaimed at once; while another program keeps the disk full, the server releases
 its emergency space by itself and logins, listings, restores and prune work; it restarts on the full disk, the
-operator's check works, and pushes work again once there is room.
+operator's check works (also on a full disk with the server stopped), and pushes work again once there is
+room.
 """
 
 from __future__ import annotations
@@ -122,5 +123,20 @@ def test_a_full_data_disk(tmp_path: Path, small_disk: Path) -> None:
         r = server.cli("neo-pull", server.remote("t"), str(tmp_path / "again"))
         assert r.returncode == 0 and snapshot_of(tmp_path / "again") == first, r.stderr
         assert "Traceback" not in server.log_text().split("Received SIGTERM")[-1]
+
+        # The emergency space is set aside again; with the server stopped and the disk full once more, the
+        # operator's check releases it to read the repository.
+        ballast = server.data / "repo" / "emergency-space"
+        deadline = time.monotonic() + 30
+        while not ballast.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert ballast.exists()
+        server.stop()
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)
+        r = subprocess.run(
+            [str(BIN / "neo-admin"), "--data", str(server.data), "check"], capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 0 and "no damage found" in r.stdout, r.stdout + r.stderr
+        assert "released" in r.stderr and not ballast.exists(), r.stderr
     finally:
         server.stop()

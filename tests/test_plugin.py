@@ -64,3 +64,24 @@ def test_bad_options_are_usage_errors() -> None:
     r = subprocess.run([*command[:3], "--ssh-log-level", "chatty"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "--ssh-log-level: one of debug, info, warn, error" in r.stdout + r.stderr
+
+
+def test_open_target_options() -> None:
+    from twisted.python import usage
+
+    from neotwist.tap import Options
+
+    options = Options()
+    options.parseOptions([])
+    assert (options["max_open_targets"], options["target_idle"]) == (64, 300.0)
+    options = Options()
+    options.parseOptions(["--max-open-targets", "8", "--target-idle", "30"])
+    assert (options["max_open_targets"], options["target_idle"]) == (8, 30.0)
+    for bad, why in [
+        (["--max-open-targets", "0"], "at least 1"),
+        (["--max-open-targets", "many"], "a whole number"),
+        (["--target-idle", "-1"], "seconds from 0 to 86400"),
+        (["--target-idle", "soon"], "a number of seconds"),
+    ]:
+        with pytest.raises(usage.UsageError, match=why):
+            Options().parseOptions(bad)

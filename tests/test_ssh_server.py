@@ -567,3 +567,19 @@ def test_one_counted_attempt_at_a_time_per_connection(server: Server) -> None:
     send_userauth(client, b"alice", b"password", guess)
     server.flush(pump)
     assert len(jobs) == 1  # after the answer the next attempt is checked
+
+
+def test_a_credential_check_that_fails_is_no_authentication_failure(
+    server: Server, tmp_path: Path, log_lines: list[str]
+) -> None:
+    server.accounts.add("alice", "correct horse")
+    store = tmp_path / "accounts.sqlite"
+    store.rename(tmp_path / "moved.sqlite")
+    store.mkdir()  # the account store cannot be opened: the check fails, it does not answer "wrong password"
+    client, conn, pump = server.connect("alice", ["correct horse"])
+    server.clock.advance(2)
+    server.flush(pump)
+    assert not conn.started
+    assert client.disconnected_reason == b"internal error while checking credentials; see the server log"
+    assert not any("login failed" in line for line in log_lines)
+    assert any("checking the password of alice" in line and "Traceback" in line for line in log_lines)

@@ -417,7 +417,9 @@ class _ClientTransport(transport.SSHClientTransport):
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         text = description.decode("utf-8", "replace")[:200]
-        if self._auth is not None and not self._attempt.authenticated:
+        # "Service not available" is no verdict on the credentials (the server could not check them right now).
+        verdict = reasonCode != transport.DISCONNECT_SERVICE_NOT_AVAILABLE
+        if self._auth is not None and not self._attempt.authenticated and verdict:
             self._auth_failed(f"; server said: {text}")
         else:
             address = self._attempt.remote.address

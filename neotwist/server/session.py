@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from twisted.internet.defer import (
     Deferred,
@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 import neotwist
 from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.server import manage, stash
+from neotwist.server import descriptors, manage, stash
 from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.push import CommitCharge
@@ -169,8 +169,10 @@ class ServerServices:
         return cls(repository=Repository(data / "repo"), accounts=accounts, reactor=reactor)
 
     def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """``f(*args)`` in a worker thread. Running out of file descriptors there fails with ``unavailable``
+        (logged once), whatever the work was: a login, an open, a push or a pull."""
         assert self.run_blocking is not None
-        return self.run_blocking(f, *args)
+        return self.run_blocking(f, *args).addErrback(_unless_out_of_fds, getattr(f, "__name__", "a request"))
 
 
 @dataclass
@@ -180,7 +182,7 @@ class _Handle:
     number: int
     access: Access
     mode: str  # "read" or "push"
-    target: Target | None  # None: a read handle on a target that does not exist (never handed out)
+    target: Target | None  # held from the repository until the handle is closed and its work has ended
     push: Push | None = None
     jobs: set[Deferred[None]] = field(default_factory=set)  # uploads of this handle still running
     puts: list[Put] = field(default_factory=list)  # puts collected for the next batch
@@ -204,6 +206,10 @@ class _Handle:
     # The access as last re-resolved (and the target then still in the catalog), with the account store's and
     # the catalog's generations read before that: valid while both keep those values (see _recheck).
     resolved: tuple[tuple[int, int], Access] | None = None
+    # The hold on the target: "open", then "closing" once the handle is closed (its requests still running keep
+    # the target held: ``busy`` counts them), then "released" (see ServerSession._close_handle).
+    state: Literal["open", "closing", "released"] = "open"
+    busy: int = 0
 
     @property
     def root(self) -> str:
@@ -375,6 +381,15 @@ class ServerSession:
             access = resolve_access(self.services.accounts, account, message.target, message.path)
             access.require(Right.APPEND if message.mode == "push" else Right.READ, message.mode, account.name)
             target = repository.find_target(access.owner_id, access.target)
+            try:
+                return held(access, target)
+            except BaseException:
+                if target is not None:
+                    repository.release(target)
+                raise
+
+        def held(access: Access, target: Target | None) -> tuple[Access, Target, bool, Any]:
+            """The rest of find, with ``target`` held (the caller releases it if this raises)."""
             existed = target is not None
             if target is None:
                 if message.mode != "push" or not message.create:
@@ -412,9 +427,10 @@ class ServerSession:
                         f"{account.name} has {access.right.label}"
                         + (f" on {access.name!r}/{message.path}" if access.root else f" on {access.name!r}"),
                     )
-                repository.set_keep_history(access.owner_id, access.target, wanted)
-                refreshed = repository.find_target(access.owner_id, access.target)
-                target = refreshed if refreshed is not None else target
+                refreshed = repository.set_keep_history(access.owner_id, access.target, wanted)
+                if refreshed is not None:
+                    repository.release(target)
+                    target = refreshed
             if message.mode == "push":
                 _may_push(access, target, account.name)
             if access.confined:
@@ -428,8 +444,10 @@ class ServerSession:
         def found(result: tuple[Access, Target, bool, Any]) -> None:
             access, target, existed, latest = result
             if self._closed:
+                repository.release(target)
                 return
             if target.meta.id in self.services.removing:
+                repository.release(target)
                 raise NeoError(ErrorCode.NO_SUCH_TARGET, f"target {access.name!r} is being removed")
             number = self._next_handle
             self._next_handle = number + 1 if number < 2**31 - 1 else 1
@@ -454,7 +472,8 @@ class ServerSession:
     def on_close(self, peer: Peer, message: Close) -> Deferred[None]:
         handle = self._handle(message.handle)
         del self._handles[message.handle]
-        return ensureDeferred(self._end_push(handle, "closed")).addCallback(lambda _: peer.send(Ok(rid=message.rid)))
+        d = ensureDeferred(self._end_push(handle, "closed"))
+        return d.addBoth(self._close_handle, handle).addCallback(lambda _: peer.send(Ok(rid=message.rid)))
 
     # --- push --------------------------------------------------------------------------------------------
 
@@ -500,7 +519,7 @@ class ServerSession:
             handle.beginning = False
             return failure
 
-        return self.services.run(begin).addCallbacks(begun, failed)
+        return self._during(handle, self.services.run(begin).addCallbacks(begun, failed))
 
     def on_have(self, peer: Peer, message: Have) -> Deferred[None]:
         handle = self._push_handle(message.handle)
@@ -626,7 +645,7 @@ class ServerSession:
         handle = self._push_handle(message.handle)
         if handle.push is None:
             raise NeoError(ErrorCode.PROTOCOL, "commit before push_begin")
-        return ensureDeferred(self._commit(peer, message, handle))
+        return self._during(handle, ensureDeferred(self._commit(peer, message, handle)))
 
     async def _commit(self, peer: Peer, message: Commit, handle: _Handle) -> None:
         await self._uploads_done(handle)
@@ -732,7 +751,7 @@ class ServerSession:
     def on_list(self, peer: Peer, message: List) -> Deferred[None]:
         handle = self._handle(message.handle)
         paths.check_path(message.path)
-        return self._admit(message, lambda: ensureDeferred(self._list(peer, message, handle)))
+        return self._admit(message, lambda: self._during(handle, ensureDeferred(self._list(peer, message, handle))))
 
     async def _list(self, peer: Peer, message: List, handle: _Handle) -> None:
         target = handle.target
@@ -782,7 +801,7 @@ class ServerSession:
         paths.check_path(message.path)
         if not message.ids:
             raise NeoError(ErrorCode.PROTOCOL, "get names no chunk ids (it is answered by one chunk per id)")
-        return self._admit(message, lambda: ensureDeferred(self._get(peer, message, handle)))
+        return self._admit(message, lambda: self._during(handle, ensureDeferred(self._get(peer, message, handle))))
 
     async def _get(self, peer: Peer, message: Get, handle: _Handle) -> None:
         target = handle.target
@@ -886,7 +905,8 @@ class ServerSession:
             access, snapshots, stored = result
             services.removing.discard(tid)
             services.removed.add(tid)
-            self._handles.pop(handle.number, None)
+            if self._handles.pop(handle.number, None) is not None:
+                self._close_handle(None, handle)
             log.info(
                 "target removed: account={account} target={target} owner={owner} snapshots={snapshots} "
                 "stored_bytes={stored}",
@@ -902,7 +922,7 @@ class ServerSession:
             services.removing.discard(tid)
             return failure
 
-        return services.run(remove).addCallbacks(removed, failed)
+        return self._during(handle, services.run(remove).addCallbacks(removed, failed))
 
     # --- for the handlers in other modules (stash.py, manage.py) ------------------------------------------------------
 
@@ -1085,7 +1105,33 @@ class ServerSession:
             return f(*args)
 
         job.__name__ = getattr(f, "__name__", "job")  # what the job runs, for logs and tests
-        return self.services.run(job)
+        return self._during(handle, self.services.run(job))
+
+    def _during(self, handle: _Handle, d: Deferred[Any]) -> Deferred[Any]:
+        """``d`` (work on ``handle``'s target), keeping the target held until ``d`` has fired, even if the handle
+        is closed meanwhile: the repository never closes a target under a request still using it."""
+        handle.busy += 1
+
+        def done(result: object) -> object:
+            handle.busy -= 1
+            self._let_go(handle)
+            return result
+
+        return d.addBoth(done)
+
+    def _close_handle(self, result: object, handle: _Handle) -> object:
+        """``handle`` was closed (taken out of the session's handles, its push ended): its target is released
+        once the work still running on it has ended. Passes ``result`` through (a callback)."""
+        if handle.state == "open":
+            handle.state = "closing"
+            self._let_go(handle)
+        return result
+
+    def _let_go(self, handle: _Handle) -> None:
+        if handle.state == "closing" and handle.busy == 0:
+            handle.state = "released"
+            if handle.target is not None:
+                self.services.repository.release(handle.target)
 
     def _push_handle(self, number: int) -> _Handle:
         handle = self._handle(number)
@@ -1160,6 +1206,9 @@ class ServerSession:
             await DeferredList([_finished(d) for d in list(handle.jobs)])
 
     async def _end_push(self, handle: _Handle, why: str) -> None:
+        await self._during(handle, ensureDeferred(self._abort_push(handle, why)))
+
+    async def _abort_push(self, handle: _Handle, why: str) -> None:
         await self._uploads_done(handle)
         push, handle.push = handle.push, None
         handle.uploaded_bytes = handle.stored_new = 0
@@ -1213,7 +1262,7 @@ class ServerSession:
         for handle in handles:
             ensureDeferred(self._end_push(handle, "abandoned")).addErrback(
                 lambda f: log.failure("aborting a push after the connection was lost", f)
-            )
+            ).addBoth(self._close_handle, handle)
         if not peer.ended_cleanly:
             log.info(
                 "connection lost: account={account} address={address}: {why}",
@@ -1295,6 +1344,13 @@ def _granted_info(repository: Repository, grant: Grant) -> TargetInfo:
     target = repository.find_target(grant.owner_id, grant.target)
     if target is None:
         return TargetInfo(grant.name, False, 0, None, None, 0, 0, **extra)
+    try:
+        return _granted_view(target, grant, extra)
+    finally:
+        repository.release(target)
+
+
+def _granted_view(target: Target, grant: Grant, extra: dict[str, Any]) -> TargetInfo:
     if grant.path:
         view = RootView(target, grant.path)
         seen = view.latest()
@@ -1309,6 +1365,12 @@ def _granted_info(repository: Repository, grant: Grant) -> TargetInfo:
             **extra,
         )
     return target_info(target, grant.name, **extra)
+
+
+def _unless_out_of_fds(failure: Failure, what: str) -> Failure:
+    if descriptors.out_of_fds(failure.value):
+        raise descriptors.unavailable(what) from None
+    return failure
 
 
 def _finished(d: Deferred[Any]) -> Deferred[None]:

@@ -39,12 +39,13 @@ from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.conch.ssh.transport import (
     DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
     DISCONNECT_PROTOCOL_ERROR,
+    DISCONNECT_SERVICE_NOT_AVAILABLE,
     SSHServerTransport,
 )
 from twisted.conch.ssh.userauth import SSHUserAuthServer
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey, IUsernamePassword
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -55,6 +56,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from neotwist.server import descriptors
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.logs import conch_log
 from neotwist.server.throttle import Attempt, LoginThrottle, Throttled, valid_login_name
@@ -285,6 +287,18 @@ class NeoUserAuthServer(SSHUserAuthServer):
         def failed(reason: Failure) -> Failure:
             if throttle is not None and attempt is not None:
                 throttle.settle(attempt, False if reason.check(UnauthorizedLogin) else None)
+            expected = (LoginFailed, conch_error.ConchError, conch_error.IgnoreAuthentication,
+                        conch_error.NotEnoughAuthentication)  # fmt: skip
+            if not reason.check(*expected):
+                # The check itself failed (no file descriptor left, say): no verdict on the credentials, so no
+                # "authentication failed" either; the client hears why, and the connection ends.
+                if descriptors.out_of_fds(reason.value):
+                    why = descriptors.unavailable(f"checking the {method} of {account}").message
+                else:
+                    log.failure("checking the {method} of {account}", reason, method=method, account=account)
+                    why = "internal error while checking credentials; see the server log"
+                transport.sendDisconnect(DISCONNECT_SERVICE_NOT_AVAILABLE, why.encode("ascii"))
+                return Failure(conch_error.IgnoreAuthentication())
             if not reason.check(conch_error.IgnoreAuthentication, conch_error.NotEnoughAuthentication):
                 log.info(
                     "login failed: account={account} address={address} method={method}",

@@ -97,7 +97,7 @@ def account_usage(repository: Repository, account: Account, *, count_versions: b
     """The account's usage now (blocking). Versions are counted when a charge is set, or when asked to."""
     if count_versions is None:
         count_versions = bool(account.space_per_file or account.space_per_dir)
-    targets = [target_usage(t, count_versions) for t in repository.targets_of(account.id)]
+    targets = [target_usage(t, count_versions) for t in repository.each_target(account.id)]
     return AccountUsage(
         account=account.name,
         quota=account.quota_bytes,

@@ -36,6 +36,7 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"  # a bug; the server log has the traceback
     # issue 5: rights, quotas, throttling
     THROTTLED = "throttled"  # too many failed logins for this account or from this address: wait and retry
+    UNAVAILABLE = "unavailable"  # the server is short of a resource (file descriptors) right now: try again later
 
 
 FATAL_CODES = frozenset(

@@ -181,7 +181,10 @@ def connect(path: Path, schema: str | None, migrations: tuple[str, ...] = ()) ->
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: big commits touch many index pages
-        if schema is not None:
+        # A file at the latest version got its whole schema in the transaction that set it: opening it again
+        # (targets are reopened after being closed for idleness) writes nothing and waits for no lock.
+        latest = SCHEMA_VERSION + len(migrations)
+        if schema is not None and db.execute("PRAGMA user_version").fetchone()[0] != latest:
             _apply_schema(db, schema, migrations)
     except BaseException:
         db.close()

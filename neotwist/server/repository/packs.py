@@ -30,6 +30,7 @@ file (:meth:`PackStore.remove`).
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -322,6 +323,8 @@ class PackStore:
         try:
             reader = self._acquire(number)
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):  # no damage: the process is out of descriptors
+                raise
             raise NeoError(ErrorCode.DAMAGED, f"{where}: cannot open its pack: {e.strerror}") from None
         try:
             buf = os.pread(reader.fd, HEADER_SIZE + length, offset)

@@ -1,7 +1,15 @@
-"""The repository root: the catalog of targets and the cache of open targets.
+"""The repository root: the catalog of targets and the bounded cache of open targets.
 
 A target is known by a numeric id and lives in ``ROOT/t<id>``: the account and target names a client sends are
 only ever data in ``catalog.sqlite``, never part of a file-system path.
+
+An open target costs file descriptors (two SQLite connections to its index with their WAL and shared-memory
+files, its pack writer and up to 64 pack readers) and memory (each connection's page cache), so the cache is
+bounded: whoever uses a target holds it (:meth:`Repository.find_target` and the others return it held, and
+:meth:`Repository.release` lets go), and a target nobody holds is closed once more than ``max_open`` targets
+are open (least recently used first) or once it has been idle for ``idle`` seconds (:meth:`Repository.close_idle`,
+which the server calls now and then). A held target is never closed under its holder: a push, pull, check,
+collection or removal holds the target it works on.
 """
 
 # ruff: noqa: S608  (SQL text is built only from constants and generated table names; values are bound)
@@ -12,12 +20,15 @@ import dataclasses
 import shutil
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from neotwist.atomicfile import fsync_dir
 from neotwist.paths import check_name
 from neotwist.runtime import release_free_memory
+from neotwist.server import descriptors
 from neotwist.server.changes import ChangeCounter
 from neotwist.server.repository import index
 from neotwist.server.repository.packs import make_dirs
@@ -48,6 +59,23 @@ _NEXT_ID = (
 """A new target's id: above every id ever used, so a removed target's leftover directory is never a new one's."""
 
 
+MAX_OPEN_TARGETS = 64
+"""Targets kept open when nobody holds them, by default (``twistd neophytos --max-open-targets``)."""
+
+TARGET_IDLE = 300.0
+"""Seconds a target nobody holds stays open, by default (``twistd neophytos --target-idle``)."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Open:
+    """An open target: how many hold it, and since when nobody has (a clock reading)."""
+
+    target: Target
+    holders: int = 0
+    idle_since: float = 0.0
+    removed: bool = False  # removed from the catalog: closed once nobody holds it
+
+
 def _meta(row: tuple) -> TargetMeta:
     tid, account_id, name, encrypted, algorithm, lo, avg, hi, seed, created, keep, key_check = row
     return TargetMeta(
@@ -63,19 +91,41 @@ def _meta(row: tuple) -> TargetMeta:
 
 
 class Repository:
-    """All targets under ``root`` (DATA/repo). Thread-safe; every method may block on disk.
+    """All targets under ``root`` (DATA/repo). Thread-safe; every method may block on disk, except
+    :meth:`release`.
 
-    Targets are opened once and shared by every session (their own locks make that safe), so two sessions
-    pushing to one target see each other's pending chunks and never open a pack twice.
+    A target is open at most once at a time and shared by every session (its own locks make that safe), so two
+    sessions pushing to one target see each other's pending chunks and never open a pack twice. Methods that
+    return a target return it *held*: the caller calls :meth:`release` once it is done with it (a session, when
+    its handle closes). Targets nobody holds are closed by the bound ``max_open`` (least recently used first,
+    checked whenever a target is opened) and by :meth:`close_idle` after ``idle`` seconds (measured on
+    ``clock``). ``on_close_error(target, error)`` hears of a target whose closing failed (its flush of chunks
+    no snapshot refers to yet, say): its files are released all the same.
 
     ``read_only`` opens an existing repository for inspection beside the server that owns it (``neo-admin
     check``): the catalog and every target are opened read-only, nothing is created or written, and
     :meth:`create_target` and :meth:`set_keep_history` raise NeoError(PERMISSION_DENIED).
     """
 
-    def __init__(self, root: Path, *, read_only: bool = False, reserve: Reserve | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        read_only: bool = False,
+        reserve: Reserve | None = None,
+        max_open: int = MAX_OPEN_TARGETS,
+        idle: float = TARGET_IDLE,
+        clock: Callable[[], float] = time.monotonic,
+        on_close_error: Callable[[Target, Exception], None] | None = None,
+    ) -> None:
+        if max_open < 1:
+            raise ValueError(f"max_open must be at least 1, not {max_open}")
         self.root = root
         self.read_only = read_only
+        self.max_open = max_open
+        self.idle = idle
+        self._clock = clock
+        self._on_close_error = on_close_error
         self.reserve = reserve
         self.ballast: Ballast | None = None
         self.space_notes: list[str] = []
@@ -95,24 +145,136 @@ class Repository:
         else:
             make_dirs(root)
             self._catalog = index.connect(root / "catalog.sqlite", index.CATALOG_SCHEMA, index.CATALOG_MIGRATIONS)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the catalog connection; opening and closing targets
         self._changes = ChangeCounter(root / "catalog.sqlite")
-        self._targets: dict[int, Target] = {}
+        # Held by release() too, so never held during disk work: it guards only the two collections below.
+        self._open_lock = threading.Lock()
+        self._open: OrderedDict[int, _Open] = OrderedDict()  # by target id, least recently used first
+        self._leaving: list[_Open] = []  # removed targets still held: closed once nobody holds them
         self._closed = False
         if not read_only:
             self._catalog.execute(_REMOVED_SCHEMA)
             self._sweep_removed()
 
-    def _open(self, meta: TargetMeta) -> Target:
-        """The shared Target for ``meta``; called with the lock held."""
-        target = self._targets.get(meta.id)
-        if target is None:
+    # --- holding and closing targets ----------------------------------------------------------------------
+
+    def _hold(self, meta: TargetMeta) -> Target:
+        """The shared Target for ``meta``, held (opened if it is not open); called with the lock held."""
+        with self._open_lock:
+            entry = self._open.get(meta.id)
+            if entry is not None:
+                entry.holders += 1
+                self._open.move_to_end(meta.id)
+                return entry.target
             if self._closed:
                 raise RuntimeError("repository is closed")
-            target = self._targets[meta.id] = Target(
-                meta, self.root / f"t{meta.id}", read_only=self.read_only, reserve=self.reserve
-            )
+        self._close_entries(self._evict(room=1))  # before opening: its files may need the descriptors
+        try:
+            target = self._new_target(meta)
+        except Exception as e:
+            if not descriptors.out_of_fds(e):
+                raise
+            # Out of descriptors (too many connections, say): close every target nobody holds, and try again.
+            victims = self._evict(room=self.max_open, keep_leftovers=False)
+            if not victims:
+                raise
+            self._close_entries(victims)
+            target = self._new_target(meta)
+        with self._open_lock:
+            self._open[meta.id] = _Open(target, holders=1)
         return target
+
+    def _new_target(self, meta: TargetMeta) -> Target:
+        return Target(meta, self.root / f"t{meta.id}", read_only=self.read_only, reserve=self.reserve)
+
+    def release(self, target: Target) -> None:
+        """Let go of a target a method of this repository returned (once per time it was returned). Never
+        blocks on disk: the target is closed later, if at all (when over ``max_open``, or idle, or removed)."""
+        with self._open_lock:
+            entry = self._open.get(target.meta.id)
+            if entry is None or entry.target is not target:
+                entry = next((e for e in self._leaving if e.target is target), None)
+                if entry is None:  # the repository was closed meanwhile
+                    return
+            if entry.holders <= 0:
+                raise RuntimeError(f"{target!r} released more often than it was held")
+            entry.holders -= 1
+            if entry.holders == 0:
+                entry.idle_since = self._clock()
+                if self._open.get(target.meta.id) is entry:
+                    self._open.move_to_end(target.meta.id)
+
+    def hold(self, meta: TargetMeta) -> Target | None:
+        """The target ``meta`` names (as the catalog has it now), held; None if it was removed."""
+        with self._lock:
+            row = self._catalog.execute(f"SELECT {self._columns} FROM targets WHERE id = ?", (meta.id,)).fetchone()
+            return None if row is None else self._hold(_meta(row))
+
+    def each_target(self, account_id: int | None = None) -> Iterator[Target]:
+        """The account's targets (every account's when None), sorted by name (by account id, then name): each
+        is held only while the loop body runs, so going through many targets keeps few of them open. Targets
+        removed meanwhile are skipped."""
+        for meta in self.target_metas(account_id):
+            target = self.hold(meta)
+            if target is None:
+                continue
+            try:
+                yield target
+            finally:
+                self.release(target)
+
+    def _evict(self, room: int = 0, *, keep_leftovers: bool = True) -> list[_Open]:
+        """Take out of the cache what is to be closed: removed targets nobody holds any more, then the least
+        recently used targets nobody holds while more than ``max_open - room`` are open. A target whose aborted
+        pushes left chunks for :meth:`maintain` to reclaim stays open until then (``keep_leftovers``): closed,
+        it would keep them until the next prune."""
+        with self._open_lock:
+            victims = [e for e in self._leaving if e.holders == 0]
+            self._leaving = [e for e in self._leaving if e.holders > 0]
+            excess = len(self._open) - (self.max_open - room)
+            if excess > 0:
+                for tid, entry in list(self._open.items()):
+                    if excess <= 0:
+                        break
+                    if entry.holders == 0 and not (keep_leftovers and entry.target.awaiting_reclaim):
+                        del self._open[tid]
+                        victims.append(entry)
+                        excess -= 1
+        return victims
+
+    def _close_entries(self, entries: list[_Open]) -> None:
+        """Close targets taken out of the cache; called with the lock held, so none is opened again before it
+        is closed (two Target objects for one directory would each append to its packs)."""
+        for entry in entries:
+            try:
+                entry.target.close()
+            except Exception as e:  # its files are closed all the same (Target.close)
+                if self._on_close_error is not None and not entry.removed:  # a removed one keeps nothing
+                    self._on_close_error(entry.target, e)
+
+    def close_idle(self, now: float | None = None) -> int:
+        """Close every target nobody has held for ``idle`` seconds or more (at ``now``, a reading of the clock;
+        default: the clock now), and removed targets nobody holds any more; return how many were closed. The
+        server calls this now and then."""
+        moment = self._clock() if now is None else now
+        with self._lock:
+            victims = self._evict()
+            with self._open_lock:
+                for tid, entry in list(self._open.items()):
+                    leftovers = entry.target.awaiting_reclaim
+                    if entry.holders == 0 and moment - entry.idle_since >= self.idle and not leftovers:
+                        del self._open[tid]
+                        victims.append(entry)
+            self._close_entries(victims)
+        return len(victims)
+
+    def open_targets(self) -> tuple[int, int]:
+        """(targets open, of which held): what the bound and the idle time leave open."""
+        with self._open_lock:
+            entries = [*self._open.values(), *self._leaving]
+            return len(entries), sum(1 for e in entries if e.holders > 0)
+
+    # --- the catalog ------------------------------------------------------------------------------------------
 
     def _find_meta(self, account_id: int, name: str) -> TargetMeta | None:
         row = self._catalog.execute(
@@ -121,9 +283,10 @@ class Repository:
         return None if row is None else _meta(row)
 
     def find_target(self, account_id: int, name: str) -> Target | None:
+        """The account's target of that name, held (see :meth:`release`); None if there is none."""
         with self._lock:
             meta = self._find_meta(account_id, name)
-            return None if meta is None else self._open(meta)
+            return None if meta is None else self._hold(meta)
 
     def create_target(
         self,
@@ -135,7 +298,7 @@ class Repository:
         keep_history: bool = True,
         key_check: bytes = b"",
     ) -> Target:
-        """Create a target, or return the existing one of that name (whatever its settings: the caller
+        """Create a target, or return the existing one of that name, held (whatever its settings: the caller
         compares ``meta.encrypted`` and ``meta.chunker``; ``keep_history`` only applies to a new target, see
         :meth:`set_keep_history`). Safe against a concurrent create, in this process or another. ``key_check``
         is an encrypted target's key-check record, stored as given."""
@@ -164,10 +327,10 @@ class Repository:
             self._changes.bump()
             meta = self._find_meta(account_id, name)
             assert meta is not None
-            return self._open(meta)
+            return self._hold(meta)
 
     def set_keep_history(self, account_id: int, name: str, keep: bool) -> Target | None:
-        """Switch a target's history on or off; return it (None if there is no such target).
+        """Switch a target's history on or off; return it, held (None if there is no such target).
 
         Switching it off does not prune by itself: :meth:`Target.apply_no_history` does (the session calls it
         after each commit to such a target; call it at once to reclaim the space now).
@@ -183,23 +346,36 @@ class Repository:
             self._changes.bump()
             meta = self._find_meta(account_id, name)
             assert meta is not None
-            target = self._open(meta)
+            target = self._hold(meta)
             target.meta = dataclasses.replace(target.meta, keep_history=keep)
             return target
 
-    def targets_of(self, account_id: int) -> list[Target]:
-        """The account's targets (opened, shared), sorted by name."""
+    def target_metas(self, account_id: int | None = None) -> list[TargetMeta]:
+        """What the catalog says of the account's targets (every account's when None), sorted by name (by
+        account id, then name); no target is opened."""
         with self._lock:
-            rows = self._catalog.execute(
-                f"SELECT {self._columns} FROM targets WHERE account_id = ? ORDER BY name", (account_id,)
-            ).fetchall()
-            return [self._open(_meta(row)) for row in rows]
+            return self._meta_rows(account_id)
+
+    def targets_of(self, account_id: int) -> list[Target]:
+        """The account's targets, each held (see :meth:`release`), sorted by name. All of them stay open until
+        released: :meth:`each_target` goes through many."""
+        with self._lock:
+            return [self._hold(meta) for meta in self._meta_rows(account_id)]
 
     def all_targets(self) -> list[Target]:
-        """Every target of every account (opened, shared), by account id then name."""
+        """Every target of every account, each held (see :meth:`targets_of`), by account id then name."""
         with self._lock:
-            rows = self._catalog.execute(f"SELECT {self._columns} FROM targets ORDER BY account_id, name").fetchall()
-            return [self._open(_meta(row)) for row in rows]
+            return [self._hold(meta) for meta in self._meta_rows(None)]
+
+    def _meta_rows(self, account_id: int | None) -> list[TargetMeta]:
+        """:meth:`target_metas`, with the lock held."""
+        if account_id is None:
+            rows = self._catalog.execute(f"SELECT {self._columns} FROM targets ORDER BY account_id, name")
+        else:
+            rows = self._catalog.execute(
+                f"SELECT {self._columns} FROM targets WHERE account_id = ? ORDER BY name", (account_id,)
+            )
+        return [_meta(row) for row in rows.fetchall()]
 
     def _writable(self) -> None:
         if self.read_only:
@@ -207,7 +383,7 @@ class Repository:
 
     def list_targets(self, account_id: int) -> list[TargetInfo]:
         """The account's targets with their latest snapshot and size, sorted by name."""
-        return [target_info(target) for target in self.targets_of(account_id)]
+        return [target_info(target) for target in self.each_target(account_id)]
 
     # --- target removal and liveness ---------------------------------------------------------------------
 
@@ -230,7 +406,8 @@ class Repository:
         1. one catalog transaction deletes its row and records its id in ``removed_targets`` (from then on
            nothing finds it, and its id is never given to a new target);
         2. it leaves the cache of open targets (handles still holding it fail at their next request: the
-           session checks :meth:`is_current` whenever :meth:`generation` moved on, and its own removal set);
+           session checks :meth:`is_current` whenever :meth:`generation` moved on, and its own removal set;
+           it is closed once the last of them releases it);
         3. its directory ``t<id>`` is deleted. A crash before this step ends leaves a directory that
            ``removed_targets`` names: the next :class:`Repository` to open the root deletes it.
 
@@ -247,9 +424,13 @@ class Repository:
                         (meta.id, meta.account_id, meta.name, time.time()),
                     )
                 self._changes.bump()
-                self._targets.pop(meta.id, None)
+                with self._open_lock:
+                    entry = self._open.pop(meta.id, None)
+                    if entry is not None:
+                        entry.removed = True
+                        self._leaving.append(entry)
             # The Target object is not closed here: a read running on another thread keeps its open files (the
-            # directory entries are gone) until its handles let go of it.
+            # directory entries are gone) until its holders let go of it.
             self._delete_directory(meta.id)
 
     def _delete_directory(self, target_id: int) -> None:
@@ -272,19 +453,28 @@ class Repository:
     def shrink_memory(self) -> int:
         """:meth:`Target.shrink_memory` on every open target, then the freed memory goes back to the system;
         the number of connections shrunk."""
-        with self._lock:
-            targets = list(self._targets.values())
+        with self._open_lock:
+            targets = [entry.target for entry in self._open.values()]
         shrunk = sum(target.shrink_memory() for target in targets)
         release_free_memory()
         return shrunk
 
     def maintain(self) -> list[str]:
-        """The server's periodic care: reclaim what aborted pushes left (see :meth:`Target.reclaim`), and keep
-        or release the emergency space (see :mod:`.space`). Returns what is worth logging."""
-        with self._lock:
-            targets = list(self._targets.values())
-        for target in targets:
-            target.reclaim()
+        """The server's periodic care: reclaim what aborted pushes left (see :meth:`Target.reclaim`), close the
+        targets idle for ``idle`` seconds (:meth:`close_idle`), and keep or release the emergency space (see
+        :mod:`.space`). Returns what is worth logging."""
+        with self._open_lock:  # held for the reclaim, without making them recently used
+            entries = list(self._open.values())
+            for entry in entries:
+                entry.holders += 1
+        try:
+            for entry in entries:
+                entry.target.reclaim()
+        finally:
+            with self._open_lock:
+                for entry in entries:
+                    entry.holders -= 1
+        self.close_idle()
         notes = []
         if self.ballast is not None and self.reserve is not None:
             note = self.ballast.keep(self.reserve)
@@ -293,15 +483,17 @@ class Repository:
         return notes
 
     def close(self) -> None:
-        """Flush and close every open target, then the catalog. Idempotent."""
+        """Flush and close every open target, held or not, then the catalog. Idempotent."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            targets, self._targets = list(self._targets.values()), {}
+            with self._open_lock:
+                if self._closed:
+                    return
+                self._closed = True
+                entries = [*self._open.values(), *self._leaving]
+                self._open, self._leaving = OrderedDict(), []
         try:
-            for target in targets:
-                target.close()
+            for entry in entries:
+                entry.target.close()
         finally:
             self._changes.close()
             self._catalog.close()

@@ -105,7 +105,8 @@ class OverBudget(NeoError):
 
 class Target:
     """A target opened from its directory (``ROOT/t<id>``). Owned by the :class:`Repository` that opened it:
-    callers share it and must not close it (``Repository.close`` does).
+    callers share it, hold it while they use it and must not close it (the repository closes it once nobody
+    holds it, see :meth:`Repository.release`).
 
     ``read_only`` opens an existing target for inspection only (``neo-admin check`` beside a running server):
     both connections are read-only, nothing is created, and the pack writer is never opened, so no pack is
@@ -441,6 +442,13 @@ class Target:
             due = now - self._aborted_at >= ABANDONED_GRACE
         return due or (self.reserve is not None and self.reserve.tight(self.directory))
 
+    @property
+    def awaiting_reclaim(self) -> bool:
+        """True while chunks an aborted push left wait for :meth:`reclaim`: the repository keeps the target open
+        until then. Read without a lock (a hint: the repository asks while holding its own lock, which a
+        collection holding the gc lock must never make it wait for)."""
+        return self._aborted_since_collect and not self.read_only
+
     def reclaim(self) -> GcResult | None:
         """Collect garbage if :meth:`reclaim_wanted`; its result, or None. A failure is logged, never raised:
         the push that ended has nothing to do with it, and the next reclaim or prune tries again."""
@@ -633,7 +641,8 @@ class Target:
         """Give back the page cache of each index connection nobody is using right now; return how many were
         shrunk. Never waits: a connection whose lock is taken is in use and keeps its cache. The server calls
         this now and then, so a long-running process that has touched many targets does not keep a 64 MiB
-        cache per connection of each (every target stays open and is shared by its sessions)."""
+        cache per connection of each (a target stays open while it is used, and a while after: see
+        :class:`Repository`)."""
         shrunk = 0
         for db, lock in ((self._db, self._lock), (self._reader, self._reader_lock)):
             if lock.acquire(blocking=False):
