@@ -113,6 +113,9 @@ PUT_BATCH_BYTES = 4 * 1024 * 1024
 PUT_BATCH_COUNT = 512
 """Puts collected at most per batch (small chunks)."""
 
+ABORT_GRACE = 10.0
+"""Seconds a closing connection may take to flush its last frames (an error saying why) before it is aborted."""
+
 LISTING_PAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``listing`` page (also at most MAX_ENTRIES entries per page)."""
 
@@ -215,6 +218,17 @@ class _Handle:
         return self.access.name or self.access.target
 
 
+class LoginRevoked(NeoError):
+    """The session's account was removed, or its password changed or a key removed, since it logged in."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ErrorCode.AUTH_REQUIRED,
+            "this account was removed, or its password or keys changed, since this connection logged in: "
+            "connect and log in again",
+        )
+
+
 class ServerSession:
     """The commands of one connection. ``account`` is set by SSH before the first frame, or by ``login``."""
 
@@ -234,6 +248,9 @@ class ServerSession:
         self._login_timer = clock.callLater(limits.LOGIN_TIMEOUT, self._login_timed_out) if account is None else None
         self._login_turn: Deferred[Attempt] | None = None
         self._idle_timer = clock.callLater(limits.IDLE_TIMEOUT, self._idle_timed_out)
+        self._account_seen: int | None = None  # the account store's generation when the account last checked out
+        self._revoked = False  # the account was removed or its credentials changed: the session is ending
+        self._abort_timer: Any = None  # a close waiting for the peer: abort when it fires (_hang_up)
         services.sessions.add(self)
 
     # --- dispatch --------------------------------------------------------------------------------------
@@ -254,10 +271,48 @@ class ServerSession:
             return self.on_login(peer, message)  # type: ignore[arg-type]
         if self.account is None:
             raise NeoError(ErrorCode.AUTH_REQUIRED, "log in first (login message)")
+        if self._revoked:
+            raise LoginRevoked()
         handler = self._handlers.get(kind)
         if handler is None:
             raise ProtocolViolation(ErrorCode.PROTOCOL, f"{kind.__name__} is not a request")
-        return handler(self, peer, message)
+        result = handler(self, peer, message)
+        return None if result is None else result.addErrback(self._hang_up_if_revoked)
+
+    # --- the account behind the session ------------------------------------------------------------------------
+
+    def check_account(self) -> None:
+        """Refuse (LoginRevoked) once the account this session logged in as was removed, or its password changed
+        or one of its keys was removed, by neo-admin or its owner (blocking). Called before the work of every
+        request that reaches the store (:meth:`run`, :meth:`_recheck`), so such a change ends the connections
+        already open at their next request. Cheap while the account store is unchanged: one generation read."""
+        account = self.account
+        if account is None:
+            return
+        accounts = self.services.accounts
+        seen = accounts.generation()  # read before the account: a change after it moves it on again
+        if seen == self._account_seen:
+            return
+        if not account.same_login(accounts.get_by_id(account.id)):
+            self._revoked = True
+            raise LoginRevoked()
+        self._account_seen = seen
+
+    def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run the blocking ``f(*args)`` of a request in a worker, once :meth:`check_account` let it through."""
+
+        def job() -> Any:
+            self.check_account()
+            return f(*args)
+
+        job.__name__ = getattr(f, "__name__", "job")
+        return self.services.run(job)
+
+    def _hang_up_if_revoked(self, failure: Failure) -> Failure:
+        """After the error reply to a request refused by :meth:`check_account` is queued: close the connection."""
+        if failure.check(LoginRevoked) and not self._closed:
+            self.services.reactor.callLater(0, self._hang_up, "login revoked")
+        return failure
 
     # --- session -----------------------------------------------------------------------------------------
 
@@ -361,7 +416,7 @@ class ServerSession:
         def listed(targets: list[TargetInfo]) -> None:
             peer.send(Targets(rid=message.rid, targets=targets))
 
-        return self.services.run(collect).addCallback(listed)
+        return self.run(collect).addCallback(listed)
 
     def on_open(self, peer: Peer, message: Open) -> Deferred[None]:
         if len(self._handles) >= limits.MAX_OPEN_HANDLES:
@@ -449,7 +504,7 @@ class ServerSession:
                 )
             )
 
-        return self.services.run(find).addCallback(found)
+        return self.run(find).addCallback(found)
 
     def on_close(self, peer: Peer, message: Close) -> Deferred[None]:
         handle = self._handle(message.handle)
@@ -1036,6 +1091,7 @@ class ServerSession:
         file, from this process or any other, so a revoke, re-point or removal committed before a request
         started is still seen by that request. An account's own target ignores the account store: nothing but
         its removal can change it (a grant may not take the name of the grantee's own target)."""
+        self.check_account()
         services = self.services
         granted = handle.access.granted
         stamp = (services.accounts.generation() if granted else 0, services.repository.generation())
@@ -1135,6 +1191,7 @@ class ServerSession:
         peer = self.peer
         if peer is None or self._closed:
             return
+        self._hang_up_if_revoked(failure)
         error = failure.value
         if isinstance(error, NeoError):
             rid = message.rid
@@ -1187,14 +1244,37 @@ class ServerSession:
         log.info("login timed out: address={address}", address=self.address)
         if self.peer is not None:
             self.peer.reply_error(0, NeoError(ErrorCode.AUTH_REQUIRED, "login timed out"))
-            self.peer.close()
+            self._hang_up("login timed out")
 
     def _idle_timed_out(self) -> None:
         self._idle_timer = None
         log.info("idle timeout: address={address}", address=self.address)
         # Not peer.close(): that waits for queued frames, which a client that stopped reading never takes.
+        self._abort("idle timeout")
+
+    def _hang_up(self, why: str) -> None:
+        """Close the connection once what is queued is written, and abort it if it is still there ABORT_GRACE
+        seconds later. A close waits for the peer: one that stops reading, or over TLS one that never finished
+        its handshake (``TLSMemoryBIOProtocol.loseConnection`` waits for it), would hold the connection and its
+        file descriptor for ever."""
+        if self.peer is None or self._closed:
+            return
+        self.peer.close()
+        if self._abort_timer is None:
+            self._abort_timer = self.services.reactor.callLater(ABORT_GRACE, self._abort, why)
+
+    def _abort(self, why: str) -> None:
+        """Drop the connection now, whatever is queued (``abortConnection``: no wait for the peer)."""
+        self._abort_timer = None
         transport: Any = self.peer.transport if self.peer is not None else None
-        if transport is not None:
+        if transport is None or self._closed:
+            return
+        log.info("connection aborted: account={account} address={address}: {why}", account=self.account_name,
+                 address=self.address, why=why)  # fmt: skip
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
             transport.loseConnection()
 
     def connection_lost(self, peer: Peer, reason: Failure) -> None:
@@ -1208,6 +1288,9 @@ class ServerSession:
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        self._abort_timer = None
         self.services.sessions.discard(self)
         handles, self._handles = list(self._handles.values()), {}
         for handle in handles:
