@@ -46,6 +46,7 @@ from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server import manage, stash
 from neotwist.server.accounts import Account, AccountStore, Grant
+from neotwist.server.admission import Ticket
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.push import CommitCharge
 from neotwist.server.repository.repository import target_info
@@ -232,10 +233,13 @@ class LoginRevoked(NeoError):
 class ServerSession:
     """The commands of one connection. ``account`` is set by SSH before the first frame, or by ``login``."""
 
-    def __init__(self, services: ServerServices, account: Account | None, address: str) -> None:
+    def __init__(
+        self, services: ServerServices, account: Account | None, address: str, ticket: Ticket | None = None
+    ) -> None:
         self.services = services
         self.account = account
         self.address = address
+        self.ticket = ticket  # a place among the connections not yet logged in (TLS): given up at login
         self.login_required = account is None
         self._hello_seen = False
         self._failed_logins = 0
@@ -372,6 +376,8 @@ class ServerSession:
                 throttle.settle(attempt, True)
                 self.account = account
                 self._cancel_login_timer()
+                if self.ticket is not None:
+                    self.ticket.authenticated()
                 log.info(
                     "login: account={account} address={address} method=password",
                     account=account.name,
@@ -1282,6 +1288,8 @@ class ServerSession:
             self._submit_puts(handle)  # chunks already received are kept for the next push
         self._closed = True
         self._cancel_login_timer()
+        if self.ticket is not None:
+            self.ticket.release()
         if self._login_turn is not None:
             self._login_turn.cancel()  # a login still waiting for its turn at the throttle goes
             self._login_turn = None
@@ -1406,12 +1414,15 @@ def _finished(d: Deferred[Any]) -> Deferred[None]:
     return waiter
 
 
-def make_server_peer(services: ServerServices, account: Account | None, address: str) -> Peer:
+def make_server_peer(
+    services: ServerServices, account: Account | None, address: str, ticket: Ticket | None = None
+) -> Peer:
     """The protocol for one connection: a server Peer driving a new :class:`ServerSession`.
 
-    ``account`` is the SSH-authenticated account, or None for TLS (the session then asks for ``login``).
+    ``account`` is the SSH-authenticated account, or None for TLS (the session then asks for ``login``, and
+    gives ``ticket`` up once logged in).
     """
-    session = ServerSession(services, account, address)
+    session = ServerSession(services, account, address, ticket)
     peer = Peer(session, is_client=False)
     session.peer = peer
     return peer
