@@ -52,6 +52,7 @@ from neotwist.server.repository.push import CommitCharge
 from neotwist.server.repository.repository import target_info
 from neotwist.server.repository.target import ChunkRejected, OverBudget
 from neotwist.server.repository.view import RootView
+from neotwist.server.reservations import Reservations
 from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.ssh import RunBlocking, thread_runner
 from neotwist.server.throttle import Attempt, LoginThrottle, Throttled, valid_login_name
@@ -150,6 +151,7 @@ class ServerServices:
     removing: set[int] = field(default_factory=set)  # target ids being removed: no new handle or push
     removed: set[int] = field(default_factory=set)  # target ids removed while this server ran
     owner_locks: dict[int, DeferredLock] = field(default_factory=dict)  # per owner account: quota check + commit
+    reservations: Reservations = field(default_factory=Reservations)  # per owner: upload bytes storing right now
 
     def owner_lock(self, owner_id: int) -> DeferredLock:
         """The lock that serializes the quota check and commit of every push charged to ``owner_id``, so two
@@ -597,6 +599,9 @@ class ServerSession:
         chunk. A batch goes when it is full, before anything that must see its chunks (commit, abort, close),
         or at the end of the current read (``callLater(0)``), so a lone put never waits."""
         handle = self._push_handle(message.handle)
+        if handle.push is None:
+            # Chunks are charged to the push's owner as they arrive: outside a push there is no one to charge.
+            raise NeoError(ErrorCode.PROTOCOL, "put before push_begin (chunks are uploaded within a push)")
         handle.puts.append(message)
         handle.put_bytes += len(message.data)
         if handle.put_bytes >= PUT_BATCH_BYTES or len(handle.puts) >= PUT_BATCH_COUNT:
@@ -625,16 +630,25 @@ class ServerSession:
                 self._store_confined(handle, chunks, owner)
             elif owner is not None and owner.quota_bytes is not None:
                 # Refuse early, before the commit, once the stored bytes would pass the quota. Versions were
-                # counted at push_begin (handle.charges); the commit checks everything exactly.
-                usage = replace(account_usage(repository, owner, count_versions=False), per_file=0, per_dir=0)
-                used = usage.stored_bytes + handle.charges
-                try:
-                    target.store_chunks(chunks, budget=max(0, owner.quota_bytes - used))
-                except OverBudget as e:
-                    handle.reclaim = True
-                    if handle.access.granted:
-                        raise grantee_over_quota(owner.name, e.needed, "this push's upload") from None
-                    raise over_quota(replace(usage, stored_bytes=used), e.needed, "this push's upload") from None
+                # counted at push_begin (handle.charges); the commit checks everything exactly. Batches storing
+                # at the same time (this push's, other connections') count by their reservations.
+                measured: list[Any] = []
+
+                def measure() -> int:
+                    measured.append(account_usage(repository, owner, count_versions=False))
+                    return int(measured[0].stored_bytes)
+
+                size = sum(len(c[3]) for c in chunks)
+                with self.services.reservations.hold(owner.id, size, measure) as stored:
+                    usage = replace(measured[0], per_file=0, per_dir=0)
+                    used = stored + handle.charges
+                    try:
+                        target.store_chunks(chunks, budget=max(0, owner.quota_bytes - used))
+                    except OverBudget as e:
+                        handle.reclaim = True
+                        if handle.access.granted:
+                            raise grantee_over_quota(owner.name, e.needed, "this push's upload") from None
+                        raise over_quota(replace(usage, stored_bytes=used), e.needed, "this push's upload") from None
             else:
                 target.store_chunks(chunks)
             if push is not None:
@@ -660,13 +674,20 @@ class ServerSession:
         assert target is not None
         with handle.quota_lock:
             uploading = sum(len(c[3]) for c in chunks)
-            if owner is not None and owner.quota_bytes is not None:
-                usage = account_usage(self.services.repository, owner, count_versions=False)
-                used = usage.stored_bytes - handle.stored_new + handle.uploaded_bytes + handle.charges
-                if used + uploading > owner.quota_bytes:
-                    handle.reclaim = True
-                    raise grantee_over_quota(owner.name, handle.uploaded_bytes + uploading, "this push's upload")
-            _new, added = target.store_chunks_sized(chunks)
+            if owner is None or owner.quota_bytes is None:
+                _new, added = target.store_chunks_sized(chunks)
+            else:
+                repository = self.services.repository
+
+                def measure() -> int:
+                    return account_usage(repository, owner, count_versions=False).stored_bytes
+
+                with self.services.reservations.hold(owner.id, uploading, measure) as stored:
+                    used = stored - handle.stored_new + handle.uploaded_bytes + handle.charges
+                    if used + uploading > owner.quota_bytes:
+                        handle.reclaim = True
+                        raise grantee_over_quota(owner.name, handle.uploaded_bytes + uploading, "this push's upload")
+                    _new, added = target.store_chunks_sized(chunks)
             handle.stored_new += added
             handle.uploaded_bytes += uploading
 
