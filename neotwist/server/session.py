@@ -47,6 +47,7 @@ from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server import manage, stash
 from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.admission import Ticket
+from neotwist.server.budget import ByteBudget
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.push import CommitCharge
 from neotwist.server.repository.repository import target_info
@@ -114,6 +115,13 @@ PUT_BATCH_BYTES = 4 * 1024 * 1024
 
 PUT_BATCH_COUNT = 512
 """Puts collected at most per batch (small chunks)."""
+
+PUT_BATCH_RAW_BYTES = 16 * 1024 * 1024
+"""Content bytes (the sizes puts declare) per batch: a 145-byte put of compressed zeros declares 4 MiB, and
+verifying it decompresses all of it."""
+
+PUT_RAW_IN_FLIGHT = 64 * 1024 * 1024
+"""Content bytes of the put batches being verified at once on one connection (memory and CPU: see ByteBudget)."""
 
 ABORT_GRACE = 10.0
 """Seconds a closing connection may take to flush its last frames (an error saying why) before it is aborted."""
@@ -191,7 +199,9 @@ class _Handle:
     jobs: set[Deferred[None]] = field(default_factory=set)  # uploads of this handle still running
     puts: list[Put] = field(default_factory=list)  # puts collected for the next batch
     put_bytes: int = 0
+    put_raw: int = 0  # the sizes the collected puts declare: what verifying them decompresses
     put_timer: Any = None  # the pending callLater that submits a partial batch
+    put_waiting: Deferred[None] | None = None  # a partial batch submitted by the timer, not yet admitted
     entries_lock: DeferredLock = field(default_factory=DeferredLock)  # entries are staged in order
     failure: NeoError | None = None  # an upload failed: the push may not commit
     snapshots_seen: set[int] = field(default_factory=set)  # snapshots a get already found to exist
@@ -248,6 +258,7 @@ class ServerSession:
         self._handles: dict[int, _Handle] = {}
         self._next_handle = 1
         self._slots = DeferredSemaphore(MAX_BACKGROUND_JOBS)
+        self._put_budget = ByteBudget(PUT_RAW_IN_FLIGHT)
         self._closed = False
         self.peer: Peer | None = None
         clock = services.reactor
@@ -604,11 +615,34 @@ class ServerSession:
             raise NeoError(ErrorCode.PROTOCOL, "put before push_begin (chunks are uploaded within a push)")
         handle.puts.append(message)
         handle.put_bytes += len(message.data)
-        if handle.put_bytes >= PUT_BATCH_BYTES or len(handle.puts) >= PUT_BATCH_COUNT:
+        handle.put_raw += message.size
+        if (
+            handle.put_bytes >= PUT_BATCH_BYTES
+            or handle.put_raw >= PUT_BATCH_RAW_BYTES
+            or len(handle.puts) >= PUT_BATCH_COUNT
+        ):
             return self._submit_puts(handle)
         if handle.put_timer is None:
-            handle.put_timer = self.services.reactor.callLater(0, self._submit_puts, handle)
+            handle.put_timer = self.services.reactor.callLater(0, self._submit_partial, handle)
+        waiting = handle.put_waiting
+        if waiting is not None:
+            # The previous partial batch still waits for its turn: hold the next message (and the client's
+            # credit) until it has it, so batches submitted by the timer cannot pile up in memory.
+            return _finished(waiting)
         return None
+
+    def _submit_partial(self, handle: _Handle) -> None:
+        handle.put_timer = None
+        admitted = self._submit_puts(handle)
+        if admitted is not None and not admitted.called:
+            handle.put_waiting = admitted
+
+            def clear(result: object) -> object:
+                if handle.put_waiting is admitted:
+                    handle.put_waiting = None
+                return result
+
+            admitted.addBoth(clear)
 
     def _submit_puts(self, handle: _Handle) -> Deferred[None] | None:
         if handle.put_timer is not None:
@@ -616,6 +650,7 @@ class ServerSession:
                 handle.put_timer.cancel()
             handle.put_timer = None
         batch, handle.puts, handle.put_bytes = handle.puts, [], 0
+        raw, handle.put_raw = handle.put_raw, 0
         if not batch or self._closed:
             return None
         target = handle.target
@@ -657,10 +692,23 @@ class ServerSession:
         def store() -> Deferred[None]:
             d = self._run_for(handle, Right.APPEND, "push", store_batch)
             d.addErrback(self._upload_failed, handle)
+            d.addBoth(give_back)
             return d
 
-        # A rejected chunk is answered with the rid of its own put.
-        return self._admit(batch[0], store, handle, rids=[m.rid for m in batch])
+        def give_back(result: object) -> object:
+            budget.release(raw)
+            return result
+
+        def admit(_: object) -> Deferred[None]:
+            if self._closed:
+                budget.release(raw)
+                return succeed(None)
+            # A rejected chunk is answered with the rid of its own put.
+            return self._admit(batch[0], store, handle, rids=[m.rid for m in batch])
+
+        # Verifying decompresses what the puts declare: at most PUT_RAW_IN_FLIGHT of it per connection at once.
+        budget = self._put_budget
+        return budget.acquire(raw).addCallback(admit)
 
     def _store_confined(
         self, handle: _Handle, chunks: Sequence[tuple[bytes, int, int, bytes]], owner: Account | None

@@ -198,7 +198,12 @@ class Target:
         store, which a push confined to a sub-path must never be told (see the session's quota checks)."""
         self._writable("store chunks")
         encrypted = self.meta.encrypted
+        with self._store_lock:
+            pending = self._pending
+            held = {c[0] for c in chunks if c[0] in pending}
         for n, (chunk_id, codec, size, data) in enumerate(chunks):
+            if chunk_id in held or self._indexed(chunk_id) is not None:
+                continue  # stored already: this copy is dropped unread, so it costs no decompression
             try:
                 verify_chunk(chunk_id, codec, size, data, encrypted=encrypted)
             except NeoError as e:
