@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 
 from neotwist.server.repository import target as target_module
 from neotwist.server.repository.target import Target
-from neotwist.server.session import PUT_BATCH_RAW_BYTES, PUT_RAW_IN_FLIGHT
+from neotwist.server.session import PUT_BATCH_RAW_BYTES, SESSION_MEMORY
 from neotwist.wire import limits
 from neotwist.wire.messages import CODEC_ZSTD, Commit, Committed, Entry, Ok, PushBegin, PushEntries, Put
 
@@ -106,7 +106,7 @@ def test_declared_content_is_bounded_per_batch_and_per_connection(kit: Kit, monk
         d.callback(f(*args))
     assert not jobs and sum(batches) == 200 * SIZE  # everything got stored in the end
     assert max(batches) <= PUT_BATCH_RAW_BYTES
-    assert most * PUT_BATCH_RAW_BYTES <= PUT_RAW_IN_FLIGHT
+    assert most * PUT_BATCH_RAW_BYTES <= SESSION_MEMORY
 
 
 def test_byte_budget_serves_in_order_and_never_starves_a_large_request() -> None:

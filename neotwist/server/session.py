@@ -48,6 +48,7 @@ from neotwist.server import manage, stash
 from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.admission import Ticket
 from neotwist.server.budget import ByteBudget
+from neotwist.server.filechunks import check_file_chunks
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.push import CommitCharge
 from neotwist.server.repository.repository import target_info
@@ -116,12 +117,21 @@ PUT_BATCH_BYTES = 4 * 1024 * 1024
 PUT_BATCH_COUNT = 512
 """Puts collected at most per batch (small chunks)."""
 
-PUT_BATCH_RAW_BYTES = 16 * 1024 * 1024
+PUT_BATCH_RAW_BYTES = 8 * 1024 * 1024
 """Content bytes (the sizes puts declare) per batch: a 145-byte put of compressed zeros declares 4 MiB, and
 verifying it decompresses all of it."""
 
-PUT_RAW_IN_FLIGHT = 64 * 1024 * 1024
-"""Content bytes of the put batches being verified at once on one connection (memory and CPU: see ByteBudget)."""
+SESSION_MEMORY = 32 * 1024 * 1024
+"""One connection's budget (:class:`~neotwist.server.budget.ByteBudget`) for the content of put batches being
+verified (decompressed) and the get groups being read and waiting for the client: what requests in flight may
+make the server hold beyond the two windows (docs/admin.md adds it all up)."""
+
+MAX_CONNECTIONS_PER_ACCOUNT = 32
+"""Sessions one account may have open at once, over SSH and TLS (bench runs 16 clients of one account)."""
+
+PEER_WINDOW_HONOURED = limits.WINDOW
+"""The most of a client's advertised window (up to 256 MiB) the server sends into before the client's credit
+returns: those bytes sit in the server's socket buffers while the client does not read."""
 
 ABORT_GRACE = 10.0
 """Seconds a closing connection may take to flush its last frames (an error saying why) before it is aborted."""
@@ -205,6 +215,7 @@ class _Handle:
     entries_lock: DeferredLock = field(default_factory=DeferredLock)  # entries are staged in order
     failure: NeoError | None = None  # an upload failed: the push may not commit
     snapshots_seen: set[int] = field(default_factory=set)  # snapshots a get already found to exist
+    get_hint: tuple[tuple[int | None, str], int] = ((None, ""), 0)  # where the last get's ids ended in its file
     path: str = ""  # the sub-path the client asked for (re-resolved to see grant changes)
     beginning: bool = False  # push_begin is running
     quota_owner: Account | None = None  # the target's owner, when it has a quota (read at push_begin)
@@ -258,7 +269,7 @@ class ServerSession:
         self._handles: dict[int, _Handle] = {}
         self._next_handle = 1
         self._slots = DeferredSemaphore(MAX_BACKGROUND_JOBS)
-        self._put_budget = ByteBudget(PUT_RAW_IN_FLIGHT)
+        self._memory = ByteBudget(SESSION_MEMORY)  # put batches being verified, get groups being read and sent
         self._closed = False
         self.peer: Peer | None = None
         clock = services.reactor
@@ -341,6 +352,8 @@ class ServerSession:
                 ErrorCode.UNSUPPORTED_VERSION,
                 f"this server speaks protocol version {limits.PROTOCOL_VERSION}, not {message.version}",
             )
+        if self.account is not None:
+            self._check_connections(self.account)
         self._hello_seen = True
         peer.send(
             Welcome(
@@ -387,6 +400,7 @@ class ServerSession:
                     refuse()
                     return
                 throttle.settle(attempt, True)
+                self._check_connections(account)
                 self.account = account
                 self._cancel_login_timer()
                 if self.ticket is not None:
@@ -411,6 +425,21 @@ class ServerSession:
         # Kept so that a connection lost while its login waits for its turn withdraws it (connection_lost).
         self._login_turn = throttle.begin(name, self.address)
         return self._login_turn.addCallbacks(check, throttled)
+
+    def _check_connections(self, account: Account) -> None:
+        """Refuse (fatally) a session over MAX_CONNECTIONS_PER_ACCOUNT for ``account``: each holds memory (see
+        SESSION_MEMORY) and worker time, and one tenant must not take them all."""
+        others = sum(
+            1 for s in self.services.sessions if s is not self and s.account is not None and s.account.id == account.id
+        )
+        if others >= MAX_CONNECTIONS_PER_ACCOUNT:
+            log.info("connection refused: account={account} address={address}: {n} connections open",
+                     account=account.name, address=self.address, n=others)  # fmt: skip
+            raise NeoError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"account {account.name} has {others} connections open, the most this server allows: "
+                "close some (or wait for them to end) and retry",
+            )
 
     def _count_failed_login(self, peer: Peer) -> None:
         self._failed_logins += 1
@@ -706,8 +735,8 @@ class ServerSession:
             # A rejected chunk is answered with the rid of its own put.
             return self._admit(batch[0], store, handle, rids=[m.rid for m in batch])
 
-        # Verifying decompresses what the puts declare: at most PUT_RAW_IN_FLIGHT of it per connection at once.
-        budget = self._put_budget
+        # Verifying decompresses what the puts declare: it is held in the connection's memory budget.
+        budget = self._memory
         return budget.acquire(raw).addCallback(admit)
 
     def _store_confined(
@@ -915,38 +944,34 @@ class ServerSession:
         return self._admit(message, lambda: ensureDeferred(self._get(peer, message, handle)))
 
     async def _get(self, peer: Peer, message: Get, handle: _Handle) -> None:
+        """Answer a get a group at a time: each group is planned from the chunks' stored lengths (at most
+        READ_GROUP_BYTES, or one chunk), read only once the reply queue is below the client's window and the
+        connection's memory budget holds its bytes, and given back only once its replies have drained: a client
+        that stops reading stops the reads, however many gets it has sent."""
         target = handle.target
         assert target is not None
         where = paths.join(handle.root, message.path)
         named = self.client_path(handle, message.path)
         ids = message.ids
 
-        locations: dict[bytes, Any] = {}
+        def locate() -> dict[bytes, Any]:
+            self._recheck(handle)  # a revoked or re-pointed grant reads nothing more
+            if message.snapshot not in handle.snapshots_seen:
+                self._snapshot_for(handle, message.snapshot)
+                handle.snapshots_seen.add(message.snapshot)
+            hint = handle.get_hint[1] if handle.get_hint[0] == (message.snapshot, where) else 0
+            checked = check_file_chunks(target, message.snapshot, where, ids, hint)
+            if checked is None:
+                raise NeoError(ErrorCode.NO_SUCH_PATH, f"no file {named!r} in snapshot {message.snapshot}")
+            absent, end = checked
+            if absent is not None:
+                raise NeoError(ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {absent.hex()} is not part of {named!r}")
+            handle.get_hint = ((message.snapshot, where), end)
+            return target.locate(ids)
 
-        def read(start: int) -> tuple[list[ChunkReply], int]:
-            if start == 0:
-                self._recheck(handle)  # a revoked or re-pointed grant reads nothing more
-                if message.snapshot not in handle.snapshots_seen:
-                    self._snapshot_for(handle, message.snapshot)
-                    handle.snapshots_seen.add(message.snapshot)
-                chunks = target.file_chunks(message.snapshot, where)
-                if chunks is None:
-                    raise NeoError(
-                        ErrorCode.NO_SUCH_PATH, f"no file {named!r} in snapshot {message.snapshot}"
-                    )
-                size = limits.ID_SIZE
-                owned = {chunks[i : i + size] for i in range(0, len(chunks), size)}
-                for cid in ids:
-                    if cid not in owned:
-                        raise NeoError(
-                            ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {cid.hex()} is not part of {named!r}"
-                        )
-                locations.update(target.locate(ids))
+        def read(start: int, end: int) -> list[ChunkReply]:
             out: list[ChunkReply] = []
-            total = 0
-            i = start
-            while i < len(ids) and total < READ_GROUP_BYTES:
-                cid = ids[i]
+            for cid in ids[start:end]:
                 try:
                     codec, size, data = target.read_located(cid, locations.get(cid))
                 except NeoError as e:
@@ -960,18 +985,27 @@ class ServerSession:
                         raise NeoError(ErrorCode.DAMAGED, f"{named}: {e.message}") from None
                     raise
                 out.append(ChunkReply(rid=message.rid, id=cid, codec=cast(Codec, codec), size=size, data=data))
-                total += len(data)
-                i += 1
-            return out, i
+            return out
 
+        locations: dict[bytes, Any] = await self.services.run(locate)
+        memory = self._memory
         start = 0
-        while True:
-            replies, start = await self.services.run(read, start)
-            for reply in replies:
-                peer.send(reply)
-            if start >= len(ids):
-                return
+        while start < len(ids):
+            end, group = start, 0
+            while end < len(ids) and (end == start or group + _stored_length(locations, ids[end]) <= READ_GROUP_BYTES):
+                group += _stored_length(locations, ids[end])
+                end += 1
             await peer.drain()
+            await memory.acquire(group)
+            try:
+                replies = await self.services.run(read, start, end)
+                for reply in replies:
+                    peer.send(reply)
+                del replies
+                await peer.drain()
+            finally:
+                memory.release(group)
+            start = end
 
     # --- target removal (account management is in manage.py) ---------------------------------------------
 
@@ -1471,6 +1505,12 @@ def _granted_info(repository: Repository, grant: Grant) -> TargetInfo:
     return target_info(target, grant.name, **extra)
 
 
+def _stored_length(locations: dict[bytes, Any], cid: bytes) -> int:
+    """The stored bytes of a located chunk (0 for one not found: reading it fails as damaged)."""
+    loc = locations.get(cid)
+    return 0 if loc is None else int(loc[2])
+
+
 def _finished(d: Deferred[Any]) -> Deferred[None]:
     """A Deferred that fires (with None) when ``d`` has fired, leaving ``d``'s own result for its chain."""
     waiter: Deferred[None] = Deferred()
@@ -1492,6 +1532,6 @@ def make_server_peer(
     gives ``ticket`` up once logged in).
     """
     session = ServerSession(services, account, address, ticket)
-    peer = Peer(session, is_client=False)
+    peer = Peer(session, is_client=False, max_peer_window=PEER_WINDOW_HONOURED)
     session.peer = peer
     return peer

@@ -74,8 +74,19 @@ def _remote_error(message: Error) -> RemoteError:
 class Peer(Protocol):
     """One end of a session. See the module docstring."""
 
-    def __init__(self, handler: MessageHandler, *, window: int = limits.WINDOW, is_client: bool) -> None:
+    def __init__(
+        self,
+        handler: MessageHandler,
+        *,
+        window: int = limits.WINDOW,
+        is_client: bool,
+        max_peer_window: int = limits.MAX_WINDOW,
+    ) -> None:
+        """``max_peer_window``: the most of the window the peer advertises that this end honours (sends before
+        its credit returns). The peer's window bounds what it buffers; what this end holds for it (written, not
+        yet acknowledged) is its own memory, so a server caps it whatever a client advertises."""
         self.handler = handler
+        self._max_peer_window = max(limits.MIN_WINDOW, min(max_peer_window, limits.MAX_WINDOW))
         self.is_client = is_client
         self._conn = FrameConnection(window)
         self._parity = 1 if is_client else 0
@@ -348,7 +359,10 @@ class Peer(Protocol):
             self._bye_received = True
         elif (kind is Hello or kind is Welcome) and not self._window_known:
             self._window_known = True
-            self._conn.set_peer_window(message.window)  # type: ignore[attr-defined]
+            window = message.window  # type: ignore[attr-defined]
+            # Out of range is refused (set_peer_window); in range, honoured up to our cap.
+            in_range = limits.MIN_WINDOW <= window <= limits.MAX_WINDOW
+            self._conn.set_peer_window(min(window, self._max_peer_window) if in_range else window)
         entry = self._pending.get(rid) if rid else None
         if entry is not None:
             self._reply_received(rid, entry, message)
