@@ -121,6 +121,10 @@ PUT_BATCH_RAW_BYTES = 8 * 1024 * 1024
 """Content bytes (the sizes puts declare) per batch: a 145-byte put of compressed zeros declares 4 MiB, and
 verifying it decompresses all of it."""
 
+PUTS_UNADMITTED = 2 * PUT_BATCH_BYTES
+"""Put data one connection holds collected or in batches waiting for their turn, over all its handles (plus
+one put): past it the session stops reading until a batch is admitted."""
+
 SESSION_MEMORY = 32 * 1024 * 1024
 """One connection's budget (:class:`~neotwist.server.budget.ByteBudget`) for the content of put batches being
 verified (decompressed) and the get groups being read and waiting for the client: what requests in flight may
@@ -211,7 +215,6 @@ class _Handle:
     put_bytes: int = 0
     put_raw: int = 0  # the sizes the collected puts declare: what verifying them decompresses
     put_timer: Any = None  # the pending callLater that submits a partial batch
-    put_waiting: Deferred[None] | None = None  # a partial batch submitted by the timer, not yet admitted
     entries_lock: DeferredLock = field(default_factory=DeferredLock)  # entries are staged in order
     failure: NeoError | None = None  # an upload failed: the push may not commit
     snapshots_seen: set[int] = field(default_factory=set)  # snapshots a get already found to exist
@@ -270,6 +273,7 @@ class ServerSession:
         self._next_handle = 1
         self._slots = DeferredSemaphore(MAX_BACKGROUND_JOBS)
         self._memory = ByteBudget(SESSION_MEMORY)  # put batches being verified, get groups being read and sent
+        self._unadmitted = ByteBudget(PUTS_UNADMITTED)  # put data collected, its batch not yet admitted
         self._closed = False
         self.peer: Peer | None = None
         clock = services.reactor
@@ -642,6 +646,9 @@ class ServerSession:
         if handle.push is None:
             # Chunks are charged to the push's owner as they arrive: outside a push there is no one to charge.
             raise NeoError(ErrorCode.PROTOCOL, "put before push_begin (chunks are uploaded within a push)")
+        # Puts whose frames were released but whose batch is not admitted yet are held here, on every handle of
+        # the connection: past PUTS_UNADMITTED the next message waits (a partial batch goes on the timer).
+        held = self._unadmitted.acquire(len(message.data))
         handle.puts.append(message)
         handle.put_bytes += len(message.data)
         handle.put_raw += message.size
@@ -650,35 +657,19 @@ class ServerSession:
             or handle.put_raw >= PUT_BATCH_RAW_BYTES
             or len(handle.puts) >= PUT_BATCH_COUNT
         ):
-            return self._submit_puts(handle)
+            submitted = self._submit_puts(handle)
+            if submitted is not None:
+                return submitted.addCallback(lambda _: held)
         if handle.put_timer is None:
-            handle.put_timer = self.services.reactor.callLater(0, self._submit_partial, handle)
-        waiting = handle.put_waiting
-        if waiting is not None:
-            # The previous partial batch still waits for its turn: hold the next message (and the client's
-            # credit) until it has it, so batches submitted by the timer cannot pile up in memory.
-            return _finished(waiting)
-        return None
-
-    def _submit_partial(self, handle: _Handle) -> None:
-        handle.put_timer = None
-        admitted = self._submit_puts(handle)
-        if admitted is not None and not admitted.called:
-            handle.put_waiting = admitted
-
-            def clear(result: object) -> object:
-                if handle.put_waiting is admitted:
-                    handle.put_waiting = None
-                return result
-
-            admitted.addBoth(clear)
+            handle.put_timer = self.services.reactor.callLater(0, self._submit_puts, handle)
+        return None if held.called else held
 
     def _submit_puts(self, handle: _Handle) -> Deferred[None] | None:
         if handle.put_timer is not None:
             if handle.put_timer.active():
                 handle.put_timer.cancel()
             handle.put_timer = None
-        batch, handle.puts, handle.put_bytes = handle.puts, [], 0
+        batch, handle.puts, data, handle.put_bytes = handle.puts, [], handle.put_bytes, 0
         raw, handle.put_raw = handle.put_raw, 0
         if not batch or self._closed:
             return None
@@ -729,6 +720,7 @@ class ServerSession:
             return result
 
         def admit(_: object) -> Deferred[None]:
+            self._unadmitted.release(data)
             if self._closed:
                 budget.release(raw)
                 return succeed(None)
