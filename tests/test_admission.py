@@ -17,6 +17,7 @@ from support import PASSWORD as SERVER_PASSWORD
 from support import RunningServer
 from test_ssh_server import Server
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.test.iosim import connectedServerAndClient
 
@@ -25,7 +26,8 @@ from neotwist.server.hostkeys import load_or_create_tls
 from neotwist.server.session import ABORT_GRACE, make_server_peer
 from neotwist.server.tls import make_tls_factory
 from neotwist.wire import limits
-from neotwist.wire.messages import Hello, LoggedIn, Login, Welcome
+from neotwist.wire.errors import ErrorCode, RemoteError
+from neotwist.wire.messages import Hello, LoggedIn, Login, Open, Welcome
 from neotwist.wire.peer import Peer
 
 
@@ -148,3 +150,33 @@ def test_idle_connects_cannot_starve_logins_of_descriptors(tmp_path: Path) -> No
             s.close()
     finally:
         server.stop()
+
+
+def test_before_login_only_small_frames_and_few_requests_are_held(kit: Kit) -> None:
+    """40 connections that had not logged in, each holding a partial 4 MiB frame, took 165 MiB."""
+    import struct
+
+    client, server, pump = connectedServerAndClient(
+        lambda: make_server_peer(kit.services, None, "10.0.0.9:5000"), lambda: Peer(Client(), is_client=True)
+    )
+    call(client, pump, Hello(rid=0, version=limits.PROTOCOL_VERSION, software="t", window=client.window))
+    server.dataReceived(struct.pack(">I", limits.MAX_FRAME) + b"x" * 1000)  # the start of a 4 MiB frame
+    assert server.held_bytes == 0 and pump.serverIO.disconnecting  # refused from its header
+    # Requests queued behind a login that is being checked: a few are fine, a flood is refused.
+    client, server, pump = connectedServerAndClient(
+        lambda: make_server_peer(kit.services, None, "10.0.0.9:5001"), lambda: Peer(Client(), is_client=True)
+    )
+    call(client, pump, Hello(rid=0, version=limits.PROTOCOL_VERSION, software="t", window=client.window))
+    assert isinstance(call(client, pump, Login(rid=0, account="alice", password=PASSWORD)), LoggedIn)
+    assert server.max_frame == limits.MAX_FRAME and server.max_inbox is None  # logged in: the usual bounds
+    client, server, pump = connectedServerAndClient(
+        lambda: make_server_peer(kit.services, None, "10.0.0.9:5002"), lambda: Peer(Client(), is_client=True)
+    )
+    call(client, pump, Hello(rid=0, version=limits.PROTOCOL_VERSION, software="t", window=client.window))
+    kit.services.run_blocking = lambda f, *args: Deferred()  # the password check never finishes
+    client.request(Login(rid=0, account="alice", password=PASSWORD))
+    for _ in range(100):
+        client.request(Open(rid=0, target="t", path="p" * 4000, mode="read"))
+    pump.flush()
+    assert isinstance(client.failure, RemoteError) and client.failure.code == ErrorCode.LIMIT_EXCEEDED
+    assert pump.clientIO.disconnected

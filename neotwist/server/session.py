@@ -130,6 +130,13 @@ SESSION_MEMORY = 32 * 1024 * 1024
 verified (decompressed) and the get groups being read and waiting for the client: what requests in flight may
 make the server hold beyond the two windows (docs/admin.md adds it all up)."""
 
+PREAUTH_MAX_FRAME = 64 * 1024
+"""Largest frame a TLS client may send before it has logged in (hello and login need a few KiB): a connection
+that has proved nothing holds at most this much of a partial frame, not MAX_FRAME."""
+
+PREAUTH_MAX_INBOX = 256 * 1024
+"""Bytes of requests a TLS client may have queued before it has logged in (while its login is checked)."""
+
 MAX_CONNECTIONS_PER_ACCOUNT = 32
 """Sessions one account may have open at once, over SSH and TLS (bench runs 16 clients of one account)."""
 
@@ -407,6 +414,7 @@ class ServerSession:
                 self._check_connections(account)
                 self.account = account
                 self._cancel_login_timer()
+                peer.max_frame, peer.max_inbox = limits.MAX_FRAME, None
                 if self.ticket is not None:
                     self.ticket.authenticated()
                 log.info(
@@ -1525,5 +1533,8 @@ def make_server_peer(
     """
     session = ServerSession(services, account, address, ticket)
     peer = Peer(session, is_client=False, max_peer_window=PEER_WINDOW_HONOURED)
+    if account is None:  # until login: small frames, few of them (see PREAUTH_MAX_FRAME)
+        peer.max_frame = PREAUTH_MAX_FRAME
+        peer.max_inbox = PREAUTH_MAX_INBOX
     session.peer = peer
     return peer

@@ -98,6 +98,7 @@ class Peer(Protocol):
 
         self._inbox: deque[tuple[Message, int]] = deque()
         self._inbox_bytes = 0
+        self.max_inbox: int | None = None  # bytes of requests waiting for the handler; over it: limit_exceeded
         self._busy = False  # a handler Deferred is outstanding
         self._dispatching = False
 
@@ -228,6 +229,15 @@ class Peer(Protocol):
     @property
     def bytes_received(self) -> int:
         return self._conn.bytes_received
+
+    @property
+    def max_frame(self) -> int:
+        """Largest frame body accepted from the peer (``bad_frame``, fatal, beyond it)."""
+        return self._conn.max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._conn.max_frame = max(1, min(value, limits.MAX_FRAME))
 
     @property
     def window(self) -> int:
@@ -375,6 +385,11 @@ class Peer(Protocol):
         else:
             self._inbox.append((message, size))
             self._inbox_bytes += size
+            if self.max_inbox is not None and self._inbox_bytes > self.max_inbox:
+                log.info("Closing connection: {n} bytes of requests queued, at most {most} allowed now",
+                         n=self._inbox_bytes, most=self.max_inbox)  # fmt: skip
+                text = f"more than {self.max_inbox} bytes of requests queued (allowed now; log in first?)"
+                self._abort(Error(rid=0, code=str(ErrorCode.LIMIT_EXCEEDED), message=text))
 
     def _reply_received(
         self, rid: int, entry: tuple[Deferred[Message], Callable[[Message], bool] | None], message: Message
