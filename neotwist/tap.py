@@ -174,7 +174,8 @@ def makeService(options: Options) -> service.MultiService:
         host_key = hostkeys.load_or_create_host_key(data)
         peer_factory: Any = functools.partial(make_server_peer, services)
         ssh_factory: Any = make_ssh_factory(
-            host_key, accounts, peer_factory, reactor, throttle=throttle, admission=admission
+            host_key, accounts, peer_factory, reactor, run_blocking=services.run_blocking, throttle=throttle,
+            admission=admission,
         )
         strports.service(options["ssh_endpoint"], ssh_factory).setServiceParent(top)
         log.info(

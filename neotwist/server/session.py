@@ -48,6 +48,7 @@ from neotwist.server import manage, stash
 from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.admission import Ticket
 from neotwist.server.budget import ByteBudget
+from neotwist.server.fairness import FairRunner
 from neotwist.server.filechunks import check_file_chunks
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.push import CommitCharge
@@ -192,7 +193,8 @@ class ServerServices:
 
     def __post_init__(self) -> None:
         if self.run_blocking is None:
-            self.run_blocking = thread_runner(self.reactor)
+            # The pool's threads, taken in turn by the accounts with jobs waiting (not first come first served).
+            self.run_blocking = FairRunner(thread_runner(self.reactor), self.reactor.getThreadPool().max)
         if self.throttle is None:
             self.throttle = LoginThrottle(self.reactor)
 
@@ -203,9 +205,13 @@ class ServerServices:
         accounts = AccountStore(data / "accounts.sqlite", **kwargs)
         return cls(repository=Repository(data / "repo"), accounts=accounts, reactor=reactor)
 
-    def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        assert self.run_blocking is not None
-        return self.run_blocking(f, *args)
+    def run(self, f: Callable[..., Any], *args: Any, key: object = None) -> Deferred[Any]:
+        """Run the blocking ``f(*args)`` in a worker; ``key`` (an account id) takes turns with the others'."""
+        runner = self.run_blocking
+        assert runner is not None
+        if isinstance(runner, FairRunner):
+            return runner.run(key, f, *args)
+        return runner(f, *args)
 
 
 @dataclass
@@ -345,7 +351,11 @@ class ServerSession:
             return f(*args)
 
         job.__name__ = getattr(f, "__name__", "job")
-        return self.services.run(job)
+        return self._work(job)
+
+    def _work(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run the blocking ``f(*args)`` in a worker, in this account's turn (:mod:`neotwist.server.fairness`)."""
+        return self.services.run(f, *args, key=None if self.account is None else self.account.id)
 
     def _hang_up_if_revoked(self, failure: Failure) -> Failure:
         """After the error reply to a request refused by :meth:`check_account` is queued: close the connection."""
@@ -603,7 +613,7 @@ class ServerSession:
         def begun(push: Push) -> Deferred[None] | None:
             handle.beginning = False
             if self._closed or target.meta.id in self.services.removing or target.meta.id in self.services.removed:
-                d = self.services.run(push.abort)
+                d = self._work(push.abort)
                 d.addCallback(lambda _: self._raise_removed(handle))
                 return d
             handle.push = push
@@ -615,7 +625,7 @@ class ServerSession:
             handle.beginning = False
             return failure
 
-        return self.services.run(begin).addCallbacks(begun, failed)
+        return self._work(begin).addCallbacks(begun, failed)
 
     def on_have(self, peer: Peer, message: Have) -> Deferred[None]:
         handle = self._push_handle(message.handle)
@@ -837,7 +847,7 @@ class ServerSession:
         lock = services.owner_lock(handle.access.owner_id)
         await lock.acquire()
         try:
-            result, files, stored_bytes, no_history = await services.run(commit)
+            result, files, stored_bytes, no_history = await self._work(commit)
         except NeoError as e:
             if e.code == ErrorCode.QUOTA_EXCEEDED:
                 handle.reclaim = True
@@ -850,7 +860,7 @@ class ServerSession:
         snap = result.snapshot
         if no_history:
             # Before the reply: once the client hears "committed", older snapshots are already gone.
-            await self.services.run(target.apply_no_history)
+            await self._work(target.apply_no_history)
         handle.uploaded_bytes = handle.stored_new = 0
         new_chunks, new_bytes = (snap.new_chunks, snap.new_bytes)
         if handle.access.confined:
@@ -911,7 +921,7 @@ class ServerSession:
                     raise NeoError(e.code, f"no snapshot {snapshot} in {handle.name!r}") from None
                 raise
 
-        snapshot, entries = await self.services.run(start)
+        snapshot, entries = await self._work(start)
 
         def page() -> tuple[list[Entry], bool]:
             out: list[Entry] = []
@@ -929,7 +939,7 @@ class ServerSession:
             return out, True
 
         while True:
-            batch, done = await self.services.run(page)
+            batch, done = await self._work(page)
             if done or batch:
                 peer.send(Listing(rid=message.rid, snapshot=snapshot, entries=batch, done=done))
             if done:
@@ -987,7 +997,7 @@ class ServerSession:
                 out.append(ChunkReply(rid=message.rid, id=cid, codec=cast(Codec, codec), size=size, data=data))
             return out
 
-        locations: dict[bytes, Any] = await self.services.run(locate)
+        locations: dict[bytes, Any] = await self._work(locate)
         memory = self._memory
         start = 0
         while start < len(ids):
@@ -998,7 +1008,7 @@ class ServerSession:
             await peer.drain()
             await memory.acquire(group)
             try:
-                replies = await self.services.run(read, start, end)
+                replies = await self._work(read, start, end)
                 for reply in replies:
                     peer.send(reply)
                 del replies
@@ -1066,7 +1076,7 @@ class ServerSession:
             services.removing.discard(tid)
             return failure
 
-        return services.run(remove).addCallbacks(removed, failed)
+        return self._work(remove).addCallbacks(removed, failed)
 
     # --- for the handlers in other modules (stash.py, manage.py) ------------------------------------------------------
 
@@ -1250,7 +1260,7 @@ class ServerSession:
             return f(*args)
 
         job.__name__ = getattr(f, "__name__", "job")  # what the job runs, for logs and tests
-        return self.services.run(job)
+        return self._work(job)
 
     def _push_handle(self, number: int) -> _Handle:
         handle = self._handle(number)
@@ -1330,7 +1340,7 @@ class ServerSession:
         push, handle.push = handle.push, None
         handle.uploaded_bytes = handle.stored_new = 0
         if push is not None:
-            await self.services.run(push.abort)
+            await self._work(push.abort)
             log.info(
                 "push {why}: account={account} target={target}",
                 why=why,
@@ -1339,7 +1349,7 @@ class ServerSession:
             )
         if handle.reclaim and handle.target is not None:
             handle.reclaim = False
-            await self.services.run(reclaim, handle.target)
+            await self._work(reclaim, handle.target)
 
     # --- timers and the end --------------------------------------------------------------------------------
 
