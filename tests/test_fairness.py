@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sessionkit import PASSWORD, Client, Kit, call, chunk
-from twisted.internet.defer import Deferred
+from sessionkit import PASSWORD, Client, Kit, Workers, call, chunk
 from twisted.test.iosim import connectedServerAndClient
 
 from neotwist.server.fairness import FairRunner
@@ -19,22 +18,6 @@ from neotwist.server.session import make_server_peer
 from neotwist.wire import limits
 from neotwist.wire.messages import Hello, LoggedIn, Login, Ok, PushBegin, Put
 from neotwist.wire.peer import Peer
-
-
-class Workers:
-    """A thread pool stand-in whose jobs finish when the test says."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
-
-    def submit(self, f: Any, *args: Any) -> Deferred[Any]:
-        self.jobs.append((f, args, Deferred()))
-        return self.jobs[-1][2]
-
-    def finish_one(self) -> str:
-        f, args, d = self.jobs.pop(0)
-        d.callback(f(*args))
-        return str(getattr(f, "__name__", ""))
 
 
 def test_keys_take_turns() -> None:

@@ -11,8 +11,7 @@ from typing import Any
 import blake3
 import pytest
 import zstandard
-from sessionkit import Conn, Kit, committed
-from twisted.internet.defer import Deferred
+from sessionkit import Conn, Kit, Workers, committed
 
 from neotwist.server.repository import target as target_module
 from neotwist.server.repository.target import Target
@@ -82,13 +81,9 @@ def test_declared_content_is_bounded_per_batch_and_per_connection(kit: Kit, monk
         return store(self, chunks, budget)
 
     monkeypatch.setattr(Target, "store_chunks_sized", recorded)
-    jobs: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
-
-    def held(f: Any, *args: Any) -> Deferred[Any]:
-        jobs.append((f, args, Deferred()))
-        return jobs[-1][2]
-
-    kit.services.run_blocking = held
+    workers = Workers()
+    jobs = workers.jobs
+    kit.services.run_blocking = workers.submit
     ids = []
     for n in range(200):
         cid, frame = zeros(n)
@@ -102,8 +97,7 @@ def test_declared_content_is_bounded_per_batch_and_per_connection(kit: Kit, monk
         most = max(most, len(waiting))
         if not jobs:
             break
-        f, args, d = jobs.pop(0)
-        d.callback(f(*args))
+        workers.finish_one()
     assert not jobs and sum(batches) == 200 * SIZE  # everything got stored in the end
     assert max(batches) <= PUT_BATCH_RAW_BYTES
     assert most * PUT_BATCH_RAW_BYTES <= SESSION_MEMORY

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sessionkit import Kit, chunk, committed
-from twisted.internet.defer import Deferred
+from sessionkit import Kit, Workers, chunk, committed
 from twisted.python.failure import Failure
 
 from neotwist.server.repository.target import Target
@@ -215,13 +214,9 @@ def test_batches_storing_at_once_cannot_pass_the_quota_together(kit: Kit, monkey
         return store(self, chunks, budget)
 
     monkeypatch.setattr(Target, "store_chunks_sized", store_when_both_checked)
-    jobs: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
-
-    def held(f: Any, *args: Any) -> Deferred[Any]:
-        jobs.append((f, args, Deferred()))
-        return jobs[-1][2]
-
-    kit.services.run_blocking = held
+    workers = Workers()
+    jobs = workers.jobs
+    kit.services.run_blocking = workers.submit
     for conn, h in zip(conns, handles, strict=True):
         cid, data = chunk(os.urandom(100_000))
         conn.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(data), data=data))
