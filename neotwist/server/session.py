@@ -997,24 +997,48 @@ class ServerSession:
                 out.append(ChunkReply(rid=message.rid, id=cid, codec=cast(Codec, codec), size=size, data=data))
             return out
 
-        locations: dict[bytes, Any] = await self._work(locate)
-        memory = self._memory
-        start = 0
-        while start < len(ids):
+        def plan(start: int) -> tuple[int, int]:
+            """The end of the group starting at ``start`` and its stored bytes (at most READ_GROUP_BYTES, or one
+            chunk, which is never larger)."""
             end, group = start, 0
             while end < len(ids) and (end == start or group + _stored_length(locations, ids[end]) <= READ_GROUP_BYTES):
                 group += _stored_length(locations, ids[end])
                 end += 1
+            return end, group
+
+        def first() -> tuple[list[ChunkReply], int, int]:
+            """Locate, then read the first group in the same worker hop (a get of a small file is one hop)."""
+            locations.update(locate())
+            end, group = plan(0)
+            return read(0, end), end, group
+
+        locations: dict[bytes, Any] = {}
+        memory = self._memory
+        start = 0
+        while start < len(ids):
             await peer.drain()
-            await memory.acquire(group)
+            if start == 0:  # planned in the worker: hold what any first group may take
+                held = READ_GROUP_BYTES
+                await memory.acquire(held)
+                run = self._work(first)
+            else:
+                end, held = plan(start)
+                await memory.acquire(held)
+                run = self._work(read, start, end)
             try:
-                replies = await self._work(read, start, end)
+                if start == 0:
+                    replies, end, group = await run
+                    if group < held:  # give back what the first group did not take
+                        memory.release(held - group)
+                        held = group
+                else:
+                    replies = await run
                 for reply in replies:
                     peer.send(reply)
                 del replies
                 await peer.drain()
             finally:
-                memory.release(group)
+                memory.release(held)
             start = end
 
     # --- target removal (account management is in manage.py) ---------------------------------------------
