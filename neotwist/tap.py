@@ -238,6 +238,9 @@ def makeService(options: Options) -> service.MultiService:
     from neotwist.server.throttle import LoginThrottle
 
     throttle = LoginThrottle(reactor)  # one count of failed logins for SSH and TLS
+    from neotwist.server.admission import MAX_UNAUTHENTICATED, Admission, descriptor_share
+
+    admission = Admission(descriptor_share(MAX_UNAUTHENTICATED))  # connections not yet logged in, SSH and TLS
     services = ServerServices(repository=repository, accounts=accounts, reactor=reactor, throttle=throttle)
     top = service.MultiService()
     _RepositoryService(repository).setServiceParent(top)
@@ -245,7 +248,10 @@ def makeService(options: Options) -> service.MultiService:
     if options["ssh_endpoint"] is not None:
         host_key = hostkeys.load_or_create_host_key(data)
         peer_factory: Any = functools.partial(make_server_peer, services)
-        ssh_factory: Any = make_ssh_factory(host_key, accounts, peer_factory, reactor, throttle=throttle)
+        ssh_factory: Any = make_ssh_factory(
+            host_key, accounts, peer_factory, reactor, run_blocking=services.run_blocking, throttle=throttle,
+            admission=admission,
+        )
         strports.service(options["ssh_endpoint"], ssh_factory).setServiceParent(top)
         log.info(
             "SSH on {endpoint}, host key {fingerprint}",
@@ -256,7 +262,7 @@ def makeService(options: Options) -> service.MultiService:
     if options["tls_endpoint"] is not None:
         cert_path, key_path = hostkeys.load_or_create_tls(data)
         tls_peer_factory: Any = functools.partial(make_server_peer, services, None)
-        tls_factory = make_tls_factory(cert_path, key_path, tls_peer_factory, reactor)
+        tls_factory = make_tls_factory(cert_path, key_path, tls_peer_factory, reactor, admission)
         strports.service(options["tls_endpoint"], tls_factory).setServiceParent(top)
         log.info(
             "TLS on {endpoint}, certificate SHA-256 {fingerprint}",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
@@ -132,6 +132,23 @@ class Conn:
         entries += extra_entries or []
         self.post(PushEntries(rid=0, handle=h, entries=entries))
         return self.call(Commit(rid=0, handle=h))
+
+
+class Workers:
+    """A thread pool stand-in whose jobs run only when the test says: ``kit.services.run_blocking = w.submit``."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+    def submit(self, f: Any, *args: Any) -> Deferred[Any]:
+        self.jobs.append((f, args, Deferred()))
+        return self.jobs[-1][2]
+
+    def finish_one(self) -> str:
+        """Run the oldest job here and fire its Deferred with the result; return the job's name."""
+        f, args, d = self.jobs.pop(0)
+        d.callback(f(*args))
+        return str(getattr(f, "__name__", ""))
 
 
 class Kit:

@@ -44,7 +44,7 @@ def test_version_1_file_is_migrated_and_keeps_its_accounts(tmp_path: Path) -> No
     assert sub.parent == "olga"
     store.grant("olga.viewer", "olga", "docs", "", Right.READ)
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
     AccountStore(path, bcrypt_rounds=4)  # opening again is a no-op
     assert [g.name for g in store.grants_held(sub.id)] == ["docs"]
 

@@ -3,13 +3,18 @@ early refusal of puts, the exact check at commit, pushes through grants charged 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sessionkit import Kit, chunk, committed
+from sessionkit import Kit, Workers, chunk, committed
+from twisted.python.failure import Failure
 
+from neotwist.server.repository.target import Target
 from neotwist.server.rights import Right
 from neotwist.server.usage import account_usage, human
 from neotwist.wire.errors import ErrorCode, RemoteError
@@ -168,3 +173,74 @@ def test_prune_frees_quota(kit: Kit) -> None:
     assert isinstance(pruned, Pruned) and pruned.removed == 2
     assert usage(kit) == 40_000
     committed(again.push({"a": os.urandom(40_000)}, "t"))
+
+
+@pytest.mark.parametrize("who", ["alice", "alice.backup"])
+def test_puts_outside_a_push_are_refused_and_store_nothing(kit: Kit, who: str) -> None:
+    """The bypass: puts sent on a push handle before push_begin were stored with no quota check (the owner's
+    quota was read only at push_begin): 25 MB against a 1 MB quota, through an append grant too."""
+    kit.accounts.grant("alice.backup", "alice", "t", "", Right.APPEND)
+    alice = kit.connect("alice")
+    committed(alice.push({"a": b"first"}, "t"))
+    kit.accounts.set_quota("alice", quota=1_000_000)
+    conn = kit.connect(who)
+    h = conn.open("t", mode="push", create=True).handle
+    for _ in range(10):
+        cid, data = chunk(os.urandom(256 * 1024))
+        conn.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(data), data=data))
+    conn.pump.flush()
+    assert isinstance(conn.client.failure, RemoteError) and conn.client.failure.code == ErrorCode.PROTOCOL
+    assert "put before push_begin" in conn.client.failure.message
+    assert usage(kit) == 5
+
+
+def test_batches_storing_at_once_cannot_pass_the_quota_together(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two upload batches (here of two connections; a push's own batches run in parallel too) that each fit what
+    the quota leaves, storing at the same time in worker threads: each checked usage before the other's bytes were
+    stored, and both got in. A reservation held while a batch stores makes the second see the first."""
+    alice = kit.connect("alice")
+    committed(alice.push({"a": b"first"}, "t"))
+    kit.accounts.set_quota("alice", quota=150_000)
+    conns = [kit.connect("alice") for _ in range(2)]
+    handles = [conn.open("t", mode="push").handle for conn in conns]
+    for conn, h in zip(conns, handles, strict=True):
+        assert isinstance(conn.call(PushBegin(rid=0, handle=h)), Ok)
+    store = Target.store_chunks_sized
+    both_checked = threading.Barrier(2, timeout=2)
+
+    def store_when_both_checked(self: Target, chunks: Any, budget: int | None = None) -> tuple[int, int]:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_checked.wait()
+        return store(self, chunks, budget)
+
+    monkeypatch.setattr(Target, "store_chunks_sized", store_when_both_checked)
+    workers = Workers()
+    jobs = workers.jobs
+    kit.services.run_blocking = workers.submit
+    for conn, h in zip(conns, handles, strict=True):
+        cid, data = chunk(os.urandom(100_000))
+        conn.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(data), data=data))
+        conn.pump.flush()
+    kit.clock.advance(0)  # the partial batches are submitted
+    assert len(jobs) == 2
+    results: list[Any] = [None, None]
+
+    def work(i: int) -> None:
+        f, args, _d = jobs[i]
+        try:
+            results[i] = f(*args)
+        except Exception as e:
+            results[i] = Failure(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = [r for r in results if isinstance(r, Failure)]
+    assert len(refused) == 1 and refused[0].value.code == ErrorCode.QUOTA_EXCEEDED
+    assert usage(kit) == 100_005
+    for (_f, _args, d), result in zip(jobs, results, strict=True):
+        d.callback(result) if not isinstance(result, Failure) else d.errback(result)
+    for conn in conns:
+        conn.pump.flush()

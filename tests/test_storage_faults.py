@@ -15,6 +15,7 @@ import errno
 import os
 import random
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -325,3 +326,56 @@ def test_seeded_faults_in_push_commit_prune_and_collection(
 def enumerate_files(pool: list[bytes]) -> Iterator[tuple[str, bytes]]:
     for i, data in enumerate(pool):
         yield f"p{i}", data
+
+
+def test_a_copy_skipped_as_stored_is_checked_if_the_stored_one_was_discarded_meanwhile(tmp_path: Path) -> None:
+    """A put of a chunk the target holds is dropped unread (no decompression). If a failed write discards the
+    pending original between that look and the store, the copy must be checked before it is stored: a forged
+    copy never gets in under the id."""
+    import threading
+
+    from neotwist.server.repository.target import ChunkRejected
+
+    repo = Repository(tmp_path / "repo")
+    t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
+    real = b"the real chunk " * 100
+    cid = blake3.blake3(real).digest()
+    t.store_chunks([(cid, CODEC_RAW, len(real), real)])  # pending, not yet indexed
+    forged = b"X" * len(real)
+    outcome: list[BaseException | int] = []
+    t._gc_lock.acquire()  # the store below looks (sees it pending, skips the check), then waits for this lock
+    worker = threading.Thread(
+        target=lambda: outcome.append(_store(t, [(cid, CODEC_RAW, len(forged), forged)])), daemon=True
+    )
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not any(f.f_code.co_name == "store_chunks_sized" for f in _frames(worker)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    with t._store_lock:  # what a failed write elsewhere does: every uncommitted chunk is forgotten
+        t._pending.clear()
+        t._pending_bytes = 0
+        t._packs.discard()
+    t._gc_lock.release()
+    worker.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], ChunkRejected), outcome
+    assert t.missing([cid]) == [True]
+    t.store_chunks([(cid, CODEC_RAW, len(real), real)])
+    assert t.read_chunk(cid)[2] == real
+    repo.close()
+
+
+def _store(t: Target, chunks: list[tuple[bytes, int, int, bytes]]) -> BaseException | int:
+    try:
+        return t.store_chunks(chunks)
+    except BaseException as e:
+        return e
+
+
+def _frames(thread: object) -> Iterator[Any]:
+    import sys
+
+    frame = sys._current_frames().get(getattr(thread, "ident", None) or -1)
+    while frame is not None:
+        yield frame
+        frame = frame.f_back

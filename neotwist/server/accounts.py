@@ -40,10 +40,11 @@ from neotwist.wire.errors import NeoError
 BCRYPT_ROUNDS = 12
 """bcrypt work factor for new hashes (about a quarter of a second per check on a current core)."""
 
-SCHEMA_VERSION = 2
-"""Stored in ``PRAGMA user_version``. 1: accounts and keys. 2: sub-accounts, grants, per-file/per-dir charges."""
+SCHEMA_VERSION = 3
+"""Stored in ``PRAGMA user_version``. 1: accounts and keys. 2: sub-accounts, grants, per-file/per-dir charges.
+3: account ids are never reused (AUTOINCREMENT), and a credentials counter per account."""
 
-_Row = tuple[int, str, float, bytes | None, int | None, int, int, int | None, str | None]
+_Row = tuple[int, str, float, bytes | None, int | None, int, int, int | None, str | None, int]
 """An accounts row as selected by ``AccountStore._COLUMNS``."""
 
 _SCHEMA = """
@@ -86,6 +87,28 @@ CREATE TABLE grants (
     UNIQUE (grantee_id, name)
 );
 CREATE INDEX grants_by_owner ON grants(owner_id, target);
+""",
+    # 2 -> 3: the accounts table again, with AUTOINCREMENT: an id once given is never given again, so nothing that
+    # still holds a removed account's id (an open connection, a target) can ever reach a later account's data.
+    # SQLite cannot add AUTOINCREMENT to a table, so it is rebuilt (foreign keys off meanwhile: see __init__);
+    # the copied ids seed the sequence. ``credentials`` grows at every password change or key removal.
+    3: """
+CREATE TABLE accounts_v3 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    password_hash BLOB,
+    created REAL NOT NULL,
+    quota_bytes INTEGER,
+    parent_id INTEGER REFERENCES accounts(id) ON DELETE CASCADE,
+    space_per_file INTEGER NOT NULL DEFAULT 0,
+    space_per_dir INTEGER NOT NULL DEFAULT 0,
+    credentials INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO accounts_v3 (id, name, password_hash, created, quota_bytes, parent_id, space_per_file, space_per_dir)
+    SELECT id, name, password_hash, created, quota_bytes, parent_id, space_per_file, space_per_dir FROM accounts;
+DROP TABLE accounts;
+ALTER TABLE accounts_v3 RENAME TO accounts;
+CREATE INDEX accounts_by_parent ON accounts(parent_id);
 """,
 }
 """Forward migrations: the statements that take the schema from version n-1 to n, run in one transaction."""
@@ -130,6 +153,18 @@ class Account:
     space_per_dir: int = 0
     parent_id: int | None = None
     parent: str | None = None
+    credentials: int = 0  # grows at every password change or key removal: older logins no longer count
+
+    def same_login(self, now: Account | None) -> bool:
+        """True if ``now`` (this account as the store holds it now) still admits a connection that logged in as
+        this one: the account exists, under the same id, name and creation time, with no password change or
+        key removal since."""
+        return now is not None and (now.id, now.name, now.created, now.credentials) == (
+            self.id,
+            self.name,
+            self.created,
+            self.credentials,
+        )
 
     @property
     def is_sub_account(self) -> bool:
@@ -250,7 +285,9 @@ class AccountStore:
             db.execute("PRAGMA journal_mode=WAL")
         finally:
             db.close()
-        with self._connect(write=True) as db:
+        # Foreign keys off while the schema is made or migrated: rebuilding the accounts table (version 3) drops
+        # the old one, which with them on would cascade to every key and grant. Checked once done.
+        with self._connect(write=True, foreign_keys=False) as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -266,17 +303,20 @@ class AccountStore:
                 for statement in _MIGRATIONS[step].split(";"):
                     if statement.strip():
                         db.execute(statement)
+            if version < SCHEMA_VERSION and db.execute("PRAGMA foreign_key_check").fetchall():
+                raise AccountError(f"{self.path}: a migration left dangling references; restore a backup")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # --- plumbing -----------------------------------------------------------------------------------------
 
     @contextmanager
-    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+    def _connect(self, write: bool = False, foreign_keys: bool = True) -> Iterator[sqlite3.Connection]:
         """One connection, one transaction: committed on success, rolled back on error, always closed. Writers
         take the write lock at once (BEGIN IMMEDIATE) so a check-then-change cannot race another process."""
         db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
         try:
-            db.execute("PRAGMA foreign_keys=ON")
+            if foreign_keys:
+                db.execute("PRAGMA foreign_keys=ON")
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield db
@@ -308,11 +348,12 @@ class AccountStore:
             space_per_dir=row[6],
             parent_id=row[7],
             parent=row[8],
+            credentials=row[9],
         )
 
     _COLUMNS = (
         "a.id, a.name, a.created, a.password_hash, a.quota_bytes, a.space_per_file, a.space_per_dir, a.parent_id,"
-        " p.name"
+        " p.name, a.credentials"
     )
     _FROM = "accounts a LEFT JOIN accounts p ON p.id = a.parent_id"
 
@@ -451,7 +492,9 @@ class AccountStore:
         hashed = None if password is None else self._hash(password)
         with self._connect(write=True) as db:
             self._require(db, name)
-            db.execute("UPDATE accounts SET password_hash = ? WHERE name = ?", (hashed, name))
+            db.execute(
+                "UPDATE accounts SET password_hash = ?, credentials = credentials + 1 WHERE name = ?", (hashed, name)
+            )
 
     def verify_password(self, name: str, password: str) -> Account | None:
         """The account if ``password`` is its password, else None.
@@ -524,6 +567,7 @@ class AccountStore:
                     " give the fingerprint"
                 )
             db.execute("DELETE FROM keys WHERE id = ?", (rows[0][0],))
+            db.execute("UPDATE accounts SET credentials = credentials + 1 WHERE id = ?", (account_id,))
         return str(rows[0][1])
 
     def keys(self, name: str) -> builtins.list[KeyRecord]:

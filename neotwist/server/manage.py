@@ -86,7 +86,7 @@ def _manage(session: ServerSession, message: Message, job: Callable[[], None], w
         if session.peer is not None:
             session.peer.send(Ok(rid=message.rid))
 
-    return session.services.run(run).addCallback(done)
+    return session.run(run).addCallback(done)
 
 def on_sub_add(session: ServerSession, peer: Peer, message: SubAccountAdd) -> Deferred[None]:
     owner = _manager(session)
@@ -193,7 +193,7 @@ def on_shares(session: ServerSession, peer: Peer, message: ListShares) -> Deferr
             ],
         )
 
-    return session.services.run(collect).addCallback(peer.send)
+    return session.run(collect).addCallback(peer.send)
 
 def on_usage(session: ServerSession, peer: Peer, message: GetUsage) -> Deferred[None]:
     account = session.current_account
@@ -218,7 +218,7 @@ def on_usage(session: ServerSession, peer: Peer, message: GetUsage) -> Deferred[
             charged_to=account.parent or "",
         )
 
-    return session.services.run(measure).addCallback(peer.send)
+    return session.run(measure).addCallback(peer.send)
 
 
 def _key_lines(lines: list[str]) -> list[bytes]:

@@ -46,11 +46,16 @@ from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server import descriptors, manage, stash
 from neotwist.server.accounts import Account, AccountStore, Grant
+from neotwist.server.admission import Ticket
+from neotwist.server.budget import ByteBudget
+from neotwist.server.fairness import FairRunner
+from neotwist.server.filechunks import check_file_chunks
 from neotwist.server.repository import Push, Repository, Target
 from neotwist.server.repository.push import CommitCharge
 from neotwist.server.repository.repository import target_info
 from neotwist.server.repository.target import ChunkRejected, OverBudget
 from neotwist.server.repository.view import RootView
+from neotwist.server.reservations import Reservations
 from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.ssh import RunBlocking, thread_runner
 from neotwist.server.throttle import Attempt, LoginThrottle, Throttled, valid_login_name
@@ -113,6 +118,36 @@ PUT_BATCH_BYTES = 4 * 1024 * 1024
 PUT_BATCH_COUNT = 512
 """Puts collected at most per batch (small chunks)."""
 
+PUT_BATCH_RAW_BYTES = 8 * 1024 * 1024
+"""Content bytes (the sizes puts declare) per batch: a 145-byte put of compressed zeros declares 4 MiB, and
+verifying it decompresses all of it."""
+
+PUTS_UNADMITTED = 2 * PUT_BATCH_BYTES
+"""Put data one connection holds collected or in batches waiting for their turn, over all its handles (plus
+one put): past it the session stops reading until a batch is admitted."""
+
+SESSION_MEMORY = 32 * 1024 * 1024
+"""One connection's budget (:class:`~neotwist.server.budget.ByteBudget`) for the content of put batches being
+verified (decompressed) and the get groups being read and waiting for the client: what requests in flight may
+make the server hold beyond the two windows (docs/admin.md adds it all up)."""
+
+PREAUTH_MAX_FRAME = 64 * 1024
+"""Largest frame a TLS client may send before it has logged in (hello and login need a few KiB): a connection
+that has proved nothing holds at most this much of a partial frame, not MAX_FRAME."""
+
+PREAUTH_MAX_INBOX = 256 * 1024
+"""Bytes of requests a TLS client may have queued before it has logged in (while its login is checked)."""
+
+MAX_CONNECTIONS_PER_ACCOUNT = 32
+"""Sessions one account may have open at once, over SSH and TLS (bench runs 16 clients of one account)."""
+
+PEER_WINDOW_HONOURED = limits.WINDOW
+"""The most of a client's advertised window (up to 256 MiB) the server sends into before the client's credit
+returns: those bytes sit in the server's socket buffers while the client does not read."""
+
+ABORT_GRACE = 10.0
+"""Seconds a closing connection may take to flush its last frames (an error saying why) before it is aborted."""
+
 LISTING_PAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``listing`` page (also at most MAX_ENTRIES entries per page)."""
 
@@ -146,6 +181,7 @@ class ServerServices:
     removing: set[int] = field(default_factory=set)  # target ids being removed: no new handle or push
     removed: set[int] = field(default_factory=set)  # target ids removed while this server ran
     owner_locks: dict[int, DeferredLock] = field(default_factory=dict)  # per owner account: quota check + commit
+    reservations: Reservations = field(default_factory=Reservations)  # per owner: upload bytes storing right now
 
     def owner_lock(self, owner_id: int) -> DeferredLock:
         """The lock that serializes the quota check and commit of every push charged to ``owner_id``, so two
@@ -157,7 +193,8 @@ class ServerServices:
 
     def __post_init__(self) -> None:
         if self.run_blocking is None:
-            self.run_blocking = thread_runner(self.reactor)
+            # The pool's threads, taken in turn by the accounts with jobs waiting (not first come first served).
+            self.run_blocking = FairRunner(thread_runner(self.reactor), self.reactor.getThreadPool().max)
         if self.throttle is None:
             self.throttle = LoginThrottle(self.reactor)
 
@@ -168,11 +205,14 @@ class ServerServices:
         accounts = AccountStore(data / "accounts.sqlite", **kwargs)
         return cls(repository=Repository(data / "repo"), accounts=accounts, reactor=reactor)
 
-    def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """``f(*args)`` in a worker thread. Running out of file descriptors there fails with ``unavailable``
-        (logged once), whatever the work was: a login, an open, a push or a pull."""
-        assert self.run_blocking is not None
-        return self.run_blocking(f, *args).addErrback(_unless_out_of_fds, getattr(f, "__name__", "a request"))
+    def run(self, f: Callable[..., Any], *args: Any, key: object = None) -> Deferred[Any]:
+        """Run the blocking ``f(*args)`` in a worker; ``key`` (an account id) takes turns with the others'.
+        Running out of file descriptors there fails with ``unavailable`` (logged once), whatever the work was:
+        a login, an open, a push or a pull."""
+        runner = self.run_blocking
+        assert runner is not None
+        d = runner.run(key, f, *args) if isinstance(runner, FairRunner) else runner(f, *args)
+        return d.addErrback(_unless_out_of_fds, getattr(f, "__name__", "a request"))
 
 
 @dataclass
@@ -187,10 +227,12 @@ class _Handle:
     jobs: set[Deferred[None]] = field(default_factory=set)  # uploads of this handle still running
     puts: list[Put] = field(default_factory=list)  # puts collected for the next batch
     put_bytes: int = 0
+    put_raw: int = 0  # the sizes the collected puts declare: what verifying them decompresses
     put_timer: Any = None  # the pending callLater that submits a partial batch
     entries_lock: DeferredLock = field(default_factory=DeferredLock)  # entries are staged in order
     failure: NeoError | None = None  # an upload failed: the push may not commit
     snapshots_seen: set[int] = field(default_factory=set)  # snapshots a get already found to exist
+    get_hint: tuple[tuple[int | None, str], int] = ((None, ""), 0)  # where the last get's ids ended in its file
     path: str = ""  # the sub-path the client asked for (re-resolved to see grant changes)
     beginning: bool = False  # push_begin is running
     quota_owner: Account | None = None  # the target's owner, when it has a quota (read at push_begin)
@@ -221,25 +263,44 @@ class _Handle:
         return self.access.name or self.access.target
 
 
+class LoginRevoked(NeoError):
+    """The session's account was removed, or its password changed or a key removed, since it logged in."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ErrorCode.AUTH_REQUIRED,
+            "this account was removed, or its password or keys changed, since this connection logged in: "
+            "connect and log in again",
+        )
+
+
 class ServerSession:
     """The commands of one connection. ``account`` is set by SSH before the first frame, or by ``login``."""
 
-    def __init__(self, services: ServerServices, account: Account | None, address: str) -> None:
+    def __init__(
+        self, services: ServerServices, account: Account | None, address: str, ticket: Ticket | None = None
+    ) -> None:
         self.services = services
         self.account = account
         self.address = address
+        self.ticket = ticket  # a place among the connections not yet logged in (TLS): given up at login
         self.login_required = account is None
         self._hello_seen = False
         self._failed_logins = 0
         self._handles: dict[int, _Handle] = {}
         self._next_handle = 1
         self._slots = DeferredSemaphore(MAX_BACKGROUND_JOBS)
+        self._memory = ByteBudget(SESSION_MEMORY)  # put batches being verified, get groups being read and sent
+        self._unadmitted = ByteBudget(PUTS_UNADMITTED)  # put data collected, its batch not yet admitted
         self._closed = False
         self.peer: Peer | None = None
         clock = services.reactor
         self._login_timer = clock.callLater(limits.LOGIN_TIMEOUT, self._login_timed_out) if account is None else None
         self._login_turn: Deferred[Attempt] | None = None
         self._idle_timer = clock.callLater(limits.IDLE_TIMEOUT, self._idle_timed_out)
+        self._account_seen: int | None = None  # the account store's generation when the account last checked out
+        self._revoked = False  # the account was removed or its credentials changed: the session is ending
+        self._abort_timer: Any = None  # a close waiting for the peer: abort when it fires (_hang_up)
         services.sessions.add(self)
 
     # --- dispatch --------------------------------------------------------------------------------------
@@ -260,10 +321,52 @@ class ServerSession:
             return self.on_login(peer, message)  # type: ignore[arg-type]
         if self.account is None:
             raise NeoError(ErrorCode.AUTH_REQUIRED, "log in first (login message)")
+        if self._revoked:
+            raise LoginRevoked()
         handler = self._handlers.get(kind)
         if handler is None:
             raise ProtocolViolation(ErrorCode.PROTOCOL, f"{kind.__name__} is not a request")
-        return handler(self, peer, message)
+        result = handler(self, peer, message)
+        return None if result is None else result.addErrback(self._hang_up_if_revoked)
+
+    # --- the account behind the session ------------------------------------------------------------------------
+
+    def check_account(self) -> None:
+        """Refuse (LoginRevoked) once the account this session logged in as was removed, or its password changed
+        or one of its keys was removed, by neo-admin or its owner (blocking). Called before the work of every
+        request that reaches the store (:meth:`run`, :meth:`_recheck`), so such a change ends the connections
+        already open at their next request. Cheap while the account store is unchanged: one generation read."""
+        account = self.account
+        if account is None:
+            return
+        accounts = self.services.accounts
+        seen = accounts.generation()  # read before the account: a change after it moves it on again
+        if seen == self._account_seen:
+            return
+        if not account.same_login(accounts.get_by_id(account.id)):
+            self._revoked = True
+            raise LoginRevoked()
+        self._account_seen = seen
+
+    def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run the blocking ``f(*args)`` of a request in a worker, once :meth:`check_account` let it through."""
+
+        def job() -> Any:
+            self.check_account()
+            return f(*args)
+
+        job.__name__ = getattr(f, "__name__", "job")
+        return self._work(job)
+
+    def _work(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run the blocking ``f(*args)`` in a worker, in this account's turn (:mod:`neotwist.server.fairness`)."""
+        return self.services.run(f, *args, key=None if self.account is None else self.account.id)
+
+    def _hang_up_if_revoked(self, failure: Failure) -> Failure:
+        """After the error reply to a request refused by :meth:`check_account` is queued: close the connection."""
+        if failure.check(LoginRevoked) and not self._closed:
+            self.services.reactor.callLater(0, self._hang_up, "login revoked")
+        return failure
 
     # --- session -----------------------------------------------------------------------------------------
 
@@ -275,6 +378,8 @@ class ServerSession:
                 ErrorCode.UNSUPPORTED_VERSION,
                 f"this server speaks protocol version {limits.PROTOCOL_VERSION}, not {message.version}",
             )
+        if self.account is not None:
+            self._check_connections(self.account)
         self._hello_seen = True
         peer.send(
             Welcome(
@@ -321,8 +426,12 @@ class ServerSession:
                     refuse()
                     return
                 throttle.settle(attempt, True)
+                self._check_connections(account)
                 self.account = account
                 self._cancel_login_timer()
+                peer.max_frame, peer.max_inbox = limits.MAX_FRAME, None
+                if self.ticket is not None:
+                    self.ticket.authenticated()
                 log.info(
                     "login: account={account} address={address} method=password",
                     account=account.name,
@@ -343,6 +452,21 @@ class ServerSession:
         # Kept so that a connection lost while its login waits for its turn withdraws it (connection_lost).
         self._login_turn = throttle.begin(name, self.address)
         return self._login_turn.addCallbacks(check, throttled)
+
+    def _check_connections(self, account: Account) -> None:
+        """Refuse (fatally) a session over MAX_CONNECTIONS_PER_ACCOUNT for ``account``: each holds memory (see
+        SESSION_MEMORY) and worker time, and one tenant must not take them all."""
+        others = sum(
+            1 for s in self.services.sessions if s is not self and s.account is not None and s.account.id == account.id
+        )
+        if others >= MAX_CONNECTIONS_PER_ACCOUNT:
+            log.info("connection refused: account={account} address={address}: {n} connections open",
+                     account=account.name, address=self.address, n=others)  # fmt: skip
+            raise NeoError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"account {account.name} has {others} connections open, the most this server allows: "
+                "close some (or wait for them to end) and retry",
+            )
 
     def _count_failed_login(self, peer: Peer) -> None:
         self._failed_logins += 1
@@ -367,7 +491,7 @@ class ServerSession:
         def listed(targets: list[TargetInfo]) -> None:
             peer.send(Targets(rid=message.rid, targets=targets))
 
-        return self.services.run(collect).addCallback(listed)
+        return self.run(collect).addCallback(listed)
 
     def on_open(self, peer: Peer, message: Open) -> Deferred[None]:
         if len(self._handles) >= limits.MAX_OPEN_HANDLES:
@@ -467,7 +591,7 @@ class ServerSession:
                 )
             )
 
-        return self.services.run(find).addCallback(found)
+        return self.run(find).addCallback(found)
 
     def on_close(self, peer: Peer, message: Close) -> Deferred[None]:
         handle = self._handle(message.handle)
@@ -507,7 +631,7 @@ class ServerSession:
         def begun(push: Push) -> Deferred[None] | None:
             handle.beginning = False
             if self._closed or target.meta.id in self.services.removing or target.meta.id in self.services.removed:
-                d = self.services.run(push.abort)
+                d = self._work(push.abort)
                 d.addCallback(lambda _: self._raise_removed(handle))
                 return d
             handle.push = push
@@ -519,7 +643,7 @@ class ServerSession:
             handle.beginning = False
             return failure
 
-        return self._during(handle, self.services.run(begin).addCallbacks(begun, failed))
+        return self._during(handle, self._work(begin).addCallbacks(begun, failed))
 
     def on_have(self, peer: Peer, message: Have) -> Deferred[None]:
         handle = self._push_handle(message.handle)
@@ -555,20 +679,34 @@ class ServerSession:
         chunk. A batch goes when it is full, before anything that must see its chunks (commit, abort, close),
         or at the end of the current read (``callLater(0)``), so a lone put never waits."""
         handle = self._push_handle(message.handle)
+        if handle.push is None:
+            # Chunks are charged to the push's owner as they arrive: outside a push there is no one to charge.
+            raise NeoError(ErrorCode.PROTOCOL, "put before push_begin (chunks are uploaded within a push)")
+        # Puts whose frames were released but whose batch is not admitted yet are held here, on every handle of
+        # the connection: past PUTS_UNADMITTED the next message waits (a partial batch goes on the timer).
+        held = self._unadmitted.acquire(len(message.data))
         handle.puts.append(message)
         handle.put_bytes += len(message.data)
-        if handle.put_bytes >= PUT_BATCH_BYTES or len(handle.puts) >= PUT_BATCH_COUNT:
-            return self._submit_puts(handle)
+        handle.put_raw += message.size
+        if (
+            handle.put_bytes >= PUT_BATCH_BYTES
+            or handle.put_raw >= PUT_BATCH_RAW_BYTES
+            or len(handle.puts) >= PUT_BATCH_COUNT
+        ):
+            submitted = self._submit_puts(handle)
+            if submitted is not None:
+                return submitted.addCallback(lambda _: held)
         if handle.put_timer is None:
             handle.put_timer = self.services.reactor.callLater(0, self._submit_puts, handle)
-        return None
+        return None if held.called else held
 
     def _submit_puts(self, handle: _Handle) -> Deferred[None] | None:
         if handle.put_timer is not None:
             if handle.put_timer.active():
                 handle.put_timer.cancel()
             handle.put_timer = None
-        batch, handle.puts, handle.put_bytes = handle.puts, [], 0
+        batch, handle.puts, data, handle.put_bytes = handle.puts, [], handle.put_bytes, 0
+        raw, handle.put_raw = handle.put_raw, 0
         if not batch or self._closed:
             return None
         target = handle.target
@@ -583,16 +721,25 @@ class ServerSession:
                 self._store_confined(handle, chunks, owner)
             elif owner is not None and owner.quota_bytes is not None:
                 # Refuse early, before the commit, once the stored bytes would pass the quota. Versions were
-                # counted at push_begin (handle.charges); the commit checks everything exactly.
-                usage = replace(account_usage(repository, owner, count_versions=False), per_file=0, per_dir=0)
-                used = usage.stored_bytes + handle.charges
-                try:
-                    target.store_chunks(chunks, budget=max(0, owner.quota_bytes - used))
-                except OverBudget as e:
-                    handle.reclaim = True
-                    if handle.access.granted:
-                        raise grantee_over_quota(owner.name, e.needed, "this push's upload") from None
-                    raise over_quota(replace(usage, stored_bytes=used), e.needed, "this push's upload") from None
+                # counted at push_begin (handle.charges); the commit checks everything exactly. Batches storing
+                # at the same time (this push's, other connections') count by their reservations.
+                measured: list[Any] = []
+
+                def measure() -> int:
+                    measured.append(account_usage(repository, owner, count_versions=False))
+                    return int(measured[0].stored_bytes)
+
+                size = sum(len(c[3]) for c in chunks)
+                with self.services.reservations.hold(owner.id, size, measure) as stored:
+                    usage = replace(measured[0], per_file=0, per_dir=0)
+                    used = stored + handle.charges
+                    try:
+                        target.store_chunks(chunks, budget=max(0, owner.quota_bytes - used))
+                    except OverBudget as e:
+                        handle.reclaim = True
+                        if handle.access.granted:
+                            raise grantee_over_quota(owner.name, e.needed, "this push's upload") from None
+                        raise over_quota(replace(usage, stored_bytes=used), e.needed, "this push's upload") from None
             else:
                 target.store_chunks(chunks)
             if push is not None:
@@ -601,10 +748,24 @@ class ServerSession:
         def store() -> Deferred[None]:
             d = self._run_for(handle, Right.APPEND, "push", store_batch)
             d.addErrback(self._upload_failed, handle)
+            d.addBoth(give_back)
             return d
 
-        # A rejected chunk is answered with the rid of its own put.
-        return self._admit(batch[0], store, handle, rids=[m.rid for m in batch])
+        def give_back(result: object) -> object:
+            budget.release(raw)
+            return result
+
+        def admit(_: object) -> Deferred[None]:
+            self._unadmitted.release(data)
+            if self._closed:
+                budget.release(raw)
+                return succeed(None)
+            # A rejected chunk is answered with the rid of its own put.
+            return self._admit(batch[0], store, handle, rids=[m.rid for m in batch])
+
+        # Verifying decompresses what the puts declare: it is held in the connection's memory budget.
+        budget = self._memory
+        return budget.acquire(raw).addCallback(admit)
 
     def _store_confined(
         self, handle: _Handle, chunks: Sequence[tuple[bytes, int, int, bytes]], owner: Account | None
@@ -618,13 +779,20 @@ class ServerSession:
         assert target is not None
         with handle.quota_lock:
             uploading = sum(len(c[3]) for c in chunks)
-            if owner is not None and owner.quota_bytes is not None:
-                usage = account_usage(self.services.repository, owner, count_versions=False)
-                used = usage.stored_bytes - handle.stored_new + handle.uploaded_bytes + handle.charges
-                if used + uploading > owner.quota_bytes:
-                    handle.reclaim = True
-                    raise grantee_over_quota(owner.name, handle.uploaded_bytes + uploading, "this push's upload")
-            _new, added = target.store_chunks_sized(chunks)
+            if owner is None or owner.quota_bytes is None:
+                _new, added = target.store_chunks_sized(chunks)
+            else:
+                repository = self.services.repository
+
+                def measure() -> int:
+                    return account_usage(repository, owner, count_versions=False).stored_bytes
+
+                with self.services.reservations.hold(owner.id, uploading, measure) as stored:
+                    used = stored - handle.stored_new + handle.uploaded_bytes + handle.charges
+                    if used + uploading > owner.quota_bytes:
+                        handle.reclaim = True
+                        raise grantee_over_quota(owner.name, handle.uploaded_bytes + uploading, "this push's upload")
+                    _new, added = target.store_chunks_sized(chunks)
             handle.stored_new += added
             handle.uploaded_bytes += uploading
 
@@ -697,7 +865,7 @@ class ServerSession:
         lock = services.owner_lock(handle.access.owner_id)
         await lock.acquire()
         try:
-            result, files, stored_bytes, no_history = await services.run(commit)
+            result, files, stored_bytes, no_history = await self._work(commit)
         except NeoError as e:
             if e.code == ErrorCode.QUOTA_EXCEEDED:
                 handle.reclaim = True
@@ -710,7 +878,7 @@ class ServerSession:
         snap = result.snapshot
         if no_history:
             # Before the reply: once the client hears "committed", older snapshots are already gone.
-            await self.services.run(target.apply_no_history)
+            await self._work(target.apply_no_history)
         handle.uploaded_bytes = handle.stored_new = 0
         new_chunks, new_bytes = (snap.new_chunks, snap.new_bytes)
         if handle.access.confined:
@@ -771,7 +939,7 @@ class ServerSession:
                     raise NeoError(e.code, f"no snapshot {snapshot} in {handle.name!r}") from None
                 raise
 
-        snapshot, entries = await self.services.run(start)
+        snapshot, entries = await self._work(start)
 
         def page() -> tuple[list[Entry], bool]:
             out: list[Entry] = []
@@ -789,7 +957,7 @@ class ServerSession:
             return out, True
 
         while True:
-            batch, done = await self.services.run(page)
+            batch, done = await self._work(page)
             if done or batch:
                 peer.send(Listing(rid=message.rid, snapshot=snapshot, entries=batch, done=done))
             if done:
@@ -804,38 +972,34 @@ class ServerSession:
         return self._admit(message, lambda: self._during(handle, ensureDeferred(self._get(peer, message, handle))))
 
     async def _get(self, peer: Peer, message: Get, handle: _Handle) -> None:
+        """Answer a get a group at a time: each group is planned from the chunks' stored lengths (at most
+        READ_GROUP_BYTES, or one chunk), read only once the reply queue is below the client's window and the
+        connection's memory budget holds its bytes, and given back only once its replies have drained: a client
+        that stops reading stops the reads, however many gets it has sent."""
         target = handle.target
         assert target is not None
         where = paths.join(handle.root, message.path)
         named = self.client_path(handle, message.path)
         ids = message.ids
 
-        locations: dict[bytes, Any] = {}
+        def locate() -> dict[bytes, Any]:
+            self._recheck(handle)  # a revoked or re-pointed grant reads nothing more
+            if message.snapshot not in handle.snapshots_seen:
+                self._snapshot_for(handle, message.snapshot)
+                handle.snapshots_seen.add(message.snapshot)
+            hint = handle.get_hint[1] if handle.get_hint[0] == (message.snapshot, where) else 0
+            checked = check_file_chunks(target, message.snapshot, where, ids, hint)
+            if checked is None:
+                raise NeoError(ErrorCode.NO_SUCH_PATH, f"no file {named!r} in snapshot {message.snapshot}")
+            absent, end = checked
+            if absent is not None:
+                raise NeoError(ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {absent.hex()} is not part of {named!r}")
+            handle.get_hint = ((message.snapshot, where), end)
+            return target.locate(ids)
 
-        def read(start: int) -> tuple[list[ChunkReply], int]:
-            if start == 0:
-                self._recheck(handle)  # a revoked or re-pointed grant reads nothing more
-                if message.snapshot not in handle.snapshots_seen:
-                    self._snapshot_for(handle, message.snapshot)
-                    handle.snapshots_seen.add(message.snapshot)
-                chunks = target.file_chunks(message.snapshot, where)
-                if chunks is None:
-                    raise NeoError(
-                        ErrorCode.NO_SUCH_PATH, f"no file {named!r} in snapshot {message.snapshot}"
-                    )
-                size = limits.ID_SIZE
-                owned = {chunks[i : i + size] for i in range(0, len(chunks), size)}
-                for cid in ids:
-                    if cid not in owned:
-                        raise NeoError(
-                            ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {cid.hex()} is not part of {named!r}"
-                        )
-                locations.update(target.locate(ids))
+        def read(start: int, end: int) -> list[ChunkReply]:
             out: list[ChunkReply] = []
-            total = 0
-            i = start
-            while i < len(ids) and total < READ_GROUP_BYTES:
-                cid = ids[i]
+            for cid in ids[start:end]:
                 try:
                     codec, size, data = target.read_located(cid, locations.get(cid))
                 except NeoError as e:
@@ -849,18 +1013,51 @@ class ServerSession:
                         raise NeoError(ErrorCode.DAMAGED, f"{named}: {e.message}") from None
                     raise
                 out.append(ChunkReply(rid=message.rid, id=cid, codec=cast(Codec, codec), size=size, data=data))
-                total += len(data)
-                i += 1
-            return out, i
+            return out
 
+        def plan(start: int) -> tuple[int, int]:
+            """The end of the group starting at ``start`` and its stored bytes (at most READ_GROUP_BYTES, or one
+            chunk, which is never larger)."""
+            end, group = start, 0
+            while end < len(ids) and (end == start or group + _stored_length(locations, ids[end]) <= READ_GROUP_BYTES):
+                group += _stored_length(locations, ids[end])
+                end += 1
+            return end, group
+
+        def first() -> tuple[list[ChunkReply], int, int]:
+            """Locate, then read the first group in the same worker hop (a get of a small file is one hop)."""
+            locations.update(locate())
+            end, group = plan(0)
+            return read(0, end), end, group
+
+        locations: dict[bytes, Any] = {}
+        memory = self._memory
         start = 0
-        while True:
-            replies, start = await self.services.run(read, start)
-            for reply in replies:
-                peer.send(reply)
-            if start >= len(ids):
-                return
+        while start < len(ids):
             await peer.drain()
+            if start == 0:  # planned in the worker: hold what any first group may take
+                held = READ_GROUP_BYTES
+                await memory.acquire(held)
+                run = self._work(first)
+            else:
+                end, held = plan(start)
+                await memory.acquire(held)
+                run = self._work(read, start, end)
+            try:
+                if start == 0:
+                    replies, end, group = await run
+                    if group < held:  # give back what the first group did not take
+                        memory.release(held - group)
+                        held = group
+                else:
+                    replies = await run
+                for reply in replies:
+                    peer.send(reply)
+                del replies
+                await peer.drain()
+            finally:
+                memory.release(held)
+            start = end
 
     # --- target removal (account management is in manage.py) ---------------------------------------------
 
@@ -922,7 +1119,7 @@ class ServerSession:
             services.removing.discard(tid)
             return failure
 
-        return self._during(handle, services.run(remove).addCallbacks(removed, failed))
+        return self._during(handle, self._work(remove).addCallbacks(removed, failed))
 
     # --- for the handlers in other modules (stash.py, manage.py) ------------------------------------------------------
 
@@ -1056,6 +1253,7 @@ class ServerSession:
         file, from this process or any other, so a revoke, re-point or removal committed before a request
         started is still seen by that request. An account's own target ignores the account store: nothing but
         its removal can change it (a grant may not take the name of the grantee's own target)."""
+        self.check_account()
         services = self.services
         granted = handle.access.granted
         stamp = (services.accounts.generation() if granted else 0, services.repository.generation())
@@ -1105,7 +1303,7 @@ class ServerSession:
             return f(*args)
 
         job.__name__ = getattr(f, "__name__", "job")  # what the job runs, for logs and tests
-        return self._during(handle, self.services.run(job))
+        return self._during(handle, self._work(job))
 
     def _during(self, handle: _Handle, d: Deferred[Any]) -> Deferred[Any]:
         """``d`` (work on ``handle``'s target), keeping the target held until ``d`` has fired, even if the handle
@@ -1181,6 +1379,7 @@ class ServerSession:
         peer = self.peer
         if peer is None or self._closed:
             return
+        self._hang_up_if_revoked(failure)
         error = failure.value
         if isinstance(error, NeoError):
             rid = message.rid
@@ -1213,7 +1412,7 @@ class ServerSession:
         push, handle.push = handle.push, None
         handle.uploaded_bytes = handle.stored_new = 0
         if push is not None:
-            await self.services.run(push.abort)
+            await self._work(push.abort)
             log.info(
                 "push {why}: account={account} target={target}",
                 why=why,
@@ -1222,7 +1421,7 @@ class ServerSession:
             )
         if handle.reclaim and handle.target is not None:
             handle.reclaim = False
-            await self.services.run(reclaim, handle.target)
+            await self._work(reclaim, handle.target)
 
     # --- timers and the end --------------------------------------------------------------------------------
 
@@ -1236,14 +1435,37 @@ class ServerSession:
         log.info("login timed out: address={address}", address=self.address)
         if self.peer is not None:
             self.peer.reply_error(0, NeoError(ErrorCode.AUTH_REQUIRED, "login timed out"))
-            self.peer.close()
+            self._hang_up("login timed out")
 
     def _idle_timed_out(self) -> None:
         self._idle_timer = None
         log.info("idle timeout: address={address}", address=self.address)
         # Not peer.close(): that waits for queued frames, which a client that stopped reading never takes.
+        self._abort("idle timeout")
+
+    def _hang_up(self, why: str) -> None:
+        """Close the connection once what is queued is written, and abort it if it is still there ABORT_GRACE
+        seconds later. A close waits for the peer: one that stops reading, or over TLS one that never finished
+        its handshake (``TLSMemoryBIOProtocol.loseConnection`` waits for it), would hold the connection and its
+        file descriptor for ever."""
+        if self.peer is None or self._closed:
+            return
+        self.peer.close()
+        if self._abort_timer is None:
+            self._abort_timer = self.services.reactor.callLater(ABORT_GRACE, self._abort, why)
+
+    def _abort(self, why: str) -> None:
+        """Drop the connection now, whatever is queued (``abortConnection``: no wait for the peer)."""
+        self._abort_timer = None
         transport: Any = self.peer.transport if self.peer is not None else None
-        if transport is not None:
+        if transport is None or self._closed:
+            return
+        log.info("connection aborted: account={account} address={address}: {why}", account=self.account_name,
+                 address=self.address, why=why)  # fmt: skip
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
             transport.loseConnection()
 
     def connection_lost(self, peer: Peer, reason: Failure) -> None:
@@ -1251,12 +1473,17 @@ class ServerSession:
             self._submit_puts(handle)  # chunks already received are kept for the next push
         self._closed = True
         self._cancel_login_timer()
+        if self.ticket is not None:
+            self.ticket.release()
         if self._login_turn is not None:
             self._login_turn.cancel()  # a login still waiting for its turn at the throttle goes
             self._login_turn = None
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        self._abort_timer = None
         self.services.sessions.discard(self)
         handles, self._handles = list(self._handles.values()), {}
         for handle in handles:
@@ -1373,6 +1600,12 @@ def _unless_out_of_fds(failure: Failure, what: str) -> Failure:
     return failure
 
 
+def _stored_length(locations: dict[bytes, Any], cid: bytes) -> int:
+    """The stored bytes of a located chunk (0 for one not found: reading it fails as damaged)."""
+    loc = locations.get(cid)
+    return 0 if loc is None else int(loc[2])
+
+
 def _finished(d: Deferred[Any]) -> Deferred[None]:
     """A Deferred that fires (with None) when ``d`` has fired, leaving ``d``'s own result for its chain."""
     waiter: Deferred[None] = Deferred()
@@ -1385,12 +1618,18 @@ def _finished(d: Deferred[Any]) -> Deferred[None]:
     return waiter
 
 
-def make_server_peer(services: ServerServices, account: Account | None, address: str) -> Peer:
+def make_server_peer(
+    services: ServerServices, account: Account | None, address: str, ticket: Ticket | None = None
+) -> Peer:
     """The protocol for one connection: a server Peer driving a new :class:`ServerSession`.
 
-    ``account`` is the SSH-authenticated account, or None for TLS (the session then asks for ``login``).
+    ``account`` is the SSH-authenticated account, or None for TLS (the session then asks for ``login``, and
+    gives ``ticket`` up once logged in).
     """
-    session = ServerSession(services, account, address)
-    peer = Peer(session, is_client=False)
+    session = ServerSession(services, account, address, ticket)
+    peer = Peer(session, is_client=False, max_peer_window=PEER_WINDOW_HONOURED)
+    if account is None:  # until login: small frames, few of them (see PREAUTH_MAX_FRAME)
+        peer.max_frame = PREAUTH_MAX_FRAME
+        peer.max_inbox = PREAUTH_MAX_INBOX
     session.peer = peer
     return peer

@@ -58,6 +58,7 @@ from zope.interface import implementer
 
 from neotwist.server import descriptors
 from neotwist.server.accounts import Account, AccountStore
+from neotwist.server.admission import Admission, Ticket, address_host
 from neotwist.server.logs import conch_log
 from neotwist.server.throttle import Attempt, LoginThrottle, Throttled, valid_login_name
 from neotwist.sshchannel import CHANNEL_MAX_PACKET, CHANNEL_WINDOW, LinearBacklog
@@ -71,6 +72,9 @@ SUBSYSTEM = b"neophytos"
 
 MAX_AUTH_ATTEMPTS = 6
 """Failed authentication attempts allowed on one connection (OpenSSH's MaxAuthTries default)."""
+
+LOGIN_ABORT_GRACE = 10.0
+"""Seconds the disconnect message of a login timeout may take to leave before the connection is aborted."""
 
 MAX_SESSION_CHANNELS = 4
 """Session channels open at once on one SSH connection: each holds a repository session."""
@@ -530,6 +534,8 @@ class NeoServerTransport(SSHServerTransport):
     _log = conch_log  # the protocol chatter, filtered (neotwist.server.logs)
 
     _login_timer: Any = None
+    ticket: Ticket | None = None  # a place among the connections not yet logged in: given up at login
+    _gone = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -542,6 +548,14 @@ class NeoServerTransport(SSHServerTransport):
         transport: Any = self.transport
         log.info("login timed out: address={address}", address=format_address(transport.getPeer()))
         self.sendDisconnect(DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"login timed out")
+        # The disconnect closes once written; a client that does not read would hold the descriptor: abort later.
+        if clock := getattr(self.factory, "clock", None):
+            clock.callLater(LOGIN_ABORT_GRACE, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        transport: Any = self.transport
+        if transport is not None and not self._gone:
+            transport.abortConnection()
 
     def _cancel_login_timer(self) -> None:
         if self._login_timer is not None and self._login_timer.active():
@@ -561,10 +575,16 @@ class NeoServerTransport(SSHServerTransport):
     def setService(self, service: Any) -> None:
         if service.name == b"ssh-connection":  # only set after a successful login
             self._cancel_login_timer()
+            if self.ticket is not None:
+                self.ticket.authenticated()
         super().setService(service)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self._gone = True
         self._cancel_login_timer()
+        if self.ticket is not None:
+            self.ticket.release()
+            self.ticket = None
         super().connectionLost(reason)
 
 
@@ -579,9 +599,17 @@ class NeoSSHFactory(SSHFactory):
         b"ssh-connection": NeoConnection,
     }
 
-    def __init__(self, host_key: Key, portal: Portal, clock: Any, throttle: LoginThrottle | None = None) -> None:
+    def __init__(
+        self,
+        host_key: Key,
+        portal: Portal,
+        clock: Any,
+        throttle: LoginThrottle | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self.portal = portal
         self.clock = clock
+        self.admission = admission
         self.throttle = throttle if throttle is not None else LoginThrottle(clock)
         self.privateKeys = {host_key.sshType(): host_key}
         self.publicKeys = {host_key.sshType(): host_key.public()}
@@ -589,6 +617,17 @@ class NeoSSHFactory(SSHFactory):
 
     def getPrimes(self) -> None:
         return None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """The transport for a new connection; none (closed at once) once too many wait to log in."""
+        ticket = None
+        if self.admission is not None:
+            ticket = self.admission.admit(address_host(addr))
+            if ticket is None:
+                return None
+        protocol: Any = super().buildProtocol(addr)
+        protocol.ticket = ticket
+        return protocol
 
 
 def make_ssh_factory(
@@ -598,14 +637,16 @@ def make_ssh_factory(
     reactor: Any,
     run_blocking: RunBlocking | None = None,
     throttle: LoginThrottle | None = None,
+    admission: Admission | None = None,
 ) -> NeoSSHFactory:
     """The SSH server factory for ``accounts``, running each session's protocol from ``peer_factory``.
 
     ``run_blocking`` runs bcrypt and SQLite work; by default the reactor's thread pool. ``throttle`` counts
-    failed logins (share the TLS sessions' one so both transports count together).
+    failed logins (share the TLS sessions' one so both transports count together); ``admission`` bounds the
+    connections not yet logged in (shared with the TLS listener).
     """
     run = run_blocking if run_blocking is not None else thread_runner(reactor)
     checkers: list[Any] = [PasswordChecker(accounts, run), PublicKeyChecker(accounts, run)]
     realm: Any = NeoRealm(peer_factory, reactor)
     portal = Portal(realm, checkers)
-    return NeoSSHFactory(host_key, portal, reactor, throttle)
+    return NeoSSHFactory(host_key, portal, reactor, throttle, admission)

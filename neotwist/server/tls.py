@@ -18,10 +18,12 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from neotwist.server.admission import Admission, address_host
 from neotwist.server.ssh import format_address
 
-TlsPeerFactory = Callable[[str], Protocol]
-"""Builds the protocol for one TLS connection from the client address: the session starts unauthenticated
+TlsPeerFactory = Callable[..., Protocol]
+"""Builds the protocol for one TLS connection from the client address (and ``ticket=``, its place among the
+connections not yet logged in, to give up at login): the session starts unauthenticated
 (``functools.partial(make_server_peer, services, None)`` in the server)."""
 
 
@@ -40,22 +42,43 @@ def tls_options(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
 class NeoTLSServerFactory(Factory):
     """Plain-stream factory of session protocols (wrapped in TLS by :func:`make_tls_factory`)."""
 
-    def __init__(self, peer_factory: TlsPeerFactory) -> None:
+    def __init__(self, peer_factory: TlsPeerFactory, admission: Admission | None = None) -> None:
         self._peer_factory = peer_factory
+        self._admission = admission
 
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        protocol = self._peer_factory(format_address(addr))
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        if self._admission is None:
+            protocol = self._peer_factory(format_address(addr))
+        else:
+            ticket = self._admission.admit(address_host(addr))
+            if ticket is None:
+                return None  # too many connections waiting to log in: closed before the TLS handshake
+            protocol = self._peer_factory(format_address(addr), ticket=ticket)
         protocol.factory = self
         return protocol
 
 
+class _TLSFactory(TLSMemoryBIOFactory):
+    """TLS over the session factory, closing the connection when that builds no protocol (admission refused)
+    instead of wrapping None."""
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        return None if wrapped is None else self.protocol(self, wrapped)
+
+
 def make_tls_factory(
-    cert_path: Path, key_path: Path, peer_factory: TlsPeerFactory, clock: Any | None = None
+    cert_path: Path,
+    key_path: Path,
+    peer_factory: TlsPeerFactory,
+    clock: Any | None = None,
+    admission: Admission | None = None,
 ) -> Any:
     """A factory to listen with on any stream endpoint: TLS with our certificate, then a session protocol.
 
-    ``clock`` (the reactor by default) schedules TLS's aggregated small writes.
+    ``clock`` (the reactor by default) schedules TLS's aggregated small writes. ``admission`` bounds the
+    connections not yet logged in (shared with the SSH listener).
     """
     options: Any = tls_options(cert_path, key_path)
-    wrapped: Any = NeoTLSServerFactory(peer_factory)
-    return TLSMemoryBIOFactory(options, False, wrapped, clock=clock)
+    wrapped: Any = NeoTLSServerFactory(peer_factory, admission)
+    return _TLSFactory(options, False, wrapped, clock=clock)

@@ -65,6 +65,9 @@ class FrameConnection:
         """Our receive window: what we advertise in hello/welcome and enforce on the peer."""
 
         # --- receiving ---
+        self.max_frame = limits.MAX_FRAME
+        """Largest frame body accepted: a server lowers it until the client has logged in (only small requests
+        are allowed before, and a partial frame is held in memory)."""
         self._buf = bytearray()  # unparsed bytes: at most one partial frame between calls
         self._recv_outstanding = 0  # counted bytes received and not yet returned by a queued credit
         self._release_pending = 0  # released bytes not yet returned
@@ -116,9 +119,9 @@ class FrameConnection:
         try:
             while end - pos >= header_size:
                 (length,) = _HEADER.unpack_from(buf, pos)
-                if length == 0 or length > limits.MAX_FRAME:
+                if length == 0 or length > self.max_frame:
                     raise ProtocolViolation(
-                        ErrorCode.BAD_FRAME, f"frame length {length} not in [1, {limits.MAX_FRAME}]"
+                        ErrorCode.BAD_FRAME, f"frame length {length} not in [1, {self.max_frame}]"
                     )
                 size = header_size + length
                 if size > MAX_EXEMPT_FRAME and self._recv_outstanding + size > self.window:

@@ -74,8 +74,19 @@ def _remote_error(message: Error) -> RemoteError:
 class Peer(Protocol):
     """One end of a session. See the module docstring."""
 
-    def __init__(self, handler: MessageHandler, *, window: int = limits.WINDOW, is_client: bool) -> None:
+    def __init__(
+        self,
+        handler: MessageHandler,
+        *,
+        window: int = limits.WINDOW,
+        is_client: bool,
+        max_peer_window: int = limits.MAX_WINDOW,
+    ) -> None:
+        """``max_peer_window``: the most of the window the peer advertises that this end honours (sends before
+        its credit returns). The peer's window bounds what it buffers; what this end holds for it (written, not
+        yet acknowledged) is its own memory, so a server caps it whatever a client advertises."""
         self.handler = handler
+        self._max_peer_window = max(limits.MIN_WINDOW, min(max_peer_window, limits.MAX_WINDOW))
         self.is_client = is_client
         self._conn = FrameConnection(window)
         self._parity = 1 if is_client else 0
@@ -87,6 +98,7 @@ class Peer(Protocol):
 
         self._inbox: deque[tuple[Message, int]] = deque()
         self._inbox_bytes = 0
+        self.max_inbox: int | None = None  # bytes of requests waiting for the handler; over it: limit_exceeded
         self._busy = False  # a handler Deferred is outstanding
         self._dispatching = False
 
@@ -219,6 +231,15 @@ class Peer(Protocol):
         return self._conn.bytes_received
 
     @property
+    def max_frame(self) -> int:
+        """Largest frame body accepted from the peer (``bad_frame``, fatal, beyond it)."""
+        return self._conn.max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._conn.max_frame = max(1, min(value, limits.MAX_FRAME))
+
+    @property
     def window(self) -> int:
         """Our receive window: what the session must advertise in its hello / welcome."""
         return self._conn.window
@@ -348,7 +369,10 @@ class Peer(Protocol):
             self._bye_received = True
         elif (kind is Hello or kind is Welcome) and not self._window_known:
             self._window_known = True
-            self._conn.set_peer_window(message.window)  # type: ignore[attr-defined]
+            window = message.window  # type: ignore[attr-defined]
+            # Out of range is refused (set_peer_window); in range, honoured up to our cap.
+            in_range = limits.MIN_WINDOW <= window <= limits.MAX_WINDOW
+            self._conn.set_peer_window(min(window, self._max_peer_window) if in_range else window)
         entry = self._pending.get(rid) if rid else None
         if entry is not None:
             self._reply_received(rid, entry, message)
@@ -361,6 +385,11 @@ class Peer(Protocol):
         else:
             self._inbox.append((message, size))
             self._inbox_bytes += size
+            if self.max_inbox is not None and self._inbox_bytes > self.max_inbox:
+                log.info("Closing connection: {n} bytes of requests queued, at most {most} allowed now",
+                         n=self._inbox_bytes, most=self.max_inbox)  # fmt: skip
+                text = f"more than {self.max_inbox} bytes of requests queued (allowed now; log in first?)"
+                self._abort(Error(rid=0, code=str(ErrorCode.LIMIT_EXCEEDED), message=text))
 
     def _reply_received(
         self, rid: int, entry: tuple[Deferred[Message], Callable[[Message], bool] | None], message: Message

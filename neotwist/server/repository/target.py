@@ -217,18 +217,22 @@ class Target:
         """:meth:`store_chunks`, returning (chunks stored anew, their stored bytes): what the batch added to the
         store, which a push confined to a sub-path must never be told (see the session's quota checks)."""
         self._writable("store chunks")
-        encrypted = self.meta.encrypted
+        with self._store_lock:
+            held = {c[0] for c in chunks if c[0] in self._pending}
+        skipped: set[int] = set()
         for n, (chunk_id, codec, size, data) in enumerate(chunks):
-            try:
-                verify_upload(chunk_id, codec, size, data, encrypted=encrypted)
-            except NeoError as e:
-                raise ChunkRejected(n, e) from None
+            if chunk_id in held or self._indexed(chunk_id) is not None:
+                skipped.add(n)  # stored already: this copy is dropped unread, so it costs no decompression
+                continue
+            self._verify(n, chunk_id, codec, size, data)
         new = new_bytes = 0
         with self._gc_lock, self._store_lock:
             pending = self._pending
             fresh: dict[bytes, tuple[int, int, bytes]] = {}
-            for chunk_id, codec, size, data in chunks:
+            for n, (chunk_id, codec, size, data) in enumerate(chunks):
                 if chunk_id not in pending and chunk_id not in fresh and self._indexed(chunk_id) is None:
+                    if n in skipped:  # collected or discarded since it was found stored: check it now (rare,
+                        self._verify(n, chunk_id, codec, size, data)  # so under the lock); never store it unchecked
                     fresh[chunk_id] = (codec, size, data)
             if budget is not None:
                 needed = sum(len(data) for _codec, _size, data in fresh.values())
@@ -251,6 +255,13 @@ class Target:
         if full:
             self.flush()
         return new, new_bytes
+
+    def _verify(self, n: int, chunk_id: bytes, codec: int, size: int, data: bytes) -> None:
+        """Check the ``n``-th chunk of a batch against its id; ChunkRejected naming it otherwise."""
+        try:
+            verify_upload(chunk_id, codec, size, data, encrypted=self.meta.encrypted)
+        except NeoError as e:
+            raise ChunkRejected(n, e) from None
 
     def _open_writer(self) -> None:
         """Called with the store lock held."""
