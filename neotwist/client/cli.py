@@ -1,7 +1,8 @@
 """neo-push and neo-pull: the command lines around the push and pull pipelines.
 
 Exit codes: 0 done; 1 the operation failed (one line on stderr says why and what to do); 2 usage error;
-3 authentication, host key or encryption pin refused; 130 interrupted.
+3 authentication, host key or encryption pin refused; 23 done, but some items were not stored or restored
+(each named on stderr and in --json ``warnings``); 130 interrupted.
 
 The original client's flags still work (``--lpath``, ``--rpath TARGET[/SUBPATH]``, ``--host``, ``--port``,
 ``--password`` / ``--authcode``, ``--push``, ``--pull``), so ``neo-push --lpath=/x --rpath=peach --host=h
@@ -26,6 +27,7 @@ from neotwist.client.clibase import (
     EXIT_AUTH,
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_PARTIAL,
     EXIT_USAGE,
     Parser,
     add_connection_options,
@@ -70,6 +72,12 @@ examples:
 Unchanged files are found with a files cache (size, mtime, inode, ctime) and not read again; only chunks the
 server lacks are sent. Filter files mix gitignore patterns and the original '<file|dir|path> <accept|reject>
 <regex>' rules: see --make-sample-filter-file.
+
+exit codes: 0 done; 1 failed; 2 usage error; 3 authentication, host key or encryption pin refused;
+23 done, but some items were not stored: sockets, unreadable files or directories, names or paths
+that cannot be stored, files that kept changing while they were read (each is named on stderr with its
+reason, and in --json "warnings");
+130 interrupted.
 """
 
 _PULL_EPILOG = """\
@@ -90,6 +98,11 @@ examples:
 Files already present with the same size and mtime are left alone; for the others only the chunks not found
 in the local copy (or in files already restored) are fetched. Nothing is written outside LOCAL_DIR and no
 symlink is ever followed while writing.
+
+exit codes: 0 done; 1 failed; 2 usage error; 3 authentication, host key or encryption pin refused;
+23 done, but some items were not restored: damaged on the server, or in the way of a safe write
+(each is named on stderr with its reason, and in --json "warnings");
+130 interrupted.
 """
 
 
@@ -236,8 +249,8 @@ async def _run(
     show_progress = (not quiet) if args.progress is None else args.progress
 
     def warn(text: str) -> None:
-        if not quiet or args.debug:
-            sys.stderr.write(f"warning: {text}\n")
+        # always, --quiet and --json too: each names something not stored or restored (rsync prints those too)
+        sys.stderr.write(f"warning: {text}\n")
 
     filt: Filter | None = None
     if direction == "push":
@@ -322,7 +335,7 @@ async def _run(
                 f"neo-pull: {len(e.errors)} item(s) could not be written safely, e.g. {e.errors[0]}; "
                 "move what is in the way and pull again\n"
             )
-        code = EXIT_FAILED
+        code = EXIT_PARTIAL if summary.files_scanned else EXIT_FAILED  # nothing restored at all: failed
     except (PushError, PullError) as e:
         sys.stderr.write(f"neo-{direction}: {e}\n")
         code = EXIT_FAILED
@@ -347,6 +360,12 @@ async def _run(
             await session.close()
         except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
             pass
+    if code == EXIT_OK and direction == "push" and summary is not None and summary.warnings_count:
+        sys.stderr.write(
+            f"neo-push: snapshot {summary.snapshot} is incomplete: {summary.warnings_count} item(s) were not stored"
+            " (named above with the reason)\n"
+        )
+        code = EXIT_PARTIAL
     if summary is not None:
         summary.elapsed_s = time.monotonic() - started
         if args.json:

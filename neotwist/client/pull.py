@@ -19,7 +19,6 @@ the reactor thread only sends requests and routes replies.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import stat
 import threading
@@ -41,7 +40,9 @@ from neotwist.client import stash
 from neotwist.client.encryption import KeySource, open_for_read, plain_errors
 from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
 from neotwist.client.pins import TargetPin
+from neotwist.client.problems import Problem, from_text, problems_json
 from neotwist.client.progress import Progress
+from neotwist.client.reading import RangeReader
 from neotwist.client.timespec import AtTime
 from neotwist.crypto import AuthenticationFailed
 from neotwist.crypto.chunks import ChunkSealer
@@ -115,11 +116,11 @@ class PullSummary:
     snapshot: int | None = None
     elapsed_s: float = 0.0
     encrypted: bool = False
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # what was not restored, and why
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
-        out["warnings"] = len(self.warnings)
+        out.update(problems_json(self.warnings))
         out["elapsed_s"] = round(self.elapsed_s, 3)
         return out
 
@@ -198,17 +199,13 @@ def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool, id
     chunker = Chunker(params, id_key)
     order: list[bytes] = []
     local = f.local
-    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
-        view = memoryview(mm)
-        try:
-            for piece, chunk in chunker.cut_bytes(view):
-                del chunk
-                cid = piece.id
-                order.append(cid)
-                if cid in wanted and cid not in local:
-                    local[cid] = (piece.offset, piece.length)
-        finally:
-            view.release()
+    # read, never mapped: a local file truncated meanwhile must not SIGBUS the pull (it fails _finish's check)
+    for piece, chunk in chunker.cut_stream(RangeReader(fd, 0, st.st_size)):
+        del chunk
+        cid = piece.id
+        order.append(cid)
+        if cid in wanted and cid not in local:
+            local[cid] = (piece.offset, piece.length)
     if checksum and b"".join(order) == f.ids:
         return _touch(dest, f)
     return False
@@ -856,7 +853,7 @@ async def pull(
         finally:
             pool.stop()
             dest.close()
-        summary.warnings.extend(run.errors)
+        summary.warnings.extend(from_text(text) for text in run.damaged + run.errors)
         summary.files_damaged = len(run.damaged)
         summary.bytes_sent = peer.bytes_sent - sent0
         summary.bytes_received = peer.bytes_received - received0

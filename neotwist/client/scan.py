@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from neotwist.client.filters import Filter
+from neotwist.client.problems import MAX_KEPT, Problem, shown
 from neotwist.wire import limits
 
 
@@ -36,16 +37,24 @@ class ScanRecord:
 
 @dataclass
 class ScanStats:
-    """What the walk skipped, for the summary (and why, for --debug)."""
+    """What the walk skipped, for the summary: every skipped item is named with its reason."""
 
     skipped: int = 0
     filtered: int = 0
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    fresh: list[Problem] = field(default_factory=list)  # not yet taken by :meth:`take`
 
-    def skip(self, why: str) -> None:
+    def skip(self, path: str, reason: str) -> None:
         self.skipped += 1
-        if len(self.warnings) < 1000:
-            self.warnings.append(why)
+        problem = Problem(shown(path), reason)
+        if len(self.warnings) < MAX_KEPT:
+            self.warnings.append(problem)
+        self.fresh.append(problem)
+
+    def take(self) -> list[Problem]:
+        """The problems found since the last call (to print them as the walk goes)."""
+        out, self.fresh = self.fresh, []
+        return out
 
 
 def _name_ok(name: str) -> bool:
@@ -65,6 +74,31 @@ def _link_ok(target: str) -> bool:
         return False
 
 
+def _name_problem(name: str, rel: str) -> str:
+    """Why an item's name or path cannot be stored."""
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not stored: its name is not UTF-8"
+    if len(encoded) > limits.MAX_NAME:
+        return f"not stored: its name is over {limits.MAX_NAME} bytes"
+    if "\\" in name:
+        return "not stored: its name contains a backslash"
+    return f"not stored: its path is over {limits.MAX_PATH} bytes"
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"
+
+
 def scan(
     root: str,
     filt: Filter | None = None,
@@ -80,10 +114,10 @@ def scan(
         stats = ScanStats()
     filt = None if filt is None or filt.empty else filt
 
-    def skip(why: str) -> None:
-        stats.skip(why)
+    def skip(path: str, reason: str) -> None:
+        stats.skip(path, reason)
         if warn is not None:
-            warn(why)
+            warn(f"{shown(path)}: {reason}")
 
     st = os.stat(root)
     if not stat.S_ISDIR(st.st_mode):
@@ -100,19 +134,19 @@ def scan(
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            skip(f"cannot read directory {directory}: {e.strerror}")
+            skip(directory, f"directory not read ({e.strerror}); nothing under it is stored")
             continue
         subdirs: list[tuple[str, str]] = []
         for entry in entries:
             name = entry.name
             rel = prefix + name
             if not _name_ok(name) or len(rel.encode("utf-8")) > max_path:
-                skip(f"skipping {entry.path!r}: name cannot be stored (not UTF-8, backslash or too long)")
+                skip(entry.path, _name_problem(name, rel))
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as e:
-                skip(f"cannot stat {entry.path}: {e.strerror}")
+                skip(entry.path, f"not stored: cannot stat it ({e.strerror})")
                 continue
             m = st.st_mode
             if S_ISDIR(m):
@@ -131,13 +165,13 @@ def scan(
                 try:
                     target = os.readlink(entry.path)
                 except OSError as e:
-                    skip(f"cannot read symlink {entry.path}: {e.strerror}")
+                    skip(entry.path, f"symlink not stored: cannot read it ({e.strerror})")
                     continue
                 if not _link_ok(target):
-                    skip(f"skipping symlink {entry.path!r}: its target cannot be stored")
+                    skip(entry.path, "symlink not stored: its target is not UTF-8 or over 4096 bytes")
                     continue
                 yield ScanRecord(rel, "l", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, target)
             else:
-                skip(f"skipping special file {entry.path} (socket, fifo or device)")
+                skip(entry.path, f"{_special_kind(m)} not stored")
         # Push in reverse so the stack pops them in name order.
         stack.extend(reversed(subdirs))
