@@ -265,6 +265,25 @@ class SafeDest:
                     pass  # symlink times are cosmetic; not every platform can set them
             return True
 
+    def set_mode_at(self, dir_fd: int, name: str, mode: int) -> None:
+        """Give the regular file ``name`` in ``dir_fd`` the permission bits ``mode`` (a pull whose content is
+        current still applies a mode change). Never follows a symlink; needs no read permission."""
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            try:
+                os.chmod(f"/proc/self/fd/{fd}", mode & 0o7777)  # the file itself: fd is not a symlink
+            except FileNotFoundError:  # no /proc
+                rfd = self.open_read_at(dir_fd, name)
+                if rfd is not None:
+                    try:
+                        os.fchmod(rfd, mode & 0o7777)
+                    finally:
+                        os.close(rfd)
+        finally:
+            os.close(fd)
+
     def set_dir_meta(self, rel: str, mode: int, mtime_ns: int) -> None:
         """Set a directory's mode and mtime (after its contents are written, so the mtime sticks)."""
         fd = self._walk(_split(rel), False, rel)

@@ -168,6 +168,7 @@ class _File:
     temp: TempFile | None = None
     offset: int = 0  # bytes written so far
     written: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in temp
+    holes: bool = False  # zero chunks were left as holes
 
 
 # --- worker-thread side ----------------------------------------------------------------------------------
@@ -296,16 +297,31 @@ def _copy_range(src: int, dst: int, length: int, src_offset: int, dst_offset: in
         done += len(block)
 
 
+IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024))
+"""Buffers one ``pwritev`` may take (the kernel refuses more with EINVAL)."""
+WRITE_BYTES = 16 * 1024 * 1024
+"""Bytes buffered for one write at most, however often a chunk repeats."""
+
+
 def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
-    """``pwritev`` every byte of ``parts`` at ``offset`` (no joined copy; short writes continue)."""
-    total = sum(len(p) for p in parts)
-    done = os.pwritev(fd, parts, offset) if parts else 0
-    if done < total:
-        rest = memoryview(b"".join(parts))[done:]
-        while rest:
-            n = os.pwrite(fd, rest, offset + done)
-            rest = rest[n:]
-            done += n
+    """``pwritev`` every byte of ``parts`` at ``offset`` (no joined copy; short writes continue), IOV_MAX
+    buffers at a time."""
+    for start in range(0, len(parts), IOV_MAX):
+        group = parts[start : start + IOV_MAX]
+        total = sum(len(p) for p in group)
+        done = os.pwritev(fd, group, offset)
+        if done < total:
+            rest = memoryview(b"".join(group))[done:]
+            while rest:
+                n = os.pwrite(fd, rest, offset + done)
+                rest = rest[n:]
+                done += n
+        offset += total
+
+
+def _is_zero(raw: bytes) -> bool:
+    """All zero bytes? (Such a chunk is left as a hole: restored sparse, like ``rsync -S``.)"""
+    return raw[:1] == b"\0" and raw[-1:] == b"\0" and raw.count(0) == len(raw)
 
 
 def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: Content = PLAIN) -> int:
@@ -376,9 +392,16 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: Conten
             raise PullError(f"a local file changed while {f.path} was being written; pull again")
         if cid not in f.written:
             f.written[cid] = (out, len(raw))
+        if _is_zero(raw):
+            flush_buf()  # a hole: nothing written (the file is extended to its size at the end)
+            out += len(raw)
+            f.holes = True
+            continue
         buf.append(raw)
         buffered += len(raw)
         out += len(raw)
+        if buffered >= WRITE_BYTES or len(buf) >= IOV_MAX:
+            flush_buf()
     flush_buf()
     flush_run()
     f.offset = out
@@ -391,6 +414,8 @@ def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
     if f.offset != f.size:
         f.temp.abort()
         raise PullError(f"{f.path}: the chunks add up to {f.offset} bytes, the listing says {f.size}")
+    if f.holes:
+        os.ftruncate(f.temp.fd, f.size)  # a trailing hole (zero chunks are not written)
     if f.old_stat is not None and f.old_fd >= 0 and _identity(os.fstat(f.old_fd)) != f.old_stat:
         f.temp.abort()
         raise PullError(f"{f.path} changed locally while the pull was reusing it; pull again")
@@ -446,6 +471,12 @@ def _quick_check(dest: SafeDest, files: list[_File], checksum: bool) -> list[int
             if st is not None and stat.S_ISREG(st.st_mode) and not checksum and (
                 st.st_size == f.size and st.st_mtime_ns == f.mtime_ns
             ):
+                if stat.S_IMODE(st.st_mode) != f.mode:
+                    try:
+                        dest.set_mode_at(dir_fd, name, f.mode)  # the content is current, the mode is not
+                    except OSError as e:
+                        out.append(f"{f.path}: cannot set its mode: {e.strerror}")
+                        continue
                 out.append(_SAME)
                 continue
             out.append(_ABSENT if st is None or not stat.S_ISREG(st.st_mode) else _EXAMINE)
