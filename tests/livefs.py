@@ -5,7 +5,8 @@
 - ``ok.txt`` and ``dir/ok2.bin``: ordinary files;
 - ``eio.bin``: 4 MiB, every read past 2 MiB fails with EIO (a failing disk);
 - ``shrinks.bin``: says 4 MiB, but ends after 1.5 MiB when read (truncated while it is read);
-- ``changing.bin``: 3 MiB whose bytes differ at every open (overwritten in place while it is pushed).
+- ``changing.bin``: 3 MiB whose bytes differ at every open (overwritten in place while it is pushed);
+- ``locked/``: a directory that cannot be listed (EACCES, even for root).
 
 Mounted with ``direct_io`` so every read reaches this process (no page cache hides a change).
 """
@@ -36,7 +37,7 @@ class LiveFS(fuse.Operations):  # type: ignore[misc]
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         times = {"st_mtime": MTIME * 10**9, "st_ctime": MTIME * 10**9, "st_atime": MTIME * 10**9}
-        if path in ("/", "/dir"):
+        if path in ("/", "/dir", "/locked"):
             return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, **times}
         size = {"/ok.txt": len(OK), "/dir/ok2.bin": len(OK2), **SIZES}.get(path)
         if size is None:
@@ -46,7 +47,14 @@ class LiveFS(fuse.Operations):  # type: ignore[misc]
     def readdir(self, path: str, fh: int) -> list[str]:
         if path == "/dir":
             return [".", "..", "ok2.bin"]
-        return [".", "..", "ok.txt", "dir", *(p[1:] for p in SIZES)]
+        if path == "/locked":
+            raise fuse.FuseOSError(errno.EACCES)
+        return [".", "..", "ok.txt", "dir", "locked", *(p[1:] for p in SIZES)]
+
+    def opendir(self, path: str) -> int:
+        if path == "/locked":
+            raise fuse.FuseOSError(errno.EACCES)
+        return 0
 
     def open(self, path: str, flags: int) -> int:
         self.opens += 1

@@ -89,3 +89,46 @@ def test_a_mode_only_change_is_applied_to_an_existing_copy(server: RunningServer
     summary = pull(server, "modes", out)
     assert (out / "script.sh").stat().st_mode & 0o7777 == 0o750, summary
     assert (out / "script.sh").stat().st_mtime_ns == OLD
+
+
+def make_deep(root: Path, depth_bytes: int) -> bytes:
+    """A file whose path under ``root`` is over ``depth_bytes`` long (made with directory descriptors: the
+    kernel refuses such a path in one call). Returns its relative path."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    rel = b""
+    try:
+        while len(rel) < depth_bytes:
+            name = b"d" * 200
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            rel += name + b"/"
+        wfd = os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(wfd, b"deep\n")
+        os.close(wfd)
+    finally:
+        os.close(fd)
+    return rel + b"deep.txt"
+
+
+def test_what_cannot_be_stored_is_named_with_its_reason_and_exits_23(server: RunningServer, tmp_path: Path) -> None:
+    import socket
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "plain.txt").write_text("kept\n")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "app.sock"))
+    try:
+        make_deep(src, 4200)
+        summary = push(server, src, "named", code=23)
+    finally:
+        sock.close()
+    reasons = {Path(w["path"]).name: w["reason"] for w in summary["warnings"]}
+    assert reasons["app.sock"] == "socket not stored", reasons
+    assert any(r.startswith("not stored: its path is over 4096 bytes") for r in reasons.values()), reasons
+    assert summary["warnings_count"] == len(summary["warnings"]) == 2, summary
+    out = tmp_path / "out"
+    pull(server, "named", out)
+    assert (out / "plain.txt").read_text() == "kept\n"

@@ -63,8 +63,9 @@ def test_eio_truncation_and_overwrite_during_a_push_are_named_and_the_rest_commi
     assert "Input/output error" in reasons["eio.bin"], reasons
     assert "changed while it was read" in reasons["shrinks.bin"], reasons
     assert "changed while it was pushed" in reasons["changing.bin"], reasons
-    assert summary["warnings_count"] == 3 and summary["snapshot"] == 1, summary
-    for name in ("eio.bin", "shrinks.bin", "changing.bin"):
+    assert "directory not read (Permission denied)" in reasons["locked"], reasons
+    assert summary["warnings_count"] == 4 and summary["snapshot"] == 1, summary
+    for name in ("eio.bin", "shrinks.bin", "changing.bin", "locked"):
         assert name in r.stderr, r.stderr  # named as it happens, not only counted
     assert "snapshot 1 is incomplete" in r.stderr
 
