@@ -145,6 +145,9 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     else:
         work.add_argument("--checksum", action="store_true",
                           help="compare content instead of trusting size and mtime")
+        work.add_argument("--numeric-ids", action="store_true",
+                          help="give restored items their stored owner and group numbers, not the numbers their user "
+                          "and group names have here (as rsync and tar; owners are applied only when run as root)")
         work.add_argument("--fsync", dest="fsync", action="store_true", default=False,
                           help="fsync each restored file before renaming it into place (safe against power loss "
                           "during the restore; slower: rsync, borg and restic do not)")
@@ -308,6 +311,7 @@ async def _run(
                 local,
                 PullOptions(
                     checksum=args.checksum,
+                    numeric_ids=args.numeric_ids,
                     fsync=args.fsync,
                     workers=max(1, args.workers),
                     snapshot=args.snapshot,

@@ -38,11 +38,13 @@ from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import stash
 from neotwist.client.encryption import KeySource, open_for_read, plain_errors
-from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
+from neotwist.client.localfs import Fix, SafeDest, TempFile, UnsafePath
+from neotwist.client.metadata import Applier, Extra
 from neotwist.client.pins import TargetPin
 from neotwist.client.problems import Problem, from_text, problems_json
 from neotwist.client.progress import Progress
 from neotwist.client.reading import RangeReader
+from neotwist.client.restore import Restorer, plan
 from neotwist.client.timespec import AtTime
 from neotwist.crypto import AuthenticationFailed
 from neotwist.crypto.chunks import ChunkSealer
@@ -97,6 +99,7 @@ class PullOptions:
     grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
     pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
     require_encryption: bool = False  # --require-encryption: refuse a plaintext target
+    numeric_ids: bool = False  # --numeric-ids: owners by number, not by user and group name
 
 
 @dataclass
@@ -108,6 +111,9 @@ class PullSummary:
     files_skipped: int = 0  # could not be written safely (see warnings), or damaged on the server
     files_damaged: int = 0  # stored data damaged (not written; the rest of the pull went on)
     symlinks_written: int = 0
+    specials_written: int = 0  # FIFOs and device nodes
+    hardlinks_made: int = 0
+    owners_not_applied: int = 0  # items whose stored owner was not applied (not running as root)
     bytes_written: int = 0
     bytes_reused: int = 0  # bytes copied from local files instead of fetched
     chunks_fetched: int = 0
@@ -169,6 +175,8 @@ class _File:
     offset: int = 0  # bytes written so far
     written: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in temp
     holes: bool = False  # zero chunks were left as holes
+    extra: Extra | None = None  # owner, xattrs (applied when written, or when found current)
+    fix: Fix | None = None  # applies ``extra`` to the new version's descriptor
 
 
 # --- worker-thread side ----------------------------------------------------------------------------------
@@ -419,7 +427,7 @@ def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
     if f.old_stat is not None and f.old_fd >= 0 and _identity(os.fstat(f.old_fd)) != f.old_stat:
         f.temp.abort()
         raise PullError(f"{f.path} changed locally while the pull was reusing it; pull again")
-    f.temp.commit(f.mode, f.mtime_ns, fsync)
+    f.temp.commit(f.mode, f.mtime_ns, fsync, f.fix)
     _close_old(f)
 
 
@@ -433,7 +441,9 @@ def _write_last(dest: SafeDest, f: _File, steps: list[_Step], fsync: bool, conte
 _SAME, _ABSENT, _EXAMINE = 0, 1, 2
 
 
-def _quick_check(dest: SafeDest, files: list[_File], checksum: bool) -> list[int | str]:
+def _quick_check(
+    dest: SafeDest, files: list[_File], checksum: bool, applier: Applier | None = None
+) -> list[int | str]:
     """For each file: _SAME (up to date by size and mtime), _ABSENT (nothing local to reuse), _EXAMINE, or an
     error text. One worker hop for many files, so an unchanged tree costs no per-file thread round trip.
 
@@ -471,6 +481,12 @@ def _quick_check(dest: SafeDest, files: list[_File], checksum: bool) -> list[int
             if st is not None and stat.S_ISREG(st.st_mode) and not checksum and (
                 st.st_size == f.size and st.st_mtime_ns == f.mtime_ns
             ):
+                if f.extra is not None and applier is not None and applier.wants_update(st, f.extra):
+                    problems = applier.apply_at(dir_fd, name, f.extra)  # the content is current, owner or xattrs not
+                    if problems:
+                        out.append(f"{f.path}: {'; '.join(problems)}")
+                        continue
+                    st = dest.lstat_at(dir_fd, name) or st
                 if stat.S_IMODE(st.st_mode) != f.mode:
                     try:
                         dest.set_mode_at(dir_fd, name, f.mode)  # the content is current, the mode is not
@@ -525,11 +541,13 @@ def _make_links(dest: SafeDest, links: list[Entry]) -> tuple[int, list[str]]:
     return made, errors
 
 
-def _dir_meta(dest: SafeDest, dirs: list[Entry]) -> list[str]:
+def _dir_meta(dest: SafeDest, dirs: list[Entry], restorer: Restorer | None = None) -> list[str]:
     errors = []
+    extras = restorer.plan.extras if restorer is not None else {}
     for e in sorted(dirs, key=lambda e: e.path, reverse=True):
         try:
-            dest.set_dir_meta(e.path, e.mode, e.mtime_ns)
+            fix = restorer.fix(e.path or ".", extras.get(e.path), fresh=False) if restorer is not None else None
+            dest.set_dir_meta(e.path, e.mode, e.mtime_ns, fix)
         except (UnsafePath, OSError) as err:
             errors.append(f"{e.path or '.'}: {err}")
     return errors
@@ -572,6 +590,7 @@ class _PullRun:
         self.errors: list[str] = []
         self.damaged: list[str] = []  # files whose stored data is damaged: not written, the pull went on
         self.single_file = single_file  # the handle's root is the one file: it is "" on the server
+        self.applier = Applier(options.numeric_ids)
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
@@ -583,8 +602,13 @@ class _PullRun:
 
     async def run(self, entries: list[Entry]) -> None:
         dirs = [e for e in entries if e.kind == "d"]
-        files = [e for e in entries if e.kind == "f"]
         links = [e for e in entries if e.kind == "l"]
+        laid = await self._thread(plan, entries)  # specials and later hard-link names apart from files to fetch
+        files = laid.files
+        restorer = self.restorer = Restorer(self.dest, self.applier, laid)
+        extras = laid.extras
+        for err in laid.problems:
+            self._error(err)
         dirs.sort(key=lambda e: e.path)
         for err in await self._thread(_make_dirs, self.dest, dirs):
             self._error(err)
@@ -613,10 +637,13 @@ class _PullRun:
                 break
             remote = self.remote
             group = [
-                _File(e.path, e.mode, e.mtime_ns, e.size, e.chunks, remote.get(e.path, ""))
+                _File(
+                    e.path, e.mode, e.mtime_ns, e.size, e.chunks, remote.get(e.path, ""),
+                    extra=extras.get(e.path), fix=restorer.fix(e.path, extras.get(e.path)),
+                )
                 for e in files[start : start + step]
             ]
-            states = await self._thread(_quick_check, self.dest, group, self.options.checksum)
+            states = await self._thread(_quick_check, self.dest, group, self.options.checksum, self.applier)
             for i, (f, state) in enumerate(zip(group, states, strict=True)):
                 if fatal:
                     for rest in group[i:]:
@@ -645,8 +672,19 @@ class _PullRun:
         self.summary.symlinks_written += made
         for err in errs:
             self._error(err)
-        for err in await self._thread(_dir_meta, self.dest, dirs):
+        await self._thread(restorer.symlinks, links)
+        self.summary.specials_written += await self._thread(restorer.specials, laid.specials)
+        self.summary.hardlinks_made += await self._thread(restorer.hardlinks, laid.links)
+        for err in await self._thread(_dir_meta, self.dest, dirs, restorer):
             self._error(err)
+        for err in restorer.problems:
+            self._error(err)
+        kept = self.summary.owners_not_applied = self.applier.owners_kept
+        if kept and self.options.warn is not None:
+            self.options.warn(
+                f"the owners of {kept} item(s) are kept in the snapshot but not applied: only root can give files"
+                " away (pull as root to restore them)"
+            )
 
     async def _file(self, f: _File, examine: bool) -> None:
         summary = self.summary

@@ -38,6 +38,7 @@ from neotwist.chunking import Chunker
 from neotwist.client.encryption import Crypt, KeySource, open_for_push, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
+from neotwist.client.metadata import Capture
 from neotwist.client.pins import TargetPin
 from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
 from neotwist.client.progress import Progress
@@ -242,7 +243,9 @@ def _hash_once(fd: int, rec: ScanRecord, params: ChunkerParams, id_key: bytes | 
     ) and size == st.st_size
     out.ids = b"".join(ids)
     # The entry describes what was read: its size is the sum of its chunks, its times those seen at open.
-    out.rec = ScanRecord(rec.path, "f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, size, st.st_ino, st.st_ctime_ns)
+    out.rec = ScanRecord(
+        rec.path, "f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, size, st.st_ino, st.st_ctime_ns, "", rec.extra
+    )
     return out
 
 
@@ -331,7 +334,7 @@ class _Scanner:
     def __init__(
         self, root: str, options: PushOptions, stats: ScanStats, use_cache: bool, make_entries: EntryMaker
     ) -> None:
-        self._it: Iterator[ScanRecord] = scan(root, options.filter, stats)
+        self._it: Iterator[ScanRecord] = scan(root, options.filter, stats, capture=Capture())
         self._make_entries = make_entries
         self._cache = options.cache if use_cache else None
         self._remember = options.cache  # remembered into even when not consulted, to rebuild it
@@ -396,7 +399,8 @@ def _encrypted_entries(crypt: Crypt) -> EntryMaker:
     encrypt = crypt.tree.encrypt_entries
 
     def make(rec: ScanRecord, ids: bytes) -> list[Entry]:
-        return encrypt(rec.path, rec.kind, rec.mode, rec.mtime_ns, rec.size, ids, rec.link)  # type: ignore[arg-type]
+        kind = "f" if rec.kind == "s" else rec.kind
+        return encrypt(rec.path, kind, rec.mode, rec.mtime_ns, rec.size, ids, rec.link, rec.extra)  # type: ignore[arg-type]
 
     return make
 
@@ -404,14 +408,16 @@ def _encrypted_entries(crypt: Crypt) -> EntryMaker:
 def _entries_for(rec: ScanRecord, ids: bytes) -> list[Entry]:
     """The entry records of one item (a file with many chunks continues over several records)."""
     if rec.kind != "f":
-        return [Entry(rec.path, rec.kind, rec.mode, rec.mtime_ns, rec.size, b"", rec.link)]  # type: ignore[arg-type]
+        kind = "f" if rec.kind == "s" else rec.kind  # a FIFO or device: an empty file and its extra record
+        return [Entry(rec.path, kind, rec.mode, rec.mtime_ns, rec.size, b"", rec.link, rec.extra)]  # type: ignore[arg-type]
     step = limits.MAX_FILE_CHUNK_IDS * ID
     if len(ids) <= step:
-        return [Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, ids)]
+        return [Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, ids, "", rec.extra)]
     out = []
     for start in range(0, len(ids), step):
         part = ids[start : start + step]
-        out.append(Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, part, more=start + step < len(ids)))
+        meta = rec.extra if not start else b""
+        out.append(Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, part, "", meta, more=start + step < len(ids)))
     return out
 
 

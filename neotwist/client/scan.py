@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from neotwist.client.filters import Filter
+from neotwist.client.metadata import Capture
 from neotwist.client.problems import MAX_KEPT, Problem, shown
 from neotwist.wire import limits
 
@@ -26,13 +27,14 @@ class ScanRecord:
     """One item found by the walk. ``path`` is relative to the root, '/'-separated ('' = the root)."""
 
     path: str
-    kind: str  # "f" file, "d" directory, "l" symlink
+    kind: str  # "f" file, "d" directory, "l" symlink, "s" FIFO or device (stored as an empty "f" + its extra)
     mode: int  # permission bits only (stat.S_IMODE)
     mtime_ns: int
     size: int
     inode: int
     ctime_ns: int
     link: str = ""
+    extra: bytes = b""  # owner, xattrs, hard link, special (an encoded neotwist.client.metadata.Extra)
 
 
 @dataclass
@@ -46,6 +48,13 @@ class ScanStats:
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped += 1
+        problem = Problem(shown(path), reason)
+        if len(self.warnings) < MAX_KEPT:
+            self.warnings.append(problem)
+        self.fresh.append(problem)
+
+    def note(self, path: str, reason: str) -> None:
+        """A problem with an item that is stored nonetheless (some of its xattrs, say)."""
         problem = Problem(shown(path), reason)
         if len(self.warnings) < MAX_KEPT:
             self.warnings.append(problem)
@@ -104,6 +113,7 @@ def scan(
     filt: Filter | None = None,
     stats: ScanStats | None = None,
     warn: Callable[[str], None] | None = None,
+    capture: Capture | None = None,
 ) -> Iterator[ScanRecord]:
     """Yield a record for ``root`` itself and every item under it that the filter takes.
 
@@ -119,10 +129,20 @@ def scan(
         if warn is not None:
             warn(f"{shown(path)}: {reason}")
 
+    def more(path: str, rel: str, st: os.stat_result, kind: str) -> bytes:
+        if capture is None:
+            return b""
+        data, problem = capture.record(path, rel, st, kind)
+        if problem is not None:
+            stats.note(path, problem)
+        return data
+
     st = os.stat(root)
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(f"{root} is not a directory")
-    yield ScanRecord("", "d", stat.S_IMODE(st.st_mode), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns)
+    yield ScanRecord(
+        "", "d", stat.S_IMODE(st.st_mode), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "", more(root, "", st, "d")
+    )
 
     # Depth-first with an explicit stack of (absolute dir, relative prefix) so deep trees need no recursion.
     stack: list[tuple[str, str]] = [(root, "")]
@@ -153,14 +173,20 @@ def scan(
                 if filt is not None and not filt.take_dir(rel, name):
                     stats.filtered += 1
                     continue
-                yield ScanRecord(rel, "d", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns)
+                yield ScanRecord(
+                    rel, "d", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
+                    more(entry.path, rel, st, "d"),
+                )  # fmt: skip
                 subdirs.append((entry.path, rel + "/"))
                 continue
             if filt is not None and not filt.take_file(rel, name):
                 stats.filtered += 1
                 continue
             if S_ISREG(m):
-                yield ScanRecord(rel, "f", S_IMODE(m), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+                yield ScanRecord(
+                    rel, "f", S_IMODE(m), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, "",
+                    more(entry.path, rel, st, "f"),
+                )  # fmt: skip
             elif S_ISLNK(m):
                 try:
                     target = os.readlink(entry.path)
@@ -170,7 +196,15 @@ def scan(
                 if not _link_ok(target):
                     skip(entry.path, "symlink not stored: its target is not UTF-8 or over 4096 bytes")
                     continue
-                yield ScanRecord(rel, "l", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, target)
+                yield ScanRecord(
+                    rel, "l", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, target,
+                    more(entry.path, rel, st, "l"),
+                )  # fmt: skip
+            elif capture is not None and (stat.S_ISFIFO(m) or stat.S_ISCHR(m) or stat.S_ISBLK(m)):
+                yield ScanRecord(
+                    rel, "s", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
+                    more(entry.path, rel, st, "s"),
+                )  # fmt: skip
             else:
                 skip(entry.path, f"{_special_kind(m)} not stored")
         # Push in reverse so the stack pops them in name order.
