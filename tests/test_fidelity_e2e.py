@@ -266,3 +266,32 @@ def test_a_machine_tree_round_trips_as_rsync_aHAXS_numeric_ids_keeps_it(
         assert got["home/u/notes.txt"]["uid"] == 1234 and got["home/u/link"]["gid"] == 5678
         assert "trusted.secret" in got["etc/passwd"]["xattrs"]
     assert "system.posix_acl_default" in got["home/u"]["xattrs"] or cannot
+
+
+def test_owner_and_xattr_changes_are_pushed_and_pulled_even_when_the_files_cache_vouches(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The walk takes an unchanged file's record from the files cache (no llistxattr); a setxattr or chown
+    changes the ctime, so such a change is still seen, and a pull applies it to a current copy."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("same bytes\n")
+    os.setxattr(src / "f.txt", "user.tag", b"one")
+    time.sleep(1.1)  # older than the files cache's racy-timestamp guard
+    push(server, src, "x")
+    again = push(server, src, "x")
+    assert again["files_changed"] == 0  # the cache vouched: not read
+    out = tmp_path / "out"
+    pull(server, "x", out)
+    assert os.getxattr(out / "f.txt", "user.tag") == b"one"
+    os.setxattr(src / "f.txt", "user.tag", b"two")
+    os.setxattr(src / "f.txt", "user.more", b"three")
+    if ROOT:
+        os.chown(src / "f.txt", 4321, 8765)
+    push(server, src, "x")
+    pull(server, "x", out, "--numeric-ids")
+    assert {n: os.getxattr(out / "f.txt", n) for n in os.listxattr(out / "f.txt")} == {
+        "user.tag": b"two", "user.more": b"three",
+    }  # fmt: skip
+    if ROOT:
+        assert (out / "f.txt").stat().st_uid == 4321 and (out / "f.txt").stat().st_gid == 8765

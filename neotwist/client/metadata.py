@@ -25,6 +25,7 @@ import grp
 import os
 import pwd
 import stat
+from collections.abc import Callable
 from typing import Annotated
 
 import msgspec
@@ -129,12 +130,18 @@ def read_xattrs(path: str, follow: bool = False) -> tuple[list[tuple[str, bytes]
     return out, problem
 
 
+Known = Callable[[str, int, int, int, int], "bytes | None"]
+"""The files cache's record of a file unchanged since the last push: (path, size, mtime, inode, ctime) -> extra."""
+
+
 class Capture:
     """Builds the :class:`Extra` of each item of one walk; remembers the first name of every multiply-linked
     inode, so later names become hard links to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: Known | None = None) -> None:
+        self._known = known
         self._inodes: dict[tuple[int, int], str] = {}
+        self._plain: dict[tuple[int, int], bytes] = {}  # (uid, gid) -> the record of an item with nothing else
 
     def record(self, path: str, rel: str, st: os.stat_result, kind: str) -> tuple[bytes, str | None]:
         """The encoded record of the item at ``path`` (``rel`` from the root) and a problem to report, if any."""
@@ -144,10 +151,22 @@ class Capture:
             first = self._inodes.setdefault(key, rel)
             if first == rel:
                 first = ""
+        elif kind == "f" and self._known is not None:
+            cached = self._known(rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+            if cached is not None:  # unchanged since the last push (a chown or setxattr changes the ctime)
+                return cached, None
         xattrs, problem = read_xattrs(path)
+        mode = st.st_mode
+        if not xattrs and not first and kind != "s":  # most items: one record per owner, encoded once
+            owner = (st.st_uid, st.st_gid)
+            plain = self._plain.get(owner)
+            if plain is None:
+                plain = self._plain[owner] = encode(
+                    Extra(uid=owner[0], gid=owner[1], user=user_name(owner[0]), group=group_name(owner[1]))
+                )
+            return plain, problem
         special = ""
         rdev = 0
-        mode = st.st_mode
         if stat.S_ISFIFO(mode):
             special = "p"
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):

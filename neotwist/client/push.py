@@ -334,9 +334,10 @@ class _Scanner:
     def __init__(
         self, root: str, options: PushOptions, stats: ScanStats, use_cache: bool, make_entries: EntryMaker
     ) -> None:
-        self._it: Iterator[ScanRecord] = scan(root, options.filter, stats, capture=Capture())
-        self._make_entries = make_entries
         self._cache = options.cache if use_cache else None
+        known = self._cache.lookup_extra if self._cache is not None else None
+        self._it: Iterator[ScanRecord] = scan(root, options.filter, stats, capture=Capture(known))
+        self._make_entries = make_entries
         self._remember = options.cache  # remembered into even when not consulted, to rebuild it
 
     def next_batch(self) -> _Batch:
@@ -360,7 +361,7 @@ class _Scanner:
                     changed_bytes += rec.size
                 else:
                     if remember is not None:
-                        remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
+                        remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids, rec.extra)
                     ready.extend(make_entries(rec, ids))
                     batch.cached_files += 1
                     batch.cached_bytes += rec.size
@@ -595,7 +596,7 @@ class _PushRun:
         summary.files_changed += 1
         summary.bytes_read += rec.size
         if self.cache is not None and h.stable:
-            self.cache.remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, h.ids)
+            self.cache.remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, h.ids, rec.extra)
         self.entries.extend(h.entries)
 
     def _release(self, held: dict[str, _Hashed], failed: dict[str, str]) -> None:
