@@ -7,6 +7,7 @@ metadata property by property (with ``rsync -aHAXS --numeric-ids`` of the same t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -295,3 +296,75 @@ def test_owner_and_xattr_changes_are_pushed_and_pulled_even_when_the_files_cache
     }  # fmt: skip
     if ROOT:
         assert (out / "f.txt").stat().st_uid == 4321 and (out / "f.txt").stat().st_gid == 8765
+
+
+def churn(src: Path, rng: random.Random) -> None:
+    """One round of the changes a live machine sees: edits in place, appends, truncations, new, deleted and
+    renamed files, mode, xattr and symlink changes, new hard links."""
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    for p in rng.sample(files, min(len(files), 4)):
+        op = rng.randrange(7)
+        if op == 0:  # overwrite a range in place
+            with p.open("r+b") as f:
+                f.seek(rng.randrange(max(1, p.stat().st_size)))
+                f.write(rng.randbytes(rng.randrange(1, 5000)))
+        elif op == 1:
+            with p.open("ab") as f:
+                f.write(rng.randbytes(rng.randrange(1, 70_000)))
+        elif op == 2:
+            os.truncate(p, rng.randrange(max(1, p.stat().st_size)))
+        elif op == 3:
+            p.unlink()
+        elif op == 4:
+            os.chmod(p, rng.choice([0o600, 0o644, 0o755, 0o640]))
+        elif op == 5:
+            if rng.random() < 0.5:
+                os.setxattr(p, "user.round", rng.randbytes(rng.randrange(1, 40)))
+            else:
+                with contextlib.suppress(OSError):
+                    os.removexattr(p, "user.round")
+        else:
+            target = p.with_name(f"renamed-{rng.randrange(10**6)}")
+            p.rename(target)
+    for _ in range(rng.randrange(1, 4)):
+        d = rng.choice([src, src / "a", src / "a" / "b", src / "c"])
+        d.mkdir(parents=True, exist_ok=True)
+        size = rng.choice([0, 10, 5000, 70_000, 1_300_000])
+        (d / f"new-{rng.randrange(10**6)}").write_bytes(rng.randbytes(size))
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    if files and rng.random() < 0.5:
+        first = rng.choice(files)
+        link = first.with_name(f"hl-{rng.randrange(10**6)}")
+        os.link(first, link)
+    if rng.random() < 0.5:
+        link = src / "c" / "sym"
+        link.parent.mkdir(exist_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        os.symlink(f"target-{rng.randrange(100)}", link)
+
+
+def test_twenty_rounds_of_churn_restore_every_snapshot_exactly(server: RunningServer, tmp_path: Path) -> None:
+    rng = random.Random(13)
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    for i in range(12):
+        size = rng.choice([0, 100, 40_000, 2_000_000])
+        (src / rng.choice(["", "a", "a/b"]) / f"f{i}").write_bytes(rng.randbytes(size))
+    expected: dict[int, dict[str, Any]] = {}
+    for _round in range(20):
+        churn(src, rng)
+        summary = push(server, src, "churn", "--delete")  # a mirror: files deleted here leave the snapshot
+        expected[summary["snapshot"]] = properties(src)
+    live = tmp_path / "live"  # one copy brought from each snapshot to the next
+    ids = sorted(expected)
+    for sid, want in expected.items():
+        if sid in ids[::6] or sid == ids[-1]:  # from scratch too (not every one: each pull is a process)
+            fresh = tmp_path / f"s{sid}"
+            pull(server, "churn", fresh, "--snapshot", str(sid))
+            assert properties(fresh) == want, sid
+        pull(server, "churn", live, "--snapshot", str(sid))
+        got = properties(live)
+        for rel, props in want.items():
+            if rel != "<hard links>":
+                assert got.get(rel) == props, (sid, rel)
