@@ -368,3 +368,31 @@ def test_twenty_rounds_of_churn_restore_every_snapshot_exactly(server: RunningSe
         for rel, props in want.items():
             if rel != "<hard links>":
                 assert got.get(rel) == props, (sid, rel)
+
+
+def test_pull_delete_removes_what_the_snapshot_lacks_and_never_follows_a_symlink(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "keep").mkdir(parents=True)
+    (src / "keep" / "a.txt").write_text("a\n")
+    push(server, src, "mirror")
+    out = tmp_path / "out"
+    (out / "keep" / "old-dir" / "deep").mkdir(parents=True)
+    (out / "keep" / "old-dir" / "deep" / "x").write_text("x")
+    (out / "stale.txt").write_text("stale")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("not ours")
+    os.symlink(outside, out / "escape")  # removed as a link; what it points to is untouched
+    summary = pull(server, "mirror", out, "--delete")
+    assert summary["deleted"] == 3, summary
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["keep", "keep/a.txt"]
+    assert (outside / "precious").read_text() == "not ours"
+    # without --delete nothing goes; in $HOME it is refused without --force
+    (out / "stale.txt").write_text("stale")
+    assert pull(server, "mirror", out)["deleted"] == 0 and (out / "stale.txt").exists()
+    home = Path(server.env()["HOME"])
+    r = server.cli("neo-pull", "--delete", server.remote("mirror"), str(home))
+    assert r.returncode == 1 and "refusing to --delete in your home directory" in r.stderr, r.stderr
+    assert (home / "twistd.log").exists()  # nothing was touched

@@ -145,6 +145,10 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     else:
         work.add_argument("--checksum", action="store_true",
                           help="compare content instead of trusting size and mtime")
+        work.add_argument("--delete", action="store_true",
+                          help="remove local files and directories the snapshot does not have (rsync's --delete; "
+                          "skipped when the pull is incomplete; refused in / and your home without --force)")
+        work.add_argument("--force", action="store_true", help="allow --delete in / or your home directory")
         work.add_argument("--numeric-ids", action="store_true",
                           help="give restored items their stored owner and group numbers, not the numbers their user "
                           "and group names have here (as rsync and tar; owners are applied only when run as root)")
@@ -229,7 +233,7 @@ def _human(direction: Direction, summary: Any, delete: bool = False) -> str:
             f"snapshot {summary.snapshot}: {summary.files_scanned} items listed, "
             f"{summary.files_changed} files "
             f"written ({size(summary.bytes_written)}, {size(summary.bytes_reused)} reused locally), "
-            f"{summary.files_unchanged} unchanged",
+            f"{summary.files_unchanged} unchanged" + (f", {summary.deleted} deleted" if delete else ""),
             f"sent {size(summary.bytes_sent)}, received {size(summary.bytes_received)} in "
             f"{summary.elapsed_s:.2f} s",
         ]
@@ -312,6 +316,8 @@ async def _run(
                 PullOptions(
                     checksum=args.checksum,
                     numeric_ids=args.numeric_ids,
+                    delete=args.delete,
+                    force=args.force,
                     fsync=args.fsync,
                     workers=max(1, args.workers),
                     snapshot=args.snapshot,

@@ -40,6 +40,7 @@ from neotwist.client import stash
 from neotwist.client.encryption import KeySource, open_for_read, plain_errors
 from neotwist.client.localfs import Fix, SafeDest, TempFile, UnsafePath
 from neotwist.client.metadata import Applier, Extra
+from neotwist.client.mirror import DeleteRefused, check_target, delete_extraneous
 from neotwist.client.pins import TargetPin
 from neotwist.client.problems import Problem, from_text, problems_json
 from neotwist.client.progress import Progress
@@ -100,6 +101,8 @@ class PullOptions:
     pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
     require_encryption: bool = False  # --require-encryption: refuse a plaintext target
     numeric_ids: bool = False  # --numeric-ids: owners by number, not by user and group name
+    delete: bool = False  # --delete: remove local items the snapshot does not have
+    force: bool = False  # --force: allow --delete in / or the home directory
 
 
 @dataclass
@@ -114,6 +117,7 @@ class PullSummary:
     specials_written: int = 0  # FIFOs and device nodes
     hardlinks_made: int = 0
     owners_not_applied: int = 0  # items whose stored owner was not applied (not running as root)
+    deleted: int = 0  # local items removed by --delete
     bytes_written: int = 0
     bytes_reused: int = 0  # bytes copied from local files instead of fetched
     chunks_fetched: int = 0
@@ -898,6 +902,11 @@ async def pull(
             local_root, name = _single_file_destination(local_root, subpath)
             one = entries[0]
             entries = [Entry(name, one.kind, one.mode, one.mtime_ns, one.size, one.chunks, one.link, one.meta)]
+        if options.delete and not single_file:
+            try:
+                check_target(local_root, options.force)
+            except DeleteRefused as e:
+                raise PullError(str(e)) from None
         summary.snapshot = snapshot
         summary.files_scanned = len(entries)
         summary.files = sum(1 for e in entries if e.kind == "f")
@@ -919,6 +928,8 @@ async def pull(
         run.damaged.extend(refused)  # entries whose names or metadata failed authentication: not written
         try:
             await run.run(entries)
+            if options.delete and not single_file:
+                await _mirror(reactor, pool, run, dest, entries)
         finally:
             pool.stop()
             dest.close()
@@ -931,6 +942,17 @@ async def pull(
             summary.files_skipped = max(summary.files_skipped, len(run.errors))
             raise PullIncomplete(summary, run.errors, run.damaged)
         return summary
+
+
+async def _mirror(reactor: Any, pool: ThreadPool, run: _PullRun, dest: SafeDest, entries: list[Entry]) -> None:
+    """--delete: remove what the snapshot lacks, unless something failed to restore (its old copy stays)."""
+    if run.errors or run.damaged:
+        run._error(f"{dest.root}: nothing deleted (--delete): the pull is incomplete")
+        return
+    removed, problems = await deferToThreadPool(reactor, pool, delete_extraneous, dest, entries)
+    run.summary.deleted = len(removed)
+    for problem in problems:
+        run._error(problem)
 
 
 def _raise_open_files_limit(wanted: int = 8192) -> None:
