@@ -121,6 +121,8 @@ def test_what_cannot_be_stored_is_named_with_its_reason_and_exits_23(server: Run
     (src / "plain.txt").write_text("kept\n")
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(src / "app.sock"))
+    (Path(os.fsdecode(bytes(src) + b"/\xff\xfe.bin"))).write_bytes(b"latin-1 name")
+    os.symlink(b"\xe9t\xe9", bytes(src) + b"/latin-link")
     try:
         make_deep(src, 4200)
         summary = push(server, src, "named", code=23)
@@ -128,10 +130,12 @@ def test_what_cannot_be_stored_is_named_with_its_reason_and_exits_23(server: Run
         sock.close()
     reasons = {Path(w["path"]).name: w["reason"] for w in summary["warnings"]}
     assert reasons["app.sock"] == "socket not stored", reasons
+    assert reasons["\\xff\\xfe.bin"] == "not stored: its name is not UTF-8", reasons  # named, escaped
+    assert reasons["latin-link"].startswith("symlink not stored: its target is not UTF-8"), reasons
     # the path passes 4096 bytes below the root, or (under a long temporary directory) the absolute path does first
     too_long = [r for r in reasons.values() if "over 4096 bytes" in r or "File name too long" in r]
     assert too_long, reasons
-    assert summary["warnings_count"] == len(summary["warnings"]) == 2, summary
+    assert summary["warnings_count"] == len(summary["warnings"]) == 4, summary
     out = tmp_path / "out"
     pull(server, "named", out)
     assert (out / "plain.txt").read_text() == "kept\n"
