@@ -28,10 +28,12 @@ test: $(STAMP) tools
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 -q
 
-# The end-to-end tests drive the real OpenSSH client.
+# The end-to-end tests drive the real OpenSSH client, mount a FUSE filesystem (libfuse3, for a live disk's faults)
+# and compare xattrs and ACLs (getfattr, setfacl).
 tools:
-	@command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client; }
+	@command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && command -v fusermount3 >/dev/null && \
+	  command -v getfattr >/dev/null && command -v setfacl >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client fuse3 attr acl; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check neotwist tests twisted bench

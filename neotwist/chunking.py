@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyfastcdc
 
@@ -40,6 +41,7 @@ class Chunker:
             max_size=params.max_size,
             seed=params.seed,
         )
+        self._zero_ids: dict[int, bytes] = {}
 
     @property
     def id_key(self) -> bytes | None:
@@ -57,3 +59,20 @@ class Chunker:
     def cut_bytes(self, data: bytes | memoryview) -> Iterator[tuple[Piece, memoryview]]:
         for chunk in self._cdc.cut_buf(data):
             yield Piece(chunk.offset, chunk.length, self.chunk_id(chunk.data)), chunk.data
+
+    def cut_stream(self, reader: Any) -> Iterator[tuple[Piece, memoryview]]:
+        """Chunks of what ``reader.readinto`` gives (the same cuts as :meth:`cut_bytes` of the same bytes). Each
+        chunk's data is valid only until the next one is made. Files are read this way, never mapped: a file
+        truncated (or failing with EIO) while it is mapped kills the process with SIGBUS."""
+        for chunk in self._cdc.cut_stream(reader):
+            yield Piece(chunk.offset, chunk.length, self.chunk_id(chunk.data)), chunk.data
+
+    def zero_id(self, length: int) -> bytes:
+        """The id of ``length`` zero bytes (memoized: holes of sparse files are runs of such chunks)."""
+        zeros = self._zero_ids
+        cid = zeros.get(length)
+        if cid is None:
+            if len(zeros) > 64:
+                zeros.clear()
+            cid = zeros[length] = self.chunk_id(bytes(length))
+        return cid

@@ -1,7 +1,9 @@
 """neo-push and neo-pull: the command lines around the push and pull pipelines.
 
 Exit codes: 0 done; 1 the operation failed (one line on stderr says why and what to do); 2 usage error;
-3 authentication, host key or encryption pin refused; 130 interrupted.
+3 authentication, host key or encryption pin refused; 23 (neo-push) done, but some items were not stored (each
+named on stderr and in --json ``warnings_detail``; neo-pull exits 1 when it could not restore something, after
+restoring the rest); 130 interrupted.
 
 The original client's flags still work (``--lpath``, ``--rpath TARGET[/SUBPATH]``, ``--host``, ``--port``,
 ``--password`` / ``--authcode``, ``--push``, ``--pull``), so ``neo-push --lpath=/x --rpath=peach --host=h
@@ -26,6 +28,7 @@ from neotwist.client.clibase import (
     EXIT_AUTH,
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_PARTIAL,
     EXIT_USAGE,
     Parser,
     add_connection_options,
@@ -70,6 +73,12 @@ examples:
 Unchanged files are found with a files cache (size, mtime, inode, ctime) and not read again; only chunks the
 server lacks are sent. Filter files mix gitignore patterns and the original '<file|dir|path> <accept|reject>
 <regex>' rules: see --make-sample-filter-file.
+
+exit codes: 0 done; 1 failed; 2 usage error; 3 authentication, host key or encryption pin refused;
+23 done, but some items were not stored: sockets, unreadable files or directories, names or paths
+that cannot be stored, files that kept changing while they were read (each is named on stderr with its
+reason, and in --json "warnings");
+130 interrupted.
 """
 
 _PULL_EPILOG = """\
@@ -90,6 +99,10 @@ examples:
 Files already present with the same size and mtime are left alone; for the others only the chunks not found
 in the local copy (or in files already restored) are fetched. Nothing is written outside LOCAL_DIR and no
 symlink is ever followed while writing.
+
+exit codes: 0 done; 1 failed, or some items were not restored: damaged on the server, or in the way of a
+safe write (each is named on stderr with its reason, and in --json "warnings_detail"; the rest is restored);
+2 usage error; 3 authentication, host key or encryption pin refused; 130 interrupted.
 """
 
 
@@ -132,6 +145,13 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     else:
         work.add_argument("--checksum", action="store_true",
                           help="compare content instead of trusting size and mtime")
+        work.add_argument("--delete", action="store_true",
+                          help="remove local files and directories the snapshot does not have (rsync's --delete; "
+                          "skipped when the pull is incomplete; refused in / and your home without --force)")
+        work.add_argument("--force", action="store_true", help="allow --delete in / or your home directory")
+        work.add_argument("--numeric-ids", action="store_true",
+                          help="give restored items their stored owner and group numbers, not the numbers their user "
+                          "and group names have here (as rsync and tar; owners are applied only when run as root)")
         work.add_argument("--fsync", dest="fsync", action="store_true", default=False,
                           help="fsync each restored file before renaming it into place (safe against power loss "
                           "during the restore; slower: rsync, borg and restic do not)")
@@ -218,7 +238,7 @@ def _human(direction: Direction, summary: Any, delete: bool = False) -> str:
             f"snapshot {summary.snapshot}: {summary.files_scanned} items listed, "
             f"{summary.files_changed} files "
             f"written ({size(summary.bytes_written)}, {size(summary.bytes_reused)} reused locally), "
-            f"{summary.files_unchanged} unchanged",
+            f"{summary.files_unchanged} unchanged" + (f", {summary.deleted} deleted" if delete else ""),
             f"sent {size(summary.bytes_sent)}, received {size(summary.bytes_received)} in "
             f"{summary.elapsed_s:.2f} s",
         ]
@@ -241,8 +261,8 @@ async def _run(
     show_progress = (not quiet) if args.progress is None else args.progress
 
     def warn(text: str) -> None:
-        if not quiet or args.debug:
-            sys.stderr.write(f"warning: {text}\n")
+        # always, --quiet and --json too: each names something not stored or restored (rsync prints those too)
+        sys.stderr.write(f"warning: {text}\n")
 
     filt: Filter | None = None
     if direction == "push":
@@ -300,6 +320,9 @@ async def _run(
                 local,
                 PullOptions(
                     checksum=args.checksum,
+                    numeric_ids=args.numeric_ids,
+                    delete=args.delete,
+                    force=args.force,
                     fsync=args.fsync,
                     workers=max(1, args.workers),
                     snapshot=args.snapshot,
@@ -327,7 +350,7 @@ async def _run(
                 f"neo-pull: {len(e.errors)} item(s) could not be written safely, e.g. {e.errors[0]}; "
                 "move what is in the way and pull again\n"
             )
-        code = EXIT_FAILED
+        code = EXIT_FAILED  # a pull that left something out has always exited 1 (the exit codes are kept)
     except (PushError, PullError) as e:
         sys.stderr.write(f"neo-{direction}: {e}\n")
         code = EXIT_FAILED
@@ -352,6 +375,12 @@ async def _run(
             await session.close()
         except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
             pass
+    if code == EXIT_OK and direction == "push" and summary is not None and summary.warnings_count:
+        sys.stderr.write(
+            f"neo-push: snapshot {summary.snapshot} is incomplete: {summary.warnings_count} item(s) were not stored"
+            " (named above with the reason)\n"
+        )
+        code = EXIT_PARTIAL
     if summary is not None:
         summary.elapsed_s = time.monotonic() - started
         if args.json:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, cast
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_PARTIAL = 23
+"""Done, but some items were not stored or restored (each is named on stderr and in --json), like rsync's 23."""
 
 REMOTE_FORM = "[ssh://|tls://][USER@]HOST[:PORT]/TARGET[/SUBPATH] (ssh port 4322, tls port 4323)"
 

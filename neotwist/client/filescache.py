@@ -27,8 +27,18 @@ import platformdirs
 
 from neotwist.atomicfile import atomic_write
 
-CacheEntry = tuple[int, int, int, int, bytes]
-"""(size, mtime_ns, inode, ctime_ns, concatenated 32-byte chunk ids)."""
+
+class CacheEntry(msgspec.Struct, array_like=True):
+    """(size, mtime_ns, inode, ctime_ns, concatenated 32-byte chunk ids, extra record). ``extra`` (owner, xattrs:
+    neotwist.client.metadata) spares the walk an ``llistxattr`` per unchanged file: a chown or setxattr changes
+    the ctime. Caches written before it existed have 5 fields (extra None: unknown)."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    ctime_ns: int
+    ids: bytes
+    extra: bytes | None = None
 
 _FORMAT = 1
 _RACY_NS = 1_000_000_000
@@ -100,17 +110,28 @@ class FilesCache:
         entry = self.old.get(path)
         if entry is None:
             return None
-        if entry[0] != size or entry[1] != mtime_ns or entry[2] != inode or entry[3] != ctime_ns:
+        if entry.size != size or entry.mtime_ns != mtime_ns or entry.inode != inode or entry.ctime_ns != ctime_ns:
             return None
-        if len(entry[4]) % 32:
+        if len(entry.ids) % 32:
             return None
-        return entry[4]
+        return entry.ids
 
-    def remember(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int, ids: bytes) -> None:
+    def lookup_extra(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
+        """The extra record of ``path`` if its stat values match the last push (and it was remembered)."""
+        entry = self.old.get(path)
+        if entry is None or entry.extra is None:
+            return None
+        if entry.size != size or entry.mtime_ns != mtime_ns or entry.inode != inode or entry.ctime_ns != ctime_ns:
+            return None
+        return entry.extra
+
+    def remember(
+        self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int, ids: bytes, extra: bytes | None = None
+    ) -> None:
         """Record ``path`` for the next push (unless its timestamps are too recent to be trusted)."""
         if mtime_ns >= self.racy_after or ctime_ns >= self.racy_after:
             return
-        self.new[path] = (size, mtime_ns, inode, ctime_ns, ids)
+        self.new[path] = CacheEntry(size, mtime_ns, inode, ctime_ns, ids, extra)
 
     def save(self) -> None:
         """Write the current push's entries atomically (call only after a successful commit)."""

@@ -18,8 +18,8 @@ import itertools
 import os
 import secrets
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 from neotwist.paths import check_path
 from neotwist.wire.errors import NeoError
@@ -27,6 +27,10 @@ from neotwist.wire.errors import NeoError
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TEMP_MARK = ".neotmp."
+
+
+Fix = Callable[[int | str], None]
+"""Applies what else a restored item carries (owner, xattrs) to its open descriptor."""
 
 
 class UnsafePath(Exception):
@@ -67,9 +71,12 @@ class TempFile:
         self.fd = os.open(self.tmp, _NEW_FLAGS, 0o600, dir_fd=dir_fd)
         self._done = False
 
-    def commit(self, mode: int, mtime_ns: int, fsync: bool = True) -> None:
-        """Set mode and mtime, fsync, and rename over whatever non-directory is at the final name."""
+    def commit(self, mode: int, mtime_ns: int, fsync: bool = True, fix: Fix | None = None) -> None:
+        """Set owner and xattrs (``fix``), mode and mtime, fsync, and rename over whatever non-directory is at the
+        final name."""
         try:
+            if fix is not None:
+                fix(self.fd)  # before the mode: a chown clears set-id bits
             os.fchmod(self.fd, mode & 0o7777)
             os.utime(self.fd, ns=(mtime_ns, mtime_ns))
             if fsync:
@@ -239,6 +246,54 @@ class SafeDest:
             os.close(fd)
             raise
 
+    def make_special(self, rel: str, kind: str, rdev: int, mode: int, mtime_ns: int, fix: Fix | None) -> None:
+        """Make ``rel`` a FIFO (``kind`` "p") or a device node ("c", "b": as root), under a temporary name renamed
+        over whatever non-directory is there."""
+        fmt = {"p": stat.S_IFIFO, "c": stat.S_IFCHR, "b": stat.S_IFBLK}[kind]
+        with self.parent(rel) as (dfd, name):
+            tmp = temp_name(name)
+            os.mknod(tmp, fmt | 0o600, rdev if kind != "p" else 0, dir_fd=dfd)
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_PATH, dir_fd=dfd)
+                try:
+                    proc = f"/proc/self/fd/{fd}"  # the node itself (fd is O_PATH: no fchown on it)
+                    if fix is not None:
+                        fix(proc)
+                    os.chmod(proc, mode & 0o7777)
+                    os.utime(proc, ns=(mtime_ns, mtime_ns))
+                finally:
+                    os.close(fd)
+                try:
+                    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                except IsADirectoryError:
+                    raise UnsafePath(f"{rel}: a directory is in the way; move it and pull again") from None
+            except BaseException:
+                with suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+
+    def make_hardlink(self, first: str, rel: str) -> bool:
+        """Make ``rel`` another name of the file ``first`` (both under the destination); False if it is already."""
+        with self.parent(first, create=False) as (sfd, sname), self.parent(rel) as (dfd, name):
+            src = os.stat(sname, dir_fd=sfd, follow_symlinks=False)
+            if not stat.S_ISREG(src.st_mode) and not stat.S_ISFIFO(src.st_mode):
+                raise UnsafePath(f"{rel}: its first name {first} is not a file here")
+            try:
+                now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if (now.st_dev, now.st_ino) == (src.st_dev, src.st_ino):
+                    return False
+            except FileNotFoundError:
+                pass
+            tmp = temp_name(name)
+            os.link(sname, tmp, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+            try:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+            return True
+
     def make_symlink(self, rel: str, target: str, mtime_ns: int | None = None) -> bool:
         """Make ``rel`` a symlink to ``target`` (created as text, never followed). False if already so."""
         with self.parent(rel) as (fd, name):
@@ -265,10 +320,32 @@ class SafeDest:
                     pass  # symlink times are cosmetic; not every platform can set them
             return True
 
-    def set_dir_meta(self, rel: str, mode: int, mtime_ns: int) -> None:
-        """Set a directory's mode and mtime (after its contents are written, so the mtime sticks)."""
+    def set_mode_at(self, dir_fd: int, name: str, mode: int) -> None:
+        """Give the regular file ``name`` in ``dir_fd`` the permission bits ``mode`` (a pull whose content is
+        current still applies a mode change). Never follows a symlink; needs no read permission."""
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            try:
+                os.chmod(f"/proc/self/fd/{fd}", mode & 0o7777)  # the file itself: fd is not a symlink
+            except FileNotFoundError:  # no /proc
+                rfd = self.open_read_at(dir_fd, name)
+                if rfd is not None:
+                    try:
+                        os.fchmod(rfd, mode & 0o7777)
+                    finally:
+                        os.close(rfd)
+        finally:
+            os.close(fd)
+
+    def set_dir_meta(self, rel: str, mode: int, mtime_ns: int, fix: Fix | None = None) -> None:
+        """Set a directory's owner and xattrs (``fix``), mode and mtime (after its contents are written, so the
+        mtime sticks)."""
         fd = self._walk(_split(rel), False, rel)
         try:
+            if fix is not None:
+                fix(fd)
             os.fchmod(fd, mode & 0o7777)
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:

@@ -19,7 +19,6 @@ the reactor thread only sends requests and routes replies.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import stat
 import threading
@@ -38,9 +37,14 @@ from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import stash
 from neotwist.client.encryption import KeySource, open_for_read, plain_errors
-from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
+from neotwist.client.localfs import Fix, SafeDest, TempFile, UnsafePath
+from neotwist.client.metadata import Applier, Extra
+from neotwist.client.mirror import DeleteRefused, check_target, delete_extraneous
 from neotwist.client.pins import TargetPin
+from neotwist.client.problems import Problem, from_text, problems_json
 from neotwist.client.progress import Progress
+from neotwist.client.reading import RangeReader
+from neotwist.client.restore import Restorer, plan
 from neotwist.client.timespec import AtTime
 from neotwist.codec import PLAIN, ChunkCodec
 from neotwist.wire import limits
@@ -91,6 +95,9 @@ class PullOptions:
     grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
     pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
     require_encryption: bool = False  # --require-encryption: refuse a plaintext target
+    numeric_ids: bool = False  # --numeric-ids: owners by number, not by user and group name
+    delete: bool = False  # --delete: remove local items the snapshot does not have
+    force: bool = False  # --force: allow --delete in / or the home directory
 
 
 @dataclass
@@ -102,6 +109,10 @@ class PullSummary:
     files_skipped: int = 0  # could not be written safely (see warnings), or damaged on the server
     files_damaged: int = 0  # stored data damaged (not written; the rest of the pull went on)
     symlinks_written: int = 0
+    specials_written: int = 0  # FIFOs and device nodes
+    hardlinks_made: int = 0
+    owners_not_applied: int = 0  # items whose stored owner was not applied (not running as root)
+    deleted: int = 0  # local items removed by --delete
     bytes_written: int = 0
     bytes_reused: int = 0  # bytes copied from local files instead of fetched
     chunks_fetched: int = 0
@@ -110,11 +121,11 @@ class PullSummary:
     snapshot: int | None = None
     elapsed_s: float = 0.0
     encrypted: bool = False
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # what was not restored, and why
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
-        out["warnings"] = len(self.warnings)
+        out.update(problems_json(self.warnings))
         out["elapsed_s"] = round(self.elapsed_s, 3)
         return out
 
@@ -136,6 +147,9 @@ class _File:
     temp: TempFile | None = None
     offset: int = 0  # bytes written so far
     written: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in temp
+    holes: bool = False  # zero chunks were left as holes
+    extra: Extra | None = None  # owner, xattrs (applied when written, or when found current)
+    fix: Fix | None = None  # applies ``extra`` to the new version's descriptor
 
 
 # --- worker-thread side ----------------------------------------------------------------------------------
@@ -167,17 +181,13 @@ def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool, id
     chunker = Chunker(params, id_key)
     order: list[bytes] = []
     local = f.local
-    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
-        view = memoryview(mm)
-        try:
-            for piece, chunk in chunker.cut_bytes(view):
-                del chunk
-                cid = piece.id
-                order.append(cid)
-                if cid in wanted and cid not in local:
-                    local[cid] = (piece.offset, piece.length)
-        finally:
-            view.release()
+    # read, never mapped: a local file truncated meanwhile must not SIGBUS the pull (it fails _finish's check)
+    for piece, chunk in chunker.cut_stream(RangeReader(fd, 0, st.st_size)):
+        del chunk
+        cid = piece.id
+        order.append(cid)
+        if cid in wanted and cid not in local:
+            local[cid] = (piece.offset, piece.length)
     if checksum and b"".join(order) == f.ids:
         return _touch(dest, f)
     return False
@@ -261,16 +271,31 @@ def _copy_range(src: int, dst: int, length: int, src_offset: int, dst_offset: in
         done += len(block)
 
 
+IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024))
+"""Buffers one ``pwritev`` may take (the kernel refuses more with EINVAL)."""
+WRITE_BYTES = 16 * 1024 * 1024
+"""Bytes buffered for one write at most, however often a chunk repeats."""
+
+
 def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
-    """``pwritev`` every byte of ``parts`` at ``offset`` (no joined copy; short writes continue)."""
-    total = sum(len(p) for p in parts)
-    done = os.pwritev(fd, parts, offset) if parts else 0
-    if done < total:
-        rest = memoryview(b"".join(parts))[done:]
-        while rest:
-            n = os.pwrite(fd, rest, offset + done)
-            rest = rest[n:]
-            done += n
+    """``pwritev`` every byte of ``parts`` at ``offset`` (no joined copy; short writes continue), IOV_MAX
+    buffers at a time."""
+    for start in range(0, len(parts), IOV_MAX):
+        group = parts[start : start + IOV_MAX]
+        total = sum(len(p) for p in group)
+        done = os.pwritev(fd, group, offset)
+        if done < total:
+            rest = memoryview(b"".join(group))[done:]
+            while rest:
+                n = os.pwrite(fd, rest, offset + done)
+                rest = rest[n:]
+                done += n
+        offset += total
+
+
+def _is_zero(raw: bytes) -> bool:
+    """All zero bytes? (Such a chunk is left as a hole: restored sparse, like ``rsync -S``.)"""
+    return raw[:1] == b"\0" and raw[-1:] == b"\0" and raw.count(0) == len(raw)
 
 
 def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: ChunkCodec = PLAIN) -> int:
@@ -341,9 +366,16 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: ChunkC
             raise PullError(f"a local file changed while {f.path} was being written; pull again")
         if cid not in f.written:
             f.written[cid] = (out, len(raw))
+        if _is_zero(raw):
+            flush_buf()  # a hole: nothing written (the file is extended to its size at the end)
+            out += len(raw)
+            f.holes = True
+            continue
         buf.append(raw)
         buffered += len(raw)
         out += len(raw)
+        if buffered >= WRITE_BYTES or len(buf) >= IOV_MAX:
+            flush_buf()
     flush_buf()
     flush_run()
     f.offset = out
@@ -356,10 +388,12 @@ def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
     if f.offset != f.size:
         f.temp.abort()
         raise PullError(f"{f.path}: the chunks add up to {f.offset} bytes, the listing says {f.size}")
+    if f.holes:
+        os.ftruncate(f.temp.fd, f.size)  # a trailing hole (zero chunks are not written)
     if f.old_stat is not None and f.old_fd >= 0 and _identity(os.fstat(f.old_fd)) != f.old_stat:
         f.temp.abort()
         raise PullError(f"{f.path} changed locally while the pull was reusing it; pull again")
-    f.temp.commit(f.mode, f.mtime_ns, fsync)
+    f.temp.commit(f.mode, f.mtime_ns, fsync, f.fix)
     _close_old(f)
 
 
@@ -373,7 +407,9 @@ def _write_last(dest: SafeDest, f: _File, steps: list[_Step], fsync: bool, conte
 _SAME, _ABSENT, _EXAMINE = 0, 1, 2
 
 
-def _quick_check(dest: SafeDest, files: list[_File], checksum: bool) -> list[int | str]:
+def _quick_check(
+    dest: SafeDest, files: list[_File], checksum: bool, applier: Applier | None = None
+) -> list[int | str]:
     """For each file: _SAME (up to date by size and mtime), _ABSENT (nothing local to reuse), _EXAMINE, or an
     error text. One worker hop for many files, so an unchanged tree costs no per-file thread round trip.
 
@@ -411,6 +447,18 @@ def _quick_check(dest: SafeDest, files: list[_File], checksum: bool) -> list[int
             if st is not None and stat.S_ISREG(st.st_mode) and not checksum and (
                 st.st_size == f.size and st.st_mtime_ns == f.mtime_ns
             ):
+                if f.extra is not None and applier is not None and applier.wants_update(st, f.extra):
+                    problems = applier.apply_at(dir_fd, name, f.extra)  # the content is current, owner or xattrs not
+                    if problems:
+                        out.append(f"{f.path}: {'; '.join(problems)}")
+                        continue
+                    st = dest.lstat_at(dir_fd, name) or st
+                if stat.S_IMODE(st.st_mode) != f.mode:
+                    try:
+                        dest.set_mode_at(dir_fd, name, f.mode)  # the content is current, the mode is not
+                    except OSError as e:
+                        out.append(f"{f.path}: cannot set its mode: {e.strerror}")
+                        continue
                 out.append(_SAME)
                 continue
             out.append(_ABSENT if st is None or not stat.S_ISREG(st.st_mode) else _EXAMINE)
@@ -459,11 +507,13 @@ def _make_links(dest: SafeDest, links: list[Entry]) -> tuple[int, list[str]]:
     return made, errors
 
 
-def _dir_meta(dest: SafeDest, dirs: list[Entry]) -> list[str]:
+def _dir_meta(dest: SafeDest, dirs: list[Entry], restorer: Restorer | None = None) -> list[str]:
     errors = []
+    extras = restorer.plan.extras if restorer is not None else {}
     for e in sorted(dirs, key=lambda e: e.path, reverse=True):
         try:
-            dest.set_dir_meta(e.path, e.mode, e.mtime_ns)
+            fix = restorer.fix(e.path or ".", extras.get(e.path), fresh=False) if restorer is not None else None
+            dest.set_dir_meta(e.path, e.mode, e.mtime_ns, fix)
         except (UnsafePath, OSError) as err:
             errors.append(f"{e.path or '.'}: {err}")
     return errors
@@ -506,6 +556,7 @@ class _PullRun:
         self.errors: list[str] = []
         self.damaged: list[str] = []  # files whose stored data is damaged: not written, the pull went on
         self.single_file = single_file  # the handle's root is the one file: it is "" on the server
+        self.applier = Applier(options.numeric_ids)
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
@@ -517,8 +568,13 @@ class _PullRun:
 
     async def run(self, entries: list[Entry]) -> None:
         dirs = [e for e in entries if e.kind == "d"]
-        files = [e for e in entries if e.kind == "f"]
         links = [e for e in entries if e.kind == "l"]
+        laid = await self._thread(plan, entries)  # specials and later hard-link names apart from files to fetch
+        files = laid.files
+        restorer = self.restorer = Restorer(self.dest, self.applier, laid)
+        extras = laid.extras
+        for err in laid.problems:
+            self._error(err)
         dirs.sort(key=lambda e: e.path)
         for err in await self._thread(_make_dirs, self.dest, dirs):
             self._error(err)
@@ -547,10 +603,13 @@ class _PullRun:
                 break
             remote = self.remote
             group = [
-                _File(e.path, e.mode, e.mtime_ns, e.size, e.chunks, remote.get(e.path, ""))
+                _File(
+                    e.path, e.mode, e.mtime_ns, e.size, e.chunks, remote.get(e.path, ""),
+                    extra=extras.get(e.path), fix=restorer.fix(e.path, extras.get(e.path)),
+                )
                 for e in files[start : start + step]
             ]
-            states = await self._thread(_quick_check, self.dest, group, self.options.checksum)
+            states = await self._thread(_quick_check, self.dest, group, self.options.checksum, self.applier)
             for i, (f, state) in enumerate(zip(group, states, strict=True)):
                 if fatal:
                     for rest in group[i:]:
@@ -579,8 +638,19 @@ class _PullRun:
         self.summary.symlinks_written += made
         for err in errs:
             self._error(err)
-        for err in await self._thread(_dir_meta, self.dest, dirs):
+        await self._thread(restorer.symlinks, links)
+        self.summary.specials_written += await self._thread(restorer.specials, laid.specials)
+        self.summary.hardlinks_made += await self._thread(restorer.hardlinks, laid.links)
+        for err in await self._thread(_dir_meta, self.dest, dirs, restorer):
             self._error(err)
+        for err in restorer.problems:
+            self._error(err)
+        kept = self.summary.owners_not_applied = self.applier.owners_kept
+        if kept and self.options.warn is not None:
+            self.options.warn(
+                f"the owners of {kept} item(s) are kept in the snapshot but not applied: only root can give files"
+                " away (pull as root to restore them)"
+            )
 
     async def _file(self, f: _File, examine: bool) -> None:
         summary = self.summary
@@ -794,6 +864,11 @@ async def pull(
             local_root, name = _single_file_destination(local_root, subpath)
             one = entries[0]
             entries = [Entry(name, one.kind, one.mode, one.mtime_ns, one.size, one.chunks, one.link, one.meta)]
+        if options.delete and not single_file:
+            try:
+                check_target(local_root, options.force)
+            except DeleteRefused as e:
+                raise PullError(str(e)) from None
         summary.snapshot = snapshot
         summary.files_scanned = len(entries)
         summary.files = sum(1 for e in entries if e.kind == "f")
@@ -815,10 +890,12 @@ async def pull(
         run.damaged.extend(refused)  # entries whose names or metadata failed authentication: not written
         try:
             await run.run(entries)
+            if options.delete and not single_file:
+                await _mirror(reactor, pool, run, dest, entries)
         finally:
             pool.stop()
             dest.close()
-        summary.warnings.extend(run.errors)
+        summary.warnings.extend(from_text(text) for text in run.damaged + run.errors)
         summary.files_damaged = len(run.damaged)
         summary.bytes_sent = peer.bytes_sent - sent0
         summary.bytes_received = peer.bytes_received - received0
@@ -827,6 +904,17 @@ async def pull(
             summary.files_skipped = max(summary.files_skipped, len(run.errors))
             raise PullIncomplete(summary, run.errors, run.damaged)
         return summary
+
+
+async def _mirror(reactor: Any, pool: ThreadPool, run: _PullRun, dest: SafeDest, entries: list[Entry]) -> None:
+    """--delete: remove what the snapshot lacks, unless something failed to restore (its old copy stays)."""
+    if run.errors or run.damaged:
+        run._error(f"{dest.root}: nothing deleted (--delete): the pull is incomplete")
+        return
+    removed, problems = await deferToThreadPool(reactor, pool, delete_extraneous, dest, entries)
+    run.summary.deleted = len(removed)
+    for problem in problems:
+        run._error(problem)
 
 
 def _raise_open_files_limit(wanted: int = 8192) -> None:

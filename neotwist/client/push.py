@@ -23,7 +23,6 @@ cost no read. A push that ran without the cache simply runs again.
 
 from __future__ import annotations
 
-import mmap
 import os
 import stat
 import threading
@@ -41,8 +40,11 @@ from neotwist.chunking import Chunker
 from neotwist.client.encryption import Crypt, KeySource, open_for_push, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
+from neotwist.client.metadata import Capture
 from neotwist.client.pins import TargetPin
+from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
 from neotwist.client.progress import Progress
+from neotwist.client.reading import cut_fd
 from neotwist.client.scan import ScanRecord, ScanStats, scan
 from neotwist.codec import PLAIN, ChunkCodec
 from neotwist.wire import limits
@@ -125,11 +127,13 @@ class PushSummary:
     retried_without_cache: bool = False  # the commit asked for chunks; the push ran again (see files_reread)
     files_reread: int = 0  # files the cache vouched for that were read again: the server lacked a chunk of theirs
     encrypted: bool = False
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # what was not stored (or only in part), and why
+    warnings_count: int = 0
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
-        out["warnings"] = len(self.warnings)
+        del out["warnings_count"]  # it is the ``warnings`` key
+        out.update(problems_json(self.warnings, self.warnings_count))
         out["elapsed_s"] = round(self.elapsed_s, 3)
         return out
 
@@ -143,7 +147,8 @@ class _Hashed:
     offsets: list[tuple[int, int]] = field(default_factory=list)
     data: bytes | None = None  # the whole file, when small
     stable: bool = True  # unchanged while read: safe to cache
-    error: str | None = None
+    error: str | None = None  # why it is not stored
+    warning: str | None = None  # stored, but with this caveat
     entries: list[Entry] = field(default_factory=list)  # its entry records (built in the worker)
 
 
@@ -169,15 +174,16 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return comp
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    """Up to ``size`` bytes (one read for nearly every file); a file that grew is marked unstable later."""
-    data = os.read(fd, size)
+def _read_all(fd: int, size: int, offset: int = 0) -> bytes:
+    """Up to ``size`` bytes from ``offset`` (one read for nearly every file); a file that grew is marked
+    unstable later."""
+    data = os.pread(fd, size, offset)
     if len(data) >= size or not data:
         return data
     parts = [data]
     got = len(data)
     while got < size:
-        block = os.read(fd, size - got)
+        block = os.pread(fd, size - got, offset + got)
         if not block:
             break
         parts.append(block)
@@ -185,61 +191,63 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
+READ_ATTEMPTS = 3
+"""Times a file that changes while it is read is read; after that it is stored as last read, with a warning."""
+
+
 def _hash_file(root: str, rec: ScanRecord, params: ChunkerParams, id_key: bytes | None = None) -> _Hashed:
-    out = _Hashed(rec)
+    """Read and cut one file, again (up to READ_ATTEMPTS times) if it changed meanwhile. Never maps it: a file
+    truncated or failing with EIO while read is a warning naming it, not a SIGBUS."""
     path = os.path.join(root, rec.path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
-        out.error = f"cannot read {path}: {e.strerror}"
-        return out
+        return _Hashed(rec, error=f"not stored: cannot open it ({e.strerror})")
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            out.error = f"{path} is no longer a regular file"
-            return out
-        chunker = _chunker(params, id_key)
-        ids: list[bytes] = []
-        offsets = out.offsets
-        if st.st_size <= KEEP_BYTES:
-            data = _read_all(fd, st.st_size)
-            if data:
-                for piece, _view in chunker.cut_bytes(data):
-                    ids.append(piece.id)
-                    offsets.append((piece.offset, piece.length))
-            out.data = data
-            size = len(data)
-        else:
-            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
-                view = memoryview(mm)
-                try:
-                    for piece, chunk in chunker.cut_bytes(view):
-                        ids.append(piece.id)
-                        offsets.append((piece.offset, piece.length))
-                        del chunk
-                finally:
-                    view.release()
-                size = len(mm)
-        after = os.fstat(fd)
-        out.stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-        ) and size == st.st_size
-        out.ids = b"".join(ids)
-        # The entry describes what was read: its size is the sum of its chunks, its times those seen at open.
-        out.rec = ScanRecord(
-            rec.path, "f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, size, st.st_ino, st.st_ctime_ns
-        )
+        for _attempt in range(READ_ATTEMPTS):
+            out = _hash_once(fd, rec, params, id_key)
+            if out.error is not None or out.stable:
+                return out
+        out.warning = f"changed while it was read ({READ_ATTEMPTS} times); stored as last read"
         return out
     except OSError as e:
-        out.error = f"cannot read {path}: {e.strerror}"
-        return out
-    except ValueError:  # mmap of a file truncated to nothing since fstat
-        out.error = f"{path} was truncated while it was read; skipped"
-        return out
+        return _Hashed(rec, error=f"not stored: cannot read it ({e.strerror})")
     finally:
         os.close(fd)
+
+
+def _hash_once(fd: int, rec: ScanRecord, params: ChunkerParams, id_key: bytes | None) -> _Hashed:
+    out = _Hashed(rec)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        out.error = "not stored: it is no longer a regular file"
+        return out
+    chunker = _chunker(params, id_key)
+    offsets = out.offsets
+    if st.st_size <= KEEP_BYTES:
+        ids: list[bytes] = []
+        data = _read_all(fd, st.st_size, 0)
+        if data:
+            for piece, _view in chunker.cut_bytes(data):
+                ids.append(piece.id)
+                offsets.append((piece.offset, piece.length))
+        out.data = data
+        size = len(data)
+    else:
+        cut = cut_fd(chunker, fd, st.st_size, st.st_blocks)
+        ids, out.offsets, size = cut.ids, cut.offsets, cut.size
+    after = os.fstat(fd)
+    out.stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    ) and size == st.st_size
+    out.ids = b"".join(ids)
+    # The entry describes what was read: its size is the sum of its chunks, its times those seen at open.
+    out.rec = ScanRecord(
+        rec.path, "f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, size, st.st_ino, st.st_ctime_ns, "", rec.extra
+    )
+    return out
 
 
 EntryMaker = Callable[[ScanRecord, bytes], list[Entry]]
@@ -263,34 +271,43 @@ _Ready = tuple[bytes, int, int, bytes, int]
 """A chunk ready to put: (id, codec, size as sent, payload, raw size)."""
 
 
-def _compress_job(root: str, sources: list[_Source], level: int, crypt: Crypt | None = None) -> list[_Ready]:
+def _compress_job(
+    root: str, sources: list[_Source], level: int, crypt: Crypt | None = None
+) -> tuple[list[_Ready], dict[str, str]]:
     """Read (re-verifying re-read data against its id), compress (and seal, for an encrypted target) and
-    return the chunks of ``sources``."""
+    return the chunks of ``sources``, and the files that could not give theirs (changed since they were cut, or
+    unreadable now) with the reason: their entries are withheld, the rest of the push goes on."""
     comp = _compressor(level)
     chunk_codec = PLAIN if crypt is None else ChunkCodec(crypt.sealer)
     out: list[_Ready] = []
+    failed: dict[str, str] = {}
     fds: dict[str, int] = {}
     try:
         for cid, path, data, offset, length in sources:
             if data is not None:
                 raw = data[offset : offset + length]
             else:
-                fd = fds.get(path)
-                if fd is None:
-                    fd = fds[path] = os.open(
-                        os.path.join(root, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                    )
-                raw = os.pread(fd, length, offset)
+                if path in failed:
+                    continue
+                try:
+                    fd = fds.get(path)
+                    if fd is None:
+                        fd = fds[path] = os.open(
+                            os.path.join(root, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                        )
+                    raw = _read_all(fd, length, offset)
+                except OSError as e:
+                    failed[path] = f"cannot read it again ({e.strerror})"
+                    continue
                 if len(raw) != length or not chunk_codec.matches(raw, cid):
-                    raise PushError(f"{os.path.join(root, path)} changed while it was pushed; push again")
+                    failed[path] = "changed while it was pushed"
+                    continue
             codec, size, payload = chunk_codec.encode(cid, raw, comp)
             out.append((cid, codec, size, payload, length))
-    except OSError as e:
-        raise PushError(f"cannot re-read {e.filename or 'a file'}: {e.strerror}; push again") from None
     finally:
         for fd in fds.values():
             os.close(fd)
-    return out
+    return out, failed
 
 
 @dataclass(slots=True)
@@ -317,9 +334,10 @@ class _Scanner:
         make_entries: EntryMaker,
         verify: bool = False,
     ) -> None:
-        self._it: Iterator[ScanRecord] = scan(root, options.filter, stats)
-        self._make_entries = make_entries
         self._cache = options.cache if use_cache else None
+        known = self._cache.lookup_extra if self._cache is not None else None
+        self._it: Iterator[ScanRecord] = scan(root, options.filter, stats, capture=Capture(known))
+        self._make_entries = make_entries
         self._remember = options.cache  # remembered into even when not consulted, to rebuild it
         self._verify = verify  # cache hits go to batch.vouched, to be asked about before they are trusted
 
@@ -344,7 +362,7 @@ class _Scanner:
                     changed_bytes += rec.size
                 else:
                     if remember is not None:
-                        remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
+                        remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids, rec.extra)
                     if self._verify:
                         batch.vouched.append((rec, ids, make_entries(rec, ids)))
                     else:
@@ -386,7 +404,8 @@ def _encrypted_entries(crypt: Crypt) -> EntryMaker:
     encrypt = crypt.tree.encrypt_entries
 
     def make(rec: ScanRecord, ids: bytes) -> list[Entry]:
-        return encrypt(rec.path, rec.kind, rec.mode, rec.mtime_ns, rec.size, ids, rec.link)  # type: ignore[arg-type]
+        kind = "f" if rec.kind == "s" else rec.kind
+        return encrypt(rec.path, kind, rec.mode, rec.mtime_ns, rec.size, ids, rec.link, rec.extra)  # type: ignore[arg-type]
 
     return make
 
@@ -394,14 +413,16 @@ def _encrypted_entries(crypt: Crypt) -> EntryMaker:
 def _entries_for(rec: ScanRecord, ids: bytes) -> list[Entry]:
     """The entry records of one item (a file with many chunks continues over several records)."""
     if rec.kind != "f":
-        return [Entry(rec.path, rec.kind, rec.mode, rec.mtime_ns, rec.size, b"", rec.link)]  # type: ignore[arg-type]
+        kind = "f" if rec.kind == "s" else rec.kind  # a FIFO or device: an empty file and its extra record
+        return [Entry(rec.path, kind, rec.mode, rec.mtime_ns, rec.size, b"", rec.link, rec.extra)]  # type: ignore[arg-type]
     step = limits.MAX_FILE_CHUNK_IDS * ID
     if len(ids) <= step:
-        return [Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, ids)]
+        return [Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, ids, "", rec.extra)]
     out = []
     for start in range(0, len(ids), step):
         part = ids[start : start + step]
-        out.append(Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, part, more=start + step < len(ids)))
+        meta = rec.extra if not start else b""
+        out.append(Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, part, "", meta, more=start + step < len(ids)))
     return out
 
 
@@ -444,6 +465,8 @@ class _PushRun:
         self.entries: list[Entry] = []
         self.stats = ScanStats()
         self.progress = options.progress
+        self.retry: list[ScanRecord] = []  # files that changed while pushed, to be read again
+        self.attempts: dict[str, int] = {}
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
@@ -476,6 +499,8 @@ class _PushRun:
                 raise PushError(f"{self.root} does not exist") from e
             except OSError as e:
                 raise PushError(f"cannot read {self.root}: {e.strerror}") from e
+            for problem in self.stats.take():
+                self._report(problem)
             if not batch.items:
                 slots.release()
                 break
@@ -487,11 +512,13 @@ class _PushRun:
         await DeferredList(running)
         if failure:
             raise failure[0]
+        while self.retry:
+            again, self.retry = self.retry, []
+            await self._batch(_Batch(changed=again))
         self._flush_entries(force=True)
         await peer.drain()
         self.summary.files_skipped += self.stats.skipped
         self.summary.files_filtered += self.stats.filtered
-        self.summary.warnings.extend(self.stats.warnings)
         reply = await peer.request(Commit(rid=0, handle=self.handle))
         if not isinstance(reply, Committed):
             raise PushError(f"the server answered commit with {type(reply).__name__}")
@@ -576,38 +603,77 @@ class _PushRun:
         summary.files += batch.cached_files
         entries = self.entries
         entries.extend(batch.ready)
-        cache = self.cache
         seen = self.seen
         sources: list[_Source] = []
         progress = self.progress
         changed_bytes = 0
+        held: dict[str, _Hashed] = {}  # re-read from disk to be sent: their entries wait until their chunks are
         for files in results:
             for h in files:
+                rec = h.rec
                 if h.error is not None:
                     summary.files_skipped += 1
                     summary.files_scanned -= 1
-                    self._warn(h.error)
+                    self._warn(rec.path, h.error)
                     continue
-                rec = h.rec
-                ids = h.ids
-                summary.files += 1
-                summary.files_changed += 1
-                summary.bytes_read += rec.size
+                if h.warning is not None:
+                    self._warn(rec.path, h.warning)
                 changed_bytes += rec.size
+                ids = h.ids
                 data = h.data
+                n_sources = len(sources)
                 for i, (offset, length) in enumerate(h.offsets):
                     cid = ids[i * ID : (i + 1) * ID]
                     if cid not in seen:
                         seen.add(cid)
                         sources.append((cid, rec.path, data, offset, length))
-                if cache is not None and h.stable:
-                    cache.remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
-                entries.extend(h.entries)
+                if data is None and len(sources) > n_sources:
+                    held[rec.path] = h
+                else:
+                    self._accept(h)
         if progress is not None:
             progress.files(batch.items)
             progress.bytes(batch.cached_bytes + changed_bytes)
         await self.peer.drain()
         self._flush_entries()
+        failed: dict[str, str] = {}
+        try:
+            await self._send(sources, failed)
+        finally:
+            self._release(held, failed)
+
+    def _accept(self, h: _Hashed) -> None:
+        """A read file goes into the snapshot (and the files cache, when it was stable while read)."""
+        rec = h.rec
+        summary = self.summary
+        summary.files += 1
+        summary.files_changed += 1
+        summary.bytes_read += rec.size
+        if self.cache is not None and h.stable:
+            self.cache.remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, h.ids, rec.extra)
+        self.entries.extend(h.entries)
+
+    def _release(self, held: dict[str, _Hashed], failed: dict[str, str]) -> None:
+        """Entries of files whose chunks were all sent go in; a file that changed since it was cut is read
+        again in a later round (up to READ_ATTEMPTS), then named as not stored."""
+        for path, h in held.items():
+            why = failed.get(path)
+            if why is None:
+                self._accept(h)
+                continue
+            tries = self.attempts[path] = self.attempts.get(path, 0) + 1
+            if tries < READ_ATTEMPTS:
+                self.retry.append(h.rec)
+            else:
+                self.summary.files_skipped += 1
+                self.summary.files_scanned -= 1
+                self._warn(path, f"not stored: {why} ({tries} times); earlier snapshots keep its earlier version")
+        self._flush_entries()
+
+    async def _send(self, sources: list[_Source], failed: dict[str, str]) -> None:
+        """Ask which of ``sources`` the server lacks and put those; files that could not give their chunks are
+        added to ``failed``."""
+        summary = self.summary
         if not sources:
             return
 
@@ -633,24 +699,35 @@ class _PushRun:
         pending = [self._thread(_compress_job, self.root, job, level, self.crypt) for job in jobs2]
         peer = self.peer
         handle = self.handle
-        for d in pending:
+        for job, d in zip(jobs2, pending, strict=True):
             try:
-                ready = await d
+                ready, bad = await d
             except Exception:
                 for other in pending:
                     other.addErrback(lambda _f: None)
                 raise
+            if bad:
+                failed.update(bad)
+                sent = {r[0] for r in ready}
+                for src in job:
+                    if src[0] not in sent:
+                        self.seen.discard(src[0])  # not sent: whoever needs it again must send it
             for cid, codec, size, payload, raw_size in ready:
                 await peer.drain()
                 peer.post(Put(rid=0, handle=handle, id=cid, codec=codec, size=size, data=payload))
                 summary.chunks_sent += 1
                 summary.chunk_bytes_sent += raw_size
 
-    def _warn(self, text: str) -> None:
-        if len(self.summary.warnings) < 1000:
-            self.summary.warnings.append(text)
+    def _warn(self, rel: str, reason: str) -> None:
+        self._report(Problem(shown(os.path.join(self.root, rel)), reason))
+
+    def _report(self, problem: Problem) -> None:
+        summary = self.summary
+        summary.warnings_count += 1
+        if len(summary.warnings) < MAX_KEPT:
+            summary.warnings.append(problem)
         if self.options.warn is not None:
-            self.options.warn(text)
+            self.options.warn(str(problem))
 
 
 async def push(
@@ -715,7 +792,8 @@ async def push(
             try:
                 options.cache.save()
             except OSError as e:
-                summary.warnings.append(f"cannot save the files cache: {e}")
+                summary.warnings.append(Problem(str(options.cache.path), f"cannot save the files cache: {e}"))
+                summary.warnings_count += 1
         summary.snapshot = committed.snapshot
         summary.new_chunks = committed.new_chunks
         summary.new_bytes = committed.new_bytes

@@ -9,8 +9,11 @@ two seals, so that an entry whose attributes were tampered with can still be nam
     meta  = version u8 = 1 | u16 length of the name seal | name seal | attribute seal
     name seal      = AES-256-SIV(meta key, name | NUL padding to 16 bytes,
                                  ad = ["neophytos/v1/name", encrypted path])
-    attribute seal = AES-256-SIV(meta key, u32 length | msgpack [mode, mtime_ns, size, link, path] | NUL padding
-                                 to 16 bytes, ad = ["neophytos/v1/meta", encrypted path, kind, chunk ids])
+    attribute seal = AES-256-SIV(meta key, u32 length | msgpack [mode, mtime_ns, size, link, path, extra] | NUL
+                                 padding to 16 bytes, ad = ["neophytos/v1/meta", encrypted path, kind, chunk ids])
+
+``extra`` (owner, xattrs, hard link, special file: neotwist.client.metadata) was added later as a sixth element:
+records without it read as having none, and readers that predate it ignore it.
 
 The sealing is deterministic on purpose: an unchanged file seals to the same bytes, so the server's commit sees
 an unchanged entry and adds no version (the server learns nothing more: it sees anyway which entries a snapshot
@@ -49,6 +52,17 @@ class EntryMeta(msgspec.Struct, array_like=True, frozen=True):
     size: Annotated[int, msgspec.Meta(ge=0)]
     link: str = ""
     path: str = ""
+    extra: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_META)] = b""
+
+
+class _EntryMetaV1(msgspec.Struct, array_like=True, frozen=True):
+    """EntryMeta as it was before ``extra``: what an entry without one is sealed as (same bytes as before)."""
+
+    mode: int
+    mtime_ns: int
+    size: int
+    link: str = ""
+    path: str = ""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -68,7 +82,10 @@ class MetaSealer:
     def seal(self, enc_path: str, kind: str, chunks: bytes, name: str, meta: EntryMeta) -> bytes:
         path = enc_path.encode()
         name_seal = self._siv.encrypt(_pad(name.encode("utf-8")), [_NAME_AD, path])
-        body = _encoder.encode(meta)
+        if meta.extra:
+            body = _encoder.encode(meta)
+        else:
+            body = _encoder.encode(_EntryMetaV1(meta.mode, meta.mtime_ns, meta.size, meta.link, meta.path))
         attrs = self._siv.encrypt(_pad(_U32.pack(len(body)) + body), [_META_AD, path, kind.encode(), chunks])
         sealed = bytes([META_VERSION]) + _U16.pack(len(name_seal)) + name_seal + attrs
         if len(sealed) > limits.MAX_META:

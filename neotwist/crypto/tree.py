@@ -70,7 +70,7 @@ class TreeCipher:
     # --- push ------------------------------------------------------------------------------------------
 
     def encrypt_entries(
-        self, path: str, kind: EntryKind, mode: int, mtime_ns: int, size: int, ids: bytes, link: str
+        self, path: str, kind: EntryKind, mode: int, mtime_ns: int, size: int, ids: bytes, link: str, extra: bytes = b""
     ) -> list[Entry]:
         """The records of one item at plaintext ``path`` (relative to the handle root): encrypted path, blank
         visible fields, sealed name and metadata; a file with many chunks continues over several records."""
@@ -80,7 +80,9 @@ class TreeCipher:
             rel_enc = full_enc[len(self.root_enc) + 1 :] if self.root_enc else full_enc
         else:
             full, full_enc, rel_enc = self.root, self.root_enc, ""
-        meta = EntryMeta(mode=mode, mtime_ns=mtime_ns, size=size, link=link, path=self.root if not path else "")
+        meta = EntryMeta(
+            mode=mode, mtime_ns=mtime_ns, size=size, link=link, path=self.root if not path else "", extra=extra
+        )
         sealed = self.meta.seal(full_enc, kind, ids, full.rpartition("/")[2], meta)
         step = limits.MAX_FILE_CHUNK_IDS * limits.ID_SIZE
         if len(ids) <= step:
@@ -107,7 +109,7 @@ class TreeCipher:
         if self.paths.encrypt_path(join(self.root, plain) if plain else self.root) != full:
             raise AuthenticationFailed("its encrypted path is not this one's")
         meta = self.meta.open(full, e.kind, e.chunks, e.meta)
-        return Entry(plain, e.kind, meta.mode, meta.mtime_ns, meta.size, e.chunks, meta.link)
+        return Entry(plain, e.kind, meta.mode, meta.mtime_ns, meta.size, e.chunks, meta.link, meta.extra)
 
     def decrypt_listing(self, entries: list[Entry]) -> Decrypted:
         """Decrypt ``entries`` (continuations joined, in listing order: parents before children). An entry that
@@ -164,7 +166,9 @@ class TreeCipher:
             if plain is None:
                 out.errors.append(f"{shown}: its directory could not be named; skipped")
                 continue
-            out.entries.append(Entry(plain, e.kind, meta.mode, meta.mtime_ns, meta.size, e.chunks, meta.link))
+            out.entries.append(
+                Entry(plain, e.kind, meta.mode, meta.mtime_ns, meta.size, e.chunks, meta.link, meta.extra)
+            )
             out.remote[plain] = rel
         return out
 
