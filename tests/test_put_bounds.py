@@ -51,13 +51,13 @@ def test_a_put_of_a_stored_chunk_is_not_decompressed(kit: Kit, monkeypatch: pyte
     alice.post(PushEntries(rid=0, handle=h, entries=[root, z]))
     committed(alice.call(Commit(rid=0, handle=h)))
     verified: list[bytes] = []
-    verify = target_module.verify_chunk
+    verify = target_module.verify_upload
 
     def counted(chunk_id: bytes, *args: Any, **kwargs: Any) -> None:
         verified.append(chunk_id)
         verify(chunk_id, *args, **kwargs)
 
-    monkeypatch.setattr(target_module, "verify_chunk", counted)
+    monkeypatch.setattr(target_module, "verify_upload", counted)
     h = begin(alice)
     for _ in range(50):
         alice.post(Put(rid=0, handle=h, id=cid, codec=CODEC_ZSTD, size=SIZE, data=frame))
