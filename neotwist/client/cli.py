@@ -32,6 +32,7 @@ from neotwist.client.clibase import (
     add_key_options,
     add_output_options,
     connect_options,
+    entry_point,
     human_size,
     key_source,
     open_session,
@@ -385,14 +386,8 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
     return react(parser.prog, lambda reactor: _run(reactor, direction, args, local, remote_text))
 
 
-def push_main() -> None:
-    """Entry point of neo-push."""
-    sys.exit(main("push"))
-
-
-def pull_main() -> None:
-    """Entry point of neo-pull."""
-    sys.exit(main("pull"))
+push_main = entry_point("neo-push", lambda: main("push"))
+pull_main = entry_point("neo-pull", lambda: main("pull"))
 
 
 __all__ = ["build_parser", "main", "pull_main", "push_main"]

@@ -28,6 +28,7 @@ from neotwist.client.clibase import (
     add_key_options,
     add_output_options,
     connect_options,
+    entry_point,
     human_size,
     key_source,
     open_session,
@@ -659,15 +660,8 @@ def _ids(ids: Sequence[int]) -> str:
     return ", ".join(str(i) for i in ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
 
 
-def _entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[], None]:
-    def run() -> None:
-        sys.exit(main(None))
-
-    return run
-
-
-ls = _entry(ls_main)
-prune = _entry(prune_main)
-check = _entry(check_main)
+ls = entry_point("neo-ls", lambda: ls_main(None))
+prune = entry_point("neo-prune", lambda: prune_main(None))
+check = entry_point("neo-check", lambda: check_main(None))
 
 __all__ = ["EXIT_USAGE", "check", "check_main", "ls", "ls_main", "prune", "prune_main"]

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from neotwist.client.clibase import entry_point
 from neotwist.client.pins import PinFileError
 from neotwist.crypto import CryptoError, KeyFileError, WrongPassphrase, keyfile
 
@@ -312,6 +313,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def main_entry() -> None:
-    """Entry point of neo-key."""
-    sys.exit(main())
+main_entry = entry_point("neo-key", main)

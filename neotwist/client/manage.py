@@ -28,6 +28,7 @@ from neotwist.client.clibase import (
     add_output_options,
     confirm,
     connect_options,
+    entry_point,
     open_session,
     react,
     start_logging,
@@ -410,9 +411,5 @@ def target_main(argv: Sequence[str] | None = None) -> int:
     return _run("neo-target", args, remote, options, job)
 
 
-def share_entry() -> None:
-    sys.exit(share_main())
-
-
-def target_entry() -> None:
-    sys.exit(target_main())
+share_entry = entry_point("neo-share", share_main)
+target_entry = entry_point("neo-target", target_main)

@@ -43,6 +43,7 @@ from neotwist.client.localfs import SafeDest, TempFile, UnsafePath
 from neotwist.client.pins import TargetPin
 from neotwist.client.progress import Progress
 from neotwist.client.timespec import AtTime
+from neotwist.client.workers import WorkerPool
 from neotwist.crypto import AuthenticationFailed
 from neotwist.crypto.chunks import ChunkSealer
 from neotwist.wire import limits
@@ -842,7 +843,7 @@ async def pull(
         except OSError as e:
             raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
         _raise_open_files_limit()
-        pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
+        pool = WorkerPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
         pool.start()
         content = Content(crypt.sealer) if crypt is not None else PLAIN
         params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)

