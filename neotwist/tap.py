@@ -11,12 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
 from neotwist.server import hostkeys
 from neotwist.server.accounts import BCRYPT_ROUNDS, AccountStore, fingerprint
+from neotwist.server.listen import Listener
 from neotwist.server.ssh import make_ssh_factory
 from neotwist.server.tls import make_tls_factory
 
@@ -171,23 +172,15 @@ def makeService(options: Options) -> service.MultiService:
         host_key = hostkeys.load_or_create_host_key(data)
         peer_factory: Any = functools.partial(make_server_peer, services)
         ssh_factory: Any = make_ssh_factory(host_key, accounts, peer_factory, reactor, throttle=throttle)
-        strports.service(options["ssh_endpoint"], ssh_factory).setServiceParent(top)
-        log.info(
-            "SSH on {endpoint}, host key {fingerprint}",
-            endpoint=options["ssh_endpoint"],
-            fingerprint=fingerprint(host_key),
-        )
+        Listener(reactor, options["ssh_endpoint"], ssh_factory, "SSH", "--ssh",
+                 f"host key {fingerprint(host_key)}").setServiceParent(top)  # fmt: skip
 
     if options["tls_endpoint"] is not None:
         cert_path, key_path = hostkeys.load_or_create_tls(data)
         tls_peer_factory: Any = functools.partial(make_server_peer, services, None)
         tls_factory = make_tls_factory(cert_path, key_path, tls_peer_factory, reactor)
-        strports.service(options["tls_endpoint"], tls_factory).setServiceParent(top)
-        log.info(
-            "TLS on {endpoint}, certificate SHA-256 {fingerprint}",
-            endpoint=options["tls_endpoint"],
-            fingerprint=hostkeys.tls_fingerprint(cert_path),
-        )
+        Listener(reactor, options["tls_endpoint"], tls_factory, "TLS", "--tls",
+                 f"certificate SHA-256 {hostkeys.tls_fingerprint(cert_path)}").setServiceParent(top)  # fmt: skip
 
     if not accounts.list():
         log.info(

@@ -8,9 +8,11 @@ traceback, and a push that committed still says so.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -138,3 +140,59 @@ def test_ctrl_c_while_starting_up_prints_one_line(tmp_path: Path) -> None:
         _out, err = _ends_within(proc, 10)
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
         assert proc.returncode in (130, 1), (delay, proc.returncode, err)  # 1: it failed to connect first
+
+
+def _closed_stdout() -> int:
+    """The write end of a pipe whose reader is already gone: writing to it fails with EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    return write_end
+
+
+def test_closed_stdout_never_shows_a_traceback(server: RunningServer, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2000):
+        (src / f"file-{i:04}").write_text(str(i))
+    base = [str(BIN / "neo-push"), "-i", str(server.key), "--known-hosts", str(server.known_hosts)]
+    stdout = _closed_stdout()
+    try:
+        pushed = subprocess.run(
+            [*base, "--accept-new-host-key", "--json", str(src), server.remote("t")],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, env=server.env(), timeout=120,
+        )  # fmt: skip
+        # the push committed: it says so, and exits 0 (not 130, not a traceback)
+        assert pushed.returncode == 0, pushed.stderr
+        assert "Traceback" not in pushed.stderr and "snapshot 1 committed" in pushed.stderr, pushed.stderr
+        ls = [str(BIN / "neo-ls"), "-i", str(server.key), "--known-hosts", str(server.known_hosts)]
+        for args in (["--json", f"ssh://alice@127.0.0.1:{server.ssh_port}"], ["-R", server.remote("t")]):
+            listed = subprocess.run([*ls, *args], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                    env=server.env(), timeout=120)  # fmt: skip
+            assert listed.returncode == 1, (args, listed.returncode, listed.stderr)
+            assert listed.stderr == "", (args, listed.stderr)
+    finally:
+        os.close(stdout)
+
+
+def test_twistd_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [str(BIN / "twistd"), "-n", "--pidfile", "", "neophytos", "--data", str(tmp_path / "data"),
+             "--ssh", f"tcp:{port}:interface=127.0.0.1", "--tls", "none"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+    output = r.stdout + r.stderr
+    assert r.returncode != 0, output
+    assert "Traceback" not in output and "CannotListenError" not in output, output
+    assert f"cannot listen for SSH on tcp:{port}:interface=127.0.0.1: Address already in use" in output, output
+    assert "--ssh" in output
+    assert "SSH listening" not in output and "] SSH on" not in output, output  # nothing claimed it served
+
+
+def test_twistd_logs_the_port_once_it_listens(server: RunningServer) -> None:
+    log = server.log_text()
+    assert f"SSH listening on 127.0.0.1:{server.ssh_port}" in log, log
+    assert f"TLS listening on 127.0.0.1:{server.tls_port}" in log, log

@@ -37,6 +37,7 @@ from neotwist.client.clibase import (
     key_source,
     open_session,
     react,
+    silence_broken_stdout,
     start_logging,
     target_pin,
 )
@@ -350,11 +351,18 @@ async def _run(
             pass
     if summary is not None:
         summary.elapsed_s = time.monotonic() - started
-        if args.json:
-            sys.stdout.write(msgspec.json.encode(summary.as_json()).decode() + "\n")
-        elif not args.quiet:
-            text = _human(direction, summary, getattr(args, "delete", False))
-            (sys.stderr if code else sys.stdout).write(text + "\n")
+        out = sys.stderr if code and not args.json else sys.stdout
+        try:
+            if args.json:
+                out.write(msgspec.json.encode(summary.as_json()).decode() + "\n")
+            elif not args.quiet:
+                out.write(_human(direction, summary, getattr(args, "delete", False)) + "\n")
+            out.flush()
+        except BrokenPipeError:  # the reader went away (| true): the work is done all the same, say so
+            silence_broken_stdout()
+            done = "committed" if direction == "push" else "pulled"
+            sys.stderr.write(f"neo-{direction}: snapshot {summary.snapshot} {done}; the summary could not be "
+                             "written (standard output was closed)\n")  # fmt: skip
     return code
 
 
