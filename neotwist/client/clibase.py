@@ -79,10 +79,11 @@ async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> An
     EXIT_AUTH for host keys and refused credentials, EXIT_FAILED for everything else."""
     from neotwist.client.connect import ConnectError, connect
     from neotwist.client.knownhosts import HostKeyError
+    from neotwist.client.remote import AccessRefused
 
     try:
         return await connect(reactor, remote, options)
-    except HostKeyError as e:
+    except (HostKeyError, AccessRefused) as e:
         sys.stderr.write(f"{prog}: {e}\n")
         return EXIT_AUTH
     except ConnectError as e:

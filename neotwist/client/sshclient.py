@@ -11,6 +11,7 @@ that (TCP, host key, authentication, subsystem refused) errbacks with a one-line
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -96,13 +97,24 @@ class _Attempt:
         if not self.ready.called:
             self.ready.callback(None)
 
-    def connection_lost(self, reason: Failure) -> None:
+    def connection_lost(self, reason: Failure, first_bytes: bytes = b"", got_version: bool = True) -> None:
+        """``first_bytes``: what the server sent first; ``got_version``: whether it said it speaks SSH."""
         self.lost_reason = reason
         if not self.ready.called:
-            error = self.error or ConnectError(
-                f"connection to {self.remote.address} closed during SSH setup: {reason.getErrorMessage()}"
-            )
+            error = self.error or self._setup_error(reason, first_bytes, got_version)
             self.ready.errback(error)
+
+    def _setup_error(self, reason: Failure, first_bytes: bytes, got_version: bool) -> ConnectError:
+        address = self.remote.address
+        tls = dataclasses.replace(self.remote, scheme="tls").display()
+        if not got_version and first_bytes[:1] in (b"\x15", b"\x16") and first_bytes[1:2] == b"\x03":
+            return ConnectError(f"{address} speaks TLS, not SSH: use {tls} (the TLS port is 4323 by default)")
+        if not got_version:
+            return ConnectError(
+                f"{address} closed the connection without saying SSH: it is not an SSH server (if it is a "
+                f"Neophytos TLS port, use {tls})"
+            )
+        return ConnectError(f"connection to {address} closed during SSH setup: {reason.getErrorMessage()}")
 
     def lose_peer(self, reason: Failure) -> None:
         """Tell the Peer its stream ended, once (conch may report a close twice: twisted#3007)."""
@@ -368,6 +380,7 @@ class _ClientTransport(transport.SSHClientTransport):
         self._attempt = attempt
         self._options = options
         self._auth: _UserAuth | None = None
+        self._first_bytes = b""  # what the server sent first: says which protocol a port speaks
         preferred = [t for t in pinned_types if t in _HOST_KEY_ALGORITHMS] or list(_PREFERRED_HOST_KEYS)
         algorithms: list[bytes] = []
         for key_type in preferred:
@@ -413,6 +426,9 @@ class _ClientTransport(transport.SSHClientTransport):
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         if reason == transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE and not self._attempt.authenticated:
             self._auth_failed("")
+        if reason == transport.DISCONNECT_HOST_KEY_NOT_VERIFIABLE:
+            # conch puts the verification Failure, traceback and local paths included, in the reason it sends
+            desc = b"host key not accepted"
         super().sendDisconnect(reason, desc)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
@@ -424,10 +440,15 @@ class _ClientTransport(transport.SSHClientTransport):
             self._attempt.fail(ConnectError(f"{address} closed the SSH connection: {text}"))
         super().receiveError(reasonCode, description)
 
+    def dataReceived(self, data: bytes) -> None:
+        if len(self._first_bytes) < 8:
+            self._first_bytes += data[: 8 - len(self._first_bytes)]
+        super().dataReceived(data)
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._attempt.lost_reason = reason
         super().connectionLost(reason)
-        self._attempt.connection_lost(reason or Failure(ConnectionDone()))
+        self._attempt.connection_lost(reason or Failure(ConnectionDone()), self._first_bytes, self.gotVersion)
         self._attempt.lose_peer(reason or Failure(ConnectionDone()))
 
 
