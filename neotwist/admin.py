@@ -262,6 +262,7 @@ def init(data: Path, args: argparse.Namespace) -> None:
         "password": password,
         "ssh_host_key": fingerprint(host_key),
         "tls_certificate_sha256": hostkeys.tls_fingerprint(cert),
+        "tls_public_key": hostkeys.tls_public_key_fingerprint(cert),
         "remote": remote,
     }
     if args.json:
@@ -269,7 +270,7 @@ def init(data: Path, args: argparse.Namespace) -> None:
         return
     print(f"data directory   {data}")
     print(f"SSH host key     {report['ssh_host_key']}")
-    print(f"TLS certificate  SHA-256 {report['tls_certificate_sha256']}")
+    print(f"TLS public key   {report['tls_public_key']}   (what tls:// clients pin and show)")
     if password is not None:
         print(f"account          {account}   password {password}   (shown only now; stored as a bcrypt hash)")
         print("try, in another terminal:")

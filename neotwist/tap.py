@@ -180,7 +180,7 @@ def makeService(options: Options) -> service.MultiService:
         tls_peer_factory: Any = functools.partial(make_server_peer, services, None)
         tls_factory = make_tls_factory(cert_path, key_path, tls_peer_factory, reactor)
         Listener(reactor, options["tls_endpoint"], tls_factory, "TLS", "--tls",
-                 f"certificate SHA-256 {hostkeys.tls_fingerprint(cert_path)}").setServiceParent(top)  # fmt: skip
+                 f"public key {hostkeys.tls_public_key_fingerprint(cert_path)}").setServiceParent(top)  # fmt: skip
 
     if not accounts.list():
         log.info(

@@ -5,13 +5,14 @@ other protocol named as such.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from support import RunningServer
+from support import BIN, RunningServer
 
 if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
     pytest.skip("OpenSSH client not installed", allow_module_level=True)
@@ -74,3 +75,18 @@ def test_the_wrong_transport_for_a_port_is_named(server: RunningServer) -> None:
     tls_to_ssh = server.cli("neo-ls", f"tls://alice@127.0.0.1:{server.ssh_port}")
     assert tls_to_ssh.returncode == 1, tls_to_ssh.stderr
     assert f"speaks SSH, not TLS: use ssh://alice@127.0.0.1:{server.ssh_port}/" in tls_to_ssh.stderr
+
+
+def test_tls_fingerprint_reads_the_same_on_both_sides(server: RunningServer) -> None:
+    init = subprocess.run([str(BIN / "neo-admin"), "--data", str(server.data), "init", "--json"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    shown = json.loads(init.stdout)["tls_public_key"]
+    assert shown.startswith("SHA256:"), shown
+    human = subprocess.run([str(BIN / "neo-admin"), "--data", str(server.data), "init"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert shown in human.stdout, human.stdout
+    assert shown in server.log_text()  # twistd logs it when TLS listens
+    unknown = server.cli("neo-ls", server.remote("", scheme="tls").rstrip("/"))
+    assert unknown.returncode == 3, unknown.stderr
+    assert f"({shown})" in unknown.stderr, (shown, unknown.stderr)  # what the client asks the user to trust
