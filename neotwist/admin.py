@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import msgspec
 from twisted.python.usage import UsageError
 
+from neotwist.display import write_json
 from neotwist.server.accounts import BCRYPT_ROUNDS, Account, AccountError, AccountStore, Grant, parse_public_key
 from neotwist.server.repository import CheckReport, Repository, Target
 from neotwist.server.repository.index import connect_read_only
@@ -231,7 +231,7 @@ def _key_lines(path: Path) -> list[bytes]:
 
 
 def _print_json(value: object) -> None:
-    sys.stdout.write(msgspec.json.encode(value).decode("utf-8") + "\n")
+    write_json(value)
 
 
 def init(data: Path, args: argparse.Namespace) -> None:

@@ -1,7 +1,8 @@
 """The console scripts' entry points: each loads its command's module under a SIGINT handler that ends the
 process with one line and exit code 130, so that Ctrl-C while the (many) modules load never shows a
 KeyboardInterrupt traceback. Once loaded, the command handles interruption itself (see
-:func:`neotwist.client.clibase.entry_point`); this module imports nothing else for that reason.
+:func:`neotwist.client.clibase.entry_point`); this module imports nothing else for that reason. Standard
+output and error are then guarded against terminal controls in names (:mod:`neotwist.display`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def _load(prog: str, module: str, name: str) -> Callable[[], None]:
 
     signal.signal(signal.SIGINT, interrupted)
     main: Callable[[], None] = getattr(importlib.import_module(module), name)
+    from neotwist.display import guard_output
+
+    guard_output()  # names and messages from others never drive the terminal
     signal.signal(signal.SIGINT, signal.default_int_handler)
     return main
 

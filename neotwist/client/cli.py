@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
-
 from neotwist.client.clibase import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -45,6 +43,7 @@ from neotwist.client.filters import Filter, FilterError, write_sample
 from neotwist.client.progress import Progress
 from neotwist.client.remote import UsageError, parse_remote
 from neotwist.client.timespec import TimeSpecError, parse_at
+from neotwist.display import write_json
 from neotwist.runtime import tune_threads
 
 Direction = Literal["push", "pull"]
@@ -354,7 +353,7 @@ async def _run(
         out = sys.stderr if code and not args.json else sys.stdout
         try:
             if args.json:
-                out.write(msgspec.json.encode(summary.as_json()).decode() + "\n")
+                write_json(summary.as_json())
             elif not args.quiet:
                 out.write(_human(direction, summary, getattr(args, "delete", False)) + "\n")
             out.flush()

@@ -50,6 +50,7 @@ from neotwist.client.pins import PinFileError
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_at, parse_duration
 from neotwist.crypto import CryptoError, WrongPassphrase
+from neotwist.display import shown, write_json
 from neotwist.wire.messages import GetUsage, Opened, UsageInfo
 from neotwist.wire.peer import Peer
 
@@ -225,7 +226,7 @@ def _run(
 
 
 def _print_json(document: Any) -> None:
-    sys.stdout.write(msgspec.json.encode(document).decode() + "\n")
+    write_json(document)
 
 
 def _parse(parser: Parser, argv: Sequence[str] | None, need_target: bool = True) -> tuple[argparse.Namespace, Remote]:
@@ -353,7 +354,8 @@ def _show_targets(args: argparse.Namespace, targets: list[Any]) -> int:
     elif not args.quiet:
         rows = [["TARGET", "SNAPSHOTS", "LATEST", "FILES", "STORED"]] + [
             [
-                t.name + (" (encrypted)" if t.encrypted else "") + (f" ({t.right}, of {t.owner})" if t.owner else ""),
+                shown(t.name) + (" (encrypted)" if t.encrypted else "")
+                + (f" ({t.right}, of {shown(t.owner)})" if t.owner else ""),
                 str(t.snapshots),
                 format_time(t.latest_time) if t.latest_time is not None else "-",
                 str(t.files),
@@ -399,7 +401,8 @@ def _show_usage(args: argparse.Namespace, info: Any) -> int:
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     rows = [["TARGET", "STORED", "FILE VERSIONS", "DIR VERSIONS"]] + [
-        [t.name, human_size(t.stored_bytes), str(t.file_versions), str(t.dir_versions)] for t in info.targets
+        [shown(t.name), human_size(t.stored_bytes), str(t.file_versions), str(t.dir_versions)]
+        for t in info.targets
     ]
     if info.targets:
         sys.stdout.write(_table(rows, right=(1, 2, 3)))
@@ -465,11 +468,11 @@ def _show_entries(args: argparse.Namespace, remote: Remote, snapshot: int, entri
         for e in entries:
             if e.path == "" and e.kind == "d":
                 continue  # the listed directory itself
-            name = e.path or remote.path.rsplit("/", 1)[-1]
+            name = shown(e.path or remote.path.rsplit("/", 1)[-1])
             if e.kind == "d":
                 name += "/"
             elif e.kind == "l":
-                name += f" -> {e.link}"
+                name += f" -> {shown(e.link)}"
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime_ns / 1e9))
             rows.append([_mode_text(e.kind, e.mode), str(e.size) if e.kind == "f" else "-", stamp, name])
         sys.stdout.write(f"snapshot {snapshot}\n" + _table(rows, right=(1,)))
@@ -524,7 +527,7 @@ def _show_deleted(args: argparse.Namespace, remote: Remote, records: list[Any]) 
     elif not args.quiet:
         rows = [["PATH", "SIZE", "DELETED", "RESTORE FROM"]] + [
             [
-                d.path + ("/" if d.kind == "d" else ""),
+                shown(d.path) + ("/" if d.kind == "d" else ""),
                 str(d.size) if d.kind == "f" else "-",
                 f"{format_time(d.deleted_time)} (snapshot {d.deleted_in})",
                 f"--snapshot {d.last_snapshot}",
@@ -637,7 +640,7 @@ def check_main(argv: Sequence[str] | None = None) -> int:
         else:
             out = sys.stdout if report.ok else sys.stderr
             for f in report.files:
-                out.write(f"damaged: {f.path} in snapshot(s) {_ids(f.snapshots)}: {f.why}\n")
+                out.write(f"damaged: {shown(f.path)} in snapshot(s) {_ids(f.snapshots)}: {f.why}\n")
             for problem in report.problems:
                 out.write(f"problem: {problem}\n")
             if report.truncated:

@@ -17,11 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from neotwist.client.clibase import entry_point
 from neotwist.client.pins import PinFileError
 from neotwist.crypto import CryptoError, KeyFileError, WrongPassphrase, keyfile
+from neotwist.display import write_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
 
@@ -295,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def out(info: dict[str, Any], text: str) -> None:
         if args.json:
-            sys.stdout.write(msgspec.json.encode(info).decode() + "\n")
+            write_json(info)
         else:
             sys.stdout.write(text + "\n")
 

@@ -18,8 +18,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from neotwist.client.clibase import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -35,6 +33,7 @@ from neotwist.client.clibase import (
 )
 from neotwist.client.pins import PinFileError, TargetPin
 from neotwist.client.remote import Remote, UsageError, parse_remote
+from neotwist.display import shown, write_json
 from neotwist.server.rights import RIGHTS_TEXT
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import (
@@ -214,7 +213,7 @@ def _key_lines(files: list[Path]) -> list[str]:
 
 
 def _print_json(value: object) -> None:
-    sys.stdout.write(msgspec.json.encode(value).decode("utf-8") + "\n")
+    write_json(value)
 
 
 Job = Callable[[Peer], Awaitable[Any]]
@@ -327,9 +326,9 @@ def _share_request(args: argparse.Namespace, remote: Remote) -> tuple[Any, Calla
         name = args.as_name or where.target
         grant = GrantAccess(rid=0, grantee=args.to, target=where.target, path=where.path, right=args.right,
                             name=args.as_name)  # fmt: skip
-        shown = where.target + (f"/{where.path}" if where.path else "")
+        place = where.target + (f"/{where.path}" if where.path else "")
         return grant, ok(
-            f"{args.to} has {args.right} on {shown} as {name!r}",
+            f"{args.to} has {args.right} on {place} as {name!r}",
             action="grant", grantee=args.to, target=where.target, path=where.path, right=args.right, name=name,
         )  # fmt: skip
     if args.group == "revoke":
@@ -357,10 +356,10 @@ def _share_request(args: argparse.Namespace, remote: Remote) -> tuple[Any, Calla
             _print_json({"sub_accounts": subs, "grants": grants})
             return
         for s in shares.sub_accounts:
-            print(f"sub-account  {s.name}\tpassword={'yes' if s.has_password else 'no'}\tkeys={s.keys}")
+            print(f"sub-account  {shown(s.name)}\tpassword={'yes' if s.has_password else 'no'}\tkeys={s.keys}")
         for g in shares.grants:
-            where = f"{g.owner}/{g.target}" + (f"/{g.path}" if g.path else "")
-            print(f"grant        {g.grantee} has {g.right} on {where} as {g.name!r}")
+            where = shown(f"{g.owner}/{g.target}" + (f"/{g.path}" if g.path else ""))
+            print(f"grant        {shown(g.grantee)} has {g.right} on {where} as '{shown(g.name)}'")
         if not shares.sub_accounts and not shares.grants:
             print("no sub-accounts and no grants")
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from neotwist.display import raw_stderr
+
 
 class Progress:
     """Two counters (items, bytes); a no-op unless enabled and stderr is a terminal."""
 
     def __init__(self, enabled: bool, verb: str, *, count_files: bool = True) -> None:
         self.enabled = enabled and sys.stderr.isatty()
+        stream = raw_stderr()  # the bars' own CRs and escapes must get through
         self._files: Any = None
         self._bytes: Any = None
         if self.enabled:
@@ -22,14 +25,14 @@ class Progress:
 
             if count_files:
                 self._files = tqdm(
-                    desc=f"{verb} files", unit=" files", file=sys.stderr, position=0, mininterval=0.2
+                    desc=f"{verb} files", unit=" files", file=stream, position=0, mininterval=0.2
                 )
             self._bytes = tqdm(
                 desc=f"{verb} bytes",
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
-                file=sys.stderr,
+                file=stream,
                 position=1 if count_files else 0,
                 mininterval=0.2,
             )
