@@ -20,6 +20,7 @@ from typing import NoReturn
 
 from twisted.python.usage import UsageError
 
+from neotwist import __version__
 from neotwist.display import write_json
 from neotwist.server.accounts import BCRYPT_ROUNDS, Account, AccountError, AccountStore, Grant, parse_public_key
 from neotwist.server.repository import CheckReport, Repository, Target
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "See docs/admin.md for the operator's guide.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s (Neophytos) {__version__}")
     parser.add_argument(
         "--data",
         default=DEFAULT_DATA,

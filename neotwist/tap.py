@@ -77,6 +77,13 @@ class Options(usage.Options):
             raise usage.UsageError("--bcrypt-rounds must be between 4 and 31")
         self["bcrypt_rounds"] = rounds
 
+    def opt_version(self) -> None:
+        """Print the Neophytos version and exit (``twistd --version`` prints Twisted's)."""
+        from neotwist import __version__
+
+        print(f"twistd neophytos (Neophytos) {__version__}")
+        raise SystemExit(0)
+
     def getUsage(self, width: int | None = None) -> str:
         text: str = super().getUsage(width)
         return "\n".join(line for line in text.splitlines() if "bcrypt-rounds" not in line) + "\n"

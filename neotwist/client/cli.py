@@ -29,6 +29,7 @@ from neotwist.client.clibase import (
     add_connection_options,
     add_key_options,
     add_output_options,
+    add_version,
     connect_options,
     entry_point,
     human_size,
@@ -112,6 +113,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("args", nargs="*", metavar="ARG", help=argparse.SUPPRESS)
+    add_version(p)
     add_connection_options(p)
     add_output_options(p)
     work = p.add_argument_group(direction)
@@ -146,8 +148,10 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
         # Accepted so one filter invocation works both ways; a pull takes what the snapshot holds.
         work.add_argument("--filter-file", metavar="FILE", help=argparse.SUPPRESS)
         work.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=argparse.SUPPRESS)
+    # filters are push's: neo-pull accepts the flag (one invocation works both ways) but does not list it
     work.add_argument("--make-sample-filter-file", action="store_true",
-                      help="write filter.example (both rule forms) in the current directory and exit")
+                      help="write filter.example (both rule forms) in the current directory and exit"
+                      if direction == "push" else argparse.SUPPRESS)  # fmt: skip
     work.add_argument("--workers", type=int, default=3, metavar="N", help="worker threads (default 3)")
     add_key_options(p, encrypt=direction == "push")  # encryption (issue 6)
     legacy = p.add_argument_group("original client's options")
@@ -157,10 +161,11 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     legacy.add_argument("--port", type=int, help="server port, with --host")
     legacy.add_argument("--password", "--authcode", dest="password", metavar="SECRET",
                         help="password (others can see it: prefer --password-stdin, NEO_PASSWORD)")
+    # each program lists only its own direction; the other is accepted, as the original client's was
     legacy.add_argument("--push", dest="direction", action="store_const", const="push",
-                        help="push (the default of neo-push)")
+                        help="push (the default)" if direction == "push" else argparse.SUPPRESS)
     legacy.add_argument("--pull", dest="direction", action="store_const", const="pull",
-                        help="pull (the default of neo-pull)")
+                        help="pull (the default)" if direction == "pull" else argparse.SUPPRESS)
     return p
 
 

@@ -30,6 +30,13 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def add_version(p: argparse.ArgumentParser) -> None:
+    """``--version``: the program and the Neophytos version."""
+    from neotwist import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s (Neophytos) {__version__}")
+
+
 def add_connection_options(p: argparse.ArgumentParser) -> None:
     auth = p.add_argument_group("connection and authentication")
     auth.add_argument("-i", "--identity", action="append", default=[], metavar="FILE",

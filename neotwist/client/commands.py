@@ -27,6 +27,7 @@ from neotwist.client.clibase import (
     add_connection_options,
     add_key_options,
     add_output_options,
+    add_version,
     connect_options,
     entry_point,
     human_size,
@@ -108,6 +109,7 @@ def _parser(prog: str, usage: str, description: str, epilog: str, *, progress: b
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("remote", metavar="REMOTE", help=argparse.SUPPRESS)
+    add_version(p)
     add_connection_options(p)
     add_output_options(p, progress=progress)
     return p

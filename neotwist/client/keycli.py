@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from neotwist.client.clibase import entry_point
+from neotwist.client.clibase import add_version, entry_point
 from neotwist.client.pins import PinFileError
 from neotwist.crypto import CryptoError, KeyFileError, WrongPassphrase, keyfile
 from neotwist.display import write_json
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def common(q: argparse.ArgumentParser, passphrase: bool = True) -> None:

@@ -24,6 +24,7 @@ from neotwist.client.clibase import (
     Parser,
     add_connection_options,
     add_output_options,
+    add_version,
     confirm,
     connect_options,
     entry_point,
@@ -105,6 +106,7 @@ def share_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_options(p)
+    add_version(p)
     p.add_argument("remote", metavar="REMOTE")
     groups = p.add_subparsers(dest="group", metavar="{subaccount,grant,revoke,list}", required=True,
                               parser_class=Parser)  # fmt: skip
@@ -156,6 +158,7 @@ def target_parser() -> argparse.ArgumentParser:
         epilog=_TARGET_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(p)
     p.add_argument("command", choices=["remove"], help="remove: delete a target with all its snapshots and data")
     p.add_argument("remote", metavar="REMOTE")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)")
