@@ -25,12 +25,14 @@ from neotwist.client.clibase import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    REPOSITORY_ENV,
     Parser,
     add_connection_options,
     add_key_options,
     add_output_options,
     add_version,
     connect_options,
+    default_remote,
     entry_point,
     human_size,
     key_source,
@@ -183,11 +185,14 @@ def _split_args(args: argparse.Namespace, program: Direction) -> tuple[str, str]
     elif args.port:
         raise UsageError("--port goes with --host; in REMOTE write HOST:PORT")
     if local is None and remote is None:
-        if len(positional) != 2:
-            raise UsageError(
-                "expected LOCAL_DIR REMOTE" if program == "push" else "expected REMOTE LOCAL_DIR"
-            )
-        remote, local = (positional[1], positional[0]) if program == "push" else positional
+        env = default_remote()
+        if len(positional) == 1 and env is not None:
+            local, remote = positional[0], env  # LOCAL_DIR alone: the remote of NEO_REPOSITORY
+        elif len(positional) != 2:
+            form = "LOCAL_DIR REMOTE" if program == "push" else "REMOTE LOCAL_DIR"
+            raise UsageError(f"expected {form} (or LOCAL_DIR alone, with {REPOSITORY_ENV} set to the remote)")
+        else:
+            remote, local = (positional[1], positional[0]) if program == "push" else positional
     elif local is None or remote is None:
         if len(positional) != 1:
             raise UsageError("give LOCAL_DIR (or --lpath) and REMOTE (or --host and --rpath)")

@@ -14,17 +14,27 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
+
+from neotwist.client.remote import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 REMOTE_FORM = "[ssh://|tls://][USER@]HOST[:PORT]/TARGET[/SUBPATH] (ssh port 4322, tls port 4323)"
 
+REPOSITORY_ENV = "NEO_REPOSITORY"
+"""The remote a command uses when none is given (as restic's RESTIC_REPOSITORY)."""
+
+
+def default_remote() -> str | None:
+    """The remote of ``NEO_REPOSITORY``, or None when it is unset or empty."""
+    return os.environ.get(REPOSITORY_ENV) or None
+
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors exit with EXIT_USAGE (argparse's own 2, made explicit)."""
 
-    def error(self, message: str) -> Any:
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
@@ -43,6 +53,11 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
                       help="SSH private key to offer (repeatable; default: the agent and ~/.ssh/id_*)")
     auth.add_argument("--password-stdin", action="store_true",
                       help="read the password from the first line of standard input")
+    auth.add_argument("--password-file", type=Path, metavar="FILE",
+                      help="read the password from the first line of FILE (also NEO_PASSWORD_FILE)")
+    auth.add_argument("--password-command", metavar="CMD",
+                      help="run CMD (no shell) when the server asks for a password; its first output line is the "
+                      "password, e.g. 'pass show backup/nas' (also NEO_PASSWORD_COMMAND)")  # fmt: skip
     auth.add_argument("--known-hosts", type=Path, metavar="FILE", help="SSH known-hosts file")
     auth.add_argument("--accept-new-host-key", action="store_true",
                       help="trust and record a host key seen for the first time (never a changed one)")
@@ -100,18 +115,99 @@ async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> An
         return EXIT_AUTH if any(why in text for why in auth) else EXIT_FAILED
 
 
+def _first_line(text: str) -> str:
+    return text.split("\n", 1)[0].rstrip("\r")
+
+
+def _secret_file(path: Path, option: str) -> str:
+    """The first line of ``path`` (read now: a missing file is a usage error, before any connection)."""
+    try:
+        return _first_line(path.expanduser().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise SecretUnavailable(f"cannot read the {option} file {path}: {why}") from None
+
+
+def _secret_command(command: str, option: str) -> Callable[[], str | None]:
+    """A getter that runs ``command`` (split like a shell would, run without one) when first called and returns
+    the first line of its output; on failure it says why on stderr and returns None (the caller then reports
+    the missing secret)."""
+    import shlex
+
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise SecretUnavailable(f"bad {option} {command!r}: {e}") from None
+    if not argv:
+        raise SecretUnavailable(f"{option} is empty")
+
+    def run() -> str | None:
+        import subprocess
+
+        try:
+            # its stderr is ours: what it says (or asks, on the terminal) reaches the user
+            done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            sys.stderr.write(f"{option} {argv[0]!r} could not run: {e}\n")
+            return None
+        if done.returncode != 0:
+            sys.stderr.write(f"{option} {argv[0]!r} failed with status {done.returncode}\n")
+            return None
+        return _first_line(done.stdout)
+
+    return run
+
+
+class SecretUnavailable(UsageError):
+    """A password or passphrase source that was asked for cannot be used (unreadable file, bad command)."""
+
+
+def _once(get: Callable[[], str | None]) -> Callable[[], str | None]:
+    got: list[str | None] = []
+
+    def once() -> str | None:
+        if not got:
+            got.append(get())
+        return got[0]
+
+    return once
+
+
+def _configured_secret(args: argparse.Namespace, what: str, env: str) -> Callable[[], str | None] | None:
+    """The getter of ``--WHAT-file`` / ``--WHAT-command`` / ``NEO_WHAT`` / ``NEO_WHAT_FILE`` /
+    ``NEO_WHAT_COMMAND``, in that order (flags before the environment), or None if none is set."""
+    path = getattr(args, f"{what}_file", None)
+    if path is not None:
+        line = _secret_file(path, f"--{what}-file")
+        return lambda: line
+    command = getattr(args, f"{what}_command", None)
+    if command is not None:
+        return _once(_secret_command(command, f"--{what}-command"))
+    value = os.environ.get(env)
+    if value is not None:
+        return lambda: value
+    if os.environ.get(f"{env}_FILE"):
+        line = _secret_file(Path(os.environ[f"{env}_FILE"]), f"{env}_FILE")
+        return lambda: line
+    if os.environ.get(f"{env}_COMMAND"):
+        return _once(_secret_command(os.environ[f"{env}_COMMAND"], f"{env}_COMMAND"))
+    return None
+
+
 def password_source(args: argparse.Namespace) -> Callable[[], str | None]:
     """The password getter ConnectOptions calls at most once, only when the server asks: ``--password``,
-    ``--password-stdin``, ``NEO_PASSWORD``, else a prompt on a terminal."""
+    ``--password-stdin``, ``--password-file``, ``--password-command``, ``NEO_PASSWORD``,
+    ``NEO_PASSWORD_FILE``, ``NEO_PASSWORD_COMMAND``, else a prompt on a terminal. Raises
+    :class:`SecretUnavailable` for a file that cannot be read or a command that cannot be split."""
     given: str | None = getattr(args, "password", None)
     if given is not None:
         return lambda: given
     if args.password_stdin:
         line = sys.stdin.readline().rstrip("\r\n")
         return lambda: line
-    env = os.environ.get("NEO_PASSWORD")
-    if env is not None:
-        return lambda: env
+    configured = _configured_secret(args, "password", "NEO_PASSWORD")
+    if configured is not None:
+        return configured
 
     def prompt() -> str | None:
         if not sys.stdin.isatty():
@@ -139,6 +235,11 @@ def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> Non
     crypt.add_argument("--passphrase-stdin", action="store_true",
                        help="read the key's passphrase from standard input (the line after the password when "
                        "--password-stdin is given too); NEO_PASSPHRASE works as well")  # fmt: skip
+    crypt.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                       help="read the key's passphrase from the first line of FILE (also NEO_PASSPHRASE_FILE)")
+    crypt.add_argument("--passphrase-command", metavar="CMD",
+                       help="run CMD (no shell) when the key's passphrase is needed; its first output line is the "
+                       "passphrase (also NEO_PASSPHRASE_COMMAND)")  # fmt: skip
     crypt.add_argument("--require-encryption", action="store_true",
                        help="refuse a target the server says is not encrypted (exit 3). A target this client has "
                        "seen encrypted is pinned and always checked so; this covers a first contact" + (
@@ -150,14 +251,15 @@ def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> Non
 
 def passphrase_source(args: argparse.Namespace) -> Callable[[str], str | None]:
     """The key's passphrase getter, called at most once, only when an encrypted target is met:
-    ``--passphrase-stdin``, ``NEO_PASSPHRASE``, else a prompt on a terminal. Call it after
+    ``--passphrase-stdin``, ``--passphrase-file``, ``--passphrase-command``, ``NEO_PASSPHRASE``,
+    ``NEO_PASSPHRASE_FILE``, ``NEO_PASSPHRASE_COMMAND``, else a prompt on a terminal. Call it after
     :func:`password_source`: with both ``-stdin`` flags the password is line 1 and the passphrase line 2."""
     if getattr(args, "passphrase_stdin", False):
         line = sys.stdin.readline().rstrip("\r\n")
         return lambda _path: line
-    env = os.environ.get("NEO_PASSPHRASE")
-    if env is not None:
-        return lambda _path: env
+    configured = _configured_secret(args, "passphrase", "NEO_PASSPHRASE")
+    if configured is not None:
+        return lambda _path: configured()
 
     def prompt(path: str) -> str | None:
         if not sys.stdin.isatty():

@@ -23,12 +23,14 @@ from neotwist.client.clibase import (
     EXIT_OK,
     EXIT_USAGE,
     REMOTE_FORM,
+    REPOSITORY_ENV,
     Parser,
     add_connection_options,
     add_key_options,
     add_output_options,
     add_version,
     connect_options,
+    default_remote,
     entry_point,
     human_size,
     key_source,
@@ -108,7 +110,7 @@ def _parser(prog: str, usage: str, description: str, epilog: str, *, progress: b
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("remote", metavar="REMOTE", help=argparse.SUPPRESS)
+    p.add_argument("remote", metavar="REMOTE", nargs="?", help=argparse.SUPPRESS)  # default: NEO_REPOSITORY
     add_version(p)
     add_connection_options(p)
     add_output_options(p, progress=progress)
@@ -233,8 +235,11 @@ def _print_json(document: Any) -> None:
 
 def _parse(parser: Parser, argv: Sequence[str] | None, need_target: bool = True) -> tuple[argparse.Namespace, Remote]:
     args = parser.parse_args(argv)
+    text = args.remote or default_remote()
+    if text is None:
+        parser.error(f"give REMOTE (or set {REPOSITORY_ENV})")
     try:
-        remote = parse_remote(args.remote, need_target=need_target)
+        remote = parse_remote(text, need_target=need_target)
     except UsageError as e:
         parser.error(str(e))
     return args, remote
