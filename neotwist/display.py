@@ -86,13 +86,17 @@ def guard_output() -> None:
 def write_json(value: Any) -> None:
     """Print ``value`` as one line of JSON on standard output, past the guard: JSON escapes what it must, and
     the exact names are the point of ``--json``."""
-    import sys
-
     import msgspec
 
+    raw_stdout().write(msgspec.json.encode(value).decode("utf-8") + "\n")
+
+
+def raw_stdout() -> Any:
+    """Standard output without the guard: for JSON."""
+    import sys
+
     stream = sys.stdout
-    raw = stream.raw if isinstance(stream, SafeText) else stream
-    raw.write(msgspec.json.encode(value).decode("utf-8") + "\n")
+    return stream.raw if isinstance(stream, SafeText) else stream
 
 
 def raw_stderr() -> Any:

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from twisted.internet.task import LoopingCall
+
 from neotwist.client.clibase import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -34,7 +36,6 @@ from neotwist.client.clibase import (
     connect_options,
     default_remote,
     entry_point,
-    human_size,
     key_source,
     open_session,
     react,
@@ -43,11 +44,12 @@ from neotwist.client.clibase import (
     target_pin,
 )
 from neotwist.client.filters import Filter, FilterError, write_sample
-from neotwist.client.progress import Progress
+from neotwist.client.progress import STATUS_INTERVAL, Progress
 from neotwist.client.remote import UsageError, parse_remote
 from neotwist.client.timespec import TimeSpecError, parse_at
-from neotwist.display import write_json
+from neotwist.display import raw_stdout, write_json
 from neotwist.runtime import tune_threads
+from neotwist.sizes import human_size
 
 Direction = Literal["push", "pull"]
 
@@ -117,7 +119,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="ARG", help=argparse.SUPPRESS)
     add_version(p)
     add_connection_options(p)
-    add_output_options(p)
+    add_output_options(p, json_progress=True)
     work = p.add_argument_group(direction)
     if direction == "push":
         work.add_argument("--filter-file", metavar="FILE", help="filter rules (--make-sample-filter-file)")
@@ -243,7 +245,7 @@ async def _run(
     from neotwist.wire.errors import ErrorCode, NeoError
 
     remote = parse_remote(remote_text)
-    quiet = args.quiet or args.json
+    quiet = args.quiet or args.json or args.json_progress
     show_progress = (not quiet) if args.progress is None else args.progress
 
     def warn(text: str) -> None:
@@ -267,7 +269,12 @@ async def _run(
     session = await open_session(reactor, f"neo-{direction}", remote, options)
     if isinstance(session, int):
         return session
-    progress = Progress(show_progress, "pushed" if direction == "push" else "pulled")
+    progress = Progress(show_progress, "pushed" if direction == "push" else "pulled", action=direction,
+                        json_stream=raw_stdout() if args.json_progress else None)  # fmt: skip
+    ticker = LoopingCall(progress.emit)
+    if args.json_progress:
+        ticker.clock = reactor
+        ticker.start(STATUS_INTERVAL, now=True)
     code = EXIT_OK
     summary: Any = None
     try:
@@ -353,6 +360,8 @@ async def _run(
         sys.stderr.write(f"neo-{direction}: {e}\n")
         code = EXIT_FAILED
     finally:
+        if ticker.running:
+            ticker.stop()
         progress.close()
         try:
             await session.close()
@@ -360,9 +369,12 @@ async def _run(
             pass
     if summary is not None:
         summary.elapsed_s = time.monotonic() - started
-        out = sys.stderr if code and not args.json else sys.stdout
+        out = sys.stderr if code and not (args.json or args.json_progress) else sys.stdout
         try:
-            if args.json:
+            if args.json_progress:
+                progress.emit()  # the last status: everything done
+                write_json({"message_type": "summary", **summary.as_json()})
+            elif args.json:
                 write_json(summary.as_json())
             elif not args.quiet:
                 out.write(_human(direction, summary, getattr(args, "delete", False)) + "\n")

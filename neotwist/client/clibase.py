@@ -68,9 +68,14 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
     auth.add_argument("--no-agent", action="store_true", help="do not use the SSH agent")  # fmt: skip
 
 
-def add_output_options(p: argparse.ArgumentParser, *, progress: bool = True) -> None:
+def add_output_options(p: argparse.ArgumentParser, *, progress: bool = True, json_progress: bool = False) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    if json_progress:
+        out.add_argument("--json-progress", action="store_true",
+                         help="print JSON lines on stdout: {\"message_type\": \"status\", ...} about once a second "
+                         "while working (done and total files and bytes, percent_done, seconds_remaining), then the "
+                         "--json summary with \"message_type\": \"summary\" (as restic --json does)")  # fmt: skip
     out.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     if progress:
         out.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -312,16 +317,6 @@ def start_logging(debug: bool) -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
 
 
-def human_size(n: int) -> str:
-    """Bytes for people: 512 B, 1.5 KiB, 3.2 GiB."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    return f"{n} B"
-
-
 INTERRUPT_GRACE_S = 3.0
 """Seconds an interrupted run has to unwind (stop its workers, remove what it half-made, say bye) before the
 reactor is stopped under it. A second SIGINT or SIGTERM ends the process at once."""
@@ -385,8 +380,6 @@ class _Runner:
 
     def _failed(self, failure: Any) -> None:
         from twisted.internet.defer import CancelledError
-
-        from neotwist.client.remote import UsageError
 
         if self.state == "interrupted" or failure.check(CancelledError, KeyboardInterrupt):
             self.state = "interrupted"

@@ -32,7 +32,6 @@ from neotwist.client.clibase import (
     connect_options,
     default_remote,
     entry_point,
-    human_size,
     key_source,
     open_session,
     react,
@@ -54,6 +53,7 @@ from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_at, parse_duration
 from neotwist.crypto import CryptoError, WrongPassphrase
 from neotwist.display import shown, write_json
+from neotwist.sizes import human_size
 from neotwist.wire.messages import GetUsage, Opened, UsageInfo
 from neotwist.wire.peer import Peer
 

@@ -599,6 +599,7 @@ class _PullRun:
                     self.summary.files_unchanged += 1
                     if progress is not None:
                         progress.files()
+                        progress.bytes(f.size)  # checked and current: done as much as a written one
                     continue
                 if isinstance(state, str):
                     self.summary.files_skipped += 1
@@ -638,6 +639,7 @@ class _PullRun:
             summary.files_unchanged += 1
             if progress is not None:
                 progress.files()
+                progress.bytes(f.size)
             return
         try:
             await self._fetch_and_write(f)
@@ -838,6 +840,7 @@ async def pull(
         summary.files = sum(1 for e in entries if e.kind == "f")
         if options.progress is not None:
             options.progress.total_files(summary.files)
+            options.progress.total_bytes(sum(e.size for e in entries if e.kind == "f"))
         try:
             dest = SafeDest(local_root)
         except OSError as e:

@@ -661,6 +661,7 @@ async def push(
             params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
             pool = WorkerPool(minthreads=0, maxthreads=max(2, options.workers + 1), name="neo-push")
             pool.start()
+            counting = _count_in_background(reactor, local_root, options)
             try:
                 use_cache = options.cache is not None
                 while True:
@@ -678,6 +679,7 @@ async def push(
                     use_cache = False
                     summary = PushSummary(retried_without_cache=True, encrypted=crypt is not None)
             finally:
+                counting()
                 pool.stop()
             if options.cache is not None:
                 try:
@@ -697,6 +699,42 @@ async def push(
             if await _remove_unborn_target(peer, opened.handle, target) and options.warn is not None:
                 options.warn(f"nothing was committed, so target {target} (new with this push) was removed again")
         raise
+
+
+def _count_in_background(reactor: Any, root: str, options: PushOptions) -> Callable[[], None]:
+    """When progress is shown, walk ``root`` in a thread of its own, as the push's scan will, to give the
+    progress its totals (and so a percentage and an ETA) while the push runs, as restic does. Returns the
+    function that stops the walk (at once: it checks between entries) and its thread."""
+    progress = options.progress
+    if progress is None or not progress.wants_totals:
+        return lambda: None
+    stop = threading.Event()
+
+    def count() -> tuple[int, int] | None:
+        items = size = 0
+        for rec in scan(root, options.filter, ScanStats()):
+            if stop.is_set():
+                return None
+            items += 1
+            size += rec.size
+        return items, size
+
+    def counted(totals: tuple[int, int] | None) -> None:
+        if totals is not None and not stop.is_set():
+            progress.total_files(totals[0])
+            progress.total_bytes(totals[1])
+
+    pool = WorkerPool(minthreads=0, maxthreads=1, name="neo-push-count")
+    pool.start()
+    d = deferToThreadPool(reactor, pool, count)
+    d.addCallback(counted)
+    d.addErrback(lambda f: log.debug("counting the tree for progress: {why}", why=f.getErrorMessage()))
+
+    def finish() -> None:
+        stop.set()
+        pool.stop()
+
+    return finish
 
 
 async def _remove_unborn_target(peer: Peer, handle: int, target: str) -> bool:
