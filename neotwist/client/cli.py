@@ -67,6 +67,9 @@ examples:
       push over TLS with a password from the environment, print a JSON summary
   neo-push --ssh-command 'ssh -J jump' ~/src alice@nas/src
       go through OpenSSH (ssh_config, ProxyJump, agent)
+  export NEO_REPOSITORY=tls://alice@nas/src NEO_PASSWORD_COMMAND='pass show backup/nas'
+  neo-push --json-progress ~/src
+      the remote and the password from the environment; JSON status lines, then the summary
   neo-push --lpath=/mnt/data --rpath=peach --host=myserver --password=secret
       the original client's form (USER defaults to your login name)
   neo-key init && neo-push --encrypt ~/papers alice@nas/papers
@@ -88,6 +91,8 @@ examples:
       restore only the sub-path "2024/report"
   neo-pull --checksum tls://alice@nas/src ~/src
       compare content, not size and mtime, before deciding a file is current
+  NEO_REPOSITORY=alice@nas/photos neo-pull --password-file ~/.neo-pw ~/restore/photos
+      the remote from the environment, the password from the first line of a file
   neo-pull --pull --lpath=/mnt/restore --rpath=peach --host=myserver --password=secret
       the original client's form
   NEO_PASSPHRASE=... neo-pull --key-file ./team.key alice@nas/papers/2024 ./2024
