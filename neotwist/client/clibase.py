@@ -178,9 +178,9 @@ def _once(get: Callable[[], str | None]) -> Callable[[], str | None]:
     return once
 
 
-def _configured_secret(args: argparse.Namespace, what: str, env: str) -> Callable[[], str | None] | None:
-    """The getter of ``--WHAT-file`` / ``--WHAT-command`` / ``NEO_WHAT`` / ``NEO_WHAT_FILE`` /
-    ``NEO_WHAT_COMMAND``, in that order (flags before the environment), or None if none is set."""
+def configured_secret(args: argparse.Namespace | None, what: str, env: str) -> Callable[[], str | None] | None:
+    """The getter of ``--WHAT-file`` / ``--WHAT-command`` (of ``args``; None: no flags) / ``ENV`` /
+    ``ENV_FILE`` / ``ENV_COMMAND``, in that order (flags before the environment), or None if none is set."""
     path = getattr(args, f"{what}_file", None)
     if path is not None:
         line = _secret_file(path, f"--{what}-file")
@@ -210,7 +210,7 @@ def password_source(args: argparse.Namespace) -> Callable[[], str | None]:
     if args.password_stdin:
         line = sys.stdin.readline().rstrip("\r\n")
         return lambda: line
-    configured = _configured_secret(args, "password", "NEO_PASSWORD")
+    configured = configured_secret(args, "password", "NEO_PASSWORD")
     if configured is not None:
         return configured
 
@@ -262,7 +262,7 @@ def passphrase_source(args: argparse.Namespace) -> Callable[[str], str | None]:
     if getattr(args, "passphrase_stdin", False):
         line = sys.stdin.readline().rstrip("\r\n")
         return lambda _path: line
-    configured = _configured_secret(args, "passphrase", "NEO_PASSPHRASE")
+    configured = configured_secret(args, "passphrase", "NEO_PASSPHRASE")
     if configured is not None:
         return lambda _path: configured()
 

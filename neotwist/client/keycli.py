@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from neotwist.client.clibase import add_version, entry_point
+from neotwist.client.clibase import SecretUnavailable, add_version, configured_secret, entry_point
 from neotwist.client.pins import PinFileError
 from neotwist.crypto import CryptoError, KeyFileError, WrongPassphrase, keyfile
 from neotwist.display import write_json
@@ -73,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         if passphrase:
             q.add_argument("--passphrase-stdin", action="store_true",
                            help="read the passphrase from standard input (passwd: old, then new, one per line)")
+            q.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                           help="the passphrase (passwd: the current one) from the first line of FILE (also "
+                           "NEO_PASSPHRASE_FILE; passwd's new one: NEO_NEW_PASSPHRASE_FILE)")
+            q.add_argument("--passphrase-command", metavar="CMD",
+                           help="run CMD (no shell): its first output line is the passphrase (also "
+                           "NEO_PASSPHRASE_COMMAND; passwd's new one: NEO_NEW_PASSPHRASE_COMMAND)")  # fmt: skip
         q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     def kdf(q: argparse.ArgumentParser) -> None:
@@ -132,8 +137,12 @@ def _prompt(question: str, confirm: bool) -> str | None:
 def _passphrase(args: argparse.Namespace, stdin: _Stdin, env: str, question: str, confirm: bool) -> str:
     if args.passphrase_stdin:
         return stdin.line(question.rstrip(": ").lower())
-    given = os.environ.get(env)
-    if given is not None:
+    # the flags name the passphrase the key file has now; passwd's new one comes from NEO_NEW_PASSPHRASE*
+    configured = configured_secret(args if env == "NEO_PASSPHRASE" else None, "passphrase", env)
+    if configured is not None:
+        given = configured()
+        if given is None:
+            raise KeyFileError(f"no passphrase: the command of {env}_COMMAND or --passphrase-command failed")
         return given
     answer = _prompt(question, confirm)
     if answer is None:
@@ -301,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _run(args, out)
-    except _Usage as e:
+    except (_Usage, SecretUnavailable) as e:
         parser.print_usage(sys.stderr)
         sys.stderr.write(f"neo-key: error: {e}\n")
         return EXIT_USAGE
