@@ -392,9 +392,9 @@ class _Runner:
         elif failure.check(SystemExit):
             self.code = int(failure.value.code or 0)
         else:
-            from twisted.logger import Logger
+            from twisted.logger import Logger, LogLevel
 
-            Logger().failure("unexpected error", failure)  # shown with --debug
+            Logger().failure("unexpected error", failure, level=LogLevel.debug)  # the traceback: with --debug
             sys.stderr.write(f"{self.prog}: unexpected error: {failure.getErrorMessage() or failure.type.__name__}"
                              " (run again with --debug for details)\n")  # fmt: skip
             self.code = EXIT_FAILED
