@@ -29,37 +29,20 @@ def _load(prog: str, module: str, name: str) -> Callable[[], None]:
     return main
 
 
-def push() -> None:
-    _load("neo-push", "neotwist.client.cli", "push_main")()
+def _command(prog: str, module: str, name: str) -> Callable[[], None]:
+    def main() -> None:
+        _load(prog, module, name)()
+
+    main.__doc__ = f"Entry point of {prog}."
+    return main
 
 
-def pull() -> None:
-    _load("neo-pull", "neotwist.client.cli", "pull_main")()
-
-
-def admin() -> None:
-    _load("neo-admin", "neotwist.admin", "main")()
-
-
-def ls() -> None:
-    _load("neo-ls", "neotwist.client.commands", "ls")()
-
-
-def prune() -> None:
-    _load("neo-prune", "neotwist.client.commands", "prune")()
-
-
-def check() -> None:
-    _load("neo-check", "neotwist.client.commands", "check")()
-
-
-def share() -> None:
-    _load("neo-share", "neotwist.client.manage", "share_entry")()
-
-
-def target() -> None:
-    _load("neo-target", "neotwist.client.manage", "target_entry")()
-
-
-def key() -> None:
-    _load("neo-key", "neotwist.client.keycli", "main_entry")()
+push = _command("neo-push", "neotwist.client.cli", "push_main")
+pull = _command("neo-pull", "neotwist.client.cli", "pull_main")
+admin = _command("neo-admin", "neotwist.admin", "main")
+ls = _command("neo-ls", "neotwist.client.commands", "ls")
+prune = _command("neo-prune", "neotwist.client.commands", "prune")
+check = _command("neo-check", "neotwist.client.commands", "check")
+share = _command("neo-share", "neotwist.client.manage", "share_entry")
+target = _command("neo-target", "neotwist.client.manage", "target_entry")
+key = _command("neo-key", "neotwist.client.keycli", "main_entry")
