@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -196,3 +197,42 @@ def test_twistd_logs_the_port_once_it_listens(server: RunningServer) -> None:
     log = server.log_text()
     assert f"SSH listening on 127.0.0.1:{server.ssh_port}" in log, log
     assert f"TLS listening on 127.0.0.1:{server.tls_port}" in log, log
+
+
+def test_ctrl_c_at_a_prompt_ends_it_and_keeps_the_terminal(server: RunningServer, tmp_path: Path) -> None:
+    """The trust question is asked on a terminal; Ctrl-C there ends the run (130), echo restored by getpass
+    and input's own cleanup, not left to a second Ctrl-C."""
+    import pty
+
+    argv = [str(BIN / "neo-ls"), "--known-hosts", str(server.known_hosts), server.remote("t", scheme="tls")]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on the pty
+        os.execve(argv[0], argv, server.env())
+    seen = b""
+
+    def read() -> bytes:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        try:
+            return os.read(fd, 4096) if ready else b""
+        except OSError:  # the child is gone
+            return b""
+
+    deadline = time.monotonic() + 60
+    while b"[y/N]" not in seen and time.monotonic() < deadline:
+        seen += read()
+    assert b"[y/N]" in seen, seen
+    os.write(fd, b"\x03")  # Ctrl-C, as the terminal sends it: SIGINT to the foreground process
+    end = time.monotonic() + 10
+    status = None
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        seen += read()
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"still asking 10 s after Ctrl-C: {seen!r}")
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 130, seen
+    assert b"Traceback" not in seen, seen

@@ -12,6 +12,7 @@ import getpass
 import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -217,12 +218,32 @@ def password_source(args: argparse.Namespace) -> Callable[[], str | None]:
     def prompt() -> str | None:
         if not sys.stdin.isatty():
             return None
-        try:
-            return getpass.getpass("Password: ")
-        except (EOFError, KeyboardInterrupt):
-            return None
+        return on_terminal(lambda: getpass.getpass("Password: "))
 
     return prompt
+
+
+def on_terminal(ask: Callable[[], Any]) -> Any:
+    """Run a blocking question on the terminal (a prompt, a getpass) so that Ctrl-C ends it at once: the
+    runner's handler would only note the signal while the read goes on, and a second Ctrl-C would then leave
+    the terminal without echo. Ctrl-C returns None and is passed on to the handler it interrupted (the run
+    then ends as interrupted); so does the end of input."""
+    previous = signal.getsignal(signal.SIGINT)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return ask()
+    except EOFError:
+        return None
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signal.SIGINT, None)
+        return None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 # --- encryption (issue 6) ---
@@ -269,10 +290,7 @@ def passphrase_source(args: argparse.Namespace) -> Callable[[str], str | None]:
     def prompt(path: str) -> str | None:
         if not sys.stdin.isatty():
             return None
-        try:
-            return getpass.getpass(f"Passphrase for {path}: ")
-        except (EOFError, KeyboardInterrupt):
-            return None
+        return on_terminal(lambda: getpass.getpass(f"Passphrase for {path}: "))
 
     return prompt
 
@@ -294,10 +312,8 @@ def target_pin(remote: Any) -> Any:
 def confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         return False
-    try:
-        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
+    answer = on_terminal(lambda: input(f"{question} [y/N] "))
+    return answer is not None and answer.strip().lower() in ("y", "yes")
 
 
 def start_logging(debug: bool) -> None:

@@ -135,8 +135,11 @@ class Progress:
         if self.json_stream is not None:
             import msgspec
 
-            self.json_stream.write(msgspec.json.encode(self.status()).decode() + "\n")
-            self.json_stream.flush()
+            try:
+                self.json_stream.write(msgspec.json.encode(self.status()).decode() + "\n")
+                self.json_stream.flush()
+            except OSError:  # the reader went away (| head): the work goes on, its summary says the rest
+                self.json_stream = None
 
     def close(self) -> None:
         for bar in (self._files, self._bytes):
