@@ -1,6 +1,6 @@
-"""The console scripts' entry points: each loads its command's module under a SIGINT handler that ends the
-process with one line and exit code 130, so that Ctrl-C while the (many) modules load never shows a
-KeyboardInterrupt traceback. Once loaded, the command handles interruption itself (see
+"""The console scripts' entry points: each loads its command's module under a SIGINT and SIGTERM handler
+that ends the process with one line and exit code 130, so that Ctrl-C while the (many) modules load never
+shows a KeyboardInterrupt traceback. Once loaded, the command handles interruption itself (see
 :func:`neotwist.client.clibase.entry_point`); this module imports nothing else for that reason. Standard
 output and error are then guarded against terminal controls in names (:mod:`neotwist.display`).
 """
@@ -21,11 +21,13 @@ def _load(prog: str, module: str, name: str) -> Callable[[], None]:
         os._exit(EXIT_INTERRUPTED)
 
     signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     main: Callable[[], None] = getattr(importlib.import_module(module), name)
     from neotwist.display import guard_output
 
     guard_output()  # names and messages from others never drive the terminal
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return main
 
 
