@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,16 @@ from support import BIN, RunningServer
 
 if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
     pytest.skip("OpenSSH client not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the module's tests (they use targets and files of their own), to keep the suite fast."""
+    running = RunningServer(tmp_path_factory.mktemp("server"))
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def _src(tmp_path: Path) -> Path:
@@ -26,12 +37,13 @@ def _src(tmp_path: Path) -> Path:
 
 
 def test_refused_host_key_sends_no_traceback_to_the_server(server: RunningServer, tmp_path: Path) -> None:
+    before = len(server.log_text())
     r = server.cli("neo-push", str(_src(tmp_path)), server.remote("t"))
     assert r.returncode == 3 and "not known" in r.stderr, r.stderr
     deadline = time.monotonic() + 10
-    while "client disconnected" not in server.log_text() and time.monotonic() < deadline:
+    while "client disconnected" not in server.log_text()[before:] and time.monotonic() < deadline:
         time.sleep(0.05)
-    said = [line for line in server.log_text().splitlines() if "client disconnected" in line]
+    said = [line for line in server.log_text()[before:].splitlines() if "client disconnected" in line]
     assert said, server.log_text()
     assert "host key not accepted" in said[0], said  # not the client's Failure, traceback and source paths
     assert "Traceback" not in said[0] and ".py" not in said[0], said

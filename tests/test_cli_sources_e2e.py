@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,16 @@ if shutil.which("ssh-keygen") is None:
     pytest.skip("OpenSSH client not installed", allow_module_level=True)
 
 PASSPHRASE = "a long passphrase for tests"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the module's tests (they use targets and files of their own), to keep the suite fast."""
+    running = RunningServer(tmp_path_factory.mktemp("server"))
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def _tree(tmp_path: Path) -> Path:
