@@ -82,8 +82,7 @@ def test_ssh_command_refusals_exit_3(server: RunningServer, tmp_path: Path) -> N
 def test_the_wrong_transport_for_a_port_is_named(server: RunningServer) -> None:
     ssh_to_tls = server.cli("neo-ls", f"ssh://alice@127.0.0.1:{server.tls_port}")
     assert ssh_to_tls.returncode == 1, ssh_to_tls.stderr
-    assert "not an SSH server" in ssh_to_tls.stderr, ssh_to_tls.stderr
-    assert f"use tls://alice@127.0.0.1:{server.tls_port}/" in ssh_to_tls.stderr, ssh_to_tls.stderr
+    assert f"speaks TLS, not SSH: use tls://alice@127.0.0.1:{server.tls_port}/" in ssh_to_tls.stderr, ssh_to_tls.stderr
     tls_to_ssh = server.cli("neo-ls", f"tls://alice@127.0.0.1:{server.ssh_port}")
     assert tls_to_ssh.returncode == 1, tls_to_ssh.stderr
     assert f"speaks SSH, not TLS: use ssh://alice@127.0.0.1:{server.ssh_port}/" in tls_to_ssh.stderr

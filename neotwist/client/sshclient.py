@@ -75,6 +75,26 @@ class SSHOptions:
     agent_socket: str | None = None  # None: $SSH_AUTH_SOCK
 
 
+PROBE_TIMEOUT = 3.0
+"""Seconds :func:`speaks_tls` waits for a port to answer a TLS hello."""
+
+
+def speaks_tls(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether ``host:port`` completes a TLS handshake (blocking: run it in a thread). Used only to explain a
+    failed SSH connection; nothing is verified or sent beyond the handshake, and the connection is closed."""
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 class _Attempt:
     """Shared state of one connection attempt: the Deferred open_ssh returns and the reason to report."""
 
@@ -100,21 +120,38 @@ class _Attempt:
     def connection_lost(self, reason: Failure, first_bytes: bytes = b"", got_version: bool = True) -> None:
         """``first_bytes``: what the server sent first; ``got_version``: whether it said it speaks SSH."""
         self.lost_reason = reason
-        if not self.ready.called:
-            error = self.error or self._setup_error(reason, first_bytes, got_version)
-            self.ready.errback(error)
+        if self.ready.called:
+            return
+        if self.error is not None or got_version:
+            self.ready.errback(self.error or self._closed_during_setup(reason))
+        elif first_bytes[:1] in (b"\x15", b"\x16") and first_bytes[1:2] == b"\x03":
+            self.ready.errback(self._speaks_tls())  # a TLS record: an alert or a handshake
+        else:
+            # Closed without a word: an SSH server always greets first, a TLS server waits for a hello it
+            # never got. Ask the port in TLS to say which it is.
+            from twisted.internet.threads import deferToThreadPool
 
-    def _setup_error(self, reason: Failure, first_bytes: bytes, got_version: bool) -> ConnectError:
-        address = self.remote.address
-        tls = dataclasses.replace(self.remote, scheme="tls").display()
-        if not got_version and first_bytes[:1] in (b"\x15", b"\x16") and first_bytes[1:2] == b"\x03":
-            return ConnectError(f"{address} speaks TLS, not SSH: use {tls} (the TLS port is 4323 by default)")
-        if not got_version:
-            return ConnectError(
-                f"{address} closed the connection without saying SSH: it is not an SSH server (if it is a "
-                f"Neophytos TLS port, use {tls})"
-            )
-        return ConnectError(f"connection to {address} closed during SSH setup: {reason.getErrorMessage()}")
+            probe = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), speaks_tls, self.remote.host,
+                                      self.remote.port)  # fmt: skip
+            probe.addErrback(lambda _f: False)
+            probe.addCallback(lambda tls: self.ready.errback(self._speaks_tls() if tls else self._not_ssh()))
+
+    def _tls_form(self) -> str:
+        return dataclasses.replace(self.remote, scheme="tls").display()
+
+    def _speaks_tls(self) -> ConnectError:
+        return ConnectError(
+            f"{self.remote.address} speaks TLS, not SSH: use {self._tls_form()} (the TLS port is 4323 by default)"
+        )
+
+    def _not_ssh(self) -> ConnectError:
+        return ConnectError(f"{self.remote.address} closed the connection before it said SSH: not an SSH server, "
+                            "or one that turned this connection away")  # fmt: skip
+
+    def _closed_during_setup(self, reason: Failure) -> ConnectError:
+        return ConnectError(
+            f"connection to {self.remote.address} closed during SSH setup: {reason.getErrorMessage()}"
+        )
 
     def lose_peer(self, reason: Failure) -> None:
         """Tell the Peer its stream ended, once (conch may report a close twice: twisted#3007)."""
