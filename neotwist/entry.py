@@ -1,7 +1,7 @@
 """The console scripts' entry points: each loads its command's module under a SIGINT and SIGTERM handler
 that ends the process with one line and exit code 130, so that Ctrl-C while the (many) modules load never
 shows a KeyboardInterrupt traceback. Once loaded, the command handles interruption itself (see
-:func:`neotwist.client.clibase.entry_point`); this module imports nothing else for that reason. Standard
+:func:`neotwist.client.runner.entry_point`); this module imports nothing else for that reason. Standard
 output and error are then guarded against terminal controls in names (:mod:`neotwist.display`).
 """
 

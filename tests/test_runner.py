@@ -1,4 +1,4 @@
-"""The command runner (clibase._Runner) on an in-memory clock: outcomes become exit codes and one line each,
+"""The command runner (runner._Runner) on an in-memory clock: outcomes become exit codes and one line each,
 and a signal cancels the running coroutine so that its cleanup runs, with the reactor stopped after a grace
 period whatever the coroutine does."""
 
@@ -11,8 +11,9 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 
-from neotwist.client.clibase import EXIT_FAILED, EXIT_USAGE, INTERRUPT_GRACE_S, _Runner
+from neotwist.client.clibase import EXIT_FAILED, EXIT_USAGE
 from neotwist.client.remote import UsageError
+from neotwist.client.runner import INTERRUPT_GRACE_S, _Runner
 
 
 class FakeReactor(Clock):

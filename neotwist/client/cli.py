@@ -35,17 +35,15 @@ from neotwist.client.clibase import (
     add_version,
     connect_options,
     default_remote,
-    entry_point,
     key_source,
     open_session,
-    react,
-    silence_broken_stdout,
     start_logging,
     target_pin,
 )
 from neotwist.client.filters import Filter, FilterError, write_sample
 from neotwist.client.progress import STATUS_INTERVAL, Progress
 from neotwist.client.remote import UsageError, parse_remote
+from neotwist.client.runner import entry_point, react, silence_broken_stdout
 from neotwist.client.timespec import TimeSpecError, parse_at
 from neotwist.display import raw_stdout, write_json
 from neotwist.runtime import tune_threads

@@ -31,10 +31,8 @@ from neotwist.client.clibase import (
     add_version,
     connect_options,
     default_remote,
-    entry_point,
     key_source,
     open_session,
-    react,
     start_logging,
     target_pin,
 )
@@ -50,6 +48,7 @@ from neotwist.client.encryption import (
 )
 from neotwist.client.pins import PinFileError
 from neotwist.client.remote import Remote, UsageError, parse_remote
+from neotwist.client.runner import entry_point, react
 from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_at, parse_duration
 from neotwist.crypto import CryptoError, WrongPassphrase
 from neotwist.display import shown, write_json

@@ -16,8 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from neotwist.client.clibase import SecretUnavailable, add_version, configured_secret, entry_point
+from neotwist.client.clibase import (
+    add_version,
+)
+from neotwist.client.credentials import SecretUnavailable, configured_secret
 from neotwist.client.pins import PinFileError
+from neotwist.client.runner import entry_point
 from neotwist.crypto import CryptoError, KeyFileError, WrongPassphrase, keyfile
 from neotwist.display import write_json
 

@@ -25,15 +25,14 @@ from neotwist.client.clibase import (
     add_connection_options,
     add_output_options,
     add_version,
-    confirm,
     connect_options,
-    entry_point,
     open_session,
-    react,
     start_logging,
 )
+from neotwist.client.credentials import confirm
 from neotwist.client.pins import PinFileError, TargetPin
 from neotwist.client.remote import Remote, UsageError, parse_remote
+from neotwist.client.runner import entry_point, react
 from neotwist.display import shown, write_json
 from neotwist.server.rights import RIGHTS_TEXT
 from neotwist.wire.errors import ErrorCode, NeoError

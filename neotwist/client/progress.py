@@ -3,7 +3,7 @@
 The pipelines call :meth:`Progress.files` and :meth:`Progress.bytes` from the reactor thread, and the totals
 once known (a pull knows them from the listing; a push from a counting walk that runs beside it, see
 :func:`neotwist.client.push.push`). On a terminal the bars are tqdm's, with sizes in the units of the
-summary (KiB, MiB, GiB: :func:`neotwist.client.clibase.human_size`) and an ETA once the total is known. With
+summary (KiB, MiB, GiB: :func:`neotwist.sizes.human_size`) and an ETA once the total is known. With
 ``--json-progress`` the command writes one JSON object per line on stdout: ``{"message_type": "status", ...}``
 about once a second (:meth:`Progress.status`), then its summary with ``"message_type": "summary"``.
 """
