@@ -3,9 +3,9 @@ repository, also while the server runs.
 
 It works on the same SQLite account store as the server (``DATA/accounts.sqlite``); the server reads it on
 every login and every open, so changes take effect at once. ``target`` and ``account show`` also read the
-repository (``DATA/repo``); ``neo-admin check`` reads it without writing anything. Exit status: 0 done (check:
-nothing damaged), 1 the operation failed or check found damage (one line on stderr says why and what to do),
-2 usage error.
+repository (``DATA/repo``); ``neo-admin check`` reads it without writing anything (``--repair`` writes only the
+index rows that mark damaged chunks). Exit status: 0 done (check: nothing damaged or lost), 1 the operation
+failed or check found damage (one line on stderr says why and what to do), 2 usage error.
 """
 
 from __future__ import annotations
@@ -184,20 +184,25 @@ def _parser() -> argparse.ArgumentParser:
 
     check = groups.add_parser(
         "check",
-        help="check that stored backups are whole (read-only; safe while the server runs)",
+        help="check that stored backups are whole (read-only unless --repair; safe while the server runs)",
         description="Check every target (or one account's, or one target): the index and the pack files agree "
         "and every stored record reads back with a good checksum; with --verify-data every chunk is also "
         "decompressed and hashed against its id (plaintext targets; encrypted ones can only be verified by a "
         "restore). Prints each damaged file with the snapshots that hold it, and any problem. Exit status 0 "
-        "when nothing is damaged, 1 otherwise. Nothing is written.",
+        "when nothing is damaged or lost, 1 otherwise. Nothing is written, unless --repair: then the damaged "
+        "chunks found are marked, so the next push of the intact files sends them again and heals every "
+        "snapshot; until then they are listed as lost.",
         epilog="Examples:\n"
         "  neo-admin --data /srv/neophytos check\n"
-        "  neo-admin --data /srv/neophytos check alice home --verify-data --json",
+        "  neo-admin --data /srv/neophytos check alice home --verify-data --json\n"
+        "  neo-admin --data /srv/neophytos check alice home --verify-data --repair",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("account", nargs="?", help="only this account's targets")
     check.add_argument("target", nargs="?", help="only this target of the account")
     check.add_argument("--verify-data", action="store_true", help="also decompress and hash every chunk (slower)")
+    check.add_argument("--repair", action="store_true", help="mark the damaged chunks found, so the next push of the "
+                       "intact files heals them (writes those index rows only)")  # fmt: skip
     check.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser
 
@@ -304,9 +309,9 @@ def _size(n: int) -> str:
     raise AssertionError  # pragma: no cover
 
 
-def _check_one(target: Target, verify_data: bool, show_progress: bool) -> CheckReport:
+def _check_one(target: Target, verify_data: bool, show_progress: bool, repair: bool) -> CheckReport:
     if not show_progress:
-        return target.check(verify_data)
+        return target.check(verify_data, repair=repair)
     from tqdm import tqdm
 
     with tqdm(desc=target.meta.name, unit="B", unit_scale=True, unit_divisor=1024, leave=False) as bar:
@@ -315,11 +320,12 @@ def _check_one(target: Target, verify_data: bool, show_progress: bool) -> CheckR
             bar.total = total
             bar.update(done - bar.n)
 
-        return target.check(verify_data, progress)
+        return target.check(verify_data, progress, repair=repair)
 
 
 def check(data: Path, args: argparse.Namespace) -> int:
-    """``neo-admin check``: check targets read-only; return the exit status (1 if anything is damaged)."""
+    """``neo-admin check``: check targets read-only (``--repair``: mark the damaged chunks found); return the exit
+    status (1 if anything is damaged or lost)."""
     if args.target is not None and args.account is None:  # pragma: no cover - argparse fills account first
         raise Failed("name the account before the target")
     names = _account_names(data)
@@ -349,7 +355,8 @@ def check(data: Path, args: argparse.Namespace) -> int:
         results = []
         for target in targets:
             account = names.get(target.meta.account_id, f"#{target.meta.account_id}")
-            results.append((account, target.meta.name, _check_one(target, args.verify_data, show_progress)))
+            report = _check_one(target, args.verify_data, show_progress, args.repair)
+            results.append((account, target.meta.name, report))
     finally:
         if repo is not None:
             repo.close()
@@ -362,6 +369,7 @@ def check(data: Path, args: argparse.Namespace) -> int:
             {
                 "ok": ok,
                 "verify_data": args.verify_data,
+                "repair": args.repair,
                 "targets_checked": len(results),
                 "chunks_checked": chunks,
                 "bytes_checked": stored,
@@ -375,10 +383,18 @@ def check(data: Path, args: argparse.Namespace) -> int:
                         "bytes_checked": r.bytes_checked,
                         "damaged_chunks": [{"id": cid, "why": why} for cid, why in r.damaged_chunks],
                         "damaged_files": [
-                            {"path": f.path, "snapshots": f.snapshots, "chunk": f.chunk, "why": f.why}
+                            {
+                                "path": f.path,
+                                "snapshots": f.snapshots,
+                                "chunk": f.chunk,
+                                "why": f.why,
+                                "marked": f.marked,
+                            }
                             for f in r.damaged_files
                         ],
                         "damaged_snapshots": r.damaged_snapshots,
+                        "marked_chunks": r.marked_chunks,
+                        "lost_chunks": r.lost_chunks,
                         "problems": r.problems,
                         "unreferenced_chunks": r.unreferenced_chunks,
                         "notes": r.notes,
@@ -394,7 +410,10 @@ def check(data: Path, args: argparse.Namespace) -> int:
         print(f"{where}: {r.chunks_checked} chunks, {_size(r.bytes_checked)} checked: {state}")
         for f in r.damaged_files:
             snaps = ", ".join(map(str, f.snapshots)) or "none kept"
-            print(f"{where}:{f.path}  damaged in snapshots {snaps}: {f.why}")
+            if f.marked:
+                print(f"{where}:{f.path}  lost in snapshots {snaps}: {f.why}; push the intact file again to heal it")
+            else:
+                print(f"{where}:{f.path}  damaged in snapshots {snaps}: {f.why}")
         referenced = {f.chunk for f in r.damaged_files}
         for cid, why in r.damaged_chunks:
             if cid not in referenced:
@@ -403,6 +422,8 @@ def check(data: Path, args: argparse.Namespace) -> int:
             print(f"{where}: problem: {problem}")
         for note in r.notes:
             print(f"{where}: note: {note}")
+        if r.repaired:
+            print(f"{where}: repair: marked {r.marked_chunks} chunks; {r.lost_chunks} lost until a push sends them")
     snapshots = sum(len(r.damaged_snapshots) for _, _, r in results)
     problems = sum(len(r.problems) for _, _, r in results)
     summary = f"checked {len(results)} target{'s' if len(results) != 1 else ''}, {chunks} chunks, {_size(stored)}" + (

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import blake3
 import pyfastcdc
 
+from neotwist.codec import compute_id
 from neotwist.wire.messages import ChunkerParams
 
 DEFAULT_PARAMS = ChunkerParams(algorithm="fastcdc2020", min_size=8 * 1024, avg_size=32 * 1024, max_size=256 * 1024)
@@ -47,9 +47,7 @@ class Chunker:
 
     def chunk_id(self, data: bytes | memoryview) -> bytes:
         """BLAKE3 of the chunk's plaintext (keyed with the target's id key when encrypted)."""
-        if self._id_key is None:
-            return blake3.blake3(data).digest()
-        return blake3.blake3(data, key=self._id_key).digest()
+        return compute_id(data, self._id_key)
 
     def cut_file(self, path: str) -> Iterator[tuple[Piece, memoryview]]:
         """Chunks of the file at ``path`` with their data (a view into an mmap: copy before keeping it)."""

@@ -26,6 +26,8 @@ log = Logger()
 DEFAULT_DATA = "./neophytos-data"
 DEFAULT_SSH = "4322"
 DEFAULT_TLS = "4323"
+DEFAULT_MIN_FREE = "2%"
+"""``--min-free``: a few percent of the file system, as ext4 keeps for root (see repository/space.py)."""
 
 
 def endpoint_description(value: str, option: str) -> str | None:
@@ -61,6 +63,8 @@ class Options(usage.Options):
         ["tls", None, DEFAULT_TLS, "TLS listening port or plain stream endpoint ('none' disables TLS)."],
         ["ssh-log-level", None, "warn", "SSH protocol detail in the log: debug, info, warn or error. Logins, "
          "failed logins, commits and errors are always logged."],
+        ["min-free", None, DEFAULT_MIN_FREE, "Free space pushes leave on the data directory's file system, as a "
+         "percentage or a size (2%, 10GiB, 0): a push is refused, with the numbers, below it."],
     ]
 
     def __init__(self) -> None:
@@ -97,6 +101,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--ssh-log-level: one of {', '.join(LEVELS)}, not {self['ssh-log-level']!r}")
         if self["ssh_endpoint"] is None and self["tls_endpoint"] is None:
             raise usage.UsageError("--ssh none and --tls none leave nothing to serve")
+        from neotwist.server.repository.space import Reserve
+
+        try:
+            self["reserve"] = Reserve.parse(self["min-free"])
+        except ValueError as e:
+            raise usage.UsageError(f"--min-free: {e}") from None
 
 
 def prepare_data_dir(data: Path) -> Path:
@@ -116,40 +126,64 @@ def prepare_data_dir(data: Path) -> Path:
 SHRINK_INTERVAL = 120.0
 """Seconds between returns of idle index page caches to the system (``Repository.shrink_memory``)."""
 
+MAINTAIN_INTERVAL = 10.0
+"""Seconds between checks of the free space and of aborted pushes' leftovers (``Repository.maintain``)."""
+
 
 class _RepositoryService(service.Service):
-    """Returns idle targets' page caches every SHRINK_INTERVAL (in a worker thread), and flushes and closes the
-    repository when the server stops (after the listeners, which stop first)."""
+    """Returns idle targets' page caches every SHRINK_INTERVAL and watches the free space every
+    MAINTAIN_INTERVAL (each in a worker thread, one round at a time), and flushes and closes the repository
+    when the server stops (after the listeners, which stop first)."""
 
     def __init__(self, repository: Any) -> None:
         self.repository = repository
-        self._loop: Any = None
-        self._shrinking: Any = None
+        self._loops: list[Any] = []
+        self._running: dict[str, Any] = {}
 
     def startService(self) -> None:
         from twisted.internet.task import LoopingCall
 
         super().startService()
-        self._loop = LoopingCall(self._shrink)
-        self._loop.start(SHRINK_INTERVAL, now=False)
+        for note in self.repository.space_notes:
+            log.warn("{note}", note=note)
+        for interval, work in ((SHRINK_INTERVAL, self._shrink), (MAINTAIN_INTERVAL, self._maintain)):
+            loop = LoopingCall(work)
+            loop.start(interval, now=False)
+            self._loops.append(loop)
 
-    def _shrink(self) -> None:
+    def _in_thread(self, name: str, work: Any, done: Any = None) -> None:
         from twisted.internet.threads import deferToThread
 
-        if self._shrinking is None:  # the previous round still running: skip this one
-            self._shrinking = deferToThread(self.repository.shrink_memory)
-            self._shrinking.addErrback(lambda f: log.failure("shrinking page caches", f))
-            self._shrinking.addBoth(lambda _: setattr(self, "_shrinking", None))
+        if name in self._running:  # the previous round still running: skip this one
+            return
+        d = self._running[name] = deferToThread(work)
+        if done is not None:
+            d.addCallback(done)
+        d.addErrback(lambda f: log.failure("{name}", f, name=name))
+        d.addBoth(lambda _: self._running.pop(name, None))
+
+    def _shrink(self) -> None:
+        self._in_thread("shrinking page caches", self.repository.shrink_memory)
+
+    def _maintain(self) -> None:
+        def report(notes: list[str]) -> None:
+            for note in notes:
+                log.warn("{note}", note=note)
+
+        self._in_thread("watching free space", self.repository.maintain, report)
 
     def stopService(self) -> Any:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        running = self._shrinking
-        if running is None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        running = list(self._running.values())
+        if not running:
             self.repository.close()
             return None
-        return running.addBoth(lambda _: self.repository.close())
+        from twisted.internet.defer import DeferredList
+
+        return DeferredList(running).addBoth(lambda _: self.repository.close())
 
 
 def makeService(options: Options) -> service.MultiService:
@@ -166,8 +200,9 @@ def makeService(options: Options) -> service.MultiService:
 
     set_ssh_log_level(options["ssh-log-level"])
     data = prepare_data_dir(Path(options["data"]))
+    # The repository first: on a full disk it releases the emergency space before anything opens a database.
+    repository = Repository(data / "repo", reserve=options["reserve"])
     accounts = AccountStore(data / "accounts.sqlite", bcrypt_rounds=options["bcrypt_rounds"])
-    repository = Repository(data / "repo")
     from neotwist.server.throttle import LoginThrottle
 
     throttle = LoginThrottle(reactor)  # one count of failed logins for SSH and TLS

@@ -7,8 +7,8 @@ from pathlib import Path
 import blake3
 import zstandard
 
+from neotwist.codec import raw_bytes
 from neotwist.server.repository import Target
-from neotwist.server.repository.verify import raw_bytes
 from neotwist.wire import limits
 from neotwist.wire.messages import CODEC_RAW, CODEC_ZSTD, Entry
 

@@ -285,7 +285,13 @@ def test_neo_admin_check(tmp_path: Path) -> None:
     [report] = doc["targets"]
     assert doc["ok"] is False and report["damaged_snapshots"] == [1, 3]
     assert report["damaged_files"] == [
-        {"path": "docs/a.txt", "snapshots": [1, 3], "chunk": cid.hex(), "why": report["damaged_chunks"][0]["why"]}
+        {
+            "path": "docs/a.txt",
+            "snapshots": [1, 3],
+            "chunk": cid.hex(),
+            "why": report["damaged_chunks"][0]["why"],
+            "marked": False,
+        }
     ]
     assert admin_check(data, "bob").returncode == 0  # bob's data is fine
 

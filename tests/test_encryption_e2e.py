@@ -234,10 +234,19 @@ def test_tampered_chunks_and_manifest_fail_by_name(server: RunningServer, tmp_pa
     assert summary["files_changed"] == 1 and summary["files_damaged"] == 3, (summary, r.stderr)
     assert (out / "d.txt").read_bytes() == (src / "d.txt").read_bytes()
     assert sorted(os.listdir(out)) == ["d.txt"]  # nothing half-written, no temp files
-    # the server's own check sees the rotten record (not the re-CRC'd one: only the key can), named in plaintext
+    # the server's own check sees the rotten record (not the re-CRC'd one: only the key can), named in plaintext;
+    # the pull that met it had the server mark it, so it is lost until a push sends it again
     check = server.cli("neo-check", server.remote("t"), env=key_env(server))
-    assert check.returncode == 1 and "damaged: b.bin in snapshot(s) 1" in check.stderr, check.stderr
+    assert check.returncode == 1 and "lost: b.bin in snapshot(s) 1" in check.stderr, check.stderr
+    assert "push the intact file again to heal it" in check.stderr
     assert "a.bin" not in check.stderr
+    # a push of the intact files sends b.bin's chunk again: snapshot 1 restores it now
+    r = server.cli("neo-push", "--json", "--no-cache", str(src), server.remote("t"), env=key_env(server))
+    assert r.returncode == 0 and json.loads(r.stdout)["chunks_sent"] >= 1, r.stderr
+    back = tmp_path / "back"
+    r = server.cli("neo-pull", "--snapshot", "1", server.remote("t"), str(back), env=key_env(server))
+    assert r.returncode == 1 and "b.bin" not in r.stderr, r.stderr  # a.bin and c.bin are still what they were
+    assert (back / "b.bin").read_bytes() == (src / "b.bin").read_bytes()
     server.stop()
     assert_clean(server.log_text())
 

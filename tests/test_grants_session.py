@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sessionkit import Conn, Kit, chunk, committed
@@ -611,3 +612,49 @@ def test_check_through_a_sub_path_grant_reads_only_its_chunks(kit: Kit) -> None:
     _damage(kit, b"first quarter")
     report = viewer.call(Check(rid=0, handle=h), more=lambda m: not isinstance(m, CheckReport))
     assert not report.ok and [f.path for f in report.files] == ["2024/q1"] and report.damaged_chunks == 1
+
+
+def _check(conn: Conn, handle: int, repair: bool = False) -> Any:
+    return conn.call(
+        Check(rid=0, handle=handle, verify_data=True, repair=repair), more=lambda m: not isinstance(m, CheckReport)
+    )
+
+
+def test_check_repair_needs_the_full_right_and_a_grant_marks_only_below_its_root(kit: Kit) -> None:
+    """Marking damage changes what the next pushes must send: a read or append grantee may check but not repair.
+    A full grantee on a sub-path marks only what its sub-path refers to; a marked chunk is then missing for
+    ``have`` (a confined push too) and a commit listing the unchanged file asks for it, until it is sent again."""
+    alice = kit.connect("alice")
+    documents(alice)
+    _damage(kit, b"a secret number")
+    _damage(kit, b"first quarter")
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.APPEND, "slides")
+    viewer = kit.connect("alice.viewer")
+    refused(_check(viewer, viewer.open("slides").handle, repair=True), ErrorCode.PERMISSION_DENIED,
+            "check --repair needs the full right", "has append")  # fmt: skip
+    assert _check(viewer, viewer.open("slides").handle).damaged_chunks == 1  # a plain check is fine
+
+    kit.accounts.revoke("alice.viewer", "slides")
+    kit.accounts.grant("alice.viewer", "alice", "documents", "presentations", Right.FULL, "slides")
+    report = _check(viewer, viewer.open("slides").handle, repair=True)
+    assert isinstance(report, CheckReport), report
+    assert (report.repaired, report.marked_chunks, report.lost_chunks) == (True, 1, 1)
+    assert [(f.path, f.marked) for f in report.files] == [("2024/q1", True)]
+    owner = _check(alice, alice.open("documents").handle)
+    assert {f.path: f.marked for f in owner.files} == {"presentations/2024/q1": True, "private/salary": False}
+    assert (owner.marked_chunks, owner.lost_chunks, owner.repaired) == (0, 1, False)
+
+    # The confined push is told to send it; a commit of the unchanged file without it is refused.
+    q1 = chunk(b"first quarter")[0]
+    p = viewer.open("slides", mode="push").handle
+    assert isinstance(viewer.call(PushBegin(rid=0, handle=p)), Ok)
+    assert viewer.call(Have(rid=0, handle=p, ids=[q1])).bitmap[0] & 1
+    viewer.call(Abort(rid=0, handle=p))
+    refused(alice.push({"q1": b"first quarter"}, "documents", "presentations/2024", upload=False),
+            ErrorCode.MISSING_CHUNKS, "damaged on the server")  # fmt: skip
+    committed(alice.push({"q1": b"first quarter"}, "documents", "presentations/2024"))
+    healed = _check(alice, alice.open("documents").handle, repair=True)
+    assert [f.path for f in healed.files] == ["private/salary"]
+    assert (healed.marked_chunks, healed.lost_chunks) == (1, 1)
+    assert isinstance(alice.call(Get(rid=0, handle=alice.open("documents").handle, snapshot=3,
+                                     path="presentations/2024/q1", ids=[q1])), ChunkReply)  # fmt: skip

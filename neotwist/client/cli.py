@@ -224,6 +224,11 @@ def _human(direction: Direction, summary: Any, delete: bool = False) -> str:
             f"new chunks {summary.new_chunks} ({size(summary.new_bytes)}); sent {size(summary.bytes_sent)}, "
             f"received {size(summary.bytes_received)} in {summary.elapsed_s:.2f} s",
         ]
+        if summary.files_reread:
+            lines.append(
+                f"{summary.files_reread} file(s) the files cache called unchanged were read again: the server lacked "
+                "chunks of theirs (found damaged, or gone) and they were sent"
+            )
     else:
         lines = [
             f"snapshot {summary.snapshot}: {summary.files_scanned} items listed, "

@@ -88,8 +88,14 @@ examples:
 _CHECK_EPILOG = f"""\
 REMOTE is {REMOTE_FORM}.
 
-Exit status 0: nothing damaged; 1: something is damaged (each damaged file is printed with the snapshots that
-hold it) or the check could not run.
+Exit status 0: nothing damaged; 1: something is damaged or lost (each such file is printed with the snapshots
+that hold it) or the check could not run.
+
+Healing: --repair marks every damaged chunk found, so the server stops counting on it. The next neo-push of
+the intact files sends those chunks again (even files its cache calls unchanged), which heals every snapshot
+that refers to them. Until then they are listed as "lost"; a file whose intact copy is gone stays lost (prune
+the snapshots that hold it to forget it). A chunk that a neo-pull finds damaged is marked by the server at
+once. --repair needs the full right on the target.
 
 Encrypted targets: the key's passphrase is asked for, to name damaged files (the server knows only encrypted
 paths). The server cannot open sealed chunks, so it checks their records and CRCs; neo-pull authenticates
@@ -98,6 +104,8 @@ every chunk, name and metadata blob as it restores them.
 examples:
   neo-check alice@nas/docs                  index and chunk store agree, every record is intact
   neo-check --verify-data alice@nas/docs    also decompress and hash every chunk (reads all stored data)
+  neo-check --verify-data --repair alice@nas/docs    mark what is damaged (exit 1 until it is healed), then
+  neo-push ~/docs alice@nas/docs                      send the marked chunks again: every snapshot is healed
 """
 
 
@@ -172,6 +180,8 @@ def _check_parser() -> Parser:
         progress=True,
     )
     p.add_argument("--verify-data", action="store_true", help="also check every chunk's content against its id")
+    p.add_argument("--repair", action="store_true", help="mark the damaged chunks found, so the next neo-push of "
+                   "the intact files sends them again and heals every snapshot (needs the full right)")  # fmt: skip
     add_key_options(p)  # an encrypted target's sub-path and damaged files are named with its key (issue 6)
     return p
 
@@ -619,7 +629,7 @@ def check_main(argv: Sequence[str] | None = None) -> int:
                 seen[0] = done
 
             try:
-                report = await stash.check(peer, opened.handle, args.verify_data, on_progress)
+                report = await stash.check(peer, opened.handle, args.verify_data, on_progress, args.repair)
             finally:
                 progress.close()
             if crypt is not None and report.files:
@@ -637,16 +647,25 @@ def check_main(argv: Sequence[str] | None = None) -> int:
                     "chunks_checked": report.chunks_checked, "bytes_checked": report.bytes_checked,
                     "damaged_chunks": report.damaged_chunks,
                     "damaged_files": [
-                        {"path": f.path, "snapshots": f.snapshots, "chunk": f.chunk, "why": f.why} for f in report.files
+                        {"path": f.path, "snapshots": f.snapshots, "chunk": f.chunk, "why": f.why, "marked": f.marked}
+                        for f in report.files
                     ],
                     "damaged_snapshots": report.snapshots, "problems": report.problems,
                     "truncated": report.truncated, "verified_data": report.verified_data,
+                    "repair": report.repaired, "marked_chunks": report.marked_chunks,
+                    "lost_chunks": report.lost_chunks,
                 }
             )
         else:
             out = sys.stdout if report.ok else sys.stderr
             for f in report.files:
-                out.write(f"damaged: {shown(f.path)} in snapshot(s) {_ids(f.snapshots)}: {f.why}\n")
+                if f.marked:
+                    out.write(
+                        f"lost: {shown(f.path)} in snapshot(s) {_ids(f.snapshots)}: {f.why}; "
+                        "push the intact file again to heal it\n"
+                    )
+                else:
+                    out.write(f"damaged: {shown(f.path)} in snapshot(s) {_ids(f.snapshots)}: {f.why}\n")
             for problem in report.problems:
                 out.write(f"problem: {problem}\n")
             if report.truncated:
@@ -660,6 +679,13 @@ def check_main(argv: Sequence[str] | None = None) -> int:
                 out.write(
                     f"checked {what}{report.chunks_checked} chunks ({human_size(report.bytes_checked)}): {verdict}\n"
                 )
+            if report.repaired:
+                out.write(
+                    f"repair: marked {report.marked_chunks} chunk(s) damaged; {report.lost_chunks} chunk(s) lost until "
+                    "a push sends them again\n"
+                )
+            elif report.lost_chunks:
+                out.write(f"{report.lost_chunks} chunk(s) lost until a push sends them again\n")
         return EXIT_OK if report.ok else EXIT_FAILED
 
     return _run("neo-check", args, remote, body)

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import blake3
 import zstandard
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred, succeed
 from twisted.internet.threads import deferToThread, deferToThreadPool
@@ -44,14 +43,10 @@ from neotwist.client.pins import TargetPin
 from neotwist.client.progress import Progress
 from neotwist.client.timespec import AtTime
 from neotwist.client.workers import WorkerPool
-from neotwist.crypto import AuthenticationFailed
-from neotwist.crypto.chunks import ChunkSealer
+from neotwist.codec import PLAIN, ChunkCodec
 from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, RemoteError
+from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.messages import (
-    CODEC_RAW,
-    CODEC_SEALED,
-    CODEC_ZSTD,
     ChunkerParams,
     ChunkReply,
     Entry,
@@ -123,32 +118,6 @@ class PullSummary:
         out["warnings"] = len(self.warnings)
         out["elapsed_s"] = round(self.elapsed_s, 3)
         return out
-
-
-class Content:
-    """How a target names and stores chunks: BLAKE3 and raw/zstd, or (encrypted) keyed BLAKE3 and sealed
-    records. Used from worker threads."""
-
-    def __init__(self, sealer: ChunkSealer | None = None) -> None:
-        self.sealer = sealer
-        self.id_key = sealer.id_key if sealer is not None else None
-
-    def chunk_id(self, data: bytes | memoryview) -> bytes:
-        return blake3.blake3(data).digest() if self.sealer is None else self.sealer.chunk_id(data)
-
-    def decode(self, reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> bytes:
-        """The plaintext of a fetched chunk, checked against its id; DamagedFile naming ``path`` otherwise."""
-        if self.sealer is not None:
-            if reply.codec != CODEC_SEALED:
-                raise DamagedFile(f"{path}: the server sent an unsealed chunk for an encrypted target; not restored")
-            try:
-                return self.sealer.open(reply.id, reply.data, dctx)
-            except AuthenticationFailed as e:
-                raise DamagedFile(f"{path}: {e}; not restored") from None
-        return _decode(reply, path, dctx)
-
-
-PLAIN = Content()
 
 
 @dataclass(slots=True)
@@ -251,19 +220,12 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def _decode(reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> bytes:
-    if reply.codec == CODEC_RAW:
-        raw = reply.data
-    elif reply.codec == CODEC_ZSTD:
-        try:
-            raw = dctx.decompress(reply.data, max_output_size=reply.size)
-        except zstandard.ZstdError as e:
-            raise DamagedFile(f"{path}: the server sent a chunk that does not decompress ({e})") from None
-    else:
-        raise DamagedFile(f"{path}: the server sent a sealed chunk for a plaintext target; not restored")
-    if len(raw) != reply.size or blake3.blake3(raw).digest() != reply.id:
-        raise DamagedFile(f"{path}: a chunk from the server does not match its id; nothing was replaced")
-    return raw
+def _decode(content: ChunkCodec, reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> bytes:
+    """The plaintext of a fetched chunk, checked against its id; DamagedFile naming ``path`` otherwise."""
+    try:
+        return content.decode(reply.id, reply.codec, reply.size, reply.data, dctx)
+    except NeoError as e:
+        raise DamagedFile(f"{path}: {e.message}; not restored") from None
 
 
 def _new_temp(dest: SafeDest, f: _File) -> TempFile:
@@ -312,7 +274,7 @@ def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
             done += n
 
 
-def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: Content = PLAIN) -> int:
+def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: ChunkCodec = PLAIN) -> int:
     """Append a run of chunks to ``f``'s temporary file; returns the bytes written.
 
     Fetched chunks are decompressed with a bound and checked against their ids. Chunks of the old local
@@ -357,7 +319,7 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: Conten
             continue
         flush_run()
         if where == "net":
-            raw = content.decode(how, f.path, dctx)
+            raw = _decode(content, how, f.path, dctx)
             here[cid] = raw
         elif where == "self":
             held = here.get(cid)
@@ -376,7 +338,7 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: Conten
                 raw = os.pread(ofd, length, offset)
             finally:
                 os.close(ofd)
-        if where != "net" and content.chunk_id(raw) != cid:
+        if where != "net" and not content.matches(raw, cid):
             raise PullError(f"a local file changed while {f.path} was being written; pull again")
         if cid not in f.written:
             f.written[cid] = (out, len(raw))
@@ -402,7 +364,7 @@ def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
     _close_old(f)
 
 
-def _write_last(dest: SafeDest, f: _File, steps: list[_Step], fsync: bool, content: Content = PLAIN) -> None:
+def _write_last(dest: SafeDest, f: _File, steps: list[_Step], fsync: bool, content: ChunkCodec = PLAIN) -> None:
     """The last run of a file and its finish in one worker hop (most files are one run)."""
     if steps:
         _write_segment(dest, f, steps, content)
@@ -524,7 +486,7 @@ class _PullRun:
         options: PullOptions,
         summary: PullSummary,
         single_file: bool = False,
-        content: Content = PLAIN,
+        content: ChunkCodec = PLAIN,
         remote: dict[str, str] | None = None,
         asked: str = "",
     ) -> None:
@@ -848,7 +810,7 @@ async def pull(
         _raise_open_files_limit()
         pool = WorkerPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
         pool.start()
-        content = Content(crypt.sealer) if crypt is not None else PLAIN
+        content = ChunkCodec(crypt.sealer) if crypt is not None else PLAIN
         params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
         run = _PullRun(
             reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote,

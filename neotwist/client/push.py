@@ -14,8 +14,11 @@ pool (pyfastcdc, blake3 and zstandard release the GIL, so the workers really run
 5. entries (every scanned item, the root included) are posted in ``entries`` messages of up to MAX_ENTRIES as
    batches finish; ``commit`` is the barrier that makes it all one snapshot.
 
-When the commit says chunks are missing (the cache named chunks the server no longer has), the push is aborted
-and run again once without the cache.
+When the commit says chunks are missing (the cache named chunks the server no longer has, or the server found
+chunks damaged and asks for them again, or one was marked damaged while this push ran), the push is aborted and
+run again once, *verifying* the cache: the chunk ids of the files it vouches for are asked about with ``have``
+too, and only the files with a chunk the server lacks are read again (and their chunks sent); the others still
+cost no read. A push that ran without the cache simply runs again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import blake3
 import zstandard
 from twisted.internet.defer import DeferredList, DeferredSemaphore, FirstError, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
@@ -44,12 +46,10 @@ from neotwist.client.pins import TargetPin
 from neotwist.client.progress import Progress
 from neotwist.client.scan import ScanRecord, ScanStats, scan
 from neotwist.client.workers import WorkerPool
+from neotwist.codec import PLAIN, ChunkCodec
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.messages import (
-    CODEC_RAW,
-    CODEC_SEALED,
-    CODEC_ZSTD,
     Abort,
     ChunkerParams,
     Commit,
@@ -77,6 +77,8 @@ BATCH_BYTES = 64 * 1024 * 1024
 """Bytes of changed files per batch (a bigger file makes a batch of its own)."""
 BATCHES_IN_FLIGHT = 3
 """Batches being hashed, asked about or uploaded at once: overlaps disk, CPU and network."""
+HAVES_IN_FLIGHT = 8
+"""``have`` requests of one batch in flight at once."""
 JOB_BYTES = 8 * 1024 * 1024
 """Bytes of small files hashed, or chunks compressed, per worker job (amortizes the thread hop)."""
 JOB_FILES = 256
@@ -84,9 +86,6 @@ KEEP_BYTES = 1024 * 1024
 """Files up to this size are read whole and kept in memory until their missing chunks are sent."""
 ENTRIES_MESSAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``entries`` message."""
-MIN_SAVING = 0.03
-"""Send a chunk raw unless zstd saves at least this fraction of it."""
-
 
 class PushError(Exception):
     """The push failed; the message is one line fit for the terminal."""
@@ -130,7 +129,8 @@ class PushSummary:
     deleted: int = 0  # paths the snapshot recorded as deleted (--delete)
     snapshot: int | None = None
     elapsed_s: float = 0.0
-    retried_without_cache: bool = False
+    retried_without_cache: bool = False  # the commit asked for chunks; the push ran again (see files_reread)
+    files_reread: int = 0  # files the cache vouched for that were read again: the server lacked a chunk of theirs
     encrypted: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -274,7 +274,7 @@ def _compress_job(root: str, sources: list[_Source], level: int, crypt: Crypt | 
     """Read (re-verifying re-read data against its id), compress (and seal, for an encrypted target) and
     return the chunks of ``sources``."""
     comp = _compressor(level)
-    sealer = crypt.sealer if crypt is not None else None
+    chunk_codec = PLAIN if crypt is None else ChunkCodec(crypt.sealer)
     out: list[_Ready] = []
     fds: dict[str, int] = {}
     try:
@@ -288,18 +288,10 @@ def _compress_job(root: str, sources: list[_Source], level: int, crypt: Crypt | 
                         os.path.join(root, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
                     )
                 raw = os.pread(fd, length, offset)
-                digest = blake3.blake3(raw).digest() if sealer is None else sealer.chunk_id(raw)
-                if len(raw) != length or digest != cid:
+                if len(raw) != length or not chunk_codec.matches(raw, cid):
                     raise PushError(f"{os.path.join(root, path)} changed while it was pushed; push again")
-            packed = comp.compress(raw)
-            if sealer is not None:
-                saves = len(packed) <= length * (1 - MIN_SAVING)
-                record = sealer.seal(cid, raw, packed if saves else None)
-                out.append((cid, CODEC_SEALED, len(record), record, length))
-            elif len(packed) <= length * (1 - MIN_SAVING):
-                out.append((cid, CODEC_ZSTD, length, packed, length))
-            else:
-                out.append((cid, CODEC_RAW, length, raw, length))
+            codec, size, payload = chunk_codec.encode(cid, raw, comp)
+            out.append((cid, codec, size, payload, length))
     except OSError as e:
         raise PushError(f"cannot re-read {e.filename or 'a file'}: {e.strerror}; push again") from None
     finally:
@@ -317,18 +309,26 @@ class _Batch:
     ready: list[Entry] = field(default_factory=list)
     cached_files: int = 0
     cached_bytes: int = 0
+    vouched: list[tuple[ScanRecord, bytes, list[Entry]]] = field(default_factory=list)  # verify mode: cache hits
 
 
 class _Scanner:
     """The walk, advanced a batch at a time from worker threads (never two at once)."""
 
     def __init__(
-        self, root: str, options: PushOptions, stats: ScanStats, use_cache: bool, make_entries: EntryMaker
+        self,
+        root: str,
+        options: PushOptions,
+        stats: ScanStats,
+        use_cache: bool,
+        make_entries: EntryMaker,
+        verify: bool = False,
     ) -> None:
         self._it: Iterator[ScanRecord] = scan(root, options.filter, stats)
         self._make_entries = make_entries
         self._cache = options.cache if use_cache else None
         self._remember = options.cache  # remembered into even when not consulted, to rebuild it
+        self._verify = verify  # cache hits go to batch.vouched, to be asked about before they are trusted
 
     def next_batch(self) -> _Batch:
         """The next records, split into files to read and the ready entries of everything else (directories,
@@ -352,7 +352,10 @@ class _Scanner:
                 else:
                     if remember is not None:
                         remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids)
-                    ready.extend(make_entries(rec, ids))
+                    if self._verify:
+                        batch.vouched.append((rec, ids, make_entries(rec, ids)))
+                    else:
+                        ready.extend(make_entries(rec, ids))
                     batch.cached_files += 1
                     batch.cached_bytes += rec.size
             else:
@@ -427,8 +430,11 @@ class _PushRun:
         summary: PushSummary,
         use_cache: bool,
         crypt: Crypt | None = None,
+        verify: bool = False,
     ) -> None:
         self.reactor = reactor
+        self.verify = verify  # ask about the chunks of the files the cache vouches for (a retry)
+        self.asked: set[bytes] = set()  # ids of vouched files already asked about
         self.crypt = crypt
         self.id_key = crypt.id_key if crypt is not None else None
         self.make_entries: EntryMaker = _entries_for if crypt is None else _encrypted_entries(crypt)
@@ -454,7 +460,7 @@ class _PushRun:
         await peer.request(PushBegin(rid=0, handle=self.handle, delete=self.options.delete))
         if self.cache is not None:
             self.cache.new = {}
-        scanner = _Scanner(self.root, self.options, self.stats, self.use_cache, self.make_entries)
+        scanner = _Scanner(self.root, self.options, self.stats, self.use_cache, self.make_entries, self.verify)
         slots = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Any] = []
         failure: list[BaseException] = []
@@ -502,9 +508,56 @@ class _PushRun:
         for part in take_entry_messages(self.entries, force):
             self.peer.post(PushEntries(rid=0, handle=self.handle, entries=part))
 
+    async def _missing(self, ids: list[bytes]) -> set[bytes]:
+        """The ids of ``ids`` the server lacks: ``have`` requests of up to MAX_IDS ids, HAVES_IN_FLIGHT at once
+        (a batch of cached files being verified may name millions of ids)."""
+        lacking: set[bytes] = set()
+        group = HAVES_IN_FLIGHT * limits.MAX_IDS
+        for first in range(0, len(ids), group):
+            part = ids[first : first + group]
+            requests = [
+                self.peer.request(Have(rid=0, handle=self.handle, ids=part[start : start + limits.MAX_IDS]))
+                for start in range(0, len(part), limits.MAX_IDS)
+            ]
+            for n, reply in enumerate(await _gather(requests)):
+                if not isinstance(reply, Missing):
+                    raise PushError(f"the server answered have with {type(reply).__name__}")
+                base = n * limits.MAX_IDS
+                count = min(limits.MAX_IDS, len(part) - base)
+                if len(reply.bitmap) * 8 < count:
+                    raise PushError("the server's missing bitmap is shorter than the have request")
+                if any(reply.bitmap):
+                    lacking.update(part[base + i] for i in range(count) if reply.bitmap[i >> 3] >> (i & 7) & 1)
+        return lacking
+
+    async def _check_vouched(self, batch: _Batch) -> None:
+        """Verify mode: the files the cache vouches for keep their cached entries unless the server lacks one of
+        their chunks; those are read again (moved to ``batch.changed``), so their chunks are sent."""
+        step = ID
+        asked = self.asked
+        ask = []
+        for _rec, ids, _entries in batch.vouched:
+            for i in range(0, len(ids), step):
+                cid = ids[i : i + step]
+                if cid not in asked:
+                    asked.add(cid)
+                    ask.append(cid)
+        lacking = await self._missing(ask)
+        for rec, ids, entries in batch.vouched:
+            if lacking and any(ids[i : i + step] in lacking for i in range(0, len(ids), step)):
+                batch.changed.append(rec)
+                batch.cached_files -= 1
+                batch.cached_bytes -= rec.size
+                self.summary.files_reread += 1
+            else:
+                batch.ready.extend(entries)
+        batch.vouched = []
+
     async def _batch(self, batch: _Batch) -> None:
         summary = self.summary
         params = self.params
+        if batch.vouched:
+            await self._check_vouched(batch)
         # 1. hash the changed files, small ones grouped per job
         jobs: list[list[ScanRecord]] = []
         group: list[ScanRecord] = []
@@ -566,27 +619,10 @@ class _PushRun:
             return
 
         # 3. which of the new ids does the server lack?
-        requests = []
-        for start in range(0, len(sources), limits.MAX_IDS):
-            part = [s[0] for s in sources[start : start + limits.MAX_IDS]]
-            requests.append(self.peer.request(Have(rid=0, handle=self.handle, ids=part)))
-        replies = await _gather(requests)
-        missing: list[_Source] = []
-        for n, reply in enumerate(replies):
-            if not isinstance(reply, Missing):
-                raise PushError(f"the server answered have with {type(reply).__name__}")
-            bitmap = reply.bitmap
-            base = n * limits.MAX_IDS
-            count = min(limits.MAX_IDS, len(sources) - base)
-            if len(bitmap) * 8 < count:
-                raise PushError("the server's missing bitmap is shorter than the have request")
-            if not any(bitmap):
-                continue
-            for i in range(count):
-                if bitmap[i >> 3] >> (i & 7) & 1:
-                    missing.append(sources[base + i])
-        if not missing:
+        lacking = await self._missing([src[0] for src in sources])
+        if not lacking:
             return
+        missing = [src for src in sources if src[0] in lacking]
 
         # 4. read, compress (in workers) and put them
         jobs2: list[list[_Source]] = []
@@ -664,19 +700,23 @@ async def push(
             counting = _count_in_background(reactor, local_root, options)
             try:
                 use_cache = options.cache is not None
+                retried = False
                 while True:
                     run = _PushRun(
-                        reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt
-                    )
+                        reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt,
+                        verify=retried,
+                    )  # fmt: skip
                     try:
                         committed = await run.run()
                         break
                     except RemoteError as e:
-                        if e.code != ErrorCode.MISSING_CHUNKS or not use_cache:
+                        if e.code != ErrorCode.MISSING_CHUNKS or retried:
                             raise
-                    # The cache named chunks the server no longer has: start over reading every file.
+                    # The server lacks chunks this push refers to (the cache named chunks it no longer has, or it
+                    # asks again for chunks it found damaged): start over once, asking about the cached files'
+                    # chunks too and reading again those it lacks.
                     await peer.request(Abort(rid=0, handle=opened.handle))
-                    use_cache = False
+                    retried = True
                     summary = PushSummary(retried_without_cache=True, encrypted=crypt is not None)
             finally:
                 counting()
@@ -773,6 +813,9 @@ def describe_error(error: BaseException) -> str:
     """A one-line message for a failed push or pull."""
     if isinstance(error, NeoError):
         if error.code == ErrorCode.PROTOCOL and error.message == "connection lost":
-            return "the connection to the server was lost: run the command again (nothing half-done was kept)"
+            return (
+                "the connection to the server was lost: run the command again and it resumes (a push commits"
+                " no snapshot half-done, and the server keeps what it sent for a while)"
+            )
         return f"server refused: {error.message} ({error.code})"
     return str(error)

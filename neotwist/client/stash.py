@@ -167,9 +167,14 @@ async def prune(peer: Peer, handle: int, policy: dict[str, Any], dry_run: bool) 
 
 
 async def check(
-    peer: Peer, handle: int, verify_data: bool, on_progress: Callable[[int, int], None] | None = None
+    peer: Peer,
+    handle: int,
+    verify_data: bool,
+    on_progress: Callable[[int, int], None] | None = None,
+    repair: bool = False,
 ) -> CheckReport:
-    """Ask the server to check the target; ``on_progress(done_bytes, total_bytes)`` hears its progress."""
+    """Ask the server to check the target (and with ``repair`` to mark what it finds damaged);
+    ``on_progress(done_bytes, total_bytes)`` hears its progress."""
 
     def more(message: Message) -> bool:
         if isinstance(message, CheckProgress):
@@ -179,5 +184,8 @@ async def check(
         _expect(message, CheckReport, "check")
         return False
 
-    reply = await peer.request(Check(rid=0, handle=handle, verify_data=verify_data), more=more)
-    return _expect(reply, CheckReport, "check")
+    reply = await peer.request(Check(rid=0, handle=handle, verify_data=verify_data, repair=repair), more=more)
+    report = _expect(reply, CheckReport, "check")
+    if repair and not report.repaired:
+        raise StashError("this server checked but cannot repair (--repair needs a newer server): upgrade it")
+    return report

@@ -21,14 +21,13 @@ client also recomputes the keyed id of the plaintext.
 
 from __future__ import annotations
 
-import hmac
 import os
 
-import blake3
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from neotwist.codec import compute_id, same_id
 from neotwist.crypto import AuthenticationFailed
 from neotwist.crypto.keys import TargetKeys
 from neotwist.wire import limits
@@ -50,7 +49,7 @@ class ChunkSealer:
         self._aead = AESGCM(keys.chunk_key)
 
     def chunk_id(self, data: bytes | memoryview) -> bytes:
-        return blake3.blake3(data, key=self.id_key).digest()
+        return compute_id(data, self.id_key)
 
     def seal(self, chunk_id: bytes, raw: bytes | memoryview, packed: bytes | None = None) -> bytes:
         """The sealed record of ``raw`` (or of its zstd frame ``packed`` when given)."""
@@ -82,6 +81,6 @@ class ChunkSealer:
                 raise AuthenticationFailed(f"a sealed chunk does not decompress ({e})") from None
         else:
             raise AuthenticationFailed(f"a sealed chunk has an unknown body flag {flag}")
-        if not hmac.compare_digest(self.chunk_id(raw), chunk_id):
+        if not same_id(self.chunk_id(raw), chunk_id):
             raise AuthenticationFailed("a chunk's plaintext does not match its keyed id")
         return raw

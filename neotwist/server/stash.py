@@ -232,6 +232,8 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
     root = handle.root
     reactor = session.services.reactor
     last_sent = [time.monotonic()]
+    need = Right.FULL if message.repair else Right.READ  # marking damage changes what pushes must send
+    session.require(handle, need, "check --repair" if message.repair else "check")
 
     def send_progress(done_bytes: int, total_bytes: int) -> None:
         if not session.closed:
@@ -246,7 +248,9 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
     def check() -> CheckReport:
         # A confined handle checks only the chunks its sub-path references: a read grant on a part of a target
         # must not make the server read all of it, nor hear of damage elsewhere.
-        report = target.check(message.verify_data, progress, root if handle.view is not None else None)
+        report = target.check(
+            message.verify_data, progress, root if handle.view is not None else None, repair=message.repair
+        )
         files: list[DamagedFile] = []
         budget = CHECK_REPORT_BYTES
         truncated = False
@@ -254,7 +258,8 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
             if not paths.is_within(f.path, root):
                 continue  # a sub-path handle hears only about its own files
             record = DamagedFile(
-                paths.relative_to(f.path, root), list(f.snapshots)[: limits.MAX_ENTRIES], f.chunk, f.why[:500]
+                paths.relative_to(f.path, root), list(f.snapshots)[: limits.MAX_ENTRIES], f.chunk, f.why[:500],
+                f.marked,
             )
             budget -= 64 + len(record.path.encode()) + 9 * len(record.snapshots) + len(record.why.encode())
             if budget < 0 or len(files) >= limits.MAX_ENTRIES:
@@ -272,7 +277,8 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
                 bytes_checked=report.bytes_checked,
                 damaged_chunks=len({f.chunk for f in files}), files=files,
                 snapshots=mine[: limits.MAX_PRUNE_LISTED], problems=[], truncated=truncated,
-                verified_data=message.verify_data,
+                verified_data=message.verify_data, repaired=report.repaired, marked_chunks=report.marked_chunks,
+                lost_chunks=len({f.chunk for f in files if f.marked}),
             )  # fmt: skip
         return CheckReport(
             rid=message.rid,
@@ -285,20 +291,26 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
             problems=problems[:_MAX_PROBLEMS],
             truncated=truncated or len(snapshots) > limits.MAX_PRUNE_LISTED or len(problems) > _MAX_PROBLEMS,
             verified_data=message.verify_data,
+            repaired=report.repaired,
+            marked_chunks=report.marked_chunks,
+            lost_chunks=report.lost_chunks,
         )
 
     def done(reply: CheckReport) -> None:
         log.info(
-            "check: account={account} target={target} ok={ok} chunks={chunks} damaged={damaged}",
+            "check: account={account} target={target} ok={ok} chunks={chunks} damaged={damaged} "
+            "marked={marked} lost={lost}",
             account=session.account_name,
             target=handle.access.target,
             ok=reply.ok,
             chunks=reply.chunks_checked,
             damaged=reply.damaged_chunks,
+            marked=reply.marked_chunks,
+            lost=reply.lost_chunks,
         )
         peer.send(reply)
 
-    return session.admit(message, lambda: session.run_for(handle, Right.READ, "check", check).addCallback(done))
+    return session.admit(message, lambda: session.run_for(handle, need, "check", check).addCallback(done))
 
 
 def _send_pages(

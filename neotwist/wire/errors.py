@@ -31,7 +31,8 @@ class ErrorCode(enum.StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     CONFLICT = "conflict"
     DAMAGED = "damaged"  # stored data failed its check
-    STORAGE = "storage"  # the server could not store data (disk full, I/O error); nothing was committed
+    STORAGE = "storage"  # the server could not store data (I/O error, index locked); nothing was committed
+    DISK_FULL = "disk_full"  # the server's disk is full (or below its free-space reserve); nothing was committed
     INTERNAL = "internal"  # a bug; the server log has the traceback
     # issue 5: rights, quotas, throttling
     THROTTLED = "throttled"  # too many failed logins for this account or from this address: wait and retry

@@ -434,10 +434,12 @@ class Pruned(Message, tag="pruned"):
 
 class Check(Message, tag="check"):
     """Check the target's index against its chunk store (and with ``verify_data`` every chunk against its id).
-    Answered by ``check_progress`` messages, then one ``check_report``."""
+    Answered by ``check_progress`` messages, then one ``check_report``. With ``repair`` (needs the full right) the
+    damaged chunks found are marked, so the next push of the intact file stores them again."""
 
     handle: Handle
     verify_data: bool = False
+    repair: bool = False
 
 
 class CheckProgress(Message, tag="check_progress"):
@@ -452,6 +454,7 @@ class DamagedFile(msgspec.Struct, array_like=True, frozen=True):
     snapshots: Annotated[list[SnapshotId], msgspec.Meta(max_length=limits.MAX_ENTRIES)]
     chunk: Annotated[str, msgspec.Meta(max_length=64)]
     why: Text
+    marked: bool = False  # the server marked the chunk damaged: a push of the intact file heals it
 
 
 class CheckReport(Message, tag="check_report"):
@@ -466,6 +469,9 @@ class CheckReport(Message, tag="check_report"):
     problems: Annotated[list[Text], msgspec.Meta(max_length=256)]
     truncated: bool
     verified_data: bool
+    repaired: bool = False  # the check marked what it found (asked with repair)
+    marked_chunks: U64 = 0  # chunks it marked now
+    lost_chunks: U64 = 0  # marked chunks kept snapshots refer to: lost until a push sends them again
 
 
 # --- issue 5: target removal, sub-accounts, grants, usage ---------------------------------------------------

@@ -6,11 +6,13 @@ Layout under the repository root (see docs/storage.md)::
     t<id>/index.sqlite             chunk index, snapshots, file versions (interval model)
     t<id>/packs/<NN>/<NNNNNNNN>.pack   append-only chunk records
 
-Modules, one job each: :mod:`.packs` (pack file format), :mod:`.verify` (chunk checks), :mod:`.index` (SQLite
+Modules, one job each: :mod:`.packs` (pack file format), :mod:`.index` (SQLite
 schemas and connections), :mod:`.target` (one target's chunks and snapshots), :mod:`.push` (staging and
 committing a snapshot), :mod:`.history` (listing snapshots, versions, deleted paths; pruning),
 :mod:`.retention` (which snapshots a policy keeps), :mod:`.gc` (garbage collection and pack compaction),
-:mod:`.check` (index and store agree), :mod:`.repository` (the catalog), :mod:`.records` (result records).
+:mod:`.check` (index and store agree), :mod:`.damage` (marking damaged chunks so a push heals them),
+:mod:`.space` (free-space reserve and emergency space),
+:mod:`.repository` (the catalog), :mod:`.records` (result records).
 """
 
 from neotwist.server.repository.push import Push

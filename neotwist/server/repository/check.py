@@ -28,6 +28,10 @@ A bad chunk is looked up once more in the current index before it is reported, s
 concurrent garbage collection (in the server, when this runs from ``neo-admin``) moved or deleted is read at
 its new place or skipped, not reported as damage. Damaged and missing chunks are then traced to the file
 versions that reference them and to the kept snapshots that hold those versions.
+
+A referenced chunk that is marked damaged (see :mod:`.damage`) is reported as *lost* until a push stores it
+again. With ``repair``, after the read transaction, every damaged chunk found is marked (so the next push of
+the intact file heals it) and marked chunks nothing refers to any more are forgotten.
 """
 
 # ruff: noqa: S608  (SQL text is built only from constants; values are bound)
@@ -39,15 +43,16 @@ import hmac
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import blake3
 
-from neotwist.server.repository import index
+from neotwist.codec import raw_bytes
+from neotwist.server.repository import damage, index
 from neotwist.server.repository.history import within
 from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE, check_record
 from neotwist.server.repository.records import CheckReport, DamagedFile
-from neotwist.server.repository.verify import raw_bytes
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import CODEC_SEALED
@@ -77,6 +82,9 @@ class _Checker:
         self.verify_data = verify_data
         self.root = root  # None: the whole target
         self.damaged: dict[bytes, str] = {}
+        self.where: dict[bytes, tuple[int, int, int, int, int]] = {}  # the bad record of a damaged stored chunk
+        self.lost: set[bytes] = set()  # damaged chunks already marked: referenced, awaiting a push
+        self.marked: dict[bytes, str] = {}  # every marked chunk: id -> why (read in the check's transaction)
         self.problems: list[str] = []
         self.notes: list[str] = []
         self.chunks_checked = 0
@@ -171,6 +179,7 @@ class _Checker:
             if why is None:
                 return
         self.damaged[cid] = why
+        self.where[cid] = now
 
     def _verify(self, cid: bytes, loc: tuple[int, int, int, int, int]) -> str | None:
         """Why the record at ``loc`` is bad, or None."""
@@ -244,13 +253,29 @@ class _Checker:
         for (cid,) in db.execute(
             "SELECT id FROM temp.refs r WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = r.id)"
         ):
-            self.damaged[bytes(cid)] = f"chunk {bytes(cid).hex()} is referenced but not stored"
+            cid = bytes(cid)
+            why = self.marked.get(cid)
+            if why is None:
+                self.damaged[cid] = f"chunk {cid.hex()} is referenced but not stored"
+            else:
+                self.damaged[cid] = why
+                self.lost.add(cid)
         if self.root is not None:
             return 0
         (unreferenced,) = db.execute(
             "SELECT count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM temp.refs r WHERE r.id = c.id)"
         ).fetchone()
         return int(unreferenced)
+
+    def unreferenced_damage(self) -> list[bytes]:
+        """Damaged or marked chunks nothing refers to (a whole-target check only): a repair drops them."""
+        if self.root is not None:
+            return []
+        ids = [*self.marked, *(c for c in self.damaged if c not in self.marked)]
+        db = self.db
+        return [
+            cid for cid in ids if db.execute("SELECT 1 FROM temp.refs WHERE id = ?", (cid,)).fetchone() is None
+        ]
 
     def files(self, kept: list[int]) -> list[DamagedFile]:
         """Each file version that references a damaged chunk, with the kept snapshots that hold it."""
@@ -269,7 +294,7 @@ class _Checker:
                     if cid in damaged:
                         lo = bisect.bisect_left(kept, first)
                         hi = len(kept) if last is None else bisect.bisect_left(kept, last)
-                        found.append(DamagedFile(path, kept[lo:hi], cid.hex(), damaged[cid]))
+                        found.append(DamagedFile(path, kept[lo:hi], cid.hex(), damaged[cid], cid in self.lost))
                         break
         found.sort(key=lambda f: (f.path.encode("utf-8", "surrogatepass"), f.snapshots))
         return found
@@ -312,15 +337,19 @@ class _Checker:
         return kept
 
 
-def check(target: Target, verify_data: bool, progress: _Progress | None, root: str | None = None) -> CheckReport:
+def check(
+    target: Target, verify_data: bool, progress: _Progress | None, root: str | None = None, repair: bool = False
+) -> CheckReport:
     """See the module docstring; the caller holds the target's maintenance lock. ``root``: check only what the
-    versions at or below it reference (a confined handle); None: the whole target."""
+    versions at or below it reference (a confined handle); None: the whole target. ``repair``: mark what was
+    found damaged (see :mod:`.damage`); the caller may write the index."""
     db = index.connect_read_only(target.directory / "index.sqlite")
     try:
         db.execute("CREATE TEMP TABLE refs (id BLOB PRIMARY KEY) WITHOUT ROWID")
         checker = _Checker(target, db, verify_data, root)
         db.execute("BEGIN")  # one consistent state of the index for everything below
         try:
+            checker.marked = damage.marked(db)
             if root is None:
                 _count, total = checker.counters()
                 checker.packs()
@@ -333,6 +362,7 @@ def check(target: Target, verify_data: bool, progress: _Progress | None, root: s
             else:  # the snapshot counts are the whole target's: not a confined check's business
                 kept = [r[0] for r in db.execute("SELECT id FROM snapshots WHERE pruned = 0 ORDER BY id")]
             damaged_files = checker.files(kept) if checker.damaged else []
+            forget = checker.unreferenced_damage() if repair else []
         finally:
             checker.close()
             db.execute("COMMIT")
@@ -349,6 +379,23 @@ def check(target: Target, verify_data: bool, progress: _Progress | None, root: s
         checker.notes.append(
             f"{unreferenced} stored chunks are not referenced by any kept snapshot (garbage collection reclaims them)"
         )
+    newly = 0
+    if repair:
+        found = [
+            damage.Found(cid, checker.where.get(cid), why)
+            for cid, why in checker.damaged.items()
+            if cid not in checker.lost
+        ]
+        newly = target.mark_damaged(found, forget) if found or forget else 0
+        gone = set(forget)
+        marked_now = {f.id for f in found} - gone
+        checker.lost |= marked_now
+        for cid in gone:
+            checker.damaged.pop(cid, None)
+        damaged_files = [
+            f if f.marked or bytes.fromhex(f.chunk) not in marked_now else replace(f, marked=True)
+            for f in damaged_files
+        ]
     damaged_snapshots = sorted({s for f in damaged_files for s in f.snapshots})
     damaged_chunks = sorted((cid.hex(), why) for cid, why in checker.damaged.items())
     return CheckReport(
@@ -362,4 +409,7 @@ def check(target: Target, verify_data: bool, progress: _Progress | None, root: s
         verified_data=verify_data,
         unreferenced_chunks=unreferenced,
         notes=checker.notes,
+        repaired=repair,
+        marked_chunks=newly,
+        lost_chunks=len(checker.lost),
     )

@@ -34,12 +34,13 @@ copy.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from neotwist.server.repository import index
 from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE
 from neotwist.server.repository.records import GcResult
+from neotwist.server.repository.space import free_bytes
 from neotwist.wire import limits
 from neotwist.wire.errors import NeoError
 
@@ -70,16 +71,11 @@ def _mark(db: sqlite3.Connection) -> int:
     """Fill ``temp.live`` with the chunk ids of every versions row; return the newest snapshot id seen."""
     db.execute("CREATE TEMP TABLE IF NOT EXISTS live (id BLOB PRIMARY KEY) WITHOUT ROWID")
     db.execute("DELETE FROM temp.live")
-    db.execute("BEGIN")  # one read snapshot: the rows and S0 agree
-    try:
+    with index.transaction(db, immediate=False):  # one read snapshot: the rows and S0 agree
         (s0,) = db.execute("SELECT coalesce(max(id), 0) FROM snapshots").fetchone()
         cur = db.execute("SELECT chunks FROM main.versions WHERE length(chunks) > 0")
         while rows := cur.fetchmany(_BATCH):
             db.executemany("INSERT OR IGNORE INTO temp.live VALUES (?)", _ids(rows))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     return int(s0)
 
 
@@ -88,8 +84,7 @@ def _sweep(target: Target, db: sqlite3.Connection, s0: int) -> tuple[int, int]:
     with target._gc_lock:
         protected = list(target._protected)
         with target._lock, index.storage_errors("delete unreferenced chunks"):
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with index.transaction(db):
                 cur = db.execute("SELECT chunks FROM main.versions WHERE first > ? AND length(chunks) > 0", (s0,))
                 while rows := cur.fetchmany(_BATCH):
                     db.executemany("INSERT OR IGNORE INTO temp.live VALUES (?)", _ids(rows))
@@ -103,10 +98,6 @@ def _sweep(target: Target, db: sqlite3.Connection, s0: int) -> tuple[int, int]:
                     db.execute(
                         "UPDATE counters SET chunks = chunks - ?, stored_bytes = stored_bytes - ?", (count, stored)
                     )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
     db.execute("DELETE FROM temp.live")
     return int(count), int(stored)
 
@@ -116,8 +107,9 @@ def _dead(size: int, live: tuple[int, int]) -> bool:
     return live[0] > 0 and size - len(FILE_MAGIC) - live[1] > DEAD_FRACTION * size
 
 
-def _candidates(db: sqlite3.Connection) -> tuple[list[int], list[int], bool]:
-    """(packs to rewrite, packs with no live record, whether the last committed pack is worth compacting).
+def _candidates(db: sqlite3.Connection) -> tuple[list[tuple[int, int]], list[int], bool]:
+    """(packs to rewrite with their live bytes, cheapest copy first; packs with no live record; whether the
+    last committed pack is worth compacting).
 
     The last committed pack is never a candidate: the writer may append to it (now, or after a restart); when
     it is worth compacting, the caller moves the writer to a new pack first and asks again."""
@@ -138,7 +130,8 @@ def _candidates(db: sqlite3.Connection) -> tuple[list[int], list[int], bool]:
         if pack not in live:
             empty.append(pack)
         elif _dead(size, live[pack]):
-            rewrite.append(pack)
+            rewrite.append((pack, int(live[pack][1])))
+    rewrite.sort(key=lambda c: (c[1], c[0]))  # least to copy first: the most space back soonest
     last_live = live.get(last, (0, 0))
     last_dead = (last_live[0] == 0 and sizes[last] > len(FILE_MAGIC)) or _dead(sizes[last], last_live)
     return rewrite, empty, last_dead
@@ -148,7 +141,7 @@ def _seal_last(target: Target, db: sqlite3.Connection) -> None:
     """Move the writer past the last committed pack and commit the new pack's row, so the old last pack is
     an ordinary (compactable) pack."""
     (last,) = db.execute("SELECT max(id) FROM packs").fetchone()
-    with target._store_lock:
+    with target._store_lock, target._discarding_on_error():
         target._writable("write packs")
         target._packs.start_new(last)
     target.flush()
@@ -172,7 +165,7 @@ def _copy(target: Target, db: sqlite3.Connection, pack: int) -> tuple[list[_Move
         records.append((cid, offset, codec, size, data))
     moves: list[_Move] = []
     copied = 0
-    with target._store_lock:
+    with target._store_lock, target._discarding_on_error():
         target._open_writer()
         for cid, offset, codec, size, data in records:
             new_pack, new_offset = target._packs.append(cid, codec, size, data)
@@ -181,18 +174,47 @@ def _copy(target: Target, db: sqlite3.Connection, pack: int) -> tuple[list[_Move
     return moves, copied
 
 
+SPACE_MARGIN = 4 * 1024 * 1024
+"""Free bytes a compaction leaves untouched for the index's own writes (its WAL grows by a few pages with each
+switch); a quarter of the free space when that is less, so a nearly full disk can still be compacted (a copy
+that finds no room anyway fails cleanly: it is discarded and the old pack stays)."""
+
+
+def _room(free: int) -> int:
+    return free - min(SPACE_MARGIN, free // 4)
+
+
+def _batches(
+    rewrite: list[tuple[int, int]], free: Callable[[], int]
+) -> Iterator[tuple[list[int], list[tuple[int, int]]]]:
+    """Group the packs to rewrite (``(pack, live bytes)``, cheapest first) into batches of at most
+    COMPACT_BATCH whose copies fit in the space ``free()`` reports when the batch starts; yields (batch, the
+    packs that do not fit even alone, which are left as they are)."""
+    i = 0
+    while i < len(rewrite):
+        room = free()
+        batch: list[int] = []
+        too_big: list[tuple[int, int]] = []
+        while i < len(rewrite) and len(batch) < COMPACT_BATCH:
+            pack, live = rewrite[i]
+            if live + HEADER_SIZE > room:
+                if batch:
+                    break  # it may fit once this batch's packs are gone
+                too_big.append((pack, live))
+            else:
+                batch.append(pack)
+                room -= live
+            i += 1
+        yield batch, too_big
+
+
 def _switch(target: Target, moves: list[_Move], dropped: list[int]) -> None:
     """One transaction: moved rows point at their copies, the dropped packs' rows go."""
     db, lock = target.writer
     with lock, index.storage_errors("index compacted packs"):
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with index.transaction(db):
             db.executemany("UPDATE chunks SET pack = ?, offset = ? WHERE id = ? AND pack = ? AND offset = ?", moves)
             db.executemany("DELETE FROM packs WHERE id = ?", [(p,) for p in dropped])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
 
 def _leftovers(target: Target) -> list[int]:
@@ -229,11 +251,18 @@ def collect(target: Target) -> GcResult:
             target._packs.remove(empty)
             deleted += len(empty)
         # A few packs at a time: the extra disk space a compaction needs, and what a crash would leave as
-        # dead copies, stay bounded by COMPACT_BATCH packs.
-        for start in range(0, len(rewrite), COMPACT_BATCH):
+        # dead copies, stay bounded by COMPACT_BATCH packs, and by the space free right now (so collection
+        # works on a full disk: whole dead packs went first, above; each batch's copies must fit).
+        for batch, too_big in _batches(rewrite, lambda: _room(free_bytes(target.directory))):
+            problems.extend(
+                f"pack {pack} left as is: its {live} live bytes do not fit in the free space" for pack, live in too_big
+            )
+            if not batch:
+                continue
             moves: list[_Move] = []
             done: list[int] = []
-            for pack in rewrite[start : start + COMPACT_BATCH]:
+            epoch = target.store_epoch()
+            for pack in batch:
                 result = _copy(target, db, pack)
                 if isinstance(result, str):
                     problems.append(result)
@@ -243,6 +272,9 @@ def collect(target: Target) -> GcResult:
                 done.append(pack)
             if done:
                 target.flush()  # copies durable and their pack sizes committed before any row points at them
+                if target.store_epoch() != epoch:  # a failed write elsewhere discarded the copies
+                    problems.append(f"packs {done} left as is: a failed write discarded their copies")
+                    continue
                 _switch(target, moves, done)
                 target._packs.remove(done)
                 rewritten.extend(done)

@@ -23,7 +23,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from neotwist import paths
-from neotwist.server.repository.index import storage_errors
+from neotwist.server.repository.index import storage_errors, transaction
 from neotwist.server.repository.records import DeletedInfo, PruneResult, SnapshotInfo, VersionInfo
 from neotwist.wire.errors import ErrorCode, NeoError
 
@@ -120,8 +120,7 @@ def prune(db: sqlite3.Connection, remove: Sequence[int]) -> PruneResult:
     """
     ids = sorted({int(i) for i in remove})
     with storage_errors("prune snapshots"):
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             (latest,) = db.execute("SELECT max(id) FROM snapshots WHERE pruned = 0").fetchone()
             if latest is not None and latest in ids:
                 raise NeoError(
@@ -142,8 +141,4 @@ def prune(db: sqlite3.Connection, remove: Sequence[int]) -> PruneResult:
             ).rowcount
             db.execute("DELETE FROM temp.prune_remove")
             db.execute("DELETE FROM temp.prune_kept")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
     return PruneResult(removed, dropped)

@@ -12,16 +12,27 @@ nothing per snapshot, and the view of snapshot S is ``first <= S AND (last IS NU
 
 from __future__ import annotations
 
+import errno
+import re
 import sqlite3
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from twisted.logger import Logger
+
 from neotwist.wire.errors import ErrorCode, NeoError
+
+log = Logger()
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version`` of both files; later versions migrate forward from it."""
+
+BUSY_TIMEOUT = 60.0
+"""Seconds a connection waits for another's write lock before its statement fails ("database is locked")."""
 
 CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS targets (
@@ -47,6 +58,24 @@ CATALOG_MIGRATIONS = (
 )
 """Scripts that bring an older ``catalog.sqlite`` forward, one per version after SCHEMA_VERSION; a new file
 gets the current schema directly. The file's ``user_version`` is SCHEMA_VERSION + len(CATALOG_MIGRATIONS)."""
+
+DAMAGED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS damaged (
+    id BLOB PRIMARY KEY,          -- 32-byte chunk id, never also in chunks
+    pack INTEGER,                 -- where its bad record was (NULL: it was referenced but not stored)
+    offset INTEGER,
+    length INTEGER,
+    why TEXT NOT NULL,            -- what was wrong with it
+    time REAL NOT NULL            -- when it was marked (server time)
+) WITHOUT ROWID;
+
+CREATE TRIGGER IF NOT EXISTS damaged_healed AFTER INSERT ON chunks
+BEGIN
+    DELETE FROM damaged WHERE id = NEW.id;
+END;
+"""
+"""Chunks marked damaged (see :mod:`.damage`): moved out of ``chunks``, so ``have`` answers "missing" and the next
+push of the intact file uploads them; storing one anew (a row inserted into ``chunks``) heals it."""
 
 INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -100,8 +129,14 @@ CREATE TABLE IF NOT EXISTS versions (
 );
 CREATE INDEX IF NOT EXISTS versions_path ON versions (path, first);
 CREATE UNIQUE INDEX IF NOT EXISTS versions_current ON versions (path) WHERE last IS NULL;
-"""
+""" + DAMAGED_SCHEMA
 """``versions_current`` finds a path's current version in one probe and guarantees there is at most one."""
+
+INDEX_MIGRATIONS = (
+    # 1 -> 2 (healing): chunks found damaged wait in ``damaged`` until a push stores them again.
+    DAMAGED_SCHEMA,
+)
+"""Scripts that bring an older ``index.sqlite`` forward (as CATALOG_MIGRATIONS for the catalog)."""
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -121,11 +156,12 @@ def _apply_schema(db: sqlite3.Connection, schema: str, migrations: tuple[str, ..
     """Create or migrate forward, in one transaction: two processes opening a new or old file at once cannot
     interleave the DDL, and a failed migration leaves the file as it was."""
     latest = SCHEMA_VERSION + len(migrations)
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(db):
         found = db.execute("PRAGMA user_version").fetchone()[0]
         if found > latest:
             raise NeoError(ErrorCode.STORAGE, f"{db} was written by a newer Neophytos (schema {found})")
+        if found == latest and _has_schema(db, schema):
+            return  # nothing to write: a server can start (and serve reads) on a full disk
         if found:
             for script in migrations[found - SCHEMA_VERSION :]:
                 for statement in _statements(script):
@@ -133,17 +169,13 @@ def _apply_schema(db: sqlite3.Connection, schema: str, migrations: tuple[str, ..
         for statement in _statements(schema):
             db.execute(statement)
         db.execute(f"PRAGMA user_version={latest}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 def connect(path: Path, schema: str | None, migrations: tuple[str, ...] = ()) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit ``BEGIN``/``COMMIT``), shareable between
     threads (callers serialize use with a lock), WAL, durable commits; ``schema`` is applied when given, after
     ``migrations`` bring an older file forward."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
@@ -162,7 +194,7 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
     for tools that inspect a repository a running server owns (``neo-admin check``). WAL lets it read while
     the server writes; temp tables still work. Raises sqlite3.OperationalError if the file does not exist."""
     uri = "file:" + urllib.parse.quote(str(path.absolute())) + "?mode=ro"
-    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=60.0)
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
     try:
         db.execute("PRAGMA cache_size=-65536")
     except BaseException:
@@ -171,11 +203,86 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
     return db
 
 
+DISK_FULL_TEXT = "the server's disk is full"
+"""How a full disk is named, to the client and in the log: never as an authentication failure or an internal
+error."""
+
+_SQLITE_FULL = 13
+"""``SQLITE_FULL``: "database or disk is full" (also what ``PRAGMA max_page_count`` gives)."""
+
+
+def storage_error(what: str, e: sqlite3.OperationalError | OSError) -> NeoError:
+    """The NeoError for a failed write, fsync or transaction: DISK_FULL for a full disk or quota (SQLite's
+    SQLITE_FULL, ENOSPC, EDQUOT), STORAGE for anything else (an I/O error, a lock held too long). Logged (see
+    :func:`logged`): the client is told, and so is the operator."""
+    if isinstance(e, sqlite3.OperationalError):
+        full = getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL
+        reason = str(e)
+    else:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = e.strerror or str(e)
+    if full:
+        return logged(NeoError(ErrorCode.DISK_FULL, f"cannot {what}: {DISK_FULL_TEXT}"))
+    return logged(NeoError(ErrorCode.STORAGE, f"cannot {what}: {reason}"))
+
+
+LOG_EVERY = 10.0
+"""Seconds between log lines about storage failures of one kind: a full disk fails every upload at once."""
+
+_last_logged: dict[ErrorCode, tuple[float, int]] = {}
+_log_lock = threading.Lock()
+
+
+def logged(error: NeoError) -> NeoError:
+    """Log a storage failure for the operator, at most once per LOG_EVERY per error code (saying how many
+    more there were), and return it."""
+    now = time.monotonic()
+    with _log_lock:
+        last, quiet = _last_logged.get(error.code, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            _last_logged[error.code] = (last, quiet + 1)
+            return error
+        _last_logged[error.code] = (now, 0)
+    more = f" (and {quiet} more like it)" if quiet else ""
+    log.warn("storage: {message}{more}", message=error.message, more=more)
+    return error
+
+
 @contextmanager
 def storage_errors(what: str) -> Iterator[None]:
-    """Report SQLite's operational failures (disk full, I/O error, locked too long) as NeoError(STORAGE): the
-    transaction they interrupted was rolled back, so nothing was committed, and the client can be told so."""
+    """Report SQLite's operational failures (disk full, I/O error, locked too long) as NeoError(DISK_FULL or
+    STORAGE, see :func:`storage_error`): the transaction they interrupted was rolled back (see
+    :func:`transaction`), so nothing was committed, and the client can be told so."""
     try:
         yield
     except sqlite3.OperationalError as e:
-        raise NeoError(ErrorCode.STORAGE, f"cannot {what}: {e}") from None
+        raise storage_error(what, e) from None
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+    """``BEGIN [IMMEDIATE]`` ... ``COMMIT``; on any error, ``ROLLBACK`` and re-raise that error.
+
+    SQLite itself rolls back on some failures (a full disk, an I/O error during the commit) and keeps the
+    transaction open on others (a ``COMMIT`` that found the database locked): the rollback is issued only
+    while a transaction is still open, so the error the caller sees is always the one that happened, never
+    "cannot rollback - no transaction is active". A failed rollback is not allowed to hide it either.
+    """
+    db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection rolls back when it is closed; the first error is the one to report
+        raise
+
+
+def _has_schema(db: sqlite3.Connection, schema: str) -> bool:
+    """Whether every table and index ``schema`` creates exists already (so applying it would write nothing)."""
+    wanted = set(re.findall(r"CREATE (?:UNIQUE )?(?:TABLE|INDEX) IF NOT EXISTS (\w+)", schema))
+    have = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    return wanted <= have

@@ -38,6 +38,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from neotwist.atomicfile import fsync_dir
+from neotwist.server.repository.index import storage_error
 from neotwist.wire.errors import ErrorCode, NeoError
 
 FILE_MAGIC = b"NEOPACK1"
@@ -66,6 +67,14 @@ def make_dirs(path: Path) -> None:
         fsync_dir(d.parent)
 
 
+class RecordDamaged(NeoError):
+    """A record that was read but does not check out (truncated, another chunk's, a bad CRC): definite damage, not
+    an I/O error that may pass (those are plain NeoError(DAMAGED))."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.DAMAGED, message)
+
+
 def encode_header(chunk_id: bytes, codec: int, size: int, data: bytes) -> bytes:
     head = _HEAD.pack(RECORD_MAGIC, chunk_id, codec, size, len(data), zlib.crc32(data))
     return head + _HCRC.pack(zlib.crc32(head))
@@ -75,16 +84,16 @@ def check_record(buf: bytes, length: int, chunk_id: bytes, where: str) -> tuple[
     """(codec, size, stored bytes) of the record in ``buf`` (read where the index placed a record of ``length``
     stored bytes for ``chunk_id``), or NeoError(DAMAGED) naming ``where`` and what is wrong."""
     if len(buf) != HEADER_SIZE + length:
-        raise NeoError(ErrorCode.DAMAGED, f"{where}: record is truncated")
+        raise RecordDamaged(f"{where}: record is truncated")
     magic, rid, codec, size, stored, crc = _HEAD.unpack_from(buf)
     (hcrc,) = _HCRC.unpack_from(buf, _HEAD.size)
     if magic != RECORD_MAGIC or hcrc != zlib.crc32(memoryview(buf)[: _HEAD.size]):
-        raise NeoError(ErrorCode.DAMAGED, f"{where}: record header is damaged")
+        raise RecordDamaged(f"{where}: record header is damaged")
     if rid != chunk_id or stored != length:
-        raise NeoError(ErrorCode.DAMAGED, f"{where}: record belongs to another chunk")
+        raise RecordDamaged(f"{where}: record belongs to another chunk")
     data = buf[HEADER_SIZE:]
     if zlib.crc32(data) != crc:
-        raise NeoError(ErrorCode.DAMAGED, f"{where}: stored bytes are damaged")
+        raise RecordDamaged(f"{where}: stored bytes are damaged")
     return codec, size, data
 
 
@@ -126,6 +135,7 @@ class PackStore:
         self._number = 0
         self._offset = 0
         self._touched: dict[int, int] = {}
+        self.epoch = 0
         self._readers: OrderedDict[int, _Reader] = OrderedDict()
         self._readers_lock = threading.Lock()
 
@@ -147,21 +157,32 @@ class PackStore:
         """
         if self._fd is not None:
             return
-        if last is not None and committed < PACK_SIZE:
-            path = self.path(last)
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                fd = -1
-            if fd >= 0:
-                if os.fstat(fd).st_size >= committed >= len(FILE_MAGIC):
-                    os.ftruncate(fd, committed)
-                    os.fsync(fd)
-                    os.lseek(fd, committed, os.SEEK_SET)
-                    self._fd, self._number, self._offset = fd, last, committed
-                    return
-                os.close(fd)
-        self._create((last or 0) + 1)
+        try:
+            if last is not None and committed < PACK_SIZE and self._reopen(last, committed):
+                return
+            self._create((last or 0) + 1)
+        except OSError as e:
+            raise storage_error("open a pack for writing", e) from None
+
+    def _reopen(self, last: int, committed: int) -> bool:
+        """Append to pack ``last`` after truncating it to ``committed``; False if it is missing or short."""
+        try:
+            fd = os.open(self.path(last), os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            if os.fstat(fd).st_size >= committed >= len(FILE_MAGIC):
+                os.ftruncate(fd, committed)
+                os.fsync(fd)
+                os.lseek(fd, committed, os.SEEK_SET)
+                self._fd, self._number, self._offset = fd, last, committed
+                self._forget_reader(last)
+                return True
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return False
 
     def _create(self, number: int) -> None:
         """Create (or overwrite an orphan) pack ``number``, durable before any record goes in."""
@@ -189,22 +210,19 @@ class PackStore:
         return self._number, self._offset
 
     def append(self, chunk_id: bytes, codec: int, size: int, data: bytes) -> tuple[int, int]:
-        """Append one record; return its (pack, offset). Raises NeoError(STORAGE) if the disk refuses."""
+        """Append one record; return its (pack, offset). Raises NeoError(DISK_FULL or STORAGE) if the disk
+        refuses; the caller then discards (:meth:`discard`) what was appended since the last committed sync."""
         if self._fd is None:
             raise RuntimeError("pack writer is not open")
         record_size = HEADER_SIZE + len(data)
-        if self._offset + record_size > PACK_SIZE and self._offset > len(FILE_MAGIC):
-            self._rotate()
-        fd, number, offset = self._fd, self._number, self._offset
         try:
+            if self._offset + record_size > PACK_SIZE and self._offset > len(FILE_MAGIC):
+                self._rotate()
+            assert self._fd is not None
+            fd, number, offset = self._fd, self._number, self._offset
             _write_all(fd, encode_header(chunk_id, codec, size, data) + data)
         except OSError as e:
-            try:  # leave no torn record behind the next one
-                os.ftruncate(fd, offset)
-                os.lseek(fd, offset, os.SEEK_SET)
-            except OSError:
-                pass
-            raise NeoError(ErrorCode.STORAGE, f"cannot write chunk data: {e.strerror}") from None
+            raise storage_error("write chunk data", e) from None
         self._offset = offset + record_size
         self._touched[number] = self._offset
         return number, offset
@@ -213,10 +231,13 @@ class PackStore:
         """Make the writer append to a pack numbered above ``after`` from now on (so pack ``after`` can be
         compacted): rotate if it is writing to ``after`` or below, else create ``after + 1`` (a new pack's row
         is committed by the next flush, which :attr:`dirty` asks for)."""
-        if self._fd is None:
-            self._create(after + 1)
-        elif self._number <= after:
-            self._rotate()
+        try:
+            if self._fd is None:
+                self._create(after + 1)
+            elif self._number <= after:
+                self._rotate()
+        except OSError as e:
+            raise storage_error("start a new pack", e) from None
 
     def _rotate(self) -> None:
         """Close the full pack (durable first: rows for its records are committed later); start the next."""
@@ -227,14 +248,38 @@ class PackStore:
         self._create(self._number + 1)
 
     def sync(self) -> dict[int, int]:
-        """fsync the open pack; return {pack: end offset} of every pack appended to since the last sync."""
+        """fsync the open pack; return {pack: end offset} of every pack appended to since the last
+        :meth:`synced`. Those offsets are kept until the caller says, with :meth:`synced`, that the index now
+        records them: if its transaction fails, the next sync returns them again (a retry that forgot them
+        would commit chunk rows past the recorded end of their pack, and the next :meth:`open_writer` would
+        truncate those records away)."""
         if self._fd is not None:
             try:
                 os.fsync(self._fd)
             except OSError as e:
-                raise NeoError(ErrorCode.STORAGE, f"cannot sync chunk data: {e.strerror}") from None
-        touched, self._touched = self._touched, {}
-        return touched
+                raise storage_error("sync chunk data", e) from None
+        return dict(self._touched)
+
+    def synced(self, touched: dict[int, int]) -> None:
+        """The index committed the pack ends ``touched`` (from :meth:`sync`, with no append since)."""
+        for number, end in touched.items():
+            if self._touched.get(number) == end:
+                del self._touched[number]
+
+    def discard(self) -> None:
+        """Forget everything appended since the last committed sync, after a failed write, fsync or index
+        transaction: the writer is closed unsynced (after a failed fsync the kernel may already have dropped
+        the dirty pages, so a second fsync proves nothing), and the next :meth:`open_writer` truncates the
+        last pack back to what the index records. :attr:`epoch` counts discards, so a caller that appended
+        records outside the pending map (compaction's copies) can tell whether they survived."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        self._touched.clear()
+        self.epoch += 1
 
     # --- reading -----------------------------------------------------------------------------------------
 

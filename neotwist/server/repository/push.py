@@ -8,7 +8,9 @@ Because the commit compares with the versions current *at commit time*, two conc
 second merges into what the first produced.
 
 Only changed entries have their chunk ids checked against the chunk index: an unchanged entry references the
-same chunks as the current version, which were checked when that version was committed.
+same chunks as the current version, which were checked when that version was committed. The exception is a
+chunk marked damaged since (see :mod:`.damage`): while any is marked, every staged file's chunk ids are also
+looked up among them, and a commit that would refer to one asks for it again (MISSING_CHUNKS).
 """
 
 # ruff: noqa: S608  (SQL text is built only from constants and generated table names; values are bound)
@@ -21,8 +23,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from neotwist import paths
+from neotwist.server.repository import damage
 from neotwist.server.repository.history import within
-from neotwist.server.repository.index import storage_errors
+from neotwist.server.repository.index import storage_errors, transaction
 from neotwist.server.repository.records import CommitResult, SnapshotInfo
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
@@ -104,19 +107,11 @@ class Push:
         if not rows:
             return
         db, lock = self.target.writer
-        with lock, storage_errors("stage entries"):
-            db.execute("BEGIN")
-            try:
+        try:
+            with lock, storage_errors("stage entries"), transaction(db, immediate=False):
                 db.executemany(f"INSERT INTO {self._stage} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                db.execute("COMMIT")
-            except sqlite3.IntegrityError:
-                db.execute("ROLLBACK")
-                raise self._fail(
-                    NeoError(ErrorCode.BAD_MESSAGE, "a path is listed twice in one push")
-                ) from None
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        except sqlite3.IntegrityError:
+            raise self._fail(NeoError(ErrorCode.BAD_MESSAGE, "a path is listed twice in one push")) from None
 
     def _rows(self, entries: Sequence[Entry]) -> Iterator[_Row]:
         root, id_size = self.root, limits.ID_SIZE
@@ -179,7 +174,7 @@ class Push:
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
                 self._drop_confined(db)
         finally:
-            self.target.push_ended()
+            self.target.push_ended(aborted=True)
 
     def commit(self, now: float, check: QuotaCheck | None = None) -> CommitResult:
         """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically.
@@ -201,14 +196,10 @@ class Push:
             with lock, storage_errors("commit the snapshot"):
                 if self.confined:
                     self._known(db)  # outside the transaction: a rollback must not drop it
-                db.execute("BEGIN IMMEDIATE")
                 try:
-                    info, uploaded = self._commit(db, now, mark, check)
-                    stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+                    with transaction(db):
+                        info, uploaded = self._commit(db, now, mark, check)
+                        stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
                 finally:
                     db.execute(f"DROP TABLE IF EXISTS {self._stage}_chg")
                     db.execute(f"DROP TABLE IF EXISTS {self._stage}_need")
@@ -267,6 +258,14 @@ class Push:
         ).fetchone()
         if missing:
             raise NeoError(ErrorCode.MISSING_CHUNKS, f"{missing} chunks missing, e.g. {bytes(example).hex()}")
+        if damage.any_marked(db):  # unchanged files too: their chunks were checked before they were damaged
+            bad, one = damage.referenced_by(db, stage)
+            if bad:
+                assert one is not None
+                raise NeoError(
+                    ErrorCode.MISSING_CHUNKS, f"{bad} chunks are damaged on the server and must be sent again, e.g. "
+                    f"{one.hex()}"
+                )  # fmt: skip
         if self.confined:
             self._check_proven(db, need)
 
@@ -369,13 +368,8 @@ class Push:
             return
         db, lock = self.target.writer
         with lock, storage_errors("record uploads"):
-            db.execute("BEGIN")
-            try:
+            with transaction(db, immediate=False):
                 db.executemany(f"INSERT OR IGNORE INTO {self._stage}_up VALUES (?, ?)", chunks)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
 
     def _known(self, db: sqlite3.Connection) -> str:
         """The temp table of chunk ids referenced by current versions at or below the root, built once per push
@@ -408,7 +402,7 @@ class Push:
                 found.update(
                     bytes(r[0])
                     for r in db.execute(
-                        f"SELECT id FROM {name} WHERE id IN ({marks}) "
+                        f"SELECT id FROM {name} WHERE id IN ({marks}) AND id NOT IN (SELECT id FROM main.damaged) "
                         f"UNION SELECT id FROM {self._stage}_up WHERE id IN ({marks})",
                         batch + batch,
                     )

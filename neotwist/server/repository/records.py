@@ -144,12 +144,14 @@ class GcResult:
 @dataclass(frozen=True)
 class DamagedFile:
     """A stored file version that cannot be restored whole: ``chunk`` (hex id) is damaged or missing, ``why``
-    says how; ``snapshots`` are the kept snapshots whose view holds this version."""
+    says how; ``snapshots`` are the kept snapshots whose view holds this version. ``marked``: the server knows
+    (see :mod:`.damage`), so the next push of the intact file heals it."""
 
     path: str
     snapshots: list[int]
     chunk: str
     why: str
+    marked: bool = False  # the chunk is marked damaged: lost until a push of the intact file stores it again
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,10 @@ class CheckReport:
     snapshot's counts wrong). ``notes``: things worth knowing that are not damage (what could not be verified
     in an encrypted target, unreferenced chunks that garbage collection will reclaim). ``ok`` is True when
     nothing is damaged and there are no problems.
+
+    ``repaired``: the check was asked to repair, and marked ``marked_chunks`` damaged chunks now (see
+    :mod:`.damage`). ``lost_chunks``: the damaged chunks that are marked (now or before) and that kept snapshots
+    still refer to: lost until a push of the intact file stores them again (they are among ``damaged_chunks``).
     """
 
     chunks_checked: int
@@ -175,3 +181,6 @@ class CheckReport:
     verified_data: bool = False
     unreferenced_chunks: int = 0
     notes: list[str] = field(default_factory=list)
+    repaired: bool = False
+    marked_chunks: int = 0
+    lost_chunks: int = 0

@@ -22,6 +22,7 @@ from neotwist.server.changes import ChangeCounter
 from neotwist.server.repository import index
 from neotwist.server.repository.packs import make_dirs
 from neotwist.server.repository.records import TargetMeta
+from neotwist.server.repository.space import Ballast, Reserve
 from neotwist.server.repository.target import Target
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import ChunkerParams, TargetInfo
@@ -72,9 +73,19 @@ class Repository:
     :meth:`create_target` and :meth:`set_keep_history` raise NeoError(PERMISSION_DENIED).
     """
 
-    def __init__(self, root: Path, *, read_only: bool = False) -> None:
+    def __init__(self, root: Path, *, read_only: bool = False, reserve: Reserve | None = None) -> None:
         self.root = root
         self.read_only = read_only
+        self.reserve = reserve
+        self.ballast: Ballast | None = None
+        self.space_notes: list[str] = []
+        """What :meth:`keep_space` did at start-up, for the server's log."""
+        if reserve is not None and not read_only:
+            make_dirs(root)
+            self.ballast = Ballast(root)
+            note = self.ballast.keep(reserve)  # before any index is opened: a full disk may need the room
+            if note:
+                self.space_notes.append(note)
         self._columns = _TARGET_COLUMNS
         if read_only:
             self._catalog = index.connect_read_only(root / "catalog.sqlite")
@@ -98,7 +109,9 @@ class Repository:
         if target is None:
             if self._closed:
                 raise RuntimeError("repository is closed")
-            target = self._targets[meta.id] = Target(meta, self.root / f"t{meta.id}", read_only=self.read_only)
+            target = self._targets[meta.id] = Target(
+                meta, self.root / f"t{meta.id}", read_only=self.read_only, reserve=self.reserve
+            )
         return target
 
     def _find_meta(self, account_id: int, name: str) -> TargetMeta | None:
@@ -227,17 +240,12 @@ class Repository:
         self._writable()
         with target.maintenance():  # a collection or check running on it finishes first; none starts meanwhile
             with self._lock:
-                self._catalog.execute("BEGIN IMMEDIATE")
-                try:
+                with index.transaction(self._catalog):
                     self._catalog.execute("DELETE FROM targets WHERE id = ?", (meta.id,))
                     self._catalog.execute(
                         "INSERT OR REPLACE INTO removed_targets (id, account_id, name, removed) VALUES (?, ?, ?, ?)",
                         (meta.id, meta.account_id, meta.name, time.time()),
                     )
-                    self._catalog.execute("COMMIT")
-                except BaseException:
-                    self._catalog.execute("ROLLBACK")
-                    raise
                 self._changes.bump()
                 self._targets.pop(meta.id, None)
             # The Target object is not closed here: a read running on another thread keeps its open files (the
@@ -269,6 +277,20 @@ class Repository:
         shrunk = sum(target.shrink_memory() for target in targets)
         release_free_memory()
         return shrunk
+
+    def maintain(self) -> list[str]:
+        """The server's periodic care: reclaim what aborted pushes left (see :meth:`Target.reclaim`), and keep
+        or release the emergency space (see :mod:`.space`). Returns what is worth logging."""
+        with self._lock:
+            targets = list(self._targets.values())
+        for target in targets:
+            target.reclaim()
+        notes = []
+        if self.ballast is not None and self.reserve is not None:
+            note = self.ballast.keep(self.reserve)
+            if note:
+                notes.append(note)
+        return notes
 
     def close(self) -> None:
         """Flush and close every open target, then the catalog. Idempotent."""

@@ -29,17 +29,21 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from twisted.logger import Logger
+
 from neotwist import paths
 from neotwist.atomicfile import fsync_dir
+from neotwist.codec import verify_upload
 from neotwist.server.repository import check as check_module
-from neotwist.server.repository import gc, history, index
+from neotwist.server.repository import damage, gc, history, index
 from neotwist.server.repository.history import SNAPSHOT_COLUMNS as _SNAPSHOT_COLUMNS
 from neotwist.server.repository.history import snapshot_info
-from neotwist.server.repository.packs import HEADER_SIZE, PackStore, make_dirs
+from neotwist.server.repository.packs import HEADER_SIZE, PackStore, RecordDamaged, make_dirs
 from neotwist.server.repository.push import Push
 from neotwist.server.repository.records import (
     CheckReport,
@@ -51,13 +55,21 @@ from neotwist.server.repository.records import (
     Usage,
     VersionInfo,
 )
-from neotwist.server.repository.verify import verify_chunk
+from neotwist.server.repository.space import Reserve
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry
 
 AUTO_FLUSH = 32 * 1024 * 1024
 """Pending (appended, unindexed) bytes that trigger a flush, so a killed server keeps most uploaded chunks."""
+
+RECLAIM_INTERVAL = 60.0
+"""Seconds between collections that reclaim aborted pushes' chunks (see :meth:`Target.push_ended`)."""
+
+ABANDONED_GRACE = 900.0
+"""Seconds an aborted push's chunks are kept for a client that reconnects and resumes, unless space is short."""
+
+log = Logger()
 
 _IN_BATCH = 500
 """Ids per ``IN (...)`` query: well under SQLite's host-parameter limit."""
@@ -100,10 +112,13 @@ class Target:
     truncated or appended to; methods that would write raise NeoError(PERMISSION_DENIED).
     """
 
-    def __init__(self, meta: TargetMeta, directory: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, meta: TargetMeta, directory: Path, *, read_only: bool = False, reserve: Reserve | None = None
+    ) -> None:
         self.meta = meta
         self.directory = directory
         self.read_only = read_only
+        self.reserve = reserve
         db_path = directory / "index.sqlite"
         if read_only:
             if not db_path.exists():
@@ -113,7 +128,7 @@ class Target:
         else:
             make_dirs(directory / "packs")
             created = not db_path.exists()
-            self._db = index.connect(db_path, index.INDEX_SCHEMA)
+            self._db = index.connect(db_path, index.INDEX_SCHEMA, index.INDEX_MIGRATIONS)
             if created:
                 fsync_dir(directory)
             self._reader = index.connect(db_path, None)
@@ -127,6 +142,10 @@ class Target:
         self._gc_lock = threading.Lock()
         self._active_pushes = 0
         self._protected: set[bytes] = set()
+        self._uncommitted_bytes = 0  # stored anew since no push was active, or since the last collection
+        self._aborted_since_collect = False
+        self._aborted_at = 0.0
+        self._last_collect = -RECLAIM_INTERVAL
         self._maintenance_lock = threading.Lock()
         self._closed = False
 
@@ -200,29 +219,31 @@ class Target:
         encrypted = self.meta.encrypted
         for n, (chunk_id, codec, size, data) in enumerate(chunks):
             try:
-                verify_chunk(chunk_id, codec, size, data, encrypted=encrypted)
+                verify_upload(chunk_id, codec, size, data, encrypted=encrypted)
             except NeoError as e:
                 raise ChunkRejected(n, e) from None
         new = new_bytes = 0
         with self._gc_lock, self._store_lock:
             pending = self._pending
+            fresh: dict[bytes, tuple[int, int, bytes]] = {}
+            for chunk_id, codec, size, data in chunks:
+                if chunk_id not in pending and chunk_id not in fresh and self._indexed(chunk_id) is None:
+                    fresh[chunk_id] = (codec, size, data)
             if budget is not None:
-                fresh: dict[bytes, int] = {}
-                for chunk_id, _codec, _size, data in chunks:
-                    if chunk_id not in pending and chunk_id not in fresh and self._indexed(chunk_id) is None:
-                        fresh[chunk_id] = len(data)
-                needed = sum(fresh.values())
+                needed = sum(len(data) for _codec, _size, data in fresh.values())
                 if needed > budget:
                     raise OverBudget(needed)
-            for chunk_id, codec, size, data in chunks:
-                if chunk_id in pending or self._indexed(chunk_id) is not None:
-                    continue
-                self._open_writer()
-                pack, offset = self._packs.append(chunk_id, codec, size, data)
-                pending[chunk_id] = (pack, offset, len(data), codec, size)
-                self._pending_bytes += HEADER_SIZE + len(data)
-                new += 1
-                new_bytes += len(data)
+            if fresh and self.reserve is not None:  # refused before anything is written: nothing to discard
+                self.reserve.check(self.directory, sum(HEADER_SIZE + len(f[2]) for f in fresh.values()))
+            with self._discarding_on_error():
+                for chunk_id, (codec, size, data) in fresh.items():
+                    self._open_writer()
+                    pack, offset = self._packs.append(chunk_id, codec, size, data)
+                    pending[chunk_id] = (pack, offset, len(data), codec, size)
+                    self._pending_bytes += HEADER_SIZE + len(data)
+                    new += 1
+                    new_bytes += len(data)
+            self._uncommitted_bytes += new_bytes
             full = self._pending_bytes >= AUTO_FLUSH
             if self._active_pushes:  # uploaded or found present: a push will reference them
                 self._protected.update(c[0] for c in chunks)
@@ -252,41 +273,66 @@ class Target:
         before the flush lies before that position, and every chunk stored later at or after it."""
         with self._store_lock:
             if self._pending or self._packs.dirty:  # dirty: records copied by compaction, or a new pack
-                touched = self._packs.sync()
-                rows = [(chunk_id, *loc) for chunk_id, loc in self._pending.items()]
-                stored = sum(loc[2] for loc in self._pending.values())
-                with self._lock, index.storage_errors("index chunks"):
-                    self._db.execute("BEGIN IMMEDIATE")
-                    try:
-                        cur = self._db.executemany(
-                            "INSERT OR IGNORE INTO chunks (id, pack, offset, length, codec, size) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            rows,
-                        )
-                        if cur.rowcount == len(rows):
-                            self._db.execute(
-                                "UPDATE counters SET chunks = chunks + ?, stored_bytes = stored_bytes + ?",
-                                (len(rows), stored),
-                            )
-                        else:  # some were indexed already (cannot happen with one writer): recount
-                            self._db.execute(
-                                "UPDATE counters SET (chunks, stored_bytes) = "
-                                "(SELECT count(*), coalesce(sum(length), 0) FROM chunks)"
-                            )
-                        self._db.executemany(
-                            "INSERT INTO packs (id, size) VALUES (?, ?) "
-                            "ON CONFLICT (id) DO UPDATE SET size = max(size, excluded.size)",
-                            sorted(touched.items()),
-                        )
-                        self._db.execute("COMMIT")
-                    except BaseException:
-                        self._db.execute("ROLLBACK")
-                        raise
+                with self._discarding_on_error():
+                    touched = self._packs.sync()
+                    self._index_pending(touched)
+                self._packs.synced(touched)
                 self._pending.clear()
                 self._pending_bytes = 0
             if self._packs.writing:
                 return self._packs.position()
         return self._committed_end()
+
+    def _index_pending(self, touched: dict[int, int]) -> None:
+        """One transaction: the pending chunks' rows, the counters, and the packs' committed ends ``touched``
+        (called with the store lock held, after the packs were fsynced)."""
+        rows = [(chunk_id, *loc) for chunk_id, loc in self._pending.items()]
+        stored = sum(loc[2] for loc in self._pending.values())
+        with self._lock, index.storage_errors("index chunks"), index.transaction(self._db) as db:
+            cur = db.executemany(
+                "INSERT OR IGNORE INTO chunks (id, pack, offset, length, codec, size) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            if cur.rowcount == len(rows):
+                db.execute(
+                    "UPDATE counters SET chunks = chunks + ?, stored_bytes = stored_bytes + ?", (len(rows), stored)
+                )
+            else:  # some were indexed already (cannot happen with one writer): recount
+                db.execute(
+                    "UPDATE counters SET (chunks, stored_bytes) = "
+                    "(SELECT count(*), coalesce(sum(length), 0) FROM chunks)"
+                )
+            db.executemany(
+                "INSERT INTO packs (id, size) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET size = max(size, excluded.size)",
+                sorted(touched.items()),
+            )
+
+    @contextmanager
+    def _discarding_on_error(self) -> Iterator[None]:
+        """Called with the store lock held, around appends and flushes: if any of them fails, every chunk not
+        yet committed to the index is forgotten (pending map, pack writer, touched pack ends; see
+        :meth:`PackStore.discard`). Their bytes may not be durable, and a later flush must never index them:
+        the clients are told they are missing and upload them again. A committed snapshot only ever refers to
+        chunks whose rows were committed after their bytes were fsynced."""
+        try:
+            yield
+        except BaseException:
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._packs.discard()
+            try:  # give the discarded bytes back to the disk now (truncating needs no free space)
+                self._open_writer()
+            except NeoError:
+                pass  # the next append tries again
+            raise
+
+    def store_epoch(self) -> int:
+        """A number that changes whenever uncommitted appends are discarded (see :meth:`_discarding_on_error`):
+        garbage collection compares it before and after flushing the records it copied, and points no row at
+        a copy that a discard may have dropped."""
+        with self._store_lock:
+            return self._packs.epoch
 
     def locate(self, ids: Sequence[bytes]) -> dict[bytes, _Location]:
         """Where each stored (or pending) chunk of ``ids`` is, in one index query per _IN_BATCH ids; ids that are
@@ -321,6 +367,8 @@ class Target:
             # look once more before calling it damaged.
             again = self.locate([chunk_id]).get(chunk_id)
             if again is None or again == loc:
+                if isinstance(e, RecordDamaged) and again == loc and damage.on_read(self, chunk_id, loc, e):
+                    raise NeoError(e.code, f"{e.message}; marked damaged: {damage.HEAL_HINT}") from None
                 raise e from None
             return self._read_at(chunk_id, again)
 
@@ -328,7 +376,7 @@ class Target:
         pack, offset, length, codec, size = loc
         got_codec, got_size, data = self._packs.read(pack, offset, length, chunk_id)
         if (got_codec, got_size) != (codec, size):
-            raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()}: record disagrees with the index")
+            raise RecordDamaged(f"chunk {chunk_id.hex()}: record disagrees with the index")
         return codec, size, data
 
     def read_chunk(self, chunk_id: bytes) -> tuple[int, int, bytes]:
@@ -341,9 +389,12 @@ class Target:
     # --- pushes ------------------------------------------------------------------------------------------
 
     def begin_push(self, root: str, delete: bool) -> Push:
-        """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything)."""
+        """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything).
+        Raises DISK_FULL while the free space is below the reserve."""
         self._writable("push")
         paths.check_path(root)
+        if self.reserve is not None:
+            self.reserve.check(self.directory)
         return Push(self, root, delete, next(self._push_numbers))
 
     def push_started(self) -> None:
@@ -352,14 +403,54 @@ class Target:
         with self._gc_lock:
             self._active_pushes += 1
 
-    def push_ended(self) -> None:
+    def push_ended(self, *, aborted: bool = False) -> None:
         """A push committed (its chunks are now referenced) or was aborted; the last one to end drops the
-        protected set."""
+        protected set.
+
+        The chunks an aborted push (failed, refused, or its connection lost) stored anew may be referenced by
+        nothing. They are kept for ABANDONED_GRACE, so a client that reconnects resumes from them, and then
+        reclaimed by a garbage collection (:meth:`reclaim`, which the server calls periodically) without
+        waiting for a prune; at once, in this thread, when the free space is short (the collection deletes
+        packs that hold nothing live first, so it works on a full disk). At most one such collection per
+        RECLAIM_INTERVAL: a client that aborts push after push cannot keep the target collecting."""
         with self._gc_lock:
             self._active_pushes -= 1
+            if aborted and self._uncommitted_bytes > 0:
+                self._aborted_since_collect = True
+                self._aborted_at = time.monotonic()
             if self._active_pushes <= 0:
                 self._active_pushes = 0
                 self._protected.clear()
+                if not self._aborted_since_collect:
+                    self._uncommitted_bytes = 0  # every push since the last collection committed
+        if aborted:
+            self.reclaim()
+
+    def reclaim_wanted(self, now: float | None = None) -> bool:
+        """Whether chunks an aborted push left are due for collection (see :meth:`push_ended`)."""
+        now = time.monotonic() if now is None else now
+        with self._gc_lock:
+            if (
+                self._active_pushes
+                or not self._aborted_since_collect
+                or self.read_only
+                or self._closed
+                or now - self._last_collect < RECLAIM_INTERVAL
+            ):
+                return False
+            due = now - self._aborted_at >= ABANDONED_GRACE
+        return due or (self.reserve is not None and self.reserve.tight(self.directory))
+
+    def reclaim(self) -> GcResult | None:
+        """Collect garbage if :meth:`reclaim_wanted`; its result, or None. A failure is logged, never raised:
+        the push that ended has nothing to do with it, and the next reclaim or prune tries again."""
+        if not self.reclaim_wanted():
+            return None
+        try:
+            return self.collect_garbage()
+        except NeoError as e:
+            log.warn("cannot reclaim the space of an aborted push in {target}: {why}", target=self, why=e.message)
+            return None
 
     # --- snapshots and entries ---------------------------------------------------------------------------
 
@@ -413,6 +504,10 @@ class Target:
         Safe while pushes and pulls run; one collection at a time."""
         self._writable("collect garbage")
         with self._maintenance_lock:
+            with self._gc_lock:
+                self._aborted_since_collect = False
+                self._uncommitted_bytes = 0
+                self._last_collect = time.monotonic()
             return gc.collect(self)
 
     def apply_no_history(self) -> GcResult | None:
@@ -440,14 +535,30 @@ class Target:
         verify_data: bool = False,
         progress: Callable[[int, int], None] | None = None,
         root: str | None = None,
+        repair: bool = False,
     ) -> CheckReport:
         """Check that the index and the packs agree (every record read and its header and CRC checked); with
         ``verify_data`` also that every plaintext chunk decompresses and hashes to its id. ``progress(done,
         total)`` is called now and then with stored bytes checked so far and in all. With ``root``, only the
         chunks that versions at or below it reference (a handle confined to a granted sub-path). Read-only: safe
-        on a target a running server is using, and on a read-only target (see :mod:`.check`)."""
+        on a target a running server is using, and on a read-only target (see :mod:`.check`). ``repair`` marks
+        what it finds damaged, so the next push of the intact file heals it (see :meth:`mark_damaged`)."""
         with self._maintenance_lock:
-            return check_module.check(self, verify_data, progress, root)
+            return check_module.check(self, verify_data, progress, root, repair)
+
+    def mark_damaged(self, found: Sequence[damage.Found], forget: Sequence[bytes] = ()) -> int:
+        """Mark damaged chunks and forget marked ones nothing refers to (see :mod:`.damage`); return how many were
+        marked now. The one write a read-only target allows: through a writer connection of its own, so a repair
+        from ``neo-admin`` beside the running server goes through SQLite's locking like any writer."""
+        if not self.read_only:
+            with self._lock, index.storage_errors("mark damaged chunks"):
+                return damage.mark(self._db, found, forget)
+        with index.storage_errors("mark damaged chunks"):
+            db = index.connect(self.directory / "index.sqlite", index.INDEX_SCHEMA, index.INDEX_MIGRATIONS)
+            try:
+                return damage.mark(db, found, forget)
+            finally:
+                db.close()
 
     def list_entries(self, snapshot_id: int, path: str, recursive: bool) -> Iterator[Entry]:
         """The entries of ``snapshot_id`` at and below ``path`` (target-relative paths), sorted by path (UTF-8
