@@ -84,6 +84,8 @@ def _warm(server: RunningServer, tmp_path: Path) -> None:
 
 
 def test_interrupted_first_push_exits_130_and_leaves_no_empty_target(server: RunningServer, tmp_path: Path) -> None:
+    """An interrupted first push takes its new target away again, unless it had sent chunks: then the target
+    stays (neo-ls says it has no snapshot yet) and pushing again resumes from what was sent."""
     _warm(server, tmp_path)
     src = tmp_path / "src"
     _big_tree(src)
@@ -93,7 +95,15 @@ def test_interrupted_first_push_exits_130_and_leaves_no_empty_target(server: Run
     _out, err = _ends_within(proc, 10)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.rstrip().endswith("neo-push: interrupted"), err
-    assert _targets(server) == ["warm"]  # the interrupted first push took its new target away again
+    if _targets(server) == ["warm"]:
+        return  # nothing had been sent yet: the new target was removed again
+    assert sorted(_targets(server)) == ["t", "warm"]
+    r = server.cli("neo-ls", f"ssh://alice@127.0.0.1:{server.ssh_port}")
+    assert "none yet" in r.stdout, r.stdout
+    r = server.cli("neo-push", "--json", "--no-cache", str(src), server.remote("t"))
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)
+    assert again["snapshot"] == 1 and again["chunk_bytes_sent"] < 48 * 1024 * 1024, again
 
 
 def test_a_second_signal_ends_the_run_at_once(server: RunningServer, tmp_path: Path) -> None:

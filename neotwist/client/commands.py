@@ -373,7 +373,7 @@ def _show_targets(args: argparse.Namespace, targets: list[Any]) -> int:
                 shown(t.name) + (" (encrypted)" if t.encrypted else "")
                 + (f" ({t.right}, of {shown(t.owner)})" if t.owner else ""),
                 str(t.snapshots),
-                format_time(t.latest_time) if t.latest_time is not None else "-",
+                format_time(t.latest_time) if t.latest_time is not None else "- (none yet: push to it, or resume)",
                 str(t.files),
                 human_size(t.stored_bytes),
             ]

@@ -735,8 +735,14 @@ async def push(
             summary.elapsed_s = time.monotonic() - started
             return summary
     except BaseException:
-        if not opened.exists:  # this push created the target: an interrupted or failed first push leaves none
-            if await _remove_unborn_target(peer, opened.handle, target) and options.warn is not None:
+        if not opened.exists:  # this push created the target: an interrupted or failed first push
+            if summary.chunks_sent:  # keep what it sent: the server holds it for a while, so pushing again resumes
+                if options.warn is not None:
+                    options.warn(
+                        f"nothing was committed to target {target} (new with this push); the server keeps the "
+                        f"{summary.chunks_sent} chunks already sent for 15 minutes: push again to resume"
+                    )
+            elif await _remove_unborn_target(peer, opened.handle, target) and options.warn is not None:
                 options.warn(f"nothing was committed, so target {target} (new with this push) was removed again")
         raise
 
