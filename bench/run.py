@@ -42,7 +42,7 @@ DEFAULT_WORKDIR = Path(__file__).resolve().parent / "work"
 METHOD = {
     "time": "wall time of the client process (median over the runs), warm page cache (it cannot be dropped here); "
             "sync(2) before each operation so no operation pays for earlier writeback; nothing is deleted between "
-            "timed operations (trees no longer needed are renamed aside and deleted between scenarios, see "
+            "timed operations (trees no longer needed are renamed aside and deleted after the run, see "
             "bench/trash.py)",
     "bytes": "TCP payload through a byte-counting loopback relay in front of each server port (SSH/TLS overhead "
              "and handshakes included), the same for every tool; restic with a local repository has no wire",
@@ -152,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:
                 verdict = Verdict((), (), None, False, f"the self-check broke: {e!r}")
                 log(f"self-check failed:\n{traceback.format_exc()}")
-            lab.trash.empty()
             log(verdict.line())
             for name in scenarios:
                 log(f"scenario {name}")
@@ -163,15 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as e:
                     meta["errors"].append(f"{name}: {e!r}")
                     log(f"scenario {name} failed:\n{traceback.format_exc()}")
-                lab.trash.empty()
                 log(f"scenario {name} done in {time.monotonic() - t:.0f} s")
     except KeyboardInterrupt:
         interrupted = True
         meta["errors"].append("interrupted")
         log("interrupted: stopping servers and clients")
-    finally:
-        if not args.keep:
-            shutil.rmtree(lab.root, ignore_errors=True)
     rows = ctx.rows if ctx else []
     fill_ratios(rows)
     meta["elapsed_s"] = round(time.time() - started, 1)
@@ -204,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         out.write(f"ERROR {err}\n")
     out.write(verdict.line() + "\n")
     log(f"done in {meta['elapsed_s']:.0f} s; rows also in {workdir / 'last-run.json'}")
+    if not args.keep:  # after the report: deleting a run's trees takes minutes on a disk with online discard
+        log(f"deleting {lab.root}")
+        shutil.rmtree(lab.root, ignore_errors=True)
     if interrupted:
         return 130
     if bad or meta["errors"]:

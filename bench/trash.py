@@ -1,4 +1,4 @@
-"""Deferred deletion: trees the benchmark no longer needs are moved aside now and deleted between scenarios.
+"""Deferred deletion: trees the benchmark no longer needs are moved aside now and deleted after the run.
 
 Why not delete them at once: on a file system mounted with online discard (ext4 ``-o discard``, as on the
 virtual disks this benchmark runs on), ``unlink`` issues the discard of the freed blocks synchronously, and the
@@ -7,7 +7,9 @@ on the CPython stdlib sample (100 MB, 6,408 files): a plain ``rsync -a`` push to
 deleting the previous copy against 9.5 s with the previous copy kept (1.3-2.0x in each of 6 pairs). The old
 harness deleted each target just before the next timed push into a new one, which is how rsync's first push
 came out 3-5x slower than by hand. A rename costs nothing of the sort, so a timed operation never follows a
-deletion: the trash is emptied between scenarios (and early, with a note, only when the disk runs short).
+deletion: the trash goes with the run's directory once the report is written (and is emptied early, with a
+note in the log and ``meta.trash_emptied_early``, only when the disk runs short). Deleting is slow too (about
+600 MB of small files took 178 s here), another reason to do it once, untimed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 SETTLE_S = 3.0
-"""Seconds to wait after emptying the trash and syncing, before anything is timed again."""
+"""Seconds to wait after emptying the trash early and syncing, before anything is timed again."""
 
 MIN_FREE = 8 * 1024**3
 """Below this many free bytes the trash is emptied at once rather than at the end of the scenario."""
