@@ -59,7 +59,7 @@ def test_restore_scenario_end_to_end(tmp_path: Path) -> None:
     assert f"self-check: {check['verdict']}" in r.stdout
     if "rsync" in tools:
         assert check["verdict"] in ("valid", "INVALID")
-        assert len(check["harness_s"]) == len(check["plain_s"]) >= 3
+        assert len(check["harness_s"]) == len(check["plain_s"]) >= 5
         assert all(t > 0 for t in check["harness_s"] + check["plain_s"])
     else:
         assert check["verdict"] == "not checked"
