@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   ?= neophytos-data
+# make run listens on loopback only (it prints a password on screen); `make run SSH=4322 TLS=4323` listens on
+# every interface, or give any endpoint (tcp:4322:interface=192.0.2.7)
+SSH    ?= tcp:4322:interface=127.0.0.1
+TLS    ?= tcp:4323:interface=127.0.0.1
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test tools lint typecheck unit bench bench-quick clean
@@ -16,11 +20,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --editable '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
-# Start the server on embedded defaults (./neophytos-data, SSH 4322, TLS 4323), after preparing the data
-# directory and a first account whose password and a neo-push line to try are printed once.
+# Start the server on ./neophytos-data, SSH 4322 and TLS 4323 on loopback, after preparing the data directory
+# and a first account whose password and a neo-push line to try are printed once.
 run: $(STAMP)
 	$(BIN)/neo-admin --data $(DATA) init
-	$(BIN)/twistd -n --pidfile= neophytos --data $(DATA)
+	$(BIN)/twistd -n --pidfile= neophytos --data $(DATA) --ssh $(SSH) --tls $(TLS)
 
 # ruff, mypy and the whole suite (unit, in-memory, and end to end with twistd, OpenSSH and the CLIs).
 test: $(STAMP) tools

@@ -18,6 +18,7 @@ from bench.neoserver import NeoServer
 from bench.relay import Relay
 from bench.sshd import Sshd, make_key
 from bench.tools import TOOLS_BY_NAME, Invocation, Target, Tool
+from bench.trash import Trash
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Lab:
         self.neo: NeoServer = NeoServer(self.root / "neo", self.key)
         self.sshd: Sshd = Sshd(self.root / "sshd", self.key)
         self.relays: dict[str, Relay] = {}
+        self.trash = Trash(self.root / "trash", log)
         self.profiler: Any = None  # bench.profile.Profiler when --profile
         self.scenario = ""  # the scenario running now (names profile files)
         self._children: set[Child] = set()

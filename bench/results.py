@@ -1,7 +1,8 @@
 """``python -m bench.results RUN.json``: the Markdown of one run for bench/RESULTS.md.
 
-It prints the machine (nproc, memory, kernel, CPU, tool versions), the exact command, how each column was
-measured, and the table, so RESULTS.md is always made from measured numbers and never retyped by hand.
+It prints the machine (nproc, memory, kernel, CPU, tool versions), the exact command, the run's self-check
+verdict, how each column was measured, and the table, so RESULTS.md is always made from measured numbers and
+never retyped by hand.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ def render(doc: dict[str, Any]) -> str:
     if "loadavg_start" in meta:
         load = (f"; load average {meta['loadavg_start'][0]:.2f} at start, "
                 f"{meta.get('loadavg_end', ['?'])[0]:.2f} at end")  # fmt: skip
+    check = meta.get("self_check") or {}
+    if check.get("ratio") is not None:
+        pairs = ", ".join(f"{h:.2f}/{p:.2f}" for h, p in zip(check["harness_s"], check["plain_s"], strict=True))
+        verdict = (f"Self-check: **{check['verdict']}**, harness/plain rsync first push of the tree paired ratio "
+                   f"{check['ratio']:.3f} (tolerance ±{check['tolerance']:.0%}; pairs, s: {pairs}).")  # fmt: skip
+    else:
+        verdict = f"Self-check: **{check.get('verdict', 'not run')}** ({check.get('reason', 'an older run')})."
     return f"""\
 Command: `{meta['command']}` (started {meta['started']}, {meta['elapsed_s'] / 60:.0f} min{load}).
+{verdict}
 Preset `{meta['preset']['name']}`, {meta['repeats']} run(s) per timed row; the real tree is `{meta['tree']}`.
 
 Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_bytes'] / 2**30:.1f} GiB, kernel {m['kernel']}, {m['os']},

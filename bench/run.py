@@ -3,6 +3,14 @@
 ``make bench`` runs the full benchmark, ``make bench-quick`` the quick one (smaller data, one run per row).
 The table goes to stdout; progress goes to stderr; the same rows go to JSON with ``--json FILE`` (``-`` for
 stdout, and then the table goes to stderr). The last run's JSON is also kept in WORKDIR/last-run.json.
+
+Every run that includes rsync first checks itself: rsync's first push of the tree as the harness times it,
+against a plain ``rsync -a -e 'ssh -p PORT'`` to the same sshd, in pairs. If they differ by more than 15 %, the
+run is INVALID (the report says so, ``meta.self_check`` in the JSON, exit status 3): its ratios are not to be
+trusted.
+
+Exit status: 0 all went well; 1 an operation failed, a restore differed or a scenario broke; 3 the self-check
+found the run INVALID; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -26,13 +34,16 @@ from bench.lab import Lab
 from bench.measure import launcher_floor
 from bench.report import fill_ratios, table
 from bench.scenarios import PRESETS, SCENARIOS, Context
+from bench.selfcheck import Verdict, self_check
 from bench.tools import ALL_TOOLS, TOOLS_BY_NAME
 
 DEFAULT_WORKDIR = Path(__file__).resolve().parent / "work"
 
 METHOD = {
     "time": "wall time of the client process (median over the runs), warm page cache (it cannot be dropped here); "
-            "sync(2) before each operation so no operation pays for earlier writeback",
+            "sync(2) before each operation so no operation pays for earlier writeback; nothing is deleted between "
+            "timed operations (trees no longer needed are renamed aside and deleted after the run, see "
+            "bench/trash.py)",
     "bytes": "TCP payload through a byte-counting loopback relay in front of each server port (SSH/TLS overhead "
              "and handshakes included), the same for every tool; restic with a local repository has no wire",
     "storage": "bytes on disk (st_blocks*512, hard links once) that the server side grew by for this target; "
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"preset {preset.name}, {repeats} run(s) per row, tools: {', '.join(t.name for t in runnable)}")
 
     ctx: Context | None = None
+    verdict = Verdict((), (), None, None, "not run")
     interrupted = False
     try:
         with lab:
@@ -134,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
                 lab.profiler = Profiler(workdir / "profiles")
             meta["client_rss_floor"] = launcher_floor(lab.logs)
             ctx = Context(lab, preset, runnable, tree, repeats, log)
+            log("self-check: rsync as the harness runs it against plain rsync -a -e ssh")
+            try:
+                verdict = self_check(ctx)
+            except Exception as e:
+                verdict = Verdict((), (), None, False, f"the self-check broke: {e!r}")
+                log(f"self-check failed:\n{traceback.format_exc()}")
+            log(verdict.line())
             for name in scenarios:
                 log(f"scenario {name}")
                 lab.scenario = name
@@ -148,14 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         meta["errors"].append("interrupted")
         log("interrupted: stopping servers and clients")
-    finally:
-        if not args.keep:
-            shutil.rmtree(lab.root, ignore_errors=True)
     rows = ctx.rows if ctx else []
     fill_ratios(rows)
     meta["elapsed_s"] = round(time.time() - started, 1)
     meta["loadavg_end"] = os.getloadavg()
-    doc = {"meta": meta, "rows": [r.as_json() for r in rows]}
+    meta["self_check"] = verdict.as_json()
+    meta["trash_emptied_early"] = lab.trash.early
+    doc: dict[str, Any] = {"meta": meta, "rows": [r.as_json() for r in rows]}
     text = json.dumps(doc, indent=1, default=str)
     (workdir / "last-run.json").write_text(text)
     out = sys.stdout
@@ -177,12 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     for r in bad:
         out.write(f"FAILED {r.scenario} / {r.case} / {r.tool}: "
                   f"{next((x.error for x in r.runs if x.error), '; '.join(r.problems[:3]))}\n")  # fmt: skip
-    for e in meta["errors"]:
-        out.write(f"ERROR {e}\n")
+    for err in meta["errors"]:
+        out.write(f"ERROR {err}\n")
+    out.write(verdict.line() + "\n")
     log(f"done in {meta['elapsed_s']:.0f} s; rows also in {workdir / 'last-run.json'}")
+    if not args.keep:  # after the report: deleting a run's trees takes minutes on a disk with online discard
+        log(f"deleting {lab.root}")
+        shutil.rmtree(lab.root, ignore_errors=True)
     if interrupted:
         return 130
-    return 1 if bad or meta["errors"] else 0
+    if bad or meta["errors"]:
+        return 1
+    return 3 if verdict.valid is False else 0
 
 
 if __name__ == "__main__":

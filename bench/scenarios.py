@@ -11,7 +11,6 @@ so any one of them can run alone with ``--scenario``.
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -152,14 +151,14 @@ class Context:
     def restore_into(self, tool: Tool, target: Target, dest: Path, expected: Path, stale: Path | None) -> tuple[
         OpResult, list[str]]:  # fmt: skip
         """Pull into dest (an empty directory, or a copy of ``stale``), compare with ``expected``, clean up."""
-        shutil.rmtree(dest, ignore_errors=True)
+        self.lab.trash.put(dest)
         if stale is not None:
             data.clone_tree(stale, dest)
         else:
             dest.mkdir(parents=True)
         result = self.lab.pull(tool, target, dest)
         problems = data.compare_trees(expected, dest) if result.ok else ["restore failed"]
-        shutil.rmtree(dest, ignore_errors=True)
+        self.lab.trash.put(dest)
         return result, problems
 
 
@@ -239,7 +238,7 @@ def big_file(ctx: Context) -> None:
 
     # the version every tool holds before the edits: the stale copy of the delta restore below
     stale = ctx.scratch / "big-stale"
-    shutil.rmtree(stale, ignore_errors=True)
+    ctx.lab.trash.put(stale)
     data.clone_tree(ds.path, stale)
     runs = {t.name: [] for t in ctx.tools}
     for rep in range(ctx.repeats):
@@ -266,7 +265,7 @@ def big_file(ctx: Context) -> None:
     for tool in ctx.tools:
         ctx.add(Row("big-file", case, tool.name, "pull", results[tool.name], data_bytes=ds.bytes,
                     verified=not problems[tool.name], problems=problems[tool.name]))  # fmt: skip
-    shutil.rmtree(stale, ignore_errors=True)
+    ctx.lab.trash.put(stale)
 
 
 # --- 5. restores --------------------------------------------------------------------------------------------
@@ -288,7 +287,7 @@ def restore(ctx: Context) -> None:
 
     # a stale copy: the tree as it is now; then 1 % of the files change and every tool pushes that version
     stale = ctx.scratch / "tree-stale"
-    shutil.rmtree(stale, ignore_errors=True)
+    ctx.lab.trash.put(stale)
     data.clone_tree(ds.path, stale)
     data.change_files(ds, 0.01, ctx.rng)
     ctx.touched(ds)
@@ -305,7 +304,7 @@ def restore(ctx: Context) -> None:
         ctx.add(Row("restore", f"delta, into a copy 1 % stale ({len(ds.touched):,} files)", tool.name, "pull",
                     results[tool.name], data_bytes=ds.bytes, verified=not problems[tool.name],
                     problems=problems[tool.name]))  # fmt: skip
-    shutil.rmtree(stale, ignore_errors=True)
+    ctx.lab.trash.put(stale)
 
 
 # --- 6. history: successive versions --------------------------------------------------------------------------

@@ -118,8 +118,8 @@ class Tool:
         return target.path
 
     def discard(self, target: Target) -> None:
-        """Free a target's disk space once no scenario needs it any more."""
-        shutil.rmtree(target.path, ignore_errors=True)
+        """Free a target's disk space once no scenario needs it any more (deleted between scenarios)."""
+        self.lab.trash.put(target.path)
 
     # --- operations ----------------------------------------------------------------------------------------
 
@@ -362,7 +362,7 @@ class Borg(OverSshd):
 class Restic(Tool):
     name = "restic"
     label = "restic, local repository"
-    programs = ("restic",)
+    programs: tuple[str, ...] = ("restic",)
     networked = False
 
     def version(self) -> str:

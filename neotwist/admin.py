@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import msgspec
 from twisted.python.usage import UsageError
 
+from neotwist import __version__
+from neotwist.display import write_json
 from neotwist.server.accounts import BCRYPT_ROUNDS, Account, AccountError, AccountStore, Grant, parse_public_key
 from neotwist.server.repository import CheckReport, Repository, Target, TargetMeta
 from neotwist.server.repository.index import connect_read_only
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         "See docs/admin.md for the operator's guide.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s (Neophytos) {__version__}")
     parser.add_argument(
         "--data",
         default=DEFAULT_DATA,
@@ -237,7 +239,7 @@ def _key_lines(path: Path) -> list[bytes]:
 
 
 def _print_json(value: object) -> None:
-    sys.stdout.write(msgspec.json.encode(value).decode("utf-8") + "\n")
+    write_json(value)
 
 
 def init(data: Path, args: argparse.Namespace) -> None:
@@ -268,6 +270,7 @@ def init(data: Path, args: argparse.Namespace) -> None:
         "password": password,
         "ssh_host_key": fingerprint(host_key),
         "tls_certificate_sha256": hostkeys.tls_fingerprint(cert),
+        "tls_public_key": hostkeys.tls_public_key_fingerprint(cert),
         "remote": remote,
     }
     if args.json:
@@ -275,7 +278,7 @@ def init(data: Path, args: argparse.Namespace) -> None:
         return
     print(f"data directory   {data}")
     print(f"SSH host key     {report['ssh_host_key']}")
-    print(f"TLS certificate  SHA-256 {report['tls_certificate_sha256']}")
+    print(f"TLS public key   {report['tls_public_key']}   (what tls:// clients pin and show)")
     if password is not None:
         print(f"account          {account}   password {password}   (shown only now; stored as a bcrypt hash)")
         print("try, in another terminal:")

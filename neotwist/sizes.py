@@ -46,3 +46,13 @@ def parse_size(text: str, *, allow_unlimited: bool = False) -> int | None:
         raise ValueError(f"{text!r} is not a size: give bytes (100000000) or a unit (100MB, 1GiB, 512KiB){extra}")
     value = float(match.group(1)) * _UNITS[unit] if "." in match.group(1) else int(match.group(1)) * _UNITS[unit]
     return int(value)
+
+
+def human_size(n: int) -> str:
+    """Bytes for people, in the binary units every summary and progress bar uses: 512 B, 1.5 KiB, 3.2 GiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"

@@ -11,12 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
 from neotwist.server import hostkeys
 from neotwist.server.accounts import BCRYPT_ROUNDS, AccountStore, fingerprint
+from neotwist.server.listen import Listener
 from neotwist.server.ssh import make_ssh_factory
 from neotwist.server.tls import make_tls_factory
 
@@ -87,6 +88,13 @@ class Options(usage.Options):
         if not 4 <= rounds <= 31:
             raise usage.UsageError("--bcrypt-rounds must be between 4 and 31")
         self["bcrypt_rounds"] = rounds
+
+    def opt_version(self) -> None:
+        """Print the Neophytos version and exit (``twistd --version`` prints Twisted's)."""
+        from neotwist import __version__
+
+        print(f"twistd neophytos (Neophytos) {__version__}")
+        raise SystemExit(0)
 
     def getUsage(self, width: int | None = None) -> str:
         text: str = super().getUsage(width)
@@ -252,23 +260,15 @@ def makeService(options: Options) -> service.MultiService:
             host_key, accounts, peer_factory, reactor, run_blocking=services.run_blocking, throttle=throttle,
             admission=admission,
         )
-        strports.service(options["ssh_endpoint"], ssh_factory).setServiceParent(top)
-        log.info(
-            "SSH on {endpoint}, host key {fingerprint}",
-            endpoint=options["ssh_endpoint"],
-            fingerprint=fingerprint(host_key),
-        )
+        Listener(reactor, options["ssh_endpoint"], ssh_factory, "SSH", "--ssh",
+                 f"host key {fingerprint(host_key)}").setServiceParent(top)  # fmt: skip
 
     if options["tls_endpoint"] is not None:
         cert_path, key_path = hostkeys.load_or_create_tls(data)
         tls_peer_factory: Any = functools.partial(make_server_peer, services, None)
         tls_factory = make_tls_factory(cert_path, key_path, tls_peer_factory, reactor, admission)
-        strports.service(options["tls_endpoint"], tls_factory).setServiceParent(top)
-        log.info(
-            "TLS on {endpoint}, certificate SHA-256 {fingerprint}",
-            endpoint=options["tls_endpoint"],
-            fingerprint=hostkeys.tls_fingerprint(cert_path),
-        )
+        Listener(reactor, options["tls_endpoint"], tls_factory, "TLS", "--tls",
+                 f"public key {hostkeys.tls_public_key_fingerprint(cert_path)}").setServiceParent(top)  # fmt: skip
 
     if not accounts.list():
         log.info(

@@ -93,3 +93,26 @@ def test_help_teaches_with_examples() -> None:
         r = _run(tool, "--help")
         assert r.returncode == 0
         assert "examples:" in r.stdout and "--lpath" in r.stdout and "--password-stdin" in r.stdout
+
+
+def test_pull_help_lists_no_push_only_flags() -> None:
+    pull = _run("pull", "--help")
+    assert pull.returncode == 0
+    for flag in ("--make-sample-filter-file", "--push", "--exclude", "--filter-file"):
+        assert flag not in pull.stdout, flag
+    push = _run("push", "--help")
+    assert "--make-sample-filter-file" in push.stdout and "--pull" not in push.stdout
+
+
+def test_every_command_has_version() -> None:
+    from neotwist import __version__
+
+    for program in ("neo-push", "neo-pull", "neo-ls", "neo-prune", "neo-check", "neo-share", "neo-target",
+                    "neo-key", "neo-admin"):  # fmt: skip
+        r = subprocess.run([str(Path(sys.executable).parent / program), "--version"], capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 0, (program, r.stderr)
+        assert r.stdout.strip() == f"{program} (Neophytos) {__version__}", r.stdout
+    r = subprocess.run([str(Path(sys.executable).parent / "twistd"), "neophytos", "--version"], capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and __version__ in r.stdout, r.stdout

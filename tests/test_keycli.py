@@ -100,3 +100,27 @@ def test_kdf_bounds_are_the_key_files_own_with_the_scrypt_fallback(monkeypatch: 
     params = keycli._kdf(keycli.build_parser().parse_args(argv))
     assert (params.algorithm, params.memory_kib, params.iterations, params.lanes) == ("scrypt", 512 * 1024, 1, 1)
     keyfile.check_bounds(params)  # and a key file with these parameters is read
+
+
+def test_passphrase_files_and_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    for name in ("NEO_PASSPHRASE", "NEO_NEW_PASSPHRASE"):
+        monkeypatch.delenv(name, raising=False)
+    key = tmp_path / "k"
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_text("one\n")
+    second.write_text("two\n")
+    code, _, err = run(capsys, "init", "--key-file", str(key), "--passphrase-file", str(first), *FAST)
+    assert code == 0, err
+    monkeypatch.setenv("NEO_PASSPHRASE_COMMAND", f"cat {first}")
+    code, out, err = run(capsys, "path", "--key-file", str(key), "docs")
+    assert code == 0 and out.strip(), err
+    monkeypatch.delenv("NEO_PASSPHRASE_COMMAND")
+    # passwd: the current passphrase from the flag, the new one from NEO_NEW_PASSPHRASE_FILE
+    monkeypatch.setenv("NEO_NEW_PASSPHRASE_FILE", str(second))
+    code, _, err = run(capsys, "passwd", "--key-file", str(key), "--passphrase-file", str(first), *FAST)
+    assert code == 0, err
+    code, _, err = run(capsys, "path", "--key-file", str(key), "--passphrase-command", f"cat {first}", "docs")
+    assert code == 3 and "wrong passphrase" in err, err
+    code, _, err = run(capsys, "path", "--key-file", str(key), "--passphrase-file", str(tmp_path / "none"), "docs")
+    assert code == 2 and "cannot read the --passphrase-file" in err, err

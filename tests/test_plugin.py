@@ -38,7 +38,7 @@ def test_wheel_contains_plugin_and_no_twisted_init(wheel: Path) -> None:
     assert "neotwist/tap.py" in names and "neotwist/server/ssh.py" in names and "neotwist/admin.py" in names
     assert not any(n.startswith("tests/") for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "neo-admin = neotwist.admin:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "neo-admin = neotwist.entry:admin" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_twistd_lists_neophytos() -> None:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
+from twisted.internet.task import LoopingCall
 
 from neotwist.client.clibase import (
     EXIT_AUTH,
@@ -30,23 +30,27 @@ from neotwist.client.clibase import (
     EXIT_OK,
     EXIT_PARTIAL,
     EXIT_USAGE,
+    REPOSITORY_ENV,
     Parser,
     add_connection_options,
     add_key_options,
     add_output_options,
+    add_version,
     connect_options,
-    human_size,
+    default_remote,
     key_source,
     open_session,
-    react,
     start_logging,
     target_pin,
 )
 from neotwist.client.filters import Filter, FilterError, write_sample
-from neotwist.client.progress import Progress
+from neotwist.client.progress import STATUS_INTERVAL, Progress
 from neotwist.client.remote import UsageError, parse_remote
+from neotwist.client.runner import entry_point, react, silence_broken_stdout
 from neotwist.client.timespec import TimeSpecError, parse_at
+from neotwist.display import raw_stdout, write_json
 from neotwist.runtime import tune_threads
+from neotwist.sizes import human_size
 
 Direction = Literal["push", "pull"]
 
@@ -64,6 +68,9 @@ examples:
       push over TLS with a password from the environment, print a JSON summary
   neo-push --ssh-command 'ssh -J jump' ~/src alice@nas/src
       go through OpenSSH (ssh_config, ProxyJump, agent)
+  export NEO_REPOSITORY=tls://alice@nas/src NEO_PASSWORD_COMMAND='pass show backup/nas'
+  neo-push --json-progress ~/src
+      the remote and the password from the environment; JSON status lines, then the summary
   neo-push --lpath=/mnt/data --rpath=peach --host=myserver --password=secret
       the original client's form (USER defaults to your login name)
   neo-key init && neo-push --encrypt ~/papers alice@nas/papers
@@ -91,6 +98,8 @@ examples:
       restore only the sub-path "2024/report"
   neo-pull --checksum tls://alice@nas/src ~/src
       compare content, not size and mtime, before deciding a file is current
+  NEO_REPOSITORY=alice@nas/photos neo-pull --password-file ~/.neo-pw ~/restore/photos
+      the remote from the environment, the password from the first line of a file
   neo-pull --pull --lpath=/mnt/restore --rpath=peach --host=myserver --password=secret
       the original client's form
   NEO_PASSPHRASE=... neo-pull --key-file ./team.key alice@nas/papers/2024 ./2024
@@ -124,8 +133,9 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("args", nargs="*", metavar="ARG", help=argparse.SUPPRESS)
+    add_version(p)
     add_connection_options(p)
-    add_output_options(p)
+    add_output_options(p, json_progress=True)
     work = p.add_argument_group(direction)
     if direction == "push":
         work.add_argument("--filter-file", metavar="FILE", help="filter rules (--make-sample-filter-file)")
@@ -165,8 +175,10 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
         # Accepted so one filter invocation works both ways; a pull takes what the snapshot holds.
         work.add_argument("--filter-file", metavar="FILE", help=argparse.SUPPRESS)
         work.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=argparse.SUPPRESS)
+    # filters are push's: neo-pull accepts the flag (one invocation works both ways) but does not list it
     work.add_argument("--make-sample-filter-file", action="store_true",
-                      help="write filter.example (both rule forms) in the current directory and exit")
+                      help="write filter.example (both rule forms) in the current directory and exit"
+                      if direction == "push" else argparse.SUPPRESS)  # fmt: skip
     work.add_argument("--workers", type=int, default=3, metavar="N", help="worker threads (default 3)")
     add_key_options(p, encrypt=direction == "push")  # encryption (issue 6)
     legacy = p.add_argument_group("original client's options")
@@ -176,10 +188,11 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     legacy.add_argument("--port", type=int, help="server port, with --host")
     legacy.add_argument("--password", "--authcode", dest="password", metavar="SECRET",
                         help="password (others can see it: prefer --password-stdin, NEO_PASSWORD)")
+    # each program lists only its own direction; the other is accepted, as the original client's was
     legacy.add_argument("--push", dest="direction", action="store_const", const="push",
-                        help="push (the default of neo-push)")
+                        help="push (the default)" if direction == "push" else argparse.SUPPRESS)
     legacy.add_argument("--pull", dest="direction", action="store_const", const="pull",
-                        help="pull (the default of neo-pull)")
+                        help="pull (the default)" if direction == "pull" else argparse.SUPPRESS)
     return p
 
 
@@ -197,11 +210,14 @@ def _split_args(args: argparse.Namespace, program: Direction) -> tuple[str, str]
     elif args.port:
         raise UsageError("--port goes with --host; in REMOTE write HOST:PORT")
     if local is None and remote is None:
-        if len(positional) != 2:
-            raise UsageError(
-                "expected LOCAL_DIR REMOTE" if program == "push" else "expected REMOTE LOCAL_DIR"
-            )
-        remote, local = (positional[1], positional[0]) if program == "push" else positional
+        env = default_remote()
+        if len(positional) == 1 and env is not None:
+            local, remote = positional[0], env  # LOCAL_DIR alone: the remote of NEO_REPOSITORY
+        elif len(positional) != 2:
+            form = "LOCAL_DIR REMOTE" if program == "push" else "REMOTE LOCAL_DIR"
+            raise UsageError(f"expected {form} (or LOCAL_DIR alone, with {REPOSITORY_ENV} set to the remote)")
+        else:
+            remote, local = (positional[1], positional[0]) if program == "push" else positional
     elif local is None or remote is None:
         if len(positional) != 1:
             raise UsageError("give LOCAL_DIR (or --lpath) and REMOTE (or --host and --rpath)")
@@ -257,7 +273,7 @@ async def _run(
     from neotwist.wire.errors import ErrorCode, NeoError
 
     remote = parse_remote(remote_text)
-    quiet = args.quiet or args.json
+    quiet = args.quiet or args.json or args.json_progress
     show_progress = (not quiet) if args.progress is None else args.progress
 
     def warn(text: str) -> None:
@@ -281,7 +297,12 @@ async def _run(
     session = await open_session(reactor, f"neo-{direction}", remote, options)
     if isinstance(session, int):
         return session
-    progress = Progress(show_progress, "pushed" if direction == "push" else "pulled")
+    progress = Progress(show_progress, "pushed" if direction == "push" else "pulled", action=direction,
+                        json_stream=raw_stdout() if args.json_progress else None)  # fmt: skip
+    ticker = LoopingCall(progress.emit)
+    if args.json_progress:
+        ticker.clock = reactor
+        ticker.start(STATUS_INTERVAL, now=True)
     code = EXIT_OK
     summary: Any = None
     try:
@@ -370,6 +391,8 @@ async def _run(
         sys.stderr.write(f"neo-{direction}: {e}\n")
         code = EXIT_FAILED
     finally:
+        if ticker.running:
+            ticker.stop()
         progress.close()
         try:
             await session.close()
@@ -383,11 +406,21 @@ async def _run(
         code = EXIT_PARTIAL
     if summary is not None:
         summary.elapsed_s = time.monotonic() - started
-        if args.json:
-            sys.stdout.write(msgspec.json.encode(summary.as_json()).decode() + "\n")
-        elif not args.quiet:
-            text = _human(direction, summary, getattr(args, "delete", False))
-            (sys.stderr if code else sys.stdout).write(text + "\n")
+        out = sys.stderr if code and not (args.json or args.json_progress) else sys.stdout
+        try:
+            if args.json_progress:
+                progress.emit()  # the last status: everything done
+                write_json({"message_type": "summary", **summary.as_json()})
+            elif args.json:
+                write_json(summary.as_json())
+            elif not args.quiet:
+                out.write(_human(direction, summary, getattr(args, "delete", False)) + "\n")
+            out.flush()
+        except BrokenPipeError:  # the reader went away (| true): the work is done all the same, say so
+            silence_broken_stdout()
+            done = "committed" if direction == "push" else "pulled"
+            sys.stderr.write(f"neo-{direction}: snapshot {summary.snapshot} {done}; the summary could not be "
+                             "written (standard output was closed)\n")  # fmt: skip
     return code
 
 
@@ -419,14 +452,8 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
     return react(parser.prog, lambda reactor: _run(reactor, direction, args, local, remote_text))
 
 
-def push_main() -> None:
-    """Entry point of neo-push."""
-    sys.exit(main("push"))
-
-
-def pull_main() -> None:
-    """Entry point of neo-pull."""
-    sys.exit(main("pull"))
+push_main = entry_point("neo-push", lambda: main("push"))
+pull_main = entry_point("neo-pull", lambda: main("pull"))
 
 
 __all__ = ["build_parser", "main", "pull_main", "push_main"]

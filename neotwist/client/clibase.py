@@ -1,5 +1,6 @@
 """What every neo-* client command line shares: the argument parser class, connection and output options,
-where the password comes from, exit codes, logging, and running one coroutine under the reactor.
+exit codes and logging. Where passwords come from is :mod:`~neotwist.client.credentials`; running the command
+under the reactor, :mod:`~neotwist.client.runner`.
 
 Exit codes: 0 done; 1 the operation failed (one line on stderr says why and what to do); 2 usage error;
 3 authentication, host key or encryption pin refused; 130 interrupted.
@@ -8,12 +9,12 @@ Exit codes: 0 done; 1 the operation failed (one line on stderr says why and what
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
+
+from neotwist.client.credentials import confirm, passphrase_source, password_source
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_PARTIAL = 23
@@ -21,14 +22,29 @@ EXIT_PARTIAL = 23
 
 REMOTE_FORM = "[ssh://|tls://][USER@]HOST[:PORT]/TARGET[/SUBPATH] (ssh port 4322, tls port 4323)"
 
+REPOSITORY_ENV = "NEO_REPOSITORY"
+"""The remote a command uses when none is given (as restic's RESTIC_REPOSITORY)."""
+
+
+def default_remote() -> str | None:
+    """The remote of ``NEO_REPOSITORY``, or None when it is unset or empty."""
+    return os.environ.get(REPOSITORY_ENV) or None
+
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors exit with EXIT_USAGE (argparse's own 2, made explicit)."""
 
-    def error(self, message: str) -> Any:
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
+
+
+def add_version(p: argparse.ArgumentParser) -> None:
+    """``--version``: the program and the Neophytos version."""
+    from neotwist import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s (Neophytos) {__version__}")
 
 
 def add_connection_options(p: argparse.ArgumentParser) -> None:
@@ -37,6 +53,11 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
                       help="SSH private key to offer (repeatable; default: the agent and ~/.ssh/id_*)")
     auth.add_argument("--password-stdin", action="store_true",
                       help="read the password from the first line of standard input")
+    auth.add_argument("--password-file", type=Path, metavar="FILE",
+                      help="read the password from the first line of FILE (also NEO_PASSWORD_FILE)")
+    auth.add_argument("--password-command", metavar="CMD",
+                      help="run CMD (no shell) when the server asks for a password; its first output line is the "
+                      "password, e.g. 'pass show backup/nas' (also NEO_PASSWORD_COMMAND)")  # fmt: skip
     auth.add_argument("--known-hosts", type=Path, metavar="FILE", help="SSH known-hosts file")
     auth.add_argument("--accept-new-host-key", action="store_true",
                       help="trust and record a host key seen for the first time (never a changed one)")
@@ -47,9 +68,14 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
     auth.add_argument("--no-agent", action="store_true", help="do not use the SSH agent")  # fmt: skip
 
 
-def add_output_options(p: argparse.ArgumentParser, *, progress: bool = True) -> None:
+def add_output_options(p: argparse.ArgumentParser, *, progress: bool = True, json_progress: bool = False) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    if json_progress:
+        out.add_argument("--json-progress", action="store_true",
+                         help="print JSON lines on stdout: {\"message_type\": \"status\", ...} about once a second "
+                         "while working (done and total files and bytes, percent_done, seconds_remaining), then the "
+                         "--json summary with \"message_type\": \"summary\" (as restic --json does)")  # fmt: skip
     out.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     if progress:
         out.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -80,10 +106,11 @@ async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> An
     EXIT_AUTH for host keys and refused credentials, EXIT_FAILED for everything else."""
     from neotwist.client.connect import ConnectError, connect
     from neotwist.client.knownhosts import HostKeyError
+    from neotwist.client.remote import AccessRefused
 
     try:
         return await connect(reactor, remote, options)
-    except HostKeyError as e:
+    except (HostKeyError, AccessRefused) as e:
         sys.stderr.write(f"{prog}: {e}\n")
         return EXIT_AUTH
     except ConnectError as e:
@@ -91,30 +118,6 @@ async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> An
         sys.stderr.write(f"{prog}: {text}\n")
         auth = ("authentication failed", "requires a password", "too many failed logins")
         return EXIT_AUTH if any(why in text for why in auth) else EXIT_FAILED
-
-
-def password_source(args: argparse.Namespace) -> Callable[[], str | None]:
-    """The password getter ConnectOptions calls at most once, only when the server asks: ``--password``,
-    ``--password-stdin``, ``NEO_PASSWORD``, else a prompt on a terminal."""
-    given: str | None = getattr(args, "password", None)
-    if given is not None:
-        return lambda: given
-    if args.password_stdin:
-        line = sys.stdin.readline().rstrip("\r\n")
-        return lambda: line
-    env = os.environ.get("NEO_PASSWORD")
-    if env is not None:
-        return lambda: env
-
-    def prompt() -> str | None:
-        if not sys.stdin.isatty():
-            return None
-        try:
-            return getpass.getpass("Password: ")
-        except (EOFError, KeyboardInterrupt):
-            return None
-
-    return prompt
 
 
 # --- encryption (issue 6) ---
@@ -132,6 +135,11 @@ def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> Non
     crypt.add_argument("--passphrase-stdin", action="store_true",
                        help="read the key's passphrase from standard input (the line after the password when "
                        "--password-stdin is given too); NEO_PASSPHRASE works as well")  # fmt: skip
+    crypt.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                       help="read the key's passphrase from the first line of FILE (also NEO_PASSPHRASE_FILE)")
+    crypt.add_argument("--passphrase-command", metavar="CMD",
+                       help="run CMD (no shell) when the key's passphrase is needed; its first output line is the "
+                       "passphrase (also NEO_PASSPHRASE_COMMAND)")  # fmt: skip
     crypt.add_argument("--require-encryption", action="store_true",
                        help="refuse a target the server says is not encrypted (exit 3). A target this client has "
                        "seen encrypted is pinned and always checked so; this covers a first contact" + (
@@ -139,28 +147,6 @@ def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> Non
     crypt.add_argument("--grant-root", default="", metavar="PATH",
                        help="a grant on a sub-path of an encrypted target: that sub-path as its owner names it "
                        "(in plaintext; names below it are encrypted from the target's root)")  # fmt: skip
-
-
-def passphrase_source(args: argparse.Namespace) -> Callable[[str], str | None]:
-    """The key's passphrase getter, called at most once, only when an encrypted target is met:
-    ``--passphrase-stdin``, ``NEO_PASSPHRASE``, else a prompt on a terminal. Call it after
-    :func:`password_source`: with both ``-stdin`` flags the password is line 1 and the passphrase line 2."""
-    if getattr(args, "passphrase_stdin", False):
-        line = sys.stdin.readline().rstrip("\r\n")
-        return lambda _path: line
-    env = os.environ.get("NEO_PASSPHRASE")
-    if env is not None:
-        return lambda _path: env
-
-    def prompt(path: str) -> str | None:
-        if not sys.stdin.isatty():
-            return None
-        try:
-            return getpass.getpass(f"Passphrase for {path}: ")
-        except (EOFError, KeyboardInterrupt):
-            return None
-
-    return prompt
 
 
 def key_source(args: argparse.Namespace) -> Any:
@@ -175,15 +161,6 @@ def target_pin(remote: Any) -> Any:
     from neotwist.client.pins import TargetPin
 
     return TargetPin.for_remote(remote)
-
-
-def confirm(question: str) -> bool:
-    if not sys.stdin.isatty():
-        return False
-    try:
-        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
 
 
 def start_logging(debug: bool) -> None:
@@ -201,48 +178,3 @@ def start_logging(debug: bool) -> None:
         [cast(Any, LogLevelFilterPredicate(defaultLogLevel=level))],
     )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
-
-
-def human_size(n: int) -> str:
-    """Bytes for people: 512 B, 1.5 KiB, 3.2 GiB."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    return f"{n} B"
-
-
-def react(prog: str, run: Callable[[Any], Awaitable[int]]) -> int:
-    """Run ``run(reactor)`` under a fresh reactor and return its exit code (EXIT_INTERRUPTED on Ctrl-C)."""
-    from twisted.internet import task
-
-    from neotwist.client.remote import UsageError
-
-    state = {"finished": False, "interrupted": False}
-
-    async def main(reactor: Any) -> None:
-        def interrupted() -> None:
-            if not state["finished"]:
-                state["interrupted"] = True
-
-        reactor.addSystemEventTrigger("before", "shutdown", interrupted)
-        try:
-            code = await run(reactor)
-        except UsageError as e:
-            sys.stderr.write(f"{prog}: error: {e}\n")
-            code = EXIT_USAGE
-        state["finished"] = True
-        if code:
-            raise SystemExit(code)
-
-    try:
-        task.react(main)
-    except SystemExit as e:
-        if state["interrupted"]:
-            sys.stderr.write(f"{prog}: interrupted\n")
-            return EXIT_INTERRUPTED
-        return int(e.code or 0)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    return EXIT_OK

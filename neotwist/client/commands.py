@@ -23,15 +23,16 @@ from neotwist.client.clibase import (
     EXIT_OK,
     EXIT_USAGE,
     REMOTE_FORM,
+    REPOSITORY_ENV,
     Parser,
     add_connection_options,
     add_key_options,
     add_output_options,
+    add_version,
     connect_options,
-    human_size,
+    default_remote,
     key_source,
     open_session,
-    react,
     start_logging,
     target_pin,
 )
@@ -47,8 +48,11 @@ from neotwist.client.encryption import (
 )
 from neotwist.client.pins import PinFileError
 from neotwist.client.remote import Remote, UsageError, parse_remote
+from neotwist.client.runner import entry_point, react
 from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_at, parse_duration
 from neotwist.crypto import CryptoError, WrongPassphrase
+from neotwist.display import shown, write_json
+from neotwist.sizes import human_size
 from neotwist.wire.messages import GetUsage, Opened, UsageInfo
 from neotwist.wire.peer import Peer
 
@@ -113,7 +117,8 @@ def _parser(prog: str, usage: str, description: str, epilog: str, *, progress: b
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("remote", metavar="REMOTE", help=argparse.SUPPRESS)
+    p.add_argument("remote", metavar="REMOTE", nargs="?", help=argparse.SUPPRESS)  # default: NEO_REPOSITORY
+    add_version(p)
     add_connection_options(p)
     add_output_options(p, progress=progress)
     return p
@@ -234,13 +239,16 @@ def _run(
 
 
 def _print_json(document: Any) -> None:
-    sys.stdout.write(msgspec.json.encode(document).decode() + "\n")
+    write_json(document)
 
 
 def _parse(parser: Parser, argv: Sequence[str] | None, need_target: bool = True) -> tuple[argparse.Namespace, Remote]:
     args = parser.parse_args(argv)
+    text = args.remote or default_remote()
+    if text is None:
+        parser.error(f"give REMOTE (or set {REPOSITORY_ENV})")
     try:
-        remote = parse_remote(args.remote, need_target=need_target)
+        remote = parse_remote(text, need_target=need_target)
     except UsageError as e:
         parser.error(str(e))
     return args, remote
@@ -362,9 +370,10 @@ def _show_targets(args: argparse.Namespace, targets: list[Any]) -> int:
     elif not args.quiet:
         rows = [["TARGET", "SNAPSHOTS", "LATEST", "FILES", "STORED"]] + [
             [
-                t.name + (" (encrypted)" if t.encrypted else "") + (f" ({t.right}, of {t.owner})" if t.owner else ""),
+                shown(t.name) + (" (encrypted)" if t.encrypted else "")
+                + (f" ({t.right}, of {shown(t.owner)})" if t.owner else ""),
                 str(t.snapshots),
-                format_time(t.latest_time) if t.latest_time is not None else "-",
+                format_time(t.latest_time) if t.latest_time is not None else "- (none yet: push to it, or resume)",
                 str(t.files),
                 human_size(t.stored_bytes),
             ]
@@ -408,7 +417,8 @@ def _show_usage(args: argparse.Namespace, info: Any) -> int:
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     rows = [["TARGET", "STORED", "FILE VERSIONS", "DIR VERSIONS"]] + [
-        [t.name, human_size(t.stored_bytes), str(t.file_versions), str(t.dir_versions)] for t in info.targets
+        [shown(t.name), human_size(t.stored_bytes), str(t.file_versions), str(t.dir_versions)]
+        for t in info.targets
     ]
     if info.targets:
         sys.stdout.write(_table(rows, right=(1, 2, 3)))
@@ -474,11 +484,11 @@ def _show_entries(args: argparse.Namespace, remote: Remote, snapshot: int, entri
         for e in entries:
             if e.path == "" and e.kind == "d":
                 continue  # the listed directory itself
-            name = e.path or remote.path.rsplit("/", 1)[-1]
+            name = shown(e.path or remote.path.rsplit("/", 1)[-1])
             if e.kind == "d":
                 name += "/"
             elif e.kind == "l":
-                name += f" -> {e.link}"
+                name += f" -> {shown(e.link)}"
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime_ns / 1e9))
             rows.append([_mode_text(e.kind, e.mode), str(e.size) if e.kind == "f" else "-", stamp, name])
         sys.stdout.write(f"snapshot {snapshot}\n" + _table(rows, right=(1,)))
@@ -533,7 +543,7 @@ def _show_deleted(args: argparse.Namespace, remote: Remote, records: list[Any]) 
     elif not args.quiet:
         rows = [["PATH", "SIZE", "DELETED", "RESTORE FROM"]] + [
             [
-                d.path + ("/" if d.kind == "d" else ""),
+                shown(d.path) + ("/" if d.kind == "d" else ""),
                 str(d.size) if d.kind == "f" else "-",
                 f"{format_time(d.deleted_time)} (snapshot {d.deleted_in})",
                 f"--snapshot {d.last_snapshot}",
@@ -651,11 +661,11 @@ def check_main(argv: Sequence[str] | None = None) -> int:
             for f in report.files:
                 if f.marked:
                     out.write(
-                        f"lost: {f.path} in snapshot(s) {_ids(f.snapshots)}: {f.why}; "
+                        f"lost: {shown(f.path)} in snapshot(s) {_ids(f.snapshots)}: {f.why}; "
                         "push the intact file again to heal it\n"
                     )
                 else:
-                    out.write(f"damaged: {f.path} in snapshot(s) {_ids(f.snapshots)}: {f.why}\n")
+                    out.write(f"damaged: {shown(f.path)} in snapshot(s) {_ids(f.snapshots)}: {f.why}\n")
             for problem in report.problems:
                 out.write(f"problem: {problem}\n")
             if report.truncated:
@@ -685,15 +695,8 @@ def _ids(ids: Sequence[int]) -> str:
     return ", ".join(str(i) for i in ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
 
 
-def _entry(main: Callable[[Sequence[str] | None], int]) -> Callable[[], None]:
-    def run() -> None:
-        sys.exit(main(None))
-
-    return run
-
-
-ls = _entry(ls_main)
-prune = _entry(prune_main)
-check = _entry(check_main)
+ls = entry_point("neo-ls", lambda: ls_main(None))
+prune = entry_point("neo-prune", lambda: prune_main(None))
+check = entry_point("neo-check", lambda: check_main(None))
 
 __all__ = ["EXIT_USAGE", "check", "check_main", "ls", "ls_main", "prune", "prune_main"]

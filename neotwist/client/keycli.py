@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
+from neotwist.client.clibase import (
+    add_version,
+)
+from neotwist.client.credentials import SecretUnavailable, configured_secret
 from neotwist.client.pins import PinFileError
+from neotwist.client.runner import entry_point
 from neotwist.crypto import CryptoError, KeyFileError, WrongPassphrase, keyfile
+from neotwist.display import write_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
 
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def common(q: argparse.ArgumentParser, passphrase: bool = True) -> None:
@@ -72,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         if passphrase:
             q.add_argument("--passphrase-stdin", action="store_true",
                            help="read the passphrase from standard input (passwd: old, then new, one per line)")
+            q.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                           help="the passphrase (passwd: the current one) from the first line of FILE (also "
+                           "NEO_PASSPHRASE_FILE; passwd's new one: NEO_NEW_PASSPHRASE_FILE)")
+            q.add_argument("--passphrase-command", metavar="CMD",
+                           help="run CMD (no shell): its first output line is the passphrase (also "
+                           "NEO_PASSPHRASE_COMMAND; passwd's new one: NEO_NEW_PASSPHRASE_COMMAND)")  # fmt: skip
         q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     def kdf(q: argparse.ArgumentParser) -> None:
@@ -131,8 +141,12 @@ def _prompt(question: str, confirm: bool) -> str | None:
 def _passphrase(args: argparse.Namespace, stdin: _Stdin, env: str, question: str, confirm: bool) -> str:
     if args.passphrase_stdin:
         return stdin.line(question.rstrip(": ").lower())
-    given = os.environ.get(env)
-    if given is not None:
+    # the flags name the passphrase the key file has now; passwd's new one comes from NEO_NEW_PASSPHRASE*
+    configured = configured_secret(args if env == "NEO_PASSPHRASE" else None, "passphrase", env)
+    if configured is not None:
+        given = configured()
+        if given is None:
+            raise KeyFileError(f"no passphrase: the command of {env}_COMMAND or --passphrase-command failed")
         return given
     answer = _prompt(question, confirm)
     if answer is None:
@@ -294,13 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def out(info: dict[str, Any], text: str) -> None:
         if args.json:
-            sys.stdout.write(msgspec.json.encode(info).decode() + "\n")
+            write_json(info)
         else:
             sys.stdout.write(text + "\n")
 
     try:
         return _run(args, out)
-    except _Usage as e:
+    except (_Usage, SecretUnavailable) as e:
         parser.print_usage(sys.stderr)
         sys.stderr.write(f"neo-key: error: {e}\n")
         return EXIT_USAGE
@@ -312,6 +326,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def main_entry() -> None:
-    """Entry point of neo-key."""
-    sys.exit(main())
+main_entry = entry_point("neo-key", main)

@@ -18,22 +18,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from neotwist.client.clibase import (
     EXIT_AUTH,
     EXIT_FAILED,
     Parser,
     add_connection_options,
     add_output_options,
-    confirm,
+    add_version,
     connect_options,
     open_session,
-    react,
     start_logging,
 )
+from neotwist.client.credentials import confirm
 from neotwist.client.pins import PinFileError, TargetPin
 from neotwist.client.remote import Remote, UsageError, parse_remote
+from neotwist.client.runner import entry_point, react
+from neotwist.display import shown, write_json
 from neotwist.server.rights import RIGHTS_TEXT
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import (
@@ -105,6 +105,7 @@ def share_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_options(p)
+    add_version(p)
     p.add_argument("remote", metavar="REMOTE")
     groups = p.add_subparsers(dest="group", metavar="{subaccount,grant,revoke,list}", required=True,
                               parser_class=Parser)  # fmt: skip
@@ -156,6 +157,7 @@ def target_parser() -> argparse.ArgumentParser:
         epilog=_TARGET_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(p)
     p.add_argument("command", choices=["remove"], help="remove: delete a target with all its snapshots and data")
     p.add_argument("remote", metavar="REMOTE")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)")
@@ -213,7 +215,7 @@ def _key_lines(files: list[Path]) -> list[str]:
 
 
 def _print_json(value: object) -> None:
-    sys.stdout.write(msgspec.json.encode(value).decode("utf-8") + "\n")
+    write_json(value)
 
 
 Job = Callable[[Peer], Awaitable[Any]]
@@ -326,9 +328,9 @@ def _share_request(args: argparse.Namespace, remote: Remote) -> tuple[Any, Calla
         name = args.as_name or where.target
         grant = GrantAccess(rid=0, grantee=args.to, target=where.target, path=where.path, right=args.right,
                             name=args.as_name)  # fmt: skip
-        shown = where.target + (f"/{where.path}" if where.path else "")
+        place = where.target + (f"/{where.path}" if where.path else "")
         return grant, ok(
-            f"{args.to} has {args.right} on {shown} as {name!r}",
+            f"{args.to} has {args.right} on {place} as {name!r}",
             action="grant", grantee=args.to, target=where.target, path=where.path, right=args.right, name=name,
         )  # fmt: skip
     if args.group == "revoke":
@@ -356,10 +358,10 @@ def _share_request(args: argparse.Namespace, remote: Remote) -> tuple[Any, Calla
             _print_json({"sub_accounts": subs, "grants": grants})
             return
         for s in shares.sub_accounts:
-            print(f"sub-account  {s.name}\tpassword={'yes' if s.has_password else 'no'}\tkeys={s.keys}")
+            print(f"sub-account  {shown(s.name)}\tpassword={'yes' if s.has_password else 'no'}\tkeys={s.keys}")
         for g in shares.grants:
-            where = f"{g.owner}/{g.target}" + (f"/{g.path}" if g.path else "")
-            print(f"grant        {g.grantee} has {g.right} on {where} as {g.name!r}")
+            where = shown(f"{g.owner}/{g.target}" + (f"/{g.path}" if g.path else ""))
+            print(f"grant        {shown(g.grantee)} has {g.right} on {where} as '{shown(g.name)}'")
         if not shares.sub_accounts and not shares.grants:
             print("no sub-accounts and no grants")
 
@@ -410,9 +412,5 @@ def target_main(argv: Sequence[str] | None = None) -> int:
     return _run("neo-target", args, remote, options, job)
 
 
-def share_entry() -> None:
-    sys.exit(share_main())
-
-
-def target_entry() -> None:
-    sys.exit(target_main())
+share_entry = entry_point("neo-share", share_main)
+target_entry = entry_point("neo-target", target_main)

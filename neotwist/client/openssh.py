@@ -24,12 +24,21 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from neotwist.client.remote import ConnectError, Remote, UsageError
+from neotwist.client.remote import AccessRefused, ConnectError, Remote, UsageError
 
 log = Logger()
 
 STDERR_TAIL = 2048
 """Bytes of ssh's stderr kept for the error message."""
+
+REFUSALS = (
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "Permission denied",
+    "Too many authentication failures",
+)
+"""What OpenSSH prints (it exits 255 for every failure) when a host key is unknown or changed or a login is
+refused: the session then fails with :class:`AccessRefused` (exit 3), like the built-in client's."""
 
 
 def ssh_argv(command: str, remote: Remote) -> list[str]:
@@ -151,7 +160,8 @@ class OpenSSHLink(ProcessProtocol):
             return None
         tail = self.stderr_tail
         detail = f": {tail}" if tail else ""
-        return ConnectError(
+        refused = any(sign in self._stderr_tail.decode("utf-8", "replace") for sign in REFUSALS)
+        return (AccessRefused if refused else ConnectError)(
             f"could not start a session on {self.remote.address} with --ssh-command "
             f"({self._exit_text()}){detail}"
         )

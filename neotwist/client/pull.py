@@ -46,6 +46,7 @@ from neotwist.client.progress import Progress
 from neotwist.client.reading import RangeReader
 from neotwist.client.restore import Restorer, plan
 from neotwist.client.timespec import AtTime
+from neotwist.client.workers import WorkerPool
 from neotwist.codec import PLAIN, ChunkCodec
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
@@ -619,6 +620,7 @@ class _PullRun:
                     self.summary.files_unchanged += 1
                     if progress is not None:
                         progress.files()
+                        progress.bytes(f.size)  # checked and current: done as much as a written one
                     continue
                 if isinstance(state, str):
                     self.summary.files_skipped += 1
@@ -669,6 +671,7 @@ class _PullRun:
             summary.files_unchanged += 1
             if progress is not None:
                 progress.files()
+                progress.bytes(f.size)
             return
         try:
             await self._fetch_and_write(f)
@@ -874,12 +877,13 @@ async def pull(
         summary.files = sum(1 for e in entries if e.kind == "f")
         if options.progress is not None:
             options.progress.total_files(summary.files)
+            options.progress.total_bytes(sum(e.size for e in entries if e.kind == "f"))
         try:
             dest = SafeDest(local_root)
         except OSError as e:
             raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
         _raise_open_files_limit()
-        pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
+        pool = WorkerPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
         pool.start()
         content = ChunkCodec(crypt.sealer) if crypt is not None else PLAIN
         params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)

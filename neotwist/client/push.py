@@ -34,6 +34,7 @@ from typing import Any
 import zstandard
 from twisted.internet.defer import DeferredList, DeferredSemaphore, FirstError, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from neotwist.chunking import Chunker
@@ -46,6 +47,7 @@ from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
 from neotwist.client.progress import Progress
 from neotwist.client.reading import cut_fd
 from neotwist.client.scan import ScanRecord, ScanStats, scan
+from neotwist.client.workers import WorkerPool
 from neotwist.codec import PLAIN, ChunkCodec
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
@@ -57,12 +59,17 @@ from neotwist.wire.messages import (
     Entry,
     Have,
     Missing,
+    Open,
     Opened,
     PushBegin,
     PushEntries,
     Put,
+    RemoveTarget,
+    TargetRemoved,
 )
 from neotwist.wire.peer import Peer
+
+log = Logger()
 
 ID = limits.ID_SIZE
 
@@ -756,52 +763,122 @@ async def push(
     if opened.encrypted != (crypt is not None):
         raise PushError(f"the server opened target {target} with the wrong encryption; nothing was sent")
     summary.encrypted = crypt is not None
-    with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
-        if options.cache is not None:
-            # ids of an encrypted target are keyed: its cache must never lend ids to another keying, or take any
-            options.cache.bind("plaintext" if crypt is None else f"encrypted {crypt.keys.fingerprint}")
-            options.cache.load()
-            if options.cache.load_error and options.warn is not None:
-                options.warn(options.cache.load_error)
-        params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
-        pool = ThreadPool(minthreads=0, maxthreads=max(2, options.workers + 1), name="neo-push")
-        pool.start()
-        try:
-            use_cache = options.cache is not None
-            retried = False
-            while True:
-                run = _PushRun(
-                    reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt,
-                    verify=retried,
-                )  # fmt: skip
-                try:
-                    committed = await run.run()
-                    break
-                except RemoteError as e:
-                    if e.code != ErrorCode.MISSING_CHUNKS or retried:
-                        raise
-                # The server lacks chunks this push refers to (the cache named chunks it no longer has, or it asks
-                # again for chunks it found damaged): start over once, asking about the cached files' chunks too
-                # and reading again those it lacks.
-                await peer.request(Abort(rid=0, handle=opened.handle))
-                retried = True
-                summary = PushSummary(retried_without_cache=True, encrypted=crypt is not None)
-        finally:
-            pool.stop()
-        if options.cache is not None:
+    try:
+        with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
+            if options.cache is not None:
+                # ids of an encrypted target are keyed: its cache must never lend ids to another keying, or take any
+                options.cache.bind("plaintext" if crypt is None else f"encrypted {crypt.keys.fingerprint}")
+                options.cache.load()
+                if options.cache.load_error and options.warn is not None:
+                    options.warn(options.cache.load_error)
+            params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
+            pool = WorkerPool(minthreads=0, maxthreads=max(2, options.workers + 1), name="neo-push")
+            pool.start()
+            counting = _count_in_background(reactor, local_root, options)
             try:
-                options.cache.save()
-            except OSError as e:
-                summary.warnings.append(Problem(str(options.cache.path), f"cannot save the files cache: {e}"))
-                summary.warnings_count += 1
-        summary.snapshot = committed.snapshot
-        summary.new_chunks = committed.new_chunks
-        summary.new_bytes = committed.new_bytes
-        summary.deleted = committed.deleted
-        summary.bytes_sent = peer.bytes_sent - sent0
-        summary.bytes_received = peer.bytes_received - received0
-        summary.elapsed_s = time.monotonic() - started
-        return summary
+                use_cache = options.cache is not None
+                retried = False
+                while True:
+                    run = _PushRun(
+                        reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt,
+                        verify=retried,
+                    )  # fmt: skip
+                    try:
+                        committed = await run.run()
+                        break
+                    except RemoteError as e:
+                        if e.code != ErrorCode.MISSING_CHUNKS or retried:
+                            raise
+                    # The server lacks chunks this push refers to (the cache named chunks it no longer has, or it
+                    # asks again for chunks it found damaged): start over once, asking about the cached files'
+                    # chunks too and reading again those it lacks.
+                    await peer.request(Abort(rid=0, handle=opened.handle))
+                    retried = True
+                    summary = PushSummary(retried_without_cache=True, encrypted=crypt is not None)
+            finally:
+                counting()
+                pool.stop()
+            if options.cache is not None:
+                try:
+                    options.cache.save()
+                except OSError as e:
+                    summary.warnings.append(Problem(str(options.cache.path), f"cannot save the files cache: {e}"))
+                    summary.warnings_count += 1
+            summary.snapshot = committed.snapshot
+            summary.new_chunks = committed.new_chunks
+            summary.new_bytes = committed.new_bytes
+            summary.deleted = committed.deleted
+            summary.bytes_sent = peer.bytes_sent - sent0
+            summary.bytes_received = peer.bytes_received - received0
+            summary.elapsed_s = time.monotonic() - started
+            return summary
+    except BaseException:
+        if not opened.exists:  # this push created the target: an interrupted or failed first push
+            if summary.chunks_sent:  # keep what it sent: the server holds it for a while, so pushing again resumes
+                if options.warn is not None:
+                    options.warn(
+                        f"nothing was committed to target {target} (new with this push); the server keeps the "
+                        f"{summary.chunks_sent} chunks already sent for 15 minutes: push again to resume"
+                    )
+            elif await _remove_unborn_target(peer, opened.handle, target) and options.warn is not None:
+                options.warn(f"nothing was committed, so target {target} (new with this push) was removed again")
+        raise
+
+
+def _count_in_background(reactor: Any, root: str, options: PushOptions) -> Callable[[], None]:
+    """When progress is shown, walk ``root`` in a thread of its own, as the push's scan will, to give the
+    progress its totals (and so a percentage and an ETA) while the push runs, as restic does. Returns the
+    function that stops the walk (at once: it checks between entries) and its thread."""
+    progress = options.progress
+    if progress is None or not progress.wants_totals:
+        return lambda: None
+    stop = threading.Event()
+
+    def count() -> tuple[int, int] | None:
+        items = size = 0
+        for rec in scan(root, options.filter, ScanStats()):
+            if stop.is_set():
+                return None
+            items += 1
+            size += rec.size
+        return items, size
+
+    def counted(totals: tuple[int, int] | None) -> None:
+        if totals is not None and not stop.is_set():
+            progress.total_files(totals[0])
+            progress.total_bytes(totals[1])
+
+    pool = WorkerPool(minthreads=0, maxthreads=1, name="neo-push-count")
+    pool.start()
+    d = deferToThreadPool(reactor, pool, count)
+    d.addCallback(counted)
+    d.addErrback(lambda f: log.debug("counting the tree for progress: {why}", why=f.getErrorMessage()))
+
+    def finish() -> None:
+        stop.set()
+        pool.stop()
+
+    return finish
+
+
+async def _remove_unborn_target(peer: Peer, handle: int, target: str) -> bool:
+    """End the push on ``handle`` and remove ``target``, which this push created and nothing was committed to,
+    so that neo-ls does not list an empty target nobody made on purpose. True if it was removed. A target that
+    holds a snapshot by now (another client's push committed meanwhile) is kept; so is one this account may not
+    remove whole (a grant on a part of it): the server then keeps the empty target until its owner removes it."""
+    try:
+        await peer.request(Abort(rid=0, handle=handle))
+    except Exception as e:  # no push had begun, or the connection is gone: the open below says which
+        log.debug("abort of the failed first push: {why}", why=e)
+    try:
+        root = await peer.request(Open(rid=0, target=target, path="", mode="read"))
+        if not isinstance(root, Opened) or root.latest is not None:
+            return False
+        removed = await peer.request(RemoveTarget(rid=0, handle=root.handle))
+    except Exception as e:
+        log.debug("the new target {target} stays: {why}", target=target, why=e)
+        return False
+    return isinstance(removed, TargetRemoved)
 
 
 async def _gather(ds: list[Any]) -> list[Any]:

@@ -38,6 +38,11 @@ class ConnectError(Exception):
     """
 
 
+class AccessRefused(ConnectError):
+    """The server was reached but refused us, or we refused it: an unknown or changed host key, credentials
+    the server did not accept. The command line exits 3 for it (1 for other connection failures)."""
+
+
 @dataclass(frozen=True)
 class Remote:
     """Where a push or pull goes: transport, account, server address, target and sub-path in the target."""

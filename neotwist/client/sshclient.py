@@ -11,6 +11,7 @@ that (TCP, host key, authentication, subsystem refused) errbacks with a one-line
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -74,6 +75,26 @@ class SSHOptions:
     agent_socket: str | None = None  # None: $SSH_AUTH_SOCK
 
 
+PROBE_TIMEOUT = 3.0
+"""Seconds :func:`speaks_tls` waits for a port to answer a TLS hello."""
+
+
+def speaks_tls(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether ``host:port`` completes a TLS handshake (blocking: run it in a thread). Used only to explain a
+    failed SSH connection; nothing is verified or sent beyond the handshake, and the connection is closed."""
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 class _Attempt:
     """Shared state of one connection attempt: the Deferred open_ssh returns and the reason to report."""
 
@@ -96,13 +117,41 @@ class _Attempt:
         if not self.ready.called:
             self.ready.callback(None)
 
-    def connection_lost(self, reason: Failure) -> None:
+    def connection_lost(self, reason: Failure, first_bytes: bytes = b"", got_version: bool = True) -> None:
+        """``first_bytes``: what the server sent first; ``got_version``: whether it said it speaks SSH."""
         self.lost_reason = reason
-        if not self.ready.called:
-            error = self.error or ConnectError(
-                f"connection to {self.remote.address} closed during SSH setup: {reason.getErrorMessage()}"
-            )
-            self.ready.errback(error)
+        if self.ready.called:
+            return
+        if self.error is not None or got_version:
+            self.ready.errback(self.error or self._closed_during_setup(reason))
+        elif first_bytes[:1] in (b"\x15", b"\x16") and first_bytes[1:2] == b"\x03":
+            self.ready.errback(self._speaks_tls())  # a TLS record: an alert or a handshake
+        else:
+            # Closed without a word: an SSH server always greets first, a TLS server waits for a hello it
+            # never got. Ask the port in TLS to say which it is.
+            from twisted.internet.threads import deferToThreadPool
+
+            probe = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), speaks_tls, self.remote.host,
+                                      self.remote.port)  # fmt: skip
+            probe.addErrback(lambda _f: False)
+            probe.addCallback(lambda tls: self.ready.errback(self._speaks_tls() if tls else self._not_ssh()))
+
+    def _tls_form(self) -> str:
+        return dataclasses.replace(self.remote, scheme="tls").display()
+
+    def _speaks_tls(self) -> ConnectError:
+        return ConnectError(
+            f"{self.remote.address} speaks TLS, not SSH: use {self._tls_form()} (the TLS port is 4323 by default)"
+        )
+
+    def _not_ssh(self) -> ConnectError:
+        return ConnectError(f"{self.remote.address} closed the connection before it said SSH: not an SSH server, "
+                            "or one that turned this connection away")  # fmt: skip
+
+    def _closed_during_setup(self, reason: Failure) -> ConnectError:
+        return ConnectError(
+            f"connection to {self.remote.address} closed during SSH setup: {reason.getErrorMessage()}"
+        )
 
     def lose_peer(self, reason: Failure) -> None:
         """Tell the Peer its stream ended, once (conch may report a close twice: twisted#3007)."""
@@ -368,6 +417,7 @@ class _ClientTransport(transport.SSHClientTransport):
         self._attempt = attempt
         self._options = options
         self._auth: _UserAuth | None = None
+        self._first_bytes = b""  # what the server sent first: says which protocol a port speaks
         preferred = [t for t in pinned_types if t in _HOST_KEY_ALGORITHMS] or list(_PREFERRED_HOST_KEYS)
         algorithms: list[bytes] = []
         for key_type in preferred:
@@ -413,6 +463,9 @@ class _ClientTransport(transport.SSHClientTransport):
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         if reason == transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE and not self._attempt.authenticated:
             self._auth_failed("")
+        if reason == transport.DISCONNECT_HOST_KEY_NOT_VERIFIABLE:
+            # conch puts the verification Failure, traceback and local paths included, in the reason it sends
+            desc = b"host key not accepted"
         super().sendDisconnect(reason, desc)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
@@ -426,10 +479,15 @@ class _ClientTransport(transport.SSHClientTransport):
             self._attempt.fail(ConnectError(f"{address} closed the SSH connection: {text}"))
         super().receiveError(reasonCode, description)
 
+    def dataReceived(self, data: bytes) -> None:
+        if len(self._first_bytes) < 8:
+            self._first_bytes += data[: 8 - len(self._first_bytes)]
+        super().dataReceived(data)
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._attempt.lost_reason = reason
         super().connectionLost(reason)
-        self._attempt.connection_lost(reason or Failure(ConnectionDone()))
+        self._attempt.connection_lost(reason or Failure(ConnectionDone()), self._first_bytes, self.gotVersion)
         self._attempt.lose_peer(reason or Failure(ConnectionDone()))
 
 

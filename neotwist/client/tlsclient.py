@@ -13,6 +13,7 @@ must name the host (``optionsForClientTLS``), and nothing is pinned.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
@@ -32,7 +33,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -152,6 +153,7 @@ class _TLSLink(Protocol):
         self.ready: Deferred[None] = Deferred()
         self._peer_connected = False
         self._peer_lost = False
+        self.first_bytes = b""  # what the server sent first, before any TLS (see _SniffingTLS)
 
     def handshakeCompleted(self) -> None:
         if self._state is not None and not self._state.checked:
@@ -189,10 +191,30 @@ class _TLSLink(Protocol):
                     f"{self._ca}: {_describe(reason)}"
                 )
             )
+        elif self.first_bytes.startswith(b"SSH-"):
+            ssh = dataclasses.replace(self._remote, scheme="ssh").display()
+            self.ready.errback(
+                ConnectError(f"{self._remote.address} speaks SSH, not TLS: use {ssh} (the SSH port is 4322 "
+                             "by default)")
+            )
         else:
             self.ready.errback(
                 ConnectError(f"TLS handshake with {self._remote.address} failed: {_describe(reason)}")
             )
+
+
+class _SniffingTLS(TLSMemoryBIOProtocol):
+    """Keeps the first bytes the server sends, so that a port that speaks SSH can be named as such."""
+
+    def dataReceived(self, data: bytes) -> None:
+        link = self.wrappedProtocol
+        if isinstance(link, _TLSLink) and len(link.first_bytes) < 8:
+            link.first_bytes += data[: 8 - len(link.first_bytes)]
+        super().dataReceived(data)
+
+
+class _SniffingTLSFactory(TLSMemoryBIOFactory):
+    protocol = _SniffingTLS
 
 
 def _describe(reason: Failure) -> str:
@@ -234,12 +256,12 @@ def open_tls(reactor: IReactorTCP, remote: Remote, peer: Protocol, options: TLSO
         creator = PinningConnectionCreator(remote.host, check, state)
     link = _TLSLink(remote, peer, state, options.ca)
     tcp: Any = HostnameEndpoint(reactor, remote.host, remote.port, timeout=CONNECT_TIMEOUT)
-    endpoint: Any = wrapClientTLS(creator, tcp)
 
     def tcp_failed(reason: Failure) -> None:
         if not link.ready.called:
             why = reason.getErrorMessage()
             link.ready.errback(ConnectError(f"cannot connect to {remote.address}: {why}"))
 
-    endpoint.connect(Factory.forProtocol(lambda: link)).addErrback(tcp_failed)
+    links: Any = Factory.forProtocol(lambda: link)
+    tcp.connect(_SniffingTLSFactory(creator, True, links)).addErrback(tcp_failed)
     return link.ready

@@ -8,7 +8,9 @@ identity.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import ipaddress
 import os
 import socket
@@ -113,6 +115,16 @@ def load_or_create_tls(data: Path, hostnames: Iterable[str] | None = None) -> tu
 
 
 def tls_fingerprint(cert_path: Path) -> str:
-    """SHA-256 fingerprint of the certificate (hex with colons), what a client pins on first use."""
+    """SHA-256 fingerprint of the whole certificate (hex with colons): what browsers and ``openssl x509
+    -fingerprint`` show. It changes when the certificate is renewed; the client pins the public key instead
+    (:func:`tls_public_key_fingerprint`)."""
     cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def tls_public_key_fingerprint(cert_path: Path) -> str:
+    """What a client pins on first use and shows when it asks: ``SHA256:`` and the unpadded base64 of the
+    SHA-256 of the certificate's DER SubjectPublicKeyInfo (the form of SSH key fingerprints)."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "SHA256:" + base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii").rstrip("=")
