@@ -81,6 +81,9 @@ def test_a_full_data_disk(tmp_path: Path, small_disk: Path) -> None:
         filler = small_disk / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)
         assert os.statvfs(small_disk).f_bavail == 0
+        # Before the server notices, a login may fail: as what it is, never as a wrong key or password.
+        r = server.cli("neo-ls", server.remote("t"))
+        assert r.returncode in (0, 1) and "authentication failed" not in r.stderr, r.stderr
         deadline = time.monotonic() + 30
         while "released" not in server.log_text() and time.monotonic() < deadline:
             time.sleep(0.5)

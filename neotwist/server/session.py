@@ -50,7 +50,7 @@ from neotwist.server.admission import Ticket
 from neotwist.server.budget import ByteBudget
 from neotwist.server.fairness import FairRunner
 from neotwist.server.filechunks import check_file_chunks
-from neotwist.server.repository import Push, Repository, Target
+from neotwist.server.repository import Push, Repository, Target, index
 from neotwist.server.repository.push import CommitCharge
 from neotwist.server.repository.repository import target_info
 from neotwist.server.repository.target import ChunkRejected, OverBudget
@@ -1595,8 +1595,12 @@ def _granted_view(target: Target, grant: Grant, extra: dict[str, Any]) -> Target
 
 
 def _unless_out_of_fds(failure: Failure, what: str) -> Failure:
+    """Running out of descriptors is ``unavailable``; a full or failing disk is DISK_FULL or STORAGE (logged
+    once per few seconds, without a traceback): neither is an internal error, nor, at login, a wrong password."""
     if descriptors.out_of_fds(failure.value):
         raise descriptors.unavailable(what) from None
+    if index.is_storage_failure(failure.value):
+        raise index.storage_error(what.replace("_", " "), failure.value) from None
     return failure
 
 

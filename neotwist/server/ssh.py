@@ -60,6 +60,7 @@ from neotwist.server import descriptors
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.admission import Admission, Ticket, address_host
 from neotwist.server.logs import conch_log
+from neotwist.server.repository import index
 from neotwist.server.throttle import Attempt, LoginThrottle, Throttled, valid_login_name
 from neotwist.sshchannel import CHANNEL_MAX_PACKET, CHANNEL_WINDOW, LinearBacklog
 from neotwist.wire import limits
@@ -298,10 +299,13 @@ class NeoUserAuthServer(SSHUserAuthServer):
                 # "authentication failed" either; the client hears why, and the connection ends.
                 if descriptors.out_of_fds(reason.value):
                     why = descriptors.unavailable(f"checking the {method} of {account}").message
+                elif index.is_storage_failure(reason.value):  # a full or failing disk: logged, said as such
+                    error = index.storage_error(f"check the {method} of {account}", reason.value)
+                    why = f"{error.message}; try again later"
                 else:
                     log.failure("checking the {method} of {account}", reason, method=method, account=account)
                     why = "internal error while checking credentials; see the server log"
-                transport.sendDisconnect(DISCONNECT_SERVICE_NOT_AVAILABLE, why.encode("ascii"))
+                transport.sendDisconnect(DISCONNECT_SERVICE_NOT_AVAILABLE, why.encode("ascii", "replace"))
                 return Failure(conch_error.IgnoreAuthentication())
             if not reason.check(conch_error.IgnoreAuthentication, conch_error.NotEnoughAuthentication):
                 log.info(

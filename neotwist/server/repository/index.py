@@ -229,6 +229,23 @@ def storage_error(what: str, e: sqlite3.OperationalError | OSError) -> NeoError:
     return logged(NeoError(ErrorCode.STORAGE, f"cannot {what}: {reason}"))
 
 
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+_SQLITE_STORAGE = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_READONLY")
+"""SQLite's errors of a full, failing, busy or read-only disk (extended codes start with these names). Not
+SQLITE_CANTOPEN: a file that cannot be opened at all is a broken setup, or no descriptor left (told apart
+elsewhere)."""
+
+
+def is_storage_failure(e: BaseException) -> bool:
+    """Whether ``e`` is the disk failing a read or a write (SQLite: full, I/O error, busy or locked, read-only;
+    ENOSPC, EDQUOT, EIO, EROFS), rather than a bug: such a failure is told as :func:`storage_error` says, never
+    as an internal error or a wrong password."""
+    if isinstance(e, sqlite3.OperationalError):
+        name = getattr(e, "sqlite_errorname", "")
+        return name.startswith(_SQLITE_STORAGE)
+    return isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS
+
+
 LOG_EVERY = 10.0
 """Seconds between log lines about storage failures of one kind: a full disk fails every upload at once."""
 
