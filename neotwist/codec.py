@@ -41,7 +41,7 @@ MIN_SAVING = 0.03
 _local = threading.local()
 
 
-def _decompressor() -> zstandard.ZstdDecompressor:
+def decompressor() -> zstandard.ZstdDecompressor:
     """One decompressor per thread: they are not thread-safe and cost a little to create."""
     dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
     if dctx is None:
@@ -90,7 +90,7 @@ def raw_bytes(codec: int, size: int, data: bytes, dctx: zstandard.ZstdDecompress
         if declared != zstandard.CONTENTSIZE_UNKNOWN and declared != size:
             raise NeoError(ErrorCode.CHUNK_MISMATCH, f"zstd frame declares {declared} bytes, put declared {size}")
         # max_output_size=0 would mean "unbounded": an empty chunk still gets a one-byte bound.
-        raw = (dctx or _decompressor()).decompress(data, max_output_size=max(size, 1), allow_extra_data=False)
+        raw = (dctx or decompressor()).decompress(data, max_output_size=max(size, 1), allow_extra_data=False)
     except zstandard.ZstdError as e:
         raise NeoError(ErrorCode.CHUNK_MISMATCH, f"chunk does not decompress within its size: {e}") from None
     if len(raw) != size:
@@ -157,7 +157,7 @@ class ChunkCodec:
                     ErrorCode.ENCRYPTION_MISMATCH, "the server sent an unsealed chunk for an encrypted target"
                 )
             try:
-                return self.sealer.open(cid, payload, dctx or _decompressor())
+                return self.sealer.open(cid, payload, dctx or decompressor())
             except AuthenticationFailed as e:
                 raise NeoError(ErrorCode.DAMAGED, str(e)) from None
         if codec == CODEC_SEALED:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,7 +46,7 @@ from neotwist.client.reading import RangeReader
 from neotwist.client.restore import Restorer, plan
 from neotwist.client.timespec import AtTime
 from neotwist.client.workers import WorkerPool
-from neotwist.codec import PLAIN, ChunkCodec
+from neotwist.codec import PLAIN, ChunkCodec, decompressor
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.messages import (
@@ -219,17 +218,6 @@ _Step = tuple[bytes, str, Any]
 (a ChunkReply)."""
 
 
-_local = threading.local()
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    """One decompressor per worker thread (creating one per segment cost an allocation each time)."""
-    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
-    if dctx is None:
-        dctx = _local.dctx = zstandard.ZstdDecompressor()
-    return dctx
-
-
 def _decode(content: ChunkCodec, reply: ChunkReply, path: str, dctx: zstandard.ZstdDecompressor) -> bytes:
     """The plaintext of a fetched chunk, checked against its id; DamagedFile naming ``path`` otherwise."""
     try:
@@ -310,7 +298,7 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: ChunkC
     if f.temp is None:
         f.temp = _new_temp(dest, f)
     fd = f.temp.fd
-    dctx = _decompressor()
+    dctx = decompressor()  # one per worker thread: creating one per segment cost an allocation each time
     start = f.offset
     out = start  # where the next byte goes
     buf: list[bytes] = []  # bytes waiting to be written at out - buffered
