@@ -16,6 +16,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import neotwist
+from neotwist import tcpkeepalive
+from neotwist.client.keepalive import Watchdog
 from neotwist.client.knownhosts import KnownHostsFile, default_known_hosts, default_tls_known_hosts
 from neotwist.client.openssh import OpenSSHLink, open_openssh
 from neotwist.client.remote import ConnectError, Remote
@@ -48,6 +50,7 @@ class ConnectOptions:
     window: int = limits.WINDOW
     use_agent: bool = True
     get_passphrase: Callable[[str], str | None] | None = None  # for encrypted identity files; None: skip them
+    timeout: float | None = limits.SILENCE_TIMEOUT  # seconds of silence before the link counts as dead; None: never
 
 
 class _ClientHandler:
@@ -149,6 +152,9 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
         if isinstance(e, NeoError):
             raise ConnectError(f"{remote.address}: {e.message}") from None
         raise ConnectError(f"session with {remote.address} failed during hello: {e}") from None
+    tcpkeepalive.enable(peer.transport)
+    if options.timeout and limits.FEATURE_PING in welcome.features:
+        Watchdog(reactor, peer, remote.address, options.timeout).start()
     return Session(peer=peer, welcome=welcome, remote=remote)
 
 
