@@ -58,6 +58,8 @@ ID = limits.ID_SIZE
 
 SEGMENT_IDS = 256
 """Chunk ids fetched by one ``get`` (about 8 MiB at the default 32 KiB average chunk)."""
+SEGMENT_BYTES = 16 * 1024 * 1024
+"""...and fewer when the file's listed size says its chunks are bigger (a target cut with large chunks)."""
 QUICK_CHECK_FILES = 256
 """Files checked against the destination per worker hop; each file to be written then holds a descriptor of its
 directory until written, so this also bounds those descriptors."""
@@ -136,6 +138,7 @@ class _File:
     temp: TempFile | None = None
     offset: int = 0  # bytes written so far
     written: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (offset, length) in temp
+    fetched: int = 0  # raw bytes the server sent for it so far (never more than ``size``)
 
 
 # --- worker-thread side ----------------------------------------------------------------------------------
@@ -627,6 +630,7 @@ class _PullRun:
         fetch: list[bytes] = []
         fetching: set[bytes] = set()
         planned_self: set[bytes] = set()  # fetched by an earlier segment: copied from the temp file
+        per_segment = max(1, min(SEGMENT_IDS, SEGMENT_BYTES * n // max(1, f.size)))
         for i in range(n):
             cid = ids[i * ID : (i + 1) * ID]
             if cid in local:
@@ -641,7 +645,7 @@ class _PullRun:
                 fetching.add(cid)
                 plan.append((cid, "net", None))
                 fetch.append(cid)
-                if len(fetch) >= SEGMENT_IDS:
+                if len(fetch) >= per_segment:
                     segments.append((plan, fetch))
                     planned_self |= fetching
                     plan, fetch, fetching = [], [], set()
@@ -675,16 +679,35 @@ class _PullRun:
         if not wanted:
             return [], 0
         n_ids = max(1, len(f.ids) // ID)
-        held = self.budget.cap(f.size * len(wanted) // n_ids + 1)  # the segment's share of the file's bytes
-        await self.budget.acquire(held)
+        budget = self.budget
+        held = budget.cap(f.size * len(wanted) // n_ids + 1)  # the segment's share of the file's bytes
+        await budget.acquire(held)
         got: list[ChunkReply] = []
         count = len(wanted)
+        plain = self.content.sealer is None
+        arrived = 0
 
         def more(message: Message) -> bool:
+            nonlocal held, arrived
             if not isinstance(message, ChunkReply):
                 raise PullError(f"the server answered get with {type(message).__name__}")
             if message.id != wanted[len(got)]:
                 raise PullError(f"{f.path}: the server sent chunks out of order")
+            # Charged by the bytes that arrived, not by the listed size the share above trusted.
+            received = len(message.data)
+            if plain:
+                f.fetched += message.size
+                if f.fetched > f.size or received > _most_encoded(message.size):
+                    raise DamagedFile(f"{f.path}: the server sent more data than the file's listed size; not restored")
+            arrived += received
+            if arrived > held:  # more than the share reserved: charge the rest, over the limit if need be
+                budget.take(arrived - held)
+                held = arrived
+            if budget.free < -budget.limit:
+                raise PullError(
+                    f"the server sent far more chunk data than the listed sizes announce (over "
+                    f"{2 * budget.limit >> 20} MiB held): a broken or hostile server; nothing more was fetched"
+                )
             got.append(message)
             return len(got) < count
 
@@ -712,6 +735,11 @@ class _PullRun:
         return got, held
 
 
+def _most_encoded(size: int) -> int:
+    """The most bytes a chunk of ``size`` raw bytes takes on the wire (zstd's bound on incompressible data)."""
+    return size + (size >> 7) + 128
+
+
 class _ByteBudget:
     """How many bytes of fetched chunks a pull holds at once (requested, received, or waiting to be written).
 
@@ -735,6 +763,11 @@ class _ByteBudget:
         d: Deferred[None] = Deferred()
         self._waiters.append((n, d))
         return d
+
+    def take(self, n: int) -> None:
+        """Charge ``n`` bytes that already arrived, even past the limit (``free`` goes negative and waiters
+        wait until enough is released)."""
+        self.free -= n
 
     def release(self, n: int) -> None:
         self.free += n

@@ -1,0 +1,84 @@
+"""A hostile server cannot make neo-pull hold more memory than its budgets, whatever it lists.
+
+The real pull code runs against :class:`fakeserver.FakeServer` in memory; memory is measured with
+tracemalloc (the fake answers a get one chunk per step, so what is held is the client's).
+"""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakeserver import FakeServer, run_client
+
+from neotwist.client import pull as pullmod
+from neotwist.client import stash
+from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
+from neotwist.wire.messages import CODEC_RAW, ChunkReply, Entry, Get
+
+MiB = 1024 * 1024
+BLOCK = os.urandom(256 * 1024)
+
+
+def _ids(n: int) -> bytes:
+    return os.urandom(32 * n)
+
+
+def _chunks(get: Get) -> Any:
+    for cid in get.ids:
+        yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(BLOCK), data=BLOCK)
+
+
+def _pull(fake: FakeServer, dest: Path) -> Any:
+    async def client(reactor: Any, peer: Any) -> Any:
+        return await pull(reactor, peer, "t", "", str(dest), PullOptions(workers=2))
+
+    tracemalloc.start()
+    try:
+        try:
+            run_client(fake, client)
+        except BaseException as e:
+            error: BaseException | None = e
+        else:
+            error = None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return error, peak
+
+
+def test_a_file_listed_as_one_byte_gets_no_more_than_one_byte(tmp_path: Path) -> None:
+    """The budget charged the listed size: a file listed at 1 byte with 64 chunks of 256 KiB had all 16 MiB
+    held at once. Now more data than the listed size makes the file damaged at the first chunk."""
+    fake = FakeServer([[Entry("", "d", 0o755, 1, 0), Entry("liar", "f", 0o644, 1, 1, _ids(64))]], _chunks)
+    error, peak = _pull(fake, tmp_path / "dest")
+    assert peak < 4 * MiB, peak
+    assert isinstance(error, PullIncomplete), error
+    assert "liar: the server sent more data than the file's listed size" in str(error)
+    assert not (tmp_path / "dest" / "liar").exists()
+
+
+def test_chunk_data_past_the_budget_ends_the_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing whose sizes add up, but whose first segment carries the whole file: what arrives is charged,
+    and past twice the budget the pull stops (here the budget is 4 MiB; the file 16 MiB)."""
+    monkeypatch.setattr(pullmod, "FETCH_BYTES", 4 * MiB)
+    fake = FakeServer([[Entry("", "d", 0o755, 1, 0), Entry("skewed", "f", 0o644, 1, 16 * MiB, _ids(256))]], _chunks)
+    error, peak = _pull(fake, tmp_path / "dest")
+    assert peak < 16 * MiB, peak
+    assert isinstance(error, PullError), error
+    assert "the server sent far more chunk data than the listed sizes announce" in str(error)
+
+
+def test_a_listing_carries_a_bounded_number_of_chunk_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Continuation records had no byte bound (1.5 GiB of ids held); now the listing stops at its bound
+    (patched to 4 MiB here; 1 GiB in use) as it arrives."""
+    monkeypatch.setattr(stash, "LISTING_ID_BYTES", 4 * MiB, raising=False)
+    records = [Entry("big", "f", 0o644, 1, 1 << 40, _ids(65536), more=i < 15) for i in range(16)]  # 32 MiB
+    fake = FakeServer([[Entry("", "d", 0o755, 1, 0)], *([r] for r in records)])
+    error, peak = _pull(fake, tmp_path / "dest")
+    assert peak < 16 * MiB, peak
+    assert isinstance(error, PullError), error
+    assert "more than 4 MiB of chunk ids" in str(error) and "pull a sub-path" in str(error)
