@@ -7,6 +7,7 @@ tracemalloc (the fake answers a get one chunk per step, so what is held is the c
 from __future__ import annotations
 
 import os
+import stat
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from fakeserver import FakeServer, run_client
 from neotwist.client import pull as pullmod
 from neotwist.client import stash
 from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
+from neotwist.codec import compute_id
 from neotwist.wire.messages import CODEC_RAW, ChunkReply, Entry, Get
 
 MiB = 1024 * 1024
@@ -82,3 +84,43 @@ def test_a_listing_carries_a_bounded_number_of_chunk_ids(tmp_path: Path, monkeyp
     assert peak < 16 * MiB, peak
     assert isinstance(error, PullError), error
     assert "more than 4 MiB of chunk ids" in str(error) and "pull a sub-path" in str(error)
+
+
+def _one_file(data: bytes, mode: int, root_mode: int = 0o777) -> FakeServer:
+    cid = compute_id(data)
+
+    def chunks(get: Get) -> Any:
+        for _ in get.ids:
+            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data), data=data)
+
+    return FakeServer([[Entry("", "d", root_mode, 1, 0), Entry("prog", "f", mode, 1, len(data), cid)]], chunks)
+
+
+def _pull_with(fake: FakeServer, dest: Path, **options: Any) -> None:
+    async def client(reactor: Any, peer: Any) -> Any:
+        return await pull(reactor, peer, "t", "", str(dest), PullOptions(workers=2, **options))
+
+    run_client(fake, client)
+
+
+def test_the_mode_of_an_existing_destination_is_left_alone(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir(mode=0o700)
+    _pull_with(_one_file(b"#!/bin/sh\n", 0o755, root_mode=0o777), dest)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    assert (dest / "prog").read_bytes() == b"#!/bin/sh\n"
+    # A destination the pull creates takes the stored mode.
+    fresh = tmp_path / "fresh"
+    _pull_with(_one_file(b"#!/bin/sh\n", 0o755, root_mode=0o750), fresh)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o750
+
+
+def test_setuid_and_setgid_are_dropped_unless_asked_or_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    _pull_with(_one_file(b"x", 0o6755), tmp_path / "a")
+    assert stat.S_IMODE((tmp_path / "a" / "prog").stat().st_mode) == 0o755
+    _pull_with(_one_file(b"x", 0o6755), tmp_path / "b", preserve_special_bits=True)
+    assert stat.S_IMODE((tmp_path / "b" / "prog").stat().st_mode) == 0o6755
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    _pull_with(_one_file(b"x", 0o6755), tmp_path / "c")
+    assert stat.S_IMODE((tmp_path / "c" / "prog").stat().st_mode) == 0o6755

@@ -136,6 +136,10 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           help="fsync each restored file before renaming it into place (safe against power loss "
                           "during the restore; slower: rsync, borg and restic do not)")
         work.add_argument("--no-fsync", dest="fsync", action="store_false", help=argparse.SUPPRESS)
+        work.add_argument("--preserve-special-bits", action="store_true",
+                          help="restore setuid and setgid bits as stored (root always does; otherwise they are "
+                          "dropped, as tar does without -p). The mode of a LOCAL directory that already existed is "
+                          "never changed")  # fmt: skip
         when = work.add_mutually_exclusive_group()
         when.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot, not the latest (neo-ls "
                           "REMOTE --snapshots lists them)")
@@ -289,6 +293,7 @@ async def _run(
                     grant_root=args.grant_root,
                     pin=target_pin(remote),
                     require_encryption=args.require_encryption,
+                    preserve_special_bits=args.preserve_special_bits,
                 ),
             )
         else:
@@ -310,6 +315,7 @@ async def _run(
                     grant_root=args.grant_root,
                     pin=target_pin(remote),
                     require_encryption=args.require_encryption,
+                    preserve_special_bits=args.preserve_special_bits,
                 ),
             )
     except PullIncomplete as e:

@@ -70,7 +70,7 @@ class TempFile:
     def commit(self, mode: int, mtime_ns: int, fsync: bool = True) -> None:
         """Set mode and mtime, fsync, and rename over whatever non-directory is at the final name."""
         try:
-            os.fchmod(self.fd, mode & 0o7777)
+            os.fchmod(self.fd, self._dest.allowed_mode(mode))
             os.utime(self.fd, ns=(mtime_ns, mtime_ns))
             if fsync:
                 os.fsync(self.fd)
@@ -104,8 +104,11 @@ class TempFile:
 class SafeDest:
     """The destination directory of a pull, and the only way the pull touches it."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, special_bits: bool = False) -> None:
+        """``special_bits``: restore setuid and setgid as the server lists them (always so for root)."""
+        self.root_existed = os.path.isdir(root)
         os.makedirs(root, exist_ok=True)
+        self.special_bits = special_bits or os.geteuid() == 0
         self.root = root
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -265,11 +268,19 @@ class SafeDest:
                     pass  # symlink times are cosmetic; not every platform can set them
             return True
 
+    def allowed_mode(self, mode: int) -> int:
+        """The mode a server-listed ``mode`` is restored with: setuid and setgid dropped unless allowed (a
+        server must not plant set-id programs for a user who did not ask, as tar does without -p)."""
+        mode &= 0o7777
+        return mode if self.special_bits else mode & ~0o6000
+
     def set_dir_meta(self, rel: str, mode: int, mtime_ns: int) -> None:
-        """Set a directory's mode and mtime (after its contents are written, so the mtime sticks)."""
+        """Set a directory's mode and mtime (after its contents are written, so the mtime sticks). The mode of
+        a destination root that existed before the pull is the user's, and is left alone."""
         fd = self._walk(_split(rel), False, rel)
         try:
-            os.fchmod(fd, mode & 0o7777)
+            if rel or not self.root_existed:
+                os.fchmod(fd, self.allowed_mode(mode))
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)

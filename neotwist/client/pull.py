@@ -93,6 +93,7 @@ class PullOptions:
     grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
     pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
     require_encryption: bool = False  # --require-encryption: refuse a plaintext target
+    preserve_special_bits: bool = False  # --preserve-special-bits: restore setuid/setgid (always so for root)
 
 
 @dataclass
@@ -833,7 +834,7 @@ async def pull(
         if options.progress is not None:
             options.progress.total_files(summary.files)
         try:
-            dest = SafeDest(local_root)
+            dest = SafeDest(local_root, special_bits=options.preserve_special_bits)
         except OSError as e:
             raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
         _raise_open_files_limit()
