@@ -293,7 +293,6 @@ async def _run(
                     grant_root=args.grant_root,
                     pin=target_pin(remote),
                     require_encryption=args.require_encryption,
-                    preserve_special_bits=args.preserve_special_bits,
                 ),
             )
         else:
