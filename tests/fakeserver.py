@@ -29,10 +29,13 @@ from neotwist.wire.messages import (
     Hello,
     List,
     Listing,
+    ListVersions,
     Message,
     Ok,
     Open,
     Opened,
+    VersionList,
+    VersionRecord,
     Welcome,
 )
 from neotwist.wire.peer import Peer
@@ -62,7 +65,7 @@ class ManualReactor:
 
 
 class FakeServer:
-    """Answers hello, open, list, get, close and bye as the test scripted it (listing pages and chunks one per
+    """Answers hello, open, list, versions, get, close and bye as the test scripted it (listing pages and chunks one per
     :meth:`step`)."""
 
     def __init__(
@@ -73,7 +76,9 @@ class FakeServer:
         chunker: ChunkerParams = DEFAULT_PARAMS,
         encrypted: bool = False,
         key_check: bytes = b"",
+        versions: list[VersionRecord] | None = None,
     ) -> None:
+        self.versions = versions or []
         self.pages = pages
         self.chunks = chunks
         self.chunker = chunker
@@ -100,6 +105,8 @@ class FakeServer:
         elif isinstance(message, Get):
             assert self.chunks is not None
             self._streams.append((rid, self.chunks(message)))
+        elif isinstance(message, ListVersions):
+            peer.send(VersionList(rid=rid, versions=self.versions, done=True))
         elif isinstance(message, (Close,)):
             peer.send(Ok(rid=rid))
         elif isinstance(message, Bye):

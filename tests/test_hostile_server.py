@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from fakeserver import FakeServer, run_client
 
+from neotwist.chunking import DEFAULT_PARAMS, Chunker
 from neotwist.client import pull as pullmod
 from neotwist.client import stash
 from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
 from neotwist.codec import compute_id
-from neotwist.wire.messages import CODEC_RAW, ChunkReply, Entry, Get
+from neotwist.wire.messages import CODEC_RAW, ChunkReply, Entry, Get, VersionRecord
 
 MiB = 1024 * 1024
 BLOCK = os.urandom(256 * 1024)
@@ -124,3 +125,44 @@ def test_setuid_and_setgid_are_dropped_unless_asked_or_root(tmp_path: Path, monk
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     _pull_with(_one_file(b"x", 0o6755), tmp_path / "c")
     assert stat.S_IMODE((tmp_path / "c" / "prog").stat().st_mode) == 0o6755
+
+
+def _probe(tmp_path: Path, *, vouched: bool = False, **options: Any) -> tuple[bytes, list[bytes]]:
+    """A local file, and a listing of its path with one of its chunk ids among 30 random ones: the id it
+    holds, and the ids the client asked for. ``vouched``: the server lists a version of that path with the
+    local file's size and mtime (a version the target holds)."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    secret = os.urandom(100_000)
+    (dest / "diary").write_bytes(secret)
+    st = (dest / "diary").stat()
+    held = next(iter(Chunker(DEFAULT_PARAMS).cut_bytes(secret)))[0].id
+    ids = [os.urandom(32) for _ in range(30)]
+    ids[7] = held
+
+    def chunks(get: Get) -> Any:
+        for cid in get.ids:
+            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=1, data=b"x")
+
+    listing = [Entry("", "d", 0o755, 1, 0), Entry("diary", "f", 0o644, 1, 30, b"".join(ids))]
+    versions = [VersionRecord(1, 2, 1.0, "f", 0o644, st.st_mtime_ns, st.st_size)] if vouched else []
+    fake = FakeServer([listing], chunks, versions=versions)
+    with pytest.raises(PullIncomplete):  # the made-up chunks do not match their ids: what counts is the asking
+        _pull_with(fake, dest, **options)
+    asked = [cid for m in fake.requests if isinstance(m, Get) for cid in m.ids]
+    return held, asked
+
+
+def test_a_server_cannot_learn_which_chunks_a_local_file_holds(tmp_path: Path) -> None:
+    held, asked = _probe(tmp_path)
+    assert held in asked and len(asked) == 30  # all asked for: the server learns nothing from an omission
+
+
+def test_a_local_file_that_is_a_version_the_target_holds_is_reused(tmp_path: Path) -> None:
+    held, asked = _probe(tmp_path, vouched=True)
+    assert held not in asked and len(asked) == 29
+
+
+def test_reuse_any_reuses_any_local_file(tmp_path: Path) -> None:
+    held, asked = _probe(tmp_path, reuse_any=True)
+    assert held not in asked and len(asked) == 29

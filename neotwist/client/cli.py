@@ -140,6 +140,10 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           help="restore setuid and setgid bits as stored (root always does; otherwise they are "
                           "dropped, as tar does without -p). The mode of a LOCAL directory that already existed is "
                           "never changed")  # fmt: skip
+        work.add_argument("--reuse-any", action="store_true",
+                          help="reuse chunks of any existing LOCAL file at the same path, not only of a version the "
+                          "target holds (faster over changed files; tells the server which chunks they hold, as "
+                          "rsync's delta tells its sender)")  # fmt: skip
         when = work.add_mutually_exclusive_group()
         when.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot, not the latest (neo-ls "
                           "REMOTE --snapshots lists them)")
@@ -315,6 +319,7 @@ async def _run(
                     pin=target_pin(remote),
                     require_encryption=args.require_encryption,
                     preserve_special_bits=args.preserve_special_bits,
+                    reuse_any=args.reuse_any,
                 ),
             )
     except PullIncomplete as e:

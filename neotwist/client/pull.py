@@ -5,7 +5,8 @@ For each file of the snapshot:
 - a destination file with the same size and mtime is taken as up to date and left alone (``--checksum``
   turns this quick check off);
 - otherwise the existing local file is cut with the target's chunker: every chunk whose id the new version
-  needs is copied from it instead of fetched; chunks of files already written by this pull are reused too;
+  needs is copied from it instead of fetched (a plaintext pull only when that file is a version the target
+  holds, unless ``--reuse-any``: see ``_may_reuse``); chunks of files already written by this pull are reused too;
 - the remaining ids are fetched with ``get`` requests (at most SEGMENT_IDS per request, several files in
   flight at once), each chunk is decompressed with a bound and checked against its id before it is written;
 - the new version is written to ``.<name>.neotmp.<random>`` in the same directory, given its mode and mtime,
@@ -94,6 +95,7 @@ class PullOptions:
     pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
     require_encryption: bool = False  # --require-encryption: refuse a plaintext target
     preserve_special_bits: bool = False  # --preserve-special-bits: restore setuid/setgid (always so for root)
+    reuse_any: bool = False  # --reuse-any: reuse chunks of a local file that is no version the target holds
 
 
 @dataclass
@@ -604,6 +606,8 @@ class _PullRun:
             if progress is not None:
                 progress.files()
             return
+        if f.local and not await self._may_reuse(f):
+            f.local.clear()
         try:
             await self._fetch_and_write(f)
         except BaseException:
@@ -618,6 +622,22 @@ class _PullRun:
         for cid, (offset, length) in f.written.items():
             if cid not in reusable:
                 reusable[cid] = (f.path, offset, length)
+
+    async def _may_reuse(self, f: _File) -> bool:
+        """May chunks of the local file at ``f``'s path stand in for fetched ones? Fetching all but those
+        tells the server which of the ids it listed the local file holds: a server listing candidate ids would
+        learn about a file it never had. So a plaintext pull reuses them only when the local file is a version
+        of that path the target holds (same size and mtime), whose content the server knows anyway; any local
+        file with ``--reuse-any``. (Encrypted targets: ids are keyed with the client's key.)"""
+        if self.options.reuse_any or self.content.sealer is not None or f.old_stat is None:
+            return True
+        size, mtime_ns = f.old_stat[0], f.old_stat[1]
+        remote = "" if self.single_file else (f.remote or f.path)
+        try:
+            held = await stash.versions(self.peer, self.handle, remote)
+        except (RemoteError, stash.StashError):
+            return False
+        return any(v.kind == "f" and v.size == size and v.mtime_ns == mtime_ns for v in held)
 
     async def _fetch_and_write(self, f: _File) -> None:
         """Walk the file's ids in order, in segments of at most SEGMENT_IDS fetched ids; fetch a segment's
