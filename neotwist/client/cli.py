@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from neotwist.client.argvsecret import hide_secrets
 from neotwist.client.clibase import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -163,7 +164,8 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     legacy.add_argument("--host", help="server host, with --rpath")
     legacy.add_argument("--port", type=int, help="server port, with --host")
     legacy.add_argument("--password", "--authcode", dest="password", metavar="SECRET",
-                        help="password (others can see it: prefer --password-stdin, NEO_PASSWORD)")
+                        help="password (other users can see it in the process list until it is parsed, then it "
+                        "shows as ***: prefer --password-stdin, NEO_PASSWORD)")
     legacy.add_argument("--push", dest="direction", action="store_const", const="push",
                         help="push (the default of neo-push)")
     legacy.add_argument("--pull", dest="direction", action="store_const", const="pull",
@@ -376,6 +378,8 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` for neo-push / neo-pull, run it, and return the exit code."""
     parser = build_parser(program)
     args = parser.parse_args(argv)
+    if args.password is not None and argv is None:
+        hide_secrets(parser.prog)
     if args.make_sample_filter_file:
         try:
             path = write_sample(Path.cwd())
