@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
 
-from support import PASSWORD, RunningServer, assert_clean, snapshot_of
+from support import BIN, PASSWORD, RunningServer, assert_clean, snapshot_of
 
 MiB = 1024 * 1024
 
@@ -145,3 +146,25 @@ def test_a_pull_whose_connection_goes_silent_exits(tmp_path: Path) -> None:
         relay.close()
         server.stop()
     assert_clean(server.log_text())
+
+
+def test_a_server_that_never_answers_the_handshake(tmp_path: Path) -> None:
+    """Accepted, then silence (no TLS handshake, no SSH banner): the client gives up after its --timeout."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    (tmp_path / "src").mkdir()
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"], "NEO_PASSWORD": PASSWORD}
+    try:
+        for scheme in ("tls", "ssh"):
+            started = time.monotonic()
+            r = subprocess.run(
+                [str(BIN / "neo-push"), "--accept-new-host-key", "--no-agent", "--timeout", "1",
+                 str(tmp_path / "src"), f"{scheme}://alice@127.0.0.1:{port}/t"],
+                capture_output=True, text=True, env=env, timeout=60,
+            )  # fmt: skip
+            assert r.returncode == 1, (scheme, r.stderr)
+            assert "no answer from 127.0.0.1" in r.stderr and "--timeout" in r.stderr, (scheme, r.stderr)
+            assert r.stderr.count("\n") == 1, r.stderr
+            assert time.monotonic() - started < 15
+    finally:
+        silent.close()

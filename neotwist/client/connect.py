@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 import neotwist
 from neotwist import tcpkeepalive
-from neotwist.client.keepalive import Watchdog
+from neotwist.client.keepalive import Watchdog, limit_setup
 from neotwist.client.knownhosts import KnownHostsFile, default_known_hosts, default_tls_known_hosts
 from neotwist.client.openssh import OpenSSHLink, open_openssh
 from neotwist.client.remote import ConnectError, Remote
@@ -199,4 +199,9 @@ def connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Deferred[S
 
     Errbacks with :class:`ConnectError` (one-line message) on every failure.
     """
-    return ensureDeferred(_connect(reactor, remote, options))
+    setup = ensureDeferred(_connect(reactor, remote, options))
+    if not options.timeout:
+        return setup
+    silent = ConnectError(f"no answer from {remote.address} within {options.timeout:g} s (--timeout): is the "
+                          "server up, and the address and port right?")  # fmt: skip
+    return limit_setup(reactor, setup, options.timeout, silent)

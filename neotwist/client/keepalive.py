@@ -13,8 +13,9 @@ the next tick, so a busy client never mistakes itself for a dead server.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -73,3 +74,33 @@ class Watchdog:
             self._peer.time_out(ConnectionSilent(self._address, self._timeout))
             return
         self._peer.request(Ping(rid=0)).addErrback(lambda _f: None)
+
+
+_T = TypeVar("_T")
+
+
+def limit_setup(clock: Any, setup: Deferred[_T], timeout: float, error: Exception) -> Deferred[_T]:
+    """Cancel ``setup`` (connecting, the handshakes, logging in) once ``PINGS`` ticks of ``timeout / PINGS``
+    seconds have passed without it ending, and fail it with ``error`` then. Ticks, not wall-clock time: a
+    prompt that blocked the reactor (a password, a new host key) counts as one tick."""
+    ticks = [0]
+    timed_out = [False]
+
+    def tick() -> None:
+        ticks[0] += 1
+        if ticks[0] >= PINGS and not setup.called:
+            timed_out[0] = True
+            setup.cancel()
+
+    loop = LoopingCall(tick)
+    loop.clock = clock
+    loop.start(timeout / PINGS, now=False)
+
+    def done(result: object) -> object:
+        if loop.running:
+            loop.stop()
+        if timed_out[0]:
+            raise error
+        return result
+
+    return setup.addBoth(done)
