@@ -332,3 +332,28 @@ def test_no_plaintext_sub_path_reaches_the_server(server: RunningServer, tmp_pat
             leaked = [name for name in (SECRET_DIR, SECRET_SUB, "f.txt") if name.encode() in sent]
             assert leaked == [], f"{program} {args} sent {leaked} in plaintext"
         assert (tmp_path / "out" / "f.txt").read_text() == "x"
+
+
+def test_a_server_cannot_choose_an_encrypted_targets_chunker(server: RunningServer, tmp_path: Path) -> None:
+    """Tiny chunks would tell the server more about sizes and shared content: the chunker of an encrypted
+    target is the one its key-check record fixes, and any other is refused (exit 3) before anything moves."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(200_000))
+    init_key(server)
+    run_json(server, "neo-push", "--accept-new-host-key", "--encrypt", str(src), server.remote("vault"))
+    server.stop()
+    _catalog(server, "UPDATE targets SET chunker_min = 256, chunker_avg = 512, chunker_max = 2048 WHERE name = 'vault'")
+    server.start()
+    (src / "b.bin").write_bytes(os.urandom(100_000))
+    out = tmp_path / "out"
+    runs = {
+        "push": server.cli("neo-push", str(src), server.remote("vault"), env=key_env(server)),
+        "pull": server.cli("neo-pull", server.remote("vault"), str(out), env=key_env(server)),
+        "ls": server.cli("neo-ls", server.remote("vault"), env=key_env(server)),
+    }
+    for what, r in runs.items():
+        assert r.returncode == 3, (what, r.returncode, r.stderr)
+        assert "names a chunker for this encrypted target" in r.stderr and "256/512/2048" in r.stderr, (what, r.stderr)
+        assert r.stderr.count("\n") == 1, (what, r.stderr)
+    assert not out.exists()

@@ -102,6 +102,17 @@ def test_grants_from_the_client(kit: Kit) -> None:
     viewer = kit.connect("alice.viewer")
     held = viewer.call(ListShares(rid=0))
     assert held.sub_accounts == [] and [g.name for g in held.grants] == ["documents"]
+    # A grantee on a sub-path learns neither the owner's target name nor where its root lies in it.
+    slides = GrantAccess(rid=0, grantee="alice.viewer", target="documents", path="presentations", right="read",
+                         name="slides")  # fmt: skip
+    assert isinstance(alice.call(slides), Ok)
+    held = viewer.call(ListShares(rid=0))
+    assert [(g.owner, g.target, g.path, g.name) for g in held.grants] == [
+        ("alice", "documents", "", "documents"), ("alice", "slides", "", "slides")
+    ]
+    assert ("alice.viewer", "alice", "documents", "presentations", "read", "slides") in [
+        (g.grantee, g.owner, g.target, g.path, g.right, g.name) for g in alice.call(ListShares(rid=0)).grants
+    ]
     assert sorted(viewer.listing(viewer.open("documents").handle)) == ["", "deck"]
     # bob cannot revoke alice's grant; alice can
     bob = kit.connect("bob")

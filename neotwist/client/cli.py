@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from twisted.internet.task import LoopingCall
 
+from neotwist.client.argvsecret import hide_secrets
 from neotwist.client.clibase import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -166,6 +167,14 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           help="fsync each restored file before renaming it into place (safe against power loss "
                           "during the restore; slower: rsync, borg and restic do not)")
         work.add_argument("--no-fsync", dest="fsync", action="store_false", help=argparse.SUPPRESS)
+        work.add_argument("--preserve-special-bits", action="store_true",
+                          help="restore setuid and setgid bits as stored (root always does; otherwise they are "
+                          "dropped, as tar does without -p). The mode of a LOCAL directory that already existed is "
+                          "never changed")  # fmt: skip
+        work.add_argument("--reuse-any", action="store_true",
+                          help="reuse chunks of any existing LOCAL file at the same path, not only of a version the "
+                          "target holds (faster over changed files; tells the server which chunks they hold, as "
+                          "rsync's delta tells its sender)")  # fmt: skip
         when = work.add_mutually_exclusive_group()
         when.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot, not the latest (neo-ls "
                           "REMOTE --snapshots lists them)")
@@ -187,7 +196,8 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     legacy.add_argument("--host", help="server host, with --rpath")
     legacy.add_argument("--port", type=int, help="server port, with --host")
     legacy.add_argument("--password", "--authcode", dest="password", metavar="SECRET",
-                        help="password (others can see it: prefer --password-stdin, NEO_PASSWORD)")
+                        help="password (other users can see it in the process list until it is parsed, then it "
+                        "shows as ***: prefer --password-stdin, NEO_PASSWORD)")
     # each program lists only its own direction; the other is accepted, as the original client's was
     legacy.add_argument("--push", dest="direction", action="store_const", const="push",
                         help="push (the default)" if direction == "push" else argparse.SUPPRESS)
@@ -354,6 +364,8 @@ async def _run(
                     grant_root=args.grant_root,
                     pin=target_pin(remote),
                     require_encryption=args.require_encryption,
+                    preserve_special_bits=args.preserve_special_bits,
+                    reuse_any=args.reuse_any,
                 ),
             )
     except PullIncomplete as e:
@@ -428,6 +440,8 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` for neo-push / neo-pull, run it, and return the exit code."""
     parser = build_parser(program)
     args = parser.parse_args(argv)
+    if args.password is not None and argv is None:
+        hide_secrets(parser.prog)
     if args.make_sample_filter_file:
         try:
             path = write_sample(Path.cwd())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 from neotwist.client.credentials import confirm, passphrase_source, password_source
+from neotwist.wire.limits import SILENCE_TIMEOUT as DEFAULT_TIMEOUT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_PARTIAL = 23
@@ -66,6 +67,20 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
     auth.add_argument("--ssh-command", metavar="CMD",
                       help="run OpenSSH instead of the built-in client, e.g. 'ssh -J jumphost'")
     auth.add_argument("--no-agent", action="store_true", help="do not use the SSH agent")  # fmt: skip
+    auth.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                      help="give up (exit 1) when nothing, not even an answer to a keepalive ping, comes from the "
+                      f"server for SECONDS (default {DEFAULT_TIMEOUT}; 0: wait forever). A push run again "
+                      "resumes with the chunks the server already holds")  # fmt: skip
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0 or value != value or value > 86400 * 365:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
 
 
 def add_output_options(p: argparse.ArgumentParser, *, progress: bool = True, json_progress: bool = False) -> None:
@@ -98,6 +113,7 @@ def connect_options(args: argparse.Namespace) -> Any:
         tls_ca=args.tls_ca,
         ssh_command=args.ssh_command,
         use_agent=not args.no_agent,
+        timeout=getattr(args, "timeout", DEFAULT_TIMEOUT) or None,
     )
 
 

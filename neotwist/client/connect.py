@@ -16,6 +16,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import neotwist
+from neotwist import tcpkeepalive
+from neotwist.client.keepalive import Watchdog, limit_setup
 from neotwist.client.knownhosts import KnownHostsFile, default_known_hosts, default_tls_known_hosts
 from neotwist.client.openssh import OpenSSHLink, open_openssh
 from neotwist.client.remote import ConnectError, Remote
@@ -48,6 +50,7 @@ class ConnectOptions:
     window: int = limits.WINDOW
     use_agent: bool = True
     get_passphrase: Callable[[str], str | None] | None = None  # for encrypted identity files; None: skip them
+    timeout: float | None = limits.SILENCE_TIMEOUT  # seconds of silence before the link counts as dead; None: never
 
 
 class _ClientHandler:
@@ -149,6 +152,9 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
         if isinstance(e, NeoError):
             raise ConnectError(f"{remote.address}: {e.message}") from None
         raise ConnectError(f"session with {remote.address} failed during hello: {e}") from None
+    tcpkeepalive.enable(peer.transport)
+    if options.timeout and limits.FEATURE_PING in welcome.features:
+        Watchdog(reactor, peer, remote.address, options.timeout).start()
     return Session(peer=peer, welcome=welcome, remote=remote)
 
 
@@ -193,4 +199,9 @@ def connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Deferred[S
 
     Errbacks with :class:`ConnectError` (one-line message) on every failure.
     """
-    return ensureDeferred(_connect(reactor, remote, options))
+    setup = ensureDeferred(_connect(reactor, remote, options))
+    if not options.timeout:
+        return setup
+    silent = ConnectError(f"no answer from {remote.address} within {options.timeout:g} s (--timeout): is the "
+                          "server up, and the address and port right?")  # fmt: skip
+    return limit_setup(reactor, setup, options.timeout, silent)

@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 
 from neotwist import paths
+from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.client.pins import TargetPin
 from neotwist.crypto import AuthenticationFailed, WrongKey, WrongPassphrase, keyfile
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
@@ -193,8 +194,25 @@ def plain_errors(crypt: Crypt | None) -> contextlib.AbstractContextManager[None]
     return crypt.plain_errors() if crypt is not None else contextlib.nullcontext()
 
 
+RECORD_CHUNKER = DEFAULT_PARAMS
+"""The chunker a key-check record of format 1 fixes (its seed is replaced by the keyed one). The server keeps
+a target's chunker in its catalog, out of the key's reach: a server that names another one (tiny chunks tell
+it more about sizes and what files share) is refused. A future chunker gets a new record format whose tag
+covers it."""
+
+
 def check_chunker(params: ChunkerParams) -> None:
-    """A sealed chunk must fit MAX_CHUNK: the target's largest chunk plus the seal's overhead."""
+    """The target's chunker must be the one its key-check record fixes; and a sealed chunk must fit
+    MAX_CHUNK: the target's largest chunk plus the seal's overhead."""
+    fixed = RECORD_CHUNKER
+    if (params.algorithm, params.min_size, params.avg_size, params.max_size) != (
+        fixed.algorithm, fixed.min_size, fixed.avg_size, fixed.max_size,
+    ):  # fmt: skip
+        raise EncryptionDowngrade(
+            f"the server names a chunker for this encrypted target ({params.algorithm}, {params.min_size}/"
+            f"{params.avg_size}/{params.max_size} bytes) other than the one its key fixes ({fixed.min_size}/"
+            f"{fixed.avg_size}/{fixed.max_size}): refusing; nothing was sent or written"
+        )
     if params.max_size + OVERHEAD > limits.MAX_CHUNK:
         raise EncryptionRefused(
             f"the target's chunker cuts chunks of up to {params.max_size} bytes; sealed they would exceed "

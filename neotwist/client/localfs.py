@@ -77,7 +77,7 @@ class TempFile:
         try:
             if fix is not None:
                 fix(self.fd)  # before the mode: a chown clears set-id bits
-            os.fchmod(self.fd, mode & 0o7777)
+            os.fchmod(self.fd, self._dest.allowed_mode(mode))
             os.utime(self.fd, ns=(mtime_ns, mtime_ns))
             if fsync:
                 os.fsync(self.fd)
@@ -111,8 +111,11 @@ class TempFile:
 class SafeDest:
     """The destination directory of a pull, and the only way the pull touches it."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, special_bits: bool = False) -> None:
+        """``special_bits``: restore setuid and setgid as the server lists them (always so for root)."""
+        self.root_existed = os.path.isdir(root)
         os.makedirs(root, exist_ok=True)
+        self.special_bits = special_bits or os.geteuid() == 0
         self.root = root
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -322,31 +325,41 @@ class SafeDest:
 
     def set_mode_at(self, dir_fd: int, name: str, mode: int) -> None:
         """Give the regular file ``name`` in ``dir_fd`` the permission bits ``mode`` (a pull whose content is
-        current still applies a mode change). Never follows a symlink; needs no read permission."""
+        current still applies a mode change; set-id bits only as :meth:`allowed_mode` allows). Never follows a
+        symlink; needs no read permission."""
+        mode = self.allowed_mode(mode)
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return
             try:
-                os.chmod(f"/proc/self/fd/{fd}", mode & 0o7777)  # the file itself: fd is not a symlink
+                os.chmod(f"/proc/self/fd/{fd}", mode)  # the file itself: fd is not a symlink
             except FileNotFoundError:  # no /proc
                 rfd = self.open_read_at(dir_fd, name)
                 if rfd is not None:
                     try:
-                        os.fchmod(rfd, mode & 0o7777)
+                        os.fchmod(rfd, mode)
                     finally:
                         os.close(rfd)
         finally:
             os.close(fd)
 
+    def allowed_mode(self, mode: int) -> int:
+        """The mode a server-listed ``mode`` is restored with: setuid and setgid dropped unless allowed (a
+        server must not plant set-id programs for a user who did not ask, as tar does without -p)."""
+        mode &= 0o7777
+        return mode if self.special_bits else mode & ~0o6000
+
     def set_dir_meta(self, rel: str, mode: int, mtime_ns: int, fix: Fix | None = None) -> None:
         """Set a directory's owner and xattrs (``fix``), mode and mtime (after its contents are written, so the
-        mtime sticks)."""
+        mtime sticks). The mode of a destination root that existed before the pull is the user's, and is left
+        alone."""
         fd = self._walk(_split(rel), False, rel)
         try:
             if fix is not None:
                 fix(fd)
-            os.fchmod(fd, mode & 0o7777)
+            if rel or not self.root_existed:
+                os.fchmod(fd, self.allowed_mode(mode))
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)

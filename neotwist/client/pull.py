@@ -5,7 +5,8 @@ For each file of the snapshot:
 - a destination file with the same size and mtime is taken as up to date and left alone (``--checksum``
   turns this quick check off);
 - otherwise the existing local file is cut with the target's chunker: every chunk whose id the new version
-  needs is copied from it instead of fetched; chunks of files already written by this pull are reused too;
+  needs is copied from it instead of fetched (a plaintext pull only when that file is a version the target
+  holds, unless ``--reuse-any``: see ``_may_reuse``); chunks of files already written by this pull are reused too;
 - the remaining ids are fetched with ``get`` requests (at most SEGMENT_IDS per request, several files in
   flight at once), each chunk is decompressed with a bound and checked against its id before it is written;
 - the new version is written to ``.<name>.neotmp.<random>`` in the same directory, given its mode and mtime,
@@ -62,6 +63,8 @@ ID = limits.ID_SIZE
 
 SEGMENT_IDS = 256
 """Chunk ids fetched by one ``get`` (about 8 MiB at the default 32 KiB average chunk)."""
+SEGMENT_BYTES = 16 * 1024 * 1024
+"""...and fewer when the file's listed size says its chunks are bigger (a target cut with large chunks)."""
 QUICK_CHECK_FILES = 256
 """Files checked against the destination per worker hop; each file to be written then holds a descriptor of its
 directory until written, so this also bounds those descriptors."""
@@ -98,6 +101,8 @@ class PullOptions:
     numeric_ids: bool = False  # --numeric-ids: owners by number, not by user and group name
     delete: bool = False  # --delete: remove local items the snapshot does not have
     force: bool = False  # --force: allow --delete in / or the home directory
+    preserve_special_bits: bool = False  # --preserve-special-bits: restore setuid/setgid (always so for root)
+    reuse_any: bool = False  # --reuse-any: reuse chunks of a local file that is no version the target holds
 
 
 @dataclass
@@ -150,6 +155,7 @@ class _File:
     holes: bool = False  # zero chunks were left as holes
     extra: Extra | None = None  # owner, xattrs (applied when written, or when found current)
     fix: Fix | None = None  # applies ``extra`` to the new version's descriptor
+    fetched: int = 0  # raw bytes the server sent for it so far (never more than ``size``)
 
 
 # --- worker-thread side ----------------------------------------------------------------------------------
@@ -661,6 +667,8 @@ class _PullRun:
                 progress.files()
                 progress.bytes(f.size)
             return
+        if f.local and not await self._may_reuse(f):
+            f.local.clear()
         try:
             await self._fetch_and_write(f)
         except BaseException:
@@ -676,6 +684,22 @@ class _PullRun:
             if cid not in reusable:
                 reusable[cid] = (f.path, offset, length)
 
+    async def _may_reuse(self, f: _File) -> bool:
+        """May chunks of the local file at ``f``'s path stand in for fetched ones? Fetching all but those
+        tells the server which of the ids it listed the local file holds: a server listing candidate ids would
+        learn about a file it never had. So a plaintext pull reuses them only when the local file is a version
+        of that path the target holds (same size and mtime), whose content the server knows anyway; any local
+        file with ``--reuse-any``. (Encrypted targets: ids are keyed with the client's key.)"""
+        if self.options.reuse_any or self.content.sealer is not None or f.old_stat is None:
+            return True
+        size, mtime_ns = f.old_stat[0], f.old_stat[1]
+        remote = "" if self.single_file else (f.remote or f.path)
+        try:
+            held = await stash.versions(self.peer, self.handle, remote)
+        except (RemoteError, stash.StashError):
+            return False
+        return any(v.kind == "f" and v.size == size and v.mtime_ns == mtime_ns for v in held)
+
     async def _fetch_and_write(self, f: _File) -> None:
         """Walk the file's ids in order, in segments of at most SEGMENT_IDS fetched ids; fetch a segment's
         missing chunks while the previous segment is being written."""
@@ -688,6 +712,7 @@ class _PullRun:
         fetch: list[bytes] = []
         fetching: set[bytes] = set()
         planned_self: set[bytes] = set()  # fetched by an earlier segment: copied from the temp file
+        per_segment = max(1, min(SEGMENT_IDS, SEGMENT_BYTES * n // max(1, f.size)))
         for i in range(n):
             cid = ids[i * ID : (i + 1) * ID]
             if cid in local:
@@ -702,7 +727,7 @@ class _PullRun:
                 fetching.add(cid)
                 plan.append((cid, "net", None))
                 fetch.append(cid)
-                if len(fetch) >= SEGMENT_IDS:
+                if len(fetch) >= per_segment:
                     segments.append((plan, fetch))
                     planned_self |= fetching
                     plan, fetch, fetching = [], [], set()
@@ -736,16 +761,35 @@ class _PullRun:
         if not wanted:
             return [], 0
         n_ids = max(1, len(f.ids) // ID)
-        held = self.budget.cap(f.size * len(wanted) // n_ids + 1)  # the segment's share of the file's bytes
-        await self.budget.acquire(held)
+        budget = self.budget
+        held = budget.cap(f.size * len(wanted) // n_ids + 1)  # the segment's share of the file's bytes
+        await budget.acquire(held)
         got: list[ChunkReply] = []
         count = len(wanted)
+        plain = self.content.sealer is None
+        arrived = 0
 
         def more(message: Message) -> bool:
+            nonlocal held, arrived
             if not isinstance(message, ChunkReply):
                 raise PullError(f"the server answered get with {type(message).__name__}")
             if message.id != wanted[len(got)]:
                 raise PullError(f"{f.path}: the server sent chunks out of order")
+            # Charged by the bytes that arrived, not by the listed size the share above trusted.
+            received = len(message.data)
+            if plain:
+                f.fetched += message.size
+                if f.fetched > f.size or received > _most_encoded(message.size):
+                    raise DamagedFile(f"{f.path}: the server sent more data than the file's listed size; not restored")
+            arrived += received
+            if arrived > held:  # more than the share reserved: charge the rest, over the limit if need be
+                budget.take(arrived - held)
+                held = arrived
+            if budget.free < -budget.limit:
+                raise PullError(
+                    f"the server sent far more chunk data than the listed sizes announce (over "
+                    f"{2 * budget.limit >> 20} MiB held): a broken or hostile server; nothing more was fetched"
+                )
             got.append(message)
             return len(got) < count
 
@@ -773,6 +817,11 @@ class _PullRun:
         return got, held
 
 
+def _most_encoded(size: int) -> int:
+    """The most bytes a chunk of ``size`` raw bytes takes on the wire (zstd's bound on incompressible data)."""
+    return size + (size >> 7) + 128
+
+
 class _ByteBudget:
     """How many bytes of fetched chunks a pull holds at once (requested, received, or waiting to be written).
 
@@ -796,6 +845,11 @@ class _ByteBudget:
         d: Deferred[None] = Deferred()
         self._waiters.append((n, d))
         return d
+
+    def take(self, n: int) -> None:
+        """Charge ``n`` bytes that already arrived, even past the limit (``free`` goes negative and waiters
+        wait until enough is released)."""
+        self.free -= n
 
     def release(self, n: int) -> None:
         self.free += n
@@ -867,7 +921,7 @@ async def pull(
             options.progress.total_files(summary.files)
             options.progress.total_bytes(sum(e.size for e in entries if e.kind == "f"))
         try:
-            dest = SafeDest(local_root)
+            dest = SafeDest(local_root, special_bits=options.preserve_special_bits)
         except OSError as e:
             raise PullError(f"cannot use {local_root} as the destination: {e.strerror}") from None
         _raise_open_files_limit()

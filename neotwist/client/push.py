@@ -896,10 +896,11 @@ async def _gather(ds: list[Any]) -> list[Any]:
 def describe_error(error: BaseException) -> str:
     """A one-line message for a failed push or pull."""
     if isinstance(error, NeoError):
-        if error.code == ErrorCode.PROTOCOL and error.message == "connection lost":
+        if error.code == ErrorCode.PROTOCOL and error.message.startswith("connection lost"):
+            why = error.message.partition(": ")[2]
             return (
-                "the connection to the server was lost: run the command again and it resumes (a push commits"
-                " no snapshot half-done, and the server keeps what it sent for a while)"
+                f"the connection to the server was lost{f' ({why})' if why else ''}: run the command again and it"
+                " resumes (a push commits no snapshot half-done, and the server keeps what it sent for a while)"
             )
         return f"server refused: {error.message} ({error.code})"
     return str(error)

@@ -40,6 +40,11 @@ from neotwist.wire.messages import (
 )
 from neotwist.wire.peer import Peer
 
+LISTING_ID_BYTES = 1 << 30
+"""Bytes of chunk ids one listing may carry (32 Mi chunks: about 1 TiB at the default 32 KiB average). The
+listing is held whole while a pull runs, so a server cannot make a client hold more; pull a sub-path at a
+time beyond it."""
+
 
 class StashError(Exception):
     """A stash request could not be answered as asked; the message is one line for the terminal."""
@@ -101,13 +106,29 @@ async def entries(
     """(snapshot id, entries at and below ``path`` in it), continuation records joined into one entry each."""
     pages: list[Listing] = []
     listed = 0
+    id_bytes = 0
+    continued = 0  # chunk-id bytes of the file whose records are still continuing
 
     def more(message: Message) -> bool:
-        nonlocal listed
+        nonlocal listed, id_bytes, continued
         page = _expect(message, Listing, "list")
         listed += len(page.entries)
         if listed > limits.MAX_PUSH_ENTRIES:
             raise StashError(f"the listing has more than {limits.MAX_PUSH_ENTRIES} entries")
+        for e in page.entries:
+            n = len(e.chunks)
+            id_bytes += n
+            continued = continued + n if e.more else 0
+            if continued > limits.MAX_CHUNKS_PER_FILE * limits.ID_SIZE:
+                raise StashError(
+                    f"the server listed more than {limits.MAX_CHUNKS_PER_FILE} chunks for {e.path!r} (the most a "
+                    "file can have): refusing the listing"
+                )
+        if id_bytes > LISTING_ID_BYTES:
+            raise StashError(
+                f"the listing carries more than {LISTING_ID_BYTES >> 20} MiB of chunk ids, more than a client "
+                "holds at once: pull a sub-path at a time (REMOTE/PATH)"
+            )
         pages.append(page)
         return not page.done
 

@@ -183,13 +183,16 @@ def on_shares(session: ServerSession, peer: Peer, message: ListShares) -> Deferr
     def collect() -> Shares:
         subs = [] if account.is_sub_account else store.sub_accounts(account.name)
         infos = [SubAccountInfo(a.name, a.has_password, len(store.keys(a.name)), a.created) for a in subs]
-        grants = store.grants_given(account.id) + store.grants_held(account.id)
+        given = [(g, g.target, g.path) for g in store.grants_given(account.id)]
+        # A grant held on a sub-path is named as its handles see it: a target called by the grant's name, at
+        # its root. Where that root lies in the owner's target (its name, the sub-path) is not the grantee's.
+        held = [(g, g.name, "") if g.path else (g, g.target, g.path) for g in store.grants_held(account.id)]
         return Shares(
             rid=message.rid,
             sub_accounts=infos,
             grants=[
-                GrantInfo(g.grantee, g.owner, g.target, g.path, g.right.label, g.name, g.created)  # type: ignore[arg-type]
-                for g in grants
+                GrantInfo(g.grantee, g.owner, target, path, g.right.label, g.name, g.created)  # type: ignore[arg-type]
+                for g, target, path in given + held
             ],
         )
 

@@ -56,6 +56,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from neotwist import tcpkeepalive
 from neotwist.server import descriptors
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.admission import Admission, Ticket, address_host
@@ -543,6 +544,7 @@ class NeoServerTransport(SSHServerTransport):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        tcpkeepalive.enable(self.transport)
         clock = getattr(self.factory, "clock", None)
         if clock is not None:
             self._login_timer = clock.callLater(limits.LOGIN_TIMEOUT, self._login_timed_out)

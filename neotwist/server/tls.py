@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet import ssl
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
+from neotwist import tcpkeepalive
 from neotwist.server.admission import Admission, address_host
 from neotwist.server.ssh import format_address
 
@@ -58,9 +59,19 @@ class NeoTLSServerFactory(Factory):
         return protocol
 
 
+class _TLSProtocol(TLSMemoryBIOProtocol):
+    """TLS with TCP keepalive on the socket (a client that vanished without a FIN is noticed)."""
+
+    def makeConnection(self, transport: Any) -> None:
+        tcpkeepalive.enable(transport)
+        super().makeConnection(transport)
+
+
 class _TLSFactory(TLSMemoryBIOFactory):
     """TLS over the session factory, closing the connection when that builds no protocol (admission refused)
     instead of wrapping None."""
+
+    protocol = _TLSProtocol
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         wrapped = self.wrappedFactory.buildProtocol(addr)

@@ -76,6 +76,12 @@ ID_SIZE = 32
 LOGIN_TIMEOUT = 60
 """Seconds a connection may take to authenticate."""
 
+FEATURE_PING = "ping"
+"""Listed in ``welcome.features`` by a server that answers ``ping``: only then does a client send them."""
+
+SILENCE_TIMEOUT = 120
+"""Seconds a client hears nothing from the server (pings unanswered) before it gives up (``--timeout``)."""
+
 IDLE_TIMEOUT = 3600
 """Seconds without a frame before the server closes a connection."""
 

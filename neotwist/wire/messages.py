@@ -147,6 +147,16 @@ class Bye(Message, tag="bye"):
     """Explicit end of session (EOF alone is not a clean end). The server answers bye, then closes."""
 
 
+class Ping(Message, tag="ping"):
+    """Are you there? Answered at once with ``pong`` (same rid) by the peer's connection layer, ahead of any
+    request still being handled, so a busy server is told from a dead connection. Only sent to a peer whose
+    hello / welcome lists the ``ping`` feature."""
+
+
+class Pong(Message, tag="pong"):
+    """The answer to ``ping``."""
+
+
 class Ok(Message, tag="ok"):
     """Success with nothing more to say."""
 
@@ -602,6 +612,8 @@ AnyMessage = (
     | LoggedIn
     | Credit
     | Bye
+    | Ping
+    | Pong
     | Ok
     | Error
     | ListTargets

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation, RemoteError
 from neotwist.wire.framing import FrameConnection
-from neotwist.wire.messages import Bye, Error, Hello, Message, Welcome
+from neotwist.wire.messages import Bye, Error, Hello, Message, Ping, Pong, Welcome
 
 log = Logger()
 
@@ -365,6 +365,9 @@ class Peer(Protocol):
         if kind is Error:
             self._error_received(message)  # type: ignore[arg-type]
             return
+        if kind is Ping:
+            self._ping_received(rid, size)
+            return
         if kind is Bye:
             self._bye_received = True
         elif (kind is Hello or kind is Welcome) and not self._window_known:
@@ -390,6 +393,27 @@ class Peer(Protocol):
                          n=self._inbox_bytes, most=self.max_inbox)  # fmt: skip
                 text = f"more than {self.max_inbox} bytes of requests queued (allowed now; log in first?)"
                 self._abort(Error(rid=0, code=str(ErrorCode.LIMIT_EXCEEDED), message=text))
+
+    def _ping_received(self, rid: int, size: int) -> None:
+        """Answer at once, ahead of the handler's queue: a ping asks whether the connection lives, not whether
+        the handler is free. No pong while a window of output already waits for the peer's credit (it hears
+        from us then anyway), so pings cannot grow our output queue."""
+        self._conn.release(size)
+        if not self._closing and self._conn.queued_bytes < self._conn.peer_window:
+            self.send(Pong(rid=rid))
+
+    def time_out(self, error: NeoError) -> None:
+        """The peer went silent: fail every pending and later request with ``error`` and drop the connection
+        without waiting for it (a dead link would never finish a clean close)."""
+        self._fail(error)
+        if self.transport is None or self._lost:
+            return
+        self._disconnecting = True
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self._stream.loseConnection()
 
     def _reply_received(
         self, rid: int, entry: tuple[Deferred[Message], Callable[[Message], bool] | None], message: Message

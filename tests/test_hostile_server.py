@@ -1,0 +1,168 @@
+"""A hostile server cannot make neo-pull hold more memory than its budgets, whatever it lists.
+
+The real pull code runs against :class:`fakeserver.FakeServer` in memory; memory is measured with
+tracemalloc (the fake answers a get one chunk per step, so what is held is the client's).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakeserver import FakeServer, run_client
+
+from neotwist.chunking import DEFAULT_PARAMS, Chunker
+from neotwist.client import pull as pullmod
+from neotwist.client import stash
+from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
+from neotwist.codec import compute_id
+from neotwist.wire.messages import CODEC_RAW, ChunkReply, Entry, Get, VersionRecord
+
+MiB = 1024 * 1024
+BLOCK = os.urandom(256 * 1024)
+
+
+def _ids(n: int) -> bytes:
+    return os.urandom(32 * n)
+
+
+def _chunks(get: Get) -> Any:
+    for cid in get.ids:
+        yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(BLOCK), data=BLOCK)
+
+
+def _pull(fake: FakeServer, dest: Path) -> Any:
+    async def client(reactor: Any, peer: Any) -> Any:
+        return await pull(reactor, peer, "t", "", str(dest), PullOptions(workers=2))
+
+    tracemalloc.start()
+    try:
+        try:
+            run_client(fake, client)
+        except BaseException as e:
+            error: BaseException | None = e
+        else:
+            error = None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return error, peak
+
+
+def test_a_file_listed_as_one_byte_gets_no_more_than_one_byte(tmp_path: Path) -> None:
+    """The budget charged the listed size: a file listed at 1 byte with 64 chunks of 256 KiB had all 16 MiB
+    held at once. Now more data than the listed size makes the file damaged at the first chunk."""
+    fake = FakeServer([[Entry("", "d", 0o755, 1, 0), Entry("liar", "f", 0o644, 1, 1, _ids(64))]], _chunks)
+    error, peak = _pull(fake, tmp_path / "dest")
+    assert peak < 4 * MiB, peak
+    assert isinstance(error, PullIncomplete), error
+    assert "liar: the server sent more data than the file's listed size" in str(error)
+    assert not (tmp_path / "dest" / "liar").exists()
+
+
+def test_chunk_data_past_the_budget_ends_the_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing whose sizes add up, but whose first segment carries the whole file: what arrives is charged,
+    and past twice the budget the pull stops (here the budget is 4 MiB; the file 16 MiB)."""
+    monkeypatch.setattr(pullmod, "FETCH_BYTES", 4 * MiB)
+    fake = FakeServer([[Entry("", "d", 0o755, 1, 0), Entry("skewed", "f", 0o644, 1, 16 * MiB, _ids(256))]], _chunks)
+    error, peak = _pull(fake, tmp_path / "dest")
+    assert peak < 16 * MiB, peak
+    assert isinstance(error, PullError), error
+    assert "the server sent far more chunk data than the listed sizes announce" in str(error)
+
+
+def test_a_listing_carries_a_bounded_number_of_chunk_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Continuation records had no byte bound (1.5 GiB of ids held); now the listing stops at its bound
+    (patched to 4 MiB here; 1 GiB in use) as it arrives."""
+    monkeypatch.setattr(stash, "LISTING_ID_BYTES", 4 * MiB, raising=False)
+    records = [Entry("big", "f", 0o644, 1, 1 << 40, _ids(65536), more=i < 15) for i in range(16)]  # 32 MiB
+    fake = FakeServer([[Entry("", "d", 0o755, 1, 0)], *([r] for r in records)])
+    error, peak = _pull(fake, tmp_path / "dest")
+    assert peak < 16 * MiB, peak
+    assert isinstance(error, PullError), error
+    assert "more than 4 MiB of chunk ids" in str(error) and "pull a sub-path" in str(error)
+
+
+def _one_file(data: bytes, mode: int, root_mode: int = 0o777) -> FakeServer:
+    cid = compute_id(data)
+
+    def chunks(get: Get) -> Any:
+        for _ in get.ids:
+            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data), data=data)
+
+    return FakeServer([[Entry("", "d", root_mode, 1, 0), Entry("prog", "f", mode, 1, len(data), cid)]], chunks)
+
+
+def _pull_with(fake: FakeServer, dest: Path, **options: Any) -> None:
+    async def client(reactor: Any, peer: Any) -> Any:
+        return await pull(reactor, peer, "t", "", str(dest), PullOptions(workers=2, **options))
+
+    run_client(fake, client)
+
+
+def test_the_mode_of_an_existing_destination_is_left_alone(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir(mode=0o700)
+    _pull_with(_one_file(b"#!/bin/sh\n", 0o755, root_mode=0o777), dest)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    assert (dest / "prog").read_bytes() == b"#!/bin/sh\n"
+    # A destination the pull creates takes the stored mode.
+    fresh = tmp_path / "fresh"
+    _pull_with(_one_file(b"#!/bin/sh\n", 0o755, root_mode=0o750), fresh)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o750
+
+
+def test_setuid_and_setgid_are_dropped_unless_asked_or_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    _pull_with(_one_file(b"x", 0o6755), tmp_path / "a")
+    assert stat.S_IMODE((tmp_path / "a" / "prog").stat().st_mode) == 0o755
+    _pull_with(_one_file(b"x", 0o6755), tmp_path / "b", preserve_special_bits=True)
+    assert stat.S_IMODE((tmp_path / "b" / "prog").stat().st_mode) == 0o6755
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    _pull_with(_one_file(b"x", 0o6755), tmp_path / "c")
+    assert stat.S_IMODE((tmp_path / "c" / "prog").stat().st_mode) == 0o6755
+
+
+def _probe(tmp_path: Path, *, vouched: bool = False, **options: Any) -> tuple[bytes, list[bytes]]:
+    """A local file, and a listing of its path with one of its chunk ids among 30 random ones: the id it
+    holds, and the ids the client asked for. ``vouched``: the server lists a version of that path with the
+    local file's size and mtime (a version the target holds)."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    secret = os.urandom(100_000)
+    (dest / "diary").write_bytes(secret)
+    st = (dest / "diary").stat()
+    held = next(iter(Chunker(DEFAULT_PARAMS).cut_bytes(secret)))[0].id
+    ids = [os.urandom(32) for _ in range(30)]
+    ids[7] = held
+
+    def chunks(get: Get) -> Any:
+        for cid in get.ids:
+            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=1, data=b"x")
+
+    listing = [Entry("", "d", 0o755, 1, 0), Entry("diary", "f", 0o644, 1, 30, b"".join(ids))]
+    versions = [VersionRecord(1, 2, 1.0, "f", 0o644, st.st_mtime_ns, st.st_size)] if vouched else []
+    fake = FakeServer([listing], chunks, versions=versions)
+    with pytest.raises(PullIncomplete):  # the made-up chunks do not match their ids: what counts is the asking
+        _pull_with(fake, dest, **options)
+    asked = [cid for m in fake.requests if isinstance(m, Get) for cid in m.ids]
+    return held, asked
+
+
+def test_a_server_cannot_learn_which_chunks_a_local_file_holds(tmp_path: Path) -> None:
+    held, asked = _probe(tmp_path)
+    assert held in asked and len(asked) == 30  # all asked for: the server learns nothing from an omission
+
+
+def test_a_local_file_that_is_a_version_the_target_holds_is_reused(tmp_path: Path) -> None:
+    held, asked = _probe(tmp_path, vouched=True)
+    assert held not in asked and len(asked) == 29
+
+
+def test_reuse_any_reuses_any_local_file(tmp_path: Path) -> None:
+    held, asked = _probe(tmp_path, reuse_any=True)
+    assert held not in asked and len(asked) == 29
