@@ -162,9 +162,14 @@ class _RepositoryService(service.Service):
         self._running: dict[str, Any] = {}
 
     def startService(self) -> None:
+        from twisted.internet import reactor
         from twisted.internet.task import LoopingCall
 
         super().startService()
+        # Closed once the reactor's thread pool has stopped (it finishes the jobs it runs, then joins its threads):
+        # closing at stopService would pull the index from under uploads still running in it.
+        core: Any = reactor  # mypy reads IReactorCore.addSystemEventTrigger's zope signature one argument off
+        core.addSystemEventTrigger("after", "shutdown", self.repository.close)
         for note in self.repository.space_notes:
             log.warn("{note}", note=note)
         for interval, work in ((SHRINK_INTERVAL, self._shrink), (MAINTAIN_INTERVAL, self._maintain)):
@@ -200,11 +205,10 @@ class _RepositoryService(service.Service):
                 loop.stop()
         running = list(self._running.values())
         if not running:
-            self.repository.close()
             return None
         from twisted.internet.defer import DeferredList
 
-        return DeferredList(running).addBoth(lambda _: self.repository.close())
+        return DeferredList(running)
 
 
 def makeService(options: Options) -> service.MultiService:
