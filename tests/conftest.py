@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sessionkit import Kit
 from support import RunningServer
 
 from neotwist.chunking import DEFAULT_PARAMS
@@ -20,6 +21,25 @@ def server(tmp_path: Path) -> Iterator[RunningServer]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for a module's tests that use targets and files of their own: the suite stays fast."""
+    running = RunningServer(tmp_path_factory.mktemp("server"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    """An in-memory server session kit (sessionkit.py) with the account alice."""
+    k = Kit(tmp_path)
+    k.account("alice")
+    yield k
+    k.close()
 
 
 @pytest.fixture

@@ -8,10 +8,8 @@ import functools
 import resource
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sessionkit import PASSWORD, Client, Kit, call
 from support import PASSWORD as SERVER_PASSWORD
 from support import RunningServer
@@ -29,14 +27,6 @@ from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import Hello, LoggedIn, Login, Open, Welcome
 from neotwist.wire.peer import Peer
-
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Iterator[Kit]:
-    k = Kit(tmp_path)
-    k.account("alice")
-    yield k
-    k.close()
 
 
 def test_admission_bounds_per_address_and_in_total() -> None:

@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,10 @@ if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
     pytest.skip("OpenSSH client not installed", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture
+def server(module_server: RunningServer) -> RunningServer:
     """One server for the module's tests (they use targets and files of their own), to keep the suite fast."""
-    running = RunningServer(tmp_path_factory.mktemp("server"))
-    try:
-        yield running
-    finally:
-        running.stop()
+    return module_server
 
 
 def _src(tmp_path: Path) -> Path:
@@ -101,3 +96,4 @@ def test_tls_fingerprint_reads_the_same_on_both_sides(server: RunningServer) -> 
     unknown = server.cli("neo-ls", server.remote("", scheme="tls").rstrip("/"))
     assert unknown.returncode == 3, unknown.stderr
     assert f"({shown})" in unknown.stderr, (shown, unknown.stderr)  # what the client asks the user to trust
+

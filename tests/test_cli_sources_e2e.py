@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,10 @@ if shutil.which("ssh-keygen") is None:
 PASSPHRASE = "a long passphrase for tests"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture
+def server(module_server: RunningServer) -> RunningServer:
     """One server for the module's tests (they use targets and files of their own), to keep the suite fast."""
-    running = RunningServer(tmp_path_factory.mktemp("server"))
-    try:
-        yield running
-    finally:
-        running.stop()
+    return module_server
 
 
 def _tree(tmp_path: Path) -> Path:
@@ -112,3 +107,4 @@ def test_passphrase_file_and_command(server: RunningServer, tmp_path: Path) -> N
     wrong = server.cli("neo-pull", server.remote("e"), str(tmp_path / "d3"),
                        env=server.env(NEO_PASSPHRASE_COMMAND=f"cat {phrase}"))  # fmt: skip
     assert wrong.returncode == 3, wrong.stderr
+

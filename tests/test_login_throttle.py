@@ -5,7 +5,6 @@ invalid account names are neither logged as sent nor made throttle keys, and spe
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,14 +37,6 @@ class Queued:
         while self.jobs:
             d, f, args = self.jobs.pop(0)
             maybeDeferred(f, *args).chainDeferred(d)
-
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Iterator[Kit]:
-    k = Kit(tmp_path)
-    k.account("alice")
-    yield k
-    k.close()
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ connection, with the client held back while they are: a 145-byte put of compress
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import blake3
@@ -20,14 +18,6 @@ from neotwist.wire import limits
 from neotwist.wire.messages import CODEC_ZSTD, Commit, Committed, Entry, Ok, PushBegin, PushEntries, Put
 
 SIZE = limits.MAX_CHUNK
-
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Iterator[Kit]:
-    k = Kit(tmp_path)
-    k.account("alice")
-    yield k
-    k.close()
 
 
 def zeros(n: int) -> tuple[bytes, bytes]:

@@ -4,8 +4,6 @@ get replies are read only as the client takes them, and a get of one id does not
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sessionkit import PASSWORD, Client, Kit, call, committed
@@ -19,14 +17,6 @@ from neotwist.wire.messages import ChunkReply, Commit, Entry, Get, Hello, Ok, Op
 from neotwist.wire.peer import Peer
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def kit(tmp_path: Path) -> Iterator[Kit]:
-    k = Kit(tmp_path)
-    k.account("alice")
-    yield k
-    k.close()
 
 
 def push_big(kit: Kit, chunks: int) -> list[bytes]:
