@@ -21,6 +21,7 @@ the snapshot and reported once); ``security.*`` and ``trusted.*`` xattrs only as
 from __future__ import annotations
 
 import errno
+import functools
 import grp
 import os
 import pwd
@@ -77,30 +78,22 @@ def decode(data: bytes) -> Extra:
 
 # --- push side ---------------------------------------------------------------------------------------------
 
-_users: dict[int, str] = {}
-_groups: dict[int, str] = {}
-
-
+@functools.cache
 def user_name(uid: int) -> str:
-    name = _users.get(uid)
-    if name is None:
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = ""
-        _users[uid] = name
-    return name
+    """The user name of ``uid`` ('' when it has none), looked up once per run."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
 
 
+@functools.cache
 def group_name(gid: int) -> str:
-    name = _groups.get(gid)
-    if name is None:
-        try:
-            name = grp.getgrgid(gid).gr_name
-        except KeyError:
-            name = ""
-        _groups[gid] = name
-    return name
+    """The group name of ``gid`` ('' when it has none), looked up once per run."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
 
 
 def read_xattrs(path: str, follow: bool = False) -> tuple[list[tuple[str, bytes]], str | None]:
