@@ -13,7 +13,6 @@ nothing per snapshot, and the view of snapshot S is ``first <= S AND (last IS NU
 from __future__ import annotations
 
 import errno
-import re
 import sqlite3
 import threading
 import time
@@ -160,8 +159,8 @@ def _apply_schema(db: sqlite3.Connection, schema: str, migrations: tuple[str, ..
         found = db.execute("PRAGMA user_version").fetchone()[0]
         if found > latest:
             raise NeoError(ErrorCode.STORAGE, f"{db} was written by a newer Neophytos (schema {found})")
-        if found == latest and _has_schema(db, schema):
-            return  # nothing to write: a server can start (and serve reads) on a full disk
+        if found == latest:
+            return  # brought forward by another process since connect looked: nothing to write
         if found:
             for script in migrations[found - SCHEMA_VERSION :]:
                 for statement in _statements(script):
@@ -299,10 +298,3 @@ def transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[s
             except sqlite3.Error:
                 pass  # the connection rolls back when it is closed; the first error is the one to report
         raise
-
-
-def _has_schema(db: sqlite3.Connection, schema: str) -> bool:
-    """Whether every table and index ``schema`` creates exists already (so applying it would write nothing)."""
-    wanted = set(re.findall(r"CREATE (?:UNIQUE )?(?:TABLE|INDEX) IF NOT EXISTS (\w+)", schema))
-    have = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-    return wanted <= have
