@@ -130,10 +130,8 @@ async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> An
         sys.stderr.write(f"{prog}: {e}\n")
         return EXIT_AUTH
     except ConnectError as e:
-        text = str(e)
-        sys.stderr.write(f"{prog}: {text}\n")
-        auth = ("authentication failed", "requires a password", "too many failed logins")
-        return EXIT_AUTH if any(why in text for why in auth) else EXIT_FAILED
+        sys.stderr.write(f"{prog}: {e}\n")
+        return EXIT_FAILED
 
 
 # --- encryption (issue 6) ---

@@ -20,7 +20,7 @@ from neotwist import tcpkeepalive
 from neotwist.client.keepalive import Watchdog, limit_setup
 from neotwist.client.knownhosts import KnownHostsFile, default_known_hosts, default_tls_known_hosts
 from neotwist.client.openssh import OpenSSHLink, open_openssh
-from neotwist.client.remote import ConnectError, Remote
+from neotwist.client.remote import AccessRefused, ConnectError, Remote
 from neotwist.client.sshclient import SSHOptions, open_ssh
 from neotwist.client.tlsclient import TLSOptions, open_tls
 from neotwist.wire import limits
@@ -32,7 +32,7 @@ log = Logger()
 
 SOFTWARE = f"neophytos/{neotwist.__version__}"
 
-__all__ = ["ConnectError", "ConnectOptions", "Session", "connect"]
+__all__ = ["AccessRefused", "ConnectError", "ConnectOptions", "Session", "connect"]
 
 
 @dataclass
@@ -150,7 +150,8 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
         if link is not None and link.failure() is not None:
             raise link.failure() from None  # type: ignore[misc]
         if isinstance(e, NeoError):
-            raise ConnectError(f"{remote.address}: {e.message}") from None
+            refused = e.code in (ErrorCode.AUTH_FAILED, ErrorCode.THROTTLED)  # a verdict on the credentials
+            raise (AccessRefused if refused else ConnectError)(f"{remote.address}: {e.message}") from None
         raise ConnectError(f"session with {remote.address} failed during hello: {e}") from None
     tcpkeepalive.enable(peer.transport)
     if options.timeout and limits.FEATURE_PING in welcome.features:
@@ -180,14 +181,14 @@ async def _handshake(
     if welcome.login_required:
         password = get_password() if get_password is not None else None
         if password is None:
-            raise ConnectError(f"{remote.address} requires a password for {remote.user} and none was given")
+            raise AccessRefused(f"{remote.address} requires a password for {remote.user} and none was given")
         if len(password.encode("utf-8")) > limits.MAX_PASSWORD:
             raise ConnectError(f"passwords are limited to {limits.MAX_PASSWORD} bytes")
         try:
             reply = await peer.request(Login(rid=0, account=remote.user, password=password))
         except RemoteError as e:
             if e.code == ErrorCode.AUTH_FAILED:
-                raise ConnectError(f"authentication failed for {remote.user}@{remote.address}") from None
+                raise AccessRefused(f"authentication failed for {remote.user}@{remote.address}") from None
             raise
         if not isinstance(reply, LoggedIn):
             raise ConnectError(f"{remote.address} answered login with {type(reply).__name__}, not logged_in")
