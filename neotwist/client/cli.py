@@ -277,8 +277,8 @@ async def _run(
     from neotwist.client.encryption import EncryptionDowngrade, EncryptionRefused
     from neotwist.client.filescache import FilesCache, cache_key
     from neotwist.client.pins import PinFileError
-    from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
-    from neotwist.client.push import PushError, PushOptions, describe_error, push
+    from neotwist.client.pull import PullError, PullIncomplete, PullOptions
+    from neotwist.client.push import PushError, PushOptions, describe_error
     from neotwist.crypto import CryptoError, WrongPassphrase
     from neotwist.wire.errors import ErrorCode, NeoError
 
@@ -304,9 +304,9 @@ async def _run(
         sys.stderr.write(f"neo-push: {local} is not a directory; give the directory to push as LOCAL_DIR\n")
         return EXIT_FAILED
     started = time.monotonic()  # elapsed_s covers the whole run: connecting and authenticating too
-    session = await open_session(reactor, f"neo-{direction}", remote, options)
-    if isinstance(session, int):
-        return session
+    client = await open_session(reactor, f"neo-{direction}", remote, options)
+    if isinstance(client, int):
+        return client
     progress = Progress(show_progress, "pushed" if direction == "push" else "pulled", action=direction,
                         json_stream=raw_stdout() if args.json_progress else None)  # fmt: skip
     ticker = LoopingCall(progress.emit)
@@ -320,9 +320,7 @@ async def _run(
             cache = None
             if not args.no_cache:
                 cache = FilesCache(cache_key(remote.address, remote.user, remote.target, remote.path, local))
-            summary = await push(
-                reactor,
-                session.peer,
+            summary = await client.push(
                 local,
                 remote.target,
                 remote.path,
@@ -343,12 +341,10 @@ async def _run(
                 ),
             )
         else:
-            summary = await pull(
-                reactor,
-                session.peer,
+            summary = await client.pull(
                 remote.target,
-                remote.path,
                 local,
+                remote.path,
                 PullOptions(
                     checksum=args.checksum,
                     numeric_ids=args.numeric_ids,
@@ -407,7 +403,7 @@ async def _run(
             ticker.stop()
         progress.close()
         try:
-            await session.close()
+            await client.close()
         except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
             pass
     if code == EXIT_OK and direction == "push" and summary is not None and summary.warnings_count:

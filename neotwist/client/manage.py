@@ -228,11 +228,11 @@ def _run(prog: str, args: argparse.Namespace, remote: Remote, options: Any, job:
     async def run(reactor: Any) -> int:
         from neotwist.client.push import describe_error
 
-        session = await open_session(reactor, prog, remote, options)
-        if isinstance(session, int):
-            return session
+        client = await open_session(reactor, prog, remote, options)
+        if isinstance(client, int):
+            return client
         try:
-            await job(session.peer)
+            await job(client.peer)
         except NeoError as e:
             sys.stderr.write(f"{prog}: {describe_error(e)}\n")
             return EXIT_AUTH if e.code in (ErrorCode.AUTH_FAILED, ErrorCode.AUTH_REQUIRED) else EXIT_FAILED
@@ -241,7 +241,7 @@ def _run(prog: str, args: argparse.Namespace, remote: Remote, options: Any, job:
             return EXIT_FAILED
         finally:
             try:
-                await session.close()
+                await client.close()
             except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
                 pass
         return 0

@@ -36,7 +36,7 @@ from twisted.python.threadpool import ThreadPool
 from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import stash
-from neotwist.client.encryption import KeySource, open_for_read, plain_errors
+from neotwist.client.encryption import KeySource, plain_errors
 from neotwist.client.localfs import Fix, SafeDest, TempFile, UnsafePath
 from neotwist.client.metadata import Applier, Extra
 from neotwist.client.mirror import DeleteRefused, check_target, delete_extraneous
@@ -44,6 +44,7 @@ from neotwist.client.pins import TargetPin
 from neotwist.client.problems import Problem, from_text, problems_json
 from neotwist.client.progress import Progress
 from neotwist.client.reading import RangeReader
+from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.restore import Restorer, plan
 from neotwist.client.timespec import AtTime
 from neotwist.client.workers import WorkerPool
@@ -103,6 +104,10 @@ class PullOptions:
     force: bool = False  # --force: allow --delete in / or the home directory
     preserve_special_bits: bool = False  # --preserve-special-bits: restore setuid/setgid (always so for root)
     reuse_any: bool = False  # --reuse-any: reuse chunks of a local file that is no version the target holds
+
+    @property
+    def access(self) -> Access:
+        return Access(self.keys, self.pin, self.require_encryption, self.grant_root)
 
 
 @dataclass
@@ -876,15 +881,8 @@ async def pull(
     started = time.monotonic()
     summary = PullSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
-    opened, crypt = await open_for_read(
-        peer,
-        target,
-        subpath,
-        options.keys,
-        options.grant_root.strip("/"),
-        options.pin,
-        options.require_encryption,
-    )
+    remote_target = await RemoteTarget.open_read(peer, target, subpath, options.access)
+    opened, crypt = remote_target.opened, remote_target.crypt
     summary.encrypted = crypt is not None
     with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
         try:
@@ -928,7 +926,7 @@ async def pull(
         pool = WorkerPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
         pool.start()
         content = ChunkCodec(crypt.sealer) if crypt is not None else PLAIN
-        params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
+        params = remote_target.chunker
         run = _PullRun(
             reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote,
             asked=subpath,

@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from neotwist.chunking import Chunker
-from neotwist.client.encryption import Crypt, KeySource, open_for_push, plain_errors
+from neotwist.client.encryption import Crypt, KeySource, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
 from neotwist.client.metadata import Capture
@@ -46,6 +46,7 @@ from neotwist.client.pins import TargetPin
 from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
 from neotwist.client.progress import Progress
 from neotwist.client.reading import cut_fd
+from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.scan import ScanRecord, ScanStats, scan
 from neotwist.client.workers import WorkerPool
 from neotwist.codec import PLAIN, ChunkCodec
@@ -110,6 +111,10 @@ class PushOptions:
     grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
     pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
     require_encryption: bool = False  # --require-encryption: refuse a plaintext target
+
+    @property
+    def access(self) -> Access:
+        return Access(self.keys, self.pin, self.require_encryption, self.grant_root)
 
 
 @dataclass
@@ -747,19 +752,10 @@ async def push(
     local_root = os.path.abspath(local_root)
     if not os.path.isdir(local_root):
         raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
-    opened, crypt = await open_for_push(
-        peer,
-        target,
-        subpath,
-        options.keys,
-        options.encrypt,
-        options.keep_history,
-        options.grant_root.strip("/"),
-        options.pin,
-        options.require_encryption,
+    remote = await RemoteTarget.open_push(
+        peer, target, subpath, options.access, encrypt=options.encrypt, keep_history=options.keep_history
     )
-    if not isinstance(opened, Opened):
-        raise PushError(f"the server answered open with {type(opened).__name__}")
+    opened, crypt = remote.opened, remote.crypt
     if opened.encrypted != (crypt is not None):
         raise PushError(f"the server opened target {target} with the wrong encryption; nothing was sent")
     summary.encrypted = crypt is not None
@@ -771,7 +767,7 @@ async def push(
                 options.cache.load()
                 if options.cache.load_error and options.warn is not None:
                     options.warn(options.cache.load_error)
-            params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
+            params = remote.chunker
             pool = WorkerPool(minthreads=0, maxthreads=max(2, options.workers + 1), name="neo-push")
             pool.start()
             counting = _count_in_background(reactor, local_root, options)
