@@ -169,8 +169,11 @@ class Crypt:
             found = self._plain_of(rel)
             return named if found is None else paths.join(plain_root, found)
 
-        message = _TOKEN_PATH.sub(plain, error.message)
-        return error if message == error.message else RemoteError(error.code, message)
+        reason = _TOKEN_PATH.sub(plain, error.reason)
+        path = None if error.path is None else _TOKEN_PATH.sub(plain, error.path)
+        if reason == error.reason and path == error.path:
+            return error
+        return RemoteError(error.code, reason, path)
 
     @contextlib.contextmanager
     def plain_errors(self) -> Iterator[None]:

@@ -33,7 +33,6 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, en
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import stash
 from neotwist.client.encryption import KeySource, plain_errors
@@ -537,11 +536,9 @@ class _PullRun:
         single_file: bool = False,
         content: ChunkCodec = PLAIN,
         remote: dict[str, str] | None = None,
-        asked: str = "",
     ) -> None:
         self.reactor = reactor
         self.content = content
-        self.asked = asked  # the sub-path the handle was opened at: the server names paths below it
         self.remote = remote or {}
         self.pool = pool
         self.peer = peer
@@ -810,11 +807,7 @@ class _PullRun:
                 # remote path (an encrypted one names nothing the owner can read; its reason is kept otherwise).
                 if self.content.sealer is not None:
                     raise DamagedFile(f"{f.path}: its data is damaged on the server; not restored") from None
-                why = e.message
-                named = paths.join(self.asked, remote)
-                if named and why.startswith(f"{named}: "):  # its naming stripped when it is there, not assumed
-                    why = why[len(named) + 2 :]
-                raise DamagedFile(f"{f.path}: {why}") from None
+                raise DamagedFile(f"{f.path}: {e.reason}") from None
             raise
         except BaseException:
             self.budget.release(held)
@@ -928,8 +921,7 @@ async def pull(
         content = ChunkCodec(crypt.sealer) if crypt is not None else PLAIN
         params = remote_target.chunker
         run = _PullRun(
-            reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote,
-            asked=subpath,
+            reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote
         )
         run.damaged.extend(refused)  # entries whose names or metadata failed authentication: not written
         try:

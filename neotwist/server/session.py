@@ -1011,7 +1011,7 @@ class ServerSession:
                             path=where,
                             why=e.message,
                         )
-                        raise NeoError(ErrorCode.DAMAGED, f"{named}: {e.message}") from None
+                        raise NeoError(ErrorCode.DAMAGED, e.message, path=named) from None
                     raise
                 out.append(ChunkReply(rid=message.rid, id=cid, codec=cast(Codec, codec), size=size, data=data))
             return out

@@ -162,10 +162,12 @@ class Ok(Message, tag="ok"):
 
 
 class Error(Message, tag="error"):
-    """A request failed. ``code`` is one of :class:`neotwist.wire.errors.ErrorCode`."""
+    """A request failed. ``code`` is one of :class:`neotwist.wire.errors.ErrorCode`. ``path``: the path the
+    error is about, when it names one (``message`` is then the reason alone)."""
 
     code: Annotated[str, msgspec.Meta(max_length=64)]
     message: Text
+    path: Text | None = None
 
 
 # --- targets -----------------------------------------------------------------------------------------------
