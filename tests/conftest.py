@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sessionkit import Kit
 from support import RunningServer
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.repository import Repository, Target
+from neotwist.testing import Kit
 
 PROCESS_FIXTURES = frozenset({"server", "module_server"})
 """Fixtures that start twistd."""

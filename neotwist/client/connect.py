@@ -32,7 +32,7 @@ log = Logger()
 
 SOFTWARE = f"neophytos/{neotwist.__version__}"
 
-__all__ = ["AccessRefused", "ConnectError", "ConnectOptions", "Session", "connect"]
+__all__ = ["AccessRefused", "ConnectError", "ConnectOptions", "Session", "connect", "start_session"]
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ConnectOptions:
     timeout: float | None = limits.SILENCE_TIMEOUT  # seconds of silence before the link counts as dead; None: never
 
 
-class _ClientHandler:
+class ClientHandler:
     """The client's MessageHandler: in protocol v1 the server sends no requests, so there is nothing to do."""
 
     def __init__(self) -> None:
@@ -109,7 +109,7 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
         if not Path(name).expanduser().is_file():
             raise ConnectError(f"identity file {name} does not exist")
     get_password = _open_password(options)
-    peer = Peer(_ClientHandler(), window=options.window, is_client=True)
+    peer = Peer(ClientHandler(), window=options.window, is_client=True)
     link: OpenSSHLink | None = None
     if remote.scheme == "tls":
         await open_tls(
@@ -193,6 +193,14 @@ async def _handshake(
         if not isinstance(reply, LoggedIn):
             raise ConnectError(f"{remote.address} answered login with {type(reply).__name__}, not logged_in")
     return welcome
+
+
+async def start_session(
+    peer: Peer, remote: Remote, get_password: Callable[[], str | None] | None = None
+) -> Session:
+    """The hello (and a login, if the server asks) over ``peer``, already joined to a server by other means than
+    :func:`connect`'s transports (an in-memory link: :mod:`neotwist.testing`)."""
+    return Session(peer=peer, welcome=await _handshake(peer, remote, get_password, peer.window), remote=remote)
 
 
 def connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Deferred[Session]:
