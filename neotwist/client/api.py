@@ -45,6 +45,7 @@ from neotwist.client.push import PushError, PushOptions, PushSummary, push
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.stash import StashError
+from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
     CheckReport,
     Entry,
@@ -65,6 +66,7 @@ __all__ = [
     "ConnectOptions",
     "EncryptionDowngrade",
     "EncryptionRefused",
+    "ErrorCode",
     "KeySource",
     "PullError",
     "PullIncomplete",
@@ -74,6 +76,7 @@ __all__ = [
     "PushOptions",
     "PushSummary",
     "Remote",
+    "RemoteError",
     "RemoteTarget",
     "StashError",
     "UsageError",
