@@ -16,7 +16,7 @@ import getpass
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from neotwist.client.clibase import (
     EXIT_AUTH,
@@ -34,9 +34,9 @@ from neotwist.client.pins import PinFileError, TargetPin
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.runner import entry_point, react
 from neotwist.display import shown, write_json
-from neotwist.server.rights import RIGHTS_TEXT
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import (
+    RIGHTS_TEXT,
     GrantAccess,
     ListShares,
     ListTargets,
@@ -45,6 +45,7 @@ from neotwist.wire.messages import (
     Opened,
     RemoveTarget,
     Revoke,
+    RightName,
     Shares,
     SubAccountAdd,
     SubAccountRemove,
@@ -54,7 +55,7 @@ from neotwist.wire.messages import (
 )
 from neotwist.wire.peer import Peer
 
-RIGHTS = ("read", "append", "write", "full")
+RIGHTS = get_args(RightName)
 
 _SHARE_EPILOG = f"""\
 REMOTE is [ssh://|tls://]USER@HOST[:PORT] (the account that owns the targets; no /TARGET).

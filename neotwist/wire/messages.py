@@ -80,6 +80,9 @@ class ChunkerParams(msgspec.Struct, array_like=True, frozen=True):
 RightName = Literal["read", "append", "write", "full"]
 """A right as spelled on the wire (see neotwist.server.rights.Right)."""
 
+RIGHTS_TEXT = "read (list, pull), append (read + push), write (append + push --delete), full (write + prune, remove)"
+"""One line explaining the rights, for the help texts of neo-share (client) and neo-admin (server)."""
+
 
 class TargetInfo(msgspec.Struct, array_like=True, frozen=True):
     """One target the account can reach. ``right`` and ``owner`` (issue 5) describe a granted target: its
