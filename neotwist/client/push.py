@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import zstandard
 from twisted.internet.defer import DeferredList, DeferredSemaphore, FirstError, ensureDeferred
@@ -260,6 +260,26 @@ def _hash_once(fd: int, rec: ScanRecord, params: ChunkerParams, id_key: bytes | 
         rec.path, "f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, size, st.st_ino, st.st_ctime_ns, "", rec.extra
     )
     return out
+
+
+_Item = TypeVar("_Item")
+
+
+def _jobs(items: list[_Item], size: Callable[[_Item], int], most: int | None = None) -> list[list[_Item]]:
+    """``items`` in order, grouped into worker jobs of about JOB_BYTES (by ``size``) and at most ``most`` items:
+    a thread hop per job, not per small file or chunk."""
+    jobs: list[list[_Item]] = []
+    group: list[_Item] = []
+    group_bytes = 0
+    for item in items:
+        group.append(item)
+        group_bytes += size(item)
+        if group_bytes >= JOB_BYTES or (most is not None and len(group) >= most):
+            jobs.append(group)
+            group, group_bytes = [], 0
+    if group:
+        jobs.append(group)
+    return jobs
 
 
 EntryMaker = Callable[[ScanRecord, bytes], list[Entry]]
@@ -591,17 +611,7 @@ class _PushRun:
         if batch.vouched:
             await self._check_vouched(batch)
         # 1. hash the changed files, small ones grouped per job
-        jobs: list[list[ScanRecord]] = []
-        group: list[ScanRecord] = []
-        group_bytes = 0
-        for rec in batch.changed:
-            group.append(rec)
-            group_bytes += rec.size
-            if group_bytes >= JOB_BYTES or len(group) >= JOB_FILES:
-                jobs.append(group)
-                group, group_bytes = [], 0
-        if group:
-            jobs.append(group)
+        jobs = _jobs(batch.changed, lambda rec: rec.size, JOB_FILES)
         results = (
             await _gather(
                 [self._thread(_hash_job, self.root, job, params, self.id_key, self.make_entries) for job in jobs]
@@ -613,13 +623,29 @@ class _PushRun:
         # 2. entries, the cache and the new ids
         summary.files_scanned += batch.items
         summary.files += batch.cached_files
-        entries = self.entries
-        entries.extend(batch.ready)
+        self.entries.extend(batch.ready)
+        sources, held, changed_bytes = self._take_hashed(results)
+        progress = self.progress
+        if progress is not None:
+            progress.files(batch.items)
+            progress.bytes(batch.cached_bytes + changed_bytes)
+        await self.peer.drain()
+        self._flush_entries()
+        failed: dict[str, str] = {}
+        try:
+            await self._send(sources, failed)
+        finally:
+            self._release(held, failed)
+
+    def _take_hashed(self, results: list[list[_Hashed]]) -> tuple[list[_Source], dict[str, _Hashed], int]:
+        """The hashed files of a batch: (chunks not yet seen in this push, to be asked about and sent; files
+        re-read from disk to be sent, whose entries wait until their chunks are; bytes of changed files). The
+        others go into the snapshot now; those that could not be read are named."""
+        summary = self.summary
         seen = self.seen
         sources: list[_Source] = []
-        progress = self.progress
         changed_bytes = 0
-        held: dict[str, _Hashed] = {}  # re-read from disk to be sent: their entries wait until their chunks are
+        held: dict[str, _Hashed] = {}
         for files in results:
             for h in files:
                 rec = h.rec
@@ -643,16 +669,7 @@ class _PushRun:
                     held[rec.path] = h
                 else:
                     self._accept(h)
-        if progress is not None:
-            progress.files(batch.items)
-            progress.bytes(batch.cached_bytes + changed_bytes)
-        await self.peer.drain()
-        self._flush_entries()
-        failed: dict[str, str] = {}
-        try:
-            await self._send(sources, failed)
-        finally:
-            self._release(held, failed)
+        return sources, held, changed_bytes
 
     def _accept(self, h: _Hashed) -> None:
         """A read file goes into the snapshot (and the files cache, when it was stable while read)."""
@@ -696,17 +713,7 @@ class _PushRun:
         missing = [src for src in sources if src[0] in lacking]
 
         # 4. read, compress (in workers) and put them
-        jobs2: list[list[_Source]] = []
-        part2: list[_Source] = []
-        part_bytes = 0
-        for src in missing:
-            part2.append(src)
-            part_bytes += src[4]
-            if part_bytes >= JOB_BYTES:
-                jobs2.append(part2)
-                part2, part_bytes = [], 0
-        if part2:
-            jobs2.append(part2)
+        jobs2 = _jobs(missing, lambda src: src[4])
         level = self.options.compress_level
         pending = [self._thread(_compress_job, self.root, job, level, self.crypt) for job in jobs2]
         peer = self.peer
