@@ -1,4 +1,4 @@
-"""Opening a target with or without encryption, and the key a push or pull then works with.
+"""The key a push or pull works with, a handle's ciphers, and the checks of what a server says about encryption.
 
 neo-push and neo-pull do not need to be told that a target is encrypted: the server says so. But the server
 is the adversary (docs/encryption.md), so what it says is checked against what this client already knows:
