@@ -92,7 +92,7 @@ def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
 
 @pytest.fixture
 def kit(tmp_path: Path) -> Iterator[Kit]:
-    """An in-memory server session kit (sessionkit.py) with the account alice."""
+    """An in-memory server session kit (neotwist.testing) with the account alice."""
     k = Kit(tmp_path)
     k.account("alice")
     yield k
