@@ -60,13 +60,9 @@ from neotwist.wire.messages import (
     Entry,
     Have,
     Missing,
-    Open,
-    Opened,
     PushBegin,
     PushEntries,
     Put,
-    RemoveTarget,
-    TargetRemoved,
 )
 from neotwist.wire.peer import Peer
 
@@ -874,14 +870,14 @@ async def _remove_unborn_target(peer: Peer, handle: int, target: str) -> bool:
     except Exception as e:  # no push had begun, or the connection is gone: the open below says which
         log.debug("abort of the failed first push: {why}", why=e)
     try:
-        root = await peer.request(Open(rid=0, target=target, path="", mode="read"))
-        if not isinstance(root, Opened) or root.latest is not None:
+        root = await RemoteTarget.open_root(peer, target, need_snapshot=False)
+        if root.latest is not None:
             return False
-        removed = await peer.request(RemoveTarget(rid=0, handle=root.handle))
+        await root.remove()
     except Exception as e:
         log.debug("the new target {target} stays: {why}", target=target, why=e)
         return False
-    return isinstance(removed, TargetRemoved)
+    return True
 
 
 async def _gather(ds: list[Any]) -> list[Any]:
