@@ -153,3 +153,31 @@ class InMemoryTests(TestCase):
                 await client.push(str(src), "secret", options=api.PushOptions(encrypt=True))
         finally:
             await client.close()
+
+    async def test_a_target_is_opened_in_one_flow_and_named_in_errors(self) -> None:
+        src = _tree(self.tmp / "src")
+        client = await self.kit.client("alice")
+        try:
+            await client.push(str(src), "t")
+            sent: list[str] = []
+            request = client.peer.request
+
+            def spy(message: Any, more: Any = None) -> Any:
+                sent.append(type(message).__name__)
+                return request(message, more)
+
+            client.peer.request = spy
+            # a plaintext sub-path goes out only after the root said the target is not encrypted: the close of
+            # the probe and the open of the sub-path share a round trip
+            target = await client.open("t", "docs")
+            assert sent == ["Open", "Close", "Open"]
+            assert not target.encrypted and target.key_id is None and target.latest == 1
+            assert target.chunker == target.opened.chunker
+            snapshot, entries = await target.entries(recursive=True)
+            assert snapshot == 1 and {e.path for e in entries} == {"", "a.txt", "deep", "deep/b.bin"}
+            with pytest.raises(RemoteError) as missing:
+                await target.versions("nothing/here")
+            assert missing.value.code == ErrorCode.NO_SUCH_PATH
+            await target.close()
+        finally:
+            await client.close()

@@ -127,6 +127,11 @@ class RemoteTarget:
         return self.crypt is not None
 
     @property
+    def key_id(self) -> str | None:
+        """The id (hex) of the key an encrypted target was opened with; its pin names this key from now on."""
+        return self.crypt.master.id.hex() if self.crypt is not None else None
+
+    @property
     def exists(self) -> bool:
         """False when this open created the target (a push's first)."""
         return self.opened.exists
