@@ -60,12 +60,31 @@ def _starts_processes(obj: object, module: types.ModuleType, seen: set[int]) -> 
     return False
 
 
+def _what_runs(item: pytest.Item) -> Iterator[object]:
+    """What runs for ``item``: its function, its class's set-up, and the suite's fixtures it uses."""
+    function = getattr(item, "function", None)
+    if function is not None:
+        yield function
+    cls = getattr(item, "cls", None)
+    for name in ("setUp", "setUpClass", "setup_method", "setup_class"):
+        if cls is not None and name in vars(cls):
+            yield vars(cls)[name]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info is not None else ()):
+        for fixture in defs:
+            yield fixture.func
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        function = getattr(item, "function", None)
         module = getattr(item, "module", None)
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or (
-            function is not None and module is not None and _starts_processes(function, module, set())
+            module is not None
+            and any(
+                _starts_processes(obj, inspect.getmodule(obj) or module, set())
+                for obj in _what_runs(item)
+                if _in_tests(inspect.getmodule(obj) or module)
+            )
         ):
             item.add_marker(pytest.mark.process)
 
