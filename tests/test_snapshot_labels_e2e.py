@@ -81,7 +81,7 @@ def check_listing(server: RunningServer, target: str, src: Path, **env: str) -> 
 
     human = cli(server, "neo-ls", "--snapshots", server.remote(target), **env)
     header, first, second, third = human.splitlines()
-    assert header.split()[:5] == ["ID", "TIME", "HOST", "SOURCE", "TAGS"]
+    assert header.split() == ["ID", "TIME", "FILES", "CHANGED", "DELETED", "ADDED", "HOST", "TAGS", "PUSHED", "SOURCE"]
     assert "box-one" in first and "daily,db,keeper-x9q" in first and str(src) in first and "incomplete" not in first
     assert "incomplete (1 warnings)" in second and host in second
     assert "incomplete" not in third

@@ -483,12 +483,13 @@ def _snapshot_row(x: Labelled) -> list[str]:
     pushed = (shown(r.root) or "/") + (" --delete" if r.delete_mode else "")
     if label is not None and label.incomplete:
         pushed += f"  incomplete ({label.warnings} warnings)"
+    # the columns scripts may have split before labels keep their places; SOURCE (it may hold spaces) comes last
     return [
-        str(r.id), format_time(r.time),
+        str(r.id), format_time(r.time), str(r.files), str(r.changed), str(r.deleted), human_size(r.new_bytes),
         shown(label.host or "-") if label is not None else "-",
-        shown(label.source or "-") if label is not None else "-",
         shown(",".join(x.tags)) or "-",
-        str(r.files), str(r.changed), str(r.deleted), human_size(r.new_bytes), pushed,
+        pushed,
+        shown(label.source or "-") if label is not None else "-",
     ]  # fmt: skip
 
 
@@ -497,9 +498,9 @@ def _show_snapshots(args: argparse.Namespace, remote: Remote, records: list[Labe
         snapshots = [_snapshot_json(x) for x in records]
         _print_json({"target": remote.target, "path": remote.path, "snapshots": snapshots})
     elif not args.quiet:
-        header = ["ID", "TIME", "HOST", "SOURCE", "TAGS", "FILES", "CHANGED", "DELETED", "ADDED", "PUSHED"]
+        header = ["ID", "TIME", "FILES", "CHANGED", "DELETED", "ADDED", "HOST", "TAGS", "PUSHED", "SOURCE"]
         rows = [header] + [_snapshot_row(x) for x in records]
-        sys.stdout.write(_table(rows, right=(0, 5, 6, 7, 8)))
+        sys.stdout.write(_table(rows, right=(0, 2, 3, 4, 5)))
     return EXIT_OK
 
 
