@@ -59,17 +59,20 @@ def record(sid: int, label: SnapshotLabel | None = None, sealed: bytes = b"") ->
 def test_keep_tagged_names_matches_and_unreadable_labels_and_the_newest_listed() -> None:
     keys = MasterKey(b"k" * 32).target(b"s" * 16)
     other = MasterKey(b"o" * 32).target(b"s" * 16)
-    records = [
-        record(1, SnapshotLabel(tags=["keep"])),
-        record(2, SnapshotLabel(tags=["daily"])),
-        record(3),  # from before labels: no tags
-        record(4, sealed=sealing.seal(keys, SnapshotLabel(tags=["keep", "x"]))),
-        record(5, sealed=sealing.seal(other, SnapshotLabel(tags=["daily"]))),  # cannot be opened: kept
+    plain = [record(1, SnapshotLabel(tags=["keep"])), record(2, SnapshotLabel(tags=["daily"])), record(3)]
+    read = labels.read_labels(plain, None)  # 3: from before labels, no tags
+    assert [x.tags for x in read] == [["keep"], ["daily"], []] and not any(x.unreadable for x in read)
+    assert labels.keep_tagged(read, labels.tag_filter(["keep"])) == ([1], 3)
+    sealed = [
+        record(1),
+        record(2, sealed=sealing.seal(keys, SnapshotLabel(tags=["keep", "x"]))),
+        record(3, sealed=sealing.seal(other, SnapshotLabel(tags=["daily"]))),  # cannot be opened: kept
+        record(4, sealed=sealing.seal(keys, SnapshotLabel(tags=["daily"]))),
     ]
-    read = labels.read_labels(records, keys)
-    assert [x.tags for x in read] == [["keep"], ["daily"], [], ["keep", "x"], []]
-    assert read[4].unreadable and read[4].label is None
-    assert labels.keep_tagged(read, labels.tag_filter(["keep"])) == ([1, 4, 5], 5)
+    read = labels.read_labels(sealed, keys)
+    assert [x.tags for x in read] == [[], ["keep", "x"], [], ["daily"]]
+    assert read[2].unreadable and read[2].label is None
+    assert labels.keep_tagged(read, labels.tag_filter(["keep"])) == ([2, 3], 4)
 
 
 # --- sealing -------------------------------------------------------------------------------------------------
@@ -183,3 +186,29 @@ def test_labels_are_stored_with_the_snapshot_and_an_older_index_reads_and_migrat
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION + len(index.INDEX_MIGRATIONS)
     repo.close()
+
+
+def test_the_largest_label_seals_within_the_bound_and_a_deep_source_is_cut_not_refused() -> None:
+    keys = MasterKey(b"k" * 32).target(b"s" * 16)
+    wide = "\U0001f600"  # 4 UTF-8 bytes
+    largest = SnapshotLabel(
+        wide * wire_label.MAX_HOST,
+        wide * 4096,
+        [f"{i:02}" + wide * (wire_label.MAX_TAG - 2) for i in range(wire_label.MAX_TAGS)],
+        2**63 - 1,
+    )
+    sealed = sealing.seal(keys, largest)
+    assert len(sealed) <= wire_label.MAX_SEALED_LABEL
+    assert sealing.open_label(keys, sealed) == largest
+    deep = "/" + "/".join(["d" * 200] * 30)
+    label = labels.push_label(deep, ["t"], host="h\x1bx")
+    assert len(label.source) == 4096 and label.source.endswith("...")
+    assert label.host == "h\\x1bx"  # escaped, never refused: the push goes on
+    wire_label.check_label(label)
+
+
+def test_a_plaintext_label_listed_for_an_encrypted_target_is_not_believed() -> None:
+    keys = MasterKey(b"k" * 32).target(b"s" * 16)
+    [forged] = labels.read_labels([record(1, SnapshotLabel(tags=["keep"]))], keys)
+    assert forged.label is None and "plaintext label" in forged.unreadable
+    assert labels.keep_tagged([forged], labels.tag_filter(["other"])) == ([1], 1)  # kept: its tags are unknown

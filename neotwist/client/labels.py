@@ -57,8 +57,10 @@ def push_label(source: str, tags: Sequence[str], host: str | None = None) -> Sna
     defaults to this machine's name. Text that cannot be stored as is (a path that is not UTF-8, a control
     character) is kept readable, escaped."""
     name = host if host is not None else socket.gethostname()
-    path = os.fsencode(os.path.abspath(source)).decode("utf-8", "backslashreplace")
-    return SnapshotLabel(host=_printable(name)[: wire_label.MAX_HOST], source=_printable(path), tags=list(tags))
+    path = _printable(os.fsencode(os.path.abspath(source)).decode("utf-8", "backslashreplace"))
+    if len(path) > limits.MAX_PATH:  # informational: a deep source is still pushed, its label names it cut short
+        path = path[: limits.MAX_PATH - 3] + "..."
+    return SnapshotLabel(host=_printable(name)[: wire_label.MAX_HOST], source=path, tags=list(tags))
 
 
 def _printable(text: str) -> str:
@@ -67,13 +69,11 @@ def _printable(text: str) -> str:
 
 def commit_fields(label: SnapshotLabel | None, warnings: int, keys: TargetKeys | None) -> dict[str, Any]:
     """The ``commit`` message's label fields: the label with its warnings count, sealed for an encrypted
-    target (``keys``). A label too long to send is refused (LabelError) before anything is committed."""
+    target (``keys``)."""
     full = SnapshotLabel(
         host=label.host if label else "", source=label.source if label else "", tags=label.tags if label else [],
         warnings=warnings,
     )  # fmt: skip
-    if len(full.source) > limits.MAX_PATH:
-        raise LabelError(f"the source path is longer than {limits.MAX_PATH} characters")
     if keys is not None:
         return {"sealed_label": sealing.seal(keys, full)}
     return {"label": full}
@@ -97,7 +97,10 @@ def read_labels(records: Sequence[Any], keys: TargetKeys | None) -> list[Labelle
     """Each snapshot record with its label: plaintext as listed, sealed ones opened with ``keys``."""
     out = []
     for r in records:
-        if r.sealed_label:
+        if keys is not None and r.label is not None:
+            # an encrypted target's labels are sealed: a plaintext one was made up by the server
+            out.append(Labelled(r, None, "a plaintext label in an encrypted target (not made by a client)"))
+        elif r.sealed_label:
             if keys is None:
                 out.append(Labelled(r, None, "sealed, and this target was not opened with its key"))
                 continue

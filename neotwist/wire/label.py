@@ -27,8 +27,9 @@ MAX_TAG = 128
 MAX_HOST = 255
 """Characters in the host name a label records."""
 
-MAX_SEALED_LABEL = 16 * 1024
-"""Bytes of an encrypted target's sealed label (a full plaintext label seals to well under it)."""
+MAX_SEALED_LABEL = 64 * 1024
+"""Bytes of an encrypted target's sealed label: the largest label the bounds above allow (about 50 KiB of
+msgpack when every character takes 4 UTF-8 bytes) seals to less."""
 
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TAG)]
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=MAX_TAGS)]
