@@ -23,10 +23,10 @@ from neotwist.crypto.keys import MasterKey
 from neotwist.server.repository import Repository, index
 from neotwist.server.repository.labels import listed_label, stored_label
 from neotwist.wire import label as wire_label
-from neotwist.wire import messages
+from neotwist.wire import limits, messages
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.label import LabelError, SnapshotLabel
-from neotwist.wire.messages import Commit, ListSnapshots, SnapshotList
+from neotwist.wire.messages import Commit, ListSnapshots, Prune, SnapshotList
 
 # --- tags as restic takes them -------------------------------------------------------------------------------
 
@@ -113,6 +113,11 @@ def test_the_decoder_bounds_every_label_field() -> None:
             messages.decode(commit_frame(**bad))
     with pytest.raises(msgspec.ValidationError):
         messages.decode(messages.encode(Commit(rid=1, handle=1, sealed_label=b"x" * (wire_label.MAX_SEALED_LABEL + 1))))
+    many = list(range(1, limits.MAX_PRUNE_LISTED + 2))  # prune's tag keep set
+    with pytest.raises(msgspec.ValidationError):
+        messages.decode(messages.encode(Prune(rid=1, handle=1, keep_tagged=many, tagged_through=len(many))))
+    prune = messages.decode(messages.encode(Prune(rid=1, handle=1, keep_tagged=many[:-1], tagged_through=9)))
+    assert isinstance(prune, Prune) and len(prune.keep_tagged) == limits.MAX_PRUNE_LISTED
 
 
 def test_the_server_stores_labels_of_the_targets_kind_only() -> None:
