@@ -157,6 +157,16 @@ def test_a_session_commits_the_label_and_lists_it_back(kit: Kit) -> None:
     assert first.label == label and first.sealed_label == b""
     assert second.label is None and second.sealed_label == b""
 
+    # prune's tag rule: ids the client found tagged, and everything after the newest id it listed
+    h = alice.open("t").handle
+    refused = alice.call(Prune(rid=0, handle=h, keep_tagged=[1]))
+    assert isinstance(refused, RemoteError) and refused.code == ErrorCode.BAD_ARGUMENT, refused
+    committed(alice.push({"a": b"delta"}))  # 3: committed after the client's listing of 1 and 2
+    pruned = alice.call(Prune(rid=0, handle=h, keep_tagged=[1], tagged_through=2, dry_run=True))
+    assert [(d.id, d.keep, d.reasons) for d in pruned.decisions] == [
+        (1, True, ["tag"]), (2, False, []), (3, True, ["latest", "tag"])
+    ]  # fmt: skip
+
 
 # --- the index ---------------------------------------------------------------------------------------------
 
