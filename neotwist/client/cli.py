@@ -77,7 +77,11 @@ examples:
   neo-key init && neo-push --encrypt ~/papers alice@nas/papers
       create a key, then a target that holds only ciphertext (later pushes and pulls find out by themselves
       that it is encrypted and ask for the key's passphrase: a prompt, --passphrase-stdin or NEO_PASSPHRASE)
+  neo-push --tag daily --tag db,pre-upgrade ~/src alice@nas/src
+      tag the snapshot "daily", "db" and "pre-upgrade" (neo-ls --snapshots --tag db, neo-prune --keep-tag)
 
+Each snapshot records this machine's name (--hostname), the directory pushed, its tags, and whether it is
+incomplete (the push exited 23): neo-ls --snapshots shows them (sealed in an encrypted target).
 Unchanged files are found with a files cache (size, mtime, inode, ctime) and not read again; only chunks the
 server lacks are sent. Filter files mix gitignore patterns and the original '<file|dir|path> <accept|reject>
 <regex>' rules: see --make-sample-filter-file.
@@ -153,6 +157,11 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           help="make a --no-history target keep every snapshot again")
         work.add_argument("--compress-level", type=int, default=1, choices=range(1, 20), metavar="N",
                           help="zstd level for sent chunks (default 1)")
+        work.add_argument("--tag", action="append", default=[], metavar="TAG[,TAG...]",
+                          help="tag the new snapshot (repeatable, as restic: --tag a,b --tag c gives three tags; "
+                          "at most 64, each up to 128 characters, no commas or control characters)")  # fmt: skip
+        work.add_argument("--hostname", metavar="NAME",
+                          help="the host name the snapshot records (default: this machine's)")
     else:
         work.add_argument("--checksum", action="store_true",
                           help="compare content instead of trusting size and mtime")
@@ -287,8 +296,19 @@ def _filter(args: argparse.Namespace) -> Filter:
     return filt
 
 
+def _label(args: argparse.Namespace, local: str) -> Any:
+    """The snapshot's label from --tag and --hostname (UsageError for a bad one)."""
+    from neotwist.client.labels import push_label, split_tags
+    from neotwist.wire.label import LabelError
+
+    try:
+        return push_label(local, split_tags(args.tag), args.hostname)
+    except LabelError as e:
+        raise UsageError(str(e)) from None
+
+
 def _push_options(args: argparse.Namespace, remote: Remote, local: str, filt: Filter, keys: Any,
-                  progress: Progress) -> Any:  # fmt: skip
+                  progress: Progress, label: Any) -> Any:  # fmt: skip
     """The PushOptions neo-push's flags ask for."""
     from neotwist.client.filescache import FilesCache, cache_key
     from neotwist.client.push import PushOptions
@@ -310,6 +330,7 @@ def _push_options(args: argparse.Namespace, remote: Remote, local: str, filt: Fi
         grant_root=args.grant_root,
         pin=target_pin(remote),
         require_encryption=args.require_encryption,
+        label=label,
     )
 
 
@@ -412,6 +433,7 @@ async def _run(
     quiet = args.quiet or args.json or args.json_progress
     show_progress = (not quiet) if args.progress is None else args.progress
     filt = _filter(args) if direction == "push" else None
+    label = _label(args, local) if direction == "push" else None
     options = connect_options(args)
     keys = key_source(args)  # after connect_options: with both -stdin flags, the password is line 1
     if direction == "push" and not os.path.isdir(local):
@@ -432,7 +454,7 @@ async def _run(
     try:
         if direction == "push":
             assert filt is not None
-            push_options = _push_options(args, remote, local, filt, keys, progress)
+            push_options = _push_options(args, remote, local, filt, keys, progress, label)
             summary = await client.push(local, remote.target, remote.path, push_options)
         else:
             summary = await client.pull(remote.target, local, remote.path, _pull_options(args, remote, keys, progress))
