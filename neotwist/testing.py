@@ -10,7 +10,7 @@ serves two kinds of client:
 
       class BackupTests(twisted.trial.unittest.TestCase):
           async def test_backup_then_restore(self):
-              kit = Kit(Path(self.mktemp()))
+              kit = Kit(Path(tempfile.mkdtemp()))
               self.addCleanup(kit.close)
               kit.account("alice")
               client = await kit.client("alice")

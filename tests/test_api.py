@@ -7,8 +7,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +106,8 @@ class InMemoryTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        self.tmp = Path(self.mktemp())
+        self.tmp = Path(tempfile.mkdtemp(prefix="neo-api-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
         self.kit = Kit(self.tmp / "server")
         self.addCleanup(self.kit.close)
         self.kit.account("alice")
