@@ -99,10 +99,12 @@ class RemoteTarget:
         *,
         encrypt: bool = False,
         keep_history: bool | None = None,
+        create: bool = True,
     ) -> RemoteTarget:
         """Open ``name`` at ``subpath`` for a push, creating it (encrypted with ``encrypt``) if it is missing;
-        ``keep_history`` goes with every open (see ``Open``)."""
-        return await _Opening(peer, name, subpath, access).push(encrypt, keep_history)
+        ``keep_history`` goes with every open (see ``Open``). Without ``create`` (a dry run) a missing target is
+        the server's NO_SUCH_TARGET error, and nothing is created."""
+        return await _Opening(peer, name, subpath, access).push(encrypt, keep_history, create)
 
     @classmethod
     async def open_root(cls, peer: Peer, name: str, need_snapshot: bool = True) -> RemoteTarget:
@@ -406,20 +408,20 @@ class _Opening:
 
     # --- push ---
 
-    async def push(self, encrypt: bool, keep_history: bool | None) -> RemoteTarget:
+    async def push(self, encrypt: bool, keep_history: bool | None, create: bool = True) -> RemoteTarget:
         target, subpath = self.name, self.subpath
         if encrypt or self.pinned is not None or self.access.require_encryption:
             what = "--encrypt" if encrypt else f"target {target} is encrypted: this push"
             return await self._encrypted_push(f"{what} needs a key: create one with 'neo-key init'", encrypt,
-                                              keep_history, pinned=True)  # fmt: skip
-        message = Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=keep_history)
+                                              keep_history, pinned=True, may_create=create)  # fmt: skip
+        message = Open(rid=0, target=target, path=subpath, mode="push", create=create, keep_history=keep_history)
         try:
             opened = await (self._probe_then_open(message) if subpath else self._open(message))
         except RemoteError as e:
             if e.code != ErrorCode.ENCRYPTION_MISMATCH:
                 raise
             return await self._encrypted_push(f"target {target} is encrypted: this push needs its key", False,
-                                              keep_history, pinned=False)  # fmt: skip
+                                              keep_history, pinned=False, may_create=create)  # fmt: skip
         return self._made(opened, None)
 
     async def _probe_then_open(self, message: Open) -> Opened:
@@ -435,17 +437,18 @@ class _Opening:
         return await self._reopen(probe, message)
 
     async def _encrypted_push(
-        self, missing: str, encrypt: bool, keep_history: bool | None, *, pinned: bool
+        self, missing: str, encrypt: bool, keep_history: bool | None, *, pinned: bool, may_create: bool = True
     ) -> RemoteTarget:
         """The encrypted open of a push. It creates the target with a new key-check record when ``encrypt``
         asks, or when the target is pinned (a pinned target that is gone is re-created encrypted, never in
         plaintext). ``missing``: the refusal when this run has no key. ``pinned``: the pin and
-        --require-encryption apply (not after a plaintext open found the target encrypted)."""
+        --require-encryption apply (not after a plaintext open found the target encrypted). Without
+        ``may_create`` (a dry run) nothing is created."""
         target, subpath = self.name, self.subpath
         key_pin = self.pinned if pinned else None
         required = self.access.require_encryption if pinned else False
         master = self._unlock(missing, key_pin, self._pinned_claim() if pinned else "")
-        create = encrypt or key_pin is not None
+        create = (encrypt or key_pin is not None) and may_create
         record, keys = master.new_target() if create else (b"", None)
         root, path = place(master, self.grant_root, subpath)
         if not pinned:
@@ -461,7 +464,7 @@ class _Opening:
                         f"target {target} exists and is not encrypted; --encrypt only applies when a push creates "
                         "a target: push to a new target name"
                     ) from None
-            if e.code == ErrorCode.NO_SUCH_TARGET and not create:
+            if e.code == ErrorCode.NO_SUCH_TARGET and not create and may_create:
                 raise EncryptionRefused(
                     f"there is no target {target}, and --require-encryption creates no plaintext target: add "
                     "--encrypt to create it encrypted"
