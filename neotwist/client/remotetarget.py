@@ -156,8 +156,6 @@ class RemoteTarget:
         """Around requests on this handle: a RemoteError from within names paths in plaintext."""
         return plain_errors(self.crypt)
 
-    _requests = plain_errors
-
     @property
     def namer(self) -> Namer | None:
         """Plaintext names for the encrypted paths history records carry (None for a plaintext target)."""
@@ -170,7 +168,7 @@ class RemoteTarget:
     async def snapshots(self, named: bool = True) -> list[SnapshotRecord]:
         """The kept snapshots, oldest first (an encrypted target's push roots named in plaintext, unless not
         ``named``: that costs a listing of each snapshot)."""
-        with self._requests():
+        with self.plain_errors():
             records = await stash.snapshots(self.peer, self.handle)
             namer = self.namer
             if namer is None or not named:
@@ -182,7 +180,7 @@ class RemoteTarget:
     ) -> tuple[int, list[Entry]]:
         """(snapshot id, entries at and below ``path``) of ``snapshot`` (None: the latest), decrypted for an
         encrypted target; entries that failed authentication are left out and named in :attr:`refused`."""
-        with self._requests():
+        with self.plain_errors():
             wanted = path if self.crypt is None or not path else self.crypt.encrypt_subpath(path)
             snap, entries = await stash.entries(self.peer, self.handle, snapshot, wanted, recursive)
             if self.crypt is not None:
@@ -193,7 +191,7 @@ class RemoteTarget:
 
     async def versions(self, path: str) -> list[VersionRecord]:
         """Every stored version of ``path`` (relative to the handle root), oldest first."""
-        with self._requests():
+        with self.plain_errors():
             crypt = self.crypt
             records = await stash.versions(self.peer, self.handle, crypt.encrypt_subpath(path) if crypt else path)
             if crypt is not None:
@@ -202,7 +200,7 @@ class RemoteTarget:
 
     async def deleted(self) -> list[DeletedRecord]:
         """Paths missing from the current view that a kept snapshot still holds."""
-        with self._requests():
+        with self.plain_errors():
             records = await stash.deleted(self.peer, self.handle)
             namer = self.namer
             return records if namer is None else await decrypt_deleted(namer, records)
@@ -212,7 +210,7 @@ class RemoteTarget:
     ) -> CheckReport:
         """The server's check of the target (``repair``: mark what is damaged); damaged files named in
         plaintext when the key can name them."""
-        with self._requests():
+        with self.plain_errors():
             report = await stash.check(self.peer, self.handle, verify_data, on_progress, repair)
             namer = self.namer
             if namer is None or not report.files:
@@ -225,7 +223,7 @@ class RemoteTarget:
 
     async def prune(self, policy: dict[str, Any], dry_run: bool = False) -> Pruned:
         """Apply a retention policy (``keep_last`` ... ``keep_within``) to the whole target."""
-        with self._requests():
+        with self.plain_errors():
             return await stash.prune(self.peer, self.handle, policy, dry_run)
 
     async def remove(self) -> TargetRemoved:
