@@ -169,8 +169,9 @@ def test_names_and_link_targets_are_bytes_end_to_end(server: RunningServer, tmp_
         assert got[rel] == want[rel], rel
 
     # a second push of the unchanged tree changes nothing (names map to the same stored paths every time)
-    again = cli_json(server, "neo-push", "--json", *extra, "--exclude", exclude, str(src), remote, env=env)
-    assert again["files_changed"] == 0, again
+    cli_json(server, "neo-push", "--json", *extra, "--exclude", exclude, str(src), remote, env=env)
+    snapshots = cli_json(server, "neo-ls", "--snapshots", "--json", remote, env=env)["snapshots"]
+    assert [s["changed"] for s in snapshots][1:] == [0], snapshots
 
     # listings: escaped for people, exact in --json (path as escaped text, path_b64 the bytes when not UTF-8)
     r = server.cli("neo-ls", "-R", remote, env=env)
@@ -185,11 +186,12 @@ def test_names_and_link_targets_are_bytes_end_to_end(server: RunningServer, tmp_
     assert base64.b64decode(link["link_b64"]) == b"\xe9t\xe9" and link["link"] == "\\xe9t\\xe9", link
     assert by_path[b"backslash-link"]["link"] == "..\\x41\\" and "link_b64" not in by_path[b"backslash-link"]
 
-    # one odd file by name, into a fresh directory
-    single = tmp_path / "single"
+    # one odd directory and one odd file by name (as a latin-1 shell passes them)
+    cli_json(server, "neo-pull", "--json", remote + "/" + os.fsdecode(b"caf\xe9"), str(tmp_path / "sub"), env=env)
+    assert walk(tmp_path / "sub")[b"men\xfc.txt"] == want[b"caf\xe9/men\xfc.txt"]
     one = remote + "/" + os.fsdecode(b"caf\xe9/men\xfc.txt")
-    cli_json(server, "neo-pull", "--json", one, str(single), env=env)
-    assert (Path(os.fsdecode(bytes(single))) / os.fsdecode(b"men\xfc.txt")).read_bytes() == b"latin-1 in latin-1\n"
+    cli_json(server, "neo-pull", "--json", one, str(tmp_path / "single"), env=env)
+    assert (tmp_path / "single").read_bytes() == b"latin-1 in latin-1\n"
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plaintext", "encrypted"])

@@ -37,11 +37,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from neotwist import paths
 from neotwist.chunking import Chunker
+from neotwist.client import deep
 from neotwist.client.encryption import Crypt, KeySource, open_for_push, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
-from neotwist.client.metadata import Capture
+from neotwist.client.metadata import Capture, link_fields
 from neotwist.client.pins import TargetPin
 from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
 from neotwist.client.progress import Progress
@@ -205,9 +207,8 @@ READ_ATTEMPTS = 3
 def _hash_file(root: str, rec: ScanRecord, params: ChunkerParams, id_key: bytes | None = None) -> _Hashed:
     """Read and cut one file, again (up to READ_ATTEMPTS times) if it changed meanwhile. Never maps it: a file
     truncated or failing with EIO while read is a warning naming it, not a SIGBUS."""
-    path = os.path.join(root, rec.path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = deep.open_below(root, rec.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         return _Hashed(rec, error=f"not stored: cannot open it ({e.strerror})")
     try:
@@ -299,9 +300,7 @@ def _compress_job(
                 try:
                     fd = fds.get(path)
                     if fd is None:
-                        fd = fds[path] = os.open(
-                            os.path.join(root, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                        )
+                        fd = fds[path] = deep.open_below(root, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                     raw = _read_all(fd, length, offset)
                 except OSError as e:
                     failed[path] = f"cannot read it again ({e.strerror})"
@@ -412,24 +411,28 @@ def _encrypted_entries(crypt: Crypt) -> EntryMaker:
 
     def make(rec: ScanRecord, ids: bytes) -> list[Entry]:
         kind = "f" if rec.kind == "s" else rec.kind
-        return encrypt(rec.path, kind, rec.mode, rec.mtime_ns, rec.size, ids, rec.link, rec.extra)  # type: ignore[arg-type]
+        link, extra = link_fields(rec.link, rec.extra) if rec.link else ("", rec.extra)
+        return encrypt(rec.path, kind, rec.mode, rec.mtime_ns, rec.size, ids, link, extra)  # type: ignore[arg-type]
 
     return make
 
 
 def _entries_for(rec: ScanRecord, ids: bytes) -> list[Entry]:
-    """The entry records of one item (a file with many chunks continues over several records)."""
+    """The entry records of one item (a file with many chunks continues over several records); paths in their
+    wire text (:func:`neotwist.paths.to_wire`)."""
+    path = paths.to_wire(rec.path)
     if rec.kind != "f":
         kind = "f" if rec.kind == "s" else rec.kind  # a FIFO or device: an empty file and its extra record
-        return [Entry(rec.path, kind, rec.mode, rec.mtime_ns, rec.size, b"", rec.link, rec.extra)]  # type: ignore[arg-type]
+        link, extra = link_fields(rec.link, rec.extra) if rec.link else ("", rec.extra)
+        return [Entry(path, kind, rec.mode, rec.mtime_ns, rec.size, b"", link, extra)]  # type: ignore[arg-type]
     step = limits.MAX_FILE_CHUNK_IDS * ID
     if len(ids) <= step:
-        return [Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, ids, "", rec.extra)]
+        return [Entry(path, "f", rec.mode, rec.mtime_ns, rec.size, ids, "", rec.extra)]
     out = []
     for start in range(0, len(ids), step):
         part = ids[start : start + step]
         meta = rec.extra if not start else b""
-        out.append(Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, part, "", meta, more=start + step < len(ids)))
+        out.append(Entry(path, "f", rec.mode, rec.mtime_ns, rec.size, part, "", meta, more=start + step < len(ids)))
     return out
 
 

@@ -2,8 +2,10 @@
 
 The walk uses ``os.scandir`` (names and types come from one ``getdents`` per directory), never follows a
 symlink, never descends a directory the filter rejects and never opens a file: it only reports what is there.
-Items that cannot be pushed are counted and skipped with a warning, not fatal: sockets, fifos and devices,
-names that are not UTF-8 or that the protocol refuses (backslash, over 255 bytes), unreadable directories.
+Items that cannot be pushed are counted and skipped with a warning, not fatal: sockets (and FIFOs and devices
+when no metadata is captured), paths over the protocol's byte limit, unreadable directories. Names are any
+bytes the kernel allows (held as ``os.fsdecode`` gives them: a byte that is not UTF-8 is a lone surrogate), and
+a tree may go deeper than PATH_MAX (:mod:`neotwist.client.deep`).
 
 Records come out parents first (pre-order), the root ('' path) first of all, so a consumer can batch them in
 order and a pull recreates parents before children.
@@ -11,11 +13,14 @@ order and a pull recreates parents before children.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from neotwist import paths
+from neotwist.client import deep
 from neotwist.client.filters import Filter
 from neotwist.client.metadata import Capture
 from neotwist.client.problems import MAX_KEPT, Problem, shown
@@ -66,34 +71,14 @@ class ScanStats:
         return out
 
 
-def _name_ok(name: str) -> bool:
-    """Can ``name`` be sent as a path component? (UTF-8, no backslash, within MAX_NAME.)"""
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return len(encoded) <= limits.MAX_NAME and "\\" not in name
-
-
-def _link_ok(target: str) -> bool:
-    """Can a symlink's target text be sent? (UTF-8, within MAX_LINK; it is data, so anything else goes.)"""
-    try:
-        return len(target.encode("utf-8")) <= limits.MAX_LINK
-    except UnicodeEncodeError:
-        return False
-
-
-def _name_problem(name: str, rel: str) -> str:
-    """Why an item's name or path cannot be stored."""
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "not stored: its name is not UTF-8"
-    if len(encoded) > limits.MAX_NAME:
-        return f"not stored: its name is over {limits.MAX_NAME} bytes"
-    if "\\" in name:
-        return "not stored: its name contains a backslash"
-    return f"not stored: its path is over {limits.MAX_PATH} bytes"
+def _too_long(rel: str) -> str | None:
+    """Why the path ``rel`` cannot be stored, or None. A name is any bytes the kernel allows; only the
+    protocol's byte limits are left to check (and only for a path long enough to reach them)."""
+    if len(rel) * 4 < limits.MAX_PATH:
+        return None
+    if len(paths.local_bytes(rel)) > limits.MAX_PATH:
+        return f"not stored: its path is over {limits.MAX_PATH} bytes"
+    return None
 
 
 def _special_kind(mode: int) -> str:
@@ -147,65 +132,69 @@ def scan(
     # Depth-first with an explicit stack of (absolute dir, relative prefix) so deep trees need no recursion.
     stack: list[tuple[str, str]] = [(root, "")]
     S_ISDIR, S_ISREG, S_ISLNK, S_IMODE = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
-    max_path = limits.MAX_PATH
     while stack:
         directory, prefix = stack.pop()
-        try:
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            skip(directory, f"directory not read ({e.strerror}); nothing under it is stored")
-            continue
-        subdirs: list[tuple[str, str]] = []
-        for entry in entries:
-            name = entry.name
-            rel = prefix + name
-            if not _name_ok(name) or len(rel.encode("utf-8")) > max_path:
-                skip(entry.path, _name_problem(name, rel))
-                continue
+        with contextlib.ExitStack() as held:
+            # A directory whose children's paths may reach PATH_MAX is read through a descriptor (deep.py).
+            dir_fd = None if deep.is_short(directory + "/" + "x" * 255) else -1
             try:
-                st = entry.stat(follow_symlinks=False)
+                if dir_fd is not None:
+                    dir_fd = held.enter_context(deep.directory(root, prefix[:-1]))
+                with os.scandir(directory if dir_fd is None else dir_fd) as it:
+                    entries = sorted(it, key=lambda e: e.name)
             except OSError as e:
-                skip(entry.path, f"not stored: cannot stat it ({e.strerror})")
+                skip(directory, f"directory not read ({e.strerror}); nothing under it is stored")
                 continue
-            m = st.st_mode
-            if S_ISDIR(m):
-                if filt is not None and not filt.take_dir(rel, name):
+            subdirs: list[tuple[str, str]] = []
+            for entry in entries:
+                name = entry.name
+                rel = prefix + name
+                shown_path = entry.path if dir_fd is None else f"{directory}/{name}"
+                where = entry.path if dir_fd is None else deep.proc_path(dir_fd, name)
+                too_long = _too_long(rel)
+                if too_long is not None:
+                    skip(shown_path, too_long)
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as e:
+                    skip(shown_path, f"not stored: cannot stat it ({e.strerror})")
+                    continue
+                m = st.st_mode
+                if S_ISDIR(m):
+                    if filt is not None and not filt.take_dir(rel, name):
+                        stats.filtered += 1
+                        continue
+                    yield ScanRecord(
+                        rel, "d", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
+                        more(where, rel, st, "d"),
+                    )  # fmt: skip
+                    subdirs.append((shown_path, rel + "/"))
+                    continue
+                if filt is not None and not filt.take_file(rel, name):
                     stats.filtered += 1
                     continue
-                yield ScanRecord(
-                    rel, "d", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
-                    more(entry.path, rel, st, "d"),
-                )  # fmt: skip
-                subdirs.append((entry.path, rel + "/"))
-                continue
-            if filt is not None and not filt.take_file(rel, name):
-                stats.filtered += 1
-                continue
-            if S_ISREG(m):
-                yield ScanRecord(
-                    rel, "f", S_IMODE(m), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, "",
-                    more(entry.path, rel, st, "f"),
-                )  # fmt: skip
-            elif S_ISLNK(m):
-                try:
-                    target = os.readlink(entry.path)
-                except OSError as e:
-                    skip(entry.path, f"symlink not stored: cannot read it ({e.strerror})")
-                    continue
-                if not _link_ok(target):
-                    skip(entry.path, "symlink not stored: its target is not UTF-8 or over 4096 bytes")
-                    continue
-                yield ScanRecord(
-                    rel, "l", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, target,
-                    more(entry.path, rel, st, "l"),
-                )  # fmt: skip
-            elif capture is not None and (stat.S_ISFIFO(m) or stat.S_ISCHR(m) or stat.S_ISBLK(m)):
-                yield ScanRecord(
-                    rel, "s", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
-                    more(entry.path, rel, st, "s"),
-                )  # fmt: skip
-            else:
-                skip(entry.path, f"{_special_kind(m)} not stored")
+                if S_ISREG(m):
+                    yield ScanRecord(
+                        rel, "f", S_IMODE(m), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, "",
+                        more(where, rel, st, "f"),
+                    )  # fmt: skip
+                elif S_ISLNK(m):
+                    try:
+                        target = os.readlink(name, dir_fd=dir_fd) if dir_fd is not None else os.readlink(where)
+                    except OSError as e:
+                        skip(shown_path, f"symlink not stored: cannot read it ({e.strerror})")
+                        continue
+                    yield ScanRecord(
+                        rel, "l", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, target,
+                        more(where, rel, st, "l"),
+                    )  # fmt: skip
+                elif capture is not None and (stat.S_ISFIFO(m) or stat.S_ISCHR(m) or stat.S_ISBLK(m)):
+                    yield ScanRecord(
+                        rel, "s", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
+                        more(where, rel, st, "s"),
+                    )  # fmt: skip
+                else:
+                    skip(shown_path, f"{_special_kind(m)} not stored")
         # Push in reverse so the stack pops them in name order.
         stack.extend(reversed(subdirs))
