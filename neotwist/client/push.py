@@ -23,6 +23,7 @@ cost no read. A push that ran without the cache simply runs again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import threading
@@ -48,7 +49,7 @@ from neotwist.client.pins import TargetPin
 from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
 from neotwist.client.progress import Progress
 from neotwist.client.reading import cut_fd
-from neotwist.client.scan import ScanRecord, ScanStats, scan
+from neotwist.client.scan import ScanRecord, ScanStats, plain_names_only, scan
 from neotwist.client.workers import WorkerPool
 from neotwist.codec import PLAIN, ChunkCodec
 from neotwist.wire import limits
@@ -112,6 +113,7 @@ class PushOptions:
     grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
     pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
     require_encryption: bool = False  # --require-encryption: refuse a plaintext target
+    byte_names: bool = True  # the server stores any name (welcome.features); else odd names are skipped, named
 
 
 @dataclass
@@ -343,6 +345,8 @@ class _Scanner:
         self._cache = options.cache if use_cache else None
         known = self._cache.lookup_extra if self._cache is not None else None
         self._it: Iterator[ScanRecord] = scan(root, options.filter, stats, capture=Capture(known))
+        if not options.byte_names:
+            self._it = plain_names_only(self._it, stats)
         self._make_entries = make_entries
         self._remember = options.cache  # remembered into even when not consulted, to rebuild it
         self._verify = verify  # cache hits go to batch.vouched, to be asked about before they are trusted
@@ -766,6 +770,8 @@ async def push(
     if opened.encrypted != (crypt is not None):
         raise PushError(f"the server opened target {target} with the wrong encryption; nothing was sent")
     summary.encrypted = crypt is not None
+    if crypt is not None:
+        options = dataclasses.replace(options, byte_names=True)  # names travel sealed, paths as tokens
     try:
         with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
             if options.cache is not None:

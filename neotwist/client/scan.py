@@ -198,3 +198,13 @@ def scan(
                     skip(shown_path, f"{_special_kind(m)} not stored")
         # Push in reverse so the stack pops them in name order.
         stack.extend(reversed(subdirs))
+
+
+def plain_names_only(records: Iterator[ScanRecord], stats: ScanStats) -> Iterator[ScanRecord]:
+    """``records`` but those a server that predates byte names would refuse (a path that is not UTF-8 or holds a
+    backslash), each skipped with its reason: for a plaintext target on such a server."""
+    for rec in records:
+        if paths.to_wire(rec.path) != rec.path:
+            stats.skip(rec.path, "not stored: the server stores only UTF-8 names without a backslash; upgrade it")
+        else:
+            yield rec

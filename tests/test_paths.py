@@ -1,0 +1,96 @@
+"""Paths as bytes: the wire text of any name, the checks on it, and the walk's fallback for old servers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from neotwist import paths
+from neotwist.client.remote import parse_remote
+from neotwist.client.scan import ScanStats, plain_names_only, scan
+from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, NeoError
+
+NAMES = [
+    b"plain.txt",
+    b"caf\xc3\xa9",  # UTF-8: unchanged on the wire
+    b"\xff\xfe.bin",
+    b"caf\xe9/men\xfc.txt",
+    b"back\\slash",
+    b"\\xff",  # a UTF-8 name that looks like an escape
+    b"\\\\",
+    b"\xe2\x82",  # a cut multi-byte sequence
+    b"\xed\xa0\x80",  # an encoded surrogate (not UTF-8)
+]
+
+
+@pytest.mark.parametrize("raw", NAMES)
+def test_every_name_has_one_wire_text_that_gives_its_bytes_back(raw: bytes) -> None:
+    local = os.fsdecode(raw)
+    wire = paths.to_wire(local)
+    wire.encode("utf-8")  # always valid UTF-8 (msgpack str)
+    assert paths.wire_bytes(wire) == raw
+    assert paths.from_wire(wire) == local
+    assert paths.check_path(wire) == wire
+    if b"\\" not in raw and raw.decode("utf-8", "replace").encode() == raw:
+        assert wire == local  # what was storable before is stored as before
+
+
+def test_wire_texts_of_distinct_names_are_distinct() -> None:
+    texts = [paths.to_wire(os.fsdecode(raw)) for raw in NAMES]
+    assert len(set(texts)) == len(texts)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a\\",  # a lone backslash
+        "a\\q",  # an unknown escape
+        "\\x41",  # an escape of a byte that needs none
+        "\\xc3\\xa9",  # escaped valid UTF-8
+        "\\xFF",  # upper-case hex: not the one form
+        "a\\x2fb",  # '/' smuggled in an escape
+        "\\x00",  # NUL
+        "\\x2e\\x2e",  # '..'
+    ],
+)
+def test_malformed_or_ambiguous_wire_text_is_refused(text: str) -> None:
+    with pytest.raises(NeoError) as info:
+        paths.check_path(text)
+    assert info.value.code == ErrorCode.BAD_PATH
+
+
+def test_limits_count_the_bytes_not_the_escapes() -> None:
+    name = os.fsdecode(b"\xff" * limits.MAX_NAME)
+    wire = paths.to_wire(name)
+    assert len(wire) == 4 * limits.MAX_NAME
+    paths.check_path(wire)
+    with pytest.raises(NeoError):
+        paths.check_path(paths.to_wire(name + "\udcff"))
+    deep = "/".join(["d" * 200] * (limits.MAX_PATH // 201))
+    assert len(deep) > 4096
+    paths.check_path(deep)
+    with pytest.raises(NeoError):
+        paths.check_path(deep + "/" + "x" * 250)
+
+
+def test_a_user_may_name_an_odd_sub_path() -> None:
+    r = parse_remote(os.fsdecode(b"alice@host/t/caf\xe9/a\\b"))
+    assert paths.local_bytes(r.path) == b"caf\xe9/a\\b"
+    with pytest.raises(NeoError):
+        paths.check_local("a/../b")
+
+
+def test_for_a_server_without_byte_names_odd_names_are_skipped_and_named(tmp_path: Path) -> None:
+    root = bytes(tmp_path)
+    os.makedirs(root + b"/ok/caf\xe9")
+    for name in (b"ok/a.txt", b"ok/caf\xe9/x", b"b\\c"):
+        with open(root + b"/" + name, "wb") as f:
+            f.write(b"x")
+    stats = ScanStats()
+    kept = [r.path for r in plain_names_only(scan(str(tmp_path), stats=stats), stats)]
+    assert kept == ["", "ok", "ok/a.txt"]
+    assert sorted(p.path for p in stats.warnings) == ["b\\c", "ok/caf\\xe9", "ok/caf\\xe9/x"]
+    assert stats.skipped == 3 and "upgrade it" in stats.warnings[0].reason
