@@ -42,7 +42,7 @@ def walk(root: str | bytes) -> dict[bytes, dict[str, Any]]:
             name = os.fsencode(entry.name)
             rel = prefix + name
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            props: dict[str, Any] = {"mode": st.st_mode}
+            props: dict[str, Any] = {"mode": st.st_mode, "owner": (st.st_uid, st.st_gid)}
             if stat.S_ISLNK(st.st_mode):
                 props["target"] = os.readlink(name, dir_fd=fd)
             else:
@@ -93,6 +93,9 @@ def odd_tree(src: Path) -> None:
     os.symlink(b"..\\x41\\", s + b"/backslash-link")  # a target with backslashes (that look like escapes)
     os.symlink(b"caf\xe9/men\xfc.txt", s + b"/link-\xff")
     os.chmod(s + b"/caf\xe9/men\xfc.txt", 0o640)
+    if os.geteuid() == 0:
+        os.chown(s + b"/caf\xe9/men\xfc.txt", 1234, 5678)
+        os.chown(s + b"/link-\xff", 4321, 8765, follow_symlinks=False)
     for rel in sorted(walk(src), reverse=True):
         if not rel.startswith(b"<"):
             os.utime(s + b"/" + rel, ns=(OLD, OLD), follow_symlinks=False)
@@ -123,6 +126,9 @@ def make_deep(root: Path, depth_bytes: int) -> bytes:
         os.close(wfd)
         os.symlink("deep.txt", "deep-link", dir_fd=fd)
         os.link("deep.txt", "deep-hard", src_dir_fd=fd, dst_dir_fd=fd)
+        if os.geteuid() == 0:  # an owner given through a directory descriptor, deep down
+            os.chown("deep.txt", 1234, 5678, dir_fd=fd)
+            os.chown("deep-link", 4321, 8765, dir_fd=fd, follow_symlinks=False)
         for name in ("deep.txt", "\udcff deep"):
             os.utime(name, ns=(OLD, OLD), dir_fd=fd)
     finally:
