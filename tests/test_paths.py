@@ -94,3 +94,30 @@ def test_for_a_server_without_byte_names_odd_names_are_skipped_and_named(tmp_pat
     assert kept == ["", "ok", "ok/a.txt"]
     assert sorted(p.path for p in stats.warnings) == ["b\\c", "ok/caf\\xe9", "ok/caf\\xe9/x"]
     assert stats.skipped == 3 and "upgrade it" in stats.warnings[0].reason
+
+
+def test_a_long_chain_of_short_names_is_walked_in_linear_time_without_leaking_descriptors(tmp_path: Path) -> None:
+    """4,000 levels of one-letter directories (8 KB deep): each deep directory is opened from its parent's
+    descriptor, not again from the top."""
+    import time
+
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(4000):
+        os.mkdir("d", dir_fd=fd)
+        sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = sub
+    os.close(os.open("leaf", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd))
+    leaf = os.open("leaf", os.O_RDONLY, dir_fd=fd)
+    os.setxattr(leaf, "user.k", b"v")
+    os.close(leaf)
+    os.close(fd)
+    before = len(os.listdir("/proc/self/fd"))
+    started = time.monotonic()
+    from neotwist.client.metadata import Capture, decode
+
+    records = list(scan(str(tmp_path), capture=Capture()))
+    assert time.monotonic() - started < 20
+    assert len(records) == 4002 and records[-1].path == "d/" * 4000 + "leaf"
+    assert decode(records[-1].extra).xattrs == [("user.k", b"v")]  # read through /proc/self/fd, deep down
+    assert len(os.listdir("/proc/self/fd")) <= before + 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 
 PATH_MAX = 4096
@@ -55,14 +56,34 @@ def open_below(root: str, rel: str, flags: int, mode: int = 0o777) -> int:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def directory(root: str, rel: str) -> Iterator[int]:
-    """A descriptor of the directory ``rel`` below ``root``, closed on leaving."""
-    fd = open_below(root, rel, _SUBDIR if rel else _DIR)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+class Directories:
+    """Descriptors of the deep directories of one walk below ``root``. The last few are kept open (at most
+    ``keep``), so a depth-first walk opens a deep directory with one ``openat`` from its parent's descriptor
+    rather than again from the top (which would make a long chain of short names cost its depth squared)."""
+
+    def __init__(self, root: str, keep: int = 16) -> None:
+        self.root = root
+        self.keep = keep
+        self._open: OrderedDict[str, int] = OrderedDict()
+
+    @contextlib.contextmanager
+    def directory(self, rel: str) -> Iterator[int]:
+        """A descriptor of the directory ``rel`` below the root, closed on leaving."""
+        parent, _, name = rel.rpartition("/")
+        held = self._open.get(parent) if parent else None
+        fd = os.open(name, _SUBDIR, dir_fd=held) if held is not None else open_below(self.root, rel, _SUBDIR)
+        try:
+            self._open[rel] = os.dup(fd)
+            while len(self._open) > self.keep:
+                os.close(self._open.popitem(last=False)[1])
+            yield fd
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._open.values():
+            os.close(fd)
+        self._open.clear()
 
 
 def proc_path(dir_fd: int, name: str) -> str:

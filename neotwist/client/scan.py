@@ -118,8 +118,8 @@ def scan(
         if capture is None:
             return b""
         data, problem = capture.record(path, rel, st, kind)
-        if problem is not None:
-            stats.note(path, problem)
+        if problem is not None:  # named by its real path (``path`` may go through /proc/self/fd)
+            stats.note(f"{root}/{rel}" if rel else root, problem)
         return data
 
     st = os.stat(root)
@@ -131,6 +131,23 @@ def scan(
 
     # Depth-first with an explicit stack of (absolute dir, relative prefix) so deep trees need no recursion.
     stack: list[tuple[str, str]] = [(root, "")]
+    deep_dirs = deep.Directories(root)
+    try:
+        yield from _walk(stack, deep_dirs, filt, stats, skip, more, capture is not None)
+    finally:
+        deep_dirs.close()
+
+
+def _walk(
+    stack: list[tuple[str, str]],
+    deep_dirs: deep.Directories,
+    filt: Filter | None,
+    stats: ScanStats,
+    skip: Callable[[str, str], None],
+    more: Callable[[str, str, os.stat_result, str], bytes],
+    specials: bool,
+) -> Iterator[ScanRecord]:
+    """The walk below the root (see :func:`scan`)."""
     S_ISDIR, S_ISREG, S_ISLNK, S_IMODE = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
     while stack:
         directory, prefix = stack.pop()
@@ -139,7 +156,7 @@ def scan(
             dir_fd = None if deep.is_short(directory + "/" + "x" * 255) else -1
             try:
                 if dir_fd is not None:
-                    dir_fd = held.enter_context(deep.directory(root, prefix[:-1]))
+                    dir_fd = held.enter_context(deep_dirs.directory(prefix[:-1]))
                 with os.scandir(directory if dir_fd is None else dir_fd) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as e:
@@ -189,7 +206,7 @@ def scan(
                         rel, "l", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, target,
                         more(where, rel, st, "l"),
                     )  # fmt: skip
-                elif capture is not None and (stat.S_ISFIFO(m) or stat.S_ISCHR(m) or stat.S_ISBLK(m)):
+                elif specials and (stat.S_ISFIFO(m) or stat.S_ISCHR(m) or stat.S_ISBLK(m)):
                     yield ScanRecord(
                         rel, "s", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
                         more(where, rel, st, "s"),
