@@ -192,6 +192,21 @@ def test_names_and_link_targets_are_bytes_end_to_end(server: RunningServer, tmp_
     assert base64.b64decode(link["link_b64"]) == b"\xe9t\xe9" and link["link"] == "\\xe9t\\xe9", link
     assert by_path[b"backslash-link"]["link"] == "..\\x41\\" and "link_b64" not in by_path[b"backslash-link"]
 
+    # history by odd names: versions of one, deleted ones listed exactly, and pull --delete removes them
+    odd = os.fsdecode(b"\xff\xfe.bin")
+    os.unlink(Path(os.fsdecode(bytes(src))) / os.fsdecode(b"caf\xe9") / os.fsdecode(b"hard-\xfe"))
+    (Path(os.fsdecode(bytes(src))) / odd).unlink()
+    cli_json(server, "neo-push", "--json", "--delete", *extra, "--exclude", exclude, str(src), remote, env=env)
+    versions = cli_json(server, "neo-ls", "--json", "--versions", odd, remote, env=env)
+    assert len(versions["versions"]) == 1, versions
+    gone = cli_json(server, "neo-ls", "--json", "--deleted", remote, env=env)["deleted"]
+    assert sorted(base64.b64decode(d["path_b64"]) for d in gone) == [b"caf\xe9/hard-\xfe", b"\xff\xfe.bin"], gone
+    pulled = cli_json(server, "neo-pull", "--json", "--delete", remote, str(out), env=env)
+    assert pulled["deleted"] == 2, pulled
+    now = walk(src)
+    del now[b"\xe9.skip"]
+    assert walk(out) == now
+
     # one odd directory and one odd file by name (as a latin-1 shell passes them)
     cli_json(server, "neo-pull", "--json", remote + "/" + os.fsdecode(b"caf\xe9"), str(tmp_path / "sub"), env=env)
     assert walk(tmp_path / "sub")[b"men\xfc.txt"] == want[b"caf\xe9/men\xfc.txt"]

@@ -961,6 +961,11 @@ async def _mirror(reactor: Any, pool: ThreadPool, run: _PullRun, dest: SafeDest,
     run.summary.deleted = len(removed)
     for problem in problems:
         run._error(problem)
+    if removed:  # a removal changed its directory's mtime, set before: set it again
+        parents = {path.rpartition("/")[0] for path in removed}
+        dirs = [e for e in entries if e.kind == "d" and e.path in parents]
+        for err in await deferToThreadPool(reactor, pool, _dir_meta, dest, dirs, run.restorer):
+            run._error(err)
 
 
 def _raise_open_files_limit(wanted: int = 8192) -> None:
