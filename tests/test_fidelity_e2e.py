@@ -205,6 +205,16 @@ def make_machine_tree(src: Path) -> list[str]:
         os.chown(src / "home" / "u" / "link", 1234, 5678, follow_symlinks=False)
     else:
         cannot.append("owners (not root)")
+    # names and link targets as the bytes they are
+    odd = bytes(src) + b"/home/u/caf\xe9"
+    os.mkdir(odd)
+    with open(odd + b"/\xff\xfe.bin", "wb") as f:
+        f.write(b"latin-1 and worse\n")
+    with open(bytes(src) + b"/home/u/back\\slash", "wb") as f:
+        f.write(b"a backslash\n")
+    os.link(odd + b"/\xff\xfe.bin", odd + b"/hard-\xe9")
+    os.symlink(b"\xe9t\xe9", odd + b"/latin-link")
+    os.setxattr(odd + b"/\xff\xfe.bin", "user.odd", b"on an odd name")
     os.chmod(src / "etc" / "passwd", 0o4755)  # set-uid survives the chown of a restore
     for p in sorted(src.rglob("*"), reverse=True):
         os.utime(p, ns=(OLD, OLD), follow_symlinks=False)
@@ -276,9 +286,12 @@ def test_a_machine_tree_round_trips_as_rsync_aHAXS_numeric_ids_keeps_it(
     assert got.keys() == want.keys()
     for rel in want:
         assert got[rel] == want[rel], (rel, cannot)
+    odd = os.fsdecode(b"home/u/caf\xe9/")
     assert got["disk.img"]["sparse"] and got["<hard links>"] == [
-        ["etc/h2", "h1", "home/h3"], ["home/u/two-a", "home/u/two-b"],
+        ["etc/h2", "h1", "home/h3"], [odd + os.fsdecode(b"hard-\xe9"), odd + os.fsdecode(b"\xff\xfe.bin")],
+        ["home/u/two-a", "home/u/two-b"],
     ]  # fmt: skip
+    assert got[odd + "latin-link"]["target"] == os.fsdecode(b"\xe9t\xe9")
     if ROOT:
         assert got["home/u/notes.txt"]["uid"] == 1234 and got["home/u/link"]["gid"] == 5678
         assert "trusted.secret" in got["etc/passwd"]["xattrs"]
