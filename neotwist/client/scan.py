@@ -74,8 +74,6 @@ class ScanStats:
 def _too_long(rel: str) -> str | None:
     """Why the path ``rel`` cannot be stored, or None. A name is any bytes the kernel allows; only the
     protocol's byte limits are left to check (and only for a path long enough to reach them)."""
-    if len(rel) * 4 < limits.MAX_PATH:
-        return None
     if len(paths.local_bytes(rel)) > limits.MAX_PATH:
         return f"not stored: its path is over {limits.MAX_PATH} bytes"
     return None
@@ -149,6 +147,7 @@ def _walk(
 ) -> Iterator[ScanRecord]:
     """The walk below the root (see :func:`scan`)."""
     S_ISDIR, S_ISREG, S_ISLNK, S_IMODE = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
+    quarter_path = limits.MAX_PATH // 4  # below it, a path cannot be over MAX_PATH bytes
     while stack:
         directory, prefix = stack.pop()
         with contextlib.ExitStack() as held:
@@ -166,12 +165,15 @@ def _walk(
             for entry in entries:
                 name = entry.name
                 rel = prefix + name
-                shown_path = entry.path if dir_fd is None else f"{directory}/{name}"
-                where = entry.path if dir_fd is None else deep.proc_path(dir_fd, name)
-                too_long = _too_long(rel)
-                if too_long is not None:
-                    skip(shown_path, too_long)
-                    continue
+                if dir_fd is None:
+                    where = shown_path = entry.path
+                else:
+                    shown_path, where = f"{directory}/{name}", deep.proc_path(dir_fd, name)
+                if len(rel) >= quarter_path:
+                    too_long = _too_long(rel)
+                    if too_long is not None:
+                        skip(shown_path, too_long)
+                        continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError as e:
