@@ -127,3 +127,15 @@ def test_a_long_chain_of_short_names_is_walked_in_linear_time_without_leaking_de
         assert len(os.listdir("/proc/self/fd")) <= before
     finally:
         subprocess.run(["rm", "-rf", str(chain)], check=True)  # GNU rm walks with descriptors, not recursion
+
+
+def test_a_listing_with_a_malformed_or_smuggling_path_is_refused() -> None:
+    """A server (or anyone in its place) cannot make a pull write a '/' or '..' through an escape."""
+    from neotwist.client.stash import StashError, local_paths
+    from neotwist.wire.messages import Entry
+
+    good = [Entry("\\xff", "f", 0o644, 0, 0), Entry("a", "d", 0o755, 0, 0)]
+    assert [paths.local_bytes(e.path) for e in local_paths(good)] == [b"\xff", b"a"]
+    for bad in ("a\\x2f..\\x2fetc", "\\x2e\\x2e", "a\\q"):
+        with pytest.raises(StashError, match="malformed path"):
+            local_paths([Entry(bad, "f", 0o644, 0, 0)])
