@@ -155,7 +155,7 @@ def cli_json(server: RunningServer, *args: str, env: dict[str, str] | None = Non
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plaintext", "encrypted"])
 def test_names_and_link_targets_are_bytes_end_to_end(server: RunningServer, tmp_path: Path, encrypted: bool) -> None:
-    src = tmp_path / "src"
+    src = tmp_path / os.fsdecode(b"src-\xe9")  # the pushed directory itself has an odd name
     src.mkdir()
     odd_tree(src)
     env, extra = encrypted_env(server, encrypted)
@@ -167,7 +167,7 @@ def test_names_and_link_targets_are_bytes_end_to_end(server: RunningServer, tmp_
     want = walk(src)
     del want[b"\xe9.skip"]
 
-    out = tmp_path / "out"
+    out = tmp_path / os.fsdecode(b"out-\xff")
     cli_json(server, "neo-pull", "--json", remote, str(out), env=env)
     got = walk(out)
     assert sorted(got) == sorted(want)
@@ -206,6 +206,12 @@ def test_names_and_link_targets_are_bytes_end_to_end(server: RunningServer, tmp_
     now = walk(src)
     del now[b"\xe9.skip"]
     assert walk(out) == now
+
+    # the human-readable runs print such names escaped, never crash on them
+    human = tmp_path / "human"
+    for args in (("neo-push", "--progress", *extra, str(src), remote), ("neo-pull", "--progress", remote, str(human))):
+        r = server.cli(*args, env=env)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
     # one odd directory and one odd file by name (as a latin-1 shell passes them)
     cli_json(server, "neo-pull", "--json", remote + "/" + os.fsdecode(b"caf\xe9"), str(tmp_path / "sub"), env=env)
