@@ -9,10 +9,9 @@ followed). An item in a deep directory is named for path-only calls (``llistxatt
 
 from __future__ import annotations
 
-import contextlib
 import os
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
 
 PATH_MAX = 4096
 """Bytes of a path the kernel takes in one call, its terminating NUL included (Linux)."""
@@ -59,31 +58,31 @@ def open_below(root: str, rel: str, flags: int, mode: int = 0o777) -> int:
 class Directories:
     """Descriptors of the deep directories of one walk below ``root``. The last few are kept open (at most
     ``keep``), so a depth-first walk opens a deep directory with one ``openat`` from its parent's descriptor
-    rather than again from the top (which would make a long chain of short names cost its depth squared)."""
+    rather than again from the top (which would make a long chain of short names cost its depth squared).
+    They are closed when the object goes (a walk's generator finishing or being dropped)."""
 
     def __init__(self, root: str, keep: int = 16) -> None:
         self.root = root
         self.keep = keep
         self._open: OrderedDict[str, int] = OrderedDict()
+        weakref.finalize(self, _close_all, self._open)
 
-    @contextlib.contextmanager
-    def directory(self, rel: str) -> Iterator[int]:
-        """A descriptor of the directory ``rel`` below the root, closed on leaving."""
+    def get(self, rel: str) -> int:
+        """A descriptor of the directory ``rel`` below the root, open until the next :meth:`get` (it is the
+        newest, so the next call keeps it while it can use it)."""
         parent, _, name = rel.rpartition("/")
         held = self._open.get(parent) if parent else None
         fd = os.open(name, _SUBDIR, dir_fd=held) if held is not None else open_below(self.root, rel, _SUBDIR)
-        try:
-            self._open[rel] = os.dup(fd)
-            while len(self._open) > self.keep:
-                os.close(self._open.popitem(last=False)[1])
-            yield fd
-        finally:
-            os.close(fd)
+        self._open[rel] = fd
+        while len(self._open) > self.keep:
+            os.close(self._open.popitem(last=False)[1])
+        return fd
 
-    def close(self) -> None:
-        for fd in self._open.values():
-            os.close(fd)
-        self._open.clear()
+
+def _close_all(fds: OrderedDict[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
 
 
 def proc_path(dir_fd: int, name: str) -> str:

@@ -13,7 +13,6 @@ order and a pull recreates parents before children.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -129,92 +128,74 @@ def scan(
 
     # Depth-first with an explicit stack of (absolute dir, relative prefix) so deep trees need no recursion.
     stack: list[tuple[str, str]] = [(root, "")]
-    deep_dirs = deep.Directories(root)
-    try:
-        yield from _walk(stack, deep_dirs, filt, stats, skip, more, capture is not None)
-    finally:
-        deep_dirs.close()
-
-
-def _walk(
-    stack: list[tuple[str, str]],
-    deep_dirs: deep.Directories,
-    filt: Filter | None,
-    stats: ScanStats,
-    skip: Callable[[str, str], None],
-    more: Callable[[str, str, os.stat_result, str], bytes],
-    specials: bool,
-) -> Iterator[ScanRecord]:
-    """The walk below the root (see :func:`scan`)."""
     S_ISDIR, S_ISREG, S_ISLNK, S_IMODE = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
     quarter_path = limits.MAX_PATH // 4  # below it, a path cannot be over MAX_PATH bytes
+    deep_dirs = deep.Directories(root)  # a directory whose children may reach PATH_MAX is read through one
     while stack:
         directory, prefix = stack.pop()
-        with contextlib.ExitStack() as held:
-            # A directory whose children's paths may reach PATH_MAX is read through a descriptor (deep.py).
-            dir_fd = None if deep.is_short(directory + "/" + "x" * 255) else -1
+        dir_fd: int | None = None
+        try:
+            if not deep.is_short(directory + "/" + "x" * 255):
+                dir_fd = deep_dirs.get(prefix[:-1])
+            with os.scandir(directory if dir_fd is None else dir_fd) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            skip(directory, f"directory not read ({e.strerror}); nothing under it is stored")
+            continue
+        subdirs: list[tuple[str, str]] = []
+        for entry in entries:
+            name = entry.name
+            rel = prefix + name
+            if dir_fd is None:
+                shown_path = where = entry.path
+            else:  # deep down: the real path for messages, a short one for system calls
+                shown_path, where = f"{directory}/{name}", deep.proc_path(dir_fd, name)
+            if len(rel) >= quarter_path:
+                too_long = _too_long(rel)
+                if too_long is not None:
+                    skip(shown_path, too_long)
+                    continue
             try:
-                if dir_fd is not None:
-                    dir_fd = held.enter_context(deep_dirs.directory(prefix[:-1]))
-                with os.scandir(directory if dir_fd is None else dir_fd) as it:
-                    entries = sorted(it, key=lambda e: e.name)
+                st = entry.stat(follow_symlinks=False)
             except OSError as e:
-                skip(directory, f"directory not read ({e.strerror}); nothing under it is stored")
+                skip(shown_path, f"not stored: cannot stat it ({e.strerror})")
                 continue
-            subdirs: list[tuple[str, str]] = []
-            for entry in entries:
-                name = entry.name
-                rel = prefix + name
-                if dir_fd is None:
-                    where = shown_path = entry.path
-                else:
-                    shown_path, where = f"{directory}/{name}", deep.proc_path(dir_fd, name)
-                if len(rel) >= quarter_path:
-                    too_long = _too_long(rel)
-                    if too_long is not None:
-                        skip(shown_path, too_long)
-                        continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError as e:
-                    skip(shown_path, f"not stored: cannot stat it ({e.strerror})")
-                    continue
-                m = st.st_mode
-                if S_ISDIR(m):
-                    if filt is not None and not filt.take_dir(rel, name):
-                        stats.filtered += 1
-                        continue
-                    yield ScanRecord(
-                        rel, "d", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
-                        more(where, rel, st, "d"),
-                    )  # fmt: skip
-                    subdirs.append((shown_path, rel + "/"))
-                    continue
-                if filt is not None and not filt.take_file(rel, name):
+            m = st.st_mode
+            if S_ISDIR(m):
+                if filt is not None and not filt.take_dir(rel, name):
                     stats.filtered += 1
                     continue
-                if S_ISREG(m):
-                    yield ScanRecord(
-                        rel, "f", S_IMODE(m), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, "",
-                        more(where, rel, st, "f"),
-                    )  # fmt: skip
-                elif S_ISLNK(m):
-                    try:
-                        target = os.readlink(name, dir_fd=dir_fd) if dir_fd is not None else os.readlink(where)
-                    except OSError as e:
-                        skip(shown_path, f"symlink not stored: cannot read it ({e.strerror})")
-                        continue
-                    yield ScanRecord(
-                        rel, "l", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, target,
-                        more(where, rel, st, "l"),
-                    )  # fmt: skip
-                elif specials and (stat.S_ISFIFO(m) or stat.S_ISCHR(m) or stat.S_ISBLK(m)):
-                    yield ScanRecord(
-                        rel, "s", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
-                        more(where, rel, st, "s"),
-                    )  # fmt: skip
-                else:
-                    skip(shown_path, f"{_special_kind(m)} not stored")
+                yield ScanRecord(
+                    rel, "d", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
+                    more(where, rel, st, "d"),
+                )  # fmt: skip
+                subdirs.append((shown_path, rel + "/"))
+                continue
+            if filt is not None and not filt.take_file(rel, name):
+                stats.filtered += 1
+                continue
+            if S_ISREG(m):
+                yield ScanRecord(
+                    rel, "f", S_IMODE(m), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, "",
+                    more(where, rel, st, "f"),
+                )  # fmt: skip
+            elif S_ISLNK(m):
+                try:
+                    target = os.readlink(name, dir_fd=dir_fd) if dir_fd is not None else os.readlink(where)
+                except OSError as e:
+                    skip(shown_path, f"symlink not stored: cannot read it ({e.strerror})")
+                    continue
+                yield ScanRecord(
+                    rel, "l", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, target,
+                    more(where, rel, st, "l"),
+                )  # fmt: skip
+            elif capture is not None and (stat.S_ISFIFO(m) or stat.S_ISCHR(m) or stat.S_ISBLK(m)):
+                yield ScanRecord(
+                    rel, "s", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
+                    more(where, rel, st, "s"),
+                )  # fmt: skip
+            else:
+                skip(shown_path, f"{_special_kind(m)} not stored")
         # Push in reverse so the stack pops them in name order.
         stack.extend(reversed(subdirs))
 
