@@ -29,6 +29,7 @@ has a one-line message fit to print as is.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -45,6 +46,7 @@ from neotwist.client.push import PushError, PushOptions, PushSummary, push
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.stash import StashError
+from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
     CheckReport,
@@ -206,8 +208,12 @@ class Client:
     def push(
         self, local: str, target: str, path: str = "", options: PushOptions | None = None
     ) -> Deferred[PushSummary]:
-        """Push the directory ``local`` to ``target`` at ``path`` as one new snapshot (created on first push)."""
-        return _deferred(push(self.reactor, self.peer, local, target, path, options or PushOptions()))
+        """Push the directory ``local`` to ``target`` at ``path`` as one new snapshot (created on first push).
+        A server that stores only UTF-8 names (no ``byte-names`` in its welcome) gets the rest: each other name is
+        left out and named in the summary's warnings."""
+        byte_names = limits.FEATURE_BYTE_NAMES in self.session.welcome.features
+        options = dataclasses.replace(options or PushOptions(), byte_names=byte_names)
+        return _deferred(push(self.reactor, self.peer, local, target, path, options))
 
     def pull(
         self, target: str, local: str, path: str = "", options: PullOptions | None = None

@@ -181,7 +181,7 @@ class RemoteTarget:
         """(snapshot id, entries at and below ``path``) of ``snapshot`` (None: the latest), decrypted for an
         encrypted target; entries that failed authentication are left out and named in :attr:`refused`."""
         with self.plain_errors():
-            wanted = path if self.crypt is None or not path else self.crypt.encrypt_subpath(path)
+            wanted = paths.to_wire(path) if self.crypt is None or not path else self.crypt.encrypt_subpath(path)
             snap, entries = await stash.entries(self.peer, self.handle, snapshot, wanted, recursive)
             if self.crypt is not None:
                 decrypted = self.crypt.decrypt_listing(entries)
@@ -193,7 +193,8 @@ class RemoteTarget:
         """Every stored version of ``path`` (relative to the handle root), oldest first."""
         with self.plain_errors():
             crypt = self.crypt
-            records = await stash.versions(self.peer, self.handle, crypt.encrypt_subpath(path) if crypt else path)
+            wanted = crypt.encrypt_subpath(path) if crypt is not None else paths.to_wire(path)
+            records = await stash.versions(self.peer, self.handle, wanted)
             if crypt is not None:
                 records = await decrypt_versions(self.peer, self.handle, crypt, path, records)
             return records
@@ -262,7 +263,7 @@ class _Opening:
     trip). Nothing is sent to a handle before its key has been checked."""
 
     def __init__(self, peer: Peer, name: str, subpath: str, access: Access) -> None:
-        paths.check_path(subpath)  # a bad sub-path is refused as the server would, before anything is opened
+        paths.check_local(subpath)  # a bad sub-path is refused as the server would, before anything is opened
         self.peer = peer
         self.name = name
         self.subpath = subpath
@@ -379,7 +380,8 @@ class _Opening:
                                                                  required))  # fmt: skip
         if not opened.encrypted:
             if subpath:
-                opened = await self._reopen(opened, Open(rid=0, target=target, path=subpath, mode="read"))
+                plain = Open(rid=0, target=target, path=paths.to_wire(subpath), mode="read")
+                opened = await self._reopen(opened, plain)
             return self._made(opened, None)
         named = key_check_id(opened.key_check)
 
@@ -412,7 +414,8 @@ class _Opening:
             what = "--encrypt" if encrypt else f"target {target} is encrypted: this push"
             return await self._encrypted_push(f"{what} needs a key: create one with 'neo-key init'", encrypt,
                                               keep_history, pinned=True, may_create=create)  # fmt: skip
-        message = Open(rid=0, target=target, path=subpath, mode="push", create=create, keep_history=keep_history)
+        message = Open(rid=0, target=target, path=paths.to_wire(subpath), mode="push", create=create,
+                       keep_history=keep_history)  # fmt: skip
         try:
             opened = await (self._probe_then_open(message) if subpath else self._open(message))
         except RemoteError as e:
