@@ -153,6 +153,7 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
             raise ConnectError(f"{remote.address}: {e.message}") from None
         raise ConnectError(f"session with {remote.address} failed during hello: {e}") from None
     tcpkeepalive.enable(peer.transport)
+    peer.features = frozenset(welcome.features)
     if options.timeout and limits.FEATURE_PING in welcome.features:
         Watchdog(reactor, peer, remote.address, options.timeout).start()
     return Session(peer=peer, welcome=welcome, remote=remote)

@@ -313,6 +313,24 @@ class Get(Message, tag="get"):
     ids: ChunkIds
 
 
+class FileIds(msgspec.Struct, array_like=True, frozen=True):
+    """One file of a ``get_files``: its path and ids of its chunks."""
+
+    path: PathText
+    ids: ChunkIds
+
+
+class GetFiles(Message, tag="get_files"):
+    """Fetch chunks of several file versions of one snapshot in one request (a restore of many small files).
+    Every id must belong to its file; the ids of all files together are at most ``MAX_IDS``. Answered by one
+    ``chunk`` per id, file after file, in order, or an ``error``. Sent only to a server that lists the feature
+    ``get_files``."""
+
+    handle: Handle
+    snapshot: SnapshotId
+    files: Annotated[list[FileIds], msgspec.Meta(max_length=limits.MAX_GET_FILES)]
+
+
 class ChunkReply(Message, tag="chunk"):
     id: ChunkId
     codec: Codec
@@ -632,6 +650,7 @@ AnyMessage = (
     | List
     | Listing
     | Get
+    | GetFiles
     | ChunkReply
     | ListSnapshots
     | SnapshotList
