@@ -11,6 +11,11 @@ it does not (the target was pruned or recreated), the push retries once with the
 saved (atomically: :func:`neotwist.atomicfile.atomic_write`) only after a successful commit, and holds exactly the
 files of that push, so deleted files fall out of it.
 
+It also keeps, for the push that wrote it, the snapshot that push committed and a digest of every entry it
+sent (by the path the server knows it by): the next push to the same place, when that snapshot is still the
+target's latest, sends only the entries whose digest changed and names the paths that are gone
+(``push_begin.parent``), instead of listing the whole tree again.
+
 Files modified within the last second before the push started are not remembered: their mtime may not have
 ticked yet for a write still to come (the same guard git and borg use for "racy" timestamps).
 """
@@ -48,6 +53,8 @@ class _CacheFile(msgspec.Struct, array_like=True):
     format: int
     key: str
     files: dict[str, CacheEntry]
+    snapshot: int | None = None  # the snapshot the push that wrote it committed (caches before it: None)
+    entries: dict[str, bytes] = msgspec.field(default_factory=dict)  # server path -> digest of its records
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -74,6 +81,10 @@ class FilesCache:
         self._name(key)
         self.old: dict[str, CacheEntry] = {}
         self.new: dict[str, CacheEntry] = {}
+        self.old_snapshot: int | None = None  # what the last push committed, and the entries it sent
+        self.old_entries: dict[str, bytes] = {}
+        self.snapshot: int | None = None  # what this push committed (set before save), and the entries it sent
+        self.new_entries: dict[str, bytes] = {}
         self.racy_after = (start_ns if start_ns is not None else time.time_ns()) - _RACY_NS
         self.load_error: str | None = None
 
@@ -104,6 +115,7 @@ class FilesCache:
             return
         if cached.format == _FORMAT and cached.key == self.key:
             self.old = cached.files
+            self.old_snapshot, self.old_entries = cached.snapshot, cached.entries
 
     def lookup(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
         """The chunk ids of ``path`` if its stat values match the last push, else None."""
@@ -136,5 +148,7 @@ class FilesCache:
     def save(self) -> None:
         """Write the current push's entries atomically (call only after a successful commit)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        body = _encoder.encode(_CacheFile(format=_FORMAT, key=self.key, files=self.new))
+        body = _encoder.encode(
+            _CacheFile(format=_FORMAT, key=self.key, files=self.new, snapshot=self.snapshot, entries=self.new_entries)
+        )
         atomic_write(self.path, body)

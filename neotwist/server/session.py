@@ -84,6 +84,7 @@ from neotwist.wire.messages import (
     Open,
     Opened,
     PushBegin,
+    PushDeleted,
     PushEntries,
     Put,
     RemoveTarget,
@@ -621,7 +622,7 @@ class ServerSession:
                 handle.charges = account_usage(self.services.repository, owner).charges
             else:
                 handle.quota_owner = None
-            push = target.begin_push(handle.root, message.delete)
+            push = target.begin_push(handle.root, message.delete, message.parent)
             if access.confined:
                 push.confine()
             return push
@@ -802,6 +803,19 @@ class ServerSession:
 
         def stage() -> Deferred[None]:
             d = handle.entries_lock.run(self._run_for, handle, Right.APPEND, "push", push.add, message.entries)
+            d.addErrback(self._upload_failed, handle)
+            return d
+
+        return self._admit(message, stage, handle)
+
+    def on_deleted_paths(self, peer: Peer, message: PushDeleted) -> Deferred[None]:
+        handle = self._push_handle(message.handle)
+        push = handle.push
+        if push is None:
+            raise NeoError(ErrorCode.PROTOCOL, "deleted_paths before push_begin")
+
+        def stage() -> Deferred[None]:
+            d = handle.entries_lock.run(self._run_for, handle, Right.APPEND, "push", push.add_deleted, message.paths)
             d.addErrback(self._upload_failed, handle)
             return d
 
@@ -1459,6 +1473,7 @@ class ServerSession:
         Have: on_have,
         Put: on_put,
         PushEntries: on_entries,
+        PushDeleted: on_deleted_paths,
         Commit: on_commit,
         Abort: on_abort,
         List: on_list,

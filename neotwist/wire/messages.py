@@ -248,10 +248,22 @@ class Put(Message, tag="put"):
 
 class PushBegin(Message, tag="push_begin"):
     """Start a push on a push handle. With ``delete``, entries under the root that the push does not list are
-    recorded as deleted; without it the previous snapshot's entries are kept. Answered by ok."""
+    recorded as deleted; without it the previous snapshot's entries are kept. With ``parent`` the push lists
+    only what changed since that snapshot, which must still be the target's latest at commit: unlisted entries
+    keep their current version, and with ``delete`` only the paths named by ``deleted_paths`` are deleted.
+    Answered by ok."""
 
     handle: Handle
     delete: bool = False
+    parent: SnapshotId | None = None
+
+
+class PushDeleted(Message, tag="deleted_paths"):
+    """Paths (relative to the push root) a push with ``parent`` and ``delete`` records as deleted. A post, like
+    ``entries``; counted with the entries against MAX_PUSH_ENTRIES."""
+
+    handle: Handle
+    paths: Annotated[list[PathText], msgspec.Meta(max_length=limits.MAX_ENTRIES)]
 
 
 class PushEntries(Message, tag="entries"):
@@ -644,6 +656,7 @@ AnyMessage = (
     | Put
     | PushBegin
     | PushEntries
+    | PushDeleted
     | Commit
     | Committed
     | Abort
