@@ -31,6 +31,7 @@ import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ from typing import Any
 import blake3
 import msgspec
 import zstandard
-from twisted.internet.defer import DeferredList, DeferredSemaphore, FirstError, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, FirstError, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -82,15 +83,17 @@ ID = limits.ID_SIZE
 
 BATCH_ITEMS = 4096
 """Scan records per batch: about one ``have`` per batch of small files."""
-BATCH_BYTES = 64 * 1024 * 1024
+BATCH_BYTES = 16 * 1024 * 1024
 """Bytes of changed files per batch (a bigger file makes a batch of its own)."""
-BATCHES_IN_FLIGHT = 3
+BATCHES_IN_FLIGHT = 2
 """Batches being hashed, asked about or uploaded at once: overlaps disk, CPU and network."""
 HAVES_IN_FLIGHT = 8
 """``have`` requests of one batch in flight at once."""
-JOB_BYTES = 8 * 1024 * 1024
+JOB_BYTES = 4 * 1024 * 1024
 """Bytes of small files hashed, or chunks compressed, per worker job (amortizes the thread hop)."""
 JOB_FILES = 256
+JOBS_AHEAD = 2
+"""Compression jobs of one batch running or done ahead of the one being put (each about JOB_BYTES)."""
 KEEP_BYTES = 1024 * 1024
 """Files up to this size are read whole and kept in memory until their missing chunks are sent."""
 ENTRIES_MESSAGE_BYTES = 1024 * 1024
@@ -765,16 +768,29 @@ class _PushRun:
         if part2:
             jobs2.append(part2)
         level = self.options.compress_level
-        pending = [self._thread(_compress_job, self.root, job, level, self.crypt) for job in jobs2]
         peer = self.peer
         handle = self.handle
-        for job, d in zip(jobs2, pending, strict=True):
+        # A few jobs ahead of the sending, not all of them: a 512 MiB file is 64 jobs, whose compressed chunks
+        # all waited in memory for their turn to be put (the client peaked at 650 MiB).
+        queued = iter(jobs2)
+        pending: deque[tuple[list[_Source], Deferred[Any]]] = deque()
+
+        def start_next() -> None:
+            job = next(queued, None)
+            if job is not None:
+                pending.append((job, self._thread(_compress_job, self.root, job, level, self.crypt)))
+
+        for _ in range(JOBS_AHEAD):
+            start_next()
+        while pending:
+            job, d = pending.popleft()
             try:
                 ready, bad = await d
             except Exception:
-                for other in pending:
+                for _job, other in pending:
                     other.addErrback(lambda _f: None)
                 raise
+            start_next()
             if bad:
                 failed.update(bad)
                 sent = {r[0] for r in ready}
