@@ -28,7 +28,9 @@ def kit(tmp_path: Path) -> Iterator[Kit]:
 FILES = {"a/one": b"first file", "a/two": b"second file", "b/three": b"third file", "b/same": b"first file"}
 
 
-def fetch(conn: Conn, handle: int, files: list[tuple[str, list[bytes]]], snapshot: int = 1) -> list[bytes] | RemoteError:
+def fetch(
+    conn: Conn, handle: int, files: list[tuple[str, list[bytes]]], snapshot: int = 1
+) -> list[bytes] | RemoteError:
     got: list[ChunkReply] = []
     total = sum(len(ids) for _, ids in files)
     reply = conn.call(
