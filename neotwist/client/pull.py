@@ -9,6 +9,8 @@ For each file of the snapshot:
   holds, unless ``--reuse-any``: see ``_may_reuse``); chunks of files already written by this pull are reused too;
 - the remaining ids are fetched with ``get`` requests (at most SEGMENT_IDS per request, several files in
   flight at once), each chunk is decompressed with a bound and checked against its id before it is written;
+  small files with nothing local to reuse go in batches instead: one ``get_files`` for up to BATCH_FILES of
+  them, written in one worker hop (from a server that lists the feature);
 - the new version is written to ``.<name>.neotmp.<random>`` in the same directory, given its mode and mtime,
   fsynced with ``--fsync``, and renamed into place.
 
