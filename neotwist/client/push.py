@@ -83,7 +83,7 @@ ID = limits.ID_SIZE
 
 BATCH_ITEMS = 4096
 """Scan records per batch: about one ``have`` per batch of small files."""
-BATCH_BYTES = 16 * 1024 * 1024
+BATCH_BYTES = 8 * 1024 * 1024
 """Bytes of changed files per batch (a bigger file makes a batch of its own)."""
 BATCHES_IN_FLIGHT = 2
 """Batches being hashed, asked about or uploaded at once: overlaps disk, CPU and network."""
