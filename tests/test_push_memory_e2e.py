@@ -38,3 +38,11 @@ def test_a_big_file_costs_no_more_memory_than_a_small_one(server: RunningServer,
     grown = peak_kib(server, big, "big")
     # 184 MiB more data: what is held is bounded by jobs in flight and the send window, not by the file
     assert grown - base < 48 * 1024, (base, grown)
+
+
+def test_the_mmap_threshold_is_fixed_where_glibc_is() -> None:
+    import platform
+
+    from neotwist.client import heap
+
+    assert heap.fix_mmap_threshold() == (platform.libc_ver()[0] == "glibc")

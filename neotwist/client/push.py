@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from neotwist.chunking import Chunker
+from neotwist.client import heap
 from neotwist.client.encryption import Crypt, KeySource, open_for_push, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
@@ -825,6 +826,7 @@ async def push(
     reactor: Any, peer: Peer, local_root: str, target: str, subpath: str, options: PushOptions
 ) -> PushSummary:
     """Push ``local_root`` to ``target`` at ``subpath`` over ``peer`` (an open session): one new snapshot."""
+    heap.fix_mmap_threshold()  # before the workers allocate: freed buffers go back to the system
     started = time.monotonic()
     summary = PushSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
