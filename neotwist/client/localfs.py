@@ -127,9 +127,10 @@ class DirStack:
         self._names: list[str] = []
         self._fds: list[int] = []
 
-    def open(self, rel_dir: str, create: bool) -> int:
+    def open(self, rel_dir: str, create: bool, made: list[str] | None = None) -> int:
         """A descriptor of directory ``rel_dir`` ('' = the root), valid until the next :meth:`open` or
-        :meth:`close` (do not close it). FileNotFoundError (``create`` false), UnsafePath or OSError."""
+        :meth:`close` (do not close it); the names of the directories it had to create are appended to ``made``.
+        FileNotFoundError (``create`` false), UnsafePath or OSError."""
         parts = _split(rel_dir)
         names, fds = self._names, self._fds
         keep = 0
@@ -140,7 +141,7 @@ class DirStack:
             os.close(fds.pop())
         for part in parts[keep:]:
             parent = fds[-1] if fds else self._dest.root_fd
-            fds.append(self._dest._open_dir(parent, part, create, rel_dir))
+            fds.append(self._dest._open_dir(parent, part, create, rel_dir, made))
             names.append(part)
         return fds[-1] if fds else self._dest.root_fd
 
@@ -172,7 +173,7 @@ class SafeDest:
             os.close(self.root_fd)
             self.root_fd = -1
 
-    def _open_dir(self, dir_fd: int, name: str, create: bool, rel: str) -> int:
+    def _open_dir(self, dir_fd: int, name: str, create: bool, rel: str, made: list[str] | None = None) -> int:
         try:
             return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -186,6 +187,8 @@ class SafeDest:
             raise
         try:
             os.mkdir(name, 0o777, dir_fd=dir_fd)
+            if made is not None:
+                made.append(name)
         except FileExistsError:
             pass  # another worker made it; the open below still refuses a symlink
         return self._open_dir(dir_fd, name, False, rel)
@@ -254,12 +257,15 @@ class SafeDest:
         finally:
             os.close(fd)
 
-    def make_dir(self, rel: str, dirs: DirStack | None = None) -> None:
-        """Create directory ``rel`` and its parents (refusing symlinks and non-directories in the way)."""
+    def make_dir(self, rel: str, dirs: DirStack | None = None) -> bool:
+        """Create directory ``rel`` and its parents (refusing symlinks and non-directories in the way); True
+        when ``rel`` itself was made here (with ``dirs``; else always False)."""
         if dirs is not None:
-            dirs.open(rel, create=True)
-            return
+            made: list[str] = []
+            dirs.open(rel, create=True, made=made)
+            return bool(made) and made[-1] == rel.rsplit("/", 1)[-1]
         os.close(self._walk(_split(rel), True, rel))
+        return False
 
     def lstat(self, rel: str) -> os.stat_result | None:
         """``lstat`` of ``rel`` (None when it or a parent is missing; UnsafePath if a parent is a symlink)."""

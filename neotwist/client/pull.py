@@ -450,7 +450,12 @@ _SAME, _ABSENT, _EXAMINE = 0, 1, 2
 
 
 def _quick_check(
-    dest: SafeDest, files: list[_File], checksum: bool, applier: Applier | None = None, batching: bool = False
+    dest: SafeDest,
+    files: list[_File],
+    checksum: bool,
+    applier: Applier | None = None,
+    batching: bool = False,
+    made: frozenset[str] = frozenset(),
 ) -> list[int | str]:
     """For each file: _SAME (up to date by size and mtime), _ABSENT (nothing local to reuse), _EXAMINE, or an
     error text. One worker hop for many files, so an unchanged tree costs no per-file thread round trip.
@@ -467,6 +472,9 @@ def _quick_check(
     with DirStack(dest) as dirs:
         for f in files:
             parent, _, name = f.path.rpartition("/")
+            if parent in made and batching and _batchable(f):
+                out.append(_ABSENT)  # its directory was made by this pull: nothing to look at or reuse
+                continue
             if parent != current:
                 current, dir_fd, dir_error = parent, None, None
                 try:
@@ -526,16 +534,20 @@ def _abort(f: _File) -> None:
     _close_old(f)
 
 
-def _make_dirs(dest: SafeDest, dirs: list[Entry]) -> list[str]:
+def _make_dirs(dest: SafeDest, dirs: list[Entry]) -> tuple[list[str], set[str]]:
+    """Create the snapshot's directories; returns the errors and the directories made here (empty: nothing in
+    them needs looking at)."""
     errors = []
+    made: set[str] = set()
     with DirStack(dest) as stack:  # dirs come sorted: each opens only what differs from the one before
         for e in dirs:
             if e.path:
                 try:
-                    dest.make_dir(e.path, stack)
+                    if dest.make_dir(e.path, stack):
+                        made.add(e.path)
                 except (UnsafePath, OSError) as err:
                     errors.append(f"{e.path}: {err}")
-    return errors
+    return errors, made
 
 
 def _make_links(dest: SafeDest, links: list[Entry]) -> tuple[int, list[str]]:
@@ -549,13 +561,16 @@ def _make_links(dest: SafeDest, links: list[Entry]) -> tuple[int, list[str]]:
     return made, errors
 
 
-def _dir_meta(dest: SafeDest, dirs: list[Entry], restorer: Restorer | None = None) -> list[str]:
+def _dir_meta(
+    dest: SafeDest, dirs: list[Entry], restorer: Restorer | None = None, made: frozenset[str] = frozenset()
+) -> list[str]:
     errors = []
     extras = restorer.plan.extras if restorer is not None else {}
     with DirStack(dest) as stack:
         for e in sorted(dirs, key=lambda e: e.path, reverse=True):
             try:
-                fix = restorer.fix(e.path or ".", extras.get(e.path), fresh=False) if restorer is not None else None
+                fresh = e.path in made  # made by this pull: no xattrs to remove
+                fix = restorer.fix(e.path or ".", extras.get(e.path), fresh=fresh) if restorer is not None else None
                 dest.set_dir_meta(e.path, e.mode, e.mtime_ns, fix, stack)
             except (UnsafePath, OSError) as err:
                 errors.append(f"{e.path or '.'}: {err}")
@@ -598,6 +613,7 @@ class _PullRun:
         self.budget = _ByteBudget(FETCH_BYTES)
         self.errors: list[str] = []
         self.fatal: list[BaseException] = []  # what ends the pull (the first is raised)
+        self.made_dirs: frozenset[str] = frozenset()  # directories this pull created
         self.damaged: list[str] = []  # files whose stored data is damaged: not written, the pull went on
         self.single_file = single_file  # the handle's root is the one file: it is "" on the server
         self.applier = Applier(options.numeric_ids)
@@ -620,8 +636,10 @@ class _PullRun:
         for err in laid.problems:
             self._error(err)
         dirs.sort(key=lambda e: e.path)
-        for err in await self._thread(_make_dirs, self.dest, dirs):
+        errors, made = await self._thread(_make_dirs, self.dest, dirs)
+        for err in errors:
             self._error(err)
+        self.made_dirs = frozenset(made)
         slots = DeferredSemaphore(FILES_IN_FLIGHT)
         batches = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Deferred[None]] = []
@@ -662,7 +680,7 @@ class _PullRun:
                 for e in files[start : start + step]
             ]
             states = await self._thread(
-                _quick_check, self.dest, group, self.options.checksum, self.applier, batching
+                _quick_check, self.dest, group, self.options.checksum, self.applier, batching, self.made_dirs
             )
             for i, (f, state) in enumerate(zip(group, states, strict=True)):
                 if fatal:
@@ -708,7 +726,7 @@ class _PullRun:
         await self._thread(restorer.symlinks, links)
         self.summary.specials_written += await self._thread(restorer.specials, laid.specials)
         self.summary.hardlinks_made += await self._thread(restorer.hardlinks, laid.links)
-        for err in await self._thread(_dir_meta, self.dest, dirs, restorer):
+        for err in await self._thread(_dir_meta, self.dest, dirs, restorer, self.made_dirs):
             self._error(err)
         for err in restorer.problems:
             self._error(err)
