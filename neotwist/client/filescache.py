@@ -30,6 +30,7 @@ from pathlib import Path
 import msgspec
 import platformdirs
 
+from neotwist import paths
 from neotwist.atomicfile import atomic_write
 
 
@@ -44,6 +45,7 @@ class CacheEntry(msgspec.Struct, array_like=True):
     ctime_ns: int
     ids: bytes
     extra: bytes | None = None
+
 
 _FORMAT = 1
 _RACY_NS = 1_000_000_000
@@ -113,9 +115,12 @@ class FilesCache:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             self.load_error = f"ignoring damaged files cache {self.path}: {e}"
             return
-        if cached.format == _FORMAT and cached.key == self.key:
-            self.old = cached.files
-            self.old_snapshot, self.old_entries = cached.snapshot, cached.entries
+        if cached.format == _FORMAT and cached.key == paths.to_wire(self.key):
+            try:  # paths are kept in their wire text (see neotwist.paths.to_wire)
+                self.old = {paths.from_wire(path): entry for path, entry in cached.files.items()}
+                self.old_snapshot, self.old_entries = cached.snapshot, cached.entries  # keyed by wire paths
+            except ValueError as e:
+                self.load_error = f"ignoring damaged files cache {self.path}: {e}"
 
     def lookup(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
         """The chunk ids of ``path`` if its stat values match the last push, else None."""
@@ -148,7 +153,14 @@ class FilesCache:
     def save(self) -> None:
         """Write the current push's entries atomically (call only after a successful commit)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        files = {paths.to_wire(path): entry for path, entry in self.new.items()}
         body = _encoder.encode(
-            _CacheFile(format=_FORMAT, key=self.key, files=self.new, snapshot=self.snapshot, entries=self.new_entries)
+            _CacheFile(
+                format=_FORMAT,
+                key=paths.to_wire(self.key),
+                files=files,
+                snapshot=self.snapshot,
+                entries=self.new_entries,
+            )
         )
         atomic_write(self.path, body)
