@@ -207,7 +207,9 @@ async def start_session(
 ) -> Session:
     """The hello (and a login, if the server asks) over ``peer``, already joined to a server by other means than
     :func:`connect`'s transports (an in-memory link: :mod:`neotwist.testing`)."""
-    return Session(peer=peer, welcome=await _handshake(peer, remote, get_password, peer.window), remote=remote)
+    welcome = await _handshake(peer, remote, get_password, peer.window)
+    peer.features = frozenset(welcome.features)
+    return Session(peer=peer, welcome=welcome, remote=remote)
 
 
 def connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Deferred[Session]:
