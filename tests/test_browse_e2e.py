@@ -8,6 +8,7 @@ modes, mtimes, owners, xattrs, link targets, and names holding terminal controls
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 from support import BIN, RunningServer, snapshot_of
-from test_encryption_e2e import init_key, key_env
+from test_encryption_e2e import _flip_chunk, init_key, key_env, server_path
 
 if shutil.which("ssh-keygen") is None:
     pytest.skip("OpenSSH tools not installed", allow_module_level=True)
@@ -394,3 +395,40 @@ def test_browse_commands_teach(module_server: RunningServer) -> None:
         assert r.returncode == 0 and "examples:" in r.stdout and "exit codes:" in r.stdout, program
         v = subprocess.run([str(BIN / program), "--version"], capture_output=True, text=True, timeout=60)
         assert v.returncode == 0 and "(Neophytos)" in v.stdout
+
+
+def test_a_forged_chunk_stops_cat_and_mount_reads_with_its_name(server: RunningServer, tmp_path: Path) -> None:
+    """A chunk whose ciphertext was changed and its CRC fixed (only the key can tell): neo-cat writes nothing of
+    it, says so in one line and exits 1; a read of it through neo-mount fails with EIO and is named."""
+    env = key_env(server)
+    init_key(server)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(random.Random(9).randbytes(300_000))
+    (src / "ok.txt").write_text("intact\n")
+    remote = server.remote("forged")
+    r = server.cli("neo-push", "-q", "--accept-new-host-key", "--encrypt", str(src), remote, env=env)
+    assert r.returncode == 0, r.stderr
+    server.stop()
+    _flip_chunk(server, "forged", server_path(server, "forged", "a.bin"), fix_crc=True)
+    server.start()
+    r = cli(server, env, "neo-cat", remote, "a.bin")
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    assert r.stderr.startswith("neo-cat: a.bin: a chunk of it is damaged or forged") and "incomplete" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert cli(server, env, "neo-cat", remote, "ok.txt").stdout == "intact\n"
+    if _fuse_reason() is not None:
+        return
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    m = Mounted(server, env, remote, mnt)
+    try:
+        assert (mnt / "latest" / "ok.txt").read_text() == "intact\n"
+        with pytest.raises(OSError) as raised:
+            (mnt / "latest" / "a.bin").read_bytes()
+        assert raised.value.errno == errno.EIO
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True, timeout=30)
+        code, _, err = m.finish()
+        assert code == 0 and "a.bin: a chunk of it is damaged or forged" in err, err
+    finally:
+        m.ensure_gone()

@@ -25,6 +25,7 @@ from neotwist.client.history import SPEC_HELP, BrowseError, History, SnapSpec, k
 from neotwist.client.remote import Remote, UsageError
 from neotwist.client.runner import entry_point
 from neotwist.display import raw_stdout, shown, write_json
+from neotwist.wire.errors import RemoteError
 
 _EPILOG = f"""\
 PATH is relative to REMOTE (which may name a sub-path); REMOTE/PATH alone works too when NEO_REPOSITORY is not
@@ -125,11 +126,16 @@ def _cat(prog: str, args: argparse.Namespace, remote: Remote, path: str, spec: S
         written = 0
         try:
             try:
-                async for raws in history.stream(tree, entry):
+                async for raws in history.stream(tree, entry, path):
                     written += await deferToThread(_write, out, raws)
                 await deferToThread(out.flush)
             except BrowseError as e:
                 raise BrowseError(f"{e}; the output stopped after {written} bytes (incomplete)") from None
+            except RemoteError as e:  # the server found the data damaged, or the connection broke
+                from neotwist.client.push import describe_error
+
+                why = f"{describe_error(e)}; the output stopped after {written} bytes (incomplete)"
+                raise BrowseError(f"{path}: {why}") from None
         finally:
             if close:
                 out.close()

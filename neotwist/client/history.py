@@ -156,10 +156,11 @@ class History:
         decrypted = await deferToThread(self.crypt.decrypt_listing, entries)
         return Tree(got, {e.path: e for e in decrypted.entries}, decrypted.remote, decrypted.errors)
 
-    async def fetch(self, tree: Tree, path: str, ids: list[bytes], expected: int) -> list[ChunkReply]:
+    async def fetch(self, tree: Tree, path: str, ids: list[bytes], expected: int, name: str = "") -> list[ChunkReply]:
         """The chunks ``ids`` of the file at ``path`` in ``tree``, undecoded, in order. ``expected``: the bytes
         they should take, from the file's listed size; a server that sends more than that plus
-        :data:`SEGMENT_SLACK` is refused (BrowseError), so what a segment holds is bounded."""
+        :data:`SEGMENT_SLACK` is refused (BrowseError), so what a segment holds is bounded. ``name``: the file
+        as messages call it (default ``path``)."""
         if not ids:
             return []
         got: list[ChunkReply] = []
@@ -171,10 +172,10 @@ class History:
             if not isinstance(message, ChunkReply):
                 raise BrowseError(f"the server answered get with {type(message).__name__}")
             if message.id != ids[len(got)]:
-                raise BrowseError(f"{path}: the server sent chunks out of order")
+                raise BrowseError(f"{name or path}: the server sent chunks out of order")
             arrived += len(message.data)
             if arrived > cap:
-                raise BrowseError(f"{path}: the server sent far more data than the file's listed size; refused")
+                raise BrowseError(f"{name or path}: the server sent far more data than its listed size; refused")
             got.append(message)
             return len(got) < len(ids)
 
@@ -197,10 +198,12 @@ class History:
     def _decode_all(self, path: str, replies: list[ChunkReply]) -> list[bytes]:
         return [self.decode(path, r) for r in replies]
 
-    async def stream(self, tree: Tree, entry: Entry) -> AsyncIterator[list[bytes]]:
+    async def stream(self, tree: Tree, entry: Entry, name: str = "") -> AsyncIterator[list[bytes]]:
         """The verified bytes of the regular file ``entry`` of ``tree``, a segment at a time (a list of chunk
         plaintexts), the next segment fetched while the caller handles this one: at most two segments are
-        held. BrowseError when the bytes do not add up to the listed size."""
+        held. BrowseError when the bytes do not add up to the listed size. ``name``: the file as messages call
+        it (default its path in the tree)."""
+        name = name or entry.path
         from twisted.internet.defer import ensureDeferred
 
         ids = [entry.chunks[i : i + ID] for i in range(0, len(entry.chunks), ID)]
@@ -216,22 +219,24 @@ class History:
         try:
             for k in range(len(segments)):
                 replies = await (
-                    pending or ensureDeferred(self.fetch(tree, entry.path, segments[k], share(segments[k])))
+                    pending or ensureDeferred(self.fetch(tree, entry.path, segments[k], share(segments[k]), name))
                 )
                 pending = None
                 if k + 1 < len(segments):
-                    pending = ensureDeferred(self.fetch(tree, entry.path, segments[k + 1], share(segments[k + 1])))
-                raws = await deferToThread(self._decode_all, entry.path, replies)
+                    pending = ensureDeferred(
+                        self.fetch(tree, entry.path, segments[k + 1], share(segments[k + 1]), name)
+                    )
+                raws = await deferToThread(self._decode_all, name, replies)
                 del replies
                 total += sum(len(r) for r in raws)
                 if total > entry.size:
-                    raise BrowseError(f"{entry.path}: its chunks hold more bytes than its listed size ({entry.size})")
+                    raise BrowseError(f"{name}: its chunks hold more bytes than its listed size ({entry.size})")
                 yield raws
         finally:
             if pending is not None:  # the caller stopped early, or this segment failed: nobody waits for it
                 pending.addErrback(lambda _f: None)
         if total != entry.size:
-            raise BrowseError(f"{entry.path}: its chunks hold {total} bytes, not its listed size ({entry.size})")
+            raise BrowseError(f"{name}: its chunks hold {total} bytes, not its listed size ({entry.size})")
 
     async def close(self) -> None:
         await self.peer.request(Close(rid=0, handle=self.opened.handle))
