@@ -432,3 +432,12 @@ def test_a_forged_chunk_stops_cat_and_mount_reads_with_its_name(server: RunningS
         assert code == 0 and "a.bin: a chunk of it is damaged or forged" in err, err
     finally:
         m.ensure_gone()
+    # a server that goes away while mounted: unmounted, said in one line, exit 1 (not a mount of EIOs)
+    m = Mounted(server, env, remote, mnt)
+    try:
+        server.stop()
+        code, out, err = m.finish()
+        assert code == 1 and "the connection to the server was lost: unmounted" in err, err
+        assert json.loads(out.splitlines()[-1])["connection_lost"] is True and not os.path.ismount(mnt)
+    finally:
+        m.ensure_gone()

@@ -545,15 +545,24 @@ def mount_main(argv: Sequence[str] | None = None) -> int:
                 f"neo-mount: {len(records)} snapshot(s) of {shown(remote.target)} mounted read-only at "
                 f"{shown(mountpoint)}; Ctrl-C or 'fusermount3 -u {shown(mountpoint)}' unmounts\n"
             )
+        # a connection that is lost would fail every read from then on: unmount and say so instead
+        lost: Deferred[bool] = Deferred()
+        history.peer.when_closed().addCallback(lambda _: fire(lost, True))
+        ended.addCallback(lambda _: fire(lost, False))
         try:
-            await ended
+            connection_lost = await lost
         finally:
-            if thread.is_alive():  # interrupted: unmount, so the loop ends and the mount is not left behind
+            if thread.is_alive():  # interrupted, or the connection is gone: unmount, leave no mount behind
                 await _unmount(mountpoint, thread)
         if args.json:
             write_json({"message_type": "summary", "mountpoint": mountpoint, "bytes_fetched": fs.bytes_fetched,
-                        "cache_hits": fs.cache.hits, "cache_misses": fs.cache.misses})  # fmt: skip
-        elif not args.quiet:
+                        "cache_hits": fs.cache.hits, "cache_misses": fs.cache.misses,
+                        "connection_lost": connection_lost})  # fmt: skip
+        if connection_lost:
+            raise BrowseError(
+                f"the connection to the server was lost: unmounted {mountpoint}; run neo-mount again to mount it again"
+            )
+        if not (args.quiet or args.json):
             sys.stderr.write(f"neo-mount: unmounted {shown(mountpoint)} ({human_size(fs.bytes_fetched)} fetched)\n")
         return EXIT_OK
 
