@@ -61,6 +61,8 @@ READ_AHEAD = 4 * 1024 * 1024
 FETCH_IDS = 256
 """Chunk ids one ``get`` asks for."""
 DEFAULT_CACHE = "64MiB"
+MAX_BOUNDARIES = 256
+"""File versions whose learned chunk boundaries are kept after they are closed (8 bytes per chunk each)."""
 
 _EPILOG = """\
 MOUNTPOINT must be an empty directory. The filesystem shows:
@@ -93,9 +95,6 @@ def _parser() -> Parser:
     g = p.add_argument_group("mount")
     g.add_argument("--cache-size", default=DEFAULT_CACHE, metavar="SIZE",
                    help=f"bytes of decoded chunks kept in memory (default {DEFAULT_CACHE})")  # fmt: skip
-    g.add_argument("--allow-other", action="store_true",
-                   help="let other users enter the mount (needs user_allow_other in /etc/fuse.conf); modes and "
-                   "owners are then checked by the kernel (default_permissions)")  # fmt: skip
     g.add_argument("--fuse-debug", action="store_true", help=argparse_suppress())
     return p
 
@@ -179,16 +178,38 @@ class ChunkCache:
 
 
 class OpenFile:
-    """One opened file version: its chunk ids, the chunk boundaries learned so far, a lock for its reads."""
+    """One opened file version: its chunk ids, the chunk boundaries learned so far (``ends``, shared by every
+    open of the same version: see :class:`Boundaries`), a lock for its reads."""
 
-    def __init__(self, listed: Listed, entry: Entry) -> None:
+    def __init__(self, listed: Listed, entry: Entry, learned: tuple[list[int], threading.Lock]) -> None:
         self.listed = listed
         self.entry = entry
         self.ids = [entry.chunks[i : i + ID] for i in range(0, len(entry.chunks), ID)]
-        self.ends: list[int] = []  # end offset of chunk k, for the chunks read so far (a prefix)
-        self.lock = threading.Lock()
+        self.ends, self.lock = learned  # end offset of chunk k for the chunks read so far (a prefix); its lock
         n = max(1, len(self.ids))
         self.ahead = max(1, min(FETCH_IDS, READ_AHEAD * n // max(1, entry.size)))
+
+
+class Boundaries:
+    """The chunk boundaries learned for the :data:`MAX_BOUNDARIES` file versions most recently opened, by their
+    chunk lists: a file opened again (``file`` then ``cp``, or the same version in another snapshot) does not
+    learn them again. Only a prefix is ever learned, and it only grows (under the file's read lock)."""
+
+    def __init__(self) -> None:
+        self._known: OrderedDict[tuple[bytes, int], tuple[list[int], threading.Lock]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def of(self, entry: Entry) -> tuple[list[int], threading.Lock]:
+        """(the boundaries learned so far, the lock every read of this version learns them under)."""
+        key = (entry.chunks, entry.size)
+        with self._lock:
+            learned = self._known.get(key)
+            if learned is None:
+                learned = self._known[key] = ([], threading.Lock())
+                while len(self._known) > MAX_BOUNDARIES:
+                    self._known.popitem(last=False)
+            self._known.move_to_end(key)
+            return learned
 
 
 class SnapshotFS:
@@ -212,6 +233,7 @@ class SnapshotFS:
         self._lock = threading.Lock()  # snapshots and trees
         self._tree_locks: dict[int, threading.Lock] = {}
         self.files: dict[int, OpenFile] = {}
+        self.boundaries = Boundaries()
         self._next_fh = 1
         self.bytes_fetched = 0
         self.ready: Callable[[], None] | None = None
@@ -380,7 +402,7 @@ class SnapshotFS:
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
-            self.files[fh] = OpenFile(listed, e)
+            self.files[fh] = OpenFile(listed, e, self.boundaries.of(e))
         return fh
 
     def release(self, path: str, fh: int) -> int:
@@ -410,7 +432,9 @@ class SnapshotFS:
                 for raw in self._chunks(f, k, min(n, k + f.ahead)):
                     f.ends.append((f.ends[-1] if f.ends else 0) + len(raw))
                 if len(f.ends) == n and f.ends[-1] != f.entry.size:
-                    raise BrowseError(f"{f.entry.path}: its chunks hold {f.ends[-1]} bytes, not {f.entry.size}")
+                    bad = f.ends[-1]
+                    f.ends.clear()  # learned wrong: every read of this version fails until unmounted
+                    raise BrowseError(f"{f.entry.path}: its chunks hold {bad} bytes, not {f.entry.size}")
             import bisect
 
             first = bisect.bisect_right(f.ends, offset)
@@ -518,8 +542,6 @@ def mount_main(argv: Sequence[str] | None = None) -> int:
         def serve() -> None:
             options: dict[str, Any] = {"foreground": True, "ro": True, "fsname": f"neophytos:{remote.target}",
                                        "subtype": "neophytos", "auto_unmount": True, "kernel_cache": True}  # fmt: skip
-            if args.allow_other:
-                options.update(allow_other=True, default_permissions=True)
             try:
                 fuse.FUSE(fs, mountpoint, debug=args.fuse_debug, **options)
             except BaseException as e:
