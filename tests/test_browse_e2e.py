@@ -131,6 +131,9 @@ def test_diff_names_every_kind_of_change(pushed: Any) -> None:
     again = ok_json(server, env, "neo-diff", "--no-metadata", remote, "latest~2", "latest~1")
     assert again["metadata"] == [] and again["added"] == d["added"] and again["changed"] == d["changed"]
 
+    # NEO_REPOSITORY names REMOTE when only the two snapshots are given
+    r = cli(server, {**env, "NEO_REPOSITORY": remote}, "neo-diff", "--json", str(first), str(second))
+    assert r.returncode == 0 and json.loads(r.stdout)["added"] == d["added"], r.stderr
     # a sub-path compares only below it, with paths relative to it
     sub = ok_json(server, env, "neo-diff", remote + "/docs", str(second), "latest")
     assert [a["path"] for a in sub["added"]] == ["reports/q4.ods"] and not sub["removed"] and not sub["changed"]
@@ -219,6 +222,9 @@ def test_cat_writes_verified_bytes(pushed: Any) -> None:
     assert by_spec.stdout == "first notes\n"
     gone = cli(server, env, "neo-cat", "--snapshot", str(first), remote + "/gone.txt")
     assert gone.stdout == "to be removed\n"
+    from_env = cli(server, {**env, "NEO_REPOSITORY": remote + "/docs"}, "neo-cat", "--at", "@1", "notes.txt")
+    assert from_env.returncode == 1 and "no snapshot was taken at or before @1" in from_env.stderr
+    assert cli(server, env, "neo-cat", "--at", "5", remote, "big.bin").returncode == 2  # a TIME, not an id
     pulled = cli(server, env, "neo-pull", "--stdout", "--snapshot", str(second), remote + "/docs/notes.txt")
     assert (pulled.returncode, pulled.stdout) == (0, "second notes, longer than the first\n"), pulled.stderr
     at = cli(server, env, "neo-pull", "--stdout", "--at", f"@{int(time.time()) + 60}", remote + "/docs/new.txt")

@@ -24,6 +24,7 @@ from neotwist.client.clibase import EXIT_OK, Parser
 from neotwist.client.history import SPEC_HELP, BrowseError, History, SnapSpec, kind_of, parse_spec
 from neotwist.client.remote import Remote, UsageError
 from neotwist.client.runner import entry_point
+from neotwist.client.timespec import TimeSpecError, parse_at
 from neotwist.display import raw_stdout, shown, write_json
 from neotwist.wire.errors import RemoteError
 
@@ -67,15 +68,23 @@ def cat_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     remote, rest = split_remote(p, args, ["PATH"], optional=1)
     try:
-        spec = parse_spec(args.snapshot if args.snapshot is not None else args.at or "latest")
-        if args.at is not None and spec.at is None:
-            raise UsageError(f"--at takes a TIME, not {args.at!r}")
+        spec = _when(args.snapshot, args.at)
         path = _join(remote, rest[0] if rest else "")
     except UsageError as e:
         p.error(str(e))
     if args.json and args.output is None:
         p.error("--json prints a summary: give -o FILE (without it, standard output carries the file's bytes)")
     return _cat("neo-cat", args, remote, path, spec, args.output)
+
+
+def _when(snapshot: str | None, at: str | None) -> SnapSpec:
+    """The snapshot --snapshot SNAPSHOT or --at TIME names (the latest without either)."""
+    if at is None:
+        return parse_spec(snapshot or "latest")
+    try:
+        return SnapSpec(at, at=parse_at(at, time.time()))
+    except TimeSpecError as e:
+        raise UsageError(str(e)) from None
 
 
 def _join(remote: Remote, path: str) -> str:
@@ -94,7 +103,7 @@ def pull_to_stdout(parser: Any, args: argparse.Namespace, remote_text: str) -> i
         remote = parse_remote(remote_text)
         if not remote.path:
             raise UsageError("--stdout writes one file: give REMOTE/PATH of a file")
-        spec = parse_spec(str(args.snapshot) if args.snapshot is not None else args.at or "latest")
+        spec = _when(None if args.snapshot is None else str(args.snapshot), args.at)
     except UsageError as e:
         parser.error(str(e))
     if args.json or args.json_progress:
