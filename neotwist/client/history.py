@@ -134,6 +134,7 @@ class History:
         self.crypt = crypt
         self.codec: ChunkCodec = ChunkCodec(crypt.sealer) if crypt is not None else PLAIN
         self._snapshots: list[SnapshotRecord] | None = None
+        self._known: dict[tuple[Any, ...], Entry] = {}  # server record -> plaintext entry, of the last listing
 
     @property
     def encrypted(self) -> bool:
@@ -153,8 +154,44 @@ class History:
         got, entries = await stash.entries(self.peer, self.opened.handle, snapshot, "", True)
         if self.crypt is None:
             return Tree(got, {e.path: e for e in entries})
-        decrypted = await deferToThread(self.crypt.decrypt_listing, entries)
-        return Tree(got, {e.path: e for e in decrypted.entries}, decrypted.remote, decrypted.errors)
+        return await deferToThread(self._decrypted, got, entries)
+
+    def _decrypted(self, snapshot: int, entries: list[Entry]) -> Tree:
+        """The plaintext tree of an encrypted listing. Records the previous listing held too (same encrypted
+        path, kind, chunks and sealed metadata: an unchanged file seals the same way) are taken from it, so
+        that browsing many snapshots decrypts mostly what changed. That is sound because decryption is a
+        function of the record alone (a name is bound to its encrypted path, hence to its parents'); what is
+        new is decrypted with its ancestors, in listing order, to name it."""
+        assert self.crypt is not None
+        known = self._known
+        key: dict[str, tuple[Any, ...]] = {e.path: (e.path, e.kind, e.chunks, e.meta, e.link) for e in entries}
+        need = {path for path, k in key.items() if k not in known}
+        fresh: dict[str, Entry] = {}
+        errors: list[str] = []
+        if need:
+            wanted = set(need)
+            for path in need:
+                while path:
+                    path = path.rpartition("/")[0]
+                    if path in wanted:
+                        break
+                    wanted.add(path)
+            decrypted = self.crypt.decrypt_listing([e for e in entries if e.path in wanted])
+            errors = decrypted.errors
+            fresh = {decrypted.remote[e.path]: e for e in decrypted.entries}
+        tree = Tree(snapshot, {}, {}, errors)
+        assert tree.remote is not None
+        memo: dict[tuple[Any, ...], Entry] = {}
+        for e in entries:
+            k = key[e.path]
+            plain = known.get(k) if e.path not in need else fresh.get(e.path)
+            if plain is None:
+                continue  # not authenticated: named in ``errors``
+            tree.entries[plain.path] = plain
+            tree.remote[plain.path] = e.path
+            memo[k] = plain
+        self._known = memo  # the last listing only: memory follows one tree
+        return tree
 
     async def fetch(self, tree: Tree, path: str, ids: list[bytes], expected: int, name: str = "") -> list[ChunkReply]:
         """The chunks ``ids`` of the file at ``path`` in ``tree``, undecoded, in order. ``expected``: the bytes
