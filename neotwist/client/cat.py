@@ -30,7 +30,9 @@ from neotwist.wire.errors import RemoteError
 
 _EPILOG = f"""\
 PATH is relative to REMOTE (which may name a sub-path); REMOTE/PATH alone works too when NEO_REPOSITORY is not
-set. SNAPSHOT is an {SPEC_HELP} (2026-11-23T14:30, '3d ago', @EPOCH).
+set.
+SNAPSHOT is an {SPEC_HELP}.
+TIME: 2026-11-23T14:30 (local time), 2026-11-23, @EPOCH or '3d ago'.
 
 Every chunk is verified before its bytes are written; memory stays bounded whatever the file's size. A chunk
 found damaged stops the output there (exit 1; the bytes written are the file's true beginning).

@@ -34,12 +34,14 @@ from neotwist.sizes import human_size
 from neotwist.wire.messages import Entry, SnapshotRecord
 
 _EPILOG = f"""\
-SNAP_A and SNAP_B are each an {SPEC_HELP} (2026-11-23T14:30, '3d ago', @EPOCH). A REMOTE with a sub-path
-compares only what is below it.
+SNAP_A and SNAP_B are each an {SPEC_HELP}
+(2026-11-23T14:30, '3d ago', @EPOCH). A REMOTE with a sub-path compares only what is below it.
 
 Each changed path is printed once: "+" added, "-" removed, "M" content changed, "T" type changed, "U" only
 metadata changed (mode, owner, mtime, xattrs and ACLs; what changed is named). Sizes are the files' sizes;
-the last line sums them up. Only the two listings are read, never file contents.
+the last line sums them up. Only the two listings are read, never file contents. --json prints "from" and
+"to" ({{id, time}}), "added" and "removed" ({{path, kind, size}}), "changed" and "metadata" ({{path, kind,
+size_before, size_after, changes: {{what: [before, after]}}}}), "summary" and "not_compared".
 
 examples:
   neo-diff alice@nas/docs 12 15                  what changed from snapshot 12 to snapshot 15

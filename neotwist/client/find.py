@@ -41,7 +41,8 @@ SNAPSHOT is an {SPEC_HELP}.
 
 Each match is printed with its versions (size, mtime) and the snapshots that hold each; restore one with
 neo-pull --snapshot ID REMOTE/PATH DEST or neo-cat --snapshot ID REMOTE PATH. Every snapshot searched is
-listed once: --from, --to and --last search fewer.
+listed once: --from, --to and --last search fewer. --json prints "snapshots_searched" and "matches": [{{path,
+versions: [{{kind, size, mtime_ns, mode, link, snapshots: [ids], first_time, last_time}}]}}].
 
 examples:
   neo-find alice@nas/docs '*.ods'                     every .ods file, in every kept snapshot

@@ -74,7 +74,9 @@ Files are read-only and fetched as they are read (verified chunk by chunk, cache
 owners, modes, mtimes, symlinks, xattrs and ACLs are shown as stored. Encrypted targets are decrypted here.
 Runs in the foreground until unmounted: Ctrl-C or SIGTERM (exit 130, as any interrupted command), or
 fusermount3 -u MOUNTPOINT from another shell (exit 0). Needs FUSE: /dev/fuse, libfuse3 (apt install fuse3)
-and the mount extra (pip install 'neophytos[mount]').
+and the mount extra (pip install 'neophytos[mount]'). With --json, a line {"message_type": "mounted", ...} is
+printed once mounted and {"message_type": "summary", "bytes_fetched", "cache_hits", ...} at the unmount. A
+lost connection unmounts (exit 1) rather than leave a mount whose reads all fail.
 
 examples:
   mkdir -p ~/nas && neo-mount alice@nas/docs ~/nas
