@@ -9,9 +9,10 @@ from neotwist.client.diff import compare, totals
 from neotwist.client.find import _ranges, compile_pattern
 from neotwist.client.history import BrowseError, Tree, parse_spec, resolve
 from neotwist.client.metadata import Extra, encode
-from neotwist.client.mount import ChunkCache, Listed
+from neotwist.client.mount import ChunkCache, Listed, _time_names
 from neotwist.client.remote import UsageError
 from neotwist.client.stash import StashError
+from neotwist.client.timespec import format_time
 from neotwist.wire.messages import Entry, SnapshotRecord
 
 NOW = 1_800_000_000.0
@@ -116,3 +117,9 @@ def test_chunk_cache_is_bounded() -> None:
 def test_listed_indexes_children() -> None:
     listed = Listed.of(Tree(1, {x.path: x for x in [e("", "d"), e("a", "d"), e("a/b"), e("c")]}))
     assert listed.children == {"": ["a", "c"], "a": ["b"]}
+
+
+def test_by_time_names_are_unique() -> None:
+    records = [snap(1, NOW), snap(2, NOW + 0.5), snap(3, NOW + 5)]
+    t = format_time(NOW)
+    assert _time_names(records) == {f"{t}_1": 1, f"{t}_2": 2, format_time(NOW + 5): 3}

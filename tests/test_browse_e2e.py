@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -366,11 +367,17 @@ def test_mount_unmounts_cleanly_and_says_why_it_cannot(pushed: Any, tmp_path: Pa
         r = server.cli("neo-push", "-q", str(src), remote, env=env)
         assert r.returncode == 0, r.stderr
         assert (mnt / "snapshots" / "2" / "notes.txt").read_text() == "pushed while mounted\n"
+        # stat-ing the snapshots' directories (ls -l) lists none of them; only entering one does
+        for name in os.listdir(mnt / "snapshots"):
+            os.lstat(mnt / "snapshots" / name)
+        for name in os.listdir(mnt / "by-time"):
+            assert stat.S_ISDIR(os.stat(mnt / "by-time" / name).st_mode)  # through the link: the snapshot's
         subprocess.run(["fusermount3", "-u", str(mnt)], check=True, timeout=30)
         code, out, err = m.finish()
         assert code == 0, err
         summary = json.loads(out.splitlines()[-1])
         assert summary["message_type"] == "summary" and summary["bytes_fetched"] >= 6 + 21
+        assert summary["trees_listed"] == 2  # snapshots 1 (as latest, then) and 2, each once
         assert "Traceback" not in err
     finally:
         m.ensure_gone()

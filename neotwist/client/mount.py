@@ -238,6 +238,7 @@ class SnapshotFS:
         self.boundaries = Boundaries()
         self._next_fh = 1
         self.bytes_fetched = 0
+        self.trees_listed = 0
         self.ready: Callable[[], None] | None = None
 
     # --- helpers --------------------------------------------------------------------------------------------
@@ -277,6 +278,7 @@ class SnapshotFS:
                 got = self.trees.get(record.id)
             if got is None:
                 tree = self.call(self.history.tree, record.id)
+                self.trees_listed += 1
                 for text in tree.errors:
                     self.log(f"snapshot {record.id}: not shown: {text}")
                 got = Listed.of(tree)
@@ -286,9 +288,11 @@ class SnapshotFS:
                         self.trees.popitem(last=False)
             return got
 
-    def _resolve(self, path: str) -> tuple[str, Any]:
-        """What ``path`` names: ('root'|'snapshots'|'by-time', None), ('link', target text), or
-        ('entry', (Listed, relative path, Entry))."""
+    def _resolve(self, path: str, enter: bool = True) -> tuple[str, Any]:
+        """What ``path`` names: ('root'|'snapshots'|'by-time', None), ('link', target text), ('snapshot',
+        SnapshotRecord) for a snapshot's own directory unless ``enter``, or ('entry', (Listed, relative path,
+        Entry)). A snapshot is listed only when entered: ``ls -l snapshots/`` stats its directories, which must
+        not list every snapshot."""
         parts = [p for p in path.split("/") if p]
         if not parts:
             return "root", None
@@ -298,11 +302,10 @@ class SnapshotFS:
         if top == "by-time":
             if len(parts) == 1:
                 return "by-time", None
-            if len(parts) == 2:
-                for r in self.records or self.refresh():
-                    if _time_name(r) == parts[1]:
-                        return "link", f"../snapshots/{r.id}"
-            raise self._errno(errno.ENOENT)
+            found = _time_names(self.records or self.refresh()).get(parts[1]) if len(parts) == 2 else None
+            if found is None:
+                raise self._errno(errno.ENOENT)
+            return "link", f"../snapshots/{found}"
         if top != "snapshots":
             raise self._errno(errno.ENOENT)
         if len(parts) == 1:
@@ -315,6 +318,8 @@ class SnapshotFS:
         record = self._record(parts[1])
         if record is None:
             raise self._errno(errno.ENOENT)
+        if len(parts) == 2 and not enter:
+            return "snapshot", record
         listed = self._listed(record)
         rel = "/".join(parts[2:])
         entry = listed.tree.entries.get(rel)
@@ -336,9 +341,11 @@ class SnapshotFS:
             self.ready()
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        what, value = self._guard(self._resolve, path)
+        what, value = self._guard(self._resolve, path, False)
         if what in ("root", "snapshots", "by-time"):
             return self._dir_attrs()
+        if what == "snapshot":
+            return self._dir_attrs(int(value.time * 1e9))
         if what == "link":
             t = int(self.started * 1e9)
             return {"st_mode": stat.S_IFLNK | 0o777, "st_nlink": 1, "st_size": len(value), "st_uid": self.uid,
@@ -371,21 +378,21 @@ class SnapshotFS:
             records = self._guard(self.refresh)
             return [".", "..", *(str(r.id) for r in records), *(["latest"] if records else [])]
         if what == "by-time":
-            return [".", "..", *{_time_name(r): None for r in self.records or self._guard(self.refresh)}]
+            return [".", "..", *_time_names(self.records or self._guard(self.refresh))]
         if what != "entry" or value[2].kind != "d":
             raise self._errno(errno.ENOTDIR)
         listed, rel, _ = value
         return [".", "..", *listed.children.get(rel, [])]
 
     def listxattr(self, path: str) -> list[str]:
-        what, value = self._guard(self._resolve, path)
+        what, value = self._guard(self._resolve, path, False)
         if what != "entry":
             return []
         x = extra_of(value[2]) or EMPTY
         return [name for name, _ in x.xattrs]
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        what, value = self._guard(self._resolve, path)
+        what, value = self._guard(self._resolve, path, False)
         x: Extra = (extra_of(value[2]) or EMPTY) if what == "entry" else EMPTY
         for key, data in x.xattrs:
             if key == name:
@@ -488,8 +495,13 @@ class SnapshotFS:
             raise self._errno(errno.EIO) from None
 
 
-def _time_name(r: SnapshotRecord) -> str:
-    return format_time(r.time)
+def _time_names(records: list[SnapshotRecord]) -> dict[str, int]:
+    """by-time/ names -> snapshot ids: each snapshot's time as neo-ls shows it; snapshots taken within the
+    same second get their id after it (``2026-11-23T14:30:05+01:00_12``)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[format_time(r.time)] = counts.get(format_time(r.time), 0) + 1
+    return {(t if counts[t] == 1 else f"{t}_{r.id}"): r.id for r in records for t in (format_time(r.time),)}
 
 
 # --- the command ----------------------------------------------------------------------------------------------
@@ -580,7 +592,7 @@ def mount_main(argv: Sequence[str] | None = None) -> int:
                 await _unmount(mountpoint, thread)
         if args.json:
             write_json({"message_type": "summary", "mountpoint": mountpoint, "bytes_fetched": fs.bytes_fetched,
-                        "cache_hits": fs.cache.hits, "cache_misses": fs.cache.misses,
+                        "cache_hits": fs.cache.hits, "cache_misses": fs.cache.misses, "trees_listed": fs.trees_listed,
                         "connection_lost": connection_lost})  # fmt: skip
         if connection_lost:
             raise BrowseError(
