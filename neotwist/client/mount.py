@@ -475,9 +475,10 @@ class SnapshotFS:
             replies = self.call(self.history.fetch, f.listed.tree, f.entry.path, batch, expected)
             for reply in replies:
                 raw = self.history.decode(f.entry.path, reply)
-                self.bytes_fetched += len(raw)
                 got[reply.id] = raw
                 self.cache.put(reply.id, raw)
+            with self._lock:
+                self.bytes_fetched += sum(len(got[r.id]) for r in replies)
         return [got[cid] for cid in f.ids[lo:hi]]
 
     def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
