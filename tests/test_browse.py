@@ -9,7 +9,7 @@ from neotwist.client.diff import compare, totals
 from neotwist.client.find import _ranges, compile_pattern
 from neotwist.client.history import BrowseError, Tree, parse_spec, resolve
 from neotwist.client.metadata import Extra, encode
-from neotwist.client.mount import ChunkCache, Listed, _time_names
+from neotwist.client.mountfs import ChunkCache, Listed, _time_names
 from neotwist.client.remote import UsageError
 from neotwist.client.stash import StashError
 from neotwist.client.timespec import format_time
