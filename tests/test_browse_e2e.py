@@ -269,6 +269,13 @@ def _fuse_reason() -> str | None:
     return None
 
 
+def in_mounts(path: Path) -> bool:
+    """Whether ``path`` is a mount point, by the kernel's table (a FUSE mount whose process died cannot even be
+    stat-ed, so os.path.ismount says no)."""
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
 class Mounted:
     """A running neo-mount (with --json: its first line says it is mounted)."""
 
@@ -283,7 +290,7 @@ class Mounted:
         line = self.process.stdout.readline()
         assert line, self.process.stderr.read() if self.process.stderr else ""
         self.hello = json.loads(line)
-        assert self.hello["message_type"] == "mounted" and os.path.ismount(mountpoint)
+        assert self.hello["message_type"] == "mounted" and in_mounts(mountpoint)
 
     def finish(self, timeout: float = 30) -> tuple[int, str, str]:
         out, err = self.process.communicate(timeout=timeout)
@@ -293,7 +300,7 @@ class Mounted:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        if os.path.ismount(self.mountpoint):
+        if in_mounts(self.mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
 
 
@@ -339,7 +346,7 @@ def test_mount_shows_every_snapshot(pushed: Any, tmp_path: Path) -> None:
         m.process.send_signal(signal.SIGTERM)
         code, _, err = m.finish()
         assert code == 130, err
-        assert "Traceback" not in err and not os.path.ismount(mnt)
+        assert "Traceback" not in err and not in_mounts(mnt)
     finally:
         m.ensure_gone()
 
@@ -387,7 +394,18 @@ def test_mount_unmounts_cleanly_and_says_why_it_cannot(pushed: Any, tmp_path: Pa
         m.process.send_signal(signal.SIGINT)
         code, _, err = m.finish()
         assert code == 130 and "interrupted" in err and "Traceback" not in err
-        assert not os.path.ismount(mnt)
+        assert not in_mounts(mnt)
+    finally:
+        m.ensure_gone()
+    # killed outright (no cleanup of its own): libfuse's auto_unmount still removes the mount
+    m = Mounted(server, env, remote, mnt)
+    try:
+        m.process.kill()
+        m.process.wait()
+        deadline = time.monotonic() + 20
+        while in_mounts(mnt) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not in_mounts(mnt)
     finally:
         m.ensure_gone()
     # what cannot be mounted: one line, exit 1, before connecting
@@ -399,7 +417,7 @@ def test_mount_unmounts_cleanly_and_says_why_it_cannot(pushed: Any, tmp_path: Pa
     (mnt / "occupied").unlink()
     r = server.cli("neo-mount", remote, str(mnt), env={**env, "FUSE_LIBRARY_PATH": str(tmp_path / "no-libfuse.so")})
     assert r.returncode == 1 and r.stderr.startswith("neo-mount: FUSE is not available:"), r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not os.path.ismount(mnt)
+    assert len(r.stderr.strip().splitlines()) == 1 and not in_mounts(mnt)
 
 
 def test_browse_commands_teach() -> None:
@@ -451,6 +469,6 @@ def test_a_forged_chunk_stops_cat_and_mount_reads_with_its_name(server: RunningS
         server.stop()
         code, out, err = m.finish()
         assert code == 1 and "the connection to the server was lost: unmounted" in err, err
-        assert json.loads(out.splitlines()[-1])["connection_lost"] is True and not os.path.ismount(mnt)
+        assert json.loads(out.splitlines()[-1])["connection_lost"] is True and not in_mounts(mnt)
     finally:
         m.ensure_gone()
