@@ -240,9 +240,9 @@ class History:
         plaintexts), the next segment fetched while the caller handles this one: at most two segments are
         held. BrowseError when the bytes do not add up to the listed size. ``name``: the file as messages call
         it (default its path in the tree)."""
-        name = name or entry.path
         from twisted.internet.defer import ensureDeferred
 
+        name = name or entry.path
         ids = [entry.chunks[i : i + ID] for i in range(0, len(entry.chunks), ID)]
         n = max(1, len(ids))
         per = max(1, min(SEGMENT_IDS, SEGMENT_BYTES * n // max(1, entry.size)))
