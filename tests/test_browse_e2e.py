@@ -88,7 +88,7 @@ def pushed(request: pytest.FixtureRequest, module_server: RunningServer, tmp_pat
     time.sleep(1.1)
     (src / "docs" / "reports" / "q4.ods").write_bytes(b"q4 numbers\n" * 50)
     os.utime(src / "docs" / "reports" / "q4.ods", ns=((OLD + 9) * 10**9, (OLD + 9) * 10**9))
-    push()
+    push("--tag", "quarter,q4")
     yield server, remote, env, trees, kind
 
 
@@ -190,6 +190,10 @@ def test_find_across_snapshots(pushed: Any) -> None:
     assert [(m["path"], m["versions"][0]["kind"]) for m in last["matches"]] == [("becomes-dir", "d")]
     ranged = ok_json(server, env, "neo-find", "--from", str(first), "--to", "latest~1", remote, "becomes-dir")
     assert [v["kind"] for v in ranged["matches"][0]["versions"]] == ["f", "d"]
+    tagged = ok_json(server, env, "neo-find", "--tag", "q4", "--tag", "nothing-so", remote, "*.ods")
+    assert tagged["snapshots_searched"] == [third] and len(tagged["matches"]) == 2  # sealed tags too
+    none = cli(server, env, "neo-find", "--tag", "nothing-so", remote, "*.ods")
+    assert none.returncode == 1 and "no snapshot in the range searched has the tags nothing-so" in none.stderr
     dirs = ok_json(server, env, "neo-find", remote, "docs/")
     assert [m["path"] for m in dirs["matches"]] == ["docs"]
 

@@ -25,11 +25,13 @@ from neotwist.client.browsecli import parser as browse_parser
 from neotwist.client.browsecli import run, split_remote
 from neotwist.client.clibase import EXIT_OK, Parser, default_remote
 from neotwist.client.history import SPEC_HELP, BrowseError, History, SnapSpec, kind_of, parse_spec
+from neotwist.client.labels import tag_filter
 from neotwist.client.remote import UsageError
 from neotwist.client.runner import entry_point
 from neotwist.client.timespec import format_time
 from neotwist.display import raw_stderr, shown, write_json
 from neotwist.sizes import human_size
+from neotwist.wire.label import LabelError
 from neotwist.wire.messages import Entry, SnapshotRecord
 
 _EPILOG = f"""\
@@ -50,6 +52,7 @@ examples:
   neo-find alice@nas/docs 'reports/**/q?.ods'         a path pattern
   neo-find --last 10 alice@nas/home '.bashrc'         only the 10 newest snapshots
   neo-find --from '2026-11-01' --to latest~1 alice@nas/docs budget.ods
+  neo-find --tag db alice@nas/backups '*.sql.zst'     only snapshots tagged "db"
   neo-find --json alice@nas/docs '*.pdf' | jq -r '.matches[].path'
 """
 
@@ -67,6 +70,13 @@ def _parser() -> Parser:
     g.add_argument("--from", dest="first", metavar="SNAPSHOT", help="search no snapshot older than this one")
     g.add_argument("--to", dest="last_spec", metavar="SNAPSHOT", help="search no snapshot newer than this one")
     g.add_argument("--last", type=int, metavar="N", help="search only the N newest snapshots (of the range)")
+    g.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG[,TAG]",
+        help="search only snapshots that have every tag of one --tag (repeatable, as neo-ls --tag)",
+    )
     return p
 
 
@@ -185,11 +195,18 @@ def find_main(argv: Sequence[str] | None = None) -> int:
         now = time.time()
         first = parse_spec(args.first, now) if args.first is not None else None
         last = parse_spec(args.last_spec, now) if args.last_spec is not None else None
-    except UsageError as e:
+        groups = tag_filter(args.tag)
+    except (UsageError, LabelError) as e:
         p.error(str(e))
 
     async def body(history: History) -> int:
-        chosen = select(await history.snapshots(), first, last, args.last)
+        records = await history.snapshots()
+        chosen = select(records, first, last, None)
+        if groups:
+            chosen = history.tagged(chosen, groups)
+            if not chosen:
+                raise BrowseError(f"no snapshot in the range searched has the tags {' or '.join(args.tag)}")
+        chosen = chosen[-args.last :] if args.last else chosen
         found: dict[str, Match] = {}
         errors: list[str] = []
         show = sys.stderr.isatty() and not (args.quiet or args.json)

@@ -149,6 +149,14 @@ class History:
     async def resolve(self, spec: SnapSpec) -> SnapshotRecord:
         return resolve(await self.snapshots(), spec)
 
+    def tagged(self, records: list[SnapshotRecord], groups: list[frozenset[str]]) -> list[SnapshotRecord]:
+        """The records whose tags match ``--tag`` groups (labels.matches); an encrypted target's sealed labels
+        are opened with its key. A label that cannot be read matches no group."""
+        from neotwist.client.labels import matches, read_labels
+
+        keys = self.crypt.keys if self.crypt is not None else None
+        return [x.record for x in read_labels(records, keys) if not x.unreadable and matches(x.tags, groups)]
+
     async def tree(self, snapshot: int) -> Tree:
         """Every entry of ``snapshot`` below the handle root, in plaintext (decrypted in a worker thread)."""
         got, entries = await stash.entries(self.peer, self.opened.handle, snapshot, "", True)
