@@ -319,7 +319,10 @@ def test_mount_shows_every_snapshot(pushed: Any, tmp_path: Path) -> None:
     m = Mounted(server, env, remote, mnt)
     try:
         assert m.hello["snapshots"] == 3 and m.hello["encrypted"] == (kind == "encrypted")
-        assert sorted(os.listdir(mnt)) == ["by-time", "latest", "snapshots"]
+        assert sorted(os.listdir(mnt)) == ["by-time", "latest", "snapshots", "tags"]
+        assert sorted(os.listdir(mnt / "tags")) == ["q4", "quarter"] and os.listdir(mnt / "tags" / "q4") == [str(third)]
+        assert os.readlink(mnt / "tags" / "q4" / str(third)) == f"../../snapshots/{third}"
+        assert (mnt / "tags" / "quarter" / str(third) / "docs" / "reports" / "q4.ods").exists()
         assert sorted(os.listdir(mnt / "snapshots")) == sorted([str(first), str(second), str(third), "latest"])
         assert os.readlink(mnt / "snapshots" / "latest") == str(third)
         assert os.readlink(mnt / "latest") == "snapshots/latest"

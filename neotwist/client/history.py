@@ -149,6 +149,13 @@ class History:
     async def resolve(self, spec: SnapSpec) -> SnapshotRecord:
         return resolve(await self.snapshots(), spec)
 
+    def tags(self, records: list[SnapshotRecord]) -> dict[int, list[str]]:
+        """Each snapshot's tags (snapshots whose label is missing or cannot be read have none)."""
+        from neotwist.client.labels import read_labels
+
+        keys = self.crypt.keys if self.crypt is not None else None
+        return {x.record.id: x.tags for x in read_labels(records, keys) if not x.unreadable}
+
     def tagged(self, records: list[SnapshotRecord], groups: list[frozenset[str]]) -> list[SnapshotRecord]:
         """The records whose tags match ``--tag`` groups (labels.matches); an encrypted target's sealed labels
         are opened with its key. A label that cannot be read matches no group."""

@@ -37,6 +37,7 @@ MOUNTPOINT must be an empty directory. The filesystem shows:
   MOUNTPOINT/snapshots/ID/...        every kept snapshot, by id (neo-ls --snapshots)
   MOUNTPOINT/snapshots/latest        a symlink to the newest
   MOUNTPOINT/by-time/TIME            symlinks named by each snapshot's time
+  MOUNTPOINT/tags/TAG/ID             symlinks to the snapshots that have each tag (neo-push --tag)
   MOUNTPOINT/latest                  a symlink to snapshots/latest
 Files are read-only and fetched as they are read (verified chunk by chunk, cached up to --cache-size);
 owners, modes, mtimes, symlinks, xattrs and ACLs are shown as stored. Encrypted targets are decrypted here.

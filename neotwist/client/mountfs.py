@@ -6,6 +6,7 @@ Layout::
     snapshots/<ID>/...          each kept snapshot (ids as neo-ls --snapshots shows them)
     snapshots/latest -> <ID>    the newest
     by-time/<TIME> -> ../snapshots/<ID>   the same, named by the snapshot's time (as neo-ls shows it)
+    tags/<TAG>/<ID> -> ../../snapshots/<ID>   the snapshots that have each tag (neo-push --tag)
     latest -> snapshots/latest
 
 The snapshot list is asked for again when ``snapshots/`` is listed after :data:`REFRESH_S` (or a newer id is
@@ -165,6 +166,8 @@ class SnapshotFS:
         self._next_fh = 1
         self.bytes_fetched = 0
         self.trees_listed = 0
+        self._tags: dict[str, list[int]] = {}
+        self._tags_of: list[SnapshotRecord] | None = None
         self.ready: Callable[[], None] | None = None
 
     # --- helpers --------------------------------------------------------------------------------------------
@@ -232,6 +235,18 @@ class SnapshotFS:
             if found is None:
                 raise self._errno(errno.ENOENT)
             return "link", f"../snapshots/{found}"
+        if top == "tags":
+            index = self._tag_index()
+            if len(parts) == 1:
+                return "tags", None
+            ids = index.get(parts[1])
+            if ids is None or len(parts) > 3:
+                raise self._errno(errno.ENOENT)
+            if len(parts) == 2:
+                return "tag", ids
+            if not parts[2].isdigit() or int(parts[2]) not in ids:
+                raise self._errno(errno.ENOENT)
+            return "link", f"../../snapshots/{parts[2]}"
         if top != "snapshots":
             raise self._errno(errno.ENOENT)
         if len(parts) == 1:
@@ -255,6 +270,20 @@ class SnapshotFS:
             raise self._errno(errno.ENOENT)
         return "entry", (listed, rel, entry)
 
+    def _tag_index(self) -> dict[str, list[int]]:
+        """tags/ names -> the ids of the snapshots that have that tag (computed again when the snapshot list
+        is). A tag that cannot be a file name is left out."""
+        records = self.records or self.refresh()
+        with self._lock:
+            if self._tags_of is not records:
+                index: dict[str, list[int]] = {}
+                for sid, tags in self.history.tags(records).items():
+                    for tag in tags:
+                        if tag not in ("", ".", "..") and "/" not in tag and "\0" not in tag:
+                            index.setdefault(tag, []).append(sid)
+                self._tags, self._tags_of = index, records
+            return self._tags
+
     def _dir_attrs(self, mtime_ns: int | None = None) -> dict[str, Any]:
         t = int(self.started * 1e9) if mtime_ns is None else mtime_ns
         return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_uid": self.uid, "st_gid": self.gid,
@@ -268,7 +297,7 @@ class SnapshotFS:
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         what, value = self._guard(self._resolve, path, False)
-        if what in ("root", "snapshots", "by-time"):
+        if what in ("root", "snapshots", "by-time", "tags", "tag"):
             return self._dir_attrs()
         if what == "snapshot":
             return self._dir_attrs(int(value.time * 1e9))
@@ -299,12 +328,16 @@ class SnapshotFS:
     def readdir(self, path: str, fh: int) -> list[str]:
         what, value = self._guard(self._resolve, path)
         if what == "root":
-            return [".", "..", "snapshots", "by-time", "latest"]
+            return [".", "..", "snapshots", "by-time", "tags", "latest"]
         if what == "snapshots":
             records = self._guard(self.refresh)
             return [".", "..", *(str(r.id) for r in records), *(["latest"] if records else [])]
         if what == "by-time":
             return [".", "..", *_time_names(self.records or self._guard(self.refresh))]
+        if what == "tags":
+            return [".", "..", *sorted(self._guard(self._tag_index))]
+        if what == "tag":
+            return [".", "..", *(str(i) for i in value)]
         if what != "entry" or value[2].kind != "d":
             raise self._errno(errno.ENOTDIR)
         listed, rel, _ = value
