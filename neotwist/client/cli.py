@@ -107,6 +107,8 @@ examples:
       the remote from the environment, the password from the first line of a file
   neo-pull --pull --lpath=/mnt/restore --rpath=peach --host=myserver --password=secret
       the original client's form
+  neo-pull --stdout --snapshot 12 alice@nas/docs/reports/q3.csv > q3.csv
+      one file's bytes to standard output (as neo-cat)
   NEO_PASSPHRASE=... neo-pull --key-file ./team.key alice@nas/papers/2024 ./2024
       pull a sub-path of an encrypted target (decrypted here; every chunk and name is authenticated)
 
@@ -184,6 +186,9 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           help="reuse chunks of any existing LOCAL file at the same path, not only of a version the "
                           "target holds (faster over changed files; tells the server which chunks they hold, as "
                           "rsync's delta tells its sender)")  # fmt: skip
+        work.add_argument("--stdout", action="store_true",
+                          help="write one file's bytes to standard output instead (neo-pull --stdout REMOTE/PATH; "
+                          "verified, in bounded memory: see neo-cat)")  # fmt: skip
         when = work.add_mutually_exclusive_group()
         when.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot, not the latest (neo-ls "
                           "REMOTE --snapshots lists them)")
@@ -499,6 +504,12 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"wrote {path}\n")
         return EXIT_OK
     direction: Direction = args.direction or program
+    if getattr(args, "stdout", False):
+        from neotwist.client.cat import pull_to_stdout
+
+        if len(args.args) != 1 or args.lpath:
+            parser.error("--stdout takes REMOTE/PATH alone: the file's bytes go to standard output")
+        return pull_to_stdout(parser, args, args.args[0])
     try:
         local, remote_text = _split_args(args, program)
         parse_remote(remote_text)  # usage errors before any connection
