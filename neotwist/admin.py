@@ -544,13 +544,13 @@ def run(args: argparse.Namespace) -> int:
             for k in records:
                 print(f"{k.fingerprint}\t{k.key_type}\t{k.comment}")
     elif cmd[0] in ("grant", "target") or cmd in (("account", "show"), ("account", "set"), ("account", "remove")):
-        _run_issue5(data, store, cmd, args)
+        _run_sharing(data, store, cmd, args)
     else:  # pragma: no cover - argparse only lets the commands above through
         raise AssertionError(cmd)
     return EXIT_OK
 
 
-# --- issue 5: quotas, sub-accounts, grants, targets ----------------------------------------------------------
+# --- quotas, sub-accounts, grants, targets ------------------------------------------------------------------
 
 
 def _grant_json(g: Grant) -> dict[str, object]:
@@ -585,7 +585,7 @@ def _confirm(question: str, yes: bool) -> None:
         raise Failed("nothing was removed")
 
 
-def _run_issue5(data: Path, store: AccountStore, cmd: tuple[str, str | None], args: argparse.Namespace) -> None:
+def _run_sharing(data: Path, store: AccountStore, cmd: tuple[str, str | None], args: argparse.Namespace) -> None:
     from neotwist.server.usage import account_usage, human
 
     if cmd == ("account", "set"):

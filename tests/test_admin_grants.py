@@ -1,4 +1,4 @@
-"""neo-admin for issue 5, as the installed entry point: sub-accounts, quotas (SpaceQuota-style sizes), grants,
+"""neo-admin's sharing commands, as the installed entry point: sub-accounts, quotas (SpaceQuota-style sizes), grants,
 account show with usage, target list and remove."""
 
 from __future__ import annotations

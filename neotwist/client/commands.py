@@ -144,7 +144,7 @@ def _ls_parser() -> Parser:
     when.add_argument("--at", metavar="TIME", help="list files as of the newest snapshot taken at or before TIME "
                       "(2026-11-23T14:30 local time, 2026-11-23, @EPOCH, '3d ago')")  # fmt: skip
     what.add_argument("-R", "--recursive", action="store_true", help="list the whole tree below the path")
-    add_key_options(p)  # encrypted targets are listed decrypted (issue 6)
+    add_key_options(p)  # encrypted targets are listed decrypted
     return p
 
 
@@ -182,7 +182,7 @@ def _check_parser() -> Parser:
     p.add_argument("--verify-data", action="store_true", help="also check every chunk's content against its id")
     p.add_argument("--repair", action="store_true", help="mark the damaged chunks found, so the next neo-push of "
                    "the intact files sends them again and heals every snapshot (needs the full right)")  # fmt: skip
-    add_key_options(p)  # an encrypted target's sub-path and damaged files are named with its key (issue 6)
+    add_key_options(p)  # an encrypted target's sub-path and damaged files are named with its key
     return p
 
 
@@ -220,7 +220,7 @@ def _run(
         except stash.StashError as e:
             sys.stderr.write(f"{prog}: {e}\n")
             return EXIT_FAILED
-        except (WrongPassphrase, EncryptionDowngrade) as e:  # encryption (issue 6)
+        except (WrongPassphrase, EncryptionDowngrade) as e:  # encryption
             sys.stderr.write(f"{prog}: {e}\n")
             return EXIT_AUTH
         except (CryptoError, EncryptionRefused, PinFileError) as e:
@@ -302,7 +302,7 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
             return _show_usage(args, await peer.request(GetUsage(rid=0)))
         if not remote.target:
             return _show_targets(args, await stash.list_targets(peer))
-        # An encrypted target is opened at its encrypted sub-path and listed decrypted (issue 6): names and
+        # An encrypted target is opened at its encrypted sub-path and listed decrypted: names and
         # metadata come from the entries' sealed metadata, authenticated on the way.
         opened, crypt = await _open_snapshotted(peer, args, remote)
         with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
@@ -384,7 +384,7 @@ def _show_targets(args: argparse.Namespace, targets: list[Any]) -> int:
 
 
 def _show_usage(args: argparse.Namespace, info: Any) -> int:
-    """``neo-ls --usage``: what the account uses against its quota (issue 5)."""
+    """``neo-ls --usage``: what the account uses against its quota."""
     if not isinstance(info, UsageInfo):
         raise stash.StashError(f"the server answered usage with {type(info).__name__}")
     available = None if info.quota is None else max(0, info.quota - info.used)

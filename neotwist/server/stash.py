@@ -68,7 +68,7 @@ def on_snapshots(session: ServerSession, peer: Peer, message: ListSnapshots) -> 
         view = handle.view
         if view is not None:
             # A grant on a sub-path sees its relevant snapshots only, and only their files below its root: the
-            # target-wide counts would tell what happens elsewhere (issue 5; see repository/view.py).
+            # target-wide counts would tell what happens elsewhere (see repository/view.py).
             relevant = set(view.snapshot_ids())
             return [
                 SnapshotRecord(
@@ -270,7 +270,7 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
         problems = [] if root else [p[:500] for p in report.problems]  # target-wide: only for the whole target
         if handle.view is not None:
             # A grant on a sub-path hears about its own files only: not the size of the whole target, nor damage
-            # elsewhere (issue 5).
+            # elsewhere.
             mine = sorted({s for f in files for s in f.snapshots})
             return CheckReport(
                 rid=message.rid, ok=not files, chunks_checked=report.chunks_checked,

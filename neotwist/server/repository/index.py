@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS targets (
 """
 
 CATALOG_MIGRATIONS = (
-    # 1 -> 2 (encryption, issue 6): encrypted targets keep the key-check record their creator sent.
+    # 1 -> 2 (encryption): encrypted targets keep the key-check record their creator sent.
     "ALTER TABLE targets ADD COLUMN key_check BLOB NOT NULL DEFAULT x'';",
 )
 """Scripts that bring an older ``catalog.sqlite`` forward, one per version after SCHEMA_VERSION; a new file

@@ -344,7 +344,7 @@ class Push:
         info = SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete)
         return info, uploaded
 
-    # --- pushes confined to a sub-path by a grant (issue 5) --------------------------------------------------
+    # --- pushes confined to a sub-path by a grant --------------------------------------------------
     #
     # A push through a grant on a sub-path must not learn about, or reach, chunks stored for other paths of the
     # target: ``have`` would tell whether a chunk exists anywhere, and a commit could reference a chunk id learned

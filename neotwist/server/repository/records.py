@@ -22,7 +22,7 @@ class TargetMeta:
     chunker: ChunkerParams
     created: float
     keep_history: bool
-    key_check: bytes = b""  # encrypted targets: the creator's key-check record, opaque (issue 6)
+    key_check: bytes = b""  # encrypted targets: the creator's key-check record, opaque
 
 
 @dataclass(frozen=True)

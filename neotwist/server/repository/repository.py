@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS removed_targets (
     name TEXT NOT NULL,
     removed REAL NOT NULL
 )"""
-"""Targets removed (issue 5): the record that makes removal crash-safe and keeps ids from being reused."""
+"""Targets removed: the record that makes removal crash-safe and keeps ids from being reused."""
 
 _NEXT_ID = (
     "(SELECT max(coalesce((SELECT max(id) FROM targets), 0), coalesce((SELECT max(id) FROM removed_targets), 0)) + 1)"

@@ -688,7 +688,7 @@ class Target:
         """The writer connection and its lock (used by :class:`Push`)."""
         return self._db, self._lock
 
-    # --- for views confined to a sub-path (issue 5) --------------------------------------------------------
+    # --- for views confined to a sub-path --------------------------------------------------------
 
     def version_counts(self) -> tuple[int, int]:
         """(file and symlink versions, directory versions) kept, over all history: what SpacePerFile and
