@@ -48,7 +48,7 @@ from neotwist.server import descriptors, manage, stash
 from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.admission import Ticket
 from neotwist.server.budget import ByteBudget
-from neotwist.server.fairness import FairRunner
+from neotwist.server.fairness import FairRunner, RunBlocking, thread_runner
 from neotwist.server.filechunks import check_file_chunks
 from neotwist.server.repository import Push, Repository, Target, index
 from neotwist.server.repository.push import CommitCharge
@@ -57,7 +57,6 @@ from neotwist.server.repository.target import ChunkRejected, OverBudget
 from neotwist.server.repository.view import RootView
 from neotwist.server.reservations import Reservations
 from neotwist.server.rights import Access, GrantView, Right, resolve
-from neotwist.server.ssh import RunBlocking, thread_runner
 from neotwist.server.throttle import Attempt, LoginThrottle, Throttled, valid_login_name
 from neotwist.server.usage import account_usage, grantee_over_quota, over_quota
 from neotwist.wire import limits

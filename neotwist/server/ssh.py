@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.conch import error as conch_error
 from twisted.conch.avatar import ConchUser
@@ -51,7 +51,6 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, ITransport
 from twisted.internet.protocol import Protocol
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -60,6 +59,7 @@ from neotwist import tcpkeepalive
 from neotwist.server import descriptors
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.admission import Admission, Ticket, address_host
+from neotwist.server.fairness import RunBlocking, thread_runner
 from neotwist.server.logs import conch_log
 from neotwist.server.repository import index
 from neotwist.server.throttle import Attempt, LoginThrottle, Throttled, valid_login_name
@@ -89,20 +89,6 @@ REFUSED_COMMAND = (
 PeerFactory = Callable[[Account, str], Protocol]
 """Builds the protocol for one subsystem session from the authenticated account and the client address
 (``functools.partial(neotwist.server.session.make_server_peer, services)`` in the server)."""
-
-_T = TypeVar("_T")
-RunBlocking = Callable[..., "defer.Deferred[Any]"]
-"""Runs a blocking call off the reactor thread: ``run(f, *args) -> Deferred``."""
-
-
-def thread_runner(reactor: Any) -> RunBlocking:
-    """Run blocking calls in the reactor's thread pool (the default)."""
-
-    def run(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
-    return run
-
 
 def format_address(address: IAddress | None) -> str:
     """``host:port`` for an IPv4/IPv6 address (also inside an SSH channel's address), else its repr."""
