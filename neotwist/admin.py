@@ -586,7 +586,7 @@ def _confirm(question: str, yes: bool) -> None:
 
 
 def _run_sharing(data: Path, store: AccountStore, cmd: tuple[str, str | None], args: argparse.Namespace) -> None:
-    from neotwist.server.usage import account_usage, human
+    from neotwist.server.quota import account_usage, human
 
     if cmd == ("account", "set"):
         changes: dict[str, int | None] = {}

@@ -155,7 +155,7 @@ def test_a_confined_push_cannot_tell_whether_content_exists_elsewhere(kit: Kit, 
     alice_account = kit.accounts.get("alice")
     assert alice_account is not None
     if quota:
-        from neotwist.server.usage import account_usage
+        from neotwist.server.quota import account_usage
 
         kit.accounts.set_quota("alice", quota=account_usage(kit.repository, alice_account).used + 10)
     viewer = kit.connect("alice.viewer")
@@ -406,7 +406,7 @@ def test_every_handle_request_sees_a_revoke_on_an_open_connection(kit: Kit, chan
 @pytest.mark.parametrize("change", ["revoke", "re-point", "narrow"])
 @pytest.mark.parametrize("by", ["another store", "neo-admin"])
 def test_a_grant_changed_outside_this_process_stops_an_open_handle_at_once(kit: Kit, by: str, change: str) -> None:
-    """The session keeps a handle's resolved grant until the account store changes (ServerSession._recheck). A
+    """The session keeps a handle's resolved grant until the account store changes (RequestContext.recheck). A
     change made through another AccountStore (its own connections, as ``neo-admin`` has) or by neo-admin itself
     in another process never passes through the server's store: only SQLite's change counter can tell, and the
     very next request on a handle whose grant was just resolved and kept must still see it."""
