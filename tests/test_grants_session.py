@@ -326,7 +326,7 @@ def test_errors_name_paths_as_the_grantee_asked_for_them(kit: Kit) -> None:
     assert target is not None
     cid = chunk(b"slides v2")[0]
     pack, offset, _length, _codec, _size = target.locate([cid])[cid]
-    with open(target._packs.path(pack), "r+b") as f:
+    with open(target.chunks.packs.path(pack), "r+b") as f:
         f.seek(offset + packs.HEADER_SIZE)
         f.write(b"X")
     one = viewer.open("slides", "deck").handle
@@ -588,7 +588,7 @@ def _damage(kit: Kit, content: bytes) -> None:
     target = kit.repository.find_target(kit.accounts.get("alice").id, "documents")  # type: ignore[union-attr]
     assert target is not None
     pack, offset, _length, _codec, _size = target.locate([chunk(content)[0]])[chunk(content)[0]]
-    path = target._packs.path(pack)
+    path = target.chunks.packs.path(pack)
     data = bytearray(path.read_bytes())
     data[offset + HEADER_SIZE] ^= 0xFF
     path.write_bytes(bytes(data))

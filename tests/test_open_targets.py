@@ -18,8 +18,7 @@ from sessionkit import Kit, committed
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server import descriptors
-from neotwist.server.repository import Repository, Target
-from neotwist.server.repository import target as target_module
+from neotwist.server.repository import Repository, Target, chunkstore
 from neotwist.wire.messages import Close, Entry, Ok, Opened
 
 FDS_PER_TARGET = 7
@@ -268,7 +267,7 @@ def test_a_target_with_an_aborted_push_s_leftovers_stays_open_until_they_are_rec
         fill(repo, 1, "other", b"x")  # over max_open, idle for long: still not closed
         assert repo.close_idle() == 1  # "other" only
         assert repo.open_targets() == (1, 0) and t.missing([left]) == [False]
-        monkeypatch.setattr(target_module, "ABANDONED_GRACE", 0.0)
+        monkeypatch.setattr(chunkstore, "ABANDONED_GRACE", 0.0)
         repo.maintain()  # reclaims, then closes what is idle
         assert repo.open_targets() == (0, 0)
         again = repo.find_target(1, "t")

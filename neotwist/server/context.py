@@ -37,7 +37,7 @@ from neotwist.server.fairness import FairRunner, RunBlocking, thread_runner
 from neotwist.server.pushstate import PUT_BATCH_BYTES, PushSlot
 from neotwist.server.quota import Quota
 from neotwist.server.repository import Repository, Target, index
-from neotwist.server.repository.target import ChunkRejected
+from neotwist.server.repository.chunkstore import ChunkRejected
 from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.throttle import LoginThrottle

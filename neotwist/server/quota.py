@@ -30,8 +30,8 @@ from twisted.internet.defer import DeferredLock
 
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.repository import Repository, Target
+from neotwist.server.repository.chunkstore import OverBudget
 from neotwist.server.repository.push import CommitCharge
-from neotwist.server.repository.target import OverBudget
 from neotwist.server.reservations import Reservations
 from neotwist.server.rights import Access
 from neotwist.wire.errors import ErrorCode, NeoError

@@ -298,3 +298,56 @@ def transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[s
             except sqlite3.Error:
                 pass  # the connection rolls back when it is closed; the first error is the one to report
         raise
+
+
+class Connections:
+    """A target's two connections to its ``index.sqlite``, each behind its own lock: the *writer* (chunk rows,
+    push staging, commits, prunes) and a *reader*, so pulls and ``missing`` queries proceed (WAL) while a long
+    commit holds the writer. ``read_only`` opens both read-only (``neo-admin check`` beside a running server).
+
+    Use them only through :meth:`writing` and :meth:`reading`: the lock is held for exactly the block."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        if read_only:
+            self._db = connect_read_only(path)
+            self._reader = connect_read_only(path)
+        else:
+            self._db = connect(path, INDEX_SCHEMA, INDEX_MIGRATIONS)
+            self._reader = connect(path, None)
+        self._lock = threading.Lock()
+        self._reader_lock = threading.Lock()
+        self.closed = False
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection, under the writer lock."""
+        with self._lock:
+            yield self._db
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The read connection, under the reader lock."""
+        with self._reader_lock:
+            yield self._reader
+
+    def shrink_memory(self) -> int:
+        """Give back the page cache of each connection nobody is using right now; how many were shrunk. Never
+        waits: a connection whose lock is taken is in use and keeps its cache."""
+        shrunk = 0
+        for db, lock in ((self._db, self._lock), (self._reader, self._reader_lock)):
+            if lock.acquire(blocking=False):
+                try:
+                    if not self.closed:
+                        db.execute("PRAGMA shrink_memory")
+                        shrunk += 1
+                finally:
+                    lock.release()
+        return shrunk
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            self._db.close()
+        with self._reader_lock:
+            self._reader.close()

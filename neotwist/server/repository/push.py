@@ -20,19 +20,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from neotwist import paths
 from neotwist.server.repository import damage
+from neotwist.server.repository.chunkstore import ChunkStore
 from neotwist.server.repository.history import within
 from neotwist.server.repository.index import storage_errors, transaction
 from neotwist.server.repository.records import CommitResult, SnapshotInfo
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry
-
-if TYPE_CHECKING:
-    from neotwist.server.repository.target import Target
 
 _Row = tuple[str, str, int, int, int, bytes, str, bytes]
 """A staged entry: (path, kind, mode, mtime_ns, size, chunks, link, meta)."""
@@ -62,8 +59,9 @@ QuotaCheck = Callable[[CommitCharge], None]
 class Push:
     """Created by :meth:`Target.begin_push`. Not itself thread-safe: one session drives it, call by call."""
 
-    def __init__(self, target: Target, root: str, delete: bool, number: int) -> None:
-        self.target = target
+    def __init__(self, store: ChunkStore, encrypted: bool, root: str, delete: bool, number: int) -> None:
+        self.store = store  # the target's chunks; its index's writer connection holds the staging tables
+        self.encrypted = encrypted
         self.root = root
         self.delete = delete
         self._stage = f"temp.push_{number}"  # a generated name, never client text
@@ -74,14 +72,13 @@ class Push:
         self._open = True
         self.confined = False  # see confine()
         self._known_built = False
-        db, lock = target.writer
-        with lock:
+        with store.index.writing() as db:
             db.execute(
                 f"CREATE TEMP TABLE {self._stage} (path TEXT PRIMARY KEY, kind TEXT NOT NULL,"
                 " mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,"
                 " chunks BLOB NOT NULL, link TEXT NOT NULL, meta BLOB NOT NULL)"
             )
-        target.push_started()  # until it ends, the chunks it relies on are safe from garbage collection
+        store.push_started()  # until it ends, the chunks it relies on are safe from garbage collection
 
     def _check(self) -> None:
         if self._failed is not None:
@@ -106,9 +103,8 @@ class Push:
             raise self._fail(e) from None
         if not rows:
             return
-        db, lock = self.target.writer
         try:
-            with lock, storage_errors("stage entries"), transaction(db, immediate=False):
+            with self.store.index.writing() as db, storage_errors("stage entries"), transaction(db, immediate=False):
                 db.executemany(f"INSERT INTO {self._stage} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError:
             raise self._fail(NeoError(ErrorCode.BAD_MESSAGE, "a path is listed twice in one push")) from None
@@ -169,12 +165,11 @@ class Push:
             return
         self._open = False
         try:
-            db, lock = self.target.writer
-            with lock:
+            with self.store.index.writing() as db:
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
                 self._drop_confined(db)
         finally:
-            self.target.push_ended(aborted=True)
+            self.store.push_ended(aborted=True)
 
     def commit(self, now: float, check: QuotaCheck | None = None) -> CommitResult:
         """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically.
@@ -190,10 +185,9 @@ class Push:
             raise self._fail(
                 NeoError(ErrorCode.BAD_MESSAGE, f"push ended inside continued file {self._continued[0]!r}")
             )
-        mark = self.target.flush_mark()
-        db, lock = self.target.writer
+        mark = self.store.flush_mark()
         try:
-            with lock, storage_errors("commit the snapshot"):
+            with self.store.index.writing() as db, storage_errors("commit the snapshot"):
                 if self.confined:
                     self._known(db)  # outside the transaction: a rollback must not drop it
                 try:
@@ -209,7 +203,7 @@ class Push:
                 self._drop_confined(db)
         finally:
             if not self._open:  # committed: its chunks are referenced by committed versions now
-                self.target.push_ended()  # (outside the writer lock: the gc lock comes first in lock order)
+                self.store.push_ended()  # (outside the writer lock: the gc lock comes first in lock order)
         return CommitResult(info, stored, *uploaded)
 
     def _commit(
@@ -269,7 +263,7 @@ class Push:
         if self.confined:
             self._check_proven(db, need)
 
-        if not self.target.meta.encrypted:
+        if not self.encrypted:
             bad = db.execute(
                 f"SELECT f.path FROM {chg} f LEFT JOIN (SELECT d.n AS n, sum(c.size) AS total FROM {need} d "
                 f"JOIN main.chunks c ON c.id = d.id GROUP BY d.n) t ON t.n = f.n "
@@ -355,8 +349,7 @@ class Push:
 
     def confine(self) -> None:
         """Make this push confined (see above). Call right after begin_push."""
-        db, lock = self.target.writer
-        with lock:
+        with self.store.index.writing() as db:
             db.execute(
                 f"CREATE TEMP TABLE {self._stage}_up (id BLOB PRIMARY KEY, length INTEGER NOT NULL) WITHOUT ROWID"
             )
@@ -366,8 +359,7 @@ class Push:
         """Record chunks uploaded (and verified) on this push: (id, uploaded length)."""
         if not self.confined or not self._open or not chunks:
             return
-        db, lock = self.target.writer
-        with lock, storage_errors("record uploads"):
+        with self.store.index.writing() as db, storage_errors("record uploads"):
             with transaction(db, immediate=False):
                 db.executemany(f"INSERT OR IGNORE INTO {self._stage}_up VALUES (?, ?)", chunks)
 
@@ -392,9 +384,8 @@ class Push:
     def missing_confined(self, ids: Sequence[bytes]) -> list[bool]:
         """``have`` for a confined push: True for each id that is neither known below the root nor uploaded."""
         self._check()
-        db, lock = self.target.writer
         found: set[bytes] = set()
-        with lock, storage_errors("look up chunks"):
+        with self.store.index.writing() as db, storage_errors("look up chunks"):
             name = self._known(db)
             for start in range(0, len(ids), 500):
                 batch = list(ids[start : start + 500])

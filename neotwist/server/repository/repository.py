@@ -31,6 +31,7 @@ from neotwist.runtime import release_free_memory
 from neotwist.server import descriptors
 from neotwist.server.changes import ChangeCounter
 from neotwist.server.repository import index
+from neotwist.server.repository.chunkstore import DEFAULT_SIZES, StoreSizes
 from neotwist.server.repository.packs import make_dirs
 from neotwist.server.repository.records import TargetMeta
 from neotwist.server.repository.space import Ballast, Reserve
@@ -117,6 +118,7 @@ class Repository:
         idle: float = TARGET_IDLE,
         clock: Callable[[], float] = time.monotonic,
         on_close_error: Callable[[Target, Exception], None] | None = None,
+        sizes: StoreSizes = DEFAULT_SIZES,
     ) -> None:
         if max_open < 1:
             raise ValueError(f"max_open must be at least 1, not {max_open}")
@@ -127,6 +129,7 @@ class Repository:
         self._clock = clock
         self._on_close_error = on_close_error
         self.reserve = reserve
+        self.sizes = sizes  # pack size, flush threshold, listing page of every target it opens
         self.ballast: Ballast | None = None
         self.space_notes: list[str] = []
         """What :meth:`keep_space` did at start-up, for the server's log."""
@@ -185,7 +188,9 @@ class Repository:
         return target
 
     def _new_target(self, meta: TargetMeta) -> Target:
-        return Target(meta, self.root / f"t{meta.id}", read_only=self.read_only, reserve=self.reserve)
+        return Target(
+            meta, self.root / f"t{meta.id}", read_only=self.read_only, reserve=self.reserve, sizes=self.sizes
+        )
 
     def release(self, target: Target) -> None:
         """Let go of a target a method of this repository returned (once per time it was returned). Never
