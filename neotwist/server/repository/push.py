@@ -209,14 +209,18 @@ class Push:
     def _commit(
         self, db: sqlite3.Connection, now: float, mark: tuple[int, int], check: QuotaCheck | None = None
     ) -> tuple[SnapshotInfo, tuple[int, int]]:
-        stage, chg, need, gone = (
-            self._stage,
-            f"{self._stage}_chg",
-            f"{self._stage}_need",
-            f"{self._stage}_gone",
-        )
+        """The commit's transaction: the changed entries and the chunks they need, checked (1, 2); what is new
+        since the previous snapshot (3); what a delete push removes (4); then the snapshot and its versions (5).
+        Returns the snapshot and, for a confined push, what it uploaded (chunks, bytes)."""
+        self._changed(db)
+        self._needed(db)
+        prev, new, uploaded = self._new_data(db, now)
+        self._deleted(db)
+        return self._write_snapshot(db, now, mark, check, prev, new, uploaded), uploaded
 
-        # 1. The entries that differ from (or are absent in) the current view.
+    def _changed(self, db: sqlite3.Connection) -> None:
+        """1. The entries that differ from (or are absent in) the current view, into ``<stage>_chg``."""
+        stage, chg = self._stage, f"{self._stage}_chg"
         db.execute(
             f"CREATE TABLE {chg} (n INTEGER PRIMARY KEY, path TEXT NOT NULL, kind TEXT, mode INTEGER,"
             " mtime_ns INTEGER, size INTEGER, chunks BLOB, link TEXT, meta BLOB, old_kind TEXT)"
@@ -228,7 +232,11 @@ class Push:
             f"WHERE v.path IS NULL OR {_DIFFERS}"
         )
 
-        # 2. Their chunk ids, one row each (the only per-chunk step: slicing blobs, in a generator).
+    def _needed(self, db: sqlite3.Connection) -> None:
+        """2. The changed files' chunk ids, one row each, into ``<stage>_need`` (the only per-chunk step:
+        slicing blobs, in a generator); refused (MISSING_CHUNKS, BAD_MESSAGE) unless every one is stored, none
+        is marked damaged, a confined push proved each, and a plaintext file's chunk sizes add up to its size."""
+        stage, chg, need = self._stage, f"{self._stage}_chg", f"{self._stage}_need"
         db.execute(
             f"CREATE TABLE {need} (n INTEGER NOT NULL, i INTEGER NOT NULL, id BLOB NOT NULL,"
             " PRIMARY KEY (n, i)) WITHOUT ROWID"
@@ -274,7 +282,13 @@ class Push:
                     NeoError(ErrorCode.BAD_MESSAGE, f"chunk sizes of {bad[0]!r} do not add up to its size")
                 )
 
-        # 3. Chunks referenced here and stored since the previous snapshot: this snapshot's new data.
+    def _new_data(
+        self, db: sqlite3.Connection, now: float
+    ) -> tuple[tuple[float, int, int], tuple[int, int], tuple[int, int]]:
+        """3. Chunks referenced here and stored since the previous snapshot: this snapshot's new data. Returns
+        the previous snapshot's (time, files, dirs), the new (chunks, bytes), and for a confined push what it
+        uploaded of what it references (chunks, bytes), deduplicated or not (see CommitResult)."""
+        need = f"{self._stage}_need"
         prev = db.execute(
             "SELECT time, files, dirs, mark_pack, mark_offset FROM snapshots ORDER BY id DESC LIMIT 1"
         ).fetchone()
@@ -287,14 +301,17 @@ class Push:
             {"p": mark_pack, "o": mark_offset},
         ).fetchone()
         uploaded = (0, 0)
-        if self.confined:  # what this push uploaded, deduplicated or not (see CommitResult)
+        if self.confined:
             count, size = db.execute(
                 f"SELECT count(*), coalesce(sum(u.length), 0) FROM (SELECT DISTINCT id FROM {need}) d "
                 f"JOIN {self._stage}_up u ON u.id = d.id"
             ).fetchone()
             uploaded = (int(count), int(size))
+        return (prev_time, prev_files, prev_dirs), (new_chunks, new_bytes), uploaded
 
-        # 4. With delete: current paths under the root that this push does not list.
+    def _deleted(self, db: sqlite3.Connection) -> None:
+        """4. With delete: the current paths under the root that this push does not list, into ``<stage>_gone``."""
+        stage, gone = self._stage, f"{self._stage}_gone"
         db.execute(f"CREATE TABLE {gone} (path TEXT PRIMARY KEY, kind TEXT)")
         if self.delete:
             cond, params = within(self.root)
@@ -304,7 +321,21 @@ class Push:
                 params,
             )
 
-        # 5. The snapshot row, then close replaced and deleted versions, then add the new ones.
+    def _write_snapshot(
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        mark: tuple[int, int],
+        check: QuotaCheck | None,
+        prev: tuple[float, int, int],
+        new: tuple[int, int],
+        uploaded: tuple[int, int],
+    ) -> SnapshotInfo:
+        """5. The quota's ``check``, then the snapshot row, then close replaced and deleted versions, then add
+        the new ones."""
+        chg, gone = f"{self._stage}_chg", f"{self._stage}_gone"
+        prev_time, prev_files, prev_dirs = prev
+        new_chunks, new_bytes = new
         (changed, added_files, added_dirs, replaced_files, replaced_dirs) = db.execute(
             f"SELECT count(*), coalesce(sum(kind != 'd'), 0), coalesce(sum(kind = 'd'), 0), "
             f"coalesce(sum(old_kind != 'd'), 0), coalesce(sum(old_kind = 'd'), 0) FROM {chg}"
@@ -335,8 +366,7 @@ class Push:
             f"SELECT path, :sid, NULL, kind, mode, mtime_ns, size, chunks, link, meta FROM {chg}",
             {"sid": sid},
         )
-        info = SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete)
-        return info, uploaded
+        return SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete)
 
     # --- pushes confined to a sub-path by a grant --------------------------------------------------
     #
