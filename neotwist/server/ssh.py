@@ -14,6 +14,10 @@ Layers, outermost first:
   process-protocol wrapping) with an 8 MiB receive window, refuses ``env``, ``pty-req``, ``x11-req`` and
   friends quietly, answers ``shell``/``exec`` with a one-line explanation and exit status 1, and sends
   ``exit-status`` 0 when the session ended with a bye/bye exchange (otherwise ``ssh`` would exit 255).
+
+Why one file of over 500 lines: these are the pieces conch wires into one another (factory -> user auth ->
+checkers -> realm -> avatar -> channel), each small and each meaningful only beside the others; splitting them
+would scatter one transport's security decisions over several files that must be read together anyway.
 """
 
 from __future__ import annotations
