@@ -19,7 +19,7 @@ from neotwist.server.accounts import Grant
 from neotwist.server.context import RequestContext, resolve_access
 from neotwist.server.pushes import end_push
 from neotwist.server.repository import Repository, Target
-from neotwist.server.repository.repository import target_info
+from neotwist.server.repository.catalog import target_info
 from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, Right, may_create, may_push
 from neotwist.wire import limits

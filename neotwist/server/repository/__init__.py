@@ -13,9 +13,10 @@ committing a snapshot), :mod:`.history` (listing snapshots, versions, deleted pa
 :mod:`.retention` (which snapshots a policy keeps), :mod:`.gc` (garbage collection and pack compaction),
 :mod:`.check` (index and store agree), :mod:`.damage` (marking damaged chunks so a push heals them),
 :mod:`.space` (free-space reserve and emergency space),
-:mod:`.repository` (the catalog), :mod:`.records` (result records).
+:mod:`.catalog` (the catalog of targets, and the targets open now), :mod:`.records` (result records).
 """
 
+from neotwist.server.repository.catalog import Repository
 from neotwist.server.repository.chunkstore import StoreSizes
 from neotwist.server.repository.push import Push
 from neotwist.server.repository.records import (
@@ -30,7 +31,6 @@ from neotwist.server.repository.records import (
     Usage,
     VersionInfo,
 )
-from neotwist.server.repository.repository import Repository
 from neotwist.server.repository.retention import RetentionDecision, RetentionPolicy, decide
 from neotwist.server.repository.target import Target
 
