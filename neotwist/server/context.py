@@ -2,7 +2,7 @@
 
 :class:`ServerServices` is what every connection of one server shares (repository, account store, quotas, the
 worker threads). A :class:`RequestContext` is one authenticated connection as its request handlers see it
-(:mod:`.targets`, :mod:`.pushes`, :mod:`.reads`, :mod:`.stash`, :mod:`.manage`): its account, its open
+(:mod:`.targets`, :mod:`.pushes`, :mod:`.reads`, :mod:`.stash`, :mod:`.sharing`): its account, its open
 :class:`Handle` s, its job slots and memory budget, and the one way each request runs blocking work.
 
 Blocking work: :meth:`RequestContext.run` (work of the account), :meth:`RequestContext.run_for` (work on a

@@ -11,7 +11,7 @@ is, with the connection's :class:`~neotwist.server.context.RequestContext`:
   :mod:`.quota`);
 - :mod:`.reads`: list and get;
 - :mod:`.stash`: snapshots, versions, deleted, prune, check;
-- :mod:`.manage`: sub-accounts, grants, shares, usage.
+- :mod:`.sharing`: sub-accounts, grants, shares, usage.
 
 Back-pressure: a handler's Deferred holds the next message back, and only then is the frame's credit returned
 to the client. Uploads and reads are *admitted* rather than awaited (see
@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import neotwist
-from neotwist.server import manage, pushes, reads, stash, targets
+from neotwist.server import pushes, reads, sharing, stash, targets
 from neotwist.server.accounts import Account
 from neotwist.server.admission import Ticket
 from neotwist.server.context import LoginRevoked, RequestContext, ServerServices, resolve_access
@@ -77,7 +77,7 @@ class ServerSession:
         **pushes.HANDLERS,
         **reads.HANDLERS,
         **stash.HANDLERS,
-        **manage.HANDLERS,
+        **sharing.HANDLERS,
     }
 
     def __init__(

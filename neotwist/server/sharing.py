@@ -1,4 +1,4 @@
-"""Where account management is handled: sub-accounts, grants, the shares listing and usage.
+"""Where an owner's sharing is handled: sub-accounts, grants, the shares listing, and its usage against its quota.
 
 These request handlers (over a :class:`~neotwist.server.context.RequestContext`) let an owner (a top-level
 account) manage, from the client, what ``neo-admin`` manages on the server: its own sub-accounts and the grants
