@@ -19,7 +19,8 @@ from neotwist.server.accounts import Grant
 from neotwist.server.context import RequestContext, resolve_access
 from neotwist.server.pushes import end_push
 from neotwist.server.repository import Repository, Target
-from neotwist.server.repository.catalog import target_info
+from neotwist.server.repository.catalog import target_summary
+from neotwist.server.repository.records import TargetSummary
 from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, Right, may_create, may_push
 from neotwist.wire import limits
@@ -45,7 +46,7 @@ def on_targets(ctx: RequestContext, peer: Peer, message: ListTargets) -> Deferre
     accounts, repository = ctx.services.accounts, ctx.services.repository
 
     def collect() -> list[TargetInfo]:
-        found = [] if account.is_sub_account else repository.list_targets(account.id)
+        found = [] if account.is_sub_account else [_info(t) for t in repository.list_targets(account.id)]
         found += [_granted_info(repository, grant) for grant in accounts.grants_held(account.id)]
         return sorted(found, key=lambda t: t.name)
 
@@ -245,7 +246,21 @@ def _granted_view(target: Target, grant: Grant, extra: dict[str, Any]) -> Target
             stored_bytes=0,
             **extra,
         )
-    return target_info(target, grant.name, **extra)
+    return _info(target_summary(target), grant.name, **extra)
+
+
+def _info(summary: TargetSummary, name: str | None = None, **extra: Any) -> TargetInfo:
+    """A target as ``targets`` shows it: under ``name`` (default: its own), with ``extra`` fields."""
+    return TargetInfo(
+        name=summary.name if name is None else name,
+        encrypted=summary.encrypted,
+        snapshots=summary.snapshots,
+        latest=summary.latest,
+        latest_time=summary.latest_time,
+        files=summary.files,
+        stored_bytes=summary.stored_bytes,
+        **extra,
+    )
 
 
 HANDLERS: dict[type, Any] = {

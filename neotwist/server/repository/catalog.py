@@ -23,7 +23,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from neotwist.atomicfile import fsync_dir
 from neotwist.paths import check_name
@@ -33,11 +32,11 @@ from neotwist.server.changes import ChangeCounter
 from neotwist.server.repository import index
 from neotwist.server.repository.chunkstore import DEFAULT_SIZES, StoreSizes
 from neotwist.server.repository.packs import make_dirs
-from neotwist.server.repository.records import TargetMeta
+from neotwist.server.repository.records import TargetMeta, TargetSummary
 from neotwist.server.repository.space import Ballast, Reserve
 from neotwist.server.repository.target import Target
 from neotwist.wire.errors import ErrorCode, NeoError
-from neotwist.wire.messages import ChunkerParams, TargetInfo
+from neotwist.wire.messages import ChunkerParams
 
 _TARGET_COLUMNS = (
     "id, account_id, name, encrypted, chunker_algorithm, chunker_min, chunker_avg, chunker_max, chunker_seed,"
@@ -386,9 +385,9 @@ class Repository:
         if self.read_only:
             raise NeoError(ErrorCode.PERMISSION_DENIED, f"the repository {self.root} is open read-only")
 
-    def list_targets(self, account_id: int) -> list[TargetInfo]:
+    def list_targets(self, account_id: int) -> list[TargetSummary]:
         """The account's targets with their latest snapshot and size, sorted by name."""
-        return [target_info(target) for target in self.each_target(account_id)]
+        return [target_summary(target) for target in self.each_target(account_id)]
 
     # --- target removal and liveness ---------------------------------------------------------------------
 
@@ -504,17 +503,16 @@ class Repository:
             self._catalog.close()
 
 
-def target_info(target: Target, name: str | None = None, **extra: Any) -> TargetInfo:
-    """How ``targets`` shows a whole target (blocking): under ``name`` (default: its own), with ``extra`` fields."""
+def target_summary(target: Target) -> TargetSummary:
+    """How a listing shows a whole target (blocking)."""
     latest = target.latest()
     usage = target.usage()
-    return TargetInfo(
-        name=target.meta.name if name is None else name,
+    return TargetSummary(
+        name=target.meta.name,
         encrypted=target.meta.encrypted,
         snapshots=target.snapshot_count(),
         latest=None if latest is None else latest.id,
         latest_time=None if latest is None else latest.time,
         files=usage.files,
         stored_bytes=usage.stored_bytes,
-        **extra,
     )

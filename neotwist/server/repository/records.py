@@ -26,6 +26,19 @@ class TargetMeta:
 
 
 @dataclass(frozen=True)
+class TargetSummary:
+    """What listing an account's targets shows of one: its latest snapshot, its files then and its size."""
+
+    name: str
+    encrypted: bool
+    snapshots: int
+    latest: int | None
+    latest_time: float | None
+    files: int
+    stored_bytes: int
+
+
+@dataclass(frozen=True)
 class SnapshotInfo:
     """One committed snapshot.
 
