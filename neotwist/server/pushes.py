@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from neotwist.server.context import Handle, RequestContext
 from neotwist.server.pushstate import PUT_BATCH, PushRun
 from neotwist.server.repository import CommitResult, Target
+from neotwist.server.repository.labels import stored_label
 from neotwist.server.rights import Right, may_push
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Abort, Commit, Committed, Have, Missing, Ok, PushBegin, PushEntries, Put
@@ -194,10 +195,11 @@ async def _commit(ctx: RequestContext, peer: Peer, message: Commit, handle: Hand
             await end_push(ctx, handle, "refused (quota)")
             raise NeoError(run.failure.code, f"{run.failure.message}; the push was aborted")
         raise NeoError(run.failure.code, f"the push cannot commit: {run.failure.message}")
+    label = stored_label(handle.target.meta.encrypted, message.label, message.sealed_label)
     lock = ctx.services.quota.commit_lock(handle.access.owner_id)
     await lock.acquire()
     try:
-        result, files, stored_bytes, no_history = await ctx.work(commit, ctx, handle, run)
+        result, files, stored_bytes, no_history = await ctx.work(commit, ctx, handle, run, label)
     except NeoError as e:
         if e.code == ErrorCode.QUOTA_EXCEEDED:
             run.reclaim = True
@@ -213,10 +215,11 @@ async def _commit(ctx: RequestContext, peer: Peer, message: Commit, handle: Hand
     _committed(ctx, peer, message, handle, result, files, stored_bytes)
 
 
-def commit(ctx: RequestContext, handle: Handle, run: PushRun) -> tuple[CommitResult, int, int, bool]:
+def commit(ctx: RequestContext, handle: Handle, run: PushRun, label: bytes) -> tuple[CommitResult, int, int, bool]:
     """The commit itself (blocking, with the owner's commit lock held; named so because a worker's errors name
-    their job): the access checked again, the quota's exact check, the snapshot. Returns it with the files and
-    stored bytes the client may learn, and whether the target keeps no history (then pruned before the reply)."""
+    their job): the access checked again, the quota's exact check, the snapshot with the stored form of its
+    ``label``. Returns it with the files and stored bytes the client may learn, and whether the target keeps no
+    history (then pruned before the reply)."""
     account = ctx.current_account
     target = handle.target
     access = ctx.recheck(handle)
@@ -226,7 +229,7 @@ def commit(ctx: RequestContext, handle: Handle, run: PushRun) -> tuple[CommitRes
     # by the next full-right commit, never right after an append-right one.
     no_history = not target.meta.keep_history
     check = ctx.services.quota.commit_check(access, run.charge)
-    result = run.push.commit(time.time(), check)
+    result = run.push.commit(time.time(), check, label)
     if handle.view is None:
         return result, result.snapshot.files, result.stored_bytes, no_history
     # a confined handle learns nothing of the rest of the target

@@ -171,8 +171,9 @@ class Push:
         finally:
             self.store.push_ended(aborted=True)
 
-    def commit(self, now: float, check: QuotaCheck | None = None) -> CommitResult:
-        """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically.
+    def commit(self, now: float, check: QuotaCheck | None = None, label: bytes = b"") -> CommitResult:
+        """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically, with the
+        stored form of its label (see :mod:`.labels`).
 
         Pending chunks are flushed first, so the commit only ever references durable, indexed chunks. Raises
         MISSING_CHUNKS (nothing changes and the push stays open: the client may upload them and commit again),
@@ -192,7 +193,7 @@ class Push:
                     self._known(db)  # outside the transaction: a rollback must not drop it
                 try:
                     with transaction(db):
-                        info, uploaded = self._commit(db, now, mark, check)
+                        info, uploaded = self._commit(db, now, mark, check, label)
                         stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
                 finally:
                     db.execute(f"DROP TABLE IF EXISTS {self._stage}_chg")
@@ -207,7 +208,12 @@ class Push:
         return CommitResult(info, stored, *uploaded)
 
     def _commit(
-        self, db: sqlite3.Connection, now: float, mark: tuple[int, int], check: QuotaCheck | None = None
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        mark: tuple[int, int],
+        check: QuotaCheck | None = None,
+        label: bytes = b"",
     ) -> tuple[SnapshotInfo, tuple[int, int]]:
         """The commit's transaction: the changed entries and the chunks they need, checked (1, 2); what is new
         since the previous snapshot (3); what a delete push removes (4); then the snapshot and its versions (5).
@@ -216,7 +222,7 @@ class Push:
         self._needed(db)
         prev, new, uploaded = self._new_data(db, now)
         self._deleted(db)
-        return self._write_snapshot(db, now, mark, check, prev, new, uploaded), uploaded
+        return self._write_snapshot(db, now, mark, check, label, prev, new, uploaded), uploaded
 
     def _changed(self, db: sqlite3.Connection) -> None:
         """1. The entries that differ from (or are absent in) the current view, into ``<stage>_chg``."""
@@ -327,12 +333,13 @@ class Push:
         now: float,
         mark: tuple[int, int],
         check: QuotaCheck | None,
+        label: bytes,
         prev: tuple[float, int, int],
         new: tuple[int, int],
         uploaded: tuple[int, int],
     ) -> SnapshotInfo:
-        """5. The quota's ``check``, then the snapshot row, then close replaced and deleted versions, then add
-        the new ones."""
+        """5. The quota's ``check``, then the snapshot row (with the stored form of its ``label``), then close
+        replaced and deleted versions, then add the new ones."""
         chg, gone = f"{self._stage}_chg", f"{self._stage}_gone"
         prev_time, prev_files, prev_dirs = prev
         new_chunks, new_bytes = new
@@ -351,8 +358,8 @@ class Push:
         dirs = prev_dirs + added_dirs - replaced_dirs - gone_dirs
         cur = db.execute(
             "INSERT INTO snapshots (time, files, dirs, changed, deleted, new_chunks, new_bytes, root,"
-            " delete_mode, mark_pack, mark_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (time, files, dirs, changed, deleted, new_chunks, new_bytes, self.root, int(self.delete), *mark),
+            " delete_mode, mark_pack, mark_offset, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time, files, dirs, changed, deleted, new_chunks, new_bytes, self.root, int(self.delete), *mark, label),
         )
         sid = cur.lastrowid
         assert sid is not None
@@ -366,7 +373,9 @@ class Push:
             f"SELECT path, :sid, NULL, kind, mode, mtime_ns, size, chunks, link, meta FROM {chg}",
             {"sid": sid},
         )
-        return SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete)
+        return SnapshotInfo(
+            sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete, label
+        )
 
     # --- pushes confined to a sub-path by a grant --------------------------------------------------
     #
