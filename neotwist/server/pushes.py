@@ -20,9 +20,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from neotwist.server.context import Handle, RequestContext
+from neotwist.server.labels import stored_label
 from neotwist.server.pushstate import PUT_BATCH, PushRun
 from neotwist.server.repository import CommitResult, Target
-from neotwist.server.repository.labels import stored_label
 from neotwist.server.rights import Right, may_push
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Abort, Commit, Committed, Have, Missing, Ok, PushBegin, PushEntries, Put

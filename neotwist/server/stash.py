@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from neotwist import paths
 from neotwist.server.context import RequestContext
-from neotwist.server.repository.labels import label_chars, listed_label
+from neotwist.server.labels import label_chars, listed_label
 from neotwist.server.repository.retention import RetentionPolicy, decide
 from neotwist.server.rights import Right
 from neotwist.wire import limits

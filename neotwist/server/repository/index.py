@@ -112,7 +112,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     mark_pack INTEGER NOT NULL,   -- pack position of the chunk store at commit: chunks at or after the
     mark_offset INTEGER NOT NULL, -- previous snapshot's mark are "new" for the next one
     pruned INTEGER NOT NULL DEFAULT 0, -- 1 = removed by retention: never listed again (see history.py)
-    label BLOB NOT NULL DEFAULT x''    -- host, source, tags, warnings (see labels.py); x'' = none recorded
+    label BLOB NOT NULL DEFAULT x''    -- host, source, tags, warnings (see server/labels.py); x'' = none recorded
 );
 
 CREATE TABLE IF NOT EXISTS versions (

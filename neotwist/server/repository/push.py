@@ -173,7 +173,7 @@ class Push:
 
     def commit(self, now: float, check: QuotaCheck | None = None, label: bytes = b"") -> CommitResult:
         """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically, with the
-        stored form of its label (see :mod:`.labels`).
+        stored form of its label (see :mod:`neotwist.server.labels`).
 
         Pending chunks are flushed first, so the commit only ever references durable, indexed chunks. Raises
         MISSING_CHUNKS (nothing changes and the push stays open: the client may upload them and commit again),

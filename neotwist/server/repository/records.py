@@ -61,7 +61,7 @@ class SnapshotInfo:
     dirs: int = 0
     root: str = ""
     delete_mode: bool = False
-    label: bytes = b""  # as stored: an encoded label (plaintext target) or the client's sealed one (see .labels)
+    label: bytes = b""  # as stored: an encoded label (plaintext target) or the client's sealed one (server/labels.py)
 
 
 @dataclass(frozen=True)
