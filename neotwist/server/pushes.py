@@ -25,7 +25,18 @@ from neotwist.server.pushstate import PUT_BATCH, PushRun
 from neotwist.server.repository import CommitResult, Target
 from neotwist.server.rights import Right, may_push
 from neotwist.wire.errors import ErrorCode, NeoError
-from neotwist.wire.messages import Abort, Commit, Committed, Have, Missing, Ok, PushBegin, PushEntries, Put
+from neotwist.wire.messages import (
+    Abort,
+    Commit,
+    Committed,
+    Have,
+    Missing,
+    Ok,
+    PushBegin,
+    PushDeleted,
+    PushEntries,
+    Put,
+)
 from neotwist.wire.peer import Peer
 
 log = Logger()
@@ -47,7 +58,7 @@ def on_push_begin(ctx: RequestContext, peer: Peer, message: PushBegin) -> Deferr
             access.require(Right.APPEND, "push", account.name)
         may_push(access, target.meta.keep_history, account.name)  # the owner may have turned history off since
         charge = services.quota.charge(access)
-        push = target.begin_push(handle.root, message.delete)
+        push = target.begin_push(handle.root, message.delete, message.parent)
         if access.confined:
             push.confine()
         return PushRun(push, charge)
@@ -166,6 +177,20 @@ def on_entries(ctx: RequestContext, peer: Peer, message: PushEntries) -> Deferre
 
     def stage() -> Deferred[None]:
         d = handle.pushes.entries_lock.run(ctx.run_for, handle, Right.APPEND, "push", run.push.add, message.entries)
+        d.addErrback(_upload_failed, run)
+        return d
+
+    return ctx.admit(message, stage, handle)
+
+
+def on_deleted_paths(ctx: RequestContext, peer: Peer, message: PushDeleted) -> Deferred[None]:
+    handle = ctx.push_handle(message.handle)
+    run = handle.pushes.active("deleted_paths")
+
+    def stage() -> Deferred[None]:
+        d = handle.pushes.entries_lock.run(
+            ctx.run_for, handle, Right.APPEND, "push", run.push.add_deleted, message.paths
+        )
         d.addErrback(_upload_failed, run)
         return d
 
@@ -334,6 +359,7 @@ HANDLERS: dict[type, Any] = {
     Have: on_have,
     Put: on_put,
     PushEntries: on_entries,
+    PushDeleted: on_deleted_paths,
     Commit: on_commit,
     Abort: on_abort,
 }

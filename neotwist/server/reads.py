@@ -1,4 +1,5 @@
-"""Where pulls are answered: ``list`` (a snapshot's entries, in pages) and ``get`` (chunks of one file).
+"""Where pulls are answered: ``list`` (a snapshot's entries, in pages), ``get`` and ``get_files`` (chunks of one
+file, or of several; streamed by :mod:`neotwist.server.fetch`).
 
 Both are admitted background jobs (see :meth:`~neotwist.server.context.RequestContext.admit`), so a pull's many
 small ``get`` requests overlap their disk reads. Every path a request names is relative to the handle's root,
@@ -10,24 +11,24 @@ snapshots relevant to it (:mod:`neotwist.server.repository.view`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from neotwist import paths
+from neotwist.server import fetch
 from neotwist.server.context import Handle, RequestContext
 from neotwist.server.filechunks import check_file_chunks
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
-from neotwist.wire.messages import ChunkReply, Codec, Entry, Get, List, Listing
+from neotwist.wire.messages import Entry, Get, GetFiles, List, Listing
 from neotwist.wire.peer import Peer
 
 log = Logger()
 
-READ_GROUP_BYTES = 4 * 1024 * 1024
-"""Stored bytes read per worker hop while answering ``get``; the session waits for the client's credit between
-groups, so a request for thousands of chunks never sits in memory at once."""
+READ_GROUP_BYTES = fetch.READ_GROUP_BYTES
+"""The size of one read group of a get (see :mod:`neotwist.server.fetch`)."""
 
 LISTING_PAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``listing`` page (also at most MAX_ENTRIES entries per page)."""
@@ -87,108 +88,51 @@ def on_get(ctx: RequestContext, peer: Peer, message: Get) -> Deferred[None]:
     paths.check_path(message.path)
     if not message.ids:
         raise NeoError(ErrorCode.PROTOCOL, "get names no chunk ids (it is answered by one chunk per id)")
-    return ctx.admit(message, lambda: ctx.during(handle, ensureDeferred(_get(ctx, peer, message, handle))))
+    where, named = paths.join(handle.root, message.path), handle.client_path(message.path)
+    return _read_chunks(ctx, peer, message, handle, [fetch.Wanted(where, named, message.ids)])
 
 
-class _GetReader:
-    """The blocking half of one ``get``: locating its chunks once, then reading them a group at a time."""
-
-    def __init__(self, ctx: RequestContext, handle: Handle, message: Get) -> None:
-        self.ctx = ctx
-        self.handle = handle
-        self.message = message
-        self.where = paths.join(handle.root, message.path)
-        self.named = handle.client_path(message.path)
-        self.locations: dict[bytes, Any] = {}
-
-    def locate(self) -> None:
-        """Check the handle may still read, the snapshot exists and the ids are the file's (in order from the
-        hint where the last get of this file ended), then find where each chunk is stored."""
-        handle, message, ids = self.handle, self.message, self.message.ids
-        self.ctx.recheck(handle)  # a revoked or re-pointed grant reads nothing more
-        if message.snapshot not in handle.snapshots_seen:
-            snapshot_for(handle, message.snapshot)
-            handle.snapshots_seen.add(message.snapshot)
-        hint = handle.get_hint[1] if handle.get_hint[0] == (message.snapshot, self.where) else 0
-        checked = check_file_chunks(handle.target, message.snapshot, self.where, ids, hint)
-        if checked is None:
-            raise NeoError(ErrorCode.NO_SUCH_PATH, f"no file {self.named!r} in snapshot {message.snapshot}")
-        absent, end = checked
-        if absent is not None:
-            raise NeoError(ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {absent.hex()} is not part of {self.named!r}")
-        handle.get_hint = ((message.snapshot, self.where), end)
-        self.locations.update(handle.target.locate(ids))
-
-    def stored_length(self, cid: bytes) -> int:
-        """The stored bytes of a located chunk (0 for one not found: reading it fails as damaged)."""
-        loc = self.locations.get(cid)
-        return 0 if loc is None else int(loc[2])
-
-    def plan(self, start: int) -> tuple[int, int]:
-        """The end of the group starting at ``start`` and its stored bytes (at most READ_GROUP_BYTES, or one
-        chunk, which is never larger)."""
-        ids = self.message.ids
-        end, group = start, 0
-        while end < len(ids) and (end == start or group + self.stored_length(ids[end]) <= READ_GROUP_BYTES):
-            group += self.stored_length(ids[end])
-            end += 1
-        return end, group
-
-    def read(self, start: int, end: int) -> list[ChunkReply]:
-        out: list[ChunkReply] = []
-        target, rid = self.handle.target, self.message.rid
-        for cid in self.message.ids[start:end]:
-            try:
-                codec, size, data = target.read_located(cid, self.locations.get(cid))
-            except NeoError as e:
-                if e.code == ErrorCode.DAMAGED:
-                    log.error("damaged chunk: target={target} path={path!r}: {why}",
-                              target=self.handle.access.target, path=self.where, why=e.message)  # fmt: skip
-                    raise NeoError(ErrorCode.DAMAGED, f"{self.named}: {e.message}") from None
-                raise
-            out.append(ChunkReply(rid=rid, id=cid, codec=cast(Codec, codec), size=size, data=data))
-        return out
-
-    def first(self) -> tuple[list[ChunkReply], int, int]:
-        """Locate, then read the first group in the same worker hop (a get of a small file is one hop)."""
-        self.locate()
-        end, group = self.plan(0)
-        return self.read(0, end), end, group
+def on_get_files(ctx: RequestContext, peer: Peer, message: GetFiles) -> Deferred[None]:
+    handle = ctx.handle(message.handle)
+    fetch.check_get_files(message.files)
+    wanted = []
+    for f in message.files:
+        paths.check_path(f.path)
+        wanted.append(fetch.Wanted(paths.join(handle.root, f.path), handle.client_path(f.path), f.ids))
+    return _read_chunks(ctx, peer, message, handle, wanted)
 
 
-async def _get(ctx: RequestContext, peer: Peer, message: Get, handle: Handle) -> None:
-    """Answer a get a group at a time: each group is planned from the chunks' stored lengths (at most
-    READ_GROUP_BYTES, or one chunk), read only once the reply queue is below the client's window and the
-    connection's memory budget holds its bytes, and given back only once its replies have drained: a client
-    that stops reading stops the reads, however many gets it has sent."""
-    reader = _GetReader(ctx, handle, message)
-    memory = ctx.memory
-    start = 0
-    while start < len(message.ids):
-        await peer.drain()
-        if start == 0:  # planned in the worker: hold what any first group may take
-            held = READ_GROUP_BYTES
-            await memory.acquire(held)
-            run = ctx.work(reader.first)
-        else:
-            end, held = reader.plan(start)
-            await memory.acquire(held)
-            run = ctx.work(reader.read, start, end)
-        try:
-            if start == 0:
-                replies, end, group = await run
-                if group < held:  # give back what the first group did not take
-                    memory.release(held - group)
-                    held = group
-            else:
-                replies = await run
-            for reply in replies:
-                peer.send(reply)
-            del replies
-            await peer.drain()
-        finally:
-            memory.release(held)
-        start = end
+def _read_chunks(
+    ctx: RequestContext, peer: Peer, message: Get | GetFiles, handle: Handle, files: list[fetch.Wanted]
+) -> Deferred[None]:
+    return ctx.admit(message, lambda: ctx.during(handle, ensureDeferred(_get(ctx, peer, message, handle, files))))
+
+
+async def _get(
+    ctx: RequestContext, peer: Peer, message: Get | GetFiles, handle: Handle, files: list[fetch.Wanted]
+) -> None:
+    """Answer a get or get_files (:func:`neotwist.server.fetch.send_chunks`), after checking in its first
+    worker hop that the handle may still read, the snapshot exists and every id belongs to its file."""
+    target = handle.target
+    snapshot = message.snapshot
+
+    def check() -> None:
+        ctx.recheck(handle)  # a revoked or re-pointed grant reads nothing more
+        if snapshot not in handle.snapshots_seen:
+            snapshot_for(handle, snapshot)
+            handle.snapshots_seen.add(snapshot)
+        for f in files:
+            # where the previous get on the same file ended: a large file's gets each read only their part
+            hint = handle.get_hint[1] if handle.get_hint[0] == (snapshot, f.where) else 0
+            checked = check_file_chunks(target, snapshot, f.where, f.ids, hint)
+            if checked is None:
+                raise NeoError(ErrorCode.NO_SUCH_PATH, f"no file {f.named!r} in snapshot {snapshot}")
+            absent, end = checked
+            if absent is not None:
+                raise NeoError(ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {absent.hex()} is not part of {f.named!r}")
+            handle.get_hint = ((snapshot, f.where), end)
+
+    await fetch.send_chunks(peer, message.rid, target, files, check, ctx.work, ctx.memory, handle.access.target)
 
 
 def snapshot_for(handle: Handle, snapshot: int | None) -> int:
@@ -245,5 +189,6 @@ def nothing_at(handle: Handle, path: str, snapshot: int) -> str:
 HANDLERS: dict[type, Any] = {
     List: on_list,
     Get: on_get,
+    GetFiles: on_get_files,
 }
 """The read requests, merged into the session's dispatch table."""

@@ -163,7 +163,7 @@ class ServerSession:
                 window=peer.window,
                 login_required=self.account is None,
                 account="" if self.account is None else self.account.name,
-                features=[limits.FEATURE_PING, limits.FEATURE_BYTE_NAMES],
+                features=[limits.FEATURE_PING, limits.FEATURE_GET_FILES, limits.FEATURE_BYTE_NAMES],
             )
         )
 

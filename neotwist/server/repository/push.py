@@ -7,6 +7,13 @@ staging table and the current versions), so its cost is a few passes in SQLite's
 Because the commit compares with the versions current *at commit time*, two concurrent pushes both land: the
 second merges into what the first produced.
 
+A push may list only what changed since a snapshot, its ``parent`` (a client that remembers what it sent last
+time): unlisted paths then keep their current version, exactly as they would had they been listed unchanged,
+and with ``delete`` only the paths it names as deleted are closed. The snapshot it commits is as complete as any
+other (versions carry over). That is only sound while the current versions are those of ``parent``: the commit
+refuses (CONFLICT) when another snapshot was committed since, and asks for a full listing (MISSING_CHUNKS, as a
+damaged chunk does) while chunks are marked damaged, whose files must be listed to be healed.
+
 Only changed entries have their chunk ids checked against the chunk index: an unchanged entry references the
 same chunks as the current version, which were checked when that version was committed. The exception is a
 chunk marked damaged since (see :mod:`.damage`): while any is marked, every staged file's chunk ids are also
@@ -59,11 +66,14 @@ QuotaCheck = Callable[[CommitCharge], None]
 class Push:
     """Created by :meth:`Target.begin_push`. Not itself thread-safe: one session drives it, call by call."""
 
-    def __init__(self, store: ChunkStore, encrypted: bool, root: str, delete: bool, number: int) -> None:
+    def __init__(
+        self, store: ChunkStore, encrypted: bool, root: str, delete: bool, number: int, parent: int | None = None
+    ) -> None:
         self.store = store  # the target's chunks; its index's writer connection holds the staging tables
         self.encrypted = encrypted
         self.root = root
         self.delete = delete
+        self.parent = parent  # set: entries are the changes since this snapshot (see the module docstring)
         self._stage = f"temp.push_{number}"  # a generated name, never client text
         self._entries = 0
         self._continued: _Row | None = None
@@ -78,6 +88,8 @@ class Push:
                 " mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,"
                 " chunks BLOB NOT NULL, link TEXT NOT NULL, meta BLOB NOT NULL)"
             )
+            if parent is not None:
+                db.execute(f"CREATE TEMP TABLE {self._stage}_del (path TEXT PRIMARY KEY) WITHOUT ROWID")
         store.push_started()  # until it ends, the chunks it relies on are safe from garbage collection
 
     def _check(self) -> None:
@@ -108,6 +120,29 @@ class Push:
                 db.executemany(f"INSERT INTO {self._stage} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError:
             raise self._fail(NeoError(ErrorCode.BAD_MESSAGE, "a path is listed twice in one push")) from None
+
+    def add_deleted(self, names: Sequence[str]) -> None:
+        """Stage paths (relative to the push root) to record as deleted: only for a push with ``parent`` and
+        ``delete``. Raises BAD_PATH, PROTOCOL, LIMIT_EXCEEDED; after an error the push can only be aborted."""
+        self._check()
+        try:
+            if self.parent is None or not self.delete:
+                raise NeoError(ErrorCode.PROTOCOL, "deleted_paths belongs to a push_begin with parent and delete")
+            rows = []
+            for name in names:
+                self._entries += 1
+                if self._entries > limits.MAX_PUSH_ENTRIES:
+                    raise NeoError(
+                        ErrorCode.LIMIT_EXCEEDED, f"a push may list at most {limits.MAX_PUSH_ENTRIES} entries"
+                    )
+                path = paths.join(self.root, paths.check_path(name))
+                if path == "":
+                    raise NeoError(ErrorCode.BAD_MESSAGE, "the target root cannot be deleted")
+                rows.append((path,))
+        except NeoError as e:
+            raise self._fail(e) from None
+        with self.store.index.writing() as db, storage_errors("stage deletions"), transaction(db, immediate=False):
+            db.executemany(f"INSERT OR IGNORE INTO {self._stage}_del VALUES (?)", rows)
 
     def _rows(self, entries: Sequence[Entry]) -> Iterator[_Row]:
         root, id_size = self.root, limits.ID_SIZE
@@ -167,6 +202,7 @@ class Push:
         try:
             with self.store.index.writing() as db:
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}_del")
                 self._drop_confined(db)
         finally:
             self.store.push_ended(aborted=True)
@@ -201,6 +237,7 @@ class Push:
                     db.execute(f"DROP TABLE IF EXISTS {self._stage}_gone")
                 self._open = False
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}_del")
                 self._drop_confined(db)
         finally:
             if not self._open:  # committed: its chunks are referenced by committed versions now
@@ -218,11 +255,28 @@ class Push:
         """The commit's transaction: the changed entries and the chunks they need, checked (1, 2); what is new
         since the previous snapshot (3); what a delete push removes (4); then the snapshot and its versions (5).
         Returns the snapshot and, for a confined push, what it uploaded (chunks, bytes)."""
+        self._parent_current(db)
         self._changed(db)
         self._needed(db)
         prev, new, uploaded = self._new_data(db, now)
         self._deleted(db)
         return self._write_snapshot(db, now, mark, check, label, prev, new, uploaded), uploaded
+
+    def _parent_current(self, db: sqlite3.Connection) -> None:
+        """0. A push listing only its changes since ``parent`` commits only while that is still the latest
+        snapshot (CONFLICT otherwise), and not while chunks are marked damaged (MISSING_CHUNKS: only a full
+        listing names the files whose damaged chunks must be resent)."""
+        if self.parent is None:
+            return
+        (latest,) = db.execute("SELECT max(id) FROM snapshots").fetchone()
+        if latest != self.parent:
+            raise NeoError(
+                ErrorCode.CONFLICT,
+                f"the push listed its changes since snapshot {self.parent}, but the target's latest is now "
+                f"{latest}: push again listing everything",
+            )
+        if damage.any_marked(db):
+            raise NeoError(ErrorCode.MISSING_CHUNKS, "chunks are damaged on the server: list every file again")
 
     def _changed(self, db: sqlite3.Connection) -> None:
         """1. The entries that differ from (or are absent in) the current view, into ``<stage>_chg``."""
@@ -321,9 +375,10 @@ class Push:
         db.execute(f"CREATE TABLE {gone} (path TEXT PRIMARY KEY, kind TEXT)")
         if self.delete:
             cond, params = within(self.root)
+            named = f"AND path IN (SELECT path FROM {stage}_del) " if self.parent is not None else ""
             db.execute(
                 f"INSERT INTO {gone} SELECT path, kind FROM main.versions WHERE last IS NULL AND {cond} "
-                f"AND path NOT IN (SELECT path FROM {stage})",
+                f"{named}AND path NOT IN (SELECT path FROM {stage})",
                 params,
             )
 
