@@ -41,7 +41,7 @@ def _command(prog: str, module: str, name: str) -> Callable[[], None]:
 
 push = _command("neo-push", "neotwist.client.cli", "push_main")
 pull = _command("neo-pull", "neotwist.client.cli", "pull_main")
-admin = _command("neo-admin", "neotwist.admin", "main")
+admin = _command("neo-admin", "neotwist.server.admin", "main")
 ls = _command("neo-ls", "neotwist.client.stashcli", "ls")
 prune = _command("neo-prune", "neotwist.client.stashcli", "prune")
 check = _command("neo-check", "neotwist.client.stashcli", "check")

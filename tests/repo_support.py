@@ -13,13 +13,24 @@ from neotwist.wire import limits
 from neotwist.wire.messages import CODEC_RAW, CODEC_ZSTD, Entry
 
 
+def store_chunk(target: Target, chunk_id: bytes, codec: int, size: int, data: bytes) -> bool:
+    """Verify and store one chunk; True if it was new, False if already stored or pending (errors as
+    :meth:`Target.store_chunks`)."""
+    return target.store_chunks([(chunk_id, codec, size, data)]) == 1
+
+
+def read_chunk(target: Target, chunk_id: bytes) -> tuple[int, int, bytes]:
+    """(codec, raw size, stored bytes) of one chunk; NeoError(DAMAGED) if it is not stored or does not check out."""
+    return target.read_located(chunk_id, target.locate([chunk_id]).get(chunk_id))
+
+
 def put(target: Target, data: bytes, *, compress: bool = True) -> bytes:
     """Store ``data`` as one chunk of ``target``; return its id."""
     cid = blake3.blake3(data).digest()
     if compress:
-        target.store_chunk(cid, CODEC_ZSTD, len(data), zstandard.ZstdCompressor().compress(data))
+        store_chunk(target, cid, CODEC_ZSTD, len(data), zstandard.ZstdCompressor().compress(data))
     else:
-        target.store_chunk(cid, CODEC_RAW, len(data), data)
+        store_chunk(target, cid, CODEC_RAW, len(data), data)
     return cid
 
 
@@ -52,7 +63,7 @@ def read_file(target: Target, entry: Entry) -> bytes:
     """The content of a file entry read back chunk by chunk; each chunk's BLAKE3 must equal its id."""
     out = bytearray()
     for cid in ids_of(entry):
-        codec, size, data = target.read_chunk(cid)
+        codec, size, data = read_chunk(target, cid)
         plain = raw_bytes(codec, size, data)
         assert blake3.blake3(plain).digest() == cid
         out += plain

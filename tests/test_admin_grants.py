@@ -1,4 +1,4 @@
-"""neo-admin for issue 5, as the installed entry point: sub-accounts, quotas (SpaceQuota-style sizes), grants,
+"""neo-admin's sharing commands, as the installed entry point: sub-accounts, quotas (SpaceQuota-style sizes), grants,
 account show with usage, target list and remove."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import blake3
 import pytest
+from repo_support import store_chunk
 from test_admin import admin
 
 from neotwist.chunking import DEFAULT_PARAMS
@@ -29,7 +30,7 @@ def push(data: Path, account: str, target: str, files: dict[str, bytes]) -> None
         entries = [Entry("", "d", 0o755, 0, 0)]
         for name, content in files.items():
             cid = blake3.blake3(content).digest()
-            t.store_chunk(cid, 0, len(content), content)
+            store_chunk(t, cid, 0, len(content), content)
             entries.append(Entry(name, "f", 0o644, 0, len(content), cid))
         p = t.begin_push("", False)
         p.add(entries)

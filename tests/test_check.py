@@ -11,14 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import zstandard
-from repo_support import commit, dir_entry, file_entry, ids_of, pack_bytes, put, view
+from repo_support import commit, dir_entry, file_entry, ids_of, pack_bytes, put, store_chunk, view
 from support import RunningServer, assert_clean
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.accounts import AccountStore
-from neotwist.server.repository import Repository, Target, packs
+from neotwist.server.repository import Repository, StoreSizes, Target, packs
 from neotwist.wire.messages import CODEC_SEALED, Entry
 
 NEO_ADMIN = Path(sys.executable).with_name("neo-admin")
@@ -45,7 +44,7 @@ def location(t: Target, cid: bytes) -> tuple[Path, int, int]:
         .execute("SELECT pack, offset, length FROM chunks WHERE id = ?", (cid,))
         .fetchone()
     )
-    return t._packs.path(pack), offset, length
+    return t.chunks.packs.path(pack), offset, length
 
 
 def chunk_of(t: Target, snapshot: int, path: str) -> bytes:
@@ -108,9 +107,8 @@ def test_a_damaged_header_and_a_shared_chunk(target: Target) -> None:
     assert report.damaged_snapshots == [1, 3, 4]
 
 
-def test_a_truncated_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(packs, "PACK_SIZE", 64 * 1024)
-    repo = Repository(tmp_path / "repo")
+def test_a_truncated_pack(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", sizes=StoreSizes(pack_bytes=64 * 1024))
     t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
     datas = [random.Random(n).randbytes(30_000) for n in range(6)]  # two records per pack
     commit(t, [dir_entry(""), *(file_entry(f"f{n}", d, target=t) for n, d in enumerate(datas))], 1.0)
@@ -194,7 +192,7 @@ def test_encrypted_targets_say_what_could_not_be_verified(repo: Repository) -> N
     t = repo.create_target(7, "secret", encrypted=True, chunker=DEFAULT_PARAMS)
     sealed = b"\x01" * 64 + b"opaque ciphertext"
     cid = b"\x42" * 32
-    t.store_chunk(cid, CODEC_SEALED, 10, sealed)
+    store_chunk(t, cid, CODEC_SEALED, 10, sealed)
     commit(t, [dir_entry(""), Entry("x", "f", 0o600, 1, 10, cid)], 1.0)
     report = t.check(verify_data=True)
     assert report.ok and report.chunks_checked == 1

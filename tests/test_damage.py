@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from repo_support import commit, dir_entry, file_entry, ids_of, put, read_file, view
+from repo_support import commit, dir_entry, file_entry, ids_of, put, read_chunk, read_file, view
 from test_check import location, poke
 
 from neotwist.chunking import DEFAULT_PARAMS
@@ -34,12 +34,12 @@ def test_a_rotten_record_a_read_meets_is_marked_and_a_store_heals_it(target: Tar
     poke(pack, offset + 60, b"rot")
     usage = target.usage()
     with pytest.raises(NeoError, match="stored bytes are damaged; marked damaged: push the intact file"):
-        target.read_chunk(a)
+        read_chunk(target, a)
     assert list(marked(target)) == [a] and marked(target)[a][0] is not None
     assert target.missing([a, b]) == [True, False]  # have: send it again
     assert target.usage().chunks == usage.chunks - 1  # the counters lost it (check agrees)
     with pytest.raises(NeoError, match="is not stored"):
-        target.read_chunk(a)
+        read_chunk(target, a)
     report = target.check()
     assert report.lost_chunks == 1 and [(f.path, f.marked) for f in report.damaged_files] == [("a", True)]
     assert not report.problems
@@ -54,10 +54,10 @@ def test_a_rotten_record_a_read_meets_is_marked_and_a_store_heals_it(target: Tar
 def test_a_read_that_fails_with_an_io_error_marks_nothing(target: Target) -> None:
     a, _b = two_files(target)
     pack, _offset, _length = location(target, a)
-    target._packs.close()  # drop the pooled descriptors, then make the pack unreadable
+    target.chunks.packs.close()  # drop the pooled descriptors, then make the pack unreadable
     pack.rename(pack.with_suffix(".away"))
     with pytest.raises(NeoError, match="cannot open its pack"):
-        target.read_chunk(a)
+        read_chunk(target, a)
     assert marked(target) == {}
     pack.with_suffix(".away").rename(pack)
     assert read_file(target, view(target, 1)["a"]) == b"alpha " * 400
@@ -140,7 +140,7 @@ def test_a_collection_forgets_the_marks_that_nothing_refers_to(target: Target) -
     pack, offset, _length = location(target, a)
     poke(pack, offset + 60, b"rot")
     with pytest.raises(NeoError, match="marked damaged"):
-        target.read_chunk(a)
+        read_chunk(target, a)
     commit(target, [dir_entry(""), file_entry("b", b"bravo " * 400)], 2.0)  # a is gone from the latest snapshot
     target.collect_garbage()
     assert list(marked(target)) == [a]  # snapshot 1 still refers to it: still lost, still asked for

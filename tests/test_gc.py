@@ -17,7 +17,8 @@ import pytest
 from repo_support import commit, dir_entry, file_entry, ids_of, pack_bytes, put, read_file, view
 
 from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.server.repository import Repository, Target, gc, packs
+from neotwist.server.repository import Repository, StoreSizes, Target, gc, packs
+from neotwist.server.repository.chunkstore import ChunkStore
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry
 
@@ -55,9 +56,8 @@ def assert_files(t: Target, snapshot: int, files: dict[str, bytes]) -> None:
 
 
 @pytest.mark.parametrize("pack_size", [SMALL_PACK, packs.PACK_SIZE], ids=["1MiB-packs", "64MiB-packs"])
-def test_gc_reclaims_the_space_of_pruned_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack_size: int) -> None:
-    monkeypatch.setattr(packs, "PACK_SIZE", pack_size)
-    repo = Repository(tmp_path / "repo")
+def test_gc_reclaims_the_space_of_pruned_data(tmp_path: Path, pack_size: int) -> None:
+    repo = Repository(tmp_path / "repo", sizes=StoreSizes(pack_bytes=pack_size))
     t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
     unique, kept = two_snapshots(t)
     t.flush()
@@ -96,8 +96,8 @@ def test_gc_reclaims_the_space_of_pruned_data(tmp_path: Path, monkeypatch: pytes
     repo.close()
 
 
-def test_a_reader_follows_a_chunk_that_compaction_moved(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(packs, "PACK_SIZE", SMALL_PACK)
+def test_a_reader_follows_a_chunk_that_compaction_moved(repo: Repository) -> None:
+    repo.sizes = StoreSizes(pack_bytes=SMALL_PACK)
     t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
     _unique, kept = two_snapshots(t)
     t.flush()
@@ -109,7 +109,7 @@ def test_a_reader_follows_a_chunk_that_compaction_moved(repo: Repository, monkey
     moved = [cid for cid in shared if t.locate([cid])[cid] != located[cid]]
     assert moved, "the test needs a compaction that moves a chunk the pull located"
     for cid in moved:
-        assert not t._packs.path(located[cid][0]).exists()
+        assert not t.chunks.packs.path(located[cid][0]).exists()
     data = b"".join(t.read_located(cid, located[cid])[2] for cid in shared)  # raw codec: stored bytes are the plaintext
     assert data == kept["s.bin"]
 
@@ -178,14 +178,14 @@ def test_a_commit_between_mark_and_sweep_keeps_its_chunks(repo: Repository, monk
     t.prune([1])
     real_sweep = gc._sweep
 
-    def sweep_after_a_commit(target: Target, db: sqlite3.Connection, s0: int) -> tuple[int, int]:
+    def sweep_after_a_commit(store: ChunkStore, db: sqlite3.Connection, s0: int) -> tuple[int, int]:
         # The mark has run (x was not in it); a whole push commits before the sweep: it is no longer active,
         # so only the sweep's re-check of versions newer than the mark keeps x.
-        push = target.begin_push("", True)
-        assert target.missing([x]) == [False]
+        push = t.begin_push("", True)
+        assert t.missing([x]) == [False]
         push.add([dir_entry(""), file_entry("late", content)])
         push.commit(300.0)
-        return real_sweep(target, db, s0)
+        return real_sweep(store, db, s0)
 
     monkeypatch.setattr(gc, "_sweep", sweep_after_a_commit)
     assert t.collect_garbage().chunks_removed == 0
@@ -195,7 +195,7 @@ def test_a_commit_between_mark_and_sweep_keeps_its_chunks(repo: Repository, monk
 def test_pushes_and_collections_in_parallel_threads(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
     """One thread pushes (have, upload what is missing, commit) file sets drawn from a small pool, so it keeps
     reusing chunks that the other thread's prune + collect has just made garbage. No commit may fail."""
-    monkeypatch.setattr(packs, "PACK_SIZE", 256 * 1024)
+    repo.sizes = StoreSizes(pack_bytes=256 * 1024)
     t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
     pool = [os.urandom(20_000) for _ in range(24)]
     ids = [blake3.blake3(d).digest() for d in pool]
@@ -250,10 +250,9 @@ CRASH = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, sys.argv[3])
     from neotwist.chunking import DEFAULT_PARAMS
-    from neotwist.server.repository import Repository, gc, packs
+    from neotwist.server.repository import Repository, StoreSizes, gc
     import test_gc
-    packs.PACK_SIZE = test_gc.SMALL_PACK
-    repo = Repository(Path(sys.argv[1]))
+    repo = Repository(Path(sys.argv[1]), sizes=StoreSizes(pack_bytes=test_gc.SMALL_PACK))
     t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
     test_gc.two_snapshots(t)
     t.prune([1])
@@ -285,25 +284,25 @@ CRASH = textwrap.dedent(
 def test_a_collection_killed_at_each_step_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str
 ) -> None:
-    monkeypatch.setattr(packs, "PACK_SIZE", SMALL_PACK)
+    small = StoreSizes(pack_bytes=SMALL_PACK)
     root = tmp_path / "repo"
     proc = subprocess.run(
         [sys.executable, "-c", CRASH, str(root), point, str(Path(__file__).parent)], capture_output=True, text=True
     )
     assert proc.returncode == 9, proc.stderr
-    reference = Repository(tmp_path / "reference")  # the same history, collected without a crash
+    reference = Repository(tmp_path / "reference", sizes=small)  # the same history, collected without a crash
     ref = reference.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
     _unique, kept = two_snapshots(ref)
     ref.prune([1])
     clean = ref.collect_garbage()
     reference.close()
 
-    repo = Repository(root)
+    repo = Repository(root, sizes=small)
     t = repo.find_target(1, "t")
     assert t is not None
     assert_files(t, 2, kept)  # everything the kept snapshot needs reads back
     named = {r[0] for r in sqlite3.connect(t.directory / "index.sqlite").execute("SELECT id FROM packs")}
-    strays = [n for n in t._packs.numbers() if n < max(named) and n not in named]
+    strays = [n for n in t.chunks.packs.numbers() if n < max(named) and n not in named]
     report = t.check(verify_data=True)
     assert report.ok, report
     if point == "switched":

@@ -158,7 +158,7 @@ def test_a_confined_push_cannot_tell_whether_content_exists_elsewhere(kit: Kit, 
     alice_account = kit.accounts.get("alice")
     assert alice_account is not None
     if quota:
-        from neotwist.server.usage import account_usage
+        from neotwist.server.quota import account_usage
 
         kit.accounts.set_quota("alice", quota=account_usage(kit.repository, alice_account).used + 10)
     viewer = kit.connect("alice.viewer")
@@ -329,7 +329,7 @@ def test_errors_name_paths_as_the_grantee_asked_for_them(kit: Kit) -> None:
     assert target is not None
     cid = chunk(b"slides v2")[0]
     pack, offset, _length, _codec, _size = target.locate([cid])[cid]
-    with open(target._packs.path(pack), "r+b") as f:
+    with open(target.chunks.packs.path(pack), "r+b") as f:
         f.seek(offset + packs.HEADER_SIZE)
         f.write(b"X")
     one = viewer.open("slides", "deck").handle
@@ -411,7 +411,7 @@ def test_every_handle_request_sees_a_revoke_on_an_open_connection(kit: Kit, chan
 @pytest.mark.parametrize("change", ["revoke", "re-point", "narrow"])
 @pytest.mark.parametrize("by", ["another store", "neo-admin"])
 def test_a_grant_changed_outside_this_process_stops_an_open_handle_at_once(kit: Kit, by: str, change: str) -> None:
-    """The session keeps a handle's resolved grant until the account store changes (ServerSession._recheck). A
+    """The session keeps a handle's resolved grant until the account store changes (RequestContext.recheck). A
     change made through another AccountStore (its own connections, as ``neo-admin`` has) or by neo-admin itself
     in another process never passes through the server's store: only SQLite's change counter can tell, and the
     very next request on a handle whose grant was just resolved and kept must still see it."""
@@ -593,7 +593,7 @@ def _damage(kit: Kit, content: bytes) -> None:
     target = kit.repository.find_target(kit.accounts.get("alice").id, "documents")  # type: ignore[union-attr]
     assert target is not None
     pack, offset, _length, _codec, _size = target.locate([chunk(content)[0]])[chunk(content)[0]]
-    path = target._packs.path(pack)
+    path = target.chunks.packs.path(pack)
     data = bytearray(path.read_bytes())
     data[offset + HEADER_SIZE] ^= 0xFF
     path.write_bytes(bytes(data))

@@ -17,8 +17,7 @@ from repo_support import commit, dir_entry, file_entry, put, read_file, view
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server import descriptors
-from neotwist.server.repository import Repository, Target
-from neotwist.server.repository import target as target_module
+from neotwist.server.repository import Repository, Target, chunkstore
 from neotwist.testing import Kit, committed
 from neotwist.wire.messages import Close, Entry, Ok, Opened
 
@@ -268,7 +267,7 @@ def test_a_target_with_an_aborted_push_s_leftovers_stays_open_until_they_are_rec
         fill(repo, 1, "other", b"x")  # over max_open, idle for long: still not closed
         assert repo.close_idle() == 1  # "other" only
         assert repo.open_targets() == (1, 0) and t.missing([left]) == [False]
-        monkeypatch.setattr(target_module, "ABANDONED_GRACE", 0.0)
+        monkeypatch.setattr(chunkstore, "ABANDONED_GRACE", 0.0)
         repo.maintain()  # reclaims, then closes what is idle
         assert repo.open_targets() == (0, 0)
         again = repo.find_target(1, "t")

@@ -35,7 +35,7 @@ def test_wheel_contains_plugin_and_no_twisted_init(wheel: Path) -> None:
     assert "twisted/plugins/neophytos_plugin.py" in names
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
-    assert "neotwist/tap.py" in names and "neotwist/server/ssh.py" in names and "neotwist/admin.py" in names
+    assert "neotwist/tap.py" in names and "neotwist/server/ssh.py" in names and "neotwist/server/admin/cli.py" in names
     assert not any(n.startswith("tests/") for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "neo-admin = neotwist.entry:admin" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -10,9 +10,10 @@ import blake3
 import pytest
 import zstandard
 
-from neotwist.server.repository import target as target_module
+from neotwist.server.context import SESSION_MEMORY
+from neotwist.server.pushstate import PUT_BATCH_RAW_BYTES
+from neotwist.server.repository import chunkstore
 from neotwist.server.repository.target import Target
-from neotwist.server.session import PUT_BATCH_RAW_BYTES, SESSION_MEMORY
 from neotwist.testing import Conn, Kit, Workers, committed
 from neotwist.wire import limits
 from neotwist.wire.messages import CODEC_ZSTD, Commit, Committed, Entry, Ok, PushBegin, PushEntries, Put
@@ -41,13 +42,13 @@ def test_a_put_of_a_stored_chunk_is_not_decompressed(kit: Kit, monkeypatch: pyte
     alice.post(PushEntries(rid=0, handle=h, entries=[root, z]))
     committed(alice.call(Commit(rid=0, handle=h)))
     verified: list[bytes] = []
-    verify = target_module.verify_upload
+    verify = chunkstore.verify_upload
 
     def counted(chunk_id: bytes, *args: Any, **kwargs: Any) -> None:
         verified.append(chunk_id)
         verify(chunk_id, *args, **kwargs)
 
-    monkeypatch.setattr(target_module, "verify_upload", counted)
+    monkeypatch.setattr(chunkstore, "verify_upload", counted)
     h = begin(alice)
     for _ in range(50):
         alice.post(Put(rid=0, handle=h, id=cid, codec=CODEC_ZSTD, size=SIZE, data=frame))

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from twisted.python.failure import Failure
 
+from neotwist.server.quota import account_usage, human
 from neotwist.server.repository.target import Target
 from neotwist.server.rights import Right
-from neotwist.server.usage import account_usage, human
 from neotwist.testing import Kit, Workers, chunk, committed
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import Commit, Entry, Ok, PushBegin, PushEntries, Put

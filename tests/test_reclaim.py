@@ -10,8 +10,7 @@ import pytest
 from repo_support import commit, dir_entry, file_entry, put, read_file, view
 
 from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.server.repository import Repository, Target
-from neotwist.server.repository import target as target_module
+from neotwist.server.repository import Repository, Target, chunkstore
 from neotwist.server.repository.space import Reserve, free_bytes
 from neotwist.wire.errors import ErrorCode, NeoError
 
@@ -42,7 +41,7 @@ def test_an_aborted_push_keeps_its_chunks_for_a_resume_then_they_are_reclaimed(
     assert not t.reclaim_wanted() and t.reclaim() is None
     assert t.reclaim_wanted(now=10**9)  # once the grace is over
 
-    monkeypatch.setattr(target_module, "ABANDONED_GRACE", 0.0)
+    monkeypatch.setattr(chunkstore, "ABANDONED_GRACE", 0.0)
     result = t.reclaim()
     assert result is not None and result.chunks_removed == 3 and result.stored_bytes_removed == 150_000
     assert t.missing(ids) == [True] * 3
@@ -53,7 +52,7 @@ def test_an_aborted_push_keeps_its_chunks_for_a_resume_then_they_are_reclaimed(
 
 
 def test_a_committed_push_leaves_nothing_to_reclaim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(target_module, "ABANDONED_GRACE", 0.0)
+    monkeypatch.setattr(chunkstore, "ABANDONED_GRACE", 0.0)
     repo, t, kept = setup(tmp_path)
     data = random.Random(3).randbytes(80_000)
     commit(t, [dir_entry(""), file_entry("kept.bin", kept), file_entry("new.bin", data, target=t)], 200.0)

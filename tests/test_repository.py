@@ -13,11 +13,10 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-from repo_support import dir_entry, file_entry, put, view
+from repo_support import dir_entry, file_entry, put, read_chunk, store_chunk, view
 
 from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.server.repository import Repository, Target, packs
-from neotwist.server.repository import target as target_module
+from neotwist.server.repository import Repository, StoreSizes, Target, packs
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import CODEC_RAW, CODEC_SEALED, CODEC_ZSTD, Entry
@@ -90,15 +89,15 @@ def test_store_and_read_chunks(target: Target) -> None:
     cid, data = chunk(b"some file content " * 1000)
     assert target.missing([cid]) == [True]
     packed = zstandard.ZstdCompressor().compress(data)
-    assert target.store_chunk(cid, CODEC_ZSTD, len(data), packed) is True
+    assert store_chunk(target, cid, CODEC_ZSTD, len(data), packed) is True
     assert target.missing([cid]) == [False]  # pending counts as present
-    assert target.read_chunk(cid) == (CODEC_ZSTD, len(data), packed)  # readable before flush
+    assert read_chunk(target, cid) == (CODEC_ZSTD, len(data), packed)  # readable before flush
     target.flush()
-    assert target.read_chunk(cid) == (CODEC_ZSTD, len(data), packed)
+    assert read_chunk(target, cid) == (CODEC_ZSTD, len(data), packed)
     raw_id, raw = chunk(b"raw bytes")
-    assert target.store_chunk(raw_id, CODEC_RAW, len(raw), raw)
+    assert store_chunk(target, raw_id, CODEC_RAW, len(raw), raw)
     empty_id, empty = chunk(b"")
-    assert target.store_chunk(empty_id, CODEC_RAW, 0, empty)
+    assert store_chunk(target, empty_id, CODEC_RAW, 0, empty)
     assert target.missing([raw_id, chunk(b"nope")[0], cid, empty_id]) == [False, True, False, False]
     usage = target.usage()
     assert usage.chunks == 3 and usage.stored_bytes == len(packed) + len(raw)
@@ -106,11 +105,11 @@ def test_store_and_read_chunks(target: Target) -> None:
 
 def test_duplicates_are_stored_once(target: Target) -> None:
     cid, data = chunk(b"dup" * 500)
-    assert target.store_chunk(cid, CODEC_RAW, len(data), data) is True
-    assert target.store_chunk(cid, CODEC_RAW, len(data), data) is False  # pending
+    assert store_chunk(target, cid, CODEC_RAW, len(data), data) is True
+    assert store_chunk(target, cid, CODEC_RAW, len(data), data) is False  # pending
     target.flush()
     packed = zstandard.ZstdCompressor().compress(data)
-    assert target.store_chunk(cid, CODEC_ZSTD, len(data), packed) is False  # indexed
+    assert store_chunk(target, cid, CODEC_ZSTD, len(data), packed) is False  # indexed
     target.flush()
     assert target.usage().chunks == 1
     pack_files = list((target.directory / "packs").rglob("*.pack"))
@@ -121,7 +120,7 @@ def test_duplicates_are_stored_once(target: Target) -> None:
 def test_wrong_id_is_refused(target: Target) -> None:
     cid, _ = chunk(b"the real content")
     with pytest.raises(NeoError) as e:
-        target.store_chunk(cid, CODEC_RAW, 16, b"other content!!!")
+        store_chunk(target, cid, CODEC_RAW, 16, b"other content!!!")
     assert code_of(e) == ErrorCode.CHUNK_MISMATCH
     assert target.missing([cid]) == [True]
     assert not list((target.directory / "packs").rglob("*.pack"))  # nothing was written
@@ -139,7 +138,7 @@ def test_wrong_declared_size_is_refused(target: Target) -> None:
         (CODEC_ZSTD, b"not zstd at all", 1000),
     ]:
         with pytest.raises(NeoError) as e:
-            target.store_chunk(cid, codec, size, payload)
+            store_chunk(target, cid, codec, size, payload)
         assert code_of(e) == ErrorCode.CHUNK_MISMATCH, (codec, size)
     assert target.missing([cid]) == [True]
 
@@ -154,28 +153,28 @@ def test_zstd_bomb_is_refused_without_expanding(target: Target) -> None:
     cid = blake3.blake3(b"\0" * 1024).digest()
     for payload in (with_size, without_size):
         with pytest.raises(NeoError) as e:
-            target.store_chunk(cid, CODEC_ZSTD, 1024, payload)
+            store_chunk(target, cid, CODEC_ZSTD, 1024, payload)
         assert code_of(e) == ErrorCode.CHUNK_MISMATCH
     # A declared size over the protocol limit is refused before any decompression.
     with pytest.raises(NeoError) as e:
-        target.store_chunk(cid, CODEC_ZSTD, limits.MAX_CHUNK + 1, with_size)
+        store_chunk(target, cid, CODEC_ZSTD, limits.MAX_CHUNK + 1, with_size)
     assert code_of(e) == ErrorCode.LIMIT_EXCEEDED
 
 
 def test_codecs_follow_encryption(repo: Repository, target: Target) -> None:
     cid, data = chunk(b"plain")
     with pytest.raises(NeoError) as e:
-        target.store_chunk(cid, CODEC_SEALED, len(data), data)
+        store_chunk(target, cid, CODEC_SEALED, len(data), data)
     assert code_of(e) == ErrorCode.ENCRYPTION_MISMATCH
     sealed = repo.create_target(7, "secret", encrypted=True, chunker=DEFAULT_PARAMS)
     with pytest.raises(NeoError) as e:
-        sealed.store_chunk(cid, CODEC_RAW, len(data), data)
+        store_chunk(sealed, cid, CODEC_RAW, len(data), data)
     assert code_of(e) == ErrorCode.ENCRYPTION_MISMATCH
     opaque_id = os.urandom(32)  # keyed ids cannot be recomputed by the server
-    assert sealed.store_chunk(opaque_id, CODEC_SEALED, 100, b"ciphertext")
-    assert sealed.read_chunk(opaque_id) == (CODEC_SEALED, 100, b"ciphertext")
+    assert store_chunk(sealed, opaque_id, CODEC_SEALED, 100, b"ciphertext")
+    assert read_chunk(sealed, opaque_id) == (CODEC_SEALED, 100, b"ciphertext")
     with pytest.raises(NeoError) as e:
-        sealed.store_chunk(b"short", CODEC_SEALED, 1, b"x")
+        store_chunk(sealed, b"short", CODEC_SEALED, 1, b"x")
     assert code_of(e) == ErrorCode.BAD_MESSAGE
 
 
@@ -190,7 +189,7 @@ def test_flushed_chunks_survive_reopen(tmp_path: Path) -> None:
     t2 = second.find_target(1, "t")
     assert t2 is not None and t2 is not t
     assert t2.missing([cid]) == [False]
-    assert t2.read_chunk(cid)[1] == 700
+    assert read_chunk(t2, cid)[1] == 700
     second.close()
     first.close()
     third = Repository(root)
@@ -199,12 +198,9 @@ def test_flushed_chunks_survive_reopen(tmp_path: Path) -> None:
     third.close()
 
 
-def test_auto_flush_indexes_chunks_without_an_explicit_flush(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(target_module, "AUTO_FLUSH", 9_000)
+def test_auto_flush_indexes_chunks_without_an_explicit_flush(tmp_path: Path) -> None:
     root = tmp_path / "repo"
-    first = Repository(root)
+    first = Repository(root, sizes=StoreSizes(auto_flush=9_000))
     t = first.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
     ids = [put(t, os.urandom(3000), compress=False) for _ in range(5)]
     other = Repository(root).find_target(1, "t")
@@ -216,10 +212,10 @@ def test_auto_flush_indexes_chunks_without_an_explicit_flush(
     first.close()
 
 
-def test_pack_rotation_and_reopen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(packs, "PACK_SIZE", 10_000)
+def test_pack_rotation_and_reopen(tmp_path: Path) -> None:
+    small = StoreSizes(pack_bytes=10_000)
     root = tmp_path / "repo"
-    r = Repository(root)
+    r = Repository(root, sizes=small)
     t = r.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
     datas = [os.urandom(3000) for _ in range(10)]
     ids = [put(t, d, compress=False) for d in datas]
@@ -227,12 +223,12 @@ def test_pack_rotation_and_reopen(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     pack_files = sorted((root / f"t{t.meta.id}" / "packs").rglob("*.pack"))
     assert len(pack_files) == 4  # three records per pack
     assert all(p.stat().st_size <= 10_000 for p in pack_files)
-    r = Repository(root)
+    r = Repository(root, sizes=small)
     t = r.find_target(1, "t")
     assert t is not None
     more = [put(t, os.urandom(3000), compress=False) for _ in range(3)]
     for cid, data in zip(ids, datas, strict=True):
-        assert t.read_chunk(cid) == (CODEC_RAW, 3000, data)
+        assert read_chunk(t, cid) == (CODEC_RAW, 3000, data)
     assert t.missing(more) == [False, False, False]
     r.close()
     # The last pack had room for two more records and was continued, then a fifth pack started.
@@ -241,22 +237,22 @@ def test_pack_rotation_and_reopen(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_damaged_record_is_reported(target: Target) -> None:
     cid, data = chunk(b"precious" * 100)
-    target.store_chunk(cid, CODEC_RAW, len(data), data)
+    store_chunk(target, cid, CODEC_RAW, len(data), data)
     target.flush()
     [pack] = list((target.directory / "packs").rglob("*.pack"))
     raw = bytearray(pack.read_bytes())
     raw[-10] ^= 0xFF  # rot one stored byte
     pack.write_bytes(bytes(raw))
     with pytest.raises(NeoError) as e:
-        target.read_chunk(cid)
+        read_chunk(target, cid)
     assert code_of(e) == ErrorCode.DAMAGED
     raw[len(packs.FILE_MAGIC) + 10] ^= 0xFF  # and one header byte (inside the id)
     pack.write_bytes(bytes(raw))
     with pytest.raises(NeoError) as e:
-        target.read_chunk(cid)
+        read_chunk(target, cid)
     assert code_of(e) == ErrorCode.DAMAGED
     with pytest.raises(NeoError) as e:
-        target.read_chunk(chunk(b"never stored")[0])
+        read_chunk(target, chunk(b"never stored")[0])
     assert code_of(e) == ErrorCode.DAMAGED
 
 
@@ -272,12 +268,12 @@ CRASHER = textwrap.dedent(
     t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
     a = b"A" * 5000
     aid = blake3.blake3(a).digest()
-    t.store_chunk(aid, 0, len(a), a)
+    t.store_chunks([(aid, 0, len(a), a)])
     push = t.begin_push("", True)
     push.add([Entry("a", "f", 0o644, 1, len(a), aid)])
     push.commit(10.0)
     b = b"B" * 7000
-    t.store_chunk(blake3.blake3(b).digest(), 0, len(b), b)  # appended to the pack, never flushed
+    t.store_chunks([(blake3.blake3(b).digest(), 0, len(b), b)])  # appended to the pack, never flushed
     push = t.begin_push("", True)
     push.add([Entry("b", "f", 0o644, 1, len(b), blake3.blake3(b).digest())])
     os._exit(9)  # killed: no flush, no commit, no close
@@ -300,12 +296,12 @@ def test_crash_leaves_a_consistent_repository(tmp_path: Path) -> None:
     latest = t.latest()
     assert latest is not None and latest.id == 1
     assert list(view(t, 1)) == ["a"]
-    assert t.read_chunk(aid) == (CODEC_RAW, len(a), a)
+    assert read_chunk(t, aid) == (CODEC_RAW, len(a), a)
     # Storing again truncates the orphan and appends after the committed records.
-    assert t.store_chunk(bid, CODEC_RAW, len(b), b) is True
+    assert store_chunk(t, bid, CODEC_RAW, len(b), b) is True
     t.flush()
     assert pack.stat().st_size == orphaned_size
-    assert t.read_chunk(bid) == (CODEC_RAW, len(b), b)
+    assert read_chunk(t, bid) == (CODEC_RAW, len(b), b)
     assert sqlite3.connect(t.directory / "index.sqlite").execute("PRAGMA integrity_check").fetchone() == (
         "ok",
     )
@@ -365,14 +361,16 @@ def test_list_errors_and_byte_order(target: Target) -> None:
     assert code_of(e) == ErrorCode.NO_SUCH_SNAPSHOT
 
 
-def test_listing_pages_through_many_entries(target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(target_module, "_PAGE", 7)
+def test_listing_pages_through_many_entries(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo", sizes=StoreSizes(list_page=7))
+    target = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
     names = [f"d/f{i:03d}" for i in range(50)]
     push = target.begin_push("", False)
     push.add([dir_entry("d"), *(file_entry(n) for n in names)])
     push.commit(1.0)
     assert [e.path for e in target.list_entries(1, "d", True)] == ["d", *names]
     assert len(list(target.list_entries(1, "", False))) == 1
+    repo.close()
 
 
 def test_interval_model_over_three_snapshots(target: Target) -> None:
@@ -611,18 +609,17 @@ def _rss_kib() -> int:
 
 def test_shrink_memory_returns_idle_page_caches_and_never_waits(repo: Repository) -> None:
     target = repo.create_target(1, "big", encrypted=False, chunker=DEFAULT_PARAMS)
-    db, lock = target.writer
-    with lock:
+    with target.index.writing() as db:
         db.execute("BEGIN")
         db.execute("CREATE TABLE filler (x BLOB)")
         db.executemany("INSERT INTO filler VALUES (?)", ((os.urandom(1000),) for _ in range(60_000)))
         db.execute("COMMIT")
-    with lock:
+    with target.index.writing() as db:
         assert db.execute("SELECT count(*), sum(length(x)) FROM filler").fetchone() == (60_000, 60_000_000)
     cached = _rss_kib()
     assert repo.shrink_memory() == 2  # both connections were idle
     assert _rss_kib() < cached - 20_000  # most of the ~60 MB the scan cached went back
-    with lock:  # the writer is busy: its cache is left alone and the call does not wait for it
+    with target.index.writing():  # the writer is busy: its cache is left alone and the call does not wait for it
         done = threading.Event()
         threading.Thread(target=lambda: (target.shrink_memory(), done.set())).start()
         assert done.wait(5)

@@ -9,7 +9,9 @@ import pytest
 from twisted.test.iosim import connectedServerAndClient
 
 from neotwist.server import filechunks
-from neotwist.server.session import PEER_WINDOW_HONOURED, READ_GROUP_BYTES, SESSION_MEMORY, make_server_peer
+from neotwist.server.context import SESSION_MEMORY
+from neotwist.server.reads import READ_GROUP_BYTES
+from neotwist.server.session import PEER_WINDOW_HONOURED, make_server_peer
 from neotwist.testing import PASSWORD, Client, Kit, call, committed
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError

@@ -350,7 +350,7 @@ class SessionTests(SessionTestCase):
         error = self.call(client, pump, Get(rid=0, handle=opened.handle, snapshot=1, path="a", ids=[]))
         assert isinstance(error, RemoteError) and error.code == ErrorCode.PROTOCOL
 
-    # --- encrypted targets (issue 6) -------------------------------------------------------------------------
+    # --- encrypted targets -------------------------------------------------------------------------
 
     def test_encrypted_target_keeps_its_key_check_and_refuses_plaintext(self) -> None:
         _server, client, pump = self.ready()

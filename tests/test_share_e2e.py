@@ -1,4 +1,4 @@
-"""Issue 5 end to end with the real programs against a real ``twistd``: the original README's scenario (a
+"""Sharing end to end with the real programs against a real ``twistd``: the original README's scenario (a
 read-only sub-account that sees only ``presentations`` inside ``documents``), the ransomware-proof append-only
 backup key, neo-share, neo-ls --usage, quotas set by neo-admin on the running server, neo-target remove, and
 failed-login throttling with nothing secret in the log."""

@@ -19,8 +19,8 @@ from neotwist.client import labels
 from neotwist.crypto import AuthenticationFailed
 from neotwist.crypto import label as sealing
 from neotwist.crypto.keys import MasterKey
+from neotwist.server.labels import listed_label, stored_label
 from neotwist.server.repository import Repository, index
-from neotwist.server.repository.labels import listed_label, stored_label
 from neotwist.testing import Kit, committed
 from neotwist.wire import label as wire_label
 from neotwist.wire import limits, messages

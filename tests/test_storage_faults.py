@@ -23,13 +23,12 @@ from typing import Any
 
 import blake3
 import pytest
-from repo_support import dir_entry, view
+from repo_support import dir_entry, read_chunk, view
 
 from neotwist import atomicfile
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.codec import raw_bytes
-from neotwist.server.repository import Repository, Target, index, packs
-from neotwist.server.repository import target as target_module
+from neotwist.server.repository import Repository, StoreSizes, Target, index, packs
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import CODEC_RAW, Entry
@@ -140,12 +139,15 @@ class Index:
             self._locker = None
 
 
+SMALL = StoreSizes(pack_bytes=96 * 1024, auto_flush=64 * 1024)
+"""Small packs and flushes: rotations and auto-flushes happen in a small test."""
+
+
 @pytest.fixture
-def small(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small packs and flushes (rotations and auto-flushes happen in a small test), short lock waits."""
-    monkeypatch.setattr(packs, "PACK_SIZE", 96 * 1024)
-    monkeypatch.setattr(target_module, "AUTO_FLUSH", 64 * 1024)
+def small(monkeypatch: pytest.MonkeyPatch) -> StoreSizes:
+    """SMALL sizes for the repositories a test opens, and short lock waits."""
     monkeypatch.setattr(index, "BUSY_TIMEOUT", 0.05)
+    return SMALL
 
 
 @contextmanager
@@ -194,7 +196,7 @@ def read_back(t: Target, entry: Entry) -> bytes:
     out = bytearray()
     for i in range(0, len(entry.chunks), limits.ID_SIZE):
         cid = entry.chunks[i : i + limits.ID_SIZE]
-        codec, size, data = t.read_chunk(cid)
+        codec, size, data = read_chunk(t, cid)
         out += raw_bytes(codec, size, data)
     return bytes(out)
 
@@ -212,20 +214,20 @@ def assert_intact(t: Target, model: dict[int, dict[str, bytes]]) -> None:
 
 def reopen(repo_dir: Path, repo: Repository) -> tuple[Repository, Target]:
     repo.close()
-    repo = Repository(repo_dir)
+    repo = Repository(repo_dir, sizes=SMALL)
     t = repo.find_target(1, "t")
     assert t is not None
     return repo, t
 
 
 def test_a_failed_index_write_after_the_packs_synced_keeps_the_snapshot_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: StoreSizes
 ) -> None:
     """The reported loss: a push whose chunk index transaction fails (disk full, or the index locked too
     long) after its pack was fsynced, then the same push again, then a restart. The retry used to commit
     chunk rows past the pack end the index recorded, and the restart truncated those records away."""
     with faulty(monkeypatch, tmp_path / "repo" / "t1" / "index.sqlite") as (_faults, sql):
-        repo = Repository(tmp_path / "repo")
+        repo = Repository(tmp_path / "repo", sizes=small)
         t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
         rng = random.Random(7)
         a = {f"a{i}.txt": rng.randbytes(50_000) for i in range(3)}
@@ -272,12 +274,12 @@ def _actions(rng: random.Random, sql: Index) -> tuple[str, Callable[[], None]]:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_seeded_faults_in_push_commit_prune_and_collection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: None, seed: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: StoreSizes, seed: int
 ) -> None:
     rng = random.Random(seed)
     repo_dir = tmp_path / "repo"
     with faulty(monkeypatch, repo_dir / "t1" / "index.sqlite") as (faults, sql):
-        repo = Repository(repo_dir)
+        repo = Repository(repo_dir, sizes=small)
         t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
         pool = [rng.randbytes(rng.randrange(1, 120_000)) for _ in range(10)]
         model: dict[int, dict[str, bytes]] = {}
@@ -334,7 +336,7 @@ def test_a_copy_skipped_as_stored_is_checked_if_the_stored_one_was_discarded_mea
     copy never gets in under the id."""
     import threading
 
-    from neotwist.server.repository.target import ChunkRejected
+    from neotwist.server.repository.chunkstore import ChunkRejected
 
     repo = Repository(tmp_path / "repo")
     t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
@@ -343,7 +345,7 @@ def test_a_copy_skipped_as_stored_is_checked_if_the_stored_one_was_discarded_mea
     t.store_chunks([(cid, CODEC_RAW, len(real), real)])  # pending, not yet indexed
     forged = b"X" * len(real)
     outcome: list[BaseException | int] = []
-    t._gc_lock.acquire()  # the store below looks (sees it pending, skips the check), then waits for this lock
+    t.chunks._gc_lock.acquire()  # the store below looks (sees it pending, skips the check), then waits for this lock
     worker = threading.Thread(
         target=lambda: outcome.append(_store(t, [(cid, CODEC_RAW, len(forged), forged)])), daemon=True
     )
@@ -352,16 +354,16 @@ def test_a_copy_skipped_as_stored_is_checked_if_the_stored_one_was_discarded_mea
     while not any(f.f_code.co_name == "store_chunks_sized" for f in _frames(worker)) and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.1)
-    with t._store_lock:  # what a failed write elsewhere does: every uncommitted chunk is forgotten
-        t._pending.clear()
-        t._pending_bytes = 0
-        t._packs.discard()
-    t._gc_lock.release()
+    with t.chunks._store_lock:  # what a failed write elsewhere does: every uncommitted chunk is forgotten
+        t.chunks._pending.clear()
+        t.chunks._pending_bytes = 0
+        t.chunks.packs.discard()
+    t.chunks._gc_lock.release()
     worker.join(10)
     assert len(outcome) == 1 and isinstance(outcome[0], ChunkRejected), outcome
     assert t.missing([cid]) == [True]
     t.store_chunks([(cid, CODEC_RAW, len(real), real)])
-    assert t.read_chunk(cid)[2] == real
+    assert read_chunk(t, cid)[2] == real
     repo.close()
 
 

@@ -203,7 +203,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                       help="write filter.example (both rule forms) in the current directory and exit"
                       if direction == "push" else argparse.SUPPRESS)  # fmt: skip
     work.add_argument("--workers", type=int, default=3, metavar="N", help="worker threads (default 3)")
-    add_key_options(p, encrypt=direction == "push")  # encryption (issue 6)
+    add_key_options(p, encrypt=direction == "push")  # encryption
     legacy = p.add_argument_group("original client's options")
     legacy.add_argument("--lpath", metavar="DIR", help="local directory (instead of LOCAL_DIR)")
     legacy.add_argument("--rpath", metavar="TARGET[/SUBPATH]", help="target, with --host (instead of REMOTE)")

@@ -136,7 +136,7 @@ async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> An
         return EXIT_FAILED
 
 
-# --- encryption (issue 6) ---
+# --- encryption ---
 
 
 def add_key_options(p: argparse.ArgumentParser, *, encrypt: bool = False) -> None:

@@ -157,7 +157,7 @@ def _ls_parser() -> Parser:
         metavar="TAG[,TAG...]",
         help="with --snapshots: only snapshots that have every tag of one --tag (repeatable)",
     )
-    add_key_options(p)  # encrypted targets are listed decrypted (issue 6)
+    add_key_options(p)  # encrypted targets are listed decrypted
     return p
 
 
@@ -204,7 +204,7 @@ def _check_parser() -> Parser:
     p.add_argument("--verify-data", action="store_true", help="also check every chunk's content against its id")
     p.add_argument("--repair", action="store_true", help="mark the damaged chunks found, so the next neo-push of "
                    "the intact files sends them again and heals every snapshot (needs the full right)")  # fmt: skip
-    add_key_options(p)  # an encrypted target's sub-path and damaged files are named with its key (issue 6)
+    add_key_options(p)  # an encrypted target's sub-path and damaged files are named with its key
     return p
 
 
@@ -243,7 +243,7 @@ def _run(
         except stash.StashError as e:
             sys.stderr.write(f"{prog}: {e}\n")
             return EXIT_FAILED
-        except (WrongPassphrase, EncryptionDowngrade) as e:  # encryption (issue 6)
+        except (WrongPassphrase, EncryptionDowngrade) as e:  # encryption
             sys.stderr.write(f"{prog}: {e}\n")
             return EXIT_AUTH
         except (CryptoError, EncryptionRefused, PinFileError) as e:

@@ -13,6 +13,10 @@ Besides credentials the store keeps who may reach what: sub-accounts (``parent_i
 managed by another one), grants (a right on a sub-path of another account's target) and each account's quota
 (``quota_bytes`` = SpaceQuota, ``space_per_file``, ``space_per_dir``). Schema changes migrate forward through
 ``PRAGMA user_version`` when any process opens the file, so existing data directories keep working.
+
+Why one file of over 500 lines: accounts, keys, sub-accounts, grants and quotas are rows of one schema whose
+changes share transactions (removing an account removes its keys, sub-accounts and grants in one commit) and one
+migration path; split apart, each part would need the others' tables and connection rules.
 """
 
 from __future__ import annotations

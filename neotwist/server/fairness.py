@@ -17,10 +17,24 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 Submit = Callable[..., "Deferred[Any]"]
 """Runs ``f(*args)`` in a worker thread: ``submit(f, *args) -> Deferred``."""
+
+RunBlocking = Submit
+"""What the transports and sessions are given to run a blocking call off the reactor thread: ``run(f, *args) ->
+Deferred`` (a :func:`thread_runner`, or a :class:`FairRunner`'s ``__call__``)."""
+
+
+def thread_runner(reactor: Any) -> RunBlocking:
+    """Run blocking calls in the reactor's thread pool, first come first served (what a FairRunner submits to)."""
+
+    def run(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    return run
 
 
 class FairRunner:

@@ -120,3 +120,38 @@ def resolve(
             "neo-ls lists what it can reach)",
         )
     return Access(owner_id=account_id, target=name, root=path, right=Right.FULL, name=name)
+
+
+def may_create(access: Access, account: str, *, keep_history: bool, encrypted: bool) -> None:
+    """Refuse to create a target whose settings would take something from its owner.
+
+    A target created without history drops every older version at each push: creating it so is the same as
+    switching history off, which needs the full right on the whole target, so an append grantee (whose promise
+    is that nothing it does deletes from history) cannot create its grant's target that way and then overwrite
+    what it pushed, or the owner's files, without a trace. An encrypted target binds every path of it to the
+    creator's key: a grantee of the whole target may create one (the target then holds only what it pushes, and
+    the owner, who keeps the full right, can remove it), but a grantee of a sub-path may not impose its key on
+    the rest of the owner's target."""
+    whole = access.grant_root == ""
+    if not keep_history and (access.right < Right.FULL or not whole):
+        raise NeoError(
+            ErrorCode.PERMISSION_DENIED,
+            "creating a target that keeps no history needs the full right on the whole target; "
+            f"{account} has {access.right.label} on " + ("all of" if whole else "a part of") + f" {access.name!r}",
+        )
+    if encrypted and not whole:
+        raise NeoError(
+            ErrorCode.PERMISSION_DENIED,
+            "creating an encrypted target needs a grant on the whole target (its key binds every path of it); "
+            f"{account} has {access.right.label} on a part of {access.name!r} only: the owner creates it first",
+        )
+
+
+def may_push(access: Access, keep_history: bool, account: str) -> None:
+    """A target that keeps no history replaces the only copy of what each push changes (older snapshots are
+    pruned after the commit), so pushing there is deleting: it needs the full right, whatever the grant's path.
+    This keeps the append (and write) promise that nothing a push does removes anything from history."""
+    if not keep_history:
+        access.require(
+            Right.FULL, "pushing to a target that keeps no history (a push there replaces the only copy)", account
+        )

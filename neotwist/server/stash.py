@@ -1,7 +1,7 @@
 """Where the stash requests are handled: snapshot, version and deleted-file listings, prune and check.
 
-These are :class:`~neotwist.server.session.ServerSession` handlers kept in a module of their own because they
-share nothing with the push and pull paths except the session's handles and job slots: each turns one request
+These request handlers (over a :class:`~neotwist.server.context.RequestContext`) share nothing with the push
+and pull paths except the connection's handles and job slots: each turns one request
 into one blocking repository call in the thread pool and sends the answer, paged when it can be long. Paths
 in requests are relative to the handle's root and are checked and joined below it, exactly like ``list`` and
 ``get``; paths in replies are made relative to it again.
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from neotwist import paths
-from neotwist.server.repository.labels import label_chars, listed_label
+from neotwist.server.context import RequestContext
+from neotwist.server.labels import label_chars, listed_label
 from neotwist.server.repository.retention import RetentionPolicy, decide
 from neotwist.server.rights import Right
 from neotwist.wire import limits
@@ -45,8 +46,6 @@ from neotwist.wire.peer import Peer
 
 log = Logger()
 
-if TYPE_CHECKING:
-    from neotwist.server.session import ServerSession
 
 CHECK_PROGRESS_INTERVAL = 0.5
 """Seconds between ``check_progress`` messages."""
@@ -60,16 +59,16 @@ CHECK_REPORT_BYTES = 2 * 1024 * 1024
 _MAX_PROBLEMS = 256
 
 
-def on_snapshots(session: ServerSession, peer: Peer, message: ListSnapshots) -> Deferred[None]:
-    handle = session.handle(message.handle)
-    target = session.target_of(handle)
+def on_snapshots(ctx: RequestContext, peer: Peer, message: ListSnapshots) -> Deferred[None]:
+    handle = ctx.handle(message.handle)
+    target = handle.target
     root = handle.root
 
     def records() -> list[SnapshotRecord]:
         view = handle.view
         if view is not None:
             # A grant on a sub-path sees its relevant snapshots only, and only their files below its root: the
-            # target-wide counts would tell what happens elsewhere (issue 5; see repository/view.py).
+            # target-wide counts would tell what happens elsewhere (see repository/view.py).
             relevant = set(view.snapshot_ids())
             return [
                 SnapshotRecord(
@@ -107,14 +106,14 @@ def on_snapshots(session: ServerSession, peer: Peer, message: ListSnapshots) -> 
             lambda page, done: SnapshotList(message.rid, page, done),
         )
 
-    return session.admit(
-        message, lambda: session.run_for(handle, Right.READ, "listing snapshots", records).addCallback(send)
+    return ctx.admit(
+        message, lambda: ctx.run_for(handle, Right.READ, "listing snapshots", records).addCallback(send)
     )
 
 
-def on_versions(session: ServerSession, peer: Peer, message: ListVersions) -> Deferred[None]:
-    handle = session.handle(message.handle)
-    target = session.target_of(handle)
+def on_versions(ctx: RequestContext, peer: Peer, message: ListVersions) -> Deferred[None]:
+    handle = ctx.handle(message.handle)
+    target = handle.target
     where = paths.join(handle.root, paths.check_path(message.path))
 
     def records() -> list[VersionRecord]:
@@ -122,7 +121,7 @@ def on_versions(session: ServerSession, peer: Peer, message: ListVersions) -> De
             found = target.versions(where)
         except NeoError as e:  # named as the client named it: the repository's message holds the handle's root
             if e.code == ErrorCode.NO_SUCH_PATH:
-                named = session.client_path(handle, message.path)
+                named = handle.client_path(message.path)
                 raise NeoError(e.code, f"no stored version of {named!r}") from None
             raise
         return [
@@ -141,14 +140,14 @@ def on_versions(session: ServerSession, peer: Peer, message: ListVersions) -> De
     def send(items: list[VersionRecord]) -> Deferred[None]:
         return _send_pages(peer, items, lambda r: 0, lambda page, done: VersionList(message.rid, page, done))
 
-    return session.admit(
-        message, lambda: session.run_for(handle, Right.READ, "listing versions", records).addCallback(send)
+    return ctx.admit(
+        message, lambda: ctx.run_for(handle, Right.READ, "listing versions", records).addCallback(send)
     )
 
 
-def on_deleted(session: ServerSession, peer: Peer, message: ListDeleted) -> Deferred[None]:
-    handle = session.handle(message.handle)
-    target = session.target_of(handle)
+def on_deleted(ctx: RequestContext, peer: Peer, message: ListDeleted) -> Deferred[None]:
+    handle = ctx.handle(message.handle)
+    target = handle.target
     root = handle.root
     where = paths.join(root, paths.check_path(message.path))
 
@@ -169,15 +168,15 @@ def on_deleted(session: ServerSession, peer: Peer, message: ListDeleted) -> Defe
     def send(items: list[DeletedRecord]) -> Deferred[None]:
         return _send_pages(peer, items, lambda r: len(r.path), lambda page, done: DeletedList(message.rid, page, done))
 
-    return session.admit(
-        message, lambda: session.run_for(handle, Right.READ, "listing deleted files", records).addCallback(send)
+    return ctx.admit(
+        message, lambda: ctx.run_for(handle, Right.READ, "listing deleted files", records).addCallback(send)
     )
 
 
-def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[None]:
-    handle = session.handle(message.handle)
-    target = session.target_of(handle)
-    session.require(handle, Right.FULL, "prune")
+def on_prune(ctx: RequestContext, peer: Peer, message: Prune) -> Deferred[None]:
+    handle = ctx.handle(message.handle)
+    target = handle.target
+    ctx.require(handle, Right.FULL, "prune")
     if handle.root:
         raise NeoError(
             ErrorCode.PERMISSION_DENIED,
@@ -228,7 +227,7 @@ def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[Non
         log.info(
             "prune: account={account} target={target} kept={kept} removed={removed} dry_run={dry} "
             "reclaimed={reclaimed}",
-            account=session.account_name,
+            account=ctx.account_name,
             target=handle.access.target,
             kept=reply.kept,
             removed=reply.removed,
@@ -237,20 +236,20 @@ def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[Non
         )
         peer.send(reply)
 
-    return session.admit(message, lambda: session.run_for(handle, Right.FULL, "prune", prune).addCallback(done))
+    return ctx.admit(message, lambda: ctx.run_for(handle, Right.FULL, "prune", prune).addCallback(done))
 
 
-def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[None]:
-    handle = session.handle(message.handle)
-    target = session.target_of(handle)
+def on_check(ctx: RequestContext, peer: Peer, message: Check) -> Deferred[None]:
+    handle = ctx.handle(message.handle)
+    target = handle.target
     root = handle.root
-    reactor = session.services.reactor
+    reactor = ctx.services.reactor
     last_sent = [time.monotonic()]
     need = Right.FULL if message.repair else Right.READ  # marking damage changes what pushes must send
-    session.require(handle, need, "check --repair" if message.repair else "check")
+    ctx.require(handle, need, "check --repair" if message.repair else "check")
 
     def send_progress(done_bytes: int, total_bytes: int) -> None:
-        if not session.closed:
+        if not ctx.closed:
             peer.send(CheckProgress(rid=message.rid, done_bytes=done_bytes, total_bytes=total_bytes))
 
     def progress(done_bytes: int, total_bytes: int) -> None:  # called in the worker thread
@@ -284,7 +283,7 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
         problems = [] if root else [p[:500] for p in report.problems]  # target-wide: only for the whole target
         if handle.view is not None:
             # A grant on a sub-path hears about its own files only: not the size of the whole target, nor damage
-            # elsewhere (issue 5).
+            # elsewhere.
             mine = sorted({s for f in files for s in f.snapshots})
             return CheckReport(
                 rid=message.rid, ok=not files, chunks_checked=report.chunks_checked,
@@ -314,7 +313,7 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
         log.info(
             "check: account={account} target={target} ok={ok} chunks={chunks} damaged={damaged} "
             "marked={marked} lost={lost}",
-            account=session.account_name,
+            account=ctx.account_name,
             target=handle.access.target,
             ok=reply.ok,
             chunks=reply.chunks_checked,
@@ -324,7 +323,7 @@ def on_check(session: ServerSession, peer: Peer, message: Check) -> Deferred[Non
         )
         peer.send(reply)
 
-    return session.admit(message, lambda: session.run_for(handle, need, "check", check).addCallback(done))
+    return ctx.admit(message, lambda: ctx.run_for(handle, need, "check", check).addCallback(done))
 
 
 def _send_pages(
@@ -348,7 +347,7 @@ def _send_pages(
     return ensureDeferred(send())
 
 
-HANDLERS: dict[type, Callable[[ServerSession, Peer, Any], Deferred[None] | None]] = {
+HANDLERS: dict[type, Callable[[RequestContext, Peer, Any], Deferred[None] | None]] = {
     ListSnapshots: on_snapshots,
     ListVersions: on_versions,
     ListDeleted: on_deleted,

@@ -34,7 +34,7 @@ class ErrorCode(enum.StrEnum):
     STORAGE = "storage"  # the server could not store data (I/O error, index locked); nothing was committed
     DISK_FULL = "disk_full"  # the server's disk is full (or below its free-space reserve); nothing was committed
     INTERNAL = "internal"  # a bug; the server log has the traceback
-    # issue 5: rights, quotas, throttling
+    # rights, quotas, throttling
     THROTTLED = "throttled"  # too many failed logins for this account or from this address: wait and retry
     UNAVAILABLE = "unavailable"  # the server is short of a resource (file descriptors) right now: try again later
 

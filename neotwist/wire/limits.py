@@ -68,7 +68,7 @@ docs/protocol.md): only then does a client push a name that is not UTF-8 or hold
 MAX_META = 64 * 1024
 """Bytes in one opaque (encrypted) metadata blob."""
 
-# --- encryption (issue 6) ---
+# --- encryption ---
 MAX_KEY_CHECK = 1024
 """``Open.key_check`` / ``Opened.key_check``: an encrypted target's key-check record (81 bytes in format 1)."""
 
@@ -96,7 +96,7 @@ SILENCE_TIMEOUT = 120
 IDLE_TIMEOUT = 3600
 """Seconds without a frame before the server closes a connection."""
 
-# --- issue 5: sub-accounts, grants, usage ---------------------------------------------------------------------
+# --- sub-accounts, grants, usage -----------------------------------------------------------------------------
 
 MAX_KEY_LINE = 16 * 1024
 """Characters in one OpenSSH public key line sent to create or change a sub-account."""

@@ -86,7 +86,7 @@ RIGHTS_TEXT = "read (list, pull), append (read + push), write (append + push --d
 
 
 class TargetInfo(msgspec.Struct, array_like=True, frozen=True):
-    """One target the account can reach. ``right`` and ``owner`` (issue 5) describe a granted target: its
+    """One target the account can reach. ``right`` and ``owner`` describe a granted target: its
     owner's account name, and the right held (``full`` and ``""`` for the account's own targets). For a grant
     on a sub-path, ``snapshots``/``latest``/``files`` describe that sub-path only and ``stored_bytes`` is 0."""
 
@@ -201,7 +201,7 @@ class Open(Message, tag="open"):
     create: bool = False
     encrypted: bool = False
     keep_history: bool | None = None
-    # --- encryption (issue 6) ---
+    # --- encryption ---
     key_check: KeyCheck = b""
 
 
@@ -216,7 +216,7 @@ class Opened(Message, tag="opened"):
     latest: SnapshotId | None
     latest_time: float | None
     keep_history: bool = True
-    # --- encryption (issue 6) ---
+    # --- encryption ---
     key_check: KeyCheck = b""
 
 
@@ -532,7 +532,7 @@ class CheckReport(Message, tag="check_report"):
     lost_chunks: U64 = 0  # marked chunks kept snapshots refer to: lost until a push sends them again
 
 
-# --- issue 5: target removal, sub-accounts, grants, usage ---------------------------------------------------
+# --- target removal, sub-accounts, grants, usage -----------------------------------------------------------
 
 KeyLine = Annotated[str, msgspec.Meta(max_length=limits.MAX_KEY_LINE)]
 KeyLines = Annotated[list[KeyLine], msgspec.Meta(max_length=limits.MAX_KEYS_PER_MESSAGE)]
@@ -694,7 +694,7 @@ AnyMessage = (
     | Check
     | CheckProgress
     | CheckReport
-    # issue 5
+    # target removal, sub-accounts, grants, usage
     | RemoveTarget
     | TargetRemoved
     | SubAccountAdd

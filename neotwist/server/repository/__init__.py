@@ -7,14 +7,17 @@ Layout under the repository root (see docs/storage.md)::
     t<id>/packs/<NN>/<NNNNNNNN>.pack   append-only chunk records
 
 Modules, one job each: :mod:`.packs` (pack file format), :mod:`.index` (SQLite
-schemas and connections), :mod:`.target` (one target's chunks and snapshots), :mod:`.push` (staging and
+schemas and connections), :mod:`.chunkstore` (one target's packs and chunk rows), :mod:`.target` (one target:
+its chunk store and its snapshots), :mod:`.push` (staging and
 committing a snapshot), :mod:`.history` (listing snapshots, versions, deleted paths; pruning),
 :mod:`.retention` (which snapshots a policy keeps), :mod:`.gc` (garbage collection and pack compaction),
 :mod:`.check` (index and store agree), :mod:`.damage` (marking damaged chunks so a push heals them),
 :mod:`.space` (free-space reserve and emergency space),
-:mod:`.repository` (the catalog), :mod:`.records` (result records).
+:mod:`.catalog` (the catalog of targets, and the targets open now), :mod:`.records` (result records).
 """
 
+from neotwist.server.repository.catalog import Repository
+from neotwist.server.repository.chunkstore import StoreSizes
 from neotwist.server.repository.push import Push
 from neotwist.server.repository.records import (
     CheckReport,
@@ -28,7 +31,6 @@ from neotwist.server.repository.records import (
     Usage,
     VersionInfo,
 )
-from neotwist.server.repository.repository import Repository
 from neotwist.server.repository.retention import RetentionDecision, RetentionPolicy, decide
 from neotwist.server.repository.target import Target
 
@@ -44,6 +46,7 @@ __all__ = [
     "RetentionDecision",
     "RetentionPolicy",
     "SnapshotInfo",
+    "StoreSizes",
     "Target",
     "TargetMeta",
     "Usage",

@@ -44,21 +44,18 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import blake3
 
 from neotwist.codec import raw_bytes
 from neotwist.server.repository import damage, index
+from neotwist.server.repository.chunkstore import ChunkStore
 from neotwist.server.repository.history import within
 from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE, check_record
 from neotwist.server.repository.records import CheckReport, DamagedFile
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import CODEC_SEALED
-
-if TYPE_CHECKING:
-    from neotwist.server.repository.target import Target
 
 _Progress = Callable[[int, int], None]
 
@@ -76,8 +73,8 @@ def _ids(rows: list[tuple[bytes]]) -> Iterator[tuple[bytes]]:
 
 
 class _Checker:
-    def __init__(self, target: Target, db: sqlite3.Connection, verify_data: bool, root: str | None = None) -> None:
-        self.target = target
+    def __init__(self, store: ChunkStore, db: sqlite3.Connection, verify_data: bool, root: str | None = None) -> None:
+        self.store = store
         self.db = db
         self.verify_data = verify_data
         self.root = root  # None: the whole target
@@ -103,7 +100,7 @@ class _Checker:
         if self._open is None or self._open[0] != pack:
             self.close()
             try:
-                self._open = (pack, os.open(self.target._packs.path(pack), os.O_RDONLY))
+                self._open = (pack, os.open(self.store.packs.path(pack), os.O_RDONLY))
             except OSError as e:
                 self._open = (pack, e)
         fd = self._open[1]
@@ -118,8 +115,7 @@ class _Checker:
     # --- the current index, outside the read transaction -------------------------------------------------
 
     def _pack_still_named(self, pack: int) -> bool:
-        with self.target._reader_lock:
-            return self.target._reader.execute("SELECT 1 FROM packs WHERE id = ?", (pack,)).fetchone() is not None
+        return self.store.pack_indexed(pack)
 
     # --- counters and packs ------------------------------------------------------------------------------
 
@@ -136,7 +132,7 @@ class _Checker:
 
     def packs(self) -> None:
         sizes = dict(self.db.execute("SELECT id, size FROM packs ORDER BY id").fetchall())
-        store = self.target._packs
+        store = self.store.packs
         for pack, committed in sizes.items():
             try:
                 actual = store.path(pack).stat().st_size
@@ -170,7 +166,7 @@ class _Checker:
         why = self._verify(cid, loc)
         if why is None:
             return
-        now = self.target.locate([cid]).get(cid)
+        now = self.store.locate([cid]).get(cid)
         if now is None:
             return  # collected meanwhile: no longer referenced, so not damage
         if now != loc:
@@ -190,7 +186,7 @@ class _Checker:
             return e.message
         if (got_codec, got_size) != (codec, size):
             return f"chunk {cid.hex()} (pack {pack} offset {offset}): record disagrees with the index"
-        encrypted = self.target.meta.encrypted
+        encrypted = self.store.encrypted
         if (codec == CODEC_SEALED) != encrypted:
             return f"chunk {cid.hex()}: codec {codec} is not allowed in this target"
         if self.verify_data and not encrypted:
@@ -338,15 +334,15 @@ class _Checker:
 
 
 def check(
-    target: Target, verify_data: bool, progress: _Progress | None, root: str | None = None, repair: bool = False
+    store: ChunkStore, verify_data: bool, progress: _Progress | None, root: str | None = None, repair: bool = False
 ) -> CheckReport:
     """See the module docstring; the caller holds the target's maintenance lock. ``root``: check only what the
     versions at or below it reference (a confined handle); None: the whole target. ``repair``: mark what was
     found damaged (see :mod:`.damage`); the caller may write the index."""
-    db = index.connect_read_only(target.directory / "index.sqlite")
+    db = index.connect_read_only(store.directory / "index.sqlite")
     try:
         db.execute("CREATE TEMP TABLE refs (id BLOB PRIMARY KEY) WITHOUT ROWID")
-        checker = _Checker(target, db, verify_data, root)
+        checker = _Checker(store, db, verify_data, root)
         db.execute("BEGIN")  # one consistent state of the index for everything below
         try:
             checker.marked = damage.marked(db)
@@ -368,7 +364,7 @@ def check(
             db.execute("COMMIT")
     finally:
         db.close()
-    if target.meta.encrypted:
+    if store.encrypted:
         checker.notes.append(
             "encrypted target: the server cannot open sealed chunks, so only their CRCs were checked; "
             "a restore (neo-pull) authenticates each chunk"
@@ -386,7 +382,7 @@ def check(
             for cid, why in checker.damaged.items()
             if cid not in checker.lost
         ]
-        newly = target.mark_damaged(found, forget) if found or forget else 0
+        newly = store.mark_damaged(found, forget) if found or forget else 0
         gone = set(forget)
         marked_now = {f.id for f in found} - gone
         checker.lost |= marked_now

@@ -26,14 +26,8 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from neotwist.server.repository.packs import RecordDamaged
 from neotwist.wire import limits
-from neotwist.wire.errors import NeoError
-
-if TYPE_CHECKING:
-    from neotwist.server.repository.target import Target
 
 Location = tuple[int, int, int, int, int]
 """(pack, offset, length, codec, size) of a stored chunk, as in ``chunks``."""
@@ -130,23 +124,3 @@ def _ids(cur: sqlite3.Cursor) -> Iterator[bytes]:
             blob = bytes(chunks)
             for i in range(0, len(blob), step):
                 yield blob[i : i + step]
-
-
-def on_read(target: Target, chunk_id: bytes, location: Location, error: RecordDamaged) -> bool:
-    """A read (a pull) found the record of ``chunk_id`` at ``location`` damaged, and the index still points there:
-    read it once more (a bad read is not a bad disk) and mark it if it fails again. Returns whether it was marked.
-    Best effort: the read fails with ``error`` anyway, so a failure to mark (a full disk, a locked index) is not
-    the reader's business; a read-only target marks nothing."""
-    if target.read_only:
-        return False
-    try:
-        target._read_at(chunk_id, location)
-        return False  # it read fine the second time
-    except RecordDamaged:
-        pass
-    except NeoError:
-        return False  # an I/O error now: not definite
-    try:
-        return target.mark_damaged([Found(chunk_id, location, error.message)]) == 1
-    except (NeoError, sqlite3.Error):
-        return False

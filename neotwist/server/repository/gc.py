@@ -1,6 +1,7 @@
 """Garbage collection of one target: delete the chunks no version references, then compact packs.
 
-Called by :meth:`Target.collect_garbage` (under the target's maintenance lock, so one collection at a time).
+Called by :meth:`Target.collect_garbage` (under the target's maintenance lock, so one collection at a time),
+through the chunk store's public methods (:class:`~.chunkstore.ChunkStore`).
 It works while pushes and pulls run. The steps, and why each is safe (docs/storage.md has the full argument):
 
 1. **Flush.** Pending chunks become indexed rows, so the sweep and the pack statistics see every record.
@@ -35,17 +36,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from neotwist.server.repository import damage, index
+from neotwist.server.repository.chunkstore import ChunkStore
 from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE
 from neotwist.server.repository.records import GcResult
 from neotwist.server.repository.space import free_bytes
 from neotwist.wire import limits
 from neotwist.wire.errors import NeoError
-
-if TYPE_CHECKING:
-    from neotwist.server.repository.target import Target
 
 DEAD_FRACTION = 0.25
 """A pack is rewritten when more than this share of its bytes belongs to no live record."""
@@ -79,11 +77,10 @@ def _mark(db: sqlite3.Connection) -> int:
     return int(s0)
 
 
-def _sweep(target: Target, db: sqlite3.Connection, s0: int) -> tuple[int, int]:
+def _sweep(store: ChunkStore, db: sqlite3.Connection, s0: int) -> tuple[int, int]:
     """Delete unreferenced, unprotected chunk rows; return (chunks, stored bytes) deleted."""
-    with target._gc_lock:
-        protected = list(target._protected)
-        with target._lock, index.storage_errors("delete unreferenced chunks"):
+    with store.sweeping() as protected:
+        with index.storage_errors("delete unreferenced chunks"):
             with index.transaction(db):
                 cur = db.execute("SELECT chunks FROM main.versions WHERE first > ? AND length(chunks) > 0", (s0,))
                 while rows := cur.fetchmany(_BATCH):
@@ -141,17 +138,15 @@ def _candidates(db: sqlite3.Connection) -> tuple[list[tuple[int, int]], list[int
     return rewrite, empty, last_dead
 
 
-def _seal_last(target: Target, db: sqlite3.Connection) -> None:
+def _seal_last(store: ChunkStore, db: sqlite3.Connection) -> None:
     """Move the writer past the last committed pack and commit the new pack's row, so the old last pack is
     an ordinary (compactable) pack."""
     (last,) = db.execute("SELECT max(id) FROM packs").fetchone()
-    with target._store_lock, target._discarding_on_error():
-        target._writable("write packs")
-        target._packs.start_new(last)
-    target.flush()
+    store.start_new_pack(last)
+    store.flush()
 
 
-def _copy(target: Target, db: sqlite3.Connection, pack: int) -> tuple[list[_Move], int] | str:
+def _copy(store: ChunkStore, db: sqlite3.Connection, pack: int) -> tuple[list[_Move], int] | str:
     """Copy the live records of ``pack`` to the current pack (not yet durable); return the moves and the bytes
     copied, or why the pack must be left alone (a live record that does not check out is never copied)."""
     rows = db.execute(
@@ -161,20 +156,18 @@ def _copy(target: Target, db: sqlite3.Connection, pack: int) -> tuple[list[_Move
     for chunk_id, offset, length, codec, size in rows:
         cid = bytes(chunk_id)
         try:
-            got_codec, got_size, data = target._packs.read(pack, offset, length, cid)
+            got_codec, got_size, data = store.packs.read(pack, offset, length, cid)
         except NeoError as e:
             return f"pack {pack} left as is: {e.message}"
         if (got_codec, got_size) != (codec, size):
             return f"pack {pack} left as is: chunk {cid.hex()} record disagrees with the index"
         records.append((cid, offset, codec, size, data))
-    moves: list[_Move] = []
-    copied = 0
-    with target._store_lock, target._discarding_on_error():
-        target._open_writer()
-        for cid, offset, codec, size, data in records:
-            new_pack, new_offset = target._packs.append(cid, codec, size, data)
-            moves.append((new_pack, new_offset, cid, pack, offset))
-            copied += HEADER_SIZE + len(data)
+    placed = store.append_records([(cid, codec, size, data) for cid, _offset, codec, size, data in records])
+    moves: list[_Move] = [
+        (new_pack, new_offset, cid, pack, offset)
+        for (new_pack, new_offset), (cid, offset, _codec, _size, _data) in zip(placed, records, strict=True)
+    ]
+    copied = sum(HEADER_SIZE + len(data) for _cid, _offset, _codec, _size, data in records)
     return moves, copied
 
 
@@ -212,52 +205,38 @@ def _batches(
         yield batch, too_big
 
 
-def _switch(target: Target, moves: list[_Move], dropped: list[int]) -> None:
+def _switch(store: ChunkStore, moves: list[_Move], dropped: list[int]) -> None:
     """One transaction: moved rows point at their copies, the dropped packs' rows go."""
-    db, lock = target.writer
-    with lock, index.storage_errors("index compacted packs"):
+    with store.index.writing() as db, index.storage_errors("index compacted packs"):
         with index.transaction(db):
             db.executemany("UPDATE chunks SET pack = ?, offset = ? WHERE id = ? AND pack = ? AND offset = ?", moves)
             db.executemany("DELETE FROM packs WHERE id = ?", [(p,) for p in dropped])
 
 
-def _leftovers(target: Target) -> list[int]:
-    """Pack files below the last committed pack that no ``packs`` row names (and that the writer is not
-    using): remains of a crash after a compaction committed, before it unlinked."""
-    with target._store_lock:
-        writing = target._packs.position()[0] if target._packs.writing else None
-        with target._reader_lock:
-            named = {row[0] for row in target._reader.execute("SELECT id FROM packs")}
-        if not named:
-            return []
-        last = max(named)
-        return [n for n in target._packs.numbers() if n < last and n not in named and n != writing]
-
-
-def collect(target: Target) -> GcResult:
-    """Run one garbage collection of ``target`` (the caller holds its maintenance lock)."""
-    before = target._packs.disk_bytes()
-    target.flush()
+def collect(store: ChunkStore) -> GcResult:
+    """Run one garbage collection of a target's chunk ``store`` (the caller holds the target's maintenance lock)."""
+    before = store.packs.disk_bytes()
+    store.flush()
     rewritten: list[int] = []
     deleted = 0
     problems: list[str] = []
     copied = 0
-    db = index.connect(target.directory / "index.sqlite", None)
+    db = index.connect(store.directory / "index.sqlite", None)
     try:
         s0 = _mark(db)
-        chunks_removed, stored_removed = _sweep(target, db, s0)
+        chunks_removed, stored_removed = _sweep(store, db, s0)
         rewrite, empty, last_dead = _candidates(db)
         if last_dead:
-            _seal_last(target, db)
+            _seal_last(store, db)
             rewrite, empty, _ = _candidates(db)
         if empty:
-            _switch(target, [], empty)
-            target._packs.remove(empty)
+            _switch(store, [], empty)
+            store.packs.remove(empty)
             deleted += len(empty)
         # A few packs at a time: the extra disk space a compaction needs, and what a crash would leave as
         # dead copies, stay bounded by COMPACT_BATCH packs, and by the space free right now (so collection
         # works on a full disk: whole dead packs went first, above; each batch's copies must fit).
-        for batch, too_big in _batches(rewrite, lambda: _room(free_bytes(target.directory))):
+        for batch, too_big in _batches(rewrite, lambda: _room(free_bytes(store.directory))):
             problems.extend(
                 f"pack {pack} left as is: its {live} live bytes do not fit in the free space" for pack, live in too_big
             )
@@ -265,9 +244,9 @@ def collect(target: Target) -> GcResult:
                 continue
             moves: list[_Move] = []
             done: list[int] = []
-            epoch = target.store_epoch()
+            epoch = store.store_epoch()
             for pack in batch:
-                result = _copy(target, db, pack)
+                result = _copy(store, db, pack)
                 if isinstance(result, str):
                     problems.append(result)
                     continue
@@ -275,25 +254,25 @@ def collect(target: Target) -> GcResult:
                 copied += result[1]
                 done.append(pack)
             if done:
-                target.flush()  # copies durable and their pack sizes committed before any row points at them
-                if target.store_epoch() != epoch:  # a failed write elsewhere discarded the copies
+                store.flush()  # copies durable and their pack sizes committed before any row points at them
+                if store.store_epoch() != epoch:  # a failed write elsewhere discarded the copies
                     problems.append(f"packs {done} left as is: a failed write discarded their copies")
                     continue
-                _switch(target, moves, done)
-                target._packs.remove(done)
+                _switch(store, moves, done)
+                store.packs.remove(done)
                 rewritten.extend(done)
                 deleted += len(done)
     finally:
         db.close()
-    leftovers = _leftovers(target)
-    target._packs.remove(leftovers)
+    leftovers = store.unindexed_packs()
+    store.packs.remove(leftovers)
     return GcResult(
         chunks_removed=chunks_removed,
         stored_bytes_removed=stored_removed,
         packs_rewritten=len(rewritten),
         packs_deleted=deleted,
         disk_bytes_before=before,
-        disk_bytes_after=target._packs.disk_bytes(),
+        disk_bytes_after=store.packs.disk_bytes(),
         bytes_copied=copied,
         leftovers_removed=len(leftovers),
         problems=problems,

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS targets (
 """
 
 CATALOG_MIGRATIONS = (
-    # 1 -> 2 (encryption, issue 6): encrypted targets keep the key-check record their creator sent.
+    # 1 -> 2 (encryption): encrypted targets keep the key-check record their creator sent.
     "ALTER TABLE targets ADD COLUMN key_check BLOB NOT NULL DEFAULT x'';",
 )
 """Scripts that bring an older ``catalog.sqlite`` forward, one per version after SCHEMA_VERSION; a new file
@@ -112,7 +112,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     mark_pack INTEGER NOT NULL,   -- pack position of the chunk store at commit: chunks at or after the
     mark_offset INTEGER NOT NULL, -- previous snapshot's mark are "new" for the next one
     pruned INTEGER NOT NULL DEFAULT 0, -- 1 = removed by retention: never listed again (see history.py)
-    label BLOB NOT NULL DEFAULT x''    -- host, source, tags, warnings (see labels.py); x'' = none recorded
+    label BLOB NOT NULL DEFAULT x''    -- host, source, tags, warnings (see server/labels.py); x'' = none recorded
 );
 
 CREATE TABLE IF NOT EXISTS versions (
@@ -301,3 +301,56 @@ def transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[s
             except sqlite3.Error:
                 pass  # the connection rolls back when it is closed; the first error is the one to report
         raise
+
+
+class Connections:
+    """A target's two connections to its ``index.sqlite``, each behind its own lock: the *writer* (chunk rows,
+    push staging, commits, prunes) and a *reader*, so pulls and ``missing`` queries proceed (WAL) while a long
+    commit holds the writer. ``read_only`` opens both read-only (``neo-admin check`` beside a running server).
+
+    Use them only through :meth:`writing` and :meth:`reading`: the lock is held for exactly the block."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        if read_only:
+            self._db = connect_read_only(path)
+            self._reader = connect_read_only(path)
+        else:
+            self._db = connect(path, INDEX_SCHEMA, INDEX_MIGRATIONS)
+            self._reader = connect(path, None)
+        self._lock = threading.Lock()
+        self._reader_lock = threading.Lock()
+        self.closed = False
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection, under the writer lock."""
+        with self._lock:
+            yield self._db
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The read connection, under the reader lock."""
+        with self._reader_lock:
+            yield self._reader
+
+    def shrink_memory(self) -> int:
+        """Give back the page cache of each connection nobody is using right now; how many were shrunk. Never
+        waits: a connection whose lock is taken is in use and keeps its cache."""
+        shrunk = 0
+        for db, lock in ((self._db, self._lock), (self._reader, self._reader_lock)):
+            if lock.acquire(blocking=False):
+                try:
+                    if not self.closed:
+                        db.execute("PRAGMA shrink_memory")
+                        shrunk += 1
+                finally:
+                    lock.release()
+        return shrunk
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            self._db.close()
+        with self._reader_lock:
+            self._reader.close()

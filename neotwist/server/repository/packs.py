@@ -130,8 +130,9 @@ class PackStore:
     thread-safe on its own and uses ``os.pread``, so readers never share a file position.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, pack_size: int = PACK_SIZE) -> None:
         self.directory = directory
+        self.pack_size = pack_size  # a pack is rotated once the next record would take it past this
         self._fd: int | None = None
         self._number = 0
         self._offset = 0
@@ -159,7 +160,7 @@ class PackStore:
         if self._fd is not None:
             return
         try:
-            if last is not None and committed < PACK_SIZE and self._reopen(last, committed):
+            if last is not None and committed < self.pack_size and self._reopen(last, committed):
                 return
             self._create((last or 0) + 1)
         except OSError as e:
@@ -217,7 +218,7 @@ class PackStore:
             raise RuntimeError("pack writer is not open")
         record_size = HEADER_SIZE + len(data)
         try:
-            if self._offset + record_size > PACK_SIZE and self._offset > len(FILE_MAGIC):
+            if self._offset + record_size > self.pack_size and self._offset > len(FILE_MAGIC):
                 self._rotate()
             assert self._fd is not None
             fd, number, offset = self._fd, self._number, self._offset

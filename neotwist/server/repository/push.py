@@ -27,19 +27,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from neotwist import paths
 from neotwist.server.repository import damage
+from neotwist.server.repository.chunkstore import ChunkStore
 from neotwist.server.repository.history import within
 from neotwist.server.repository.index import storage_errors, transaction
 from neotwist.server.repository.records import CommitResult, SnapshotInfo
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry
-
-if TYPE_CHECKING:
-    from neotwist.server.repository.target import Target
 
 _Row = tuple[str, str, int, int, int, bytes, str, bytes]
 """A staged entry: (path, kind, mode, mtime_ns, size, chunks, link, meta)."""
@@ -69,8 +66,11 @@ QuotaCheck = Callable[[CommitCharge], None]
 class Push:
     """Created by :meth:`Target.begin_push`. Not itself thread-safe: one session drives it, call by call."""
 
-    def __init__(self, target: Target, root: str, delete: bool, number: int, parent: int | None = None) -> None:
-        self.target = target
+    def __init__(
+        self, store: ChunkStore, encrypted: bool, root: str, delete: bool, number: int, parent: int | None = None
+    ) -> None:
+        self.store = store  # the target's chunks; its index's writer connection holds the staging tables
+        self.encrypted = encrypted
         self.root = root
         self.delete = delete
         self.parent = parent  # set: entries are the changes since this snapshot (see the module docstring)
@@ -82,8 +82,7 @@ class Push:
         self._open = True
         self.confined = False  # see confine()
         self._known_built = False
-        db, lock = target.writer
-        with lock:
+        with store.index.writing() as db:
             db.execute(
                 f"CREATE TEMP TABLE {self._stage} (path TEXT PRIMARY KEY, kind TEXT NOT NULL,"
                 " mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,"
@@ -91,7 +90,7 @@ class Push:
             )
             if parent is not None:
                 db.execute(f"CREATE TEMP TABLE {self._stage}_del (path TEXT PRIMARY KEY) WITHOUT ROWID")
-        target.push_started()  # until it ends, the chunks it relies on are safe from garbage collection
+        store.push_started()  # until it ends, the chunks it relies on are safe from garbage collection
 
     def _check(self) -> None:
         if self._failed is not None:
@@ -116,9 +115,8 @@ class Push:
             raise self._fail(e) from None
         if not rows:
             return
-        db, lock = self.target.writer
         try:
-            with lock, storage_errors("stage entries"), transaction(db, immediate=False):
+            with self.store.index.writing() as db, storage_errors("stage entries"), transaction(db, immediate=False):
                 db.executemany(f"INSERT INTO {self._stage} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError:
             raise self._fail(NeoError(ErrorCode.BAD_MESSAGE, "a path is listed twice in one push")) from None
@@ -143,8 +141,7 @@ class Push:
                 rows.append((path,))
         except NeoError as e:
             raise self._fail(e) from None
-        db, lock = self.target.writer
-        with lock, storage_errors("stage deletions"), transaction(db, immediate=False):
+        with self.store.index.writing() as db, storage_errors("stage deletions"), transaction(db, immediate=False):
             db.executemany(f"INSERT OR IGNORE INTO {self._stage}_del VALUES (?)", rows)
 
     def _rows(self, entries: Sequence[Entry]) -> Iterator[_Row]:
@@ -203,17 +200,16 @@ class Push:
             return
         self._open = False
         try:
-            db, lock = self.target.writer
-            with lock:
+            with self.store.index.writing() as db:
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}_del")
                 self._drop_confined(db)
         finally:
-            self.target.push_ended(aborted=True)
+            self.store.push_ended(aborted=True)
 
     def commit(self, now: float, check: QuotaCheck | None = None, label: bytes = b"") -> CommitResult:
         """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically, with the
-        stored form of its label (see :mod:`.labels`).
+        stored form of its label (see :mod:`neotwist.server.labels`).
 
         Pending chunks are flushed first, so the commit only ever references durable, indexed chunks. Raises
         MISSING_CHUNKS (nothing changes and the push stays open: the client may upload them and commit again),
@@ -226,10 +222,9 @@ class Push:
             raise self._fail(
                 NeoError(ErrorCode.BAD_MESSAGE, f"push ended inside continued file {self._continued[0]!r}")
             )
-        mark = self.target.flush_mark()
-        db, lock = self.target.writer
+        mark = self.store.flush_mark()
         try:
-            with lock, storage_errors("commit the snapshot"):
+            with self.store.index.writing() as db, storage_errors("commit the snapshot"):
                 if self.confined:
                     self._known(db)  # outside the transaction: a rollback must not drop it
                 try:
@@ -246,7 +241,7 @@ class Push:
                 self._drop_confined(db)
         finally:
             if not self._open:  # committed: its chunks are referenced by committed versions now
-                self.target.push_ended()  # (outside the writer lock: the gc lock comes first in lock order)
+                self.store.push_ended()  # (outside the writer lock: the gc lock comes first in lock order)
         return CommitResult(info, stored, *uploaded)
 
     def _commit(
@@ -257,25 +252,35 @@ class Push:
         check: QuotaCheck | None = None,
         label: bytes = b"",
     ) -> tuple[SnapshotInfo, tuple[int, int]]:
-        stage, chg, need, gone = (
-            self._stage,
-            f"{self._stage}_chg",
-            f"{self._stage}_need",
-            f"{self._stage}_gone",
-        )
+        """The commit's transaction: the changed entries and the chunks they need, checked (1, 2); what is new
+        since the previous snapshot (3); what a delete push removes (4); then the snapshot and its versions (5).
+        Returns the snapshot and, for a confined push, what it uploaded (chunks, bytes)."""
+        self._parent_current(db)
+        self._changed(db)
+        self._needed(db)
+        prev, new, uploaded = self._new_data(db, now)
+        self._deleted(db)
+        return self._write_snapshot(db, now, mark, check, label, prev, new, uploaded), uploaded
 
-        if self.parent is not None:
-            (latest,) = db.execute("SELECT max(id) FROM snapshots").fetchone()
-            if latest != self.parent:
-                raise NeoError(
-                    ErrorCode.CONFLICT,
-                    f"the push listed its changes since snapshot {self.parent}, but the target's latest is now "
-                    f"{latest}: push again listing everything",
-                )
-            if damage.any_marked(db):  # only a full listing names the files whose damaged chunks must be resent
-                raise NeoError(ErrorCode.MISSING_CHUNKS, "chunks are damaged on the server: list every file again")
+    def _parent_current(self, db: sqlite3.Connection) -> None:
+        """0. A push listing only its changes since ``parent`` commits only while that is still the latest
+        snapshot (CONFLICT otherwise), and not while chunks are marked damaged (MISSING_CHUNKS: only a full
+        listing names the files whose damaged chunks must be resent)."""
+        if self.parent is None:
+            return
+        (latest,) = db.execute("SELECT max(id) FROM snapshots").fetchone()
+        if latest != self.parent:
+            raise NeoError(
+                ErrorCode.CONFLICT,
+                f"the push listed its changes since snapshot {self.parent}, but the target's latest is now "
+                f"{latest}: push again listing everything",
+            )
+        if damage.any_marked(db):
+            raise NeoError(ErrorCode.MISSING_CHUNKS, "chunks are damaged on the server: list every file again")
 
-        # 1. The entries that differ from (or are absent in) the current view.
+    def _changed(self, db: sqlite3.Connection) -> None:
+        """1. The entries that differ from (or are absent in) the current view, into ``<stage>_chg``."""
+        stage, chg = self._stage, f"{self._stage}_chg"
         db.execute(
             f"CREATE TABLE {chg} (n INTEGER PRIMARY KEY, path TEXT NOT NULL, kind TEXT, mode INTEGER,"
             " mtime_ns INTEGER, size INTEGER, chunks BLOB, link TEXT, meta BLOB, old_kind TEXT)"
@@ -287,7 +292,11 @@ class Push:
             f"WHERE v.path IS NULL OR {_DIFFERS}"
         )
 
-        # 2. Their chunk ids, one row each (the only per-chunk step: slicing blobs, in a generator).
+    def _needed(self, db: sqlite3.Connection) -> None:
+        """2. The changed files' chunk ids, one row each, into ``<stage>_need`` (the only per-chunk step:
+        slicing blobs, in a generator); refused (MISSING_CHUNKS, BAD_MESSAGE) unless every one is stored, none
+        is marked damaged, a confined push proved each, and a plaintext file's chunk sizes add up to its size."""
+        stage, chg, need = self._stage, f"{self._stage}_chg", f"{self._stage}_need"
         db.execute(
             f"CREATE TABLE {need} (n INTEGER NOT NULL, i INTEGER NOT NULL, id BLOB NOT NULL,"
             " PRIMARY KEY (n, i)) WITHOUT ROWID"
@@ -322,7 +331,7 @@ class Push:
         if self.confined:
             self._check_proven(db, need)
 
-        if not self.target.meta.encrypted:
+        if not self.encrypted:
             bad = db.execute(
                 f"SELECT f.path FROM {chg} f LEFT JOIN (SELECT d.n AS n, sum(c.size) AS total FROM {need} d "
                 f"JOIN main.chunks c ON c.id = d.id GROUP BY d.n) t ON t.n = f.n "
@@ -333,7 +342,13 @@ class Push:
                     NeoError(ErrorCode.BAD_MESSAGE, f"chunk sizes of {bad[0]!r} do not add up to its size")
                 )
 
-        # 3. Chunks referenced here and stored since the previous snapshot: this snapshot's new data.
+    def _new_data(
+        self, db: sqlite3.Connection, now: float
+    ) -> tuple[tuple[float, int, int], tuple[int, int], tuple[int, int]]:
+        """3. Chunks referenced here and stored since the previous snapshot: this snapshot's new data. Returns
+        the previous snapshot's (time, files, dirs), the new (chunks, bytes), and for a confined push what it
+        uploaded of what it references (chunks, bytes), deduplicated or not (see CommitResult)."""
+        need = f"{self._stage}_need"
         prev = db.execute(
             "SELECT time, files, dirs, mark_pack, mark_offset FROM snapshots ORDER BY id DESC LIMIT 1"
         ).fetchone()
@@ -346,14 +361,17 @@ class Push:
             {"p": mark_pack, "o": mark_offset},
         ).fetchone()
         uploaded = (0, 0)
-        if self.confined:  # what this push uploaded, deduplicated or not (see CommitResult)
+        if self.confined:
             count, size = db.execute(
                 f"SELECT count(*), coalesce(sum(u.length), 0) FROM (SELECT DISTINCT id FROM {need}) d "
                 f"JOIN {self._stage}_up u ON u.id = d.id"
             ).fetchone()
             uploaded = (int(count), int(size))
+        return (prev_time, prev_files, prev_dirs), (new_chunks, new_bytes), uploaded
 
-        # 4. With delete: current paths under the root that this push does not list.
+    def _deleted(self, db: sqlite3.Connection) -> None:
+        """4. With delete: the current paths under the root that this push does not list, into ``<stage>_gone``."""
+        stage, gone = self._stage, f"{self._stage}_gone"
         db.execute(f"CREATE TABLE {gone} (path TEXT PRIMARY KEY, kind TEXT)")
         if self.delete:
             cond, params = within(self.root)
@@ -364,7 +382,22 @@ class Push:
                 params,
             )
 
-        # 5. The snapshot row, then close replaced and deleted versions, then add the new ones.
+    def _write_snapshot(
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        mark: tuple[int, int],
+        check: QuotaCheck | None,
+        label: bytes,
+        prev: tuple[float, int, int],
+        new: tuple[int, int],
+        uploaded: tuple[int, int],
+    ) -> SnapshotInfo:
+        """5. The quota's ``check``, then the snapshot row (with the stored form of its ``label``), then close
+        replaced and deleted versions, then add the new ones."""
+        chg, gone = f"{self._stage}_chg", f"{self._stage}_gone"
+        prev_time, prev_files, prev_dirs = prev
+        new_chunks, new_bytes = new
         (changed, added_files, added_dirs, replaced_files, replaced_dirs) = db.execute(
             f"SELECT count(*), coalesce(sum(kind != 'd'), 0), coalesce(sum(kind = 'd'), 0), "
             f"coalesce(sum(old_kind != 'd'), 0), coalesce(sum(old_kind = 'd'), 0) FROM {chg}"
@@ -395,12 +428,11 @@ class Push:
             f"SELECT path, :sid, NULL, kind, mode, mtime_ns, size, chunks, link, meta FROM {chg}",
             {"sid": sid},
         )
-        info = SnapshotInfo(
+        return SnapshotInfo(
             sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete, label
         )
-        return info, uploaded
 
-    # --- pushes confined to a sub-path by a grant (issue 5) --------------------------------------------------
+    # --- pushes confined to a sub-path by a grant --------------------------------------------------
     #
     # A push through a grant on a sub-path must not learn about, or reach, chunks stored for other paths of the
     # target: ``have`` would tell whether a chunk exists anywhere, and a commit could reference a chunk id learned
@@ -411,8 +443,7 @@ class Push:
 
     def confine(self) -> None:
         """Make this push confined (see above). Call right after begin_push."""
-        db, lock = self.target.writer
-        with lock:
+        with self.store.index.writing() as db:
             db.execute(
                 f"CREATE TEMP TABLE {self._stage}_up (id BLOB PRIMARY KEY, length INTEGER NOT NULL) WITHOUT ROWID"
             )
@@ -422,8 +453,7 @@ class Push:
         """Record chunks uploaded (and verified) on this push: (id, uploaded length)."""
         if not self.confined or not self._open or not chunks:
             return
-        db, lock = self.target.writer
-        with lock, storage_errors("record uploads"):
+        with self.store.index.writing() as db, storage_errors("record uploads"):
             with transaction(db, immediate=False):
                 db.executemany(f"INSERT OR IGNORE INTO {self._stage}_up VALUES (?, ?)", chunks)
 
@@ -448,9 +478,8 @@ class Push:
     def missing_confined(self, ids: Sequence[bytes]) -> list[bool]:
         """``have`` for a confined push: True for each id that is neither known below the root nor uploaded."""
         self._check()
-        db, lock = self.target.writer
         found: set[bytes] = set()
-        with lock, storage_errors("look up chunks"):
+        with self.store.index.writing() as db, storage_errors("look up chunks"):
             name = self._known(db)
             for start in range(0, len(ids), 500):
                 batch = list(ids[start : start + 500])

@@ -22,7 +22,20 @@ class TargetMeta:
     chunker: ChunkerParams
     created: float
     keep_history: bool
-    key_check: bytes = b""  # encrypted targets: the creator's key-check record, opaque (issue 6)
+    key_check: bytes = b""  # encrypted targets: the creator's key-check record, opaque
+
+
+@dataclass(frozen=True)
+class TargetSummary:
+    """What listing an account's targets shows of one: its latest snapshot, its files then and its size."""
+
+    name: str
+    encrypted: bool
+    snapshots: int
+    latest: int | None
+    latest_time: float | None
+    files: int
+    stored_bytes: int
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,7 @@ class SnapshotInfo:
     dirs: int = 0
     root: str = ""
     delete_mode: bool = False
-    label: bytes = b""  # as stored: an encoded label (plaintext target) or the client's sealed one (see .labels)
+    label: bytes = b""  # as stored: an encoded label (plaintext target) or the client's sealed one (server/labels.py)
 
 
 @dataclass(frozen=True)

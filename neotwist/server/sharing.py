@@ -1,24 +1,25 @@
-"""Where account management is handled: sub-accounts, grants, the shares listing and usage.
+"""Where an owner's sharing is handled: sub-accounts, grants, the shares listing, and its usage against its quota.
 
-These :class:`~neotwist.server.session.ServerSession` handlers let an owner (a top-level account) manage, from
-the client, what ``neo-admin`` manages on the server: its own sub-accounts and the grants on its own targets
-(``neo-share``), and see its usage against its quota (``neo-ls --usage``). Each runs one blocking call on the
-account store in the thread pool. A sub-account manages nothing; an owner never learns whether an account that
-is not its own sub-account exists.
+These request handlers (over a :class:`~neotwist.server.context.RequestContext`) let an owner (a top-level
+account) manage, from the client, what ``neo-admin`` manages on the server: its own sub-accounts and the grants
+on its own targets (``neo-share``), and see its usage against its quota (``neo-ls --usage``). Each runs one
+blocking call on the account store in the thread pool. A sub-account manages nothing; an owner never learns
+whether an account that is not its own sub-account exists.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from neotwist import paths
 from neotwist.server.accounts import Account, AccountError, AccountExists, parse_public_key
+from neotwist.server.context import RequestContext
+from neotwist.server.quota import account_usage
 from neotwist.server.rights import Right
-from neotwist.server.usage import account_usage
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import (
@@ -39,15 +40,12 @@ from neotwist.wire.messages import (
 )
 from neotwist.wire.peer import Peer
 
-if TYPE_CHECKING:
-    from neotwist.server.session import ServerSession
-
 log = Logger()
 
 
-def _manager(session: ServerSession) -> Account:
+def _manager(ctx: RequestContext) -> Account:
     """The logged-in account, if it may manage sub-accounts and grants (a top-level account)."""
-    account = session.current_account
+    account = ctx.current_account
     if account.is_sub_account:
         raise NeoError(
             ErrorCode.PERMISSION_DENIED,
@@ -56,9 +54,9 @@ def _manager(session: ServerSession) -> Account:
         )
     return account
 
-def _own_sub_account(session: ServerSession, owner: Account, name: str) -> Account:
+def _own_sub_account(ctx: RequestContext, owner: Account, name: str) -> Account:
     """``name`` if it is one of ``owner``'s sub-accounts (blocking); never says whether another exists."""
-    sub = session.services.accounts.get(name)
+    sub = ctx.services.accounts.get(name)
     if sub is None or sub.parent_id != owner.id:
         raise NeoError(
             ErrorCode.PERMISSION_DENIED,
@@ -66,10 +64,10 @@ def _own_sub_account(session: ServerSession, owner: Account, name: str) -> Accou
         )
     return sub
 
-def _manage(session: ServerSession, message: Message, job: Callable[[], None], what: str) -> Deferred[None]:
+def _manage(ctx: RequestContext, message: Message, job: Callable[[], None], what: str) -> Deferred[None]:
     """Run an account-management ``job`` in a thread, answer ok, log ``what``; store errors become clear
     non-fatal errors."""
-    account = session.current_account
+    account = ctx.current_account
 
     def run() -> None:
         try:
@@ -83,20 +81,20 @@ def _manage(session: ServerSession, message: Message, job: Callable[[], None], w
 
     def done(_: object) -> None:
         log.info("{what}: by={account}", what=what, account=account.name)
-        if session.peer is not None:
-            session.peer.send(Ok(rid=message.rid))
+        if ctx.peer is not None:
+            ctx.peer.send(Ok(rid=message.rid))
 
-    return session.run(run).addCallback(done)
+    return ctx.run(run).addCallback(done)
 
-def on_sub_add(session: ServerSession, peer: Peer, message: SubAccountAdd) -> Deferred[None]:
-    owner = _manager(session)
+def on_sub_add(ctx: RequestContext, peer: Peer, message: SubAccountAdd) -> Deferred[None]:
+    owner = _manager(ctx)
     prefix = owner.name + "."
     if not message.name.startswith(prefix) or message.name == prefix:
         raise NeoError(
             ErrorCode.BAD_NAME,
             f"sub-account names start with {prefix!r}: e.g. {prefix}viewer, not {message.name!r}",
         )
-    store = session.services.accounts
+    store = ctx.services.accounts
 
     def add() -> None:
         lines = _key_lines(message.keys)
@@ -110,16 +108,16 @@ def on_sub_add(session: ServerSession, peer: Peer, message: SubAccountAdd) -> De
         for line in lines:
             store.add_key(message.name, line)
 
-    return _manage(session, message, add, f"sub-account added: {message.name}")
+    return _manage(ctx, message, add, f"sub-account added: {message.name}")
 
-def on_sub_set(session: ServerSession, peer: Peer, message: SubAccountSet) -> Deferred[None]:
-    owner = _manager(session)
-    store = session.services.accounts
+def on_sub_set(ctx: RequestContext, peer: Peer, message: SubAccountSet) -> Deferred[None]:
+    owner = _manager(ctx)
+    store = ctx.services.accounts
     if message.clear_password and message.password is not None:
         raise NeoError(ErrorCode.BAD_ARGUMENT, "give a new password or clear it, not both")
 
     def change() -> None:
-        _own_sub_account(session, owner, message.name)
+        _own_sub_account(ctx, owner, message.name)
         lines = _key_lines(message.add_keys)
         if message.password is not None or message.clear_password:
             store.set_password(message.name, message.password)
@@ -128,28 +126,28 @@ def on_sub_set(session: ServerSession, peer: Peer, message: SubAccountSet) -> De
         for key in message.remove_keys:
             store.remove_key(message.name, key)
 
-    return _manage(session, message, change, f"sub-account changed: {message.name}")
+    return _manage(ctx, message, change, f"sub-account changed: {message.name}")
 
-def on_sub_remove(session: ServerSession, peer: Peer, message: SubAccountRemove) -> Deferred[None]:
-    owner = _manager(session)
+def on_sub_remove(ctx: RequestContext, peer: Peer, message: SubAccountRemove) -> Deferred[None]:
+    owner = _manager(ctx)
 
     def remove() -> None:
-        _own_sub_account(session, owner, message.name)
-        session.services.accounts.remove(message.name)
+        _own_sub_account(ctx, owner, message.name)
+        ctx.services.accounts.remove(message.name)
 
-    return _manage(session, message, remove, f"sub-account removed: {message.name}")
+    return _manage(ctx, message, remove, f"sub-account removed: {message.name}")
 
-def on_grant(session: ServerSession, peer: Peer, message: GrantAccess) -> Deferred[None]:
-    owner = _manager(session)
+def on_grant(ctx: RequestContext, peer: Peer, message: GrantAccess) -> Deferred[None]:
+    owner = _manager(ctx)
     paths.check_name(message.target, "target name")
     paths.check_path(message.path)
     if message.name is not None:
         paths.check_name(message.name, "grant name")
-    store = session.services.accounts
+    store = ctx.services.accounts
     right = Right.parse(message.right)
 
     def grant() -> None:
-        _own_sub_account(session, owner, message.grantee)
+        _own_sub_account(ctx, owner, message.grantee)
         given = store.grants_given(owner.id)
         name = message.name or message.target
         renewing = any(g.grantee == message.grantee and g.name == name for g in given)
@@ -158,11 +156,11 @@ def on_grant(session: ServerSession, peer: Peer, message: GrantAccess) -> Deferr
         store.grant(message.grantee, owner.name, message.target, message.path, right, message.name)
 
     where = message.target + (f"/{message.path}" if message.path else "")
-    return _manage(session, message, grant, f"grant: {message.grantee} {right.label} on {where}")
+    return _manage(ctx, message, grant, f"grant: {message.grantee} {right.label} on {where}")
 
-def on_revoke(session: ServerSession, peer: Peer, message: Revoke) -> Deferred[None]:
-    owner = _manager(session)
-    store = session.services.accounts
+def on_revoke(ctx: RequestContext, peer: Peer, message: Revoke) -> Deferred[None]:
+    owner = _manager(ctx)
+    store = ctx.services.accounts
 
     def revoke() -> None:
         sub = store.get(message.grantee)
@@ -174,11 +172,11 @@ def on_revoke(session: ServerSession, peer: Peer, message: Revoke) -> Deferred[N
             )
         store.revoke(message.grantee, message.name)
 
-    return _manage(session, message, revoke, f"revoke: {message.grantee} {message.name}")
+    return _manage(ctx, message, revoke, f"revoke: {message.grantee} {message.name}")
 
-def on_shares(session: ServerSession, peer: Peer, message: ListShares) -> Deferred[None]:
-    account = session.current_account
-    store = session.services.accounts
+def on_shares(ctx: RequestContext, peer: Peer, message: ListShares) -> Deferred[None]:
+    account = ctx.current_account
+    store = ctx.services.accounts
 
     def collect() -> Shares:
         subs = [] if account.is_sub_account else store.sub_accounts(account.name)
@@ -196,14 +194,14 @@ def on_shares(session: ServerSession, peer: Peer, message: ListShares) -> Deferr
             ],
         )
 
-    return session.run(collect).addCallback(peer.send)
+    return ctx.run(collect).addCallback(peer.send)
 
-def on_usage(session: ServerSession, peer: Peer, message: GetUsage) -> Deferred[None]:
-    account = session.current_account
-    repository = session.services.repository
+def on_usage(ctx: RequestContext, peer: Peer, message: GetUsage) -> Deferred[None]:
+    account = ctx.current_account
+    repository = ctx.services.repository
 
     def measure() -> UsageInfo:
-        fresh = session.services.accounts.get_by_id(account.id) or account  # quota settings change at once
+        fresh = ctx.services.accounts.get_by_id(account.id) or account  # quota settings change at once
         usage = account_usage(repository, fresh, count_versions=True)
         return UsageInfo(
             rid=message.rid,
@@ -221,7 +219,7 @@ def on_usage(session: ServerSession, peer: Peer, message: GetUsage) -> Deferred[
             charged_to=account.parent or "",
         )
 
-    return session.run(measure).addCallback(peer.send)
+    return ctx.run(measure).addCallback(peer.send)
 
 
 def _key_lines(lines: list[str]) -> list[bytes]:
@@ -238,7 +236,7 @@ def _key_lines(lines: list[str]) -> list[bytes]:
     return out
 
 
-HANDLERS: dict[type, Callable[[ServerSession, Peer, Any], Deferred[None] | None]] = {
+HANDLERS: dict[type, Callable[[RequestContext, Peer, Any], Deferred[None] | None]] = {
     SubAccountAdd: on_sub_add,
     SubAccountSet: on_sub_set,
     SubAccountRemove: on_sub_remove,

@@ -23,7 +23,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from neotwist.atomicfile import fsync_dir
 from neotwist.paths import check_name
@@ -31,12 +30,13 @@ from neotwist.runtime import release_free_memory
 from neotwist.server import descriptors
 from neotwist.server.changes import ChangeCounter
 from neotwist.server.repository import index
+from neotwist.server.repository.chunkstore import DEFAULT_SIZES, StoreSizes
 from neotwist.server.repository.packs import make_dirs
-from neotwist.server.repository.records import TargetMeta
+from neotwist.server.repository.records import TargetMeta, TargetSummary
 from neotwist.server.repository.space import Ballast, Reserve
 from neotwist.server.repository.target import Target
 from neotwist.wire.errors import ErrorCode, NeoError
-from neotwist.wire.messages import ChunkerParams, TargetInfo
+from neotwist.wire.messages import ChunkerParams
 
 _TARGET_COLUMNS = (
     "id, account_id, name, encrypted, chunker_algorithm, chunker_min, chunker_avg, chunker_max, chunker_seed,"
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS removed_targets (
     name TEXT NOT NULL,
     removed REAL NOT NULL
 )"""
-"""Targets removed (issue 5): the record that makes removal crash-safe and keeps ids from being reused."""
+"""Targets removed: the record that makes removal crash-safe and keeps ids from being reused."""
 
 _NEXT_ID = (
     "(SELECT max(coalesce((SELECT max(id) FROM targets), 0), coalesce((SELECT max(id) FROM removed_targets), 0)) + 1)"
@@ -117,6 +117,7 @@ class Repository:
         idle: float = TARGET_IDLE,
         clock: Callable[[], float] = time.monotonic,
         on_close_error: Callable[[Target, Exception], None] | None = None,
+        sizes: StoreSizes = DEFAULT_SIZES,
     ) -> None:
         if max_open < 1:
             raise ValueError(f"max_open must be at least 1, not {max_open}")
@@ -127,6 +128,7 @@ class Repository:
         self._clock = clock
         self._on_close_error = on_close_error
         self.reserve = reserve
+        self.sizes = sizes  # pack size, flush threshold, listing page of every target it opens
         self.ballast: Ballast | None = None
         self.space_notes: list[str] = []
         """What :meth:`keep_space` did at start-up, for the server's log."""
@@ -185,7 +187,9 @@ class Repository:
         return target
 
     def _new_target(self, meta: TargetMeta) -> Target:
-        return Target(meta, self.root / f"t{meta.id}", read_only=self.read_only, reserve=self.reserve)
+        return Target(
+            meta, self.root / f"t{meta.id}", read_only=self.read_only, reserve=self.reserve, sizes=self.sizes
+        )
 
     def release(self, target: Target) -> None:
         """Let go of a target a method of this repository returned (once per time it was returned). Never
@@ -381,9 +385,9 @@ class Repository:
         if self.read_only:
             raise NeoError(ErrorCode.PERMISSION_DENIED, f"the repository {self.root} is open read-only")
 
-    def list_targets(self, account_id: int) -> list[TargetInfo]:
+    def list_targets(self, account_id: int) -> list[TargetSummary]:
         """The account's targets with their latest snapshot and size, sorted by name."""
-        return [target_info(target) for target in self.each_target(account_id)]
+        return [target_summary(target) for target in self.each_target(account_id)]
 
     # --- target removal and liveness ---------------------------------------------------------------------
 
@@ -499,17 +503,16 @@ class Repository:
             self._catalog.close()
 
 
-def target_info(target: Target, name: str | None = None, **extra: Any) -> TargetInfo:
-    """How ``targets`` shows a whole target (blocking): under ``name`` (default: its own), with ``extra`` fields."""
+def target_summary(target: Target) -> TargetSummary:
+    """How a listing shows a whole target (blocking)."""
     latest = target.latest()
     usage = target.usage()
-    return TargetInfo(
-        name=target.meta.name if name is None else name,
+    return TargetSummary(
+        name=target.meta.name,
         encrypted=target.meta.encrypted,
         snapshots=target.snapshot_count(),
         latest=None if latest is None else latest.id,
         latest_time=None if latest is None else latest.time,
         files=usage.files,
         stored_bytes=usage.stored_bytes,
-        **extra,
     )

@@ -1,4 +1,6 @@
-"""A snapshot label as the repository stores it, and as a listing hands it back.
+"""A snapshot label as the repository stores it, and as a listing hands it back: the mapping between the wire's
+:class:`~neotwist.wire.label.SnapshotLabel` and the opaque bytes the repository keeps, made at the session
+boundary (the repository never reads a label).
 
 The ``snapshots.label`` column holds, for a plaintext target, the msgpack of the checked
 :class:`~neotwist.wire.label.SnapshotLabel` the commit carried; for an encrypted target, the client's sealed
