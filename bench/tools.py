@@ -225,7 +225,7 @@ class NeoTLS(Neo):
     transport = "tls"
 
 
-# --- encryption (issue 6) ---
+# --- encryption ---
 
 
 class NeoEncrypted(NeoSSH):
