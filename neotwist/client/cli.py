@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from twisted.internet.task import LoopingCall
 
+from neotwist.client import pushflags
 from neotwist.client.argvsecret import hide_secrets
 from neotwist.client.clibase import (
     EXIT_AUTH,
@@ -77,16 +78,16 @@ examples:
   neo-key init && neo-push --encrypt ~/papers alice@nas/papers
       create a key, then a target that holds only ciphertext (later pushes and pulls find out by themselves
       that it is encrypted and ask for the key's passphrase: a prompt, --passphrase-stdin or NEO_PASSPHRASE)
-
+{pushflags}
 Unchanged files are found with a files cache (size, mtime, inode, ctime) and not read again; only chunks the
 server lacks are sent. Filter files mix gitignore patterns and the original '<file|dir|path> <accept|reject>
 <regex>' rules: see --make-sample-filter-file.
 
-exit codes: 0 done; 1 failed; 2 usage error; 3 authentication, host key or encryption pin refused;
-23 done, but some items were not stored: sockets, unreadable files or directories, names or paths
-that cannot be stored, files that kept changing while they were read (each is named on stderr with its
-reason, and in --json "warnings");
-130 interrupted.
+exit codes: 0 done; 1 failed (with --stdin: also when standard input was empty); 2 usage error;
+3 authentication, host key or encryption pin refused; 23 done (or, with --dry-run, would be done), but some
+items were not stored: sockets, unreadable files or directories, names or paths that cannot be stored,
+files that kept changing while they were read (each is named on stderr with its reason, and in --json
+"warnings"); 130 interrupted.
 """
 
 _PULL_EPILOG = """\
@@ -121,7 +122,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
     if direction == "push":
         usage = f"{prog} [options] LOCAL_DIR REMOTE"
         description = "Push a local directory to a Neophytos server as one new snapshot."
-        epilog = _PUSH_EPILOG
+        epilog = _PUSH_EPILOG.format(pushflags=pushflags.EXAMPLES)
     else:
         usage = f"{prog} [options] REMOTE LOCAL_DIR"
         description = "Pull a snapshot (the latest by default) from a Neophytos server into a directory."
@@ -153,6 +154,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           help="make a --no-history target keep every snapshot again")
         work.add_argument("--compress-level", type=int, default=1, choices=range(1, 20), metavar="N",
                           help="zstd level for sent chunks (default 1)")
+        pushflags.add_arguments(work)
     else:
         work.add_argument("--checksum", action="store_true",
                           help="compare content instead of trusting size and mtime")
@@ -245,6 +247,8 @@ def _human(direction: Direction, summary: Any, delete: bool = False) -> str:
     """The plain-text summary; ``delete``: the push ran with --delete, so say how many paths it recorded as
     deleted (0 included: the user asked for it and should see that it happened)."""
     size = human_size
+    if getattr(summary, "dry_run", False):
+        return pushflags.describe(summary)
     if direction == "push":
         deleted = f", {summary.deleted} recorded as deleted" if delete else ""
         lines = [
@@ -298,9 +302,10 @@ async def _run(
                 filt.add_patterns(args.exclude)
         except FilterError as e:
             raise UsageError(str(e)) from None
+        filt.dirs = pushflags.dir_rules(args)
     options = connect_options(args)
     keys = key_source(args)  # after connect_options: with both -stdin flags, the password is line 1
-    if direction == "push" and not os.path.isdir(local):
+    if direction == "push" and not getattr(args, "stdin", False) and not os.path.isdir(local):
         sys.stderr.write(f"neo-push: {local} is not a directory; give the directory to push as LOCAL_DIR\n")
         return EXIT_FAILED
     started = time.monotonic()  # elapsed_s covers the whole run: connecting and authenticating too
@@ -320,7 +325,8 @@ async def _run(
             cache = None
             if not args.no_cache:
                 cache = FilesCache(cache_key(remote.address, remote.user, remote.target, remote.path, local))
-            summary = await push(
+            run = pushflags.pipeline(args, push)  # push, the dry run, or the push of standard input
+            summary = await run(
                 reactor,
                 session.peer,
                 local,
@@ -411,9 +417,10 @@ async def _run(
         except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
             pass
     if code == EXIT_OK and direction == "push" and summary is not None and summary.warnings_count:
+        dry = getattr(args, "dry_run", False)
+        what = "the push would be incomplete" if dry else f"snapshot {summary.snapshot} is incomplete"
         sys.stderr.write(
-            f"neo-push: snapshot {summary.snapshot} is incomplete: {summary.warnings_count} item(s) were not stored"
-            " (named above with the reason)\n"
+            f"neo-push: {what}: {summary.warnings_count} item(s) were not stored (named above with the reason)\n"
         )
         code = EXIT_PARTIAL
     if summary is not None:
@@ -452,7 +459,11 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     direction: Direction = args.direction or program
     try:
-        local, remote_text = _split_args(args, program)
+        if direction == "push" and getattr(args, "stdin", False):  # no LOCAL_DIR: the data comes from stdin
+            local, remote_text = "", pushflags.stdin_remote(args, list(args.args), default_remote())
+            args.stdin_name = pushflags.check_stdin(args)
+        else:
+            local, remote_text = _split_args(args, program)
         parse_remote(remote_text)  # usage errors before any connection
         args.at_time = None
         if getattr(args, "at", None) is not None:

@@ -316,9 +316,11 @@ async def open_for_push(
     grant_root: str = "",
     pin: TargetPin | None = None,
     require_encryption: bool = False,
+    create: bool = True,
 ) -> tuple[Opened, Crypt | None]:
     """Open ``target`` at ``subpath`` for a push, creating it (encrypted with ``encrypt``) if it is missing;
-    ``keep_history`` goes with every open (see ``Open``); ``grant_root``: see :func:`_place`.
+    ``keep_history`` goes with every open (see ``Open``); ``grant_root``: see :func:`_place`. Without
+    ``create`` (a dry run) a missing target is the server's NO_SUCH_TARGET error, and nothing is created.
 
     A plaintext sub-path is never sent before the target is known not to be encrypted: a pinned (or
     ``require_encryption``) target is opened encrypted at once; otherwise a push to a sub-path first opens the
@@ -330,9 +332,9 @@ async def open_for_push(
         what = "--encrypt" if encrypt else f"target {target} is encrypted: this push"
         return await _open_encrypted_push(
             peer, target, subpath, source, f"{what} needs a key: create one with 'neo-key init'", encrypt,
-            keep_history, grant_root, pin, pinned, require_encryption,
+            keep_history, grant_root, pin, pinned, require_encryption, create,
         )  # fmt: skip
-    message = Open(rid=0, target=target, path=subpath, mode="push", create=True, keep_history=keep_history)
+    message = Open(rid=0, target=target, path=subpath, mode="push", create=create, keep_history=keep_history)
     try:
         opened = await (_probe_then_open(peer, target, message) if subpath else peer.request(message))
     except RemoteError as e:
@@ -340,7 +342,7 @@ async def open_for_push(
             raise
         return await _open_encrypted_push(
             peer, target, subpath, source, f"target {target} is encrypted: this push needs its key", False,
-            keep_history, grant_root, pin, None, False,
+            keep_history, grant_root, pin, None, False, create,
         )  # fmt: skip
     assert isinstance(opened, Opened)
     return opened, None
@@ -374,12 +376,13 @@ async def _open_encrypted_push(
     pin: TargetPin | None,
     pinned: str | None,
     required: bool,
+    may_create: bool = True,
 ) -> tuple[Opened, Crypt | None]:
     """The encrypted open of a push. It creates the target with a new key-check record when ``encrypt`` asks,
     or when the target is pinned (a pinned target that is gone is re-created encrypted, never in plaintext).
     ``missing``: the refusal when this run has no key."""
     master = _unlock(source, missing, pinned, _pinned_claim(target, pinned, pin))
-    create = encrypt or pinned is not None
+    create = (encrypt or pinned is not None) and may_create
     record, keys = master.new_target() if create else (b"", None)
     root, path = _place(master, grant_root, subpath)
     try:
@@ -403,7 +406,7 @@ async def _open_encrypted_push(
                     f"target {target} exists and is not encrypted; --encrypt only applies when a push creates a "
                     "target: push to a new target name"
                 ) from None
-        if e.code == ErrorCode.NO_SUCH_TARGET and not create:
+        if e.code == ErrorCode.NO_SUCH_TARGET and not create and may_create:
             raise EncryptionRefused(
                 f"there is no target {target}, and --require-encryption creates no plaintext target: add --encrypt "
                 "to create it encrypted"

@@ -54,6 +54,7 @@ from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.messages import (
     Abort,
     ChunkerParams,
+    Codec,
     Commit,
     Committed,
     Entry,
@@ -479,8 +480,16 @@ class _PushRun:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     async def run(self) -> Committed:
+        await self.peer.request(PushBegin(rid=0, handle=self.handle, delete=self.options.delete))
+        await self.walk()
+        reply = await self.peer.request(Commit(rid=0, handle=self.handle))
+        if not isinstance(reply, Committed):
+            raise PushError(f"the server answered commit with {type(reply).__name__}")
+        return reply
+
+    async def walk(self) -> None:
+        """Scan, hash, ask and send everything; the entries are posted, the commit is the caller's."""
         peer = self.peer
-        await peer.request(PushBegin(rid=0, handle=self.handle, delete=self.options.delete))
         if self.cache is not None:
             self.cache.new = {}
         scanner = _Scanner(self.root, self.options, self.stats, self.use_cache, self.make_entries, self.verify)
@@ -526,36 +535,13 @@ class _PushRun:
         await peer.drain()
         self.summary.files_skipped += self.stats.skipped
         self.summary.files_filtered += self.stats.filtered
-        reply = await peer.request(Commit(rid=0, handle=self.handle))
-        if not isinstance(reply, Committed):
-            raise PushError(f"the server answered commit with {type(reply).__name__}")
-        return reply
 
     def _flush_entries(self, force: bool = False) -> None:
         for part in take_entry_messages(self.entries, force):
             self.peer.post(PushEntries(rid=0, handle=self.handle, entries=part))
 
     async def _missing(self, ids: list[bytes]) -> set[bytes]:
-        """The ids of ``ids`` the server lacks: ``have`` requests of up to MAX_IDS ids, HAVES_IN_FLIGHT at once
-        (a batch of cached files being verified may name millions of ids)."""
-        lacking: set[bytes] = set()
-        group = HAVES_IN_FLIGHT * limits.MAX_IDS
-        for first in range(0, len(ids), group):
-            part = ids[first : first + group]
-            requests = [
-                self.peer.request(Have(rid=0, handle=self.handle, ids=part[start : start + limits.MAX_IDS]))
-                for start in range(0, len(part), limits.MAX_IDS)
-            ]
-            for n, reply in enumerate(await _gather(requests)):
-                if not isinstance(reply, Missing):
-                    raise PushError(f"the server answered have with {type(reply).__name__}")
-                base = n * limits.MAX_IDS
-                count = min(limits.MAX_IDS, len(part) - base)
-                if len(reply.bitmap) * 8 < count:
-                    raise PushError("the server's missing bitmap is shorter than the have request")
-                if any(reply.bitmap):
-                    lacking.update(part[base + i] for i in range(count) if reply.bitmap[i >> 3] >> (i & 7) & 1)
-        return lacking
+        return await ask_missing(self.peer, self.handle, ids)
 
     async def _check_vouched(self, batch: _Batch) -> None:
         """Verify mode: the files the cache vouches for keep their cached entries unless the server lacks one of
@@ -680,7 +666,6 @@ class _PushRun:
     async def _send(self, sources: list[_Source], failed: dict[str, str]) -> None:
         """Ask which of ``sources`` the server lacks and put those; files that could not give their chunks are
         added to ``failed``."""
-        summary = self.summary
         if not sources:
             return
 
@@ -704,8 +689,6 @@ class _PushRun:
             jobs2.append(part2)
         level = self.options.compress_level
         pending = [self._thread(_compress_job, self.root, job, level, self.crypt) for job in jobs2]
-        peer = self.peer
-        handle = self.handle
         for job, d in zip(jobs2, pending, strict=True):
             try:
                 ready, bad = await d
@@ -720,10 +703,14 @@ class _PushRun:
                     if src[0] not in sent:
                         self.seen.discard(src[0])  # not sent: whoever needs it again must send it
             for cid, codec, size, payload, raw_size in ready:
-                await peer.drain()
-                peer.post(Put(rid=0, handle=handle, id=cid, codec=codec, size=size, data=payload))
-                summary.chunks_sent += 1
-                summary.chunk_bytes_sent += raw_size
+                await self._put(cid, codec, size, payload, raw_size)
+
+    async def _put(self, cid: bytes, codec: Codec, size: int, payload: bytes, raw_size: int) -> None:
+        """Send one chunk (a dry run counts it instead)."""
+        await self.peer.drain()
+        self.peer.post(Put(rid=0, handle=self.handle, id=cid, codec=codec, size=size, data=payload))
+        self.summary.chunks_sent += 1
+        self.summary.chunk_bytes_sent += raw_size
 
     def _warn(self, rel: str, reason: str) -> None:
         self._report(Problem(shown(os.path.join(self.root, rel)), reason))
@@ -859,6 +846,29 @@ def _count_in_background(reactor: Any, root: str, options: PushOptions) -> Calla
         pool.stop()
 
     return finish
+
+
+async def ask_missing(peer: Peer, handle: int, ids: list[bytes]) -> set[bytes]:
+    """The ids of ``ids`` the server lacks: ``have`` requests of up to MAX_IDS ids, HAVES_IN_FLIGHT at once
+    (a batch of cached files being verified may name millions of ids)."""
+    lacking: set[bytes] = set()
+    group = HAVES_IN_FLIGHT * limits.MAX_IDS
+    for first in range(0, len(ids), group):
+        part = ids[first : first + group]
+        requests = [
+            peer.request(Have(rid=0, handle=handle, ids=part[start : start + limits.MAX_IDS]))
+            for start in range(0, len(part), limits.MAX_IDS)
+        ]
+        for n, reply in enumerate(await _gather(requests)):
+            if not isinstance(reply, Missing):
+                raise PushError(f"the server answered have with {type(reply).__name__}")
+            base = n * limits.MAX_IDS
+            count = min(limits.MAX_IDS, len(part) - base)
+            if len(reply.bitmap) * 8 < count:
+                raise PushError("the server's missing bitmap is shorter than the have request")
+            if any(reply.bitmap):
+                lacking.update(part[base + i] for i in range(count) if reply.bitmap[i >> 3] >> (i & 7) & 1)
+    return lacking
 
 
 async def _remove_unborn_target(peer: Peer, handle: int, target: str) -> bool:
