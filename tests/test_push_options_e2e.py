@@ -272,3 +272,37 @@ def test_a_large_stream_is_pushed_in_bounded_memory(server: RunningServer, tmp_p
     assert peak_kib < 160 * 1024, f"neo-push peaked at {peak_kib // 1024} MiB (largest child before: {before // 1024})"
     listed = _json(server.cli("neo-ls", "--json", server.remote("big")))
     assert [(e["path"], e["size"]) for e in listed["entries"] if e["path"]] == [("big.bin", size)]
+
+
+# --- encrypted targets ------------------------------------------------------------------------------------
+
+
+def test_dry_run_and_stdin_on_an_encrypted_target(server: RunningServer, tmp_path: Path) -> None:
+    env = server.env(NEO_PASSPHRASE="a long passphrase for tests")
+    made = subprocess.run([str(BIN / "neo-key"), "init", "--kdf-memory", "8", "--kdf-iterations", "1"],
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert made.returncode == 0 or "exists" in made.stderr, made.stderr
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha\n")
+    (src / "b.bin").write_bytes(random.Random(3).randbytes(MIB))
+    remote = server.remote("enc-dry")
+    _json(_push(server, "--json", "--encrypt", str(src), remote, env=env))
+    (src / "a.txt").write_text("alpha, changed\n")
+    dry = _json(_push(server, "--json", "--dry-run", "--no-cache", str(src), remote, env=env))
+    assert dry["encrypted"] is True
+    assert (dry["files_new"], dry["files_modified"], dry["files_unmodified"], dry["removed"]) == (0, 1, 1, 0)
+    assert dry["chunks_to_send"] == 1 and dry["chunk_bytes_to_send"] == len("alpha, changed\n")
+    assert dry["bytes_to_send"] > dry["chunk_bytes_to_send"]  # sealed: nonce and tag on top
+
+    dump = random.Random(5).randbytes(2 * MIB)
+    r = subprocess.run(
+        [str(BIN / "neo-push"), "-i", str(server.key), "--known-hosts", str(server.known_hosts), "--json",
+         "--stdin", "--stdin-filename", "dump.bin", remote],
+        input=dump, capture_output=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert _bjson(r)["encrypted"] is True
+    dest = tmp_path / "dest"
+    pulled = server.cli("neo-pull", remote, str(dest), env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert (dest / "dump.bin").read_bytes() == dump and (dest / "a.txt").read_text() == "alpha\n"
