@@ -120,7 +120,7 @@ safe write (each is named on stderr with its reason, and in --json "warnings_det
 def build_parser(direction: Direction) -> argparse.ArgumentParser:
     prog = f"neo-{direction}"
     if direction == "push":
-        usage = f"{prog} [options] LOCAL_DIR REMOTE"
+        usage = f"{prog} [options] LOCAL_DIR REMOTE\n       {prog} [options] --stdin [--stdin-filename NAME] REMOTE"
         description = "Push a local directory to a Neophytos server as one new snapshot."
         epilog = _PUSH_EPILOG.format(pushflags=pushflags.EXAMPLES)
     else:

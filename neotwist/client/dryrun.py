@@ -75,10 +75,10 @@ def _fields(e: Entry) -> tuple[Any, ...]:
 class _DryRun(_PushRun):
     """A push run that counts what it would put and compares what it would list (see the module docstring)."""
 
-    def __init__(self, *args: Any, remote: dict[str, Entry], exists: bool, **kw: Any) -> None:
+    def __init__(self, *args: Any, remote: dict[str, Entry] | None, exists: bool, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.make_entries = _entries_for  # plaintext records, to compare with the (decrypted) listing
-        self.remote = remote
+        self.remote = remote  # None: the latest snapshot could not be listed, so items are not judged
         self.exists = exists
         self.dry: DryRunSummary = self.summary  # type: ignore[assignment]
         self._continued: Entry | None = None
@@ -111,6 +111,8 @@ class _DryRun(_PushRun):
         self.entries.clear()
 
     def _judge(self, e: Entry) -> None:
+        if self.remote is None:
+            return
         dry = self.dry
         old = self.remote.pop(e.path, None)
         if not e.path:  # the root is not counted
@@ -134,8 +136,9 @@ class _DryRun(_PushRun):
 
 async def _latest_entries(
     peer: Peer, opened: Opened, crypt: Crypt | None, summary: DryRunSummary, options: PushOptions
-) -> dict[str, Entry]:
-    """The latest snapshot's entries under the handle root, by plaintext path (empty when it has none)."""
+) -> dict[str, Entry] | None:
+    """The latest snapshot's entries under the handle root, by plaintext path (empty when it has none; None
+    when they could not be listed)."""
     if opened.latest is None:
         return {}
     try:
@@ -146,10 +149,13 @@ async def _latest_entries(
         if options.warn is not None:
             options.warn(f"the latest snapshot of {summary.target} could not be listed ({why}): new and modified "
                          "items are not told apart")  # fmt: skip
-        return {}
+        return None
     if crypt is not None:
         decrypted = await deferToThread(crypt.decrypt_listing, entries)
         entries = decrypted.entries
+        for error in decrypted.errors:  # left out: the dry run calls such items new
+            if options.warn is not None:
+                options.warn(error)
     return {e.path: e for e in entries}
 
 
@@ -178,6 +184,7 @@ async def dry_run(
     try:
         with plain_errors(crypt):
             remote = await _latest_entries(peer, opened, crypt, summary, options) if opened is not None else {}
+            summary.listed = remote is not None
             if options.cache is not None:
                 options.cache.bind("plaintext" if crypt is None else f"encrypted {crypt.keys.fingerprint}")
                 options.cache.load()  # read only: a dry run never saves it
@@ -196,7 +203,7 @@ async def dry_run(
             finally:
                 counting()
                 pool.stop()
-            summary.removed = sum(1 for path in remote if path)
+            summary.removed = sum(1 for path in remote if path) if remote is not None else 0
     finally:
         if opened is not None:
             try:

@@ -86,6 +86,13 @@ def check_stdin(args: argparse.Namespace) -> str:
                         ("--filter-file", args.filter_file)):  # fmt: skip
         if given:
             raise UsageError(f"{flag} chooses files of a directory; --stdin reads no directory")
+    for flag, given in (("--password-stdin", getattr(args, "password_stdin", False)),
+                        ("--passphrase-stdin", getattr(args, "passphrase_stdin", False))):  # fmt: skip
+        if given:
+            raise UsageError(
+                f"{flag} and --stdin both read standard input: give the secret with a file, a command or the "
+                "environment instead (see --help)"
+            )
     if sys.stdin is None or os.isatty(0):
         raise UsageError("--stdin reads a pipe or a file, and standard input is a terminal (pipe the data in)")
     return name
@@ -122,7 +129,9 @@ def describe(summary: Any) -> str:
         f"dry run, nothing was sent or changed: {summary.files_scanned} items scanned, {summary.files_skipped} "
         "skipped",
     ]
-    if summary.target_exists:
+    if not summary.listed:
+        lines.append("the latest snapshot could not be listed: new, modified and unmodified are not told apart")
+    elif summary.target_exists:
         lines.append(
             f"files: {summary.files_new} new, {summary.files_modified} modified, {summary.files_unmodified} "
             f"unmodified; directories: {summary.dirs_new} new, {summary.dirs_modified} modified, "
