@@ -55,6 +55,7 @@ class DryRunSummary(PushSummary):
     target: str = ""
     target_exists: bool = True
     listed: bool = True  # the latest snapshot could be listed (the counts below are known)
+    stdin: str | None = None  # --stdin: the file's path in the snapshot (its counts are not judged)
     files_new: int = 0
     files_modified: int = 0
     files_unmodified: int = 0

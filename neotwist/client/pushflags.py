@@ -129,7 +129,10 @@ def describe(summary: Any) -> str:
         f"dry run, nothing was sent or changed: {summary.files_scanned} items scanned, {summary.files_skipped} "
         "skipped",
     ]
-    if not summary.listed:
+    if summary.stdin is not None:
+        lines.append(f"standard input ({human_size(summary.bytes_read)}) would be stored as {summary.stdin}"
+                     + ("" if summary.target_exists else f" in target {summary.target}, new with the push"))
+    elif not summary.listed:
         lines.append("the latest snapshot could not be listed: new, modified and unmodified are not told apart")
     elif summary.target_exists:
         lines.append(
@@ -147,6 +150,6 @@ def describe(summary: Any) -> str:
     lines.append(
         f"would read {summary.files_changed} files ({human_size(summary.bytes_read)}) and send "
         f"{summary.chunks_to_send} chunks the server lacks: {human_size(summary.chunk_bytes_to_send)}, "
-        f"{human_size(summary.bytes_to_send)} compressed"
+        f"{human_size(summary.bytes_to_send)} once compressed" + (" and sealed" if summary.encrypted else "")
     )
     return "\n".join(lines)

@@ -152,7 +152,7 @@ async def push_stdin(
     if dry_run:
         from neotwist.client.dryrun import DryRunSummary
 
-        summary = DryRunSummary(target=target, listed=False)
+        summary = DryRunSummary(target=target, listed=False, stdin=name)
     else:
         summary = PushSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
@@ -271,8 +271,6 @@ class _Upload:
         if self.options.progress is not None:
             self.options.progress.files(1)
         if self.dry_run:
-            if self.opened is None:
-                summary.files_new = 1  # type: ignore[attr-defined]
             return None
         now = time.time_ns()
         rec = ScanRecord(name, "f", STDIN_MODE, now, size, 0, now)
