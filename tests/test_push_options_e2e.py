@@ -65,6 +65,7 @@ def test_dry_run_tells_what_a_push_would_send_and_changes_nothing(server: Runnin
     (src / "b.txt").write_text("bravo\n")
     (src / "sub" / "big.bin").write_bytes(rng.randbytes(3 * MIB))
     remote = server.remote("dry")
+    caches = _cache_files(server)  # other tests' (the server is the module's)
 
     # a target that does not exist: everything is new, and the dry run does not create it
     first = _json(_push(server, "--dry-run", "--json", str(src), remote))
@@ -74,12 +75,12 @@ def test_dry_run_tells_what_a_push_would_send_and_changes_nothing(server: Runnin
     assert 0 < first["bytes_to_send"] <= first["chunk_bytes_to_send"] + 64 * first["chunks_to_send"]
     assert first["chunks_sent"] == 0
     assert "dry" not in _targets(server)
-    assert _cache_files(server) == {}
+    assert _cache_files(server) == caches
 
     pushed = _json(_push(server, "--json", str(src), remote))
     assert pushed["snapshot"] == 1
     cache_before = _cache_files(server)
-    assert cache_before
+    assert len(cache_before) == len(caches) + 1
 
     # change a file (in the middle of the big one), add one, remove one
     data = bytearray((src / "sub" / "big.bin").read_bytes())
@@ -106,6 +107,9 @@ def test_dry_run_tells_what_a_push_would_send_and_changes_nothing(server: Runnin
     assert real["chunk_bytes_sent"] == dry["chunk_bytes_to_send"]
     again = _json(_push(server, "--dry-run", "--json", str(src), remote))
     assert (again["files_new"], again["files_modified"], again["removed"], again["chunks_to_send"]) == (0, 0, 1, 0)
+    # a sub-path the target does not have yet: everything under it is new, and nothing needs sending
+    sub = _json(_push(server, "--dry-run", "--json", str(src / "sub"), remote + "/elsewhere"))
+    assert (sub["listed"], sub["files_new"], sub["files_changed"], sub["chunks_to_send"]) == (True, 1, 1, 0)
 
 
 # --- --one-file-system ------------------------------------------------------------------------------------

@@ -145,6 +145,8 @@ async def _latest_entries(
     try:
         _snapshot, entries = await stash.entries(peer, opened.handle, None)
     except (RemoteError, stash.StashError) as e:
+        if isinstance(e, RemoteError) and e.code == ErrorCode.NO_SUCH_PATH:  # a sub-path not pushed yet
+            return {}
         summary.listed = False
         why = e.message if isinstance(e, RemoteError) else str(e)
         if options.warn is not None:
