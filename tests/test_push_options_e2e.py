@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -252,13 +252,22 @@ def test_empty_stdin_is_refused_and_commits_nothing(server: RunningServer) -> No
         assert refused.returncode == 2, (args, refused.stderr)
 
 
+PEAK_OF_CHILD = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[1:])\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+"""Runs its arguments and prints their peak RSS (KiB) as the last line of stderr: the one child it waits for."""
+
+
 def test_a_large_stream_is_pushed_in_bounded_memory(server: RunningServer, tmp_path: Path) -> None:
     """400 MiB through stdin; neo-push's peak RSS stays far below it (the stream is never held whole)."""
     size = 400 * MIB
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, largest child so far
     process = subprocess.Popen(
-        [str(BIN / "neo-push"), "-i", str(server.key), "--known-hosts", str(server.known_hosts),
-         "--accept-new-host-key", "--json", "--stdin", "--stdin-filename", "big.bin", server.remote("big")],
+        [sys.executable, "-c", PEAK_OF_CHILD, str(BIN / "neo-push"), "-i", str(server.key),
+         "--known-hosts", str(server.known_hosts), "--accept-new-host-key", "--json", "--stdin",
+         "--stdin-filename", "big.bin", server.remote("big")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server.env(),
     )  # fmt: skip
     assert process.stdin is not None
@@ -272,8 +281,8 @@ def test_a_large_stream_is_pushed_in_bounded_memory(server: RunningServer, tmp_p
     assert process.returncode == 0, err.decode()
     summary = json.loads(out)
     assert summary["bytes_read"] == size and summary["files"] == 1
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    assert peak_kib < 160 * 1024, f"neo-push peaked at {peak_kib // 1024} MiB (largest child before: {before // 1024})"
+    peak_kib = int(err.decode().splitlines()[-1])
+    assert peak_kib < 160 * 1024, f"neo-push peaked at {peak_kib // 1024} MiB of RSS"
     listed = _json(server.cli("neo-ls", "--json", server.remote("big")))
     assert [(e["path"], e["size"]) for e in listed["entries"] if e["path"]] == [("big.bin", size)]
 
