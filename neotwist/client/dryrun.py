@@ -18,6 +18,9 @@ So the figures mean what they would mean for the push run now:
   with "missing", their plain bytes, and their bytes as they would be sent (compressed; sealed for an encrypted
   target). Framing adds a few bytes per chunk. For a target that does not exist yet every distinct chunk is
   counted (for a new encrypted target, its sizes are the plaintext's: the key the push would make is unknown).
+  Like the push, the dry run does not ask about the chunks of files the files cache vouches for: in the rare
+  case that the server has lost some of those (pruned, or marked damaged by ``neo-check --repair``), the push
+  learns it at its commit and sends them too, beyond what the dry run counted.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ EXAMPLES = """\
       directories (CACHEDIR.TAG) and directories holding a .nobackup file (the tag itself is kept)
   pg_dump mydb | neo-push --stdin --stdin-filename mydb.sql alice@nas/dumps
       store what is piped in as the file mydb.sql of a new snapshot of "dumps" (the next dump sends only what
-      changed)
+      changed); an empty input is refused, and 'set -o pipefail' lets the shell report a failed pg_dump
 """
 """Lines for neo-push's --help examples."""
 
