@@ -30,10 +30,11 @@ SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def is_cache_tag(path: str) -> bool:
-    """Is ``path`` a valid cache directory tag: a regular file (not a symlink) that starts with the signature?"""
+def is_cache_tag(path: str, dir_fd: int | None = None) -> bool:
+    """Is ``path`` (relative to ``dir_fd`` when given) a valid cache directory tag: a regular file (not a
+    symlink) that starts with the signature?"""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError:
         return False
     try:
@@ -63,16 +64,19 @@ class DirRules:
         """Should the walk enter a directory (``st`` its lstat, ``root`` the pushed root's stat)?"""
         return not self.one_file_system or st.st_dev == root.st_dev
 
-    def select(self, entries: list[os.DirEntry[str]]) -> tuple[list[os.DirEntry[str]], int]:
-        """The entries of a directory to walk, and how many were left out: all of them, or only
-        the tags when the directory is tagged."""
+    def select(
+        self, entries: list[os.DirEntry[str]], directory: str, dir_fd: int | None = None
+    ) -> tuple[list[os.DirEntry[str]], int]:
+        """The ``entries`` of ``directory`` (listed through ``dir_fd`` when given) to walk, and how many were
+        left out: all of them, or only the tags when the directory is tagged."""
         if not (self.exclude_caches or self.if_present):
             return entries, 0
         names = {e.name: e for e in entries}
         tags = [name for name in self.if_present if name in names]
         if self.exclude_caches and CACHEDIR_TAG in names and CACHEDIR_TAG not in tags:
             entry = names[CACHEDIR_TAG]
-            if entry.is_file(follow_symlinks=False) and is_cache_tag(entry.path):
+            where = CACHEDIR_TAG if dir_fd is not None else os.path.join(directory, CACHEDIR_TAG)
+            if entry.is_file(follow_symlinks=False) and is_cache_tag(where, dir_fd):
                 tags.append(CACHEDIR_TAG)
         if not tags:
             return entries, 0

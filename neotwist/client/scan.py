@@ -158,7 +158,7 @@ def scan(
             skip(directory, f"directory not read ({e.strerror}); nothing under it is stored")
             continue
         if rules is not None:  # a tagged directory keeps only its tags
-            entries, left_out = rules.select(entries)
+            entries, left_out = rules.select(entries, directory)
             stats.filtered += left_out
         subdirs: list[tuple[str, str]] = []
         for entry in entries:
