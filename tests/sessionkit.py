@@ -111,9 +111,10 @@ class Conn:
         delete: bool = False,
         upload: bool = True,
         extra_entries: list[Entry] | None = None,
+        **commit: Any,
     ) -> Any:
         """Push ``files`` (name -> content, one chunk each) as a snapshot; the reply to commit (or the first
-        error on the way)."""
+        error on the way). ``commit``: more fields of the commit message (its label)."""
         opened = self.open(target, path, "push", create=True)
         if not isinstance(opened, Opened):
             return opened
@@ -131,7 +132,7 @@ class Conn:
             entries.append(Entry(name, "f", 0o644, 1, len(data), cid))
         entries += extra_entries or []
         self.post(PushEntries(rid=0, handle=h, entries=entries))
-        return self.call(Commit(rid=0, handle=h))
+        return self.call(Commit(rid=0, handle=h, **commit))
 
 
 class Workers:

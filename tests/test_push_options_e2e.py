@@ -216,8 +216,11 @@ def test_stdin_is_stored_as_one_file_and_a_second_dump_sends_little(server: Runn
     assert first["snapshot"] == 1 and first["bytes_read"] == len(dump) and first["files"] == 1
     # a second dump with a few rows changed sends only the chunks around them
     changed = dump.replace(b"(30000,", b"(30000, 'x',").replace(b"(100,", b"(100, 'y',")
-    second = _bjson(_stdin_push(server, changed, "--json", "--stdin-filename", "db/mydb.sql", remote))
+    second = _bjson(_stdin_push(server, changed, "--json", "--tag", "nightly", "--stdin-filename", "db/mydb.sql",
+                                remote))  # fmt: skip
     assert second["snapshot"] == 2
+    snaps = _json(server.cli("neo-ls", "--json", "--snapshots", remote))["snapshots"]
+    assert (snaps[-1]["source"], snaps[-1]["tags"]) == ("(standard input) as db/mydb.sql", ["nightly"])
     assert second["chunk_bytes_sent"] < len(dump) // 20, second
     # a dry run of a third: it would send as little, and commits nothing
     dry = _bjson(_stdin_push(server, changed + b"-- end\n", "--json", "--dry-run", "--stdin-filename",

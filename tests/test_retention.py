@@ -129,6 +129,42 @@ def test_monthly_edges() -> None:
     assert d.keep == [1, 3, 5, 6]
 
 
+def test_yearly_buckets_are_utc_calendar_years() -> None:
+    snaps = numbered(
+        ts(2021, 6, 1),  # 1: the only one of 2021
+        ts(2022, 1, 1, 0, 0, 0),  # 2
+        ts(2022, 12, 31, 23, 59, 59),  # 3: newest of 2022 in UTC (already 2023 east of Greenwich)
+        ts(2023, 1, 1, 0, 0, 0),  # 4: first second of 2023
+        ts(2023, 7, 1),  # 5
+        ts(2024, 3, 1),  # 6: newest of 2024
+    )
+    d = decide(snaps, RetentionPolicy(keep_yearly=3), NOW)
+    assert d.keep == [3, 5, 6] and d.remove == [1, 2, 4]
+    assert d.reasons == {3: ["yearly"], 5: ["yearly"], 6: ["latest", "yearly"]}
+    d = decide(snaps, RetentionPolicy(keep_yearly=10), NOW)  # years without snapshots use up nothing
+    assert d.keep == [1, 3, 5, 6]
+    d = decide(snaps, RetentionPolicy(keep_monthly=1, keep_yearly=2), NOW)  # rules count on their own
+    assert d.reasons[6] == ["latest", "monthly", "yearly"] and d.keep == [5, 6]
+    assert not RetentionPolicy(keep_yearly=1).is_empty()
+
+
+def test_keep_tagged_keeps_named_ids_and_everything_listed_after() -> None:
+    snaps = numbered(*(ts(2024, 5, 1, h) for h in range(6)))
+    # the client read the tags of snapshots 1..4 and found 2 tagged; 5 and 6 were committed after its listing
+    policy = RetentionPolicy(keep_tagged=frozenset({2}), tagged_through=4)
+    assert not policy.is_empty()  # --keep-tag alone is a policy (restic's forget --keep-tag x)
+    d = decide(snaps, policy, NOW)
+    assert d.keep == [2, 5, 6] and d.remove == [1, 3, 4]
+    assert d.reasons == {2: ["tag"], 5: ["tag"], 6: ["latest", "tag"]}
+    d = decide(snaps, RetentionPolicy(keep_last=1, keep_tagged=frozenset({1, 3}), tagged_through=6), NOW)
+    assert d.keep == [1, 3, 6] and d.reasons[6] == ["latest", "last"]
+    # nothing tagged: only the newest stays
+    d = decide(snaps, RetentionPolicy(tagged_through=6), NOW)
+    assert d.keep == [6] and d.reasons == {6: ["latest"]}
+    with pytest.raises(ValueError, match="tagged_through"):
+        RetentionPolicy(keep_tagged=frozenset({1}))
+
+
 def test_keep_within_is_measured_from_now_inclusive() -> None:
     day = 86400.0
     snaps = numbered(NOW - 3 * day - 1, NOW - 3 * day, NOW - 2 * day, NOW - 10)
@@ -167,8 +203,8 @@ def _reference(snaps: list[tuple[int, float]], policy: RetentionPolicy, now: flo
     keep = {max(snaps, key=lambda s: (s[1], s[0]))[0]} if snaps else set()
     by_time = sorted(snaps, key=lambda s: (s[1], s[0]))
     keep.update(sid for sid, _ in by_time[len(by_time) - policy.keep_last :] if policy.keep_last)
-    formats = {"keep_hourly": "%Y%m%d%H", "keep_daily": "%Y%m%d", "keep_monthly": "%Y%m"}
-    for name in ("keep_hourly", "keep_daily", "keep_weekly", "keep_monthly"):
+    formats = {"keep_hourly": "%Y%m%d%H", "keep_daily": "%Y%m%d", "keep_monthly": "%Y%m", "keep_yearly": "%Y"}
+    for name in ("keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"):
         count = getattr(policy, name)
         if not count:
             continue
@@ -181,6 +217,8 @@ def _reference(snaps: list[tuple[int, float]], policy: RetentionPolicy, now: flo
             keep.add(groups[key][0])
     if policy.keep_within:
         keep.update(sid for sid, t in snaps if t >= now - policy.keep_within)
+    if policy.tagged_through:
+        keep.update(sid for sid, _ in snaps if sid in policy.keep_tagged or sid > policy.tagged_through)
     return keep
 
 
@@ -199,6 +237,9 @@ def test_random_histories_match_a_reference_computation() -> None:
             keep_weekly=rng.randint(0, 3),
             keep_monthly=rng.randint(0, 3),
             keep_within=rng.choice([0.0, 3600.0, 86400.0 * 3]),
+            keep_yearly=rng.randint(0, 2),
+            tagged_through=(through := rng.choice([0, 0, 1, 30, 60])),
+            keep_tagged=frozenset(rng.sample(range(1, 61), rng.randint(0, 5)) if through else ()),
         )
         if policy.is_empty():
             continue

@@ -78,7 +78,11 @@ examples:
   neo-key init && neo-push --encrypt ~/papers alice@nas/papers
       create a key, then a target that holds only ciphertext (later pushes and pulls find out by themselves
       that it is encrypted and ask for the key's passphrase: a prompt, --passphrase-stdin or NEO_PASSPHRASE)
+  neo-push --tag daily --tag db,pre-upgrade ~/src alice@nas/src
+      tag the snapshot "daily", "db" and "pre-upgrade" (neo-ls --snapshots --tag db, neo-prune --keep-tag)
 {pushflags}
+Each snapshot records this machine's name (--hostname), the directory pushed, its tags, and whether it is
+incomplete (the push exited 23): neo-ls --snapshots shows them (sealed in an encrypted target).
 Unchanged files are found with a files cache (size, mtime, inode, ctime) and not read again; only chunks the
 server lacks are sent. Filter files mix gitignore patterns and the original '<file|dir|path> <accept|reject>
 <regex>' rules: see --make-sample-filter-file.
@@ -154,6 +158,11 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           help="make a --no-history target keep every snapshot again")
         work.add_argument("--compress-level", type=int, default=1, choices=range(1, 20), metavar="N",
                           help="zstd level for sent chunks (default 1)")
+        work.add_argument("--tag", action="append", default=[], metavar="TAG[,TAG...]",
+                          help="tag the new snapshot (repeatable, as restic: --tag a,b --tag c gives three tags; "
+                          "at most 64, each up to 128 characters, no commas or control characters)")  # fmt: skip
+        work.add_argument("--hostname", metavar="NAME",
+                          help="the host name the snapshot records (default: this machine's)")
         pushflags.add_arguments(work)
     else:
         work.add_argument("--checksum", action="store_true",
@@ -280,11 +289,13 @@ async def _run(
 ) -> int:
     from neotwist.client.encryption import EncryptionDowngrade, EncryptionRefused
     from neotwist.client.filescache import FilesCache, cache_key
+    from neotwist.client.labels import push_label, split_tags
     from neotwist.client.pins import PinFileError
     from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
     from neotwist.client.push import PushError, PushOptions, describe_error, push
     from neotwist.crypto import CryptoError, WrongPassphrase
     from neotwist.wire.errors import ErrorCode, NeoError
+    from neotwist.wire.label import LabelError
 
     remote = parse_remote(remote_text)
     quiet = args.quiet or args.json or args.json_progress
@@ -303,6 +314,12 @@ async def _run(
         except FilterError as e:
             raise UsageError(str(e)) from None
         filt.dirs = pushflags.dir_rules(args)
+    label = None
+    if direction == "push":
+        try:
+            label = push_label(local, split_tags(args.tag), args.hostname)
+        except LabelError as e:
+            raise UsageError(str(e)) from None
     options = connect_options(args)
     keys = key_source(args)  # after connect_options: with both -stdin flags, the password is line 1
     if direction == "push" and not getattr(args, "stdin", False) and not os.path.isdir(local):
@@ -346,6 +363,7 @@ async def _run(
                     grant_root=args.grant_root,
                     pin=target_pin(remote),
                     require_encryption=args.require_encryption,
+                    label=label,
                 ),
             )
         else:

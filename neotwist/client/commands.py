@@ -46,6 +46,7 @@ from neotwist.client.encryption import (
     open_for_read,
     plain_errors,
 )
+from neotwist.client.labels import Labelled, keep_tagged, matches, read_labels, tag_filter
 from neotwist.client.pins import PinFileError
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.runner import entry_point, react
@@ -53,6 +54,8 @@ from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_a
 from neotwist.crypto import CryptoError, WrongPassphrase
 from neotwist.display import shown, write_json
 from neotwist.sizes import human_size
+from neotwist.wire import limits
+from neotwist.wire.label import LabelError
 from neotwist.wire.messages import GetUsage, Opened, UsageInfo
 from neotwist.wire.peer import Peer
 
@@ -61,7 +64,8 @@ REMOTE is {REMOTE_FORM}; /TARGET may be left out to list the account's targets.
 
 examples:
   neo-ls alice@nas                                   the targets, with snapshots, files and stored bytes
-  neo-ls alice@nas/docs --snapshots                  every kept snapshot of "docs" (id, time, files, bytes added)
+  neo-ls alice@nas/docs --snapshots                  every kept snapshot of "docs" (id, time, host, tags, ...)
+  neo-ls alice@nas/docs --snapshots --tag db,daily   only those tagged both "db" and "daily"
   neo-ls alice@nas/docs/reports                      the directory "reports" as of the latest snapshot
   neo-ls -R --at '2026-11-01 18:00' alice@nas/docs   the whole target as it was then
   neo-ls alice@nas/docs --versions reports/q3.ods    every stored version of one file
@@ -70,19 +74,27 @@ examples:
 
 Restore what you found with neo-pull --snapshot ID (or --at TIME) REMOTE[/PATH] DEST. A TIME covers the
 second, minute or day it is written to: a TIME copied from --snapshots picks that very snapshot.
+
+--snapshots shows each snapshot's host, the directory pushed, its tags, and "incomplete (N warnings)" when its
+push could not store everything (it exited 23). Encrypted targets keep these sealed; they are shown decrypted.
+--tag TAG[,TAG...] (repeatable, as restic): a snapshot is shown if it has every tag of one of the options.
 """
 
 _PRUNE_EPILOG = f"""\
 REMOTE is {REMOTE_FORM} (a whole target: no SUBPATH).
 
-Snapshots are kept if any rule keeps them; the newest one is always kept. Buckets (hour, day, ISO week, month)
-are in UTC, by the server's time; each keeps its newest snapshot. DURATION: number-unit pairs with units
-y (365 days), m (30 days), w, d, h, min, s, e.g. 1y6m or 36h. After removing snapshots the server reclaims the
-space of chunks nothing references any more. Needs full access to the target.
+Snapshots are kept if any rule keeps them; the newest one is always kept. Buckets (hour, day, ISO week, month,
+year) are in UTC, by the server's time; each keeps its newest snapshot. --keep-tag TAG[,TAG...] (repeatable,
+as restic) keeps every snapshot that has every tag of one of the options; this client reads the tags (in an
+encrypted target only the key can: give its passphrase as for neo-ls) and tells the server which to keep.
+DURATION: number-unit pairs with units y (365 days), m (30 days), w, d, h, min, s, e.g. 1y6m or 36h. After
+removing snapshots the server reclaims the space of chunks nothing references any more. Needs full access to
+the target.
 
 examples:
   neo-prune --dry-run --keep-daily 7 --keep-weekly 4 alice@nas/docs    show what would go
   neo-prune --keep-last 3 --keep-within 30d alice@nas/docs
+  neo-prune --keep-daily 7 --keep-monthly 12 --keep-yearly 5 --keep-tag keep alice@nas/docs
 """
 
 _CHECK_EPILOG = f"""\
@@ -144,6 +156,13 @@ def _ls_parser() -> Parser:
     when.add_argument("--at", metavar="TIME", help="list files as of the newest snapshot taken at or before TIME "
                       "(2026-11-23T14:30 local time, 2026-11-23, @EPOCH, '3d ago')")  # fmt: skip
     what.add_argument("-R", "--recursive", action="store_true", help="list the whole tree below the path")
+    what.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG[,TAG...]",
+        help="with --snapshots: only snapshots that have every tag of one --tag (repeatable)",
+    )
     add_key_options(p)  # encrypted targets are listed decrypted (issue 6)
     return p
 
@@ -162,12 +181,21 @@ def _prune_parser() -> Parser:
         "daily": "the same for days",
         "weekly": "the same for ISO weeks",
         "monthly": "the same for months",
+        "yearly": "the same for years",
     }
     for rule, text in rules.items():
         keep.add_argument(f"--keep-{rule}", type=_count, default=0, metavar="N", help=text)
     keep.add_argument("--keep-within", type=_duration, default=0.0, metavar="DURATION",
                       help="keep every snapshot taken within DURATION before now")  # fmt: skip
+    keep.add_argument(
+        "--keep-tag",
+        action="append",
+        default=[],
+        metavar="TAG[,TAG...]",
+        help="keep every snapshot that has every tag of one --keep-tag (repeatable)",
+    )
     p.add_argument("-n", "--dry-run", action="store_true", help="show what would be removed; change nothing")
+    add_key_options(p)  # --keep-tag reads an encrypted target's sealed tags
     return p
 
 
@@ -289,6 +317,12 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
         parser.error("give REMOTE as HOST/TARGET[/PATH] to list inside a target")
     if (args.snapshots or args.versions or args.deleted) and (at is not None or args.snapshot is not None):
         parser.error("--at and --snapshot choose the files listed; --snapshots, --versions and --deleted list all")
+    if args.tag and not args.snapshots:
+        parser.error("--tag filters --snapshots: give --snapshots with it")
+    try:
+        tags = tag_filter(args.tag)
+    except LabelError as e:
+        parser.error(str(e))
     if (args.snapshots or args.versions is not None or args.deleted) and args.recursive:
         # refused rather than ignored: "-R --versions DIR" reads as "every version of everything below DIR"
         which = "--snapshots" if args.snapshots else "--versions" if args.versions is not None else "--deleted"
@@ -312,7 +346,11 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
                 snaps = await stash.snapshots(peer, opened.handle)
                 if namer is not None:
                     snaps = [await _named_root(namer, r) for r in snaps]
-                code = _show_snapshots(args, remote, snaps)
+                labelled = read_labels(snaps, crypt.keys if crypt is not None else None)
+                for x in labelled:
+                    if x.unreadable:
+                        sys.stderr.write(f"neo-ls: warning: snapshot {x.record.id}'s label: {x.unreadable}\n")
+                code = _show_snapshots(args, remote, [x for x in labelled if matches(x.tags, tags)])
             elif args.versions is not None:
                 path = args.versions.strip("/")
                 wanted_path = crypt.encrypt_subpath(path) if crypt is not None else path
@@ -425,35 +463,43 @@ def _show_usage(args: argparse.Namespace, info: Any) -> int:
     return EXIT_OK
 
 
-def _show_snapshots(args: argparse.Namespace, remote: Remote, records: list[Any]) -> int:
+def _snapshot_json(x: Labelled) -> dict[str, Any]:
+    r, label = x.record, x.label
+    return {
+        "id": r.id, "time": r.time, "files": r.files, "dirs": r.dirs, "changed": r.changed,
+        "deleted": r.deleted, "new_chunks": r.new_chunks, "bytes_added": r.new_bytes,
+        "root": r.root, "delete": r.delete_mode,
+        # None: not recorded (a snapshot made before labels, or a sealed label that could not be read)
+        "host": label.host if label is not None else None,
+        "source": label.source if label is not None else None,
+        "tags": x.tags,
+        "incomplete": label.incomplete if label is not None else None,
+        "warnings": label.warnings if label is not None else None,
+    }  # fmt: skip
+
+
+def _snapshot_row(x: Labelled) -> list[str]:
+    r, label = x.record, x.label
+    pushed = (shown(r.root) or "/") + (" --delete" if r.delete_mode else "")
+    if label is not None and label.incomplete:
+        pushed += f"  incomplete ({label.warnings} warnings)"
+    # the columns scripts may have split before labels keep their places; SOURCE (it may hold spaces) comes last
+    return [
+        str(r.id), format_time(r.time), str(r.files), str(r.changed), str(r.deleted), human_size(r.new_bytes),
+        shown(label.host or "-") if label is not None else "-",
+        shown(",".join(x.tags)) or "-",
+        pushed,
+        shown(label.source or "-") if label is not None else "-",
+    ]  # fmt: skip
+
+
+def _show_snapshots(args: argparse.Namespace, remote: Remote, records: list[Labelled]) -> int:
     if args.json:
-        _print_json(
-            {
-                "target": remote.target,
-                "path": remote.path,
-                "snapshots": [
-                    {
-                        "id": r.id, "time": r.time, "files": r.files, "dirs": r.dirs, "changed": r.changed,
-                        "deleted": r.deleted, "new_chunks": r.new_chunks, "bytes_added": r.new_bytes,
-                        "root": r.root, "delete": r.delete_mode,
-                    }
-                    for r in records
-                ],
-            }
-        )
+        snapshots = [_snapshot_json(x) for x in records]
+        _print_json({"target": remote.target, "path": remote.path, "snapshots": snapshots})
     elif not args.quiet:
-        rows = [["ID", "TIME", "FILES", "CHANGED", "DELETED", "ADDED", "PUSHED"]] + [
-            [
-                str(r.id),
-                format_time(r.time),
-                str(r.files),
-                str(r.changed),
-                str(r.deleted),
-                human_size(r.new_bytes),
-                (r.root or "/") + (" --delete" if r.delete_mode else ""),
-            ]
-            for r in records
-        ]
+        header = ["ID", "TIME", "FILES", "CHANGED", "DELETED", "ADDED", "HOST", "TAGS", "PUSHED", "SOURCE"]
+        rows = [header] + [_snapshot_row(x) for x in records]
         sys.stdout.write(_table(rows, right=(0, 2, 3, 4, 5)))
     return EXIT_OK
 
@@ -569,13 +615,35 @@ def prune_main(argv: Sequence[str] | None = None) -> int:
         "keep_weekly": args.keep_weekly,
         "keep_monthly": args.keep_monthly,
         "keep_within": args.keep_within,
+        "keep_yearly": args.keep_yearly,
     }
-    if not any(policy.values()):
+    if not any(policy.values()) and not args.keep_tag:
         parser.error("give at least one --keep-* rule (prune never removes every snapshot)")
+    try:
+        keep_tags = tag_filter(args.keep_tag)
+    except LabelError as e:
+        parser.error(str(e))
 
     async def body(peer: Peer) -> int:
-        opened = await stash.open_target(peer, remote.target)
-        reply = await stash.prune(peer, opened.handle, policy, args.dry_run)
+        rules: dict[str, Any] = dict(policy)
+        if keep_tags:
+            # The tags are read here (sealed in an encrypted target): the server is told which snapshots to keep.
+            opened, crypt = await _open_snapshotted(peer, args, remote)
+            with plain_errors(crypt):
+                labelled = read_labels(await stash.snapshots(peer, opened.handle), crypt.keys if crypt else None)
+            for x in labelled:
+                if x.unreadable:
+                    sys.stderr.write(f"neo-prune: warning: snapshot {x.record.id} is kept: its tags cannot be read "
+                                     f"({x.unreadable})\n")
+            rules["keep_tagged"], rules["tagged_through"] = keep_tagged(labelled, keep_tags)
+            if len(rules["keep_tagged"]) > limits.MAX_PRUNE_LISTED:
+                raise stash.StashError(
+                    f"--keep-tag matches {len(rules['keep_tagged'])} snapshots; one prune can keep at most "
+                    f"{limits.MAX_PRUNE_LISTED} by tag: prune with other rules first"
+                )
+        else:
+            opened = await stash.open_target(peer, remote.target)
+        reply = await stash.prune(peer, opened.handle, rules, args.dry_run)
         reclaimed = max(0, reply.disk_before - reply.disk_after)
         if args.json:
             _print_json(

@@ -41,6 +41,7 @@ from neotwist.chunking import Chunker
 from neotwist.client.encryption import Crypt, KeySource, open_for_push, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
+from neotwist.client.labels import commit_fields
 from neotwist.client.metadata import Capture
 from neotwist.client.pins import TargetPin
 from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
@@ -51,6 +52,7 @@ from neotwist.client.workers import WorkerPool
 from neotwist.codec import PLAIN, ChunkCodec
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
+from neotwist.wire.label import SnapshotLabel
 from neotwist.wire.messages import (
     Abort,
     ChunkerParams,
@@ -111,6 +113,7 @@ class PushOptions:
     grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
     pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
     require_encryption: bool = False  # --require-encryption: refuse a plaintext target
+    label: SnapshotLabel | None = None  # host, source and --tag of the snapshot (its warnings are added at commit)
 
 
 @dataclass
@@ -482,7 +485,10 @@ class _PushRun:
     async def run(self) -> Committed:
         await self.peer.request(PushBegin(rid=0, handle=self.handle, delete=self.options.delete))
         await self.walk()
-        reply = await self.peer.request(Commit(rid=0, handle=self.handle))
+        fields = commit_fields(
+            self.options.label, self.summary.warnings_count, None if self.crypt is None else self.crypt.keys
+        )
+        reply = await self.peer.request(Commit(rid=0, handle=self.handle, **fields))
         if not isinstance(reply, Committed):
             raise PushError(f"the server answered commit with {type(reply).__name__}")
         return reply

@@ -22,11 +22,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import msgspec
 from twisted.internet.defer import DeferredQueue
 from twisted.internet.threads import deferToThreadPool
 
 from neotwist.chunking import DEFAULT_PARAMS, Chunker
 from neotwist.client.encryption import Crypt, open_for_push, plain_errors
+from neotwist.client.labels import commit_fields
 from neotwist.client.push import (
     PushError,
     PushOptions,
@@ -64,6 +66,8 @@ SEEN_LIMIT = 1 << 20
 """Chunk ids remembered to skip repeats within the stream; past it the set starts again (the server's ``have``
 still answers for repeats, so only a few duplicate puts can result)."""
 STDIN_MODE = 0o600
+STDIN_SOURCE = "(standard input) as"
+"""The source a --stdin snapshot's label records, before the file's path: '(standard input) as db.sql'."""
 
 
 class EmptyInput(PushError):
@@ -279,7 +283,11 @@ class _Upload:
         for part in take_entry_messages(entries, force=True):
             peer.post(PushEntries(rid=0, handle=self.handle, entries=part))
         await peer.drain()
-        reply = await peer.request(Commit(rid=0, handle=self.handle))
+        label = self.options.label
+        if label is not None:  # its source is the stream, not a directory
+            label = msgspec.structs.replace(label, source=f"{STDIN_SOURCE} {name}")
+        fields = commit_fields(label, 0, crypt.keys if crypt is not None else None)
+        reply = await peer.request(Commit(rid=0, handle=self.handle, **fields))
         if not isinstance(reply, Committed):
             raise PushError(f"the server answered commit with {type(reply).__name__}")
         return reply

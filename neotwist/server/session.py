@@ -51,6 +51,7 @@ from neotwist.server.budget import ByteBudget
 from neotwist.server.fairness import FairRunner
 from neotwist.server.filechunks import check_file_chunks
 from neotwist.server.repository import Push, Repository, Target, index
+from neotwist.server.repository.labels import stored_label
 from neotwist.server.repository.push import CommitCharge
 from neotwist.server.repository.repository import target_info
 from neotwist.server.repository.target import ChunkRejected, OverBudget
@@ -829,6 +830,7 @@ class ServerSession:
         account = self._account
         assert handle.target is not None
         target: Target = handle.target
+        label = stored_label(target.meta.encrypted, message.label, message.sealed_label)
         services = self.services
 
         def commit() -> tuple[Any, int, int, bool]:
@@ -857,7 +859,7 @@ class ServerSession:
                         before = replace(usage, stored_bytes=usage.stored_bytes - charge.new_bytes)
                         raise over_quota(before, charge.new_bytes + extra, "this push")
 
-            result = push.commit(time.time(), check)
+            result = push.commit(time.time(), check, label)
             if handle.view is None:
                 return result, result.snapshot.files, result.stored_bytes, no_history
             # a confined handle learns nothing of the rest of the target

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from neotwist import paths
+from neotwist.server.repository.labels import label_chars, listed_label
 from neotwist.server.repository.retention import RetentionPolicy, decide
 from neotwist.server.rights import Right
 from neotwist.wire import limits
@@ -79,24 +80,32 @@ def on_snapshots(session: ServerSession, peer: Peer, message: ListSnapshots) -> 
                 for s in target.snapshots()
                 if s.id in relevant
             ]  # fmt: skip
+        # (a grant on a sub-path gets no labels above: they say where and by whom the owner's pushes were made)
+        encrypted = target.meta.encrypted
         return [
             SnapshotRecord(
-                id=s.id,
-                time=s.time,
-                files=s.files,
-                dirs=s.dirs,
-                changed=s.changed,
-                deleted=s.deleted,
-                new_chunks=s.new_chunks,
-                new_bytes=s.new_bytes,
-                root=paths.relative_to(s.root, root) if paths.is_within(s.root, root) else "",
-                delete_mode=s.delete_mode,
+                s.id,
+                s.time,
+                s.files,
+                s.dirs,
+                s.changed,
+                s.deleted,
+                s.new_chunks,
+                s.new_bytes,
+                paths.relative_to(s.root, root) if paths.is_within(s.root, root) else "",
+                s.delete_mode,
+                *listed_label(encrypted, s.label),
             )
             for s in target.snapshots()
         ]
 
     def send(items: list[SnapshotRecord]) -> Deferred[None]:
-        return _send_pages(peer, items, lambda r: len(r.root), lambda page, done: SnapshotList(message.rid, page, done))
+        return _send_pages(
+            peer,
+            items,
+            lambda r: len(r.root) + label_chars(r.label, r.sealed_label),
+            lambda page, done: SnapshotList(message.rid, page, done),
+        )
 
     return session.admit(
         message, lambda: session.run_for(handle, Right.READ, "listing snapshots", records).addCallback(send)
@@ -174,6 +183,8 @@ def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[Non
             ErrorCode.PERMISSION_DENIED,
             f"prune applies to a whole target: open {handle.access.target!r} itself, not {handle.root!r} in it",
         )
+    if message.keep_tagged and not message.tagged_through:
+        raise NeoError(ErrorCode.BAD_ARGUMENT, "prune's keep_tagged needs tagged_through (the newest id listed)")
     policy = RetentionPolicy(
         keep_last=message.keep_last,
         keep_hourly=message.keep_hourly,
@@ -181,6 +192,9 @@ def on_prune(session: ServerSession, peer: Peer, message: Prune) -> Deferred[Non
         keep_weekly=message.keep_weekly,
         keep_monthly=message.keep_monthly,
         keep_within=message.keep_within,
+        keep_yearly=message.keep_yearly,
+        keep_tagged=frozenset(message.keep_tagged),
+        tagged_through=message.tagged_through,
     )
     if policy.is_empty():
         raise NeoError(ErrorCode.BAD_ARGUMENT, "prune needs at least one keep rule (it never removes everything)")

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from neotwist.wire import limits
+from neotwist.wire.label import SealedLabel, SnapshotLabel
 
 U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -262,9 +263,14 @@ class PushEntries(Message, tag="entries"):
 
 
 class Commit(Message, tag="commit"):
-    """Make the push one new snapshot, atomically. Answered by ``committed``."""
+    """Make the push one new snapshot, atomically. Answered by ``committed``.
+
+    ``label`` (plaintext targets) or ``sealed_label`` (encrypted targets, opaque): the snapshot's host, source
+    directory, tags and warnings count (see neotwist.wire.label); a label of the other kind is refused."""
 
     handle: Handle
+    label: SnapshotLabel | None = None
+    sealed_label: SealedLabel = b""
 
 
 class Committed(Message, tag="committed"):
@@ -336,6 +342,8 @@ class SnapshotRecord(msgspec.Struct, array_like=True, frozen=True):
     new_bytes: U64
     root: PathText
     delete_mode: bool
+    label: SnapshotLabel | None = None  # plaintext targets; None: the snapshot has none (made before labels)
+    sealed_label: SealedLabel = b""  # encrypted targets: as the client sealed it
 
 
 class ListSnapshots(Message, tag="snapshots"):
@@ -416,6 +424,11 @@ class Prune(Message, tag="prune"):
     keep_monthly: Count = 0
     keep_within: Annotated[float, msgspec.Meta(ge=0.0, le=1e12)] = 0.0
     dry_run: bool = False
+    keep_yearly: Count = 0
+    # --keep-tag, decided by the client (it reads the tags; the server cannot in an encrypted target): the ids it
+    # keeps, and the newest id it listed (tagged_through > 0 switches the rule on; newer snapshots are kept)
+    keep_tagged: Annotated[list[SnapshotId], msgspec.Meta(max_length=limits.MAX_PRUNE_LISTED)] = []
+    tagged_through: U64 = 0
 
 
 class PruneDecision(msgspec.Struct, array_like=True, frozen=True):

@@ -27,7 +27,14 @@ from neotwist.server.repository.index import storage_errors, transaction
 from neotwist.server.repository.records import DeletedInfo, PruneResult, SnapshotInfo, VersionInfo
 from neotwist.wire.errors import ErrorCode, NeoError
 
-SNAPSHOT_COLUMNS = "id, time, files, changed, deleted, new_chunks, new_bytes, dirs, root, delete_mode"
+SNAPSHOT_COLUMNS = "id, time, files, changed, deleted, new_chunks, new_bytes, dirs, root, delete_mode, label"
+
+
+def snapshot_columns(db: sqlite3.Connection) -> str:
+    """:data:`SNAPSHOT_COLUMNS`, with ``x''`` for the label of an index from before labels: read-only tools
+    (``neo-admin check`` beside an older server) read such files without migrating them."""
+    names = {row[1] for row in db.execute("PRAGMA table_info(snapshots)")}
+    return SNAPSHOT_COLUMNS if "label" in names else SNAPSHOT_COLUMNS.replace(", label", ", x'' AS label")
 
 
 def snapshot_info(row: tuple) -> SnapshotInfo:
@@ -35,8 +42,10 @@ def snapshot_info(row: tuple) -> SnapshotInfo:
     sid, time, files, changed, deleted, new_chunks, new_bytes, *rest = row
     info = SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes)
     if rest:
-        dirs, root, delete_mode = rest
-        info = SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, root, bool(delete_mode))
+        dirs, root, delete_mode, *label = rest
+        info = SnapshotInfo(
+            sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, root, bool(delete_mode), *label
+        )
     return info
 
 
@@ -56,7 +65,7 @@ def within(path: str, column: str = "path") -> tuple[str, dict[str, str]]:
 
 def snapshots(db: sqlite3.Connection) -> list[SnapshotInfo]:
     """Every kept (not pruned) snapshot, ascending by id."""
-    rows = db.execute(f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE pruned = 0 ORDER BY id").fetchall()
+    rows = db.execute(f"SELECT {snapshot_columns(db)} FROM snapshots WHERE pruned = 0 ORDER BY id").fetchall()
     return [snapshot_info(row) for row in rows]
 
 

@@ -111,7 +111,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     delete_mode INTEGER NOT NULL, -- the push removed unlisted paths under root
     mark_pack INTEGER NOT NULL,   -- pack position of the chunk store at commit: chunks at or after the
     mark_offset INTEGER NOT NULL, -- previous snapshot's mark are "new" for the next one
-    pruned INTEGER NOT NULL DEFAULT 0  -- 1 = removed by retention: never listed again (see history.py)
+    pruned INTEGER NOT NULL DEFAULT 0, -- 1 = removed by retention: never listed again (see history.py)
+    label BLOB NOT NULL DEFAULT x''    -- host, source, tags, warnings (see labels.py); x'' = none recorded
 );
 
 CREATE TABLE IF NOT EXISTS versions (
@@ -134,6 +135,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS versions_current ON versions (path) WHERE last
 INDEX_MIGRATIONS = (
     # 1 -> 2 (healing): chunks found damaged wait in ``damaged`` until a push stores them again.
     DAMAGED_SCHEMA,
+    # 2 -> 3 (snapshot labels): what each snapshot says about itself; older snapshots have none.
+    "ALTER TABLE snapshots ADD COLUMN label BLOB NOT NULL DEFAULT x'';",
 )
 """Scripts that bring an older ``index.sqlite`` forward (as CATALOG_MIGRATIONS for the catalog)."""
 

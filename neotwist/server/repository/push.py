@@ -176,8 +176,9 @@ class Push:
         finally:
             self.target.push_ended(aborted=True)
 
-    def commit(self, now: float, check: QuotaCheck | None = None) -> CommitResult:
-        """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically.
+    def commit(self, now: float, check: QuotaCheck | None = None, label: bytes = b"") -> CommitResult:
+        """Make the staged tree one new snapshot at server time ``now`` (kept monotonic), atomically, with the
+        stored form of its label (see :mod:`.labels`).
 
         Pending chunks are flushed first, so the commit only ever references durable, indexed chunks. Raises
         MISSING_CHUNKS (nothing changes and the push stays open: the client may upload them and commit again),
@@ -198,7 +199,7 @@ class Push:
                     self._known(db)  # outside the transaction: a rollback must not drop it
                 try:
                     with transaction(db):
-                        info, uploaded = self._commit(db, now, mark, check)
+                        info, uploaded = self._commit(db, now, mark, check, label)
                         stored = int(db.execute("SELECT stored_bytes FROM counters").fetchone()[0])
                 finally:
                     db.execute(f"DROP TABLE IF EXISTS {self._stage}_chg")
@@ -213,7 +214,12 @@ class Push:
         return CommitResult(info, stored, *uploaded)
 
     def _commit(
-        self, db: sqlite3.Connection, now: float, mark: tuple[int, int], check: QuotaCheck | None = None
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        mark: tuple[int, int],
+        check: QuotaCheck | None = None,
+        label: bytes = b"",
     ) -> tuple[SnapshotInfo, tuple[int, int]]:
         stage, chg, need, gone = (
             self._stage,
@@ -326,8 +332,8 @@ class Push:
         dirs = prev_dirs + added_dirs - replaced_dirs - gone_dirs
         cur = db.execute(
             "INSERT INTO snapshots (time, files, dirs, changed, deleted, new_chunks, new_bytes, root,"
-            " delete_mode, mark_pack, mark_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (time, files, dirs, changed, deleted, new_chunks, new_bytes, self.root, int(self.delete), *mark),
+            " delete_mode, mark_pack, mark_offset, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time, files, dirs, changed, deleted, new_chunks, new_bytes, self.root, int(self.delete), *mark, label),
         )
         sid = cur.lastrowid
         assert sid is not None
@@ -341,7 +347,9 @@ class Push:
             f"SELECT path, :sid, NULL, kind, mode, mtime_ns, size, chunks, link, meta FROM {chg}",
             {"sid": sid},
         )
-        info = SnapshotInfo(sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete)
+        info = SnapshotInfo(
+            sid, time, files, changed, deleted, new_chunks, new_bytes, dirs, self.root, self.delete, label
+        )
         return info, uploaded
 
     # --- pushes confined to a sub-path by a grant (issue 5) --------------------------------------------------

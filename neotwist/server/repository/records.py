@@ -33,8 +33,9 @@ class SnapshotInfo:
     directories; ``changed`` the new versions it added (new or modified paths); ``deleted`` the paths it
     removed; ``new_chunks``/``new_bytes`` the chunks (and their stored bytes) it references that were stored
     since the previous snapshot; ``root`` and ``delete_mode`` describe the push that made it (its sub-path,
-    '' = everything, and whether it removed unlisted paths under it). The trailing fields have defaults so
-    older positional construction keeps working.
+    '' = everything, and whether it removed unlisted paths under it); ``label`` what the push said about
+    itself (host, source, tags, warnings; b"" for snapshots made before labels). The trailing fields have
+    defaults so older positional construction keeps working.
     """
 
     id: int
@@ -47,6 +48,7 @@ class SnapshotInfo:
     dirs: int = 0
     root: str = ""
     delete_mode: bool = False
+    label: bytes = b""  # as stored: an encoded label (plaintext target) or the client's sealed one (see .labels)
 
 
 @dataclass(frozen=True)

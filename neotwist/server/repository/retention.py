@@ -4,9 +4,13 @@ The rules follow restic's ``forget`` so that people who know it are not surprise
 
 - ``keep_last N``: the N newest snapshots;
 - ``keep_hourly N``: the newest snapshot of each of the N most recent hours *that have a snapshot*; likewise
-  ``keep_daily`` (calendar day), ``keep_weekly`` (ISO 8601 week: Monday to Sunday, the ISO week-numbering year)
-  and ``keep_monthly`` (calendar month). Hours without snapshots do not use up the count, so "keep 7 daily"
-  keeps a week of dailies even if the machine was off for a month;
+  ``keep_daily`` (calendar day), ``keep_weekly`` (ISO 8601 week: Monday to Sunday, the ISO week-numbering
+  year), ``keep_monthly`` (calendar month) and ``keep_yearly`` (calendar year). Hours without snapshots do not
+  use up the count, so "keep 7 daily" keeps a week of dailies even if the machine was off for a month;
+- ``keep_tagged`` (``--keep-tag``): every snapshot whose id is in the set, and every snapshot newer than
+  ``tagged_through`` (the rule is on when that is above 0). The client decides which snapshots carry the tags
+  (it can read them; in an encrypted target the server cannot) and names the newest snapshot it listed: one
+  committed after it was listed has tags nobody checked, so it is kept (reason ``tag``);
 - ``keep_within D``: every snapshot whose time is at or after ``now - D`` (seconds). Unlike restic, which
   measures from the newest snapshot, this measures from the server's ``now``: "the last 30 days" means what
   it says even when backups stopped;
@@ -37,10 +41,11 @@ _BUCKETS: tuple[tuple[str, str, _Bucket], ...] = (
     ("keep_daily", "daily", lambda t: (t.year, t.month, t.day)),
     ("keep_weekly", "weekly", lambda t: t.isocalendar()[:2]),
     ("keep_monthly", "monthly", lambda t: (t.year, t.month)),
+    ("keep_yearly", "yearly", lambda t: t.year),
 )
 """(policy field, reason, the bucket a UTC time falls in)."""
 
-REASONS = ("latest", "last", "hourly", "daily", "weekly", "monthly", "within")
+REASONS = ("latest", "last", "hourly", "daily", "weekly", "monthly", "yearly", "within", "tag")
 """Every reason :func:`decide` may give, in the order it lists them."""
 
 
@@ -48,7 +53,8 @@ REASONS = ("latest", "last", "hourly", "daily", "weekly", "monthly", "within")
 class RetentionPolicy:
     """What to keep. Counts are snapshots (``keep_last``) or buckets; ``keep_within`` is seconds before ``now``.
 
-    Negative values are refused (ValueError); 0 switches a rule off.
+    Negative values are refused (ValueError); 0 switches a rule off. ``keep_tagged``/``tagged_through``: see
+    the module's docstring (``tagged_through`` 0: no tag rule).
     """
 
     keep_last: int = 0
@@ -57,16 +63,23 @@ class RetentionPolicy:
     keep_weekly: int = 0
     keep_monthly: int = 0
     keep_within: float = 0.0
+    keep_yearly: int = 0
+    keep_tagged: frozenset[int] = frozenset()
+    tagged_through: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name == "keep_tagged":
+                continue
             value = getattr(self, f.name)
             if value < 0 or value != value:  # value != value: NaN
                 raise ValueError(f"{f.name} must be 0 or more, not {value}")
+        if self.keep_tagged and not self.tagged_through:
+            raise ValueError("keep_tagged needs tagged_through (the newest snapshot the tags were read from)")
 
     def is_empty(self) -> bool:
         """True when no rule is switched on: such a policy would keep nothing and is refused."""
-        return not any(getattr(self, f.name) for f in fields(self))
+        return not any(getattr(self, f.name) for f in fields(self) if f.name != "keep_tagged")
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,10 @@ def decide(snapshots: Sequence[tuple[int, float]], policy: RetentionPolicy, now:
                 keep(sid, why)
                 last_bucket = bucket
                 left -= 1
+    if policy.tagged_through:
+        for sid, _ in newest_first:
+            if sid in policy.keep_tagged or sid > policy.tagged_through:
+                keep(sid, "tag")
     if policy.keep_within > 0:
         oldest = now - policy.keep_within
         for sid, t in newest_first:

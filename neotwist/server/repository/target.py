@@ -41,8 +41,7 @@ from neotwist.atomicfile import fsync_dir
 from neotwist.codec import verify_upload
 from neotwist.server.repository import check as check_module
 from neotwist.server.repository import damage, gc, history, index
-from neotwist.server.repository.history import SNAPSHOT_COLUMNS as _SNAPSHOT_COLUMNS
-from neotwist.server.repository.history import snapshot_info
+from neotwist.server.repository.history import snapshot_columns, snapshot_info
 from neotwist.server.repository.packs import HEADER_SIZE, PackStore, RecordDamaged, make_dirs
 from neotwist.server.repository.push import Push
 from neotwist.server.repository.records import (
@@ -476,14 +475,14 @@ class Target:
     def latest(self) -> SnapshotInfo | None:
         with self._reader_lock:
             row = self._reader.execute(
-                f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE pruned = 0 ORDER BY id DESC LIMIT 1"
+                f"SELECT {snapshot_columns(self._reader)} FROM snapshots WHERE pruned = 0 ORDER BY id DESC LIMIT 1"
             ).fetchone()
         return None if row is None else snapshot_info(row)
 
     def snapshot(self, snapshot_id: int) -> SnapshotInfo | None:
         with self._reader_lock:
             row = self._reader.execute(
-                f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ? AND pruned = 0", (snapshot_id,)
+                f"SELECT {snapshot_columns(self._reader)} FROM snapshots WHERE id = ? AND pruned = 0", (snapshot_id,)
             ).fetchone()
         return None if row is None else snapshot_info(row)
 
