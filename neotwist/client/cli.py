@@ -83,6 +83,7 @@ examples:
 {pushflags}
 Each snapshot records this machine's name (--hostname), the directory pushed, its tags, and whether it is
 incomplete (the push exited 23): neo-ls --snapshots shows them (sealed in an encrypted target).
+
 Unchanged files are found with a files cache (size, mtime, inode, ctime) and not read again; only chunks the
 server lacks are sent. Filter files mix gitignore patterns and the original '<file|dir|path> <accept|reject>
 <regex>' rules: see --make-sample-filter-file.
