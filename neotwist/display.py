@@ -5,7 +5,8 @@ append grantee, a server) and may hold terminal controls: ESC sequences that era
 title, a CR that overwrites what was printed, bidirectional overrides that reverse text. Human-readable output
 shows each such character as an escape instead: ``\\n``, ``\\r``, ``\\t`` and the other C escapes, else the
 octal of its UTF-8 bytes (``\\033``, ``\\342\\200\\256``); a byte that was not UTF-8 (kept as a lone surrogate)
-shows as its own octal. ``--json`` output keeps the exact names (JSON escapes them itself).
+shows as its own octal. ``--json`` output keeps the exact names (JSON escapes them itself; a name that is not
+UTF-8 comes with its bytes in base64 beside it: :func:`json_name`).
 
 :func:`shown` is for a name in a table or message: it also doubles a backslash, so every shown name reads
 back unambiguously. :class:`SafeText` guards a whole output stream (the commands wrap stdout and stderr in
@@ -48,6 +49,21 @@ def shown(name: str) -> str:
     return _IN_NAME.sub(_escape, name)
 
 
+def json_name(key: str, name: str) -> dict[str, str]:
+    """``{key: name}`` for ``--json``; for a name that is not UTF-8 (held with lone surrogates), which JSON
+    text cannot carry, ``key`` has it with each such byte as ``\\xNN`` and ``key + "_b64"`` its exact bytes
+    in base64 (as borg does): a reader that needs the bytes takes ``_b64`` when it is there."""
+    try:
+        name.encode("utf-8")
+        return {key: name}
+    except UnicodeEncodeError:
+        pass
+    import base64
+
+    raw = name.encode("utf-8", "surrogateescape")
+    return {key: raw.decode("utf-8", "backslashreplace"), key + "_b64": base64.b64encode(raw).decode("ascii")}
+
+
 def safe_text(text: str) -> str:
     """``text`` with terminal controls escaped; newlines, tabs and backslashes kept."""
     if text.isascii() and text.isprintable():
@@ -88,7 +104,26 @@ def write_json(value: Any) -> None:
     the exact names are the point of ``--json``."""
     import msgspec
 
-    raw_stdout().write(msgspec.json.encode(value).decode("utf-8") + "\n")
+    try:
+        text = msgspec.json.encode(value)
+    except UnicodeEncodeError:  # a name that is not UTF-8 somewhere json_name was not used: escaped, not a crash
+        text = msgspec.json.encode(_escaped(value))
+    raw_stdout().write(text.decode("utf-8") + "\n")
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with every string JSON cannot carry (lone surrogates) escaped as :func:`json_name` does."""
+    if isinstance(value, str):
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escaped(v) for v in value]
+    return value
 
 
 def raw_stdout() -> Any:

@@ -68,7 +68,7 @@ def test_parent_replaced_by_symlink_to_outside_is_refused(dest: SafeDest, tmp_pa
 
 
 def test_server_paths_with_dotdot_or_absolute_are_refused(dest: SafeDest, tmp_path: Path) -> None:
-    for bad in ("../escape", "a/../../escape", "/etc/passwd", "a//b", "./x", "a\\b"):
+    for bad in ("../escape", "a/../../escape", "/etc/passwd", "a//b", "./x", "x/\0/y"):
         with pytest.raises(UnsafePath, match="refusing server path"):
             _write(dest, bad, b"x")
         with pytest.raises(UnsafePath):

@@ -64,14 +64,16 @@ def test_dry_run_tells_what_a_push_would_send_and_changes_nothing(server: Runnin
     (src / "a.txt").write_text("alpha\n")
     (src / "b.txt").write_text("bravo\n")
     (src / "sub" / "big.bin").write_bytes(rng.randbytes(3 * MIB))
+    (src / os.fsdecode(b"odd\xff name")).write_text("not UTF-8\n")  # names that travel as escaped wire text
+    (src / "back\\slash").write_text("backslash\n")
     remote = server.remote("dry")
     caches = _cache_files(server)  # other tests' (the server is the module's)
 
     # a target that does not exist: everything is new, and the dry run does not create it
     first = _json(_push(server, "--dry-run", "--json", str(src), remote))
     assert first["dry_run"] is True and first["target_exists"] is False and first["snapshot"] is None
-    assert (first["files_new"], first["dirs_new"], first["files_modified"]) == (3, 1, 0)
-    assert first["chunk_bytes_to_send"] == 3 * MIB + 12 and first["chunks_to_send"] > 10
+    assert (first["files_new"], first["dirs_new"], first["files_modified"]) == (5, 1, 0)
+    assert first["chunk_bytes_to_send"] == 3 * MIB + 12 + 10 + 10 and first["chunks_to_send"] > 10
     assert 0 < first["bytes_to_send"] <= first["chunk_bytes_to_send"] + 64 * first["chunks_to_send"]
     assert first["chunks_sent"] == 0
     assert "dry" not in _targets(server)
@@ -90,13 +92,13 @@ def test_dry_run_tells_what_a_push_would_send_and_changes_nothing(server: Runnin
     (src / "a.txt").unlink()
     dry = _json(_push(server, "--dry-run", "--json", str(src), remote))
     assert dry["target_exists"] is True
-    assert (dry["files_new"], dry["files_modified"], dry["files_unmodified"], dry["removed"]) == (1, 1, 1, 1)
+    assert (dry["files_new"], dry["files_modified"], dry["files_unmodified"], dry["removed"]) == (1, 1, 3, 1)
     assert dry["dirs_unmodified"] == 1 and dry["files_changed"] == 2  # read: big.bin and c.txt (b.txt: cached)
     assert 0 < dry["chunk_bytes_to_send"] < MIB // 2  # the chunks around the change, and c.txt
     assert _cache_files(server) == cache_before
     human = _push(server, "--dry-run", str(src), remote)
     assert human.returncode == 0, human.stderr
-    assert "dry run, nothing was sent" in human.stdout and "1 new, 1 modified, 1 unmodified" in human.stdout
+    assert "dry run, nothing was sent" in human.stdout and "1 new, 1 modified, 3 unmodified" in human.stdout
     snaps = _json(server.cli("neo-ls", "--json", "--snapshots", remote))
     assert [s["id"] for s in snaps["snapshots"]] == [1]
 

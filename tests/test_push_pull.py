@@ -226,6 +226,21 @@ class PushPullTests(TestCase):
         assert sorted(os.listdir(dest)) == ["keep.txt", "zero"]
         assert (dest / "zero").read_bytes() == b""
 
+    async def test_a_server_without_byte_names_gets_the_rest_and_the_odd_names_are_named(self) -> None:
+        """``byte_names`` False (a server whose welcome does not list it): names that are not UTF-8 or hold a
+        backslash are skipped, each named with its reason, and everything else is stored."""
+        (self.src / "keep.txt").write_text("k")
+        os.mkdir(bytes(self.src) + b"/caf\xe9")
+        (Path(os.fsdecode(bytes(self.src) + b"/caf\xe9/x"))).write_text("x")
+        (self.src / "a\\b").write_text("b")
+        peer = await self._connect()
+        summary = await self._push(peer, byte_names=False)
+        assert sorted(p.path for p in summary.warnings) == ["a\\b", "caf\\xe9", "caf\\xe9/x"], summary.warnings
+        assert all("upgrade it" in p.reason for p in summary.warnings)
+        dest = self.tmp / "dest"
+        await self._pull(peer, dest)
+        assert sorted(os.listdir(dest)) == ["keep.txt"]
+
     async def test_file_repeating_chunks_across_fetch_segments(self) -> None:
         """A chunk fetched early in a big file and needed again after a later segment is re-read from the file
         being written (the temp file must be readable, not only writable)."""

@@ -82,13 +82,18 @@ def test_special_files_are_skipped_and_counted(tmp_path: Path) -> None:
         sock.close()
 
 
-def test_unstorable_names_are_skipped(tmp_path: Path) -> None:
+def test_every_name_the_kernel_allows_is_walked_and_filtered(tmp_path: Path) -> None:
     (tmp_path / "back\\slash").write_text("x")
     os.close(os.open(os.fsencode(tmp_path) + b"/bad-\xff-utf8", os.O_CREAT | os.O_WRONLY, 0o644))
+    os.close(os.open(os.fsencode(tmp_path) + b"/caf\xe9.tmp", os.O_CREAT | os.O_WRONLY, 0o644))
     (tmp_path / "ok").write_text("x")
     stats = ScanStats()
-    assert _paths(tmp_path, stats=stats) == {"": "d", "ok": "f"}
-    assert stats.skipped == 2
+    found = _paths(tmp_path, stats=stats)
+    assert found == {"": "d", "ok": "f", "back\\slash": "f", "bad-\udcff-utf8": "f", "caf\udce9.tmp": "f"}
+    assert stats.skipped == 0
+    # patterns match such names, as a latin-1 shell would give them
+    filt = Filter.from_lines(["*.tmp", os.fsdecode(b"bad-\xff-*")])
+    assert _paths(tmp_path, filt) == {"": "d", "ok": "f", "back\\slash": "f"}
 
 
 def test_gitignore_patterns_prune_directories(tmp_path: Path) -> None:

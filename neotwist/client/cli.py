@@ -53,6 +53,7 @@ from neotwist.client.timespec import TimeSpecError, parse_at
 from neotwist.display import raw_stdout, write_json
 from neotwist.runtime import tune_threads
 from neotwist.sizes import human_size
+from neotwist.wire import limits
 
 Direction = Literal["push", "pull"]
 
@@ -364,6 +365,7 @@ async def _run(
                     grant_root=args.grant_root,
                     pin=target_pin(remote),
                     require_encryption=args.require_encryption,
+                    byte_names=limits.FEATURE_BYTE_NAMES in session.welcome.features,
                     label=label,
                 ),
             )

@@ -16,7 +16,8 @@ from typing import Any
 
 import msgspec
 
-from neotwist.client import stash
+from neotwist import paths
+from neotwist.client import metadata, stash
 from neotwist.client.clibase import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -47,12 +48,13 @@ from neotwist.client.encryption import (
     plain_errors,
 )
 from neotwist.client.labels import Labelled, keep_tagged, matches, read_labels, tag_filter
+from neotwist.client.metadata import exact_link
 from neotwist.client.pins import PinFileError
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.runner import entry_point, react
 from neotwist.client.timespec import AtTime, TimeSpecError, format_time, parse_at, parse_duration
 from neotwist.crypto import CryptoError, WrongPassphrase
-from neotwist.display import shown, write_json
+from neotwist.display import json_name, shown, write_json
 from neotwist.sizes import human_size
 from neotwist.wire import limits
 from neotwist.wire.label import LabelError
@@ -353,7 +355,7 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
                 code = _show_snapshots(args, remote, [x for x in labelled if matches(x.tags, tags)])
             elif args.versions is not None:
                 path = args.versions.strip("/")
-                wanted_path = crypt.encrypt_subpath(path) if crypt is not None else path
+                wanted_path = crypt.encrypt_subpath(path) if crypt is not None else paths.to_wire(path)
                 versions = await stash.versions(peer, opened.handle, wanted_path)
                 if crypt is not None:
                     versions = await decrypt_versions(peer, opened.handle, crypt, path, versions)
@@ -518,8 +520,9 @@ def _show_entries(args: argparse.Namespace, remote: Remote, snapshot: int, entri
                 "snapshot": snapshot,
                 "entries": [
                     {
-                        "path": e.path, "kind": e.kind, "mode": e.mode, "size": e.size, "mtime": e.mtime_ns / 1e9,
-                        "mtime_ns": e.mtime_ns, "link": e.link if e.kind == "l" else None,
+                        **json_name("path", e.path), "kind": e.kind, "mode": e.mode, "size": e.size,
+                        "mtime": e.mtime_ns / 1e9, "mtime_ns": e.mtime_ns,
+                        **(json_name("link", _link_of(e)) if e.kind == "l" else {"link": None}),
                     }
                     for e in entries
                 ],
@@ -534,11 +537,19 @@ def _show_entries(args: argparse.Namespace, remote: Remote, snapshot: int, entri
             if e.kind == "d":
                 name += "/"
             elif e.kind == "l":
-                name += f" -> {shown(e.link)}"
+                name += f" -> {shown(_link_of(e))}"
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime_ns / 1e9))
             rows.append([_mode_text(e.kind, e.mode), str(e.size) if e.kind == "f" else "-", stamp, name])
         sys.stdout.write(f"snapshot {snapshot}\n" + _table(rows, right=(1,)))
     return EXIT_OK
+
+
+def _link_of(e: Any) -> str:
+    """A listed symlink's exact target (its bytes are in its metadata record when they are not UTF-8)."""
+    try:
+        return exact_link(e.link, metadata.decode(e.meta) if e.meta else None)
+    except metadata.BadExtra:
+        return str(e.link)
 
 
 def _show_versions(args: argparse.Namespace, remote: Remote, path: str, records: list[Any]) -> int:
@@ -579,7 +590,7 @@ def _show_deleted(args: argparse.Namespace, remote: Remote, records: list[Any]) 
                 "path": remote.path,
                 "deleted": [
                     {
-                        "path": d.path, "kind": d.kind, "size": d.size, "mtime_ns": d.mtime_ns,
+                        **json_name("path", d.path), "kind": d.kind, "size": d.size, "mtime_ns": d.mtime_ns,
                         "last_snapshot": d.last_snapshot, "deleted_in": d.deleted_in, "deleted_time": d.deleted_time,
                     }
                     for d in records

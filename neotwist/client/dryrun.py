@@ -33,6 +33,7 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 from twisted.python.threadpool import ThreadPool
 
+from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.client import stash
 from neotwist.client.encryption import Crypt, open_for_push, plain_errors
@@ -162,7 +163,7 @@ async def _latest_entries(
         for error in decrypted.errors:  # left out: the dry run calls such items new
             if options.warn is not None:
                 options.warn(error)
-    return {e.path: e for e in entries}
+    return {paths.to_wire(e.path): e for e in entries}  # as the push's entries name them
 
 
 async def dry_run(

@@ -325,7 +325,7 @@ async def open_for_push(
     A plaintext sub-path is never sent before the target is known not to be encrypted: a pinned (or
     ``require_encryption``) target is opened encrypted at once; otherwise a push to a sub-path first opens the
     handle root, without creating anything, to learn the target's encryption."""
-    paths.check_path(subpath)  # a bad sub-path is refused as the server would, before anything is opened
+    paths.check_local(subpath)  # a bad sub-path is refused as the server would, before anything is opened
     found = pin.lookup() if pin is not None else None
     pinned = found.key_id if found is not None else None
     if encrypt or pinned is not None or require_encryption:
@@ -334,7 +334,9 @@ async def open_for_push(
             peer, target, subpath, source, f"{what} needs a key: create one with 'neo-key init'", encrypt,
             keep_history, grant_root, pin, pinned, require_encryption, create,
         )  # fmt: skip
-    message = Open(rid=0, target=target, path=subpath, mode="push", create=create, keep_history=keep_history)
+    message = Open(
+        rid=0, target=target, path=paths.to_wire(subpath), mode="push", create=create, keep_history=keep_history
+    )
     try:
         opened = await (_probe_then_open(peer, target, message) if subpath else peer.request(message))
     except RemoteError as e:
@@ -446,7 +448,7 @@ async def open_for_read(
     A plaintext sub-path is never sent before the target is known not to be encrypted: a pinned target's
     sub-path is opened at its encrypted form at once; otherwise the handle root is opened first, and the
     sub-path re-opened in the form the answer calls for (the close and the open share one round trip)."""
-    paths.check_path(subpath)  # a bad sub-path is refused as the server would, before anything is opened
+    paths.check_local(subpath)  # a bad sub-path is refused as the server would, before anything is opened
     found = pin.lookup() if pin is not None else None
     pinned = found.key_id if found is not None else None
     if pinned is not None and subpath:
@@ -474,7 +476,7 @@ async def open_for_read(
     if not opened.encrypted:
         if not subpath:
             return opened, None
-        return await _reopen(peer, opened, Open(rid=0, target=target, path=subpath, mode="read")), None
+        return await _reopen(peer, opened, Open(rid=0, target=target, path=paths.to_wire(subpath), mode="read")), None
     named = key_check_id(opened.key_check)
     try:
         # a foreign key file is refused before the passphrase is asked

@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 import platformdirs
 
+from neotwist import paths
 from neotwist.atomicfile import atomic_write
 
 
@@ -39,6 +40,7 @@ class CacheEntry(msgspec.Struct, array_like=True):
     ctime_ns: int
     ids: bytes
     extra: bytes | None = None
+
 
 _FORMAT = 1
 _RACY_NS = 1_000_000_000
@@ -102,8 +104,11 @@ class FilesCache:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             self.load_error = f"ignoring damaged files cache {self.path}: {e}"
             return
-        if cached.format == _FORMAT and cached.key == self.key:
-            self.old = cached.files
+        if cached.format == _FORMAT and cached.key == paths.to_wire(self.key):
+            try:  # paths are kept in their wire text (see neotwist.paths.to_wire)
+                self.old = {paths.from_wire(path): entry for path, entry in cached.files.items()}
+            except ValueError as e:
+                self.load_error = f"ignoring damaged files cache {self.path}: {e}"
 
     def lookup(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
         """The chunk ids of ``path`` if its stat values match the last push, else None."""
@@ -136,5 +141,6 @@ class FilesCache:
     def save(self) -> None:
         """Write the current push's entries atomically (call only after a successful commit)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        body = _encoder.encode(_CacheFile(format=_FORMAT, key=self.key, files=self.new))
+        files = {paths.to_wire(path): entry for path, entry in self.new.items()}
+        body = _encoder.encode(_CacheFile(format=_FORMAT, key=paths.to_wire(self.key), files=files))
         atomic_write(self.path, body)

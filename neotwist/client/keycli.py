@@ -259,7 +259,7 @@ def _run(args: argparse.Namespace, out: Callable[[dict[str, Any], str], None]) -
 
         subpath = args.subpath.strip("/")
         try:
-            paths.check_path(subpath)
+            paths.check_local(subpath)
         except NeoError as e:
             raise _Usage(f"bad SUBPATH {args.subpath!r}: {e.message}") from None
         kf = keyfile.load(path)

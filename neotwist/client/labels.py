@@ -22,7 +22,6 @@ from neotwist.crypto import AuthenticationFailed
 from neotwist.crypto import label as sealing
 from neotwist.crypto.keys import TargetKeys
 from neotwist.wire import label as wire_label
-from neotwist.wire import limits
 from neotwist.wire.label import LabelError, SnapshotLabel
 
 TagFilter = list[frozenset[str]]
@@ -58,8 +57,8 @@ def push_label(source: str, tags: Sequence[str], host: str | None = None) -> Sna
     character) is kept readable, escaped."""
     name = host if host is not None else socket.gethostname()
     path = _printable(os.fsencode(os.path.abspath(source)).decode("utf-8", "backslashreplace"))
-    if len(path) > limits.MAX_PATH:  # informational: a deep source is still pushed, its label names it cut short
-        path = path[: limits.MAX_PATH - 3] + "..."
+    if len(path) > wire_label.MAX_SOURCE:  # informational: a deep source is still pushed, its label names it cut short
+        path = path[: wire_label.MAX_SOURCE - 3] + "..."
     return SnapshotLabel(host=_printable(name)[: wire_label.MAX_HOST], source=path, tags=list(tags))
 
 

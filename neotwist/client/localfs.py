@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-from neotwist.paths import check_path
+from neotwist.paths import check_local
 from neotwist.wire.errors import NeoError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -47,13 +47,13 @@ def temp_name(name: str) -> str:
     Unique per process by a counter after a random per-process prefix: no system call per file (a
     ``getrandom`` per temp file cost 2.5 s of a 50,000-file restore). O_EXCL refuses a name someone planted.
     """
-    short = name.encode("utf-8")[:200].decode("utf-8", "ignore")
+    short = name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "surrogateescape")
     return f".{short}{TEMP_MARK}{_temp_prefix}{next(_temp_numbers):x}"
 
 
 def _split(rel: str) -> list[str]:
     try:
-        check_path(rel)
+        check_local(rel)
     except NeoError as e:
         raise UnsafePath(f"refusing server path {rel!r}: {e.message}") from None
     return rel.split("/") if rel else []

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from neotwist import paths
 from neotwist.client.clibase import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -326,8 +327,8 @@ def _share_request(args: argparse.Namespace, remote: Remote) -> tuple[Any, Calla
         except UsageError as e:
             raise UsageError(f"bad TARGET[/SUBPATH] {args.where!r}: {e}") from None
         name = args.as_name or where.target
-        grant = GrantAccess(rid=0, grantee=args.to, target=where.target, path=where.path, right=args.right,
-                            name=args.as_name)  # fmt: skip
+        grant = GrantAccess(rid=0, grantee=args.to, target=where.target, path=paths.to_wire(where.path),
+                            right=args.right, name=args.as_name)  # fmt: skip
         place = where.target + (f"/{where.path}" if where.path else "")
         return grant, ok(
             f"{args.to} has {args.right} on {place} as {name!r}",

@@ -5,7 +5,11 @@ version in ``Entry.meta`` (plaintext targets) or inside the sealed attributes (e
 :class:`Extra` record::
 
     extra = 0x01 (format version) | msgpack map {"u": uid, "g": gid, "U": user name, "G": group name,
-             "x": [[xattr name, value], ...], "h": first path of the inode, "s": "p"|"c"|"b", "r": rdev}
+             "x": [[xattr name, value], ...], "h": first path of the inode, "s": "p"|"c"|"b", "r": rdev,
+             "l": a symlink's exact target}
+
+``h`` is a path in its wire text (:func:`neotwist.paths.to_wire`). ``l`` is only there for a symlink whose
+target is not UTF-8: the entry's own link text then shows it escaped (``\\xNN``), and ``l`` has its bytes.
 
 Keys with their default value are left out; an empty record is not stored at all (snapshots written before
 this record existed have none and restore as before). Unknown keys are ignored, so later versions can add some.
@@ -31,6 +35,8 @@ from typing import Annotated
 
 import msgspec
 
+from neotwist import paths
+
 EXTRA_VERSION = 1
 MAX_XATTR_BYTES = 32 * 1024
 """Xattr names and values stored per item at most (the whole record must fit in MAX_META, sealed or not)."""
@@ -39,6 +45,7 @@ ROOT_ONLY = ("security.", "trusted.")
 
 class Extra(msgspec.Struct, omit_defaults=True, frozen=True, rename={
     "uid": "u", "gid": "g", "user": "U", "group": "G", "xattrs": "x", "first": "h", "special": "s", "rdev": "r",
+    "link": "l",
 }):  # fmt: skip
     """One version's metadata beyond mode and mtime (see the module docstring for the format)."""
 
@@ -50,6 +57,7 @@ class Extra(msgspec.Struct, omit_defaults=True, frozen=True, rename={
     first: str = ""  # a hard link: the path (from the push root) of the first name of its inode in this push
     special: Annotated[str, msgspec.Meta(max_length=1)] = ""  # "p" FIFO, "c"/"b" character/block device
     rdev: int = 0
+    link: bytes = b""  # a symlink's exact target, when it is not UTF-8
 
 
 EMPTY = Extra()
@@ -58,7 +66,11 @@ _decoder = msgspec.msgpack.Decoder(Extra)
 
 
 def encode(extra: Extra) -> bytes:
-    return b"" if extra == EMPTY else bytes([EXTRA_VERSION]) + _encoder.encode(extra)
+    if extra == EMPTY:
+        return b""
+    if extra.first:
+        extra = msgspec.structs.replace(extra, first=paths.to_wire(extra.first))
+    return bytes([EXTRA_VERSION]) + _encoder.encode(extra)
 
 
 class BadExtra(ValueError):
@@ -71,9 +83,34 @@ def decode(data: bytes) -> Extra:
     if data[0] != EXTRA_VERSION:
         raise BadExtra(f"metadata record of unknown format {data[0]}")
     try:
-        return _decoder.decode(data[1:])
+        extra = _decoder.decode(data[1:])
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise BadExtra(f"metadata record does not decode ({e})") from None
+    if extra.first and "\\" in extra.first:
+        try:
+            extra = msgspec.structs.replace(extra, first=paths.from_wire(extra.first))
+        except ValueError as e:
+            raise BadExtra(f"metadata record names a malformed path ({e})") from None
+    return extra
+
+
+def link_fields(target: str, extra: bytes) -> tuple[str, bytes]:
+    """(link text, extra record) to store for a symlink to ``target`` (as Python holds file names) whose
+    record is ``extra``: a target that is not UTF-8 is stored as escaped text, its bytes in the record."""
+    try:
+        target.encode("utf-8")
+        return target, extra
+    except UnicodeEncodeError:
+        pass
+    raw = target.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "backslashreplace"), encode(msgspec.structs.replace(decode(extra), link=raw))
+
+
+def exact_link(link: str, extra: Extra | None) -> str:
+    """A stored symlink's target as Python holds file names: from its record when it has the bytes."""
+    if extra is not None and extra.link:
+        return extra.link.decode("utf-8", "surrogateescape")
+    return link
 
 
 # --- push side ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def problems_json(problems: list[Problem], count: int | None = None) -> dict[str
     first release) and ``warnings_detail`` (a list of ``{path, reason}``)."""
     return {
         "warnings": len(problems) if count is None else count,
-        "warnings_detail": [{"path": p.path, "reason": p.reason} for p in problems],
+        "warnings_detail": [{"path": shown(p.path), "reason": shown(p.reason)} for p in problems],
     }
 
 

@@ -38,7 +38,7 @@ from neotwist.chunking import Chunker
 from neotwist.client import stash
 from neotwist.client.encryption import KeySource, open_for_read, plain_errors
 from neotwist.client.localfs import Fix, SafeDest, TempFile, UnsafePath
-from neotwist.client.metadata import Applier, Extra
+from neotwist.client.metadata import Applier, Extra, exact_link
 from neotwist.client.mirror import DeleteRefused, check_target, delete_extraneous
 from neotwist.client.pins import TargetPin
 from neotwist.client.problems import Problem, from_text, problems_json
@@ -491,12 +491,12 @@ def _make_dirs(dest: SafeDest, dirs: list[Entry]) -> list[str]:
     return errors
 
 
-def _make_links(dest: SafeDest, links: list[Entry]) -> tuple[int, list[str]]:
+def _make_links(dest: SafeDest, links: list[Entry], extras: dict[str, Extra]) -> tuple[int, list[str]]:
     made = 0
     errors = []
     for e in links:
         try:
-            made += dest.make_symlink(e.path, e.link, e.mtime_ns)
+            made += dest.make_symlink(e.path, exact_link(e.link, extras.get(e.path)), e.mtime_ns)
         except (UnsafePath, OSError) as err:
             errors.append(f"{e.path}: {err}")
     return made, errors
@@ -630,7 +630,7 @@ class _PullRun:
         await DeferredList(running)
         if fatal:
             raise fatal[0]
-        made, errs = await self._thread(_make_links, self.dest, links)
+        made, errs = await self._thread(_make_links, self.dest, links, extras)
         self.summary.symlinks_written += made
         for err in errs:
             self._error(err)
@@ -693,7 +693,7 @@ class _PullRun:
         if self.options.reuse_any or self.content.sealer is not None or f.old_stat is None:
             return True
         size, mtime_ns = f.old_stat[0], f.old_stat[1]
-        remote = "" if self.single_file else (f.remote or f.path)
+        remote = "" if self.single_file else (f.remote or paths.to_wire(f.path))
         try:
             held = await stash.versions(self.peer, self.handle, remote)
         except (RemoteError, stash.StashError):
@@ -793,7 +793,7 @@ class _PullRun:
             got.append(message)
             return len(got) < count
 
-        remote = "" if self.single_file else (f.remote or f.path)
+        remote = "" if self.single_file else (f.remote or paths.to_wire(f.path))
         try:
             await self.peer.request(
                 Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=remote, ids=wanted), more=more
@@ -961,6 +961,11 @@ async def _mirror(reactor: Any, pool: ThreadPool, run: _PullRun, dest: SafeDest,
     run.summary.deleted = len(removed)
     for problem in problems:
         run._error(problem)
+    if removed:  # a removal changed its directory's mtime, set before: set it again
+        parents = {path.rpartition("/")[0] for path in removed}
+        dirs = [e for e in entries if e.kind == "d" and e.path in parents]
+        for err in await deferToThreadPool(reactor, pool, _dir_meta, dest, dirs, run.restorer):
+            run._error(err)
 
 
 def _raise_open_files_limit(wanted: int = 8192) -> None:

@@ -23,6 +23,7 @@ cost no read. A push that ran without the cache simply runs again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import threading
@@ -37,17 +38,19 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from neotwist import paths
 from neotwist.chunking import Chunker
+from neotwist.client import deep
 from neotwist.client.encryption import Crypt, KeySource, open_for_push, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
 from neotwist.client.labels import commit_fields
-from neotwist.client.metadata import Capture
+from neotwist.client.metadata import Capture, link_fields
 from neotwist.client.pins import TargetPin
 from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
 from neotwist.client.progress import Progress
 from neotwist.client.reading import cut_fd
-from neotwist.client.scan import ScanRecord, ScanStats, scan
+from neotwist.client.scan import ScanRecord, ScanStats, plain_names_only, scan
 from neotwist.client.workers import WorkerPool
 from neotwist.codec import PLAIN, ChunkCodec
 from neotwist.wire import limits
@@ -113,6 +116,7 @@ class PushOptions:
     grant_root: str = ""  # --grant-root: the plaintext sub-path an encrypted target's grant gives
     pin: TargetPin | None = None  # this target's encryption pin (None: pins are not used)
     require_encryption: bool = False  # --require-encryption: refuse a plaintext target
+    byte_names: bool = True  # the server stores any name (welcome.features); else odd names are skipped, named
     label: SnapshotLabel | None = None  # host, source and --tag of the snapshot (its warnings are added at commit)
 
 
@@ -209,9 +213,8 @@ READ_ATTEMPTS = 3
 def _hash_file(root: str, rec: ScanRecord, params: ChunkerParams, id_key: bytes | None = None) -> _Hashed:
     """Read and cut one file, again (up to READ_ATTEMPTS times) if it changed meanwhile. Never maps it: a file
     truncated or failing with EIO while read is a warning naming it, not a SIGBUS."""
-    path = os.path.join(root, rec.path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = deep.open_below(root, rec.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         return _Hashed(rec, error=f"not stored: cannot open it ({e.strerror})")
     try:
@@ -303,9 +306,7 @@ def _compress_job(
                 try:
                     fd = fds.get(path)
                     if fd is None:
-                        fd = fds[path] = os.open(
-                            os.path.join(root, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                        )
+                        fd = fds[path] = deep.open_below(root, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                     raw = _read_all(fd, length, offset)
                 except OSError as e:
                     failed[path] = f"cannot read it again ({e.strerror})"
@@ -348,6 +349,8 @@ class _Scanner:
         self._cache = options.cache if use_cache else None
         known = self._cache.lookup_extra if self._cache is not None else None
         self._it: Iterator[ScanRecord] = scan(root, options.filter, stats, capture=Capture(known))
+        if not options.byte_names:
+            self._it = plain_names_only(self._it, stats)
         self._make_entries = make_entries
         self._remember = options.cache  # remembered into even when not consulted, to rebuild it
         self._verify = verify  # cache hits go to batch.vouched, to be asked about before they are trusted
@@ -416,24 +419,28 @@ def _encrypted_entries(crypt: Crypt) -> EntryMaker:
 
     def make(rec: ScanRecord, ids: bytes) -> list[Entry]:
         kind = "f" if rec.kind == "s" else rec.kind
-        return encrypt(rec.path, kind, rec.mode, rec.mtime_ns, rec.size, ids, rec.link, rec.extra)  # type: ignore[arg-type]
+        link, extra = link_fields(rec.link, rec.extra) if rec.link else ("", rec.extra)
+        return encrypt(rec.path, kind, rec.mode, rec.mtime_ns, rec.size, ids, link, extra)  # type: ignore[arg-type]
 
     return make
 
 
 def _entries_for(rec: ScanRecord, ids: bytes) -> list[Entry]:
-    """The entry records of one item (a file with many chunks continues over several records)."""
+    """The entry records of one item (a file with many chunks continues over several records); paths in their
+    wire text (:func:`neotwist.paths.to_wire`)."""
+    path = paths.to_wire(rec.path)
     if rec.kind != "f":
         kind = "f" if rec.kind == "s" else rec.kind  # a FIFO or device: an empty file and its extra record
-        return [Entry(rec.path, kind, rec.mode, rec.mtime_ns, rec.size, b"", rec.link, rec.extra)]  # type: ignore[arg-type]
+        link, extra = link_fields(rec.link, rec.extra) if rec.link else ("", rec.extra)
+        return [Entry(path, kind, rec.mode, rec.mtime_ns, rec.size, b"", link, extra)]  # type: ignore[arg-type]
     step = limits.MAX_FILE_CHUNK_IDS * ID
     if len(ids) <= step:
-        return [Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, ids, "", rec.extra)]
+        return [Entry(path, "f", rec.mode, rec.mtime_ns, rec.size, ids, "", rec.extra)]
     out = []
     for start in range(0, len(ids), step):
         part = ids[start : start + step]
         meta = rec.extra if not start else b""
-        out.append(Entry(rec.path, "f", rec.mode, rec.mtime_ns, rec.size, part, "", meta, more=start + step < len(ids)))
+        out.append(Entry(path, "f", rec.mode, rec.mtime_ns, rec.size, part, "", meta, more=start + step < len(ids)))
     return out
 
 
@@ -756,6 +763,8 @@ async def push(
     if opened.encrypted != (crypt is not None):
         raise PushError(f"the server opened target {target} with the wrong encryption; nothing was sent")
     summary.encrypted = crypt is not None
+    if crypt is not None:
+        options = dataclasses.replace(options, byte_names=True)  # names travel sealed, paths as tokens
     try:
         with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
             if options.cache is not None:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from neotwist.paths import check_name, check_path
+from neotwist.paths import check_local, check_name
 from neotwist.wire.errors import NeoError
 
 EXPECTED = "[ssh://|tls://][USER@]HOST[:PORT]/TARGET[/SUBPATH]"
@@ -145,7 +145,7 @@ def parse_remote(text: str, *, default_user: str | None = None, need_target: boo
         return Remote(scheme=scheme, user=user, host=host, port=port, target="", path="")
     try:
         check_name(target, "target")
-        check_path(path)
+        check_local(path)
     except NeoError as e:
         raise _fail(text, e.message) from None
     return Remote(scheme=scheme, user=user, host=host, port=port, target=target, path=path)

@@ -2,8 +2,10 @@
 
 The walk uses ``os.scandir`` (names and types come from one ``getdents`` per directory), never follows a
 symlink, never descends a directory the filter rejects and never opens a file: it only reports what is there.
-Items that cannot be pushed are counted and skipped with a warning, not fatal: sockets, fifos and devices,
-names that are not UTF-8 or that the protocol refuses (backslash, over 255 bytes), unreadable directories.
+Items that cannot be pushed are counted and skipped with a warning, not fatal: sockets (and FIFOs and devices
+when no metadata is captured), paths over the protocol's byte limit, unreadable directories. Names are any
+bytes the kernel allows (held as ``os.fsdecode`` gives them: a byte that is not UTF-8 is a lone surrogate), and
+a tree may go deeper than PATH_MAX (:mod:`neotwist.client.deep`).
 
 Records come out parents first (pre-order), the root ('' path) first of all, so a consumer can batch them in
 order and a pull recreates parents before children.
@@ -16,6 +18,8 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from neotwist import paths
+from neotwist.client import deep
 from neotwist.client.filters import Filter
 from neotwist.client.metadata import Capture
 from neotwist.client.problems import MAX_KEPT, Problem, shown
@@ -66,34 +70,12 @@ class ScanStats:
         return out
 
 
-def _name_ok(name: str) -> bool:
-    """Can ``name`` be sent as a path component? (UTF-8, no backslash, within MAX_NAME.)"""
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return len(encoded) <= limits.MAX_NAME and "\\" not in name
-
-
-def _link_ok(target: str) -> bool:
-    """Can a symlink's target text be sent? (UTF-8, within MAX_LINK; it is data, so anything else goes.)"""
-    try:
-        return len(target.encode("utf-8")) <= limits.MAX_LINK
-    except UnicodeEncodeError:
-        return False
-
-
-def _name_problem(name: str, rel: str) -> str:
-    """Why an item's name or path cannot be stored."""
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "not stored: its name is not UTF-8"
-    if len(encoded) > limits.MAX_NAME:
-        return f"not stored: its name is over {limits.MAX_NAME} bytes"
-    if "\\" in name:
-        return "not stored: its name contains a backslash"
-    return f"not stored: its path is over {limits.MAX_PATH} bytes"
+def _too_long(rel: str) -> str | None:
+    """Why the path ``rel`` cannot be stored, or None. A name is any bytes the kernel allows; only the
+    protocol's byte limits are left to check (and only for a path long enough to reach them)."""
+    if len(paths.local_bytes(rel)) > limits.MAX_PATH:
+        return f"not stored: its path is over {limits.MAX_PATH} bytes"
+    return None
 
 
 def _special_kind(mode: int) -> str:
@@ -134,8 +116,8 @@ def scan(
         if capture is None:
             return b""
         data, problem = capture.record(path, rel, st, kind)
-        if problem is not None:
-            stats.note(path, problem)
+        if problem is not None:  # named by its real path (``path`` may go through /proc/self/fd)
+            stats.note(f"{root}/{rel}" if rel else root, problem)
         return data
 
     st = root_st = os.stat(root)
@@ -148,29 +130,39 @@ def scan(
     # Depth-first with an explicit stack of (absolute dir, relative prefix) so deep trees need no recursion.
     stack: list[tuple[str, str]] = [(root, "")]
     S_ISDIR, S_ISREG, S_ISLNK, S_IMODE = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
-    max_path = limits.MAX_PATH
+    quarter_path = limits.MAX_PATH // 4  # below it, a path cannot be over MAX_PATH bytes
+    deep_dirs = deep.Directories(root)  # a directory whose children may reach PATH_MAX is read through one
     while stack:
         directory, prefix = stack.pop()
+        dir_fd: int | None = None
         try:
-            with os.scandir(directory) as it:
+            if not deep.is_short(directory + "/" + "x" * 255):
+                dir_fd = deep_dirs.get(prefix[:-1])
+            with os.scandir(directory if dir_fd is None else dir_fd) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             skip(directory, f"directory not read ({e.strerror}); nothing under it is stored")
             continue
         if rules is not None:  # a tagged directory keeps only its tags
-            entries, left_out = rules.select(entries, directory)
+            entries, left_out = rules.select(entries, directory, dir_fd)
             stats.filtered += left_out
         subdirs: list[tuple[str, str]] = []
         for entry in entries:
             name = entry.name
             rel = prefix + name
-            if not _name_ok(name) or len(rel.encode("utf-8")) > max_path:
-                skip(entry.path, _name_problem(name, rel))
-                continue
+            if dir_fd is None:
+                shown_path = where = entry.path
+            else:  # deep down: the real path for messages, a short one for system calls
+                shown_path, where = f"{directory}/{name}", deep.proc_path(dir_fd, name)
+            if len(rel) >= quarter_path:
+                too_long = _too_long(rel)
+                if too_long is not None:
+                    skip(shown_path, too_long)
+                    continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as e:
-                skip(entry.path, f"not stored: cannot stat it ({e.strerror})")
+                skip(shown_path, f"not stored: cannot stat it ({e.strerror})")
                 continue
             m = st.st_mode
             if S_ISDIR(m):
@@ -179,10 +171,10 @@ def scan(
                     continue
                 yield ScanRecord(
                     rel, "d", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
-                    more(entry.path, rel, st, "d"),
+                    more(where, rel, st, "d"),
                 )  # fmt: skip
                 if rules is None or rules.descend(st, root_st):  # another file system: kept empty
-                    subdirs.append((entry.path, rel + "/"))
+                    subdirs.append((shown_path, rel + "/"))
                 continue
             if filt is not None and not filt.take_file(rel, name):
                 stats.filtered += 1
@@ -190,27 +182,34 @@ def scan(
             if S_ISREG(m):
                 yield ScanRecord(
                     rel, "f", S_IMODE(m), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, "",
-                    more(entry.path, rel, st, "f"),
+                    more(where, rel, st, "f"),
                 )  # fmt: skip
             elif S_ISLNK(m):
                 try:
-                    target = os.readlink(entry.path)
+                    target = os.readlink(name, dir_fd=dir_fd) if dir_fd is not None else os.readlink(where)
                 except OSError as e:
-                    skip(entry.path, f"symlink not stored: cannot read it ({e.strerror})")
-                    continue
-                if not _link_ok(target):
-                    skip(entry.path, "symlink not stored: its target is not UTF-8 or over 4096 bytes")
+                    skip(shown_path, f"symlink not stored: cannot read it ({e.strerror})")
                     continue
                 yield ScanRecord(
                     rel, "l", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, target,
-                    more(entry.path, rel, st, "l"),
+                    more(where, rel, st, "l"),
                 )  # fmt: skip
             elif capture is not None and (stat.S_ISFIFO(m) or stat.S_ISCHR(m) or stat.S_ISBLK(m)):
                 yield ScanRecord(
                     rel, "s", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
-                    more(entry.path, rel, st, "s"),
+                    more(where, rel, st, "s"),
                 )  # fmt: skip
             else:
-                skip(entry.path, f"{_special_kind(m)} not stored")
+                skip(shown_path, f"{_special_kind(m)} not stored")
         # Push in reverse so the stack pops them in name order.
         stack.extend(reversed(subdirs))
+
+
+def plain_names_only(records: Iterator[ScanRecord], stats: ScanStats) -> Iterator[ScanRecord]:
+    """``records`` but those a server that predates byte names would refuse (a path that is not UTF-8 or holds a
+    backslash), each skipped with its reason: for a plaintext target on such a server."""
+    for rec in records:
+        if paths.to_wire(rec.path) != rec.path:
+            stats.skip(rec.path, "not stored: the server stores only UTF-8 names without a backslash; upgrade it")
+        else:
+            yield rec

@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import msgspec
+
+from neotwist import paths
 from neotwist.client.timespec import AtTime, format_time
 from neotwist.wire import limits
 from neotwist.wire.messages import (
@@ -97,7 +100,8 @@ async def versions(peer: Peer, handle: int, path: str) -> list[VersionRecord]:
 
 async def deleted(peer: Peer, handle: int, path: str = "") -> list[DeletedRecord]:
     """Paths at or below ``path`` missing from the current view that a kept snapshot still holds."""
-    return await _pages(peer, ListDeleted(rid=0, handle=handle, path=path), DeletedList, "entries")
+    records = await _pages(peer, ListDeleted(rid=0, handle=handle, path=path), DeletedList, "entries")
+    return local_paths(records)
 
 
 async def entries(
@@ -133,7 +137,25 @@ async def entries(
         return not page.done
 
     await peer.request(List(rid=0, handle=handle, snapshot=snapshot, path=path, recursive=recursive), more=more)
-    return pages[-1].snapshot, merge_continued([e for page in pages for e in page.entries])
+    return pages[-1].snapshot, local_paths(merge_continued([e for page in pages for e in page.entries]))
+
+
+R = TypeVar("R", Entry, DeletedRecord)
+
+
+def local_paths(entries: list[R]) -> list[R]:
+    """``entries`` with their paths from wire text to how Python holds file names (:func:`paths.from_wire`;
+    an encrypted target's tokens are left as they are: they never hold a backslash)."""
+    out = entries
+    for i, e in enumerate(entries):
+        if "\\" in e.path:
+            if out is entries:
+                out = list(entries)
+            try:
+                out[i] = msgspec.structs.replace(e, path=paths.from_wire(e.path))
+            except ValueError as err:
+                raise StashError(f"the server listed a malformed path {e.path!r} ({err})") from None
+    return out
 
 
 def merge_continued(records: list[Entry]) -> list[Entry]:

@@ -15,6 +15,10 @@ two seals, so that an entry whose attributes were tampered with can still be nam
 ``extra`` (owner, xattrs, hard link, special file: neotwist.client.metadata) was added later as a sixth element:
 records without it read as having none, and readers that predate it ignore it.
 
+Names are bytes: the name seal holds the name's own bytes, whatever they are (a UTF-8 name seals as it always
+did). ``path`` is in its wire text (:func:`neotwist.paths.to_wire`), and ``link`` as the entry's link text is
+(a target that is not UTF-8 is escaped there, its bytes kept in ``extra``).
+
 The sealing is deterministic on purpose: an unchanged file seals to the same bytes, so the server's commit sees
 an unchanged entry and adds no version (the server learns nothing more: it sees anyway which entries a snapshot
 changed). The associated data binds the name to the encrypted path and the attributes to the path, the kind and
@@ -31,6 +35,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
+from neotwist import paths
 from neotwist.crypto import AuthenticationFailed
 from neotwist.wire import limits
 
@@ -81,7 +86,9 @@ class MetaSealer:
 
     def seal(self, enc_path: str, kind: str, chunks: bytes, name: str, meta: EntryMeta) -> bytes:
         path = enc_path.encode()
-        name_seal = self._siv.encrypt(_pad(name.encode("utf-8")), [_NAME_AD, path])
+        name_seal = self._siv.encrypt(_pad(name.encode("utf-8", "surrogateescape")), [_NAME_AD, path])
+        if meta.path:
+            meta = msgspec.structs.replace(meta, path=paths.to_wire(meta.path))
         if meta.extra:
             body = _encoder.encode(meta)
         else:
@@ -108,10 +115,7 @@ class MetaSealer:
             raw = self._siv.decrypt(name_seal, [_NAME_AD, enc_path.encode()])
         except (InvalidTag, ValueError):
             raise AuthenticationFailed("its name failed authentication (modified or damaged)") from None
-        try:
-            return raw.rstrip(b"\0").decode("utf-8")
-        except UnicodeDecodeError:
-            raise AuthenticationFailed("its name is not UTF-8") from None
+        return raw.rstrip(b"\0").decode("utf-8", "surrogateescape")
 
     def open(self, enc_path: str, kind: str, chunks: bytes, sealed: bytes) -> EntryMeta:
         """The attributes of the entry at ``enc_path`` of ``kind`` with the chunk ids ``chunks``;
@@ -123,6 +127,9 @@ class MetaSealer:
             raise AuthenticationFailed("its metadata failed authentication (modified or damaged)") from None
         try:
             (n,) = _U32.unpack_from(plain)
-            return _decoder.decode(plain[_U32.size : _U32.size + n])
-        except (struct.error, msgspec.DecodeError, msgspec.ValidationError) as e:
+            meta = _decoder.decode(plain[_U32.size : _U32.size + n])
+            if meta.path:
+                meta = msgspec.structs.replace(meta, path=paths.from_wire(meta.path))
+            return meta
+        except (struct.error, msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
             raise AuthenticationFailed(f"its metadata does not decode ({e})") from None

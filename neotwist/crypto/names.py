@@ -21,6 +21,8 @@ server as a path listed twice, never silently merged.
 - The same name in the same directory always gives the same token (versions, unchanged-entry dedup and
   ``neo-pull REMOTE/SUB/PATH`` work: the client computes the tokens of a plaintext sub-path itself).
 - The same name in two directories does not (the server cannot see that two directories both hold ``.git``).
+- A name is hashed as its bytes, whatever they are (``name`` as Python holds file names, lone surrogates
+  for bytes that are not UTF-8): a UTF-8 name gets the token it always had.
 - Tokens contain only ``A-Z a-z 0-9 - _``: never ``.``, ``..``, ``/``, NUL or backslash.
 """
 
@@ -50,7 +52,8 @@ class PathCipher:
 
     def encrypt_name(self, parent: str, name: str) -> str:
         """The token of ``name`` in the directory whose encrypted path (from the target root) is ``parent``."""
-        digest = blake3.blake3(parent.encode() + b"\0" + name.encode("utf-8"), key=self._key).digest(TOKEN_BYTES)
+        data = parent.encode() + b"\0" + name.encode("utf-8", "surrogateescape")
+        digest = blake3.blake3(data, key=self._key).digest(TOKEN_BYTES)
         return base64.urlsafe_b64encode(digest).decode("ascii")  # 9 bytes: 12 characters, no padding
 
     def encrypt_path(self, path: str) -> str:

@@ -43,7 +43,7 @@ def _bad_name(name: str) -> str | None:
     if "/" in name:
         return "contains '/'"
     try:
-        paths.check_path(name)
+        paths.check_local(name)
     except NeoError as e:
         return f"is not a valid name ({e.message})"
     return None
@@ -52,7 +52,7 @@ def _bad_name(name: str) -> str | None:
 def _bad_path(path: str) -> str | None:
     """Why a decrypted sub-path (the root entry's record of where a push was made) is not a valid path."""
     try:
-        paths.check_path(path)
+        paths.check_local(path)
     except NeoError as e:
         return f"is not a valid path ({e.message})"
     return None

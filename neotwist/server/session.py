@@ -390,7 +390,7 @@ class ServerSession:
                 window=peer.window,
                 login_required=self.account is None,
                 account="" if self.account is None else self.account.name,
-                features=[limits.FEATURE_PING],
+                features=[limits.FEATURE_PING, limits.FEATURE_BYTE_NAMES],
             )
         )
 

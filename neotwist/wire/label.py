@@ -16,13 +16,15 @@ from typing import Annotated
 
 import msgspec
 
-from neotwist.wire import limits
-
 MAX_TAGS = 64
 """Tags on one snapshot."""
 
 MAX_TAG = 128
 """Characters in one tag."""
+
+MAX_SOURCE = 4096
+"""Characters of ``SnapshotLabel.source`` (fixed here, not ``limits.MAX_PATH``: the label is informational, and
+a longer source would be refused by servers whose paths stop at 4096 bytes)."""
 
 MAX_HOST = 255
 """Characters in the host name a label records."""
@@ -46,7 +48,7 @@ class SnapshotLabel(msgspec.Struct, array_like=True, frozen=True):
     not store (or stored only in part), 0 for a complete snapshot. Empty strings mean "not recorded"."""
 
     host: Annotated[str, msgspec.Meta(max_length=MAX_HOST)] = ""
-    source: Annotated[str, msgspec.Meta(max_length=limits.MAX_PATH)] = ""
+    source: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE)] = ""
     tags: Tags = []
     warnings: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 
@@ -83,7 +85,7 @@ def check_label(label: SnapshotLabel) -> SnapshotLabel:
         raise LabelError(f"a snapshot has at most {MAX_TAGS} tags, not {len(label.tags)}")
     if _control(label.host) or _control(label.source):
         raise LabelError("the host name or source path has a control character")
-    if len(label.host) > MAX_HOST or len(label.source) > limits.MAX_PATH:
+    if len(label.host) > MAX_HOST or len(label.source) > MAX_SOURCE:
         raise LabelError("the host name or source path is too long")
     return label
 

@@ -42,14 +42,25 @@ MAX_CHUNKS_PER_FILE = 1 << 24
 MAX_PUSH_ENTRIES = 20_000_000
 """Entries in one push."""
 
-MAX_PATH = 4096
-"""Bytes in one UTF-8 path (relative to the target)."""
+MAX_PATH = 32 * 1024
+"""Bytes in one path (relative to the target): eight times Linux's PATH_MAX, which limits one system call,
+not how deep a tree goes (the client walks and restores with directory descriptors)."""
+
+MAX_WIRE_PATH = 4 * MAX_PATH
+"""Characters in one path's wire text (a byte that is not UTF-8 travels as a 4-character escape)."""
 
 MAX_NAME = 255
 """Bytes in one path component, account name or target name."""
 
 MAX_LINK = 4096
-"""Bytes in one symlink target."""
+"""Bytes in one symlink target (the kernel's own limit)."""
+
+MAX_WIRE_LINK = 4 * MAX_LINK
+"""Characters in one symlink target's text (escaped where it is not UTF-8)."""
+
+FEATURE_BYTE_NAMES = "byte-names"
+"""Listed in ``welcome.features`` by a server that stores any path bytes (escaped wire text, see
+docs/protocol.md): only then does a client push a name that is not UTF-8 or holds a backslash."""
 
 MAX_META = 64 * 1024
 """Bytes in one opaque (encrypted) metadata blob."""

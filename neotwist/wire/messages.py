@@ -25,7 +25,7 @@ SnapshotId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 ChunkId = Annotated[bytes, msgspec.Meta(min_length=limits.ID_SIZE, max_length=limits.ID_SIZE)]
 ChunkIds = Annotated[list[ChunkId], msgspec.Meta(max_length=limits.MAX_IDS)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_NAME)]
-PathText = Annotated[str, msgspec.Meta(max_length=limits.MAX_PATH)]
+PathText = Annotated[str, msgspec.Meta(max_length=limits.MAX_WIRE_PATH)]
 Text = Annotated[str, msgspec.Meta(max_length=limits.MAX_TEXT)]
 Password = Annotated[str, msgspec.Meta(max_length=limits.MAX_PASSWORD)]
 ChunkData = Annotated[bytes, msgspec.Meta(max_length=limits.MAX_CHUNK)]
@@ -60,7 +60,7 @@ class Entry(msgspec.Struct, array_like=True, frozen=True):
     mtime_ns: I64
     size: U64
     chunks: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_FILE_CHUNK_IDS * limits.ID_SIZE)] = b""
-    link: Annotated[str, msgspec.Meta(max_length=limits.MAX_LINK)] = ""
+    link: Annotated[str, msgspec.Meta(max_length=limits.MAX_WIRE_LINK)] = ""
     meta: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_META)] = b""
     more: bool = False
 
