@@ -32,6 +32,9 @@ log = Logger()
 
 SOFTWARE = f"neophytos/{neotwist.__version__}"
 
+SEND_AHEAD = limits.MIN_WINDOW
+"""The most of the server's receive window this client sends into before credit returns (see connect)."""
+
 __all__ = ["ConnectError", "ConnectOptions", "Session", "connect"]
 
 
@@ -109,7 +112,10 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
         if not Path(name).expanduser().is_file():
             raise ConnectError(f"identity file {name} does not exist")
     get_password = _open_password(options)
-    peer = Peer(_ClientHandler(), window=options.window, is_client=True)
+    # What we send ahead of the server's credit is held here, copied again by the SSH channel and transport
+    # buffers (about three times over): the smallest window honoured keeps a push's memory bounded, and on a
+    # local link it still keeps the server busy.
+    peer = Peer(_ClientHandler(), window=options.window, is_client=True, max_peer_window=SEND_AHEAD)
     link: OpenSSHLink | None = None
     if remote.scheme == "tls":
         await open_tls(
@@ -153,6 +159,7 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
             raise ConnectError(f"{remote.address}: {e.message}") from None
         raise ConnectError(f"session with {remote.address} failed during hello: {e}") from None
     tcpkeepalive.enable(peer.transport)
+    peer.features = frozenset(welcome.features)
     if options.timeout and limits.FEATURE_PING in welcome.features:
         Watchdog(reactor, peer, remote.address, options.timeout).start()
     return Session(peer=peer, welcome=welcome, remote=remote)

@@ -11,6 +11,11 @@ it does not (the target was pruned or recreated), the push retries once with the
 saved (atomically: :func:`neotwist.atomicfile.atomic_write`) only after a successful commit, and holds exactly the
 files of that push, so deleted files fall out of it.
 
+It also keeps, for the push that wrote it, the snapshot that push committed and a digest of every entry it
+sent (by the path the server knows it by): the next push to the same place, when that snapshot is still the
+target's latest, sends only the entries whose digest changed and names the paths that are gone
+(``push_begin.parent``), instead of listing the whole tree again.
+
 Files modified within the last second before the push started are not remembered: their mtime may not have
 ticked yet for a write still to come (the same guard git and borg use for "racy" timestamps).
 """
@@ -50,6 +55,8 @@ class _CacheFile(msgspec.Struct, array_like=True):
     format: int
     key: str
     files: dict[str, CacheEntry]
+    snapshot: int | None = None  # the snapshot the push that wrote it committed (caches before it: None)
+    entries: dict[str, bytes] = msgspec.field(default_factory=dict)  # server path -> digest of its records
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -76,6 +83,10 @@ class FilesCache:
         self._name(key)
         self.old: dict[str, CacheEntry] = {}
         self.new: dict[str, CacheEntry] = {}
+        self.old_snapshot: int | None = None  # what the last push committed, and the entries it sent
+        self.old_entries: dict[str, bytes] = {}
+        self.snapshot: int | None = None  # what this push committed (set before save), and the entries it sent
+        self.new_entries: dict[str, bytes] = {}
         self.racy_after = (start_ns if start_ns is not None else time.time_ns()) - _RACY_NS
         self.load_error: str | None = None
 
@@ -107,6 +118,7 @@ class FilesCache:
         if cached.format == _FORMAT and cached.key == paths.to_wire(self.key):
             try:  # paths are kept in their wire text (see neotwist.paths.to_wire)
                 self.old = {paths.from_wire(path): entry for path, entry in cached.files.items()}
+                self.old_snapshot, self.old_entries = cached.snapshot, cached.entries  # keyed by wire paths
             except ValueError as e:
                 self.load_error = f"ignoring damaged files cache {self.path}: {e}"
 
@@ -142,5 +154,13 @@ class FilesCache:
         """Write the current push's entries atomically (call only after a successful commit)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         files = {paths.to_wire(path): entry for path, entry in self.new.items()}
-        body = _encoder.encode(_CacheFile(format=_FORMAT, key=paths.to_wire(self.key), files=files))
+        body = _encoder.encode(
+            _CacheFile(
+                format=_FORMAT,
+                key=paths.to_wire(self.key),
+                files=files,
+                snapshot=self.snapshot,
+                entries=self.new_entries,
+            )
+        )
         atomic_write(self.path, body)

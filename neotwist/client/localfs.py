@@ -62,10 +62,13 @@ def _split(rel: str) -> list[str]:
 class TempFile:
     """A new file being written under a temporary name; :meth:`commit` renames it into place."""
 
-    def __init__(self, dest: SafeDest, rel: str, dir_fd: int, name: str) -> None:
+    def __init__(self, dest: SafeDest, rel: str, dir_fd: int, name: str, own_dir: bool = True) -> None:
+        """``own_dir``: the file takes over ``dir_fd`` and closes it with itself; else it only borrows it (from a
+        :class:`DirStack` that outlives it)."""
         self.rel = rel
         self._dest = dest
         self._dir_fd = dir_fd
+        self._own_dir = own_dir
         self.name = name
         self.tmp = temp_name(name)
         self.fd = os.open(self.tmp, _NEW_FLAGS, 0o600, dir_fd=dir_fd)
@@ -104,8 +107,54 @@ class TempFile:
             except OSError:
                 pass
         if self._dir_fd >= 0:
-            os.close(self._dir_fd)
+            if self._own_dir:
+                os.close(self._dir_fd)
             self._dir_fd = -1
+
+
+class DirStack:
+    """Descriptors of the directories along the last path opened, reused for the next one.
+
+    A pull handles paths in sorted order, so consecutive paths share most of their directories: resolving each
+    from the root cost one ``openat`` per component per item (ten per file of a restored tree), where this
+    opens only the components that differ from the previous path's. Every component is opened as
+    :meth:`SafeDest.open_dir` opens it (``O_NOFOLLOW | O_DIRECTORY``, relative to its parent's descriptor), so
+    a symlink in the way is refused the same way. One thread at a time; :meth:`close` releases them all.
+    """
+
+    def __init__(self, dest: SafeDest) -> None:
+        self._dest = dest
+        self._names: list[str] = []
+        self._fds: list[int] = []
+
+    def open(self, rel_dir: str, create: bool, made: list[str] | None = None) -> int:
+        """A descriptor of directory ``rel_dir`` ('' = the root), valid until the next :meth:`open` or
+        :meth:`close` (do not close it); the names of the directories it had to create are appended to ``made``.
+        FileNotFoundError (``create`` false), UnsafePath or OSError."""
+        parts = _split(rel_dir)
+        names, fds = self._names, self._fds
+        keep = 0
+        while keep < len(names) and keep < len(parts) and names[keep] == parts[keep]:
+            keep += 1
+        while len(fds) > keep:
+            names.pop()
+            os.close(fds.pop())
+        for part in parts[keep:]:
+            parent = fds[-1] if fds else self._dest.root_fd
+            fds.append(self._dest._open_dir(parent, part, create, rel_dir, made))
+            names.append(part)
+        return fds[-1] if fds else self._dest.root_fd
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+        self._names.clear()
+
+    def __enter__(self) -> DirStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SafeDest:
@@ -124,7 +173,7 @@ class SafeDest:
             os.close(self.root_fd)
             self.root_fd = -1
 
-    def _open_dir(self, dir_fd: int, name: str, create: bool, rel: str) -> int:
+    def _open_dir(self, dir_fd: int, name: str, create: bool, rel: str, made: list[str] | None = None) -> int:
         try:
             return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -138,6 +187,8 @@ class SafeDest:
             raise
         try:
             os.mkdir(name, 0o777, dir_fd=dir_fd)
+            if made is not None:
+                made.append(name)
         except FileExistsError:
             pass  # another worker made it; the open below still refuses a symlink
         return self._open_dir(dir_fd, name, False, rel)
@@ -206,9 +257,15 @@ class SafeDest:
         finally:
             os.close(fd)
 
-    def make_dir(self, rel: str) -> None:
-        """Create directory ``rel`` and its parents (refusing symlinks and non-directories in the way)."""
+    def make_dir(self, rel: str, dirs: DirStack | None = None) -> bool:
+        """Create directory ``rel`` and its parents (refusing symlinks and non-directories in the way); True
+        when ``rel`` itself was made here (with ``dirs``; else always False)."""
+        if dirs is not None:
+            made: list[str] = []
+            dirs.open(rel, create=True, made=made)
+            return bool(made) and made[-1] == rel.rsplit("/", 1)[-1]
         os.close(self._walk(_split(rel), True, rel))
+        return False
 
     def lstat(self, rel: str) -> os.stat_result | None:
         """``lstat`` of ``rel`` (None when it or a parent is missing; UnsafePath if a parent is a symlink)."""
@@ -350,16 +407,24 @@ class SafeDest:
         mode &= 0o7777
         return mode if self.special_bits else mode & ~0o6000
 
-    def set_dir_meta(self, rel: str, mode: int, mtime_ns: int, fix: Fix | None = None) -> None:
+    def set_dir_meta(
+        self, rel: str, mode: int, mtime_ns: int, fix: Fix | None = None, dirs: DirStack | None = None
+    ) -> None:
         """Set a directory's owner and xattrs (``fix``), mode and mtime (after its contents are written, so the
         mtime sticks). The mode of a destination root that existed before the pull is the user's, and is left
         alone."""
+        if dirs is not None:
+            self._dir_meta(dirs.open(rel, create=False), rel, mode, mtime_ns, fix)
+            return
         fd = self._walk(_split(rel), False, rel)
         try:
-            if fix is not None:
-                fix(fd)
-            if rel or not self.root_existed:
-                os.fchmod(fd, self.allowed_mode(mode))
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            self._dir_meta(fd, rel, mode, mtime_ns, fix)
         finally:
             os.close(fd)
+
+    def _dir_meta(self, fd: int, rel: str, mode: int, mtime_ns: int, fix: Fix | None) -> None:
+        if fix is not None:
+            fix(fd)
+        if rel or not self.root_existed:
+            os.fchmod(fd, self.allowed_mode(mode))
+        os.utime(fd, ns=(mtime_ns, mtime_ns))

@@ -9,6 +9,8 @@ For each file of the snapshot:
   holds, unless ``--reuse-any``: see ``_may_reuse``); chunks of files already written by this pull are reused too;
 - the remaining ids are fetched with ``get`` requests (at most SEGMENT_IDS per request, several files in
   flight at once), each chunk is decompressed with a bound and checked against its id before it is written;
+  small files with nothing local to reuse go in batches instead: one ``get_files`` for up to BATCH_FILES of
+  them, written in one worker hop (from a server that lists the feature);
 - the new version is written to ``.<name>.neotmp.<random>`` in the same directory, given its mode and mtime,
   fsynced with ``--fsync``, and renamed into place.
 
@@ -37,7 +39,7 @@ from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import stash
 from neotwist.client.encryption import KeySource, open_for_read, plain_errors
-from neotwist.client.localfs import Fix, SafeDest, TempFile, UnsafePath
+from neotwist.client.localfs import DirStack, Fix, SafeDest, TempFile, UnsafePath
 from neotwist.client.metadata import Applier, Extra, exact_link
 from neotwist.client.mirror import DeleteRefused, check_target, delete_extraneous
 from neotwist.client.pins import TargetPin
@@ -54,7 +56,9 @@ from neotwist.wire.messages import (
     ChunkerParams,
     ChunkReply,
     Entry,
+    FileIds,
     Get,
+    GetFiles,
     Message,
 )
 from neotwist.wire.peer import Peer
@@ -72,6 +76,16 @@ FETCH_BYTES = 96 * 1024 * 1024
 """Bytes of fetched chunks a pull holds at once (see _ByteBudget)."""
 FILES_IN_FLIGHT = 64
 """Files being fetched and written at once: keeps many small-file requests in flight."""
+SMALL_FILE = 1024 * 1024
+"""Files up to this size that have no local version to reuse are fetched in batches (``get_files``, from a
+server that lists the feature) and written in one worker hop per batch: per-file requests and thread hops
+were most of the cost of restoring a tree of small files."""
+BATCH_FILES = 256
+"""Files in one batch (at most limits.MAX_GET_FILES)..."""
+BATCH_BYTES = 4 * 1024 * 1024
+"""...and their listed bytes (the ids stay within limits.MAX_IDS)."""
+BATCHES_IN_FLIGHT = 3
+"""Batches being fetched or written at once (each holds its bytes of the fetch budget)."""
 
 
 class PullError(Exception):
@@ -232,11 +246,17 @@ def _decode(content: ChunkCodec, reply: ChunkReply, path: str, dctx: zstandard.Z
         raise DamagedFile(f"{path}: {e.message}; not restored") from None
 
 
-def _new_temp(dest: SafeDest, f: _File) -> TempFile:
-    """The temporary file for ``f``, in the directory descriptor its batch walked (which it takes over)."""
+def _new_temp(dest: SafeDest, f: _File, dirs: DirStack | None = None) -> TempFile:
+    """The temporary file for ``f``, in the directory descriptor its batch walked (which it takes over), or
+    one ``dirs`` holds (which it borrows)."""
     if f.dir_fd >= 0:
         dir_fd, f.dir_fd = f.dir_fd, -1
         return dest.new_file_at(dir_fd, f.path)
+    if dirs is not None:
+        parent, _, name = f.path.rpartition("/")
+        if not name:
+            raise UnsafePath("the destination root itself is not a file")
+        return TempFile(dest, f.path, dirs.open(parent, create=True), name, own_dir=False)
     return dest.new_file(f.path)
 
 
@@ -293,7 +313,9 @@ def _is_zero(raw: bytes) -> bool:
     return raw[:1] == b"\0" and raw[-1:] == b"\0" and raw.count(0) == len(raw)
 
 
-def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: ChunkCodec = PLAIN) -> int:
+def _write_segment(
+    dest: SafeDest, f: _File, steps: list[_Step], content: ChunkCodec = PLAIN, dirs: DirStack | None = None
+) -> int:
     """Append a run of chunks to ``f``'s temporary file; returns the bytes written.
 
     Fetched chunks are decompressed with a bound and checked against their ids. Chunks of the old local
@@ -302,7 +324,7 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: ChunkC
     taken from files this pull wrote are re-read and re-hashed.
     """
     if f.temp is None:
-        f.temp = _new_temp(dest, f)
+        f.temp = _new_temp(dest, f, dirs)
     fd = f.temp.fd
     dctx = decompressor()  # one per worker thread: creating one per segment cost an allocation each time
     start = f.offset
@@ -377,9 +399,9 @@ def _write_segment(dest: SafeDest, f: _File, steps: list[_Step], content: ChunkC
     return out - start
 
 
-def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
+def _finish(dest: SafeDest, f: _File, fsync: bool, dirs: DirStack | None = None) -> None:
     if f.temp is None:
-        f.temp = _new_temp(dest, f)
+        f.temp = _new_temp(dest, f, dirs)
     if f.offset != f.size:
         f.temp.abort()
         raise PullError(f"{f.path}: the chunks add up to {f.offset} bytes, the listing says {f.size}")
@@ -392,38 +414,71 @@ def _finish(dest: SafeDest, f: _File, fsync: bool) -> None:
     _close_old(f)
 
 
-def _write_last(dest: SafeDest, f: _File, steps: list[_Step], fsync: bool, content: ChunkCodec = PLAIN) -> None:
+def _write_last(
+    dest: SafeDest, f: _File, steps: list[_Step], fsync: bool, content: ChunkCodec = PLAIN, dirs: DirStack | None = None
+) -> None:
     """The last run of a file and its finish in one worker hop (most files are one run)."""
     if steps:
-        _write_segment(dest, f, steps, content)
-    _finish(dest, f, fsync)
+        _write_segment(dest, f, steps, content, dirs)
+    _finish(dest, f, fsync, dirs)
+
+
+def _write_files(
+    dest: SafeDest, files: list[_File], plans: list[list[_Step]], fsync: bool, content: ChunkCodec
+) -> list[Exception | None]:
+    """Write a batch of small files in one worker hop (sorted by path: their directories are opened once).
+    Each file's failure is its own: returned in its place (None for a file written), its temporary file gone."""
+    out: list[Exception | None] = []
+    with DirStack(dest) as dirs:
+        for f, steps in zip(files, plans, strict=True):
+            try:
+                _write_last(dest, f, steps, fsync, content, dirs)
+            except (UnsafePath, OSError, PullError) as e:
+                _abort(f)
+                out.append(e)
+            else:
+                out.append(None)
+    return out
+
+
+def _batchable(f: _File) -> bool:
+    """Is ``f``, with no local version to reuse, fetched in a batch (see SMALL_FILE)?"""
+    return f.size <= SMALL_FILE and len(f.ids) <= limits.MAX_IDS * ID
 
 
 _SAME, _ABSENT, _EXAMINE = 0, 1, 2
 
 
 def _quick_check(
-    dest: SafeDest, files: list[_File], checksum: bool, applier: Applier | None = None
+    dest: SafeDest,
+    files: list[_File],
+    checksum: bool,
+    applier: Applier | None = None,
+    batching: bool = False,
+    made: frozenset[str] = frozenset(),
 ) -> list[int | str]:
     """For each file: _SAME (up to date by size and mtime), _ABSENT (nothing local to reuse), _EXAMINE, or an
     error text. One worker hop for many files, so an unchanged tree costs no per-file thread round trip.
 
-    Each directory is walked once for the whole batch (files come sorted by path, so a directory's files are
-    adjacent); every file that will be written gets its own duplicate of that descriptor in ``dir_fd``.
+    Each directory is opened once for the whole batch (files come sorted by path, so a directory's files are
+    adjacent, and a directory shares its parents' descriptors with the previous one); every file that will be
+    written on its own gets its own duplicate of that descriptor in ``dir_fd`` (one fetched in a batch, with
+    ``batching``, does not: the batch's worker opens its directories again, once per batch).
     """
     out: list[int | str] = []
     current: str | None = None
     dir_fd: int | None = None  # None: the directory is missing (its files are absent)
     dir_error: str | None = None
-    try:
+    with DirStack(dest) as dirs:
         for f in files:
             parent, _, name = f.path.rpartition("/")
+            if parent in made and batching and _batchable(f):
+                out.append(_ABSENT)  # its directory was made by this pull: nothing to look at or reuse
+                continue
             if parent != current:
-                if dir_fd is not None:
-                    os.close(dir_fd)
                 current, dir_fd, dir_error = parent, None, None
                 try:
-                    dir_fd = dest.open_dir(parent, create=False)
+                    dir_fd = dirs.open(parent, create=False)
                 except FileNotFoundError:
                     pass
                 except (UnsafePath, OSError) as e:
@@ -456,11 +511,10 @@ def _quick_check(
                         continue
                 out.append(_SAME)
                 continue
-            out.append(_ABSENT if st is None or not stat.S_ISREG(st.st_mode) else _EXAMINE)
-            f.dir_fd = os.dup(dir_fd)
-    finally:
-        if dir_fd is not None:
-            os.close(dir_fd)
+            absent = st is None or not stat.S_ISREG(st.st_mode)
+            out.append(_ABSENT if absent else _EXAMINE)
+            if not (absent and batching and _batchable(f)):
+                f.dir_fd = os.dup(dir_fd)
     return out
 
 
@@ -480,15 +534,20 @@ def _abort(f: _File) -> None:
     _close_old(f)
 
 
-def _make_dirs(dest: SafeDest, dirs: list[Entry]) -> list[str]:
+def _make_dirs(dest: SafeDest, dirs: list[Entry]) -> tuple[list[str], set[str]]:
+    """Create the snapshot's directories; returns the errors and the directories made here (empty: nothing in
+    them needs looking at)."""
     errors = []
-    for e in dirs:
-        if e.path:
-            try:
-                dest.make_dir(e.path)
-            except (UnsafePath, OSError) as err:
-                errors.append(f"{e.path}: {err}")
-    return errors
+    made: set[str] = set()
+    with DirStack(dest) as stack:  # dirs come sorted: each opens only what differs from the one before
+        for e in dirs:
+            if e.path:
+                try:
+                    if dest.make_dir(e.path, stack):
+                        made.add(e.path)
+                except (UnsafePath, OSError) as err:
+                    errors.append(f"{e.path}: {err}")
+    return errors, made
 
 
 def _make_links(dest: SafeDest, links: list[Entry], extras: dict[str, Extra]) -> tuple[int, list[str]]:
@@ -502,15 +561,19 @@ def _make_links(dest: SafeDest, links: list[Entry], extras: dict[str, Extra]) ->
     return made, errors
 
 
-def _dir_meta(dest: SafeDest, dirs: list[Entry], restorer: Restorer | None = None) -> list[str]:
+def _dir_meta(
+    dest: SafeDest, dirs: list[Entry], restorer: Restorer | None = None, made: frozenset[str] = frozenset()
+) -> list[str]:
     errors = []
     extras = restorer.plan.extras if restorer is not None else {}
-    for e in sorted(dirs, key=lambda e: e.path, reverse=True):
-        try:
-            fix = restorer.fix(e.path or ".", extras.get(e.path), fresh=False) if restorer is not None else None
-            dest.set_dir_meta(e.path, e.mode, e.mtime_ns, fix)
-        except (UnsafePath, OSError) as err:
-            errors.append(f"{e.path or '.'}: {err}")
+    with DirStack(dest) as stack:
+        for e in sorted(dirs, key=lambda e: e.path, reverse=True):
+            try:
+                fresh = e.path in made  # made by this pull: no xattrs to remove
+                fix = restorer.fix(e.path or ".", extras.get(e.path), fresh=fresh) if restorer is not None else None
+                dest.set_dir_meta(e.path, e.mode, e.mtime_ns, fix, stack)
+            except (UnsafePath, OSError) as err:
+                errors.append(f"{e.path or '.'}: {err}")
     return errors
 
 
@@ -549,6 +612,8 @@ class _PullRun:
         self.reusable: dict[bytes, tuple[str, int, int]] = {}  # id -> (path, offset, length) written here
         self.budget = _ByteBudget(FETCH_BYTES)
         self.errors: list[str] = []
+        self.fatal: list[BaseException] = []  # what ends the pull (the first is raised)
+        self.made_dirs: frozenset[str] = frozenset()  # directories this pull created
         self.damaged: list[str] = []  # files whose stored data is damaged: not written, the pull went on
         self.single_file = single_file  # the handle's root is the one file: it is "" on the server
         self.applier = Applier(options.numeric_ids)
@@ -571,25 +636,35 @@ class _PullRun:
         for err in laid.problems:
             self._error(err)
         dirs.sort(key=lambda e: e.path)
-        for err in await self._thread(_make_dirs, self.dest, dirs):
+        errors, made = await self._thread(_make_dirs, self.dest, dirs)
+        for err in errors:
             self._error(err)
+        self.made_dirs = frozenset(made)
         slots = DeferredSemaphore(FILES_IN_FLIGHT)
-        running = []
-        fatal: list[BaseException] = []
+        batches = DeferredSemaphore(BATCHES_IN_FLIGHT)
+        running: list[Deferred[None]] = []
+        fatal = self.fatal
+        batching = limits.FEATURE_GET_FILES in self.peer.features and not self.single_file
+        batch: list[_File] = []
+        batch_ids = batch_bytes = 0
 
         def release(result: object) -> object:
             slots.release()
             return result
 
+        def release_batch(result: object) -> object:
+            batches.release()
+            return result
+
         def failed(failure: Any) -> None:
-            error = failure.value
-            if failure.check(UnsafePath, OSError):
-                self._error(f"{failure.getErrorMessage()}")
-            elif isinstance(error, DamagedFile) or (isinstance(error, RemoteError) and error.code == ErrorCode.DAMAGED):
-                self.summary.files_skipped += 1
-                self.damaged.append(error.message if isinstance(error, RemoteError) else str(error))
-            else:
-                fatal.append(error)
+            self._failed(failure.value)
+
+        async def send_batch(files: list[_File]) -> None:
+            await batches.acquire()
+            d = ensureDeferred(self._batch(files))
+            d.addBoth(release_batch)
+            d.addErrback(failed)
+            running.append(d)
 
         progress = self.options.progress
         step = QUICK_CHECK_FILES
@@ -604,7 +679,9 @@ class _PullRun:
                 )
                 for e in files[start : start + step]
             ]
-            states = await self._thread(_quick_check, self.dest, group, self.options.checksum, self.applier)
+            states = await self._thread(
+                _quick_check, self.dest, group, self.options.checksum, self.applier, batching, self.made_dirs
+            )
             for i, (f, state) in enumerate(zip(group, states, strict=True)):
                 if fatal:
                     for rest in group[i:]:
@@ -620,13 +697,25 @@ class _PullRun:
                     self.summary.files_skipped += 1
                     self._error(state)
                     continue
+                if batching and state == _ABSENT and _batchable(f):
+                    n = len(f.ids) // ID
+                    full = len(batch) >= BATCH_FILES or batch_bytes + f.size > BATCH_BYTES
+                    if batch and (full or batch_ids + n > limits.MAX_IDS):
+                        await send_batch(batch)
+                        batch, batch_ids, batch_bytes = [], 0, 0
+                    batch.append(f)
+                    batch_ids += n
+                    batch_bytes += f.size
+                    continue
                 await slots.acquire()
                 d = ensureDeferred(self._file(f, state == _EXAMINE))
                 d.addBoth(release)
                 d.addErrback(failed)
                 running.append(d)
                 if len(running) > 4 * FILES_IN_FLIGHT:
-                    running = [r for r in running if not r.called]
+                    running[:] = [r for r in running if not r.called]
+        if batch and not fatal:
+            await send_batch(batch)
         await DeferredList(running)
         if fatal:
             raise fatal[0]
@@ -637,7 +726,7 @@ class _PullRun:
         await self._thread(restorer.symlinks, links)
         self.summary.specials_written += await self._thread(restorer.specials, laid.specials)
         self.summary.hardlinks_made += await self._thread(restorer.hardlinks, laid.links)
-        for err in await self._thread(_dir_meta, self.dest, dirs, restorer):
+        for err in await self._thread(_dir_meta, self.dest, dirs, restorer, self.made_dirs):
             self._error(err)
         for err in restorer.problems:
             self._error(err)
@@ -674,8 +763,14 @@ class _PullRun:
         except BaseException:
             await self._thread(_abort, f)
             raise
+        self._written(f)
+
+    def _written(self, f: _File) -> None:
+        """``f`` is in place: count it, and offer its chunks to the files written after it."""
+        summary = self.summary
         summary.files_changed += 1
         summary.bytes_written += f.size
+        progress = self.options.progress
         if progress is not None:
             progress.files()
             progress.bytes(f.size)
@@ -683,6 +778,82 @@ class _PullRun:
         for cid, (offset, length) in f.written.items():
             if cid not in reusable:
                 reusable[cid] = (f.path, offset, length)
+
+    def _failed(self, error: BaseException) -> None:
+        """One file could not be written: a local problem or damaged data is named and the pull goes on;
+        anything else ends it."""
+        if isinstance(error, (UnsafePath, OSError)):
+            self._error(str(error))
+        elif isinstance(error, DamagedFile) or (isinstance(error, RemoteError) and error.code == ErrorCode.DAMAGED):
+            self.summary.files_skipped += 1
+            self.damaged.append(error.message if isinstance(error, RemoteError) else str(error))
+        else:
+            self.fatal.append(error)
+
+    async def _batch(self, files: list[_File]) -> None:
+        """Fetch a batch of small files (none with a local version to reuse) with one ``get_files`` and write
+        them in one worker hop. A chunk several of them hold is fetched once; chunks of files this pull wrote
+        before are copied from those. If the server reports damage, each file is fetched on its own again, so
+        that only the damaged ones are left out (and named)."""
+        reusable = self.reusable
+        plans: list[list[_Step]] = []
+        parts: list[tuple[_File, list[bytes]]] = []
+        asked: set[bytes] = set()
+        reused = 0
+        for f in files:
+            steps: list[_Step] = []
+            fetch: list[bytes] = []
+            mine: set[bytes] = set()
+            ids = f.ids
+            for i in range(0, len(ids), ID):
+                cid = ids[i : i + ID]
+                if cid in mine:
+                    steps.append((cid, "self", None))
+                elif cid in reusable:
+                    steps.append((cid, "other", reusable[cid]))
+                    reused += reusable[cid][2]
+                else:
+                    mine.add(cid)
+                    steps.append((cid, "net", None))
+                    if cid not in asked:
+                        asked.add(cid)
+                        fetch.append(cid)
+            plans.append(steps)
+            parts.append((f, fetch))
+        try:
+            replies, held = await self._fetch(parts, batch=True)
+        except _BatchDamaged:
+            for f in files:  # one at a time: damage is rare, and names its file this way
+                try:
+                    await self._file(f, False)
+                except Exception as e:
+                    self._failed(e)
+                    if self.fatal:
+                        break
+            for f in files:
+                _close_old(f)
+            return
+        except BaseException:
+            for f in files:
+                _close_old(f)
+            raise
+        by_id = {r.id: r for r in replies}
+        resolved = [
+            [(cid, where, by_id[cid] if where == "net" else how) for cid, where, how in steps] for steps in plans
+        ]
+        del replies, by_id, plans
+        try:
+            results = await self._thread(_write_files, self.dest, files, resolved, self.options.fsync, self.content)
+        finally:
+            del resolved
+            self.budget.release(held)
+        self.summary.bytes_reused += reused
+        self.summary.chunks_fetched += len(asked)
+        for f, error in zip(files, results, strict=True):
+            if error is None:
+                self._written(f)
+            else:
+                self._failed(error)
 
     async def _may_reuse(self, f: _File) -> bool:
         """May chunks of the local file at ``f``'s path stand in for fetched ones? Fetching all but those
@@ -758,14 +929,25 @@ class _PullRun:
 
     async def _get(self, f: _File, wanted: list[bytes]) -> tuple[list[ChunkReply], int]:
         """Fetch ``wanted`` of ``f``; returns the replies and the budget they hold (release it once written)."""
-        if not wanted:
+        return await self._fetch([(f, wanted)], batch=False)
+
+    def _remote_path(self, f: _File) -> str:
+        return "" if self.single_file else (f.remote or paths.to_wire(f.path))
+
+    async def _fetch(self, parts: list[tuple[_File, list[bytes]]], batch: bool) -> tuple[list[ChunkReply], int]:
+        """Fetch the ids of each file of ``parts``: one ``get`` (one file), or one ``get_files`` (``batch``);
+        returns the replies in order and the budget they hold (release it once written). A batch the server
+        reports damage in raises _BatchDamaged."""
+        parts = [(f, wanted) for f, wanted in parts if wanted]
+        if not parts:
             return [], 0
-        n_ids = max(1, len(f.ids) // ID)
         budget = self.budget
-        held = budget.cap(f.size * len(wanted) // n_ids + 1)  # the segment's share of the file's bytes
+        share = sum(f.size * len(wanted) // max(1, len(f.ids) // ID) + 1 for f, wanted in parts)
+        held = budget.cap(share)  # the requested chunks' share of their files' listed bytes
         await budget.acquire(held)
+        expected = [(cid, f) for f, wanted in parts for cid in wanted]
         got: list[ChunkReply] = []
-        count = len(wanted)
+        count = len(expected)
         plain = self.content.sealer is None
         arrived = 0
 
@@ -773,7 +955,8 @@ class _PullRun:
             nonlocal held, arrived
             if not isinstance(message, ChunkReply):
                 raise PullError(f"the server answered get with {type(message).__name__}")
-            if message.id != wanted[len(got)]:
+            cid, f = expected[len(got)]
+            if message.id != cid:
                 raise PullError(f"{f.path}: the server sent chunks out of order")
             # Charged by the bytes that arrived, not by the listed size the share above trusted.
             received = len(message.data)
@@ -793,20 +976,27 @@ class _PullRun:
             got.append(message)
             return len(got) < count
 
-        remote = "" if self.single_file else (f.remote or paths.to_wire(f.path))
+        request: Get | GetFiles
+        if batch:
+            files = [FileIds(path=self._remote_path(f), ids=wanted) for f, wanted in parts]
+            request = GetFiles(rid=0, handle=self.handle, snapshot=self.snapshot, files=files)
+        else:
+            f, wanted = parts[0]
+            request = Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=self._remote_path(f), ids=wanted)
         try:
-            await self.peer.request(
-                Get(rid=0, handle=self.handle, snapshot=self.snapshot, path=remote, ids=wanted), more=more
-            )
+            await self.peer.request(request, more=more)
         except RemoteError as e:
             self.budget.release(held)
             if e.code == ErrorCode.DAMAGED:
+                if batch:
+                    raise _BatchDamaged() from None
+                f = parts[0][0]
                 # Named by the file's path in LOCAL, as every other damaged file is: the server names it by its
                 # remote path (an encrypted one names nothing the owner can read; its reason is kept otherwise).
                 if self.content.sealer is not None:
                     raise DamagedFile(f"{f.path}: its data is damaged on the server; not restored") from None
                 why = e.message
-                named = paths.join(self.asked, remote)
+                named = paths.join(self.asked, self._remote_path(f))
                 if named and why.startswith(f"{named}: "):  # its naming stripped when it is there, not assumed
                     why = why[len(named) + 2 :]
                 raise DamagedFile(f"{f.path}: {why}") from None
@@ -815,6 +1005,10 @@ class _PullRun:
             self.budget.release(held)
             raise
         return got, held
+
+
+class _BatchDamaged(Exception):
+    """The server reported damage while answering a batch: its files are fetched one by one instead."""
 
 
 def _most_encoded(size: int) -> int:

@@ -12,7 +12,11 @@ pool (pyfastcdc, blake3 and zstandard release the GIL, so the workers really run
 4. missing chunks are read, re-verified and compressed in workers, then posted as ``put`` messages, awaiting
    :meth:`Peer.drain` so at most a window of frames is queued;
 5. entries (every scanned item, the root included) are posted in ``entries`` messages of up to MAX_ENTRIES as
-   batches finish; ``commit`` is the barrier that makes it all one snapshot.
+   batches finish; ``commit`` is the barrier that makes it all one snapshot. When the files cache says what the
+   last push sent and the snapshot it committed is still the target's latest, only the entries that differ
+   from what was sent then are posted, and (with ``--delete``) the paths that are gone are named
+   (``push_begin.parent``): a push of an unchanged tree lists nothing. If another snapshot came in between,
+   the server refuses the commit and the push is made again listing everything.
 
 When the commit says chunks are missing (the cache named chunks the server no longer has, or the server found
 chunks damaged and asks for them again, or one was marked damaged while this push ran), the push is aborted and
@@ -28,19 +32,22 @@ import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import blake3
+import msgspec
 import zstandard
-from twisted.internet.defer import DeferredList, DeferredSemaphore, FirstError, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, FirstError, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from neotwist import paths
 from neotwist.chunking import Chunker
-from neotwist.client import deep
+from neotwist.client import deep, heap
 from neotwist.client.encryption import Crypt, KeySource, open_for_push, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
@@ -68,6 +75,7 @@ from neotwist.wire.messages import (
     Open,
     Opened,
     PushBegin,
+    PushDeleted,
     PushEntries,
     Put,
     RemoveTarget,
@@ -81,15 +89,17 @@ ID = limits.ID_SIZE
 
 BATCH_ITEMS = 4096
 """Scan records per batch: about one ``have`` per batch of small files."""
-BATCH_BYTES = 64 * 1024 * 1024
+BATCH_BYTES = 8 * 1024 * 1024
 """Bytes of changed files per batch (a bigger file makes a batch of its own)."""
-BATCHES_IN_FLIGHT = 3
+BATCHES_IN_FLIGHT = 2
 """Batches being hashed, asked about or uploaded at once: overlaps disk, CPU and network."""
 HAVES_IN_FLIGHT = 8
 """``have`` requests of one batch in flight at once."""
-JOB_BYTES = 8 * 1024 * 1024
+JOB_BYTES = 4 * 1024 * 1024
 """Bytes of small files hashed, or chunks compressed, per worker job (amortizes the thread hop)."""
 JOB_FILES = 256
+JOBS_AHEAD = 2
+"""Compression jobs of one batch running or done ahead of the one being put (each about JOB_BYTES)."""
 KEEP_BYTES = 1024 * 1024
 """Files up to this size are read whole and kept in memory until their missing chunks are sent."""
 ENTRIES_MESSAGE_BYTES = 1024 * 1024
@@ -413,6 +423,14 @@ def take_entry_messages(entries: list[Entry], force: bool) -> list[list[Entry]]:
     return out
 
 
+def entry_digest(records: list[Entry]) -> bytes:
+    """What the files cache remembers of an item's entry records: 16 bytes of BLAKE3 over their encoding."""
+    return blake3.blake3(_entry_encoder.encode(records)).digest(16)
+
+
+_entry_encoder = msgspec.msgpack.Encoder()
+
+
 def _encrypted_entries(crypt: Crypt) -> EntryMaker:
     """Entry records for an encrypted target: encrypted path, blank visible fields, sealed metadata."""
     encrypt = crypt.tree.encrypt_entries
@@ -463,8 +481,11 @@ class _PushRun:
         use_cache: bool,
         crypt: Crypt | None = None,
         verify: bool = False,
+        parent: int | None = None,
     ) -> None:
         self.reactor = reactor
+        self.parent = parent  # list only the changes since this snapshot (see the module docstring)
+        self.outgoing: list[Entry] = []  # entries to post
         self.verify = verify  # ask about the chunks of the files the cache vouches for (a retry)
         self.asked: set[bytes] = set()  # ids of vouched files already asked about
         self.crypt = crypt
@@ -490,7 +511,9 @@ class _PushRun:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     async def run(self) -> Committed:
-        await self.peer.request(PushBegin(rid=0, handle=self.handle, delete=self.options.delete))
+        await self.peer.request(
+            PushBegin(rid=0, handle=self.handle, delete=self.options.delete, parent=self.parent)
+        )
         await self.walk()
         fields = commit_fields(
             self.options.label, self.summary.warnings_count, None if self.crypt is None else self.crypt.keys
@@ -505,6 +528,7 @@ class _PushRun:
         peer = self.peer
         if self.cache is not None:
             self.cache.new = {}
+            self.cache.new_entries = {}
         scanner = _Scanner(self.root, self.options, self.stats, self.use_cache, self.make_entries, self.verify)
         slots = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Any] = []
@@ -545,13 +569,56 @@ class _PushRun:
             again, self.retry = self.retry, []
             await self._batch(_Batch(changed=again))
         self._flush_entries(force=True)
+        if self.parent is not None and self.options.delete and self.cache is not None:
+            new = self.cache.new_entries
+            self._post_deleted([path for path in self.cache.old_entries if path not in new])
         await peer.drain()
         self.summary.files_skipped += self.stats.skipped
         self.summary.files_filtered += self.stats.filtered
 
     def _flush_entries(self, force: bool = False) -> None:
-        for part in take_entry_messages(self.entries, force):
+        if self.cache is not None:
+            self._note_entries()
+        else:
+            self.outgoing.extend(self.entries)
+            self.entries.clear()
+        for part in take_entry_messages(self.outgoing, force):
             self.peer.post(PushEntries(rid=0, handle=self.handle, entries=part))
+
+    def _note_entries(self) -> None:
+        """Move the pending entries to ``outgoing``, remembering each item's digest for the next push; with a
+        parent, an item whose records are those the last push sent stays out."""
+        assert self.cache is not None
+        pending = self.entries[:]
+        self.entries.clear()
+        old = self.cache.old_entries if self.parent is not None else None
+        new = self.cache.new_entries
+        out = self.outgoing
+        i = 0
+        while i < len(pending):
+            j = i + 1
+            while pending[j - 1].more and j < len(pending):
+                j += 1
+            group = pending[i:j]
+            digest = entry_digest(group)
+            path = group[0].path
+            new[path] = digest
+            if old is None or old.get(path) != digest:
+                out.extend(group)
+            i = j
+
+    def _post_deleted(self, gone: list[str]) -> None:
+        """Name the paths the last push sent that this one did not (a push with a parent and --delete)."""
+        part: list[str] = []
+        size = 0
+        for path in gone:
+            if part and (len(part) >= limits.MAX_ENTRIES or size + len(path) * 4 > ENTRIES_MESSAGE_BYTES):
+                self.peer.post(PushDeleted(rid=0, handle=self.handle, paths=part))
+                part, size = [], 0
+            part.append(path)
+            size += len(path) * 4 + 8
+        if part:
+            self.peer.post(PushDeleted(rid=0, handle=self.handle, paths=part))
 
     async def _missing(self, ids: list[bytes]) -> set[bytes]:
         return await ask_missing(self.peer, self.handle, ids)
@@ -701,14 +768,27 @@ class _PushRun:
         if part2:
             jobs2.append(part2)
         level = self.options.compress_level
-        pending = [self._thread(_compress_job, self.root, job, level, self.crypt) for job in jobs2]
-        for job, d in zip(jobs2, pending, strict=True):
+        # A few jobs ahead of the sending, not all of them: a 512 MiB file is 64 jobs, whose compressed chunks
+        # all waited in memory for their turn to be put (the client peaked at 650 MiB).
+        queued = iter(jobs2)
+        pending: deque[tuple[list[_Source], Deferred[Any]]] = deque()
+
+        def start_next() -> None:
+            job = next(queued, None)
+            if job is not None:
+                pending.append((job, self._thread(_compress_job, self.root, job, level, self.crypt)))
+
+        for _ in range(JOBS_AHEAD):
+            start_next()
+        while pending:
+            job, d = pending.popleft()
             try:
                 ready, bad = await d
             except Exception:
-                for other in pending:
+                for _job, other in pending:
                     other.addErrback(lambda _f: None)
                 raise
+            start_next()
             if bad:
                 failed.update(bad)
                 sent = {r[0] for r in ready}
@@ -741,6 +821,7 @@ async def push(
     reactor: Any, peer: Peer, local_root: str, target: str, subpath: str, options: PushOptions
 ) -> PushSummary:
     """Push ``local_root`` to ``target`` at ``subpath`` over ``peer`` (an open session): one new snapshot."""
+    heap.fix_mmap_threshold()  # before the workers allocate: freed buffers go back to the system
     started = time.monotonic()
     summary = PushSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
@@ -780,15 +861,24 @@ async def push(
             try:
                 use_cache = options.cache is not None
                 retried = False
+                cache = options.cache
+                # the last push's snapshot still the latest: list only what changed since (see the docstring)
+                parent = cache.old_snapshot if cache is not None and cache.old_snapshot == opened.latest else None
                 while True:
                     run = _PushRun(
                         reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt,
-                        verify=retried,
+                        verify=retried, parent=None if retried else parent,
                     )  # fmt: skip
                     try:
                         committed = await run.run()
                         break
                     except RemoteError as e:
+                        if e.code == ErrorCode.CONFLICT and run.parent is not None:
+                            # another snapshot came in since the last push: list everything this time
+                            await peer.request(Abort(rid=0, handle=opened.handle))
+                            parent = None
+                            summary = PushSummary(encrypted=crypt is not None)
+                            continue
                         if e.code != ErrorCode.MISSING_CHUNKS or retried:
                             raise
                     # The server lacks chunks this push refers to (the cache named chunks it no longer has, or it
@@ -801,6 +891,7 @@ async def push(
                 counting()
                 pool.stop()
             if options.cache is not None:
+                options.cache.snapshot = committed.snapshot
                 try:
                     options.cache.save()
                 except OSError as e:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from twisted.internet.defer import (
     Deferred,
@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 import neotwist
 from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.server import descriptors, manage, stash
+from neotwist.server import descriptors, fetch, manage, stash
 from neotwist.server.accounts import Account, AccountStore, Grant
 from neotwist.server.admission import Ticket
 from neotwist.server.budget import ByteBudget
@@ -66,13 +66,12 @@ from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
 from neotwist.wire.messages import (
     Abort,
     Bye,
-    ChunkReply,
     Close,
-    Codec,
     Commit,
     Committed,
     Entry,
     Get,
+    GetFiles,
     Have,
     Hello,
     List,
@@ -86,6 +85,7 @@ from neotwist.wire.messages import (
     Open,
     Opened,
     PushBegin,
+    PushDeleted,
     PushEntries,
     Put,
     RemoveTarget,
@@ -106,9 +106,7 @@ MAX_BACKGROUND_JOBS = 8
 """Admitted requests (uploads and reads) running at once on one connection. Bounds the memory a session holds
 beyond its receive window: at most this many chunks (each at most MAX_CHUNK) or read groups."""
 
-READ_GROUP_BYTES = 4 * 1024 * 1024
-"""Stored bytes read per worker hop while answering ``get``; the session waits for the client's credit between
-groups, so a request for thousands of chunks never sits in memory at once."""
+READ_GROUP_BYTES = fetch.READ_GROUP_BYTES  # the size of one read group of a get (see server/fetch.py)
 
 MAX_LOGIN_ATTEMPTS = 3
 """Failed ``login`` messages on one connection before the server closes it (after answering the last)."""
@@ -390,7 +388,7 @@ class ServerSession:
                 window=peer.window,
                 login_required=self.account is None,
                 account="" if self.account is None else self.account.name,
-                features=[limits.FEATURE_PING, limits.FEATURE_BYTE_NAMES],
+                features=[limits.FEATURE_PING, limits.FEATURE_GET_FILES, limits.FEATURE_BYTE_NAMES],
             )
         )
 
@@ -625,7 +623,7 @@ class ServerSession:
                 handle.charges = account_usage(self.services.repository, owner).charges
             else:
                 handle.quota_owner = None
-            push = target.begin_push(handle.root, message.delete)
+            push = target.begin_push(handle.root, message.delete, message.parent)
             if access.confined:
                 push.confine()
             return push
@@ -811,6 +809,19 @@ class ServerSession:
 
         return self._admit(message, stage, handle)
 
+    def on_deleted_paths(self, peer: Peer, message: PushDeleted) -> Deferred[None]:
+        handle = self._push_handle(message.handle)
+        push = handle.push
+        if push is None:
+            raise NeoError(ErrorCode.PROTOCOL, "deleted_paths before push_begin")
+
+        def stage() -> Deferred[None]:
+            d = handle.entries_lock.run(self._run_for, handle, Right.APPEND, "push", push.add_deleted, message.paths)
+            d.addErrback(self._upload_failed, handle)
+            return d
+
+        return self._admit(message, stage, handle)
+
     def on_commit(self, peer: Peer, message: Commit) -> Deferred[None]:
         handle = self._push_handle(message.handle)
         if handle.push is None:
@@ -972,95 +983,50 @@ class ServerSession:
         paths.check_path(message.path)
         if not message.ids:
             raise NeoError(ErrorCode.PROTOCOL, "get names no chunk ids (it is answered by one chunk per id)")
-        return self._admit(message, lambda: self._during(handle, ensureDeferred(self._get(peer, message, handle))))
+        where, named = paths.join(handle.root, message.path), self.client_path(handle, message.path)
+        return self._read_chunks(peer, message, handle, [fetch.Wanted(where, named, message.ids)])
 
-    async def _get(self, peer: Peer, message: Get, handle: _Handle) -> None:
-        """Answer a get a group at a time: each group is planned from the chunks' stored lengths (at most
-        READ_GROUP_BYTES, or one chunk), read only once the reply queue is below the client's window and the
-        connection's memory budget holds its bytes, and given back only once its replies have drained: a client
-        that stops reading stops the reads, however many gets it has sent."""
+    def on_get_files(self, peer: Peer, message: GetFiles) -> Deferred[None]:
+        handle = self._handle(message.handle)
+        fetch.check_get_files(message.files)
+        wanted = []
+        for f in message.files:
+            paths.check_path(f.path)
+            wanted.append(fetch.Wanted(paths.join(handle.root, f.path), self.client_path(handle, f.path), f.ids))
+        return self._read_chunks(peer, message, handle, wanted)
+
+    def _read_chunks(
+        self, peer: Peer, message: Get | GetFiles, handle: _Handle, files: list[fetch.Wanted]
+    ) -> Deferred[None]:
+        job = lambda: self._during(handle, ensureDeferred(self._get(peer, message, handle, files)))  # noqa: E731
+        return self._admit(message, job)
+
+    async def _get(self, peer: Peer, message: Get | GetFiles, handle: _Handle, files: list[fetch.Wanted]) -> None:
+        """Answer a get or get_files (:func:`neotwist.server.fetch.send_chunks`), after checking in its first
+        worker hop that the handle may still read, the snapshot exists and every id belongs to its file."""
         target = handle.target
         assert target is not None
-        where = paths.join(handle.root, message.path)
-        named = self.client_path(handle, message.path)
-        ids = message.ids
+        snapshot = message.snapshot
 
-        def locate() -> dict[bytes, Any]:
+        def check() -> None:
             self._recheck(handle)  # a revoked or re-pointed grant reads nothing more
-            if message.snapshot not in handle.snapshots_seen:
-                self._snapshot_for(handle, message.snapshot)
-                handle.snapshots_seen.add(message.snapshot)
-            hint = handle.get_hint[1] if handle.get_hint[0] == (message.snapshot, where) else 0
-            checked = check_file_chunks(target, message.snapshot, where, ids, hint)
-            if checked is None:
-                raise NeoError(ErrorCode.NO_SUCH_PATH, f"no file {named!r} in snapshot {message.snapshot}")
-            absent, end = checked
-            if absent is not None:
-                raise NeoError(ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {absent.hex()} is not part of {named!r}")
-            handle.get_hint = ((message.snapshot, where), end)
-            return target.locate(ids)
+            if snapshot not in handle.snapshots_seen:
+                self._snapshot_for(handle, snapshot)
+                handle.snapshots_seen.add(snapshot)
+            for f in files:
+                # where the previous get on the same file ended: a large file's gets each read only their part
+                hint = handle.get_hint[1] if handle.get_hint[0] == (snapshot, f.where) else 0
+                checked = check_file_chunks(target, snapshot, f.where, f.ids, hint)
+                if checked is None:
+                    raise NeoError(ErrorCode.NO_SUCH_PATH, f"no file {f.named!r} in snapshot {snapshot}")
+                absent, end = checked
+                if absent is not None:
+                    raise NeoError(ErrorCode.CHUNK_NOT_IN_FILE, f"chunk {absent.hex()} is not part of {f.named!r}")
+                handle.get_hint = ((snapshot, f.where), end)
 
-        def read(start: int, end: int) -> list[ChunkReply]:
-            out: list[ChunkReply] = []
-            for cid in ids[start:end]:
-                try:
-                    codec, size, data = target.read_located(cid, locations.get(cid))
-                except NeoError as e:
-                    if e.code == ErrorCode.DAMAGED:
-                        log.error(
-                            "damaged chunk: target={target} path={path!r}: {why}",
-                            target=handle.access.target,
-                            path=where,
-                            why=e.message,
-                        )
-                        raise NeoError(ErrorCode.DAMAGED, f"{named}: {e.message}") from None
-                    raise
-                out.append(ChunkReply(rid=message.rid, id=cid, codec=cast(Codec, codec), size=size, data=data))
-            return out
-
-        def plan(start: int) -> tuple[int, int]:
-            """The end of the group starting at ``start`` and its stored bytes (at most READ_GROUP_BYTES, or one
-            chunk, which is never larger)."""
-            end, group = start, 0
-            while end < len(ids) and (end == start or group + _stored_length(locations, ids[end]) <= READ_GROUP_BYTES):
-                group += _stored_length(locations, ids[end])
-                end += 1
-            return end, group
-
-        def first() -> tuple[list[ChunkReply], int, int]:
-            """Locate, then read the first group in the same worker hop (a get of a small file is one hop)."""
-            locations.update(locate())
-            end, group = plan(0)
-            return read(0, end), end, group
-
-        locations: dict[bytes, Any] = {}
-        memory = self._memory
-        start = 0
-        while start < len(ids):
-            await peer.drain()
-            if start == 0:  # planned in the worker: hold what any first group may take
-                held = READ_GROUP_BYTES
-                await memory.acquire(held)
-                run = self._work(first)
-            else:
-                end, held = plan(start)
-                await memory.acquire(held)
-                run = self._work(read, start, end)
-            try:
-                if start == 0:
-                    replies, end, group = await run
-                    if group < held:  # give back what the first group did not take
-                        memory.release(held - group)
-                        held = group
-                else:
-                    replies = await run
-                for reply in replies:
-                    peer.send(reply)
-                del replies
-                await peer.drain()
-            finally:
-                memory.release(held)
-            start = end
+        await fetch.send_chunks(
+            peer, message.rid, target, files, check, self._work, self._memory, handle.access.target
+        )
 
     # --- target removal (account management is in manage.py) ---------------------------------------------
 
@@ -1509,10 +1475,12 @@ class ServerSession:
         Have: on_have,
         Put: on_put,
         PushEntries: on_entries,
+        PushDeleted: on_deleted_paths,
         Commit: on_commit,
         Abort: on_abort,
         List: on_list,
         Get: on_get,
+        GetFiles: on_get_files,
         RemoveTarget: on_remove_target,
         **stash.HANDLERS,
         **manage.HANDLERS,
@@ -1606,11 +1574,6 @@ def _unless_out_of_fds(failure: Failure, what: str) -> Failure:
         raise index.storage_error(what.replace("_", " "), failure.value) from None
     return failure
 
-
-def _stored_length(locations: dict[bytes, Any], cid: bytes) -> int:
-    """The stored bytes of a located chunk (0 for one not found: reading it fails as damaged)."""
-    loc = locations.get(cid)
-    return 0 if loc is None else int(loc[2])
 
 
 def _finished(d: Deferred[Any]) -> Deferred[None]:

@@ -28,6 +28,9 @@ MAX_WINDOW = 256 * 1024 * 1024
 MAX_IDS = 8192
 """Chunk ids in one ``have`` or ``get`` request."""
 
+MAX_GET_FILES = 1024
+"""Files named by one ``get_files`` request (their chunk ids together at most ``MAX_IDS``)."""
+
 MAX_ENTRIES = 4096
 """Entries in one ``entries`` message or one ``listing`` page."""
 
@@ -109,3 +112,6 @@ MAX_SUB_ACCOUNTS = 1000
 
 MAX_GRANTS_GIVEN = 500
 """Grants one account may give from the client: their listing must fit one frame (500 x 4.4 KiB at most)."""
+
+FEATURE_GET_FILES = "get_files"
+"""Listed in ``welcome.features`` by a server that answers ``get_files``: only then does a client send it."""

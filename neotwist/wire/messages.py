@@ -249,10 +249,22 @@ class Put(Message, tag="put"):
 
 class PushBegin(Message, tag="push_begin"):
     """Start a push on a push handle. With ``delete``, entries under the root that the push does not list are
-    recorded as deleted; without it the previous snapshot's entries are kept. Answered by ok."""
+    recorded as deleted; without it the previous snapshot's entries are kept. With ``parent`` the push lists
+    only what changed since that snapshot, which must still be the target's latest at commit: unlisted entries
+    keep their current version, and with ``delete`` only the paths named by ``deleted_paths`` are deleted.
+    Answered by ok."""
 
     handle: Handle
     delete: bool = False
+    parent: SnapshotId | None = None
+
+
+class PushDeleted(Message, tag="deleted_paths"):
+    """Paths (relative to the push root) a push with ``parent`` and ``delete`` records as deleted. A post, like
+    ``entries``; counted with the entries against MAX_PUSH_ENTRIES."""
+
+    handle: Handle
+    paths: Annotated[list[PathText], msgspec.Meta(max_length=limits.MAX_ENTRIES)]
 
 
 class PushEntries(Message, tag="entries"):
@@ -317,6 +329,24 @@ class Get(Message, tag="get"):
     snapshot: SnapshotId
     path: PathText
     ids: ChunkIds
+
+
+class FileIds(msgspec.Struct, array_like=True, frozen=True):
+    """One file of a ``get_files``: its path and ids of its chunks."""
+
+    path: PathText
+    ids: ChunkIds
+
+
+class GetFiles(Message, tag="get_files"):
+    """Fetch chunks of several file versions of one snapshot in one request (a restore of many small files).
+    Every id must belong to its file; the ids of all files together are at most ``MAX_IDS``. Answered by one
+    ``chunk`` per id, file after file, in order, or an ``error``. Sent only to a server that lists the feature
+    ``get_files``."""
+
+    handle: Handle
+    snapshot: SnapshotId
+    files: Annotated[list[FileIds], msgspec.Meta(max_length=limits.MAX_GET_FILES)]
 
 
 class ChunkReply(Message, tag="chunk"):
@@ -639,12 +669,14 @@ AnyMessage = (
     | Put
     | PushBegin
     | PushEntries
+    | PushDeleted
     | Commit
     | Committed
     | Abort
     | List
     | Listing
     | Get
+    | GetFiles
     | ChunkReply
     | ListSnapshots
     | SnapshotList

@@ -94,6 +94,7 @@ class Peer(Protocol):
         # rid -> (Deferred, more): a tuple, not an object, because thousands are in flight.
         self._pending: dict[int, tuple[Deferred[Message], Callable[[Message], bool] | None]] = {}
         self._failure: NeoError | None = None  # set once the peer failed: every later request gets it
+        self.features: frozenset[str] = frozenset()  # what the other end listed in its hello / welcome
         self._window_known = False
 
         self._inbox: deque[tuple[Message, int]] = deque()

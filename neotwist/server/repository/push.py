@@ -7,6 +7,13 @@ staging table and the current versions), so its cost is a few passes in SQLite's
 Because the commit compares with the versions current *at commit time*, two concurrent pushes both land: the
 second merges into what the first produced.
 
+A push may list only what changed since a snapshot, its ``parent`` (a client that remembers what it sent last
+time): unlisted paths then keep their current version, exactly as they would had they been listed unchanged,
+and with ``delete`` only the paths it names as deleted are closed. The snapshot it commits is as complete as any
+other (versions carry over). That is only sound while the current versions are those of ``parent``: the commit
+refuses (CONFLICT) when another snapshot was committed since, and asks for a full listing (MISSING_CHUNKS, as a
+damaged chunk does) while chunks are marked damaged, whose files must be listed to be healed.
+
 Only changed entries have their chunk ids checked against the chunk index: an unchanged entry references the
 same chunks as the current version, which were checked when that version was committed. The exception is a
 chunk marked damaged since (see :mod:`.damage`): while any is marked, every staged file's chunk ids are also
@@ -62,10 +69,11 @@ QuotaCheck = Callable[[CommitCharge], None]
 class Push:
     """Created by :meth:`Target.begin_push`. Not itself thread-safe: one session drives it, call by call."""
 
-    def __init__(self, target: Target, root: str, delete: bool, number: int) -> None:
+    def __init__(self, target: Target, root: str, delete: bool, number: int, parent: int | None = None) -> None:
         self.target = target
         self.root = root
         self.delete = delete
+        self.parent = parent  # set: entries are the changes since this snapshot (see the module docstring)
         self._stage = f"temp.push_{number}"  # a generated name, never client text
         self._entries = 0
         self._continued: _Row | None = None
@@ -81,6 +89,8 @@ class Push:
                 " mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,"
                 " chunks BLOB NOT NULL, link TEXT NOT NULL, meta BLOB NOT NULL)"
             )
+            if parent is not None:
+                db.execute(f"CREATE TEMP TABLE {self._stage}_del (path TEXT PRIMARY KEY) WITHOUT ROWID")
         target.push_started()  # until it ends, the chunks it relies on are safe from garbage collection
 
     def _check(self) -> None:
@@ -112,6 +122,30 @@ class Push:
                 db.executemany(f"INSERT INTO {self._stage} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError:
             raise self._fail(NeoError(ErrorCode.BAD_MESSAGE, "a path is listed twice in one push")) from None
+
+    def add_deleted(self, names: Sequence[str]) -> None:
+        """Stage paths (relative to the push root) to record as deleted: only for a push with ``parent`` and
+        ``delete``. Raises BAD_PATH, PROTOCOL, LIMIT_EXCEEDED; after an error the push can only be aborted."""
+        self._check()
+        try:
+            if self.parent is None or not self.delete:
+                raise NeoError(ErrorCode.PROTOCOL, "deleted_paths belongs to a push_begin with parent and delete")
+            rows = []
+            for name in names:
+                self._entries += 1
+                if self._entries > limits.MAX_PUSH_ENTRIES:
+                    raise NeoError(
+                        ErrorCode.LIMIT_EXCEEDED, f"a push may list at most {limits.MAX_PUSH_ENTRIES} entries"
+                    )
+                path = paths.join(self.root, paths.check_path(name))
+                if path == "":
+                    raise NeoError(ErrorCode.BAD_MESSAGE, "the target root cannot be deleted")
+                rows.append((path,))
+        except NeoError as e:
+            raise self._fail(e) from None
+        db, lock = self.target.writer
+        with lock, storage_errors("stage deletions"), transaction(db, immediate=False):
+            db.executemany(f"INSERT OR IGNORE INTO {self._stage}_del VALUES (?)", rows)
 
     def _rows(self, entries: Sequence[Entry]) -> Iterator[_Row]:
         root, id_size = self.root, limits.ID_SIZE
@@ -172,6 +206,7 @@ class Push:
             db, lock = self.target.writer
             with lock:
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}_del")
                 self._drop_confined(db)
         finally:
             self.target.push_ended(aborted=True)
@@ -207,6 +242,7 @@ class Push:
                     db.execute(f"DROP TABLE IF EXISTS {self._stage}_gone")
                 self._open = False
                 db.execute(f"DROP TABLE IF EXISTS {self._stage}")
+                db.execute(f"DROP TABLE IF EXISTS {self._stage}_del")
                 self._drop_confined(db)
         finally:
             if not self._open:  # committed: its chunks are referenced by committed versions now
@@ -227,6 +263,17 @@ class Push:
             f"{self._stage}_need",
             f"{self._stage}_gone",
         )
+
+        if self.parent is not None:
+            (latest,) = db.execute("SELECT max(id) FROM snapshots").fetchone()
+            if latest != self.parent:
+                raise NeoError(
+                    ErrorCode.CONFLICT,
+                    f"the push listed its changes since snapshot {self.parent}, but the target's latest is now "
+                    f"{latest}: push again listing everything",
+                )
+            if damage.any_marked(db):  # only a full listing names the files whose damaged chunks must be resent
+                raise NeoError(ErrorCode.MISSING_CHUNKS, "chunks are damaged on the server: list every file again")
 
         # 1. The entries that differ from (or are absent in) the current view.
         db.execute(
@@ -310,9 +357,10 @@ class Push:
         db.execute(f"CREATE TABLE {gone} (path TEXT PRIMARY KEY, kind TEXT)")
         if self.delete:
             cond, params = within(self.root)
+            named = f"AND path IN (SELECT path FROM {stage}_del) " if self.parent is not None else ""
             db.execute(
                 f"INSERT INTO {gone} SELECT path, kind FROM main.versions WHERE last IS NULL AND {cond} "
-                f"AND path NOT IN (SELECT path FROM {stage})",
+                f"{named}AND path NOT IN (SELECT path FROM {stage})",
                 params,
             )
 

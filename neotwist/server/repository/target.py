@@ -399,14 +399,15 @@ class Target:
 
     # --- pushes ------------------------------------------------------------------------------------------
 
-    def begin_push(self, root: str, delete: bool) -> Push:
-        """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything).
-        Raises DISK_FULL while the free space is below the reserve."""
+    def begin_push(self, root: str, delete: bool, parent: int | None = None) -> Push:
+        """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything); with
+        ``parent``, staging only the changes since that snapshot (see :class:`Push`). Raises DISK_FULL while the
+        free space is below the reserve."""
         self._writable("push")
         paths.check_path(root)
         if self.reserve is not None:
             self.reserve.check(self.directory)
-        return Push(self, root, delete, next(self._push_numbers))
+        return Push(self, root, delete, next(self._push_numbers), parent)
 
     def push_started(self) -> None:
         """Count an active push: from now until it ends, the chunks it is told are present and the chunks it
