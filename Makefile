@@ -11,7 +11,7 @@ SSH    ?= tcp:4322:interface=127.0.0.1
 TLS    ?= tcp:4323:interface=127.0.0.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test tools lint typecheck unit bench bench-quick clean
+.PHONY: run test test-fast tools lint typecheck unit bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(STAMP) tools
 	$(BIN)/ruff check neotwist tests twisted bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 -q
+
+# The in-memory set alone (no twistd, OpenSSH, CLI or other child process: the tests marked "process" are left
+# out, see tests/conftest.py): about a minute on 2 cores, for the edit-test loop. `make test` is still what CI runs.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m "not process"
 
 # The end-to-end tests drive the real OpenSSH client, mount a FUSE filesystem (libfuse3, for a live disk's faults)
 # and compare xattrs and ACLs (getfattr, setfacl).

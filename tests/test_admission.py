@@ -10,7 +10,6 @@ import socket
 import time
 from pathlib import Path
 
-from sessionkit import PASSWORD, Client, Kit, call
 from support import PASSWORD as SERVER_PASSWORD
 from support import RunningServer
 from test_ssh_server import Server
@@ -23,6 +22,7 @@ from neotwist.server.admission import Admission, descriptor_share
 from neotwist.server.hostkeys import load_or_create_tls
 from neotwist.server.session import ABORT_GRACE, make_server_peer
 from neotwist.server.tls import make_tls_factory
+from neotwist.testing import PASSWORD, Client, Kit, call
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import Hello, LoggedIn, Login, Open, Welcome

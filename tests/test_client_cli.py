@@ -108,7 +108,7 @@ def test_every_command_has_version() -> None:
     from neotwist import __version__
 
     for program in ("neo-push", "neo-pull", "neo-ls", "neo-prune", "neo-check", "neo-share", "neo-target",
-                    "neo-key", "neo-admin"):  # fmt: skip
+                    "neo-key", "neo-admin", "neo-diff", "neo-find", "neo-cat", "neo-mount"):  # fmt: skip
         r = subprocess.run([str(Path(sys.executable).parent / program), "--version"], capture_output=True,
                            text=True, timeout=60)  # fmt: skip
         assert r.returncode == 0, (program, r.stderr)

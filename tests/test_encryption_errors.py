@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from neotwist.client.encryption import Crypt, _place, plain_errors
+from neotwist.client.encryption import Crypt, plain_errors
+from neotwist.client.encryption import place as _place
 from neotwist.crypto.keys import MasterKey
 from neotwist.crypto.tree import TreeCipher
 from neotwist.wire.errors import ErrorCode, RemoteError

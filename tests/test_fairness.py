@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sessionkit import PASSWORD, Client, Kit, Workers, call, chunk
 from twisted.test.iosim import connectedServerAndClient
 
 from neotwist.server.fairness import FairRunner
 from neotwist.server.session import make_server_peer
+from neotwist.testing import PASSWORD, Client, Kit, Workers, call, chunk
 from neotwist.wire import limits
 from neotwist.wire.messages import Hello, LoggedIn, Login, Ok, PushBegin, Put
 from neotwist.wire.peer import Peer

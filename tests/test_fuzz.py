@@ -23,13 +23,13 @@ from typing import Any, cast
 
 import msgspec
 import pytest
-from sessionkit import Client, Kit
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.test.iosim import connectedServerAndClient
 
-from neotwist.client.connect import _ClientHandler
+from neotwist.client.connect import ClientHandler as _ClientHandler
 from neotwist.server.session import make_server_peer
+from neotwist.testing import Client, Kit
 from neotwist.wire import limits, messages
 from neotwist.wire.messages import Hello, ListTargets, Message, Welcome
 from neotwist.wire.peer import Peer

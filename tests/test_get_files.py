@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sessionkit import Conn, Kit, chunk, committed
 
 from neotwist.server.rights import Right
+from neotwist.testing import Conn, Kit, chunk, committed
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import ChunkReply, FileIds, GetFiles

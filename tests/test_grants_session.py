@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sessionkit import Conn, Kit, chunk, committed
 from test_admin import admin
 
 from neotwist.server.accounts import AccountStore
 from neotwist.server.rights import Right
 from neotwist.server.session import ServerSession
+from neotwist.testing import Conn, Kit, chunk, committed
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
     Abort,

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sessionkit import Conn, Kit, committed
 from test_admin import admin
 
 from neotwist.server.accounts import SCHEMA_VERSION, AccountStore
 from neotwist.server.rights import Right
+from neotwist.testing import Conn, Kit, committed
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import Get, ListTargets, Opened, Targets
 

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sessionkit import PASSWORD, Client, Kit
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -16,6 +15,7 @@ from twisted.test.iosim import connectedServerAndClient
 
 from neotwist.server.session import make_server_peer
 from neotwist.server.throttle import BASE_DELAY, LIMIT
+from neotwist.testing import PASSWORD, Client, Kit
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import Hello, LoggedIn, Login

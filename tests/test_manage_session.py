@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from sessionkit import PASSWORD, Kit, committed
 from test_grants_session import refused
 from twisted.conch.ssh.keys import Key
 
 from neotwist.server.repository import Repository
 from neotwist.server.rights import Right
+from neotwist.testing import PASSWORD, Kit, committed
 from neotwist.wire.errors import ErrorCode
 from neotwist.wire.messages import (
     GetUsage,

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from repo_support import commit, dir_entry, file_entry, put, read_file, view
-from sessionkit import Kit, committed
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server import descriptors
 from neotwist.server.repository import Repository, Target
 from neotwist.server.repository import target as target_module
+from neotwist.testing import Kit, committed
 from neotwist.wire.messages import Close, Entry, Ok, Opened
 
 FDS_PER_TARGET = 7

@@ -169,6 +169,19 @@ class PeerTestCase(TestCase):
         self.assertIsNone(client.failure)
         self.assertFalse(server.transport.disconnecting)  # type: ignore[union-attr]
 
+    def test_an_error_names_its_path_in_a_field(self) -> None:
+        def react(peer: Peer, message: Message) -> None:
+            raise NeoError(ErrorCode.DAMAGED, "cannot read: Input/output error", path="docs/q3.ods")
+
+        client, _server, pump = self.connect(Handler(react))
+        result = self.collect(client.request(ListTargets(rid=0)))
+        pump.flush()
+        error = result[0].value
+        self.assertIsInstance(error, RemoteError)
+        self.assertEqual((error.code, error.path, error.reason), (ErrorCode.DAMAGED, "docs/q3.ods",
+                                                                  "cannot read: Input/output error"))  # fmt: skip
+        self.assertEqual(error.message, "docs/q3.ods: cannot read: Input/output error")
+
     def test_handshake_adopts_advertised_windows(self) -> None:
         def react(peer: Peer, message: Message) -> None:
             assert isinstance(message, Hello)

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sessionkit import Conn, Kit, chunk, committed
 
+from neotwist.testing import Conn, Kit, chunk, committed
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import Commit, Entry, Ok, PushBegin, PushDeleted, PushEntries, Put
 

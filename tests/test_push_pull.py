@@ -15,20 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import snapshot_of
 from twisted.internet import endpoints, protocol
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
-session = pytest.importorskip("neotwist.server.session", reason="the server session has not landed yet")
-
-from support import snapshot_of  # noqa: E402
-
-from neotwist.client.filescache import FilesCache  # noqa: E402
-from neotwist.client.pull import PullIncomplete, PullOptions, pull  # noqa: E402
-from neotwist.client.push import PushOptions, push  # noqa: E402
-from neotwist.wire import limits  # noqa: E402
-from neotwist.wire.messages import Bye, Hello  # noqa: E402
-from neotwist.wire.peer import Peer  # noqa: E402
+from neotwist.client.filescache import FilesCache
+from neotwist.client.pull import PullIncomplete, PullOptions, pull
+from neotwist.client.push import PushOptions, push
+from neotwist.server import session
+from neotwist.wire import limits
+from neotwist.wire.messages import Bye, Hello
+from neotwist.wire.peer import Peer
 
 
 def _services(tmp: Path) -> Any:

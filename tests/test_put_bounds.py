@@ -9,11 +9,11 @@ from typing import Any
 import blake3
 import pytest
 import zstandard
-from sessionkit import Conn, Kit, Workers, committed
 
 from neotwist.server.repository import target as target_module
 from neotwist.server.repository.target import Target
 from neotwist.server.session import PUT_BATCH_RAW_BYTES, SESSION_MEMORY
+from neotwist.testing import Conn, Kit, Workers, committed
 from neotwist.wire import limits
 from neotwist.wire.messages import CODEC_ZSTD, Commit, Committed, Entry, Ok, PushBegin, PushEntries, Put
 

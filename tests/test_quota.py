@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sessionkit import Kit, Workers, chunk, committed
 from twisted.python.failure import Failure
 
 from neotwist.server.repository.target import Target
 from neotwist.server.rights import Right
 from neotwist.server.usage import account_usage, human
+from neotwist.testing import Kit, Workers, chunk, committed
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import Commit, Entry, Ok, PushBegin, PushEntries, Put
 

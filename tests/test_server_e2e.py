@@ -17,10 +17,9 @@ from neotwist.wire import limits
 from neotwist.wire.framing import FrameConnection
 from neotwist.wire.messages import Bye, Hello, Message, Welcome
 
-pytest.importorskip("neotwist.server.session", reason="the server session module has not landed yet")
-pytest.importorskip("neotwist.server.repository", reason="the repository has not landed yet")
 if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
     pytest.skip("OpenSSH client not installed", allow_module_level=True)
+
 
 def read_messages(
     stream: object, conn: FrameConnection, until: type[Message], timeout: float = 20

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from sessionkit import PASSWORD, Client, Kit, call, committed
 from twisted.test.iosim import connectedServerAndClient
 
 from neotwist.server import filechunks
 from neotwist.server.session import PEER_WINDOW_HONOURED, READ_GROUP_BYTES, SESSION_MEMORY, make_server_peer
+from neotwist.testing import PASSWORD, Client, Kit, call, committed
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import ChunkReply, Commit, Entry, Get, Hello, Ok, Open, Opened, PushBegin, PushEntries, Put

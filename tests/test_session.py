@@ -8,21 +8,14 @@ chunks of other files, and the login and idle timeouts.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import zstandard
-from sessionkit import PASSWORD, Client, call, chunk
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.testing import MemoryReactorClock
-from twisted.test.iosim import IOPump, connectedServerAndClient
-from twisted.trial.unittest import TestCase
 
-from neotwist.server.accounts import AccountStore
 from neotwist.server.repository import Repository
-from neotwist.server.session import MAX_LOGIN_ATTEMPTS, ServerServices, make_server_peer
+from neotwist.server.session import MAX_LOGIN_ATTEMPTS
+from neotwist.testing import PASSWORD, SessionTestCase, chunk
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
@@ -40,7 +33,6 @@ from neotwist.wire.messages import (
     ListTargets,
     LoggedIn,
     Login,
-    Message,
     Missing,
     Open,
     Opened,
@@ -48,74 +40,10 @@ from neotwist.wire.messages import (
     PushEntries,
     Put,
     Targets,
-    Welcome,
 )
-from neotwist.wire.peer import Peer
 
 
-class SessionFixture(TestCase):
-    """A repository and account store on disk, and helpers to connect, call and push (no tests of its own)."""
-
-    def setUp(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="neo-session-"))
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.clock = MemoryReactorClock()
-        accounts = AccountStore(self.tmp / "accounts.sqlite", bcrypt_rounds=4)
-        self.alice = accounts.add("alice", PASSWORD)
-        self.bob = accounts.add("bob", PASSWORD)
-        repository = Repository(self.tmp / "repo")
-        self.addCleanup(repository.close)
-        self.services = ServerServices(
-            repository=repository, accounts=accounts, reactor=self.clock, run_blocking=maybeDeferred
-        )
-
-    def connect(self, tls: bool = False, account: Any = None) -> tuple[Peer, Peer, IOPump]:
-        """A client and a server Peer over iosim (SSH-authenticated as alice unless ``tls``)."""
-        who = None if tls else (account or self.alice)
-        client, server, pump = connectedServerAndClient(
-            lambda: make_server_peer(self.services, who, "test:1"),
-            lambda: Peer(Client(), is_client=True),
-        )
-        return server, client, pump
-
-    def call(self, client: Peer, pump: IOPump, message: Message, more: Any = None) -> Any:
-        """Send a request, pump until it is answered; return the reply or the RemoteError."""
-        return call(client, pump, message, more)
-
-    def hello(self, client: Peer, pump: IOPump) -> Welcome:
-        welcome = self.call(
-            client, pump, Hello(rid=0, version=limits.PROTOCOL_VERSION, software="t", window=client.window)
-        )
-        assert isinstance(welcome, Welcome)
-        return welcome
-
-    def ready(self, **kw: Any) -> tuple[Peer, Peer, IOPump]:
-        server, client, pump = self.connect(**kw)
-        self.hello(client, pump)
-        return server, client, pump
-
-    def open_push(self, client: Peer, pump: IOPump, target: str = "t", path: str = "") -> Opened:
-        opened = self.call(client, pump, Open(rid=0, target=target, path=path, mode="push", create=True))
-        assert isinstance(opened, Opened), opened
-        return opened
-
-    def push(self, client: Peer, pump: IOPump, files: dict[str, bytes], target: str = "t", path: str = "") -> Committed:
-        opened = self.open_push(client, pump, target, path)
-        h = opened.handle
-        assert self.call(client, pump, PushBegin(rid=0, handle=h)).__class__.__name__ == "Ok"
-        entries = [Entry("", "d", 0o755, 0, 0)]
-        for name, data in files.items():
-            cid, raw = chunk(data)
-            client.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(raw), data=raw))
-            entries.append(Entry(name, "f", 0o644, 1, len(data), cid))
-        client.post(PushEntries(rid=0, handle=h, entries=entries))
-        committed = self.call(client, pump, Commit(rid=0, handle=h))
-        assert isinstance(committed, Committed), committed
-        return committed
-
-
-
-class SessionTests(SessionFixture):
+class SessionTests(SessionTestCase):
     # --- order, version, login -------------------------------------------------------------------------
 
     def test_request_before_hello_is_refused(self) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import blake3
-from test_session import SessionFixture
 
 from neotwist.server import stash
+from neotwist.testing import SessionTestCase
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
     Check,
@@ -33,7 +33,7 @@ from neotwist.wire.messages import (
 )
 
 
-class StashSessionTests(SessionFixture):
+class StashSessionTests(SessionTestCase):
     def pages(self, client: Any, pump: Any, message: Message, kind: type) -> list[Any]:
         got: list[Any] = []
 

@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 import pytest
 from repo_support import commit, dir_entry, file_entry
-from sessionkit import Kit, committed
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.client import labels
@@ -22,6 +21,7 @@ from neotwist.crypto import label as sealing
 from neotwist.crypto.keys import MasterKey
 from neotwist.server.repository import Repository, index
 from neotwist.server.repository.labels import listed_label, stored_label
+from neotwist.testing import Kit, committed
 from neotwist.wire import label as wire_label
 from neotwist.wire import limits, messages
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError

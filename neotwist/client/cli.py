@@ -47,13 +47,12 @@ from neotwist.client.clibase import (
 )
 from neotwist.client.filters import Filter, FilterError, write_sample
 from neotwist.client.progress import STATUS_INTERVAL, Progress
-from neotwist.client.remote import UsageError, parse_remote
+from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.runner import entry_point, react, silence_broken_stdout
 from neotwist.client.timespec import TimeSpecError, parse_at
 from neotwist.display import raw_stdout, write_json
 from neotwist.runtime import tune_threads
 from neotwist.sizes import human_size
-from neotwist.wire import limits
 
 Direction = Literal["push", "pull"]
 
@@ -110,6 +109,8 @@ examples:
       the remote from the environment, the password from the first line of a file
   neo-pull --pull --lpath=/mnt/restore --rpath=peach --host=myserver --password=secret
       the original client's form
+  neo-pull --stdout --snapshot 12 alice@nas/docs/reports/q3.csv > q3.csv
+      one file's bytes to standard output (as neo-cat)
   NEO_PASSPHRASE=... neo-pull --key-file ./team.key alice@nas/papers/2024 ./2024
       pull a sub-path of an encrypted target (decrypted here; every chunk and name is authenticated)
 
@@ -188,6 +189,9 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           help="reuse chunks of any existing LOCAL file at the same path, not only of a version the "
                           "target holds (faster over changed files; tells the server which chunks they hold, as "
                           "rsync's delta tells its sender)")  # fmt: skip
+        work.add_argument("--stdout", action="store_true",
+                          help="write one file's bytes to standard output instead (neo-pull --stdout REMOTE/PATH; "
+                          "verified, in bounded memory: see neo-cat)")  # fmt: skip
         when = work.add_mutually_exclusive_group()
         when.add_argument("--snapshot", type=int, metavar="ID", help="pull this snapshot, not the latest (neo-ls "
                           "REMOTE --snapshots lists them)")
@@ -286,51 +290,170 @@ def _human(direction: Direction, summary: Any, delete: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _warn(text: str) -> None:
+    """Always, --quiet and --json too: each names something not stored or restored (rsync prints those too)."""
+    sys.stderr.write(f"warning: {text}\n")
+
+
+def _filter(args: argparse.Namespace) -> Filter:
+    """The push's filter from --filter-file and --exclude (UsageError for a bad rule)."""
+    try:
+        filt = Filter.from_file(args.filter_file) if args.filter_file else Filter()
+        if args.exclude:
+            filt.add_patterns(args.exclude)
+    except FilterError as e:
+        raise UsageError(str(e)) from None
+    filt.dirs = pushflags.dir_rules(args)
+    return filt
+
+
+def _label(args: argparse.Namespace, local: str) -> Any:
+    """The snapshot's label from --tag and --hostname (UsageError for a bad one)."""
+    from neotwist.client.labels import push_label, split_tags
+    from neotwist.wire.label import LabelError
+
+    try:
+        return push_label(local, split_tags(args.tag), args.hostname)
+    except LabelError as e:
+        raise UsageError(str(e)) from None
+
+
+def _push_options(args: argparse.Namespace, remote: Remote, local: str, filt: Filter, keys: Any,
+                  progress: Progress, label: Any) -> Any:  # fmt: skip
+    """The PushOptions neo-push's flags ask for."""
+    from neotwist.client.filescache import FilesCache, cache_key
+    from neotwist.client.push import PushOptions
+
+    cache = None
+    if not args.no_cache:
+        cache = FilesCache(cache_key(remote.address, remote.user, remote.target, remote.path, local))
+    return PushOptions(
+        filter=filt,
+        cache=cache,
+        workers=max(1, args.workers),
+        compress_level=args.compress_level,
+        delete=args.delete,
+        keep_history=args.keep_history,
+        progress=progress,
+        warn=_warn,
+        keys=keys,
+        encrypt=args.encrypt,
+        grant_root=args.grant_root,
+        pin=target_pin(remote),
+        require_encryption=args.require_encryption,
+        label=label,
+    )
+
+
+def _pull_options(args: argparse.Namespace, remote: Remote, keys: Any, progress: Progress) -> Any:
+    """The PullOptions neo-pull's flags ask for."""
+    from neotwist.client.pull import PullOptions
+
+    return PullOptions(
+        checksum=args.checksum,
+        numeric_ids=args.numeric_ids,
+        delete=args.delete,
+        force=args.force,
+        fsync=args.fsync,
+        workers=max(1, args.workers),
+        snapshot=args.snapshot,
+        at=args.at_time,
+        progress=progress,
+        warn=_warn,
+        keys=keys,
+        grant_root=args.grant_root,
+        pin=target_pin(remote),
+        require_encryption=args.require_encryption,
+        preserve_special_bits=args.preserve_special_bits,
+        reuse_any=args.reuse_any,
+    )
+
+
+def _failed(direction: Direction, error: Exception) -> int | None:
+    """Say why a push or pull failed, in one line on stderr, and return its exit code (None: not one of the
+    failures a run reports; it goes on up)."""
+    from neotwist.client.encryption import EncryptionDowngrade, EncryptionRefused
+    from neotwist.client.pins import PinFileError
+    from neotwist.client.pull import PullError, PullIncomplete
+    from neotwist.client.push import PushError, describe_error
+    from neotwist.crypto import CryptoError, WrongPassphrase
+    from neotwist.wire.errors import ErrorCode, NeoError
+
+    prog = f"neo-{direction}"
+    if isinstance(error, PullIncomplete):
+        for text in error.damaged:
+            sys.stderr.write(f"neo-pull: damaged, not restored: {text}\n")
+        if error.damaged:
+            sys.stderr.write(
+                f"neo-pull: {len(error.damaged)} file(s) failed their checks (damaged or modified on the server) "
+                "and were not restored; everything else was (neo-check REMOTE lists the damage the server can see; "
+                "an older snapshot may hold good copies)\n"
+            )
+        if error.errors:
+            sys.stderr.write(
+                f"neo-pull: {len(error.errors)} item(s) could not be written safely, e.g. {error.errors[0]}; "
+                "move what is in the way and pull again\n"
+            )
+        return EXIT_FAILED  # a pull that left something out has always exited 1 (the exit codes are kept)
+    if isinstance(error, (PushError, PullError)):
+        sys.stderr.write(f"{prog}: {error}\n")
+        return EXIT_FAILED
+    if isinstance(error, WrongPassphrase):
+        sys.stderr.write(f"{prog}: {error}; nothing was written\n")
+        return EXIT_AUTH
+    if isinstance(error, EncryptionDowngrade):  # the message says nothing was sent or written
+        sys.stderr.write(f"{prog}: {error}\n")
+        return EXIT_AUTH
+    if isinstance(error, (CryptoError, EncryptionRefused, PinFileError)):
+        sys.stderr.write(f"{prog}: {error}; nothing was written\n")
+        return EXIT_FAILED
+    if isinstance(error, NeoError):
+        sys.stderr.write(f"{prog}: {describe_error(error)}\n")
+        return EXIT_AUTH if error.code in (ErrorCode.AUTH_FAILED, ErrorCode.AUTH_REQUIRED) else EXIT_FAILED
+    if isinstance(error, OSError):
+        sys.stderr.write(f"{prog}: {error}\n")
+        return EXIT_FAILED
+    return None
+
+
+def _print_summary(direction: Direction, args: argparse.Namespace, summary: Any, progress: Progress,
+                   code: int) -> None:  # fmt: skip
+    """The summary: --json, --json-progress's last lines, or the human one (on stderr after a failure)."""
+    out = sys.stderr if code and not (args.json or args.json_progress) else sys.stdout
+    try:
+        if args.json_progress:
+            progress.emit()  # the last status: everything done
+            write_json({"message_type": "summary", **summary.as_json()})
+        elif args.json:
+            write_json(summary.as_json())
+        elif not args.quiet:
+            out.write(_human(direction, summary, getattr(args, "delete", False)) + "\n")
+        out.flush()
+    except BrokenPipeError:  # the reader went away (| true): the work is done all the same, say so
+        silence_broken_stdout()
+        done = "committed" if direction == "push" else "pulled"
+        sys.stderr.write(f"neo-{direction}: snapshot {summary.snapshot} {done}; the summary could not be "
+                         "written (standard output was closed)\n")  # fmt: skip
+
+
 async def _run(
     reactor: Any, direction: Direction, args: argparse.Namespace, local: str, remote_text: str
 ) -> int:
-    from neotwist.client.encryption import EncryptionDowngrade, EncryptionRefused
-    from neotwist.client.filescache import FilesCache, cache_key
-    from neotwist.client.labels import push_label, split_tags
-    from neotwist.client.pins import PinFileError
-    from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
-    from neotwist.client.push import PushError, PushOptions, describe_error, push
-    from neotwist.crypto import CryptoError, WrongPassphrase
-    from neotwist.wire.errors import ErrorCode, NeoError
-    from neotwist.wire.label import LabelError
-
+    """Connect, push or pull through the API's client, say bye, print the summary; the exit code."""
     remote = parse_remote(remote_text)
     quiet = args.quiet or args.json or args.json_progress
     show_progress = (not quiet) if args.progress is None else args.progress
-
-    def warn(text: str) -> None:
-        # always, --quiet and --json too: each names something not stored or restored (rsync prints those too)
-        sys.stderr.write(f"warning: {text}\n")
-
-    filt: Filter | None = None
-    if direction == "push":
-        try:
-            filt = Filter.from_file(args.filter_file) if args.filter_file else Filter()
-            if args.exclude:
-                filt.add_patterns(args.exclude)
-        except FilterError as e:
-            raise UsageError(str(e)) from None
-        filt.dirs = pushflags.dir_rules(args)
-    label = None
-    if direction == "push":
-        try:
-            label = push_label(local, split_tags(args.tag), args.hostname)
-        except LabelError as e:
-            raise UsageError(str(e)) from None
+    filt = _filter(args) if direction == "push" else None
+    label = _label(args, local) if direction == "push" else None
     options = connect_options(args)
     keys = key_source(args)  # after connect_options: with both -stdin flags, the password is line 1
     if direction == "push" and not getattr(args, "stdin", False) and not os.path.isdir(local):
         sys.stderr.write(f"neo-push: {local} is not a directory; give the directory to push as LOCAL_DIR\n")
         return EXIT_FAILED
     started = time.monotonic()  # elapsed_s covers the whole run: connecting and authenticating too
-    session = await open_session(reactor, f"neo-{direction}", remote, options)
-    if isinstance(session, int):
-        return session
+    client = await open_session(reactor, f"neo-{direction}", remote, options)
+    if isinstance(client, int):
+        return client
     progress = Progress(show_progress, "pushed" if direction == "push" else "pulled", action=direction,
                         json_stream=raw_stdout() if args.json_progress else None)  # fmt: skip
     ticker = LoopingCall(progress.emit)
@@ -341,100 +464,27 @@ async def _run(
     summary: Any = None
     try:
         if direction == "push":
-            cache = None
-            if not args.no_cache:
-                cache = FilesCache(cache_key(remote.address, remote.user, remote.target, remote.path, local))
-            run = pushflags.pipeline(args, push)  # push, the dry run, or the push of standard input
-            summary = await run(
-                reactor,
-                session.peer,
-                local,
-                remote.target,
-                remote.path,
-                PushOptions(
-                    filter=filt,
-                    cache=cache,
-                    workers=max(1, args.workers),
-                    compress_level=args.compress_level,
-                    delete=args.delete,
-                    keep_history=args.keep_history,
-                    progress=progress,
-                    warn=warn,
-                    keys=keys,
-                    encrypt=args.encrypt,
-                    grant_root=args.grant_root,
-                    pin=target_pin(remote),
-                    require_encryption=args.require_encryption,
-                    byte_names=limits.FEATURE_BYTE_NAMES in session.welcome.features,
-                    label=label,
-                ),
-            )
+            assert filt is not None
+            push_options = _push_options(args, remote, local, filt, keys, progress, label)
+            special = pushflags.pipeline(args)  # the dry run, or the push of standard input
+            if special is not None:
+                summary = await special(reactor, client.peer, local, remote.target, remote.path, push_options)
+            else:
+                summary = await client.push(local, remote.target, remote.path, push_options)
         else:
-            summary = await pull(
-                reactor,
-                session.peer,
-                remote.target,
-                remote.path,
-                local,
-                PullOptions(
-                    checksum=args.checksum,
-                    numeric_ids=args.numeric_ids,
-                    delete=args.delete,
-                    force=args.force,
-                    fsync=args.fsync,
-                    workers=max(1, args.workers),
-                    snapshot=args.snapshot,
-                    at=args.at_time,
-                    progress=progress,
-                    warn=warn,
-                    keys=keys,
-                    grant_root=args.grant_root,
-                    pin=target_pin(remote),
-                    require_encryption=args.require_encryption,
-                    preserve_special_bits=args.preserve_special_bits,
-                    reuse_any=args.reuse_any,
-                ),
-            )
-    except PullIncomplete as e:
-        summary = e.summary
-        for text in e.damaged:
-            sys.stderr.write(f"neo-pull: damaged, not restored: {text}\n")
-        if e.damaged:
-            sys.stderr.write(
-                f"neo-pull: {len(e.damaged)} file(s) failed their checks (damaged or modified on the server) and "
-                "were not restored; everything else was (neo-check REMOTE lists the damage the server can see; "
-                "an older snapshot may hold good copies)\n"
-            )
-        if e.errors:
-            sys.stderr.write(
-                f"neo-pull: {len(e.errors)} item(s) could not be written safely, e.g. {e.errors[0]}; "
-                "move what is in the way and pull again\n"
-            )
-        code = EXIT_FAILED  # a pull that left something out has always exited 1 (the exit codes are kept)
-    except (PushError, PullError) as e:
-        sys.stderr.write(f"neo-{direction}: {e}\n")
-        code = EXIT_FAILED
-    except WrongPassphrase as e:
-        sys.stderr.write(f"neo-{direction}: {e}; nothing was written\n")
-        code = EXIT_AUTH
-    except EncryptionDowngrade as e:  # the message says nothing was sent or written
-        sys.stderr.write(f"neo-{direction}: {e}\n")
-        code = EXIT_AUTH
-    except (CryptoError, EncryptionRefused, PinFileError) as e:
-        sys.stderr.write(f"neo-{direction}: {e}; nothing was written\n")
-        code = EXIT_FAILED
-    except NeoError as e:
-        sys.stderr.write(f"neo-{direction}: {describe_error(e)}\n")
-        code = EXIT_AUTH if e.code in (ErrorCode.AUTH_FAILED, ErrorCode.AUTH_REQUIRED) else EXIT_FAILED
-    except OSError as e:
-        sys.stderr.write(f"neo-{direction}: {e}\n")
-        code = EXIT_FAILED
+            summary = await client.pull(remote.target, local, remote.path, _pull_options(args, remote, keys, progress))
+    except Exception as e:
+        failed = _failed(direction, e)
+        if failed is None:
+            raise
+        code = failed
+        summary = getattr(e, "summary", None)  # an incomplete pull's: what it did restore
     finally:
         if ticker.running:
             ticker.stop()
         progress.close()
         try:
-            await session.close()
+            await client.close()
         except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
             pass
     if code == EXIT_OK and direction == "push" and summary is not None and summary.warnings_count:
@@ -446,21 +496,7 @@ async def _run(
         code = EXIT_PARTIAL
     if summary is not None:
         summary.elapsed_s = time.monotonic() - started
-        out = sys.stderr if code and not (args.json or args.json_progress) else sys.stdout
-        try:
-            if args.json_progress:
-                progress.emit()  # the last status: everything done
-                write_json({"message_type": "summary", **summary.as_json()})
-            elif args.json:
-                write_json(summary.as_json())
-            elif not args.quiet:
-                out.write(_human(direction, summary, getattr(args, "delete", False)) + "\n")
-            out.flush()
-        except BrokenPipeError:  # the reader went away (| true): the work is done all the same, say so
-            silence_broken_stdout()
-            done = "committed" if direction == "push" else "pulled"
-            sys.stderr.write(f"neo-{direction}: snapshot {summary.snapshot} {done}; the summary could not be "
-                             "written (standard output was closed)\n")  # fmt: skip
+        _print_summary(direction, args, summary, progress, code)
     return code
 
 
@@ -479,6 +515,12 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"wrote {path}\n")
         return EXIT_OK
     direction: Direction = args.direction or program
+    if getattr(args, "stdout", False):
+        from neotwist.client.cat import pull_to_stdout
+
+        if len(args.args) != 1 or args.lpath:
+            parser.error("--stdout takes REMOTE/PATH alone: the file's bytes go to standard output")
+        return pull_to_stdout(parser, args, args.args[0])
     try:
         if direction == "push" and getattr(args, "stdin", False):  # no LOCAL_DIR: the data comes from stdin
             local, remote_text = "", pushflags.stdin_remote(args, list(args.args), default_remote())

@@ -118,9 +118,11 @@ def connect_options(args: argparse.Namespace) -> Any:
 
 
 async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> Any:
-    """Connect and authenticate; on failure print one line and return the exit code (int) instead of a session:
-    EXIT_AUTH for host keys and refused credentials, EXIT_FAILED for everything else."""
-    from neotwist.client.connect import ConnectError, connect
+    """Connect and authenticate (:func:`neotwist.client.api.connect`); on failure print one line and return the
+    exit code (int) instead of the :class:`~neotwist.client.api.Client`: EXIT_AUTH for host keys and refused
+    credentials, EXIT_FAILED for everything else."""
+    from neotwist.client.api import connect
+    from neotwist.client.connect import ConnectError
     from neotwist.client.knownhosts import HostKeyError
     from neotwist.client.remote import AccessRefused
 
@@ -130,10 +132,8 @@ async def open_session(reactor: Any, prog: str, remote: Any, options: Any) -> An
         sys.stderr.write(f"{prog}: {e}\n")
         return EXIT_AUTH
     except ConnectError as e:
-        text = str(e)
-        sys.stderr.write(f"{prog}: {text}\n")
-        auth = ("authentication failed", "requires a password", "too many failed logins")
-        return EXIT_AUTH if any(why in text for why in auth) else EXIT_FAILED
+        sys.stderr.write(f"{prog}: {e}\n")
+        return EXIT_FAILED
 
 
 # --- encryption (issue 6) ---
@@ -170,6 +170,14 @@ def key_source(args: argparse.Namespace) -> Any:
     from neotwist.client.encryption import KeySource
 
     return KeySource(getattr(args, "key_file", None), passphrase_source(args))
+
+
+def access(args: argparse.Namespace, remote: Any) -> Any:
+    """The :class:`~neotwist.client.remotetarget.Access` the key options of ``args`` give to ``remote``'s
+    target: the key, the target's pin, --require-encryption and --grant-root."""
+    from neotwist.client.remotetarget import Access
+
+    return Access(key_source(args), target_pin(remote), args.require_encryption, args.grant_root.strip("/"))
 
 
 def target_pin(remote: Any) -> Any:

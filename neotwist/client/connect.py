@@ -20,7 +20,7 @@ from neotwist import tcpkeepalive
 from neotwist.client.keepalive import Watchdog, limit_setup
 from neotwist.client.knownhosts import KnownHostsFile, default_known_hosts, default_tls_known_hosts
 from neotwist.client.openssh import OpenSSHLink, open_openssh
-from neotwist.client.remote import ConnectError, Remote
+from neotwist.client.remote import AccessRefused, ConnectError, Remote
 from neotwist.client.sshclient import SSHOptions, open_ssh
 from neotwist.client.tlsclient import TLSOptions, open_tls
 from neotwist.wire import limits
@@ -35,7 +35,7 @@ SOFTWARE = f"neophytos/{neotwist.__version__}"
 SEND_AHEAD = limits.MIN_WINDOW
 """The most of the server's receive window this client sends into before credit returns (see connect)."""
 
-__all__ = ["ConnectError", "ConnectOptions", "Session", "connect"]
+__all__ = ["AccessRefused", "ConnectError", "ConnectOptions", "Session", "connect", "start_session"]
 
 
 @dataclass
@@ -56,7 +56,7 @@ class ConnectOptions:
     timeout: float | None = limits.SILENCE_TIMEOUT  # seconds of silence before the link counts as dead; None: never
 
 
-class _ClientHandler:
+class ClientHandler:
     """The client's MessageHandler: in protocol v1 the server sends no requests, so there is nothing to do."""
 
     def __init__(self) -> None:
@@ -115,7 +115,7 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
     # What we send ahead of the server's credit is held here, copied again by the SSH channel and transport
     # buffers (about three times over): the smallest window honoured keeps a push's memory bounded, and on a
     # local link it still keeps the server busy.
-    peer = Peer(_ClientHandler(), window=options.window, is_client=True, max_peer_window=SEND_AHEAD)
+    peer = Peer(ClientHandler(), window=options.window, is_client=True, max_peer_window=SEND_AHEAD)
     link: OpenSSHLink | None = None
     if remote.scheme == "tls":
         await open_tls(
@@ -156,7 +156,8 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
         if link is not None and link.failure() is not None:
             raise link.failure() from None  # type: ignore[misc]
         if isinstance(e, NeoError):
-            raise ConnectError(f"{remote.address}: {e.message}") from None
+            refused = e.code in (ErrorCode.AUTH_FAILED, ErrorCode.THROTTLED)  # a verdict on the credentials
+            raise (AccessRefused if refused else ConnectError)(f"{remote.address}: {e.message}") from None
         raise ConnectError(f"session with {remote.address} failed during hello: {e}") from None
     tcpkeepalive.enable(peer.transport)
     peer.features = frozenset(welcome.features)
@@ -187,18 +188,28 @@ async def _handshake(
     if welcome.login_required:
         password = get_password() if get_password is not None else None
         if password is None:
-            raise ConnectError(f"{remote.address} requires a password for {remote.user} and none was given")
+            raise AccessRefused(f"{remote.address} requires a password for {remote.user} and none was given")
         if len(password.encode("utf-8")) > limits.MAX_PASSWORD:
             raise ConnectError(f"passwords are limited to {limits.MAX_PASSWORD} bytes")
         try:
             reply = await peer.request(Login(rid=0, account=remote.user, password=password))
         except RemoteError as e:
             if e.code == ErrorCode.AUTH_FAILED:
-                raise ConnectError(f"authentication failed for {remote.user}@{remote.address}") from None
+                raise AccessRefused(f"authentication failed for {remote.user}@{remote.address}") from None
             raise
         if not isinstance(reply, LoggedIn):
             raise ConnectError(f"{remote.address} answered login with {type(reply).__name__}, not logged_in")
     return welcome
+
+
+async def start_session(
+    peer: Peer, remote: Remote, get_password: Callable[[], str | None] | None = None
+) -> Session:
+    """The hello (and a login, if the server asks) over ``peer``, already joined to a server by other means than
+    :func:`connect`'s transports (an in-memory link: :mod:`neotwist.testing`)."""
+    welcome = await _handshake(peer, remote, get_password, peer.window)
+    peer.features = frozenset(welcome.features)
+    return Session(peer=peer, welcome=welcome, remote=remote)
 
 
 def connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Deferred[Session]:

@@ -36,7 +36,7 @@ from twisted.python.threadpool import ThreadPool
 from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.client import stash
-from neotwist.client.encryption import Crypt, open_for_push, plain_errors
+from neotwist.client.encryption import Crypt, plain_errors
 from neotwist.client.push import (
     PushError,
     PushOptions,
@@ -45,6 +45,7 @@ from neotwist.client.push import (
     _entries_for,
     _PushRun,
 )
+from neotwist.client.remotetarget import RemoteTarget
 from neotwist.client.workers import WorkerPool
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import ChunkerParams, Close, Codec, Entry, Opened
@@ -179,10 +180,10 @@ async def dry_run(
     opened: Opened | None = None
     crypt: Crypt | None = None
     try:
-        opened, crypt = await open_for_push(
-            peer, target, subpath, options.keys, options.encrypt, None, options.grant_root.strip("/"), options.pin,
-            options.require_encryption, create=False,
-        )  # fmt: skip
+        remote_target = await RemoteTarget.open_push(
+            peer, target, subpath, options.access, encrypt=options.encrypt, keep_history=None, create=False
+        )
+        opened, crypt = remote_target.opened, remote_target.crypt
     except RemoteError as e:
         if e.code != ErrorCode.NO_SUCH_TARGET:
             raise

@@ -1,4 +1,4 @@
-"""Opening a target with or without encryption, and the key a push or pull then works with.
+"""The key a push or pull works with, a handle's ciphers, and the checks of what a server says about encryption.
 
 neo-push and neo-pull do not need to be told that a target is encrypted: the server says so. But the server
 is the adversary (docs/encryption.md), so what it says is checked against what this client already knows:
@@ -26,6 +26,9 @@ is the adversary (docs/encryption.md), so what it says is checked against what t
   plaintext sub-path with ``--grant-root``, because tokens are computed from the target root.
 
 Nothing is sent to a handle before its key has been checked, so a wrong key or passphrase writes nothing.
+
+The open itself, in that order, is :mod:`neotwist.client.remotetarget`'s; this module holds what it works with:
+the key (:class:`KeySource`), a handle's ciphers (:class:`Crypt`), and the checks of what the server says.
 """
 
 from __future__ import annotations
@@ -41,15 +44,14 @@ import msgspec
 
 from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
-from neotwist.client.pins import TargetPin
 from neotwist.crypto import AuthenticationFailed, WrongKey, WrongPassphrase, keyfile
 from neotwist.crypto.chunks import OVERHEAD, ChunkSealer
-from neotwist.crypto.keys import MasterKey, TargetKeys, key_check_id
+from neotwist.crypto.keys import MasterKey, TargetKeys
 from neotwist.crypto.names import TOKEN_CHARS, PathCipher
 from neotwist.crypto.tree import Decrypted, TreeCipher
 from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, RemoteError
-from neotwist.wire.messages import ChunkerParams, Close, Entry, Open, Opened
+from neotwist.wire.errors import RemoteError
+from neotwist.wire.messages import ChunkerParams, Entry
 from neotwist.wire.peer import Peer
 
 
@@ -167,8 +169,11 @@ class Crypt:
             found = self._plain_of(rel)
             return named if found is None else paths.join(plain_root, found)
 
-        message = _TOKEN_PATH.sub(plain, error.message)
-        return error if message == error.message else RemoteError(error.code, message)
+        reason = _TOKEN_PATH.sub(plain, error.reason)
+        path = None if error.path is None else _TOKEN_PATH.sub(plain, error.path)
+        if reason == error.reason and path == error.path:
+            return error
+        return RemoteError(error.code, reason, path)
 
     @contextlib.contextmanager
     def plain_errors(self) -> Iterator[None]:
@@ -220,7 +225,7 @@ def check_chunker(params: ChunkerParams) -> None:
         )
 
 
-def _place(master: MasterKey, grant_root: str, subpath: str) -> tuple[str, str]:
+def place(master: MasterKey, grant_root: str, subpath: str) -> tuple[str, str]:
     """(plaintext path of the handle root from the target root, the path to open). Tokens hash their parent's
     encrypted path from the *target* root, so a grantee, whose handle paths start below its grant's root, must
     know that root in plaintext (``--grant-root``) to compute them."""
@@ -230,274 +235,9 @@ def _place(master: MasterKey, grant_root: str, subpath: str) -> tuple[str, str]:
     return full, (full_enc[len(base_enc) + 1 :] if base_enc else full_enc)
 
 
-async def _close(peer: Peer, opened: Opened) -> None:
-    await peer.request(Close(rid=0, handle=opened.handle))
-
-
 class EncryptionDowngrade(EncryptionRefused):
     """The server calls a target plaintext, or encrypted with another key, that this client has pinned as
     encrypted (or that ``--require-encryption`` requires to be): refused like a changed host key (exit 3)."""
-
-
-def _unlock(source: KeySource | None, missing: str, key_id: str | None = None, claim: str = "") -> MasterKey:
-    """The unlocked key for an encrypted target: refused with ``missing`` when this run has no key source, and
-    a key file holding another key than ``key_id`` (pinned, or named by the key-check record; ``claim`` says
-    which: see :meth:`KeySource.check_id`) is refused before the passphrase is asked. A missing key file is
-    reported before the passphrase is asked too (``master`` reads the file first)."""
-    if source is None:
-        raise EncryptionRefused(missing)
-    source.check_id(key_id, claim)
-    return source.master()
-
-
-def _pinned_claim(target: str, pinned: str | None, pin: TargetPin | None) -> str:
-    """Who names the key a pinned target needs, for :meth:`KeySource.check_id`."""
-    if pinned is None or pin is None:
-        return ""
-    return f"target {target} is pinned as encrypted with key {pinned} ({pin.where})"
-
-
-def _refuse_claim(
-    target: str, opened_encrypted: bool, named: bytes | None, pinned: str | None, pin: TargetPin | None, required: bool
-) -> None:
-    """Raise EncryptionDowngrade when what the server says about ``target`` contradicts its pin (or
-    ``--require-encryption``); return when it fits."""
-    if pinned is not None and pin is not None:
-        if not opened_encrypted:
-            raise EncryptionDowngrade(
-                f"the server says target {target} is not encrypted, but this client has seen it encrypted with key "
-                f"{pinned} ({pin.where}): refusing, nothing was pushed or written (a server must not turn an "
-                f"encrypted target into plaintext); if the target was deliberately removed and re-created, run "
-                f"'neo-key forget {pin.remote}'"
-            )
-        if named is None or named.hex() != pinned:
-            other = named.hex() if named is not None else "an unknown key"
-            raise EncryptionDowngrade(
-                f"the server says target {target} is encrypted with {other}, but this client has seen it encrypted "
-                f"with key {pinned} ({pin.where}): refusing, nothing was pushed or written; if the target was "
-                f"deliberately removed and re-created, run 'neo-key forget {pin.remote}'"
-            )
-    elif required and not opened_encrypted:
-        raise EncryptionDowngrade(
-            f"the server says target {target} is not encrypted, and --require-encryption was given: refusing, "
-            "nothing was pushed or written"
-        )
-
-
-def _pin(pin: TargetPin | None, master: MasterKey, pinned: str | None) -> None:
-    """Remember that this target is encrypted with ``master`` (after its key-check record verified). Nothing is
-    written, nor the pin file's lock taken, when it is pinned so already (``pinned``, the key id looked up before
-    the open): an encrypted target must stay usable with a read-only config directory."""
-    if pin is not None and pinned != master.id.hex():
-        pin.record(master.id.hex())
-
-
-async def _reopen(peer: Peer, opened: Opened, message: Open) -> Opened:
-    """Close ``opened`` and open ``message`` in the same round trip (the server answers in order)."""
-    closing = peer.request(Close(rid=0, handle=opened.handle))
-    opening = peer.request(message)
-    try:
-        await closing
-    except BaseException:
-        opening.addErrback(lambda _f: None)
-        raise
-    again = await opening
-    assert isinstance(again, Opened)
-    return again
-
-
-async def open_for_push(
-    peer: Peer,
-    target: str,
-    subpath: str,
-    source: KeySource | None,
-    encrypt: bool,
-    keep_history: bool | None = None,
-    grant_root: str = "",
-    pin: TargetPin | None = None,
-    require_encryption: bool = False,
-    create: bool = True,
-) -> tuple[Opened, Crypt | None]:
-    """Open ``target`` at ``subpath`` for a push, creating it (encrypted with ``encrypt``) if it is missing;
-    ``keep_history`` goes with every open (see ``Open``); ``grant_root``: see :func:`_place`. Without
-    ``create`` (a dry run) a missing target is the server's NO_SUCH_TARGET error, and nothing is created.
-
-    A plaintext sub-path is never sent before the target is known not to be encrypted: a pinned (or
-    ``require_encryption``) target is opened encrypted at once; otherwise a push to a sub-path first opens the
-    handle root, without creating anything, to learn the target's encryption."""
-    paths.check_local(subpath)  # a bad sub-path is refused as the server would, before anything is opened
-    found = pin.lookup() if pin is not None else None
-    pinned = found.key_id if found is not None else None
-    if encrypt or pinned is not None or require_encryption:
-        what = "--encrypt" if encrypt else f"target {target} is encrypted: this push"
-        return await _open_encrypted_push(
-            peer, target, subpath, source, f"{what} needs a key: create one with 'neo-key init'", encrypt,
-            keep_history, grant_root, pin, pinned, require_encryption, create,
-        )  # fmt: skip
-    message = Open(
-        rid=0, target=target, path=paths.to_wire(subpath), mode="push", create=create, keep_history=keep_history
-    )
-    try:
-        opened = await (_probe_then_open(peer, target, message) if subpath else peer.request(message))
-    except RemoteError as e:
-        if e.code != ErrorCode.ENCRYPTION_MISMATCH:
-            raise
-        return await _open_encrypted_push(
-            peer, target, subpath, source, f"target {target} is encrypted: this push needs its key", False,
-            keep_history, grant_root, pin, None, False, create,
-        )  # fmt: skip
-    assert isinstance(opened, Opened)
-    return opened, None
-
-
-async def _probe_then_open(peer: Peer, target: str, message: Open) -> Opened:
-    """Open the handle root for a push without creating anything, and only then ``message`` (at the plaintext
-    sub-path): an encrypted target answers the first open with ENCRYPTION_MISMATCH, before the sub-path is
-    sent; a missing one with NO_SUCH_TARGET (the push creates it in plaintext)."""
-    try:
-        probe = await peer.request(Open(rid=0, target=target, path="", mode="push"))
-    except RemoteError as e:
-        if e.code != ErrorCode.NO_SUCH_TARGET:
-            raise
-        created = await peer.request(message)
-        assert isinstance(created, Opened)
-        return created
-    assert isinstance(probe, Opened)
-    return await _reopen(peer, probe, message)
-
-
-async def _open_encrypted_push(
-    peer: Peer,
-    target: str,
-    subpath: str,
-    source: KeySource | None,
-    missing: str,
-    encrypt: bool,
-    keep_history: bool | None,
-    grant_root: str,
-    pin: TargetPin | None,
-    pinned: str | None,
-    required: bool,
-    may_create: bool = True,
-) -> tuple[Opened, Crypt | None]:
-    """The encrypted open of a push. It creates the target with a new key-check record when ``encrypt`` asks,
-    or when the target is pinned (a pinned target that is gone is re-created encrypted, never in plaintext).
-    ``missing``: the refusal when this run has no key."""
-    master = _unlock(source, missing, pinned, _pinned_claim(target, pinned, pin))
-    create = (encrypt or pinned is not None) and may_create
-    record, keys = master.new_target() if create else (b"", None)
-    root, path = _place(master, grant_root, subpath)
-    try:
-        opened = await peer.request(
-            Open(
-                rid=0,
-                target=target,
-                path=path,
-                mode="push",
-                create=create,
-                encrypted=True,
-                keep_history=keep_history,
-                key_check=record,
-            )
-        )
-    except RemoteError as e:
-        if e.code == ErrorCode.ENCRYPTION_MISMATCH:
-            _refuse_claim(target, False, None, pinned, pin, required)
-            if encrypt:
-                raise EncryptionRefused(
-                    f"target {target} exists and is not encrypted; --encrypt only applies when a push creates a "
-                    "target: push to a new target name"
-                ) from None
-        if e.code == ErrorCode.NO_SUCH_TARGET and not create and may_create:
-            raise EncryptionRefused(
-                f"there is no target {target}, and --require-encryption creates no plaintext target: add --encrypt "
-                "to create it encrypted"
-            ) from None
-        raise
-    assert isinstance(opened, Opened)
-    try:
-        named = key_check_id(opened.key_check) if opened.exists or keys is None else master.id
-        _refuse_claim(target, opened.encrypted, named, pinned, pin, required)
-        if not opened.encrypted:
-            raise EncryptionDowngrade(
-                f"the server opened target {target} without encryption for an encrypted push: refusing, nothing "
-                "was sent"
-            )
-        check_chunker(opened.chunker)
-        if opened.exists or keys is None:  # an existing target: its record decides (and must be this key's)
-            keys = master.open_target(opened.key_check)
-        _pin(pin, master, pinned)
-    except BaseException:
-        await _close(peer, opened)
-        raise
-    return opened, Crypt.make(master, keys, root, (subpath, path))
-
-
-async def open_for_read(
-    peer: Peer,
-    target: str,
-    subpath: str,
-    source: KeySource | None,
-    grant_root: str = "",
-    pin: TargetPin | None = None,
-    require_encryption: bool = False,
-) -> tuple[Opened, Crypt | None]:
-    """Open ``target`` at ``subpath`` for reading; for an encrypted target, check and unlock the key and open
-    the encrypted sub-path (``grant_root``: see :func:`_place`).
-
-    A plaintext sub-path is never sent before the target is known not to be encrypted: a pinned target's
-    sub-path is opened at its encrypted form at once; otherwise the handle root is opened first, and the
-    sub-path re-opened in the form the answer calls for (the close and the open share one round trip)."""
-    paths.check_local(subpath)  # a bad sub-path is refused as the server would, before anything is opened
-    found = pin.lookup() if pin is not None else None
-    pinned = found.key_id if found is not None else None
-    if pinned is not None and subpath:
-        master = _unlock(
-            source, f"target {target} is encrypted: this needs its key", pinned, _pinned_claim(target, pinned, pin)
-        )
-        root, path = _place(master, grant_root, subpath)
-        opened = await peer.request(Open(rid=0, target=target, path=path, mode="read"))
-        assert isinstance(opened, Opened)
-        try:
-            _refuse_claim(target, opened.encrypted, key_check_id(opened.key_check), pinned, pin, require_encryption)
-            keys = master.open_target(opened.key_check)
-            check_chunker(opened.chunker)
-        except BaseException:
-            await _close(peer, opened)
-            raise
-        return opened, Crypt.make(master, keys, root, (subpath, path))
-    opened = await peer.request(Open(rid=0, target=target, path="", mode="read"))
-    assert isinstance(opened, Opened)
-    try:
-        _refuse_claim(target, opened.encrypted, key_check_id(opened.key_check), pinned, pin, require_encryption)
-    except BaseException:
-        await _close(peer, opened)
-        raise
-    if not opened.encrypted:
-        if not subpath:
-            return opened, None
-        return await _reopen(peer, opened, Open(rid=0, target=target, path=paths.to_wire(subpath), mode="read")), None
-    named = key_check_id(opened.key_check)
-    try:
-        # a foreign key file is refused before the passphrase is asked
-        master = _unlock(
-            source, f"target {target} is encrypted: reading it needs its key", named.hex() if named else None
-        )
-        keys = master.open_target(opened.key_check)
-        check_chunker(opened.chunker)
-        _pin(pin, master, pinned)
-    except BaseException:
-        await _close(peer, opened)
-        raise
-    root, path = _place(master, grant_root, subpath)
-    crypt = Crypt.make(master, keys, root, (subpath, path))
-    if not path:
-        return opened, crypt
-    again = await _reopen(peer, opened, Open(rid=0, target=target, path=path, mode="read"))
-    if again.key_check != opened.key_check:
-        await _close(peer, again)
-        raise WrongKey("the target's key-check record changed between two opens; try again")
-    return again, crypt
 
 
 # --- listings of encrypted targets (neo-ls) ---------------------------------------------------------------

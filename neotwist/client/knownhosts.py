@@ -17,7 +17,6 @@ import binascii
 import hashlib
 import hmac
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,25 +229,3 @@ def check_identity(
         f"the {kind.noun} of {address} is not known ({display_fingerprint}) and there is no terminal to ask: "
         f"{kind.advice}"
     )
-
-
-def ask_yes_no(prompt: str) -> bool:
-    """The interactive :data:`Confirm`: ask on stderr, read stdin, insist on 'yes' or 'no' (as OpenSSH)."""
-    sys.stderr.write(prompt)
-    sys.stderr.flush()
-    while True:
-        answer = sys.stdin.readline()
-        if not answer:
-            return False
-        answer = answer.strip().lower()
-        if answer in ("yes", "y"):
-            return True
-        if answer in ("no", "n"):
-            return False
-        sys.stderr.write("Please type 'yes' or 'no': ")
-        sys.stderr.flush()
-
-
-def interactive_confirm() -> Confirm | None:
-    """:func:`ask_yes_no` when stdin is a terminal, else None (non-interactive: unknown keys are refused)."""
-    return ask_yes_no if sys.stdin.isatty() else None

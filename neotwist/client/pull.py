@@ -38,7 +38,7 @@ from twisted.python.threadpool import ThreadPool
 from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import stash
-from neotwist.client.encryption import KeySource, open_for_read, plain_errors
+from neotwist.client.encryption import KeySource, plain_errors
 from neotwist.client.localfs import DirStack, Fix, SafeDest, TempFile, UnsafePath
 from neotwist.client.metadata import Applier, Extra, exact_link
 from neotwist.client.mirror import DeleteRefused, check_target, delete_extraneous
@@ -46,6 +46,7 @@ from neotwist.client.pins import TargetPin
 from neotwist.client.problems import Problem, from_text, problems_json
 from neotwist.client.progress import Progress
 from neotwist.client.reading import RangeReader
+from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.restore import Restorer, plan
 from neotwist.client.timespec import AtTime
 from neotwist.client.workers import WorkerPool
@@ -117,6 +118,10 @@ class PullOptions:
     force: bool = False  # --force: allow --delete in / or the home directory
     preserve_special_bits: bool = False  # --preserve-special-bits: restore setuid/setgid (always so for root)
     reuse_any: bool = False  # --reuse-any: reuse chunks of a local file that is no version the target holds
+
+    @property
+    def access(self) -> Access:
+        return Access(self.keys, self.pin, self.require_encryption, self.grant_root)
 
 
 @dataclass
@@ -595,11 +600,9 @@ class _PullRun:
         single_file: bool = False,
         content: ChunkCodec = PLAIN,
         remote: dict[str, str] | None = None,
-        asked: str = "",
     ) -> None:
         self.reactor = reactor
         self.content = content
-        self.asked = asked  # the sub-path the handle was opened at: the server names paths below it
         self.remote = remote or {}
         self.pool = pool
         self.peer = peer
@@ -995,11 +998,7 @@ class _PullRun:
                 # remote path (an encrypted one names nothing the owner can read; its reason is kept otherwise).
                 if self.content.sealer is not None:
                     raise DamagedFile(f"{f.path}: its data is damaged on the server; not restored") from None
-                why = e.message
-                named = paths.join(self.asked, self._remote_path(f))
-                if named and why.startswith(f"{named}: "):  # its naming stripped when it is there, not assumed
-                    why = why[len(named) + 2 :]
-                raise DamagedFile(f"{f.path}: {why}") from None
+                raise DamagedFile(f"{f.path}: {e.reason}") from None
             raise
         except BaseException:
             self.budget.release(held)
@@ -1070,15 +1069,8 @@ async def pull(
     started = time.monotonic()
     summary = PullSummary()
     sent0, received0 = peer.bytes_sent, peer.bytes_received
-    opened, crypt = await open_for_read(
-        peer,
-        target,
-        subpath,
-        options.keys,
-        options.grant_root.strip("/"),
-        options.pin,
-        options.require_encryption,
-    )
+    remote_target = await RemoteTarget.open_read(peer, target, subpath, options.access)
+    opened, crypt = remote_target.opened, remote_target.crypt
     summary.encrypted = crypt is not None
     with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
         try:
@@ -1122,10 +1114,9 @@ async def pull(
         pool = WorkerPool(minthreads=0, maxthreads=max(2, options.workers), name="neo-pull")
         pool.start()
         content = ChunkCodec(crypt.sealer) if crypt is not None else PLAIN
-        params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
+        params = remote_target.chunker
         run = _PullRun(
-            reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote,
-            asked=subpath,
+            reactor, pool, peer, opened.handle, snapshot, params, dest, options, summary, single_file, content, remote
         )
         run.damaged.extend(refused)  # entries whose names or metadata failed authentication: not written
         try:

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import blake3
 import msgspec
@@ -48,7 +48,7 @@ from twisted.python.threadpool import ThreadPool
 from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import deep, heap
-from neotwist.client.encryption import Crypt, KeySource, open_for_push, plain_errors
+from neotwist.client.encryption import Crypt, KeySource, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
 from neotwist.client.labels import commit_fields
@@ -57,6 +57,7 @@ from neotwist.client.pins import TargetPin
 from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
 from neotwist.client.progress import Progress
 from neotwist.client.reading import cut_fd
+from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.scan import ScanRecord, ScanStats, plain_names_only, scan
 from neotwist.client.workers import WorkerPool
 from neotwist.codec import PLAIN, ChunkCodec
@@ -72,14 +73,10 @@ from neotwist.wire.messages import (
     Entry,
     Have,
     Missing,
-    Open,
-    Opened,
     PushBegin,
     PushDeleted,
     PushEntries,
     Put,
-    RemoveTarget,
-    TargetRemoved,
 )
 from neotwist.wire.peer import Peer
 
@@ -128,6 +125,10 @@ class PushOptions:
     require_encryption: bool = False  # --require-encryption: refuse a plaintext target
     byte_names: bool = True  # the server stores any name (welcome.features); else odd names are skipped, named
     label: SnapshotLabel | None = None  # host, source and --tag of the snapshot (its warnings are added at commit)
+
+    @property
+    def access(self) -> Access:
+        return Access(self.keys, self.pin, self.require_encryption, self.grant_root)
 
 
 @dataclass
@@ -272,6 +273,26 @@ def _hash_once(fd: int, rec: ScanRecord, params: ChunkerParams, id_key: bytes | 
         rec.path, "f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, size, st.st_ino, st.st_ctime_ns, "", rec.extra
     )
     return out
+
+
+_Item = TypeVar("_Item")
+
+
+def _jobs(items: list[_Item], size: Callable[[_Item], int], most: int | None = None) -> list[list[_Item]]:
+    """``items`` in order, grouped into worker jobs of about JOB_BYTES (by ``size``) and at most ``most`` items:
+    a thread hop per job, not per small file or chunk."""
+    jobs: list[list[_Item]] = []
+    group: list[_Item] = []
+    group_bytes = 0
+    for item in items:
+        group.append(item)
+        group_bytes += size(item)
+        if group_bytes >= JOB_BYTES or (most is not None and len(group) >= most):
+            jobs.append(group)
+            group, group_bytes = [], 0
+    if group:
+        jobs.append(group)
+    return jobs
 
 
 EntryMaker = Callable[[ScanRecord, bytes], list[Entry]]
@@ -652,17 +673,7 @@ class _PushRun:
         if batch.vouched:
             await self._check_vouched(batch)
         # 1. hash the changed files, small ones grouped per job
-        jobs: list[list[ScanRecord]] = []
-        group: list[ScanRecord] = []
-        group_bytes = 0
-        for rec in batch.changed:
-            group.append(rec)
-            group_bytes += rec.size
-            if group_bytes >= JOB_BYTES or len(group) >= JOB_FILES:
-                jobs.append(group)
-                group, group_bytes = [], 0
-        if group:
-            jobs.append(group)
+        jobs = _jobs(batch.changed, lambda rec: rec.size, JOB_FILES)
         results = (
             await _gather(
                 [self._thread(_hash_job, self.root, job, params, self.id_key, self.make_entries) for job in jobs]
@@ -674,13 +685,29 @@ class _PushRun:
         # 2. entries, the cache and the new ids
         summary.files_scanned += batch.items
         summary.files += batch.cached_files
-        entries = self.entries
-        entries.extend(batch.ready)
+        self.entries.extend(batch.ready)
+        sources, held, changed_bytes = self._take_hashed(results)
+        progress = self.progress
+        if progress is not None:
+            progress.files(batch.items)
+            progress.bytes(batch.cached_bytes + changed_bytes)
+        await self.peer.drain()
+        self._flush_entries()
+        failed: dict[str, str] = {}
+        try:
+            await self._send(sources, failed)
+        finally:
+            self._release(held, failed)
+
+    def _take_hashed(self, results: list[list[_Hashed]]) -> tuple[list[_Source], dict[str, _Hashed], int]:
+        """The hashed files of a batch: (chunks not yet seen in this push, to be asked about and sent; files
+        re-read from disk to be sent, whose entries wait until their chunks are; bytes of changed files). The
+        others go into the snapshot now; those that could not be read are named."""
+        summary = self.summary
         seen = self.seen
         sources: list[_Source] = []
-        progress = self.progress
         changed_bytes = 0
-        held: dict[str, _Hashed] = {}  # re-read from disk to be sent: their entries wait until their chunks are
+        held: dict[str, _Hashed] = {}
         for files in results:
             for h in files:
                 rec = h.rec
@@ -704,16 +731,7 @@ class _PushRun:
                     held[rec.path] = h
                 else:
                     self._accept(h)
-        if progress is not None:
-            progress.files(batch.items)
-            progress.bytes(batch.cached_bytes + changed_bytes)
-        await self.peer.drain()
-        self._flush_entries()
-        failed: dict[str, str] = {}
-        try:
-            await self._send(sources, failed)
-        finally:
-            self._release(held, failed)
+        return sources, held, changed_bytes
 
     def _accept(self, h: _Hashed) -> None:
         """A read file goes into the snapshot (and the files cache, when it was stable while read)."""
@@ -756,17 +774,7 @@ class _PushRun:
         missing = [src for src in sources if src[0] in lacking]
 
         # 4. read, compress (in workers) and put them
-        jobs2: list[list[_Source]] = []
-        part2: list[_Source] = []
-        part_bytes = 0
-        for src in missing:
-            part2.append(src)
-            part_bytes += src[4]
-            if part_bytes >= JOB_BYTES:
-                jobs2.append(part2)
-                part2, part_bytes = [], 0
-        if part2:
-            jobs2.append(part2)
+        jobs2 = _jobs(missing, lambda src: src[4])
         level = self.options.compress_level
         # A few jobs ahead of the sending, not all of them: a 512 MiB file is 64 jobs, whose compressed chunks
         # all waited in memory for their turn to be put (the client peaked at 650 MiB).
@@ -828,19 +836,10 @@ async def push(
     local_root = os.path.abspath(local_root)
     if not os.path.isdir(local_root):
         raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
-    opened, crypt = await open_for_push(
-        peer,
-        target,
-        subpath,
-        options.keys,
-        options.encrypt,
-        options.keep_history,
-        options.grant_root.strip("/"),
-        options.pin,
-        options.require_encryption,
+    remote = await RemoteTarget.open_push(
+        peer, target, subpath, options.access, encrypt=options.encrypt, keep_history=options.keep_history
     )
-    if not isinstance(opened, Opened):
-        raise PushError(f"the server answered open with {type(opened).__name__}")
+    opened, crypt = remote.opened, remote.crypt
     if opened.encrypted != (crypt is not None):
         raise PushError(f"the server opened target {target} with the wrong encryption; nothing was sent")
     summary.encrypted = crypt is not None
@@ -854,7 +853,7 @@ async def push(
                 options.cache.load()
                 if options.cache.load_error and options.warn is not None:
                     options.warn(options.cache.load_error)
-            params = opened.chunker if crypt is None else crypt.chunker(opened.chunker)
+            params = remote.chunker
             pool = WorkerPool(minthreads=0, maxthreads=max(2, options.workers + 1), name="neo-push")
             pool.start()
             counting = _count_in_background(reactor, local_root, options)
@@ -987,14 +986,14 @@ async def _remove_unborn_target(peer: Peer, handle: int, target: str) -> bool:
     except Exception as e:  # no push had begun, or the connection is gone: the open below says which
         log.debug("abort of the failed first push: {why}", why=e)
     try:
-        root = await peer.request(Open(rid=0, target=target, path="", mode="read"))
-        if not isinstance(root, Opened) or root.latest is not None:
+        root = await RemoteTarget.open_root(peer, target, need_snapshot=False)
+        if root.latest is not None:
             return False
-        removed = await peer.request(RemoveTarget(rid=0, handle=root.handle))
+        await root.remove()
     except Exception as e:
         log.debug("the new target {target} stays: {why}", target=target, why=e)
         return False
-    return isinstance(removed, TargetRemoved)
+    return True
 
 
 async def _gather(ds: list[Any]) -> list[Any]:

@@ -107,9 +107,10 @@ def stdin_remote(args: argparse.Namespace, positional: list[str], default: str |
     raise UsageError("with --stdin give only REMOTE (the data comes from standard input)")
 
 
-def pipeline(args: argparse.Namespace, push: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """The coroutine function that does what the command line asks, called as :func:`neotwist.client.push.push`:
-    ``push`` itself, the dry run, or the push of standard input (dry or not)."""
+def pipeline(args: argparse.Namespace) -> Callable[..., Awaitable[Any]] | None:
+    """The coroutine function for what the command line asks beyond a push, called as
+    :func:`neotwist.client.push.push`: the dry run, or the push of standard input (dry or not); None for a
+    plain push."""
     if getattr(args, "stdin", False):
         from neotwist.client.stdinpush import push_stdin
 
@@ -118,7 +119,7 @@ def pipeline(args: argparse.Namespace, push: Callable[..., Awaitable[Any]]) -> C
         from neotwist.client.dryrun import dry_run
 
         return dry_run
-    return push
+    return None
 
 
 def describe(summary: Any) -> str:

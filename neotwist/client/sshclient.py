@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from neotwist.client.knownhosts import Confirm, KnownHostsFile, check_identity, fingerprint
-from neotwist.client.remote import ConnectError, Remote
+from neotwist.client.remote import AccessRefused, ConnectError, Remote
 from neotwist.sshchannel import CHANNEL_MAX_PACKET, CHANNEL_WINDOW, LinearBacklog
 
 log = Logger()
@@ -457,7 +457,7 @@ class _ClientTransport(transport.SSHClientTransport):
         remote = self._attempt.remote
         tried = ", ".join(self._auth.tried) if self._auth and self._auth.tried else "nothing"
         self._attempt.fail(
-            ConnectError(f"authentication failed for {remote.user}@{remote.address} (tried: {tried}){detail}")
+            AccessRefused(f"authentication failed for {remote.user}@{remote.address} (tried: {tried}){detail}")
         )
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:

@@ -1,7 +1,7 @@
 """The client side of the stash requests: targets, snapshots, file listings, versions, deleted files, prune and
 check, each as one coroutine over an open session's :class:`~neotwist.wire.peer.Peer`.
 
-The command lines (:mod:`neotwist.client.commands`) format what these return; neo-pull uses
+The command lines (:mod:`neotwist.client.stashcli`) format what these return; neo-pull uses
 :func:`resolve_snapshot` to turn ``--at TIME`` into a snapshot id. Replies that come in pages are gathered
 here, with the same bounds the pull listing applies.
 """

@@ -27,7 +27,7 @@ from twisted.internet.defer import DeferredQueue
 from twisted.internet.threads import deferToThreadPool
 
 from neotwist.chunking import DEFAULT_PARAMS, Chunker
-from neotwist.client.encryption import Crypt, open_for_push, plain_errors
+from neotwist.client.encryption import Crypt, plain_errors
 from neotwist.client.labels import commit_fields
 from neotwist.client.push import (
     PushError,
@@ -41,6 +41,7 @@ from neotwist.client.push import (
     ask_missing,
     take_entry_messages,
 )
+from neotwist.client.remotetarget import RemoteTarget
 from neotwist.client.scan import ScanRecord
 from neotwist.client.workers import WorkerPool
 from neotwist.wire.errors import ErrorCode, RemoteError
@@ -163,10 +164,11 @@ async def push_stdin(
     opened: Opened | None = None
     crypt: Crypt | None = None
     try:
-        opened, crypt = await open_for_push(
-            peer, target, subpath, options.keys, options.encrypt, None if dry_run else options.keep_history,
-            options.grant_root.strip("/"), options.pin, options.require_encryption, create=not dry_run,
+        remote_target = await RemoteTarget.open_push(
+            peer, target, subpath, options.access, encrypt=options.encrypt,
+            keep_history=None if dry_run else options.keep_history, create=not dry_run,
         )  # fmt: skip
+        opened, crypt = remote_target.opened, remote_target.crypt
     except RemoteError as e:
         if not dry_run or e.code != ErrorCode.NO_SUCH_TARGET:
             raise

@@ -96,7 +96,7 @@ async def send_chunks(
                         path=files[k].where,
                         why=e.message,
                     )
-                    raise NeoError(ErrorCode.DAMAGED, f"{files[k].named}: {e.message}") from None
+                    raise NeoError(ErrorCode.DAMAGED, e.message, path=files[k].named) from None
                 raise
             out.append(ChunkReply(rid=rid, id=cid, codec=cast(Codec, codec), size=size, data=data))
         return out

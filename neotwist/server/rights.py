@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 from neotwist import paths
 from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.messages import RIGHTS_TEXT
+
+__all__ = ["RIGHTS_TEXT", "Access", "GrantView", "Right", "resolve"]
 
 
 class Right(enum.IntEnum):
@@ -38,10 +41,6 @@ class Right(enum.IntEnum):
             return cls[text.strip().upper()]
         except KeyError:
             raise ValueError(f"unknown right {text!r}: use read, append, write or full") from None
-
-
-RIGHTS_TEXT = "read (list, pull), append (read + push), write (append + push --delete), full (write + prune, remove)"
-"""One line explaining the rights, for help texts."""
 
 
 @dataclass(frozen=True)

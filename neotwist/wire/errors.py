@@ -52,12 +52,18 @@ FATAL_CODES = frozenset(
 
 
 class NeoError(Exception):
-    """An error with a protocol code. Raised by handlers; sent to the peer as an ``error`` message."""
+    """An error with a protocol code. Raised by handlers; sent to the peer as an ``error`` message.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+    ``path``: the path the error is about, as the sender names it, when there is one (a damaged file, say);
+    ``reason`` is then the message without it, and ``message`` both, as a person reads them. A receiver takes
+    the path and the reason from their fields, never by cutting the message apart."""
+
+    def __init__(self, code: ErrorCode, message: str, path: str | None = None) -> None:
         self.code = code
-        self.message = message
+        self.path = path
+        self.reason = message
+        self.message = message if path is None else f"{path}: {message}"
+        super().__init__(f"{code}: {self.message}")
 
     @property
     def fatal(self) -> bool:

@@ -78,9 +78,6 @@ MAX_TEXT = 4096
 MAX_PASSWORD = 72
 """bcrypt only looks at 72 bytes; longer passwords are refused rather than silently cut."""
 
-MAX_IN_FLIGHT_REQUESTS = 4096
-"""Requests awaiting a reply on one connection."""
-
 MAX_OPEN_HANDLES = 16
 """Targets opened at once on one connection."""
 

@@ -81,6 +81,9 @@ class ChunkerParams(msgspec.Struct, array_like=True, frozen=True):
 RightName = Literal["read", "append", "write", "full"]
 """A right as spelled on the wire (see neotwist.server.rights.Right)."""
 
+RIGHTS_TEXT = "read (list, pull), append (read + push), write (append + push --delete), full (write + prune, remove)"
+"""One line explaining the rights, for the help texts of neo-share (client) and neo-admin (server)."""
+
 
 class TargetInfo(msgspec.Struct, array_like=True, frozen=True):
     """One target the account can reach. ``right`` and ``owner`` (issue 5) describe a granted target: its
@@ -163,10 +166,12 @@ class Ok(Message, tag="ok"):
 
 
 class Error(Message, tag="error"):
-    """A request failed. ``code`` is one of :class:`neotwist.wire.errors.ErrorCode`."""
+    """A request failed. ``code`` is one of :class:`neotwist.wire.errors.ErrorCode`. ``path``: the path the
+    error is about, when it names one (``message`` is then the reason alone)."""
 
     code: Annotated[str, msgspec.Meta(max_length=64)]
     message: Text
+    path: Text | None = None
 
 
 # --- targets -----------------------------------------------------------------------------------------------

@@ -67,8 +67,8 @@ def _remote_error(message: Error) -> RemoteError:
     try:
         code = ErrorCode(message.code)
     except ValueError:
-        return RemoteError(ErrorCode.PROTOCOL, f"unknown error code {message.code!r}: {message.message}")
-    return RemoteError(code, message.message)
+        return RemoteError(ErrorCode.PROTOCOL, f"unknown error code {message.code!r}: {message.message}", message.path)
+    return RemoteError(code, message.message, message.path)
 
 
 class Peer(Protocol):
@@ -177,10 +177,12 @@ class Peer(Protocol):
 
     def reply_error(self, rid: int, error: NeoError) -> None:
         """Send an ``error`` reply; if the error is fatal, close the connection after it is written."""
-        text = error.message
+        text, path = error.reason, error.path
         if len(text) > limits.MAX_TEXT:
             text = text[: limits.MAX_TEXT - 3] + "..."
-        frame = Error(rid=rid, code=str(error.code), message=text)
+        if path is not None and len(path) > limits.MAX_TEXT:
+            text, path = error.message[: limits.MAX_TEXT - 3] + "...", None
+        frame = Error(rid=rid, code=str(error.code), message=text, path=path)
         if error.fatal:
             self._abort(frame)
         else:

@@ -12,11 +12,10 @@ import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from neotwist import paths
 from neotwist.client import metadata, stash
 from neotwist.client.clibase import (
     EXIT_AUTH,
@@ -26,27 +25,17 @@ from neotwist.client.clibase import (
     REMOTE_FORM,
     REPOSITORY_ENV,
     Parser,
+    access,
     add_connection_options,
     add_key_options,
     add_output_options,
     add_version,
     connect_options,
     default_remote,
-    key_source,
     open_session,
     start_logging,
-    target_pin,
 )
-from neotwist.client.encryption import (
-    Crypt,
-    EncryptionDowngrade,
-    EncryptionRefused,
-    Namer,
-    decrypt_deleted,
-    decrypt_versions,
-    open_for_read,
-    plain_errors,
-)
+from neotwist.client.encryption import EncryptionDowngrade, EncryptionRefused
 from neotwist.client.labels import Labelled, keep_tagged, matches, read_labels, tag_filter
 from neotwist.client.metadata import exact_link
 from neotwist.client.pins import PinFileError
@@ -58,8 +47,11 @@ from neotwist.display import json_name, shown, write_json
 from neotwist.sizes import human_size
 from neotwist.wire import limits
 from neotwist.wire.label import LabelError
-from neotwist.wire.messages import GetUsage, Opened, UsageInfo
-from neotwist.wire.peer import Peer
+from neotwist.wire.messages import UsageInfo
+
+if TYPE_CHECKING:
+    from neotwist.client.api import Client
+    from neotwist.client.remotetarget import RemoteTarget
 
 _LS_EPILOG = f"""\
 REMOTE is {REMOTE_FORM}; /TARGET may be left out to list the account's targets.
@@ -233,20 +225,21 @@ def _duration(text: str) -> float:
 
 
 def _run(
-    prog: str, args: argparse.Namespace, remote: Remote, body: Callable[[Peer], Awaitable[int]]
+    prog: str, args: argparse.Namespace, remote: Remote, body: Callable[[Client], Awaitable[int]]
 ) -> int:
-    """Connect to ``remote``, run ``body`` on the session, say bye; map failures to one line and an exit code."""
+    """Connect to ``remote``, run ``body`` with the API's client, say bye; map failures to one line and an
+    exit code."""
     start_logging(args.debug)
 
     async def run(reactor: Any) -> int:
         from neotwist.client.push import describe_error
         from neotwist.wire.errors import ErrorCode, NeoError
 
-        session = await open_session(reactor, prog, remote, connect_options(args))
-        if isinstance(session, int):
-            return session
+        client = await open_session(reactor, prog, remote, connect_options(args))
+        if isinstance(client, int):
+            return client
         try:
-            return await body(session.peer)
+            return await body(client)
         except stash.StashError as e:
             sys.stderr.write(f"{prog}: {e}\n")
             return EXIT_FAILED
@@ -261,7 +254,7 @@ def _run(
             return EXIT_AUTH if e.code in (ErrorCode.AUTH_FAILED, ErrorCode.AUTH_REQUIRED) else EXIT_FAILED
         finally:
             try:
-                await session.close()
+                await client.close()
             except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
                 pass
 
@@ -287,21 +280,12 @@ def _parse(parser: Parser, argv: Sequence[str] | None, need_target: bool = True)
 # --- neo-ls ------------------------------------------------------------------------------------------------
 
 
-async def _open_snapshotted(peer: Peer, args: argparse.Namespace, remote: Remote) -> tuple[Opened, Crypt | None]:
+async def _open_snapshotted(client: Client, args: argparse.Namespace, remote: Remote) -> RemoteTarget:
     """Open REMOTE for reading as neo-ls and neo-check do (key, grant root, pin and --require-encryption from
     the command line); a target without a snapshot yet is an error that says to push first."""
-    opened, crypt = await open_for_read(
-        peer,
-        remote.target,
-        remote.path,
-        key_source(args),
-        args.grant_root.strip("/"),
-        target_pin(remote),
-        args.require_encryption,
-    )
-    if not opened.exists or opened.latest is None:
-        raise stash.StashError(f"target {remote.target} has no snapshot yet; push to it first")
-    return opened, crypt
+    target = await client.open(remote.target, remote.path, access(args, remote))
+    target.require_snapshot()
+    return target
 
 
 def ls_main(argv: Sequence[str] | None = None) -> int:
@@ -333,64 +317,38 @@ def ls_main(argv: Sequence[str] | None = None) -> int:
             "below REMOTE's path, --versions one path)"
         )
 
-    async def body(peer: Peer) -> int:
+    async def body(client: Client) -> int:
         if args.usage:
-            return _show_usage(args, await peer.request(GetUsage(rid=0)))
+            return _show_usage(args, await client.usage())
         if not remote.target:
-            return _show_targets(args, await stash.list_targets(peer))
-        # An encrypted target is opened at its encrypted sub-path and listed decrypted (issue 6): names and
-        # metadata come from the entries' sealed metadata, authenticated on the way.
-        opened, crypt = await _open_snapshotted(peer, args, remote)
-        with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
-            namer = Namer(peer, opened.handle, crypt) if crypt is not None else None
-            code = EXIT_OK
-            if args.snapshots:
-                snaps = await stash.snapshots(peer, opened.handle)
-                if namer is not None:
-                    snaps = [await _named_root(namer, r) for r in snaps]
-                labelled = read_labels(snaps, crypt.keys if crypt is not None else None)
-                for x in labelled:
-                    if x.unreadable:
-                        sys.stderr.write(f"neo-ls: warning: snapshot {x.record.id}'s label: {x.unreadable}\n")
-                code = _show_snapshots(args, remote, [x for x in labelled if matches(x.tags, tags)])
-            elif args.versions is not None:
-                path = args.versions.strip("/")
-                wanted_path = crypt.encrypt_subpath(path) if crypt is not None else paths.to_wire(path)
-                versions = await stash.versions(peer, opened.handle, wanted_path)
-                if crypt is not None:
-                    versions = await decrypt_versions(peer, opened.handle, crypt, path, versions)
-                code = _show_versions(args, remote, path, versions)
-            elif args.deleted:
-                gone = await stash.deleted(peer, opened.handle)
-                if namer is not None:
-                    gone = await decrypt_deleted(namer, gone)
-                code = _show_deleted(args, remote, gone)
-            else:
-                wanted = args.snapshot
-                if at is not None:
-                    wanted = stash.resolve_snapshot(await stash.snapshots(peer, opened.handle), at, None)
-                snapshot, entries = await stash.entries(peer, opened.handle, wanted, "", args.recursive)
-                if crypt is not None:
-                    decrypted = crypt.decrypt_listing(entries)
-                    entries = decrypted.entries
-                    if namer is not None:
-                        namer.errors.extend(decrypted.errors)
-                code = _show_entries(args, remote, snapshot, entries)
-            if namer is not None and namer.errors:
-                for text in namer.errors:
-                    sys.stderr.write(f"neo-ls: not listed: {text}\n")
-                return EXIT_FAILED
-            return code
+            return _show_targets(args, await client.targets())
+        # An encrypted target is opened at its encrypted sub-path and listed decrypted: names and metadata come
+        # from the entries' sealed metadata, authenticated on the way; errors name plaintext paths.
+        target = await _open_snapshotted(client, args, remote)
+        if args.snapshots:
+            labelled = read_labels(await target.snapshots(), target.crypt.keys if target.crypt is not None else None)
+            for x in labelled:
+                if x.unreadable:
+                    sys.stderr.write(f"neo-ls: warning: snapshot {x.record.id}'s label: {x.unreadable}\n")
+            code = _show_snapshots(args, remote, [x for x in labelled if matches(x.tags, tags)])
+        elif args.versions is not None:
+            path = args.versions.strip("/")
+            code = _show_versions(args, remote, path, await target.versions(path))
+        elif args.deleted:
+            code = _show_deleted(args, remote, await target.deleted())
+        else:
+            wanted = args.snapshot
+            if at is not None:
+                wanted = stash.resolve_snapshot(await target.snapshots(named=False), at, None)
+            snapshot, entries = await target.entries(wanted, "", args.recursive)
+            code = _show_entries(args, remote, snapshot, entries)
+        if target.errors:
+            for text in target.errors:
+                sys.stderr.write(f"neo-ls: not listed: {text}\n")
+            return EXIT_FAILED
+        return code
 
     return _run("neo-ls", args, remote, body)
-
-
-async def _named_root(namer: Namer, record: Any) -> Any:
-    """A snapshot record whose push root (an encrypted path) is shown in plaintext."""
-    if not record.root:
-        return record
-    e = await namer.entry(record.id, record.root)
-    return msgspec.structs.replace(record, root=e.path if e is not None else "(unnamed)")
 
 
 def _table(rows: list[list[str]], right: Sequence[int] = ()) -> str:
@@ -423,10 +381,8 @@ def _show_targets(args: argparse.Namespace, targets: list[Any]) -> int:
     return EXIT_OK
 
 
-def _show_usage(args: argparse.Namespace, info: Any) -> int:
-    """``neo-ls --usage``: what the account uses against its quota (issue 5)."""
-    if not isinstance(info, UsageInfo):
-        raise stash.StashError(f"the server answered usage with {type(info).__name__}")
+def _show_usage(args: argparse.Namespace, info: UsageInfo) -> int:
+    """``neo-ls --usage``: what the account uses against its quota."""
     available = None if info.quota is None else max(0, info.quota - info.used)
     if args.json:
         _print_json(
@@ -635,26 +591,26 @@ def prune_main(argv: Sequence[str] | None = None) -> int:
     except LabelError as e:
         parser.error(str(e))
 
-    async def body(peer: Peer) -> int:
+    async def body(client: Client) -> int:
         rules: dict[str, Any] = dict(policy)
-        if keep_tags:
+        if not keep_tags:
+            reply = await client.prune(remote.target, rules, args.dry_run)
+        else:
             # The tags are read here (sealed in an encrypted target): the server is told which snapshots to keep.
-            opened, crypt = await _open_snapshotted(peer, args, remote)
-            with plain_errors(crypt):
-                labelled = read_labels(await stash.snapshots(peer, opened.handle), crypt.keys if crypt else None)
+            target = await _open_snapshotted(client, args, remote)
+            keys = target.crypt.keys if target.crypt is not None else None
+            labelled = read_labels(await target.snapshots(named=False), keys)
             for x in labelled:
                 if x.unreadable:
                     sys.stderr.write(f"neo-prune: warning: snapshot {x.record.id} is kept: its tags cannot be read "
-                                     f"({x.unreadable})\n")
+                                     f"({x.unreadable})\n")  # fmt: skip
             rules["keep_tagged"], rules["tagged_through"] = keep_tagged(labelled, keep_tags)
             if len(rules["keep_tagged"]) > limits.MAX_PRUNE_LISTED:
                 raise stash.StashError(
                     f"--keep-tag matches {len(rules['keep_tagged'])} snapshots; one prune can keep at most "
                     f"{limits.MAX_PRUNE_LISTED} by tag: prune with other rules first"
                 )
-        else:
-            opened = await stash.open_target(peer, remote.target)
-        reply = await stash.prune(peer, opened.handle, rules, args.dry_run)
+            reply = await target.prune(rules, args.dry_run)
         reclaimed = max(0, reply.disk_before - reply.disk_after)
         if args.json:
             _print_json(
@@ -693,32 +649,28 @@ def check_main(argv: Sequence[str] | None = None) -> int:
     parser = _check_parser()
     args, remote = _parse(parser, argv)
 
-    async def body(peer: Peer) -> int:
+    async def body(client: Client) -> int:
         from neotwist.client.progress import Progress
 
-        opened, crypt = await _open_snapshotted(peer, args, remote)
-        with plain_errors(crypt):  # every request on the handle: errors name plaintext paths
-            show = (not (args.quiet or args.json)) if args.progress is None else args.progress
-            progress = Progress(show, "checked", count_files=False)
-            seen = [0]
+        show = (not (args.quiet or args.json)) if args.progress is None else args.progress
+        bars: list[Progress] = []  # made at the first progress report: after the open (and any passphrase prompt)
+        seen = [0]
 
-            def on_progress(done: int, total: int) -> None:
-                progress.total_bytes(total)
-                progress.bytes(done - seen[0])
-                seen[0] = done
+        def on_progress(done: int, total: int) -> None:
+            if not bars:
+                bars.append(Progress(show, "checked", count_files=False))
+            bars[0].total_bytes(total)
+            bars[0].bytes(done - seen[0])
+            seen[0] = done
 
-            try:
-                report = await stash.check(peer, opened.handle, args.verify_data, on_progress, args.repair)
-            finally:
-                progress.close()
-            if crypt is not None and report.files:
-                # the server names damaged files by encrypted paths: name them from the snapshots that hold them
-                namer = Namer(peer, opened.handle, crypt)
-                named = []
-                for f in report.files:
-                    e = await namer.entry(f.snapshots[-1], f.path) if f.snapshots else None
-                    named.append(msgspec.structs.replace(f, path=e.path if e is not None else f"(encrypted) {f.path}"))
-                report = msgspec.structs.replace(report, files=named)
+        try:
+            # damaged files of an encrypted target are named from the snapshots that hold them, with its key
+            report = await client.check(
+                remote.target, remote.path, args.verify_data, args.repair, on_progress, access(args, remote)
+            )
+        finally:
+            for bar in bars:
+                bar.close()
         if args.json:
             _print_json(
                 {

@@ -16,7 +16,7 @@ import getpass
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from neotwist import paths
 from neotwist.client.clibase import (
@@ -33,29 +33,28 @@ from neotwist.client.clibase import (
 from neotwist.client.credentials import confirm
 from neotwist.client.pins import PinFileError, TargetPin
 from neotwist.client.remote import Remote, UsageError, parse_remote
+from neotwist.client.remotetarget import RemoteTarget
 from neotwist.client.runner import entry_point, react
+from neotwist.client.stash import StashError
 from neotwist.display import shown, write_json
-from neotwist.server.rights import RIGHTS_TEXT
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import (
+    RIGHTS_TEXT,
     GrantAccess,
     ListShares,
     ListTargets,
     Ok,
-    Open,
-    Opened,
-    RemoveTarget,
     Revoke,
+    RightName,
     Shares,
     SubAccountAdd,
     SubAccountRemove,
     SubAccountSet,
-    TargetRemoved,
     Targets,
 )
 from neotwist.wire.peer import Peer
 
-RIGHTS = ("read", "append", "write", "full")
+RIGHTS = get_args(RightName)
 
 _SHARE_EPILOG = f"""\
 REMOTE is [ssh://|tls://]USER@HOST[:PORT] (the account that owns the targets; no /TARGET).
@@ -229,20 +228,20 @@ def _run(prog: str, args: argparse.Namespace, remote: Remote, options: Any, job:
     async def run(reactor: Any) -> int:
         from neotwist.client.push import describe_error
 
-        session = await open_session(reactor, prog, remote, options)
-        if isinstance(session, int):
-            return session
+        client = await open_session(reactor, prog, remote, options)
+        if isinstance(client, int):
+            return client
         try:
-            await job(session.peer)
+            await job(client.peer)
         except NeoError as e:
             sys.stderr.write(f"{prog}: {describe_error(e)}\n")
             return EXIT_AUTH if e.code in (ErrorCode.AUTH_FAILED, ErrorCode.AUTH_REQUIRED) else EXIT_FAILED
-        except _Declined as e:
+        except (_Declined, StashError) as e:
             sys.stderr.write(f"{prog}: {e}\n")
             return EXIT_FAILED
         finally:
             try:
-                await session.close()
+                await client.close()
             except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
                 pass
         return 0
@@ -388,12 +387,12 @@ def target_main(argv: Sequence[str] | None = None) -> int:
         info = next((t for t in listed.targets if t.name == remote.target), None)
         if info is None:
             raise NeoError(ErrorCode.NO_SUCH_TARGET, f"there is no target {remote.target!r} (neo-ls lists them)")
-        opened: Opened = _expect(await peer.request(Open(rid=0, target=remote.target, path="", mode="read")), Opened)
+        whole = await RemoteTarget.open_root(peer, remote.target, need_snapshot=False)
         if not args.yes:
             question = f"remove target {remote.target!r} with {info.snapshots} snapshot(s) and all its data?"
             if not confirm(question):
                 raise _Declined("nothing was removed")
-        removed: TargetRemoved = _expect(await peer.request(RemoveTarget(rid=0, handle=opened.handle)), TargetRemoved)
+        removed = await whole.remove()
         # the target is gone, whichever transport removed it: this client's encryption pins of it (one per
         # address: ssh's port and tls's) would refuse a plaintext target of that name
         try:
