@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from twisted.internet.task import LoopingCall
 
+from neotwist.client import pushflags
 from neotwist.client.argvsecret import hide_secrets
 from neotwist.client.clibase import (
     EXIT_AUTH,
@@ -79,18 +80,19 @@ examples:
       that it is encrypted and ask for the key's passphrase: a prompt, --passphrase-stdin or NEO_PASSPHRASE)
   neo-push --tag daily --tag db,pre-upgrade ~/src alice@nas/src
       tag the snapshot "daily", "db" and "pre-upgrade" (neo-ls --snapshots --tag db, neo-prune --keep-tag)
-
+{pushflags}
 Each snapshot records this machine's name (--hostname), the directory pushed, its tags, and whether it is
 incomplete (the push exited 23): neo-ls --snapshots shows them (sealed in an encrypted target).
+
 Unchanged files are found with a files cache (size, mtime, inode, ctime) and not read again; only chunks the
 server lacks are sent. Filter files mix gitignore patterns and the original '<file|dir|path> <accept|reject>
 <regex>' rules: see --make-sample-filter-file.
 
-exit codes: 0 done; 1 failed; 2 usage error; 3 authentication, host key or encryption pin refused;
-23 done, but some items were not stored: sockets, unreadable files or directories, names or paths
-that cannot be stored, files that kept changing while they were read (each is named on stderr with its
-reason, and in --json "warnings");
-130 interrupted.
+exit codes: 0 done; 1 failed (with --stdin: also when standard input was empty); 2 usage error;
+3 authentication, host key or encryption pin refused; 23 done (or, with --dry-run, would be done), but some
+items were not stored: sockets, unreadable files or directories, names or paths that cannot be stored,
+files that kept changing while they were read (each is named on stderr with its reason, and in --json
+"warnings"); 130 interrupted.
 """
 
 _PULL_EPILOG = """\
@@ -125,9 +127,9 @@ safe write (each is named on stderr with its reason, and in --json "warnings_det
 def build_parser(direction: Direction) -> argparse.ArgumentParser:
     prog = f"neo-{direction}"
     if direction == "push":
-        usage = f"{prog} [options] LOCAL_DIR REMOTE"
+        usage = f"{prog} [options] LOCAL_DIR REMOTE\n       {prog} [options] --stdin [--stdin-filename NAME] REMOTE"
         description = "Push a local directory to a Neophytos server as one new snapshot."
-        epilog = _PUSH_EPILOG
+        epilog = _PUSH_EPILOG.format(pushflags=pushflags.EXAMPLES)
     else:
         usage = f"{prog} [options] REMOTE LOCAL_DIR"
         description = "Pull a snapshot (the latest by default) from a Neophytos server into a directory."
@@ -164,6 +166,7 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           "at most 64, each up to 128 characters, no commas or control characters)")  # fmt: skip
         work.add_argument("--hostname", metavar="NAME",
                           help="the host name the snapshot records (default: this machine's)")
+        pushflags.add_arguments(work)
     else:
         work.add_argument("--checksum", action="store_true",
                           help="compare content instead of trusting size and mtime")
@@ -259,6 +262,8 @@ def _human(direction: Direction, summary: Any, delete: bool = False) -> str:
     """The plain-text summary; ``delete``: the push ran with --delete, so say how many paths it recorded as
     deleted (0 included: the user asked for it and should see that it happened)."""
     size = human_size
+    if getattr(summary, "dry_run", False):
+        return pushflags.describe(summary)
     if direction == "push":
         deleted = f", {summary.deleted} recorded as deleted" if delete else ""
         lines = [
@@ -298,6 +303,7 @@ def _filter(args: argparse.Namespace) -> Filter:
             filt.add_patterns(args.exclude)
     except FilterError as e:
         raise UsageError(str(e)) from None
+    filt.dirs = pushflags.dir_rules(args)
     return filt
 
 
@@ -441,7 +447,7 @@ async def _run(
     label = _label(args, local) if direction == "push" else None
     options = connect_options(args)
     keys = key_source(args)  # after connect_options: with both -stdin flags, the password is line 1
-    if direction == "push" and not os.path.isdir(local):
+    if direction == "push" and not getattr(args, "stdin", False) and not os.path.isdir(local):
         sys.stderr.write(f"neo-push: {local} is not a directory; give the directory to push as LOCAL_DIR\n")
         return EXIT_FAILED
     started = time.monotonic()  # elapsed_s covers the whole run: connecting and authenticating too
@@ -460,7 +466,11 @@ async def _run(
         if direction == "push":
             assert filt is not None
             push_options = _push_options(args, remote, local, filt, keys, progress, label)
-            summary = await client.push(local, remote.target, remote.path, push_options)
+            special = pushflags.pipeline(args)  # the dry run, or the push of standard input
+            if special is not None:
+                summary = await special(reactor, client.peer, local, remote.target, remote.path, push_options)
+            else:
+                summary = await client.push(local, remote.target, remote.path, push_options)
         else:
             summary = await client.pull(remote.target, local, remote.path, _pull_options(args, remote, keys, progress))
     except Exception as e:
@@ -478,9 +488,10 @@ async def _run(
         except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
             pass
     if code == EXIT_OK and direction == "push" and summary is not None and summary.warnings_count:
+        dry = getattr(args, "dry_run", False)
+        what = "the push would be incomplete" if dry else f"snapshot {summary.snapshot} is incomplete"
         sys.stderr.write(
-            f"neo-push: snapshot {summary.snapshot} is incomplete: {summary.warnings_count} item(s) were not stored"
-            " (named above with the reason)\n"
+            f"neo-push: {what}: {summary.warnings_count} item(s) were not stored (named above with the reason)\n"
         )
         code = EXIT_PARTIAL
     if summary is not None:
@@ -511,7 +522,11 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
             parser.error("--stdout takes REMOTE/PATH alone: the file's bytes go to standard output")
         return pull_to_stdout(parser, args, args.args[0])
     try:
-        local, remote_text = _split_args(args, program)
+        if direction == "push" and getattr(args, "stdin", False):  # no LOCAL_DIR: the data comes from stdin
+            local, remote_text = "", pushflags.stdin_remote(args, list(args.args), default_remote())
+            args.stdin_name = pushflags.check_stdin(args)
+        else:
+            local, remote_text = _split_args(args, program)
         parse_remote(remote_text)  # usage errors before any connection
         args.at_time = None
         if getattr(args, "at", None) is not None:

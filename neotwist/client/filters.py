@@ -11,7 +11,8 @@ A filter file mixes two kinds of lines, classified one line at a time:
 
 An item is judged by the regex rules first (their first match wins); when none matches, the gitignore patterns
 decide; with neither, it is taken. A directory that is rejected is never descended, so nothing under it is
-even listed. ``--exclude PATTERN`` adds gitignore patterns after the file's.
+even listed. ``--exclude PATTERN`` adds gitignore patterns after the file's. A filter also carries the
+push's directory-level rules (:mod:`neotwist.client.dirrules`: other file systems, tagged directories).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Literal
 
 from pathspec import GitIgnoreSpec
+
+from neotwist.client.dirrules import DirRules
 
 RuleKind = Literal["file", "dir", "path"]
 
@@ -74,6 +77,7 @@ class Filter:
 
     rules: list[Rule] = field(default_factory=list)
     patterns: list[str] = field(default_factory=list)
+    dirs: DirRules | None = None  # --one-file-system, --exclude-caches, --exclude-if-present (applied by the walk)
     _spec: GitIgnoreSpec | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -67,6 +67,7 @@ from neotwist.wire.label import SnapshotLabel
 from neotwist.wire.messages import (
     Abort,
     ChunkerParams,
+    Codec,
     Commit,
     Committed,
     Entry,
@@ -531,8 +532,21 @@ class _PushRun:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     async def run(self) -> Committed:
+        await self.peer.request(
+            PushBegin(rid=0, handle=self.handle, delete=self.options.delete, parent=self.parent)
+        )
+        await self.walk()
+        fields = commit_fields(
+            self.options.label, self.summary.warnings_count, None if self.crypt is None else self.crypt.keys
+        )
+        reply = await self.peer.request(Commit(rid=0, handle=self.handle, **fields))
+        if not isinstance(reply, Committed):
+            raise PushError(f"the server answered commit with {type(reply).__name__}")
+        return reply
+
+    async def walk(self) -> None:
+        """Scan, hash, ask and send everything; the entries are posted, the commit is the caller's."""
         peer = self.peer
-        await peer.request(PushBegin(rid=0, handle=self.handle, delete=self.options.delete, parent=self.parent))
         if self.cache is not None:
             self.cache.new = {}
             self.cache.new_entries = {}
@@ -582,13 +596,6 @@ class _PushRun:
         await peer.drain()
         self.summary.files_skipped += self.stats.skipped
         self.summary.files_filtered += self.stats.filtered
-        fields = commit_fields(
-            self.options.label, self.summary.warnings_count, None if self.crypt is None else self.crypt.keys
-        )
-        reply = await peer.request(Commit(rid=0, handle=self.handle, **fields))
-        if not isinstance(reply, Committed):
-            raise PushError(f"the server answered commit with {type(reply).__name__}")
-        return reply
 
     def _flush_entries(self, force: bool = False) -> None:
         if self.cache is not None:
@@ -635,26 +642,7 @@ class _PushRun:
             self.peer.post(PushDeleted(rid=0, handle=self.handle, paths=part))
 
     async def _missing(self, ids: list[bytes]) -> set[bytes]:
-        """The ids of ``ids`` the server lacks: ``have`` requests of up to MAX_IDS ids, HAVES_IN_FLIGHT at once
-        (a batch of cached files being verified may name millions of ids)."""
-        lacking: set[bytes] = set()
-        group = HAVES_IN_FLIGHT * limits.MAX_IDS
-        for first in range(0, len(ids), group):
-            part = ids[first : first + group]
-            requests = [
-                self.peer.request(Have(rid=0, handle=self.handle, ids=part[start : start + limits.MAX_IDS]))
-                for start in range(0, len(part), limits.MAX_IDS)
-            ]
-            for n, reply in enumerate(await _gather(requests)):
-                if not isinstance(reply, Missing):
-                    raise PushError(f"the server answered have with {type(reply).__name__}")
-                base = n * limits.MAX_IDS
-                count = min(limits.MAX_IDS, len(part) - base)
-                if len(reply.bitmap) * 8 < count:
-                    raise PushError("the server's missing bitmap is shorter than the have request")
-                if any(reply.bitmap):
-                    lacking.update(part[base + i] for i in range(count) if reply.bitmap[i >> 3] >> (i & 7) & 1)
-        return lacking
+        return await ask_missing(self.peer, self.handle, ids)
 
     async def _check_vouched(self, batch: _Batch) -> None:
         """Verify mode: the files the cache vouches for keep their cached entries unless the server lacks one of
@@ -776,7 +764,6 @@ class _PushRun:
     async def _send(self, sources: list[_Source], failed: dict[str, str]) -> None:
         """Ask which of ``sources`` the server lacks and put those; files that could not give their chunks are
         added to ``failed``."""
-        summary = self.summary
         if not sources:
             return
 
@@ -789,8 +776,6 @@ class _PushRun:
         # 4. read, compress (in workers) and put them
         jobs2 = _jobs(missing, lambda src: src[4])
         level = self.options.compress_level
-        peer = self.peer
-        handle = self.handle
         # A few jobs ahead of the sending, not all of them: a 512 MiB file is 64 jobs, whose compressed chunks
         # all waited in memory for their turn to be put (the client peaked at 650 MiB).
         queued = iter(jobs2)
@@ -819,10 +804,14 @@ class _PushRun:
                     if src[0] not in sent:
                         self.seen.discard(src[0])  # not sent: whoever needs it again must send it
             for cid, codec, size, payload, raw_size in ready:
-                await peer.drain()
-                peer.post(Put(rid=0, handle=handle, id=cid, codec=codec, size=size, data=payload))
-                summary.chunks_sent += 1
-                summary.chunk_bytes_sent += raw_size
+                await self._put(cid, codec, size, payload, raw_size)
+
+    async def _put(self, cid: bytes, codec: Codec, size: int, payload: bytes, raw_size: int) -> None:
+        """Send one chunk (a dry run counts it instead)."""
+        await self.peer.drain()
+        self.peer.post(Put(rid=0, handle=self.handle, id=cid, codec=codec, size=size, data=payload))
+        self.summary.chunks_sent += 1
+        self.summary.chunk_bytes_sent += raw_size
 
     def _warn(self, rel: str, reason: str) -> None:
         self._report(Problem(shown(os.path.join(self.root, rel)), reason))
@@ -962,6 +951,29 @@ def _count_in_background(reactor: Any, root: str, options: PushOptions) -> Calla
         pool.stop()
 
     return finish
+
+
+async def ask_missing(peer: Peer, handle: int, ids: list[bytes]) -> set[bytes]:
+    """The ids of ``ids`` the server lacks: ``have`` requests of up to MAX_IDS ids, HAVES_IN_FLIGHT at once
+    (a batch of cached files being verified may name millions of ids)."""
+    lacking: set[bytes] = set()
+    group = HAVES_IN_FLIGHT * limits.MAX_IDS
+    for first in range(0, len(ids), group):
+        part = ids[first : first + group]
+        requests = [
+            peer.request(Have(rid=0, handle=handle, ids=part[start : start + limits.MAX_IDS]))
+            for start in range(0, len(part), limits.MAX_IDS)
+        ]
+        for n, reply in enumerate(await _gather(requests)):
+            if not isinstance(reply, Missing):
+                raise PushError(f"the server answered have with {type(reply).__name__}")
+            base = n * limits.MAX_IDS
+            count = min(limits.MAX_IDS, len(part) - base)
+            if len(reply.bitmap) * 8 < count:
+                raise PushError("the server's missing bitmap is shorter than the have request")
+            if any(reply.bitmap):
+                lacking.update(part[base + i] for i in range(count) if reply.bitmap[i >> 3] >> (i & 7) & 1)
+    return lacking
 
 
 async def _remove_unborn_target(peer: Peer, handle: int, target: str) -> bool:

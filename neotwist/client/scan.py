@@ -104,6 +104,7 @@ def scan(
     """
     if stats is None:
         stats = ScanStats()
+    rules = filt.dirs if filt is not None and filt.dirs is not None and not filt.dirs.empty else None
     filt = None if filt is None or filt.empty else filt
 
     def skip(path: str, reason: str) -> None:
@@ -119,7 +120,7 @@ def scan(
             stats.note(f"{root}/{rel}" if rel else root, problem)
         return data
 
-    st = os.stat(root)
+    st = root_st = os.stat(root)
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(f"{root} is not a directory")
     yield ScanRecord(
@@ -142,6 +143,9 @@ def scan(
         except OSError as e:
             skip(directory, f"directory not read ({e.strerror}); nothing under it is stored")
             continue
+        if rules is not None:  # a tagged directory keeps only its tags
+            entries, left_out = rules.select(entries, directory, dir_fd)
+            stats.filtered += left_out
         subdirs: list[tuple[str, str]] = []
         for entry in entries:
             name = entry.name
@@ -169,7 +173,8 @@ def scan(
                     rel, "d", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
                     more(where, rel, st, "d"),
                 )  # fmt: skip
-                subdirs.append((shown_path, rel + "/"))
+                if rules is None or rules.descend(st, root_st):  # another file system: kept empty
+                    subdirs.append((shown_path, rel + "/"))
                 continue
             if filt is not None and not filt.take_file(rel, name):
                 stats.filtered += 1
