@@ -89,6 +89,7 @@ def odd_tree(src: Path) -> None:
             f.write(data)
     os.link(s + b"/\xff\xfe.bin", s + b"/caf\xe9/hard-\xfe")  # a hard link whose first name is not UTF-8
     os.setxattr(s + b"/caf\xe9/men\xfc.txt", "user.note", b"on an odd name")
+    os.setxattr(s + b"/caf\xe9/men\xfc.txt", b"user.\xff\xfe odd\\name", b"an xattr name that is not UTF-8")
     os.symlink(b"\xe9t\xe9", s + b"/latin-link")  # a target that is not UTF-8
     os.symlink(b"..\\x41\\", s + b"/backslash-link")  # a target with backslashes (that look like escapes)
     os.symlink(b"caf\xe9/men\xfc.txt", s + b"/link-\xff")

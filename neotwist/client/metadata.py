@@ -153,11 +153,22 @@ def read_xattrs(path: str, follow: bool = False) -> tuple[list[tuple[str, bytes]
             if e.errno not in (errno.ENODATA, errno.ENOTSUP):
                 problem = f"xattr {name} not stored: {e.strerror}"
             continue
-        total += len(name) + len(value)
+        text = paths.to_wire(name)  # a name that is not UTF-8 is kept as escaped text, as paths are
+        total += len(text) + len(value)
         if total > MAX_XATTR_BYTES:
-            return out, f"xattrs beyond {MAX_XATTR_BYTES} bytes not stored (from {name} on)"
-        out.append((name, value))
+            return out, f"xattrs beyond {MAX_XATTR_BYTES} bytes not stored (from {text} on)"
+        out.append((text, value))
     return out, problem
+
+
+def xattr_name(stored: str) -> str:
+    """The xattr name of a stored record's text, as Python holds names (the inverse of the escape in
+    :func:`read_xattrs`). A record written before names were escaped that holds a lone backslash reads as it
+    was stored."""
+    try:
+        return paths.from_wire(stored)
+    except ValueError:
+        return stored
 
 
 Known = Callable[[str, int, int, int, int], "bytes | None"]
@@ -263,7 +274,7 @@ class Applier:
         return problems
 
     def _xattrs(self, target: int | str, x: Extra, fresh: bool, problems: list[str]) -> None:
-        wanted = {name: value for name, value in x.xattrs if self.settable(name)}
+        wanted = {xattr_name(name): value for name, value in x.xattrs if self.settable(name)}
         if not fresh or wanted:
             try:
                 have = {} if fresh else {n: None for n in os.listxattr(target) if self.settable(n)}
