@@ -26,7 +26,6 @@ So the figures mean what they would mean for the push run now:
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,7 @@ from neotwist import paths
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.client import stash
 from neotwist.client.encryption import Crypt, plain_errors
+from neotwist.client.meter import Meter
 from neotwist.client.push import (
     PushError,
     PushOptions,
@@ -171,9 +171,8 @@ async def dry_run(
     reactor: Any, peer: Peer, local_root: str, target: str, subpath: str, options: PushOptions
 ) -> DryRunSummary:
     """What pushing ``local_root`` to ``target`` at ``subpath`` would do; nothing is sent, created or saved."""
-    started = time.monotonic()
+    meter = Meter.start(peer)
     summary = DryRunSummary(target=target)
-    sent0, received0 = peer.bytes_sent, peer.bytes_received
     local_root = os.path.abspath(local_root)
     if not os.path.isdir(local_root):
         raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
@@ -218,9 +217,7 @@ async def dry_run(
                 await peer.request(Close(rid=0, handle=opened.handle))
             except Exception:  # noqa: S110 - the connection's end releases it all the same
                 pass
-    summary.bytes_sent = peer.bytes_sent - sent0
-    summary.bytes_received = peer.bytes_received - received0
-    summary.elapsed_s = time.monotonic() - started
+    meter.fill(summary)
     return summary
 
 

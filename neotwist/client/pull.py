@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from neotwist.client import stash
 from neotwist.client.encryption import KeySource, plain_errors
 from neotwist.client.localfs import DirStack, Fix, SafeDest, TempFile, UnsafePath
 from neotwist.client.metadata import Applier, Extra, exact_link
+from neotwist.client.meter import Meter
 from neotwist.client.mirror import DeleteRefused, check_target, delete_extraneous
 from neotwist.client.pins import TargetPin
 from neotwist.client.problems import Problem, from_text, problems_json
@@ -1066,9 +1066,8 @@ async def pull(
     reactor: Any, peer: Peer, target: str, subpath: str, local_root: str, options: PullOptions
 ) -> PullSummary:
     """Bring ``local_root`` up to date with ``target`` at ``subpath`` (latest snapshot unless options say)."""
-    started = time.monotonic()
+    meter = Meter.start(peer)
     summary = PullSummary()
-    sent0, received0 = peer.bytes_sent, peer.bytes_received
     remote_target = await RemoteTarget.open_read(peer, target, subpath, options.access)
     opened, crypt = remote_target.opened, remote_target.crypt
     summary.encrypted = crypt is not None
@@ -1128,9 +1127,7 @@ async def pull(
             dest.close()
         summary.warnings.extend(from_text(text) for text in run.damaged + run.errors)
         summary.files_damaged = len(run.damaged)
-        summary.bytes_sent = peer.bytes_sent - sent0
-        summary.bytes_received = peer.bytes_received - received0
-        summary.elapsed_s = time.monotonic() - started
+        meter.fill(summary)
         if run.errors or run.damaged:
             summary.files_skipped = max(summary.files_skipped, len(run.errors))
             raise PullIncomplete(summary, run.errors, run.damaged)

@@ -31,7 +31,6 @@ import dataclasses
 import os
 import stat
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
 from neotwist.client.labels import commit_fields
 from neotwist.client.metadata import Capture, link_fields
+from neotwist.client.meter import Meter
 from neotwist.client.pins import TargetPin
 from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
 from neotwist.client.progress import Progress
@@ -830,9 +830,8 @@ async def push(
 ) -> PushSummary:
     """Push ``local_root`` to ``target`` at ``subpath`` over ``peer`` (an open session): one new snapshot."""
     heap.fix_mmap_threshold()  # before the workers allocate: freed buffers go back to the system
-    started = time.monotonic()
+    meter = Meter.start(peer)
     summary = PushSummary()
-    sent0, received0 = peer.bytes_sent, peer.bytes_received
     local_root = os.path.abspath(local_root)
     if not os.path.isdir(local_root):
         raise PushError(f"{local_root} is not a directory (neo-push LOCAL_DIR REMOTE)")
@@ -900,9 +899,7 @@ async def push(
             summary.new_chunks = committed.new_chunks
             summary.new_bytes = committed.new_bytes
             summary.deleted = committed.deleted
-            summary.bytes_sent = peer.bytes_sent - sent0
-            summary.bytes_received = peer.bytes_received - received0
-            summary.elapsed_s = time.monotonic() - started
+            meter.fill(summary)
             return summary
     except BaseException:
         if not opened.exists:  # this push created the target: an interrupted or failed first push

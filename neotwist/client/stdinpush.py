@@ -29,6 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from neotwist.chunking import DEFAULT_PARAMS, Chunker
 from neotwist.client.encryption import Crypt, plain_errors
 from neotwist.client.labels import commit_fields
+from neotwist.client.meter import Meter
 from neotwist.client.push import (
     PushError,
     PushOptions,
@@ -152,7 +153,7 @@ async def push_stdin(
     """Store what ``fd`` (standard input) gives as the file ``name`` in a new snapshot of ``target`` at
     ``subpath``. With ``dry_run`` nothing is created or sent: the summary says what would be."""
     del local_root  # there is no local directory
-    started = time.monotonic()
+    meter = Meter.start(peer)
     summary: PushSummary
     if dry_run:
         from neotwist.client.dryrun import DryRunSummary
@@ -160,7 +161,6 @@ async def push_stdin(
         summary = DryRunSummary(target=target, listed=False, stdin=name)
     else:
         summary = PushSummary()
-    sent0, received0 = peer.bytes_sent, peer.bytes_received
     opened: Opened | None = None
     crypt: Crypt | None = None
     try:
@@ -198,9 +198,7 @@ async def push_stdin(
         summary.snapshot = committed.snapshot
         summary.new_chunks = committed.new_chunks
         summary.new_bytes = committed.new_bytes
-    summary.bytes_sent = peer.bytes_sent - sent0
-    summary.bytes_received = peer.bytes_received - received0
-    summary.elapsed_s = time.monotonic() - started
+    meter.fill(summary)
     return summary
 
 
