@@ -83,6 +83,7 @@ class _DryRun(_PushRun):
 
     def __init__(self, *args: Any, remote: dict[str, Entry] | None, exists: bool, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self.deltas = None  # chunks are counted as they would be put whole; no delta is sent
         self.make_entries = _entries_for  # plaintext records, to compare with the (decrypted) listing
         self.remote = remote  # None: the latest snapshot could not be listed, so items are not judged
         self.exists = exists

@@ -47,6 +47,7 @@ from twisted.python.threadpool import ThreadPool
 from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import deep, heap
+from neotwist.client.deltapush import DeltaPlanner, Plan, delta_messages, make_delta
 from neotwist.client.encryption import Crypt, KeySource, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
@@ -66,6 +67,7 @@ from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.label import SnapshotLabel
 from neotwist.wire.messages import (
     Abort,
+    ChunkDelta,
     ChunkerParams,
     Codec,
     Commit,
@@ -144,6 +146,7 @@ class PushSummary:
     bytes_sent: int = 0
     bytes_received: int = 0
     chunks_sent: int = 0
+    chunks_sent_as_deltas: int = 0  # of chunks_sent: sent as a delta against a stored chunk (only what changed)
     chunk_bytes_sent: int = 0  # raw bytes of the chunks sent (before compression)
     new_chunks: int = 0  # what the server stored anew (from committed)
     new_bytes: int = 0
@@ -317,11 +320,17 @@ _Ready = tuple[bytes, int, int, bytes, int]
 
 
 def _compress_job(
-    root: str, sources: list[_Source], level: int, crypt: Crypt | None = None
+    root: str,
+    sources: list[_Source],
+    level: int,
+    crypt: Crypt | None = None,
+    plans: dict[bytes, Plan] | None = None,
+    deltas: list[tuple[ChunkDelta, int]] | None = None,
 ) -> tuple[list[_Ready], dict[str, str]]:
     """Read (re-verifying re-read data against its id), compress (and seal, for an encrypted target) and
     return the chunks of ``sources``, and the files that could not give theirs (changed since they were cut, or
-    unreadable now) with the reason: their entries are withheld, the rest of the push goes on."""
+    unreadable now) with the reason: their entries are withheld, the rest of the push goes on. A chunk with a
+    plan in ``plans`` that is smaller as a delta goes to ``deltas`` (with its raw size) instead."""
     comp = _compressor(level)
     chunk_codec = PLAIN if crypt is None else ChunkCodec(crypt.sealer)
     out: list[_Ready] = []
@@ -346,6 +355,12 @@ def _compress_job(
                     failed[path] = "changed while it was pushed"
                     continue
             codec, size, payload = chunk_codec.encode(cid, raw, comp)
+            plan = plans.get(cid) if plans else None
+            if plan is not None and deltas is not None:
+                delta = make_delta(cid, bytes(raw), plan, len(payload), comp)
+                if delta is not None:
+                    deltas.append((delta, length))
+                    continue
             out.append((cid, codec, size, payload, length))
     finally:
         for fd in fds.values():
@@ -527,6 +542,12 @@ class _PushRun:
         self.progress = options.progress
         self.retry: list[ScanRecord] = []  # files that changed while pushed, to be read again
         self.attempts: dict[str, int] = {}
+        # deltas inside changed chunks, against their previous version's (needs the files cache's old ids)
+        self.deltas = (
+            DeltaPlanner(peer, handle)
+            if self.cache is not None and DeltaPlanner.usable(peer, crypt is not None)
+            else None
+        )
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
@@ -722,6 +743,9 @@ class _PushRun:
                 ids = h.ids
                 data = h.data
                 n_sources = len(sources)
+                if self.deltas is not None and self.cache is not None:
+                    old = self.cache.old.get(rec.path)
+                    self.deltas.note(old.ids if old is not None else None, ids)
                 for i, (offset, length) in enumerate(h.offsets):
                     cid = ids[i * ID : (i + 1) * ID]
                     if cid not in seen:
@@ -768,7 +792,9 @@ class _PushRun:
             return
 
         # 3. which of the new ids does the server lack?
-        lacking = await self._missing([src[0] for src in sources])
+        asked = [src[0] for src in sources]
+        lacking = await self._missing(asked)
+        plans = await self.deltas.plans(asked, lacking) if self.deltas is not None else {}
         if not lacking:
             return
         missing = [src for src in sources if src[0] in lacking]
@@ -784,14 +810,16 @@ class _PushRun:
         def start_next() -> None:
             job = next(queued, None)
             if job is not None:
-                pending.append((job, self._thread(_compress_job, self.root, job, level, self.crypt)))
+                deltas: list[tuple[ChunkDelta, int]] = []
+                d = self._thread(_compress_job, self.root, job, level, self.crypt, plans, deltas)
+                pending.append((job, d.addCallback(lambda r, deltas=deltas: (*r, deltas))))
 
         for _ in range(JOBS_AHEAD):
             start_next()
         while pending:
             job, d = pending.popleft()
             try:
-                ready, bad = await d
+                ready, bad, deltas = await d
             except Exception:
                 for _job, other in pending:
                     other.addErrback(lambda _f: None)
@@ -799,12 +827,24 @@ class _PushRun:
             start_next()
             if bad:
                 failed.update(bad)
-                sent = {r[0] for r in ready}
+                sent = {r[0] for r in ready} | {d.id for d, _raw in deltas}
                 for src in job:
                     if src[0] not in sent:
                         self.seen.discard(src[0])  # not sent: whoever needs it again must send it
             for cid, codec, size, payload, raw_size in ready:
                 await self._put(cid, codec, size, payload, raw_size)
+            if deltas:
+                await self._put_deltas(deltas)
+
+    async def _put_deltas(self, deltas: list[tuple[ChunkDelta, int]]) -> None:
+        """Send chunks as deltas, in ``put_delta`` messages."""
+        for message in delta_messages(self.handle, [d for d, _raw in deltas]):
+            await self.peer.drain()
+            self.peer.post(message)
+        summary = self.summary
+        summary.chunks_sent += len(deltas)
+        summary.chunks_sent_as_deltas += len(deltas)
+        summary.chunk_bytes_sent += sum(raw for _d, raw in deltas)
 
     async def _put(self, cid: bytes, codec: Codec, size: int, payload: bytes, raw_size: int) -> None:
         """Send one chunk (a dry run counts it instead)."""

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import neotwist
-from neotwist.server import pushes, reads, sharing, stash, targets
+from neotwist.server import deltas, pushes, reads, sharing, stash, targets
 from neotwist.server.accounts import Account
 from neotwist.server.admission import Ticket
 from neotwist.server.context import LoginRevoked, RequestContext, ServerServices, resolve_access
@@ -75,6 +75,7 @@ class ServerSession:
     _handlers: dict[type, Handler] = {
         **targets.HANDLERS,
         **pushes.HANDLERS,
+        **deltas.HANDLERS,
         **reads.HANDLERS,
         **stash.HANDLERS,
         **sharing.HANDLERS,
@@ -163,7 +164,12 @@ class ServerSession:
                 window=peer.window,
                 login_required=self.account is None,
                 account="" if self.account is None else self.account.name,
-                features=[limits.FEATURE_PING, limits.FEATURE_GET_FILES, limits.FEATURE_BYTE_NAMES],
+                features=[
+                    limits.FEATURE_PING,
+                    limits.FEATURE_GET_FILES,
+                    limits.FEATURE_BYTE_NAMES,
+                    limits.FEATURE_SUBDELTA,
+                ],
             )
         )
 

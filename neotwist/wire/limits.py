@@ -112,3 +112,46 @@ MAX_GRANTS_GIVEN = 500
 
 FEATURE_GET_FILES = "get_files"
 """Listed in ``welcome.features`` by a server that answers ``get_files``: only then does a client send it."""
+
+# --- deltas inside a chunk (``sign``, ``put_delta``) -----------------------------------------------------------
+
+FEATURE_SUBDELTA = "subdelta"
+"""Listed in ``welcome.features`` by a server that answers ``sign`` and accepts ``put_delta`` (cutting
+sub-pieces with SUB_MIN/SUB_AVG/SUB_MAX): only then does a client send them; otherwise chunks travel whole."""
+
+SUB_MIN = 256
+SUB_AVG = 1024
+SUB_MAX = 8 * 1024
+"""Sizes of the sub-pieces a base chunk is cut into for a delta (FastCDC 2020, seed 0): both sides cut alike."""
+
+SUB_HASH = 8
+"""Bytes of each sub-piece's BLAKE3 in a signature."""
+
+MAX_SIGN_IDS = 1024
+"""Base chunks named by one ``sign`` request."""
+
+SIGN_READ_BYTES = 32 * 1024 * 1024
+"""Base chunk plaintext one ``sign`` request makes the server read and cut; bases past it get an empty
+signature (the client then sends those chunks whole)."""
+
+MAX_SIGN_PIECES = 1 << 17
+"""Sub-pieces over all the signatures of one ``signatures`` reply (about 1.3 MiB of frame); bases past it get
+an empty signature."""
+
+MAX_SUB_PIECES = MAX_CHUNK // SUB_MIN + 1
+"""Sub-pieces of one base chunk's signature (a chunk of MAX_CHUNK bytes cut at SUB_MIN)."""
+
+MAX_DELTA_BASES = 4
+"""Base chunks one delta may copy from."""
+
+DELTA_BASE_BYTES = MAX_CHUNK
+"""Plaintext of one delta's base chunks together (the server reads them all to rebuild it)."""
+
+MAX_DELTA_OPS = MAX_CHUNK // SUB_MIN
+"""Ops of one delta (a chunk of MAX_CHUNK bytes cut at SUB_MIN, alternating copies and literals)."""
+
+MAX_DELTAS = 256
+"""Deltas in one ``put_delta`` message (its frame bounds their bytes together)."""
+
+DELTA_LITERAL = 2**32 - 1
+"""A delta op whose start is this copies literal bytes; any other start is a sub-piece index."""

@@ -252,6 +252,57 @@ class Put(Message, tag="put"):
     data: ChunkData
 
 
+class Sign(Message, tag="sign"):
+    """Describe these base chunks (stored chunks the client's new chunks likely grew from) for a delta: cut
+    each one's plaintext into sub-pieces and hash them. Answered by ``signatures``, one per id, in order; a
+    base that cannot serve (not stored, unreadable, a sealed target's, past the request's read or reply bound,
+    a handle confined to a grant) gets an empty one. Sent only to a server with the ``subdelta`` feature."""
+
+    handle: Handle
+    ids: Annotated[list[ChunkId], msgspec.Meta(max_length=limits.MAX_SIGN_IDS)]
+
+
+class PieceSignature(msgspec.Struct, array_like=True, frozen=True):
+    """One base chunk's sub-pieces: their lengths in order and SUB_HASH bytes of BLAKE3 of each."""
+
+    lengths: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_CHUNK)]], msgspec.Meta(max_length=limits.MAX_SUB_PIECES)
+    ]
+    hashes: Annotated[bytes, msgspec.Meta(max_length=limits.MAX_SUB_PIECES * limits.SUB_HASH)]
+
+
+class Signatures(Message, tag="signatures"):
+    signatures: Annotated[list[PieceSignature], msgspec.Meta(max_length=limits.MAX_SIGN_IDS)]
+
+
+DeltaOp = tuple[U32, Annotated[int, msgspec.Meta(ge=1, le=limits.MAX_CHUNK)]]
+"""(start, count): copy ``count`` sub-pieces of the bases from index ``start``, or with start = DELTA_LITERAL
+``count`` literal bytes."""
+
+
+class ChunkDelta(msgspec.Struct, array_like=True, frozen=True):
+    """A chunk as a delta against base chunks: the server cuts the bases (in order; indices run over all their
+    sub-pieces), applies ``ops`` with the literal bytes (``codec`` raw or zstd, ``literal_size`` bytes once
+    decoded), and stores the result only if it is ``size`` bytes whose BLAKE3 is ``id``."""
+
+    id: ChunkId
+    size: Annotated[int, msgspec.Meta(ge=0, le=limits.MAX_CHUNK)]
+    bases: Annotated[list[ChunkId], msgspec.Meta(min_length=1, max_length=limits.MAX_DELTA_BASES)]
+    ops: Annotated[list[DeltaOp], msgspec.Meta(max_length=limits.MAX_DELTA_OPS)]
+    codec: Literal[0, 1]
+    literal_size: Annotated[int, msgspec.Meta(ge=0, le=limits.MAX_CHUNK)]
+    literals: ChunkData
+
+
+class PutDelta(Message, tag="put_delta"):
+    """Store chunks sent as deltas (plaintext targets, a server with the ``subdelta`` feature). Like ``put``:
+    no reply on success, an ``error`` with this rid otherwise (``chunk_mismatch`` for a delta that does not
+    rebuild its id; the push then cannot commit)."""
+
+    handle: Handle
+    deltas: Annotated[list[ChunkDelta], msgspec.Meta(min_length=1, max_length=limits.MAX_DELTAS)]
+
+
 class PushBegin(Message, tag="push_begin"):
     """Start a push on a push handle. With ``delete``, entries under the root that the push does not list are
     recorded as deleted; without it the previous snapshot's entries are kept. With ``parent`` the push lists
@@ -672,6 +723,9 @@ AnyMessage = (
     | Have
     | Missing
     | Put
+    | Sign
+    | Signatures
+    | PutDelta
     | PushBegin
     | PushEntries
     | PushDeleted

@@ -1,0 +1,131 @@
+"""The push's side of deltas inside a chunk (:mod:`neotwist.subdelta`): which changed chunks may travel as a
+delta against which stored chunks, their bases' signatures, and the deltas themselves.
+
+A changed file's previous chunk ids come from the files cache; :func:`neotwist.subdelta.base_candidates` pairs
+each new chunk with the old ones between the same unchanged neighbours. Once the server has said which chunks
+it lacks, the bases of those are asked about in ``sign`` requests (one per MAX_SIGN_IDS bases, all in flight
+at once: a round trip per batch of files, not per chunk); a worker then cuts each new chunk into sub-pieces and
+sends it as a delta when that is smaller than the whole chunk would be (:func:`make_delta`). Only plaintext
+targets, and only servers listing the ``subdelta`` feature: otherwise chunks travel whole, as before.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import zstandard
+from twisted.internet.defer import DeferredList, FirstError
+
+from neotwist import subdelta
+from neotwist.codec import MIN_SAVING
+from neotwist.subdelta import Signature
+from neotwist.wire import limits
+from neotwist.wire.messages import ChunkDelta, PutDelta, Sign, Signatures
+from neotwist.wire.peer import Peer
+
+Plan = tuple[list[bytes], list[Signature]]
+"""A chunk's bases and their signatures, in order."""
+
+MESSAGE_BYTES = 1024 * 1024
+"""Approximate bytes of deltas per ``put_delta`` message."""
+
+OP_BYTES = 10
+"""Wire bytes of one delta op, at most (a msgpack pair of integers)."""
+
+WORTH = 0.8
+"""A delta is sent only when it is at most this fraction of the whole chunk as it would be put."""
+
+
+class DeltaPlanner:
+    """The bases of the changed chunks of one push, asked about with ``sign`` once the chunks are known to be
+    missing (reactor thread, but for :meth:`note`, which touches only its own dict under the GIL)."""
+
+    def __init__(self, peer: Peer, handle: int) -> None:
+        self.peer = peer
+        self.handle = handle
+        self.bases: dict[bytes, list[bytes]] = {}
+
+    @staticmethod
+    def usable(peer: Peer, encrypted: bool) -> bool:
+        return not encrypted and limits.FEATURE_SUBDELTA in getattr(peer, "features", ())
+
+    def note(self, old_ids: bytes | None, new_ids: bytes) -> None:
+        """Remember the likely bases of the chunks of a file's new version (``new_ids``) that its previous one
+        (``old_ids``, from the files cache) lacks."""
+        if not old_ids or old_ids == new_ids:
+            return
+        size = limits.ID_SIZE
+        for i, bases in subdelta.base_candidates(old_ids, new_ids).items():
+            self.bases.setdefault(new_ids[i * size : (i + 1) * size], bases)
+
+    async def plans(self, sent: list[bytes], missing: set[bytes]) -> dict[bytes, Plan]:
+        """Plans for the ``missing`` chunks among ``sent`` (the chunks just asked about, whose bases are
+        forgotten now): their bases' signatures, for those whose every base the server could sign."""
+        wanted: dict[bytes, list[bytes]] = {}
+        for cid in sent:
+            bases = self.bases.pop(cid, None)
+            if bases is not None and cid in missing:
+                wanted[cid] = bases
+        if not wanted:
+            return {}
+        ids = list(dict.fromkeys(b for bases in wanted.values() for b in bases))
+        step = limits.MAX_SIGN_IDS
+        requests = [
+            self.peer.request(Sign(rid=0, handle=self.handle, ids=ids[i : i + step])) for i in range(0, len(ids), step)
+        ]
+        try:
+            replies = await DeferredList(requests, fireOnOneErrback=True, consumeErrors=True)
+        except FirstError as e:
+            for d in requests:
+                d.addErrback(lambda _f: None)
+            e.subFailure.raiseException()
+        sigs: dict[bytes, Signature] = {}
+        for n, (_ok, reply) in enumerate(replies):
+            if not isinstance(reply, Signatures):
+                continue
+            for base, sig in zip(ids[n * step : (n + 1) * step], reply.signatures, strict=False):
+                if sig.lengths and len(sig.hashes) == len(sig.lengths) * subdelta.HASH_SIZE:
+                    sigs[base] = Signature(sig.lengths, sig.hashes)
+        out: dict[bytes, Plan] = {}
+        for cid, bases in wanted.items():
+            known = [b for b in bases if b in sigs]
+            if known and sum(sigs[b].size for b in known) <= limits.DELTA_BASE_BYTES:
+                out[cid] = (known, [sigs[b] for b in known])
+        return out
+
+
+def make_delta(cid: bytes, raw: bytes, plan: Plan, whole: int, comp: zstandard.ZstdCompressor) -> ChunkDelta | None:
+    """``raw`` (the plaintext of chunk ``cid``) as a delta against ``plan``'s bases, or None when that would not
+    save enough over the ``whole`` bytes the chunk would be put as (worker thread)."""
+    bases, sigs = plan
+    delta = subdelta.diff(raw, sigs)
+    if not delta.copied or len(delta.ops) > limits.MAX_DELTA_OPS:
+        return None
+    literals = delta.literals
+    codec: Literal[0, 1] = 0  # CODEC_RAW
+    payload = literals
+    if literals:
+        packed = comp.compress(literals)
+        if len(packed) <= len(literals) * (1 - MIN_SAVING):
+            codec, payload = 1, packed  # CODEC_ZSTD
+    cost = len(payload) + OP_BYTES * len(delta.ops) + limits.ID_SIZE * (len(bases) + 1) + 16
+    if cost > whole * WORTH:
+        return None
+    return ChunkDelta(cid, len(raw), bases, delta.ops, codec, len(literals), payload)
+
+
+def delta_messages(handle: int, deltas: list[ChunkDelta]) -> list[PutDelta]:
+    """``deltas`` in ``put_delta`` messages of at most MAX_DELTAS deltas and about MESSAGE_BYTES each."""
+    out: list[PutDelta] = []
+    part: list[ChunkDelta] = []
+    size = 0
+    for d in deltas:
+        one = len(d.literals) + OP_BYTES * len(d.ops) + limits.ID_SIZE * (len(d.bases) + 1) + 16
+        if part and (len(part) >= limits.MAX_DELTAS or size + one > MESSAGE_BYTES):
+            out.append(PutDelta(rid=0, handle=handle, deltas=part))
+            part, size = [], 0
+        part.append(d)
+        size += one
+    if part:
+        out.append(PutDelta(rid=0, handle=handle, deltas=part))
+    return out

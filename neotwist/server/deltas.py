@@ -1,0 +1,173 @@
+"""Where deltas inside a chunk are handled: ``sign`` and ``put_delta`` (see :mod:`neotwist.subdelta`).
+
+``sign`` reads base chunks the client names, cuts their plaintext into sub-pieces and answers their lengths and
+truncated hashes; ``put_delta`` rebuilds new chunks from base sub-pieces and literal bytes and stores them as
+``put`` would, but only once the rebuilt bytes hash to the chunk's id (constant-time comparison): a forged or
+colliding delta is refused with ``chunk_mismatch`` and nothing of it is stored.
+
+Only plaintext targets and handles on a whole target take part: the server cannot read a sealed chunk, and a
+signature would tell a handle confined to a grant something of chunks outside it. Everything is bounded by
+the limits of :mod:`neotwist.wire.limits` (bases per delta and their bytes, ops, bases read per ``sign``,
+pieces per reply), and the bytes a ``put_delta`` makes the server hold are taken from the connection's memory
+budget, as a put batch's are.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import zstandard
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from neotwist import subdelta
+from neotwist.codec import PLAIN, compute_id, raw_bytes, same_id
+from neotwist.server.context import Handle, RequestContext
+from neotwist.server.pushes import _upload_failed
+from neotwist.server.repository import Target
+from neotwist.server.rights import Right
+from neotwist.wire import limits
+from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.messages import CODEC_RAW, ChunkDelta, PieceSignature, PutDelta, Sign, Signatures
+from neotwist.wire.peer import Peer
+
+log = Logger()
+
+STORE_LEVEL = 3
+"""zstd level of the chunks the server rebuilds (the client's pushes use level 1 by default)."""
+
+_EMPTY = PieceSignature([], b"")
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    comp: zstandard.ZstdCompressor | None = getattr(_local, "zstd", None)
+    if comp is None:
+        comp = _local.zstd = zstandard.ZstdCompressor(level=STORE_LEVEL)
+    return comp
+
+
+def _may_delta(handle: Handle) -> bool:
+    return not handle.target.meta.encrypted and not handle.access.confined
+
+
+def sign_bases(target: Target, ids: list[bytes]) -> list[PieceSignature]:
+    """The signatures of ``ids`` (blocking): empty for a base not stored, unreadable, or past the request's read
+    (SIGN_READ_BYTES) or reply (MAX_SIGN_PIECES) bound."""
+    out: list[PieceSignature] = []
+    read = pieces = 0
+    locations = target.locate(list(set(ids)))
+    for cid in ids:
+        loc = locations.get(cid)
+        if loc is None or read + loc[4] > limits.SIGN_READ_BYTES or pieces >= limits.MAX_SIGN_PIECES:
+            out.append(_EMPTY)
+            continue
+        read += loc[4]
+        try:
+            codec, size, data = target.read_located(cid, loc)
+            plain = raw_bytes(codec, size, data)
+        except NeoError as e:
+            log.debug("sign: base {cid} cannot serve: {why}", cid=cid.hex(), why=e.message)
+            out.append(_EMPTY)
+            continue
+        sig = subdelta.sign(plain)
+        if pieces + len(sig.lengths) > limits.MAX_SIGN_PIECES:
+            out.append(_EMPTY)
+            continue
+        pieces += len(sig.lengths)
+        out.append(PieceSignature(list(sig.lengths), sig.hashes))
+    return out
+
+
+def on_sign(ctx: RequestContext, peer: Peer, message: Sign) -> Deferred[None]:
+    handle = ctx.push_handle(message.handle)
+    if not _may_delta(handle):
+        peer.send(Signatures(rid=message.rid, signatures=[_EMPTY] * len(message.ids)))
+        return succeed(None)
+    budget = ctx.memory
+    hold = limits.MAX_CHUNK  # one base at a time, and the reply
+
+    def answer(sigs: list[PieceSignature]) -> None:
+        peer.send(Signatures(rid=message.rid, signatures=sigs))
+
+    def job() -> Deferred[None]:
+        d: Deferred[Any] = budget.acquire(hold)
+        d.addCallback(lambda _: ctx.run_for(handle, Right.APPEND, "push", sign_bases, handle.target, message.ids))
+        d.addCallback(answer)
+
+        def give_back(result: object) -> object:
+            budget.release(hold)
+            return result
+
+        return d.addBoth(give_back)
+
+    return ctx.admit(message, job)
+
+
+def rebuild(target: Target, delta: ChunkDelta) -> bytes:
+    """The plaintext ``delta`` rebuilds, checked against its id (blocking); NeoError otherwise."""
+    locations = target.locate(delta.bases)
+    total = 0
+    for cid in delta.bases:
+        loc = locations.get(cid)
+        if loc is None:
+            raise NeoError(ErrorCode.MISSING_CHUNKS, f"delta base {cid.hex()} is not stored")
+        total += loc[4]
+    if total > limits.DELTA_BASE_BYTES:
+        raise NeoError(ErrorCode.LIMIT_EXCEEDED, f"a delta's bases hold over {limits.DELTA_BASE_BYTES} bytes")
+    bases = []
+    for cid in delta.bases:
+        codec, size, data = target.read_located(cid, locations[cid])
+        bases.append(raw_bytes(codec, size, data))
+    literals = raw_bytes(delta.codec, delta.literal_size, delta.literals)
+    plain = subdelta.apply(bases, delta.ops, literals, delta.size)
+    if not same_id(compute_id(plain), delta.id):
+        raise NeoError(ErrorCode.CHUNK_MISMATCH, f"delta does not rebuild chunk {delta.id.hex()}")
+    return plain
+
+
+def store_deltas(ctx: RequestContext, handle: Handle, charge: Any, deltas: list[ChunkDelta]) -> None:
+    """Rebuild, verify and store the chunks of one ``put_delta`` (blocking): all of them or none."""
+    target = handle.target
+    comp = _compressor()
+    chunks = []
+    for delta in deltas:
+        plain = rebuild(target, delta)
+        codec, size, payload = PLAIN.encode(delta.id, plain, comp)
+        chunks.append((delta.id, codec, size, payload))
+    ctx.services.quota.store(target, chunks, charge)
+
+
+def on_put_delta(ctx: RequestContext, peer: Peer, message: PutDelta) -> Deferred[None]:
+    handle = ctx.push_handle(message.handle)
+    run = handle.pushes.active("put_delta", "chunks are uploaded within a push")
+    if handle.target.meta.encrypted:
+        raise NeoError(ErrorCode.ENCRYPTION_MISMATCH, "an encrypted target takes no deltas (it cannot read them)")
+    if handle.access.confined:
+        raise NeoError(ErrorCode.PERMISSION_DENIED, "a push confined to a grant sends chunks whole")
+    for delta in message.deltas:
+        if delta.literal_size > delta.size or (delta.codec == CODEC_RAW and len(delta.literals) != delta.literal_size):
+            raise NeoError(ErrorCode.CHUNK_MISMATCH, "a delta's literals do not fit its size")
+    # What rebuilding holds at once: the message, one delta's bases and every rebuilt chunk until stored.
+    hold = sum(len(d.literals) + d.literal_size + 2 * d.size for d in message.deltas) + limits.DELTA_BASE_BYTES
+    budget = ctx.memory
+
+    def store() -> Deferred[None]:
+        d: Deferred[Any] = budget.acquire(hold)
+        d.addCallback(
+            lambda _: ctx.run_for(handle, Right.APPEND, "push", store_deltas, ctx, handle, run.charge, message.deltas)
+        )
+        d.addErrback(_upload_failed, run)
+
+        def give_back(result: object) -> object:
+            budget.release(hold)
+            return result
+
+        return d.addBoth(give_back)
+
+    return ctx.admit(message, store, handle)
+
+
+HANDLERS: dict[type, Any] = {Sign: on_sign, PutDelta: on_put_delta}
+"""The delta requests, merged into the session's dispatch table."""
