@@ -11,6 +11,10 @@ so any one of them can run alone with ``--scenario``.
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
+import sys
+import tarfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -268,6 +272,64 @@ def big_file(ctx: Context) -> None:
     ctx.lab.trash.put(stale)
 
 
+# --- 4b. a release update: one source release replaced by the next ------------------------------------------
+
+RELEASES = ("twisted", "26.4.0", "26.10.0")
+"""The project and the two releases whose source trees the release-update scenario pushes one after the other."""
+RELEASE_CACHE = Path(__file__).parent / "work" / "releases"
+
+
+def release_tree(project: str, version: str) -> Path:
+    """The unpacked source release (``pip download`` of its sdist, cached under bench/work)."""
+    tree = RELEASE_CACHE / f"{project}-{version}"
+    if tree.is_dir():
+        return tree
+    download = RELEASE_CACHE / "sdists"
+    download.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                    "-d", str(download), f"{project}=={version}"], check=True, timeout=600)  # fmt: skip
+    sdist = next(p for p in download.iterdir() if p.name.lower().startswith(f"{project}-{version}.tar"))
+    unpack = RELEASE_CACHE / f".unpack-{project}-{version}"
+    shutil.rmtree(unpack, ignore_errors=True)
+    with tarfile.open(sdist) as tar:
+        tar.extractall(unpack, filter="data")
+    (top,) = list(unpack.iterdir())
+    top.rename(tree)
+    unpack.rmdir()
+    return tree
+
+
+def release_update(ctx: Context) -> None:
+    """Push one release's source tree, replace it by the next release's in the same place, push again: the
+    bytes of the second push are what a source tree's update costs (rsync: into the same destination)."""
+    project, old_version, new_version = RELEASES
+    old, new = release_tree(project, old_version), release_tree(project, new_version)
+    ds = DataSet("release", ctx.data_dir / "release")
+    runs: dict[str, list[OpResult]] = {t.name: [] for t in ctx.tools}
+    targets: dict[str, Target] = {}
+    for rep in range(ctx.repeats):
+        for tool in ctx.order(rep):
+            shutil.rmtree(ds.path, ignore_errors=True)
+            data.clone_tree(old, ds.path)
+            ds.version += 1
+            ctx.touched(ds)
+            targets[tool.name] = target = ctx.fresh(tool, ds.name)
+            first = ctx.push(tool, target, ds)
+            if not first.ok:
+                raise RuntimeError(f"{tool.name}: pushing {project} {old_version} failed: {first.error}")
+            shutil.rmtree(ds.path)
+            data.clone_tree(new, ds.path)
+            ds.version += 1
+            ctx.touched(ds)
+            runs[tool.name].append(ctx.push(tool, target, ds))
+    ds.refresh()
+    for tool in ctx.tools:
+        t = targets[tool.name]
+        ctx.add(Row("release-update", f"{project} {old_version} -> {new_version} ({ds.files:,} files)", tool.name,
+                    "push", runs[tool.name], t.storage, t.storage_apparent, ds.bytes))  # fmt: skip
+    shutil.rmtree(ds.path, ignore_errors=True)
+
+
 # --- 5. restores --------------------------------------------------------------------------------------------
 
 
@@ -375,6 +437,7 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "repush-unchanged": repush_unchanged,
     "repush-1pct": repush_1pct,
     "big-file": big_file,
+    "release-update": release_update,
     "restore": restore,
     "versions": versions,
     "concurrent": concurrent,

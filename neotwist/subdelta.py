@@ -17,6 +17,7 @@ around it. The sub-chunker's sizes are part of the protocol (both sides must cut
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,11 +127,17 @@ def apply(bases: Sequence[bytes], ops: Sequence[tuple[int, int]], literals: byte
     """Rebuild a chunk of exactly ``size`` bytes from the plaintexts of its ``bases``, ``ops`` and the
     (decompressed) ``literals``, all consumed; NeoError(CHUNK_MISMATCH) for a delta that does not fit (an index
     out of range, more bytes than declared, literals left over or missing). Never builds more than ``size``
-    bytes. The caller must still check the result's id."""
-    pieces: list[tuple[int, int, int]] = []  # (base, offset, length)
-    for b, data in enumerate(bases):
-        pieces.extend((b, o, n) for o, n in cut(data))
-    views = [memoryview(b) for b in bases]
+    bytes. The caller must still check the result's id.
+
+    A run of pieces within one base is one contiguous slice of it: the work is per op, not per piece."""
+    ends: list[list[int]] = []  # per base: the end offset of each of its pieces
+    firsts: list[int] = []  # per base: the global index of its first piece
+    total = 0
+    for data in bases:
+        firsts.append(total)
+        base_ends = [o + n for o, n in cut(data)]
+        ends.append(base_ends)
+        total += len(base_ends)
     out = bytearray()
     lit = memoryview(literals)
     used = 0
@@ -143,12 +150,19 @@ def apply(bases: Sequence[bytes], ops: Sequence[tuple[int, int]], literals: byte
             out += lit[used : used + count]
             used += count
             continue
-        if start + count > len(pieces):
+        if start + count > total:
             raise NeoError(ErrorCode.CHUNK_MISMATCH, "a delta refers to a sub-piece its bases do not have")
-        for b, o, n in pieces[start : start + count]:
-            if len(out) + n > size:
+        while count:
+            b = bisect.bisect_right(firsts, start) - 1
+            local = start - firsts[b]
+            take = min(count, len(ends[b]) - local)  # >= 1: the last base starting at or before ``start``
+            lo = ends[b][local - 1] if local else 0
+            hi = ends[b][local + take - 1]
+            if len(out) + hi - lo > size:
                 raise NeoError(ErrorCode.CHUNK_MISMATCH, "a delta rebuilds more bytes than its chunk's size")
-            out += views[b][o : o + n]
+            out += memoryview(bases[b])[lo:hi]
+            start += take
+            count -= take
     if len(out) != size or used != len(lit):
         raise NeoError(ErrorCode.CHUNK_MISMATCH, f"a delta rebuilds {len(out)} bytes, declared {size}")
     return bytes(out)

@@ -2,11 +2,12 @@
 delta against which stored chunks, their bases' signatures, and the deltas themselves.
 
 A changed file's previous chunk ids come from the files cache; :func:`neotwist.subdelta.base_candidates` pairs
-each new chunk with the old ones between the same unchanged neighbours. Once the server has said which chunks
-it lacks, the bases of those are asked about in ``sign`` requests (one per MAX_SIGN_IDS bases, all in flight
-at once: a round trip per batch of files, not per chunk); a worker then cuts each new chunk into sub-pieces and
-sends it as a delta when that is smaller than the whole chunk would be (:func:`make_delta`). Only plaintext
-targets, and only servers listing the ``subdelta`` feature: otherwise chunks travel whole, as before.
+each new chunk with the old ones between the same unchanged neighbours. While ``have`` asks which of a batch's
+chunks the server lacks, the bases of the new ones are asked about in ``sign`` requests (one per MAX_SIGN_IDS
+bases, all in flight at once: no round trip per chunk, nor one more per batch); a worker then cuts each new
+chunk into sub-pieces and sends it as a delta when that is smaller than the whole chunk would be
+(:func:`make_delta`). Only plaintext targets, and only servers listing the ``subdelta`` feature: otherwise
+chunks travel whole, as before.
 """
 
 from __future__ import annotations
@@ -58,13 +59,15 @@ class DeltaPlanner:
         for i, bases in subdelta.base_candidates(old_ids, new_ids).items():
             self.bases.setdefault(new_ids[i * size : (i + 1) * size], bases)
 
-    async def plans(self, sent: list[bytes], missing: set[bytes]) -> dict[bytes, Plan]:
-        """Plans for the ``missing`` chunks among ``sent`` (the chunks just asked about, whose bases are
-        forgotten now): their bases' signatures, for those whose every base the server could sign."""
+    async def plans(self, sent: list[bytes]) -> dict[bytes, Plan]:
+        """Plans for the chunks of ``sent`` that have bases (whose bases are forgotten now): their bases'
+        signatures, for those the server could sign. Asked at the same time as ``have`` about the same chunks
+        (not after it: that would cost a round trip per batch), so a chunk the server turns out to have was
+        planned for nothing; the new chunks of a changed file rarely are."""
         wanted: dict[bytes, list[bytes]] = {}
         for cid in sent:
             bases = self.bases.pop(cid, None)
-            if bases is not None and cid in missing:
+            if bases is not None:
                 wanted[cid] = bases
         if not wanted:
             return {}

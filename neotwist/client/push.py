@@ -793,8 +793,11 @@ class _PushRun:
 
         # 3. which of the new ids does the server lack?
         asked = [src[0] for src in sources]
-        lacking = await self._missing(asked)
-        plans = await self.deltas.plans(asked, lacking) if self.deltas is not None else {}
+        if self.deltas is not None:  # the bases' signatures at the same time: no round trip more per batch
+            asking = [ensureDeferred(self._missing(asked)), ensureDeferred(self.deltas.plans(asked))]
+            lacking, plans = await _gather(asking)
+        else:
+            lacking, plans = await self._missing(asked), {}
         if not lacking:
             return
         missing = [src for src in sources if src[0] in lacking]

@@ -34,8 +34,9 @@ from neotwist.wire.peer import Peer
 
 log = Logger()
 
-STORE_LEVEL = 3
-"""zstd level of the chunks the server rebuilds (the client's pushes use level 1 by default)."""
+STORE_LEVEL = 1
+"""zstd level of the chunks the server rebuilds: the level neo-push puts chunks at by default, so a chunk stores
+the same whichever way it came."""
 
 _EMPTY = PieceSignature([], b"")
 _local = threading.local()

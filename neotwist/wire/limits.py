@@ -119,9 +119,9 @@ FEATURE_SUBDELTA = "subdelta"
 """Listed in ``welcome.features`` by a server that answers ``sign`` and accepts ``put_delta`` (cutting
 sub-pieces with SUB_MIN/SUB_AVG/SUB_MAX): only then does a client send them; otherwise chunks travel whole."""
 
-SUB_MIN = 256
-SUB_AVG = 1024
-SUB_MAX = 8 * 1024
+SUB_MIN = 128
+SUB_AVG = 512
+SUB_MAX = 4 * 1024
 """Sizes of the sub-pieces a base chunk is cut into for a delta (FastCDC 2020, seed 0): both sides cut alike."""
 
 SUB_HASH = 8
