@@ -2,16 +2,19 @@
 delta against which stored chunks, their bases' signatures, and the deltas themselves.
 
 A changed file's previous chunk ids come from the files cache; :func:`neotwist.subdelta.base_candidates` pairs
-each new chunk with the old ones between the same unchanged neighbours. While ``have`` asks which of a batch's
-chunks the server lacks, the bases of the new ones are asked about in ``sign`` requests (one per MAX_SIGN_IDS
-bases, all in flight at once: no round trip per chunk, nor one more per batch); a worker then cuts each new
-chunk into sub-pieces and sends it as a delta when that is smaller than the whole chunk would be
+each new chunk with the old ones between the same unchanged neighbours. Once ``have`` has said which chunks the
+server lacks, the bases of those are asked about in ``sign`` requests, one compression job (about 4 MiB of
+chunks) at a time, a few jobs ahead of the sending (one request per MAX_SIGN_IDS bases, all in flight at once):
+no round trip per chunk, the signing overlapped with the compressing and sending of earlier jobs, and the
+signatures held bounded by the jobs ahead, even for a file of gigabytes rewritten everywhere. A worker then
+cuts each new chunk into sub-pieces and sends it as a delta when that is smaller than the whole chunk would be
 (:func:`make_delta`). Only plaintext targets, and only servers listing the ``subdelta`` feature: otherwise
 chunks travel whole, as before.
 """
 
 from __future__ import annotations
 
+from array import array
 from typing import Literal
 
 import zstandard
@@ -59,13 +62,16 @@ class DeltaPlanner:
         for i, bases in subdelta.base_candidates(old_ids, new_ids).items():
             self.bases.setdefault(new_ids[i * size : (i + 1) * size], bases)
 
-    async def plans(self, sent: list[bytes]) -> dict[bytes, Plan]:
-        """Plans for the chunks of ``sent`` that have bases (whose bases are forgotten now): their bases'
-        signatures, for those the server could sign. Asked at the same time as ``have`` about the same chunks
-        (not after it: that would cost a round trip per batch), so a chunk the server turns out to have was
-        planned for nothing; the new chunks of a changed file rarely are."""
+    def forget(self, ids: list[bytes]) -> None:
+        """Drop the bases of ``ids`` (chunks the server has: they are not sent)."""
+        for cid in ids:
+            self.bases.pop(cid, None)
+
+    async def plans(self, sending: list[bytes]) -> dict[bytes, Plan]:
+        """Plans for the chunks of ``sending`` that have bases (forgotten now): their bases' signatures, for
+        those the server could sign."""
         wanted: dict[bytes, list[bytes]] = {}
-        for cid in sent:
+        for cid in sending:
             bases = self.bases.pop(cid, None)
             if bases is not None:
                 wanted[cid] = bases
@@ -88,7 +94,7 @@ class DeltaPlanner:
                 continue
             for base, sig in zip(ids[n * step : (n + 1) * step], reply.signatures, strict=False):
                 if sig.lengths and len(sig.hashes) == len(sig.lengths) * subdelta.HASH_SIZE:
-                    sigs[base] = Signature(sig.lengths, sig.hashes)
+                    sigs[base] = Signature(array("I", sig.lengths), sig.hashes)  # 4 bytes a piece, not 36
         out: dict[bytes, Plan] = {}
         for cid, bases in wanted.items():
             known = [b for b in bases if b in sigs]

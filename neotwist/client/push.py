@@ -792,12 +792,9 @@ class _PushRun:
             return
 
         # 3. which of the new ids does the server lack?
-        asked = [src[0] for src in sources]
-        if self.deltas is not None:  # the bases' signatures at the same time: no round trip more per batch
-            asking = [ensureDeferred(self._missing(asked)), ensureDeferred(self.deltas.plans(asked))]
-            lacking, plans = await _gather(asking)
-        else:
-            lacking, plans = await self._missing(asked), {}
+        lacking = await self._missing([src[0] for src in sources])
+        if self.deltas is not None:
+            self.deltas.forget([src[0] for src in sources if src[0] not in lacking])
         if not lacking:
             return
         missing = [src for src in sources if src[0] in lacking]
@@ -810,12 +807,18 @@ class _PushRun:
         queued = iter(jobs2)
         pending: deque[tuple[list[_Source], Deferred[Any]]] = deque()
 
+        async def compress(job: list[_Source]) -> tuple[list[_Ready], dict[str, str], list[tuple[ChunkDelta, int]]]:
+            # with deltas, the signatures of this job's bases first (asked JOBS_AHEAD jobs ahead of the sending:
+            # overlapped with it, and bounded)
+            plans = await self.deltas.plans([src[0] for src in job]) if self.deltas is not None else None
+            deltas: list[tuple[ChunkDelta, int]] = []
+            ready, bad = await self._thread(_compress_job, self.root, job, level, self.crypt, plans, deltas)
+            return ready, bad, deltas
+
         def start_next() -> None:
             job = next(queued, None)
             if job is not None:
-                deltas: list[tuple[ChunkDelta, int]] = []
-                d = self._thread(_compress_job, self.root, job, level, self.crypt, plans, deltas)
-                pending.append((job, d.addCallback(lambda r, deltas=deltas: (*r, deltas))))
+                pending.append((job, ensureDeferred(compress(job))))
 
         for _ in range(JOBS_AHEAD):
             start_next()
