@@ -70,8 +70,10 @@ def _value(t: Any, rng: random.Random, depth: int = 0) -> Any:
         return _value(rng.choice(t.types), rng, depth)
     if isinstance(t, mi.ListType):
         hi = t.max_length if t.max_length is not None else 4
-        n = 0 if depth > 2 else rng.randint(t.min_length or 0, min(hi, 3))
+        n = (t.min_length or 0) if depth > 2 else rng.randint(t.min_length or 0, min(hi, 3))
         return [_value(t.item_type, rng, depth + 1) for _ in range(n)]
+    if isinstance(t, mi.TupleType):
+        return tuple(_value(item, rng, depth + 1) for item in t.item_types)
     if isinstance(t, mi.StructType):
         return _build(t, rng, depth + 1)
     raise AssertionError(f"no generator for {t!r}")

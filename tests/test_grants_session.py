@@ -20,6 +20,7 @@ from neotwist.wire.messages import (
     Abort,
     Check,
     CheckReport,
+    ChunkDelta,
     ChunkReply,
     Close,
     Commit,
@@ -42,7 +43,9 @@ from neotwist.wire.messages import (
     PushDeleted,
     PushEntries,
     Put,
+    PutDelta,
     RemoveTarget,
+    Sign,
 )
 
 
@@ -339,6 +342,7 @@ def test_errors_name_paths_as_the_grantee_asked_for_them(kit: Kit) -> None:
 def _revoked_requests(h: int, p: int, deck: bytes) -> dict[type, object]:
     """One request of every kind that names a handle: ``h`` a read handle, ``p`` a push handle with a push begun."""
     new, data = chunk(b"uploaded after the revoke")
+    delta = ChunkDelta(new, len(data), [deck], [(2**32 - 1, len(data))], 0, len(data), data)
     return {
         List: List(rid=0, handle=h, snapshot=None, path=""),
         ListSnapshots: ListSnapshots(rid=0, handle=h),
@@ -349,6 +353,8 @@ def _revoked_requests(h: int, p: int, deck: bytes) -> dict[type, object]:
         GetFiles: GetFiles(rid=0, handle=h, snapshot=3, files=[FileIds(path="deck", ids=[deck])]),
         Have: Have(rid=0, handle=p, ids=[deck]),
         Put: Put(rid=0, handle=p, id=new, codec=0, size=len(data), data=data),
+        Sign: Sign(rid=0, handle=p, ids=[deck]),
+        PutDelta: PutDelta(rid=0, handle=p, deltas=[delta]),
         PushEntries: PushEntries(rid=0, handle=p, entries=[Entry("", "d", 0o755, 0, 0)]),
         PushDeleted: PushDeleted(rid=0, handle=p, paths=["deck"]),
         Commit: Commit(rid=0, handle=p),

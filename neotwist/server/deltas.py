@@ -18,7 +18,7 @@ import threading
 from typing import Any
 
 import zstandard
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from neotwist import subdelta
@@ -81,11 +81,16 @@ def sign_bases(target: Target, ids: list[bytes]) -> list[PieceSignature]:
     return out
 
 
+def _sign(handle: Handle, ids: list[bytes]) -> list[PieceSignature]:
+    """The job of a ``sign`` (blocking, after its access was checked again): empty signatures where the server
+    may not or cannot tell anything of the bases."""
+    if not _may_delta(handle):
+        return [_EMPTY] * len(ids)
+    return sign_bases(handle.target, ids)
+
+
 def on_sign(ctx: RequestContext, peer: Peer, message: Sign) -> Deferred[None]:
     handle = ctx.push_handle(message.handle)
-    if not _may_delta(handle):
-        peer.send(Signatures(rid=message.rid, signatures=[_EMPTY] * len(message.ids)))
-        return succeed(None)
     budget = ctx.memory
     hold = limits.MAX_CHUNK  # one base at a time, and the reply
 
@@ -94,7 +99,7 @@ def on_sign(ctx: RequestContext, peer: Peer, message: Sign) -> Deferred[None]:
 
     def job() -> Deferred[None]:
         d: Deferred[Any] = budget.acquire(hold)
-        d.addCallback(lambda _: ctx.run_for(handle, Right.APPEND, "push", sign_bases, handle.target, message.ids))
+        d.addCallback(lambda _: ctx.run_for(handle, Right.APPEND, "push", _sign, handle, message.ids))
         d.addCallback(answer)
 
         def give_back(result: object) -> object:
@@ -129,7 +134,12 @@ def rebuild(target: Target, delta: ChunkDelta) -> bytes:
 
 
 def store_deltas(ctx: RequestContext, handle: Handle, charge: Any, deltas: list[ChunkDelta]) -> None:
-    """Rebuild, verify and store the chunks of one ``put_delta`` (blocking): all of them or none."""
+    """Rebuild, verify and store the chunks of one ``put_delta`` (blocking, after its access was checked
+    again): all of them or none."""
+    if handle.target.meta.encrypted:
+        raise NeoError(ErrorCode.ENCRYPTION_MISMATCH, "an encrypted target takes no deltas (it cannot read them)")
+    if handle.access.confined:
+        raise NeoError(ErrorCode.PERMISSION_DENIED, "a push confined to a grant sends chunks whole")
     target = handle.target
     comp = _compressor()
     chunks = []
@@ -143,10 +153,6 @@ def store_deltas(ctx: RequestContext, handle: Handle, charge: Any, deltas: list[
 def on_put_delta(ctx: RequestContext, peer: Peer, message: PutDelta) -> Deferred[None]:
     handle = ctx.push_handle(message.handle)
     run = handle.pushes.active("put_delta", "chunks are uploaded within a push")
-    if handle.target.meta.encrypted:
-        raise NeoError(ErrorCode.ENCRYPTION_MISMATCH, "an encrypted target takes no deltas (it cannot read them)")
-    if handle.access.confined:
-        raise NeoError(ErrorCode.PERMISSION_DENIED, "a push confined to a grant sends chunks whole")
     for delta in message.deltas:
         if delta.literal_size > delta.size or (delta.codec == CODEC_RAW and len(delta.literals) != delta.literal_size):
             raise NeoError(ErrorCode.CHUNK_MISMATCH, "a delta's literals do not fit its size")
