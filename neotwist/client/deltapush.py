@@ -53,14 +53,17 @@ class DeltaPlanner:
     def usable(peer: Peer, encrypted: bool) -> bool:
         return not encrypted and limits.FEATURE_SUBDELTA in getattr(peer, "features", ())
 
-    def note(self, old_ids: bytes | None, new_ids: bytes) -> None:
+    def note(self, old_ids: bytes | None, new_ids: bytes, seen: set[bytes]) -> None:
         """Remember the likely bases of the chunks of a file's new version (``new_ids``) that its previous one
-        (``old_ids``, from the files cache) lacks."""
+        (``old_ids``, from the files cache) lacks, but for those this push has ``seen`` already (they are not
+        sent again, so their bases would never be taken)."""
         if not old_ids or old_ids == new_ids:
             return
         size = limits.ID_SIZE
         for i, bases in subdelta.base_candidates(old_ids, new_ids).items():
-            self.bases.setdefault(new_ids[i * size : (i + 1) * size], bases)
+            cid = new_ids[i * size : (i + 1) * size]
+            if cid not in seen:
+                self.bases.setdefault(cid, bases)
 
     def forget(self, ids: list[bytes]) -> None:
         """Drop the bases of ``ids`` (chunks the server has: they are not sent)."""

@@ -745,7 +745,7 @@ class _PushRun:
                 n_sources = len(sources)
                 if self.deltas is not None and self.cache is not None:
                     old = self.cache.old.get(rec.path)
-                    self.deltas.note(old.ids if old is not None else None, ids)
+                    self.deltas.note(old.ids if old is not None else None, ids, seen)
                 for i, (offset, length) in enumerate(h.offsets):
                     cid = ids[i * ID : (i + 1) * ID]
                     if cid not in seen:
