@@ -175,13 +175,13 @@ class DeltaSessionTests(SessionTestCase):
         got = self.call(self.client, self.pump, get)
         assert got.id == self.new_id and got.size == len(self.new)
 
-    def refused(self, delta: ChunkDelta, code: ErrorCode) -> None:
-        """``delta`` is refused with ``code`` (on a connection of its own: the error fails that connection's
-        push) and nothing is stored under its id."""
+    def refused(self, delta: ChunkDelta, code: ErrorCode, also: list[ChunkDelta] | None = None) -> None:
+        """``delta`` (in one message with ``also``) is refused with ``code`` (on a connection of its own: the
+        error fails that connection's push) and nothing is stored under its id."""
         _server, client, pump = self.ready()
         h = self.open_push(client, pump).handle
         assert isinstance(self.call(client, pump, PushBegin(rid=0, handle=h)), Ok)
-        client.post(PutDelta(rid=0, handle=h, deltas=[delta]))
+        client.post(PutDelta(rid=0, handle=h, deltas=[delta, *(also or [])]))
         client.post(PushEntries(rid=0, handle=h, entries=[Entry("", "d", 0o755, 0, 0)]))
         reply = self.call(client, pump, Commit(rid=0, handle=h))
         assert isinstance(reply, RemoteError) and reply.code == code, reply
@@ -228,6 +228,20 @@ class DeltaSessionTests(SessionTestCase):
 
         bomb = zstandard.ZstdCompressor().compress(b"\0" * 100_000)
         self.refused(ChunkDelta(compute_id(lit), 3, [self.base_id], [(LIT, 3)], 1, 3, bomb), ErrorCode.CHUNK_MISMATCH)
+
+    def test_a_message_may_not_rebuild_or_read_more_than_its_bounds(self) -> None:
+        # references cost a few bytes each: what they make the server build and read is bounded per message
+        big = limits.MAX_CHUNK
+        many = [ChunkDelta(bytes([i]) * 32, big, [self.base_id], [(0, 1)], 0, 0, b"") for i in range(3)]
+        self.refused(many[0], ErrorCode.LIMIT_EXCEEDED, also=many[1:])
+        # bases read: the second delta's base would pass the message's bound (lowered here to one base)
+        self.patch(limits, "DELTA_MESSAGE_BASE_BYTES", len(self.base) + 1)
+        h = self.begin()
+        good = self.delta(h)
+        self.call(self.client, self.pump, Abort(rid=0, handle=h))
+        pieces = len(subdelta.cut(self.base))
+        again = ChunkDelta(self.base_id, len(self.base), [self.base_id], [(0, pieces)], 0, 0, b"")
+        self.refused(good, ErrorCode.LIMIT_EXCEEDED, also=[again])
 
     def test_put_delta_outside_a_push_is_refused(self) -> None:
         h = self.open_push(self.client, self.pump).handle

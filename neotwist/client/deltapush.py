@@ -126,18 +126,30 @@ def make_delta(cid: bytes, raw: bytes, plan: Plan, whole: int, comp: zstandard.Z
     return ChunkDelta(cid, len(raw), bases, delta.ops, codec, len(literals), payload)
 
 
-def delta_messages(handle: int, deltas: list[ChunkDelta]) -> list[PutDelta]:
-    """``deltas`` in ``put_delta`` messages of at most MAX_DELTAS deltas and about MESSAGE_BYTES each."""
+Made = tuple[ChunkDelta, int, int]
+"""A delta made by a worker: (the delta, its chunk's raw size, its bases' raw size together)."""
+
+
+def delta_messages(handle: int, deltas: list[Made]) -> list[PutDelta]:
+    """``deltas`` in ``put_delta`` messages of at most MAX_DELTAS deltas and about MESSAGE_BYTES each, whose
+    chunks and bases stay within DELTA_MESSAGE_SIZE and DELTA_MESSAGE_BASE_BYTES."""
     out: list[PutDelta] = []
     part: list[ChunkDelta] = []
-    size = 0
-    for d in deltas:
+    size = rebuilt = read = 0
+    for d, raw, bases in deltas:
         one = len(d.literals) + OP_BYTES * len(d.ops) + limits.ID_SIZE * (len(d.bases) + 1) + 16
-        if part and (len(part) >= limits.MAX_DELTAS or size + one > MESSAGE_BYTES):
+        if part and (
+            len(part) >= limits.MAX_DELTAS
+            or size + one > MESSAGE_BYTES
+            or rebuilt + raw > limits.DELTA_MESSAGE_SIZE
+            or read + bases > limits.DELTA_MESSAGE_BASE_BYTES
+        ):
             out.append(PutDelta(rid=0, handle=handle, deltas=part))
-            part, size = [], 0
+            part, size, rebuilt, read = [], 0, 0, 0
         part.append(d)
         size += one
+        rebuilt += raw
+        read += bases
     if part:
         out.append(PutDelta(rid=0, handle=handle, deltas=part))
     return out

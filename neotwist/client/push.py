@@ -47,7 +47,7 @@ from twisted.python.threadpool import ThreadPool
 from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import deep, heap
-from neotwist.client.deltapush import DeltaPlanner, Plan, delta_messages, make_delta
+from neotwist.client.deltapush import DeltaPlanner, Made, Plan, delta_messages, make_delta
 from neotwist.client.encryption import Crypt, KeySource, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
@@ -67,7 +67,6 @@ from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.label import SnapshotLabel
 from neotwist.wire.messages import (
     Abort,
-    ChunkDelta,
     ChunkerParams,
     Codec,
     Commit,
@@ -325,7 +324,7 @@ def _compress_job(
     level: int,
     crypt: Crypt | None = None,
     plans: dict[bytes, Plan] | None = None,
-    deltas: list[tuple[ChunkDelta, int]] | None = None,
+    deltas: list[Made] | None = None,
 ) -> tuple[list[_Ready], dict[str, str]]:
     """Read (re-verifying re-read data against its id), compress (and seal, for an encrypted target) and
     return the chunks of ``sources``, and the files that could not give theirs (changed since they were cut, or
@@ -359,7 +358,7 @@ def _compress_job(
             if plan is not None and deltas is not None:
                 delta = make_delta(cid, bytes(raw), plan, len(payload), comp)
                 if delta is not None:
-                    deltas.append((delta, length))
+                    deltas.append((delta, length, sum(sig.size for sig in plan[1])))
                     continue
             out.append((cid, codec, size, payload, length))
     finally:
@@ -807,11 +806,11 @@ class _PushRun:
         queued = iter(jobs2)
         pending: deque[tuple[list[_Source], Deferred[Any]]] = deque()
 
-        async def compress(job: list[_Source]) -> tuple[list[_Ready], dict[str, str], list[tuple[ChunkDelta, int]]]:
+        async def compress(job: list[_Source]) -> tuple[list[_Ready], dict[str, str], list[Made]]:
             # with deltas, the signatures of this job's bases first (asked JOBS_AHEAD jobs ahead of the sending:
             # overlapped with it, and bounded)
             plans = await self.deltas.plans([src[0] for src in job]) if self.deltas is not None else None
-            deltas: list[tuple[ChunkDelta, int]] = []
+            deltas: list[Made] = []
             ready, bad = await self._thread(_compress_job, self.root, job, level, self.crypt, plans, deltas)
             return ready, bad, deltas
 
@@ -833,7 +832,7 @@ class _PushRun:
             start_next()
             if bad:
                 failed.update(bad)
-                sent = {r[0] for r in ready} | {d.id for d, _raw in deltas}
+                sent = {r[0] for r in ready} | {d.id for d, _raw, _bases in deltas}
                 for src in job:
                     if src[0] not in sent:
                         self.seen.discard(src[0])  # not sent: whoever needs it again must send it
@@ -842,15 +841,15 @@ class _PushRun:
             if deltas:
                 await self._put_deltas(deltas)
 
-    async def _put_deltas(self, deltas: list[tuple[ChunkDelta, int]]) -> None:
+    async def _put_deltas(self, deltas: list[Made]) -> None:
         """Send chunks as deltas, in ``put_delta`` messages."""
-        for message in delta_messages(self.handle, [d for d, _raw in deltas]):
+        for message in delta_messages(self.handle, deltas):
             await self.peer.drain()
             self.peer.post(message)
         summary = self.summary
         summary.chunks_sent += len(deltas)
         summary.chunks_sent_as_deltas += len(deltas)
-        summary.chunk_bytes_sent += sum(raw for _d, raw in deltas)
+        summary.chunk_bytes_sent += sum(raw for _d, raw, _bases in deltas)
 
     async def _put(self, cid: bytes, codec: Codec, size: int, payload: bytes, raw_size: int) -> None:
         """Send one chunk (a dry run counts it instead)."""

@@ -111,8 +111,9 @@ def on_sign(ctx: RequestContext, peer: Peer, message: Sign) -> Deferred[None]:
     return ctx.admit(message, job)
 
 
-def rebuild(target: Target, delta: ChunkDelta) -> bytes:
-    """The plaintext ``delta`` rebuilds, checked against its id (blocking); NeoError otherwise."""
+def rebuild(target: Target, delta: ChunkDelta, read_before: int = 0) -> tuple[bytes, int]:
+    """The plaintext ``delta`` rebuilds, checked against its id, and the base bytes it read (blocking);
+    NeoError otherwise. ``read_before``: base bytes the same message read already."""
     locations = target.locate(delta.bases)
     total = 0
     for cid in delta.bases:
@@ -122,6 +123,10 @@ def rebuild(target: Target, delta: ChunkDelta) -> bytes:
         total += loc[4]
     if total > limits.DELTA_BASE_BYTES:
         raise NeoError(ErrorCode.LIMIT_EXCEEDED, f"a delta's bases hold over {limits.DELTA_BASE_BYTES} bytes")
+    if read_before + total > limits.DELTA_MESSAGE_BASE_BYTES:
+        raise NeoError(
+            ErrorCode.LIMIT_EXCEEDED, f"a put_delta's bases hold over {limits.DELTA_MESSAGE_BASE_BYTES} bytes"
+        )
     bases = []
     for cid in delta.bases:
         codec, size, data = target.read_located(cid, locations[cid])
@@ -130,7 +135,7 @@ def rebuild(target: Target, delta: ChunkDelta) -> bytes:
     plain = subdelta.apply(bases, delta.ops, literals, delta.size)
     if not same_id(compute_id(plain), delta.id):
         raise NeoError(ErrorCode.CHUNK_MISMATCH, f"delta does not rebuild chunk {delta.id.hex()}")
-    return plain
+    return plain, total
 
 
 def store_deltas(ctx: RequestContext, handle: Handle, charge: Any, deltas: list[ChunkDelta]) -> None:
@@ -143,8 +148,10 @@ def store_deltas(ctx: RequestContext, handle: Handle, charge: Any, deltas: list[
     target = handle.target
     comp = _compressor()
     chunks = []
+    read = 0
     for delta in deltas:
-        plain = rebuild(target, delta)
+        plain, bases = rebuild(target, delta, read)
+        read += bases
         codec, size, payload = PLAIN.encode(delta.id, plain, comp)
         chunks.append((delta.id, codec, size, payload))
     ctx.services.quota.store(target, chunks, charge)
@@ -153,11 +160,19 @@ def store_deltas(ctx: RequestContext, handle: Handle, charge: Any, deltas: list[
 def on_put_delta(ctx: RequestContext, peer: Peer, message: PutDelta) -> Deferred[None]:
     handle = ctx.push_handle(message.handle)
     run = handle.pushes.active("put_delta", "chunks are uploaded within a push")
+    if sum(d.size for d in message.deltas) > limits.DELTA_MESSAGE_SIZE:
+        raise NeoError(ErrorCode.LIMIT_EXCEEDED, f"a put_delta rebuilds over {limits.DELTA_MESSAGE_SIZE} bytes")
     for delta in message.deltas:
         if delta.literal_size > delta.size or (delta.codec == CODEC_RAW and len(delta.literals) != delta.literal_size):
             raise NeoError(ErrorCode.CHUNK_MISMATCH, "a delta's literals do not fit its size")
-    # What rebuilding holds at once: the message, one delta's bases and every rebuilt chunk until stored.
-    hold = sum(len(d.literals) + d.literal_size + 2 * d.size for d in message.deltas) + limits.DELTA_BASE_BYTES
+    # What rebuilding holds at once: the message's literals, every rebuilt chunk until stored (at most
+    # DELTA_MESSAGE_SIZE), and one delta's bases, decoded literals and plaintext.
+    deltas = message.deltas
+    hold = (
+        sum(len(d.literals) + d.size for d in deltas)
+        + max(d.literal_size + d.size for d in deltas)
+        + limits.DELTA_BASE_BYTES
+    )
     budget = ctx.memory
 
     def store() -> Deferred[None]:

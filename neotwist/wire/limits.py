@@ -153,5 +153,12 @@ MAX_DELTA_OPS = MAX_CHUNK // SUB_MIN
 MAX_DELTAS = 256
 """Deltas in one ``put_delta`` message (its frame bounds their bytes together)."""
 
+DELTA_MESSAGE_SIZE = 8 * 1024 * 1024
+"""Bytes the deltas of one ``put_delta`` rebuild together (the sum of their sizes): a small message of
+references must not make the server build and hold gigabytes."""
+
+DELTA_MESSAGE_BASE_BYTES = 32 * 1024 * 1024
+"""Base plaintext one ``put_delta`` makes the server read and cut (each delta's bases counted)."""
+
 DELTA_LITERAL = 2**32 - 1
 """A delta op whose start is this copies literal bytes; any other start is a sub-piece index."""
