@@ -98,17 +98,17 @@ def on_sign(ctx: RequestContext, peer: Peer, message: Sign) -> Deferred[None]:
         peer.send(Signatures(rid=message.rid, signatures=sigs))
 
     def job() -> Deferred[None]:
-        d: Deferred[Any] = budget.acquire(hold)
-        d.addCallback(lambda _: ctx.run_for(handle, Right.APPEND, "push", _sign, handle, message.ids))
+        d: Deferred[Any] = ctx.run_for(handle, Right.APPEND, "push", _sign, handle, message.ids)
         d.addCallback(answer)
-
-        def give_back(result: object) -> object:
-            budget.release(hold)
-            return result
-
         return d.addBoth(give_back)
 
-    return ctx.admit(message, job)
+    def give_back(result: object) -> object:
+        budget.release(hold)
+        return result
+
+    # The bytes first, then a job slot, as put batches take them: a job holding a slot never waits for bytes
+    # that jobs waiting for a slot hold.
+    return budget.acquire(hold).addCallback(lambda _: ctx.admit(message, job))
 
 
 def rebuild(target: Target, delta: ChunkDelta, read_before: int = 0) -> tuple[bytes, int]:
@@ -176,19 +176,16 @@ def on_put_delta(ctx: RequestContext, peer: Peer, message: PutDelta) -> Deferred
     budget = ctx.memory
 
     def store() -> Deferred[None]:
-        d: Deferred[Any] = budget.acquire(hold)
-        d.addCallback(
-            lambda _: ctx.run_for(handle, Right.APPEND, "push", store_deltas, ctx, handle, run.charge, message.deltas)
-        )
+        d: Deferred[Any] = ctx.run_for(handle, Right.APPEND, "push", store_deltas, ctx, handle, run.charge, deltas)
         d.addErrback(_upload_failed, run)
-
-        def give_back(result: object) -> object:
-            budget.release(hold)
-            return result
-
         return d.addBoth(give_back)
 
-    return ctx.admit(message, store, handle)
+    def give_back(result: object) -> object:
+        budget.release(hold)
+        return result
+
+    # The bytes first, then a job slot, as put batches take them (see on_sign).
+    return budget.acquire(hold).addCallback(lambda _: ctx.admit(message, store, handle))
 
 
 HANDLERS: dict[type, Any] = {Sign: on_sign, PutDelta: on_put_delta}
