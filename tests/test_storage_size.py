@@ -25,6 +25,7 @@ from neotwist.client.pull import PullOptions, pull
 from neotwist.client.push import PushOptions, push
 from neotwist.server import session
 from neotwist.server.repository.index import WAL_KEEP, Connections
+from neotwist.server.repository.packs import WRITEV_BUFFERS, PackStore
 from neotwist.wire import limits
 from neotwist.wire.messages import Bye, Hello
 from neotwist.wire.peer import Peer
@@ -205,3 +206,58 @@ class TrimWalTests(TestCase):
         other.execute("COMMIT")
         assert self.conns.trim_wal()
         assert self.wal.stat().st_size == 0
+
+
+class AppendManyTests(TestCase):
+    """Records appended in one batch land where they are said to, across pack rotations and short writes."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="neo-packs-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def _records(self, count: int, seed: int) -> list[tuple[bytes, int, int, bytes]]:
+        rng = random.Random(seed)
+        out = []
+        for _ in range(count):
+            data = rng.randbytes(rng.randrange(0, 3000))
+            out.append((rng.randbytes(32), rng.choice((0, 1)), len(data) + 5, data))
+        return out
+
+    def _check(
+        self, store: PackStore, records: list[tuple[bytes, int, int, bytes]], places: list[tuple[int, int]]
+    ) -> None:
+        assert len(places) == len(records)
+        for (cid, codec, size, data), (pack, offset) in zip(records, places, strict=True):
+            assert store.read(pack, offset, len(data), cid) == (codec, size, data)
+        for pack, end in store.sync().items():
+            assert os.path.getsize(store.path(pack)) == end
+
+    def test_a_batch_rotates_packs_and_is_read_back(self) -> None:
+        store = PackStore(self.tmp / "packs", pack_size=64 * 1024)
+        self.addCleanup(store.close)
+        store.open_writer(None, 0)
+        records = self._records(WRITEV_BUFFERS * 2 + 7, seed=1)  # ~1.5 MB: many packs, several writev rounds
+        places = store.append_many(records)
+        assert len({pack for pack, _ in places}) > 10
+        for pack in {pack for pack, _ in places}:
+            assert os.path.getsize(store.path(pack)) <= 64 * 1024
+        self._check(store, records, places)
+        more = self._records(3, seed=2)  # single appends continue where the batch ended
+        self._check(store, records + more, places + [store.append(*r) for r in more])
+
+    def test_short_writes_are_continued(self) -> None:
+        """The kernel may write less than asked (a signal, a nearly full disk): the rest follows."""
+        store = PackStore(self.tmp / "packs")
+        self.addCleanup(store.close)
+        store.open_writer(None, 0)
+        real = os.writev
+
+        def short(fd: int, buffers: Any) -> int:  # at most 1,000 bytes per call, as a busy kernel may do
+            first = bytes(memoryview(b"".join(bytes(b) for b in buffers))[:1000])
+            return real(fd, [first])
+
+        self.patch(os, "writev", short)
+        records = self._records(40, seed=3)
+        places = store.append_many(records)
+        self.patch(os, "writev", real)
+        self._check(store, records, places)
