@@ -7,10 +7,24 @@ from pathlib import Path
 import blake3
 import zstandard
 
-from neotwist.codec import raw_bytes
+from neotwist.codec import CodecError, raw_bytes
+from neotwist.server.errormap import to_wire
 from neotwist.server.repository import Target
+from neotwist.server.repository.errors import RepositoryError
 from neotwist.wire import limits
+from neotwist.wire.errors import NeoError
 from neotwist.wire.messages import CODEC_RAW, CODEC_ZSTD, Entry
+
+Refused = (RepositoryError, CodecError, NeoError)
+"""What a repository call raises when it refuses: its own errors, the codec's, or the protocol's refusal of a
+path (:mod:`neotwist.paths`)."""
+
+
+def as_sent(error: BaseException) -> NeoError:
+    """The wire error the session answers ``error`` with (through :func:`neotwist.server.errormap.to_wire`)."""
+    sent = to_wire(error)
+    assert isinstance(sent, NeoError), error
+    return sent
 
 
 def store_chunk(target: Target, chunk_id: bytes, codec: int, size: int, data: bytes) -> bool:
@@ -20,7 +34,7 @@ def store_chunk(target: Target, chunk_id: bytes, codec: int, size: int, data: by
 
 
 def read_chunk(target: Target, chunk_id: bytes) -> tuple[int, int, bytes]:
-    """(codec, raw size, stored bytes) of one chunk; NeoError(DAMAGED) if it is not stored or does not check out."""
+    """(codec, raw size, stored bytes) of one chunk; Damaged if it is not stored or does not check out."""
     return target.read_located(chunk_id, target.locate([chunk_id]).get(chunk_id))
 
 

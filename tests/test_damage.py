@@ -7,12 +7,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from repo_support import commit, dir_entry, file_entry, ids_of, put, read_chunk, read_file, view
+from repo_support import Refused, as_sent, commit, dir_entry, file_entry, ids_of, put, read_chunk, read_file, view
 from test_check import location, poke
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.repository import Repository, Target, damage, index
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.errors import ErrorCode
 
 
 def marked(t: Target) -> dict[bytes, tuple[int | None, str]]:
@@ -33,12 +33,12 @@ def test_a_rotten_record_a_read_meets_is_marked_and_a_store_heals_it(target: Tar
     pack, offset, _length = location(target, a)
     poke(pack, offset + 60, b"rot")
     usage = target.usage()
-    with pytest.raises(NeoError, match="stored bytes are damaged; marked damaged: push the intact file"):
+    with pytest.raises(Refused, match="stored bytes are damaged; marked damaged: push the intact file"):
         read_chunk(target, a)
     assert list(marked(target)) == [a] and marked(target)[a][0] is not None
     assert target.missing([a, b]) == [True, False]  # have: send it again
     assert target.usage().chunks == usage.chunks - 1  # the counters lost it (check agrees)
-    with pytest.raises(NeoError, match="is not stored"):
+    with pytest.raises(Refused, match="is not stored"):
         read_chunk(target, a)
     report = target.check()
     assert report.lost_chunks == 1 and [(f.path, f.marked) for f in report.damaged_files] == [("a", True)]
@@ -56,7 +56,7 @@ def test_a_read_that_fails_with_an_io_error_marks_nothing(target: Target) -> Non
     pack, _offset, _length = location(target, a)
     target.chunks.packs.close()  # drop the pooled descriptors, then make the pack unreadable
     pack.rename(pack.with_suffix(".away"))
-    with pytest.raises(NeoError, match="cannot open its pack"):
+    with pytest.raises(Refused, match="cannot open its pack"):
         read_chunk(target, a)
     assert marked(target) == {}
     pack.with_suffix(".away").rename(pack)
@@ -69,9 +69,9 @@ def test_a_commit_asks_for_a_marked_chunk_even_for_an_unchanged_file(target: Tar
     report = target.check(repair=True)
     assert (report.repaired, report.marked_chunks, report.lost_chunks) == (True, 1, 1)
     unchanged = [dir_entry(""), file_entry("a", b"alpha " * 400), file_entry("b", b"bravo " * 400)]
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         commit(target, unchanged, 2.0)
-    assert e.value.code == ErrorCode.MISSING_CHUNKS and "damaged on the server" in e.value.message
+    assert as_sent(e.value).code == ErrorCode.MISSING_CHUNKS and "damaged on the server" in e.value.message
     put(target, b"alpha " * 400)
     assert commit(target, unchanged, 2.0) == 2
     assert target.check(verify_data=True).ok and marked(target) == {}
@@ -139,7 +139,7 @@ def test_a_collection_forgets_the_marks_that_nothing_refers_to(target: Target) -
     a, _b = two_files(target)
     pack, offset, _length = location(target, a)
     poke(pack, offset + 60, b"rot")
-    with pytest.raises(NeoError, match="marked damaged"):
+    with pytest.raises(Refused, match="marked damaged"):
         read_chunk(target, a)
     commit(target, [dir_entry(""), file_entry("b", b"bravo " * 400)], 2.0)  # a is gone from the latest snapshot
     target.collect_garbage()

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import blake3
 import pytest
-from repo_support import commit, dir_entry, file_entry, ids_of, pack_bytes, put, read_file, view
+from repo_support import Refused, as_sent, commit, dir_entry, file_entry, ids_of, pack_bytes, put, read_file, view
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.repository import Repository, StoreSizes, Target, gc, packs
 from neotwist.server.repository.chunkstore import ChunkStore
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.errors import ErrorCode
 from neotwist.wire.messages import Entry
 
 PIECE = 256 * 1024
@@ -382,9 +382,9 @@ def test_prune_and_collect_refused_on_a_read_only_repository(tmp_path: Path) -> 
         lambda: rt.begin_push("", False),
         lambda: ro.create_target(1, "x", encrypted=False, chunker=DEFAULT_PARAMS),
     ):
-        with pytest.raises(NeoError) as e:
+        with pytest.raises(Refused) as e:
             call()
-        assert e.value.code == ErrorCode.PERMISSION_DENIED
+        assert as_sent(e.value).code == ErrorCode.PERMISSION_DENIED
     assert [s.id for s in rt.snapshots()] == [1]
     ro.close()
     repo.close()

@@ -17,9 +17,11 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from neotwist import paths
+from neotwist.paths import BadPath
 from neotwist.server import fetch
 from neotwist.server.context import Handle, RequestContext
 from neotwist.server.filechunks import check_file_chunks
+from neotwist.server.repository.errors import NoSuchPath, NoSuchSnapshot
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry, Get, GetFiles, List, Listing
@@ -50,12 +52,10 @@ async def _list(ctx: RequestContext, peer: Peer, message: List, handle: Handle) 
         where = paths.join(root, message.path)
         try:
             return snapshot, target.list_entries(snapshot, where, message.recursive)
-        except NeoError as e:  # say it in the client's terms: its path, its name for the target
-            if e.code == ErrorCode.NO_SUCH_PATH:
-                raise NeoError(e.code, nothing_at(handle, message.path, snapshot)) from None
-            if e.code == ErrorCode.NO_SUCH_SNAPSHOT:
-                raise NeoError(e.code, f"no snapshot {snapshot} in {handle.name!r}") from None
-            raise
+        except NoSuchPath:  # say it in the client's terms: its path, its name for the target
+            raise NeoError(ErrorCode.NO_SUCH_PATH, nothing_at(handle, message.path, snapshot)) from None
+        except NoSuchSnapshot:
+            raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {snapshot} in {handle.name!r}") from None
 
     snapshot, entries = await ctx.work(start)
 
@@ -166,7 +166,7 @@ def nothing_at(handle: Handle, path: str, snapshot: int) -> str:
     named = handle.client_path(path)
     try:
         versions = target.versions(paths.join(handle.root, path))
-    except NeoError:
+    except (NoSuchPath, BadPath):
         versions = []
     gone = [v for v in versions if v.last is not None and v.last <= snapshot]
     if gone:

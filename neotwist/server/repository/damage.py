@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from neotwist.wire import limits
+from neotwist.bounds import ID_SIZE
 
 Location = tuple[int, int, int, int, int]
 """(pack, offset, length, codec, size) of a stored chunk, as in ``chunks``."""
@@ -118,7 +118,7 @@ def referenced_by(db: sqlite3.Connection, stage: str) -> tuple[int, bytes | None
 
 
 def _ids(cur: sqlite3.Cursor) -> Iterator[bytes]:
-    step = limits.ID_SIZE
+    step = ID_SIZE
     while rows := cur.fetchmany(256):
         for (chunks,) in rows:
             blob = bytes(chunks)

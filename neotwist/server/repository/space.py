@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from neotwist.server.repository.errors import DiskFull
 from neotwist.server.repository.index import logged
 from neotwist.sizes import parse_size
-from neotwist.wire.errors import ErrorCode, NeoError
 
 BALLAST_NAME = "emergency-space"
 
@@ -82,14 +82,13 @@ class Reserve:
         return free_bytes(path) < 2 * max(self.bytes_on(path), ballast_size(path))
 
     def check(self, path: Path, incoming: int = 0) -> None:
-        """Raise DISK_FULL unless ``incoming`` more bytes leave at least the reserve free on ``path``'s file
+        """Raise DiskFull unless ``incoming`` more bytes leave at least the reserve free on ``path``'s file
         system."""
         reserve = self.bytes_on(path)
         free = free_bytes(path)
         if free - incoming < reserve or (incoming and free <= incoming):
             raise logged(
-                NeoError(
-                    ErrorCode.DISK_FULL,
+                DiskFull(
                     f"the server's disk is full: {human(free)} free, and {human(reserve)} ({self}) is kept free "
                     "for the server itself; nothing was stored (the operator frees space, or prunes old snapshots)",
                 )

@@ -14,6 +14,11 @@ while holding a later one, so there is no deadlock):
 2. the chunk store's *gc lock*: "present" answers and the collector's sweep are exclusive;
 3. the chunk store's *store lock*: the pack writer and the pending chunks;
 4. and 5. the index's *writer* and *reader* locks, each held for one statement or transaction.
+
+One import from the protocol, on purpose: :meth:`Target.list_entries` yields the wire's own ``Entry`` records
+(split at ``MAX_FILE_CHUNK_IDS`` chunk ids, as a listing page carries them), so a listing of millions of
+versions reaches the client without a second object per row. Everything else here is the repository's own
+(:mod:`.records`, :mod:`.errors`).
 """
 
 # ruff: noqa: S608  (SQL text is built only from constants and generated table names; values are bound)
@@ -31,9 +36,11 @@ from twisted.logger import Logger
 
 from neotwist import paths
 from neotwist.atomicfile import fsync_dir
+from neotwist.bounds import ID_SIZE
 from neotwist.server.repository import check as check_module
 from neotwist.server.repository import damage, gc, history, index
 from neotwist.server.repository.chunkstore import DEFAULT_SIZES, ChunkStore, Location, StoreSizes
+from neotwist.server.repository.errors import Damaged, NoSuchPath, NoSuchSnapshot, RepositoryError
 from neotwist.server.repository.history import snapshot_columns, snapshot_info
 from neotwist.server.repository.packs import make_dirs
 from neotwist.server.repository.push import Push
@@ -49,7 +56,6 @@ from neotwist.server.repository.records import (
 )
 from neotwist.server.repository.space import Reserve
 from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry
 
 log = Logger()
@@ -67,7 +73,7 @@ class Target:
 
     ``read_only`` opens an existing target for inspection only (``neo-admin check`` beside a running server):
     both connections are read-only, nothing is created, and the pack writer is never opened, so no pack is
-    truncated or appended to; methods that would write raise NeoError(PERMISSION_DENIED).
+    truncated or appended to; methods that would write raise ReadOnly.
     """
 
     def __init__(
@@ -86,7 +92,7 @@ class Target:
         db_path = directory / "index.sqlite"
         if read_only:
             if not db_path.exists():
-                raise NeoError(ErrorCode.DAMAGED, f"target {meta.name}: {db_path} is missing")
+                raise Damaged(f"target {meta.name}: {db_path} is missing")
             self.index = index.Connections(db_path, read_only=True)
         else:
             make_dirs(directory / "packs")
@@ -172,7 +178,7 @@ class Target:
             return None
         try:
             return self.collect_garbage()
-        except NeoError as e:
+        except RepositoryError as e:
             log.warn("cannot reclaim the space of an aborted push in {target}: {why}", target=self, why=e.message)
             return None
 
@@ -180,7 +186,7 @@ class Target:
 
     def begin_push(self, root: str, delete: bool, parent: int | None = None) -> Push:
         """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything); with
-        ``parent``, staging only the changes since that snapshot (see :class:`Push`). Raises DISK_FULL while the
+        ``parent``, staging only the changes since that snapshot (see :class:`Push`). Raises DiskFull while the
         free space is below the reserve."""
         self._writable("push")
         paths.check_path(root)
@@ -283,16 +289,14 @@ class Target:
         """The entries of ``snapshot_id`` at and below ``path`` (target-relative paths), sorted by path (UTF-8
         byte order); with ``recursive=False`` only ``path`` and its direct children.
 
-        Raises at once (not on first iteration): BAD_PATH, NO_SUCH_SNAPSHOT, NO_SUCH_PATH when nothing is at
+        Raises at once (not on first iteration): BAD_PATH, NoSuchSnapshot, NoSuchPath when nothing is at
         or below ``path`` (never for the root ''). Rows are fetched in pages with the lock released between
         them; a committed snapshot's view never changes, so pages are consistent. A file with more than
         MAX_FILE_CHUNK_IDS chunk ids comes as several records, all but the last with ``more``.
         """
         paths.check_path(path)
         if self.snapshot(snapshot_id) is None:
-            raise NeoError(
-                ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {snapshot_id} in target {self.meta.name}"
-            )
+            raise NoSuchSnapshot(snapshot_id, self.meta.name)
         lo, hi = (path + "/", path + "0") if path else ("", None)
         upper = "" if hi is None else " AND path < :hi"
         with self.index.reading() as reader:
@@ -306,7 +310,7 @@ class Target:
                     {"lo": lo, "hi": hi, "s": snapshot_id},
                 ).fetchone()
                 if below is None:
-                    raise NeoError(ErrorCode.NO_SUCH_PATH, f"nothing at {path!r} in snapshot {snapshot_id}")
+                    raise NoSuchPath(path, snapshot_id)
         children = "" if recursive else " AND instr(substr(path, :cut), '/') = 0"
         sql = (
             f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path > :after{upper} AND {_VIEW}{children} "
@@ -391,12 +395,10 @@ class Target:
 def _records(row: tuple) -> Iterator[Entry]:
     """One version row as wire entries: a file with more chunk ids than one record carries is split."""
     path, kind, mode, mtime_ns, size, chunks, link, meta = row
-    step = limits.MAX_FILE_CHUNK_IDS * limits.ID_SIZE
+    step = limits.MAX_FILE_CHUNK_IDS * ID_SIZE
     if len(chunks) <= step:
         yield Entry(path, kind, mode, mtime_ns, size, bytes(chunks), link, bytes(meta))
         return
     for start in range(0, len(chunks), step):
         more = start + step < len(chunks)
-        yield Entry(
-            path, kind, mode, mtime_ns, size, bytes(chunks[start : start + step]), link, bytes(meta), more
-        )
+        yield Entry(path, kind, mode, mtime_ns, size, bytes(chunks[start : start + step]), link, bytes(meta), more)
