@@ -67,3 +67,45 @@ def test_lower_layers_never_import_upper_ones() -> None:
     for path in (ROOT / "client").rglob("*.py"):
         server = {m for m in _imports(path) if m.startswith("neotwist.server")}
         assert not server, f"client/{path.name} imports {server}"
+
+
+def _above_the_repository() -> set[str]:
+    """The server's modules outside the repository that import it, directly or through others (the leaf
+    services it may use, such as ``changes`` and ``descriptors``, import nothing of it)."""
+    graph = _graph("server")
+    inside = {m for m in graph if m.startswith("neotwist.server.repository")}
+    above: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for name, deps in graph.items():
+            if name not in inside and name not in above and deps & (inside | above):
+                above.add(name)
+                grew = True
+    return above
+
+
+WIRE_IN_THE_REPOSITORY = {"target": {"Entry", "MAX_FILE_CHUNK_IDS"}}
+"""The wire names a repository module may use, each named (with its reason) in that module's docstring."""
+
+
+def test_the_repository_imports_neither_the_wire_nor_the_layers_above_it() -> None:
+    """The repository has its own errors and records (the session maps them onto the wire, see
+    server/errormap.py): it imports nothing of neotwist.wire, but the few names a module documents at its top,
+    and nothing of the server above it or of the client."""
+    package = ROOT / "server" / "repository"
+    modules = sorted(package.rglob("*.py"))
+    assert len(modules) > 10
+    above = _above_the_repository()
+    assert {"neotwist.server.session", "neotwist.server.context"} <= above
+    for path in modules:
+        imported = _imports(path)
+        upper = {m for m in imported if m.startswith("neotwist.client") or m in above}
+        assert not upper, f"repository/{path.name} imports {upper}"
+        wire = {m.rpartition(".")[2] for m in imported if m.startswith("neotwist.wire.")}
+        wire -= {"limits", "messages", "errors"}  # the modules themselves: the names taken from them count
+        allowed = WIRE_IN_THE_REPOSITORY.get(path.stem, set())
+        assert wire <= allowed, f"repository/{path.name} imports {wire - allowed} from neotwist.wire"
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        for name in wire:
+            assert name in doc, f"repository/{path.name} does not say at its top why it uses the wire's {name}"
