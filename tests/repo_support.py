@@ -9,6 +9,7 @@ import zstandard
 
 from neotwist.codec import CodecError, raw_bytes
 from neotwist.server.errormap import to_wire
+from neotwist.server.reads import listing_records
 from neotwist.server.repository import Target
 from neotwist.server.repository.errors import RepositoryError
 from neotwist.wire import limits
@@ -58,8 +59,13 @@ def dir_entry(path: str) -> Entry:
     return Entry(path, "d", 0o755, 1, 0)
 
 
+def listing(target: Target, snapshot: int, path: str = "", recursive: bool = True) -> list[Entry]:
+    """The records a ``list`` of ``path`` answers with (a large file split into continuation records)."""
+    return list(listing_records(target.list_entries(snapshot, path, recursive), ""))
+
+
 def view(target: Target, snapshot: int, path: str = "") -> dict[str, Entry]:
-    return {e.path: e for e in target.list_entries(snapshot, path, True)}
+    return {e.path: e for e in listing(target, snapshot, path)}
 
 
 def commit(target: Target, entries: list[Entry], now: float, *, delete: bool = True) -> int:

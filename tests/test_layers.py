@@ -1,6 +1,7 @@
 """The client's and the wire's imports go one way: no module of neotwist/client or neotwist/wire imports
 another that imports it back (directly or around a loop, deferred imports inside functions included), the wire
-imports neither client nor server, and the client never imports the server."""
+imports neither client nor server, and the client never imports the server. The server's repository imports
+neither the wire nor the server modules that use it."""
 
 from __future__ import annotations
 
@@ -85,14 +86,10 @@ def _above_the_repository() -> set[str]:
     return above
 
 
-WIRE_IN_THE_REPOSITORY = {"target": {"Entry", "MAX_FILE_CHUNK_IDS"}}
-"""The wire names a repository module may use, each named (with its reason) in that module's docstring."""
-
-
 def test_the_repository_imports_neither_the_wire_nor_the_layers_above_it() -> None:
     """The repository has its own errors and records (the session maps them onto the wire, see
-    server/errormap.py): it imports nothing of neotwist.wire, but the few names a module documents at its top,
-    and nothing of the server above it or of the client."""
+    server/errormap.py): it imports nothing of neotwist.wire, nothing of the server above it, nothing of the
+    client."""
     package = ROOT / "server" / "repository"
     modules = sorted(package.rglob("*.py"))
     assert len(modules) > 10
@@ -102,10 +99,5 @@ def test_the_repository_imports_neither_the_wire_nor_the_layers_above_it() -> No
         imported = _imports(path)
         upper = {m for m in imported if m.startswith("neotwist.client") or m in above}
         assert not upper, f"repository/{path.name} imports {upper}"
-        wire = {m.rpartition(".")[2] for m in imported if m.startswith("neotwist.wire.")}
-        wire -= {"limits", "messages", "errors"}  # the modules themselves: the names taken from them count
-        allowed = WIRE_IN_THE_REPOSITORY.get(path.stem, set())
-        assert wire <= allowed, f"repository/{path.name} imports {wire - allowed} from neotwist.wire"
-        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-        for name in wire:
-            assert name in doc, f"repository/{path.name} does not say at its top why it uses the wire's {name}"
+        wire = {m for m in imported if m == "neotwist.wire" or m.startswith("neotwist.wire.")}
+        assert not wire, f"repository/{path.name} imports {wire}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-from repo_support import Refused, as_sent, dir_entry, file_entry, put, read_chunk, store_chunk, view
+from repo_support import Refused, as_sent, dir_entry, file_entry, listing, put, read_chunk, store_chunk, view
 
 from neotwist import bounds
 from neotwist.chunking import DEFAULT_PARAMS
@@ -327,7 +327,7 @@ def test_push_commit_then_list_and_file_chunks(target: Target) -> None:
     assert snap.new_bytes == result.stored_bytes == target.usage().stored_bytes
     assert target.latest() == snap == target.snapshot(1)
     assert target.snapshot(2) is None
-    entries = list(target.list_entries(1, "", True))
+    entries = listing(target, 1)
     assert [e.path for e in entries] == ["", "docs", "docs/big.bin", "docs/link", "empty"]
     assert entries[2] == big
     assert entries[3].link == "big.bin" and entries[3].kind == "l"
@@ -541,7 +541,7 @@ def test_continuation_records_round_trip(target: Target, monkeypatch: pytest.Mon
     push.add([*rec[1:], file_entry("z")])
     push.commit(1.0)
     assert target.file_chunks(1, "big") == b"".join(ids)
-    listed = [e for e in target.list_entries(1, "", True) if e.path == "big"]
+    listed = [e for e in listing(target, 1) if e.path == "big"]
     assert listed == rec
 
     push = target.begin_push("", False)

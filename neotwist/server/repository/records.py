@@ -7,7 +7,10 @@ chooses to encode them; the session copies the fields it sends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, NamedTuple, Protocol
+
+EntryKind = Literal["f", "d", "l"]
+"""A file, a directory or a symlink."""
 
 
 class ChunkerSettings(Protocol):
@@ -48,6 +51,20 @@ class StagedEntry(Protocol):
     def meta(self) -> bytes: ...
     @property
     def more(self) -> bool: ...
+
+
+class StoredEntry(NamedTuple):
+    """One path of a snapshot's view as stored: a file's ``chunks`` are all its chunk ids, concatenated (a
+    listing on the wire carries a large file in several records: the session splits it)."""
+
+    path: str
+    kind: EntryKind
+    mode: int
+    mtime_ns: int
+    size: int
+    chunks: bytes
+    link: str
+    meta: bytes
 
 
 @dataclass(frozen=True)

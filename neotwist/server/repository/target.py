@@ -14,11 +14,6 @@ while holding a later one, so there is no deadlock):
 2. the chunk store's *gc lock*: "present" answers and the collector's sweep are exclusive;
 3. the chunk store's *store lock*: the pack writer and the pending chunks;
 4. and 5. the index's *writer* and *reader* locks, each held for one statement or transaction.
-
-One import from the protocol, on purpose: :meth:`Target.list_entries` yields the wire's own ``Entry`` records
-(split at ``MAX_FILE_CHUNK_IDS`` chunk ids, as a listing page carries them), so a listing of millions of
-versions reaches the client without a second object per row. Everything else here is the repository's own
-(:mod:`.records`, :mod:`.errors`).
 """
 
 # ruff: noqa: S608  (SQL text is built only from constants and generated table names; values are bound)
@@ -36,7 +31,6 @@ from twisted.logger import Logger
 
 from neotwist import paths
 from neotwist.atomicfile import fsync_dir
-from neotwist.bounds import ID_SIZE
 from neotwist.server.repository import check as check_module
 from neotwist.server.repository import damage, gc, history, index
 from neotwist.server.repository.chunkstore import DEFAULT_SIZES, ChunkStore, Location, StoreSizes
@@ -50,13 +44,12 @@ from neotwist.server.repository.records import (
     GcResult,
     PruneResult,
     SnapshotInfo,
+    StoredEntry,
     TargetMeta,
     Usage,
     VersionInfo,
 )
 from neotwist.server.repository.space import Reserve
-from neotwist.wire import limits
-from neotwist.wire.messages import Entry
 
 log = Logger()
 
@@ -285,14 +278,13 @@ class Target:
         with self._maintenance_lock:
             return check_module.check(self.chunks, verify_data, progress, root, repair)
 
-    def list_entries(self, snapshot_id: int, path: str, recursive: bool) -> Iterator[Entry]:
+    def list_entries(self, snapshot_id: int, path: str, recursive: bool) -> Iterator[StoredEntry]:
         """The entries of ``snapshot_id`` at and below ``path`` (target-relative paths), sorted by path (UTF-8
         byte order); with ``recursive=False`` only ``path`` and its direct children.
 
         Raises at once (not on first iteration): BAD_PATH, NoSuchSnapshot, NoSuchPath when nothing is at
         or below ``path`` (never for the root ''). Rows are fetched in pages with the lock released between
-        them; a committed snapshot's view never changes, so pages are consistent. A file with more than
-        MAX_FILE_CHUNK_IDS chunk ids comes as several records, all but the last with ``more``.
+        them; a committed snapshot's view never changes, so pages are consistent.
         """
         paths.check_path(path)
         if self.snapshot(snapshot_id) is None:
@@ -318,14 +310,14 @@ class Target:
         )
         return self._iter_entries(top, sql, {"after": lo, "hi": hi, "s": snapshot_id, "cut": len(lo) + 1})
 
-    def _iter_entries(self, top: tuple | None, sql: str, params: dict[str, object]) -> Iterator[Entry]:
+    def _iter_entries(self, top: tuple | None, sql: str, params: dict[str, object]) -> Iterator[StoredEntry]:
         if top is not None:
-            yield from _records(top)
+            yield _stored(top)
         while True:
             with self.index.reading() as reader:
                 rows = reader.execute(sql, params).fetchall()
             for row in rows:
-                yield from _records(row)
+                yield _stored(row)
             if len(rows) < self._page:
                 return
             params["after"] = rows[-1][0]
@@ -392,13 +384,6 @@ class Target:
             yield reader
 
 
-def _records(row: tuple) -> Iterator[Entry]:
-    """One version row as wire entries: a file with more chunk ids than one record carries is split."""
+def _stored(row: tuple) -> StoredEntry:
     path, kind, mode, mtime_ns, size, chunks, link, meta = row
-    step = limits.MAX_FILE_CHUNK_IDS * ID_SIZE
-    if len(chunks) <= step:
-        yield Entry(path, kind, mode, mtime_ns, size, bytes(chunks), link, bytes(meta))
-        return
-    for start in range(0, len(chunks), step):
-        more = start + step < len(chunks)
-        yield Entry(path, kind, mode, mtime_ns, size, bytes(chunks[start : start + step]), link, bytes(meta), more)
+    return StoredEntry(path, kind, mode, mtime_ns, size, bytes(chunks), link, bytes(meta))
