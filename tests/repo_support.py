@@ -10,8 +10,8 @@ import zstandard
 from neotwist.codec import CodecError, raw_bytes
 from neotwist.server.errormap import to_wire
 from neotwist.server.reads import listing_records
-from neotwist.server.repository import Target
-from neotwist.server.repository.errors import RepositoryError
+from neotwist.server.repository import Repository, Target
+from neotwist.server.repository.errors import NoSuchPath, RepositoryError
 from neotwist.wire import limits
 from neotwist.wire.errors import NeoError
 from neotwist.wire.messages import CODEC_RAW, CODEC_ZSTD, Entry
@@ -26,6 +26,30 @@ def as_sent(error: BaseException) -> NeoError:
     sent = to_wire(error)
     assert isinstance(sent, NeoError), error
     return sent
+
+
+def every_target(repo: Repository) -> list[Target]:
+    """Every target of every account, each held (by account id, then name), as ``neo-admin check`` goes
+    through them."""
+    found = (repo.find_target(meta.account_id, meta.name) for meta in repo.target_metas())
+    return [t for t in found if t is not None]
+
+
+def open_targets(repo: Repository) -> tuple[int, int]:
+    """(targets open, of which held): what the repository's bound and idle time leave open."""
+    with repo._open_lock:
+        entries = [*repo._open.values(), *repo._leaving]
+        return len(entries), sum(1 for e in entries if e.holders > 0)
+
+
+def file_chunks(target: Target, snapshot: int, path: str) -> bytes | None:
+    """The concatenated chunk ids of the file at ``path`` in ``snapshot``, as its listing holds them; None if no
+    file is there."""
+    try:
+        first = next(iter(target.list_entries(snapshot, path, False)), None)
+    except NoSuchPath:
+        return None
+    return first.chunks if first is not None and first.path == path and first.kind == "f" else None
 
 
 def store_chunk(target: Target, chunk_id: bytes, codec: int, size: int, data: bytes) -> bool:

@@ -7,7 +7,19 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from repo_support import Refused, as_sent, commit, dir_entry, file_entry, ids_of, put, read_chunk, read_file, view
+from repo_support import (
+    Refused,
+    as_sent,
+    commit,
+    dir_entry,
+    every_target,
+    file_entry,
+    ids_of,
+    put,
+    read_chunk,
+    read_file,
+    view,
+)
 from test_check import location, poke
 
 from neotwist.chunking import DEFAULT_PARAMS
@@ -100,13 +112,13 @@ def test_an_index_from_before_the_damaged_table_is_migrated(tmp_path: Path) -> N
 
     make_old()
     repo = Repository(tmp_path / "repo")  # the server opens it: migrated
-    [t] = repo.all_targets()
+    [t] = every_target(repo)
     assert t.check().ok and marked(t) == {}
     repo.close()
     make_old()
 
     tool = Repository(tmp_path / "repo", read_only=True)  # neo-admin check beside an old server's files
-    [old] = tool.all_targets()
+    [old] = every_target(tool)
     assert old.check(verify_data=True).ok
     poke(location(old, a)[0], location(old, a)[1] + 60, b"rot")
     report = old.check(repair=True)  # a repair brings the file forward, through its own connection
@@ -116,7 +128,7 @@ def test_an_index_from_before_the_damaged_table_is_migrated(tmp_path: Path) -> N
         assert db.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION + len(index.INDEX_MIGRATIONS)
 
     repo = Repository(tmp_path / "repo")
-    [t] = repo.all_targets()
+    [t] = every_target(repo)
     assert put(t, b"alpha " * 400) == a
     t.flush()
     assert t.check(verify_data=True).ok

@@ -365,7 +365,7 @@ def test_history_can_be_switched_off_and_on(tmp_path: Path) -> None:
     repo.set_keep_history(1, "home", True)
     commit(t2, [dir_entry(""), file_entry("f", b"version 4", target=t2)], 200.0)
     assert t2.apply_no_history() is None and len(t2.snapshots()) == 2
-    assert [t.meta.name for t in repo.targets_of(1)] == ["home"] and repo.targets_of(2) == []
+    assert [m.name for m in repo.target_metas(1)] == ["home"] and repo.target_metas(2) == []
     repo.close()
 
 

@@ -13,7 +13,18 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-from repo_support import Refused, as_sent, dir_entry, file_entry, listing, put, read_chunk, store_chunk, view
+from repo_support import (
+    Refused,
+    as_sent,
+    dir_entry,
+    file_chunks,
+    file_entry,
+    listing,
+    put,
+    read_chunk,
+    store_chunk,
+    view,
+)
 
 from neotwist import bounds
 from neotwist.chunking import DEFAULT_PARAMS
@@ -331,9 +342,9 @@ def test_push_commit_then_list_and_file_chunks(target: Target) -> None:
     assert [e.path for e in entries] == ["", "docs", "docs/big.bin", "docs/link", "empty"]
     assert entries[2] == big
     assert entries[3].link == "big.bin" and entries[3].kind == "l"
-    assert target.file_chunks(1, "docs/big.bin") == big.chunks
-    assert target.file_chunks(1, "docs") is None  # not a file
-    assert target.file_chunks(1, "nope") is None
+    assert file_chunks(target, 1, "docs/big.bin") == big.chunks
+    assert file_chunks(target, 1, "docs") is None  # not a file
+    assert file_chunks(target, 1, "nope") is None
     assert [e.path for e in target.list_entries(1, "docs", True)] == ["docs", "docs/big.bin", "docs/link"]
     assert [e.path for e in target.list_entries(1, "", False)] == ["", "docs", "empty"]
     assert [e.path for e in target.list_entries(1, "docs/big.bin", True)] == ["docs/big.bin"]
@@ -401,8 +412,8 @@ def test_interval_model_over_three_snapshots(target: Target) -> None:
     assert view(target, 1) == {"a": a1, "b": b, "c": c}
     assert view(target, 2) == {"a": a2, "b": b, "c": c}
     assert view(target, 3) == {"a": a2, "b": b}
-    assert target.file_chunks(1, "a") == a1.chunks and target.file_chunks(3, "a") == a2.chunks
-    assert target.file_chunks(3, "c") is None and target.file_chunks(2, "c") == c.chunks
+    assert file_chunks(target, 1, "a") == a1.chunks and file_chunks(target, 3, "a") == a2.chunks
+    assert file_chunks(target, 3, "c") is None and file_chunks(target, 2, "c") == c.chunks
 
     # 4: nothing at all changed: still a snapshot.
     push = target.begin_push("", True)
@@ -436,7 +447,7 @@ def test_push_under_a_sub_root(target: Target) -> None:
     push = target.begin_push("proj/keep", True)
     push.add([file_entry("", b"replaced", target=target)])
     push.commit(3.0)
-    assert target.file_chunks(3, "proj/keep") == blake3.blake3(b"replaced").digest()
+    assert file_chunks(target, 3, "proj/keep") == blake3.blake3(b"replaced").digest()
     assert len(view(target, 3)) == 6
 
 
@@ -540,7 +551,7 @@ def test_continuation_records_round_trip(target: Target, monkeypatch: pytest.Mon
     push.add([file_entry("a", target=target), rec[0]])  # continuation spans two add() calls
     push.add([*rec[1:], file_entry("z")])
     push.commit(1.0)
-    assert target.file_chunks(1, "big") == b"".join(ids)
+    assert file_chunks(target, 1, "big") == b"".join(ids)
     listed = [e for e in listing(target, 1) if e.path == "big"]
     assert listed == rec
 

@@ -271,12 +271,6 @@ class Repository:
             self._close_entries(victims)
         return len(victims)
 
-    def open_targets(self) -> tuple[int, int]:
-        """(targets open, of which held): what the bound and the idle time leave open."""
-        with self._open_lock:
-            entries = [*self._open.values(), *self._leaving]
-            return len(entries), sum(1 for e in entries if e.holders > 0)
-
     # --- the catalog ------------------------------------------------------------------------------------------
 
     def _find_meta(self, account_id: int, name: str) -> TargetMeta | None:
@@ -358,17 +352,6 @@ class Repository:
         account id, then name); no target is opened."""
         with self._lock:
             return self._meta_rows(account_id)
-
-    def targets_of(self, account_id: int) -> list[Target]:
-        """The account's targets, each held (see :meth:`release`), sorted by name. All of them stay open until
-        released: :meth:`each_target` goes through many."""
-        with self._lock:
-            return [self._hold(meta) for meta in self._meta_rows(account_id)]
-
-    def all_targets(self) -> list[Target]:
-        """Every target of every account, each held (see :meth:`targets_of`), by account id then name."""
-        with self._lock:
-            return [self._hold(meta) for meta in self._meta_rows(None)]
 
     def _meta_rows(self, account_id: int | None) -> list[TargetMeta]:
         """:meth:`target_metas`, with the lock held."""

@@ -322,15 +322,6 @@ class Target:
                 return
             params["after"] = rows[-1][0]
 
-    def file_chunks(self, snapshot_id: int, path: str) -> bytes | None:
-        """The concatenated chunk ids of the file at ``path`` in ``snapshot_id``; None if no file is there."""
-        with self.index.reading() as reader:
-            row = reader.execute(
-                f"SELECT chunks FROM versions WHERE path = :p AND kind = 'f' AND {_VIEW}",
-                {"p": path, "s": snapshot_id},
-            ).fetchone()
-        return None if row is None else bytes(row[0])
-
     def usage(self) -> Usage:
         """Stored bytes and chunks include pending (written, not yet indexed) ones: what a quota counts."""
         pending_chunks, pending_bytes = self.chunks.pending()
