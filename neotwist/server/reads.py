@@ -20,8 +20,8 @@ from neotwist import paths
 from neotwist.paths import BadPath
 from neotwist.server import fetch
 from neotwist.server.context import Handle, RequestContext
-from neotwist.server.filechunks import check_file_chunks
 from neotwist.server.repository.errors import NoSuchPath, NoSuchSnapshot
+from neotwist.server.repository.filechunks import check_file_chunks
 from neotwist.server.repository.records import StoredEntry
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError

@@ -28,6 +28,9 @@ from neotwist.server.repository.errors import DiskFull, StorageFailed
 
 log = Logger()
 
+VIEW = "first <= :s AND (last IS NULL OR last > :s)"
+"""The ``versions`` rows alive in snapshot ``:s``: its view (see above)."""
+
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version`` of both files; later versions migrate forward from it."""
 

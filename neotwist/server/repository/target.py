@@ -53,9 +53,6 @@ from neotwist.server.repository.space import Reserve
 
 log = Logger()
 
-_VIEW = "first <= :s AND (last IS NULL OR last > :s)"
-"""The versions alive in snapshot :s."""
-
 _ENTRY_COLUMNS = "path, kind, mode, mtime_ns, size, chunks, link, meta"
 
 
@@ -293,19 +290,19 @@ class Target:
         upper = "" if hi is None else " AND path < :hi"
         with self.index.reading() as reader:
             top = reader.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path = :p AND {_VIEW}",
+                f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path = :p AND {index.VIEW}",
                 {"p": path, "s": snapshot_id},
             ).fetchone()
             if top is None and path:
                 below = reader.execute(
-                    f"SELECT 1 FROM versions WHERE path > :lo{upper} AND {_VIEW} LIMIT 1",
+                    f"SELECT 1 FROM versions WHERE path > :lo{upper} AND {index.VIEW} LIMIT 1",
                     {"lo": lo, "hi": hi, "s": snapshot_id},
                 ).fetchone()
                 if below is None:
                     raise NoSuchPath(path, snapshot_id)
         children = "" if recursive else " AND instr(substr(path, :cut), '/') = 0"
         sql = (
-            f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path > :after{upper} AND {_VIEW}{children} "
+            f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path > :after{upper} AND {index.VIEW}{children} "
             f"ORDER BY path LIMIT {self._page}"
         )
         return self._iter_entries(top, sql, {"after": lo, "hi": hi, "s": snapshot_id, "cut": len(lo) + 1})
