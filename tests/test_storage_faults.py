@@ -336,7 +336,7 @@ def test_a_copy_skipped_as_stored_is_checked_if_the_stored_one_was_discarded_mea
     copy never gets in under the id."""
     import threading
 
-    from neotwist.server.repository.chunkstore import ChunkRejected
+    from neotwist.server.repository.errors import ChunkRejected
 
     repo = Repository(tmp_path / "repo")
     t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)

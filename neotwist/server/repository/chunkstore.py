@@ -36,8 +36,15 @@ from pathlib import Path
 
 from neotwist.codec import CodecError, verify_upload
 from neotwist.server.repository import damage, index
-from neotwist.server.repository.errors import ChunkRejected, Damaged, OverBudget, ReadOnly, RepositoryError
-from neotwist.server.repository.packs import HEADER_SIZE, PACK_SIZE, PackStore, RecordDamaged
+from neotwist.server.repository.errors import (
+    ChunkRejected,
+    Damaged,
+    OverBudget,
+    ReadOnly,
+    RecordDamaged,
+    RepositoryError,
+)
+from neotwist.server.repository.packs import HEADER_SIZE, PACK_SIZE, PackStore
 from neotwist.server.repository.space import Reserve
 
 AUTO_FLUSH = 32 * 1024 * 1024

@@ -6,7 +6,7 @@ counters lose it. From then on the server no longer claims to hold it:
 
 - ``have`` answers "missing" for it, so a push that reads the intact file uploads it; the new record goes to a
   new place in the current pack (the bad one is dead space that garbage collection compacts away);
-- a commit that lists a file referring to a marked chunk answers MISSING_CHUNKS even when the file is unchanged
+- a commit that lists a file referring to a marked chunk is refused (DamagedChunks) even when the file is unchanged
   (the fast path skips unchanged files, so it asks here, only while ``damaged`` is not empty): a client that
   trusted its files cache reads the files again and sends what is asked for;
 - storing the chunk anew inserts its row into ``chunks``, and the ``damaged_healed`` trigger deletes its

@@ -84,7 +84,7 @@ ORDER BY v.first
 def versions(db: sqlite3.Connection, path: str) -> list[VersionInfo]:
     """Every version of ``path`` that some kept snapshot holds, oldest first.
 
-    Raises BAD_PATH, or NoSuchPath when no kept snapshot has anything at ``path``.
+    Raises BadPath, or NoSuchPath when no kept snapshot has anything at ``path``.
     """
     paths.check_path(path)
     rows = db.execute(_VERSIONS, {"p": path}).fetchall()
@@ -110,7 +110,7 @@ ORDER BY v.path
 
 def deleted(db: sqlite3.Connection, path: str) -> list[DeletedInfo]:
     """Paths at or below ``path`` ('' = the whole target) that the current view lacks and a kept snapshot
-    holds, each with its newest version, sorted by path (UTF-8 byte order). Raises BAD_PATH."""
+    holds, each with its newest version, sorted by path (UTF-8 byte order). Raises BadPath."""
     paths.check_path(path)
     cond, params = within(path, "v.path")
     result = []

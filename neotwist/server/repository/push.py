@@ -11,13 +11,13 @@ A push may list only what changed since a snapshot, its ``parent`` (a client tha
 time): unlisted paths then keep their current version, exactly as they would had they been listed unchanged,
 and with ``delete`` only the paths it names as deleted are closed. The snapshot it commits is as complete as any
 other (versions carry over). That is only sound while the current versions are those of ``parent``: the commit
-refuses (CONFLICT) when another snapshot was committed since, and asks for a full listing (MISSING_CHUNKS, as a
+refuses (Conflict) when another snapshot was committed since, and asks for a full listing (ListEverything, as a
 damaged chunk does) while chunks are marked damaged, whose files must be listed to be healed.
 
 Only changed entries have their chunk ids checked against the chunk index: an unchanged entry references the
 same chunks as the current version, which were checked when that version was committed. The exception is a
 chunk marked damaged since (see :mod:`.damage`): while any is marked, every staged file's chunk ids are also
-looked up among them, and a commit that would refer to one asks for it again (MISSING_CHUNKS).
+looked up among them, and a commit that would refer to one asks for it again (DamagedChunks).
 """
 
 # ruff: noqa: S608  (SQL text is built only from constants and generated table names; values are bound)
@@ -113,8 +113,8 @@ class Push:
     # --- staging -----------------------------------------------------------------------------------------
 
     def add(self, entries: Sequence[StagedEntry]) -> None:
-        """Validate and stage entries (paths relative to the push root). Raises BAD_PATH, BAD_MESSAGE,
-        LIMIT_EXCEEDED; after an error the push can only be aborted."""
+        """Validate and stage entries (paths relative to the push root). Raises BadPath, BadPush,
+        PushTooLarge; after an error the push can only be aborted."""
         self._check()
         try:
             rows = list(self._rows(entries))
@@ -130,7 +130,7 @@ class Push:
 
     def add_deleted(self, names: Sequence[str]) -> None:
         """Stage paths (relative to the push root) to record as deleted: only for a push with ``parent`` and
-        ``delete``. Raises BAD_PATH, PROTOCOL, LIMIT_EXCEEDED; after an error the push can only be aborted."""
+        ``delete``. Raises BadPath, PushOutOfOrder, PushTooLarge; after an error the push can only be aborted."""
         self._check()
         try:
             if self.parent is None or not self.delete:
@@ -211,8 +211,8 @@ class Push:
         stored form of its label (see :mod:`neotwist.server.labels`).
 
         Pending chunks are flushed first, so the commit only ever references durable, indexed chunks. Raises
-        MISSING_CHUNKS (nothing changes and the push stays open: the client may upload them and commit again),
-        BAD_MESSAGE (push ended inside a continued file; a plaintext file's chunk sizes do not add up to its
+        MissingChunks (nothing changes and the push stays open: the client may upload them and commit again),
+        BadPush (push ended inside a continued file; a plaintext file's chunk sizes do not add up to its
         size: the push is dead). ``check`` sees what the snapshot would add and may refuse it (a quota):
         nothing is written and the push stays open.
         """
@@ -261,7 +261,7 @@ class Push:
 
     def _parent_current(self, db: sqlite3.Connection) -> None:
         """0. A push listing only its changes since ``parent`` commits only while that is still the latest
-        snapshot (CONFLICT otherwise), and not while chunks are marked damaged (MISSING_CHUNKS: only a full
+        snapshot (Conflict otherwise), and not while chunks are marked damaged (ListEverything: only a full
         listing names the files whose damaged chunks must be resent)."""
         if self.parent is None:
             return
@@ -290,7 +290,7 @@ class Push:
 
     def _needed(self, db: sqlite3.Connection) -> None:
         """2. The changed files' chunk ids, one row each, into ``<stage>_need`` (the only per-chunk step:
-        slicing blobs, in a generator); refused (MISSING_CHUNKS, BAD_MESSAGE) unless every one is stored, none
+        slicing blobs, in a generator); refused (MissingChunks, DamagedChunks, BadPush) unless every one is stored, none
         is marked damaged, a confined push proved each, and a plaintext file's chunk sizes add up to its size."""
         stage, chg, need = self._stage, f"{self._stage}_chg", f"{self._stage}_need"
         db.execute(

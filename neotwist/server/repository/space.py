@@ -5,7 +5,7 @@ database needs to be read, so logins, listings and restores would fail too, and 
 delete anything. Two mechanisms keep the server working:
 
 - **The reserve** (``twistd neophytos --min-free``, default 2 %): a push does not start, and
-  no chunk is stored, while the free space is (or would fall) below it. The refusal is a DISK_FULL error that
+  no chunk is stored, while the free space is (or would fall) below it. The refusal is a DiskFull error that
   says how much is free and what to do. Garbage collection and prune may use the reserve: they give space back.
 - **The ballast**: a file of :func:`ballast_size` bytes (``DATA/repo/emergency-space``) that the server keeps
   while there is room and deletes when the file system is found full anyway (another program filled it, or it

@@ -211,13 +211,13 @@ class Target:
 
     def versions(self, path: str) -> list[VersionInfo]:
         """Every stored version of ``path`` that a kept snapshot holds, oldest first (see
-        :class:`VersionInfo`). Raises BAD_PATH, NO_SUCH_PATH (no kept snapshot has anything there)."""
+        :class:`VersionInfo`). Raises BadPath, NoSuchPath (no kept snapshot has anything there)."""
         with self.index.reading() as reader:
             return history.versions(reader, path)
 
     def deleted(self, path: str) -> list[DeletedInfo]:
         """Paths at or below ``path`` ('' = everything) that the current view lacks but a kept snapshot still
-        holds, newest version of each, sorted by path. Raises BAD_PATH."""
+        holds, newest version of each, sorted by path. Raises BadPath."""
         with self.index.reading() as reader:
             return history.deleted(reader, path)
 
@@ -225,7 +225,7 @@ class Target:
 
     def prune(self, remove: Sequence[int]) -> PruneResult:
         """Mark the snapshots ``remove`` pruned and drop the versions no kept snapshot holds any more, in one
-        transaction. Unknown and already pruned ids are ignored. Raises CONFLICT (nothing changed) if
+        transaction. Unknown and already pruned ids are ignored. Raises LatestSnapshot (nothing changed) if
         ``remove`` names the latest snapshot. The space goes back to the disk at :meth:`collect_garbage`."""
         self._writable("prune")
         with self.index.writing() as db:
@@ -279,7 +279,7 @@ class Target:
         """The entries of ``snapshot_id`` at and below ``path`` (target-relative paths), sorted by path (UTF-8
         byte order); with ``recursive=False`` only ``path`` and its direct children.
 
-        Raises at once (not on first iteration): BAD_PATH, NoSuchSnapshot, NoSuchPath when nothing is at
+        Raises at once (not on first iteration): BadPath, NoSuchSnapshot, NoSuchPath when nothing is at
         or below ``path`` (never for the root ''). Rows are fetched in pages with the lock released between
         them; a committed snapshot's view never changes, so pages are consistent.
         """
