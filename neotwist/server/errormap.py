@@ -2,9 +2,9 @@
 goes to the client as the repository wrote it.
 
 The repository (:mod:`neotwist.server.repository.errors`) and the chunk codec (:mod:`neotwist.codec`) know
-nothing of the wire; the session calls :func:`to_wire` where a request's failure is answered (see
-:meth:`neotwist.server.context.RequestContext.answer_failure`), and the few handlers that say an error in the
-client's own terms (its path, its name for the target) read the typed fields first.
+nothing of the wire. Every call into them runs in a worker (:meth:`neotwist.server.context.ServerServices.run`),
+whose failure goes through :func:`to_wire` before any handler or the peer sees it; the few handlers that say an
+error in the client's own terms (its path, its name for the target) catch the typed error inside the worker.
 """
 
 from __future__ import annotations
