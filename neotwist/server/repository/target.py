@@ -372,6 +372,5 @@ class Target:
             yield reader
 
 
-def _stored(row: tuple) -> StoredEntry:
-    path, kind, mode, mtime_ns, size, chunks, link, meta = row
-    return StoredEntry(path, kind, mode, mtime_ns, size, bytes(chunks), link, bytes(meta))
+_stored = StoredEntry._make
+"""A ``versions`` row of :data:`_ENTRY_COLUMNS` as a record (SQLite hands BLOBs over as bytes)."""
