@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 
 from neotwist import codec
 from neotwist.server import context
-from neotwist.server.errormap import RejectedChunk, to_wire
+from neotwist.server.errormap import RejectedChunk, answered, to_wire
 from neotwist.server.repository import errors, index
 from neotwist.wire.errors import ErrorCode, NeoError
 
@@ -132,3 +132,14 @@ def test_a_workers_repository_error_is_answered_as_the_wires() -> None:
     assert (e.value.code, e.value.message) == (ErrorCode.NO_SUCH_SNAPSHOT, "no snapshot 9 in target home")
     bug = Failure(KeyError("x"))
     assert context._as_answered(bug, "list") is bug
+
+
+def test_a_failure_escaping_a_handler_is_answered_as_the_wires() -> None:
+    mapped = answered(Failure(errors.LatestSnapshot(4)))
+    assert isinstance(mapped.value, NeoError)
+    assert (mapped.value.code, mapped.value.message) == (
+        ErrorCode.CONFLICT,
+        "snapshot 4 is the latest of the target and cannot be pruned",
+    )
+    wire = Failure(NeoError(ErrorCode.BAD_HANDLE, "no handle 3"))
+    assert answered(wire) is wire

@@ -296,7 +296,7 @@ class RequestContext:
         if peer is None or self.closed:
             return
         self.hang_up_if_revoked(failure)
-        error = failure.value
+        error = to_wire(failure.value)
         if isinstance(error, NeoError):
             rid = message.rid
             if rids is not None and isinstance(error, RejectedChunk) and 0 <= error.index < len(rids):

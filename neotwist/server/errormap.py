@@ -3,11 +3,15 @@ goes to the client as the repository wrote it.
 
 The repository (:mod:`neotwist.server.repository.errors`) and the chunk codec (:mod:`neotwist.codec`) know
 nothing of the wire. Every call into them runs in a worker (:meth:`neotwist.server.context.ServerServices.run`),
-whose failure goes through :func:`to_wire` before any handler or the peer sees it; the few handlers that say an
-error in the client's own terms (its path, its name for the target) catch the typed error inside the worker.
+whose failure goes through :func:`to_wire` before any handler sees it, and whatever a request's handler lets
+escape passes it again on its way to the peer (:meth:`neotwist.server.session.ServerSession.message_received`,
+:meth:`neotwist.server.context.RequestContext.admit`); the few handlers that say an error in the client's own
+terms (its path, its name for the target) catch the typed error inside the worker.
 """
 
 from __future__ import annotations
+
+from twisted.python.failure import Failure
 
 from neotwist import codec
 from neotwist.server.repository import errors as repo
@@ -51,6 +55,12 @@ def code_of(error: repo.RepositoryError | codec.CodecError) -> ErrorCode:
         if code is not None:
             return code
     return ErrorCode.INTERNAL
+
+
+def answered(failure: Failure) -> Failure:
+    """``failure`` as the peer answers it (an errback): a repository or codec error becomes the wire's."""
+    error = to_wire(failure.value)
+    return failure if error is failure.value else Failure(error)
 
 
 def to_wire(error: BaseException) -> BaseException:
