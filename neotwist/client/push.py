@@ -548,8 +548,7 @@ class _PushRun:
         """Scan, hash, ask and send everything; the entries are posted, the commit is the caller's."""
         peer = self.peer
         if self.cache is not None:
-            self.cache.new = {}
-            self.cache.new_entries = {}
+            self.cache.begin()
         scanner = _Scanner(self.root, self.options, self.stats, self.use_cache, self.make_entries, self.verify)
         slots = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Any] = []
@@ -591,8 +590,7 @@ class _PushRun:
             await self._batch(_Batch(changed=again))
         self._flush_entries(force=True)
         if self.parent is not None and self.options.delete and self.cache is not None:
-            new = self.cache.new_entries
-            self._post_deleted([path for path in self.cache.old_entries if path not in new])
+            self._post_deleted(self.cache.gone())
         await peer.drain()
         self.summary.files_skipped += self.stats.skipped
         self.summary.files_filtered += self.stats.filtered
@@ -612,8 +610,8 @@ class _PushRun:
         assert self.cache is not None
         pending = self.entries[:]
         self.entries.clear()
-        old = self.cache.old_entries if self.parent is not None else None
-        new = self.cache.new_entries
+        cache = self.cache
+        listing_changes = self.parent is not None
         out = self.outgoing
         i = 0
         while i < len(pending):
@@ -623,12 +621,12 @@ class _PushRun:
             group = pending[i:j]
             digest = entry_digest(group)
             path = group[0].path
-            new[path] = digest
-            if old is None or old.get(path) != digest:
+            cache.note_entry(path, digest)
+            if not listing_changes or cache.old_entry(path) != digest:
                 out.extend(group)
             i = j
 
-    def _post_deleted(self, gone: list[str]) -> None:
+    def _post_deleted(self, gone: Iterator[str]) -> None:
         """Name the paths the last push sent that this one did not (a push with a parent and --delete)."""
         part: list[str] = []
         size = 0
@@ -912,6 +910,9 @@ async def push(
             elif await _remove_unborn_target(peer, opened.handle, target) and options.warn is not None:
                 options.warn(f"nothing was committed, so target {target} (new with this push) was removed again")
         raise
+    finally:
+        if options.cache is not None:
+            options.cache.close()  # an unsaved new cache is removed; a saved one is closed already
 
 
 def _count_in_background(reactor: Any, root: str, options: PushOptions) -> Callable[[], None]:
