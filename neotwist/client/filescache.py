@@ -129,6 +129,7 @@ class FilesCache:
         db = sqlite3.connect(self._new_path, uri=False, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=OFF")  # a half-written new cache is never renamed into place
         db.execute("PRAGMA synchronous=OFF")  # save() fsyncs it once
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")  # nobody else opens it: no lock calls per statement
         db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
         for statement in _SCHEMA:
             db.execute(statement.format(db="main"))
@@ -149,7 +150,9 @@ class FilesCache:
             if not self.path.exists():
                 return
             try:
-                db.execute("ATTACH DATABASE ? AS old", (self.path.absolute().as_uri() + "?mode=ro",))
+                # immutable: the file is only ever replaced by a rename, never written in place, so SQLite need not
+                # lock it and check it for changes around every lookup (a dozen system calls per file)
+                db.execute("ATTACH DATABASE ? AS old", (self.path.absolute().as_uri() + "?mode=ro&immutable=1",))
             except sqlite3.Error as e:
                 self.load_error = f"cannot read files cache {self.path}: {e}"
                 return
