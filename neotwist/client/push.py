@@ -102,6 +102,38 @@ KEEP_BYTES = 1024 * 1024
 ENTRIES_MESSAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``entries`` message."""
 
+SEEN_MOST = 65_536
+"""Chunk ids a push remembers having asked about or sent, per generation (two generations: up to twice this,
+about 12 MB): enough to catch duplicates among nearby files, bounded whatever the tree's size. A duplicate
+older than that is asked about again; the server answers that it has it (or, if its upload is still in
+flight, takes the copy and keeps one)."""
+
+
+class RecentIds:
+    """The ids added lately, in two generations of up to ``most`` each: when the newer one is full the older
+    is dropped. A set with a memory bound, for remembering what a push has already dealt with."""
+
+    def __init__(self, most: int = SEEN_MOST) -> None:
+        self._most = most
+        self._new: set[bytes] = set()
+        self._old: set[bytes] = set()
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._new or cid in self._old
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
+
+    def add(self, cid: bytes) -> None:
+        self._new.add(cid)
+        if len(self._new) >= self._most:
+            self._old, self._new = self._new, set()
+
+    def discard(self, cid: bytes) -> None:
+        self._new.discard(cid)
+        self._old.discard(cid)
+
+
 class PushError(Exception):
     """The push failed; the message is one line fit for the terminal."""
 
@@ -508,7 +540,7 @@ class _PushRun:
         self.parent = parent  # list only the changes since this snapshot (see the module docstring)
         self.outgoing: list[Entry] = []  # entries to post
         self.verify = verify  # ask about the chunks of the files the cache vouches for (a retry)
-        self.asked: set[bytes] = set()  # ids of vouched files already asked about
+        self.asked = RecentIds()  # ids of vouched files already asked about
         self.crypt = crypt
         self.id_key = crypt.id_key if crypt is not None else None
         self.make_entries: EntryMaker = _entries_for if crypt is None else _encrypted_entries(crypt)
@@ -521,7 +553,7 @@ class _PushRun:
         self.summary = summary
         self.use_cache = use_cache and options.cache is not None
         self.cache = options.cache  # remembered into even when not consulted, to rebuild it
-        self.seen: set[bytes] = set()
+        self.seen = RecentIds()  # ids already asked about or sent in this push (the latest ones)
         self.entries: list[Entry] = []
         self.stats = ScanStats()
         self.progress = options.progress
