@@ -8,11 +8,12 @@ write and cannot be set by ``touch``, so a file rewritten with its old mtime is 
 
 The cache is an SQLite database (stdlib ``sqlite3``), not a dict: a push of a million files would otherwise hold
 two dicts of a million entries each (the last push's and this one's, about 1 KB per file with the entry
-digests below). The last push's cache is attached read-only and looked up file by file; this push's is written,
-a few thousand rows per statement, into a new database next to it, which replaces the old one (``os.replace``
-after an fsync) only after a successful commit, so a crash or a failed push leaves the old cache. Memory is the
-two databases' page caches (:data:`PAGE_CACHE_KIB` each) and the rows waiting to be written (:data:`FLUSH_ROWS`),
-whatever the number of files.
+digests below). The last push's cache is attached read-only and read a directory at a time, as the walk reaches
+each directory; this push's is written, a few thousand rows per statement, into a new database next to it,
+which replaces the old one (``os.replace`` after an fsync) only after a successful commit, so a crash or a
+failed push leaves the old cache. Memory is the two databases' page caches (:data:`PAGE_CACHE_KIB` each), the
+rows waiting to be written (:data:`FLUSH_ROWS`) and the old rows of the directory being walked, whatever the
+number of files.
 
 The cache is trusted only for chunk ids. The server checks at commit that every referenced chunk exists; when
 it does not (the target was pruned or recreated), the push retries once with the cache disabled. The new cache
@@ -27,6 +28,8 @@ Files modified within the last second before the push started are not remembered
 ticked yet for a write still to come (the same guard git and borg use for "racy" timestamps).
 """
 
+# ruff: noqa: S608  (SQL text is built only from constant table names; values are bound)
+
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +40,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import platformdirs
 
 from neotwist import paths
@@ -50,17 +55,43 @@ PAGE_CACHE_KIB = 4096
 """SQLite page cache of each of the two databases (the last push's, this one's), in KiB."""
 
 FLUSH_ROWS = 4096
-"""Remembered files (or entry digests) kept in memory before they are written in one statement."""
-
-GONE_ROWS = 4096
-"""Paths read at a time when listing what the last push sent and this one did not."""
+"""Remembered files and entry digests kept in memory before they are written (one row per directory)."""
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS {db}.meta (format INTEGER NOT NULL, key TEXT NOT NULL, snapshot INTEGER)",
-    "CREATE TABLE IF NOT EXISTS {db}.files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT"
-    " NULL, inode INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, ids BLOB NOT NULL, extra BLOB) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS {db}.entries (path TEXT PRIMARY KEY, digest BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS {db}.files (dir TEXT NOT NULL, seq INTEGER NOT NULL, rows BLOB NOT NULL,"
+    " PRIMARY KEY (dir, seq)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS {db}.entries (dir TEXT NOT NULL, seq INTEGER NOT NULL, rows BLOB NOT NULL,"
+    " PRIMARY KEY (dir, seq)) WITHOUT ROWID",
 )
+"""One SQLite row holds many files of one directory (a msgpack map of name to :class:`CacheEntry`, or to the
+entry digest), and a directory is read in one query: the walk and the listing go a directory at a time. One
+row or one query per file made SQLite hand the GIL back and forth between the push's threads around every
+file: an unchanged re-push of 100,000 files took 157 us per file, against 36 us with the old dicts."""
+
+
+class CacheEntry(msgspec.Struct, array_like=True):
+    """(size, mtime_ns, inode, ctime_ns, concatenated 32-byte chunk ids, extra record). ``extra`` (owner, xattrs:
+    neotwist.client.metadata) spares the walk an ``llistxattr`` per unchanged file: a chown or setxattr changes
+    the ctime."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    ctime_ns: int
+    ids: bytes
+    extra: bytes | None = None
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_files = msgspec.msgpack.Decoder(dict[str, CacheEntry]).decode
+_decode_entries = msgspec.msgpack.Decoder(dict[str, bytes]).decode
+
+
+def _split(path: str) -> tuple[str, str]:
+    """(directory, name) of a '/'-separated path ('' is the root's directory)."""
+    directory, _, name = path.rpartition("/")
+    return directory, name
 
 
 def cache_key(address: str, account: str, target: str, subpath: str, local_root: str) -> str:
@@ -75,9 +106,9 @@ def default_cache_dir() -> Path:
 class FilesCache:
     """Lookups from the previous push, and what the current one remembers for the next.
 
-    Every method may be called from any thread (one lock guards the connection); a lookup is one indexed
-    SQLite query, a few microseconds. Call :meth:`close` when done (:meth:`save` closes too): it removes the
-    unsaved new database.
+    Every method may be called from any thread (one lock guards the connection); a lookup is a dict lookup
+    in the rows of the directory last asked about (one query per directory). Call :meth:`close` when done
+    (:meth:`save` closes too): it removes the unsaved new database.
     """
 
     def __init__(self, key: str, directory: Path | None = None, *, start_ns: int | None = None) -> None:
@@ -91,9 +122,15 @@ class FilesCache:
         self._db: sqlite3.Connection | None = None
         self._new_path: Path | None = None
         self._has_old = False
+        self._files_dir: str | None = None  # the directory whose old rows are in _dir_files
+        self._dir_files: dict[str, CacheEntry] = {}
+        self._entries_dir: str | None = None  # the same for the old entry digests
+        self._dir_entries: dict[str, bytes] = {}
         self._broken: str | None = None  # why this push's cache cannot be written (it is then not saved)
-        self._files: list[tuple[str, int, int, int, int, bytes, bytes | None]] = []
-        self._entries: list[tuple[str, bytes]] = []
+        self._files: dict[str, dict[str, CacheEntry]] = {}  # waiting to be written: directory -> name -> entry
+        self._entries: dict[str, dict[str, bytes]] = {}
+        self._waiting = 0  # files and entries in them
+        self._seq = 0
 
     def _name(self, key: str) -> None:
         self.key = key
@@ -159,8 +196,8 @@ class FilesCache:
             try:
                 db.execute(f"PRAGMA old.cache_size=-{PAGE_CACHE_KIB}")
                 row = db.execute("SELECT format, key, snapshot FROM old.meta").fetchone()
-                db.execute("SELECT path, size, mtime_ns, inode, ctime_ns, ids, extra FROM old.files LIMIT 1")
-                db.execute("SELECT path, digest FROM old.entries LIMIT 1")
+                for table in ("old.files", "old.entries"):
+                    db.execute(f"SELECT dir, seq, rows FROM {table} LIMIT 1")
             except sqlite3.Error as e:
                 db.execute("DETACH DATABASE old")
                 self.load_error = f"ignoring damaged files cache {self.path}: {e}"
@@ -169,6 +206,7 @@ class FilesCache:
                 db.execute("DETACH DATABASE old")  # another key that hashed alike, or another format
                 return
             self._has_old = True
+            self._files_dir = self._entries_dir = None
             self.old_snapshot = row[2]
 
     def begin(self) -> None:
@@ -176,6 +214,7 @@ class FilesCache:
         with self._lock:
             self._files.clear()
             self._entries.clear()
+            self._waiting = 0
             if self._db is not None and self._broken is None:
                 try:
                     self._db.execute("DELETE FROM main.files")
@@ -185,60 +224,69 @@ class FilesCache:
 
     # --- the last push -------------------------------------------------------------------------------------
 
-    def _old_file(self, path: str) -> tuple[int, int, int, int, bytes, bytes | None] | None:
+    def _old_file(self, path: str) -> CacheEntry | None:
         if not self._has_old:
             return None
+        directory, name = _split(paths.to_wire(path))
         with self._lock:
-            assert self._db is not None
-            row = self._db.execute(
-                "SELECT size, mtime_ns, inode, ctime_ns, ids, extra FROM old.files WHERE path = ?",
-                (paths.to_wire(path),),
-            ).fetchone()
-        return row
+            if directory != self._files_dir:  # the walk moved on: read this directory's rows
+                self._dir_files = self._read_dir("old.files", directory, _decode_files)
+                self._files_dir = directory
+            return self._dir_files.get(name)
+
+    def _read_dir(self, table: str, directory: str, decode: Any) -> dict[str, Any]:
+        """One directory's rows of ``table`` (the lock held), later pieces over earlier ones."""
+        assert self._db is not None
+        out: dict[str, Any] = {}
+        for (blob,) in self._db.execute(f"SELECT rows FROM {table} WHERE dir = ? ORDER BY seq", (directory,)):
+            out.update(decode(blob))
+        return out
 
     def lookup(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
         """The chunk ids of ``path`` if its stat values match the last push, else None."""
-        row = self._old_file(path)
-        if row is None or row[:4] != (size, mtime_ns, inode, ctime_ns) or len(row[4]) % 32:
+        e = self._old_file(path)
+        if e is None or (e.size, e.mtime_ns, e.inode, e.ctime_ns) != (size, mtime_ns, inode, ctime_ns):
             return None
-        return row[4]
+        return None if len(e.ids) % 32 else e.ids
 
     def lookup_extra(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
         """The extra record of ``path`` if its stat values match the last push (and it was remembered)."""
-        row = self._old_file(path)
-        if row is None or row[:4] != (size, mtime_ns, inode, ctime_ns):
+        e = self._old_file(path)
+        if e is None or (e.size, e.mtime_ns, e.inode, e.ctime_ns) != (size, mtime_ns, inode, ctime_ns):
             return None
-        return row[5]
+        return e.extra
 
     def old_entry(self, path: str) -> bytes | None:
         """The digest of the entries the last push sent for the server path ``path`` (None: it sent none)."""
         if not self._has_old:
             return None
+        directory, name = _split(path)
         with self._lock:
-            assert self._db is not None
-            row = self._db.execute("SELECT digest FROM old.entries WHERE path = ?", (path,)).fetchone()
-        return None if row is None else row[0]
+            if directory != self._entries_dir:
+                self._dir_entries = self._read_dir("old.entries", directory, _decode_entries)
+                self._entries_dir = directory
+            return self._dir_entries.get(name)
 
     def gone(self) -> Iterator[str]:
-        """The server paths the last push sent entries for and this one did not, a few thousand at a time."""
+        """The server paths the last push sent entries for and this one did not, a directory at a time."""
         if not self._has_old:
             return
         with self._lock:
             self._flush()
-        last = ""
+        last: str | None = None
         while True:
             with self._lock:
                 assert self._db is not None
-                rows = self._db.execute(
-                    "SELECT path FROM old.entries WHERE path > ? AND path NOT IN (SELECT path FROM main.entries)"
-                    " ORDER BY path LIMIT ?",
-                    (last, GONE_ROWS),
-                ).fetchall()
-            if not rows:
-                return
-            for (path,) in rows:
-                yield path
-            last = rows[-1][0]
+                row = self._db.execute(
+                    "SELECT min(dir) FROM old.entries WHERE ? IS NULL OR dir > ?", (last, last)
+                ).fetchone()
+                if row[0] is None:
+                    return
+                last = row[0]
+                old = self._read_dir("old.entries", last, _decode_entries)
+                new = self._read_dir("main.entries", last, _decode_entries)
+            for name in sorted(old.keys() - new.keys()):
+                yield f"{last}/{name}" if last else name
 
     # --- this push -----------------------------------------------------------------------------------------
 
@@ -248,24 +296,29 @@ class FilesCache:
         """Record ``path`` for the next push (unless its timestamps are too recent to be trusted)."""
         if mtime_ns >= self.racy_after or ctime_ns >= self.racy_after:
             return
+        directory, name = _split(paths.to_wire(path))
         with self._lock:
-            self._files.append((paths.to_wire(path), size, mtime_ns, inode, ctime_ns, ids, extra))
-            if len(self._files) >= FLUSH_ROWS:
+            self._files.setdefault(directory, {})[name] = CacheEntry(size, mtime_ns, inode, ctime_ns, ids, extra)
+            self._waiting += 1
+            if self._waiting >= FLUSH_ROWS:
                 self._flush()
 
     def note_entry(self, path: str, digest: bytes) -> None:
         """Record the digest of the entries this push sent (or would have sent) for the server path ``path``."""
+        directory, name = _split(path)
         with self._lock:
-            self._entries.append((path, digest))
-            if len(self._entries) >= FLUSH_ROWS:
+            self._entries.setdefault(directory, {})[name] = digest
+            self._waiting += 1
+            if self._waiting >= FLUSH_ROWS:
                 self._flush()
 
     def remembered(self) -> Iterator[str]:
         """The paths this push remembered so far (for tests and diagnostics)."""
         with self._lock:
             self._flush()
-            rows = self._connection().execute("SELECT path FROM main.files ORDER BY path").fetchall()
-        return (paths.from_wire(p) for (p,) in rows)
+            dirs = [d for (d,) in self._connection().execute("SELECT DISTINCT dir FROM main.files ORDER BY dir")]
+            names = [(d, n) for d in dirs for n in sorted(self._read_dir("main.files", d, _decode_files))]
+        return (paths.from_wire(f"{d}/{n}" if d else n) for d, n in names)
 
     def _flush(self) -> None:
         """Write the waiting rows (the lock held). A failure (a full disk, say) does not stop the push: this
@@ -277,10 +330,11 @@ class FilesCache:
                 db = self._connection()
                 db.execute("BEGIN")
                 try:
-                    if self._files:
-                        db.executemany("INSERT OR REPLACE INTO main.files VALUES (?, ?, ?, ?, ?, ?, ?)", self._files)
-                    if self._entries:
-                        db.executemany("INSERT OR REPLACE INTO main.entries VALUES (?, ?)", self._entries)
+                    for table, waiting in (("main.files", self._files), ("main.entries", self._entries)):
+                        for directory, rows in waiting.items():
+                            self._seq += 1
+                            row = (directory, self._seq, _encode(rows))
+                            db.execute(f"INSERT INTO {table} VALUES (?, ?, ?)", row)
                     db.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
@@ -292,6 +346,7 @@ class FilesCache:
         finally:
             self._files.clear()
             self._entries.clear()
+            self._waiting = 0
 
     def save(self) -> None:
         """Make this push's cache the one the next push reads (call only after a successful commit): fsynced,
@@ -334,6 +389,8 @@ class FilesCache:
                 self._db.close()
             self._db = None
         self._has_old = False
+        self._files_dir = self._entries_dir = None
+        self._dir_files, self._dir_entries = {}, {}
         self._files.clear()
         self._entries.clear()
         if self._new_path is not None:
