@@ -20,13 +20,17 @@ if shutil.which("ssh") is None:
     pytest.skip("OpenSSH client not installed", allow_module_level=True)
 
 MiB = 1024 * 1024
-CLIENTS = 8
-FILES = 400  # per client: small files, so the server works per file (entries, index rows) as well as per byte
-SETTLE = 12.0  # seconds we wait, at most, for the RSS to come back
-BOUND = 24 * MiB
-"""How far above its baseline the server may stay once idle. Measured (8 clients x 400 files, 2 cores): the
-baseline after one push was 56-60 MiB, the peak of the 8 pushes 140-180 MiB; 4 s after they ended the RSS was
-back within 6-13 MiB of the baseline with the idle shrink, and still 70-110 MiB above it without."""
+CLIENTS = 16
+FILES = 200  # per client, up to 64 KiB each: the server works per file (entries, index rows) and per byte
+SETTLE = 10.0  # seconds we wait, at most, for the RSS to come back
+GREW = 32 * MiB  # the pushes must have made the server grow by at least this, or the test proves nothing
+BOUND = 28 * MiB
+"""How far above its baseline the server may stay once idle. Measured on 2 shared cores (load 9): baseline
+62 MiB after one push; 16 clients x 300 files peaked at 131 MiB and were back at 79 MiB (+17) a second after
+the last one left; 16 clients x 1,000 files: 167 MiB, back at 91 MiB (+29). Without the shrink on going idle
+the RSS stayed at the peak (156 MiB of 156) for the whole minute watched: the periodic shrink comes every two
+minutes. What remains is the open targets (kept for ``--target-idle``, about 0.5 MB each) and the Python heap's
+fragmentation."""
 
 
 def rss(pid: int, field: str = "VmRSS") -> int:
@@ -42,7 +46,7 @@ def make_tree(root: Path, seed: int) -> None:
     for i in range(FILES):
         d = root / f"d{i // 100}"
         d.mkdir(parents=True, exist_ok=True)
-        (d / f"f{i:04}.bin").write_bytes(rng.randbytes(rng.randrange(1, 24 * 1024)))
+        (d / f"f{i:04}.bin").write_bytes(rng.randbytes(rng.randrange(1, 64 * 1024)))
 
 
 def push(server: RunningServer, src: Path, target: str) -> subprocess.Popen[str]:
@@ -69,7 +73,7 @@ def test_the_server_gives_back_what_concurrent_pushes_took(server: RunningServer
     for c in clients:
         assert c.wait(120) == 0, c.communicate()[1]
     peak = rss(pid, "VmHWM")
-    assert peak > baseline + 2 * BOUND, (baseline / MiB, peak / MiB)  # the pushes did make it grow
+    assert peak > baseline + GREW, (baseline / MiB, peak / MiB)  # the pushes did make it grow
     deadline = time.monotonic() + SETTLE
     after = rss(pid)
     while after > baseline + BOUND and time.monotonic() < deadline:
