@@ -25,10 +25,6 @@ from bench.tools import Target, Tool
 
 MiB = 1024 * 1024
 
-SERVER_SETTLE = 15.0
-"""Seconds the concurrent scenario waits after its clients are done before it reads the server's RSS again:
-long enough for a server that gives memory back when it goes idle to have done so."""
-
 GROWTH_SECONDS_PER_FILE = 0.01
 """The growth scenario's timeout per file (at least the preset's): 10,000 s for a million files."""
 
@@ -45,13 +41,14 @@ class Preset:
     timeout: float  # seconds for one operation (all clients of one)
     versions: int = 10
     growth: tuple[int, ...] = (10_000, 100_000)  # the growth scenario's trees, in files (--growth N,N)
+    settle: float = 15.0  # seconds the concurrent scenario waits before the server's RSS "after"
 
 
 PRESETS = {
     "full": Preset("full", None, 256 * MiB, 512 * MiB, 16, 32 * MiB, 3, 3600),
     "quick": Preset("quick", 100 * MiB, 32 * MiB, 64 * MiB, 16, 4 * MiB, 1, 900, growth=(10_000,)),
     # for tests/test_bench.py: seconds, not minutes
-    "tiny": Preset("tiny", 3 * MiB, 2 * MiB, 4 * MiB, 4, MiB // 4, 1, 120, versions=3, growth=(300,)),
+    "tiny": Preset("tiny", 3 * MiB, 2 * MiB, 4 * MiB, 4, MiB // 4, 1, 120, versions=3, growth=(300,), settle=3.0),
 }
 
 
@@ -70,7 +67,7 @@ class Context:
         self.scratch = lab.root / "scratch"
         self.cache_dir = lab.workdir / "cache"  # generated trees kept between runs (outside run/)
         self.growth = growth if growth is not None else preset.growth
-        self.server_settle = SERVER_SETTLE
+        self.server_settle = preset.settle  # long enough for a server that shrinks when idle to have done so
         self.datasets: dict[str, DataSet] = {}
         self.targets: dict[tuple[str, str], Target] = {}
         self._written: dict[str, float] = {}
