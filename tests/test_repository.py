@@ -638,3 +638,25 @@ def test_shrink_memory_returns_idle_page_caches_and_never_waits(repo: Repository
         threading.Thread(target=lambda: (target.shrink_memory(), done.set())).start()
         assert done.wait(5)
         assert target.shrink_memory() == 1
+
+
+def test_a_commit_checks_every_chunk_list_a_batch_at_a_time(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit reads the changed files' chunk lists in batches (a million files' lists held at once took the
+    server's memory with them): every batch is checked, the last one too."""
+    from repo_support import commit, dir_entry, file_entry, read_file, view
+
+    from neotwist.chunking import DEFAULT_PARAMS
+    from neotwist.server.repository import push as push_module
+    from neotwist.server.repository.errors import MissingChunks
+    from neotwist.wire.messages import Entry
+
+    monkeypatch.setattr(push_module, "NEED_BATCH", 2)
+    t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
+    contents = [f"file {i} ".encode() * 40 for i in range(7)]
+    sid = commit(t, [dir_entry("")] + [file_entry(f"f{i}", c, target=t) for i, c in enumerate(contents)], 100.0)
+    assert [read_file(t, view(t, sid)[f"f{i}"]) for i in range(7)] == contents
+    push = t.begin_push("", True)
+    unknown = Entry("g6", "f", 0o644, 1, 5, b"\x01" * 32)  # the 7th changed file, alone in the last batch
+    push.add([dir_entry("")] + [file_entry(f"g{i}", c) for i, c in enumerate(contents[:6])] + [unknown])
+    with pytest.raises(MissingChunks):
+        push.commit(200.0)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,10 @@ from neotwist.server.repository.space import Reserve
 
 AUTO_FLUSH = 32 * 1024 * 1024
 """Pending (appended, unindexed) bytes that trigger a flush, so a killed server keeps most uploaded chunks."""
+
+PROTECTED_MAX = 65_536
+"""Chunk ids that active pushes rely on, remembered one by one (about 6 MB); past it everything is protected
+until they end (see :meth:`ChunkStore._protect`)."""
 
 RECLAIM_INTERVAL = 60.0
 """Seconds between collections that reclaim aborted pushes' chunks (see :meth:`ChunkStore.push_ended`)."""
@@ -112,6 +116,7 @@ class ChunkStore:
         self._gc_lock = threading.Lock()
         self._active_pushes = 0
         self._protected: set[bytes] = set()
+        self._protect_all = False  # more than PROTECTED_MAX protected ids: a sweep deletes nothing
         self._uncommitted_bytes = 0  # stored anew since no push was active, or since the last collection
         self._aborted_since_collect = False
         self._aborted_at = 0.0
@@ -148,7 +153,7 @@ class ChunkStore:
             if found:
                 result = [m and chunk_id not in found for chunk_id, m in zip(ids, result, strict=True)]
             if self._active_pushes:
-                self._protected.update(chunk_id for chunk_id, m in zip(ids, result, strict=True) if not m)
+                self._protect(chunk_id for chunk_id, m in zip(ids, result, strict=True) if not m)
         return result
 
     def _indexed(self, chunk_id: bytes) -> Location | None:
@@ -211,7 +216,7 @@ class ChunkStore:
             self._uncommitted_bytes += new_bytes
             full = self._pending_bytes >= self.auto_flush
             if self._active_pushes:  # uploaded or found present: a push will reference them
-                self._protected.update(c[0] for c in chunks)
+                self._protect(c[0] for c in chunks)
         if full:
             self.flush()
         return new, new_bytes
@@ -351,6 +356,18 @@ class ChunkStore:
             raise RecordDamaged(f"chunk {chunk_id.hex()}: record disagrees with the index")
         return codec, size, data
 
+    def _protect(self, ids: Iterable[bytes]) -> None:
+        """Protect ``ids`` from collection until the last active push ends (the gc lock held). Past
+        PROTECTED_MAX ids the set is dropped and everything is protected instead, so a push of millions of
+        chunks does not hold each id in memory: a collection that runs meanwhile deletes nothing, and the next
+        one after the pushes end collects what it left."""
+        if self._protect_all:
+            return
+        self._protected.update(ids)
+        if len(self._protected) > PROTECTED_MAX:
+            self._protected = set()
+            self._protect_all = True
+
     def push_started(self) -> None:
         """Count an active push: from now until it ends, the chunks it is told are present and the chunks it
         uploads are protected from garbage collection. :class:`Push` calls this and :meth:`push_ended`."""
@@ -374,7 +391,8 @@ class ChunkStore:
                 self._aborted_at = time.monotonic()
             if self._active_pushes <= 0:
                 self._active_pushes = 0
-                self._protected.clear()
+                self._protected = set()  # a new set: clear() would keep the big table allocated
+                self._protect_all = False
                 if not self._aborted_since_collect:
                     self._uncommitted_bytes = 0  # every push since the last collection committed
         if aborted:
@@ -412,11 +430,12 @@ class ChunkStore:
             self._last_collect = time.monotonic()
 
     @contextmanager
-    def sweeping(self) -> Iterator[list[bytes]]:
+    def sweeping(self) -> Iterator[list[bytes] | None]:
         """Hold off every "present" answer and every index write while the collector deletes unreferenced rows
-        (through a connection of its own); yields the ids active pushes rely on, which must be kept."""
+        (through a connection of its own); yields the ids active pushes rely on, which must be kept, or None
+        when they are too many to list (see :meth:`_protect`): then every chunk must be kept."""
         with self._gc_lock:
-            protected = list(self._protected)
+            protected = None if self._protect_all else list(self._protected)
             with self.index.writing():
                 yield protected
 

@@ -80,6 +80,9 @@ def _mark(db: sqlite3.Connection) -> int:
 def _sweep(store: ChunkStore, db: sqlite3.Connection, s0: int) -> tuple[int, int]:
     """Delete unreferenced, unprotected chunk rows; return (chunks, stored bytes) deleted."""
     with store.sweeping() as protected:
+        if protected is None:  # active pushes rely on too many chunks to list: keep them all this time
+            db.execute("DELETE FROM temp.live")
+            return 0, 0
         with index.storage_errors("delete unreferenced chunks"):
             with index.transaction(db):
                 cur = db.execute("SELECT chunks FROM main.versions WHERE first > ? AND length(chunks) > 0", (s0,))

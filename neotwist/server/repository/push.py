@@ -47,6 +47,9 @@ from neotwist.server.repository.records import CommitResult, SnapshotInfo, Stage
 _Row = tuple[str, str, int, int, int, bytes, str, bytes]
 """A staged entry: (path, kind, mode, mtime_ns, size, chunks, link, meta)."""
 
+NEED_BATCH = 4096
+"""Changed files whose chunk lists are read at a time at commit (see ``Push._needed``)."""
+
 _DIFFERS = " OR ".join(
     f"v.{c} IS NOT s.{c}" for c in ("kind", "mode", "mtime_ns", "size", "chunks", "link", "meta")
 )
@@ -298,9 +301,6 @@ class Push:
             f"CREATE TABLE {need} (n INTEGER NOT NULL, i INTEGER NOT NULL, id BLOB NOT NULL,"
             " PRIMARY KEY (n, i)) WITHOUT ROWID"
         )
-        chunk_lists = db.execute(
-            f"SELECT n, chunks FROM {chg} WHERE kind = 'f' AND length(chunks) > 0 ORDER BY n"
-        ).fetchall()
         id_size = bounds.ID_SIZE
 
         def split(lists: list[tuple[int, bytes]]) -> Iterator[tuple[int, int, bytes]]:
@@ -308,8 +308,10 @@ class Push:
                 for i in range(0, len(chunks), id_size):
                     yield n, i, chunks[i : i + id_size]
 
-        db.executemany(f"INSERT INTO {need} VALUES (?, ?, ?)", split(chunk_lists))
-        del chunk_lists
+        # a batch of files at a time: a push of a million changed files would hold every chunk list at once
+        lists = db.execute(f"SELECT n, chunks FROM {chg} WHERE kind = 'f' AND length(chunks) > 0 ORDER BY n")
+        while batch := lists.fetchmany(NEED_BATCH):
+            db.executemany(f"INSERT INTO {need} VALUES (?, ?, ?)", split(batch))
 
         missing, example = db.execute(
             f"SELECT count(*), min(id) FROM (SELECT DISTINCT id FROM {need}) d "
