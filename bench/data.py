@@ -255,3 +255,44 @@ def same_bytes(a: Path, b: Path) -> bool:
                 return False
             if not x:
                 return True
+
+
+GROWTH_DIR_ENTRIES = 1000
+GROWTH_MAX_SIZE = 4096
+
+
+def make_growth(root: Path, files: int, seed: int = 7) -> None:
+    """``files`` small files (0 to 4 KiB, uniform; half text-like, half random) in directories of
+    ``GROWTH_DIR_ENTRIES`` entries each (``d0000/f000.txt`` ...): what a mail spool or a cache directory looks
+    like, and what makes a per-file cost visible. Deterministic for (files, seed), mtimes included, so a tree
+    kept from an earlier run (see :func:`cached_growth`) is the same tree."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True)
+    mtime = 1_700_000_000
+    for d in range((files + GROWTH_DIR_ENTRIES - 1) // GROWTH_DIR_ENTRIES):
+        sub = root / f"d{d:04}"
+        sub.mkdir()
+        for i in range(min(GROWTH_DIR_ENTRIES, files - d * GROWTH_DIR_ENTRIES)):
+            size = rng.randrange(GROWTH_MAX_SIZE + 1)
+            text = i % 2 == 1
+            piece = rng.randbytes(size)
+            path = sub / f"f{i:03}.{'txt' if text else 'bin'}"
+            with open(path, "wb") as f:
+                f.write(piece.translate(TEXT_TABLE) if text else piece)
+            os.utime(path, (mtime, mtime))
+
+
+def cached_growth(cache: Path, files: int, seed: int = 7) -> tuple[Path, float]:
+    """The growth tree of ``files`` files under ``cache`` (kept between runs: a million files take minutes to
+    write), made now if it is missing or was left half-made; with the seconds it took (0 when reused)."""
+    path = cache / f"growth-{files}-s{seed}"
+    done = cache / f"growth-{files}-s{seed}.complete"
+    if done.exists() and path.is_dir():
+        return path, 0.0
+    if path.exists():
+        shutil.rmtree(path)
+    t = time.monotonic()
+    make_growth(path, files, seed)
+    os.sync()
+    done.write_text(f"{files} files, seed {seed}\n")
+    return path, time.monotonic() - t

@@ -39,6 +39,8 @@ class OpResult:
     storage_added: int | None = None  # bytes on disk the server side grew by
     storage_added_apparent: int | None = None
     clients: int = 1
+    server_before: int | None = None  # server RSS before the operation (the concurrent scenario)
+    server_after: int | None = None  # server RSS some seconds after it ended (the concurrent scenario)
     failures: int = 0
     error: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)

@@ -221,12 +221,20 @@ class ServerMemory:
         """Peak bytes since begin(), or None when this server side has no process (a local repository)."""
         raise NotImplementedError
 
+    def now(self) -> int | None:
+        """Resident bytes of the server side at this moment (VmRSS), or None without a server process: what
+        it holds before a scenario and some seconds after it, to see whether it gives memory back."""
+        raise NotImplementedError
+
 
 class NoServer(ServerMemory):
     def begin(self) -> None:
         pass
 
     def end(self) -> int | None:
+        return None
+
+    def now(self) -> int | None:
         return None
 
 
@@ -245,6 +253,9 @@ class ProcessHWM(ServerMemory):
 
     def end(self) -> int | None:
         return status_kib(self.pid, "VmHWM") * 1024
+
+    def now(self) -> int | None:
+        return status_kib(self.pid, "VmRSS") * 1024
 
 
 class TreeSampler(ServerMemory):
@@ -277,6 +288,10 @@ class TreeSampler(ServerMemory):
         if self._thread is not None:
             self._thread.join(timeout=5)
         return self.peak
+
+    def now(self) -> int | None:
+        """The listener and its live sessions (the sessions are gone once their clients are)."""
+        return sum(status_kib(p, "VmRSS") for p in [self.root_pid, *descendants(self.root_pid)]) * 1024
 
 
 # --- storage ----------------------------------------------------------------------------------------------

@@ -78,6 +78,8 @@ class Row:
             "tool_sent": self._median("tool_sent"), "tool_received": self._median("tool_received"),
             "storage": self.storage, "storage_apparent": self.storage_apparent,
             "client_peak_rss": self.client_rss, "server_peak_rss": self.server_rss,
+            "server_before_rss": self.runs[-1].server_before if self.runs else None,
+            "server_after_rss": self.runs[-1].server_after if self.runs else None,
             "cpu_s": statistics.median(r.cpu_s for r in self.ok_runs) if self.ok_runs else None,
             "data_bytes": self.data_bytes, "throughput_bps": self.throughput,
             "errors": self.failures, "verified": self.verified, "problems": self.problems, "note": self.note,
@@ -85,7 +87,8 @@ class Row:
                 {"ok": r.ok, "wall_s": round(r.wall_s, 4), "cpu_s": round(r.cpu_s, 3), "sent": r.sent,
                  "received": r.received, "tool_sent": r.tool_sent, "tool_received": r.tool_received,
                  "client_rss": r.client_rss, "server_rss": r.server_rss, "storage_added": r.storage_added,
-                 "clients": r.clients, "failures": r.failures, "error": r.error, "summary": r.summary}
+                 "clients": r.clients, "server_before": r.server_before, "server_after": r.server_after,
+                 "failures": r.failures, "error": r.error, "summary": r.summary}
                 for r in self.runs
             ],
         }  # fmt: skip

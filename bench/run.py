@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--preset", choices=sorted(PRESETS), help="full (default), quick, or tiny (for tests)")
     p.add_argument("--scenario", action="append", choices=list(SCENARIOS), metavar="NAME",
                    help="run only this scenario (repeatable); default: all, in order")  # fmt: skip
+    p.add_argument("--growth", metavar="N,N", help="file counts of the growth scenario's trees "
+                   "(default: 10000,100000 full, 10000 quick); kept in WORKDIR/cache")  # fmt: skip
     p.add_argument("--tools", metavar="A,B", help="comma-separated tools (default: all that can run)")
     p.add_argument("--repeat", type=int, metavar="N", help="runs per timed row (default: 3 full, 1 quick)")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="where data, repositories and logs go "
@@ -100,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in TOOLS_BY_NAME]
     if unknown:
         _parser().error(f"unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS_BY_NAME)}")
+    growth = None
+    if args.growth:
+        try:
+            growth = tuple(int(n.replace("_", "")) for n in args.growth.split(","))
+        except ValueError:
+            _parser().error(f"--growth: comma-separated file counts, not {args.growth!r}")
+        if not growth or min(growth) < 1:
+            _parser().error("--growth: file counts of at least 1")
     tree = args.tree or default_tree()
     if not tree.is_dir():
         _parser().error(f"--tree {tree} is not a directory")
@@ -116,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv),
         "started": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
         "preset": preset.__dict__, "repeats": repeats, "scenarios": scenarios, "tree": str(tree),
-        "machine": deps.machine(), "method": METHOD, "skipped": {}, "errors": [], "loadavg_start": os.getloadavg(),
+        "growth": list(growth or preset.growth), "machine": deps.machine(), "method": METHOD, "skipped": {},
+        "errors": [], "loadavg_start": os.getloadavg(),
     }  # fmt: skip
     lab = Lab(workdir, [], preset.timeout, log)
     runnable = []
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 lab.profiler = Profiler(workdir / "profiles")
             meta["client_rss_floor"] = launcher_floor(lab.logs)
-            ctx = Context(lab, preset, runnable, tree, repeats, log)
+            ctx = Context(lab, preset, runnable, tree, repeats, log, growth)
             log("self-check: rsync as the harness runs it against plain rsync -a -e ssh")
             try:
                 verdict = self_check(ctx)

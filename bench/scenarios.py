@@ -29,6 +29,9 @@ from bench.tools import Target, Tool
 
 MiB = 1024 * 1024
 
+GROWTH_SECONDS_PER_FILE = 0.01
+"""The growth scenario's timeout per file (at least the preset's): 10,000 s for a million files."""
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -41,19 +44,21 @@ class Preset:
     repeats: int
     timeout: float  # seconds for one operation (all clients of one)
     versions: int = 10
+    growth: tuple[int, ...] = (10_000, 100_000)  # the growth scenario's trees, in files (--growth N,N)
+    settle: float = 15.0  # seconds the concurrent scenario waits before the server's RSS "after"
 
 
 PRESETS = {
     "full": Preset("full", None, 256 * MiB, 512 * MiB, 16, 32 * MiB, 3, 3600),
-    "quick": Preset("quick", 100 * MiB, 32 * MiB, 64 * MiB, 16, 4 * MiB, 1, 900),
+    "quick": Preset("quick", 100 * MiB, 32 * MiB, 64 * MiB, 16, 4 * MiB, 1, 900, growth=(10_000,)),
     # for tests/test_bench.py: seconds, not minutes
-    "tiny": Preset("tiny", 3 * MiB, 2 * MiB, 4 * MiB, 4, MiB // 4, 1, 120, versions=3),
+    "tiny": Preset("tiny", 3 * MiB, 2 * MiB, 4 * MiB, 4, MiB // 4, 1, 120, versions=3, growth=(300,), settle=3.0),
 }
 
 
 class Context:
     def __init__(self, lab: Lab, preset: Preset, tools: list[Tool], tree_source: Path, repeats: int,
-                 log: Callable[[str], None]) -> None:  # fmt: skip
+                 log: Callable[[str], None], growth: tuple[int, ...] | None = None) -> None:  # fmt: skip
         self.lab = lab
         self.preset = preset
         self.tools = tools
@@ -64,6 +69,9 @@ class Context:
         self.rng = random.Random(20240611)
         self.data_dir = lab.root / "data"
         self.scratch = lab.root / "scratch"
+        self.cache_dir = lab.workdir / "cache"  # generated trees kept between runs (outside run/)
+        self.growth = growth if growth is not None else preset.growth
+        self.server_settle = preset.settle  # long enough for a server that shrinks when idle to have done so
         self.datasets: dict[str, DataSet] = {}
         self.targets: dict[tuple[str, str], Target] = {}
         self._written: dict[str, float] = {}
@@ -419,17 +427,60 @@ def concurrent(ctx: Context) -> None:
             with ThreadPoolExecutor(max_workers=8) as pool:  # repository inits (restic's KDF) are slow one by one
                 targets = list(pool.map(lambda ds, tool=tool: ctx.fresh(tool, ds.name), trees))
             jobs = [(t, ds.path) for t, ds in zip(targets, trees, strict=True)]
+            memory = tool.server_memory()
+            before = memory.now()
             result = ctx.lab.push_many(tool, jobs)
+            time.sleep(ctx.server_settle)  # does the server give back what the clients made it take?
+            result.server_before, result.server_after = before, memory.now()
             runs[tool.name].append(result)
             storage[tool.name] = result.storage_added or 0
     for tool in ctx.tools:
         ctx.add(Row("concurrent", f"{k} clients x {size(ctx.preset.client_bytes)} trees", tool.name,
                     "push", runs[tool.name], storage[tool.name], None, total,
-                    note="client peak = largest client"))  # fmt: skip
+                    note=f"client peak = largest client; {_server_after(runs[tool.name], ctx.server_settle)}"))
         for ds in trees:
             t = ctx.targets.pop((tool.name, ds.name), None)
             if t is not None:
                 tool.discard(t)
+
+
+def _server_after(runs: list[OpResult], settle: float) -> str:
+    """The server's RSS before the clients and ``settle`` seconds after them (the last run's)."""
+    last = runs[-1] if runs else None
+    if last is None or last.server_after is None:
+        return "no server process"
+    return f"server RSS {size(last.server_before)} before, {size(last.server_after)} {settle:g} s after"
+
+
+# --- 8. growth: the same kind of tree at 10k, 100k and 1M files ------------------------------------------------
+
+
+def growth(ctx: Context) -> None:
+    """A first push and an unchanged re-push of generated trees of small files (0-4 KiB, 1,000 entries per
+    directory) at each size of ``ctx.growth``: time and memory per size show whether a per-file cost grows
+    with the tree. The trees are kept under WORKDIR/cache (a million files take minutes to write)."""
+    for files in ctx.growth:
+        path, took = data.cached_growth(ctx.cache_dir, files)
+        ds = DataSet(f"growth-{files}", path)
+        ds.refresh()
+        ctx.log(f"data {ds.name}: {ds.files:,} files, {ds.bytes / MiB:.1f} MiB "
+                + (f"({took:.0f} s to make)" if took else f"(kept in {ctx.cache_dir})"))  # fmt: skip
+        timeout = ctx.lab.timeout
+        ctx.lab.timeout = max(timeout, files * GROWTH_SECONDS_PER_FILE)
+        try:
+            targets = {t.name: ctx.fresh(t, ds.name) for t in ctx.tools}
+            first = {t.name: ctx.push(t, targets[t.name], ds) for t in ctx.tools}
+            again = {t.name: ctx.push(t, targets[t.name], ds) for t in ctx.tools}
+        finally:
+            ctx.lab.timeout = timeout
+        for tool in ctx.tools:
+            t = targets[tool.name]
+            for case, result in (("first push", first[tool.name]), ("re-push, unchanged", again[tool.name])):
+                per_file = f"{result.wall_s / max(1, ds.files) * 1e6:.0f} µs/file" if result.ok else "failed"
+                ctx.add(Row("growth", f"{case}, {ds.files:,} files", tool.name, "push", [result], t.storage,
+                            t.storage_apparent, ds.bytes, note=per_file))  # fmt: skip
+            ctx.targets.pop((tool.name, ds.name), None)
+            tool.discard(t)
 
 
 SCENARIOS: dict[str, Callable[[Context], None]] = {
@@ -441,4 +492,5 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "restore": restore,
     "versions": versions,
     "concurrent": concurrent,
+    "growth": growth,
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,11 @@ def prepare_data_dir(data: Path) -> Path:
 SHRINK_INTERVAL = 120.0
 """Seconds between returns of idle index page caches to the system (``Repository.shrink_memory``)."""
 
+IDLE_CHECK_INTERVAL = 1.0
+"""Seconds between looks at whether the server has gone idle (no connection left): the first look that finds it
+so after some activity gives the memory back at once (``Repository.shrink_memory``), rather than at the next
+SHRINK_INTERVAL: 16 clients' pushes left twistd at 3-4x its baseline RSS for up to two minutes."""
+
 MAINTAIN_INTERVAL = 10.0
 """Seconds between checks of the free space, of aborted pushes' leftovers and of idle targets
 (``Repository.maintain``)."""
@@ -156,8 +162,10 @@ class _RepositoryService(service.Service):
     space and closes targets unused for too long (each in a worker thread, one round at a time), and flushes
     and closes the repository when the server stops (after the listeners, which stop first)."""
 
-    def __init__(self, repository: Any) -> None:
+    def __init__(self, repository: Any, busy: Callable[[], bool] | None = None) -> None:
         self.repository = repository
+        self._busy = busy  # whether any connection is open
+        self._was_busy = False
         self._loops: list[Any] = []
         self._running: dict[str, Any] = {}
 
@@ -172,7 +180,10 @@ class _RepositoryService(service.Service):
         core.addSystemEventTrigger("after", "shutdown", self.repository.close)
         for note in self.repository.space_notes:
             log.warn("{note}", note=note)
-        for interval, work in ((SHRINK_INTERVAL, self._shrink), (MAINTAIN_INTERVAL, self._maintain)):
+        loops = [(SHRINK_INTERVAL, self._shrink), (MAINTAIN_INTERVAL, self._maintain)]
+        if self._busy is not None:
+            loops.append((IDLE_CHECK_INTERVAL, self._watch_idle))
+        for interval, work in loops:
             loop = LoopingCall(work)
             loop.start(interval, now=False)
             self._loops.append(loop)
@@ -190,6 +201,15 @@ class _RepositoryService(service.Service):
 
     def _shrink(self) -> None:
         self._in_thread("shrinking page caches", self.repository.shrink_memory)
+
+    def _watch_idle(self) -> None:
+        """Shrink once when the last connection is gone (see IDLE_CHECK_INTERVAL)."""
+        assert self._busy is not None
+        if self._busy():
+            self._was_busy = True
+        elif self._was_busy:
+            self._was_busy = False
+            self._shrink()
 
     def _maintain(self) -> None:
         def report(notes: list[str]) -> None:
@@ -255,7 +275,7 @@ def makeService(options: Options) -> service.MultiService:
     admission = Admission(descriptor_share(MAX_UNAUTHENTICATED))  # connections not yet logged in, SSH and TLS
     services = ServerServices(repository=repository, accounts=accounts, reactor=reactor, throttle=throttle)
     top = service.MultiService()
-    _RepositoryService(repository).setServiceParent(top)
+    _RepositoryService(repository, busy=lambda: bool(services.sessions)).setServiceParent(top)
 
     if options["ssh_endpoint"] is not None:
         host_key = hostkeys.load_or_create_host_key(data)

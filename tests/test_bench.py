@@ -84,3 +84,32 @@ def test_restore_scenario_end_to_end(tmp_path: Path) -> None:
     neo = by_tool["neo-ssh"][0]
     assert neo["tool_received"] and neo["runs"][0]["summary"]["files_changed"] == files  # type: ignore[index]
     assert not (tmp_path / "work" / "run").exists()  # data and repositories are removed after the run
+
+
+def test_growth_and_concurrent_scenarios_end_to_end(tmp_path: Path) -> None:
+    """The growth scenario pushes generated trees of each ``--growth`` size twice (first, unchanged), keeping
+    them in WORKDIR/cache for the next run; the concurrent scenario records the server's RSS before and after."""
+    out = tmp_path / "rows.json"
+    work = tmp_path / "work"
+    argv = [sys.executable, "-m", "bench.run", "--preset", "tiny", "--scenario", "growth", "--scenario",
+            "concurrent", "--tools", "neo-ssh", "--no-install", "--growth", "150,1200", "--workdir", str(work),
+            "--json", str(out)]  # fmt: skip
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    growth = [row for row in rows if row["scenario"] == "growth"]
+    assert [row["case"] for row in growth] == [
+        "first push, 150 files", "re-push, unchanged, 150 files",
+        "first push, 1,200 files", "re-push, unchanged, 1,200 files",
+    ]  # fmt: skip
+    for row in growth:
+        assert row["errors"] == 0 and row["wall_s"] > 0 and "µs/file" in row["note"], row
+        assert row["client_peak_rss"] > 1_000_000 and row["server_peak_rss"] > 1_000_000
+    assert growth[1]["runs"][0]["summary"]["files_changed"] == 0  # the re-push read nothing again
+    assert growth[2]["runs"][0]["summary"]["files"] == 1200
+    concurrent = next(row for row in rows if row["scenario"] == "concurrent")
+    before, after = concurrent["server_before_rss"], concurrent["server_after_rss"]
+    assert isinstance(before, int) and isinstance(after, int) and before > 1_000_000 and after > 1_000_000
+    assert "server RSS" in concurrent["note"]
+    kept = sorted(p.name for p in (work / "cache").iterdir())
+    assert kept == ["growth-1200-s7", "growth-1200-s7.complete", "growth-150-s7", "growth-150-s7.complete"]

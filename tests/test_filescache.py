@@ -52,7 +52,8 @@ def test_racy_timestamps_are_not_remembered(tmp_path: Path) -> None:
     c.remember("fresh-mtime", 1, now, 2, OLD, IDS)
     c.remember("fresh-ctime", 1, OLD, 2, now - 10**8, IDS)
     c.remember("old", 1, OLD, 2, OLD, IDS)
-    assert set(c.new) == {"old"}
+    assert set(c.remembered()) == {"old"}
+    c.close()
 
 
 def test_keys_separate_caches(tmp_path: Path) -> None:
@@ -75,8 +76,9 @@ def test_damaged_cache_is_ignored_with_a_note(tmp_path: Path) -> None:
     c.path.write_bytes(b"\xc1garbage")
     d = _cache(tmp_path)
     d.load()
-    assert d.old == {}
+    assert d.lookup("a", 1, OLD, 2, OLD) is None
     assert d.load_error is not None and "damaged" in d.load_error
+    d.close()
 
 
 def test_cache_with_another_key_in_the_same_file_is_ignored(tmp_path: Path) -> None:
@@ -86,7 +88,8 @@ def test_cache_with_another_key_in_the_same_file_is_ignored(tmp_path: Path) -> N
     other = _cache(tmp_path, "two")
     other.path = c.path  # as if two keys hashed alike
     other.load()
-    assert other.old == {}
+    assert other.lookup("a", 1, OLD, 2, OLD) is None
+    other.close()
 
 
 def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path: Path) -> None:
@@ -115,3 +118,70 @@ def test_ids_of_one_keying_are_never_lent_to_another(tmp_path: Path) -> None:
     again.bind("plaintext")
     again.load()
     assert again.lookup("a", 1, OLD, 2, OLD) == IDS
+
+
+def test_memory_does_not_grow_with_the_files_remembered(tmp_path: Path) -> None:
+    """A push of a million files must not hold a million cache rows in Python: the rows go to disk as they
+    come, and the last push's are looked up there. 40,000 files in dicts took about 20 MB."""
+    import tracemalloc
+
+    first = _cache(tmp_path)
+    first.load()
+    for i in range(40_000):
+        first.remember(f"d{i // 1000:04}/f{i % 1000:03}.txt", i, OLD, i, OLD, IDS)
+        first.note_entry(f"d{i // 1000:04}/f{i % 1000:03}.txt", IDS[:16])
+    first.save()
+    tracemalloc.start()
+    try:
+        again = _cache(tmp_path)
+        again.load()
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(40_000):
+            path = f"d{i // 1000:04}/f{i % 1000:03}.txt"
+            assert again.lookup(path, i, OLD, i, OLD) == IDS
+            assert again.old_entry(path) == IDS[:16]
+            again.remember(path, i, OLD, i, OLD, IDS)
+            again.note_entry(path, IDS[:16])
+        held = tracemalloc.get_traced_memory()[0] - base
+        again.save()
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * 1024 * 1024, held
+    last = _cache(tmp_path)
+    last.load()
+    assert last.lookup("d0039/f999.txt", 39_999, OLD, 39_999, OLD) == IDS
+    last.close()
+
+
+def test_gone_names_what_the_last_push_sent_and_this_one_did_not(tmp_path: Path) -> None:
+    first = _cache(tmp_path)
+    first.load()
+    for path in ("a", "b", "c/d", "c/e"):
+        first.note_entry(path, b"x" * 16)
+    first.snapshot = 7
+    first.save()
+    again = _cache(tmp_path)
+    again.load()
+    assert again.old_snapshot == 7
+    again.begin()
+    for path in ("a", "c/e", "new"):
+        again.note_entry(path, b"y" * 16)
+    assert list(again.gone()) == ["b", "c/d"]
+    assert again.old_entry("b") == b"x" * 16 and again.old_entry("new") is None
+    again.close()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.path.name]  # the unsaved one is gone
+
+
+def test_a_cache_that_cannot_be_written_is_not_saved_and_stops_nothing(tmp_path: Path) -> None:
+    (tmp_path / "cache").write_text("a file where the directory should be")
+    c = _cache(tmp_path)
+    c.load()
+    assert c.load_error is not None
+    assert c.lookup("a", 1, OLD, 2, OLD) is None
+    c.remember("a", 1, OLD, 2, OLD, IDS)
+    try:
+        c.save()
+    except OSError:
+        pass
+    else:
+        raise AssertionError("save must say the cache could not be written")

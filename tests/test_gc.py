@@ -14,12 +14,12 @@ from pathlib import Path
 
 import blake3
 import pytest
-from repo_support import commit, dir_entry, file_entry, ids_of, pack_bytes, put, read_file, view
+from repo_support import Refused, as_sent, commit, dir_entry, file_entry, ids_of, pack_bytes, put, read_file, view
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.repository import Repository, StoreSizes, Target, gc, packs
 from neotwist.server.repository.chunkstore import ChunkStore
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.errors import ErrorCode
 from neotwist.wire.messages import Entry
 
 PIECE = 256 * 1024
@@ -169,6 +169,37 @@ def test_chunks_uploaded_or_found_by_a_push_survive(repo: Repository) -> None:
     push.abort()
     assert t.collect_garbage().chunks_removed == 1 and t.locate([z]) == {}
     assert t.locate([x, y]).keys() == {x, y}
+
+
+def test_a_push_of_many_chunks_protects_them_all_without_listing_them(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ids a push relies on are held one by one only up to PROTECTED_MAX (a push of a million small files
+    must not hold a million ids); past it every chunk is kept by a collection until the pushes end."""
+    from neotwist.server.repository import chunkstore
+
+    monkeypatch.setattr(chunkstore, "PROTECTED_MAX", 3)
+    t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)
+    contents = [f"chunk {i} nobody refers to ".encode() * 50 for i in range(6)]
+    commit(t, [dir_entry("")] + [file_entry(f"f{i}", c, target=t) for i, c in enumerate(contents)], 100.0)
+    commit(t, [dir_entry("")], 200.0)
+    t.flush()
+    ids = [blake3.blake3(c).digest() for c in contents]
+    push = t.begin_push("", True)
+    assert t.missing(ids) == [False] * 6  # the client will reference all six without uploading them
+    assert len(t.chunks._protected) <= 3
+    t.prune([1])
+    assert t.collect_garbage().chunks_removed == 0
+    push.add([dir_entry("")] + [file_entry(f"g{i}", c) for i, c in enumerate(contents)])
+    sid = push.commit(300.0).snapshot.id
+    assert all(read_file(t, view(t, sid)[f"g{i}"]) == c for i, c in enumerate(contents))
+    assert not t.chunks._protected and not t.chunks._protect_all  # the last push ended: nothing held
+    # once no push runs, the collection works as ever
+    y = b"garbage once the pushes are over " * 40
+    commit(t, [dir_entry(""), file_entry("y", y, target=t)], 400.0)
+    commit(t, [dir_entry("")], 500.0)
+    t.prune([sid, sid + 1])
+    assert t.collect_garbage().chunks_removed == 7 and t.locate([blake3.blake3(y).digest()]) == {}
 
 
 def test_a_commit_between_mark_and_sweep_keeps_its_chunks(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -365,7 +396,7 @@ def test_history_can_be_switched_off_and_on(tmp_path: Path) -> None:
     repo.set_keep_history(1, "home", True)
     commit(t2, [dir_entry(""), file_entry("f", b"version 4", target=t2)], 200.0)
     assert t2.apply_no_history() is None and len(t2.snapshots()) == 2
-    assert [t.meta.name for t in repo.targets_of(1)] == ["home"] and repo.targets_of(2) == []
+    assert [m.name for m in repo.target_metas(1)] == ["home"] and repo.target_metas(2) == []
     repo.close()
 
 
@@ -382,9 +413,9 @@ def test_prune_and_collect_refused_on_a_read_only_repository(tmp_path: Path) -> 
         lambda: rt.begin_push("", False),
         lambda: ro.create_target(1, "x", encrypted=False, chunker=DEFAULT_PARAMS),
     ):
-        with pytest.raises(NeoError) as e:
+        with pytest.raises(Refused) as e:
             call()
-        assert e.value.code == ErrorCode.PERMISSION_DENIED
+        assert as_sent(e.value).code == ErrorCode.PERMISSION_DENIED
     assert [s.id for s in rt.snapshots()] == [1]
     ro.close()
     repo.close()

@@ -23,14 +23,14 @@ from typing import Any
 
 import blake3
 import pytest
-from repo_support import dir_entry, read_chunk, view
+from repo_support import Refused, as_sent, dir_entry, read_chunk, view
 
 from neotwist import atomicfile
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.codec import raw_bytes
 from neotwist.server.repository import Repository, StoreSizes, Target, index, packs
 from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.errors import ErrorCode
 from neotwist.wire.messages import CODEC_RAW, Entry
 
 PIECE = 16 * 1024
@@ -38,8 +38,8 @@ STORAGE_CODES = (ErrorCode.STORAGE, ErrorCode.DISK_FULL)
 
 
 class Faults:
-    """What the pack store sees as ``os``, with at most one planned fault: the ``n``-th call of ``op`` (write,
-    fsync, ftruncate, create) runs ``action`` instead of (or, for a write, after half of) the real call."""
+    """What the pack store sees as ``os``, with at most one planned fault: the ``n``-th call of ``op`` (write or
+    writev, fsync, ftruncate, create) runs ``action`` instead of (or, for a write, after half of) the real call."""
 
     def __init__(self) -> None:
         self._plan: tuple[str, int, Callable[[], None]] | None = None
@@ -74,6 +74,20 @@ class Faults:
             os.write(fd, bytes(data)[: len(data) // 2])  # torn: half the record reached the file
             raise
         return os.write(fd, data)
+
+    def writev(self, fd: int, buffers: Any) -> int:
+        """Records are appended a batch at a time: a planned write fault hits the whole batch (half of it reaches
+        the file, torn)."""
+        action = self._hit("write")
+        if action is None:
+            return os.writev(fd, buffers)
+        try:
+            action()
+        except OSError:
+            data = b"".join(bytes(b) for b in buffers)
+            os.write(fd, data[: len(data) // 2])
+            raise
+        return os.writev(fd, buffers)
 
     def fsync(self, fd: int) -> None:
         action = self._hit("fsync")
@@ -235,12 +249,12 @@ def test_a_failed_index_write_after_the_packs_synced_keeps_the_snapshot_whole(
         b = {**a, "big.bin": rng.randbytes(2_000_000)}
         for fault in (sql.fill, sql.lock):
             fault()
-            with pytest.raises(NeoError) as failed:
+            with pytest.raises(Refused) as failed:
                 push(t, b, 200.0)
-            assert failed.value.code in STORAGE_CODES
+            assert as_sent(failed.value).code in STORAGE_CODES
             assert "no transaction is active" not in failed.value.message
             if fault == sql.fill:
-                assert failed.value.code == ErrorCode.DISK_FULL
+                assert as_sent(failed.value).code == ErrorCode.DISK_FULL
                 assert "the server's disk is full" in failed.value.message
             else:
                 assert "locked" in failed.value.message
@@ -307,8 +321,8 @@ def test_seeded_faults_in_push_commit_prune_and_collection(
                     del model[victim]
                 elif op == "collect":
                     t.collect_garbage()
-            except NeoError as e:
-                assert e.code in STORAGE_CODES, e
+            except Refused as e:
+                assert as_sent(e).code in STORAGE_CODES, e
                 assert "no transaction is active" not in e.message
                 failures += 1
             finally:
@@ -336,7 +350,7 @@ def test_a_copy_skipped_as_stored_is_checked_if_the_stored_one_was_discarded_mea
     copy never gets in under the id."""
     import threading
 
-    from neotwist.server.repository.chunkstore import ChunkRejected
+    from neotwist.server.repository.errors import ChunkRejected
 
     repo = Repository(tmp_path / "repo")
     t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)

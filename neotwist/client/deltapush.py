@@ -15,6 +15,7 @@ chunks travel whole, as before.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Container
 from typing import Literal
 
 import zstandard
@@ -53,7 +54,7 @@ class DeltaPlanner:
     def usable(peer: Peer, encrypted: bool) -> bool:
         return not encrypted and limits.FEATURE_SUBDELTA in getattr(peer, "features", ())
 
-    def note(self, old_ids: bytes | None, new_ids: bytes, seen: set[bytes]) -> None:
+    def note(self, old_ids: bytes | None, new_ids: bytes, seen: Container[bytes]) -> None:
         """Remember the likely bases of the chunks of a file's new version (``new_ids``) that its previous one
         (``old_ids``, from the files cache) lacks, but for those this push has ``seen`` already (they are not
         sent again, so their bases would never be taken)."""

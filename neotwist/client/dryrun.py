@@ -213,6 +213,8 @@ async def dry_run(
                 pool.stop()
             summary.removed = sum(1 for path in remote if path) if remote is not None else 0
     finally:
+        if options.cache is not None:
+            options.cache.close()  # a dry run leaves the cache as the last push saved it
         if opened is not None:
             try:
                 await peer.request(Close(rid=0, handle=opened.handle))

@@ -1,15 +1,23 @@
 """The push's files cache: skip reading files that have not changed since the last successful push.
 
 One cache file per (server address, account, target, sub-path, absolute local root, and how the target names
-chunks: plaintext BLAKE3 or one encrypted target's keyed BLAKE3, see :meth:`FilesCache.bind`) in the user cache dir maps
-each pushed file's relative path to ``(size, mtime_ns, inode, ctime_ns, chunk ids)``. A file whose four stat
-values all match is not read: its chunk ids are reused. ctime is included because it changes on every write
-and cannot be set by ``touch``, so a file rewritten with its old mtime is still noticed.
+chunks: plaintext BLAKE3 or one encrypted target's keyed BLAKE3, see :meth:`FilesCache.bind`) in the user cache
+dir maps each pushed file's relative path to ``(size, mtime_ns, inode, ctime_ns, chunk ids, extra)``. A file whose
+four stat values all match is not read: its chunk ids are reused. ctime is included because it changes on every
+write and cannot be set by ``touch``, so a file rewritten with its old mtime is still noticed.
+
+The cache is an SQLite database (stdlib ``sqlite3``), not a dict: a push of a million files would otherwise hold
+two dicts of a million entries each (the last push's and this one's, about 1 KB per file with the entry
+digests below). The last push's cache is attached read-only and read a directory at a time, as the walk reaches
+each directory; this push's is written, a few thousand rows per statement, into a new database next to it,
+which replaces the old one (``os.replace`` after an fsync) only after a successful commit, so a crash or a
+failed push leaves the old cache. Memory is the two databases' page caches (:data:`PAGE_CACHE_KIB` each), the
+rows waiting to be written (:data:`FLUSH_ROWS`) and the old rows of the directory being walked, whatever the
+number of files.
 
 The cache is trusted only for chunk ids. The server checks at commit that every referenced chunk exists; when
-it does not (the target was pruned or recreated), the push retries once with the cache disabled. The cache is
-saved (atomically: :func:`neotwist.atomicfile.atomic_write`) only after a successful commit, and holds exactly the
-files of that push, so deleted files fall out of it.
+it does not (the target was pruned or recreated), the push retries once with the cache disabled. The new cache
+holds exactly the files of this push, so deleted files fall out of it.
 
 It also keeps, for the push that wrote it, the snapshot that push committed and a digest of every entry it
 sent (by the path the server knows it by): the next push to the same place, when that snapshot is still the
@@ -20,24 +28,52 @@ Files modified within the last second before the push started are not remembered
 ticked yet for a write still to come (the same guard git and borg use for "racy" timestamps).
 """
 
+# ruff: noqa: S608  (SQL text is built only from constant table names; values are bound)
+
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import platformdirs
 
 from neotwist import paths
-from neotwist.atomicfile import atomic_write
+from neotwist.atomicfile import fsync_dir
+
+_FORMAT = 2  # 1 was one msgpack map, read and written whole (``<digest>.cache``)
+_RACY_NS = 1_000_000_000
+
+PAGE_CACHE_KIB = 4096
+"""SQLite page cache of each of the two databases (the last push's, this one's), in KiB."""
+
+FLUSH_ROWS = 4096
+"""Remembered files and entry digests kept in memory before they are written (one row per directory)."""
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS {db}.meta (format INTEGER NOT NULL, key TEXT NOT NULL, snapshot INTEGER)",
+    "CREATE TABLE IF NOT EXISTS {db}.files (dir TEXT NOT NULL, seq INTEGER NOT NULL, rows BLOB NOT NULL,"
+    " PRIMARY KEY (dir, seq)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS {db}.entries (dir TEXT NOT NULL, seq INTEGER NOT NULL, rows BLOB NOT NULL,"
+    " PRIMARY KEY (dir, seq)) WITHOUT ROWID",
+)
+"""One SQLite row holds many files of one directory (a msgpack map of name to :class:`CacheEntry`, or to the
+entry digest), and a directory is read in one query: the walk and the listing go a directory at a time. One
+row or one query per file made SQLite hand the GIL back and forth between the push's threads around every
+file: an unchanged re-push of 100,000 files took 157 us per file, against 36 us with the old dicts."""
 
 
 class CacheEntry(msgspec.Struct, array_like=True):
     """(size, mtime_ns, inode, ctime_ns, concatenated 32-byte chunk ids, extra record). ``extra`` (owner, xattrs:
     neotwist.client.metadata) spares the walk an ``llistxattr`` per unchanged file: a chown or setxattr changes
-    the ctime. Caches written before it existed have 5 fields (extra None: unknown)."""
+    the ctime."""
 
     size: int
     mtime_ns: int
@@ -47,20 +83,15 @@ class CacheEntry(msgspec.Struct, array_like=True):
     extra: bytes | None = None
 
 
-_FORMAT = 1
-_RACY_NS = 1_000_000_000
+_encode = msgspec.msgpack.Encoder().encode
+_decode_files = msgspec.msgpack.Decoder(dict[str, CacheEntry]).decode
+_decode_entries = msgspec.msgpack.Decoder(dict[str, bytes]).decode
 
 
-class _CacheFile(msgspec.Struct, array_like=True):
-    format: int
-    key: str
-    files: dict[str, CacheEntry]
-    snapshot: int | None = None  # the snapshot the push that wrote it committed (caches before it: None)
-    entries: dict[str, bytes] = msgspec.field(default_factory=dict)  # server path -> digest of its records
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_CacheFile)
+def _split(path: str) -> tuple[str, str]:
+    """(directory, name) of a '/'-separated path ('' is the root's directory)."""
+    directory, _, name = path.rpartition("/")
+    return directory, name
 
 
 def cache_key(address: str, account: str, target: str, subpath: str, local_root: str) -> str:
@@ -73,27 +104,41 @@ def default_cache_dir() -> Path:
 
 
 class FilesCache:
-    """Lookups from the previous push and the entries of the current one.
+    """Lookups from the previous push, and what the current one remembers for the next.
 
-    ``lookup`` and ``remember`` are plain dict operations, cheap enough to call per file from any thread.
+    Every method may be called from any thread (one lock guards the connection); a lookup is a dict lookup
+    in the rows of the directory last asked about (one query per directory). Call :meth:`close` when done
+    (:meth:`save` closes too): it removes the unsaved new database.
     """
 
     def __init__(self, key: str, directory: Path | None = None, *, start_ns: int | None = None) -> None:
         self.directory = directory if directory is not None else default_cache_dir()
         self._name(key)
-        self.old: dict[str, CacheEntry] = {}
-        self.new: dict[str, CacheEntry] = {}
-        self.old_snapshot: int | None = None  # what the last push committed, and the entries it sent
-        self.old_entries: dict[str, bytes] = {}
-        self.snapshot: int | None = None  # what this push committed (set before save), and the entries it sent
-        self.new_entries: dict[str, bytes] = {}
+        self.old_snapshot: int | None = None  # what the last push committed (its entries are in old.entries)
+        self.snapshot: int | None = None  # what this push committed (set before save)
         self.racy_after = (start_ns if start_ns is not None else time.time_ns()) - _RACY_NS
         self.load_error: str | None = None
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._new_path: Path | None = None
+        self._has_old = False
+        self._files_dir: str | None = None  # the directory whose old rows are in _dir_files
+        self._dir_files: dict[str, CacheEntry] = {}
+        self._base_dir: str | None = None  # the same for previous_ids (the reactor's reads, not the walk's)
+        self._base_files: dict[str, CacheEntry] = {}
+        self._entries_dir: str | None = None  # the same for the old entry digests
+        self._dir_entries: dict[str, bytes] = {}
+        self._broken: str | None = None  # why this push's cache cannot be written (it is then not saved)
+        self._files: dict[str, dict[str, CacheEntry]] = {}  # waiting to be written: directory -> name -> entry
+        self._entries: dict[str, dict[str, bytes]] = {}
+        self._waiting = 0  # files and entries in them
+        self._seq = 0
 
     def _name(self, key: str) -> None:
         self.key = key
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        self.path = self.directory / f"{digest}.cache"
+        self.path = self.directory / f"{digest}.db"
+        self._legacy = self.directory / f"{digest}.cache"  # the msgpack format: replaced at the next save
 
     def bind(self, keying: str) -> None:
         """Tie the cache to how the target names chunks (``plaintext``, or ``encrypted <fingerprint>``), known
@@ -101,46 +146,165 @@ class FilesCache:
         deleted and re-created under the same name with or without encryption, or with a new key."""
         self._name(f"{self.key}\0{keying}")
 
+    # --- the connection -------------------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """This push's new database (created on first use, in the cache directory so the rename is atomic).
+        Raises OSError when it cannot be made."""
+        if self._db is None:
+            try:
+                self._db = self._create()
+            except (OSError, sqlite3.Error) as e:
+                self._broken = f"cannot write files cache in {self.directory}: {e}"
+                raise OSError(self._broken) from e
+        return self._db
+
+    def _create(self) -> sqlite3.Connection:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._new_path = self.directory / f".{self.path.stem}-{os.getpid()}-{id(self):x}.new"
+        self._new_path.unlink(missing_ok=True)
+        fd = os.open(self._new_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private from the start
+        os.close(fd)
+        db = sqlite3.connect(self._new_path, uri=False, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=OFF")  # a half-written new cache is never renamed into place
+        db.execute("PRAGMA synchronous=OFF")  # save() fsyncs it once
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")  # nobody else opens it: no lock calls per statement
+        db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
+        for statement in _SCHEMA:
+            db.execute(statement.format(db="main"))
+        return db
+
     def load(self) -> None:
-        """Read the previous cache; a missing, damaged or foreign file just means an empty cache."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            self.load_error = f"cannot read files cache {self.path}: {e.strerror}"
-            return
-        try:
-            cached = _decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            self.load_error = f"ignoring damaged files cache {self.path}: {e}"
-            return
-        if cached.format == _FORMAT and cached.key == paths.to_wire(self.key):
-            try:  # paths are kept in their wire text (see neotwist.paths.to_wire)
-                self.old = {paths.from_wire(path): entry for path, entry in cached.files.items()}
-                self.old_snapshot, self.old_entries = cached.snapshot, cached.entries  # keyed by wire paths
-            except ValueError as e:
+        """Attach the previous cache; a missing, damaged or foreign file just means an empty cache."""
+        with self._lock:
+            try:
+                db = self._connection()
+            except OSError as e:
+                self.load_error = str(e)
+                return
+            if self._has_old:
+                db.execute("DETACH DATABASE old")
+                self._has_old = False
+            self.old_snapshot = None
+            if not self.path.exists():
+                return
+            try:
+                # immutable: the file is only ever replaced by a rename, never written in place, so SQLite need not
+                # lock it and check it for changes around every lookup (a dozen system calls per file)
+                db.execute("ATTACH DATABASE ? AS old", (self.path.absolute().as_uri() + "?mode=ro&immutable=1",))
+            except sqlite3.Error as e:
+                self.load_error = f"cannot read files cache {self.path}: {e}"
+                return
+            try:
+                db.execute(f"PRAGMA old.cache_size=-{PAGE_CACHE_KIB}")
+                row = db.execute("SELECT format, key, snapshot FROM old.meta").fetchone()
+                for table in ("old.files", "old.entries"):
+                    db.execute(f"SELECT dir, seq, rows FROM {table} LIMIT 1")
+            except sqlite3.Error as e:
+                db.execute("DETACH DATABASE old")
                 self.load_error = f"ignoring damaged files cache {self.path}: {e}"
+                return
+            if row is None or row[0] != _FORMAT or row[1] != paths.to_wire(self.key):
+                db.execute("DETACH DATABASE old")  # another key that hashed alike, or another format
+                return
+            self._has_old = True
+            self._files_dir = self._entries_dir = self._base_dir = None
+            self.old_snapshot = row[2]
+
+    def begin(self) -> None:
+        """Start this push's cache afresh (a push that runs again, after a refused commit, remembers anew)."""
+        with self._lock:
+            self._files.clear()
+            self._entries.clear()
+            self._waiting = 0
+            if self._db is not None and self._broken is None:
+                try:
+                    self._db.execute("DELETE FROM main.files")
+                    self._db.execute("DELETE FROM main.entries")
+                except sqlite3.Error as e:
+                    self._broken = f"cannot write files cache {self._new_path}: {e}"
+
+    # --- the last push -------------------------------------------------------------------------------------
+
+    def _old_file(self, path: str) -> CacheEntry | None:
+        if not self._has_old:
+            return None
+        directory, name = _split(paths.to_wire(path))
+        with self._lock:
+            if directory != self._files_dir:  # the walk moved on: read this directory's rows
+                self._dir_files = self._read_dir("old.files", directory, _decode_files)
+                self._files_dir = directory
+            return self._dir_files.get(name)
+
+    def _read_dir(self, table: str, directory: str, decode: Any) -> dict[str, Any]:
+        """One directory's rows of ``table`` (the lock held), later pieces over earlier ones."""
+        assert self._db is not None
+        out: dict[str, Any] = {}
+        for (blob,) in self._db.execute(f"SELECT rows FROM {table} WHERE dir = ? ORDER BY seq", (directory,)):
+            out.update(decode(blob))
+        return out
 
     def lookup(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
         """The chunk ids of ``path`` if its stat values match the last push, else None."""
-        entry = self.old.get(path)
-        if entry is None:
+        e = self._old_file(path)
+        if e is None or (e.size, e.mtime_ns, e.inode, e.ctime_ns) != (size, mtime_ns, inode, ctime_ns):
             return None
-        if entry.size != size or entry.mtime_ns != mtime_ns or entry.inode != inode or entry.ctime_ns != ctime_ns:
-            return None
-        if len(entry.ids) % 32:
-            return None
-        return entry.ids
+        return None if len(e.ids) % 32 else e.ids
 
     def lookup_extra(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
         """The extra record of ``path`` if its stat values match the last push (and it was remembered)."""
-        entry = self.old.get(path)
-        if entry is None or entry.extra is None:
+        e = self._old_file(path)
+        if e is None or (e.size, e.mtime_ns, e.inode, e.ctime_ns) != (size, mtime_ns, inode, ctime_ns):
             return None
-        if entry.size != size or entry.mtime_ns != mtime_ns or entry.inode != inode or entry.ctime_ns != ctime_ns:
+        return e.extra
+
+    def previous_ids(self, path: str) -> bytes | None:
+        """The chunk ids the last push stored for ``path``, whatever its stat values are now: where the chunks
+        of its new version likely grew from (the bases of deltas). Reads through a directory cache of its own,
+        so the walk's (``lookup``) is not thrown away between two of its files."""
+        if not self._has_old:
             return None
-        return entry.extra
+        directory, name = _split(paths.to_wire(path))
+        with self._lock:
+            if directory != self._base_dir:
+                self._base_files = self._read_dir("old.files", directory, _decode_files)
+                self._base_dir = directory
+            e = self._base_files.get(name)
+        return None if e is None or len(e.ids) % 32 else e.ids
+
+    def old_entry(self, path: str) -> bytes | None:
+        """The digest of the entries the last push sent for the server path ``path`` (None: it sent none)."""
+        if not self._has_old:
+            return None
+        directory, name = _split(path)
+        with self._lock:
+            if directory != self._entries_dir:
+                self._dir_entries = self._read_dir("old.entries", directory, _decode_entries)
+                self._entries_dir = directory
+            return self._dir_entries.get(name)
+
+    def gone(self) -> Iterator[str]:
+        """The server paths the last push sent entries for and this one did not, a directory at a time."""
+        if not self._has_old:
+            return
+        with self._lock:
+            self._flush()
+        last: str | None = None
+        while True:
+            with self._lock:
+                assert self._db is not None
+                row = self._db.execute(
+                    "SELECT min(dir) FROM old.entries WHERE ? IS NULL OR dir > ?", (last, last)
+                ).fetchone()
+                if row[0] is None:
+                    return
+                last = row[0]
+                old = self._read_dir("old.entries", last, _decode_entries)
+                new = self._read_dir("main.entries", last, _decode_entries)
+            for name in sorted(old.keys() - new.keys()):
+                yield f"{last}/{name}" if last else name
+
+    # --- this push -----------------------------------------------------------------------------------------
 
     def remember(
         self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int, ids: bytes, extra: bytes | None = None
@@ -148,19 +312,103 @@ class FilesCache:
         """Record ``path`` for the next push (unless its timestamps are too recent to be trusted)."""
         if mtime_ns >= self.racy_after or ctime_ns >= self.racy_after:
             return
-        self.new[path] = CacheEntry(size, mtime_ns, inode, ctime_ns, ids, extra)
+        directory, name = _split(paths.to_wire(path))
+        with self._lock:
+            self._files.setdefault(directory, {})[name] = CacheEntry(size, mtime_ns, inode, ctime_ns, ids, extra)
+            self._waiting += 1
+            if self._waiting >= FLUSH_ROWS:
+                self._flush()
+
+    def note_entry(self, path: str, digest: bytes) -> None:
+        """Record the digest of the entries this push sent (or would have sent) for the server path ``path``."""
+        directory, name = _split(path)
+        with self._lock:
+            self._entries.setdefault(directory, {})[name] = digest
+            self._waiting += 1
+            if self._waiting >= FLUSH_ROWS:
+                self._flush()
+
+    def remembered(self) -> Iterator[str]:
+        """The paths this push remembered so far (for tests and diagnostics)."""
+        with self._lock:
+            self._flush()
+            dirs = [d for (d,) in self._connection().execute("SELECT DISTINCT dir FROM main.files ORDER BY dir")]
+            names = [(d, n) for d in dirs for n in sorted(self._read_dir("main.files", d, _decode_files))]
+        return (paths.from_wire(f"{d}/{n}" if d else n) for d, n in names)
+
+    def _flush(self) -> None:
+        """Write the waiting rows (the lock held). A failure (a full disk, say) does not stop the push: this
+        push's cache is then not saved, and the next push reads what the last good one wrote."""
+        if not self._files and not self._entries:
+            return
+        try:
+            if self._broken is None:
+                db = self._connection()
+                db.execute("BEGIN")
+                try:
+                    for table, waiting in (("main.files", self._files), ("main.entries", self._entries)):
+                        for directory, rows in waiting.items():
+                            self._seq += 1
+                            row = (directory, self._seq, _encode(rows))
+                            db.execute(f"INSERT INTO {table} VALUES (?, ?, ?)", row)
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+        except (OSError, sqlite3.Error) as e:
+            if self._broken is None:
+                self._broken = f"cannot write files cache {self._new_path}: {e}"
+        finally:
+            self._files.clear()
+            self._entries.clear()
+            self._waiting = 0
 
     def save(self) -> None:
-        """Write the current push's entries atomically (call only after a successful commit)."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        files = {paths.to_wire(path): entry for path, entry in self.new.items()}
-        body = _encoder.encode(
-            _CacheFile(
-                format=_FORMAT,
-                key=paths.to_wire(self.key),
-                files=files,
-                snapshot=self.snapshot,
-                entries=self.new_entries,
-            )
-        )
-        atomic_write(self.path, body)
+        """Make this push's cache the one the next push reads (call only after a successful commit): fsynced,
+        then renamed over the old one. Closes the cache."""
+        with self._lock:
+            try:
+                db = self._connection()
+                self._flush()
+                if self._broken is not None:
+                    raise OSError(self._broken)
+                db.execute("DELETE FROM main.meta")
+                db.execute(
+                    "INSERT INTO main.meta VALUES (?, ?, ?)", (_FORMAT, paths.to_wire(self.key), self.snapshot)
+                )
+                if self._has_old:
+                    db.execute("DETACH DATABASE old")
+                    self._has_old = False
+                db.close()
+                self._db = None
+                assert self._new_path is not None
+                with open(self._new_path, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(self._new_path, self.path)
+                self._new_path = None
+                self._legacy.unlink(missing_ok=True)
+                fsync_dir(self.directory)
+            except sqlite3.Error as e:
+                raise OSError(str(e)) from e
+            finally:
+                self._close()
+
+    def close(self) -> None:
+        """Forget this push's unsaved cache (its file is removed); the old one stays as it was."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        self._has_old = False
+        self._files_dir = self._entries_dir = self._base_dir = None
+        self._dir_files, self._dir_entries, self._base_files = {}, {}, {}
+        self._files.clear()
+        self._entries.clear()
+        if self._new_path is not None:
+            self._new_path.unlink(missing_ok=True)
+            self._new_path = None

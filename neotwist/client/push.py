@@ -61,7 +61,7 @@ from neotwist.client.reading import cut_fd
 from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.scan import ScanRecord, ScanStats, plain_names_only, scan
 from neotwist.client.workers import WorkerPool
-from neotwist.codec import PLAIN, ChunkCodec
+from neotwist.codec import DEFAULT_LEVEL, PLAIN, ChunkCodec
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.label import SnapshotLabel
@@ -103,6 +103,38 @@ KEEP_BYTES = 1024 * 1024
 ENTRIES_MESSAGE_BYTES = 1024 * 1024
 """Approximate encoded bytes per ``entries`` message."""
 
+SEEN_MOST = 65_536
+"""Chunk ids a push remembers having asked about or sent, per generation (two generations: up to twice this,
+about 12 MB): enough to catch duplicates among nearby files, bounded whatever the tree's size. A duplicate
+older than that is asked about again; the server answers that it has it (or, if its upload is still in
+flight, takes the copy and keeps one)."""
+
+
+class RecentIds:
+    """The ids added lately, in two generations of up to ``most`` each: when the newer one is full the older
+    is dropped. A set with a memory bound, for remembering what a push has already dealt with."""
+
+    def __init__(self, most: int = SEEN_MOST) -> None:
+        self._most = most
+        self._new: set[bytes] = set()
+        self._old: set[bytes] = set()
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._new or cid in self._old
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
+
+    def add(self, cid: bytes) -> None:
+        self._new.add(cid)
+        if len(self._new) >= self._most:
+            self._old, self._new = self._new, set()
+
+    def discard(self, cid: bytes) -> None:
+        self._new.discard(cid)
+        self._old.discard(cid)
+
+
 class PushError(Exception):
     """The push failed; the message is one line fit for the terminal."""
 
@@ -114,7 +146,7 @@ class PushOptions:
     filter: Filter | None = None
     cache: FilesCache | None = None  # None: no files cache
     workers: int = 3
-    compress_level: int = 1
+    compress_level: int = DEFAULT_LEVEL
     delete: bool = False  # record files missing locally as deleted (they stay in earlier snapshots)
     keep_history: bool | None = None  # False: the target keeps only its latest snapshot; None: leave as is
     progress: Progress | None = None
@@ -522,7 +554,7 @@ class _PushRun:
         self.parent = parent  # list only the changes since this snapshot (see the module docstring)
         self.outgoing: list[Entry] = []  # entries to post
         self.verify = verify  # ask about the chunks of the files the cache vouches for (a retry)
-        self.asked: set[bytes] = set()  # ids of vouched files already asked about
+        self.asked = RecentIds()  # ids of vouched files already asked about
         self.crypt = crypt
         self.id_key = crypt.id_key if crypt is not None else None
         self.make_entries: EntryMaker = _entries_for if crypt is None else _encrypted_entries(crypt)
@@ -535,7 +567,7 @@ class _PushRun:
         self.summary = summary
         self.use_cache = use_cache and options.cache is not None
         self.cache = options.cache  # remembered into even when not consulted, to rebuild it
-        self.seen: set[bytes] = set()
+        self.seen = RecentIds()  # ids already asked about or sent in this push (the latest ones)
         self.entries: list[Entry] = []
         self.stats = ScanStats()
         self.progress = options.progress
@@ -568,8 +600,7 @@ class _PushRun:
         """Scan, hash, ask and send everything; the entries are posted, the commit is the caller's."""
         peer = self.peer
         if self.cache is not None:
-            self.cache.new = {}
-            self.cache.new_entries = {}
+            self.cache.begin()
         scanner = _Scanner(self.root, self.options, self.stats, self.use_cache, self.make_entries, self.verify)
         slots = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Any] = []
@@ -611,8 +642,7 @@ class _PushRun:
             await self._batch(_Batch(changed=again))
         self._flush_entries(force=True)
         if self.parent is not None and self.options.delete and self.cache is not None:
-            new = self.cache.new_entries
-            self._post_deleted([path for path in self.cache.old_entries if path not in new])
+            self._post_deleted(self.cache.gone())
         await peer.drain()
         self.summary.files_skipped += self.stats.skipped
         self.summary.files_filtered += self.stats.filtered
@@ -632,8 +662,8 @@ class _PushRun:
         assert self.cache is not None
         pending = self.entries[:]
         self.entries.clear()
-        old = self.cache.old_entries if self.parent is not None else None
-        new = self.cache.new_entries
+        cache = self.cache
+        listing_changes = self.parent is not None
         out = self.outgoing
         i = 0
         while i < len(pending):
@@ -643,12 +673,12 @@ class _PushRun:
             group = pending[i:j]
             digest = entry_digest(group)
             path = group[0].path
-            new[path] = digest
-            if old is None or old.get(path) != digest:
+            cache.note_entry(path, digest)
+            if not listing_changes or cache.old_entry(path) != digest:
                 out.extend(group)
             i = j
 
-    def _post_deleted(self, gone: list[str]) -> None:
+    def _post_deleted(self, gone: Iterator[str]) -> None:
         """Name the paths the last push sent that this one did not (a push with a parent and --delete)."""
         part: list[str] = []
         size = 0
@@ -743,8 +773,7 @@ class _PushRun:
                 data = h.data
                 n_sources = len(sources)
                 if self.deltas is not None and self.cache is not None:
-                    old = self.cache.old.get(rec.path)
-                    self.deltas.note(old.ids if old is not None else None, ids, seen)
+                    self.deltas.note(self.cache.previous_ids(rec.path), ids, seen)
                 for i, (offset, length) in enumerate(h.offsets):
                     cid = ids[i * ID : (i + 1) * ID]
                     if cid not in seen:
@@ -957,6 +986,9 @@ async def push(
             elif await _remove_unborn_target(peer, opened.handle, target) and options.warn is not None:
                 options.warn(f"nothing was committed, so target {target} (new with this push) was removed again")
         raise
+    finally:
+        if options.cache is not None:
+            options.cache.close()  # an unsaved new cache is removed; a saved one is closed already
 
 
 def _count_in_background(reactor: Any, root: str, options: PushOptions) -> Callable[[], None]:

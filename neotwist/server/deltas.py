@@ -22,10 +22,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from neotwist import subdelta
-from neotwist.codec import PLAIN, compute_id, raw_bytes, same_id
+from neotwist.codec import PLAIN, CodecError, compute_id, raw_bytes, same_id
 from neotwist.server.context import Handle, RequestContext
 from neotwist.server.pushes import _upload_failed
 from neotwist.server.repository import Target
+from neotwist.server.repository.errors import RepositoryError
 from neotwist.server.rights import Right
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
@@ -68,8 +69,8 @@ def sign_bases(target: Target, ids: list[bytes]) -> list[PieceSignature]:
         try:
             codec, size, data = target.read_located(cid, loc)
             plain = raw_bytes(codec, size, data)
-        except NeoError as e:
-            log.debug("sign: base {cid} cannot serve: {why}", cid=cid.hex(), why=e.message)
+        except (NeoError, CodecError, RepositoryError) as e:  # damaged, unreadable: it cannot serve, that is all
+            log.debug("sign: base {cid} cannot serve: {why}", cid=cid.hex(), why=str(e))
             out.append(_EMPTY)
             continue
         sig = subdelta.sign(plain)

@@ -29,19 +29,30 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from neotwist.codec import verify_upload
+from neotwist.codec import CodecError, verify_upload
 from neotwist.server.repository import damage, index
-from neotwist.server.repository.packs import HEADER_SIZE, PACK_SIZE, PackStore, RecordDamaged
+from neotwist.server.repository.errors import (
+    ChunkRejected,
+    Damaged,
+    OverBudget,
+    ReadOnly,
+    RecordDamaged,
+    RepositoryError,
+)
+from neotwist.server.repository.packs import HEADER_SIZE, PACK_SIZE, PackStore
 from neotwist.server.repository.space import Reserve
-from neotwist.wire.errors import ErrorCode, NeoError
 
 AUTO_FLUSH = 32 * 1024 * 1024
 """Pending (appended, unindexed) bytes that trigger a flush, so a killed server keeps most uploaded chunks."""
+
+PROTECTED_MAX = 65_536
+"""Chunk ids that active pushes rely on, remembered one by one (about 6 MB); past it everything is protected
+until they end (see :meth:`ChunkStore._protect`)."""
 
 RECLAIM_INTERVAL = 60.0
 """Seconds between collections that reclaim aborted pushes' chunks (see :meth:`ChunkStore.push_ended`)."""
@@ -67,23 +78,6 @@ class StoreSizes:
 
 
 DEFAULT_SIZES = StoreSizes()
-
-
-class ChunkRejected(NeoError):
-    """A chunk of a batch failed verification; ``index`` says which (the rest of the batch was not stored)."""
-
-    def __init__(self, index: int, error: NeoError) -> None:
-        super().__init__(error.code, error.message)
-        self.index = index
-
-
-class OverBudget(NeoError):
-    """A batch of chunks would store ``needed`` new bytes, over the budget it was given (the session words the
-    quota refusal)."""
-
-    def __init__(self, needed: int) -> None:
-        super().__init__(ErrorCode.QUOTA_EXCEEDED, f"{needed} new bytes are over the budget")
-        self.needed = needed
 
 
 class ChunkStore:
@@ -122,6 +116,7 @@ class ChunkStore:
         self._gc_lock = threading.Lock()
         self._active_pushes = 0
         self._protected: set[bytes] = set()
+        self._protect_all = False  # more than PROTECTED_MAX protected ids: a sweep deletes nothing
         self._uncommitted_bytes = 0  # stored anew since no push was active, or since the last collection
         self._aborted_since_collect = False
         self._aborted_at = 0.0
@@ -129,9 +124,9 @@ class ChunkStore:
         self._closed = False
 
     def writable(self, what: str) -> None:
-        """Refuse (PERMISSION_DENIED) to ``what`` in a read-only store."""
+        """Refuse (ReadOnly) to ``what`` in a read-only store."""
         if self.read_only:
-            raise NeoError(ErrorCode.PERMISSION_DENIED, f"cannot {what}: target {self.name} is open read-only")
+            raise ReadOnly(f"cannot {what}: target {self.name} is open read-only")
 
     def missing(self, ids: Sequence[bytes]) -> list[bool]:
         """For each id: True when it is neither stored nor pending (the client must upload it).
@@ -158,7 +153,7 @@ class ChunkStore:
             if found:
                 result = [m and chunk_id not in found for chunk_id, m in zip(ids, result, strict=True)]
             if self._active_pushes:
-                self._protected.update(chunk_id for chunk_id, m in zip(ids, result, strict=True) if not m)
+                self._protect(chunk_id for chunk_id, m in zip(ids, result, strict=True) if not m)
         return result
 
     def _indexed(self, chunk_id: bytes) -> Location | None:
@@ -171,9 +166,9 @@ class ChunkStore:
     def store_chunks(self, chunks: Sequence[tuple[bytes, int, int, bytes]], budget: int | None = None) -> int:
         """Verify and append ``(id, codec, size, data)`` chunks in order under one lock; return how many were
         new. Every chunk is verified before any is appended, so a bad one stores nothing of the batch and
-        raises :class:`ChunkRejected` naming its index: CHUNK_MISMATCH (bytes do not match id or size),
-        ENCRYPTION_MISMATCH (codec not allowed in this target), LIMIT_EXCEEDED / BAD_MESSAGE (out of bounds);
-        STORAGE when the disk refused. With ``budget``, a
+        raises :class:`ChunkRejected` naming its index and carrying the codec's error (bytes that do not
+        match id or size, a codec not allowed in this target, out of bounds); DiskFull or StorageFailed when the
+        disk refused. With ``budget``, a
         batch whose new chunks would store more bytes than that stores nothing and raises :class:`OverBudget`
         (a quota)."""
         return self.store_chunks_sized(chunks, budget)[0]
@@ -208,17 +203,20 @@ class ChunkStore:
             if fresh and self.reserve is not None:  # refused before anything is written: nothing to discard
                 self.reserve.check(self.directory, sum(HEADER_SIZE + len(f[2]) for f in fresh.values()))
             with self.discarding_on_error():
-                for chunk_id, (codec, size, data) in fresh.items():
+                if fresh:
                     self._open_writer()
-                    pack, offset = self.packs.append(chunk_id, codec, size, data)
-                    pending[chunk_id] = (pack, offset, len(data), codec, size)
-                    self._pending_bytes += HEADER_SIZE + len(data)
-                    new += 1
-                    new_bytes += len(data)
+                    records = [(chunk_id, *record) for chunk_id, record in fresh.items()]
+                    for (chunk_id, codec, size, data), (pack, offset) in zip(
+                        records, self.packs.append_many(records), strict=True
+                    ):
+                        pending[chunk_id] = (pack, offset, len(data), codec, size)
+                        self._pending_bytes += HEADER_SIZE + len(data)
+                        new += 1
+                        new_bytes += len(data)
             self._uncommitted_bytes += new_bytes
             full = self._pending_bytes >= self.auto_flush
             if self._active_pushes:  # uploaded or found present: a push will reference them
-                self._protected.update(c[0] for c in chunks)
+                self._protect(c[0] for c in chunks)
         if full:
             self.flush()
         return new, new_bytes
@@ -227,7 +225,7 @@ class ChunkStore:
         """Check the ``n``-th chunk of a batch against its id; ChunkRejected naming it otherwise."""
         try:
             verify_upload(chunk_id, codec, size, data, encrypted=self.encrypted)
-        except NeoError as e:
+        except CodecError as e:
             raise ChunkRejected(n, e) from None
 
     def _open_writer(self) -> None:
@@ -302,7 +300,7 @@ class ChunkStore:
             self.packs.discard()
             try:  # give the discarded bytes back to the disk now (truncating needs no free space)
                 self._open_writer()
-            except NeoError:
+            except RepositoryError:
                 pass  # the next append tries again
             raise
 
@@ -335,19 +333,19 @@ class ChunkStore:
         return found
 
     def read_located(self, chunk_id: bytes, loc: Location | None) -> tuple[int, int, bytes]:
-        """(codec, raw size, stored bytes) of a chunk at ``loc`` (from :meth:`locate`); NeoError(DAMAGED) if it is
+        """(codec, raw size, stored bytes) of a chunk at ``loc`` (from :meth:`locate`); Damaged if it is
         not stored or its record does not check out."""
         if loc is None:
-            raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()} is not stored")
+            raise Damaged(f"chunk {chunk_id.hex()} is not stored")
         try:
             return self.read_at(chunk_id, loc)
-        except NeoError as e:
+        except Damaged as e:
             # Compaction may have moved the record (and deleted its old pack) since ``loc`` was looked up:
             # look once more before calling it damaged.
             again = self.locate([chunk_id]).get(chunk_id)
             if again is None or again == loc:
                 if isinstance(e, RecordDamaged) and again == loc and self._mark_on_read(chunk_id, loc, e):
-                    raise NeoError(e.code, f"{e.message}; marked damaged: {damage.HEAL_HINT}") from None
+                    raise Damaged(f"{e.message}; marked damaged: {damage.HEAL_HINT}") from None
                 raise e from None
             return self.read_at(chunk_id, again)
 
@@ -357,6 +355,18 @@ class ChunkStore:
         if (got_codec, got_size) != (codec, size):
             raise RecordDamaged(f"chunk {chunk_id.hex()}: record disagrees with the index")
         return codec, size, data
+
+    def _protect(self, ids: Iterable[bytes]) -> None:
+        """Protect ``ids`` from collection until the last active push ends (the gc lock held). Past
+        PROTECTED_MAX ids the set is dropped and everything is protected instead, so a push of millions of
+        chunks does not hold each id in memory: a collection that runs meanwhile deletes nothing, and the next
+        one after the pushes end collects what it left."""
+        if self._protect_all:
+            return
+        self._protected.update(ids)
+        if len(self._protected) > PROTECTED_MAX:
+            self._protected = set()
+            self._protect_all = True
 
     def push_started(self) -> None:
         """Count an active push: from now until it ends, the chunks it is told are present and the chunks it
@@ -381,7 +391,8 @@ class ChunkStore:
                 self._aborted_at = time.monotonic()
             if self._active_pushes <= 0:
                 self._active_pushes = 0
-                self._protected.clear()
+                self._protected = set()  # a new set: clear() would keep the big table allocated
+                self._protect_all = False
                 if not self._aborted_since_collect:
                     self._uncommitted_bytes = 0  # every push since the last collection committed
         if aborted:
@@ -419,11 +430,12 @@ class ChunkStore:
             self._last_collect = time.monotonic()
 
     @contextmanager
-    def sweeping(self) -> Iterator[list[bytes]]:
+    def sweeping(self) -> Iterator[list[bytes] | None]:
         """Hold off every "present" answer and every index write while the collector deletes unreferenced rows
-        (through a connection of its own); yields the ids active pushes rely on, which must be kept."""
+        (through a connection of its own); yields the ids active pushes rely on, which must be kept, or None
+        when they are too many to list (see :meth:`_protect`): then every chunk must be kept."""
         with self._gc_lock:
-            protected = list(self._protected)
+            protected = None if self._protect_all else list(self._protected)
             with self.index.writing():
                 yield protected
 
@@ -439,7 +451,7 @@ class ChunkStore:
         the next :meth:`flush`); their (pack, offset), in order."""
         with self._store_lock, self.discarding_on_error():
             self._open_writer()
-            return [self.packs.append(cid, codec, size, data) for cid, codec, size, data in records]
+            return self.packs.append_many(records)
 
     def unindexed_packs(self) -> list[int]:
         """Pack files below the last committed pack that no ``packs`` row names (and that the writer is not
@@ -467,11 +479,11 @@ class ChunkStore:
             return False  # it read fine the second time
         except RecordDamaged:
             pass
-        except NeoError:
+        except Damaged:
             return False  # an I/O error now: not definite
         try:
             return self.mark_damaged([damage.Found(chunk_id, location, error.message)]) == 1
-        except (NeoError, sqlite3.Error):
+        except (RepositoryError, sqlite3.Error):
             return False
 
     def pack_indexed(self, pack: int) -> bool:

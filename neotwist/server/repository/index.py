@@ -20,18 +20,29 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from twisted.logger import Logger
 
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.server.repository.errors import DiskFull, StorageFailed
 
 log = Logger()
+
+VIEW = "first <= :s AND (last IS NULL OR last > :s)"
+"""The ``versions`` rows alive in snapshot ``:s``: its view (see above)."""
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version`` of both files; later versions migrate forward from it."""
 
 BUSY_TIMEOUT = 60.0
 """Seconds a connection waits for another's write lock before its statement fails ("database is locked")."""
+
+WAL_KEEP = 512 * 1024
+"""Bytes of write-ahead log left on disk after a big write. SQLite copies the log into the database at its
+checkpoints but leaves the file at its largest size, so after a first push the index was on disk twice (the
+log of an encrypted stdlib sample alone was 5 MiB). A commit that left more than this truncates the log
+(:meth:`Connections.trim_wal`), and ``journal_size_limit`` makes SQLite cut it back to this size whenever it
+starts the log over."""
 
 CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS targets (
@@ -161,7 +172,7 @@ def _apply_schema(db: sqlite3.Connection, schema: str, migrations: tuple[str, ..
     with transaction(db):
         found = db.execute("PRAGMA user_version").fetchone()[0]
         if found > latest:
-            raise NeoError(ErrorCode.STORAGE, f"{db} was written by a newer Neophytos (schema {found})")
+            raise StorageFailed(f"{db} was written by a newer Neophytos (schema {found})")
         if found == latest:
             return  # brought forward by another process since connect looked: nothing to write
         if found:
@@ -183,6 +194,7 @@ def connect(path: Path, schema: str | None, migrations: tuple[str, ...] = ()) ->
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: big commits touch many index pages
+        db.execute(f"PRAGMA journal_size_limit={WAL_KEEP}")
         # A file at the latest version got its whole schema in the transaction that set it: opening it again
         # (targets are reopened after being closed for idleness) writes nothing and waits for no lock.
         latest = SCHEMA_VERSION + len(migrations)
@@ -216,9 +228,9 @@ _SQLITE_FULL = 13
 """``SQLITE_FULL``: "database or disk is full" (also what ``PRAGMA max_page_count`` gives)."""
 
 
-def storage_error(what: str, e: sqlite3.OperationalError | OSError) -> NeoError:
-    """The NeoError for a failed write, fsync or transaction: DISK_FULL for a full disk or quota (SQLite's
-    SQLITE_FULL, ENOSPC, EDQUOT), STORAGE for anything else (an I/O error, a lock held too long). Logged (see
+def storage_error(what: str, e: sqlite3.OperationalError | OSError) -> StorageFailed:
+    """The error for a failed write, fsync or transaction: DiskFull for a full disk or quota (SQLite's
+    SQLITE_FULL, ENOSPC, EDQUOT), StorageFailed for anything else (an I/O error, a lock held too long). Logged (see
     :func:`logged`): the client is told, and so is the operator."""
     if isinstance(e, sqlite3.OperationalError):
         full = getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL
@@ -227,8 +239,8 @@ def storage_error(what: str, e: sqlite3.OperationalError | OSError) -> NeoError:
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         reason = e.strerror or str(e)
     if full:
-        return logged(NeoError(ErrorCode.DISK_FULL, f"cannot {what}: {DISK_FULL_TEXT}"))
-    return logged(NeoError(ErrorCode.STORAGE, f"cannot {what}: {reason}"))
+        return logged(DiskFull(f"cannot {what}: {DISK_FULL_TEXT}", what))
+    return logged(StorageFailed(f"cannot {what}: {reason}", what))
 
 
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
@@ -251,20 +263,23 @@ def is_storage_failure(e: BaseException) -> bool:
 LOG_EVERY = 10.0
 """Seconds between log lines about storage failures of one kind: a full disk fails every upload at once."""
 
-_last_logged: dict[ErrorCode, tuple[float, int]] = {}
+_last_logged: dict[type[StorageFailed], tuple[float, int]] = {}
 _log_lock = threading.Lock()
 
+_Failed = TypeVar("_Failed", bound=StorageFailed)
 
-def logged(error: NeoError) -> NeoError:
-    """Log a storage failure for the operator, at most once per LOG_EVERY per error code (saying how many
-    more there were), and return it."""
+
+def logged(error: _Failed) -> _Failed:
+    """Log a storage failure for the operator, at most once per LOG_EVERY per kind (a full disk, or any other
+    failure; saying how many more there were), and return it."""
     now = time.monotonic()
+    kind = type(error)
     with _log_lock:
-        last, quiet = _last_logged.get(error.code, (-LOG_EVERY, 0))
+        last, quiet = _last_logged.get(kind, (-LOG_EVERY, 0))
         if now - last < LOG_EVERY:
-            _last_logged[error.code] = (last, quiet + 1)
+            _last_logged[kind] = (last, quiet + 1)
             return error
-        _last_logged[error.code] = (now, 0)
+        _last_logged[kind] = (now, 0)
     more = f" (and {quiet} more like it)" if quiet else ""
     log.warn("storage: {message}{more}", message=error.message, more=more)
     return error
@@ -272,8 +287,8 @@ def logged(error: NeoError) -> NeoError:
 
 @contextmanager
 def storage_errors(what: str) -> Iterator[None]:
-    """Report SQLite's operational failures (disk full, I/O error, locked too long) as NeoError(DISK_FULL or
-    STORAGE, see :func:`storage_error`): the transaction they interrupted was rolled back (see
+    """Report SQLite's operational failures (disk full, I/O error, locked too long) as DiskFull or
+    StorageFailed (see :func:`storage_error`): the transaction they interrupted was rolled back (see
     :func:`transaction`), so nothing was committed, and the client can be told so."""
     try:
         yield
@@ -333,6 +348,32 @@ class Connections:
         """The read connection, under the reader lock."""
         with self._reader_lock:
             yield self._reader
+
+    def trim_wal(self) -> bool:
+        """Copy the write-ahead log into the database and truncate it, if it is longer than WAL_KEEP; whether it
+        was truncated. Called after big writes (a commit), under the writer lock. It never waits for readers: a
+        reader still using the log (a listing, a restore) makes it give up at once (the log then stays until
+        the next big write or the close), and SQLite's own checkpoints go on as before."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            if wal.stat().st_size <= WAL_KEEP:
+                return False
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            if self.closed:
+                return False
+            db = self._db
+            try:
+                db.execute("PRAGMA busy_timeout=0")
+                try:
+                    busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+            except sqlite3.Error as e:  # what was committed stays committed; the log is only longer
+                log.warn("storage: cannot truncate the write-ahead log of {path}: {e}", path=self.path, e=e)
+                return False
+        return not busy
 
     def shrink_memory(self) -> int:
         """Give back the page cache of each connection nobody is using right now; how many were shrunk. Never
