@@ -32,12 +32,13 @@ def edit(path: Path, rng: random.Random) -> None:
 
 
 def rsync_bytes(before: bytes, src: Path, work: Path) -> int:
-    """Bytes rsync's delta transfer moves (sent + received) to bring ``before`` up to ``src``."""
+    """Bytes rsync's delta transfer moves (sent + received) to bring ``before`` up to ``src`` (``--ignore-times``:
+    the copy written now may have the edited file's size and mtime, and rsync would skip it)."""
     dest = work / "rsync-dest"
     dest.mkdir()
     (dest / src.name).write_bytes(before)
     out = subprocess.run(
-        ["rsync", "--no-whole-file", "--stats", str(src), str(dest / src.name)],
+        ["rsync", "--no-whole-file", "--ignore-times", "--stats", str(src), str(dest / src.name)],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     assert (dest / src.name).read_bytes() == src.read_bytes()
