@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_a_read_group_goes_out_in_one_write(kit: Kit) -> None:
     workers = Workers()
     kit.services.run_blocking = workers.submit
     writes: list[bytes] = []
-    transport = alice.server.transport
+    transport: Any = alice.server.transport
     write = transport.write
 
     def counting(data: bytes) -> None:
@@ -126,9 +127,14 @@ def test_a_read_group_goes_out_in_one_write(kit: Kit) -> None:
 
     transport.write = counting
     names = ["a/one", "a/two", "b/three"]
-    got: list[ChunkReply] = []
+    got: list[Any] = []
     request = GetFiles(rid=0, handle=h, snapshot=1, files=[FileIds(path=n, ids=[chunk(FILES[n])[0]]) for n in names])
-    done = alice.client.request(request, more=lambda m: got.append(m) or len(got) < len(names))
+
+    def more(m: Any) -> bool:
+        got.append(m)
+        return len(got) < len(names)
+
+    done = alice.client.request(request, more=more)
     alice.pump.flush()
     while workers.jobs:  # the check, the location and the read: run here, their results sent from callbacks
         workers.finish_one()
