@@ -39,3 +39,25 @@ def test_the_allocator_calls_find_libc_without_a_child_process(monkeypatch: pyte
         pytest.skip("glibc only")
     assert heap.fix_mmap_threshold() is True
     assert runtime.release_free_memory() is True
+
+
+def test_the_api_loads_the_push_and_pull_pipelines_only_when_used() -> None:
+    code = (
+        "import sys\n"
+        "import neotwist.client.api as api\n"
+        "print('neotwist.client.pull' in sys.modules, 'neotwist.client.push' in sys.modules)\n"
+        "from neotwist.client.api import PushOptions\n"
+        "print('neotwist.client.pull' in sys.modules, 'neotwist.client.push' in sys.modules)\n"
+        "print(api.PullIncomplete.__module__, PushOptions.__module__, all(hasattr(api, n) for n in api.__all__))\n"
+        "try:\n"
+        "    api.NoSuchName\n"
+        "except AttributeError as e:\n"
+        "    print('AttributeError', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert r.stdout.splitlines() == [
+        "False False",
+        "False True",
+        "neotwist.client.pull neotwist.client.push True",
+        "AttributeError module 'neotwist.client.api' has no attribute 'NoSuchName'",
+    ]
