@@ -14,9 +14,9 @@ and the client that fetches and restores it (pull). All three use this module, s
   (:func:`verify_upload`; it cannot for a sealed one, which it has no key for); the client checks every
   chunk it restores (:meth:`ChunkCodec.decode`), sealed ones by their tag and keyed id.
 
-Errors are NeoErrors with the protocol's codes (``chunk_mismatch``, ``encryption_mismatch``,
-``limit_exceeded``, ``bad_message``; ``damaged`` for a sealed chunk that fails authentication): the server sends
-them as they are, the client names the file they belong to.
+Errors are :class:`CodecError` subclasses, one per way a chunk can be wrong: the server tells the client with the
+protocol code each stands for (``chunk_mismatch``, ``encryption_mismatch``, ``limit_exceeded``, ``bad_message``,
+see :mod:`neotwist.server.errormap`); the client names the file they belong to.
 """
 
 from __future__ import annotations
@@ -29,11 +29,39 @@ import blake3
 import zstandard
 
 from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import CODEC_RAW, CODEC_SEALED, CODEC_ZSTD
 
 if TYPE_CHECKING:
     from neotwist.crypto.chunks import ChunkSealer
+
+
+class CodecError(Exception):
+    """A chunk that cannot be stored or restored as it is; ``message`` says why, as a person reads it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadChunk(CodecError):
+    """An id of the wrong length or an unknown codec."""
+
+
+class ChunkTooLarge(CodecError):
+    """A declared or stored size over ``MAX_CHUNK``."""
+
+
+class ChunkMismatch(CodecError):
+    """The bytes do not decode to the declared size, or do not hash to the chunk's id."""
+
+
+class SealingMismatch(CodecError):
+    """A sealed chunk where only plaintext ones belong, or the reverse."""
+
+
+class ChunkForged(CodecError):
+    """A sealed chunk that fails authentication: damaged, or not made with this key."""
+
 
 MIN_SAVING = 0.03
 """A chunk goes raw unless zstd saves at least this fraction of it."""
@@ -61,19 +89,24 @@ def same_id(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
+def is_sealed(codec: int) -> bool:
+    """Whether a chunk of ``codec`` is sealed (encrypted targets hold only those, plaintext ones none)."""
+    return codec == CODEC_SEALED
+
+
 def check_bounds(chunk_id: bytes, codec: int, size: int, data: bytes) -> None:
     """Refuse ids, codecs and lengths out of the protocol's bounds (the wire decoder checks them too, but
     the repository may be called by other code)."""
     if len(chunk_id) != limits.ID_SIZE:
-        raise NeoError(ErrorCode.BAD_MESSAGE, f"chunk id must be {limits.ID_SIZE} bytes")
+        raise BadChunk(f"chunk id must be {limits.ID_SIZE} bytes")
     if codec not in (CODEC_RAW, CODEC_ZSTD, CODEC_SEALED):
-        raise NeoError(ErrorCode.BAD_MESSAGE, f"unknown chunk codec {codec}")
+        raise BadChunk(f"unknown chunk codec {codec}")
     if not 0 <= size <= limits.MAX_CHUNK or len(data) > limits.MAX_CHUNK:
-        raise NeoError(ErrorCode.LIMIT_EXCEEDED, f"chunk larger than {limits.MAX_CHUNK} bytes")
+        raise ChunkTooLarge(f"chunk larger than {limits.MAX_CHUNK} bytes")
 
 
 def raw_bytes(codec: int, size: int, data: bytes, dctx: zstandard.ZstdDecompressor | None = None) -> bytes:
-    """The plaintext of a raw or zstd chunk, exactly ``size`` bytes, or NeoError(CHUNK_MISMATCH).
+    """The plaintext of a raw or zstd chunk, exactly ``size`` bytes, or ChunkMismatch.
 
     A zstd chunk must be one frame with nothing after it. If the frame header declares a content size it must
     equal ``size`` (python-zstandard allocates what the header declares, ignoring ``max_output_size``);
@@ -81,35 +114,35 @@ def raw_bytes(codec: int, size: int, data: bytes, dctx: zstandard.ZstdDecompress
     """
     if codec == CODEC_RAW:
         if len(data) != size:
-            raise NeoError(ErrorCode.CHUNK_MISMATCH, f"raw chunk is {len(data)} bytes, declared {size}")
+            raise ChunkMismatch(f"raw chunk is {len(data)} bytes, declared {size}")
         return data
     if codec != CODEC_ZSTD:
-        raise NeoError(ErrorCode.ENCRYPTION_MISMATCH, "a sealed chunk is not plaintext")
+        raise SealingMismatch("a sealed chunk is not plaintext")
     try:
         declared = zstandard.get_frame_parameters(data).content_size
         if declared != zstandard.CONTENTSIZE_UNKNOWN and declared != size:
-            raise NeoError(ErrorCode.CHUNK_MISMATCH, f"zstd frame declares {declared} bytes, put declared {size}")
+            raise ChunkMismatch(f"zstd frame declares {declared} bytes, put declared {size}")
         # max_output_size=0 would mean "unbounded": an empty chunk still gets a one-byte bound.
         raw = (dctx or decompressor()).decompress(data, max_output_size=max(size, 1), allow_extra_data=False)
     except zstandard.ZstdError as e:
-        raise NeoError(ErrorCode.CHUNK_MISMATCH, f"chunk does not decompress within its size: {e}") from None
+        raise ChunkMismatch(f"chunk does not decompress within its size: {e}") from None
     if len(raw) != size:
-        raise NeoError(ErrorCode.CHUNK_MISMATCH, f"chunk decompresses to {len(raw)} bytes, declared {size}")
+        raise ChunkMismatch(f"chunk decompresses to {len(raw)} bytes, declared {size}")
     return raw
 
 
 def verify_upload(chunk_id: bytes, codec: int, size: int, data: bytes, *, encrypted: bool) -> None:
-    """The server's check of an uploaded chunk: raise NeoError unless it may be stored in a target of this
+    """The server's check of an uploaded chunk: raise a CodecError unless it may be stored in a target of this
     kind under this id (a plaintext one only if its bytes hash to the id)."""
     check_bounds(chunk_id, codec, size, data)
     if encrypted:
         if codec != CODEC_SEALED:
-            raise NeoError(ErrorCode.ENCRYPTION_MISMATCH, "an encrypted target only stores sealed chunks")
+            raise SealingMismatch("an encrypted target only stores sealed chunks")
         return
     if codec == CODEC_SEALED:
-        raise NeoError(ErrorCode.ENCRYPTION_MISMATCH, "a plaintext target does not store sealed chunks")
+        raise SealingMismatch("a plaintext target does not store sealed chunks")
     if not same_id(compute_id(raw_bytes(codec, size, data)), chunk_id):
-        raise NeoError(ErrorCode.CHUNK_MISMATCH, f"chunk data does not hash to {chunk_id.hex()}")
+        raise ChunkMismatch(f"chunk data does not hash to {chunk_id.hex()}")
 
 
 class ChunkCodec:
@@ -147,24 +180,22 @@ class ChunkCodec:
     def decode(
         self, cid: bytes, codec: int, size: int, payload: bytes, dctx: zstandard.ZstdDecompressor | None = None
     ) -> bytes:
-        """The plaintext of a fetched chunk, checked against its id; NeoError (``damaged``,
-        ``encryption_mismatch``, ``chunk_mismatch``) saying what is wrong with it otherwise."""
+        """The plaintext of a fetched chunk, checked against its id; :class:`ChunkForged`,
+        :class:`SealingMismatch` or :class:`ChunkMismatch` saying what is wrong with it otherwise."""
         if self.sealer is not None:
             from neotwist.crypto import AuthenticationFailed
 
             if codec != CODEC_SEALED:
-                raise NeoError(
-                    ErrorCode.ENCRYPTION_MISMATCH, "the server sent an unsealed chunk for an encrypted target"
-                )
+                raise SealingMismatch("the server sent an unsealed chunk for an encrypted target")
             try:
                 return self.sealer.open(cid, payload, dctx or decompressor())
             except AuthenticationFailed as e:
-                raise NeoError(ErrorCode.DAMAGED, str(e)) from None
+                raise ChunkForged(str(e)) from None
         if codec == CODEC_SEALED:
-            raise NeoError(ErrorCode.ENCRYPTION_MISMATCH, "the server sent a sealed chunk for a plaintext target")
+            raise SealingMismatch("the server sent a sealed chunk for a plaintext target")
         raw = raw_bytes(codec, size, payload, dctx)
         if not self.matches(raw, cid):
-            raise NeoError(ErrorCode.CHUNK_MISMATCH, "a chunk from the server does not match its id")
+            raise ChunkMismatch("a chunk from the server does not match its id")
         return raw
 
 

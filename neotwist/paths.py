@@ -12,6 +12,22 @@ import re
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 
+
+class BadPath(NeoError):
+    """A path the protocol does not allow (``bad_path``): the same refusal on both sides, so it is the wire's
+    error itself, raised as it is by the repository, the server and the client alike."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.BAD_PATH, message)
+
+
+class BadName(NeoError):
+    """An account or target name the protocol does not allow (``bad_name``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.BAD_NAME, message)
+
+
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 
 
@@ -71,19 +87,19 @@ def local_bytes(path: str) -> bytes:
 
 def _check_bytes(raw: bytes, shown: str) -> None:
     if len(raw) > limits.MAX_PATH:
-        raise NeoError(ErrorCode.BAD_PATH, f"path longer than {limits.MAX_PATH} bytes")
+        raise BadPath(f"path longer than {limits.MAX_PATH} bytes")
     if b"\x00" in raw:
-        raise NeoError(ErrorCode.BAD_PATH, f"path contains NUL: {shown!r}")
+        raise BadPath(f"path contains NUL: {shown!r}")
     for part in raw.split(b"/"):
         if part in (b"", b".", b".."):
-            raise NeoError(ErrorCode.BAD_PATH, f"path must be relative with no '', '.' or '..' parts: {shown!r}")
+            raise BadPath(f"path must be relative with no '', '.' or '..' parts: {shown!r}")
         if len(part) > limits.MAX_NAME:
-            raise NeoError(ErrorCode.BAD_PATH, f"path component longer than {limits.MAX_NAME} bytes")
+            raise BadPath(f"path component longer than {limits.MAX_NAME} bytes")
 
 
 def check_path(path: str) -> str:
     """Return the wire text ``path`` if it is a valid relative target path ('' = the root), else raise
-    NeoError(BAD_PATH).
+    BadPath.
 
     Refused: absolute paths, empty components ('a//b', trailing '/'), '.', '..', NUL, malformed escapes (see
     :func:`to_wire`), and anything over the byte limits (counted on the path's bytes, not its escapes).
@@ -91,13 +107,13 @@ def check_path(path: str) -> str:
     if path == "":
         return path
     if len(path) > limits.MAX_WIRE_PATH:
-        raise NeoError(ErrorCode.BAD_PATH, f"path longer than {limits.MAX_PATH} bytes")
+        raise BadPath(f"path longer than {limits.MAX_PATH} bytes")
     try:
         raw = wire_bytes(path)
     except UnicodeEncodeError:
-        raise NeoError(ErrorCode.BAD_PATH, "path is not valid UTF-8") from None
+        raise BadPath("path is not valid UTF-8") from None
     except ValueError as e:
-        raise NeoError(ErrorCode.BAD_PATH, f"path has a malformed escape ({e}): {path!r}") from None
+        raise BadPath(f"path has a malformed escape ({e}): {path!r}") from None
     _check_bytes(raw, path)
     return path
 
@@ -109,7 +125,7 @@ def check_local(path: str) -> str:
         try:
             raw = local_bytes(path)
         except UnicodeEncodeError:
-            raise NeoError(ErrorCode.BAD_PATH, f"path is not a file name: {path!r}") from None
+            raise BadPath(f"path is not a file name: {path!r}") from None
         _check_bytes(raw, path)
     return path
 
@@ -122,7 +138,7 @@ def check_name(name: str, what: str = "name") -> str:
         or name[0] == "."
         or not all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
     ):
-        raise NeoError(ErrorCode.BAD_NAME, f"{what} must be letters, digits, '.', '_' or '-': {name!r}")
+        raise BadName(f"{what} must be letters, digits, '.', '_' or '-': {name!r}")
     return name
 
 

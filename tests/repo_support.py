@@ -7,10 +7,49 @@ from pathlib import Path
 import blake3
 import zstandard
 
-from neotwist.codec import raw_bytes
-from neotwist.server.repository import Target
+from neotwist.codec import CodecError, raw_bytes
+from neotwist.server.errormap import to_wire
+from neotwist.server.reads import listing_records
+from neotwist.server.repository import Repository, Target
+from neotwist.server.repository.errors import NoSuchPath, RepositoryError
 from neotwist.wire import limits
+from neotwist.wire.errors import NeoError
 from neotwist.wire.messages import CODEC_RAW, CODEC_ZSTD, Entry
+
+Refused = (RepositoryError, CodecError, NeoError)
+"""What a repository call raises when it refuses: its own errors, the codec's, or the protocol's refusal of a
+path (:mod:`neotwist.paths`)."""
+
+
+def as_sent(error: BaseException) -> NeoError:
+    """The wire error the session answers ``error`` with (through :func:`neotwist.server.errormap.to_wire`)."""
+    sent = to_wire(error)
+    assert isinstance(sent, NeoError), error
+    return sent
+
+
+def every_target(repo: Repository) -> list[Target]:
+    """Every target of every account, each held (by account id, then name), as ``neo-admin check`` goes
+    through them."""
+    found = (repo.find_target(meta.account_id, meta.name) for meta in repo.target_metas())
+    return [t for t in found if t is not None]
+
+
+def open_targets(repo: Repository) -> tuple[int, int]:
+    """(targets open, of which held): what the repository's bound and idle time leave open."""
+    with repo._open_lock:
+        entries = [*repo._open.values(), *repo._leaving]
+        return len(entries), sum(1 for e in entries if e.holders > 0)
+
+
+def file_chunks(target: Target, snapshot: int, path: str) -> bytes | None:
+    """The concatenated chunk ids of the file at ``path`` in ``snapshot``, as its listing holds them; None if no
+    file is there."""
+    try:
+        first = next(iter(target.list_entries(snapshot, path, False)), None)
+    except NoSuchPath:
+        return None
+    return first.chunks if first is not None and first.path == path and first.kind == "f" else None
 
 
 def store_chunk(target: Target, chunk_id: bytes, codec: int, size: int, data: bytes) -> bool:
@@ -20,7 +59,7 @@ def store_chunk(target: Target, chunk_id: bytes, codec: int, size: int, data: by
 
 
 def read_chunk(target: Target, chunk_id: bytes) -> tuple[int, int, bytes]:
-    """(codec, raw size, stored bytes) of one chunk; NeoError(DAMAGED) if it is not stored or does not check out."""
+    """(codec, raw size, stored bytes) of one chunk; Damaged if it is not stored or does not check out."""
     return target.read_located(chunk_id, target.locate([chunk_id]).get(chunk_id))
 
 
@@ -44,8 +83,13 @@ def dir_entry(path: str) -> Entry:
     return Entry(path, "d", 0o755, 1, 0)
 
 
+def listing(target: Target, snapshot: int, path: str = "", recursive: bool = True) -> list[Entry]:
+    """The records a ``list`` of ``path`` answers with (a large file split into continuation records)."""
+    return list(listing_records(target.list_entries(snapshot, path, recursive), ""))
+
+
 def view(target: Target, snapshot: int, path: str = "") -> dict[str, Entry]:
-    return {e.path: e for e in target.list_entries(snapshot, path, True)}
+    return {e.path: e for e in listing(target, snapshot, path)}
 
 
 def commit(target: Target, entries: list[Entry], now: float, *, delete: bool = True) -> int:

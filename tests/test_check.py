@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import zstandard
-from repo_support import commit, dir_entry, file_entry, ids_of, pack_bytes, put, store_chunk, view
+from repo_support import commit, dir_entry, every_target, file_entry, ids_of, pack_bytes, put, store_chunk, view
 from support import RunningServer, assert_clean
 
 from neotwist.chunking import DEFAULT_PARAMS
@@ -209,7 +209,7 @@ def test_a_read_only_check_beside_a_writer_changes_nothing(tmp_path: Path) -> No
     size = pack.stat().st_size
     index_before = (t.directory / "index.sqlite").read_bytes()
     tool = Repository(tmp_path / "repo", read_only=True)
-    [rt] = tool.all_targets()
+    [rt] = every_target(tool)
     report = rt.check(verify_data=True)
     assert report.ok and report.chunks_checked == 5
     tool.close()
@@ -321,7 +321,7 @@ def test_neo_admin_check_beside_a_running_server(server: RunningServer, tmp_path
     assert doc["ok"] and [t["target"] for t in doc["targets"]] == ["docs"] and doc["chunks_checked"] >= 2
 
     tool = Repository(server.data / "repo", read_only=True)
-    [docs] = tool.all_targets()
+    [docs] = every_target(tool)
     cid = chunk_of(docs, 1, "docs/a.bin")
     pack, offset, _ = location(docs, cid)
     tool.close()

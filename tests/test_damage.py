@@ -7,12 +7,24 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from repo_support import commit, dir_entry, file_entry, ids_of, put, read_chunk, read_file, view
+from repo_support import (
+    Refused,
+    as_sent,
+    commit,
+    dir_entry,
+    every_target,
+    file_entry,
+    ids_of,
+    put,
+    read_chunk,
+    read_file,
+    view,
+)
 from test_check import location, poke
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.repository import Repository, Target, damage, index
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.errors import ErrorCode
 
 
 def marked(t: Target) -> dict[bytes, tuple[int | None, str]]:
@@ -33,12 +45,12 @@ def test_a_rotten_record_a_read_meets_is_marked_and_a_store_heals_it(target: Tar
     pack, offset, _length = location(target, a)
     poke(pack, offset + 60, b"rot")
     usage = target.usage()
-    with pytest.raises(NeoError, match="stored bytes are damaged; marked damaged: push the intact file"):
+    with pytest.raises(Refused, match="stored bytes are damaged; marked damaged: push the intact file"):
         read_chunk(target, a)
     assert list(marked(target)) == [a] and marked(target)[a][0] is not None
     assert target.missing([a, b]) == [True, False]  # have: send it again
     assert target.usage().chunks == usage.chunks - 1  # the counters lost it (check agrees)
-    with pytest.raises(NeoError, match="is not stored"):
+    with pytest.raises(Refused, match="is not stored"):
         read_chunk(target, a)
     report = target.check()
     assert report.lost_chunks == 1 and [(f.path, f.marked) for f in report.damaged_files] == [("a", True)]
@@ -56,7 +68,7 @@ def test_a_read_that_fails_with_an_io_error_marks_nothing(target: Target) -> Non
     pack, _offset, _length = location(target, a)
     target.chunks.packs.close()  # drop the pooled descriptors, then make the pack unreadable
     pack.rename(pack.with_suffix(".away"))
-    with pytest.raises(NeoError, match="cannot open its pack"):
+    with pytest.raises(Refused, match="cannot open its pack"):
         read_chunk(target, a)
     assert marked(target) == {}
     pack.with_suffix(".away").rename(pack)
@@ -69,9 +81,9 @@ def test_a_commit_asks_for_a_marked_chunk_even_for_an_unchanged_file(target: Tar
     report = target.check(repair=True)
     assert (report.repaired, report.marked_chunks, report.lost_chunks) == (True, 1, 1)
     unchanged = [dir_entry(""), file_entry("a", b"alpha " * 400), file_entry("b", b"bravo " * 400)]
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         commit(target, unchanged, 2.0)
-    assert e.value.code == ErrorCode.MISSING_CHUNKS and "damaged on the server" in e.value.message
+    assert as_sent(e.value).code == ErrorCode.MISSING_CHUNKS and "damaged on the server" in e.value.message
     put(target, b"alpha " * 400)
     assert commit(target, unchanged, 2.0) == 2
     assert target.check(verify_data=True).ok and marked(target) == {}
@@ -100,13 +112,13 @@ def test_an_index_from_before_the_damaged_table_is_migrated(tmp_path: Path) -> N
 
     make_old()
     repo = Repository(tmp_path / "repo")  # the server opens it: migrated
-    [t] = repo.all_targets()
+    [t] = every_target(repo)
     assert t.check().ok and marked(t) == {}
     repo.close()
     make_old()
 
     tool = Repository(tmp_path / "repo", read_only=True)  # neo-admin check beside an old server's files
-    [old] = tool.all_targets()
+    [old] = every_target(tool)
     assert old.check(verify_data=True).ok
     poke(location(old, a)[0], location(old, a)[1] + 60, b"rot")
     report = old.check(repair=True)  # a repair brings the file forward, through its own connection
@@ -116,7 +128,7 @@ def test_an_index_from_before_the_damaged_table_is_migrated(tmp_path: Path) -> N
         assert db.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION + len(index.INDEX_MIGRATIONS)
 
     repo = Repository(tmp_path / "repo")
-    [t] = repo.all_targets()
+    [t] = every_target(repo)
     assert put(t, b"alpha " * 400) == a
     t.flush()
     assert t.check(verify_data=True).ok
@@ -139,7 +151,7 @@ def test_a_collection_forgets_the_marks_that_nothing_refers_to(target: Target) -
     a, _b = two_files(target)
     pack, offset, _length = location(target, a)
     poke(pack, offset + 60, b"rot")
-    with pytest.raises(NeoError, match="marked damaged"):
+    with pytest.raises(Refused, match="marked damaged"):
         read_chunk(target, a)
     commit(target, [dir_entry(""), file_entry("b", b"bravo " * 400)], 2.0)  # a is gone from the latest snapshot
     target.collect_garbage()

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import blake3
 import pytest
-from repo_support import commit, dir_entry, file_entry, ids_of, pack_bytes, put, read_file, view
+from repo_support import Refused, as_sent, commit, dir_entry, file_entry, ids_of, pack_bytes, put, read_file, view
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.repository import Repository, StoreSizes, Target, gc, packs
 from neotwist.server.repository.chunkstore import ChunkStore
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.errors import ErrorCode
 from neotwist.wire.messages import Entry
 
 PIECE = 256 * 1024
@@ -365,7 +365,7 @@ def test_history_can_be_switched_off_and_on(tmp_path: Path) -> None:
     repo.set_keep_history(1, "home", True)
     commit(t2, [dir_entry(""), file_entry("f", b"version 4", target=t2)], 200.0)
     assert t2.apply_no_history() is None and len(t2.snapshots()) == 2
-    assert [t.meta.name for t in repo.targets_of(1)] == ["home"] and repo.targets_of(2) == []
+    assert [m.name for m in repo.target_metas(1)] == ["home"] and repo.target_metas(2) == []
     repo.close()
 
 
@@ -382,9 +382,9 @@ def test_prune_and_collect_refused_on_a_read_only_repository(tmp_path: Path) -> 
         lambda: rt.begin_push("", False),
         lambda: ro.create_target(1, "x", encrypted=False, chunker=DEFAULT_PARAMS),
     ):
-        with pytest.raises(NeoError) as e:
+        with pytest.raises(Refused) as e:
             call()
-        assert e.value.code == ErrorCode.PERMISSION_DENIED
+        assert as_sent(e.value).code == ErrorCode.PERMISSION_DENIED
     assert [s.id for s in rt.snapshots()] == [1]
     ro.close()
     repo.close()

@@ -6,10 +6,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from repo_support import commit, dir_entry, file_entry, view
+from repo_support import Refused, as_sent, commit, dir_entry, file_entry, view
 
 from neotwist.server.repository import Target
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.errors import ErrorCode
 from neotwist.wire.messages import Entry
 
 
@@ -63,12 +63,12 @@ def test_versions_of_a_path(target: Target) -> None:
     assert [(v.first, v.last, v.size) for v in c] == [(1, 2, 100), (5, None, 2)]
     assert [(v.first, v.last, v.kind) for v in target.versions("l")] == [(1, None, "l")]
     assert [(v.first, v.last, v.kind) for v in target.versions("")] == [(1, None, "d")]
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         target.versions("nope")
-    assert e.value.code == ErrorCode.NO_SUCH_PATH
-    with pytest.raises(NeoError) as e:
+    assert as_sent(e.value).code == ErrorCode.NO_SUCH_PATH
+    with pytest.raises(Refused) as e:
         target.versions("../etc")
-    assert e.value.code == ErrorCode.BAD_PATH
+    assert as_sent(e.value).code == ErrorCode.BAD_PATH
 
 
 def test_deleted_paths(target: Target) -> None:
@@ -83,9 +83,9 @@ def test_deleted_paths(target: Target) -> None:
     assert [d.path for d in target.deleted("docs")] == list(gone)
     assert [d.path for d in target.deleted("docs/b.txt")] == ["docs/b.txt"]
     assert target.deleted("d.txt") == [] and target.deleted("doc") == []
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         target.deleted("/abs")
-    assert e.value.code == ErrorCode.BAD_PATH
+    assert as_sent(e.value).code == ErrorCode.BAD_PATH
 
 
 def _needed(db_path: Path, kept: set[int]) -> int:
@@ -112,9 +112,9 @@ def test_prune_keeps_the_views_of_kept_snapshots(target: Target) -> None:
     for s in (1, 3, 5):
         assert view(target, s) == views[s]
     for s in (2, 4):
-        with pytest.raises(NeoError) as e:
+        with pytest.raises(Refused) as e:
             list(target.list_entries(s, "", True))
-        assert e.value.code == ErrorCode.NO_SUCH_SNAPSHOT
+        assert as_sent(e.value).code == ErrorCode.NO_SUCH_SNAPSHOT
         assert target.snapshot(s) is None
     assert [s.id for s in target.snapshots()] == [1, 3, 5] and target.snapshot_count() == 3
 
@@ -130,16 +130,16 @@ def test_prune_keeps_the_views_of_kept_snapshots(target: Target) -> None:
 
     # Unknown and already pruned ids are ignored; the latest cannot go.
     assert target.prune([2, 99]).snapshots_removed == 0
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         target.prune([1, 5])
-    assert e.value.code == ErrorCode.CONFLICT
+    assert as_sent(e.value).code == ErrorCode.CONFLICT
     assert [s.id for s in target.snapshots()] == [1, 3, 5]  # nothing changed
 
     assert target.prune([1, 3]).snapshots_removed == 2
     assert [s.id for s in target.snapshots()] == [5]
     assert target.deleted("") == []
     assert [(v.first, v.last) for v in target.versions("c.bin")] == [(5, None)]
-    with pytest.raises(NeoError):
+    with pytest.raises(Refused):
         target.versions("docs/a.txt")
     assert view(target, 5) == views[5]
     # A new push after pruning keeps working and numbering goes on.

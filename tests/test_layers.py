@@ -1,6 +1,7 @@
 """The client's and the wire's imports go one way: no module of neotwist/client or neotwist/wire imports
 another that imports it back (directly or around a loop, deferred imports inside functions included), the wire
-imports neither client nor server, and the client never imports the server."""
+imports neither client nor server, and the client never imports the server. The server's repository imports
+neither the wire nor the server modules that use it."""
 
 from __future__ import annotations
 
@@ -67,3 +68,36 @@ def test_lower_layers_never_import_upper_ones() -> None:
     for path in (ROOT / "client").rglob("*.py"):
         server = {m for m in _imports(path) if m.startswith("neotwist.server")}
         assert not server, f"client/{path.name} imports {server}"
+
+
+def _above_the_repository() -> set[str]:
+    """The server's modules outside the repository that import it, directly or through others (the leaf
+    services it may use, such as ``changes`` and ``descriptors``, import nothing of it)."""
+    graph = _graph("server")
+    inside = {m for m in graph if m.startswith("neotwist.server.repository")}
+    above: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for name, deps in graph.items():
+            if name not in inside and name not in above and deps & (inside | above):
+                above.add(name)
+                grew = True
+    return above
+
+
+def test_the_repository_imports_neither_the_wire_nor_the_layers_above_it() -> None:
+    """The repository has its own errors and records (the session maps them onto the wire, see
+    server/errormap.py): it imports nothing of neotwist.wire, nothing of the server above it, nothing of the
+    client."""
+    package = ROOT / "server" / "repository"
+    modules = sorted(package.rglob("*.py"))
+    assert len(modules) > 10
+    above = _above_the_repository()
+    assert {"neotwist.server.session", "neotwist.server.context"} <= above
+    for path in modules:
+        imported = _imports(path)
+        upper = {m for m in imported if m.startswith("neotwist.client") or m in above}
+        assert not upper, f"repository/{path.name} imports {upper}"
+        wire = {m for m in imported if m == "neotwist.wire" or m.startswith("neotwist.wire.")}
+        assert not wire, f"repository/{path.name} imports {wire}"

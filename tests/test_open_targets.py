@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from repo_support import commit, dir_entry, file_entry, put, read_file, view
+from repo_support import commit, dir_entry, file_entry, open_targets, put, read_file, view
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server import descriptors
@@ -58,7 +58,7 @@ def test_many_targets_keep_few_descriptors_open(tmp_path: Path) -> None:
         before = open_fds()
         entries = {f"t{i:02d}": fill(repo, 1, f"t{i:02d}", f"content {i}".encode() * 100) for i in range(40)}
         # Without the bound: 40 targets x 7 descriptors. With it: at most 4 targets are open.
-        assert repo.open_targets() == (4, 0)
+        assert open_targets(repo) == (4, 0)
         assert open_fds() - before <= 4 * FDS_PER_TARGET + 4
         # Every target reopens with its data (the closed ones flushed and closed cleanly).
         for name in ("t00", "t17", "t39"):
@@ -66,10 +66,10 @@ def test_many_targets_keep_few_descriptors_open(tmp_path: Path) -> None:
             assert target is not None
             assert read_file(target, view(target, 1)["f"]) == read_file(target, entries[name])
             repo.release(target)
-        assert repo.open_targets()[0] <= 4
+        assert open_targets(repo)[0] <= 4
         # Listing and usage go through the targets one at a time.
         assert len(repo.list_targets(1)) == 40
-        assert repo.open_targets() == (4, 0)
+        assert open_targets(repo) == (4, 0)
     finally:
         repo.close()
 
@@ -83,15 +83,15 @@ def test_held_targets_are_never_closed(tmp_path: Path) -> None:
         for i in range(5):
             fill(repo, 1, f"other{i}", b"other" * 10)
         # Three held plus at most one unheld: the held ones are the same objects, still usable.
-        assert repo.open_targets() == (4, 3)
+        assert open_targets(repo) == (4, 3)
         for target in held:
             assert repo.find_target(1, target.meta.name) is target
             assert read_file(target, view(target, 1)["f"]) == target.meta.name.encode() * 50
             repo.release(target)  # the find above
             repo.release(target)  # the create
-        assert repo.open_targets() == (4, 0)
+        assert open_targets(repo) == (4, 0)
         fill(repo, 1, "last", b"x")
-        assert repo.open_targets() == (1, 0)
+        assert open_targets(repo) == (1, 0)
         with pytest.raises(RuntimeError, match="released more often"):
             last = repo.find_target(1, "last")
             assert last is not None
@@ -112,11 +112,11 @@ def test_idle_targets_are_closed_after_the_idle_time(tmp_path: Path) -> None:
         assert busy is not None
         clock.now += 250  # a idle for 350 s; b held
         assert repo.close_idle() == 1
-        assert repo.open_targets() == (1, 1)
+        assert open_targets(repo) == (1, 1)
         repo.release(busy)
         assert repo.close_idle() == 0  # b idle since just now
         assert repo.close_idle(clock.now + 300) == 1
-        assert repo.open_targets() == (0, 0)
+        assert open_targets(repo) == (0, 0)
         # Reopened on demand, with a pending chunk flushed by the close.
         a = repo.find_target(1, "a")
         assert a is not None
@@ -143,9 +143,9 @@ def test_a_removed_target_is_closed_once_its_last_holder_lets_go(tmp_path: Path)
         assert not (tmp_path / "repo" / f"t{doomed.meta.id}").exists()
         # Still held by a reader: its open files stay usable until it lets go.
         assert view(reader, 1)["f"].size == 1000
-        assert repo.close_idle() == 0 and repo.open_targets() == (1, 1)
+        assert repo.close_idle() == 0 and open_targets(repo) == (1, 1)
         repo.release(reader)
-        assert repo.close_idle() == 1 and repo.open_targets() == (0, 0)
+        assert repo.close_idle() == 1 and open_targets(repo) == (0, 0)
         assert open_fds() <= before - FDS_PER_TARGET + 1
         assert repo.find_target(1, "doomed") is None
     finally:
@@ -159,14 +159,14 @@ def test_sessions_hold_what_their_handles_use(tmp_path: Path) -> None:
         conn = kit.connect("alice")
         for i in range(10):
             committed(conn.push({"f": f"file {i}".encode()}, target=f"t{i}"))  # leaves its handle open
-        open_count, held = kit.repository.open_targets()
+        open_count, held = open_targets(kit.repository)
         assert held == 10 and open_count == 10
         for number in range(1, 11):
             assert isinstance(conn.call(Close(rid=0, handle=number)), Ok)
         # Released (a release never waits for the disk); the next sweep or open closes what is over the bound.
-        assert kit.repository.open_targets() == (10, 0)
+        assert open_targets(kit.repository) == (10, 0)
         assert kit.repository.close_idle() == 8
-        assert kit.repository.open_targets() == (2, 0)
+        assert open_targets(kit.repository) == (2, 0)
         # A reader keeps its target while other connections churn through the rest.
         reader = conn.open("t0")
         assert isinstance(reader, Opened)
@@ -175,18 +175,18 @@ def test_sessions_hold_what_their_handles_use(tmp_path: Path) -> None:
             opened = other.open(f"t{i}")
             assert isinstance(opened, Opened)
             other.call(Close(rid=0, handle=opened.handle))
-        assert kit.repository.open_targets()[1] == 1
+        assert open_targets(kit.repository)[1] == 1
         assert conn.listing(reader.handle)["f"].size == len(b"file 0")
         # A connection lost with handles open lets go of them.
         for i in range(3):
             assert isinstance(other.open(f"t{i}"), Opened)
-        assert kit.repository.open_targets()[1] == 3  # t0 is held twice
+        assert open_targets(kit.repository)[1] == 3  # t0 is held twice
         other.client.transport.loseConnection()
         other.pump.flush()
         conn.client.transport.loseConnection()
         conn.pump.flush()
         kit.repository.close_idle(float("inf"))
-        assert kit.repository.open_targets() == (0, 0)
+        assert open_targets(kit.repository) == (0, 0)
     finally:
         kit.close()
 
@@ -234,10 +234,10 @@ def test_out_of_descriptors_closes_unheld_targets_first(tmp_path: Path) -> None:
             t = repo.find_target(1, f"t{i}")
             assert t is not None
             repo.release(t)
-        assert repo.open_targets() == (4, 0)
+        assert open_targets(repo) == (4, 0)
         with fd_limit(2):  # an index needs more: the four unused targets are closed to make room
             new = repo.find_target(1, "new")
-        assert new is not None and repo.open_targets() == (1, 1)
+        assert new is not None and open_targets(repo) == (1, 1)
         with fd_limit(2):  # nothing left to close: SQLite's "unable to open", recognised for what it is
             with pytest.raises(sqlite3.OperationalError) as caught:
                 repo.find_target(1, "busy")
@@ -245,7 +245,7 @@ def test_out_of_descriptors_closes_unheld_targets_first(tmp_path: Path) -> None:
         assert not descriptors.out_of_fds(caught.value)  # with descriptors to spare, it would be something else
         assert descriptors.out_of_fds(OSError(errno.EMFILE, "Too many open files"))
         repo.release(new)
-        assert repo.open_targets() == (1, 0)
+        assert open_targets(repo) == (1, 0)
     finally:
         repo.close()
 
@@ -266,10 +266,10 @@ def test_a_target_with_an_aborted_push_s_leftovers_stays_open_until_they_are_rec
         clock.now += 100
         fill(repo, 1, "other", b"x")  # over max_open, idle for long: still not closed
         assert repo.close_idle() == 1  # "other" only
-        assert repo.open_targets() == (1, 0) and t.missing([left]) == [False]
+        assert open_targets(repo) == (1, 0) and t.missing([left]) == [False]
         monkeypatch.setattr(chunkstore, "ABANDONED_GRACE", 0.0)
         repo.maintain()  # reclaims, then closes what is idle
-        assert repo.open_targets() == (0, 0)
+        assert open_targets(repo) == (0, 0)
         again = repo.find_target(1, "t")
         assert again is not None and again.missing([left]) == [True]
         repo.release(again)

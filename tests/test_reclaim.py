@@ -7,12 +7,12 @@ import random
 from pathlib import Path
 
 import pytest
-from repo_support import commit, dir_entry, file_entry, put, read_file, view
+from repo_support import Refused, as_sent, commit, dir_entry, file_entry, put, read_file, view
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.repository import Repository, Target, chunkstore
 from neotwist.server.repository.space import Reserve, free_bytes
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.errors import ErrorCode
 
 
 def setup(tmp_path: Path) -> tuple[Repository, Target, bytes]:
@@ -75,17 +75,17 @@ def test_the_reserve_refuses_a_push_and_new_chunks_with_the_numbers(tmp_path: Pa
     repo, t, kept = setup(tmp_path)
     free = free_bytes(t.directory)
     t.reserve = Reserve(size=free + 10**9)
-    with pytest.raises(NeoError) as refused:
+    with pytest.raises(Refused) as refused:
         t.begin_push("", False)
-    assert refused.value.code == ErrorCode.DISK_FULL
+    assert as_sent(refused.value).code == ErrorCode.DISK_FULL
     assert "the server's disk is full" in refused.value.message and "kept free" in refused.value.message
 
     t.reserve = Reserve(size=0)
     push = t.begin_push("", False)
     t.reserve = Reserve(size=free - 1000)  # a 50 kB chunk would pass below it
-    with pytest.raises(NeoError) as refused:
+    with pytest.raises(Refused) as refused:
         put(t, random.Random(5).randbytes(50_000), compress=False)
-    assert refused.value.code == ErrorCode.DISK_FULL
+    assert as_sent(refused.value).code == ErrorCode.DISK_FULL
     put(t, kept, compress=False)  # a chunk already stored costs nothing: accepted
     push.abort()
     repo.close()

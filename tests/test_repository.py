@@ -13,12 +13,25 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-from repo_support import dir_entry, file_entry, put, read_chunk, store_chunk, view
+from repo_support import (
+    Refused,
+    as_sent,
+    dir_entry,
+    file_chunks,
+    file_entry,
+    listing,
+    put,
+    read_chunk,
+    store_chunk,
+    view,
+)
 
+from neotwist import bounds
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.server.repository import Repository, StoreSizes, Target, packs
+from neotwist.server.targets import chunker_params
 from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.errors import ErrorCode
 from neotwist.wire.messages import CODEC_RAW, CODEC_SEALED, CODEC_ZSTD, Entry
 
 
@@ -27,8 +40,9 @@ def chunk(data: bytes) -> tuple[bytes, bytes]:
     return blake3.blake3(data).digest(), data
 
 
-def code_of(excinfo: pytest.ExceptionInfo[NeoError]) -> ErrorCode:
-    return excinfo.value.code
+def code_of(excinfo: pytest.ExceptionInfo[Exception]) -> ErrorCode:
+    """The wire code the client would see for the refusal."""
+    return as_sent(excinfo.value).code
 
 
 # --- catalog ------------------------------------------------------------------------------------------------
@@ -42,10 +56,10 @@ def test_create_find_and_list_targets(repo: Repository, tmp_path: Path) -> None:
     other = repo.create_target(8, "home", encrypted=True, chunker=DEFAULT_PARAMS)
     assert other.meta.id != t.meta.id and other.meta.encrypted
     assert repo.find_target(7, "home") is t
-    assert t.meta.chunker == DEFAULT_PARAMS and t.meta.keep_history
+    assert chunker_params(t.meta.chunker) == DEFAULT_PARAMS and t.meta.keep_history
     # Names are data: the directory is named by the numeric id.
     assert (tmp_path / "repo" / f"t{t.meta.id}" / "index.sqlite").exists()
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         repo.create_target(7, "../evil", encrypted=False, chunker=DEFAULT_PARAMS)
     assert code_of(e) == ErrorCode.BAD_NAME
 
@@ -119,7 +133,7 @@ def test_duplicates_are_stored_once(target: Target) -> None:
 
 def test_wrong_id_is_refused(target: Target) -> None:
     cid, _ = chunk(b"the real content")
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         store_chunk(target, cid, CODEC_RAW, 16, b"other content!!!")
     assert code_of(e) == ErrorCode.CHUNK_MISMATCH
     assert target.missing([cid]) == [True]
@@ -137,7 +151,7 @@ def test_wrong_declared_size_is_refused(target: Target) -> None:
         (CODEC_ZSTD, zstandard.ZstdCompressor().compress(data) + b"trailing", 1000),
         (CODEC_ZSTD, b"not zstd at all", 1000),
     ]:
-        with pytest.raises(NeoError) as e:
+        with pytest.raises(Refused) as e:
             store_chunk(target, cid, codec, size, payload)
         assert code_of(e) == ErrorCode.CHUNK_MISMATCH, (codec, size)
     assert target.missing([cid]) == [True]
@@ -152,28 +166,28 @@ def test_zstd_bomb_is_refused_without_expanding(target: Target) -> None:
     assert len(with_size) < 64 * 1024 and len(without_size) < 64 * 1024
     cid = blake3.blake3(b"\0" * 1024).digest()
     for payload in (with_size, without_size):
-        with pytest.raises(NeoError) as e:
+        with pytest.raises(Refused) as e:
             store_chunk(target, cid, CODEC_ZSTD, 1024, payload)
         assert code_of(e) == ErrorCode.CHUNK_MISMATCH
     # A declared size over the protocol limit is refused before any decompression.
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         store_chunk(target, cid, CODEC_ZSTD, limits.MAX_CHUNK + 1, with_size)
     assert code_of(e) == ErrorCode.LIMIT_EXCEEDED
 
 
 def test_codecs_follow_encryption(repo: Repository, target: Target) -> None:
     cid, data = chunk(b"plain")
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         store_chunk(target, cid, CODEC_SEALED, len(data), data)
     assert code_of(e) == ErrorCode.ENCRYPTION_MISMATCH
     sealed = repo.create_target(7, "secret", encrypted=True, chunker=DEFAULT_PARAMS)
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         store_chunk(sealed, cid, CODEC_RAW, len(data), data)
     assert code_of(e) == ErrorCode.ENCRYPTION_MISMATCH
     opaque_id = os.urandom(32)  # keyed ids cannot be recomputed by the server
     assert store_chunk(sealed, opaque_id, CODEC_SEALED, 100, b"ciphertext")
     assert read_chunk(sealed, opaque_id) == (CODEC_SEALED, 100, b"ciphertext")
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         store_chunk(sealed, b"short", CODEC_SEALED, 1, b"x")
     assert code_of(e) == ErrorCode.BAD_MESSAGE
 
@@ -243,15 +257,15 @@ def test_damaged_record_is_reported(target: Target) -> None:
     raw = bytearray(pack.read_bytes())
     raw[-10] ^= 0xFF  # rot one stored byte
     pack.write_bytes(bytes(raw))
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         read_chunk(target, cid)
     assert code_of(e) == ErrorCode.DAMAGED
     raw[len(packs.FILE_MAGIC) + 10] ^= 0xFF  # and one header byte (inside the id)
     pack.write_bytes(bytes(raw))
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         read_chunk(target, cid)
     assert code_of(e) == ErrorCode.DAMAGED
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         read_chunk(target, chunk(b"never stored")[0])
     assert code_of(e) == ErrorCode.DAMAGED
 
@@ -324,13 +338,13 @@ def test_push_commit_then_list_and_file_chunks(target: Target) -> None:
     assert snap.new_bytes == result.stored_bytes == target.usage().stored_bytes
     assert target.latest() == snap == target.snapshot(1)
     assert target.snapshot(2) is None
-    entries = list(target.list_entries(1, "", True))
+    entries = listing(target, 1)
     assert [e.path for e in entries] == ["", "docs", "docs/big.bin", "docs/link", "empty"]
     assert entries[2] == big
     assert entries[3].link == "big.bin" and entries[3].kind == "l"
-    assert target.file_chunks(1, "docs/big.bin") == big.chunks
-    assert target.file_chunks(1, "docs") is None  # not a file
-    assert target.file_chunks(1, "nope") is None
+    assert file_chunks(target, 1, "docs/big.bin") == big.chunks
+    assert file_chunks(target, 1, "docs") is None  # not a file
+    assert file_chunks(target, 1, "nope") is None
     assert [e.path for e in target.list_entries(1, "docs", True)] == ["docs", "docs/big.bin", "docs/link"]
     assert [e.path for e in target.list_entries(1, "", False)] == ["", "docs", "empty"]
     assert [e.path for e in target.list_entries(1, "docs/big.bin", True)] == ["docs/big.bin"]
@@ -353,10 +367,10 @@ def test_list_errors_and_byte_order(target: Target) -> None:
         ("a/x/y", ErrorCode.NO_SUCH_PATH),
         ("../a", ErrorCode.BAD_PATH),
     ]:
-        with pytest.raises(NeoError) as e:
+        with pytest.raises(Refused) as e:
             target.list_entries(1, path, True)  # raised at the call, before iteration
         assert code_of(e) == code
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         target.list_entries(5, "", True)
     assert code_of(e) == ErrorCode.NO_SUCH_SNAPSHOT
 
@@ -398,8 +412,8 @@ def test_interval_model_over_three_snapshots(target: Target) -> None:
     assert view(target, 1) == {"a": a1, "b": b, "c": c}
     assert view(target, 2) == {"a": a2, "b": b, "c": c}
     assert view(target, 3) == {"a": a2, "b": b}
-    assert target.file_chunks(1, "a") == a1.chunks and target.file_chunks(3, "a") == a2.chunks
-    assert target.file_chunks(3, "c") is None and target.file_chunks(2, "c") == c.chunks
+    assert file_chunks(target, 1, "a") == a1.chunks and file_chunks(target, 3, "a") == a2.chunks
+    assert file_chunks(target, 3, "c") is None and file_chunks(target, 2, "c") == c.chunks
 
     # 4: nothing at all changed: still a snapshot.
     push = target.begin_push("", True)
@@ -433,7 +447,7 @@ def test_push_under_a_sub_root(target: Target) -> None:
     push = target.begin_push("proj/keep", True)
     push.add([file_entry("", b"replaced", target=target)])
     push.commit(3.0)
-    assert target.file_chunks(3, "proj/keep") == blake3.blake3(b"replaced").digest()
+    assert file_chunks(target, 3, "proj/keep") == blake3.blake3(b"replaced").digest()
     assert len(view(target, 3)) == 6
 
 
@@ -445,7 +459,7 @@ def test_missing_chunks_refuse_the_commit(target: Target) -> None:
     absent = b"not uploaded yet"
     push = target.begin_push("", True)
     push.add([file_entry("b", b"first", absent, b"also absent"), file_entry("a", b"first")])
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         push.commit(2.0)
     assert code_of(e) == ErrorCode.MISSING_CHUNKS
     assert e.value.message.startswith("2 chunks missing, e.g. ")
@@ -462,10 +476,10 @@ def test_plaintext_sizes_must_add_up(target: Target) -> None:
     ids = put(target, b"12345")
     push = target.begin_push("", False)
     push.add([Entry("f", "f", 0o644, 1, 6, ids), Entry("e", "f", 0o644, 1, 0)])
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         push.commit(1.0)
     assert code_of(e) == ErrorCode.BAD_MESSAGE
-    with pytest.raises(NeoError):
+    with pytest.raises(Refused):
         push.commit(1.0)  # a failed push stays failed
     push.abort()
     assert target.latest() is None
@@ -479,10 +493,10 @@ def test_abort_leaves_nothing(target: Target) -> None:
     push.add([file_entry("b", b"dropped", target=target)])
     push.abort()
     push.abort()  # idempotent
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         push.add([file_entry("c")])
     assert code_of(e) == ErrorCode.PROTOCOL
-    with pytest.raises(NeoError):
+    with pytest.raises(Refused):
         push.commit(2.0)
     assert target.latest() == first and view(target, 1).keys() == {"a"}
     db = sqlite3.connect(target.directory / "index.sqlite")
@@ -502,21 +516,21 @@ def test_bad_entries_are_refused(target: Target, monkeypatch: pytest.MonkeyPatch
     ]
     for entries, code in cases:
         push = target.begin_push("", False)
-        with pytest.raises(NeoError) as e:
+        with pytest.raises(Refused) as e:
             push.add(entries)
         assert code_of(e) == code, entries
         push.abort()
     push = target.begin_push("", False)
     push.add([file_entry("a")])
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         push.add([file_entry("a")])  # duplicate across batches
     assert code_of(e) == ErrorCode.BAD_MESSAGE
     push.abort()
 
-    monkeypatch.setattr(limits, "MAX_PUSH_ENTRIES", 3)
+    monkeypatch.setattr(bounds, "MAX_PUSH_ENTRIES", 3)
     push = target.begin_push("", False)
     push.add([file_entry("1"), file_entry("2")])
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         push.add([file_entry("3"), file_entry("4")])
     assert code_of(e) == ErrorCode.LIMIT_EXCEEDED
     push.abort()
@@ -537,25 +551,25 @@ def test_continuation_records_round_trip(target: Target, monkeypatch: pytest.Mon
     push.add([file_entry("a", target=target), rec[0]])  # continuation spans two add() calls
     push.add([*rec[1:], file_entry("z")])
     push.commit(1.0)
-    assert target.file_chunks(1, "big") == b"".join(ids)
-    listed = [e for e in target.list_entries(1, "", True) if e.path == "big"]
+    assert file_chunks(target, 1, "big") == b"".join(ids)
+    listed = [e for e in listing(target, 1) if e.path == "big"]
     assert listed == rec
 
     push = target.begin_push("", False)
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         push.add([rec[0], Entry("other", "f", 0o600, 9, 0)])
     assert code_of(e) == ErrorCode.BAD_MESSAGE
     push.abort()
     push = target.begin_push("", False)
     push.add([rec[0]])
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         push.commit(2.0)  # ended inside a continued file
     assert code_of(e) == ErrorCode.BAD_MESSAGE
     push.abort()
 
-    monkeypatch.setattr(limits, "MAX_CHUNKS_PER_FILE", 6)
+    monkeypatch.setattr(bounds, "MAX_CHUNKS_PER_FILE", 6)
     push = target.begin_push("", False)
-    with pytest.raises(NeoError) as e:
+    with pytest.raises(Refused) as e:
         push.add(rec)
     assert code_of(e) == ErrorCode.LIMIT_EXCEEDED
     push.abort()

@@ -8,9 +8,9 @@ import os
 import pytest
 from twisted.test.iosim import connectedServerAndClient
 
-from neotwist.server import filechunks
 from neotwist.server.context import SESSION_MEMORY
 from neotwist.server.reads import READ_GROUP_BYTES
+from neotwist.server.repository import filechunks
 from neotwist.server.session import PEER_WINDOW_HONOURED, make_server_peer
 from neotwist.testing import PASSWORD, Client, Kit, call, committed
 from neotwist.wire import limits
@@ -90,7 +90,7 @@ def test_a_get_of_one_id_does_not_load_the_file_s_chunk_list(kit: Kit, monkeypat
     committed(conn.call(Commit(rid=0, handle=p)))
     target = kit.repository.find_target(kit.accounts.get("alice").id, "t")  # type: ignore[union-attr]
     assert target is not None
-    monkeypatch.setattr(type(target), "file_chunks", lambda *a: pytest.fail("the whole chunk list was loaded"))
+    monkeypatch.setattr(type(target), "list_entries", lambda *a: pytest.fail("the whole chunk list was loaded"))
     h = conn.open("t").handle
     reply = conn.call(Get(rid=0, handle=h, snapshot=2, path="long", ids=ids))
     assert isinstance(reply, ChunkReply)

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from repo_support import commit, dir_entry, file_entry
+from repo_support import commit, dir_entry, every_target, file_entry
 
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.client import labels
@@ -189,13 +189,13 @@ def test_labels_are_stored_with_the_snapshot_and_an_older_index_reads_and_migrat
         db.execute(f"PRAGMA user_version={index.SCHEMA_VERSION + len(index.INDEX_MIGRATIONS) - 1}")
 
     tool = Repository(tmp_path / "repo", read_only=True)  # neo-admin check beside an older server: no migration
-    [old] = tool.all_targets()
+    [old] = every_target(tool)
     assert [s.label for s in old.snapshots()] == [b"", b""] and old.snapshot(2) is not None
     assert old.check().ok
     tool.close()
 
     repo = Repository(tmp_path / "repo")  # the server opens it: migrated, old snapshots have no label
-    [t] = repo.all_targets()
+    [t] = every_target(repo)
     assert [(s.id, s.label) for s in t.snapshots()] == [(1, b""), (2, b"")]
     commit(t, [dir_entry(""), file_entry("a", b"three", target=t)], 3.0)
     with sqlite3.connect(db_path) as db:

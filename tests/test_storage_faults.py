@@ -23,14 +23,14 @@ from typing import Any
 
 import blake3
 import pytest
-from repo_support import dir_entry, read_chunk, view
+from repo_support import Refused, as_sent, dir_entry, read_chunk, view
 
 from neotwist import atomicfile
 from neotwist.chunking import DEFAULT_PARAMS
 from neotwist.codec import raw_bytes
 from neotwist.server.repository import Repository, StoreSizes, Target, index, packs
 from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.wire.errors import ErrorCode
 from neotwist.wire.messages import CODEC_RAW, Entry
 
 PIECE = 16 * 1024
@@ -235,12 +235,12 @@ def test_a_failed_index_write_after_the_packs_synced_keeps_the_snapshot_whole(
         b = {**a, "big.bin": rng.randbytes(2_000_000)}
         for fault in (sql.fill, sql.lock):
             fault()
-            with pytest.raises(NeoError) as failed:
+            with pytest.raises(Refused) as failed:
                 push(t, b, 200.0)
-            assert failed.value.code in STORAGE_CODES
+            assert as_sent(failed.value).code in STORAGE_CODES
             assert "no transaction is active" not in failed.value.message
             if fault == sql.fill:
-                assert failed.value.code == ErrorCode.DISK_FULL
+                assert as_sent(failed.value).code == ErrorCode.DISK_FULL
                 assert "the server's disk is full" in failed.value.message
             else:
                 assert "locked" in failed.value.message
@@ -307,8 +307,8 @@ def test_seeded_faults_in_push_commit_prune_and_collection(
                     del model[victim]
                 elif op == "collect":
                     t.collect_garbage()
-            except NeoError as e:
-                assert e.code in STORAGE_CODES, e
+            except Refused as e:
+                assert as_sent(e).code in STORAGE_CODES, e
                 assert "no transaction is active" not in e.message
                 failures += 1
             finally:
@@ -336,7 +336,7 @@ def test_a_copy_skipped_as_stored_is_checked_if_the_stored_one_was_discarded_mea
     copy never gets in under the id."""
     import threading
 
-    from neotwist.server.repository.chunkstore import ChunkRejected
+    from neotwist.server.repository.errors import ChunkRejected
 
     repo = Repository(tmp_path / "repo")
     t = repo.create_target(1, "t", encrypted=False, chunker=DEFAULT_PARAMS)

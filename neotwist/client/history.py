@@ -29,7 +29,7 @@ from neotwist.client.pins import TargetPin
 from neotwist.client.remote import UsageError
 from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.timespec import AtTime, TimeSpecError, parse_at
-from neotwist.codec import PLAIN, ChunkCodec
+from neotwist.codec import PLAIN, ChunkCodec, CodecError
 from neotwist.wire import limits
 from neotwist.wire.messages import ChunkReply, Close, Entry, Get, Message, Opened, SnapshotRecord
 from neotwist.wire.peer import Peer
@@ -241,11 +241,9 @@ class History:
     def decode(self, path: str, reply: ChunkReply) -> bytes:
         """The plaintext of a fetched chunk, checked against its id (and its seal); BrowseError names the file
         when it is damaged. Thread-safe (call it off the reactor)."""
-        from neotwist.wire.errors import NeoError
-
         try:
             return self.codec.decode(reply.id, reply.codec, reply.size, reply.data)
-        except NeoError as e:
+        except CodecError as e:
             raise BrowseError(f"{path}: a chunk of it is damaged or forged: {e.message}") from None
 
     def _decode_all(self, path: str, replies: list[ChunkReply]) -> list[bytes]:

@@ -118,7 +118,7 @@ class DirStack:
     A pull handles paths in sorted order, so consecutive paths share most of their directories: resolving each
     from the root cost one ``openat`` per component per item (ten per file of a restored tree), where this
     opens only the components that differ from the previous path's. Every component is opened as
-    :meth:`SafeDest.open_dir` opens it (``O_NOFOLLOW | O_DIRECTORY``, relative to its parent's descriptor), so
+    :meth:`SafeDest._open_dir` opens it (``O_NOFOLLOW | O_DIRECTORY``, relative to its parent's descriptor), so
     a symlink in the way is refused the same way. One thread at a time; :meth:`close` releases them all.
     """
 
@@ -205,11 +205,6 @@ class SafeDest:
             os.close(fd)
             raise
         return fd
-
-    def open_dir(self, rel_dir: str, create: bool) -> int:
-        """A new descriptor (the caller closes it) of directory ``rel_dir`` ('' = the root), resolved with
-        O_NOFOLLOW from the root: lets many files of one directory share one walk."""
-        return self._walk(_split(rel_dir), create, rel_dir)
 
     def lstat_at(self, dir_fd: int, name: str) -> os.stat_result | None:
         """``lstat`` of ``name`` in the directory ``dir_fd`` (None when missing)."""

@@ -50,9 +50,9 @@ from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.restore import Restorer, plan
 from neotwist.client.timespec import AtTime
 from neotwist.client.workers import WorkerPool
-from neotwist.codec import PLAIN, ChunkCodec, decompressor
+from neotwist.codec import PLAIN, ChunkCodec, CodecError, decompressor
 from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
+from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
     ChunkerParams,
     ChunkReply,
@@ -247,7 +247,7 @@ def _decode(content: ChunkCodec, reply: ChunkReply, path: str, dctx: zstandard.Z
     """The plaintext of a fetched chunk, checked against its id; DamagedFile naming ``path`` otherwise."""
     try:
         return content.decode(reply.id, reply.codec, reply.size, reply.data, dctx)
-    except NeoError as e:
+    except CodecError as e:
         raise DamagedFile(f"{path}: {e.message}; not restored") from None
 
 

@@ -33,11 +33,11 @@ from neotwist import paths
 from neotwist.server import descriptors
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.budget import ByteBudget
+from neotwist.server.errormap import RejectedChunk, to_wire
 from neotwist.server.fairness import FairRunner, RunBlocking, thread_runner
 from neotwist.server.pushstate import PUT_BATCH_BYTES, PushSlot
 from neotwist.server.quota import Quota
 from neotwist.server.repository import Repository, Target, index
-from neotwist.server.repository.chunkstore import ChunkRejected
 from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, GrantView, Right, resolve
 from neotwist.server.throttle import LoginThrottle
@@ -113,7 +113,7 @@ class ServerServices:
         runner = self.run_blocking
         assert runner is not None
         d = runner.run(key, f, *args) if isinstance(runner, FairRunner) else runner(f, *args)
-        return d.addErrback(_unless_out_of_fds, getattr(f, "__name__", "a request"))
+        return d.addErrback(_as_answered, getattr(f, "__name__", "a request"))
 
 
 @dataclass
@@ -296,10 +296,10 @@ class RequestContext:
         if peer is None or self.closed:
             return
         self.hang_up_if_revoked(failure)
-        error = failure.value
+        error = to_wire(failure.value)
         if isinstance(error, NeoError):
             rid = message.rid
-            if rids is not None and isinstance(error, ChunkRejected) and 0 <= error.index < len(rids):
+            if rids is not None and isinstance(error, RejectedChunk) and 0 <= error.index < len(rids):
                 rid = rids[error.index]
             peer.reply_error(rid, error)
             return
@@ -416,11 +416,16 @@ class RequestContext:
             self.services.repository.release(handle.target)
 
 
-def _unless_out_of_fds(failure: Failure, what: str) -> Failure:
-    """Running out of descriptors is ``unavailable``; a full or failing disk is DISK_FULL or STORAGE (logged
-    once per few seconds, without a traceback): neither is an internal error, nor, at login, a wrong password."""
+def _as_answered(failure: Failure, what: str) -> Failure:
+    """A worker's failure as the session answers it: the repository's and the codec's errors become the wire's
+    (:func:`neotwist.server.errormap.to_wire`, the one place they are mapped). Running out of descriptors is
+    ``unavailable``; a full or failing disk is DISK_FULL or STORAGE (logged once per few seconds, without a
+    traceback): neither is an internal error, nor, at login, a wrong password."""
     if descriptors.out_of_fds(failure.value):
         raise descriptors.unavailable(what) from None
     if index.is_storage_failure(failure.value):
-        raise index.storage_error(what.replace("_", " "), failure.value) from None
+        raise to_wire(index.storage_error(what.replace("_", " "), failure.value)) from None
+    error = to_wire(failure.value)
+    if error is not failure.value:
+        raise error from None
     return failure

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from neotwist.server.budget import ByteBudget
 from neotwist.server.repository import Target
+from neotwist.server.repository.errors import Damaged
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import ChunkReply, Codec, FileIds
@@ -89,16 +90,14 @@ async def send_chunks(
         for cid, k in flat[start:end]:
             try:
                 codec, size, data = target.read_located(cid, locations.get(cid))
-            except NeoError as e:
-                if e.code == ErrorCode.DAMAGED:
-                    log.error(
-                        "damaged chunk: target={target} path={path!r}: {why}",
-                        target=target_name,
-                        path=files[k].where,
-                        why=e.message,
-                    )
-                    raise NeoError(ErrorCode.DAMAGED, e.message, path=files[k].named) from None
-                raise
+            except Damaged as e:
+                log.error(
+                    "damaged chunk: target={target} path={path!r}: {why}",
+                    target=target_name,
+                    path=files[k].where,
+                    why=e.message,
+                )
+                raise NeoError(ErrorCode.DAMAGED, e.message, path=files[k].named) from None
             out.append(ChunkReply(rid=rid, id=cid, codec=cast(Codec, codec), size=size, data=data))
         return out
 

@@ -30,7 +30,7 @@ from twisted.internet.defer import DeferredLock
 
 from neotwist.server.accounts import Account, AccountStore
 from neotwist.server.repository import Repository, Target
-from neotwist.server.repository.chunkstore import OverBudget
+from neotwist.server.repository.errors import OverBudget
 from neotwist.server.repository.push import CommitCharge
 from neotwist.server.reservations import Reservations
 from neotwist.server.rights import Access

@@ -17,9 +17,12 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from neotwist import paths
+from neotwist.paths import BadPath
 from neotwist.server import fetch
 from neotwist.server.context import Handle, RequestContext
-from neotwist.server.filechunks import check_file_chunks
+from neotwist.server.repository.errors import NoSuchPath, NoSuchSnapshot
+from neotwist.server.repository.filechunks import check_file_chunks
+from neotwist.server.repository.records import StoredEntry
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
 from neotwist.wire.messages import Entry, Get, GetFiles, List, Listing
@@ -49,13 +52,11 @@ async def _list(ctx: RequestContext, peer: Peer, message: List, handle: Handle) 
         snapshot = snapshot_for(handle, message.snapshot)
         where = paths.join(root, message.path)
         try:
-            return snapshot, target.list_entries(snapshot, where, message.recursive)
-        except NeoError as e:  # say it in the client's terms: its path, its name for the target
-            if e.code == ErrorCode.NO_SUCH_PATH:
-                raise NeoError(e.code, nothing_at(handle, message.path, snapshot)) from None
-            if e.code == ErrorCode.NO_SUCH_SNAPSHOT:
-                raise NeoError(e.code, f"no snapshot {snapshot} in {handle.name!r}") from None
-            raise
+            return snapshot, listing_records(target.list_entries(snapshot, where, message.recursive), root)
+        except NoSuchPath:  # say it in the client's terms: its path, its name for the target
+            raise NeoError(ErrorCode.NO_SUCH_PATH, nothing_at(handle, message.path, snapshot)) from None
+        except NoSuchSnapshot:
+            raise NeoError(ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {snapshot} in {handle.name!r}") from None
 
     snapshot, entries = await ctx.work(start)
 
@@ -63,11 +64,6 @@ async def _list(ctx: RequestContext, peer: Peer, message: List, handle: Handle) 
         out: list[Entry] = []
         size = 0
         for e in entries:
-            if root:
-                e = Entry(
-                    paths.relative_to(e.path, root), e.kind, e.mode, e.mtime_ns, e.size, e.chunks, e.link,
-                    e.meta, e.more,
-                )  # fmt: skip
             out.append(e)
             size += 64 + 4 * (len(e.path) + len(e.link)) + len(e.chunks) + len(e.meta)  # bytes, at most
             if len(out) >= limits.MAX_ENTRIES or size >= LISTING_PAGE_BYTES:
@@ -81,6 +77,22 @@ async def _list(ctx: RequestContext, peer: Peer, message: List, handle: Handle) 
         if done:
             return
         await peer.drain()
+
+
+def listing_records(stored: Iterator[StoredEntry], root: str) -> Iterator[Entry]:
+    """The listing's records of the stored entries, named relative to ``root``: a file with more chunk ids than
+    one record carries (MAX_FILE_CHUNK_IDS) comes as several, all but the last with ``more``, so a page can end
+    between them."""
+    step = limits.MAX_FILE_CHUNK_IDS * limits.ID_SIZE
+    for e in stored:
+        path = paths.relative_to(e.path, root) if root else e.path
+        chunks = e.chunks
+        if len(chunks) <= step:
+            yield Entry(path, e.kind, e.mode, e.mtime_ns, e.size, chunks, e.link, e.meta)
+            continue
+        for start in range(0, len(chunks), step):
+            more = start + step < len(chunks)
+            yield Entry(path, e.kind, e.mode, e.mtime_ns, e.size, chunks[start : start + step], e.link, e.meta, more)
 
 
 def on_get(ctx: RequestContext, peer: Peer, message: Get) -> Deferred[None]:
@@ -166,7 +178,7 @@ def nothing_at(handle: Handle, path: str, snapshot: int) -> str:
     named = handle.client_path(path)
     try:
         versions = target.versions(paths.join(handle.root, path))
-    except NeoError:
+    except (NoSuchPath, BadPath):
         versions = []
     gone = [v for v in versions if v.last is not None and v.last <= snapshot]
     if gone:

@@ -29,10 +29,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import neotwist
+from neotwist.codec import CodecError
 from neotwist.server import pushes, reads, sharing, stash, targets
 from neotwist.server.accounts import Account
 from neotwist.server.admission import Ticket
 from neotwist.server.context import LoginRevoked, RequestContext, ServerServices, resolve_access
+from neotwist.server.errormap import answered, to_wire
+from neotwist.server.repository.errors import RepositoryError
 from neotwist.server.rights import Access, Right
 from neotwist.server.throttle import Attempt, Throttled, valid_login_name
 from neotwist.wire import limits
@@ -139,8 +142,11 @@ class ServerSession:
         handler = self._handlers.get(kind)
         if handler is None:
             raise ProtocolViolation(ErrorCode.PROTOCOL, f"{kind.__name__} is not a request")
-        result = handler(self.context, peer, message)
-        return None if result is None else result.addErrback(self.context.hang_up_if_revoked)
+        try:
+            result = handler(self.context, peer, message)
+        except (RepositoryError, CodecError) as e:
+            raise to_wire(e) from None
+        return None if result is None else result.addErrback(answered).addErrback(self.context.hang_up_if_revoked)
 
     # --- session -----------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from neotwist import paths
 from neotwist.server.context import RequestContext
 from neotwist.server.labels import label_chars, listed_label
+from neotwist.server.repository.errors import NoSuchPath
 from neotwist.server.repository.retention import RetentionPolicy, decide
 from neotwist.server.rights import Right
 from neotwist.wire import limits
@@ -119,11 +120,9 @@ def on_versions(ctx: RequestContext, peer: Peer, message: ListVersions) -> Defer
     def records() -> list[VersionRecord]:
         try:
             found = target.versions(where)
-        except NeoError as e:  # named as the client named it: the repository's message holds the handle's root
-            if e.code == ErrorCode.NO_SUCH_PATH:
-                named = handle.client_path(message.path)
-                raise NeoError(e.code, f"no stored version of {named!r}") from None
-            raise
+        except NoSuchPath:  # named as the client named it: the repository's path holds the handle's root
+            named = handle.client_path(message.path)
+            raise NeoError(ErrorCode.NO_SUCH_PATH, f"no stored version of {named!r}") from None
         return [
             VersionRecord(
                 snapshot=v.first,

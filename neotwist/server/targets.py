@@ -8,7 +8,7 @@ target nobody is pushing to.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -20,12 +20,13 @@ from neotwist.server.context import RequestContext, resolve_access
 from neotwist.server.pushes import end_push
 from neotwist.server.repository import Repository, Target
 from neotwist.server.repository.catalog import target_summary
-from neotwist.server.repository.records import TargetSummary
+from neotwist.server.repository.records import Chunker, TargetSummary
 from neotwist.server.repository.view import RootView
 from neotwist.server.rights import Access, Right, may_create, may_push
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, ProtocolViolation
 from neotwist.wire.messages import (
+    ChunkerParams,
     Close,
     ListTargets,
     Ok,
@@ -94,7 +95,7 @@ def on_open(ctx: RequestContext, peer: Peer, message: Open) -> Deferred[None]:
                 handle=handle.number,
                 exists=existed,
                 encrypted=target.meta.encrypted,
-                chunker=target.meta.chunker,
+                chunker=chunker_params(target.meta.chunker),
                 latest=None if latest is None else latest[0],
                 latest_time=None if latest is None else latest[1],
                 keep_history=target.meta.keep_history,
@@ -103,6 +104,13 @@ def on_open(ctx: RequestContext, peer: Peer, message: Open) -> Deferred[None]:
         )
 
     return ctx.run(find).addCallback(found)
+
+
+def chunker_params(chunker: Chunker) -> ChunkerParams:
+    """The wire's form of a target's stored chunker parameters."""
+    return ChunkerParams(
+        cast(Any, chunker.algorithm), chunker.min_size, chunker.avg_size, chunker.max_size, chunker.seed
+    )
 
 
 def _held(repository: Repository, message: Open, account: str, access: Access, target: Target | None) -> _Found:

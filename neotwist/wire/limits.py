@@ -4,6 +4,11 @@ Each number bounds something that arrives from the wire before it is used: a pee
 ``limit_exceeded`` (or ``bad_frame``) error and a closed connection.
 """
 
+# Bounds of the stored data (chunk id size, a push's entries, a file's chunks), enforced on the wire too.
+from neotwist.bounds import ID_SIZE as ID_SIZE
+from neotwist.bounds import MAX_CHUNKS_PER_FILE as MAX_CHUNKS_PER_FILE
+from neotwist.bounds import MAX_PUSH_ENTRIES as MAX_PUSH_ENTRIES
+
 PROTOCOL_VERSION = 1
 """Bumped on any incompatible change to frames or messages."""
 
@@ -38,12 +43,6 @@ MAX_PRUNE_LISTED = 20_000
 """Snapshots listed in one ``pruned`` reply or named in one ``check_report`` (the counts are always exact)."""
 MAX_FILE_CHUNK_IDS = 65536
 """Chunk ids carried by one entry record; a larger file continues in the next record (``more``)."""
-
-MAX_CHUNKS_PER_FILE = 1 << 24
-"""Chunk ids for one file over all its continuation records (16 Mi chunks, about 512 GiB at 32 KiB)."""
-
-MAX_PUSH_ENTRIES = 20_000_000
-"""Entries in one push."""
 
 MAX_PATH = 32 * 1024
 """Bytes in one path (relative to the target): eight times Linux's PATH_MAX, which limits one system call,
@@ -80,9 +79,6 @@ MAX_PASSWORD = 72
 
 MAX_OPEN_HANDLES = 16
 """Targets opened at once on one connection."""
-
-ID_SIZE = 32
-"""Chunk ids are 32-byte BLAKE3 digests (keyed for encrypted targets)."""
 
 LOGIN_TIMEOUT = 60
 """Seconds a connection may take to authenticate."""

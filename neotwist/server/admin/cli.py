@@ -16,6 +16,7 @@ from neotwist.server.admin.check import check
 from neotwist.server.admin.common import EXIT_FAILED, EXIT_OK, Failed, key_lines, print_json, read_password
 from neotwist.server.admin.parser import parser
 from neotwist.server.admin.sharing import run_sharing
+from neotwist.server.repository.errors import RepositoryError
 from neotwist.tap import prepare_data_dir
 from neotwist.wire.errors import NeoError
 
@@ -161,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except (Failed, AccountError, ValueError) as e:
         print(f"neo-admin: {e}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
-    except NeoError as e:
+    except (NeoError, RepositoryError) as e:
         print(f"neo-admin: {e.message}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
     except sqlite3.Error as e:

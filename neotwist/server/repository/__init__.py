@@ -12,8 +12,11 @@ its chunk store and its snapshots), :mod:`.push` (staging and
 committing a snapshot), :mod:`.history` (listing snapshots, versions, deleted paths; pruning),
 :mod:`.retention` (which snapshots a policy keeps), :mod:`.gc` (garbage collection and pack compaction),
 :mod:`.check` (index and store agree), :mod:`.damage` (marking damaged chunks so a push heals them),
-:mod:`.space` (free-space reserve and emergency space),
-:mod:`.catalog` (the catalog of targets, and the targets open now), :mod:`.records` (result records).
+:mod:`.space` (free-space reserve and emergency space), :mod:`.filechunks` (whether chunk ids belong to a stored
+file, read in windows), :mod:`.view` (a target as a grant's sub-path sees it),
+:mod:`.catalog` (the catalog of targets, and the targets open now), :mod:`.records` (the records it hands out and
+takes), :mod:`.errors` (what it raises; the session maps them onto the protocol's codes in
+:mod:`neotwist.server.errormap`). It imports nothing of the protocol (``tests/test_layers.py``).
 """
 
 from neotwist.server.repository.catalog import Repository

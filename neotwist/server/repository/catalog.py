@@ -31,12 +31,11 @@ from neotwist.server import descriptors
 from neotwist.server.changes import ChangeCounter
 from neotwist.server.repository import index
 from neotwist.server.repository.chunkstore import DEFAULT_SIZES, StoreSizes
+from neotwist.server.repository.errors import ReadOnly
 from neotwist.server.repository.packs import make_dirs
-from neotwist.server.repository.records import TargetMeta, TargetSummary
+from neotwist.server.repository.records import Chunker, ChunkerSettings, TargetMeta, TargetSummary
 from neotwist.server.repository.space import Ballast, Reserve
 from neotwist.server.repository.target import Target
-from neotwist.wire.errors import ErrorCode, NeoError
-from neotwist.wire.messages import ChunkerParams
 
 _TARGET_COLUMNS = (
     "id, account_id, name, encrypted, chunker_algorithm, chunker_min, chunker_avg, chunker_max, chunker_seed,"
@@ -83,7 +82,7 @@ def _meta(row: tuple) -> TargetMeta:
         account_id=account_id,
         name=name,
         encrypted=bool(encrypted),
-        chunker=ChunkerParams(algorithm, lo, avg, hi, seed),
+        chunker=Chunker(algorithm, lo, avg, hi, seed),
         created=created,
         keep_history=bool(keep),
         key_check=bytes(key_check),
@@ -104,7 +103,7 @@ class Repository:
 
     ``read_only`` opens an existing repository for inspection beside the server that owns it (``neo-admin
     check``): the catalog and every target are opened read-only, nothing is created or written, and
-    :meth:`create_target` and :meth:`set_keep_history` raise NeoError(PERMISSION_DENIED).
+    :meth:`create_target` and :meth:`set_keep_history` raise ReadOnly.
     """
 
     def __init__(
@@ -272,12 +271,6 @@ class Repository:
             self._close_entries(victims)
         return len(victims)
 
-    def open_targets(self) -> tuple[int, int]:
-        """(targets open, of which held): what the bound and the idle time leave open."""
-        with self._open_lock:
-            entries = [*self._open.values(), *self._leaving]
-            return len(entries), sum(1 for e in entries if e.holders > 0)
-
     # --- the catalog ------------------------------------------------------------------------------------------
 
     def _find_meta(self, account_id: int, name: str) -> TargetMeta | None:
@@ -298,7 +291,7 @@ class Repository:
         name: str,
         *,
         encrypted: bool,
-        chunker: ChunkerParams,
+        chunker: ChunkerSettings,
         keep_history: bool = True,
         key_check: bytes = b"",
     ) -> Target:
@@ -360,17 +353,6 @@ class Repository:
         with self._lock:
             return self._meta_rows(account_id)
 
-    def targets_of(self, account_id: int) -> list[Target]:
-        """The account's targets, each held (see :meth:`release`), sorted by name. All of them stay open until
-        released: :meth:`each_target` goes through many."""
-        with self._lock:
-            return [self._hold(meta) for meta in self._meta_rows(account_id)]
-
-    def all_targets(self) -> list[Target]:
-        """Every target of every account, each held (see :meth:`targets_of`), by account id then name."""
-        with self._lock:
-            return [self._hold(meta) for meta in self._meta_rows(None)]
-
     def _meta_rows(self, account_id: int | None) -> list[TargetMeta]:
         """:meth:`target_metas`, with the lock held."""
         if account_id is None:
@@ -383,7 +365,7 @@ class Repository:
 
     def _writable(self) -> None:
         if self.read_only:
-            raise NeoError(ErrorCode.PERMISSION_DENIED, f"the repository {self.root} is open read-only")
+            raise ReadOnly(f"the repository {self.root} is open read-only")
 
     def list_targets(self, account_id: int) -> list[TargetSummary]:
         """The account's targets with their latest snapshot and size, sorted by name."""

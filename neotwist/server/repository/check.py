@@ -47,15 +47,14 @@ from dataclasses import replace
 
 import blake3
 
-from neotwist.codec import raw_bytes
+from neotwist.bounds import ID_SIZE
+from neotwist.codec import CodecError, is_sealed, raw_bytes
 from neotwist.server.repository import damage, index
 from neotwist.server.repository.chunkstore import ChunkStore
+from neotwist.server.repository.errors import Damaged
 from neotwist.server.repository.history import within
 from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE, check_record
 from neotwist.server.repository.records import CheckReport, DamagedFile
-from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, NeoError
-from neotwist.wire.messages import CODEC_SEALED
 
 _Progress = Callable[[int, int], None]
 
@@ -66,7 +65,7 @@ _BATCH = 2000
 
 
 def _ids(rows: list[tuple[bytes]]) -> Iterator[tuple[bytes]]:
-    step = limits.ID_SIZE
+    step = ID_SIZE
     for (chunks,) in rows:
         for i in range(0, len(chunks), step):
             yield (chunks[i : i + step],)
@@ -105,11 +104,11 @@ class _Checker:
                 self._open = (pack, e)
         fd = self._open[1]
         if isinstance(fd, OSError):
-            raise NeoError(ErrorCode.DAMAGED, f"{where}: cannot open its pack: {fd.strerror}")
+            raise Damaged(f"{where}: cannot open its pack: {fd.strerror}")
         try:
             buf = os.pread(fd, HEADER_SIZE + length, offset)
         except OSError as e:
-            raise NeoError(ErrorCode.DAMAGED, f"{where}: cannot read: {e.strerror}") from None
+            raise Damaged(f"{where}: cannot read: {e.strerror}") from None
         return check_record(buf, length, cid, where)
 
     # --- the current index, outside the read transaction -------------------------------------------------
@@ -182,17 +181,17 @@ class _Checker:
         pack, offset, length, codec, size = loc
         try:
             got_codec, got_size, data = self._read(pack, offset, length, cid)
-        except NeoError as e:
+        except Damaged as e:
             return e.message
         if (got_codec, got_size) != (codec, size):
             return f"chunk {cid.hex()} (pack {pack} offset {offset}): record disagrees with the index"
         encrypted = self.store.encrypted
-        if (codec == CODEC_SEALED) != encrypted:
+        if is_sealed(codec) != encrypted:
             return f"chunk {cid.hex()}: codec {codec} is not allowed in this target"
         if self.verify_data and not encrypted:
             try:
                 plain = raw_bytes(codec, size, data)
-            except NeoError as e:
+            except CodecError as e:
                 return f"chunk {cid.hex()} (pack {pack} offset {offset}): {e.message}"
             if not hmac.compare_digest(blake3.blake3(plain).digest(), cid):
                 return f"chunk {cid.hex()} (pack {pack} offset {offset}): content does not hash to its id"
@@ -277,7 +276,7 @@ class _Checker:
         """Each file version that references a damaged chunk, with the kept snapshots that hold it."""
         found = []
         damaged = self.damaged
-        step = limits.ID_SIZE
+        step = ID_SIZE
         cond, params = within(self.root or "")
         cur = self.db.execute(
             f"SELECT path, first, last, chunks FROM versions WHERE kind = 'f' AND length(chunks) > 0 AND {cond}",

@@ -34,11 +34,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from neotwist.codec import verify_upload
+from neotwist.codec import CodecError, verify_upload
 from neotwist.server.repository import damage, index
-from neotwist.server.repository.packs import HEADER_SIZE, PACK_SIZE, PackStore, RecordDamaged
+from neotwist.server.repository.errors import (
+    ChunkRejected,
+    Damaged,
+    OverBudget,
+    ReadOnly,
+    RecordDamaged,
+    RepositoryError,
+)
+from neotwist.server.repository.packs import HEADER_SIZE, PACK_SIZE, PackStore
 from neotwist.server.repository.space import Reserve
-from neotwist.wire.errors import ErrorCode, NeoError
 
 AUTO_FLUSH = 32 * 1024 * 1024
 """Pending (appended, unindexed) bytes that trigger a flush, so a killed server keeps most uploaded chunks."""
@@ -67,23 +74,6 @@ class StoreSizes:
 
 
 DEFAULT_SIZES = StoreSizes()
-
-
-class ChunkRejected(NeoError):
-    """A chunk of a batch failed verification; ``index`` says which (the rest of the batch was not stored)."""
-
-    def __init__(self, index: int, error: NeoError) -> None:
-        super().__init__(error.code, error.message)
-        self.index = index
-
-
-class OverBudget(NeoError):
-    """A batch of chunks would store ``needed`` new bytes, over the budget it was given (the session words the
-    quota refusal)."""
-
-    def __init__(self, needed: int) -> None:
-        super().__init__(ErrorCode.QUOTA_EXCEEDED, f"{needed} new bytes are over the budget")
-        self.needed = needed
 
 
 class ChunkStore:
@@ -129,9 +119,9 @@ class ChunkStore:
         self._closed = False
 
     def writable(self, what: str) -> None:
-        """Refuse (PERMISSION_DENIED) to ``what`` in a read-only store."""
+        """Refuse (ReadOnly) to ``what`` in a read-only store."""
         if self.read_only:
-            raise NeoError(ErrorCode.PERMISSION_DENIED, f"cannot {what}: target {self.name} is open read-only")
+            raise ReadOnly(f"cannot {what}: target {self.name} is open read-only")
 
     def missing(self, ids: Sequence[bytes]) -> list[bool]:
         """For each id: True when it is neither stored nor pending (the client must upload it).
@@ -171,9 +161,9 @@ class ChunkStore:
     def store_chunks(self, chunks: Sequence[tuple[bytes, int, int, bytes]], budget: int | None = None) -> int:
         """Verify and append ``(id, codec, size, data)`` chunks in order under one lock; return how many were
         new. Every chunk is verified before any is appended, so a bad one stores nothing of the batch and
-        raises :class:`ChunkRejected` naming its index: CHUNK_MISMATCH (bytes do not match id or size),
-        ENCRYPTION_MISMATCH (codec not allowed in this target), LIMIT_EXCEEDED / BAD_MESSAGE (out of bounds);
-        STORAGE when the disk refused. With ``budget``, a
+        raises :class:`ChunkRejected` naming its index and carrying the codec's error (bytes that do not
+        match id or size, a codec not allowed in this target, out of bounds); DiskFull or StorageFailed when the
+        disk refused. With ``budget``, a
         batch whose new chunks would store more bytes than that stores nothing and raises :class:`OverBudget`
         (a quota)."""
         return self.store_chunks_sized(chunks, budget)[0]
@@ -227,7 +217,7 @@ class ChunkStore:
         """Check the ``n``-th chunk of a batch against its id; ChunkRejected naming it otherwise."""
         try:
             verify_upload(chunk_id, codec, size, data, encrypted=self.encrypted)
-        except NeoError as e:
+        except CodecError as e:
             raise ChunkRejected(n, e) from None
 
     def _open_writer(self) -> None:
@@ -302,7 +292,7 @@ class ChunkStore:
             self.packs.discard()
             try:  # give the discarded bytes back to the disk now (truncating needs no free space)
                 self._open_writer()
-            except NeoError:
+            except RepositoryError:
                 pass  # the next append tries again
             raise
 
@@ -335,19 +325,19 @@ class ChunkStore:
         return found
 
     def read_located(self, chunk_id: bytes, loc: Location | None) -> tuple[int, int, bytes]:
-        """(codec, raw size, stored bytes) of a chunk at ``loc`` (from :meth:`locate`); NeoError(DAMAGED) if it is
+        """(codec, raw size, stored bytes) of a chunk at ``loc`` (from :meth:`locate`); Damaged if it is
         not stored or its record does not check out."""
         if loc is None:
-            raise NeoError(ErrorCode.DAMAGED, f"chunk {chunk_id.hex()} is not stored")
+            raise Damaged(f"chunk {chunk_id.hex()} is not stored")
         try:
             return self.read_at(chunk_id, loc)
-        except NeoError as e:
+        except Damaged as e:
             # Compaction may have moved the record (and deleted its old pack) since ``loc`` was looked up:
             # look once more before calling it damaged.
             again = self.locate([chunk_id]).get(chunk_id)
             if again is None or again == loc:
                 if isinstance(e, RecordDamaged) and again == loc and self._mark_on_read(chunk_id, loc, e):
-                    raise NeoError(e.code, f"{e.message}; marked damaged: {damage.HEAL_HINT}") from None
+                    raise Damaged(f"{e.message}; marked damaged: {damage.HEAL_HINT}") from None
                 raise e from None
             return self.read_at(chunk_id, again)
 
@@ -467,11 +457,11 @@ class ChunkStore:
             return False  # it read fine the second time
         except RecordDamaged:
             pass
-        except NeoError:
+        except Damaged:
             return False  # an I/O error now: not definite
         try:
             return self.mark_damaged([damage.Found(chunk_id, location, error.message)]) == 1
-        except (NeoError, sqlite3.Error):
+        except (RepositoryError, sqlite3.Error):
             return False
 
     def pack_indexed(self, pack: int) -> bool:

@@ -6,7 +6,7 @@ counters lose it. From then on the server no longer claims to hold it:
 
 - ``have`` answers "missing" for it, so a push that reads the intact file uploads it; the new record goes to a
   new place in the current pack (the bad one is dead space that garbage collection compacts away);
-- a commit that lists a file referring to a marked chunk answers MISSING_CHUNKS even when the file is unchanged
+- a commit that lists a file referring to a marked chunk is refused (DamagedChunks) even when the file is unchanged
   (the fast path skips unchanged files, so it asks here, only while ``damaged`` is not empty): a client that
   trusted its files cache reads the files again and sends what is asked for;
 - storing the chunk anew inserts its row into ``chunks``, and the ``damaged_healed`` trigger deletes its
@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from neotwist.wire import limits
+from neotwist.bounds import ID_SIZE
 
 Location = tuple[int, int, int, int, int]
 """(pack, offset, length, codec, size) of a stored chunk, as in ``chunks``."""
@@ -118,7 +118,7 @@ def referenced_by(db: sqlite3.Connection, stage: str) -> tuple[int, bytes | None
 
 
 def _ids(cur: sqlite3.Cursor) -> Iterator[bytes]:
-    step = limits.ID_SIZE
+    step = ID_SIZE
     while rows := cur.fetchmany(256):
         for (chunks,) in rows:
             blob = bytes(chunks)

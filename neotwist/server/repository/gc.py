@@ -37,13 +37,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 
+from neotwist.bounds import ID_SIZE
 from neotwist.server.repository import damage, index
 from neotwist.server.repository.chunkstore import ChunkStore
+from neotwist.server.repository.errors import Damaged
 from neotwist.server.repository.packs import FILE_MAGIC, HEADER_SIZE
 from neotwist.server.repository.records import GcResult
 from neotwist.server.repository.space import free_bytes
-from neotwist.wire import limits
-from neotwist.wire.errors import NeoError
 
 DEAD_FRACTION = 0.25
 """A pack is rewritten when more than this share of its bytes belongs to no live record."""
@@ -59,7 +59,7 @@ _Move = tuple[int, int, bytes, int, int]
 
 
 def _ids(rows: list[tuple[bytes]]) -> Iterator[tuple[bytes]]:
-    step = limits.ID_SIZE
+    step = ID_SIZE
     for (chunks,) in rows:
         for i in range(0, len(chunks), step):
             yield (chunks[i : i + step],)
@@ -157,7 +157,7 @@ def _copy(store: ChunkStore, db: sqlite3.Connection, pack: int) -> tuple[list[_M
         cid = bytes(chunk_id)
         try:
             got_codec, got_size, data = store.packs.read(pack, offset, length, cid)
-        except NeoError as e:
+        except Damaged as e:
             return f"pack {pack} left as is: {e.message}"
         if (got_codec, got_size) != (codec, size):
             return f"pack {pack} left as is: chunk {cid.hex()} record disagrees with the index"

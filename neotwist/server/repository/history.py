@@ -23,9 +23,9 @@ import sqlite3
 from collections.abc import Sequence
 
 from neotwist import paths
+from neotwist.server.repository.errors import LatestSnapshot, NoSuchPath
 from neotwist.server.repository.index import storage_errors, transaction
 from neotwist.server.repository.records import DeletedInfo, PruneResult, SnapshotInfo, VersionInfo
-from neotwist.wire.errors import ErrorCode, NeoError
 
 SNAPSHOT_COLUMNS = "id, time, files, changed, deleted, new_chunks, new_bytes, dirs, root, delete_mode, label"
 
@@ -84,12 +84,12 @@ ORDER BY v.first
 def versions(db: sqlite3.Connection, path: str) -> list[VersionInfo]:
     """Every version of ``path`` that some kept snapshot holds, oldest first.
 
-    Raises BAD_PATH, or NO_SUCH_PATH when no kept snapshot has anything at ``path``.
+    Raises BadPath, or NoSuchPath when no kept snapshot has anything at ``path``.
     """
     paths.check_path(path)
     rows = db.execute(_VERSIONS, {"p": path}).fetchall()
     if not rows:
-        raise NeoError(ErrorCode.NO_SUCH_PATH, f"no stored version of {path!r}")
+        raise NoSuchPath(path)
     return [VersionInfo(*row) for row in rows]
 
 
@@ -110,7 +110,7 @@ ORDER BY v.path
 
 def deleted(db: sqlite3.Connection, path: str) -> list[DeletedInfo]:
     """Paths at or below ``path`` ('' = the whole target) that the current view lacks and a kept snapshot
-    holds, each with its newest version, sorted by path (UTF-8 byte order). Raises BAD_PATH."""
+    holds, each with its newest version, sorted by path (UTF-8 byte order). Raises BadPath."""
     paths.check_path(path)
     cond, params = within(path, "v.path")
     result = []
@@ -124,7 +124,7 @@ def prune(db: sqlite3.Connection, remove: Sequence[int]) -> PruneResult:
     """Mark ``remove`` pruned and drop the versions rows no kept snapshot sees, in one transaction.
 
     Ids that are unknown or already pruned are ignored (``snapshots_removed`` counts the others). Raises
-    CONFLICT, changing nothing, if ``remove`` names the newest kept snapshot: a target is never left without
+    LatestSnapshot, changing nothing, if ``remove`` names the newest kept snapshot: a target is never left without
     its latest snapshot.
     """
     ids = sorted({int(i) for i in remove})
@@ -132,9 +132,7 @@ def prune(db: sqlite3.Connection, remove: Sequence[int]) -> PruneResult:
         with transaction(db):
             (latest,) = db.execute("SELECT max(id) FROM snapshots WHERE pruned = 0").fetchone()
             if latest is not None and latest in ids:
-                raise NeoError(
-                    ErrorCode.CONFLICT, f"snapshot {latest} is the latest of the target and cannot be pruned"
-                )
+                raise LatestSnapshot(latest)
             db.execute("CREATE TEMP TABLE IF NOT EXISTS prune_remove (id INTEGER PRIMARY KEY)")
             db.execute("CREATE TEMP TABLE IF NOT EXISTS prune_kept (id INTEGER PRIMARY KEY)")
             db.execute("DELETE FROM temp.prune_remove")

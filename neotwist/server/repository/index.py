@@ -20,12 +20,16 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from twisted.logger import Logger
 
-from neotwist.wire.errors import ErrorCode, NeoError
+from neotwist.server.repository.errors import DiskFull, StorageFailed
 
 log = Logger()
+
+VIEW = "first <= :s AND (last IS NULL OR last > :s)"
+"""The ``versions`` rows alive in snapshot ``:s``: its view (see above)."""
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version`` of both files; later versions migrate forward from it."""
@@ -161,7 +165,7 @@ def _apply_schema(db: sqlite3.Connection, schema: str, migrations: tuple[str, ..
     with transaction(db):
         found = db.execute("PRAGMA user_version").fetchone()[0]
         if found > latest:
-            raise NeoError(ErrorCode.STORAGE, f"{db} was written by a newer Neophytos (schema {found})")
+            raise StorageFailed(f"{db} was written by a newer Neophytos (schema {found})")
         if found == latest:
             return  # brought forward by another process since connect looked: nothing to write
         if found:
@@ -216,9 +220,9 @@ _SQLITE_FULL = 13
 """``SQLITE_FULL``: "database or disk is full" (also what ``PRAGMA max_page_count`` gives)."""
 
 
-def storage_error(what: str, e: sqlite3.OperationalError | OSError) -> NeoError:
-    """The NeoError for a failed write, fsync or transaction: DISK_FULL for a full disk or quota (SQLite's
-    SQLITE_FULL, ENOSPC, EDQUOT), STORAGE for anything else (an I/O error, a lock held too long). Logged (see
+def storage_error(what: str, e: sqlite3.OperationalError | OSError) -> StorageFailed:
+    """The error for a failed write, fsync or transaction: DiskFull for a full disk or quota (SQLite's
+    SQLITE_FULL, ENOSPC, EDQUOT), StorageFailed for anything else (an I/O error, a lock held too long). Logged (see
     :func:`logged`): the client is told, and so is the operator."""
     if isinstance(e, sqlite3.OperationalError):
         full = getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL
@@ -227,8 +231,8 @@ def storage_error(what: str, e: sqlite3.OperationalError | OSError) -> NeoError:
         full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         reason = e.strerror or str(e)
     if full:
-        return logged(NeoError(ErrorCode.DISK_FULL, f"cannot {what}: {DISK_FULL_TEXT}"))
-    return logged(NeoError(ErrorCode.STORAGE, f"cannot {what}: {reason}"))
+        return logged(DiskFull(f"cannot {what}: {DISK_FULL_TEXT}", what))
+    return logged(StorageFailed(f"cannot {what}: {reason}", what))
 
 
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
@@ -251,20 +255,23 @@ def is_storage_failure(e: BaseException) -> bool:
 LOG_EVERY = 10.0
 """Seconds between log lines about storage failures of one kind: a full disk fails every upload at once."""
 
-_last_logged: dict[ErrorCode, tuple[float, int]] = {}
+_last_logged: dict[type[StorageFailed], tuple[float, int]] = {}
 _log_lock = threading.Lock()
 
+_Failed = TypeVar("_Failed", bound=StorageFailed)
 
-def logged(error: NeoError) -> NeoError:
-    """Log a storage failure for the operator, at most once per LOG_EVERY per error code (saying how many
-    more there were), and return it."""
+
+def logged(error: _Failed) -> _Failed:
+    """Log a storage failure for the operator, at most once per LOG_EVERY per kind (a full disk, or any other
+    failure; saying how many more there were), and return it."""
     now = time.monotonic()
+    kind = type(error)
     with _log_lock:
-        last, quiet = _last_logged.get(error.code, (-LOG_EVERY, 0))
+        last, quiet = _last_logged.get(kind, (-LOG_EVERY, 0))
         if now - last < LOG_EVERY:
-            _last_logged[error.code] = (last, quiet + 1)
+            _last_logged[kind] = (last, quiet + 1)
             return error
-        _last_logged[error.code] = (now, 0)
+        _last_logged[kind] = (now, 0)
     more = f" (and {quiet} more like it)" if quiet else ""
     log.warn("storage: {message}{more}", message=error.message, more=more)
     return error
@@ -272,8 +279,8 @@ def logged(error: NeoError) -> NeoError:
 
 @contextmanager
 def storage_errors(what: str) -> Iterator[None]:
-    """Report SQLite's operational failures (disk full, I/O error, locked too long) as NeoError(DISK_FULL or
-    STORAGE, see :func:`storage_error`): the transaction they interrupted was rolled back (see
+    """Report SQLite's operational failures (disk full, I/O error, locked too long) as DiskFull or
+    StorageFailed (see :func:`storage_error`): the transaction they interrupted was rolled back (see
     :func:`transaction`), so nothing was committed, and the client can be told so."""
     try:
         yield

@@ -39,8 +39,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 from neotwist.atomicfile import fsync_dir
+from neotwist.server.repository.errors import Damaged, RecordDamaged
 from neotwist.server.repository.index import storage_error
-from neotwist.wire.errors import ErrorCode, NeoError
 
 FILE_MAGIC = b"NEOPACK1"
 RECORD_MAGIC = b"NEOc"
@@ -68,14 +68,6 @@ def make_dirs(path: Path) -> None:
         fsync_dir(d.parent)
 
 
-class RecordDamaged(NeoError):
-    """A record that was read but does not check out (truncated, another chunk's, a bad CRC): definite damage, not
-    an I/O error that may pass (those are plain NeoError(DAMAGED))."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.DAMAGED, message)
-
-
 def encode_header(chunk_id: bytes, codec: int, size: int, data: bytes) -> bytes:
     head = _HEAD.pack(RECORD_MAGIC, chunk_id, codec, size, len(data), zlib.crc32(data))
     return head + _HCRC.pack(zlib.crc32(head))
@@ -83,7 +75,7 @@ def encode_header(chunk_id: bytes, codec: int, size: int, data: bytes) -> bytes:
 
 def check_record(buf: bytes, length: int, chunk_id: bytes, where: str) -> tuple[int, int, bytes]:
     """(codec, size, stored bytes) of the record in ``buf`` (read where the index placed a record of ``length``
-    stored bytes for ``chunk_id``), or NeoError(DAMAGED) naming ``where`` and what is wrong."""
+    stored bytes for ``chunk_id``), or RecordDamaged naming ``where`` and what is wrong."""
     if len(buf) != HEADER_SIZE + length:
         raise RecordDamaged(f"{where}: record is truncated")
     magic, rid, codec, size, stored, crc = _HEAD.unpack_from(buf)
@@ -212,7 +204,7 @@ class PackStore:
         return self._number, self._offset
 
     def append(self, chunk_id: bytes, codec: int, size: int, data: bytes) -> tuple[int, int]:
-        """Append one record; return its (pack, offset). Raises NeoError(DISK_FULL or STORAGE) if the disk
+        """Append one record; return its (pack, offset). Raises DiskFull or StorageFailed if the disk
         refuses; the caller then discards (:meth:`discard`) what was appended since the last committed sync."""
         if self._fd is None:
             raise RuntimeError("pack writer is not open")
@@ -317,7 +309,7 @@ class PackStore:
     def read(self, number: int, offset: int, length: int, chunk_id: bytes) -> tuple[int, int, bytes]:
         """(codec, size, stored bytes) of the record the index placed at (pack, offset, length).
 
-        Raises NeoError(DAMAGED) unless the record is whole, its header checks, it names ``chunk_id`` and its
+        Raises Damaged unless the record is whole, its header checks, it names ``chunk_id`` and its
         bytes match their crc: a pull never gets someone else's chunk or silently rotten bytes.
         """
         where = f"chunk {chunk_id.hex()} (pack {number} offset {offset})"
@@ -326,11 +318,11 @@ class PackStore:
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):  # no damage: the process is out of descriptors
                 raise
-            raise NeoError(ErrorCode.DAMAGED, f"{where}: cannot open its pack: {e.strerror}") from None
+            raise Damaged(f"{where}: cannot open its pack: {e.strerror}") from None
         try:
             buf = os.pread(reader.fd, HEADER_SIZE + length, offset)
         except OSError as e:
-            raise NeoError(ErrorCode.DAMAGED, f"{where}: cannot read: {e.strerror}") from None
+            raise Damaged(f"{where}: cannot read: {e.strerror}") from None
         finally:
             self._release(reader)
         return check_record(buf, length, chunk_id, where)

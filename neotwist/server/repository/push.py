@@ -11,13 +11,13 @@ A push may list only what changed since a snapshot, its ``parent`` (a client tha
 time): unlisted paths then keep their current version, exactly as they would had they been listed unchanged,
 and with ``delete`` only the paths it names as deleted are closed. The snapshot it commits is as complete as any
 other (versions carry over). That is only sound while the current versions are those of ``parent``: the commit
-refuses (CONFLICT) when another snapshot was committed since, and asks for a full listing (MISSING_CHUNKS, as a
+refuses (Conflict) when another snapshot was committed since, and asks for a full listing (ListEverything, as a
 damaged chunk does) while chunks are marked damaged, whose files must be listed to be healed.
 
 Only changed entries have their chunk ids checked against the chunk index: an unchanged entry references the
 same chunks as the current version, which were checked when that version was committed. The exception is a
 chunk marked damaged since (see :mod:`.damage`): while any is marked, every staged file's chunk ids are also
-looked up among them, and a commit that would refer to one asks for it again (MISSING_CHUNKS).
+looked up among them, and a commit that would refer to one asks for it again (DamagedChunks).
 """
 
 # ruff: noqa: S608  (SQL text is built only from constants and generated table names; values are bound)
@@ -28,15 +28,21 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from neotwist import paths
+from neotwist import bounds, paths
 from neotwist.server.repository import damage
 from neotwist.server.repository.chunkstore import ChunkStore
+from neotwist.server.repository.errors import (
+    BadPush,
+    Conflict,
+    DamagedChunks,
+    ListEverything,
+    MissingChunks,
+    PushOutOfOrder,
+    PushTooLarge,
+)
 from neotwist.server.repository.history import within
 from neotwist.server.repository.index import storage_errors, transaction
-from neotwist.server.repository.records import CommitResult, SnapshotInfo
-from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, NeoError
-from neotwist.wire.messages import Entry
+from neotwist.server.repository.records import CommitResult, SnapshotInfo, StagedEntry
 
 _Row = tuple[str, str, int, int, int, bytes, str, bytes]
 """A staged entry: (path, kind, mode, mtime_ns, size, chunks, link, meta)."""
@@ -60,7 +66,8 @@ class CommitCharge:
 
 
 QuotaCheck = Callable[[CommitCharge], None]
-"""Called inside the commit transaction, before anything is written; raises NeoError to refuse the commit."""
+"""Called inside the commit transaction, before anything is written; raises (an error of the caller's) to refuse
+the commit."""
 
 
 class Push:
@@ -78,7 +85,7 @@ class Push:
         self._entries = 0
         self._continued: _Row | None = None
         self._continued_chunks = bytearray()
-        self._failed: NeoError | None = None
+        self._failed: Exception | None = None
         self._open = True
         self.confined = False  # see confine()
         self._known_built = False
@@ -96,22 +103,22 @@ class Push:
         if self._failed is not None:
             raise self._failed
         if not self._open:
-            raise NeoError(ErrorCode.PROTOCOL, "push is already committed or aborted")
+            raise PushOutOfOrder("push is already committed or aborted")
 
-    def _fail(self, error: NeoError) -> NeoError:
+    def _fail(self, error: Exception) -> Exception:
         """A push that received a bad entry is dead: its staging may be partial, so it may not commit."""
         self._failed = error
         return error
 
     # --- staging -----------------------------------------------------------------------------------------
 
-    def add(self, entries: Sequence[Entry]) -> None:
-        """Validate and stage entries (paths relative to the push root). Raises BAD_PATH, BAD_MESSAGE,
-        LIMIT_EXCEEDED; after an error the push can only be aborted."""
+    def add(self, entries: Sequence[StagedEntry]) -> None:
+        """Validate and stage entries (paths relative to the push root). Raises BadPath, BadPush,
+        PushTooLarge; after an error the push can only be aborted."""
         self._check()
         try:
             rows = list(self._rows(entries))
-        except NeoError as e:
+        except (BadPush, paths.BadPath) as e:
             raise self._fail(e) from None
         if not rows:
             return
@@ -119,72 +126,64 @@ class Push:
             with self.store.index.writing() as db, storage_errors("stage entries"), transaction(db, immediate=False):
                 db.executemany(f"INSERT INTO {self._stage} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError:
-            raise self._fail(NeoError(ErrorCode.BAD_MESSAGE, "a path is listed twice in one push")) from None
+            raise self._fail(BadPush("a path is listed twice in one push")) from None
 
     def add_deleted(self, names: Sequence[str]) -> None:
         """Stage paths (relative to the push root) to record as deleted: only for a push with ``parent`` and
-        ``delete``. Raises BAD_PATH, PROTOCOL, LIMIT_EXCEEDED; after an error the push can only be aborted."""
+        ``delete``. Raises BadPath, PushOutOfOrder, PushTooLarge; after an error the push can only be aborted."""
         self._check()
         try:
             if self.parent is None or not self.delete:
-                raise NeoError(ErrorCode.PROTOCOL, "deleted_paths belongs to a push_begin with parent and delete")
+                raise PushOutOfOrder("deleted_paths belongs to a push_begin with parent and delete")
             rows = []
             for name in names:
                 self._entries += 1
-                if self._entries > limits.MAX_PUSH_ENTRIES:
-                    raise NeoError(
-                        ErrorCode.LIMIT_EXCEEDED, f"a push may list at most {limits.MAX_PUSH_ENTRIES} entries"
-                    )
+                if self._entries > bounds.MAX_PUSH_ENTRIES:
+                    raise PushTooLarge.entries(bounds.MAX_PUSH_ENTRIES)
                 path = paths.join(self.root, paths.check_path(name))
                 if path == "":
-                    raise NeoError(ErrorCode.BAD_MESSAGE, "the target root cannot be deleted")
+                    raise BadPush("the target root cannot be deleted")
                 rows.append((path,))
-        except NeoError as e:
+        except (BadPush, PushOutOfOrder, paths.BadPath) as e:
             raise self._fail(e) from None
         with self.store.index.writing() as db, storage_errors("stage deletions"), transaction(db, immediate=False):
             db.executemany(f"INSERT OR IGNORE INTO {self._stage}_del VALUES (?)", rows)
 
-    def _rows(self, entries: Sequence[Entry]) -> Iterator[_Row]:
-        root, id_size = self.root, limits.ID_SIZE
-        max_bytes = limits.MAX_CHUNKS_PER_FILE * id_size
+    def _rows(self, entries: Sequence[StagedEntry]) -> Iterator[_Row]:
+        root, id_size = self.root, bounds.ID_SIZE
+        max_bytes = bounds.MAX_CHUNKS_PER_FILE * id_size
         for e in entries:
             if self._continued is not None:
                 first = self._continued
                 if e.path != paths.relative_to(first[0], root):
-                    raise NeoError(ErrorCode.BAD_MESSAGE, f"continuation of {first[0]!r} names {e.path!r}")
+                    raise BadPush(f"continuation of {first[0]!r} names {e.path!r}")
                 if len(e.chunks) % id_size:
-                    raise NeoError(ErrorCode.BAD_MESSAGE, f"chunk ids of {e.path!r} are not {id_size}-byte")
+                    raise BadPush(f"chunk ids of {e.path!r} are not {id_size}-byte")
                 self._continued_chunks += e.chunks
                 if len(self._continued_chunks) > max_bytes:
-                    raise NeoError(
-                        ErrorCode.LIMIT_EXCEEDED, f"{e.path!r} has over {limits.MAX_CHUNKS_PER_FILE} chunks"
-                    )
+                    raise PushTooLarge.chunks(e.path, bounds.MAX_CHUNKS_PER_FILE)
                 if not e.more:
                     yield (*first[:5], bytes(self._continued_chunks), *first[6:])
                     self._continued = None
                     self._continued_chunks = bytearray()
                 continue
             self._entries += 1
-            if self._entries > limits.MAX_PUSH_ENTRIES:
-                raise NeoError(
-                    ErrorCode.LIMIT_EXCEEDED, f"a push may list at most {limits.MAX_PUSH_ENTRIES} entries"
-                )
+            if self._entries > bounds.MAX_PUSH_ENTRIES:
+                raise PushTooLarge.entries(bounds.MAX_PUSH_ENTRIES)
             path = paths.join(root, paths.check_path(e.path))
             kind = e.kind
             if path == "" and kind != "d":
-                raise NeoError(ErrorCode.BAD_MESSAGE, "the target root can only be a directory")
+                raise BadPush("the target root can only be a directory")
             if kind == "f":
                 if len(e.chunks) % id_size:
-                    raise NeoError(ErrorCode.BAD_MESSAGE, f"chunk ids of {e.path!r} are not {id_size}-byte")
+                    raise BadPush(f"chunk ids of {e.path!r} are not {id_size}-byte")
                 if len(e.chunks) > max_bytes:
-                    raise NeoError(
-                        ErrorCode.LIMIT_EXCEEDED, f"{e.path!r} has over {limits.MAX_CHUNKS_PER_FILE} chunks"
-                    )
+                    raise PushTooLarge.chunks(e.path, bounds.MAX_CHUNKS_PER_FILE)
             elif kind in ("d", "l"):
                 if e.chunks or e.more:
-                    raise NeoError(ErrorCode.BAD_MESSAGE, f"{e.path!r} is not a file but has chunks")
+                    raise BadPush(f"{e.path!r} is not a file but has chunks")
             else:
-                raise NeoError(ErrorCode.BAD_MESSAGE, f"unknown entry kind {kind!r}")
+                raise BadPush(f"unknown entry kind {kind!r}")
             row: _Row = (path, kind, e.mode, e.mtime_ns, e.size, e.chunks, e.link, e.meta)
             if e.more:
                 self._continued = row
@@ -212,16 +211,14 @@ class Push:
         stored form of its label (see :mod:`neotwist.server.labels`).
 
         Pending chunks are flushed first, so the commit only ever references durable, indexed chunks. Raises
-        MISSING_CHUNKS (nothing changes and the push stays open: the client may upload them and commit again),
-        BAD_MESSAGE (push ended inside a continued file; a plaintext file's chunk sizes do not add up to its
+        MissingChunks (nothing changes and the push stays open: the client may upload them and commit again),
+        BadPush (push ended inside a continued file; a plaintext file's chunk sizes do not add up to its
         size: the push is dead). ``check`` sees what the snapshot would add and may refuse it (a quota):
         nothing is written and the push stays open.
         """
         self._check()
         if self._continued is not None:
-            raise self._fail(
-                NeoError(ErrorCode.BAD_MESSAGE, f"push ended inside continued file {self._continued[0]!r}")
-            )
+            raise self._fail(BadPush(f"push ended inside continued file {self._continued[0]!r}"))
         mark = self.store.flush_mark()
         try:
             with self.store.index.writing() as db, storage_errors("commit the snapshot"):
@@ -264,19 +261,18 @@ class Push:
 
     def _parent_current(self, db: sqlite3.Connection) -> None:
         """0. A push listing only its changes since ``parent`` commits only while that is still the latest
-        snapshot (CONFLICT otherwise), and not while chunks are marked damaged (MISSING_CHUNKS: only a full
+        snapshot (Conflict otherwise), and not while chunks are marked damaged (ListEverything: only a full
         listing names the files whose damaged chunks must be resent)."""
         if self.parent is None:
             return
         (latest,) = db.execute("SELECT max(id) FROM snapshots").fetchone()
         if latest != self.parent:
-            raise NeoError(
-                ErrorCode.CONFLICT,
+            raise Conflict(
                 f"the push listed its changes since snapshot {self.parent}, but the target's latest is now "
                 f"{latest}: push again listing everything",
             )
         if damage.any_marked(db):
-            raise NeoError(ErrorCode.MISSING_CHUNKS, "chunks are damaged on the server: list every file again")
+            raise ListEverything()
 
     def _changed(self, db: sqlite3.Connection) -> None:
         """1. The entries that differ from (or are absent in) the current view, into ``<stage>_chg``."""
@@ -294,7 +290,7 @@ class Push:
 
     def _needed(self, db: sqlite3.Connection) -> None:
         """2. The changed files' chunk ids, one row each, into ``<stage>_need`` (the only per-chunk step:
-        slicing blobs, in a generator); refused (MISSING_CHUNKS, BAD_MESSAGE) unless every one is stored, none
+        slicing blobs, in a generator); refused (MissingChunks, DamagedChunks, BadPush) unless every one is stored, none
         is marked damaged, a confined push proved each, and a plaintext file's chunk sizes add up to its size."""
         stage, chg, need = self._stage, f"{self._stage}_chg", f"{self._stage}_need"
         db.execute(
@@ -304,7 +300,7 @@ class Push:
         chunk_lists = db.execute(
             f"SELECT n, chunks FROM {chg} WHERE kind = 'f' AND length(chunks) > 0 ORDER BY n"
         ).fetchall()
-        id_size = limits.ID_SIZE
+        id_size = bounds.ID_SIZE
 
         def split(lists: list[tuple[int, bytes]]) -> Iterator[tuple[int, int, bytes]]:
             for n, chunks in lists:
@@ -319,15 +315,12 @@ class Push:
             "WHERE NOT EXISTS (SELECT 1 FROM main.chunks c WHERE c.id = d.id)"
         ).fetchone()
         if missing:
-            raise NeoError(ErrorCode.MISSING_CHUNKS, f"{missing} chunks missing, e.g. {bytes(example).hex()}")
+            raise MissingChunks(missing, bytes(example))
         if damage.any_marked(db):  # unchanged files too: their chunks were checked before they were damaged
             bad, one = damage.referenced_by(db, stage)
             if bad:
                 assert one is not None
-                raise NeoError(
-                    ErrorCode.MISSING_CHUNKS, f"{bad} chunks are damaged on the server and must be sent again, e.g. "
-                    f"{one.hex()}"
-                )  # fmt: skip
+                raise DamagedChunks(bad, one)
         if self.confined:
             self._check_proven(db, need)
 
@@ -338,9 +331,7 @@ class Push:
                 "WHERE f.kind = 'f' AND f.size != coalesce(t.total, 0) LIMIT 1"
             ).fetchone()
             if bad is not None:
-                raise self._fail(
-                    NeoError(ErrorCode.BAD_MESSAGE, f"chunk sizes of {bad[0]!r} do not add up to its size")
-                )
+                raise self._fail(BadPush(f"chunk sizes of {bad[0]!r} do not add up to its size"))
 
     def _new_data(
         self, db: sqlite3.Connection, now: float
@@ -467,9 +458,9 @@ class Push:
             db.execute(
                 f"WITH RECURSIVE split(chunks, i) AS ("
                 f"SELECT chunks, 0 FROM main.versions WHERE last IS NULL AND kind = 'f' AND length(chunks) > 0 "
-                f"AND {cond} UNION ALL SELECT chunks, i + {limits.ID_SIZE} FROM split "
-                f"WHERE i + {limits.ID_SIZE} < length(chunks)) "
-                f"INSERT OR IGNORE INTO {name} SELECT substr(chunks, i + 1, {limits.ID_SIZE}) FROM split",
+                f"AND {cond} UNION ALL SELECT chunks, i + {bounds.ID_SIZE} FROM split "
+                f"WHERE i + {bounds.ID_SIZE} < length(chunks)) "
+                f"INSERT OR IGNORE INTO {name} SELECT substr(chunks, i + 1, {bounds.ID_SIZE}) FROM split",
                 params,
             )
             self._known_built = True
@@ -503,7 +494,7 @@ class Push:
             f"AND NOT EXISTS (SELECT 1 FROM {self._stage}_up u WHERE u.id = d.id)"
         ).fetchone()
         if count:
-            raise NeoError(ErrorCode.MISSING_CHUNKS, f"{count} chunks missing, e.g. {bytes(example).hex()}")
+            raise MissingChunks(count, bytes(example))
 
     def _drop_confined(self, db: sqlite3.Connection) -> None:
         if self.confined:

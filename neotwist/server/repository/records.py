@@ -7,8 +7,80 @@ chooses to encode them; the session copies the fields it sends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Protocol
 
-from neotwist.wire.messages import ChunkerParams
+EntryKind = Literal["f", "d", "l"]
+"""A file, a directory or a symlink."""
+
+
+class ChunkerSettings(Protocol):
+    """What a target is created with to say how its files are cut (the wire's ``ChunkerParams`` is one)."""
+
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def min_size(self) -> int: ...
+    @property
+    def avg_size(self) -> int: ...
+    @property
+    def max_size(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+
+
+class StagedEntry(Protocol):
+    """One entry of a push as :meth:`Push.add <.push.Push.add>` stages it (the wire's ``Entry`` is one): a path
+    relative to the push root, its kind (``f``, ``d``, ``l``), metadata, the concatenated chunk ids of a file,
+    and ``more`` when the next entry continues this file's chunk ids."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def mode(self) -> int: ...
+    @property
+    def mtime_ns(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def chunks(self) -> bytes: ...
+    @property
+    def link(self) -> str: ...
+    @property
+    def meta(self) -> bytes: ...
+    @property
+    def more(self) -> bool: ...
+
+
+class StoredEntry(NamedTuple):
+    """One path of a snapshot's view as stored: a file's ``chunks`` are all its chunk ids, concatenated (a
+    listing on the wire carries a large file in several records: the session splits it)."""
+
+    path: str
+    kind: EntryKind
+    mode: int
+    mtime_ns: int
+    size: int
+    chunks: bytes
+    link: str
+    meta: bytes
+
+
+@dataclass(frozen=True)
+class Chunker:
+    """How a target's files are cut, as stored with it: fixed at creation, kept for the clients (the repository
+    never cuts anything itself)."""
+
+    algorithm: str
+    min_size: int
+    avg_size: int
+    max_size: int
+    seed: int = 0
+
+    @classmethod
+    def of(cls, settings: ChunkerSettings) -> Chunker:
+        return cls(settings.algorithm, settings.min_size, settings.avg_size, settings.max_size, settings.seed)
 
 
 @dataclass(frozen=True)
@@ -19,7 +91,7 @@ class TargetMeta:
     account_id: int
     name: str
     encrypted: bool
-    chunker: ChunkerParams
+    chunker: Chunker
     created: float
     keep_history: bool
     key_check: bytes = b""  # encrypted targets: the creator's key-check record, opaque

@@ -5,7 +5,7 @@ database needs to be read, so logins, listings and restores would fail too, and 
 delete anything. Two mechanisms keep the server working:
 
 - **The reserve** (``twistd neophytos --min-free``, default 2 %): a push does not start, and
-  no chunk is stored, while the free space is (or would fall) below it. The refusal is a DISK_FULL error that
+  no chunk is stored, while the free space is (or would fall) below it. The refusal is a DiskFull error that
   says how much is free and what to do. Garbage collection and prune may use the reserve: they give space back.
 - **The ballast**: a file of :func:`ballast_size` bytes (``DATA/repo/emergency-space``) that the server keeps
   while there is room and deletes when the file system is found full anyway (another program filled it, or it
@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from neotwist.server.repository.errors import DiskFull
 from neotwist.server.repository.index import logged
 from neotwist.sizes import parse_size
-from neotwist.wire.errors import ErrorCode, NeoError
 
 BALLAST_NAME = "emergency-space"
 
@@ -82,14 +82,13 @@ class Reserve:
         return free_bytes(path) < 2 * max(self.bytes_on(path), ballast_size(path))
 
     def check(self, path: Path, incoming: int = 0) -> None:
-        """Raise DISK_FULL unless ``incoming`` more bytes leave at least the reserve free on ``path``'s file
+        """Raise DiskFull unless ``incoming`` more bytes leave at least the reserve free on ``path``'s file
         system."""
         reserve = self.bytes_on(path)
         free = free_bytes(path)
         if free - incoming < reserve or (incoming and free <= incoming):
             raise logged(
-                NeoError(
-                    ErrorCode.DISK_FULL,
+                DiskFull(
                     f"the server's disk is full: {human(free)} free, and {human(reserve)} ({self}) is kept free "
                     "for the server itself; nothing was stored (the operator frees space, or prunes old snapshots)",
                 )

@@ -34,6 +34,7 @@ from neotwist.atomicfile import fsync_dir
 from neotwist.server.repository import check as check_module
 from neotwist.server.repository import damage, gc, history, index
 from neotwist.server.repository.chunkstore import DEFAULT_SIZES, ChunkStore, Location, StoreSizes
+from neotwist.server.repository.errors import Damaged, NoSuchPath, NoSuchSnapshot, RepositoryError
 from neotwist.server.repository.history import snapshot_columns, snapshot_info
 from neotwist.server.repository.packs import make_dirs
 from neotwist.server.repository.push import Push
@@ -43,19 +44,14 @@ from neotwist.server.repository.records import (
     GcResult,
     PruneResult,
     SnapshotInfo,
+    StoredEntry,
     TargetMeta,
     Usage,
     VersionInfo,
 )
 from neotwist.server.repository.space import Reserve
-from neotwist.wire import limits
-from neotwist.wire.errors import ErrorCode, NeoError
-from neotwist.wire.messages import Entry
 
 log = Logger()
-
-_VIEW = "first <= :s AND (last IS NULL OR last > :s)"
-"""The versions alive in snapshot :s."""
 
 _ENTRY_COLUMNS = "path, kind, mode, mtime_ns, size, chunks, link, meta"
 
@@ -67,7 +63,7 @@ class Target:
 
     ``read_only`` opens an existing target for inspection only (``neo-admin check`` beside a running server):
     both connections are read-only, nothing is created, and the pack writer is never opened, so no pack is
-    truncated or appended to; methods that would write raise NeoError(PERMISSION_DENIED).
+    truncated or appended to; methods that would write raise ReadOnly.
     """
 
     def __init__(
@@ -86,7 +82,7 @@ class Target:
         db_path = directory / "index.sqlite"
         if read_only:
             if not db_path.exists():
-                raise NeoError(ErrorCode.DAMAGED, f"target {meta.name}: {db_path} is missing")
+                raise Damaged(f"target {meta.name}: {db_path} is missing")
             self.index = index.Connections(db_path, read_only=True)
         else:
             make_dirs(directory / "packs")
@@ -172,7 +168,7 @@ class Target:
             return None
         try:
             return self.collect_garbage()
-        except NeoError as e:
+        except RepositoryError as e:
             log.warn("cannot reclaim the space of an aborted push in {target}: {why}", target=self, why=e.message)
             return None
 
@@ -180,7 +176,7 @@ class Target:
 
     def begin_push(self, root: str, delete: bool, parent: int | None = None) -> Push:
         """Start staging a new snapshot of the tree at ``root`` (a target-relative path, '' = everything); with
-        ``parent``, staging only the changes since that snapshot (see :class:`Push`). Raises DISK_FULL while the
+        ``parent``, staging only the changes since that snapshot (see :class:`Push`). Raises DiskFull while the
         free space is below the reserve."""
         self._writable("push")
         paths.check_path(root)
@@ -215,13 +211,13 @@ class Target:
 
     def versions(self, path: str) -> list[VersionInfo]:
         """Every stored version of ``path`` that a kept snapshot holds, oldest first (see
-        :class:`VersionInfo`). Raises BAD_PATH, NO_SUCH_PATH (no kept snapshot has anything there)."""
+        :class:`VersionInfo`). Raises BadPath, NoSuchPath (no kept snapshot has anything there)."""
         with self.index.reading() as reader:
             return history.versions(reader, path)
 
     def deleted(self, path: str) -> list[DeletedInfo]:
         """Paths at or below ``path`` ('' = everything) that the current view lacks but a kept snapshot still
-        holds, newest version of each, sorted by path. Raises BAD_PATH."""
+        holds, newest version of each, sorted by path. Raises BadPath."""
         with self.index.reading() as reader:
             return history.deleted(reader, path)
 
@@ -229,7 +225,7 @@ class Target:
 
     def prune(self, remove: Sequence[int]) -> PruneResult:
         """Mark the snapshots ``remove`` pruned and drop the versions no kept snapshot holds any more, in one
-        transaction. Unknown and already pruned ids are ignored. Raises CONFLICT (nothing changed) if
+        transaction. Unknown and already pruned ids are ignored. Raises LatestSnapshot (nothing changed) if
         ``remove`` names the latest snapshot. The space goes back to the disk at :meth:`collect_garbage`."""
         self._writable("prune")
         with self.index.writing() as db:
@@ -279,61 +275,49 @@ class Target:
         with self._maintenance_lock:
             return check_module.check(self.chunks, verify_data, progress, root, repair)
 
-    def list_entries(self, snapshot_id: int, path: str, recursive: bool) -> Iterator[Entry]:
+    def list_entries(self, snapshot_id: int, path: str, recursive: bool) -> Iterator[StoredEntry]:
         """The entries of ``snapshot_id`` at and below ``path`` (target-relative paths), sorted by path (UTF-8
         byte order); with ``recursive=False`` only ``path`` and its direct children.
 
-        Raises at once (not on first iteration): BAD_PATH, NO_SUCH_SNAPSHOT, NO_SUCH_PATH when nothing is at
+        Raises at once (not on first iteration): BadPath, NoSuchSnapshot, NoSuchPath when nothing is at
         or below ``path`` (never for the root ''). Rows are fetched in pages with the lock released between
-        them; a committed snapshot's view never changes, so pages are consistent. A file with more than
-        MAX_FILE_CHUNK_IDS chunk ids comes as several records, all but the last with ``more``.
+        them; a committed snapshot's view never changes, so pages are consistent.
         """
         paths.check_path(path)
         if self.snapshot(snapshot_id) is None:
-            raise NeoError(
-                ErrorCode.NO_SUCH_SNAPSHOT, f"no snapshot {snapshot_id} in target {self.meta.name}"
-            )
+            raise NoSuchSnapshot(snapshot_id, self.meta.name)
         lo, hi = (path + "/", path + "0") if path else ("", None)
         upper = "" if hi is None else " AND path < :hi"
         with self.index.reading() as reader:
             top = reader.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path = :p AND {_VIEW}",
+                f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path = :p AND {index.VIEW}",
                 {"p": path, "s": snapshot_id},
             ).fetchone()
             if top is None and path:
                 below = reader.execute(
-                    f"SELECT 1 FROM versions WHERE path > :lo{upper} AND {_VIEW} LIMIT 1",
+                    f"SELECT 1 FROM versions WHERE path > :lo{upper} AND {index.VIEW} LIMIT 1",
                     {"lo": lo, "hi": hi, "s": snapshot_id},
                 ).fetchone()
                 if below is None:
-                    raise NeoError(ErrorCode.NO_SUCH_PATH, f"nothing at {path!r} in snapshot {snapshot_id}")
+                    raise NoSuchPath(path, snapshot_id)
         children = "" if recursive else " AND instr(substr(path, :cut), '/') = 0"
         sql = (
-            f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path > :after{upper} AND {_VIEW}{children} "
+            f"SELECT {_ENTRY_COLUMNS} FROM versions WHERE path > :after{upper} AND {index.VIEW}{children} "
             f"ORDER BY path LIMIT {self._page}"
         )
         return self._iter_entries(top, sql, {"after": lo, "hi": hi, "s": snapshot_id, "cut": len(lo) + 1})
 
-    def _iter_entries(self, top: tuple | None, sql: str, params: dict[str, object]) -> Iterator[Entry]:
+    def _iter_entries(self, top: tuple | None, sql: str, params: dict[str, object]) -> Iterator[StoredEntry]:
         if top is not None:
-            yield from _records(top)
+            yield _stored(top)
         while True:
             with self.index.reading() as reader:
                 rows = reader.execute(sql, params).fetchall()
             for row in rows:
-                yield from _records(row)
+                yield _stored(row)
             if len(rows) < self._page:
                 return
             params["after"] = rows[-1][0]
-
-    def file_chunks(self, snapshot_id: int, path: str) -> bytes | None:
-        """The concatenated chunk ids of the file at ``path`` in ``snapshot_id``; None if no file is there."""
-        with self.index.reading() as reader:
-            row = reader.execute(
-                f"SELECT chunks FROM versions WHERE path = :p AND kind = 'f' AND {_VIEW}",
-                {"p": path, "s": snapshot_id},
-            ).fetchone()
-        return None if row is None else bytes(row[0])
 
     def usage(self) -> Usage:
         """Stored bytes and chunks include pending (written, not yet indexed) ones: what a quota counts."""
@@ -388,15 +372,5 @@ class Target:
             yield reader
 
 
-def _records(row: tuple) -> Iterator[Entry]:
-    """One version row as wire entries: a file with more chunk ids than one record carries is split."""
-    path, kind, mode, mtime_ns, size, chunks, link, meta = row
-    step = limits.MAX_FILE_CHUNK_IDS * limits.ID_SIZE
-    if len(chunks) <= step:
-        yield Entry(path, kind, mode, mtime_ns, size, bytes(chunks), link, bytes(meta))
-        return
-    for start in range(0, len(chunks), step):
-        more = start + step < len(chunks)
-        yield Entry(
-            path, kind, mode, mtime_ns, size, bytes(chunks[start : start + step]), link, bytes(meta), more
-        )
+_stored = StoredEntry._make
+"""A ``versions`` row of :data:`_ENTRY_COLUMNS` as a record (SQLite hands BLOBs over as bytes)."""

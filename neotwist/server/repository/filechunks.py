@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from neotwist.server.repository.target import _VIEW, Target
-from neotwist.wire import limits
+from neotwist.bounds import ID_SIZE
+from neotwist.server.repository.index import VIEW
+
+if TYPE_CHECKING:
+    from neotwist.server.repository.target import Target
 
 WINDOW = 1024 * 1024
 """Bytes of a chunk list read at once (a multiple of the id size, so no aligned id spans two windows)."""
@@ -30,7 +34,7 @@ WINDOW = 1024 * 1024
 MAX_WRAPS = 4
 """Searches from the start of the list (ids asked out of file order) before the one-pass check."""
 
-_ID = limits.ID_SIZE
+_ID = ID_SIZE
 
 
 class _Blob:
@@ -80,7 +84,7 @@ def check_file_chunks(
     Blocking."""
     with target.reading() as db:
         row = db.execute(
-            f"SELECT rowid, length(chunks) FROM versions WHERE path = :p AND kind = 'f' AND {_VIEW}",  # noqa: S608
+            f"SELECT rowid, length(chunks) FROM versions WHERE path = :p AND kind = 'f' AND {VIEW}",  # noqa: S608
             {"p": path, "s": snapshot},
         ).fetchone()
         if row is None:
