@@ -66,6 +66,16 @@ class ChunkForged(CodecError):
 MIN_SAVING = 0.03
 """A chunk goes raw unless zstd saves at least this fraction of it."""
 
+DEFAULT_LEVEL = 2
+"""The zstd level a push compresses at unless told otherwise (``--compress-level``). Measured on a 94 MiB
+sample of the CPython standard library cut into this project's chunks (one core): level 1 stores 34.1 MiB in
+0.32 s, level 2 33.6 MiB in 0.35 s, level 3 33.0 MiB in 0.45 s, level 5 31.8 MiB in 1.0 s. Level 2 is the one
+the first push pays nothing for: its 0.03 s of client CPU is what the server saves appending records in
+batches. Level 3 saves 0.6 MiB more there but cost the client 0.1 s more CPU (+4 to +8 % in paired first
+pushes), more than the server saves. zstd gives up quickly on data that does not compress (1.5 GB/s on random
+data at level 3), so no file type is singled out. The stored format does not depend on the level: chunks of
+any level read back, and ids (of the plaintext) dedup across levels."""
+
 _local = threading.local()
 
 

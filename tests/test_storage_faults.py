@@ -38,8 +38,8 @@ STORAGE_CODES = (ErrorCode.STORAGE, ErrorCode.DISK_FULL)
 
 
 class Faults:
-    """What the pack store sees as ``os``, with at most one planned fault: the ``n``-th call of ``op`` (write,
-    fsync, ftruncate, create) runs ``action`` instead of (or, for a write, after half of) the real call."""
+    """What the pack store sees as ``os``, with at most one planned fault: the ``n``-th call of ``op`` (write or
+    writev, fsync, ftruncate, create) runs ``action`` instead of (or, for a write, after half of) the real call."""
 
     def __init__(self) -> None:
         self._plan: tuple[str, int, Callable[[], None]] | None = None
@@ -74,6 +74,20 @@ class Faults:
             os.write(fd, bytes(data)[: len(data) // 2])  # torn: half the record reached the file
             raise
         return os.write(fd, data)
+
+    def writev(self, fd: int, buffers: Any) -> int:
+        """Records are appended a batch at a time: a planned write fault hits the whole batch (half of it reaches
+        the file, torn)."""
+        action = self._hit("write")
+        if action is None:
+            return os.writev(fd, buffers)
+        try:
+            action()
+        except OSError:
+            data = b"".join(bytes(b) for b in buffers)
+            os.write(fd, data[: len(data) // 2])
+            raise
+        return os.writev(fd, buffers)
 
     def fsync(self, fd: int) -> None:
         action = self._hit("fsync")

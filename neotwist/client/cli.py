@@ -50,6 +50,7 @@ from neotwist.client.progress import STATUS_INTERVAL, Progress
 from neotwist.client.remote import Remote, UsageError, parse_remote
 from neotwist.client.runner import entry_point, react, silence_broken_stdout
 from neotwist.client.timespec import TimeSpecError, parse_at
+from neotwist.codec import DEFAULT_LEVEL
 from neotwist.display import raw_stdout, write_json
 from neotwist.runtime import tune_threads
 from neotwist.sizes import human_size
@@ -159,8 +160,8 @@ def build_parser(direction: Direction) -> argparse.ArgumentParser:
                           "push and their space reclaimed; needs full access)")
         work.add_argument("--history", dest="keep_history", action="store_true",
                           help="make a --no-history target keep every snapshot again")
-        work.add_argument("--compress-level", type=int, default=1, choices=range(1, 20), metavar="N",
-                          help="zstd level for sent chunks (default 1)")
+        work.add_argument("--compress-level", type=int, default=DEFAULT_LEVEL, choices=range(1, 20), metavar="N",
+                          help=f"zstd level for sent chunks (default {DEFAULT_LEVEL})")
         work.add_argument("--tag", action="append", default=[], metavar="TAG[,TAG...]",
                           help="tag the new snapshot (repeatable, as restic: --tag a,b --tag c gives three tags; "
                           "at most 64, each up to 128 characters, no commas or control characters)")  # fmt: skip

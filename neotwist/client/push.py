@@ -60,7 +60,7 @@ from neotwist.client.reading import cut_fd
 from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.scan import ScanRecord, ScanStats, plain_names_only, scan
 from neotwist.client.workers import WorkerPool
-from neotwist.codec import PLAIN, ChunkCodec
+from neotwist.codec import DEFAULT_LEVEL, PLAIN, ChunkCodec
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.label import SnapshotLabel
@@ -113,7 +113,7 @@ class PushOptions:
     filter: Filter | None = None
     cache: FilesCache | None = None  # None: no files cache
     workers: int = 3
-    compress_level: int = 1
+    compress_level: int = DEFAULT_LEVEL
     delete: bool = False  # record files missing locally as deleted (they stay in earlier snapshots)
     keep_history: bool | None = None  # False: the target keeps only its latest snapshot; None: leave as is
     progress: Progress | None = None

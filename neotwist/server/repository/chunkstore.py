@@ -198,13 +198,16 @@ class ChunkStore:
             if fresh and self.reserve is not None:  # refused before anything is written: nothing to discard
                 self.reserve.check(self.directory, sum(HEADER_SIZE + len(f[2]) for f in fresh.values()))
             with self.discarding_on_error():
-                for chunk_id, (codec, size, data) in fresh.items():
+                if fresh:
                     self._open_writer()
-                    pack, offset = self.packs.append(chunk_id, codec, size, data)
-                    pending[chunk_id] = (pack, offset, len(data), codec, size)
-                    self._pending_bytes += HEADER_SIZE + len(data)
-                    new += 1
-                    new_bytes += len(data)
+                    records = [(chunk_id, *record) for chunk_id, record in fresh.items()]
+                    for (chunk_id, codec, size, data), (pack, offset) in zip(
+                        records, self.packs.append_many(records), strict=True
+                    ):
+                        pending[chunk_id] = (pack, offset, len(data), codec, size)
+                        self._pending_bytes += HEADER_SIZE + len(data)
+                        new += 1
+                        new_bytes += len(data)
             self._uncommitted_bytes += new_bytes
             full = self._pending_bytes >= self.auto_flush
             if self._active_pushes:  # uploaded or found present: a push will reference them
@@ -429,7 +432,7 @@ class ChunkStore:
         the next :meth:`flush`); their (pack, offset), in order."""
         with self._store_lock, self.discarding_on_error():
             self._open_writer()
-            return [self.packs.append(cid, codec, size, data) for cid, codec, size, data in records]
+            return self.packs.append_many(records)
 
     def unindexed_packs(self) -> list[int]:
         """Pack files below the last committed pack that no ``packs`` row names (and that the writer is not

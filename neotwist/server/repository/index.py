@@ -37,6 +37,13 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 60.0
 """Seconds a connection waits for another's write lock before its statement fails ("database is locked")."""
 
+WAL_KEEP = 512 * 1024
+"""Bytes of write-ahead log left on disk after a big write. SQLite copies the log into the database at its
+checkpoints but leaves the file at its largest size, so after a first push the index was on disk twice (the
+log of an encrypted stdlib sample alone was 5 MiB). A commit that left more than this truncates the log
+(:meth:`Connections.trim_wal`), and ``journal_size_limit`` makes SQLite cut it back to this size whenever it
+starts the log over."""
+
 CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS targets (
     id INTEGER PRIMARY KEY,
@@ -187,6 +194,7 @@ def connect(path: Path, schema: str | None, migrations: tuple[str, ...] = ()) ->
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: big commits touch many index pages
+        db.execute(f"PRAGMA journal_size_limit={WAL_KEEP}")
         # A file at the latest version got its whole schema in the transaction that set it: opening it again
         # (targets are reopened after being closed for idleness) writes nothing and waits for no lock.
         latest = SCHEMA_VERSION + len(migrations)
@@ -340,6 +348,32 @@ class Connections:
         """The read connection, under the reader lock."""
         with self._reader_lock:
             yield self._reader
+
+    def trim_wal(self) -> bool:
+        """Copy the write-ahead log into the database and truncate it, if it is longer than WAL_KEEP; whether it
+        was truncated. Called after big writes (a commit), under the writer lock. It never waits for readers: a
+        reader still using the log (a listing, a restore) makes it give up at once (the log then stays until
+        the next big write or the close), and SQLite's own checkpoints go on as before."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            if wal.stat().st_size <= WAL_KEEP:
+                return False
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            if self.closed:
+                return False
+            db = self._db
+            try:
+                db.execute("PRAGMA busy_timeout=0")
+                try:
+                    busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+            except sqlite3.Error as e:  # what was committed stays committed; the log is only longer
+                log.warn("storage: cannot truncate the write-ahead log of {path}: {e}", path=self.path, e=e)
+                return False
+        return not busy
 
     def shrink_memory(self) -> int:
         """Give back the page cache of each connection nobody is using right now; how many were shrunk. Never

@@ -239,6 +239,7 @@ class Push:
         finally:
             if not self._open:  # committed: its chunks are referenced by committed versions now
                 self.store.push_ended()  # (outside the writer lock: the gc lock comes first in lock order)
+        self.store.index.trim_wal()  # a first push's index must not stay on disk twice (in the log too)
         return CommitResult(info, stored, *uploaded)
 
     def _commit(
