@@ -3,6 +3,11 @@ that ends the process with one line and exit code 130, so that Ctrl-C while the 
 shows a KeyboardInterrupt traceback. Once loaded, the command handles interruption itself (see
 :func:`neotwist.client.runner.entry_point`); this module imports nothing else for that reason. Standard
 output and error are then guarded against terminal controls in names (:mod:`neotwist.display`).
+
+neo-push and neo-pull end with :func:`os._exit` once their work is done, standard output and error are flushed
+and no other thread is left: the interpreter's own teardown (freeing every object of the files cache and the
+listing one by one, then the modules) took 0.1-0.2 s of each run, time a user waits for and that changes
+nothing on disk (files are closed and renamed, the files cache written, before the command returns).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import sys
+import threading
 from collections.abc import Callable
 
 EXIT_INTERRUPTED = 130
@@ -31,16 +38,43 @@ def _load(prog: str, module: str, name: str) -> Callable[[], None]:
     return main
 
 
-def _command(prog: str, module: str, name: str) -> Callable[[], None]:
+def exit_now(code: object) -> None:
+    """End the process with ``code`` (a :class:`SystemExit` code) without the interpreter's teardown, when that
+    is safe: standard output and error flush, and no other thread runs (one that did might still be writing).
+    Otherwise it returns, and the caller exits the ordinary way."""
+    if threading.active_count() != 1:
+        return
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        return  # a message to print: the ordinary exit prints it
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return  # the ordinary exit reports (or silences) it as it always has
+    os._exit(status)
+
+
+def _command(prog: str, module: str, name: str, fast_exit: bool = False) -> Callable[[], None]:
     def main() -> None:
-        _load(prog, module, name)()
+        if not fast_exit:
+            _load(prog, module, name)()
+            return
+        try:
+            _load(prog, module, name)()
+        except SystemExit as e:
+            exit_now(e.code)
+            raise
 
     main.__doc__ = f"Entry point of {prog}."
     return main
 
 
-push = _command("neo-push", "neotwist.client.cli", "push_main")
-pull = _command("neo-pull", "neotwist.client.cli", "pull_main")
+push = _command("neo-push", "neotwist.client.cli", "push_main", fast_exit=True)
+pull = _command("neo-pull", "neotwist.client.cli", "pull_main", fast_exit=True)
 admin = _command("neo-admin", "neotwist.server.admin", "main")
 ls = _command("neo-ls", "neotwist.client.stashcli", "ls")
 prune = _command("neo-prune", "neotwist.client.stashcli", "prune")

@@ -21,13 +21,11 @@ def release_free_memory() -> bool:
     freed pages of a fragmented heap for reuse (measured: 119 MB stayed 119 MB until ``malloc_trim(0)``, then
     55 MB)."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        # the symbols the process has loaded, libc's among them: ctypes.util.find_library("c") runs
+        # "ldconfig -p" in a child process to find a name that is already loaded
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return False
     trim.argtypes = [ctypes.c_size_t]

@@ -70,9 +70,7 @@ class PushPullTests(TestCase):
         port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
         self.addCleanup(port.stopListening)
         peer = Peer(_ClientHandler(), is_client=True)
-        await endpoints.connectProtocol(
-            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), peer
-        )
+        await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), peer)
         await peer.request(Hello(rid=0, version=limits.PROTOCOL_VERSION, software="test", window=peer.window))
 
         async def bye() -> None:
@@ -277,3 +275,33 @@ class PushPullTests(TestCase):
         old = self.tmp / "old"
         await self._pull(peer, old, snapshot=kept.snapshot)  # still recoverable from the earlier snapshot
         assert (old / "gone").read_text() == "gone" and (old / "dir" / "inner").read_text() == "inner"
+
+    async def test_a_pull_into_an_up_to_date_tree_leaves_its_directories_alone(self) -> None:
+        """Directories whose mode and mtime are already right are not chmod'ed or utime'd again: each such call
+        dirties the inode (its ctime moves) even when it changes nothing, thousands per tree. One whose mtime or
+        mode differs is still set."""
+        self._fill()
+        peer = await self._connect()
+        await self._push(peer)
+        dest = self.tmp / "dest"
+        await self._pull(peer, dest)
+        self._assert_same(self.src, dest)
+
+        def ctimes() -> dict[str, int]:
+            out = {"": os.stat(dest).st_ctime_ns}
+            for dirpath, dirnames, _ in os.walk(dest):
+                for name in dirnames:
+                    p = os.path.join(dirpath, name)
+                    out[os.path.relpath(p, dest)] = os.lstat(p).st_ctime_ns
+            return out
+
+        before = ctimes()
+        os.utime(dest / "docs" / "deep", ns=(1, 1))  # one directory out of date: it alone is set again
+        changed = os.stat(dest / "docs" / "deep").st_ctime_ns
+        await self._settle()  # past the clock's granularity: a ctime set now would differ
+        await self._pull(peer, dest)
+        self._assert_same(self.src, dest)
+        after = ctimes()
+        assert after["docs/deep"] != changed
+        del before["docs/deep"], after["docs/deep"]
+        assert after == before

@@ -11,7 +11,6 @@ CPU. This is what ``MALLOC_MMAP_THRESHOLD_=131072`` does, set from inside the pr
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 M_MMAP_THRESHOLD = -3
@@ -25,7 +24,9 @@ def fix_mmap_threshold() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # the symbols the process has loaded, libc's among them (ctypes.util.find_library would run
+        # "ldconfig -p" in a child process on every push to find it)
+        libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False  # not glibc (musl has no mallopt)

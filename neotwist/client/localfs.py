@@ -418,8 +418,15 @@ class SafeDest:
             os.close(fd)
 
     def _dir_meta(self, fd: int, rel: str, mode: int, mtime_ns: int, fix: Fix | None) -> None:
+        """Only what differs is set: a chmod or utime dirties the inode even when it changes nothing, and a
+        pull into an up-to-date tree rewrote every directory's inode (two system calls and a journal write
+        each, thousands per tree) for nothing."""
         if fix is not None:
             fix(fd)
+        st = os.fstat(fd)
         if rel or not self.root_existed:
-            os.fchmod(fd, self.allowed_mode(mode))
-        os.utime(fd, ns=(mtime_ns, mtime_ns))
+            wanted = self.allowed_mode(mode)
+            if stat.S_IMODE(st.st_mode) != wanted:
+                os.fchmod(fd, wanted)
+        if st.st_mtime_ns != mtime_ns:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))

@@ -39,6 +39,7 @@ READ_GROUP_BYTES = 4 * 1024 * 1024
 """Stored bytes read per worker hop while answering; the session waits for the client's credit between groups,
 so a request for thousands of chunks never sits in memory at once."""
 
+
 @dataclass(frozen=True, slots=True)
 class Wanted:
     """Chunks of one stored file: ``where`` in the target, ``named`` as the client knows it (for errors)."""
@@ -135,8 +136,9 @@ async def send_chunks(
                     held = group
             else:
                 replies = await run
-            for reply in replies:
-                peer.send(reply)
+            with peer.batch():  # one write for the group: conch sends a packet (HMAC, padding) per write
+                for reply in replies:
+                    peer.send(reply)
             del replies
             await peer.drain()
         finally:
