@@ -461,6 +461,8 @@ def growth(ctx: Context) -> None:
     with the tree. The trees are kept under WORKDIR/cache (a million files take minutes to write)."""
     for files in ctx.growth:
         path, took = data.cached_growth(ctx.cache_dir, files)
+        if took:
+            data.wait_racy()  # files made just now: the files cache trusts none of them within its racy second
         ds = DataSet(f"growth-{files}", path)
         ds.refresh()
         ctx.log(f"data {ds.name}: {ds.files:,} files, {ds.bytes / MiB:.1f} MiB "
