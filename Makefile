@@ -37,12 +37,12 @@ test: $(STAMP) tools
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not process"
 
-# The end-to-end tests drive the real OpenSSH client, mount a FUSE filesystem (libfuse3, for a live disk's faults)
-# and compare xattrs and ACLs (getfattr, setfacl).
+# The end-to-end tests drive the real OpenSSH client, mount a FUSE filesystem (libfuse3, for a live disk's faults),
+# compare xattrs and ACLs (getfattr, setfacl) and hold a restore to what rsync -aHAX makes of the same tree.
 tools:
 	@command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && command -v fusermount3 >/dev/null && \
-	  command -v getfattr >/dev/null && command -v setfacl >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client fuse3 attr acl; }
+	  command -v getfattr >/dev/null && command -v setfacl >/dev/null && command -v rsync >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client fuse3 attr acl rsync; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check neotwist tests twisted bench
