@@ -14,6 +14,7 @@ order and a pull recreates parents before children.
 from __future__ import annotations
 
 import marshal
+import operator
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -65,23 +66,33 @@ SIGNATURE_VERSION = 1
 directory is not taken as it was by a client that would describe it otherwise."""
 
 
-def _summarize(path: str, kept: list[tuple[str, str, str, str, os.stat_result]]) -> SameDir | None:
+def _summarize(path: str, kept: list[tuple[os.DirEntry[str], os.stat_result]]) -> SameDir | None:
     """The signature of a directory's items (see :class:`SameDir`); None when it has an item with more than
     one name (a hard link's record depends on where the walk met its inode first, not on the item alone)."""
     sig: list[object] = [SIGNATURE_VERSION]
+    add = sig.append
     files = size = 0
-    for name, _rel, _shown, _where, st in kept:
+    S_ISREG, S_ISDIR = stat.S_ISREG, stat.S_ISDIR
+    for entry, st in kept:
         m = st.st_mode
-        if stat.S_ISREG(m):
+        if S_ISREG(m):
             files += 1
             size += st.st_size
-        if st.st_nlink > 1 and not stat.S_ISDIR(m):
+        if st.st_nlink > 1 and not S_ISDIR(m):
             return None
-        sig.append((name, m, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev))
+        add((entry.name, m, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev))
     # marshal format 2: no back-references, so equal values always encode alike (a name is its UTF-8 text, a
     # lone surrogate included)
     digest = blake3.blake3(marshal.dumps(sig, 2)).digest(16)
     return SameDir(path, digest, len(kept), files, size)
+
+
+_by_name = operator.attrgetter("name")
+
+
+def _shown(directory: str, dir_fd: int | None, entry: os.DirEntry[str]) -> str:
+    """The real path of a directory entry (one read through a descriptor, deep down, has only its name)."""
+    return entry.path if dir_fd is None else f"{directory}/{entry.name}"
 
 
 def _storable_special(mode: int) -> bool:
@@ -203,7 +214,7 @@ def walk(
             if not deep.is_short(directory + "/" + "x" * 255):
                 dir_fd = deep_dirs.get(prefix[:-1])
             with os.scandir(directory if dir_fd is None else dir_fd) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=_by_name)
         except OSError as e:
             skip(directory, f"directory not read ({e.strerror}); nothing under it is stored")
             continue
@@ -212,47 +223,50 @@ def walk(
             stats.filtered += left_out
         # First pass: stat and filter every entry (what is skipped or filtered is counted here, whatever comes
         # next), so the directory's signature is known before any of its records is made.
-        kept: list[tuple[str, str, str, str, os.stat_result]] = []  # (name, rel, shown path, path, lstat)
+        # (Paths are made only for what needs them: most entries of an unchanged directory need none.)
+        kept: list[tuple[os.DirEntry[str], os.stat_result]] = []
+        prefix_len = len(prefix)
         for entry in entries:
+            name = entry.name
+            if prefix_len + len(name) >= quarter_path:
+                too_long = _too_long(prefix + name)
+                if too_long is not None:
+                    skip(_shown(directory, dir_fd, entry), too_long)
+                    continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                skip(_shown(directory, dir_fd, entry), f"not stored: cannot stat it ({e.strerror})")
+                continue
+            m = st.st_mode
+            if S_ISDIR(m):
+                if filt is not None and not filt.take_dir(prefix + name, name):
+                    stats.filtered += 1
+                    continue
+            elif filt is not None and not filt.take_file(prefix + name, name):
+                stats.filtered += 1
+                continue
+            elif not (S_ISREG(m) or S_ISLNK(m)) and (capture is None or not _storable_special(m)):
+                skip(_shown(directory, dir_fd, entry), f"{_special_kind(m)} not stored")
+                continue
+            kept.append((entry, st))
+        subdirs: list[tuple[str, str]] = []
+        if same_dir is not None:
+            summary = _summarize(prefix[:-1], kept)
+            if summary is not None and same_dir(summary):
+                yield summary
+                for entry, st in kept:
+                    if S_ISDIR(st.st_mode) and (rules is None or rules.descend(st, root_st)):
+                        subdirs.append((_shown(directory, dir_fd, entry), prefix + entry.name + "/"))
+                stack.extend(reversed(subdirs))
+                continue
+        for entry, st in kept:
             name = entry.name
             rel = prefix + name
             if dir_fd is None:
                 shown_path = where = entry.path
             else:  # deep down: the real path for messages, a short one for system calls
                 shown_path, where = f"{directory}/{name}", deep.proc_path(dir_fd, name)
-            if len(rel) >= quarter_path:
-                too_long = _too_long(rel)
-                if too_long is not None:
-                    skip(shown_path, too_long)
-                    continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError as e:
-                skip(shown_path, f"not stored: cannot stat it ({e.strerror})")
-                continue
-            m = st.st_mode
-            if S_ISDIR(m):
-                if filt is not None and not filt.take_dir(rel, name):
-                    stats.filtered += 1
-                    continue
-            elif filt is not None and not filt.take_file(rel, name):
-                stats.filtered += 1
-                continue
-            elif not (S_ISREG(m) or S_ISLNK(m)) and (capture is None or not _storable_special(m)):
-                skip(shown_path, f"{_special_kind(m)} not stored")
-                continue
-            kept.append((name, rel, shown_path, where, st))
-        subdirs: list[tuple[str, str]] = []
-        if same_dir is not None:
-            summary = _summarize(prefix[:-1], kept)
-            if summary is not None and same_dir(summary):
-                yield summary
-                for _name, rel, shown_path, _where, st in kept:
-                    if S_ISDIR(st.st_mode) and (rules is None or rules.descend(st, root_st)):
-                        subdirs.append((shown_path, rel + "/"))
-                stack.extend(reversed(subdirs))
-                continue
-        for name, rel, shown_path, where, st in kept:
             m = st.st_mode
             if S_ISDIR(m):
                 yield ScanRecord(
