@@ -59,7 +59,7 @@ from neotwist.client.problems import MAX_KEPT, Problem, problems_json, shown
 from neotwist.client.progress import Progress
 from neotwist.client.reading import cut_fd
 from neotwist.client.remotetarget import Access, RemoteTarget
-from neotwist.client.scan import ScanRecord, ScanStats, plain_names_only, scan
+from neotwist.client.scan import SameDir, ScanRecord, ScanStats, plain_names_only, scan, walk
 from neotwist.client.workers import WorkerPool
 from neotwist.codec import DEFAULT_LEVEL, PLAIN, ChunkCodec
 from neotwist.wire import limits
@@ -422,10 +422,22 @@ class _Scanner:
         use_cache: bool,
         make_entries: EntryMaker,
         verify: bool = False,
+        listing_changes: bool = False,
     ) -> None:
         self._cache = options.cache if use_cache else None
         known = self._cache.lookup_extra if self._cache is not None else None
-        self._it: Iterator[ScanRecord] = scan(root, options.filter, stats, capture=Capture(known))
+        same_dir = None
+        if options.cache is not None:
+            # Every directory's signature is remembered for the next push. A directory the last push remembered
+            # whole and that is as it was then is taken from the cache without a record per item, when only the
+            # changes since the last push are listed (its entries are then the snapshot's already) and the cache
+            # is trusted (a verifying retry asks about every cached file's chunks).
+            take = self._cache is not None and listing_changes and not verify
+            see_dir = options.cache.see_dir
+            same_dir = lambda summary: see_dir(summary, take)  # noqa: E731
+        self._it: Iterator[ScanRecord | SameDir] = walk(
+            root, options.filter, stats, capture=Capture(known), same_dir=same_dir
+        )
         if not options.byte_names:
             self._it = plain_names_only(self._it, stats)
         self._make_entries = make_entries
@@ -445,6 +457,14 @@ class _Scanner:
         make_entries = self._make_entries
         n = 0
         for rec in self._it:
+            if type(rec) is SameDir:  # every item as the last push left it: nothing to read, list or remember
+                n += rec.items
+                batch.cached_files += rec.files
+                batch.cached_bytes += rec.size
+                if n >= BATCH_ITEMS:
+                    break
+                continue
+            assert type(rec) is ScanRecord
             n += 1
             if rec.kind == "f":
                 ids = lookup(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns) if lookup else None
@@ -601,7 +621,10 @@ class _PushRun:
         peer = self.peer
         if self.cache is not None:
             self.cache.begin()
-        scanner = _Scanner(self.root, self.options, self.stats, self.use_cache, self.make_entries, self.verify)
+        scanner = _Scanner(
+            self.root, self.options, self.stats, self.use_cache, self.make_entries, self.verify,
+            listing_changes=self.parent is not None,
+        )  # fmt: skip
         slots = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Any] = []
         failure: list[BaseException] = []

@@ -13,10 +13,15 @@ order and a pull recreates parents before children.
 
 from __future__ import annotations
 
+import marshal
+import operator
 import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
+
+import blake3
 
 from neotwist import paths
 from neotwist.client import deep
@@ -39,6 +44,60 @@ class ScanRecord:
     ctime_ns: int
     link: str = ""
     extra: bytes = b""  # owner, xattrs, hard link, special (an encoded neotwist.client.metadata.Extra)
+
+
+@dataclass(frozen=True, slots=True)
+class SameDir:
+    """What :func:`walk` yields instead of the records of a directory's items when its ``same_dir`` says the
+    directory is as it was: ``path`` is the directory ('' = the root), ``signature`` a digest of the name and
+    ``lstat`` values (type and mode, size, mtime, inode, ctime, device) of every item the filters took, and the
+    counts are of those items (``files`` and ``size``: its regular files). The directory's own record comes
+    from its parent as usual, and its subdirectories are walked as usual."""
+
+    path: str
+    signature: bytes
+    items: int
+    files: int
+    size: int
+
+
+SIGNATURE_VERSION = 1
+"""Part of every directory signature: raised when what an item's records are made of changes, so that a
+directory is not taken as it was by a client that would describe it otherwise."""
+
+
+def _summarize(path: str, kept: list[tuple[os.DirEntry[str], os.stat_result]]) -> SameDir | None:
+    """The signature of a directory's items (see :class:`SameDir`); None when it has an item with more than
+    one name (a hard link's record depends on where the walk met its inode first, not on the item alone)."""
+    sig: list[object] = [SIGNATURE_VERSION]
+    add = sig.append
+    files = size = 0
+    S_ISREG, S_ISDIR = stat.S_ISREG, stat.S_ISDIR
+    for entry, st in kept:
+        m = st.st_mode
+        if S_ISREG(m):
+            files += 1
+            size += st.st_size
+        if st.st_nlink > 1 and not S_ISDIR(m):
+            return None
+        add((entry.name, m, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev))
+    # marshal format 2: no back-references, so equal values always encode alike (a name is its UTF-8 text, a
+    # lone surrogate included)
+    digest = blake3.blake3(marshal.dumps(sig, 2)).digest(16)
+    return SameDir(path, digest, len(kept), files, size)
+
+
+_by_name = operator.attrgetter("name")
+
+
+def _shown(directory: str, dir_fd: int | None, entry: os.DirEntry[str]) -> str:
+    """The real path of a directory entry (one read through a descriptor, deep down, has only its name)."""
+    return entry.path if dir_fd is None else f"{directory}/{entry.name}"
+
+
+def _storable_special(mode: int) -> bool:
+    """A FIFO or device: stored (as an empty file and its extra record) when metadata is captured."""
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 @dataclass
@@ -102,6 +161,22 @@ def scan(
     ``root`` must be a directory (a symlink to one is accepted for the root only, as rsync does with a
     trailing slash). Raises OSError if the root cannot be read; problems below it are counted in ``stats``.
     """
+    return cast(Iterator[ScanRecord], walk(root, filt, stats, warn, capture))  # no same_dir: records only
+
+
+def walk(
+    root: str,
+    filt: Filter | None = None,
+    stats: ScanStats | None = None,
+    warn: Callable[[str], None] | None = None,
+    capture: Capture | None = None,
+    same_dir: Callable[[SameDir], bool] | None = None,
+) -> Iterator[ScanRecord | SameDir]:
+    """:func:`scan`, and with ``same_dir``: each directory's :class:`SameDir` is handed to it once its items
+    are stat'ed and filtered (so it sees every directory, to remember its signature); when it answers True the
+    SameDir is yielded instead of the records of the directory's items (a push takes them from its files
+    cache), whose extra records and symlink targets are then not read. Items skipped with a warning are
+    skipped in either case, and counted in ``stats``."""
     if stats is None:
         stats = ScanStats()
     rules = filt.dirs if filt is not None and filt.dirs is not None and not filt.dirs.empty else None
@@ -139,47 +214,68 @@ def scan(
             if not deep.is_short(directory + "/" + "x" * 255):
                 dir_fd = deep_dirs.get(prefix[:-1])
             with os.scandir(directory if dir_fd is None else dir_fd) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=_by_name)
         except OSError as e:
             skip(directory, f"directory not read ({e.strerror}); nothing under it is stored")
             continue
         if rules is not None:  # a tagged directory keeps only its tags
             entries, left_out = rules.select(entries, directory, dir_fd)
             stats.filtered += left_out
-        subdirs: list[tuple[str, str]] = []
+        # First pass: stat and filter every entry (what is skipped or filtered is counted here, whatever comes
+        # next), so the directory's signature is known before any of its records is made.
+        # (Paths are made only for what needs them: most entries of an unchanged directory need none.)
+        kept: list[tuple[os.DirEntry[str], os.stat_result]] = []
+        prefix_len = len(prefix)
         for entry in entries:
+            name = entry.name
+            if prefix_len + len(name) >= quarter_path:
+                too_long = _too_long(prefix + name)
+                if too_long is not None:
+                    skip(_shown(directory, dir_fd, entry), too_long)
+                    continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                skip(_shown(directory, dir_fd, entry), f"not stored: cannot stat it ({e.strerror})")
+                continue
+            m = st.st_mode
+            if S_ISDIR(m):
+                if filt is not None and not filt.take_dir(prefix + name, name):
+                    stats.filtered += 1
+                    continue
+            elif filt is not None and not filt.take_file(prefix + name, name):
+                stats.filtered += 1
+                continue
+            elif not (S_ISREG(m) or S_ISLNK(m)) and (capture is None or not _storable_special(m)):
+                skip(_shown(directory, dir_fd, entry), f"{_special_kind(m)} not stored")
+                continue
+            kept.append((entry, st))
+        subdirs: list[tuple[str, str]] = []
+        if same_dir is not None:
+            summary = _summarize(prefix[:-1], kept)
+            if summary is not None and same_dir(summary):
+                yield summary
+                for entry, st in kept:
+                    if S_ISDIR(st.st_mode) and (rules is None or rules.descend(st, root_st)):
+                        subdirs.append((_shown(directory, dir_fd, entry), prefix + entry.name + "/"))
+                stack.extend(reversed(subdirs))
+                continue
+        for entry, st in kept:
             name = entry.name
             rel = prefix + name
             if dir_fd is None:
                 shown_path = where = entry.path
             else:  # deep down: the real path for messages, a short one for system calls
                 shown_path, where = f"{directory}/{name}", deep.proc_path(dir_fd, name)
-            if len(rel) >= quarter_path:
-                too_long = _too_long(rel)
-                if too_long is not None:
-                    skip(shown_path, too_long)
-                    continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError as e:
-                skip(shown_path, f"not stored: cannot stat it ({e.strerror})")
-                continue
             m = st.st_mode
             if S_ISDIR(m):
-                if filt is not None and not filt.take_dir(rel, name):
-                    stats.filtered += 1
-                    continue
                 yield ScanRecord(
                     rel, "d", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
                     more(where, rel, st, "d"),
                 )  # fmt: skip
                 if rules is None or rules.descend(st, root_st):  # another file system: kept empty
                     subdirs.append((shown_path, rel + "/"))
-                continue
-            if filt is not None and not filt.take_file(rel, name):
-                stats.filtered += 1
-                continue
-            if S_ISREG(m):
+            elif S_ISREG(m):
                 yield ScanRecord(
                     rel, "f", S_IMODE(m), st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, "",
                     more(where, rel, st, "f"),
@@ -194,22 +290,23 @@ def scan(
                     rel, "l", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, target,
                     more(where, rel, st, "l"),
                 )  # fmt: skip
-            elif capture is not None and (stat.S_ISFIFO(m) or stat.S_ISCHR(m) or stat.S_ISBLK(m)):
+            else:
                 yield ScanRecord(
                     rel, "s", S_IMODE(m), st.st_mtime_ns, 0, st.st_ino, st.st_ctime_ns, "",
                     more(where, rel, st, "s"),
                 )  # fmt: skip
-            else:
-                skip(shown_path, f"{_special_kind(m)} not stored")
         # Push in reverse so the stack pops them in name order.
         stack.extend(reversed(subdirs))
 
 
-def plain_names_only(records: Iterator[ScanRecord], stats: ScanStats) -> Iterator[ScanRecord]:
+def plain_names_only(
+    records: Iterator[ScanRecord | SameDir], stats: ScanStats
+) -> Iterator[ScanRecord | SameDir]:
     """``records`` but those a server that predates byte names would refuse (a path that is not UTF-8 or holds a
-    backslash), each skipped with its reason: for a plaintext target on such a server."""
+    backslash), each skipped with its reason: for a plaintext target on such a server. A :class:`SameDir` goes
+    through: it is yielded only for a directory whose every item was stored by the last push."""
     for rec in records:
-        if paths.to_wire(rec.path) != rec.path:
+        if type(rec) is ScanRecord and paths.to_wire(rec.path) != rec.path:
             stats.skip(rec.path, "not stored: the server stores only UTF-8 names without a backslash; upgrade it")
         else:
             yield rec

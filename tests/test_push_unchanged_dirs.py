@@ -1,0 +1,164 @@
+"""A push of a tree whose directories are as the last push left them does no work per item: each unchanged
+directory is recognised by its signature (names and ``lstat`` values) and taken whole from the files cache.
+And it never misses a change: a directory with any change, or one the last push did not remember whole (a file
+too recent to trust, say), is walked item by item.
+
+Real push and pull pipelines against the real server session over loopback TCP (as in test_push_pull).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import test_push_pull as pp
+from support import snapshot_of
+from twisted.trial.unittest import TestCase
+
+from neotwist.client.filescache import FilesCache
+
+
+class CountingCache(FilesCache):
+    """The real files cache, counting the per-item calls a push makes into it."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.calls = {"lookup": 0, "remember": 0, "note_entry": 0}
+
+    def lookup(self, *args: Any) -> Any:
+        self.calls["lookup"] += 1
+        return super().lookup(*args)
+
+    def remember(self, *args: Any, **kw: Any) -> None:
+        self.calls["remember"] += 1
+        super().remember(*args, **kw)
+
+    def note_entry(self, path: str, digest: bytes) -> None:
+        self.calls["note_entry"] += 1
+        super().note_entry(path, digest)
+
+
+class UnchangedDirectoryTests(TestCase):
+    timeout = 120
+
+    setUp = pp.PushPullTests.setUp
+    _connect = pp.PushPullTests._connect
+    _push = pp.PushPullTests._push
+    _pull = pp.PushPullTests._pull
+    _settle = pp.PushPullTests._settle
+
+    def _cache(self) -> CountingCache:
+        return CountingCache("test", self.tmp / "cache")
+
+    def _fill(self) -> None:
+        for d in ("a", "a/b", "c"):
+            (self.src / d).mkdir()
+        for i in range(5):
+            (self.src / "a" / f"f{i}").write_bytes(os.urandom(100 + i))
+            (self.src / "c" / f"g{i}").write_text(f"text {i}\n")
+        (self.src / "a" / "b" / "deep").write_text("deep")
+        os.symlink("../f0", self.src / "a" / "b" / "link")
+        (self.src / "top").write_text("top")
+        (self.src / "empty-dir").mkdir()
+
+    def _same(self, dest: Path) -> None:
+        assert snapshot_of(self.src) == snapshot_of(dest)
+
+    async def test_an_unchanged_tree_costs_no_call_per_item(self) -> None:
+        self._fill()
+        await self._settle()
+        peer = await self._connect()
+        first = await self._push(peer, cache=self._cache(), delete=True)
+        assert first.files_changed == 12
+        for _ in range(2):  # the second push takes over what the first took over: it stays complete
+            cache = self._cache()
+            again = await self._push(peer, cache=cache, delete=True)
+            assert cache.dirs_taken == 5  # the root, a, a/b, c, empty-dir
+            # no file looked up or remembered one by one; only the root's own entry (from no directory) noted
+            assert cache.calls == {"lookup": 0, "remember": 0, "note_entry": 1}
+            assert (again.files_scanned, again.files, again.files_changed) == (first.files_scanned, 12, 0)
+            assert again.bytes_read == 0 and again.chunks_sent == 0 and again.deleted == 0
+        dest = self.tmp / "dest"
+        await self._pull(peer, dest)
+        self._same(dest)
+
+    async def test_every_change_is_seen_in_the_directory_it_is_in(self) -> None:
+        self._fill()
+        await self._settle()
+        peer = await self._connect()
+        await self._push(peer, cache=self._cache(), delete=True)
+        # same size and mtime, new bytes: only the ctime tells
+        f0 = self.src / "a" / "f0"
+        st = f0.stat()
+        f0.write_bytes(os.urandom(st.st_size))
+        os.utime(f0, ns=(st.st_atime_ns, st.st_mtime_ns))
+        (self.src / "a" / "b" / "new").write_text("new")
+        shutil.rmtree(self.src / "c")
+        os.chmod(self.src / "empty-dir", 0o700)
+        await self._settle()
+        cache = self._cache()
+        summary = await self._push(peer, cache=cache, delete=True)
+        assert summary.files_changed == 2  # a/f0 and a/b/new: the other files of a and a/b from their cache rows
+        assert cache.calls["lookup"] == 5 + 2 + 1  # the files of a, a/b and the root (c is gone from it)
+        assert summary.deleted == 6  # c and its five files
+        # the root, a and a/b changed; c is gone; empty-dir's own mode is in the root's listing, not in its own
+        assert cache.dirs_taken == 1
+        dest = self.tmp / "dest"
+        await self._pull(peer, dest)
+        self._same(dest)
+        cache = self._cache()
+        await self._push(peer, cache=cache, delete=True)
+        assert cache.dirs_taken == 4 and cache.calls["lookup"] == 0
+
+    async def test_a_directory_with_a_file_too_recent_to_trust_is_walked_again(self) -> None:
+        self._fill()
+        await self._settle()
+        peer = await self._connect()
+        await self._push(peer, cache=self._cache())
+        await self._push(peer, cache=self._cache())
+        (self.src / "c" / "g0").write_text("rewritten just now")  # racy: not remembered by the next push
+        cache = self._cache()
+        summary = await self._push(peer, cache=cache)
+        assert summary.files_changed == 1
+        assert cache.dirs_taken == 4  # all but c (a rewrite in place leaves c's own stat, in the root's listing)
+        await self._settle()
+        cache = self._cache()
+        summary = await self._push(peer, cache=cache)
+        assert summary.files_changed == 1  # g0 was not remembered: read again, and c with it is walked
+        assert cache.dirs_taken == 4 and cache.calls["lookup"] == 5
+        cache = self._cache()
+        await self._push(peer, cache=cache)
+        assert cache.dirs_taken == 5 and cache.calls["lookup"] == 0
+        dest = self.tmp / "dest"
+        await self._pull(peer, dest)
+        self._same(dest)
+
+    async def test_without_the_last_snapshot_as_parent_everything_is_listed(self) -> None:
+        """Another snapshot came in since the last push: the cache still spares reading files, but every item
+        is listed, so no directory is taken whole (its entries would be missing from the listing)."""
+        self._fill()
+        await self._settle()
+        peer = await self._connect()
+        await self._push(peer, cache=self._cache())
+        other = self.tmp / "other"
+        other.mkdir()
+        (other / "x").write_text("x")
+        from twisted.internet import reactor
+
+        from neotwist.client.push import PushOptions, push
+
+        await push(reactor, peer, str(other), "t", "elsewhere", PushOptions())
+        cache = self._cache()
+        summary = await self._push(peer, cache=cache)
+        assert cache.dirs_taken == 0 and summary.files_changed == 0 and cache.calls["lookup"] == 12
+        cache = self._cache()
+        await self._push(peer, cache=cache)
+        assert cache.dirs_taken == 5
+        dest = self.tmp / "dest"
+        await self._pull(peer, dest)
+        assert snapshot_of(dest / "elsewhere") == snapshot_of(other)
+        shutil.rmtree(dest / "elsewhere")
+        self._same(dest)
+
