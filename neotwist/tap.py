@@ -161,8 +161,10 @@ MAINTAIN_INTERVAL = 10.0
 
 class _RepositoryService(service.Service):
     """Returns idle targets' page caches every SHRINK_INTERVAL, and every MAINTAIN_INTERVAL watches the free
-    space and closes targets unused for too long (each in a worker thread, one round at a time), and flushes
-    and closes the repository when the server stops (after the listeners, which stop first)."""
+    space and closes targets unused for too long (each in a worker thread, one round at a time); every
+    IDLE_CHECK_INTERVAL settles the targets let go of, and once the last connection has closed, lets the
+    server's memory go back to what it was (:meth:`_calm_down`); flushes and closes the repository when the
+    server stops (after the listeners, which stop first)."""
 
     def __init__(self, repository: Any, busy: Callable[[], bool] | None = None) -> None:
         self.repository = repository
