@@ -231,12 +231,13 @@ class _RepositoryService(service.Service):
         system. On the reactor's thread: running them as a job would start a worker again."""
         from twisted.internet import reactor
 
-        from neotwist.runtime import release_free_memory, retire_idle_workers
+        from neotwist.runtime import forget_ended_workers, release_free_memory, retire_idle_workers
 
         if self._calming == 0:
             retire_idle_workers(reactor.getThreadPool())
             self._calming = 1
         else:
+            forget_ended_workers(reactor.getThreadPool())
             release_free_memory()
             self._calming = None
 
