@@ -148,9 +148,11 @@ SHRINK_INTERVAL = 120.0
 """Seconds between returns of idle index page caches to the system (``Repository.shrink_memory``)."""
 
 IDLE_CHECK_INTERVAL = 1.0
-"""Seconds between looks at whether the server has gone idle (no connection left): the first look that finds it
-so after some activity gives the memory back at once (``Repository.shrink_memory``), rather than at the next
-SHRINK_INTERVAL: 16 clients' pushes left twistd at 3-4x its baseline RSS for up to two minutes."""
+"""Seconds between looks at targets let go of and at whether the server has gone idle (no connection left)
+(``Repository.settle``): a target let go of gives its page caches back within this time, and the first look that
+finds the server idle after some activity closes every target nobody holds and gives the memory back, rather
+than at the next SHRINK_INTERVAL or after ``--target-idle``: 16 clients' pushes left twistd at 3-4x its baseline
+RSS for up to two minutes, and 16 MiB above it for five."""
 
 MAINTAIN_INTERVAL = 10.0
 """Seconds between checks of the free space, of aborted pushes' leftovers and of idle targets
@@ -159,13 +161,16 @@ MAINTAIN_INTERVAL = 10.0
 
 class _RepositoryService(service.Service):
     """Returns idle targets' page caches every SHRINK_INTERVAL, and every MAINTAIN_INTERVAL watches the free
-    space and closes targets unused for too long (each in a worker thread, one round at a time), and flushes
-    and closes the repository when the server stops (after the listeners, which stop first)."""
+    space and closes targets unused for too long (each in a worker thread, one round at a time); every
+    IDLE_CHECK_INTERVAL settles the targets let go of, and once the last connection has closed, lets the
+    server's memory go back to what it was (:meth:`_calm_down`); flushes and closes the repository when the
+    server stops (after the listeners, which stop first)."""
 
     def __init__(self, repository: Any, busy: Callable[[], bool] | None = None) -> None:
         self.repository = repository
         self._busy = busy  # whether any connection is open
         self._was_busy = False
+        self._calming: int | None = None  # the step of _calm_down to take at the next look, if any
         self._loops: list[Any] = []
         self._running: dict[str, Any] = {}
 
@@ -188,28 +193,53 @@ class _RepositoryService(service.Service):
             loop.start(interval, now=False)
             self._loops.append(loop)
 
-    def _in_thread(self, name: str, work: Any, done: Any = None) -> None:
+    def _in_thread(self, name: str, work: Any, done: Any = None) -> bool:
+        """Run ``work`` in a worker thread; False (and nothing run) while its previous round still runs."""
         from twisted.internet.threads import deferToThread
 
         if name in self._running:  # the previous round still running: skip this one
-            return
+            return False
         d = self._running[name] = deferToThread(work)
         if done is not None:
             d.addCallback(done)
         d.addErrback(lambda f: log.failure("{name}", f, name=name))
         d.addBoth(lambda _: self._running.pop(name, None))
+        return True
 
     def _shrink(self) -> None:
         self._in_thread("shrinking page caches", self.repository.shrink_memory)
 
     def _watch_idle(self) -> None:
-        """Shrink once when the last connection is gone (see IDLE_CHECK_INTERVAL)."""
+        """Settle the targets let go of, and once when the last connection is gone, every target nobody holds
+        (see IDLE_CHECK_INTERVAL)."""
         assert self._busy is not None
-        if self._busy():
-            self._was_busy = True
-        elif self._was_busy:
-            self._was_busy = False
-            self._shrink()
+        busy = self._busy()
+        if busy:
+            self._was_busy, self._calming = True, None
+        quiet = self._was_busy and not busy
+        if (quiet or self.repository.unsettled()) and self._in_thread(
+            "settling idle targets", lambda: self.repository.settle(quiet)
+        ):
+            if quiet:  # else a round still running: the next look tries again
+                self._was_busy, self._calming = False, 0
+        elif self._calming is not None and not busy and "settling idle targets" not in self._running:
+            self._calm_down()
+
+    def _calm_down(self) -> None:
+        """The steps after the targets of a server gone idle are settled, one per look (each needs the one before
+        to have ended): the idle worker threads end, then the memory they and the targets freed goes back to the
+        system. On the reactor's thread: running them as a job would start a worker again."""
+        from twisted.internet import reactor
+
+        from neotwist.runtime import forget_ended_workers, release_free_memory, retire_idle_workers
+
+        if self._calming == 0:
+            retire_idle_workers(reactor.getThreadPool())
+            self._calming = 1
+        else:
+            forget_ended_workers(reactor.getThreadPool())
+            release_free_memory()
+            self._calming = None
 
     def _maintain(self) -> None:
         def report(notes: list[str]) -> None:

@@ -5,6 +5,7 @@ open (that would freeze its view and stall checkpoints)."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -71,3 +72,20 @@ def test_no_read_transaction_stays_open(tmp_path: Path) -> None:
     counter.close()
     with pytest.raises(RuntimeError, match="closed"):
         counter.current()
+
+
+def test_a_thread_s_connection_closes_when_the_thread_ends(tmp_path: Path) -> None:
+    """The server ends its idle worker threads: each one's connection must not stay open after it (a file
+    descriptor and SQLite's memory per thread that ever ran, for as long as the server runs)."""
+    counter = ChangeCounter(_db(tmp_path))
+    counter.current()
+    threads = [threading.Thread(target=counter.current) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counter.open_connections() == 1  # this thread's only
+    before = counter.current()
+    assert _on_thread(counter.current)() > before  # the counter still works for new threads
+    counter.close()
+    assert counter.open_connections() == 0

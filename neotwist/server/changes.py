@@ -20,7 +20,18 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
+
+
+class _Own:
+    """One thread's connection, and the data_version it last read there (None: not read yet)."""
+
+    __slots__ = ("__weakref__", "db", "seen")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.seen: int | None = None
 
 
 class ChangeCounter:
@@ -33,31 +44,46 @@ class ChangeCounter:
         self._value = 0
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []  # every thread's, to close them all
+        self._connections: list[sqlite3.Connection] = []  # every live thread's, to close them all
         self._closed = False
 
     def current(self) -> int:
         """The counter now: greater than any value read before the latest commit to the file (blocking, cheap)."""
         if self._closed:
             raise RuntimeError(f"the change counter of {self.path} is closed")
-        local = self._local
-        db: sqlite3.Connection | None = getattr(local, "db", None)
-        if db is None:
+        own: _Own | None = getattr(self._local, "own", None)
+        if own is None:
             db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
             with self._lock:
                 if self._closed:
                     db.close()
                     raise RuntimeError(f"the change counter of {self.path} is closed")
                 self._connections.append(db)
-            local.db, local.seen = db, None
+            own = self._local.own = _Own(db)
+            # The thread's local data goes when the thread ends (the server retires idle worker threads): its
+            # connection goes with it, rather than staying open for a thread that will never use it again.
+            weakref.finalize(own, self._forget, db)
         # fetchall() steps the statement to its end, so no read transaction stays open on this connection (one
         # would pin its view of the file: later reads would not see new commits, and checkpoints would stall).
-        version = db.execute("PRAGMA data_version").fetchall()[0][0]
+        version = own.db.execute("PRAGMA data_version").fetchall()[0][0]
         with self._lock:
-            if version != local.seen:
-                local.seen = version
+            if version != own.seen:
+                own.seen = version
                 self._value += 1
             return self._value
+
+    def _forget(self, db: sqlite3.Connection) -> None:
+        """Close the connection of a thread that has ended."""
+        with self._lock:
+            if db not in self._connections:  # closed with the counter
+                return
+            self._connections.remove(db)
+        db.close()
+
+    def open_connections(self) -> int:
+        """How many threads' connections are open."""
+        with self._lock:
+            return len(self._connections)
 
     def bump(self) -> None:
         """Move the counter on: this process changed the file (called after its commit)."""

@@ -37,6 +37,10 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 60.0
 """Seconds a connection waits for another's write lock before its statement fails ("database is locked")."""
 
+CACHE_BYTES = 64 * 1024 * 1024
+"""Page cache each index connection may grow to while in use (``PRAGMA cache_size``): big commits touch many
+index pages. Given back once the target is let go of (:meth:`Connections.shrink_memory`)."""
+
 WAL_KEEP = 512 * 1024
 """Bytes of write-ahead log left on disk after a big write. SQLite copies the log into the database at its
 checkpoints but leaves the file at its largest size, so after a first push the index was on disk twice (the
@@ -193,7 +197,7 @@ def connect(path: Path, schema: str | None, migrations: tuple[str, ...] = ()) ->
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: big commits touch many index pages
+        db.execute(f"PRAGMA cache_size=-{CACHE_BYTES // 1024}")
         db.execute(f"PRAGMA journal_size_limit={WAL_KEEP}")
         # A file at the latest version got its whole schema in the transaction that set it: opening it again
         # (targets are reopened after being closed for idleness) writes nothing and waits for no lock.
@@ -213,7 +217,7 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
     uri = "file:" + urllib.parse.quote(str(path.absolute())) + "?mode=ro"
     db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
     try:
-        db.execute("PRAGMA cache_size=-65536")
+        db.execute(f"PRAGMA cache_size=-{CACHE_BYTES // 1024}")
     except BaseException:
         db.close()
         raise
