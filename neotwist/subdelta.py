@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,6 +80,17 @@ def sign(data: bytes | memoryview) -> Signature:
     return Signature([n for _o, n in pieces], b"".join(piece_hash(view[o : o + n]) for o, n in pieces))
 
 
+def ends_of(sig: Signature) -> array[int]:
+    """The end offset of each sub-piece a signature describes: what :func:`apply` needs of a base, so a base
+    signed once need not be cut again to rebuild from it."""
+    out = array("I", sig.lengths)
+    total = 0
+    for i, n in enumerate(out):
+        total += n
+        out[i] = total
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Delta:
     """How to rebuild a chunk from base sub-pieces: ``ops`` are (start, count) pairs, start < LITERAL copying
@@ -123,19 +135,33 @@ def diff(new: bytes | memoryview, bases: Sequence[Signature]) -> Delta:
     return Delta(ops, b"".join(literal))
 
 
-def apply(bases: Sequence[bytes], ops: Sequence[tuple[int, int]], literals: bytes, size: int) -> bytes:
+def apply(
+    bases: Sequence[bytes],
+    ops: Sequence[tuple[int, int]],
+    literals: bytes,
+    size: int,
+    known_ends: Sequence[Sequence[int] | None] = (),
+) -> bytes:
     """Rebuild a chunk of exactly ``size`` bytes from the plaintexts of its ``bases``, ``ops`` and the
     (decompressed) ``literals``, all consumed; NeoError(CHUNK_MISMATCH) for a delta that does not fit (an index
     out of range, more bytes than declared, literals left over or missing). Never builds more than ``size``
     bytes. The caller must still check the result's id.
 
+    ``known_ends``: per base, its pieces' end offsets when known already (:func:`ends_of` its signature), so
+    that base is not cut again; None or missing: it is cut here. Ends that do not fit a base's length are
+    ignored (the base is cut), and wrong ones could only rebuild bytes whose id the caller's check refuses.
+
     A run of pieces within one base is one contiguous slice of it: the work is per op, not per piece."""
-    ends: list[list[int]] = []  # per base: the end offset of each of its pieces
+    ends: list[Sequence[int]] = []  # per base: the end offset of each of its pieces
     firsts: list[int] = []  # per base: the global index of its first piece
     total = 0
-    for data in bases:
+    for i, data in enumerate(bases):
         firsts.append(total)
-        base_ends = [o + n for o, n in cut(data)]
+        known = known_ends[i] if i < len(known_ends) else None
+        if known is not None and len(known) and known[-1] == len(data):
+            base_ends: Sequence[int] = known
+        else:
+            base_ends = [o + n for o, n in cut(data)]
         ends.append(base_ends)
         total += len(base_ends)
     out = bytearray()

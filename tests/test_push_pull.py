@@ -47,6 +47,25 @@ class _ClientHandler:
         pass
 
 
+class _RecordingPeer(Peer):
+    """A client Peer that notes, in order, each request it sends and each reply it gets (by message type)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.events: list[str] = []
+
+    def request(self, message: Any, more: Any = None) -> Any:
+        kind = type(message).__name__
+        self.events.append(f"send {kind}")
+        d = super().request(message, more)
+
+        def note(result: object) -> object:
+            self.events.append(f"reply {kind}")
+            return result
+
+        return d.addBoth(note)
+
+
 class PushPullTests(TestCase):
     timeout = 120
 
@@ -58,7 +77,7 @@ class PushPullTests(TestCase):
         self.services = _services(self.tmp / "server")
         self.addCleanup(self.services.repository.close)
 
-    async def _connect(self) -> Peer:
+    async def _connect(self) -> _RecordingPeer:
         from twisted.internet import reactor
 
         services = self.services
@@ -69,9 +88,10 @@ class PushPullTests(TestCase):
 
         port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
         self.addCleanup(port.stopListening)
-        peer = Peer(_ClientHandler(), is_client=True)
+        peer = _RecordingPeer(_ClientHandler(), is_client=True)
         await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), peer)
-        await peer.request(Hello(rid=0, version=limits.PROTOCOL_VERSION, software="test", window=peer.window))
+        welcome = await peer.request(Hello(rid=0, version=limits.PROTOCOL_VERSION, software="test", window=peer.window))
+        peer.features = frozenset(welcome.features)  # as the real client's connect does
 
         async def bye() -> None:
             closed = peer.when_closed()
@@ -162,6 +182,26 @@ class PushPullTests(TestCase):
         assert (dest / "f").read_bytes() == bytes(data)
         assert back.bytes_reused > 7 * 1024 * 1024
         assert back.bytes_received < 600 * 1024
+
+    async def test_a_delta_push_signs_its_first_bases_with_have_not_after_it(self) -> None:
+        """The bases of a batch's first compression job are signed while ``have`` is asked: the ``sign``
+        request goes out before the ``have`` reply is in, so no round trip separates them."""
+        rng = random.Random(5)
+        data = bytearray(rng.randbytes(2 * 1024 * 1024))
+        (self.src / "f").write_bytes(data)
+        await self._settle()  # so that the files cache remembers the chunks of this version: the bases
+        peer = await self._connect()
+        await self._push(peer, cache=self._cache())
+        for _ in range(20):
+            at = rng.randrange(0, len(data) - 100)
+            data[at : at + 100] = rng.randbytes(100)
+        (self.src / "f").write_bytes(data)
+        peer.events.clear()
+        delta = await self._push(peer, cache=self._cache())
+        assert delta.chunks_sent_as_deltas > 0
+        events = peer.events
+        assert events.index("send Sign") < events.index("reply Have"), events
+        assert events.count("send Sign") == 1  # one job: its bases asked once, not again after have
 
     async def test_subpath_push_and_pull(self) -> None:
         (self.src / "x").write_text("in a sub-path")

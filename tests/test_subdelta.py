@@ -5,12 +5,14 @@ never gets a chunk stored under an id it does not hash to, and every bound from 
 from __future__ import annotations
 
 import random
+from array import array
 
 import msgspec
 import pytest
 
 from neotwist import subdelta
 from neotwist.codec import compute_id
+from neotwist.server.basecuts import CUTS, BaseCuts
 from neotwist.testing import SessionTestCase, chunk, committed
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
@@ -96,6 +98,30 @@ def ids(*chunks: bytes) -> bytes:
     return b"".join(chunks)
 
 
+def test_apply_takes_known_piece_ends_and_ignores_ones_that_do_not_fit() -> None:
+    rng = random.Random(3)
+    base = rng.randbytes(50_000)
+    new = edited(base, rng, 4)
+    sig = subdelta.sign(base)
+    d = subdelta.diff(new, [sig])
+    ends = subdelta.ends_of(sig)
+    assert list(ends) == [o + n for o, n in subdelta.cut(base)]
+    assert subdelta.apply([base], d.ops, d.literals, len(new), [ends]) == new
+    assert subdelta.apply([base], d.ops, d.literals, len(new), [ends[:-1]]) == new  # short of the base: cut
+    assert subdelta.apply([base], d.ops, d.literals, len(new), [None]) == new
+
+
+def test_base_cuts_stay_within_their_bound() -> None:
+    cuts = BaseCuts(most_pieces=10)
+    cuts.put(b"a", array("I", [1, 2, 3, 4]))
+    cuts.put(b"b", array("I", [1, 2, 3, 4]))
+    assert cuts.get(b"a") is not None  # now the most recently used
+    cuts.put(b"c", array("I", [1, 2, 3, 4]))
+    assert cuts.get(b"b") is None and cuts.get(b"a") is not None and cuts.get(b"c") is not None
+    cuts.put(b"huge", array("I", range(11)))
+    assert cuts.get(b"huge") is None and len(cuts) == 2
+
+
 def test_base_candidates_pair_a_changed_chunk_with_the_one_it_replaced() -> None:
     a, b, c, d, e = (bytes([i]) * 32 for i in range(5))
     b2, d2, x = (bytes([i]) * 32 for i in range(10, 13))
@@ -174,6 +200,29 @@ class DeltaSessionTests(SessionTestCase):
         get = Get(rid=0, handle=h, snapshot=done.snapshot, path="f", ids=[self.new_id])
         got = self.call(self.client, self.pump, get)
         assert got.id == self.new_id and got.size == len(self.new)
+
+    def test_a_base_signed_in_this_push_is_not_cut_again_to_rebuild(self) -> None:
+        cuts: list[int] = []
+        real_cut = subdelta.cut
+
+        def counted(data: bytes | memoryview) -> list[tuple[int, int]]:
+            cuts.append(len(data))
+            return real_cut(data)
+
+        h = self.begin()
+        delta = self.delta(h)  # signs the base
+        self.patch(subdelta, "cut", counted)
+        self.client.post(PutDelta(rid=0, handle=h, deltas=[delta]))
+        done = committed(self.finish(h, self.new_id, len(self.new)))
+        assert done.new_chunks == 1
+        assert cuts == []  # its boundaries came from the signing
+
+    def test_a_base_not_signed_lately_is_cut_to_rebuild(self) -> None:
+        h = self.begin()
+        delta = self.delta(h)
+        CUTS.clear()  # forgotten (as by a restart)
+        self.client.post(PutDelta(rid=0, handle=h, deltas=[delta]))
+        assert committed(self.finish(h, self.new_id, len(self.new))).new_chunks == 1
 
     def refused(self, delta: ChunkDelta, code: ErrorCode, also: list[ChunkDelta] | None = None) -> None:
         """``delta`` (in one message with ``also``) is refused with ``code`` (on a connection of its own: the

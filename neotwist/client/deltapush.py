@@ -19,7 +19,7 @@ from collections.abc import Container
 from typing import Literal
 
 import zstandard
-from twisted.internet.defer import DeferredList, FirstError
+from twisted.internet.defer import Deferred, DeferredList, FirstError, ensureDeferred
 
 from neotwist import subdelta
 from neotwist.codec import MIN_SAVING
@@ -71,9 +71,32 @@ class DeltaPlanner:
         for cid in ids:
             self.bases.pop(cid, None)
 
-    async def plans(self, sending: list[bytes]) -> dict[bytes, Plan]:
+    def ahead(self, ids: list[bytes]) -> Deferred[dict[bytes, Plan]] | None:
+        """Ask now, before ``have`` has answered, for the signatures of the bases of those of ``ids`` (the first
+        compression job of a batch, were the server to lack all its chunks) that have some, and return the
+        answer to come (None if none has bases): a changed chunk is nearly always missing, and the ``sign``
+        round trip then overlaps the ``have`` one instead of following it. A chunk the server turns out to have
+        costs the signing of its bases (at most one job's). Pass the answer to :meth:`plans` for the batch's
+        first job (which holds every missing chunk of ``ids``), or to :func:`drop` when no job will."""
+        if not any(cid in self.bases for cid in ids):
+            return None
+        return ensureDeferred(self._ask(ids))
+
+    async def plans(
+        self, sending: list[bytes], early: Deferred[dict[bytes, Plan]] | None = None
+    ) -> dict[bytes, Plan]:
         """Plans for the chunks of ``sending`` that have bases (forgotten now): their bases' signatures, for
-        those the server could sign."""
+        those the server could sign; ``early``: what :meth:`ahead` asked already."""
+        out: dict[bytes, Plan] = {}
+        if early is not None:
+            wanted = set(sending)
+            out = {cid: plan for cid, plan in (await early).items() if cid in wanted}
+        if any(cid in self.bases for cid in sending):
+            out.update(await self._ask(sending))
+        return out
+
+    async def _ask(self, sending: list[bytes]) -> dict[bytes, Plan]:
+        """``sign`` the bases of the chunks of ``sending`` that have bases (forgotten now)."""
         wanted: dict[bytes, list[bytes]] = {}
         for cid in sending:
             bases = self.bases.pop(cid, None)
@@ -105,6 +128,12 @@ class DeltaPlanner:
             if known and sum(sigs[b].size for b in known) <= limits.DELTA_BASE_BYTES:
                 out[cid] = (known, [sigs[b] for b in known])
         return out
+
+
+def drop(early: Deferred[dict[bytes, Plan]] | None) -> None:
+    """Forget signatures asked :meth:`DeltaPlanner.ahead` that no job takes (and their failure, if they fail)."""
+    if early is not None:
+        early.addErrback(lambda _f: None)
 
 
 def make_delta(cid: bytes, raw: bytes, plan: Plan, whole: int, comp: zstandard.ZstdCompressor) -> ChunkDelta | None:

@@ -47,7 +47,7 @@ from twisted.python.threadpool import ThreadPool
 from neotwist import paths
 from neotwist.chunking import Chunker
 from neotwist.client import deep, heap
-from neotwist.client.deltapush import DeltaPlanner, Made, Plan, delta_messages, make_delta
+from neotwist.client.deltapush import DeltaPlanner, Made, Plan, delta_messages, drop, make_delta
 from neotwist.client.encryption import Crypt, KeySource, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
@@ -842,11 +842,20 @@ class _PushRun:
         if not sources:
             return
 
-        # 3. which of the new ids does the server lack?
-        lacking = await self._missing([src[0] for src in sources])
-        if self.deltas is not None:
-            self.deltas.forget([src[0] for src in sources if src[0] not in lacking])
+        # 3. which of the new ids does the server lack? With deltas, the bases of the first compression job's
+        # chunks are signed at the same time (see DeltaPlanner.ahead): no round trip between the two.
+        planner = self.deltas
+        first = [src[0] for src in _jobs(sources, lambda src: src[4])[0]]
+        early = planner.ahead(first) if planner is not None else None
+        try:
+            lacking = await self._missing([src[0] for src in sources])
+        except BaseException:
+            drop(early)
+            raise
+        if planner is not None:
+            planner.forget([src[0] for src in sources if src[0] not in lacking])
         if not lacking:
+            drop(early)
             return
         missing = [src for src in sources if src[0] in lacking]
 
@@ -858,18 +867,22 @@ class _PushRun:
         queued = iter(jobs2)
         pending: deque[tuple[list[_Source], Deferred[Any]]] = deque()
 
-        async def compress(job: list[_Source]) -> tuple[list[_Ready], dict[str, str], list[Made]]:
+        async def compress(
+            job: list[_Source], early: Deferred[dict[bytes, Plan]] | None = None
+        ) -> tuple[list[_Ready], dict[str, str], list[Made]]:
             # with deltas, the signatures of this job's bases first (asked JOBS_AHEAD jobs ahead of the sending:
-            # overlapped with it, and bounded)
-            plans = await self.deltas.plans([src[0] for src in job]) if self.deltas is not None else None
+            # overlapped with it, and bounded; the first job's with ``have``)
+            plans = await planner.plans([src[0] for src in job], early) if planner is not None else None
             deltas: list[Made] = []
             ready, bad = await self._thread(_compress_job, self.root, job, level, self.crypt, plans, deltas)
             return ready, bad, deltas
 
         def start_next() -> None:
+            nonlocal early
             job = next(queued, None)
             if job is not None:
-                pending.append((job, ensureDeferred(compress(job))))
+                pending.append((job, ensureDeferred(compress(job, early))))
+                early = None
 
         for _ in range(JOBS_AHEAD):
             start_next()

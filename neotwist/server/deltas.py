@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from neotwist import subdelta
 from neotwist.codec import PLAIN, CodecError, compute_id, raw_bytes, same_id
+from neotwist.server.basecuts import CUTS
 from neotwist.server.context import Handle, RequestContext
 from neotwist.server.pushes import _upload_failed
 from neotwist.server.repository import Target
@@ -78,6 +79,7 @@ def sign_bases(target: Target, ids: list[bytes]) -> list[PieceSignature]:
             out.append(_EMPTY)
             continue
         pieces += len(sig.lengths)
+        CUTS.put(cid, subdelta.ends_of(sig))  # put_delta rebuilds from it soon: no second cut
         out.append(PieceSignature(list(sig.lengths), sig.hashes))
     return out
 
@@ -133,7 +135,7 @@ def rebuild(target: Target, delta: ChunkDelta, read_before: int = 0) -> tuple[by
         codec, size, data = target.read_located(cid, locations[cid])
         bases.append(raw_bytes(codec, size, data))
     literals = raw_bytes(delta.codec, delta.literal_size, delta.literals)
-    plain = subdelta.apply(bases, delta.ops, literals, delta.size)
+    plain = subdelta.apply(bases, delta.ops, literals, delta.size, [CUTS.get(cid) for cid in delta.bases])
     if not same_id(compute_id(plain), delta.id):
         raise NeoError(ErrorCode.CHUNK_MISMATCH, f"delta does not rebuild chunk {delta.id.hex()}")
     return plain, total
