@@ -139,10 +139,10 @@ class DirStack:
         while len(fds) > keep:
             names.pop()
             os.close(fds.pop())
-        for part in parts[keep:]:
+        for i in range(keep, len(parts)):
             parent = fds[-1] if fds else self._dest.root_fd
-            fds.append(self._dest._open_dir(parent, part, create, rel_dir, made))
-            names.append(part)
+            fds.append(self._dest._open_dir(parent, parts[i], create, rel_dir, made, "/".join(parts[: i + 1])))
+            names.append(parts[i])
         return fds[-1] if fds else self._dest.root_fd
 
     def close(self) -> None:
@@ -167,13 +167,22 @@ class SafeDest:
         self.special_bits = special_bits or os.geteuid() == 0
         self.root = root
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        with os.scandir(self.root_fd) as listing:
+            self.was_empty = next(listing, None) is None
+        """Nothing was in the destination when the pull began: no file there to look at or reuse."""
+        self.made: set[str] = set()
+        """Every directory this pull created (by its path), whichever call or thread created it."""
 
     def close(self) -> None:
         if self.root_fd >= 0:
             os.close(self.root_fd)
             self.root_fd = -1
 
-    def _open_dir(self, dir_fd: int, name: str, create: bool, rel: str, made: list[str] | None = None) -> int:
+    def _open_dir(
+        self, dir_fd: int, name: str, create: bool, rel: str, made: list[str] | None = None, at: str = ""
+    ) -> int:
+        """Open directory ``name`` (the path ``at``) in ``dir_fd``, creating it with ``create``; ``rel`` is the
+        path the caller resolves (for messages)."""
         try:
             return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -187,6 +196,8 @@ class SafeDest:
             raise
         try:
             os.mkdir(name, 0o777, dir_fd=dir_fd)
+            if at:
+                self.made.add(at)  # atomic under the GIL: several workers may be creating directories
             if made is not None:
                 made.append(name)
         except FileExistsError:
@@ -197,8 +208,8 @@ class SafeDest:
         """A new descriptor of the directory ``parts`` (resolved with O_NOFOLLOW from the root)."""
         fd = os.dup(self.root_fd)
         try:
-            for part in parts:
-                nxt = self._open_dir(fd, part, create, rel)
+            for i, part in enumerate(parts):
+                nxt = self._open_dir(fd, part, create, rel, None, "/".join(parts[: i + 1]))
                 os.close(fd)
                 fd = nxt
         except BaseException:

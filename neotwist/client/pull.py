@@ -639,10 +639,18 @@ class _PullRun:
         for err in laid.problems:
             self._error(err)
         dirs.sort(key=lambda e: e.path)
-        errors, made = await self._thread(_make_dirs, self.dest, dirs)
-        for err in errors:
-            self._error(err)
-        self.made_dirs = frozenset(made)
+        # Into a destination that was empty, no file needs looking at: the directories are made by one worker
+        # while the files are fetched and written (a writer makes the ones it needs first itself). Making them
+        # all first held every fetch back for about a fifth of a full restore.
+        fresh = self.dest.was_empty
+        making: Deferred[tuple[list[str], set[str]]] | None = None
+        if fresh:
+            making = self._thread(_make_dirs, self.dest, dirs)
+        else:
+            errors, made = await self._thread(_make_dirs, self.dest, dirs)
+            for err in errors:
+                self._error(err)
+            self.made_dirs = frozenset(made)
         slots = DeferredSemaphore(FILES_IN_FLIGHT)
         batches = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Deferred[None]] = []
@@ -682,9 +690,12 @@ class _PullRun:
                 )
                 for e in files[start : start + step]
             ]
-            states = await self._thread(
-                _quick_check, self.dest, group, self.options.checksum, self.applier, batching, self.made_dirs
-            )
+            if fresh:
+                states: list[int | str] = [_ABSENT] * len(group)
+            else:
+                states = await self._thread(
+                    _quick_check, self.dest, group, self.options.checksum, self.applier, batching, self.made_dirs
+                )
             for i, (f, state) in enumerate(zip(group, states, strict=True)):
                 if fatal:
                     for rest in group[i:]:
@@ -720,6 +731,11 @@ class _PullRun:
         if batch and not fatal:
             await send_batch(batch)
         await DeferredList(running)
+        if making is not None:
+            errors, _ = await making
+            for err in errors:
+                self._error(err)
+            self.made_dirs = frozenset(self.dest.made)  # by _make_dirs and by the writers
         if fatal:
             raise fatal[0]
         made, errs = await self._thread(_make_links, self.dest, links, extras)
