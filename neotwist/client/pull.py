@@ -256,13 +256,13 @@ def _new_temp(dest: SafeDest, f: _File, dirs: DirStack | None = None) -> TempFil
     one ``dirs`` holds (which it borrows)."""
     if f.dir_fd >= 0:
         dir_fd, f.dir_fd = f.dir_fd, -1
-        return dest.new_file_at(dir_fd, f.path)
+        return dest.new_file_at(dir_fd, f.path, f.mode, f.fix)
     if dirs is not None:
         parent, _, name = f.path.rpartition("/")
         if not name:
             raise UnsafePath("the destination root itself is not a file")
-        return TempFile(dest, f.path, dirs.open(parent, create=True), name, own_dir=False)
-    return dest.new_file(f.path)
+        return dest.temp_file(f.path, dirs.open(parent, create=True), name, False, f.mode, f.fix)
+    return dest.new_file(f.path, f.mode, f.fix)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
