@@ -183,8 +183,11 @@ class DirStack:
     a symlink in the way is refused the same way. One thread at a time; :meth:`close` releases them all.
     """
 
-    def __init__(self, dest: SafeDest) -> None:
+    def __init__(self, dest: SafeDest, new: bool = False) -> None:
+        """``new``: the directories opened are expected not to exist yet (they are made without trying to open
+        them first: one failed ``openat`` less per directory of a restore into an empty destination)."""
         self._dest = dest
+        self._new = new
         self._names: list[str] = []
         self._fds: list[int] = []
 
@@ -202,7 +205,8 @@ class DirStack:
             os.close(fds.pop())
         for i in range(keep, len(parts)):
             parent = fds[-1] if fds else self._dest.root_fd
-            fds.append(self._dest._open_dir(parent, parts[i], create, rel_dir, made, "/".join(parts[: i + 1])))
+            at = "/".join(parts[: i + 1])
+            fds.append(self._dest._open_dir(parent, parts[i], create, rel_dir, made, at, self._new and create))
             names.append(parts[i])
         return fds[-1] if fds else self._dest.root_fd
 
@@ -242,21 +246,23 @@ class SafeDest:
             self.root_fd = -1
 
     def _open_dir(
-        self, dir_fd: int, name: str, create: bool, rel: str, made: list[str] | None = None, at: str = ""
-    ) -> int:
-        """Open directory ``name`` (the path ``at``) in ``dir_fd``, creating it with ``create``; ``rel`` is the
-        path the caller resolves (for messages)."""
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-        except FileNotFoundError:
-            if not create:
+        self, dir_fd: int, name: str, create: bool, rel: str, made: list[str] | None = None, at: str = "",
+        new: bool = False,
+    ) -> int:  # fmt: skip
+        """Open directory ``name`` (the path ``at``) in ``dir_fd``, creating it with ``create`` (``new``: make it
+        first, then open it: it is not expected to exist); ``rel`` is the path the caller resolves (messages)."""
+        if not new:
+            try:
+                return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    raise UnsafePath(
+                        f"{rel}: {name!r} in the destination is a symlink or not a directory; not following it"
+                    ) from None
                 raise
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-                raise UnsafePath(
-                    f"{rel}: {name!r} in the destination is a symlink or not a directory; not following it"
-                ) from None
-            raise
         try:
             os.mkdir(name, 0o777, dir_fd=dir_fd)
             if at:
@@ -264,7 +270,7 @@ class SafeDest:
             if made is not None:
                 made.append(name)
         except FileExistsError:
-            pass  # another worker made it; the open below still refuses a symlink
+            pass  # another worker made it (or it was there); the open below still refuses a symlink
         return self._open_dir(dir_fd, name, False, rel)
 
     def _walk(self, parts: list[str], create: bool, rel: str) -> int:

@@ -544,7 +544,7 @@ def _make_dirs(dest: SafeDest, dirs: list[Entry]) -> tuple[list[str], set[str]]:
     them needs looking at)."""
     errors = []
     made: set[str] = set()
-    with DirStack(dest) as stack:  # dirs come sorted: each opens only what differs from the one before
+    with DirStack(dest, new=dest.was_empty) as stack:  # sorted: each opens only what differs from the one before
         for e in dirs:
             if e.path:
                 try:
