@@ -12,7 +12,9 @@ For each file of the snapshot:
   small files with nothing local to reuse go in batches instead: one ``get_files`` for up to BATCH_FILES of
   them, written in one worker hop (from a server that lists the feature);
 - the new version is written to ``.<name>.neotmp.<random>`` in the same directory, given its mode and mtime,
-  fsynced with ``--fsync``, and renamed into place.
+  fsynced with ``--fsync``, and renamed into place (in a directory that held nothing when the pull began it is
+  written under its own name: see :class:`~neotwist.client.localfs.TempFile`). Into an empty destination the
+  directories are made while the files are fetched and written.
 
 Every write goes through :class:`~neotwist.client.localfs.SafeDest`, which re-checks server paths and never
 follows a symlink. Disk and CPU work (chunking, verification, decompression, writing) runs in worker threads;
