@@ -12,6 +12,7 @@ nothing on disk (files are closed and renamed, the files cache written, before t
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import signal
@@ -30,6 +31,7 @@ def _load(prog: str, module: str, name: str) -> Callable[[], None]:
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     main: Callable[[], None] = getattr(importlib.import_module(module), name)
+    gc.freeze()  # the modules' objects live as long as the process: no collection need walk them again
     from neotwist.display import guard_output
 
     guard_output()  # names and messages from others never drive the terminal

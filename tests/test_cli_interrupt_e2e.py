@@ -133,6 +133,10 @@ def test_terminated_pull_exits_130_without_temporary_files(server: RunningServer
     assert "Traceback" not in err, err
     left = [p.name for p in dest.rglob("*") if ".neotmp." in p.name] if dest.exists() else []
     assert left == []
+    # into an empty destination files are written in place: none is left there half-written
+    written = list(dest.rglob("*")) if dest.exists() else []
+    partial = [p.name for p in written if p.read_bytes() != (src / p.name).read_bytes()]
+    assert partial == []
 
 
 def _catches_sigterm(pid: int) -> bool:

@@ -51,6 +51,29 @@ def temp_name(name: str) -> str:
     return f".{short}{TEMP_MARK}{_temp_prefix}{next(_temp_numbers):x}"
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (other threads may be creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o077)  # no /proc: the classic way (set and restore), at the start of a pull
+    os.umask(old)
+    return old
+
+
+def _default_acl(fd: int) -> bool:
+    """Does the directory ``fd`` have a default ACL (which the files and directories made in it inherit)?"""
+    try:
+        os.getxattr(fd, "system.posix_acl_default")
+    except (OSError, AttributeError):
+        return False  # none (ENODATA), or no ACLs on this file system or platform
+    return True
+
+
 def _split(rel: str) -> list[str]:
     try:
         check_local(rel)
@@ -60,19 +83,44 @@ def _split(rel: str) -> list[str]:
 
 
 class TempFile:
-    """A new file being written under a temporary name; :meth:`commit` renames it into place."""
+    """A new file being written under a temporary name; :meth:`commit` renames it into place.
 
-    def __init__(self, dest: SafeDest, rel: str, dir_fd: int, name: str, own_dir: bool = True) -> None:
+    In a directory that held nothing when the pull began (the destination was empty, or the pull made the
+    directory), there is no complete file a failed write could spoil: the file is created under its final name
+    (``O_EXCL``: if something appeared there meanwhile, the temporary name is used after all), which spares a
+    rename per file. Created so, it is given its mode at creation when nothing can change it afterwards (see
+    :meth:`SafeDest.exact_mode`), which spares a ``fchmod``. An aborted one is removed as a temporary one is.
+    """
+
+    def __init__(
+        self, dest: SafeDest, rel: str, dir_fd: int, name: str, own_dir: bool = True, fresh: bool = False,
+        mode: int | None = None,
+    ) -> None:  # fmt: skip
         """``own_dir``: the file takes over ``dir_fd`` and closes it with itself; else it only borrows it (from a
-        :class:`DirStack` that outlives it)."""
+        :class:`DirStack` that outlives it). ``fresh``: ``dir_fd`` held nothing when the pull began; ``mode``:
+        the mode it is created with when that mode is final (else 0o600 until :meth:`commit`)."""
         self.rel = rel
         self._dest = dest
         self._dir_fd = dir_fd
         self._own_dir = own_dir
         self.name = name
+        self._done = False
+        self._mode = -1  # the mode it was created with, when final
+        if fresh:
+            try:
+                self.fd = os.open(name, _NEW_FLAGS, 0o600 if mode is None else mode, dir_fd=dir_fd)
+                self.tmp = name
+                self._mode = -1 if mode is None else mode
+                return
+            except FileExistsError:
+                pass
         self.tmp = temp_name(name)
         self.fd = os.open(self.tmp, _NEW_FLAGS, 0o600, dir_fd=dir_fd)
-        self._done = False
+
+    @property
+    def in_place(self) -> bool:
+        """Created under its final name (no rename at commit)."""
+        return self.tmp == self.name
 
     def commit(self, mode: int, mtime_ns: int, fsync: bool = True, fix: Fix | None = None) -> None:
         """Set owner and xattrs (``fix``), mode and mtime, fsync, and rename over whatever non-directory is at the
@@ -80,16 +128,21 @@ class TempFile:
         try:
             if fix is not None:
                 fix(self.fd)  # before the mode: a chown clears set-id bits
-            os.fchmod(self.fd, self._dest.allowed_mode(mode))
+            wanted = self._dest.allowed_mode(mode)
+            if wanted != self._mode:  # (created with it only when ``fix`` cannot change it: SafeDest.exact_mode)
+                os.fchmod(self.fd, wanted)
             os.utime(self.fd, ns=(mtime_ns, mtime_ns))
             if fsync:
                 os.fsync(self.fd)
-            try:
-                # rename(2) replaces a file or a symlink (the link itself, never what it points to) and refuses a
-                # directory with EISDIR: no stat beforehand (one system call less per restored file).
-                os.rename(self.tmp, self.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-            except IsADirectoryError:
-                raise UnsafePath(f"{self.rel}: a directory is in the way of a file; move it and pull again") from None
+            if not self.in_place:
+                try:
+                    # rename(2) replaces a file or a symlink (the link itself, never what it points to) and refuses
+                    # a directory with EISDIR: no stat beforehand (one system call less per restored file).
+                    os.rename(self.tmp, self.name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+                except IsADirectoryError:
+                    raise UnsafePath(
+                        f"{self.rel}: a directory is in the way of a file; move it and pull again"
+                    ) from None
             self._done = True
         finally:
             self._close(unlink=not self._done)
@@ -98,11 +151,19 @@ class TempFile:
         self._close(unlink=True)
 
     def _close(self, unlink: bool) -> None:
+        mine: tuple[int, int] | None = None
         if self.fd >= 0:
+            if unlink and self.in_place:
+                st = os.fstat(self.fd)
+                mine = (st.st_dev, st.st_ino)
             os.close(self.fd)
             self.fd = -1
-        if unlink:
+        if unlink and self._dir_fd >= 0:
             try:
+                if self.in_place:  # only what this pull created is removed, never something renamed there since
+                    now = os.stat(self.tmp, dir_fd=self._dir_fd, follow_symlinks=False)
+                    if (now.st_dev, now.st_ino) != mine:
+                        raise FileNotFoundError
                 os.unlink(self.tmp, dir_fd=self._dir_fd)
             except OSError:
                 pass
@@ -122,8 +183,11 @@ class DirStack:
     a symlink in the way is refused the same way. One thread at a time; :meth:`close` releases them all.
     """
 
-    def __init__(self, dest: SafeDest) -> None:
+    def __init__(self, dest: SafeDest, new: bool = False) -> None:
+        """``new``: the directories opened are expected not to exist yet (they are made without trying to open
+        them first: one failed ``openat`` less per directory of a restore into an empty destination)."""
         self._dest = dest
+        self._new = new
         self._names: list[str] = []
         self._fds: list[int] = []
 
@@ -139,10 +203,11 @@ class DirStack:
         while len(fds) > keep:
             names.pop()
             os.close(fds.pop())
-        for part in parts[keep:]:
+        for i in range(keep, len(parts)):
             parent = fds[-1] if fds else self._dest.root_fd
-            fds.append(self._dest._open_dir(parent, part, create, rel_dir, made))
-            names.append(part)
+            at = "/".join(parts[: i + 1])
+            fds.append(self._dest._open_dir(parent, parts[i], create, rel_dir, made, at, self._new and create))
+            names.append(parts[i])
         return fds[-1] if fds else self._dest.root_fd
 
     def close(self) -> None:
@@ -167,38 +232,53 @@ class SafeDest:
         self.special_bits = special_bits or os.geteuid() == 0
         self.root = root
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        with os.scandir(self.root_fd) as listing:
+            self.was_empty = next(listing, None) is None
+        """Nothing was in the destination when the pull began: no file there to look at or reuse."""
+        self.made: set[str] = set()
+        """Every directory this pull created (by its path), whichever call or thread created it."""
+        self.umask = _umask()
+        self.inherits_acl = self.was_empty and _default_acl(self.root_fd)
 
     def close(self) -> None:
         if self.root_fd >= 0:
             os.close(self.root_fd)
             self.root_fd = -1
 
-    def _open_dir(self, dir_fd: int, name: str, create: bool, rel: str, made: list[str] | None = None) -> int:
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-        except FileNotFoundError:
-            if not create:
+    def _open_dir(
+        self, dir_fd: int, name: str, create: bool, rel: str, made: list[str] | None = None, at: str = "",
+        new: bool = False,
+    ) -> int:  # fmt: skip
+        """Open directory ``name`` (the path ``at``) in ``dir_fd``, creating it with ``create`` (``new``: make it
+        first, then open it: it is not expected to exist); ``rel`` is the path the caller resolves (messages)."""
+        if not new:
+            try:
+                return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    raise UnsafePath(
+                        f"{rel}: {name!r} in the destination is a symlink or not a directory; not following it"
+                    ) from None
                 raise
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-                raise UnsafePath(
-                    f"{rel}: {name!r} in the destination is a symlink or not a directory; not following it"
-                ) from None
-            raise
         try:
             os.mkdir(name, 0o777, dir_fd=dir_fd)
+            if at:
+                self.made.add(at)  # atomic under the GIL: several workers may be creating directories
             if made is not None:
                 made.append(name)
         except FileExistsError:
-            pass  # another worker made it; the open below still refuses a symlink
+            pass  # another worker made it (or it was there); the open below still refuses a symlink
         return self._open_dir(dir_fd, name, False, rel)
 
     def _walk(self, parts: list[str], create: bool, rel: str) -> int:
         """A new descriptor of the directory ``parts`` (resolved with O_NOFOLLOW from the root)."""
         fd = os.dup(self.root_fd)
         try:
-            for part in parts:
-                nxt = self._open_dir(fd, part, create, rel)
+            for i, part in enumerate(parts):
+                nxt = self._open_dir(fd, part, create, rel, None, "/".join(parts[: i + 1]))
                 os.close(fd)
                 fd = nxt
         except BaseException:
@@ -228,17 +308,37 @@ class SafeDest:
             return None
         return fd
 
-    def new_file_at(self, dir_fd: int, rel: str) -> TempFile:
+    def new_file_at(self, dir_fd: int, rel: str, mode: int | None = None, fix: Fix | None = None) -> TempFile:
         """:meth:`new_file` in ``dir_fd``, the directory of ``rel`` (from :meth:`open_dir`); the TempFile takes
         ownership of ``dir_fd`` (closed with it, also on failure)."""
         parts = _split(rel)
         try:
             if not parts:
                 raise UnsafePath("the destination root itself is not a file")
-            return TempFile(self, rel, dir_fd, parts[-1])
+            return self.temp_file(rel, dir_fd, parts[-1], True, mode, fix)
         except BaseException:
             os.close(dir_fd)
             raise
+
+    def temp_file(
+        self, rel: str, dir_fd: int, name: str, own_dir: bool, mode: int | None = None, fix: Fix | None = None
+    ) -> TempFile:
+        """The TempFile for ``rel`` (``name`` in ``dir_fd``): in place when its directory held nothing when the
+        pull began, created with its final ``mode`` when :meth:`exact_mode` allows (``fix``: what it gets
+        before its mode, if anything)."""
+        fresh = self.was_empty or rel.rpartition("/")[0] in self.made
+        exact = self.exact_mode(mode, fix) if fresh and mode is not None else None
+        return TempFile(self, rel, dir_fd, name, own_dir, fresh, exact)
+
+    def exact_mode(self, mode: int, fix: Fix | None) -> int | None:
+        """The mode a new file of a destination that was empty can be created with as its final one, or None if
+        something could change it after creation: a umask that clears some of its bits, a default ACL on the
+        destination (every directory the pull makes inherits it), set-id bits, or owner and xattrs to apply
+        first that could change it (an ACL sets the group bits; a chown clears set-id bits only)."""
+        if (fix is not None and not getattr(fix, "keeps_mode", False)) or not self.was_empty or self.inherits_acl:
+            return None
+        wanted = self.allowed_mode(mode)
+        return None if wanted & (0o7000 | self.umask) else wanted
 
     @contextmanager
     def parent(self, rel: str, create: bool = True) -> Iterator[tuple[int, str]]:
@@ -289,14 +389,14 @@ class SafeDest:
             return None
         return fd
 
-    def new_file(self, rel: str) -> TempFile:
+    def new_file(self, rel: str, mode: int | None = None, fix: Fix | None = None) -> TempFile:
         """Start writing the new version of ``rel`` under a temporary name next to it."""
         parts = _split(rel)
         if not parts:
             raise UnsafePath("the destination root itself is not a file")
         fd = self._walk(parts[:-1], True, rel)
         try:
-            return TempFile(self, rel, fd, parts[-1])
+            return self.temp_file(rel, fd, parts[-1], True, mode, fix)
         except BaseException:
             os.close(fd)
             raise

@@ -12,7 +12,9 @@ For each file of the snapshot:
   small files with nothing local to reuse go in batches instead: one ``get_files`` for up to BATCH_FILES of
   them, written in one worker hop (from a server that lists the feature);
 - the new version is written to ``.<name>.neotmp.<random>`` in the same directory, given its mode and mtime,
-  fsynced with ``--fsync``, and renamed into place.
+  fsynced with ``--fsync``, and renamed into place (in a directory that held nothing when the pull began it is
+  written under its own name: see :class:`~neotwist.client.localfs.TempFile`). Into an empty destination the
+  directories are made while the files are fetched and written.
 
 Every write goes through :class:`~neotwist.client.localfs.SafeDest`, which re-checks server paths and never
 follows a symlink. Disk and CPU work (chunking, verification, decompression, writing) runs in worker threads;
@@ -256,13 +258,13 @@ def _new_temp(dest: SafeDest, f: _File, dirs: DirStack | None = None) -> TempFil
     one ``dirs`` holds (which it borrows)."""
     if f.dir_fd >= 0:
         dir_fd, f.dir_fd = f.dir_fd, -1
-        return dest.new_file_at(dir_fd, f.path)
+        return dest.new_file_at(dir_fd, f.path, f.mode, f.fix)
     if dirs is not None:
         parent, _, name = f.path.rpartition("/")
         if not name:
             raise UnsafePath("the destination root itself is not a file")
-        return TempFile(dest, f.path, dirs.open(parent, create=True), name, own_dir=False)
-    return dest.new_file(f.path)
+        return dest.temp_file(f.path, dirs.open(parent, create=True), name, False, f.mode, f.fix)
+    return dest.new_file(f.path, f.mode, f.fix)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -544,7 +546,7 @@ def _make_dirs(dest: SafeDest, dirs: list[Entry]) -> tuple[list[str], set[str]]:
     them needs looking at)."""
     errors = []
     made: set[str] = set()
-    with DirStack(dest) as stack:  # dirs come sorted: each opens only what differs from the one before
+    with DirStack(dest, new=dest.was_empty) as stack:  # sorted: each opens only what differs from the one before
         for e in dirs:
             if e.path:
                 try:
@@ -639,10 +641,18 @@ class _PullRun:
         for err in laid.problems:
             self._error(err)
         dirs.sort(key=lambda e: e.path)
-        errors, made = await self._thread(_make_dirs, self.dest, dirs)
-        for err in errors:
-            self._error(err)
-        self.made_dirs = frozenset(made)
+        # Into a destination that was empty, no file needs looking at: the directories are made by one worker
+        # while the files are fetched and written (a writer makes the ones it needs first itself). Making them
+        # all first held every fetch back for about a fifth of a full restore.
+        fresh = self.dest.was_empty
+        making: Deferred[tuple[list[str], set[str]]] | None = None
+        if fresh:
+            making = self._thread(_make_dirs, self.dest, dirs)
+        else:
+            errors, made = await self._thread(_make_dirs, self.dest, dirs)
+            for err in errors:
+                self._error(err)
+            self.made_dirs = frozenset(made)
         slots = DeferredSemaphore(FILES_IN_FLIGHT)
         batches = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Deferred[None]] = []
@@ -682,9 +692,12 @@ class _PullRun:
                 )
                 for e in files[start : start + step]
             ]
-            states = await self._thread(
-                _quick_check, self.dest, group, self.options.checksum, self.applier, batching, self.made_dirs
-            )
+            if fresh:
+                states: list[int | str] = [_ABSENT] * len(group)
+            else:
+                states = await self._thread(
+                    _quick_check, self.dest, group, self.options.checksum, self.applier, batching, self.made_dirs
+                )
             for i, (f, state) in enumerate(zip(group, states, strict=True)):
                 if fatal:
                     for rest in group[i:]:
@@ -720,6 +733,11 @@ class _PullRun:
         if batch and not fatal:
             await send_batch(batch)
         await DeferredList(running)
+        if making is not None:
+            errors, _ = await making
+            for err in errors:
+                self._error(err)
+            self.made_dirs = frozenset(self.dest.made)  # by _make_dirs and by the writers
         if fatal:
             raise fatal[0]
         made, errs = await self._thread(_make_links, self.dest, links, extras)

@@ -60,6 +60,27 @@ def plan(entries: list[Entry]) -> Plan:
     return out
 
 
+@dataclass(slots=True)
+class _Apply:
+    """A :data:`~neotwist.client.localfs.Fix`: applies ``x`` to an open descriptor, naming what failed."""
+
+    restorer: Restorer
+    path: str
+    x: Extra
+    fresh: bool
+
+    @property
+    def keeps_mode(self) -> bool:
+        """It cannot change the permission bits of a file without set-id bits: no xattrs (an ACL sets the group
+        bits), only an owner (a chown clears set-id bits alone)."""
+        return not self.x.xattrs
+
+    def __call__(self, fd: int | str) -> None:
+        r = self.restorer
+        for problem in r.applier.apply_fd(fd, self.x, self.fresh):
+            r.problems.append(f"{self.path}: {problem}")
+
+
 class Restorer:
     """Applies records while a pull writes; collects what could not be applied (thread-safe appends)."""
 
@@ -73,13 +94,7 @@ class Restorer:
         """The hook that gives ``path`` its owner and xattrs once its descriptor is open (None: nothing to do)."""
         if x is None:
             return None
-        applier = self.applier
-
-        def apply(fd: int | str) -> None:
-            for problem in applier.apply_fd(fd, x, fresh):
-                self.problems.append(f"{path}: {problem}")
-
-        return apply
+        return _Apply(self, path, x, fresh)
 
     def symlinks(self, links: list[Entry]) -> None:
         """Owners of restored symlinks (as root; they have no other settable metadata)."""

@@ -45,8 +45,11 @@ EntryKind = Literal["f", "d", "l"]
 """file, directory, symlink."""
 
 
-class Entry(msgspec.Struct, array_like=True, frozen=True):
+class Entry(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One file, directory or symlink as stored in a snapshot.
+
+    Not tracked by the garbage collector (``gc=False``: its fields are strings, numbers and bytes, which can
+    form no cycle): a listing holds one per item, and every collection walked them all.
 
     ``path`` is relative to the handle's root ('/'-separated, '' means the root itself). ``chunks`` is the
     concatenation of the file's chunk ids in order. A file with more than MAX_FILE_CHUNK_IDS chunks is sent as
