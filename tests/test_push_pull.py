@@ -15,17 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback import loopback_peer
 from support import snapshot_of
-from twisted.internet import endpoints, protocol
-from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from neotwist.client.filescache import FilesCache
 from neotwist.client.pull import PullIncomplete, PullOptions, pull
 from neotwist.client.push import PushOptions, push
 from neotwist.server import session
-from neotwist.wire import limits
-from neotwist.wire.messages import Bye, Hello
 from neotwist.wire.peer import Peer
 
 
@@ -37,14 +34,6 @@ def _services(tmp: Path) -> Any:
     services = session.ServerServices.open(tmp, reactor, bcrypt_rounds=4)
     services.account = services.accounts.add("alice", None)
     return services
-
-
-class _ClientHandler:
-    def message_received(self, peer: Peer, message: Any) -> None:
-        return None
-
-    def connection_lost(self, peer: Peer, reason: Any) -> None:
-        pass
 
 
 class _RecordingPeer(Peer):
@@ -78,31 +67,7 @@ class PushPullTests(TestCase):
         self.addCleanup(self.services.repository.close)
 
     async def _connect(self) -> _RecordingPeer:
-        from twisted.internet import reactor
-
-        services = self.services
-
-        class Factory(protocol.Factory):
-            def buildProtocol(self, addr: Any) -> Any:
-                return session.make_server_peer(services, services.account, str(addr))
-
-        port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
-        self.addCleanup(port.stopListening)
-        peer = _RecordingPeer(_ClientHandler(), is_client=True)
-        await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), peer)
-        welcome = await peer.request(Hello(rid=0, version=limits.PROTOCOL_VERSION, software="test", window=peer.window))
-        peer.features = frozenset(welcome.features)  # as the real client's connect does
-
-        async def bye() -> None:
-            closed = peer.when_closed()
-            try:
-                await peer.request(Bye(rid=0))
-            except Exception:
-                peer.close()
-            await closed
-
-        self.addCleanup(lambda: ensureDeferred(bye()))
-        return peer
+        return await loopback_peer(self, self.services, _RecordingPeer)
 
     def _cache(self) -> FilesCache:
         return FilesCache("test", self.tmp / "cache")

@@ -17,8 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import endpoints, protocol
-from twisted.internet.defer import ensureDeferred
+from loopback import loopback_peer
 from twisted.trial.unittest import TestCase
 
 from neotwist.client.pull import PullOptions, pull
@@ -26,8 +25,6 @@ from neotwist.client.push import PushOptions, push
 from neotwist.server import session
 from neotwist.server.repository.index import WAL_KEEP, Connections
 from neotwist.server.repository.packs import WRITEV_BUFFERS, PackStore
-from neotwist.wire import limits
-from neotwist.wire.messages import Bye, Hello
 from neotwist.wire.peer import Peer
 
 WORDS = (
@@ -79,14 +76,6 @@ def target_bytes(repo: Path) -> dict[str, int]:
     return out
 
 
-class _ClientHandler:
-    def message_received(self, peer: Peer, message: Any) -> None:
-        return None
-
-    def connection_lost(self, peer: Peer, reason: Any) -> None:
-        pass
-
-
 class FirstPushStorageTests(TestCase):
     timeout = 180
 
@@ -103,30 +92,7 @@ class FirstPushStorageTests(TestCase):
         self.addCleanup(self.services.repository.close)
 
     async def _connect(self) -> Peer:
-        from twisted.internet import reactor
-
-        services = self.services
-
-        class Factory(protocol.Factory):
-            def buildProtocol(self, addr: Any) -> Any:
-                return session.make_server_peer(services, services.account, str(addr))
-
-        port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
-        self.addCleanup(port.stopListening)
-        peer = Peer(_ClientHandler(), is_client=True)
-        await endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), peer)
-        await peer.request(Hello(rid=0, version=limits.PROTOCOL_VERSION, software="test", window=peer.window))
-
-        async def bye() -> None:
-            closed = peer.when_closed()
-            try:
-                await peer.request(Bye(rid=0))
-            except Exception:
-                peer.close()
-            await closed
-
-        self.addCleanup(lambda: ensureDeferred(bye()))
-        return peer
+        return await loopback_peer(self, self.services, Peer)
 
     async def test_first_push_of_source_tree_stays_under_bound(self) -> None:
         from twisted.internet import reactor
