@@ -19,9 +19,10 @@ from collections.abc import Container
 from typing import Literal
 
 import zstandard
-from twisted.internet.defer import Deferred, DeferredList, FirstError, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 
 from neotwist import subdelta
+from neotwist.client.gather import gather
 from neotwist.codec import MIN_SAVING
 from neotwist.subdelta import Signature
 from neotwist.wire import limits
@@ -109,14 +110,9 @@ class DeltaPlanner:
         requests = [
             self.peer.request(Sign(rid=0, handle=self.handle, ids=ids[i : i + step])) for i in range(0, len(ids), step)
         ]
-        try:
-            replies = await DeferredList(requests, fireOnOneErrback=True, consumeErrors=True)
-        except FirstError as e:
-            for d in requests:
-                d.addErrback(lambda _f: None)
-            e.subFailure.raiseException()
+        replies = await gather(requests)
         sigs: dict[bytes, Signature] = {}
-        for n, (_ok, reply) in enumerate(replies):
+        for n, reply in enumerate(replies):
             if not isinstance(reply, Signatures):
                 continue
             for base, sig in zip(ids[n * step : (n + 1) * step], reply.signatures, strict=False):

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import blake3
 import msgspec
 import zstandard
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, FirstError, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -51,6 +51,7 @@ from neotwist.client.deltapush import DeltaPlanner, Made, Plan, delta_messages, 
 from neotwist.client.encryption import Crypt, KeySource, plain_errors
 from neotwist.client.filescache import FilesCache
 from neotwist.client.filters import Filter
+from neotwist.client.gather import gather
 from neotwist.client.labels import commit_fields
 from neotwist.client.metadata import Capture, link_fields
 from neotwist.client.meter import Meter
@@ -748,7 +749,7 @@ class _PushRun:
         # 1. hash the changed files, small ones grouped per job
         jobs = _jobs(batch.changed, lambda rec: rec.size, JOB_FILES)
         results = (
-            await _gather(
+            await gather(
                 [self._thread(_hash_job, self.root, job, params, self.id_key, self.make_entries) for job in jobs]
             )
             if jobs
@@ -1074,7 +1075,7 @@ async def ask_missing(peer: Peer, handle: int, ids: list[bytes]) -> set[bytes]:
             peer.request(Have(rid=0, handle=handle, ids=part[start : start + limits.MAX_IDS]))
             for start in range(0, len(part), limits.MAX_IDS)
         ]
-        for n, reply in enumerate(await _gather(requests)):
+        for n, reply in enumerate(await gather(requests)):
             if not isinstance(reply, Missing):
                 raise PushError(f"the server answered have with {type(reply).__name__}")
             base = n * limits.MAX_IDS
@@ -1104,18 +1105,6 @@ async def _remove_unborn_target(peer: Peer, handle: int, target: str) -> bool:
         log.debug("the new target {target} stays: {why}", target=target, why=e)
         return False
     return True
-
-
-async def _gather(ds: list[Any]) -> list[Any]:
-    """The results of ``ds`` in order; the first failure is raised as itself (not wrapped in FirstError), and
-    the others are consumed so none is reported as unhandled."""
-    try:
-        results = await DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
-    except FirstError as e:
-        for d in ds:
-            d.addErrback(lambda _f: None)
-        e.subFailure.raiseException()
-    return [value for _ok, value in results]
 
 
 def describe_error(error: BaseException) -> str:
