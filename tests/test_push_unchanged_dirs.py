@@ -162,3 +162,37 @@ class UnchangedDirectoryTests(TestCase):
         shutil.rmtree(dest / "elsewhere")
         self._same(dest)
 
+
+class ChangedRulesTests(TestCase):
+    """What a push keeps out is part of what an unchanged directory is: a directory as the last push left it,
+    pushed now with other rules, is walked again, so newly excluded items leave the snapshot and newly included
+    ones enter it."""
+
+    timeout = 120
+
+    setUp = pp.PushPullTests.setUp
+    _connect = pp.PushPullTests._connect
+    _push = pp.PushPullTests._push
+    _pull = pp.PushPullTests._pull
+    _settle = pp.PushPullTests._settle
+
+    def _cache(self) -> FilesCache:
+        return FilesCache("test", self.tmp / "cache")
+
+    async def test_new_rules_on_an_unchanged_tree_change_the_snapshot(self) -> None:
+        from neotwist.client.filters import Filter
+
+        (self.src / "d").mkdir()
+        (self.src / "d" / "keep.txt").write_text("keep")
+        (self.src / "d" / "noise.log").write_text("noise")
+        await self._settle()
+        peer = await self._connect()
+        await self._push(peer, cache=self._cache(), delete=True)
+        await self._push(peer, cache=self._cache(), delete=True, filter=Filter.from_lines(["*.log"]))
+        out = self.tmp / "out1"
+        await self._pull(peer, out)
+        assert sorted(p.name for p in (out / "d").iterdir()) == ["keep.txt"]
+        await self._push(peer, cache=self._cache(), delete=True)  # the rule dropped again: the log comes back
+        out = self.tmp / "out2"
+        await self._pull(peer, out)
+        assert sorted(p.name for p in (out / "d").iterdir()) == ["keep.txt", "noise.log"]
