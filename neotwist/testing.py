@@ -260,13 +260,15 @@ class SessionTestCase(TestCase):
         self.alice = self.kit.account("alice")
         self.bob = self.kit.account("bob")
 
-    def connect(self, tls: bool = False, account: Account | None = None) -> tuple[Peer, Peer, IOPump]:
+    def connect(
+        self, tls: bool = False, account: Account | None = None, window: int = limits.WINDOW
+    ) -> tuple[Peer, Peer, IOPump]:
         """(server, client, pump): a client and a server Peer over iosim (SSH-authenticated as alice unless
-        ``tls``), before the hello."""
+        ``tls``), before the hello; ``window``: the client's receive window (its hello advertises it)."""
         who = None if tls else (account or self.alice)
         client, server, pump = connectedServerAndClient(
             lambda: make_server_peer(self.services, who, "test:1"),
-            lambda: Peer(Client(), is_client=True),
+            lambda: Peer(Client(), is_client=True, window=window),
         )
         return server, client, pump
 

@@ -303,3 +303,25 @@ class DeltaSessionTests(SessionTestCase):
     def test_the_welcome_announces_the_feature(self) -> None:
         _server, client, pump = self.connect()
         assert limits.FEATURE_SUBDELTA in self.hello(client, pump).features
+
+
+class SignBackpressureTests(SessionTestCase):
+    """A client that stops reading gets no more signing: ``sign`` waits for its queued replies to drain (as a
+    get's read groups do), so small requests cannot make the server queue replies without end."""
+
+    def test_sign_replies_stop_queueing_when_the_client_reads_nothing(self) -> None:
+        window = limits.MIN_WINDOW  # the smallest window a client may announce: fewer requests fill it
+        server, client, pump = self.ready(window=window)
+        base = random.Random(1).randbytes(1 << 20)
+        self.push(client, pump, {"f": base})
+        cid = chunk(base)[0]
+        h = self.open_push(client, pump).handle
+        assert isinstance(self.call(client, pump, PushBegin(rid=0, handle=h)), Ok)
+        client._conn.flush_credit = lambda: None  # the client returns no more credit: it reads nothing
+        queued = []
+        for _ in range(40):  # each ~1.1 KiB: 32 MiB read, a ~650 KiB reply (26 of them fill both windows)
+            client.request(Sign(rid=0, handle=h, ids=[cid] * 32))
+            pump.flush()
+            queued.append(server.queued_bytes)
+        assert queued[-1] == queued[-8], queued[-8:]  # no growth once the window is spent
+        assert queued[-1] < window + 1024 * 1024, (queued[-1], window)  # at most a window and one reply

@@ -92,13 +92,19 @@ def _sign(handle: Handle, ids: list[bytes]) -> list[PieceSignature]:
     return sign_bases(handle.target, ids)
 
 
+SIGN_HOLD = 4 * limits.MAX_CHUNK
+"""What one ``sign`` job is charged to the connection's memory budget until its reply has left: a base's stored
+and plain bytes (MAX_CHUNK each, one base at a time), the reply's piece lengths and hashes (up to MAX_SIGN_PIECES,
+about 6 MiB as Python objects) and the encoded reply (about 1.3 MiB)."""
+
+
 def on_sign(ctx: RequestContext, peer: Peer, message: Sign) -> Deferred[None]:
     handle = ctx.push_handle(message.handle)
     budget = ctx.memory
-    hold = limits.MAX_CHUNK  # one base at a time, and the reply
 
-    def answer(sigs: list[PieceSignature]) -> None:
+    def answer(sigs: list[PieceSignature]) -> Deferred[None]:
         peer.send(Signatures(rid=message.rid, signatures=sigs))
+        return peer.drain()  # the bytes stay charged until the client has taken the reply
 
     def job() -> Deferred[None]:
         d: Deferred[Any] = ctx.run_for(handle, Right.APPEND, "push", _sign, handle, message.ids)
@@ -106,12 +112,15 @@ def on_sign(ctx: RequestContext, peer: Peer, message: Sign) -> Deferred[None]:
         return d.addBoth(give_back)
 
     def give_back(result: object) -> object:
-        budget.release(hold)
+        budget.release(SIGN_HOLD)
         return result
 
-    # The bytes first, then a job slot, as put batches take them: a job holding a slot never waits for bytes
-    # that jobs waiting for a slot hold.
-    return budget.acquire(hold).addCallback(lambda _: ctx.admit(message, job))
+    # A client that stops reading gets no more signing: the replies already queued must drain first (as a get's
+    # read groups wait), then the bytes, then a job slot, as put batches take them (a job holding a slot never
+    # waits for bytes that jobs waiting for a slot hold).
+    d = peer.drain()
+    d.addCallback(lambda _: budget.acquire(SIGN_HOLD))
+    return d.addCallback(lambda _: ctx.admit(message, job))
 
 
 def rebuild(target: Target, delta: ChunkDelta, read_before: int = 0) -> tuple[bytes, int]:
