@@ -196,3 +196,45 @@ class ChangedRulesTests(TestCase):
         out = self.tmp / "out2"
         await self._pull(peer, out)
         assert sorted(p.name for p in (out / "d").iterdir()) == ["keep.txt", "noise.log"]
+
+
+class DeleteAfterPushesWithoutItTests(TestCase):
+    """A push without --delete keeps in its snapshot what is gone locally, and its files cache does not name
+    those paths; a later --delete push must list everything once (not only the changes since), or what was gone
+    before it would stay in every snapshot after."""
+
+    timeout = 120
+
+    setUp = pp.PushPullTests.setUp
+    _connect = pp.PushPullTests._connect
+    _push = pp.PushPullTests._push
+    _pull = pp.PushPullTests._pull
+    _settle = pp.PushPullTests._settle
+
+    def _cache(self) -> FilesCache:
+        return FilesCache("test", self.tmp / "cache")
+
+    async def test_delete_drops_what_earlier_pushes_without_it_kept(self) -> None:
+        (self.src / "c").mkdir()
+        for i in range(3):
+            (self.src / "c" / f"g{i}").write_text(f"text {i}\n")
+        await self._settle()
+        peer = await self._connect()
+        await self._push(peer, cache=self._cache())
+        (self.src / "c" / "g0").unlink()
+        await self._settle()
+        kept = await self._push(peer, cache=self._cache())  # no --delete: c/g0 stays in the snapshot
+        assert kept.deleted == 0
+        summary = await self._push(peer, cache=self._cache(), delete=True)
+        assert summary.deleted == 1
+        dest = self.tmp / "dest"
+        await self._pull(peer, dest)
+        assert snapshot_of(self.src) == snapshot_of(dest)
+        (self.src / "c" / "g1").unlink()  # from now on --delete pushes list only their changes again
+        await self._settle()
+        cache = self._cache()
+        again = await self._push(peer, cache=cache, delete=True)
+        assert again.deleted == 1 and again.files_changed == 0
+        dest2 = self.tmp / "dest2"
+        await self._pull(peer, dest2)
+        assert snapshot_of(self.src) == snapshot_of(dest2)

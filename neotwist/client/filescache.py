@@ -22,7 +22,8 @@ holds exactly the files of this push, so deleted files fall out of it.
 It also keeps, for the push that wrote it, the snapshot that push committed and a digest of every entry it
 sent (by the path the server knows it by): the next push to the same place, when that snapshot is still the
 target's latest, sends only the entries whose digest changed and names the paths that are gone
-(``push_begin.parent``), instead of listing the whole tree again.
+(``push_begin.parent``), instead of listing the whole tree again. A --delete push lists the whole tree once
+after a push without it: that one kept in its snapshot paths gone locally that its digests do not name.
 
 Files modified within the last second before the push started are not remembered: their mtime may not have
 ticked yet for a write still to come (the same guard git and borg use for "racy" timestamps).
@@ -66,6 +67,7 @@ _SCHEMA = (
     " n INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (dir, seq)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS {db}.dirs (dir TEXT PRIMARY KEY, signature BLOB NOT NULL, items INTEGER NOT NULL,"
     " files INTEGER NOT NULL, complete INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS {db}.flags (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
 )
 """One SQLite row holds many files of one directory (a msgpack map of name to :class:`CacheEntry`, or to the
 entry digest; ``n`` is how many), and a directory is read in one query: the walk and the listing go a directory
@@ -144,6 +146,11 @@ class FilesCache:
         self._name(key)
         self.old_snapshot: int | None = None  # what the last push committed (its entries are in old.entries)
         self.snapshot: int | None = None  # what this push committed (set before save)
+        # The entry digests name every entry of the snapshot: the push named what was gone (--delete). A push
+        # without it keeps in its snapshot what is gone locally, which its digests do not name: a later --delete
+        # push must then list everything once, or what was gone before it would stay in the snapshot for good.
+        self.old_whole = False  # of the last push's cache
+        self.whole = False  # of this push's (set before save)
         self.racy_after = (start_ns if start_ns is not None else time.time_ns()) - _RACY_NS
         self.load_error: str | None = None
         self._lock = threading.Lock()
@@ -217,6 +224,7 @@ class FilesCache:
                 db.execute("DETACH DATABASE old")
                 self._has_old = self._old_dirs = False
             self.old_snapshot = None
+            self.old_whole = False
             if not self.path.exists():
                 return
             try:
@@ -241,6 +249,9 @@ class FilesCache:
             self._has_old = True
             self._files_dir = self._entries_dir = self._base_dir = None
             self.old_snapshot = row[2]
+            has_flags = db.execute("SELECT 1 FROM old.sqlite_master WHERE type = 'table' AND name = 'flags'").fetchone()
+            whole = db.execute("SELECT value FROM old.flags WHERE name = 'whole'").fetchone() if has_flags else None
+            self.old_whole = whole is not None and whole[0] == 1
             self._old_dirs = (
                 db.execute("SELECT 1 FROM old.sqlite_master WHERE type = 'table' AND name = 'dirs'").fetchone()
                 is not None
@@ -465,9 +476,9 @@ class FilesCache:
                     raise OSError(self._broken)
                 db.execute(_COMPLETE)
                 db.execute("DELETE FROM main.meta")
-                db.execute(
-                    "INSERT INTO main.meta VALUES (?, ?, ?)", (_FORMAT, paths.to_wire(self.key), self.snapshot)
-                )
+                db.execute("DELETE FROM main.flags")
+                db.execute("INSERT INTO main.flags VALUES ('whole', ?)", (int(self.whole),))
+                db.execute("INSERT INTO main.meta VALUES (?, ?, ?)", (_FORMAT, paths.to_wire(self.key), self.snapshot))
                 if self._has_old:
                     db.execute("DETACH DATABASE old")
                     self._has_old = self._old_dirs = False

@@ -605,9 +605,7 @@ class _PushRun:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     async def run(self) -> Committed:
-        await self.peer.request(
-            PushBegin(rid=0, handle=self.handle, delete=self.options.delete, parent=self.parent)
-        )
+        await self.peer.request(PushBegin(rid=0, handle=self.handle, delete=self.options.delete, parent=self.parent))
         await self.walk()
         fields = commit_fields(
             self.options.label, self.summary.warnings_count, None if self.crypt is None else self.crypt.keys
@@ -971,8 +969,15 @@ async def push(
                 use_cache = options.cache is not None
                 retried = False
                 cache = options.cache
-                # the last push's snapshot still the latest: list only what changed since (see the docstring)
-                parent = cache.old_snapshot if cache is not None and cache.old_snapshot == opened.latest else None
+                # the last push's snapshot still the latest: list only what changed since (see the docstring);
+                # a --delete push after one without it lists everything (what that one kept, it did not name)
+                parent = (
+                    cache.old_snapshot
+                    if cache is not None
+                    and cache.old_snapshot == opened.latest
+                    and (cache.old_whole or not options.delete)
+                    else None
+                )
                 while True:
                     run = _PushRun(
                         reactor, pool, peer, opened.handle, params, local_root, options, summary, use_cache, crypt,
@@ -1001,6 +1006,7 @@ async def push(
                 pool.stop()
             if options.cache is not None:
                 options.cache.snapshot = committed.snapshot
+                options.cache.whole = options.delete
                 try:
                     options.cache.save()
                 except OSError as e:
