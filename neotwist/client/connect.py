@@ -117,8 +117,8 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
     # local link it still keeps the server busy.
     peer = Peer(ClientHandler(), window=options.window, is_client=True, max_peer_window=SEND_AHEAD)
     link: OpenSSHLink | None = None
-    # Each transport's module is imported only when it is the one used: the TLS client alone pulls in the
-    # certificate and endpoint machinery (see test_startup), which an SSH push or pull never needs.
+    # Each transport's module is imported only when it is the one used (tests/test_startup_e2e.py): the TLS
+    # client's imports (twisted.internet.endpoints among them) cost an SSH push or pull start-up time for nothing.
     if remote.scheme == "tls":
         from neotwist.client.tlsclient import TLSOptions, open_tls
 
