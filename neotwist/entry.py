@@ -30,7 +30,14 @@ def _load(prog: str, module: str, name: str) -> Callable[[], None]:
 
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
-    main: Callable[[], None] = getattr(importlib.import_module(module), name)
+    # Loading the command allocates tens of thousands of objects that live as long as the process; each
+    # collection while they load walks the young ones again, for nothing: 10 ms (6 %) of neo-push's import.
+    # The few cyclic leftovers of the modules' own set-up (about 1,600 objects, 0.3 MB) are frozen with them.
+    gc.disable()
+    try:
+        main: Callable[[], None] = getattr(importlib.import_module(module), name)
+    finally:
+        gc.enable()
     gc.freeze()  # the modules' objects live as long as the process: no collection need walk them again
     from neotwist.display import guard_output
 

@@ -70,3 +70,18 @@ def test_the_console_scripts_end_through_it() -> None:
     assert "--no-such-flag" in r.stderr
     assert "teardown ran" not in r.stdout
     assert entry.push.__doc__ == "Entry point of neo-push."
+
+
+def test_no_collection_runs_while_the_command_loads() -> None:
+    """The modules' objects outlive the process's work: collecting while they load only walks them again."""
+    script = (
+        "import gc\n"
+        "from neotwist.entry import _load\n"
+        "starts = []\n"
+        "gc.callbacks.append(lambda phase, info: starts.append(info['generation']) if phase == 'start' else None)\n"
+        "_load('neo-push', 'neotwist.client.cli', 'push_main')\n"
+        "print(len(starts), gc.isenabled(), gc.get_freeze_count() > 10_000)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "True", "True"]  # none ran; collection is back on; the modules are frozen

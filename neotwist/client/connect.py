@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -19,14 +19,14 @@ import neotwist
 from neotwist import tcpkeepalive
 from neotwist.client.keepalive import Watchdog, limit_setup
 from neotwist.client.knownhosts import KnownHostsFile, default_known_hosts, default_tls_known_hosts
-from neotwist.client.openssh import OpenSSHLink, open_openssh
 from neotwist.client.remote import AccessRefused, ConnectError, Remote
-from neotwist.client.sshclient import SSHOptions, open_ssh
-from neotwist.client.tlsclient import TLSOptions, open_tls
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.messages import Bye, Hello, LoggedIn, Login, Message, Welcome
 from neotwist.wire.peer import Peer
+
+if TYPE_CHECKING:
+    from neotwist.client.openssh import OpenSSHLink
 
 log = Logger()
 
@@ -117,7 +117,11 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
     # local link it still keeps the server busy.
     peer = Peer(ClientHandler(), window=options.window, is_client=True, max_peer_window=SEND_AHEAD)
     link: OpenSSHLink | None = None
+    # Each transport's module is imported only when it is the one used (tests/test_startup_e2e.py): the TLS
+    # client's imports (twisted.internet.endpoints among them) cost an SSH push or pull start-up time for nothing.
     if remote.scheme == "tls":
+        from neotwist.client.tlsclient import TLSOptions, open_tls
+
         await open_tls(
             reactor,
             remote,
@@ -130,8 +134,12 @@ async def _connect(reactor: Any, remote: Remote, options: ConnectOptions) -> Ses
             ),
         )
     elif options.ssh_command is not None:
+        from neotwist.client.openssh import open_openssh
+
         link = open_openssh(reactor, remote, peer, options.ssh_command)
     else:
+        from neotwist.client.sshclient import SSHOptions, open_ssh
+
         await open_ssh(
             reactor,
             remote,

@@ -24,11 +24,11 @@ from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.conch.ssh.userauth import SSHUserAuthClient
 from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress, IReactorTCP
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientCreator, ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -325,8 +325,8 @@ class _UserAuth(SSHUserAuthClient):
         if not (self._options.use_agent and sock):
             super().serviceStarted()
             return
-        endpoint = UNIXClientEndpoint(self._attempt.reactor, sock, timeout=5)
-        d = endpoint.connect(Factory.forProtocol(agent.SSHAgentClient))
+        # What UNIXClientEndpoint(reactor, sock, timeout=5) did, without importing the endpoints module.
+        d = ClientCreator(self._attempt.reactor, agent.SSHAgentClient).connectUNIX(sock, timeout=5)
 
         def got_agent(client: agent.SSHAgentClient) -> Deferred[list[tuple[bytes, bytes]]]:
             self._agent = client
@@ -519,12 +519,21 @@ class _ClientTransport(transport.SSHClientTransport):
 
 
 class _OneShotFactory(ClientFactory):
-    def __init__(self, proto: _ClientTransport) -> None:
+    def __init__(self, proto: _ClientTransport, failed: Callable[[Failure], object]) -> None:
         self._proto = proto
+        self._failed = failed
 
     def buildProtocol(self, addr: IAddress | None) -> _ClientTransport:
         self._proto.factory = self
         return self._proto
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        self._failed(reason)
+
+
+def _is_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (the reactor's own test: it connects to those unresolved)."""
+    return isIPAddress(host) or isIPv6Address(host)
 
 
 def open_ssh(reactor: IReactorTCP, remote: Remote, peer: Protocol, options: SSHOptions) -> Deferred[None]:
@@ -536,7 +545,6 @@ def open_ssh(reactor: IReactorTCP, remote: Remote, peer: Protocol, options: SSHO
     attempt = _Attempt(reactor, remote, peer)
     pinned = [k.key_type for k in options.known_hosts.lookup(remote.host, remote.port) if not k.revoked]
     proto = _ClientTransport(attempt, options, pinned)
-    endpoint = HostnameEndpoint(reactor, remote.host, remote.port, timeout=CONNECT_TIMEOUT)
 
     def tcp_failed(reason: Failure) -> Failure | None:
         if attempt.ready.called:
@@ -544,8 +552,20 @@ def open_ssh(reactor: IReactorTCP, remote: Remote, peer: Protocol, options: SSHO
         attempt.ready.errback(ConnectError(f"cannot connect to {remote.address}: {reason.getErrorMessage()}"))
         return None
 
-    factory: Any = _OneShotFactory(proto)
-    endpoint.connect(factory).addErrback(tcp_failed)
+    if _is_address(remote.host):
+        # One address, one attempt: what HostnameEndpoint does for it, without importing twisted.internet.endpoints
+        # (plugins, systemd, SNI, stdio: a few ms of every command's start-up). The connector reports a failure
+        # to the factory with the very reason the endpoint would errback with.
+        tcp: Any = reactor  # IReactorTCP's methods, declared without self, confuse mypy
+        tcp.connectTCP(remote.host, remote.port, _OneShotFactory(proto, tcp_failed), timeout=CONNECT_TIMEOUT)
+    else:
+        # A name may resolve to several addresses (IPv4 and IPv6): the endpoint tries them in turn, each started
+        # a moment after the last, and keeps the first that connects.
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        factory: Any = _OneShotFactory(proto, lambda _reason: None)  # the endpoint's Deferred reports failures
+        endpoint = HostnameEndpoint(reactor, remote.host, remote.port, timeout=CONNECT_TIMEOUT)
+        endpoint.connect(factory).addErrback(tcp_failed)
     return attempt.ready
 
 

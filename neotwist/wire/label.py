@@ -7,9 +7,9 @@ The label travels in ``commit`` and comes back in ``snapshot_list``. A plaintext
 
 Every bound is declared on the struct, so msgspec enforces it while decoding a frame; :func:`check_label` adds
 what a type cannot say (no control characters, no comma in a tag, no repeated tag). Lengths are characters.
-"""
 
-from __future__ import annotations
+Annotations are not postponed here, as in :mod:`neotwist.wire.messages` (which says why).
+"""
 
 import unicodedata
 from typing import Annotated
