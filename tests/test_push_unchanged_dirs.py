@@ -135,6 +135,33 @@ class UnchangedDirectoryTests(TestCase):
         await self._pull(peer, dest)
         self._same(dest)
 
+    async def test_a_directory_with_a_symlink_too_recent_to_trust_is_walked_again(self) -> None:
+        """A symlink made again within the clock's tick may keep its inode, size and timestamps with a new
+        target: a directory with any item that recent is not recorded whole, as a file that recent is not."""
+        self._fill()
+        await self._settle()
+        peer = await self._connect()
+        await self._push(peer, cache=self._cache())
+        link = self.src / "a" / "b" / "link"
+        link.unlink()
+        os.symlink("../f1", link)  # just now
+        cache = self._cache()
+        summary = await self._push(peer, cache=cache)
+        assert summary.files_changed == 0
+        assert cache.dirs_taken == 3  # all but a/b and a (its item b has a new mtime)
+        await self._settle()
+        cache = self._cache()
+        await self._push(peer, cache=cache)
+        # neither was recorded by the push that saw the link (and b's mtime) so recent: both walked again
+        assert cache.dirs_taken == 3
+        assert cache.calls["note_entry"] == 1 + 6 + 2  # the root's own entry, a's six items, a/b's two
+        cache = self._cache()
+        await self._push(peer, cache=cache)
+        assert cache.dirs_taken == 5 and cache.calls["note_entry"] == 1
+        dest = self.tmp / "dest"
+        await self._pull(peer, dest)
+        self._same(dest)
+
     async def test_without_the_last_snapshot_as_parent_everything_is_listed(self) -> None:
         """Another snapshot came in since the last push: the cache still spares reading files, but every item
         is listed, so no directory is taken whole (its entries would be missing from the listing)."""

@@ -77,10 +77,10 @@ around every file: an unchanged re-push of 100,000 files took 157 us per file, a
 ``dirs`` holds each walked directory's signature (:class:`~neotwist.client.scan.SameDir`: its items' names and
 ``lstat`` values) and counts; ``complete`` is set at :meth:`FilesCache.save` when this push remembered every
 regular file of it and noted an entry digest for every item (none was racy, changed while read, unreadable or
-skipped). A later push that finds a directory with the same signature and ``complete`` takes its rows of
-``files`` and ``entries`` over whole, in SQL (:meth:`FilesCache.see_dir`), and makes no record of its items:
-there is no per-file Python work for it. Caches written before ``dirs`` existed are read as before, without
-that shortcut."""
+skipped); a directory with an item too recent to trust (a symlink, say) has no row. A later push that finds a
+directory with the same signature and ``complete`` takes its rows of ``files`` and ``entries`` over whole, in
+SQL (:meth:`FilesCache.see_dir`), and makes no record of its items: there is no per-file Python work for it.
+Caches written before ``dirs`` existed are read as before, without that shortcut."""
 
 ROOT_ENTRY_DIR = "/"
 """Where the push root's own entry digest is kept in ``entries`` (no relative path's directory is "/"): apart
@@ -393,10 +393,13 @@ class FilesCache:
         make no record of its items (the snapshot the last push committed, still the latest, holds them)."""
         directory = paths.to_wire(summary.path)
         with self._lock:
-            self._dirs.append((directory, summary.signature, summary.items, summary.files))
-            self._waiting += 1
-            if self._waiting >= FLUSH_ROWS:
-                self._flush()
+            # An item too recent to trust (see SameDir.newest_ns) may change again without changing the
+            # signature: such a directory is not recorded, so the next push walks it item by item.
+            if summary.newest_ns < self.racy_after:
+                self._dirs.append((directory, summary.signature, summary.items, summary.files))
+                self._waiting += 1
+                if self._waiting >= FLUSH_ROWS:
+                    self._flush()
             if not (take and self._old_dirs and self._broken is None):
                 return False
             db = self._connection()

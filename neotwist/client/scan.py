@@ -52,13 +52,16 @@ class SameDir:
     directory is as it was: ``path`` is the directory ('' = the root), ``signature`` a digest of the name and
     ``lstat`` values (type and mode, size, mtime, inode, ctime, device) of every item the filters took, and the
     counts are of those items (``files`` and ``size``: its regular files). The directory's own record comes
-    from its parent as usual, and its subdirectories are walked as usual."""
+    from its parent as usual, and its subdirectories are walked as usual. ``newest_ns`` is the latest mtime or
+    ctime among the items: an item changed within the clock's tick may change again and keep every ``lstat``
+    value (a symlink made again, say), so a directory with one that recent is not recorded as it is."""
 
     path: str
     signature: bytes
     items: int
     files: int
     size: int
+    newest_ns: int = 0
 
 
 SIGNATURE_VERSION = 1
@@ -71,7 +74,7 @@ def _summarize(path: str, kept: list[tuple[os.DirEntry[str], os.stat_result]]) -
     one name (a hard link's record depends on where the walk met its inode first, not on the item alone)."""
     sig: list[object] = [SIGNATURE_VERSION]
     add = sig.append
-    files = size = 0
+    files = size = newest = 0
     S_ISREG, S_ISDIR = stat.S_ISREG, stat.S_ISDIR
     for entry, st in kept:
         m = st.st_mode
@@ -80,11 +83,13 @@ def _summarize(path: str, kept: list[tuple[os.DirEntry[str], os.stat_result]]) -
             size += st.st_size
         if st.st_nlink > 1 and not S_ISDIR(m):
             return None
-        add((entry.name, m, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev))
+        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+        newest = max(newest, mtime, ctime)
+        add((entry.name, m, st.st_size, mtime, st.st_ino, ctime, st.st_dev))
     # marshal format 2: no back-references, so equal values always encode alike (a name is its UTF-8 text, a
     # lone surrogate included)
     digest = blake3.blake3(marshal.dumps(sig, 2)).digest(16)
-    return SameDir(path, digest, len(kept), files, size)
+    return SameDir(path, digest, len(kept), files, size, newest)
 
 
 _by_name = operator.attrgetter("name")
