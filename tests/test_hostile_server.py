@@ -127,6 +127,21 @@ def test_setuid_and_setgid_are_dropped_unless_asked_or_root(tmp_path: Path, monk
     assert stat.S_IMODE((tmp_path / "c" / "prog").stat().st_mode) == 0o6755
 
 
+def test_a_fifo_listed_set_id_is_made_without_those_bits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FIFOs and device nodes get their mode through the same rule as files: set-id bits only when asked."""
+    from neotwist.client.localfs import SafeDest
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    for special_bits, wanted in ((False, 0o755), (True, 0o6755)):
+        dest = SafeDest(str(tmp_path / f"d{wanted:o}"), special_bits=special_bits)
+        try:
+            dest.make_special("pipe", "p", 0, 0o6755, 1_000_000_000, None)
+        finally:
+            dest.close()
+        st = (tmp_path / f"d{wanted:o}" / "pipe").lstat()
+        assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == wanted
+
+
 def _probe(tmp_path: Path, *, vouched: bool = False, **options: Any) -> tuple[bytes, list[bytes]]:
     """A local file, and a listing of its path with one of its chunk ids among 30 random ones: the id it
     holds, and the ids the client asked for. ``vouched``: the server lists a version of that path with the

@@ -414,7 +414,7 @@ class SafeDest:
                     proc = f"/proc/self/fd/{fd}"  # the node itself (fd is O_PATH: no fchown on it)
                     if fix is not None:
                         fix(proc)
-                    os.chmod(proc, mode & 0o7777)
+                    os.chmod(proc, self.allowed_mode(mode))
                     os.utime(proc, ns=(mtime_ns, mtime_ns))
                 finally:
                     os.close(fd)
