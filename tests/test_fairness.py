@@ -57,9 +57,9 @@ def test_a_login_waits_for_one_job_of_a_flooding_account_not_all_of_them(kit: Ki
     workers = Workers()
     kit.services.run_blocking = FairRunner(workers.submit, limit=1)
     for conn, h in zip(floods, handles, strict=True):
-        for _ in range(4):
-            for _ in range(5):
-                cid, data = chunk(os.urandom(16 * 1024))
+        for _ in range(2):
+            for _ in range(4):  # a full batch (PUT_BATCH_BYTES): it goes at once, whatever is being stored
+                cid, data = chunk(os.urandom(1024 * 1024))
                 conn.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(data), data=data))
             conn.pump.flush()
             kit.clock.advance(0)

@@ -126,19 +126,30 @@ def on_put(ctx: RequestContext, peer: Peer, message: Put) -> Deferred[None] | No
         if submitted is not None:
             return submitted.addCallback(lambda _: held)
     if batch.timer is None:
-        batch.timer = ctx.services.reactor.callLater(0, submit_puts, ctx, handle)
+        batch.timer = ctx.services.reactor.callLater(0, _submit_partial, ctx, handle)
     return None if held.called else held
+
+
+def _submit_partial(ctx: RequestContext, handle: Handle) -> None:
+    """The end of a read: the batch goes, unless :data:`~neotwist.server.pushstate.PUT_JOBS` of the handle's
+    batches are being stored; then it waits for the first of them to be done, collecting the puts after it."""
+    batch = handle.pushes.batch
+    batch.timer = None
+    if batch.may_go_partial:
+        submit_puts(ctx, handle)
 
 
 def submit_puts(ctx: RequestContext, handle: Handle) -> Deferred[None] | None:
     """Send the puts collected on ``handle`` to be stored, as one job once admitted; None when there were
     none. Fires once the batch is admitted (its storing goes on in the background)."""
     slot = handle.pushes
-    batch, data, raw = slot.batch.take()
+    pending = slot.batch
+    batch, data, raw = pending.take()
     run = slot.run
     if not batch or ctx.closed or run is None:
         ctx.unadmitted.release(data)
         return None
+    pending.storing += 1
     target = handle.target
     chunks = [(m.id, m.codec, m.size, m.data) for m in batch]
     quota = ctx.services.quota
@@ -156,6 +167,9 @@ def submit_puts(ctx: RequestContext, handle: Handle) -> Deferred[None] | None:
 
     def give_back(result: object) -> object:
         budget.release(raw)
+        pending.storing -= 1
+        if pending.puts and pending.timer is None and not ctx.closed:
+            pending.timer = ctx.services.reactor.callLater(0, _submit_partial, ctx, handle)
         return result
 
     def admit(_: object) -> Deferred[None]:
