@@ -162,3 +162,42 @@ def test_connections_per_account_are_capped(kit: Kit, monkeypatch: pytest.Monkey
     )
     call(client, pump, Hello(rid=0, version=limits.PROTOCOL_VERSION, software="t", window=client.window))
     assert isinstance(call(client, pump, Login(rid=0, account="alice", password=PASSWORD)), LoggedIn)
+
+
+def test_many_files_are_checked_together_as_one_at_a_time(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_files_chunks answers as check_file_chunks does for each file: short chunk lists read together and
+    checked in memory, long ones (here over 8 ids) one at a time; a missing path, a foreign id and an id that
+    straddles two listed ones are all caught."""
+    import blake3
+
+    monkeypatch.setattr(filechunks, "INLINE", 8 * 32)
+    monkeypatch.setattr(filechunks, "_IN_PATHS", 3)  # several queries
+    alice = kit.connect("alice")
+    h = alice.open("t", mode="push", create=True).handle
+    assert isinstance(alice.call(PushBegin(rid=0, handle=h)), Ok)
+    entries = [Entry("", "d", 0o755, 0, 0)]
+    lists: dict[str, list[bytes]] = {}
+    for f, count in enumerate((1, 3, 8, 9, 20, 2, 5)):
+        ids, size = [], 0
+        for n in range(count):
+            data = b"file %d chunk %d" % (f, n)
+            size += len(data)
+            ids.append(blake3.blake3(data).digest())
+            alice.post(Put(rid=0, handle=h, id=ids[-1], codec=0, size=len(data), data=data))
+        lists[f"f{f}"] = ids
+        entries.append(Entry(f"f{f}", "f", 0o644, 1, size, b"".join(ids)))
+    alice.post(PushEntries(rid=0, handle=h, entries=entries))
+    committed(alice.call(Commit(rid=0, handle=h)))
+    target = kit.repository.find_target(kit.accounts.get("alice").id, "t")  # type: ignore[union-attr]
+    assert target is not None
+    stranger = bytes(32)
+    straddling = lists["f4"][2][16:] + lists["f4"][3][:16]
+    asked = [(path, ids[::-1], 0) for path, ids in lists.items()]
+    asked += [("f1", [lists["f1"][0], stranger], 0), ("f4", [straddling], 0), ("nothing", [stranger], 0)]
+    asked += [("f2", [lists["f2"][1][16:] + lists["f2"][2][:16]], 0), ("f5", [lists["f6"][0]], 0)]
+    together = filechunks.check_files_chunks(target, 1, asked)
+    one_by_one = [filechunks.check_file_chunks(target, 1, path, ids, hint) for path, ids, hint in asked]
+    assert [r if r is None else r[0] for r in together] == [r if r is None else r[0] for r in one_by_one]
+    assert [r if r is None else r[0] for r in together] == [None] * 7 + [
+        stranger, straddling, None, lists["f2"][1][16:] + lists["f2"][2][:16], lists["f6"][0],
+    ]

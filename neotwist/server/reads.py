@@ -21,7 +21,7 @@ from neotwist.paths import BadPath
 from neotwist.server import fetch
 from neotwist.server.context import Handle, RequestContext
 from neotwist.server.repository.errors import NoSuchPath, NoSuchSnapshot
-from neotwist.server.repository.filechunks import check_file_chunks
+from neotwist.server.repository.filechunks import check_files_chunks
 from neotwist.server.repository.records import StoredEntry
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError
@@ -133,10 +133,11 @@ async def _get(
         if snapshot not in handle.snapshots_seen:
             snapshot_for(handle, snapshot)
             handle.snapshots_seen.add(snapshot)
-        for f in files:
-            # where the previous get on the same file ended: a large file's gets each read only their part
-            hint = handle.get_hint[1] if handle.get_hint[0] == (snapshot, f.where) else 0
-            checked = check_file_chunks(target, snapshot, f.where, f.ids, hint)
+        # where the previous get on the same file ended: a large file's gets each read only their part
+        (last, end) = handle.get_hint
+        wanted = [(f.where, f.ids, end if last == (snapshot, f.where) else 0) for f in files]
+        results = check_files_chunks(target, snapshot, wanted)
+        for f, checked in zip(files, results, strict=True):
             if checked is None:
                 raise NeoError(ErrorCode.NO_SUCH_PATH, f"no file {f.named!r} in snapshot {snapshot}")
             absent, end = checked

@@ -14,6 +14,10 @@ searched at 32-byte-aligned positions:
   read only what it asks for;
 - requests in any other order fall back, after a few passes, to one pass that checks every id of the file
   against the (at most ``MAX_IDS``) ids asked for: bounded time, and memory of a window plus the request.
+
+A ``get_files`` names up to hundreds of small files: :func:`check_files_chunks` reads the chunk lists of those
+whose list is short (``INLINE`` bytes) with one query per ``_IN_PATHS`` paths and checks them in memory; a query
+and a blob opened per file were a third of the server's Python time in a full restore.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ if TYPE_CHECKING:
 
 WINDOW = 1024 * 1024
 """Bytes of a chunk list read at once (a multiple of the id size, so no aligned id spans two windows)."""
+
+INLINE = 64 * ID_SIZE
+"""Chunk lists of at most this many bytes (64 chunks) are read whole by :func:`check_files_chunks`."""
+
+_IN_PATHS = 500
+"""Paths per query of :func:`check_files_chunks` (SQLite allows 32,766 parameters)."""
 
 MAX_WRAPS = 4
 """Searches from the start of the list (ids asked out of file order) before the one-pass check."""
@@ -112,3 +122,38 @@ def check_file_chunks(
                 checked.add(cid)
                 pos = found + _ID
             return None, pos
+
+
+def check_files_chunks(
+    target: Target, snapshot: int, files: Sequence[tuple[str, Sequence[bytes], int]]
+) -> list[tuple[bytes | None, int] | None]:
+    """:func:`check_file_chunks` of each ``(path, ids, hint)``, in order. Blocking.
+
+    The files whose chunk list is at most :data:`INLINE` bytes are looked up together (one query per
+    ``_IN_PATHS`` paths, their lists read whole and checked in memory); the others as one file at a time."""
+    paths = list(dict.fromkeys(path for path, _ids, _hint in files))
+    found: dict[str, bytes | None] = {}  # path -> its short chunk list, or None when it is longer
+    with target.reading() as db:
+        for start in range(0, len(paths), _IN_PATHS):
+            part = paths[start : start + _IN_PATHS]
+            names = {f"p{i}": path for i, path in enumerate(part)}
+            marks = ",".join(f":{name}" for name in names)
+            rows = db.execute(
+                f"SELECT path, CASE WHEN length(chunks) <= {INLINE} THEN chunks END FROM versions"  # noqa: S608
+                f" WHERE path IN ({marks}) AND kind = 'f' AND {VIEW}",
+                {**names, "s": snapshot},
+            )
+            for path, chunks in rows:
+                found[path] = None if chunks is None else bytes(chunks)
+    results: list[tuple[bytes | None, int] | None] = []
+    for path, ids, hint in files:
+        if path not in found:
+            results.append(None)
+            continue
+        listed = found[path]
+        if listed is None:
+            results.append(check_file_chunks(target, snapshot, path, ids, hint))
+            continue
+        held = {listed[i : i + _ID] for i in range(0, len(listed) - len(listed) % _ID, _ID)}
+        results.append((next((cid for cid in ids if cid not in held), None), 0))
+    return results
