@@ -59,3 +59,58 @@ def test_a_lone_put_is_stored_at_once(kit: Kit) -> None:
     alice.pump.flush()
     kit.clock.advance(0)
     assert [job[0].__name__ for job in workers.jobs] == ["store_batch"]
+
+
+def _memory(alice: Any) -> Any:
+    """The connection's memory budget (what put batches being verified and get groups being sent hold)."""
+    return alice.server.handler.context.memory
+
+
+def test_a_commit_waits_for_a_batch_still_waiting_for_memory(kit: Kit) -> None:
+    """A batch taken at the end of a read but not admitted yet (the connection's memory held by other work) was
+    not waited for: the commit ran first and was refused with missing_chunks."""
+    alice = kit.connect("alice")
+    h = alice.open("t", mode="push", create=True).handle
+    assert isinstance(alice.call(PushBegin(rid=0, handle=h)), Ok)
+    memory = _memory(alice)
+    held = memory.limit
+    assert memory.acquire(held).called  # as get groups being sent would hold it
+    data = b"the only file\n"
+    cid, raw = chunk(data)
+    alice.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(raw), data=raw))
+    alice.pump.flush()
+    kit.clock.advance(0)  # the batch goes, and waits for memory
+    entries = [Entry("", "d", 0o755, 0, 0), Entry("f", "f", 0o644, 1, len(data), cid)]
+    alice.post(PushEntries(rid=0, handle=h, entries=entries))
+    replies: list[Any] = []
+    alice.client.request(Commit(rid=0, handle=h)).addBoth(replies.append)
+    alice.pump.flush()
+    assert replies == []  # waiting for the batch
+    memory.release(held)
+    for _ in range(5):
+        alice.pump.flush()
+        kit.clock.advance(0)
+    assert len(replies) == 1
+    committed(replies[0])
+
+
+def test_a_batch_waiting_for_memory_when_the_connection_is_lost_is_dropped(kit: Kit) -> None:
+    """The push ends and its handle closes even though the memory its last batch waits for is never given
+    back: a lost connection must not keep the target held."""
+    alice = kit.connect("alice")
+    h = alice.open("t", mode="push", create=True).handle
+    assert isinstance(alice.call(PushBegin(rid=0, handle=h)), Ok)
+    context = alice.server.handler.context
+    memory = context.memory
+    assert memory.acquire(memory.limit).called
+    cid, raw = chunk(b"never stored")
+    alice.post(Put(rid=0, handle=h, id=cid, codec=0, size=len(raw), data=raw))
+    alice.pump.flush()
+    kit.clock.advance(0)
+    handle = context.handles[h]
+    assert handle.pushes.admitting  # the batch is waiting for memory
+    alice.client.transport.loseConnection()
+    alice.pump.flush()
+    kit.clock.advance(0)
+    assert not handle.pushes.admitting and handle.pushes.run is None  # dropped; the push ended
+    assert context.handles == {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -180,9 +180,26 @@ def submit_puts(ctx: RequestContext, handle: Handle) -> Deferred[None] | None:
         # A rejected chunk is answered with the rid of its own put.
         return ctx.admit(batch[0], store, handle, rids=[m.rid for m in batch])
 
-    # Verifying decompresses what the puts declare: it is held in the connection's memory budget.
+    # Verifying decompresses what the puts declare: it is held in the connection's memory budget. Until the
+    # batch is admitted (memory, then a job slot), it is in ``admitting``, which commit, abort and close wait
+    # for as they wait for the jobs: a batch taken but not yet admitted is no less part of the push.
     budget = ctx.memory
-    return budget.acquire(raw).addCallback(admit)
+    admitting = slot.admitting
+    d = budget.acquire(raw).addCallback(admit)
+    d.addErrback(_dropped)
+
+    def admitted(result: object) -> object:
+        admitting.discard(d)
+        return result
+
+    admitting.add(d)
+    d.addBoth(admitted)
+    return d
+
+
+def _dropped(failure: Failure) -> None:
+    """A batch cancelled before it was admitted: its connection was lost (see :func:`uploads_done`)."""
+    failure.trap(CancelledError)
 
 
 def on_entries(ctx: RequestContext, peer: Peer, message: PushEntries) -> Deferred[None]:
@@ -316,13 +333,19 @@ def on_abort(ctx: RequestContext, peer: Peer, message: Abort) -> Deferred[None]:
 
 
 async def uploads_done(ctx: RequestContext, handle: Handle) -> None:
-    """Submit the puts still collected, then wait until every upload admitted on ``handle`` has finished
-    (successfully or not)."""
-    admitted = submit_puts(ctx, handle)
-    if admitted is not None:
-        await admitted
-    while handle.pushes.jobs:
-        await DeferredList([_finished(d) for d in handle.pushes.running_jobs()])
+    """Submit the puts still collected, then wait until every batch taken on ``handle`` has been admitted and
+    every upload admitted on it has finished (successfully or not). Once the connection is lost, batches not
+    yet admitted are dropped rather than waited for: the memory they wait for may be held by work that waits
+    for the gone client, and the handle (and its target) must be let go."""
+    slot = handle.pushes
+    submit_puts(ctx, handle)
+    while slot.jobs or slot.admitting:
+        if ctx.closed:
+            for waiting in list(slot.admitting):
+                waiting.cancel()
+        pending = [*slot.running_jobs(), *slot.admitting]
+        if pending:
+            await DeferredList([_finished(d) for d in pending])
 
 
 async def end_push(ctx: RequestContext, handle: Handle, why: str) -> None:

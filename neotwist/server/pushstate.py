@@ -122,6 +122,7 @@ class PushSlot:
     run: PushRun | None = None
     batch: PutBatch = field(default_factory=PutBatch)
     jobs: set[Deferred[None]] = field(default_factory=set)  # uploads of this handle still running
+    admitting: set[Deferred[None]] = field(default_factory=set)  # batches taken, waiting for memory or a job slot
     entries_lock: DeferredLock = field(default_factory=DeferredLock)  # entries are staged in order
 
     @property
