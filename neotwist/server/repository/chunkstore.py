@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from neotwist.codec import CodecError, verify_upload
 from neotwist.server.repository import damage, index
@@ -149,18 +150,22 @@ class ChunkStore:
         return result
 
     def _stored(self, ids: Iterable[bytes]) -> set[bytes]:
-        """Which of ``ids`` the index holds: one query per ``_IN_BATCH`` of them (a query per chunk was a
-        quarter of the server's GIL time on a first push)."""
-        ask = list(ids)
-        found: set[bytes] = set()
-        if not ask:
-            return found
+        """Which of ``ids`` the index holds (a query per chunk was a quarter of the server's GIL time on a first
+        push)."""
+        return {bytes(row[0]) for row in self._index_rows("id", list(ids))}
+
+    def _index_rows(self, columns: str, ids: Sequence[bytes]) -> list[Any]:
+        """The index rows (``columns``, the id first) of the chunks among ``ids`` it holds: one query per
+        ``_IN_BATCH`` ids, under the reader lock; none (and no lock) for no ids."""
+        rows: list[Any] = []
+        if not ids:
+            return rows
         with self.index.reading() as reader:
-            for start in range(0, len(ask), _IN_BATCH):
-                batch = ask[start : start + _IN_BATCH]
+            for start in range(0, len(ids), _IN_BATCH):
+                batch = ids[start : start + _IN_BATCH]
                 marks = ",".join("?" * len(batch))
-                found.update(bytes(r[0]) for r in reader.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", batch))
-        return found
+                rows.extend(reader.execute(f"SELECT {columns} FROM chunks WHERE id IN ({marks})", batch))
+        return rows
 
     def store_chunks(self, chunks: Sequence[tuple[bytes, int, int, bytes]], budget: int | None = None) -> int:
         """Verify and append ``(id, codec, size, data)`` chunks in order under one lock; return how many were
@@ -324,14 +329,8 @@ class ChunkStore:
                 if loc is not None:
                     found[chunk_id] = loc
         ask = list({chunk_id for chunk_id in ids if chunk_id not in found})
-        with self.index.reading() as reader:
-            for start in range(0, len(ask), _IN_BATCH):
-                batch = ask[start : start + _IN_BATCH]
-                marks = ",".join("?" * len(batch))
-                for row in reader.execute(
-                    f"SELECT id, pack, offset, length, codec, size FROM chunks WHERE id IN ({marks})", batch
-                ):
-                    found[bytes(row[0])] = (row[1], row[2], row[3], row[4], row[5])
+        for row in self._index_rows("id, pack, offset, length, codec, size", ask):
+            found[bytes(row[0])] = (row[1], row[2], row[3], row[4], row[5])
         return found
 
     def read_located(self, chunk_id: bytes, loc: Location | None) -> tuple[int, int, bytes]:
