@@ -249,13 +249,11 @@ class FilesCache:
             self._has_old = True
             self._files_dir = self._entries_dir = self._base_dir = None
             self.old_snapshot = row[2]
-            has_flags = db.execute("SELECT 1 FROM old.sqlite_master WHERE type = 'table' AND name = 'flags'").fetchone()
-            whole = db.execute("SELECT value FROM old.flags WHERE name = 'whole'").fetchone() if has_flags else None
-            self.old_whole = whole is not None and whole[0] == 1
-            self._old_dirs = (
-                db.execute("SELECT 1 FROM old.sqlite_master WHERE type = 'table' AND name = 'dirs'").fetchone()
-                is not None
-            )
+            tables = {name for (name,) in db.execute("SELECT name FROM old.sqlite_master WHERE type = 'table'")}
+            if "flags" in tables:
+                whole = db.execute("SELECT value FROM old.flags WHERE name = 'whole'").fetchone()
+                self.old_whole = whole is not None and whole[0] == 1
+            self._old_dirs = "dirs" in tables
             for table in ("old.files", "old.entries"):
                 self._seq = max(self._seq, db.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()[0])
 
