@@ -191,9 +191,9 @@ class DirStack:
         self._names: list[str] = []
         self._fds: list[int] = []
 
-    def open(self, rel_dir: str, create: bool, made: list[str] | None = None) -> int:
+    def open(self, rel_dir: str, create: bool) -> int:
         """A descriptor of directory ``rel_dir`` ('' = the root), valid until the next :meth:`open` or
-        :meth:`close` (do not close it); the names of the directories it had to create are appended to ``made``.
+        :meth:`close` (do not close it); the directories it had to create go into :attr:`SafeDest.made`.
         FileNotFoundError (``create`` false), UnsafePath or OSError."""
         parts = _split(rel_dir)
         names, fds = self._names, self._fds
@@ -206,7 +206,7 @@ class DirStack:
         for i in range(keep, len(parts)):
             parent = fds[-1] if fds else self._dest.root_fd
             at = "/".join(parts[: i + 1])
-            fds.append(self._dest._open_dir(parent, parts[i], create, rel_dir, made, at, self._new and create))
+            fds.append(self._dest._open_dir(parent, parts[i], create, rel_dir, at, self._new and create))
             names.append(parts[i])
         return fds[-1] if fds else self._dest.root_fd
 
@@ -246,9 +246,8 @@ class SafeDest:
             self.root_fd = -1
 
     def _open_dir(
-        self, dir_fd: int, name: str, create: bool, rel: str, made: list[str] | None = None, at: str = "",
-        new: bool = False,
-    ) -> int:  # fmt: skip
+        self, dir_fd: int, name: str, create: bool, rel: str, at: str = "", new: bool = False
+    ) -> int:
         """Open directory ``name`` (the path ``at``) in ``dir_fd``, creating it with ``create`` (``new``: make it
         first, then open it: it is not expected to exist); ``rel`` is the path the caller resolves (messages)."""
         if not new:
@@ -267,8 +266,6 @@ class SafeDest:
             os.mkdir(name, 0o777, dir_fd=dir_fd)
             if at:
                 self.made.add(at)  # atomic under the GIL: several workers may be creating directories
-            if made is not None:
-                made.append(name)
         except FileExistsError:
             pass  # another worker made it (or it was there); the open below still refuses a symlink
         return self._open_dir(dir_fd, name, False, rel)
@@ -278,7 +275,7 @@ class SafeDest:
         fd = os.dup(self.root_fd)
         try:
             for i, part in enumerate(parts):
-                nxt = self._open_dir(fd, part, create, rel, None, "/".join(parts[: i + 1]))
+                nxt = self._open_dir(fd, part, create, rel, "/".join(parts[: i + 1]))
                 os.close(fd)
                 fd = nxt
         except BaseException:
@@ -354,13 +351,12 @@ class SafeDest:
 
     def make_dir(self, rel: str, dirs: DirStack | None = None) -> bool:
         """Create directory ``rel`` and its parents (refusing symlinks and non-directories in the way); True
-        when ``rel`` itself was made here (with ``dirs``; else always False)."""
+        when ``rel`` itself was made by this pull (it is in :attr:`made`)."""
         if dirs is not None:
-            made: list[str] = []
-            dirs.open(rel, create=True, made=made)
-            return bool(made) and made[-1] == rel.rsplit("/", 1)[-1]
-        os.close(self._walk(_split(rel), True, rel))
-        return False
+            dirs.open(rel, create=True)
+        else:
+            os.close(self._walk(_split(rel), True, rel))
+        return rel in self.made
 
     def lstat(self, rel: str) -> os.stat_result | None:
         """``lstat`` of ``rel`` (None when it or a parent is missing; UnsafePath if a parent is a symlink)."""
