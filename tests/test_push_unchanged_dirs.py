@@ -40,7 +40,10 @@ class CountingCache(FilesCache):
         super().note_entry(path, digest)
 
 
-class UnchangedDirectoryTests(TestCase):
+class _Loopback(TestCase):
+    """Real push and pull pipelines against a real server session (test_push_pull's helpers), with a files
+    cache in the test's directory."""
+
     timeout = 120
 
     setUp = pp.PushPullTests.setUp
@@ -49,6 +52,11 @@ class UnchangedDirectoryTests(TestCase):
     _pull = pp.PushPullTests._pull
     _settle = pp.PushPullTests._settle
 
+    def _cache(self) -> FilesCache:
+        return FilesCache("test", self.tmp / "cache")
+
+
+class UnchangedDirectoryTests(_Loopback):
     def _cache(self) -> CountingCache:
         return CountingCache("test", self.tmp / "cache")
 
@@ -190,21 +198,10 @@ class UnchangedDirectoryTests(TestCase):
         self._same(dest)
 
 
-class ChangedRulesTests(TestCase):
+class ChangedRulesTests(_Loopback):
     """What a push keeps out is part of what an unchanged directory is: a directory as the last push left it,
     pushed now with other rules, is walked again, so newly excluded items leave the snapshot and newly included
     ones enter it."""
-
-    timeout = 120
-
-    setUp = pp.PushPullTests.setUp
-    _connect = pp.PushPullTests._connect
-    _push = pp.PushPullTests._push
-    _pull = pp.PushPullTests._pull
-    _settle = pp.PushPullTests._settle
-
-    def _cache(self) -> FilesCache:
-        return FilesCache("test", self.tmp / "cache")
 
     async def test_new_rules_on_an_unchanged_tree_change_the_snapshot(self) -> None:
         from neotwist.client.filters import Filter
@@ -225,21 +222,10 @@ class ChangedRulesTests(TestCase):
         assert sorted(p.name for p in (out / "d").iterdir()) == ["keep.txt", "noise.log"]
 
 
-class DeleteAfterPushesWithoutItTests(TestCase):
+class DeleteAfterPushesWithoutItTests(_Loopback):
     """A push without --delete keeps in its snapshot what is gone locally, and its files cache does not name
     those paths; a later --delete push must list everything once (not only the changes since), or what was gone
     before it would stay in every snapshot after."""
-
-    timeout = 120
-
-    setUp = pp.PushPullTests.setUp
-    _connect = pp.PushPullTests._connect
-    _push = pp.PushPullTests._push
-    _pull = pp.PushPullTests._pull
-    _settle = pp.PushPullTests._settle
-
-    def _cache(self) -> FilesCache:
-        return FilesCache("test", self.tmp / "cache")
 
     async def test_delete_drops_what_earlier_pushes_without_it_kept(self) -> None:
         (self.src / "c").mkdir()
