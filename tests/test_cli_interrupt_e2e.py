@@ -121,11 +121,23 @@ def test_a_second_signal_ends_the_run_at_once(server: RunningServer, tmp_path: P
     assert "Traceback" not in err, err
 
 
-def test_terminated_pull_exits_130_without_temporary_files(server: RunningServer, tmp_path: Path) -> None:
+def _pushed_tree(server: RunningServer, tmp_path: Path) -> Path:
+    """Six files of 8 MiB, pushed to target t: a pull of it is long enough to be interrupted mid-file."""
     src = tmp_path / "src"
     _big_tree(src, files=6, size=8 * 1024 * 1024)
     r = server.cli("neo-push", "--accept-new-host-key", str(src), server.remote("t"))
     assert r.returncode == 0, r.stderr
+    return src
+
+
+def _partial(src: Path, dest: Path) -> list[str]:
+    """The files in ``dest`` (a pull of ``src``) whose bytes are not yet those of ``src``."""
+    written = [p for p in dest.rglob("*") if p.is_file()] if dest.exists() else []
+    return [p.name for p in written if p.read_bytes() != (src / p.name).read_bytes()]
+
+
+def test_terminated_pull_exits_130_without_temporary_files(server: RunningServer, tmp_path: Path) -> None:
+    src = _pushed_tree(server, tmp_path)
     dest = tmp_path / "dest"
     proc = _start(server, "neo-pull", server.remote("t"), str(dest))
     _wait_for_io(proc, "wchar", 4 * 1024 * 1024)  # it is writing files
@@ -135,19 +147,13 @@ def test_terminated_pull_exits_130_without_temporary_files(server: RunningServer
     assert "Traceback" not in err, err
     left = [p.name for p in dest.rglob("*") if ".neotmp." in p.name] if dest.exists() else []
     assert left == []
-    # into an empty destination files are written in place: none is left there half-written
-    written = list(dest.rglob("*")) if dest.exists() else []
-    partial = [p.name for p in written if p.read_bytes() != (src / p.name).read_bytes()]
-    assert partial == []
+    assert _partial(src, dest) == []  # into an empty destination files are written in place: none half-written
 
 
 def test_a_pull_killed_mid_write_is_finished_by_the_next(server: RunningServer, tmp_path: Path) -> None:
     """SIGKILL leaves no chance to clean up: a file written in place stays half-written under its own name.
     Its mtime is not the listed one (that is set last), so the next pull writes it again, whole."""
-    src = tmp_path / "src"
-    _big_tree(src, files=6, size=8 * 1024 * 1024)
-    r = server.cli("neo-push", "--accept-new-host-key", str(src), server.remote("t"))
-    assert r.returncode == 0, r.stderr
+    src = _pushed_tree(server, tmp_path)
     dest = tmp_path / "dest"
     proc = _start(server, "neo-pull", server.remote("t"), str(dest))
     partial: list[str] = []
@@ -156,8 +162,7 @@ def test_a_pull_killed_mid_write_is_finished_by_the_next(server: RunningServer, 
         assert proc.poll() is None and time.monotonic() < deadline, "no file was ever seen half-written"
         time.sleep(0.005)
         proc.send_signal(signal.SIGSTOP)
-        written = [p for p in dest.rglob("*") if p.is_file()] if dest.exists() else []
-        partial = [p.name for p in written if p.read_bytes() != (src / p.name).read_bytes()]
+        partial = _partial(src, dest)
         if not partial:
             proc.send_signal(signal.SIGCONT)
     proc.kill()
