@@ -26,6 +26,7 @@ from neotwist.wire.messages import (
     Close,
     Entry,
     Get,
+    GetFiles,
     Hello,
     List,
     Listing,
@@ -65,8 +66,8 @@ class ManualReactor:
 
 
 class FakeServer:
-    """Answers hello, open, list, versions, get, close and bye as the test scripted it (listing pages and chunks one per
-    :meth:`step`)."""
+    """Answers hello, open, list, versions, get (and get_files, with ``batches``), close and bye as the test
+    scripted it (listing pages and chunks one per :meth:`step`)."""
 
     def __init__(
         self,
@@ -77,8 +78,10 @@ class FakeServer:
         encrypted: bool = False,
         key_check: bytes = b"",
         versions: list[VersionRecord] | None = None,
+        batches: bool = False,
     ) -> None:
         self.versions = versions or []
+        self.features = ["ping", "get_files"] if batches else ["ping"]  # get_files: answered file by file
         self.pages = pages
         self.chunks = chunks
         self.chunker = chunker
@@ -94,7 +97,7 @@ class FakeServer:
         rid = message.rid
         if isinstance(message, Hello):
             peer.send(Welcome(rid=rid, version=1, software="fake", window=peer.window, login_required=False,
-                              account="alice", features=["ping"]))  # fmt: skip
+                              account="alice", features=self.features))  # fmt: skip
         elif isinstance(message, Open):
             peer.send(Opened(rid=rid, handle=1, exists=True, encrypted=self.encrypted, chunker=self.chunker,
                              latest=1, latest_time=1.0, key_check=self.key_check))  # fmt: skip
@@ -105,6 +108,15 @@ class FakeServer:
         elif isinstance(message, Get):
             assert self.chunks is not None
             self._streams.append((rid, self.chunks(message)))
+        elif isinstance(message, GetFiles):
+            chunks = self.chunks
+            assert chunks is not None
+
+            def replies(m: GetFiles) -> Iterator[ChunkReply]:
+                for f in m.files:
+                    yield from chunks(Get(rid=m.rid, handle=m.handle, snapshot=m.snapshot, path=f.path, ids=f.ids))
+
+            self._streams.append((rid, replies(message)))
         elif isinstance(message, ListVersions):
             peer.send(VersionList(rid=rid, versions=self.versions, done=True))
         elif isinstance(message, (Close,)):

@@ -20,7 +20,7 @@ from neotwist.client import pull as pullmod
 from neotwist.client import stash
 from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
 from neotwist.codec import compute_id
-from neotwist.wire.messages import CODEC_RAW, ChunkReply, Entry, Get, VersionRecord
+from neotwist.wire.messages import CODEC_RAW, ChunkReply, Entry, Get, GetFiles, VersionRecord
 
 MiB = 1024 * 1024
 BLOCK = os.urandom(256 * 1024)
@@ -99,6 +99,7 @@ def _one_file(data: bytes, mode: int, root_mode: int = 0o777) -> FakeServer:
 
 def _pull_with(fake: FakeServer, dest: Path, **options: Any) -> None:
     async def client(reactor: Any, peer: Any) -> Any:
+        peer.features = frozenset(fake.features)  # as the real client notes them from the server's welcome
         return await pull(reactor, peer, "t", "", str(dest), PullOptions(workers=2, **options))
 
     run_client(fake, client)
@@ -142,10 +143,13 @@ def test_a_fifo_listed_set_id_is_made_without_those_bits(tmp_path: Path, monkeyp
         assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == wanted
 
 
-def _probe(tmp_path: Path, *, vouched: bool = False, **options: Any) -> tuple[bytes, list[bytes]]:
+def _probe(
+    tmp_path: Path, *, vouched: bool = False, batches: bool = False, **options: Any
+) -> tuple[bytes, list[bytes]]:
     """A local file, and a listing of its path with one of its chunk ids among 30 random ones: the id it
     holds, and the ids the client asked for. ``vouched``: the server lists a version of that path with the
-    local file's size and mtime (a version the target holds)."""
+    local file's size and mtime (a version the target holds). ``batches``: the server offers get_files (the
+    file is small: it is examined and fetched with a batch)."""
     dest = tmp_path / "dest"
     dest.mkdir()
     secret = os.urandom(100_000)
@@ -161,23 +165,28 @@ def _probe(tmp_path: Path, *, vouched: bool = False, **options: Any) -> tuple[by
 
     listing = [Entry("", "d", 0o755, 1, 0), Entry("diary", "f", 0o644, 1, 30, b"".join(ids))]
     versions = [VersionRecord(1, 2, 1.0, "f", 0o644, st.st_mtime_ns, st.st_size)] if vouched else []
-    fake = FakeServer([listing], chunks, versions=versions)
+    fake = FakeServer([listing], chunks, versions=versions, batches=batches)
     with pytest.raises(PullIncomplete):  # the made-up chunks do not match their ids: what counts is the asking
         _pull_with(fake, dest, **options)
     asked = [cid for m in fake.requests if isinstance(m, Get) for cid in m.ids]
+    asked += [cid for m in fake.requests if isinstance(m, GetFiles) for f in m.files for cid in f.ids]
+    assert batches == any(isinstance(m, GetFiles) for m in fake.requests)
     return held, asked
 
 
-def test_a_server_cannot_learn_which_chunks_a_local_file_holds(tmp_path: Path) -> None:
-    held, asked = _probe(tmp_path)
+@pytest.mark.parametrize("batches", [False, True])
+def test_a_server_cannot_learn_which_chunks_a_local_file_holds(tmp_path: Path, batches: bool) -> None:
+    held, asked = _probe(tmp_path, batches=batches)
     assert held in asked and len(asked) == 30  # all asked for: the server learns nothing from an omission
 
 
-def test_a_local_file_that_is_a_version_the_target_holds_is_reused(tmp_path: Path) -> None:
-    held, asked = _probe(tmp_path, vouched=True)
+@pytest.mark.parametrize("batches", [False, True])
+def test_a_local_file_that_is_a_version_the_target_holds_is_reused(tmp_path: Path, batches: bool) -> None:
+    held, asked = _probe(tmp_path, vouched=True, batches=batches)
     assert held not in asked and len(asked) == 29
 
 
-def test_reuse_any_reuses_any_local_file(tmp_path: Path) -> None:
-    held, asked = _probe(tmp_path, reuse_any=True)
+@pytest.mark.parametrize("batches", [False, True])
+def test_reuse_any_reuses_any_local_file(tmp_path: Path, batches: bool) -> None:
+    held, asked = _probe(tmp_path, reuse_any=True, batches=batches)
     assert held not in asked and len(asked) == 29

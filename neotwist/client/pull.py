@@ -34,6 +34,7 @@ from typing import Any
 import zstandard
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred, succeed
 from twisted.internet.threads import deferToThread, deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from neotwist import paths
@@ -89,6 +90,11 @@ BATCH_BYTES = 4 * 1024 * 1024
 """...and their listed bytes (the ids stay within limits.MAX_IDS)."""
 BATCHES_IN_FLIGHT = 3
 """Batches being fetched or written at once (each holds its bytes of the fetch budget)."""
+EXAMINE_FILES = 64
+"""Small files with a local version that differs are examined in one worker hop and fetched in one batch, this
+many at a time (fewer than BATCH_FILES: such files are spread over the whole tree, so a batch is sent while the
+quick check goes on, not only at its end). One request and two thread hops per file were most of the cost of a
+restore into a slightly stale copy."""
 
 
 class PullError(Exception):
@@ -218,6 +224,25 @@ def _examine(dest: SafeDest, f: _File, params: ChunkerParams, checksum: bool, id
     if checksum and b"".join(order) == f.ids:
         return _touch(dest, f)
     return False
+
+
+def _examine_files(
+    dest: SafeDest, files: list[_File], params: ChunkerParams, checksum: bool, id_key: bytes | None
+) -> list[bool | str]:
+    """:func:`_examine` for each of ``files`` in one worker hop: True (current: nothing held), False (to be
+    written: its old version and directory stay open), or an error text (nothing held)."""
+    out: list[bool | str] = []
+    for f in files:
+        try:
+            same = _examine(dest, f, params, checksum, id_key)
+        except (UnsafePath, OSError) as e:
+            _close_old(f)
+            out.append(f"{f.path}: {e}")
+            continue
+        if same:
+            _close_old(f)
+        out.append(same)
+    return out
 
 
 def _touch(dest: SafeDest, f: _File) -> bool:
@@ -535,6 +560,11 @@ def _close_old(f: _File) -> None:
         f.dir_fd = -1
 
 
+def _close_all(files: list[_File]) -> None:
+    for f in files:
+        _close_old(f)
+
+
 def _abort(f: _File) -> None:
     if f.temp is not None:
         f.temp.abort()
@@ -672,14 +702,16 @@ class _PullRun:
         def failed(failure: Any) -> None:
             self._failed(failure.value)
 
-        async def send_batch(files: list[_File]) -> None:
+        async def send_batch(files: list[_File], examine: bool = False) -> None:
             await batches.acquire()
-            d = ensureDeferred(self._batch(files))
+            d = ensureDeferred(self._examined(files) if examine else self._batch(files))
             d.addBoth(release_batch)
             d.addErrback(failed)
             running.append(d)
 
         progress = self.options.progress
+        examining: list[_File] = []  # small files whose local version differs (see EXAMINE_FILES)
+        examining_ids = examining_bytes = 0
         step = QUICK_CHECK_FILES
         for start in range(0, len(files), step):
             if fatal:
@@ -700,8 +732,9 @@ class _PullRun:
                 )
             for i, (f, state) in enumerate(zip(group, states, strict=True)):
                 if fatal:
-                    for rest in group[i:]:
+                    for rest in group[i:] + examining:
                         _close_old(rest)  # their directory descriptors
+                    examining = []
                     break
                 if state == _SAME:
                     self.summary.files_unchanged += 1
@@ -723,6 +756,19 @@ class _PullRun:
                     batch_ids += n
                     batch_bytes += f.size
                     continue
+                if batching and state == _EXAMINE and _batchable(f):
+                    n = len(f.ids) // ID
+                    if examining and (
+                        len(examining) >= EXAMINE_FILES
+                        or examining_bytes + f.size > BATCH_BYTES
+                        or examining_ids + n > limits.MAX_IDS
+                    ):
+                        await send_batch(examining, examine=True)
+                        examining, examining_ids, examining_bytes = [], 0, 0
+                    examining.append(f)
+                    examining_ids += n
+                    examining_bytes += f.size
+                    continue
                 await slots.acquire()
                 d = ensureDeferred(self._file(f, state == _EXAMINE))
                 d.addBoth(release)
@@ -732,6 +778,11 @@ class _PullRun:
                     running[:] = [r for r in running if not r.called]
         if batch and not fatal:
             await send_batch(batch)
+        if examining and not fatal:
+            await send_batch(examining, examine=True)
+        elif examining:
+            for f in examining:
+                _close_old(f)
         await DeferredList(running)
         if making is not None:
             errors, _ = await making
@@ -811,11 +862,48 @@ class _PullRun:
         else:
             self.fatal.append(error)
 
+    async def _examined(self, files: list[_File]) -> None:
+        """Small files whose local version differs: examined in one worker hop (those found current are
+        counted and left alone), then the rest fetched and written as one batch, reusing their local chunks
+        where :meth:`_may_reuse` allows."""
+        summary = self.summary
+        progress = self.options.progress
+        try:
+            results = await self._thread(
+                _examine_files, self.dest, files, self.params, self.options.checksum, self.content.id_key
+            )
+        except BaseException:
+            await self._thread(_close_all, files)
+            raise
+        todo: list[_File] = []
+        for f, result in zip(files, results, strict=True):
+            if isinstance(result, str):
+                summary.files_skipped += 1
+                self._error(result)
+            elif result:
+                summary.files_unchanged += 1
+                if progress is not None:
+                    progress.files()
+                    progress.bytes(f.size)
+            else:
+                todo.append(f)
+        asking = [f for f in todo if f.local]
+        if asking:
+            answers = await DeferredList([ensureDeferred(self._may_reuse(f)) for f in asking], consumeErrors=True)
+            for f, (_, value) in zip(asking, answers, strict=True):
+                if isinstance(value, Failure):  # the connection went: nothing more is fetched
+                    await self._thread(_close_all, todo)
+                    value.raiseException()
+                if not value:
+                    f.local.clear()
+        if todo:
+            await self._batch(todo)
+
     async def _batch(self, files: list[_File]) -> None:
-        """Fetch a batch of small files (none with a local version to reuse) with one ``get_files`` and write
-        them in one worker hop. A chunk several of them hold is fetched once; chunks of files this pull wrote
-        before are copied from those. If the server reports damage, each file is fetched on its own again, so
-        that only the damaged ones are left out (and named)."""
+        """Fetch a batch of small files with one ``get_files`` and write them in one worker hop. A chunk several
+        of them hold is fetched once; chunks a file's local version holds (``local``, see :meth:`_examined`) are
+        copied from it, and chunks of files this pull wrote before from those. If the server reports damage,
+        each file is fetched on its own again, so that only the damaged ones are left out (and named)."""
         reusable = self.reusable
         plans: list[list[_Step]] = []
         parts: list[tuple[_File, list[bytes]]] = []
@@ -826,10 +914,14 @@ class _PullRun:
             fetch: list[bytes] = []
             mine: set[bytes] = set()
             ids = f.ids
+            local = f.local
             for i in range(0, len(ids), ID):
                 cid = ids[i : i + ID]
                 if cid in mine:
                     steps.append((cid, "self", None))
+                elif cid in local:
+                    steps.append((cid, "old", local[cid]))
+                    reused += local[cid][1]
                 elif cid in reusable:
                     steps.append((cid, "other", reusable[cid]))
                     reused += reusable[cid][2]
