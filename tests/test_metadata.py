@@ -49,6 +49,29 @@ def test_a_pull_links_later_names_and_writes_one_in_place_of_a_first_name_it_doe
     assert [e.path for e in laid.specials] == ["fifo"] and laid.problems[0].startswith("bad: ")
 
 
+def test_a_pull_decodes_each_distinct_record_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most items of a tree share one record (the same owner, no xattrs): it is decoded once, and a bad record
+    is named for every item that carries it."""
+    import neotwist.client.restore as restore
+
+    decoded: list[bytes] = []
+
+    def counting(data: bytes) -> Extra:
+        decoded.append(data)
+        return decode(data)
+
+    monkeypatch.setattr(restore, "decode", counting)
+    owner = Extra(uid=1000, gid=1000, user="u", group="g")
+    entries = [_file(f"d/f{i:04}", owner) for i in range(1000)]
+    entries += [Entry(f"e/bad{i}", "f", 0o644, 0, 1, b"\0" * 32, "", b"\x09") for i in (1, 2)]
+    entries += [_file("e/h1"), _file("e/h2", Extra(first="e/h1", uid=1000, gid=1000, user="u", group="g"))]
+    laid = plan(entries)
+    assert len(decoded) == 3  # the owner's record, the bad one, the hard link's
+    assert len(laid.files) == 1003 and [(f, e.path) for f, e in laid.links] == [("e/h1", "e/h2")]
+    assert [p.split(":")[0] for p in laid.problems] == ["e/bad1", "e/bad2"]
+    assert all(laid.extras[f"d/f{i:04}"] == owner for i in range(1000))
+
+
 def test_owners_are_kept_but_not_applied_when_not_root() -> None:
     applier = Applier()
     applier.root = False
