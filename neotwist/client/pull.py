@@ -473,9 +473,9 @@ def _write_files(
     return out
 
 
-def _batchable(f: _File) -> bool:
-    """Is ``f``, with no local version to reuse, fetched in a batch (see SMALL_FILE)?"""
-    return f.size <= SMALL_FILE and len(f.ids) <= limits.MAX_IDS * ID
+def _batchable(f: _File | Entry) -> bool:
+    """Is ``f`` fetched in a batch (see SMALL_FILE and EXAMINE_FILES)?"""
+    return f.size <= SMALL_FILE and len(f.chunks if isinstance(f, Entry) else f.ids) <= limits.MAX_IDS * ID
 
 
 _SAME, _ABSENT, _EXAMINE = 0, 1, 2
@@ -483,21 +483,24 @@ _SAME, _ABSENT, _EXAMINE = 0, 1, 2
 
 def _quick_check(
     dest: SafeDest,
-    files: list[_File],
+    files: list[Entry],
+    extras: dict[str, Extra],
     checksum: bool,
     applier: Applier | None = None,
     batching: bool = False,
     made: frozenset[str] = frozenset(),
-) -> list[int | str]:
+) -> tuple[list[int | str], list[int]]:
     """For each file: _SAME (up to date by size and mtime), _ABSENT (nothing local to reuse), _EXAMINE, or an
-    error text. One worker hop for many files, so an unchanged tree costs no per-file thread round trip.
+    error text; and, in order, a descriptor of its directory for each file that is _ABSENT or _EXAMINE (-1 for
+    none). One worker hop for many files, so an unchanged tree costs no per-file thread round trip.
 
     Each directory is opened once for the whole batch (files come sorted by path, so a directory's files are
     adjacent, and a directory shares its parents' descriptors with the previous one); every file that will be
-    written on its own gets its own duplicate of that descriptor in ``dir_fd`` (one fetched in a batch, with
-    ``batching``, does not: the batch's worker opens its directories again, once per batch).
+    written on its own gets its own duplicate of that descriptor (one fetched in a batch, with ``batching``,
+    does not: the batch's worker opens its directories again, once per batch).
     """
     out: list[int | str] = []
+    fds: list[int] = []
     current: str | None = None
     dir_fd: int | None = None  # None: the directory is missing (its files are absent)
     dir_error: str | None = None
@@ -506,6 +509,7 @@ def _quick_check(
             parent, _, name = f.path.rpartition("/")
             if parent in made and batching and _batchable(f):
                 out.append(_ABSENT)  # its directory was made by this pull: nothing to look at or reuse
+                fds.append(-1)
                 continue
             if parent != current:
                 current, dir_fd, dir_error = parent, None, None
@@ -520,6 +524,7 @@ def _quick_check(
                 continue
             if dir_fd is None:
                 out.append(_ABSENT)
+                fds.append(-1)
                 continue
             try:
                 st = dest.lstat_at(dir_fd, name)
@@ -529,8 +534,9 @@ def _quick_check(
             if st is not None and stat.S_ISREG(st.st_mode) and not checksum and (
                 st.st_size == f.size and st.st_mtime_ns == f.mtime_ns
             ):
-                if f.extra is not None and applier is not None and applier.wants_update(st, f.extra):
-                    problems = applier.apply_at(dir_fd, name, f.extra)  # the content is current, owner or xattrs not
+                extra = extras.get(f.path)
+                if extra is not None and applier is not None and applier.wants_update(st, extra):
+                    problems = applier.apply_at(dir_fd, name, extra)  # the content is current, owner or xattrs not
                     if problems:
                         out.append(f"{f.path}: {'; '.join(problems)}")
                         continue
@@ -545,9 +551,8 @@ def _quick_check(
                 continue
             absent = st is None or not stat.S_ISREG(st.st_mode)
             out.append(_ABSENT if absent else _EXAMINE)
-            if not (absent and batching and _batchable(f)):
-                f.dir_fd = os.dup(dir_fd)
-    return out
+            fds.append(-1 if absent and batching and _batchable(f) else os.dup(dir_fd))
+    return out, fds
 
 
 def _close_old(f: _File) -> None:
@@ -716,36 +721,40 @@ class _PullRun:
         for start in range(0, len(files), step):
             if fatal:
                 break
-            remote = self.remote
-            group = [
-                _File(
-                    e.path, e.mode, e.mtime_ns, e.size, e.chunks, remote.get(e.path, ""),
-                    extra=extras.get(e.path), fix=restorer.fix(e.path, extras.get(e.path)),
-                )
-                for e in files[start : start + step]
-            ]
+            group = files[start : start + step]  # a _File is made only for each file that is to be written
+            states: list[int | str]
             if fresh:
-                states: list[int | str] = [_ABSENT] * len(group)
+                states, fds = [_ABSENT] * len(group), [-1] * len(group)
             else:
-                states = await self._thread(
-                    _quick_check, self.dest, group, self.options.checksum, self.applier, batching, self.made_dirs
-                )
-            for i, (f, state) in enumerate(zip(group, states, strict=True)):
+                states, fds = await self._thread(
+                    _quick_check, self.dest, group, extras, self.options.checksum, self.applier, batching,
+                    self.made_dirs,
+                )  # fmt: skip
+            held = iter(fds)
+            for e, state in zip(group, states, strict=True):
                 if fatal:
-                    for rest in group[i:] + examining:
-                        _close_old(rest)  # their directory descriptors
+                    for fd in held:  # the directory descriptors of the files not taken
+                        if fd >= 0:
+                            os.close(fd)
+                    for f in examining:
+                        _close_old(f)
                     examining = []
                     break
                 if state == _SAME:
                     self.summary.files_unchanged += 1
                     if progress is not None:
                         progress.files()
-                        progress.bytes(f.size)  # checked and current: done as much as a written one
+                        progress.bytes(e.size)  # checked and current: done as much as a written one
                     continue
                 if isinstance(state, str):
                     self.summary.files_skipped += 1
                     self._error(state)
                     continue
+                extra = extras.get(e.path)
+                f = _File(
+                    e.path, e.mode, e.mtime_ns, e.size, e.chunks, self.remote.get(e.path, ""),
+                    dir_fd=next(held), extra=extra, fix=restorer.fix(e.path, extra),
+                )  # fmt: skip
                 if batching and state == _ABSENT and _batchable(f):
                     n = len(f.ids) // ID
                     full = len(batch) >= BATCH_FILES or batch_bytes + f.size > BATCH_BYTES
