@@ -5,7 +5,7 @@ twisted.internet.endpoints) and the OpenSSH-subprocess link are imported by neot
 remote that needs them, and the conch SSH client connects to an address with the reactor's connectTCP rather than
 through twisted.internet.endpoints (whose imports, twisted.plugin, systemd, SNI and stdio, cost every command a few
 milliseconds). What Twisted's reactor itself imports (pyOpenSSL, asyncio, http.cookiejar) is loaded whatever the
-transport, and is not checked here.
+transport, except pyOpenSSL: a command over SSH loads the reactor without it (it uses no TLS).
 
 Each command runs in a child interpreter that calls the CLI's main function as the console script does and then
 reports which of the watched modules were loaded: a real push or pull against a real twistd.
@@ -22,6 +22,7 @@ from pathlib import Path
 from support import PASSWORD, RunningServer
 
 WATCHED = (
+    "OpenSSL",
     "twisted.internet.endpoints",
     "twisted.plugin",
     "neotwist.client.tlsclient",
@@ -81,5 +82,6 @@ def test_tls_push_loads_the_tls_client(module_server: RunningServer, tmp_path: P
 
     loaded = _run(module_server, "push_main", "--accept-new-host-key", str(src), remote, password=True)
     assert "neotwist.client.tlsclient" in loaded and "neotwist.client.openssh" not in loaded
+    assert "OpenSSL" in loaded
     loaded = _run(module_server, "pull_main", remote, str(tmp_path / "dest"), password=True)
     assert (tmp_path / "dest" / "f").read_text() == "over tls"

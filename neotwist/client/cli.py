@@ -528,7 +528,7 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
             args.stdin_name = pushflags.check_stdin(args)
         else:
             local, remote_text = _split_args(args, program)
-        parse_remote(remote_text)  # usage errors before any connection
+        over_tls = parse_remote(remote_text).scheme == "tls"  # usage errors before any connection
         args.at_time = None
         if getattr(args, "at", None) is not None:
             args.at_time = parse_at(args.at, time.time())
@@ -538,7 +538,7 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     start_logging(args.debug)
     tune_threads()
-    return react(parser.prog, lambda reactor: _run(reactor, direction, args, local, remote_text))
+    return react(parser.prog, lambda reactor: _run(reactor, direction, args, local, remote_text), tls=over_tls)
 
 
 push_main = entry_point("neo-push", lambda: main("push"))

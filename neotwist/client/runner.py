@@ -14,6 +14,7 @@ from typing import Any
 
 from neotwist.client.clibase import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from neotwist.client.remote import UsageError
+from neotwist.runtime import tls_left_out
 
 INTERRUPT_GRACE_S = 3.0
 """Seconds an interrupted run has to unwind (stop its workers, remove what it half-made, say bye) before the
@@ -99,10 +100,15 @@ class _Runner:
         self.state = "done" if self.state != "interrupted" else self.state
 
 
-def react(prog: str, run: Callable[[Any], Awaitable[int]]) -> int:
+def react(prog: str, run: Callable[[Any], Awaitable[int]], tls: bool = True) -> int:
     """Run ``run(reactor)`` under the reactor and return its exit code (EXIT_INTERRUPTED on Ctrl-C or SIGTERM,
-    see :class:`_Runner`). A reader that closes standard output early ends the output quietly."""
-    from twisted.internet import reactor as installed
+    see :class:`_Runner`). A reader that closes standard output early ends the output quietly. ``tls=False``:
+    the command uses no TLS, and the reactor is loaded without it (:func:`neotwist.runtime.tls_left_out`)."""
+    if tls:
+        from twisted.internet import reactor as installed
+    else:
+        with tls_left_out():
+            from twisted.internet import reactor as installed
 
     reactor: Any = installed
     runner = _Runner(prog, reactor)
