@@ -26,6 +26,17 @@ class CountingCache(FilesCache):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.calls = {"lookup": 0, "remember": 0, "note_entry": 0}
+        self.transactions = 0  # BEGINs on this push's new cache
+
+    def _create(self) -> Any:
+        db = super()._create()
+
+        def traced(statement: str) -> None:
+            if statement.strip().upper().startswith("BEGIN"):
+                self.transactions += 1
+
+        db.set_trace_callback(traced)
+        return db
 
     def lookup(self, *args: Any) -> Any:
         self.calls["lookup"] += 1
@@ -84,6 +95,7 @@ class UnchangedDirectoryTests(_Loopback):
             cache = self._cache()
             again = await self._push(peer, cache=cache, delete=True)
             assert cache.dirs_taken == 5  # the root, a, a/b, c, empty-dir
+            assert cache.transactions == 1  # their rows copied together when the cache is saved, not one by one
             # no file looked up or remembered one by one; only the root's own entry (from no directory) noted
             assert cache.calls == {"lookup": 0, "remember": 0, "note_entry": 1}
             assert (again.files_scanned, again.files, again.files_changed) == (first.files_scanned, 12, 0)
