@@ -14,7 +14,6 @@ from typing import Any
 
 import test_push_pull
 from support import snapshot_of
-from twisted.trial.unittest import TestCase
 
 _recording: list[list[tuple[str, tuple[Any, ...]]]] = []  # the events of the running test, if it records
 _on_event: list[Any] = []  # a callback of the running test, if any
@@ -30,13 +29,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
 sys.addaudithook(_hook)  # for the whole process (hooks cannot be removed): it acts only while a test records
 
 
-class FreshPullTests(TestCase):
-    timeout = 120
-    setUp = test_push_pull.PushPullTests.setUp  # the same real server session as test_push_pull's
-    _connect = test_push_pull.PushPullTests._connect
-    _push = test_push_pull.PushPullTests._push
-    _pull = test_push_pull.PushPullTests._pull
-    _fill = test_push_pull.PushPullTests._fill
+class FreshPullTests(test_push_pull.LoopbackCase):
 
     def _record(self) -> list[tuple[str, tuple[Any, ...]]]:
         events: list[tuple[str, tuple[Any, ...]]] = []

@@ -9,17 +9,11 @@ import shutil
 
 import test_push_pull
 from support import snapshot_of
-from twisted.trial.unittest import TestCase
 
 from neotwist.client import pull as pull_module
 
 
-class StaleCopyPullTests(TestCase):
-    timeout = 120
-    setUp = test_push_pull.PushPullTests.setUp  # the same real server session as test_push_pull's
-    _connect = test_push_pull.PushPullTests._connect
-    _push = test_push_pull.PushPullTests._push
-    _pull = test_push_pull.PushPullTests._pull
+class StaleCopyPullTests(test_push_pull.LoopbackCase):
 
     def _tree(self, files: int) -> None:
         for i in range(files):

@@ -310,3 +310,16 @@ class PushPullTests(TestCase):
         assert after["docs/deep"] != changed
         del before["docs/deep"], after["docs/deep"]
         assert after == before
+
+
+class LoopbackCase(TestCase):
+    """The real server session and the real push and pull pipelines of :class:`PushPullTests`, for the test cases
+    of other modules (no tests of its own)."""
+
+    timeout = 120
+    setUp = PushPullTests.setUp
+    _connect = PushPullTests._connect
+    _push = PushPullTests._push
+    _pull = PushPullTests._pull
+    _fill = PushPullTests._fill
+    _settle = PushPullTests._settle

@@ -15,7 +15,6 @@ from typing import Any
 
 import test_push_pull as pp
 from support import snapshot_of
-from twisted.trial.unittest import TestCase
 
 from neotwist.client.filescache import FilesCache
 
@@ -51,17 +50,9 @@ class CountingCache(FilesCache):
         super().note_entry(path, digest)
 
 
-class _Loopback(TestCase):
+class _Loopback(pp.LoopbackCase):
     """Real push and pull pipelines against a real server session (test_push_pull's helpers), with a files
     cache in the test's directory."""
-
-    timeout = 120
-
-    setUp = pp.PushPullTests.setUp
-    _connect = pp.PushPullTests._connect
-    _push = pp.PushPullTests._push
-    _pull = pp.PushPullTests._pull
-    _settle = pp.PushPullTests._settle
 
     def _cache(self) -> FilesCache:
         return FilesCache("test", self.tmp / "cache")
