@@ -8,6 +8,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from neotwist.client.filescache import FilesCache
 from neotwist.client.scan import SameDir
 
@@ -109,4 +111,23 @@ def test_a_cache_from_before_signatures_is_used_without_them(tmp_path: Path) -> 
     assert c.old_entry("") is None  # sent once more
     c.note_entry("", DIGEST)
     assert list(c.gone()) == ["d/f", "d/g", "d/sub"]  # (this push noted nothing else)
+    c.close()
+
+
+def test_gone_refuses_to_answer_when_this_push_lost_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory taken whole has its rows copied at the next flush; if that flush fails, the directory would
+    look gone from this push's cache, every item of it: gone() raises instead of naming them."""
+    from neotwist.client import filescache
+
+    _push(tmp_path)
+    c = _next(tmp_path)
+    assert c.see_dir(_dir(), take=True)  # the push sends nothing for d/f, d/g, d/sub
+
+    def full(rows: object) -> bytes:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(filescache, "_encode", full)
+    c.note_entry("", DIGEST)
+    with pytest.raises(filescache.CacheBroken):
+        list(c.gone())
     c.close()

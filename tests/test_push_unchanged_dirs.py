@@ -254,3 +254,37 @@ class DeleteAfterPushesWithoutItTests(_Loopback):
         dest2 = self.tmp / "dest2"
         await self._pull(peer, dest2)
         assert snapshot_of(self.src) == snapshot_of(dest2)
+
+    async def test_a_files_cache_that_fails_to_write_makes_the_push_list_everything(self) -> None:
+        """A --delete push that lists only its changes learns what is gone from its files cache; when the cache
+        cannot be written (a full disk), it cannot, and lists everything instead: the snapshot loses nothing."""
+        import sqlite3
+
+        from neotwist.client import filescache
+
+        (self.src / "c").mkdir()
+        (self.src / "d").mkdir()
+        for i in range(5):
+            (self.src / "c" / f"g{i}").write_text(f"text {i}\n")
+            (self.src / "d" / f"h{i}").write_text(f"more {i}\n")
+        await self._settle()
+        peer = await self._connect()
+        await self._push(peer, cache=self._cache(), delete=True)
+        await self._push(peer, cache=self._cache(), delete=True)  # its cache remembers c and d whole
+        (self.src / "d" / "h0").unlink()
+        await self._settle()
+
+        def full(rows: object) -> bytes:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        real = filescache._encode
+        filescache._encode = full
+        try:
+            summary = await self._push(peer, cache=self._cache(), delete=True)
+        finally:
+            filescache._encode = real
+        assert summary.deleted == 1  # d/h0, and nothing of c
+        assert any("files cache" in w.reason for w in summary.warnings)
+        dest = self.tmp / "dest"
+        await self._pull(peer, dest)
+        assert snapshot_of(self.src) == snapshot_of(dest)

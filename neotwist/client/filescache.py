@@ -87,6 +87,11 @@ ROOT_ENTRY_DIR = "/"
 from the digests of the root directory's items, which it would otherwise be counted with."""
 
 
+class CacheBroken(OSError):
+    """This push's cache could not be written, so it cannot tell what this push no longer has (:meth:`FilesCache.gone`):
+    a push that lists only its changes must list everything instead."""
+
+
 class CacheEntry(msgspec.Struct, array_like=True):
     """(size, mtime_ns, inode, ctime_ns, concatenated 32-byte chunk ids, extra record). ``extra`` (owner, xattrs:
     neotwist.client.metadata) spares the walk an ``llistxattr`` per unchanged file: a chown or setxattr changes
@@ -335,11 +340,15 @@ class FilesCache:
             return self._dir_entries.get(name)
 
     def gone(self) -> Iterator[str]:
-        """The server paths the last push sent entries for and this one did not, a directory at a time."""
+        """The server paths the last push sent entries for and this one did not, a directory at a time. Raises
+        CacheBroken (before naming any) when this push's rows could not all be written: the directories whose
+        rows were lost would all look gone."""
         if not self._has_old:
             return
         with self._lock:
             self._flush()
+            if self._broken is not None:
+                raise CacheBroken(self._broken)
         last: str | None = None
         while True:
             with self._lock:
@@ -512,6 +521,7 @@ class FilesCache:
         self._files.clear()
         self._entries.clear()
         self._dirs.clear()
+        self._taken.clear()
         if self._new_path is not None:
             self._new_path.unlink(missing_ok=True)
             self._new_path = None

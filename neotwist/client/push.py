@@ -49,7 +49,7 @@ from neotwist.chunking import Chunker
 from neotwist.client import deep, heap
 from neotwist.client.deltapush import DeltaPlanner, Made, Plan, delta_messages, drop, make_delta
 from neotwist.client.encryption import Crypt, KeySource, plain_errors
-from neotwist.client.filescache import FilesCache
+from neotwist.client.filescache import CacheBroken, FilesCache
 from neotwist.client.filters import Filter
 from neotwist.client.gather import gather
 from neotwist.client.labels import commit_fields
@@ -664,7 +664,10 @@ class _PushRun:
             await self._batch(_Batch(changed=again))
         self._flush_entries(force=True)
         if self.parent is not None and self.options.delete and self.cache is not None:
-            self._post_deleted(self.cache.gone())
+            try:
+                self._post_deleted(self.cache.gone())
+            except CacheBroken:
+                raise _ListEverything() from None
         await peer.drain()
         self.summary.files_skipped += self.stats.skipped
         self.summary.files_filtered += self.stats.filtered
@@ -986,6 +989,13 @@ async def push(
                     try:
                         committed = await run.run()
                         break
+                    except _ListEverything:
+                        # the files cache failed to write, so it cannot say what this push no longer has:
+                        # list everything this time, as with no parent
+                        await peer.request(Abort(rid=0, handle=opened.handle))
+                        parent = None
+                        summary = PushSummary(encrypted=crypt is not None)
+                        continue
                     except RemoteError as e:
                         if e.code == ErrorCode.CONFLICT and run.parent is not None:
                             # another snapshot came in since the last push: list everything this time
@@ -1068,6 +1078,10 @@ def _count_in_background(reactor: Any, root: str, options: PushOptions) -> Calla
         pool.stop()
 
     return finish
+
+
+class _ListEverything(Exception):
+    """A push that lists only its changes cannot tell what is gone: it starts over and lists everything."""
 
 
 async def ask_missing(peer: Peer, handle: int, ids: list[bytes]) -> set[bytes]:
