@@ -25,6 +25,7 @@ from neotwist.wire.messages import (
     ChunkReply,
     Close,
     Entry,
+    Error,
     Get,
     GetFiles,
     Hello,
@@ -79,8 +80,10 @@ class FakeServer:
         key_check: bytes = b"",
         versions: list[VersionRecord] | None = None,
         batches: bool = False,
+        get_files: Callable[[GetFiles], Iterator[ChunkReply | Error]] | None = None,
     ) -> None:
         self.versions = versions or []
+        self.get_files = get_files  # answers get_files as scripted (default: each file as get answers it)
         self.features = ["ping", "get_files"] if batches else ["ping"]  # get_files: answered file by file
         self.pages = pages
         self.chunks = chunks
@@ -88,7 +91,7 @@ class FakeServer:
         self.encrypted = encrypted
         self.key_check = key_check
         self.requests: list[Message] = []
-        self._streams: list[tuple[int, Iterator[ChunkReply | Listing]]] = []
+        self._streams: list[tuple[int, Iterator[ChunkReply | Listing | Error]]] = []
         self.peer: Peer | None = None
 
     def message_received(self, peer: Peer, message: Message) -> Deferred[None] | None:
@@ -108,6 +111,8 @@ class FakeServer:
         elif isinstance(message, Get):
             assert self.chunks is not None
             self._streams.append((rid, self.chunks(message)))
+        elif isinstance(message, GetFiles) and self.get_files is not None:
+            self._streams.append((rid, self.get_files(message)))
         elif isinstance(message, GetFiles):
             chunks = self.chunks
             assert chunks is not None

@@ -20,7 +20,8 @@ from neotwist.client import pull as pullmod
 from neotwist.client import stash
 from neotwist.client.pull import PullError, PullIncomplete, PullOptions, pull
 from neotwist.codec import compute_id
-from neotwist.wire.messages import CODEC_RAW, ChunkReply, Entry, Get, GetFiles, VersionRecord
+from neotwist.wire.errors import ErrorCode, RemoteError
+from neotwist.wire.messages import CODEC_RAW, ChunkReply, Entry, Error, Get, GetFiles, Ok, VersionRecord
 
 MiB = 1024 * 1024
 BLOCK = os.urandom(256 * 1024)
@@ -190,3 +191,97 @@ def test_a_local_file_that_is_a_version_the_target_holds_is_reused(tmp_path: Pat
 def test_reuse_any_reuses_any_local_file(tmp_path: Path, batches: bool) -> None:
     held, asked = _probe(tmp_path, reuse_any=True, batches=batches)
     assert held not in asked and len(asked) == 29
+
+
+def _stale_tree(dest: Path, n: int, current: bool = False) -> tuple[list[Entry], dict[bytes, bytes]]:
+    """n small files the server lists; ``dest`` holds another version of each (other bytes and mtime; with
+    ``current``, every other one holds the listed bytes already, under another mtime)."""
+    entries = [Entry("", "d", 0o755, 1, 0)]
+    data: dict[bytes, bytes] = {}
+    dest.mkdir()
+    for i in range(n):
+        new = f"new {i}\n".encode() * 10
+        cid = compute_id(new)
+        data[cid] = new
+        entries.append(Entry(f"f{i:04}", "f", 0o644, 2_000_000_000_000_000_000, len(new), cid))
+        (dest / f"f{i:04}").write_bytes(new if current and i % 2 == 0 else f"old {i}\n".encode() * 10)
+    return entries, data
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_files_a_damaged_batch_delivered_are_fetched_again_whole(tmp_path: Path) -> None:
+    """The server sends two files of a get_files, then reports damage (as it does when a later read group
+    fails): each file is fetched again on its own, and what the batch delivered of it counts for nothing."""
+    dest = tmp_path / "dest"
+    entries, data = _stale_tree(dest, 5)
+
+    def chunks(get: Get) -> Any:
+        for cid in get.ids:
+            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data[cid]), data=data[cid])
+
+    def batch(message: GetFiles) -> Any:
+        for f in message.files[:2]:
+            yield from chunks(Get(rid=0, handle=1, snapshot=1, path=f.path, ids=f.ids))
+        yield Error(rid=0, code=ErrorCode.DAMAGED, message="a chunk is damaged", path="elsewhere")
+
+    fake = FakeServer([entries], chunks, batches=True, get_files=batch)
+    _pull_with(fake, dest)
+    for e in entries[1:]:
+        assert (dest / e.path).read_bytes() == data[e.chunks]
+
+
+@pytest.mark.parametrize("how", ["ok", "refused", "not-a-chunk", "damaged"])
+def test_a_stale_copy_pulled_in_batches_keeps_no_descriptor(tmp_path: Path, how: str) -> None:
+    """700 stale files (11 examined batches, half with a chunk to reuse) end with every descriptor closed and
+    no temporary file left, whether the server answers, refuses, answers nonsense or reports damage."""
+    dest = tmp_path / "dest"
+    entries, data = _stale_tree(dest, 700, current=True)
+
+    def chunks(get: Get) -> Any:
+        if how == "refused":
+            yield Error(rid=0, code=ErrorCode.LIMIT_EXCEEDED, message="no")
+        elif how == "not-a-chunk":
+            yield Ok(rid=0)
+        elif how == "damaged":
+            yield Error(rid=0, code=ErrorCode.DAMAGED, message="rot")
+        else:
+            for cid in get.ids:
+                yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data[cid]), data=data[cid])
+
+    fake = FakeServer([entries], chunks, batches=True)
+    before = _open_fds()
+    try:
+        _pull_with(fake, dest, reuse_any=True)
+    except (PullError, PullIncomplete, RemoteError):  # a refusal ends the pull as it ends a push: RemoteError
+        assert how != "ok"
+    else:
+        assert how == "ok"
+        assert all((dest / e.path).read_bytes() == data[e.chunks] for e in entries[1:])
+    assert _open_fds() <= before + 2  # (a descriptor or two of the test's own machinery may come and go)
+    assert not [n for n in os.listdir(dest) if ".neotmp." in n]
+
+
+def test_a_local_version_nothing_is_taken_from_may_change_while_the_pull_runs(tmp_path: Path) -> None:
+    """A stale local file none of whose chunks the new version has is not held open: the user may write to it
+    while the batch is fetched, and the new version still replaces it (it was only refused when its chunks
+    were being copied)."""
+    dest = tmp_path / "dest"
+    entries, data = _stale_tree(dest, 3)
+
+    def chunks(get: Get) -> Any:
+        for cid in get.ids:
+            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data[cid]), data=data[cid])
+
+    def batch(message: GetFiles) -> Any:
+        with open(dest / "f0001", "ab") as f:
+            f.write(b"written by the user meanwhile\n")
+        for f in message.files:
+            yield from chunks(Get(rid=0, handle=1, snapshot=1, path=f.path, ids=f.ids))
+
+    fake = FakeServer([entries], chunks, batches=True, get_files=batch)
+    _pull_with(fake, dest)
+    for e in entries[1:]:
+        assert (dest / e.path).read_bytes() == data[e.chunks]

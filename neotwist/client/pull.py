@@ -905,6 +905,10 @@ class _PullRun:
                     value.raiseException()
                 if not value:
                     f.local.clear()
+        for f in todo:
+            if not f.local and f.old_fd >= 0:  # nothing of the old version is used: it need not stay as it was
+                os.close(f.old_fd)
+                f.old_fd, f.old_stat = -1, None
         if todo:
             await self._batch(todo)
 
@@ -946,6 +950,7 @@ class _PullRun:
             replies, held = await self._fetch(parts, batch=True)
         except _BatchDamaged:
             for f in files:  # one at a time: damage is rare, and names its file this way
+                f.fetched = 0  # what the batch delivered of it before the damage is not kept
                 try:
                     await self._file(f, False)
                 except Exception as e:
