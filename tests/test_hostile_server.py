@@ -285,3 +285,41 @@ def test_a_local_version_nothing_is_taken_from_may_change_while_the_pull_runs(tm
     _pull_with(fake, dest)
     for e in entries[1:]:
         assert (dest / e.path).read_bytes() == data[e.chunks]
+
+
+def test_versions_asked_about_stale_files_are_few_at_a_time(tmp_path: Path) -> None:
+    """Whether a stale file's chunks may be reused is asked with ``versions``, whose answer is held whole: at
+    most VERSIONS_IN_FLIGHT are outstanding, however many files and batches are in flight."""
+    from neotwist.wire.messages import ListVersions, VersionList
+
+    dest = tmp_path / "dest"
+    entries, data = _stale_tree(dest, 400, current=True)
+
+    def chunks(get: Get) -> Any:
+        for cid in get.ids:
+            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data[cid]), data=data[cid])
+
+    fake = FakeServer([entries], chunks, batches=True)
+    waiting: list[tuple[Any, int]] = []
+    most = [0]
+    answer, step = fake.message_received, fake.step
+
+    def message_received(peer: Any, message: Any) -> Any:
+        if isinstance(message, ListVersions):
+            waiting.append((peer, message.rid))  # answered at the next step, with every other one waiting
+            return None
+        return answer(peer, message)
+
+    def stepped() -> bool:
+        most[0] = max(most[0], len(waiting))
+        for peer, rid in waiting:
+            peer.send(VersionList(rid=rid, versions=[], done=True))
+        answered = bool(waiting)
+        waiting.clear()
+        return step() or answered
+
+    fake.message_received = message_received  # type: ignore[method-assign]
+    fake.step = stepped  # type: ignore[method-assign]
+    _pull_with(fake, dest)
+    assert all((dest / e.path).read_bytes() == data[e.chunks] for e in entries[1:])
+    assert 1 < most[0] <= pullmod.VERSIONS_IN_FLIGHT, most[0]

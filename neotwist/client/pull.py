@@ -90,6 +90,9 @@ BATCH_BYTES = 4 * 1024 * 1024
 """...and their listed bytes (the ids stay within limits.MAX_IDS)."""
 BATCHES_IN_FLIGHT = 3
 """Batches being fetched or written at once (each holds its bytes of the fetch budget)."""
+VERSIONS_IN_FLIGHT = 16
+"""``versions`` requests (see _PullRun._may_reuse) in flight at once, whatever the files and batches in flight:
+each answer is held whole, and a hostile server decides how long it is."""
 EXAMINE_FILES = 64
 """Small files with a local version that differs are examined in one worker hop and fetched in one batch, this
 many at a time (fewer than BATCH_FILES: such files are spread over the whole tree, so a batch is sent while the
@@ -657,6 +660,7 @@ class _PullRun:
         self.damaged: list[str] = []  # files whose stored data is damaged: not written, the pull went on
         self.single_file = single_file  # the handle's root is the one file: it is "" on the server
         self.applier = Applier(options.numeric_ids)
+        self.asking = DeferredSemaphore(VERSIONS_IN_FLIGHT)
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Any:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
@@ -992,10 +996,13 @@ class _PullRun:
             return True
         size, mtime_ns = f.old_stat[0], f.old_stat[1]
         remote = "" if self.single_file else (f.remote or paths.to_wire(f.path))
+        await self.asking.acquire()
         try:
             held = await stash.versions(self.peer, self.handle, remote)
         except (RemoteError, stash.StashError):
             return False
+        finally:
+            self.asking.release()
         return any(v.kind == "f" and v.size == size and v.mtime_ns == mtime_ns for v in held)
 
     async def _fetch_and_write(self, f: _File) -> None:
