@@ -208,6 +208,16 @@ def _stale_tree(dest: Path, n: int, current: bool = False) -> tuple[list[Entry],
     return entries, data
 
 
+def _serving(data: dict[bytes, bytes]) -> Any:
+    """Answers a get with the chunks of ``data`` (id -> bytes) it names, as stored (raw)."""
+
+    def chunks(get: Get) -> Any:
+        for cid in get.ids:
+            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data[cid]), data=data[cid])
+
+    return chunks
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -218,9 +228,7 @@ def test_files_a_damaged_batch_delivered_are_fetched_again_whole(tmp_path: Path)
     dest = tmp_path / "dest"
     entries, data = _stale_tree(dest, 5)
 
-    def chunks(get: Get) -> Any:
-        for cid in get.ids:
-            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data[cid]), data=data[cid])
+    chunks = _serving(data)
 
     def batch(message: GetFiles) -> Any:
         for f in message.files[:2]:
@@ -248,8 +256,7 @@ def test_a_stale_copy_pulled_in_batches_keeps_no_descriptor(tmp_path: Path, how:
         elif how == "damaged":
             yield Error(rid=0, code=ErrorCode.DAMAGED, message="rot")
         else:
-            for cid in get.ids:
-                yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data[cid]), data=data[cid])
+            yield from _serving(data)(get)
 
     fake = FakeServer([entries], chunks, batches=True)
     before = _open_fds()
@@ -271,9 +278,7 @@ def test_a_local_version_nothing_is_taken_from_may_change_while_the_pull_runs(tm
     dest = tmp_path / "dest"
     entries, data = _stale_tree(dest, 3)
 
-    def chunks(get: Get) -> Any:
-        for cid in get.ids:
-            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data[cid]), data=data[cid])
+    chunks = _serving(data)
 
     def batch(message: GetFiles) -> Any:
         with open(dest / "f0001", "ab") as f:
@@ -295,9 +300,7 @@ def test_versions_asked_about_stale_files_are_few_at_a_time(tmp_path: Path) -> N
     dest = tmp_path / "dest"
     entries, data = _stale_tree(dest, 400, current=True)
 
-    def chunks(get: Get) -> Any:
-        for cid in get.ids:
-            yield ChunkReply(rid=0, id=cid, codec=CODEC_RAW, size=len(data[cid]), data=data[cid])
+    chunks = _serving(data)
 
     fake = FakeServer([entries], chunks, batches=True)
     waiting: list[tuple[Any, int]] = []
