@@ -71,10 +71,11 @@ def tls_left_out() -> Iterator[None]:
     """Modules imported inside it see no pyOpenSSL, as on a system without it; outside it, nothing changes.
 
     Twisted's reactor imports pyOpenSSL (and with it cryptography's X.509 support and service_identity) whenever
-    it can, for TLS it may never be asked for: about 50 ms of every neo-push and neo-pull over SSH, which use no
-    TLS at all (a re-push with nothing to send took 0.48 s against 0.53 s with it). Twisted was made to run
-    without pyOpenSSL, so its reactor, loaded here, simply has no TLS; the command that asks for this is the one
-    that knows it needs none. Anything imported later (outside) may import pyOpenSSL as usual."""
+    it can, for TLS it may never be asked for: about 50 ms of every neo-push, neo-pull, neo-ls (and the other
+    remote commands) over SSH, which use no TLS at all (a re-push with nothing to send took 0.48 s against
+    0.53 s with it). Twisted was made to run without pyOpenSSL, so its reactor, loaded here, simply has no TLS;
+    the command that asks for this is the one that knows it needs none. Anything imported later (outside) may
+    import pyOpenSSL as usual."""
     if "OpenSSL" in sys.modules:  # already loaded: leaving it out would save nothing
         yield
         return

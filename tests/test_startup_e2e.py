@@ -31,12 +31,14 @@ WATCHED = (
 
 _CHILD = textwrap.dedent(
     """
-    import json, sys
-    from neotwist.client import cli
+    import importlib, json, sys
     main, watched = sys.argv[1], json.loads(sys.argv[2])
-    sys.argv = ["neo-push" if main == "push_main" else "neo-pull", *sys.argv[3:]]
+    module, _, main = main.rpartition(":")
+    command = importlib.import_module(module or "neotwist.client.cli")
+    names = {"push_main": "neo-push", "pull_main": "neo-pull", "ls": "neo-ls"}
+    sys.argv = [names[main], *sys.argv[3:]]
     try:
-        getattr(cli, main)()
+        getattr(command, main)()
         code = 0
     except SystemExit as e:
         code = e.code
@@ -46,7 +48,8 @@ _CHILD = textwrap.dedent(
 
 
 def _run(server: RunningServer, main: str, *args: str, password: bool = False) -> list[str]:
-    """Run ``neotwist.client.cli.<main>`` (push_main or pull_main) with the server's key and known-hosts file;
+    """Run ``neotwist.client.cli.<main>`` (push_main or pull_main), or ``MODULE:FUNCTION`` (the ``ls`` entry
+    point of neotwist.client.stashcli), with the server's key and known-hosts file;
     check that it succeeded and return which of WATCHED it loaded."""
     env = server.env(NEO_PASSWORD=PASSWORD) if password else server.env()
     r = subprocess.run(
@@ -72,6 +75,7 @@ def test_ssh_push_and_pull_load_no_tls_client_nor_endpoints(module_server: Runni
     loaded = _run(module_server, "pull_main", remote, str(tmp_path / "dest"))
     assert loaded == []
     assert (tmp_path / "dest" / "f").read_text() == "over ssh"
+    assert _run(module_server, "neotwist.client.stashcli:ls", remote) == []  # neo-ls (as neo-prune, neo-check)
 
 
 def test_tls_push_loads_the_tls_client(module_server: RunningServer, tmp_path: Path) -> None:

@@ -246,7 +246,7 @@ def _run(prog: str, args: argparse.Namespace, remote: Remote, options: Any, job:
                 pass
         return 0
 
-    return react(prog, run)
+    return react(prog, run, tls=remote.scheme == "tls")
 
 
 class _Declined(Exception):

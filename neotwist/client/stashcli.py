@@ -258,7 +258,7 @@ def _run(
             except Exception:  # noqa: S110 - the result is decided; a failing bye changes nothing
                 pass
 
-    return react(prog, run)
+    return react(prog, run, tls=remote.scheme == "tls")
 
 
 def _print_json(document: Any) -> None:
