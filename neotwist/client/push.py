@@ -610,7 +610,12 @@ class _PushRun:
         fields = commit_fields(
             self.options.label, self.summary.warnings_count, None if self.crypt is None else self.crypt.keys
         )
-        reply = await self.peer.request(Commit(rid=0, handle=self.handle, **fields))
+        try:
+            reply = await self.peer.request(Commit(rid=0, handle=self.handle, **fields))
+        except RemoteError as e:
+            if e.code == ErrorCode.CONFLICT and self.parent is not None:
+                raise _ListEverything() from None  # another snapshot came in since the last push
+            raise
         if not isinstance(reply, Committed):
             raise PushError(f"the server answered commit with {type(reply).__name__}")
         return reply
@@ -990,19 +995,13 @@ async def push(
                         committed = await run.run()
                         break
                     except _ListEverything:
-                        # the files cache failed to write, so it cannot say what this push no longer has:
-                        # list everything this time, as with no parent
+                        # another snapshot came in since the last push, or the files cache failed to write and
+                        # cannot say what this push no longer has: list everything this time, as with no parent
                         await peer.request(Abort(rid=0, handle=opened.handle))
                         parent = None
                         summary = PushSummary(encrypted=crypt is not None)
                         continue
                     except RemoteError as e:
-                        if e.code == ErrorCode.CONFLICT and run.parent is not None:
-                            # another snapshot came in since the last push: list everything this time
-                            await peer.request(Abort(rid=0, handle=opened.handle))
-                            parent = None
-                            summary = PushSummary(encrypted=crypt is not None)
-                            continue
                         if e.code != ErrorCode.MISSING_CHUNKS or retried:
                             raise
                     # The server lacks chunks this push refers to (the cache named chunks it no longer has, or it
@@ -1081,7 +1080,8 @@ def _count_in_background(reactor: Any, root: str, options: PushOptions) -> Calla
 
 
 class _ListEverything(Exception):
-    """A push that lists only its changes cannot tell what is gone: it starts over and lists everything."""
+    """A push that lists only its changes cannot go on as one (its parent is no longer the latest snapshot, or
+    its files cache cannot tell what is gone): it starts over and lists everything."""
 
 
 async def ask_missing(peer: Peer, handle: int, ids: list[bytes]) -> set[bytes]:
