@@ -174,7 +174,7 @@ class FilesCache:
         self._entries: dict[str, dict[str, bytes]] = {}
         self._dirs: list[tuple[str, bytes, int, int]] = []  # directories' signatures, waiting to be written
         self._taken: list[tuple[str]] = []  # directories taken whole (see see_dir), their rows waiting to be copied
-        self._waiting = 0  # files, entries and directories in them
+        self._waiting = 0  # files, entries and directories in them, and directories taken whole
         self._seq = 0  # of rows written; above every seq of the last push's cache (its rows are copied as they are)
         self.dirs_taken = 0  # directories taken whole from the last push (see :meth:`see_dir`)
 
@@ -382,18 +382,14 @@ class FilesCache:
         directory, name = _split(paths.to_wire(path))
         with self._lock:
             self._files.setdefault(directory, {})[name] = CacheEntry(size, mtime_ns, inode, ctime_ns, ids, extra)
-            self._waiting += 1
-            if self._waiting >= FLUSH_ROWS:
-                self._flush()
+            self._queued()
 
     def note_entry(self, path: str, digest: bytes) -> None:
         """Record the digest of the entries this push sent (or would have sent) for the server path ``path``."""
         directory, name = _entry_key(path)
         with self._lock:
             self._entries.setdefault(directory, {})[name] = digest
-            self._waiting += 1
-            if self._waiting >= FLUSH_ROWS:
-                self._flush()
+            self._queued()
 
     def see_dir(self, summary: SameDir, take: bool) -> bool:
         """Record a walked directory's signature for the next push; with ``take``, and when the last push
@@ -406,9 +402,7 @@ class FilesCache:
             # signature: such a directory is not recorded, so the next push walks it item by item.
             if summary.newest_ns < self.racy_after:
                 self._dirs.append((directory, summary.signature, summary.items, summary.files))
-                self._waiting += 1
-                if self._waiting >= FLUSH_ROWS:
-                    self._flush()
+                self._queued()
             if not (take and self._old_dirs and self._broken is None):
                 return False
             db = self._connection()
@@ -423,9 +417,7 @@ class FilesCache:
             # directory was a quarter of an unchanged 50,000-file push). Should that copy fail, this push's
             # cache is not saved; the snapshot still holds the directory's items either way.
             self._taken.append((directory,))
-            self._waiting += 1
-            if self._waiting >= FLUSH_ROWS:
-                self._flush()
+            self._queued()
             self.dirs_taken += 1
             return True
 
@@ -436,6 +428,12 @@ class FilesCache:
             dirs = [d for (d,) in self._connection().execute("SELECT DISTINCT dir FROM main.files ORDER BY dir")]
             names = [(d, n) for d in dirs for n in sorted(self._read_dir("main.files", d, _decode_files))]
         return (paths.from_wire(f"{d}/{n}" if d else n) for d, n in names)
+
+    def _queued(self) -> None:
+        """One more row waits to be written (the lock held): write them all once there are FLUSH_ROWS."""
+        self._waiting += 1
+        if self._waiting >= FLUSH_ROWS:
+            self._flush()
 
     def _flush(self) -> None:
         """Write the waiting rows (the lock held). A failure (a full disk, say) does not stop the push: this
