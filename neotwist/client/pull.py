@@ -569,6 +569,7 @@ def _close_old(f: _File) -> None:
 
 
 def _close_all(files: list[_File]) -> None:
+    """:func:`_close_old` of each of ``files``."""
     for f in files:
         _close_old(f)
 
@@ -740,8 +741,7 @@ class _PullRun:
                     for fd in held:  # the directory descriptors of the files not taken
                         if fd >= 0:
                             os.close(fd)
-                    for f in examining:
-                        _close_old(f)
+                    _close_all(examining)
                     examining = []
                     break
                 if state == _SAME:
@@ -794,8 +794,7 @@ class _PullRun:
         if examining and not fatal:
             await send_batch(examining, examine=True)
         elif examining:
-            for f in examining:
-                _close_old(f)
+            _close_all(examining)
         await DeferredList(running)
         if making is not None:
             errors, _ = await making
@@ -961,12 +960,10 @@ class _PullRun:
                     self._failed(e)
                     if self.fatal:
                         break
-            for f in files:
-                _close_old(f)
+            _close_all(files)
             return
         except BaseException:
-            for f in files:
-                _close_old(f)
+            _close_all(files)
             raise
         by_id = {r.id: r for r in replies}
         resolved = [
