@@ -85,3 +85,21 @@ def test_no_collection_runs_while_the_command_loads() -> None:
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "True", "True"]  # none ran; collection is back on; the modules are frozen
+
+
+def test_modules_nothing_uses_are_loaded_only_when_used() -> None:
+    """Twisted imports http.cookiejar (and with it urllib.request, http.client, email) for an alias no command
+    uses: a command loads without them, and the module still works, whole, for whoever uses it."""
+    script = (
+        "import sys\n"
+        "from neotwist.entry import _load\n"
+        "_load('neo-push', 'neotwist.client.cli', 'push_main')\n"
+        "import neotwist.client.push, neotwist.client.sshclient\n"
+        "print('urllib.request' in sys.modules, 'http.client' in sys.modules)\n"
+        "from http import cookiejar\n"
+        "jar = cookiejar.CookieJar()\n"
+        "print(len(jar), 'urllib.request' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False", "0", "True"]

@@ -4,8 +4,9 @@ Importing is most of a small command's CPU time. The TLS client (neotwist.client
 twisted.internet.endpoints) and the OpenSSH-subprocess link are imported by neotwist.client.connect only for the
 remote that needs them, and the conch SSH client connects to an address with the reactor's connectTCP rather than
 through twisted.internet.endpoints (whose imports, twisted.plugin, systemd, SNI and stdio, cost every command a few
-milliseconds). What Twisted's reactor itself imports (pyOpenSSL, asyncio, http.cookiejar) is loaded whatever the
-transport, except pyOpenSSL: a command over SSH loads the reactor without it (it uses no TLS).
+milliseconds). What Twisted's reactor itself imports (pyOpenSSL, asyncio) is loaded whatever the transport, except
+pyOpenSSL: a command over SSH loads the reactor without it (it uses no TLS). http.cookiejar, which Twisted imports
+for an alias nothing uses, is left unloaded (neotwist.entry makes it lazy), and with it urllib.request.
 
 Each command runs in a child interpreter that calls the CLI's main function as the console script does and then
 reports which of the watched modules were loaded: a real push or pull against a real twistd.
@@ -27,18 +28,20 @@ WATCHED = (
     "twisted.plugin",
     "neotwist.client.tlsclient",
     "neotwist.client.openssh",
+    "urllib.request",
 )
 
 _CHILD = textwrap.dedent(
     """
-    import importlib, json, sys
+    import json, sys
+    from neotwist.entry import _load
     main, watched = sys.argv[1], json.loads(sys.argv[2])
     module, _, main = main.rpartition(":")
-    command = importlib.import_module(module or "neotwist.client.cli")
     names = {"push_main": "neo-push", "pull_main": "neo-pull", "ls": "neo-ls"}
+    command = _load(names[main], module or "neotwist.client.cli", main)  # as the console script loads it
     sys.argv = [names[main], *sys.argv[3:]]
     try:
-        getattr(command, main)()
+        command()
         code = 0
     except SystemExit as e:
         code = e.code
