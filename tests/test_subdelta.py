@@ -13,6 +13,7 @@ import pytest
 from neotwist import subdelta
 from neotwist.codec import compute_id
 from neotwist.server.basecuts import CUTS, BaseCuts
+from neotwist.server.repository.chunkstore import ChunkStore, Location
 from neotwist.testing import SessionTestCase, chunk, committed
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
@@ -216,6 +217,33 @@ class DeltaSessionTests(SessionTestCase):
         done = committed(self.finish(h, self.new_id, len(self.new)))
         assert done.new_chunks == 1
         assert cuts == []  # its boundaries came from the signing
+
+    def test_the_bases_of_a_message_are_looked_up_once(self) -> None:
+        """A put_delta of several deltas finds all their bases in one index lookup, not one per delta."""
+        h = self.begin()
+        sig = self.signature(h)
+        rng = random.Random(11)
+        news = [edited(self.base, rng, 2) for _ in range(4)]
+        deltas = []
+        for new in news:
+            d = subdelta.diff(new, [sig])
+            deltas.append(ChunkDelta(compute_id(new), len(new), [self.base_id], d.ops, 0, len(d.literals),
+                                     d.literals))  # fmt: skip
+        lookups: list[int] = []
+        real_locate = ChunkStore.locate
+
+        def counted(store: ChunkStore, ids: list[bytes]) -> dict[bytes, Location]:
+            lookups.append(len(ids))
+            return real_locate(store, ids)
+
+        self.patch(ChunkStore, "locate", counted)
+        self.client.post(PutDelta(rid=0, handle=h, deltas=deltas))
+        entries = [Entry("", "d", 0o755, 0, 0)]
+        entries += [Entry(f"f{i}", "f", 0o644, 2, len(new), compute_id(new)) for i, new in enumerate(news)]
+        self.client.post(PushEntries(rid=0, handle=h, entries=entries))
+        done = committed(self.call(self.client, self.pump, Commit(rid=0, handle=h)))
+        assert done.new_chunks == 4
+        assert lookups == [1]  # one lookup, of the one base the four share
 
     def test_a_base_not_signed_lately_is_cut_to_rebuild(self) -> None:
         h = self.begin()

@@ -26,7 +26,7 @@ from neotwist.codec import PLAIN, CodecError, compute_id, raw_bytes, same_id
 from neotwist.server.basecuts import CUTS
 from neotwist.server.context import Handle, RequestContext
 from neotwist.server.pushes import _upload_failed
-from neotwist.server.repository import Target
+from neotwist.server.repository import Location, Target
 from neotwist.server.repository.errors import RepositoryError
 from neotwist.server.rights import Right
 from neotwist.wire import limits
@@ -123,10 +123,12 @@ def on_sign(ctx: RequestContext, peer: Peer, message: Sign) -> Deferred[None]:
     return d.addCallback(lambda _: ctx.admit(message, job))
 
 
-def rebuild(target: Target, delta: ChunkDelta, read_before: int = 0) -> tuple[bytes, int]:
+def rebuild(
+    target: Target, delta: ChunkDelta, locations: dict[bytes, Location], read_before: int = 0
+) -> tuple[bytes, int]:
     """The plaintext ``delta`` rebuilds, checked against its id, and the base bytes it read (blocking);
-    NeoError otherwise. ``read_before``: base bytes the same message read already."""
-    locations = target.locate(delta.bases)
+    NeoError otherwise. ``locations``: where its bases are (:meth:`Target.locate`, asked once for every delta of
+    a message); ``read_before``: base bytes the same message read already."""
     total = 0
     for cid in delta.bases:
         loc = locations.get(cid)
@@ -161,8 +163,10 @@ def store_deltas(ctx: RequestContext, handle: Handle, charge: Any, deltas: list[
     comp = _compressor()
     chunks = []
     read = 0
+    # one index query for the bases of every delta (one per delta was a fifth of a release update's rebuilding)
+    locations = target.locate(list({cid for delta in deltas for cid in delta.bases}))
     for delta in deltas:
-        plain, bases = rebuild(target, delta, read)
+        plain, bases = rebuild(target, delta, locations, read)
         read += bases
         codec, size, payload = PLAIN.encode(delta.id, plain, comp)
         chunks.append((delta.id, codec, size, payload))

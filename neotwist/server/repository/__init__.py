@@ -20,7 +20,7 @@ takes), :mod:`.errors` (what it raises; the session maps them onto the protocol'
 """
 
 from neotwist.server.repository.catalog import Repository
-from neotwist.server.repository.chunkstore import StoreSizes
+from neotwist.server.repository.chunkstore import Location, StoreSizes
 from neotwist.server.repository.push import Push
 from neotwist.server.repository.records import (
     CheckReport,
@@ -43,6 +43,7 @@ __all__ = [
     "DamagedFile",
     "DeletedInfo",
     "GcResult",
+    "Location",
     "PruneResult",
     "Push",
     "Repository",
