@@ -9,6 +9,7 @@ Real push and pull pipelines against the real server session over loopback TCP (
 from __future__ import annotations
 
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ class CountingCache(FilesCache):
         super().__init__(*args, **kw)
         self.calls = {"lookup": 0, "remember": 0, "note_entry": 0}
         self.transactions = 0  # BEGINs on this push's new cache
+        self.old_reads: list[str] = []  # directories whose rows of the last push's files were read
+
+    def _read_dir(self, table: str, directory: str, decode: Any) -> dict[str, Any]:
+        if table == "old.files":
+            self.old_reads.append(directory)
+        return super()._read_dir(table, directory, decode)
 
     def _create(self) -> Any:
         db = super()._create()
@@ -37,9 +44,9 @@ class CountingCache(FilesCache):
         db.set_trace_callback(traced)
         return db
 
-    def lookup(self, *args: Any) -> Any:
+    def find(self, *args: Any) -> Any:
         self.calls["lookup"] += 1
-        return super().lookup(*args)
+        return super().find(*args)
 
     def remember(self, *args: Any, **kw: Any) -> None:
         self.calls["remember"] += 1
@@ -94,6 +101,30 @@ class UnchangedDirectoryTests(_Loopback):
         dest = self.tmp / "dest"
         await self._pull(peer, dest)
         self._same(dest)
+
+    async def test_the_last_pushs_rows_of_a_directory_are_read_once(self) -> None:
+        """Every file rewritten: the walk reads each directory's rows of the last push once, and the chunk ids
+        it finds there for each file are what the push's deltas grow from (not read again a batch later)."""
+        rng = random.Random(3)
+        for d in range(6):
+            for i in range(4):
+                path = self.src / f"d{d}" / f"f{i}"
+                path.parent.mkdir(exist_ok=True)
+                path.write_bytes(rng.randbytes(40_000))
+        await self._settle()
+        peer = await self._connect()
+        await self._push(peer, cache=self._cache(), delete=True)
+        for path in sorted(self.src.rglob("f*")):
+            data = bytearray(path.read_bytes())
+            data[1000:1100] = rng.randbytes(100)
+            path.write_bytes(bytes(data))
+        await self._settle()
+        cache = self._cache()
+        summary = await self._push(peer, cache=cache, delete=True)
+        assert summary.files_changed == 24
+        assert summary.chunks_sent_as_deltas > 0
+        assert sorted(cache.old_reads) == sorted(set(cache.old_reads))  # each directory once
+        assert len(cache.old_reads) == 6  # d0..d5 (the root holds no file)
 
     async def test_every_change_is_seen_in_the_directory_it_is_in(self) -> None:
         self._fill()

@@ -165,8 +165,6 @@ class FilesCache:
         self._old_dirs = False  # the last push's cache has signatures of directories
         self._files_dir: str | None = None  # the directory whose old rows are in _dir_files
         self._dir_files: dict[str, CacheEntry] = {}
-        self._base_dir: str | None = None  # the same for previous_ids (the reactor's reads, not the walk's)
-        self._base_files: dict[str, CacheEntry] = {}
         self._entries_dir: str | None = None  # the same for the old entry digests
         self._dir_entries: dict[str, bytes] = {}
         self._broken: str | None = None  # why this push's cache cannot be written (it is then not saved)
@@ -253,7 +251,7 @@ class FilesCache:
                 db.execute("DETACH DATABASE old")  # another key that hashed alike, or another format
                 return
             self._has_old = True
-            self._files_dir = self._entries_dir = self._base_dir = None
+            self._files_dir = self._entries_dir = None
             self.old_snapshot = row[2]
             tables = {name for (name,) in db.execute("SELECT name FROM old.sqlite_master WHERE type = 'table'")}
             if "flags" in tables:
@@ -302,10 +300,21 @@ class FilesCache:
 
     def lookup(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
         """The chunk ids of ``path`` if its stat values match the last push, else None."""
+        return self.find(path, size, mtime_ns, inode, ctime_ns)[0]
+
+    def find(
+        self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int
+    ) -> tuple[bytes | None, bytes | None]:
+        """``(chunk ids, None)`` if the stat values of ``path`` match the last push; else ``(None, the chunk ids
+        the last push stored for it)``: where the chunks of its new version likely grew from, the bases of
+        deltas (None for a file it did not store). The walk asks once per file, and the previous ids travel
+        with the file to the reactor, which would otherwise read its directory's rows again, a batch later."""
         e = self._old_file(path)
-        if e is None or (e.size, e.mtime_ns, e.inode, e.ctime_ns) != (size, mtime_ns, inode, ctime_ns):
-            return None
-        return None if len(e.ids) % 32 else e.ids
+        if e is None or len(e.ids) % 32:
+            return None, None
+        if (e.size, e.mtime_ns, e.inode, e.ctime_ns) != (size, mtime_ns, inode, ctime_ns):
+            return None, e.ids
+        return e.ids, None
 
     def lookup_extra(self, path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> bytes | None:
         """The extra record of ``path`` if its stat values match the last push (and it was remembered)."""
@@ -313,20 +322,6 @@ class FilesCache:
         if e is None or (e.size, e.mtime_ns, e.inode, e.ctime_ns) != (size, mtime_ns, inode, ctime_ns):
             return None
         return e.extra
-
-    def previous_ids(self, path: str) -> bytes | None:
-        """The chunk ids the last push stored for ``path``, whatever its stat values are now: where the chunks
-        of its new version likely grew from (the bases of deltas). Reads through a directory cache of its own,
-        so the walk's (``lookup``) is not thrown away between two of its files."""
-        if not self._has_old:
-            return None
-        directory, name = _split(paths.to_wire(path))
-        with self._lock:
-            if directory != self._base_dir:
-                self._base_files = self._read_dir("old.files", directory, _decode_files)
-                self._base_dir = directory
-            e = self._base_files.get(name)
-        return None if e is None or len(e.ids) % 32 else e.ids
 
     def old_entry(self, path: str) -> bytes | None:
         """The digest of the entries the last push sent for the server path ``path`` (None: it sent none)."""
@@ -514,8 +509,8 @@ class FilesCache:
                 self._db.close()
             self._db = None
         self._has_old = self._old_dirs = False
-        self._files_dir = self._entries_dir = self._base_dir = None
-        self._dir_files, self._dir_entries, self._base_files = {}, {}, {}
+        self._files_dir = self._entries_dir = None
+        self._dir_files, self._dir_entries = {}, {}
         self._files.clear()
         self._entries.clear()
         self._dirs.clear()

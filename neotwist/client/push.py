@@ -330,6 +330,9 @@ def _jobs(items: list[_Item], size: Callable[[_Item], int], most: int | None = N
     return jobs
 
 
+_UNKNOWN: tuple[None, None] = (None, None)
+"""What a push without a files cache knows of a file: nothing (it is read)."""
+
 EntryMaker = Callable[[ScanRecord, bytes], list[Entry]]
 """Builds an item's entry records from its scan record and chunk ids (plaintext, or encrypted)."""
 
@@ -410,6 +413,7 @@ class _Batch:
     cached_files: int = 0
     cached_bytes: int = 0
     vouched: list[tuple[ScanRecord, bytes, list[Entry]]] = field(default_factory=list)  # verify mode: cache hits
+    previous: dict[str, bytes] = field(default_factory=dict)  # changed files: the chunk ids the last push stored
 
 
 class _Scanner:
@@ -424,8 +428,10 @@ class _Scanner:
         make_entries: EntryMaker,
         verify: bool = False,
         listing_changes: bool = False,
+        previous: bool = False,
     ) -> None:
         self._cache = options.cache if use_cache else None
+        self._previous = previous  # keep the last push's chunk ids of changed files (the bases of deltas)
         known = self._cache.lookup_extra if self._cache is not None else None
         same_dir = None
         if options.cache is not None:
@@ -452,9 +458,10 @@ class _Scanner:
         batch = _Batch()
         changed_bytes = 0
         cache = self._cache
-        lookup = cache.lookup if cache is not None else None
+        find = cache.find if cache is not None else None
         remember = self._remember.remember if self._remember is not None else None
-        ready, changed = batch.ready, batch.changed
+        ready, changed, previous = batch.ready, batch.changed, batch.previous
+        want_previous = self._previous
         make_entries = self._make_entries
         n = 0
         for rec in self._it:
@@ -468,10 +475,12 @@ class _Scanner:
             assert type(rec) is ScanRecord
             n += 1
             if rec.kind == "f":
-                ids = lookup(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns) if lookup else None
+                ids, before = find(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns) if find else _UNKNOWN
                 if ids is None:
                     changed.append(rec)
                     changed_bytes += rec.size
+                    if before is not None and want_previous:
+                        previous[rec.path] = before
                 else:
                     if remember is not None:
                         remember(rec.path, rec.size, rec.mtime_ns, rec.inode, rec.ctime_ns, ids, rec.extra)
@@ -627,7 +636,7 @@ class _PushRun:
             self.cache.begin()
         scanner = _Scanner(
             self.root, self.options, self.stats, self.use_cache, self.make_entries, self.verify,
-            listing_changes=self.parent is not None,
+            listing_changes=self.parent is not None, previous=self.deltas is not None,
         )  # fmt: skip
         slots = DeferredSemaphore(BATCHES_IN_FLIGHT)
         running: list[Any] = []
@@ -766,7 +775,7 @@ class _PushRun:
         summary.files_scanned += batch.items
         summary.files += batch.cached_files
         self.entries.extend(batch.ready)
-        sources, held, changed_bytes = self._take_hashed(results)
+        sources, held, changed_bytes = self._take_hashed(results, batch.previous)
         progress = self.progress
         if progress is not None:
             progress.files(batch.items)
@@ -779,10 +788,13 @@ class _PushRun:
         finally:
             self._release(held, failed)
 
-    def _take_hashed(self, results: list[list[_Hashed]]) -> tuple[list[_Source], dict[str, _Hashed], int]:
+    def _take_hashed(
+        self, results: list[list[_Hashed]], previous: dict[str, bytes]
+    ) -> tuple[list[_Source], dict[str, _Hashed], int]:
         """The hashed files of a batch: (chunks not yet seen in this push, to be asked about and sent; files
         re-read from disk to be sent, whose entries wait until their chunks are; bytes of changed files). The
-        others go into the snapshot now; those that could not be read are named."""
+        others go into the snapshot now; those that could not be read are named. ``previous``: the chunk ids
+        the last push stored for the files (where their new chunks likely grew from)."""
         summary = self.summary
         seen = self.seen
         sources: list[_Source] = []
@@ -802,8 +814,8 @@ class _PushRun:
                 ids = h.ids
                 data = h.data
                 n_sources = len(sources)
-                if self.deltas is not None and self.cache is not None:
-                    self.deltas.note(self.cache.previous_ids(rec.path), ids, seen)
+                if self.deltas is not None:
+                    self.deltas.note(previous.get(rec.path), ids, seen)
                 for i, (offset, length) in enumerate(h.offsets):
                     cid = ids[i * ID : (i + 1) * ID]
                     if cid not in seen:
