@@ -28,11 +28,19 @@ class CountingCache(FilesCache):
         self.calls = {"lookup": 0, "remember": 0, "note_entry": 0}
         self.transactions = 0  # BEGINs on this push's new cache
         self.old_reads: list[str] = []  # directories whose rows of the last push's files were read
+        self.old_entry_reads: list[str] = []  # and whose rows of its entries' digests (but to list what is gone)
+        self.listing_gone = False
 
     def _read_dir(self, table: str, directory: str, decode: Any) -> dict[str, Any]:
         if table == "old.files":
             self.old_reads.append(directory)
+        elif table == "old.entries" and not self.listing_gone:
+            self.old_entry_reads.append(directory)
         return super()._read_dir(table, directory, decode)
+
+    def gone(self) -> Any:
+        self.listing_gone = True
+        yield from super().gone()
 
     def _create(self) -> Any:
         db = super()._create()
@@ -103,18 +111,20 @@ class UnchangedDirectoryTests(_Loopback):
         self._same(dest)
 
     async def test_the_last_pushs_rows_of_a_directory_are_read_once(self) -> None:
-        """Every file rewritten: the walk reads each directory's rows of the last push once, and the chunk ids
-        it finds there for each file are what the push's deltas grow from (not read again a batch later)."""
+        """Files rewritten beside unchanged ones: each directory's rows of the last push are read once, by the
+        walk, and the chunk ids it finds there for each file are what the push's deltas grow from (not read
+        again a batch later); its entries' digests are read once too, though the directory's entries come in
+        twice (the unchanged file's with the walk, the others once read)."""
         rng = random.Random(3)
         for d in range(6):
+            (self.src / f"d{d}").mkdir()
+            (self.src / f"d{d}" / "same").write_text("unchanged")
             for i in range(4):
-                path = self.src / f"d{d}" / f"f{i}"
-                path.parent.mkdir(exist_ok=True)
-                path.write_bytes(rng.randbytes(40_000))
+                (self.src / f"d{d}" / f"f{i}").write_bytes(rng.randbytes(40_000))
         await self._settle()
         peer = await self._connect()
         await self._push(peer, cache=self._cache(), delete=True)
-        for path in sorted(self.src.rglob("f*")):
+        for path in sorted(self.src.glob("d*/f*")):
             data = bytearray(path.read_bytes())
             data[1000:1100] = rng.randbytes(100)
             path.write_bytes(bytes(data))
@@ -125,6 +135,7 @@ class UnchangedDirectoryTests(_Loopback):
         assert summary.chunks_sent_as_deltas > 0
         assert sorted(cache.old_reads) == sorted(set(cache.old_reads))  # each directory once
         assert len(cache.old_reads) == 6  # d0..d5 (the root holds no file)
+        assert sorted(cache.old_entry_reads) == ["/", "d0", "d1", "d2", "d3", "d4", "d5"]
 
     async def test_every_change_is_seen_in_the_directory_it_is_in(self) -> None:
         self._fill()

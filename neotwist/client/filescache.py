@@ -334,6 +334,23 @@ class FilesCache:
                 self._entries_dir = directory
             return self._dir_entries.get(name)
 
+    def old_entries(self, paths: list[str]) -> list[bytes | None]:
+        """:meth:`old_entry` of each of ``paths``, reading each directory's rows once: a batch's entries visit
+        its directories twice (the entries the walk made, then those of the files read), and read them again
+        each time the directory changed, two to three reads per directory."""
+        if not self._has_old:
+            return [None] * len(paths)
+        keys = [_entry_key(path) for path in paths]
+        with self._lock:
+            rows: dict[str, dict[str, bytes]] = {}
+            for directory in {directory for directory, _name in keys}:
+                rows[directory] = (
+                    self._dir_entries
+                    if directory == self._entries_dir
+                    else self._read_dir("old.entries", directory, _decode_entries)
+                )
+        return [rows[directory].get(name) for directory, name in keys]
+
     def gone(self) -> Iterator[str]:
         """The server paths the last push sent entries for and this one did not, a directory at a time. Raises
         CacheBroken (before naming any) when this push's rows could not all be written: the directories whose

@@ -702,8 +702,7 @@ class _PushRun:
         pending = self.entries[:]
         self.entries.clear()
         cache = self.cache
-        listing_changes = self.parent is not None
-        out = self.outgoing
+        groups: list[tuple[list[Entry], bytes]] = []
         i = 0
         while i < len(pending):
             j = i + 1
@@ -711,11 +710,18 @@ class _PushRun:
                 j += 1
             group = pending[i:j]
             digest = entry_digest(group)
-            path = group[0].path
-            cache.note_entry(path, digest)
-            if not listing_changes or cache.old_entry(path) != digest:
-                out.extend(group)
+            cache.note_entry(group[0].path, digest)
+            groups.append((group, digest))
             i = j
+        out = self.outgoing
+        if self.parent is None:
+            for group, _digest in groups:
+                out.extend(group)
+            return
+        olds = cache.old_entries([group[0].path for group, _digest in groups])
+        for (group, digest), old in zip(groups, olds, strict=True):
+            if old != digest:
+                out.extend(group)
 
     def _post_deleted(self, gone: Iterator[str]) -> None:
         """Name the paths the last push sent that this one did not (a push with a parent and --delete)."""
