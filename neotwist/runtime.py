@@ -18,6 +18,44 @@ def tune_threads() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
 
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+"""mallopt's parameter numbers (glibc malloc.h)."""
+
+MMAP_THRESHOLD = 1024 * 1024
+"""Allocations from this size up get mappings of their own (glibc starts at 128 KiB and raises it, up to 32 MiB,
+each time such a buffer is freed): fixed, big buffers (file reads, compressed batches, frames) go back to the
+system when freed, instead of staying resident in the threads' heaps. It kept the peak of a first push of a
+50,724-file tree at 150 MiB instead of 175 MiB, for the same CPU."""
+
+TRIM_THRESHOLD = 4 * 1024 * 1024
+"""Free memory at the top of a heap that stays there rather than going back to the system (glibc's default is
+128 KiB). conch copies each SSH packet (up to 128 KiB of channel data) four times to frame, encrypt and sign it,
+and as many to check and decrypt one it receives; with the default, each free gave the top of the heap back and
+the next packet faulted it in again, page by page: 129 page faults and 400 us per 128 KiB packet (330 MB/s),
+against 0.2 faults and 115 us (1.1 GB/s) with 4 MiB kept. Below :data:`MMAP_THRESHOLD`, so big buffers still go
+back at once."""
+
+
+def tune_malloc() -> bool:
+    """Fix glibc's mmap and trim thresholds (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`; setting either also
+    turns off glibc's own adjustment of both); False where there is no glibc. What
+    ``MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_TRIM_THRESHOLD_=4194304`` does, set from inside the process."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        # the symbols the process has loaded, libc's among them (ctypes.util.find_library would run
+        # "ldconfig -p" in a child process to find it)
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc (musl has no mallopt)
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
 _trim: Any = None  # glibc's malloc_trim once looked up; False where there is none
 
 

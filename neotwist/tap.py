@@ -264,9 +264,10 @@ class _RepositoryService(service.Service):
 def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
-    from neotwist.runtime import tune_threads
+    from neotwist.runtime import tune_malloc, tune_threads
 
     tune_threads()  # worker threads' disk I/O must not wait on the reactor thread for the GIL
+    tune_malloc()  # every SSH packet's copies reuse heap memory instead of faulting it in again
 
     # Imported here so `twistd --help` works without loading the repository and session code.
     from neotwist.server import descriptors

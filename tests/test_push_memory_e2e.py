@@ -43,6 +43,6 @@ def test_a_big_file_costs_no_more_memory_than_a_small_one(server: RunningServer,
 def test_the_mmap_threshold_is_fixed_where_glibc_is() -> None:
     import platform
 
-    from neotwist.client import heap
+    from neotwist import runtime
 
-    assert heap.fix_mmap_threshold() == (platform.libc_ver()[0] == "glibc")
+    assert runtime.tune_malloc() == (platform.libc_ver()[0] == "glibc")

@@ -52,7 +52,7 @@ from neotwist.client.runner import entry_point, react, silence_broken_stdout
 from neotwist.client.timespec import TimeSpecError, parse_at
 from neotwist.codec import DEFAULT_LEVEL
 from neotwist.display import raw_stdout, write_json
-from neotwist.runtime import tune_threads
+from neotwist.runtime import tune_malloc, tune_threads
 from neotwist.sizes import human_size
 
 Direction = Literal["push", "pull"]
@@ -538,6 +538,7 @@ def main(program: Direction, argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     start_logging(args.debug)
     tune_threads()
+    tune_malloc()  # before anything big is allocated: SSH packets and file data reuse heap memory
     return react(parser.prog, lambda reactor: _run(reactor, direction, args, local, remote_text), tls=over_tls)
 
 

@@ -46,7 +46,7 @@ from twisted.python.threadpool import ThreadPool
 
 from neotwist import paths
 from neotwist.chunking import Chunker
-from neotwist.client import deep, heap
+from neotwist.client import deep
 from neotwist.client.deltapush import DeltaPlanner, Made, Plan, delta_messages, drop, make_delta
 from neotwist.client.encryption import Crypt, KeySource, plain_errors
 from neotwist.client.filescache import CacheBroken, FilesCache
@@ -964,7 +964,6 @@ async def push(
     reactor: Any, peer: Peer, local_root: str, target: str, subpath: str, options: PushOptions
 ) -> PushSummary:
     """Push ``local_root`` to ``target`` at ``subpath`` over ``peer`` (an open session): one new snapshot."""
-    heap.fix_mmap_threshold()  # before the workers allocate: freed buffers go back to the system
     meter = Meter.start(peer)
     summary = PushSummary()
     local_root = os.path.abspath(local_root)
