@@ -165,8 +165,6 @@ class FilesCache:
         self._old_dirs = False  # the last push's cache has signatures of directories
         self._files_dir: str | None = None  # the directory whose old rows are in _dir_files
         self._dir_files: dict[str, CacheEntry] = {}
-        self._entries_dir: str | None = None  # the same for the old entry digests
-        self._dir_entries: dict[str, bytes] = {}
         self._broken: str | None = None  # why this push's cache cannot be written (it is then not saved)
         self._files: dict[str, dict[str, CacheEntry]] = {}  # waiting to be written: directory -> name -> entry
         self._entries: dict[str, dict[str, bytes]] = {}
@@ -251,7 +249,7 @@ class FilesCache:
                 db.execute("DETACH DATABASE old")  # another key that hashed alike, or another format
                 return
             self._has_old = True
-            self._files_dir = self._entries_dir = None
+            self._files_dir = None
             self.old_snapshot = row[2]
             tables = {name for (name,) in db.execute("SELECT name FROM old.sqlite_master WHERE type = 'table'")}
             if "flags" in tables:
@@ -325,30 +323,19 @@ class FilesCache:
 
     def old_entry(self, path: str) -> bytes | None:
         """The digest of the entries the last push sent for the server path ``path`` (None: it sent none)."""
-        if not self._has_old:
-            return None
-        directory, name = _entry_key(path)
-        with self._lock:
-            if directory != self._entries_dir:
-                self._dir_entries = self._read_dir("old.entries", directory, _decode_entries)
-                self._entries_dir = directory
-            return self._dir_entries.get(name)
+        return self.old_entries([path])[0]
 
     def old_entries(self, paths: list[str]) -> list[bytes | None]:
         """:meth:`old_entry` of each of ``paths``, reading each directory's rows once: a batch's entries visit
-        its directories twice (the entries the walk made, then those of the files read), and read them again
-        each time the directory changed, two to three reads per directory."""
+        its directories twice (the entries the walk made, then those of the files read), so looking them up one
+        at a time read each directory's rows two to three times."""
         if not self._has_old:
             return [None] * len(paths)
         keys = [_entry_key(path) for path in paths]
         with self._lock:
             rows: dict[str, dict[str, bytes]] = {}
             for directory in {directory for directory, _name in keys}:
-                rows[directory] = (
-                    self._dir_entries
-                    if directory == self._entries_dir
-                    else self._read_dir("old.entries", directory, _decode_entries)
-                )
+                rows[directory] = self._read_dir("old.entries", directory, _decode_entries)
         return [rows[directory].get(name) for directory, name in keys]
 
     def gone(self) -> Iterator[str]:
@@ -526,8 +513,8 @@ class FilesCache:
                 self._db.close()
             self._db = None
         self._has_old = self._old_dirs = False
-        self._files_dir = self._entries_dir = None
-        self._dir_files, self._dir_entries = {}, {}
+        self._files_dir = None
+        self._dir_files = {}
         self._files.clear()
         self._entries.clear()
         self._dirs.clear()
