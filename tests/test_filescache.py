@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from neotwist.client.filescache import FilesCache, cache_key
 
@@ -185,3 +186,32 @@ def test_a_cache_that_cannot_be_written_is_not_saved_and_stops_nothing(tmp_path:
         pass
     else:
         raise AssertionError("save must say the cache could not be written")
+
+
+def test_a_directory_bigger_than_a_batch_is_read_once(tmp_path: Path) -> None:
+    """A push compares its entries with the last push's a batch at a time: a directory whose entries run over
+    many batches is read once, not once per batch (which made the work grow with the square of its size)."""
+    first = _cache(tmp_path)
+    first.load()
+    paths = [f"big/f{i:05}" for i in range(5_000)]
+    for path in paths:
+        first.note_entry(path, path.encode().ljust(16, b"."))
+    first.snapshot = 3
+    first.save()
+    again = _cache(tmp_path)
+    again.load()
+    reads: list[str] = []
+    real = again._read_dir
+
+    def counted(table: str, directory: str, decode: Any) -> Any:
+        reads.append(f"{table}:{directory}")
+        return real(table, directory, decode)
+
+    again._read_dir = counted  # type: ignore[method-assign]
+    for start in range(0, len(paths), 1_000):  # five batches' worth
+        part = [*paths[start : start + 1_000], "new"]
+        digests = again.old_entries(part)
+        assert digests[:-1] == [p.encode().ljust(16, b".") for p in paths[start : start + 1_000]]
+        assert digests[-1] is None
+    assert reads.count("old.entries:big") == 1
+    again.close()

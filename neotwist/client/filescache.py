@@ -12,8 +12,8 @@ digests below). The last push's cache is attached read-only and read a directory
 each directory; this push's is written, a few thousand rows per statement, into a new database next to it,
 which replaces the old one (``os.replace`` after an fsync) only after a successful commit, so a crash or a
 failed push leaves the old cache. Memory is the two databases' page caches (:data:`PAGE_CACHE_KIB` each), the
-rows waiting to be written (:data:`FLUSH_ROWS`) and the old rows of the directory being walked, whatever the
-number of files.
+rows waiting to be written (:data:`FLUSH_ROWS`), the old rows of the directory being walked and the old entry
+digests of the directories of one batch's entries, whatever the number of files.
 
 The cache is trusted only for chunk ids. The server checks at commit that every referenced chunk exists; when
 it does not (the target was pruned or recreated), the push retries once with the cache disabled. The new cache
@@ -39,6 +39,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,9 @@ class FilesCache:
     """Lookups from the previous push, and what the current one remembers for the next.
 
     Every method may be called from any thread (one lock guards the connection); a lookup is a dict lookup
-    in the rows of the directory last asked about (one query per directory). Call :meth:`close` when done
-    (:meth:`save` closes too): it removes the unsaved new database.
+    in the rows of the directory last asked about (one query per directory), and :meth:`old_entries` reads
+    the directories of the paths it is given once each. Call :meth:`close` when done (:meth:`save` closes
+    too): it removes the unsaved new database.
     """
 
     def __init__(self, key: str, directory: Path | None = None, *, start_ns: int | None = None) -> None:
@@ -165,6 +167,8 @@ class FilesCache:
         self._old_dirs = False  # the last push's cache has signatures of directories
         self._files_dir: str | None = None  # the directory whose old rows are in _dir_files
         self._dir_files: dict[str, CacheEntry] = {}
+        self._entries_dir: str | None = None  # the directory whose old entry digests are in _dir_entries
+        self._dir_entries: dict[str, bytes] = {}
         self._broken: str | None = None  # why this push's cache cannot be written (it is then not saved)
         self._files: dict[str, dict[str, CacheEntry]] = {}  # waiting to be written: directory -> name -> entry
         self._entries: dict[str, dict[str, bytes]] = {}
@@ -249,7 +253,7 @@ class FilesCache:
                 db.execute("DETACH DATABASE old")  # another key that hashed alike, or another format
                 return
             self._has_old = True
-            self._files_dir = None
+            self._files_dir = self._entries_dir = None
             self.old_snapshot = row[2]
             tables = {name for (name,) in db.execute("SELECT name FROM old.sqlite_master WHERE type = 'table'")}
             if "flags" in tables:
@@ -328,14 +332,24 @@ class FilesCache:
     def old_entries(self, paths: list[str]) -> list[bytes | None]:
         """:meth:`old_entry` of each of ``paths``, reading each directory's rows once: a batch's entries visit
         its directories twice (the entries the walk made, then those of the files read), so looking them up one
-        at a time read each directory's rows two to three times."""
+        at a time read each directory's rows two to three times. The rows of the directory with the most of
+        ``paths`` are kept for the next call: a directory bigger than a batch fills it and goes on in the next
+        one (read again for each batch, a directory of N items would cost N * N / BATCH_ITEMS rows read)."""
         if not self._has_old:
             return [None] * len(paths)
         keys = [_entry_key(path) for path in paths]
         with self._lock:
             rows: dict[str, dict[str, bytes]] = {}
-            for directory in {directory for directory, _name in keys}:
-                rows[directory] = self._read_dir("old.entries", directory, _decode_entries)
+            counts: Counter[str] = Counter(directory for directory, _name in keys)
+            for directory in counts:
+                rows[directory] = (
+                    self._dir_entries
+                    if directory == self._entries_dir
+                    else self._read_dir("old.entries", directory, _decode_entries)
+                )
+            if counts:
+                self._entries_dir = counts.most_common(1)[0][0]
+                self._dir_entries = rows[self._entries_dir]
         return [rows[directory].get(name) for directory, name in keys]
 
     def gone(self) -> Iterator[str]:
@@ -513,8 +527,8 @@ class FilesCache:
                 self._db.close()
             self._db = None
         self._has_old = self._old_dirs = False
-        self._files_dir = None
-        self._dir_files = {}
+        self._files_dir = self._entries_dir = None
+        self._dir_files, self._dir_entries = {}, {}
         self._files.clear()
         self._entries.clear()
         self._dirs.clear()
