@@ -19,6 +19,7 @@ from loopback import loopback_peer
 from support import snapshot_of
 from twisted.trial.unittest import TestCase
 
+from neotwist.client import push as push_module
 from neotwist.client.filescache import FilesCache
 from neotwist.client.pull import PullIncomplete, PullOptions, pull
 from neotwist.client.push import PushOptions, push
@@ -147,6 +148,38 @@ class PushPullTests(TestCase):
         assert (dest / "f").read_bytes() == bytes(data)
         assert back.bytes_reused > 7 * 1024 * 1024
         assert back.bytes_received < 600 * 1024
+
+    async def test_a_file_read_again_after_changing_while_pushed_still_travels_as_deltas(self) -> None:
+        """A big file that changes between its cutting and its sending is read again in a later round: that
+        reading grew from the same previous version, whose chunks are still the bases of its deltas."""
+        rng = random.Random(9)
+        data = bytearray(rng.randbytes(4 * 1024 * 1024))
+        (self.src / "f").write_bytes(data)
+        await self._settle()  # so that the files cache remembers this version's chunks: the bases
+        peer = await self._connect()
+        await self._push(peer, cache=self._cache())
+        for at in (500_000, 2_500_000):
+            data[at : at + 100] = rng.randbytes(100)
+        (self.src / "f").write_bytes(data)
+        real = push_module._compress_job
+        edits: list[int] = []
+
+        def changing(*args: Any, **kw: Any) -> Any:
+            if not edits:  # once, before the first chunks are read again to be sent
+                edits.append(1)
+                data[500_020:500_060] = rng.randbytes(40)  # inside a chunk about to be sent
+                (self.src / "f").write_bytes(data)
+            return real(*args, **kw)
+
+        self.patch(push_module, "_compress_job", changing)
+        again = await self._push(peer, cache=self._cache())
+        assert edits == [1]
+        assert again.files_changed == 1 and again.warnings_count == 0
+        assert again.chunks_sent_as_deltas > 0
+        assert again.chunk_bytes_sent < 1024 * 1024  # not the whole file
+        dest = self.tmp / "dest"
+        await self._pull(peer, dest)
+        assert (dest / "f").read_bytes() == bytes(data)
 
     async def test_a_delta_push_signs_its_first_bases_with_have_not_after_it(self) -> None:
         """The bases of a batch's first compression job are signed while ``have`` is asked: the ``sign``

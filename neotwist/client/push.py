@@ -211,6 +211,7 @@ class _Hashed:
     error: str | None = None  # why it is not stored
     warning: str | None = None  # stored, but with this caveat
     entries: list[Entry] = field(default_factory=list)  # its entry records (built in the worker)
+    previous: bytes | None = None  # the chunk ids the last push stored for it (set while it waits to be sent)
 
 
 # --- worker-thread side ----------------------------------------------------------------------------------
@@ -602,6 +603,7 @@ class _PushRun:
         self.stats = ScanStats()
         self.progress = options.progress
         self.retry: list[ScanRecord] = []  # files that changed while pushed, to be read again
+        self.retry_previous: dict[str, bytes] = {}  # their chunk ids of the last push: still their deltas' bases
         self.attempts: dict[str, int] = {}
         # deltas inside changed chunks, against their previous version's (needs the files cache's old ids)
         self.deltas = (
@@ -675,7 +677,8 @@ class _PushRun:
             raise failure[0]
         while self.retry:
             again, self.retry = self.retry, []
-            await self._batch(_Batch(changed=again))
+            previous, self.retry_previous = self.retry_previous, {}
+            await self._batch(_Batch(changed=again, previous=previous))
         self._flush_entries(force=True)
         if self.parent is not None and self.options.delete and self.cache is not None:
             try:
@@ -828,6 +831,7 @@ class _PushRun:
                         seen.add(cid)
                         sources.append((cid, rec.path, data, offset, length))
                 if data is None and len(sources) > n_sources:
+                    h.previous = previous.get(rec.path)  # if it changes meanwhile, its next reading grew from them
                     held[rec.path] = h
                 else:
                     self._accept(h)
@@ -855,6 +859,8 @@ class _PushRun:
             tries = self.attempts[path] = self.attempts.get(path, 0) + 1
             if tries < READ_ATTEMPTS:
                 self.retry.append(h.rec)
+                if h.previous is not None:
+                    self.retry_previous[path] = h.previous
             else:
                 self.summary.files_skipped += 1
                 self.summary.files_scanned -= 1
