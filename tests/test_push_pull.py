@@ -149,6 +149,30 @@ class PushPullTests(TestCase):
         assert back.bytes_reused > 7 * 1024 * 1024
         assert back.bytes_received < 600 * 1024
 
+    async def test_the_api_tunes_the_allocator_as_the_commands_do(self) -> None:
+        """A script calling push or pull gets the allocator the commands set up (docs/admin.md), not glibc's
+        defaults, under which every SSH packet and every big buffer was faulted in again."""
+        from neotwist.client import pull as pull_module
+
+        calls: list[str] = []
+
+        def counted(module: Any, name: str) -> Any:
+            real = module.tune_malloc
+
+            def tune() -> bool:
+                calls.append(name)
+                return bool(real())
+
+            return tune
+
+        self.patch(push_module, "tune_malloc", counted(push_module, "push"))
+        self.patch(pull_module, "tune_malloc", counted(pull_module, "pull"))
+        (self.src / "f").write_text("allocator")
+        peer = await self._connect()
+        await self._push(peer)
+        await self._pull(peer, self.tmp / "dest")
+        assert calls == ["push", "pull"]
+
     async def test_a_file_read_again_after_changing_while_pushed_still_travels_as_deltas(self) -> None:
         """A big file that changes between its cutting and its sending is read again in a later round: that
         reading grew from the same previous version, whose chunks are still the bases of its deltas."""

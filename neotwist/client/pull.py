@@ -54,6 +54,7 @@ from neotwist.client.restore import Restorer, plan
 from neotwist.client.timespec import AtTime
 from neotwist.client.workers import WorkerPool
 from neotwist.codec import PLAIN, ChunkCodec, CodecError, decompressor
+from neotwist.runtime import tune_malloc
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, RemoteError
 from neotwist.wire.messages import (
@@ -1194,6 +1195,7 @@ async def pull(
     reactor: Any, peer: Peer, target: str, subpath: str, local_root: str, options: PullOptions
 ) -> PullSummary:
     """Bring ``local_root`` up to date with ``target`` at ``subpath`` (latest snapshot unless options say)."""
+    tune_malloc()  # before the workers allocate (neo-pull has done it already; a script using the API has not)
     meter = Meter.start(peer)
     summary = PullSummary()
     remote_target = await RemoteTarget.open_read(peer, target, subpath, options.access)

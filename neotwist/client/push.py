@@ -63,6 +63,7 @@ from neotwist.client.remotetarget import Access, RemoteTarget
 from neotwist.client.scan import SameDir, ScanRecord, ScanStats, plain_names_only, scan, walk
 from neotwist.client.workers import WorkerPool
 from neotwist.codec import DEFAULT_LEVEL, PLAIN, ChunkCodec
+from neotwist.runtime import tune_malloc
 from neotwist.wire import limits
 from neotwist.wire.errors import ErrorCode, NeoError, RemoteError
 from neotwist.wire.label import SnapshotLabel
@@ -970,6 +971,7 @@ async def push(
     reactor: Any, peer: Peer, local_root: str, target: str, subpath: str, options: PushOptions
 ) -> PushSummary:
     """Push ``local_root`` to ``target`` at ``subpath`` over ``peer`` (an open session): one new snapshot."""
+    tune_malloc()  # before the workers allocate (neo-push has done it already; a script using the API has not)
     meter = Meter.start(peer)
     summary = PushSummary()
     local_root = os.path.abspath(local_root)
