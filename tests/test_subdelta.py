@@ -245,6 +245,16 @@ class DeltaSessionTests(SessionTestCase):
         assert done.new_chunks == 4
         assert lookups == [1]  # one lookup, of the one base the four share
 
+    def test_a_base_missing_from_a_later_delta_of_the_message_fails_it_whole(self) -> None:
+        """The bases of a message are looked up together: one that is not stored, named by its second delta
+        only, still refuses the message (missing_chunks) and stores nothing of its first delta either."""
+        h0 = self.begin()
+        good = self.delta(h0)
+        self.call(self.client, self.pump, Abort(rid=0, handle=h0))
+        other = edited(self.new, random.Random(12), 1)
+        lost = ChunkDelta(compute_id(other), len(other), [b"n" * 32], [(LIT, len(other))], 0, len(other), other)
+        self.refused(good, ErrorCode.MISSING_CHUNKS, also=[lost])
+
     def test_a_base_not_signed_lately_is_cut_to_rebuild(self) -> None:
         h = self.begin()
         delta = self.delta(h)
