@@ -44,45 +44,48 @@ def tune_malloc() -> bool:
     """Fix glibc's mmap and trim thresholds (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`; setting either also
     turns off glibc's own adjustment of both); False where there is no glibc. What
     ``MALLOC_MMAP_THRESHOLD_=8388608 MALLOC_TRIM_THRESHOLD_=16777216`` does, set from inside the process."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        # the symbols the process has loaded, libc's among them (ctypes.util.find_library would run
-        # "ldconfig -p" in a child process to find it)
-        import ctypes
+    import ctypes
 
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt", ctypes.c_int, ctypes.c_int)
+    if mallopt is False:
         return False  # not glibc (musl has no mallopt)
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-_trim: Any = None  # glibc's malloc_trim once looked up; False where there is none
+_functions: dict[str, Any] = {}  # glibc's functions once looked up; False where there is none
+
+
+def _glibc(name: str, *argtypes: Any) -> Any:
+    """glibc's function ``name`` taking ``argtypes``, or False where there is none (not Linux, not glibc).
+    Looked up once, among the symbols the process has loaded (libc's among them: ctypes.util.find_library("c")
+    runs "ldconfig -p" in a child process to find a name that is already loaded): each lookup made a library
+    object and a new class, garbage that outlived a trim and could pin a pymalloc arena it was placed in."""
+    function = _functions.get(name)
+    if function is None:
+        function = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                function = getattr(ctypes.CDLL(None), name)
+                function.argtypes = list(argtypes)
+            except (OSError, AttributeError):
+                function = False
+        _functions[name] = function
+    return function
 
 
 def release_free_memory() -> bool:
     """Ask the C allocator to hand freed heap memory back to the system (glibc's ``malloc_trim``); False where
     there is no such call. Freeing a cache in a long-running process does not shrink it otherwise: glibc keeps
     freed pages of a fragmented heap for reuse (measured: 119 MB stayed 119 MB until ``malloc_trim(0)``, then
-    55 MB). The function is looked up once: each lookup made a library object and a new class, garbage that
-    outlived the trim and could pin a pymalloc arena it was placed in."""
-    global _trim
-    if _trim is None:
-        import ctypes
+    55 MB)."""
+    import ctypes
 
-        try:
-            # the symbols the process has loaded, libc's among them: ctypes.util.find_library("c") runs
-            # "ldconfig -p" in a child process to find a name that is already loaded
-            trim = ctypes.CDLL(None).malloc_trim
-            trim.argtypes = [ctypes.c_size_t]
-            _trim = trim
-        except (OSError, AttributeError):
-            _trim = False
-    if _trim is False:
+    trim = _glibc("malloc_trim", ctypes.c_size_t)
+    if trim is False:
         return False
-    _trim(0)
+    trim(0)
     return True
 
 

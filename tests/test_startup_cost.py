@@ -38,6 +38,9 @@ def test_the_allocator_calls_find_libc_without_a_child_process(monkeypatch: pyte
         pytest.skip("glibc only")
     assert runtime.tune_malloc() is True
     assert runtime.release_free_memory() is True
+    looked_up = dict(runtime._functions)
+    assert runtime.tune_malloc() is True and runtime.release_free_memory() is True  # every push and idle settle
+    assert runtime._functions == looked_up and all(f is looked_up[n] for n, f in runtime._functions.items())
 
 
 def test_the_api_loads_the_push_and_pull_pipelines_only_when_used() -> None:
