@@ -20,6 +20,13 @@ def _run(body: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
 
 
+def _printed(script: str) -> list[str]:
+    """The words ``script`` printed, run in a child interpreter that must succeed."""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
 def test_exit_now_ends_at_once_with_the_code_and_flushed_output() -> None:
     r = _run("exit_now(23)\nprint('not reached')\n")
     assert r.returncode == 23
@@ -82,9 +89,7 @@ def test_no_collection_runs_while_the_command_loads() -> None:
         "_load('neo-push', 'neotwist.client.cli', 'push_main')\n"
         "print(len(starts), gc.isenabled(), gc.get_freeze_count() > 10_000)\n"
     )
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["0", "True", "True"]  # none ran; collection is back on; the modules are frozen
+    assert _printed(script) == ["0", "True", "True"]  # none ran; collection is back on; the modules are frozen
 
 
 def test_modules_nothing_uses_are_loaded_only_when_used() -> None:
@@ -100,6 +105,4 @@ def test_modules_nothing_uses_are_loaded_only_when_used() -> None:
         "jar = cookiejar.CookieJar()\n"
         "print(len(jar), 'urllib.request' in sys.modules)\n"
     )
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["False", "False", "0", "True"]
+    assert _printed(script) == ["False", "False", "0", "True"]
