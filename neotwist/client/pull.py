@@ -559,6 +559,35 @@ def _quick_check(
     return out, fds
 
 
+class _Gathering:
+    """Small files gathered for one request (a batch's ``get_files``): at most ``most`` files, BATCH_BYTES of
+    them, limits.MAX_IDS chunk ids."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.files: list[_File] = []
+        self.ids = self.size = 0
+
+    def add(self, f: _File) -> list[_File] | None:
+        """Gather ``f``; when it would not fit with the files gathered before it, those are returned (to be
+        sent) and ``f`` starts the next gathering."""
+        n = len(f.ids) // ID
+        full = None
+        if self.files and (
+            len(self.files) >= self.most or self.size + f.size > BATCH_BYTES or self.ids + n > limits.MAX_IDS
+        ):
+            full = self.take_all()
+        self.files.append(f)
+        self.ids += n
+        self.size += f.size
+        return full
+
+    def take_all(self) -> list[_File]:
+        """The files gathered, and an empty gathering."""
+        files, self.files, self.ids, self.size = self.files, [], 0, 0
+        return files
+
+
 def _close_old(f: _File) -> None:
     """Release what ``f`` holds of the destination (its old version, its directory descriptor)."""
     if f.old_fd >= 0:
@@ -699,8 +728,7 @@ class _PullRun:
         running: list[Deferred[None]] = []
         fatal = self.fatal
         batching = limits.FEATURE_GET_FILES in self.peer.features and not self.single_file
-        batch: list[_File] = []
-        batch_ids = batch_bytes = 0
+        batch = _Gathering(BATCH_FILES)  # small files with nothing local to reuse
 
         def release(result: object) -> object:
             slots.release()
@@ -721,8 +749,7 @@ class _PullRun:
             running.append(d)
 
         progress = self.options.progress
-        examining: list[_File] = []  # small files whose local version differs (see EXAMINE_FILES)
-        examining_ids = examining_bytes = 0
+        examining = _Gathering(EXAMINE_FILES)  # small files whose local version differs
         step = QUICK_CHECK_FILES
         for start in range(0, len(files), step):
             if fatal:
@@ -742,8 +769,7 @@ class _PullRun:
                     for fd in held:  # the directory descriptors of the files not taken
                         if fd >= 0:
                             os.close(fd)
-                    _close_all(examining)
-                    examining = []
+                    _close_all(examining.take_all())
                     break
                 if state == _SAME:
                     self.summary.files_unchanged += 1
@@ -761,27 +787,14 @@ class _PullRun:
                     dir_fd=next(held), extra=extra, fix=restorer.fix(e.path, extra),
                 )  # fmt: skip
                 if batching and state == _ABSENT and _batchable(f):
-                    n = len(f.ids) // ID
-                    full = len(batch) >= BATCH_FILES or batch_bytes + f.size > BATCH_BYTES
-                    if batch and (full or batch_ids + n > limits.MAX_IDS):
-                        await send_batch(batch)
-                        batch, batch_ids, batch_bytes = [], 0, 0
-                    batch.append(f)
-                    batch_ids += n
-                    batch_bytes += f.size
+                    full = batch.add(f)
+                    if full:
+                        await send_batch(full)
                     continue
                 if batching and state == _EXAMINE and _batchable(f):
-                    n = len(f.ids) // ID
-                    if examining and (
-                        len(examining) >= EXAMINE_FILES
-                        or examining_bytes + f.size > BATCH_BYTES
-                        or examining_ids + n > limits.MAX_IDS
-                    ):
-                        await send_batch(examining, examine=True)
-                        examining, examining_ids, examining_bytes = [], 0, 0
-                    examining.append(f)
-                    examining_ids += n
-                    examining_bytes += f.size
+                    full = examining.add(f)
+                    if full:
+                        await send_batch(full, examine=True)
                     continue
                 await slots.acquire()
                 d = ensureDeferred(self._file(f, state == _EXAMINE))
@@ -790,12 +803,13 @@ class _PullRun:
                 running.append(d)
                 if len(running) > 4 * FILES_IN_FLIGHT:
                     running[:] = [r for r in running if not r.called]
-        if batch and not fatal:
-            await send_batch(batch)
-        if examining and not fatal:
-            await send_batch(examining, examine=True)
-        elif examining:
-            _close_all(examining)
+        rest, left = batch.take_all(), examining.take_all()
+        if rest and not fatal:
+            await send_batch(rest)
+        if left and not fatal:
+            await send_batch(left, examine=True)
+        elif left:
+            _close_all(left)
         await DeferredList(running)
         if making is not None:
             errors, _ = await making
